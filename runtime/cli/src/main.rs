@@ -1,0 +1,394 @@
+//! `wbuild`: the command-line interface of the hermetic build runtime.
+//!
+//! This crate only parses arguments, wires the layers together (graph -> sched -> store /
+//! exec-wasi) and presents progress and results. It must never implement build semantics of
+//! its own: keys, caching and sandboxing live in the library crates.
+
+mod ui;
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use wbuild_exec_wasi::{ExecConfig, WasiExecutor};
+use wbuild_graph::{Label, TargetPattern, Workspace};
+use wbuild_sched::{Options, Scheduler};
+use wbuild_store::{Digest, Store};
+
+#[derive(Parser)]
+#[command(name = "wbuild", version, about = "Hermetic, cached builds of WASI tools")]
+struct Cli {
+    /// Cache directory (CAS, action cache, history). Default: $XDG_CACHE_HOME/wbuild.
+    #[arg(long, global = true, env = "WBUILD_CACHE")]
+    cache_dir: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(clap::Args, Clone)]
+struct BuildArgs {
+    /// Targets: //pkg:name, :name, //pkg/..., //... (default //...).
+    patterns: Vec<String>,
+    /// Actions to run at once (default: number of cores, or [build] jobs in wbuild.toml).
+    #[arg(short, long)]
+    jobs: Option<usize>,
+    /// Keep building what does not depend on a failed action.
+    #[arg(short, long)]
+    keep_going: bool,
+    /// Write one JSON object per line for every event to FILE.
+    #[arg(long, value_name = "FILE")]
+    events: Option<PathBuf>,
+    /// Show the output of successful actions too.
+    #[arg(long)]
+    show_output: bool,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Build targets.
+    Build(BuildArgs),
+    /// Build and run wasi_test targets (results are cached like any action).
+    Test(BuildArgs),
+    /// Print the output files of targets, one path per line (relative to the workspace root).
+    Outputs {
+        #[arg(required = true)]
+        targets: Vec<String>,
+    },
+    /// Show what the last run of a target's action read, wrote, listed and probed.
+    Explain { target: String },
+    /// List recent builds, or the actions of one build.
+    History {
+        /// Build id (from the list) to show its actions.
+        build: Option<u64>,
+        #[arg(long, default_value_t = 20)]
+        limit: usize,
+    },
+    /// Inspect and maintain the cache.
+    Cache {
+        #[command(subcommand)]
+        command: CacheCmd,
+    },
+}
+
+#[derive(Subcommand)]
+enum CacheCmd {
+    /// Sizes and counts.
+    Stats,
+    /// Evict least-recently-used blobs until the store is under a size cap.
+    Gc {
+        /// Size cap, e.g. 500M, 1G, 1048576.
+        #[arg(long)]
+        max_size: String,
+    },
+    /// Re-hash every blob; evict corrupt ones and drop entries that refer to them.
+    Verify,
+    /// Drop action-cache entries known to be bad, by target label or action digest.
+    Invalidate {
+        #[arg(required = true)]
+        what: Vec<String>,
+    },
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let code = match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            2
+        }
+    };
+    std::process::exit(code);
+}
+
+fn open_store(cli_dir: &Option<PathBuf>) -> Result<Arc<Store>> {
+    let dir = cli_dir.clone().unwrap_or_else(Store::default_dir);
+    let store = Store::open(&dir).with_context(|| format!("cannot open cache {}", dir.display()))?;
+    Ok(Arc::new(store))
+}
+
+fn workspace() -> Result<(Workspace, String)> {
+    let cwd = std::env::current_dir().context("cannot read the current directory")?;
+    let ws = Workspace::discover(&cwd)?;
+    let pkg = ws.package_of_dir(&cwd);
+    Ok((ws, pkg))
+}
+
+fn run(cli: Cli) -> Result<i32> {
+    match &cli.command {
+        Cmd::Build(args) => build(&cli, args, false),
+        Cmd::Test(args) => build(&cli, args, true),
+        Cmd::Outputs { targets } => outputs(targets),
+        Cmd::Explain { target } => explain(&cli, target),
+        Cmd::History { build, limit } => history(&cli, *build, *limit),
+        Cmd::Cache { command } => cache(&cli, command),
+    }
+}
+
+fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
+    let (ws, pkg) = workspace()?;
+    let patterns = parse_patterns(&args.patterns, &pkg)?;
+    let (graph, roots) = wbuild_graph::load(&ws, &patterns)?;
+    let actions = wbuild_graph::analyse(&ws, &graph, &roots, tests)?;
+    let store = open_store(&cli.cache_dir)?;
+    let jobs = args
+        .jobs
+        .or(ws.config.build.jobs)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let exec = Arc::new(WasiExecutor::new(&ExecConfig {
+        modules_dir: store.modules_dir(),
+        max_concurrent: jobs as u32,
+    })?);
+    let opts = Options {
+        jobs,
+        keep_going: args.keep_going,
+        epoch_secs: ws.config.build.source_date_epoch,
+        memory_limit_bytes: ws.config.wasi.memory_limit_mb << 20,
+        timeout: Duration::from_secs(ws.config.wasi.timeout_secs),
+        show_output: args.show_output,
+    };
+    let command = if tests { "test" } else { "build" };
+    let target_names: Vec<String> = roots.iter().map(|l| l.to_string()).collect();
+    let build_id = store.begin_build(command, &target_names)?;
+    let ui = ui::Ui::new(actions.actions.len(), args.events.as_deref())?;
+    ctrlc::set_handler(wbuild_sched::interrupt).context("cannot install the Ctrl-C handler")?;
+    let sched = Scheduler {
+        ws: &ws,
+        store: store.clone(),
+        exec,
+        events: &ui,
+        build_id: Some(build_id),
+    };
+    let summary = sched.run(&actions, &opts);
+    let outcome = match &summary {
+        Ok(s) if s.interrupted => "interrupted",
+        Ok(s) if s.success() => "success",
+        _ => "failed",
+    };
+    store.finish_build(build_id, outcome)?;
+    store.flush()?;
+    let summary = summary?;
+    ui.finish(&summary, tests);
+    Ok(if summary.interrupted {
+        130
+    } else if summary.success() {
+        0
+    } else {
+        1
+    })
+}
+
+fn parse_patterns(patterns: &[String], pkg: &str) -> Result<Vec<TargetPattern>> {
+    let default = ["//...".to_owned()];
+    let patterns = if patterns.is_empty() {
+        &default[..]
+    } else {
+        patterns
+    };
+    patterns
+        .iter()
+        .map(|p| TargetPattern::parse(p, pkg).map_err(Into::into))
+        .collect()
+}
+
+fn outputs(targets: &[String]) -> Result<i32> {
+    let (ws, pkg) = workspace()?;
+    let patterns = parse_patterns(targets, &pkg)?;
+    let (graph, roots) = wbuild_graph::load(&ws, &patterns)?;
+    let actions = wbuild_graph::analyse(&ws, &graph, &roots, false)?;
+    for label in &roots {
+        for path in actions.target_files.get(label).into_iter().flatten() {
+            if actions.producers.contains_key(path) {
+                println!("{}/{path}", wbuild_sched::OUT_DIR);
+            } else {
+                println!("{path}");
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn explain(cli: &Cli, target: &str) -> Result<i32> {
+    let (_ws, pkg) = workspace()?;
+    let label = Label::parse(target, &pkg)?;
+    let store = open_store(&cli.cache_dir)?;
+    let wanted = label.to_string();
+    for b in store.builds(1000)? {
+        let found = store
+            .build_actions(b.id)?
+            .into_iter()
+            .find(|a| a.label == wanted && !a.action_digest.is_empty());
+        let Some(rec) = found else { continue };
+        println!("{wanted}");
+        println!("  action digest: {}", rec.action_digest);
+        println!(
+            "  last seen in build {} ({}), status {}, {} ms",
+            b.id, b.command, rec.status, rec.duration_ms
+        );
+        let digest: Digest = rec
+            .action_digest
+            .parse()
+            .with_context(|| format!("bad digest in history: {}", rec.action_digest))?;
+        match store.access_log(&digest)? {
+            Some(json) => {
+                let log = wbuild_exec_wasi::AccessLog::from_json(&json)?;
+                println!("  accesses ({}):", log.accesses.len());
+                for a in &log.accesses {
+                    println!("    {:<8} {}", format!("{:?}", a.kind).to_lowercase(), a.path);
+                }
+            }
+            None => println!(
+                "  no access log recorded (the action was satisfied from the cache without running here)"
+            ),
+        }
+        return Ok(0);
+    }
+    bail!("{wanted} has not been built with this cache yet: run `wbuild build {wanted}` first")
+}
+
+fn history(cli: &Cli, build: Option<u64>, limit: usize) -> Result<i32> {
+    let store = open_store(&cli.cache_dir)?;
+    match build {
+        None => {
+            println!(
+                "{:>5}  {:<6}  {:<11}  {:>8}  {:>6}  {:>6}  {:>6}  targets",
+                "id", "cmd", "outcome", "ms", "exec", "cached", "failed"
+            );
+            for b in store.builds(limit)? {
+                let ms = b.end_unix_ms.map(|e| e.saturating_sub(b.start_unix_ms));
+                println!(
+                    "{:>5}  {:<6}  {:<11}  {:>8}  {:>6}  {:>6}  {:>6}  {}",
+                    b.id,
+                    b.command,
+                    b.outcome.as_deref().unwrap_or("unfinished"),
+                    ms.map_or("-".to_owned(), |m| m.to_string()),
+                    b.executed,
+                    b.cached,
+                    b.failed,
+                    b.targets.join(" ")
+                );
+            }
+        }
+        Some(id) => {
+            for a in store.build_actions(id)? {
+                println!(
+                    "{:<9} {:>7} ms  {}  {}",
+                    a.status, a.duration_ms, a.label, a.action_digest
+                );
+            }
+        }
+    }
+    Ok(0)
+}
+
+fn parse_size(s: &str) -> Result<u64> {
+    let s = s.trim();
+    let (num, mult) = match s.char_indices().find(|(_, c)| c.is_ascii_alphabetic()) {
+        Some((i, _)) => {
+            let unit = s[i..].to_ascii_uppercase();
+            let m = match unit.as_str() {
+                "B" => 1,
+                "K" | "KB" | "KIB" => 1 << 10,
+                "M" | "MB" | "MIB" => 1 << 20,
+                "G" | "GB" | "GIB" => 1 << 30,
+                "T" | "TB" | "TIB" => 1u64 << 40,
+                _ => bail!("unknown size unit in {s:?}: use K, M, G or T"),
+            };
+            (&s[..i], m)
+        }
+        None => (s, 1),
+    };
+    let n: f64 = num
+        .trim()
+        .parse()
+        .with_context(|| format!("not a size: {s:?} (examples: 500M, 1G)"))?;
+    Ok((n * mult as f64) as u64)
+}
+
+fn cache(cli: &Cli, cmd: &CacheCmd) -> Result<i32> {
+    let store = open_store(&cli.cache_dir)?;
+    match cmd {
+        CacheCmd::Stats => {
+            let s = store.stats()?;
+            println!("cache directory:    {}", store.dir().display());
+            println!("blobs:              {} ({})", s.blobs, ui::bytes(s.blob_bytes));
+            println!("action-cache:       {} entries", s.ac_entries);
+            println!("access logs:        {}", s.access_logs);
+            println!("stat cache:         {} files", s.stat_cache_entries);
+            println!("builds recorded:    {}", s.builds);
+        }
+        CacheCmd::Gc { max_size } => {
+            let max = parse_size(max_size)?;
+            let r = store.gc(max)?;
+            println!(
+                "gc: {} blobs ({}) -> {} blobs ({}); deleted {} blobs ({}), dropped {} action-cache entries, removed {} stale temp entries",
+                r.blobs_before,
+                ui::bytes(r.bytes_before),
+                r.blobs_after,
+                ui::bytes(r.bytes_after),
+                r.blobs_deleted,
+                ui::bytes(r.bytes_deleted),
+                r.ac_entries_dropped,
+                r.tmp_entries_removed
+            );
+        }
+        CacheCmd::Verify => {
+            let r = store.verify()?;
+            store.flush()?;
+            println!(
+                "verified {} blobs ({})",
+                r.blobs_checked,
+                ui::bytes(r.bytes_checked)
+            );
+            for c in &r.corrupt {
+                println!(
+                    "corrupt blob {} at {} (evicted; actions that produced it will run again)",
+                    c.digest,
+                    c.path.display()
+                );
+            }
+            for p in &r.stray_files_removed {
+                println!("removed stray file {}", p.display());
+            }
+            if r.ac_entries_dropped > 0 {
+                println!(
+                    "dropped {} action-cache entries that referred to missing or corrupt blobs",
+                    r.ac_entries_dropped
+                );
+            }
+            println!(
+                "repaired index: {} metadata rows added, {} removed, {} stale stat entries, {} temp entries cleaned",
+                r.metadata_added, r.metadata_removed, r.stat_entries_dropped, r.tmp_entries_removed
+            );
+            // Index rows lost in a crash are routine repairs; damaged data is not.
+            if !r.corrupt.is_empty() || !r.stray_files_removed.is_empty() || r.ac_entries_dropped > 0 {
+                println!("the cache was inconsistent; see above for what was repaired");
+                return Ok(1);
+            }
+            println!("cache is consistent");
+        }
+        CacheCmd::Invalidate { what } => {
+            let mut n = 0;
+            for w in what {
+                if w.starts_with("//") || w.starts_with(':') {
+                    let pkg = workspace().map(|(_, p)| p).unwrap_or_default();
+                    let label = Label::parse(w, &pkg)?.to_string();
+                    for d in store.ac_find_by_label(&label)? {
+                        n += store.ac_remove(&d)? as u64;
+                    }
+                } else {
+                    let d: Digest = w.parse().with_context(|| {
+                        format!("{w:?} is neither a target label (//pkg:name) nor an action digest")
+                    })?;
+                    n += store.ac_remove(&d)? as u64;
+                }
+            }
+            store.flush()?;
+            println!("dropped {n} action-cache entries");
+        }
+    }
+    Ok(0)
+}

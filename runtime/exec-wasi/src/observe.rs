@@ -1,0 +1,647 @@
+//! Observation and policy for the guest's file-system calls.
+//!
+//! The `wasi_snapshot_preview1` file-system imports are shadowed in the `Linker` by wrappers
+//! that decode the path from guest memory, decide whether the call is allowed (writes only to
+//! declared outputs and `/tmp`), call the wiggle-generated implementation in `wasmtime-wasi`,
+//! and record what happened. Directory listings are produced here, in sorted order, and file
+//! metadata handed to the guest is made deterministic (fixed times, inode numbers derived
+//! from the path).
+
+use std::collections::{BTreeSet, HashMap};
+
+use wasmtime::{Caller, Extern, Linker};
+use wasmtime_wasi::p1::wasi_snapshot_preview1 as p1;
+use wiggle::GuestMemory;
+
+use crate::State;
+use crate::access::{AccessKind, AccessLog};
+
+// WASI preview1 constants (witx `wasi_snapshot_preview1`).
+pub(crate) const ERRNO_SUCCESS: i32 = 0;
+const ERRNO_ACCES: i32 = 2;
+const ERRNO_BADF: i32 = 8;
+const ERRNO_FAULT: i32 = 21;
+const ERRNO_ILSEQ: i32 = 25;
+const ERRNO_NOENT: i32 = 44;
+const ERRNO_NOTDIR: i32 = 54;
+const ERRNO_PERM: i32 = 63;
+const ERRNO_NOTCAPABLE: i32 = 76;
+const OFLAGS_CREAT: i32 = 1;
+const OFLAGS_DIRECTORY: i32 = 2;
+const OFLAGS_EXCL: i32 = 4;
+const OFLAGS_TRUNC: i32 = 8;
+const RIGHTS_FD_WRITE: i64 = 1 << 6;
+const FILETYPE_DIRECTORY: u8 = 3;
+const FILETYPE_REGULAR_FILE: u8 = 4;
+const FILETYPE_SYMBOLIC_LINK: u8 = 7;
+
+/// Which of the two preopened trees a guest path lives in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Tree {
+    /// The action root, preopened at `/`: inputs at their workspace paths, outputs.
+    Root,
+    /// The private temp directory, preopened at `/tmp`.
+    Tmp,
+}
+
+#[derive(Clone, Debug)]
+struct FdInfo {
+    tree: Tree,
+    /// Normalised path inside the tree ("" = the tree itself).
+    rel: String,
+    writable: bool,
+}
+
+/// Per-action observation state, stored in the wasmtime `Store`.
+pub(crate) struct Observer {
+    fds: HashMap<i32, FdInfo>,
+    pub(crate) log: AccessLog,
+    /// Workspace paths the guest may create or write (declared outputs).
+    outputs: BTreeSet<String>,
+    /// Directories that lead to a declared output (may be created).
+    output_dirs: BTreeSet<String>,
+    /// Host-side capability handles for listing directories.
+    root_dir: cap_std::fs::Dir,
+    tmp_dir: cap_std::fs::Dir,
+    /// Timestamp (ns since the Unix epoch) reported for every file.
+    time_ns: u64,
+}
+
+impl Observer {
+    pub(crate) fn new(
+        root_dir: cap_std::fs::Dir,
+        tmp_dir: cap_std::fs::Dir,
+        outputs: &[String],
+        time_ns: u64,
+    ) -> Observer {
+        let mut output_dirs = BTreeSet::new();
+        for o in outputs {
+            let mut p = o.as_str();
+            while let Some(i) = p.rfind('/') {
+                p = &p[..i];
+                output_dirs.insert(p.to_owned());
+            }
+        }
+        let mut fds = HashMap::new();
+        fds.insert(
+            3,
+            FdInfo {
+                tree: Tree::Root,
+                rel: String::new(),
+                writable: false,
+            },
+        );
+        fds.insert(
+            4,
+            FdInfo {
+                tree: Tree::Tmp,
+                rel: String::new(),
+                writable: true,
+            },
+        );
+        Observer {
+            fds,
+            log: AccessLog::default(),
+            outputs: outputs.iter().cloned().collect(),
+            output_dirs,
+            root_dir,
+            tmp_dir,
+            time_ns,
+        }
+    }
+
+    /// Resolve `path` relative to directory fd `fd`. `Err(errno)` for unknown fds; `Ok(None)`
+    /// for a path that leaves its tree (recorded as denied by the caller).
+    fn resolve(&self, fd: i32, path: &str) -> Result<Option<(Tree, String)>, i32> {
+        let base = self.fds.get(&fd).ok_or(ERRNO_BADF)?;
+        if path.starts_with('/') {
+            return Ok(None);
+        }
+        let mut parts: Vec<&str> = if base.rel.is_empty() {
+            Vec::new()
+        } else {
+            base.rel.split('/').collect()
+        };
+        for comp in path.split('/') {
+            match comp {
+                "" | "." => {}
+                ".." => {
+                    if parts.pop().is_none() {
+                        return Ok(None);
+                    }
+                }
+                c => parts.push(c),
+            }
+        }
+        Ok(Some((base.tree, parts.join("/"))))
+    }
+
+    /// The path as shown in logs and errors.
+    fn display(tree: Tree, rel: &str) -> String {
+        match (tree, rel.is_empty()) {
+            (Tree::Root, true) => ".".to_owned(),
+            (Tree::Root, false) => rel.to_owned(),
+            (Tree::Tmp, true) => "/tmp".to_owned(),
+            (Tree::Tmp, false) => format!("/tmp/{rel}"),
+        }
+    }
+
+    fn may_write(&self, tree: Tree, rel: &str) -> bool {
+        tree == Tree::Tmp && !rel.is_empty() || self.outputs.contains(rel)
+    }
+
+    fn may_create_dir(&self, tree: Tree, rel: &str) -> bool {
+        tree == Tree::Tmp && !rel.is_empty() || self.output_dirs.contains(rel)
+    }
+
+    fn dir_for(&self, tree: Tree) -> &cap_std::fs::Dir {
+        match tree {
+            Tree::Root => &self.root_dir,
+            Tree::Tmp => &self.tmp_dir,
+        }
+    }
+}
+
+/// A stable fake inode number for a path.
+fn fake_ino(tree: Tree, rel: &str) -> u64 {
+    let h = blake3::hash(format!("{tree:?}/{rel}").as_bytes());
+    u64::from_le_bytes(h.as_bytes()[..8].try_into().expect("8 bytes")) | 1
+}
+
+fn memory<'a>(caller: &'a mut Caller<'_, State>) -> Option<(&'a mut [u8], &'a mut State)> {
+    match caller.get_export("memory") {
+        Some(Extern::Memory(m)) => Some(m.data_and_store_mut(caller)),
+        _ => None,
+    }
+}
+
+fn read_str(mem: &[u8], ptr: i32, len: i32) -> Result<String, i32> {
+    let (ptr, len) = (ptr as u32 as usize, len as u32 as usize);
+    let bytes = mem.get(ptr..ptr.checked_add(len).ok_or(ERRNO_FAULT)?);
+    let bytes = bytes.ok_or(ERRNO_FAULT)?;
+    String::from_utf8(bytes.to_vec()).map_err(|_| ERRNO_ILSEQ)
+}
+
+fn read_u32(mem: &[u8], ptr: i32) -> Option<u32> {
+    let p = ptr as u32 as usize;
+    Some(u32::from_le_bytes(mem.get(p..p + 4)?.try_into().ok()?))
+}
+
+fn write_bytes(mem: &mut [u8], ptr: u32, bytes: &[u8]) -> Result<(), i32> {
+    let p = ptr as usize;
+    mem.get_mut(p..p + bytes.len())
+        .ok_or(ERRNO_FAULT)?
+        .copy_from_slice(bytes);
+    Ok(())
+}
+
+/// Overwrite the non-deterministic fields of a `filestat` the implementation wrote at `buf`.
+fn fix_filestat(mem: &mut [u8], buf: i32, ino: u64, time_ns: u64) {
+    let b = buf as u32;
+    let _ = write_bytes(mem, b, &0u64.to_le_bytes()); // dev
+    let _ = write_bytes(mem, b + 8, &ino.to_le_bytes());
+    let _ = write_bytes(mem, b + 24, &1u64.to_le_bytes()); // nlink
+    for off in [40, 48, 56] {
+        let _ = write_bytes(mem, b + off, &time_ns.to_le_bytes());
+    }
+}
+
+/// Run an async wiggle-generated preview1 function to completion.
+fn block<F: std::future::Future<Output = wasmtime::Result<i32>>>(f: F) -> wasmtime::Result<i32> {
+    wasmtime_wasi::runtime::in_tokio(f)
+}
+
+macro_rules! with_mem {
+    ($caller:ident, |$mem:ident, $state:ident| $body:expr) => {{
+        let Some(($mem, $state)) = memory(&mut $caller) else {
+            wasmtime::bail!("guest module exports no memory");
+        };
+        $body
+    }};
+}
+
+/// Install the observing wrappers over the `wasi_snapshot_preview1` file-system functions.
+pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
+    const M: &str = "wasi_snapshot_preview1";
+    linker.allow_shadowing(true);
+
+    linker.func_wrap(
+        M,
+        "path_open",
+        |mut caller: Caller<'_, State>,
+         fd: i32,
+         dirflags: i32,
+         path_ptr: i32,
+         path_len: i32,
+         oflags: i32,
+         rights_base: i64,
+         rights_inh: i64,
+         fdflags: i32,
+         fd_out: i32|
+         -> wasmtime::Result<i32> {
+            let Some((mem, state)) = memory(&mut caller) else {
+                wasmtime::bail!("guest module exports no memory");
+            };
+            let path = match read_str(mem, path_ptr, path_len) {
+                Ok(p) => p,
+                Err(e) => return Ok(e),
+            };
+            let obs = &mut state.obs;
+            let resolved = match obs.resolve(fd, &path) {
+                Ok(r) => r,
+                Err(e) => return Ok(e),
+            };
+            let Some((tree, rel)) = resolved else {
+                obs.log.record(AccessKind::Denied, &path);
+                return Ok(ERRNO_NOTCAPABLE);
+            };
+            let shown = Observer::display(tree, &rel);
+            let write = rights_base & RIGHTS_FD_WRITE != 0
+                || oflags & (OFLAGS_CREAT | OFLAGS_TRUNC | OFLAGS_EXCL) != 0;
+            if write && !obs.may_write(tree, &rel) {
+                obs.log.record(AccessKind::Denied, &shown);
+                return Ok(ERRNO_ACCES);
+            }
+            let errno = block(p1::path_open(
+                &mut state.wasi,
+                &mut GuestMemory::Unshared(&mut *mem),
+                fd,
+                dirflags,
+                path_ptr,
+                path_len,
+                oflags,
+                rights_base,
+                rights_inh,
+                fdflags,
+                fd_out,
+            ))?;
+            let obs = &mut state.obs;
+            match errno {
+                ERRNO_SUCCESS => {
+                    let kind = if write {
+                        AccessKind::Write
+                    } else if oflags & OFLAGS_DIRECTORY != 0 {
+                        AccessKind::Stat
+                    } else {
+                        AccessKind::Read
+                    };
+                    obs.log.record(kind, &shown);
+                    if let Some(new_fd) = read_u32(mem, fd_out) {
+                        obs.fds.insert(
+                            new_fd as i32,
+                            FdInfo {
+                                tree,
+                                rel,
+                                writable: write,
+                            },
+                        );
+                    }
+                }
+                ERRNO_NOENT => obs.log.record(AccessKind::Missing, &shown),
+                ERRNO_NOTCAPABLE | ERRNO_PERM | ERRNO_ACCES => {
+                    obs.log.record(AccessKind::Denied, &shown)
+                }
+                _ => {}
+            }
+            Ok(errno)
+        },
+    )?;
+
+    linker.func_wrap(
+        M,
+        "path_filestat_get",
+        |mut caller: Caller<'_, State>,
+         fd: i32,
+         flags: i32,
+         path_ptr: i32,
+         path_len: i32,
+         buf: i32|
+         -> wasmtime::Result<i32> {
+            with_mem!(caller, |mem, state| {
+                let path = match read_str(mem, path_ptr, path_len) {
+                    Ok(p) => p,
+                    Err(e) => return Ok(e),
+                };
+                let resolved = match state.obs.resolve(fd, &path) {
+                    Ok(r) => r,
+                    Err(e) => return Ok(e),
+                };
+                let Some((tree, rel)) = resolved else {
+                    state.obs.log.record(AccessKind::Denied, &path);
+                    return Ok(ERRNO_NOTCAPABLE);
+                };
+                let errno = block(p1::path_filestat_get(
+                    &mut state.wasi,
+                    &mut GuestMemory::Unshared(&mut *mem),
+                    fd,
+                    flags,
+                    path_ptr,
+                    path_len,
+                    buf,
+                ))?;
+                let shown = Observer::display(tree, &rel);
+                match errno {
+                    ERRNO_SUCCESS => {
+                        state.obs.log.record(AccessKind::Stat, &shown);
+                        fix_filestat(mem, buf, fake_ino(tree, &rel), state.obs.time_ns);
+                    }
+                    ERRNO_NOENT | ERRNO_NOTDIR => {
+                        state.obs.log.record(AccessKind::Missing, &shown)
+                    }
+                    ERRNO_NOTCAPABLE | ERRNO_PERM => {
+                        state.obs.log.record(AccessKind::Denied, &shown)
+                    }
+                    _ => {}
+                }
+                Ok(errno)
+            })
+        },
+    )?;
+
+    linker.func_wrap(
+        M,
+        "fd_filestat_get",
+        |mut caller: Caller<'_, State>, fd: i32, buf: i32| -> wasmtime::Result<i32> {
+            with_mem!(caller, |mem, state| {
+                let errno = block(p1::fd_filestat_get(&mut state.wasi, &mut GuestMemory::Unshared(&mut *mem), fd, buf))?;
+                if errno == ERRNO_SUCCESS {
+                    let ino = match state.obs.fds.get(&fd) {
+                        Some(info) => fake_ino(info.tree, &info.rel),
+                        None => fd as u64 + 1,
+                    };
+                    fix_filestat(mem, buf, ino, state.obs.time_ns);
+                }
+                Ok(errno)
+            })
+        },
+    )?;
+
+    linker.func_wrap(
+        M,
+        "fd_readdir",
+        |mut caller: Caller<'_, State>,
+         fd: i32,
+         buf: i32,
+         buf_len: i32,
+         cookie: i64,
+         bufused: i32|
+         -> wasmtime::Result<i32> {
+            with_mem!(caller, |mem, state| {
+                let obs = &mut state.obs;
+                let Some(info) = obs.fds.get(&fd).cloned() else {
+                    return Ok(ERRNO_BADF);
+                };
+                obs.log
+                    .record(AccessKind::List, &Observer::display(info.tree, &info.rel));
+                let dir = obs.dir_for(info.tree);
+                let listing = if info.rel.is_empty() {
+                    dir.entries()
+                } else {
+                    dir.read_dir(&info.rel)
+                };
+                let Ok(listing) = listing else {
+                    return Ok(ERRNO_NOTDIR);
+                };
+                let mut entries: Vec<(String, u8)> = vec![
+                    (".".to_owned(), FILETYPE_DIRECTORY),
+                    ("..".to_owned(), FILETYPE_DIRECTORY),
+                ];
+                let mut names: Vec<(String, u8)> = listing
+                    .filter_map(|e| e.ok())
+                    .filter_map(|e| {
+                        let name = e.file_name().into_string().ok()?;
+                        let ft = e.file_type().ok()?;
+                        let t = if ft.is_dir() {
+                            FILETYPE_DIRECTORY
+                        } else if ft.is_symlink() {
+                            FILETYPE_SYMBOLIC_LINK
+                        } else if ft.is_file() {
+                            FILETYPE_REGULAR_FILE
+                        } else {
+                            0
+                        };
+                        Some((name, t))
+                    })
+                    .collect();
+                names.sort();
+                entries.extend(names);
+                // Serialise dirents starting at `cookie`, truncating the last one at the end
+                // of the buffer as the preview1 ABI allows.
+                let mut out = Vec::new();
+                for (i, (name, t)) in entries.iter().enumerate().skip(cookie as u64 as usize) {
+                    let child = if info.rel.is_empty() {
+                        name.clone()
+                    } else {
+                        format!("{}/{name}", info.rel)
+                    };
+                    out.extend_from_slice(&(i as u64 + 1).to_le_bytes());
+                    out.extend_from_slice(&fake_ino(info.tree, &child).to_le_bytes());
+                    out.extend_from_slice(&(name.len() as u32).to_le_bytes());
+                    out.extend_from_slice(&[*t, 0, 0, 0]);
+                    out.extend_from_slice(name.as_bytes());
+                    if out.len() >= buf_len as u32 as usize {
+                        break;
+                    }
+                }
+                out.truncate(buf_len as u32 as usize);
+                if let Err(e) = write_bytes(mem, buf as u32, &out) {
+                    return Ok(e);
+                }
+                if let Err(e) = write_bytes(mem, bufused as u32, &(out.len() as u32).to_le_bytes())
+                {
+                    return Ok(e);
+                }
+                Ok(ERRNO_SUCCESS)
+            })
+        },
+    )?;
+
+    linker.func_wrap(
+        M,
+        "fd_close",
+        |mut caller: Caller<'_, State>, fd: i32| -> wasmtime::Result<i32> {
+            with_mem!(caller, |mem, state| {
+                let errno = block(p1::fd_close(&mut state.wasi, &mut GuestMemory::Unshared(&mut *mem), fd))?;
+                if errno == ERRNO_SUCCESS {
+                    state.obs.fds.remove(&fd);
+                }
+                Ok(errno)
+            })
+        },
+    )?;
+
+    linker.func_wrap(
+        M,
+        "fd_renumber",
+        |mut caller: Caller<'_, State>, from: i32, to: i32| -> wasmtime::Result<i32> {
+            with_mem!(caller, |mem, state| {
+                let errno = block(p1::fd_renumber(&mut state.wasi, &mut GuestMemory::Unshared(&mut *mem), from, to))?;
+                if errno == ERRNO_SUCCESS {
+                    if let Some(info) = state.obs.fds.remove(&from) {
+                        state.obs.fds.insert(to, info);
+                    } else {
+                        state.obs.fds.remove(&to);
+                    }
+                }
+                Ok(errno)
+            })
+        },
+    )?;
+
+    // Path mutations: allowed only on declared outputs (and the directories leading to them)
+    // and inside /tmp.
+    macro_rules! guarded_path_op {
+        ($name:literal, $func:ident, $dirs:expr, ($($a:ident: $t:ty),*), fd = $fd:ident, ptr = $ptr:ident, len = $len:ident) => {
+            linker.func_wrap(
+                M,
+                $name,
+                |mut caller: Caller<'_, State>, $($a: $t),*| -> wasmtime::Result<i32> {
+                    with_mem!(caller, |mem, state| {
+                        let path = match read_str(mem, $ptr, $len) {
+                            Ok(p) => p,
+                            Err(e) => return Ok(e),
+                        };
+                        let resolved = match state.obs.resolve($fd, &path) {
+                            Ok(r) => r,
+                            Err(e) => return Ok(e),
+                        };
+                        let Some((tree, rel)) = resolved else {
+                            state.obs.log.record(AccessKind::Denied, &path);
+                            return Ok(ERRNO_NOTCAPABLE);
+                        };
+                        let shown = Observer::display(tree, &rel);
+                        let allowed = if $dirs {
+                            state.obs.may_create_dir(tree, &rel)
+                        } else {
+                            state.obs.may_write(tree, &rel)
+                        };
+                        if !allowed {
+                            state.obs.log.record(AccessKind::Denied, &shown);
+                            return Ok(ERRNO_ACCES);
+                        }
+                        let errno = block(p1::$func(&mut state.wasi, &mut GuestMemory::Unshared(&mut *mem), $($a),*))?;
+                        if errno == ERRNO_SUCCESS {
+                            state.obs.log.record(AccessKind::Write, &shown);
+                        }
+                        Ok(errno)
+                    })
+                },
+            )?;
+        };
+    }
+    guarded_path_op!("path_create_directory", path_create_directory, true,
+        (fd: i32, ptr: i32, len: i32), fd = fd, ptr = ptr, len = len);
+    guarded_path_op!("path_remove_directory", path_remove_directory, true,
+        (fd: i32, ptr: i32, len: i32), fd = fd, ptr = ptr, len = len);
+    guarded_path_op!("path_unlink_file", path_unlink_file, false,
+        (fd: i32, ptr: i32, len: i32), fd = fd, ptr = ptr, len = len);
+    guarded_path_op!("path_symlink", path_symlink, false,
+        (old_ptr: i32, old_len: i32, fd: i32, ptr: i32, len: i32), fd = fd, ptr = ptr, len = len);
+    guarded_path_op!("path_filestat_set_times", path_filestat_set_times, false,
+        (fd: i32, flags: i32, ptr: i32, len: i32, atim: i64, mtim: i64, fst: i32), fd = fd, ptr = ptr, len = len);
+
+    // Rename and link touch two paths: both must be writable.
+    linker.func_wrap(
+        M,
+        "path_rename",
+        |mut caller: Caller<'_, State>,
+         fd: i32,
+         old_ptr: i32,
+         old_len: i32,
+         new_fd: i32,
+         new_ptr: i32,
+         new_len: i32|
+         -> wasmtime::Result<i32> {
+            with_mem!(caller, |mem, state| {
+                let (Ok(old), Ok(new)) = (
+                    read_str(mem, old_ptr, old_len),
+                    read_str(mem, new_ptr, new_len),
+                ) else {
+                    return Ok(ERRNO_FAULT);
+                };
+                for (dfd, p) in [(fd, &old), (new_fd, &new)] {
+                    match state.obs.resolve(dfd, p) {
+                        Err(e) => return Ok(e),
+                        Ok(None) => {
+                            state.obs.log.record(AccessKind::Denied, p);
+                            return Ok(ERRNO_NOTCAPABLE);
+                        }
+                        Ok(Some((tree, rel))) if !state.obs.may_write(tree, &rel) => {
+                            state
+                                .obs
+                                .log
+                                .record(AccessKind::Denied, &Observer::display(tree, &rel));
+                            return Ok(ERRNO_ACCES);
+                        }
+                        Ok(Some((tree, rel))) => {
+                            state
+                                .obs
+                                .log
+                                .record(AccessKind::Write, &Observer::display(tree, &rel));
+                        }
+                    }
+                }
+                block(p1::path_rename(
+                    &mut state.wasi,
+                    &mut GuestMemory::Unshared(&mut *mem),
+                    fd,
+                    old_ptr,
+                    old_len,
+                    new_fd,
+                    new_ptr,
+                    new_len,
+                ))
+            })
+        },
+    )?;
+    linker.func_wrap(
+        M,
+        "path_link",
+        |mut caller: Caller<'_, State>,
+         _old_fd: i32,
+         _old_flags: i32,
+         old_ptr: i32,
+         old_len: i32,
+         _new_fd: i32,
+         _new_ptr: i32,
+         _new_len: i32|
+         -> wasmtime::Result<i32> {
+            // Hard links would alias inputs (which share storage with the cache) as outputs.
+            with_mem!(caller, |mem, state| {
+                let old = read_str(mem, old_ptr, old_len).unwrap_or_default();
+                state.obs.log.record(AccessKind::Denied, &old);
+                Ok(ERRNO_PERM)
+            })
+        },
+    )?;
+
+    // Descriptor mutations: only on descriptors opened for writing.
+    macro_rules! guarded_fd_op {
+        ($name:literal, $func:ident, ($fd:ident: i32 $(, $a:ident: $t:ty)*)) => {
+            linker.func_wrap(
+                M,
+                $name,
+                |mut caller: Caller<'_, State>, $fd: i32 $(, $a: $t)*| -> wasmtime::Result<i32> {
+                    with_mem!(caller, |mem, state| {
+                        match state.obs.fds.get(&$fd) {
+                            Some(info) if info.writable => {}
+                            Some(info) => {
+                                let shown = Observer::display(info.tree, &info.rel);
+                                state.obs.log.record(AccessKind::Denied, &shown);
+                                return Ok(ERRNO_ACCES);
+                            }
+                            None if $fd <= 2 => {}
+                            None => return Ok(ERRNO_BADF),
+                        }
+                        block(p1::$func(&mut state.wasi, &mut GuestMemory::Unshared(&mut *mem), $fd $(, $a)*))
+                    })
+                },
+            )?;
+        };
+    }
+    guarded_fd_op!("fd_filestat_set_size", fd_filestat_set_size, (fd: i32, size: i64));
+    guarded_fd_op!("fd_filestat_set_times", fd_filestat_set_times, (fd: i32, atim: i64, mtim: i64, flags: i32));
+
+    linker.allow_shadowing(false);
+    Ok(())
+}

@@ -1,0 +1,806 @@
+//! The cache-first parallel scheduler: turns an analysed [`ActionGraph`] into results.
+//!
+//! For each action whose dependencies are done it computes the action key (REAPI `Action` +
+//! `Command` + input-root Merkle tree, hashed with the store's digest function), looks it up
+//! in the action cache, and either materialises the cached outputs or stages the inputs from
+//! the CAS, runs the tool in the WASI executor, checks what it touched, stores the outputs and
+//! writes the action-cache entry. Misses run on `jobs` threads, longest remaining critical
+//! path first (durations remembered from earlier builds).
+//!
+//! What it must never do: put anything in a key that is not content (no absolute host paths,
+//! no user, no time), write an action-cache entry for a failed action or before its blobs are
+//! stored, or materialise an output as a writable alias of a CAS blob.
+
+mod merkle;
+
+use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use wbuild_exec_wasi::{AccessKind, AccessLog, EXECUTOR_VERSION, Request, WasiExecutor};
+use wbuild_graph::{ActionGraph, ActionNode, Workspace};
+use wbuild_store::{ActionRecord, Digest, Store, digest_message, reapi};
+
+pub use merkle::input_root;
+
+/// Directory under the workspace root where outputs are materialised.
+pub const OUT_DIR: &str = "wbuild-out";
+
+#[derive(Debug, thiserror::Error)]
+pub enum SchedError {
+    #[error(transparent)]
+    Store(#[from] wbuild_store::StoreError),
+    #[error("cannot write {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// Settings of one build.
+#[derive(Clone, Debug)]
+pub struct Options {
+    pub jobs: usize,
+    pub keep_going: bool,
+    /// Wall clock the guests see (`SOURCE_DATE_EPOCH`).
+    pub epoch_secs: u64,
+    pub memory_limit_bytes: u64,
+    pub timeout: Duration,
+    /// Show the output of successful actions too.
+    pub show_output: bool,
+}
+
+/// Result status of one action.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Executed,
+    Cached,
+    Failed,
+    /// Not run because a dependency failed or the build stopped.
+    Skipped,
+}
+
+impl Status {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Status::Executed => "executed",
+            Status::Cached => "cached",
+            Status::Failed => "failed",
+            Status::Skipped => "skipped",
+        }
+    }
+}
+
+/// Something that happened, for the progress display and the `--events` file.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Event {
+    ActionStarted {
+        label: String,
+        mnemonic: String,
+    },
+    Action {
+        label: String,
+        mnemonic: String,
+        status: Status,
+        duration_ms: u64,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        action_digest: Option<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        error: Option<String>,
+        /// Tool output shown to the user (failed actions, warnings, or on request).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        output: Option<String>,
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        warnings: Vec<String>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        accesses: Option<serde_json::Value>,
+    },
+    BuildFinished {
+        executed: u64,
+        cached: u64,
+        failed: u64,
+        skipped: u64,
+        duration_ms: u64,
+        interrupted: bool,
+    },
+}
+
+/// Receives events; called from worker threads.
+pub trait EventSink: Send + Sync {
+    fn event(&self, e: &Event);
+}
+
+/// Outcome of a build.
+#[derive(Clone, Debug, Default)]
+pub struct Summary {
+    pub executed: u64,
+    pub cached: u64,
+    pub failed: u64,
+    pub skipped: u64,
+    pub interrupted: bool,
+    /// Digests of every output produced or restored, by workspace path.
+    pub outputs: BTreeMap<String, Digest>,
+    pub duration: Duration,
+}
+
+impl Summary {
+    pub fn success(&self) -> bool {
+        self.failed == 0 && self.skipped == 0 && !self.interrupted
+    }
+}
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Ask running builds to stop (Ctrl-C): no new actions start, running guests are stopped.
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+    wbuild_exec_wasi::interrupt();
+}
+
+/// The key of an action and what it takes to run it.
+struct Prepared {
+    action_digest: Digest,
+    /// Guest path -> digest of every staged file (inputs and tool data).
+    files: BTreeMap<String, Digest>,
+    module: Digest,
+    /// Source files (workspace path -> digest) that may need to enter the CAS before staging.
+    sources: Vec<(String, Digest)>,
+}
+
+/// What finishing an action produced.
+struct Finished {
+    status: Status,
+    outputs: Vec<(String, Digest)>,
+    error: Option<String>,
+    output: Option<String>,
+    warnings: Vec<String>,
+    accesses: Option<serde_json::Value>,
+    action_digest: Option<Digest>,
+}
+
+impl Finished {
+    fn failed(error: String) -> Finished {
+        Finished {
+            status: Status::Failed,
+            outputs: Vec::new(),
+            error: Some(error),
+            output: None,
+            warnings: Vec::new(),
+            accesses: None,
+            action_digest: None,
+        }
+    }
+}
+
+struct Shared {
+    ready: BinaryHeap<(u64, std::cmp::Reverse<usize>)>,
+    waiting: Vec<usize>,
+    done: Vec<Option<Status>>,
+    running: usize,
+    remaining: usize,
+    stop: bool,
+    /// Digest of every generated file known so far.
+    generated: HashMap<String, Digest>,
+    summary: Summary,
+}
+
+/// Runs builds against one store and executor.
+pub struct Scheduler<'a> {
+    pub ws: &'a Workspace,
+    pub store: Arc<Store>,
+    pub exec: Arc<WasiExecutor>,
+    pub events: &'a dyn EventSink,
+    pub build_id: Option<u64>,
+}
+
+static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Scheduler<'_> {
+    /// Build every action of `graph`.
+    pub fn run(&self, graph: &ActionGraph, opts: &Options) -> Result<Summary, SchedError> {
+        INTERRUPTED.store(false, Ordering::SeqCst);
+        let start = Instant::now();
+        let n = graph.actions.len();
+        let mut rdeps: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut waiting = vec![0usize; n];
+        for (i, a) in graph.actions.iter().enumerate() {
+            let mut deps = a.deps.clone();
+            deps.sort_unstable();
+            deps.dedup();
+            waiting[i] = deps.len();
+            for d in deps {
+                rdeps[d].push(i);
+            }
+        }
+        // Critical path: own expected duration plus the longest path through dependents.
+        let mut prio = vec![0u64; n];
+        for i in (0..n).rev() {
+            let own = self
+                .store
+                .last_duration_ms(&graph.actions[i].label.to_string())?
+                .unwrap_or(1)
+                .max(1);
+            let tail = rdeps[i].iter().map(|&r| prio[r]).max().unwrap_or(0);
+            prio[i] = own + tail;
+        }
+        let mut ready = BinaryHeap::new();
+        for (i, w) in waiting.iter().enumerate() {
+            if *w == 0 {
+                ready.push((prio[i], std::cmp::Reverse(i)));
+            }
+        }
+        let shared = Mutex::new(Shared {
+            ready,
+            waiting,
+            done: vec![None; n],
+            running: 0,
+            remaining: n,
+            stop: false,
+            generated: HashMap::new(),
+            summary: Summary::default(),
+        });
+        let cv = Condvar::new();
+        let first_error: Mutex<Option<SchedError>> = Mutex::new(None);
+
+        std::thread::scope(|s| {
+            for _ in 0..opts.jobs.max(1).min(n.max(1)) {
+                s.spawn(|| {
+                    self.worker(graph, opts, &rdeps, &prio, &shared, &cv, &first_error)
+                });
+            }
+        });
+
+        if let Some(e) = first_error.into_inner().expect("error slot") {
+            return Err(e);
+        }
+        let mut st = shared.into_inner().expect("scheduler state");
+        st.summary.skipped = st
+            .done
+            .iter()
+            .filter(|d| matches!(d, None | Some(Status::Skipped)))
+            .count() as u64;
+        st.summary.interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        st.summary.duration = start.elapsed();
+        st.summary.outputs = st.generated.into_iter().collect();
+        let s = &st.summary;
+        self.events.event(&Event::BuildFinished {
+            executed: s.executed,
+            cached: s.cached,
+            failed: s.failed,
+            skipped: s.skipped,
+            duration_ms: s.duration.as_millis() as u64,
+            interrupted: s.interrupted,
+        });
+        self.store.flush()?;
+        Ok(st.summary)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn worker(
+        &self,
+        graph: &ActionGraph,
+        opts: &Options,
+        rdeps: &[Vec<usize>],
+        prio: &[u64],
+        shared: &Mutex<Shared>,
+        cv: &Condvar,
+        first_error: &Mutex<Option<SchedError>>,
+    ) {
+        loop {
+            let (idx, generated) = {
+                let mut st = shared.lock().expect("scheduler state");
+                loop {
+                    if INTERRUPTED.load(Ordering::SeqCst) {
+                        st.stop = true;
+                    }
+                    if st.stop || st.remaining == 0 {
+                        cv.notify_all();
+                        return;
+                    }
+                    if let Some((_, std::cmp::Reverse(i))) = st.ready.pop() {
+                        st.running += 1;
+                        break (i, st.generated.clone());
+                    }
+                    if st.running == 0 {
+                        // Nothing ready, nothing running: the rest is blocked by failures.
+                        cv.notify_all();
+                        return;
+                    }
+                    st = cv.wait(st).expect("scheduler state");
+                }
+            };
+            let action = &graph.actions[idx];
+            let label = action.label.to_string();
+            let t0 = Instant::now();
+            let fin = match self.process(graph, action, opts, &generated) {
+                Ok(f) => f,
+                Err(e) => {
+                    let mut st = shared.lock().expect("scheduler state");
+                    st.stop = true;
+                    st.running -= 1;
+                    first_error.lock().expect("error slot").get_or_insert(e);
+                    cv.notify_all();
+                    return;
+                }
+            };
+            let duration_ms = t0.elapsed().as_millis() as u64;
+            let digest_text = fin.action_digest.map(|d| d.to_string());
+            if let Some(build) = self.build_id {
+                let rec = ActionRecord {
+                    label: label.clone(),
+                    mnemonic: action.mnemonic.clone(),
+                    action_digest: digest_text.clone().unwrap_or_default(),
+                    status: fin.status.as_str().to_owned(),
+                    duration_ms,
+                };
+                if let Err(e) = self.store.record_action(build, &rec) {
+                    first_error
+                        .lock()
+                        .expect("error slot")
+                        .get_or_insert(e.into());
+                }
+            }
+            self.events.event(&Event::Action {
+                label,
+                mnemonic: action.mnemonic.clone(),
+                status: fin.status,
+                duration_ms,
+                action_digest: digest_text,
+                error: fin.error.clone(),
+                output: fin.output.clone(),
+                warnings: fin.warnings.clone(),
+                accesses: fin.accesses.clone(),
+            });
+            let mut st = shared.lock().expect("scheduler state");
+            st.running -= 1;
+            st.remaining -= 1;
+            st.done[idx] = Some(fin.status);
+            match fin.status {
+                Status::Executed => st.summary.executed += 1,
+                Status::Cached => st.summary.cached += 1,
+                Status::Failed => st.summary.failed += 1,
+                Status::Skipped => {}
+            }
+            if fin.status == Status::Failed {
+                if !opts.keep_going {
+                    st.stop = true;
+                }
+                // Everything downstream of a failure is skipped.
+                let mut stack = rdeps[idx].clone();
+                while let Some(r) = stack.pop() {
+                    if st.done[r].is_none() {
+                        st.done[r] = Some(Status::Skipped);
+                        st.remaining -= 1;
+                        stack.extend(rdeps[r].iter().copied());
+                    }
+                }
+            } else {
+                for (p, d) in fin.outputs {
+                    st.generated.insert(p, d);
+                }
+                for &r in &rdeps[idx] {
+                    st.waiting[r] -= 1;
+                    if st.waiting[r] == 0 && st.done[r].is_none() {
+                        st.ready.push((prio[r], std::cmp::Reverse(r)));
+                    }
+                }
+            }
+            cv.notify_all();
+        }
+    }
+
+    /// Digest of an input: generated (from the producing action) or a source file.
+    fn input_digest(
+        &self,
+        graph: &ActionGraph,
+        path: &str,
+        generated: &HashMap<String, Digest>,
+    ) -> Result<(Digest, bool), String> {
+        if let Some(d) = generated.get(path) {
+            return Ok((*d, false));
+        }
+        if let Some((_, label)) = graph.producers.get(path) {
+            return Err(format!("input {path} (produced by {label}) is not available"));
+        }
+        let abs = self.ws.root.join(path);
+        self.store
+            .file_digest(&abs)
+            .map(|d| (d, true))
+            .map_err(|e| format!("cannot read input {path}: {e}"))
+    }
+
+    /// Compute the action key: REAPI Command, input root and Action.
+    fn prepare(
+        &self,
+        graph: &ActionGraph,
+        action: &ActionNode,
+        opts: &Options,
+        generated: &HashMap<String, Digest>,
+    ) -> Result<Prepared, String> {
+        let f = self.store.function();
+        let mut files = BTreeMap::new();
+        let mut sources = Vec::new();
+        for path in &action.inputs {
+            let (d, is_source) = self.input_digest(graph, path, generated)?;
+            if is_source {
+                sources.push((path.clone(), d));
+            }
+            files.insert(path.clone(), d);
+        }
+        for (guest, ws_path) in &action.tool.data {
+            let (d, is_source) = self.input_digest(graph, ws_path, generated)?;
+            if is_source {
+                sources.push((ws_path.clone(), d));
+            }
+            let staged = guest.trim_start_matches('/').to_owned();
+            if let Some(prev) = files.insert(staged.clone(), d)
+                && prev != d
+            {
+                return Err(format!(
+                    "tool data {guest} of {} collides with input {staged}",
+                    action.tool.label
+                ));
+            }
+        }
+        let (module, module_is_source) =
+            self.input_digest(graph, &action.tool.module, generated)?;
+        if module_is_source {
+            sources.push((action.tool.module.clone(), module));
+        }
+        let mut keyed = files.clone();
+        keyed.insert(".wbuild/tool.wasm".to_owned(), module);
+        let (root, _) = merkle::input_root(f, &keyed)
+            .map_err(|c| format!("input path {} is both a file and a directory", c.0))?;
+
+        let platform = reapi::Platform {
+            properties: [
+                ("OSFamily", "wasi".to_owned()),
+                ("wbuild-executor", EXECUTOR_VERSION.to_owned()),
+                ("wbuild-memory-limit", opts.memory_limit_bytes.to_string()),
+                ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
+            ]
+            .into_iter()
+            .map(|(n, v)| reapi::platform::Property {
+                name: n.to_owned(),
+                value: v,
+            })
+            .collect(),
+        };
+        #[allow(deprecated)]
+        let command = reapi::Command {
+            arguments: action.argv.clone(),
+            environment_variables: action
+                .env
+                .iter()
+                .map(|(k, v)| reapi::command::EnvironmentVariable {
+                    name: k.clone(),
+                    value: v.clone(),
+                })
+                .collect(),
+            output_paths: action.outputs.clone(),
+            platform: Some(platform.clone()),
+            ..Default::default()
+        };
+        let (command_digest, _) = digest_message(f, &command);
+        let act = reapi::Action {
+            command_digest: Some(command_digest.to_proto()),
+            input_root_digest: Some(root.to_proto()),
+            timeout: Some(bazel_remote_apis::google::protobuf::Duration {
+                seconds: opts.timeout.as_secs() as i64,
+                nanos: 0,
+            }),
+            do_not_cache: false,
+            salt: Vec::new(),
+            platform: Some(platform),
+        };
+        let (action_digest, _) = digest_message(f, &act);
+        Ok(Prepared {
+            action_digest,
+            files,
+            module,
+            sources,
+        })
+    }
+
+    fn process(
+        &self,
+        graph: &ActionGraph,
+        action: &ActionNode,
+        opts: &Options,
+        generated: &HashMap<String, Digest>,
+    ) -> Result<Finished, SchedError> {
+        let prep = match self.prepare(graph, action, opts, generated) {
+            Ok(p) => p,
+            Err(e) => return Ok(Finished::failed(e)),
+        };
+        if let Some(result) = self.store.ac_get(&prep.action_digest)? {
+            let mut outputs = Vec::new();
+            let mut ok = result.exit_code == 0;
+            for of in &result.output_files {
+                match of
+                    .digest
+                    .as_ref()
+                    .map(|d| Digest::from_proto(self.store.function(), d))
+                {
+                    Some(Ok(d)) => outputs.push((of.path.clone(), d)),
+                    _ => ok = false,
+                }
+            }
+            if ok {
+                match self.materialize(&outputs) {
+                    Ok(()) => {
+                        let output = if opts.show_output {
+                            self.cached_output(&result)
+                        } else {
+                            None
+                        };
+                        return Ok(Finished {
+                            status: Status::Cached,
+                            outputs,
+                            error: None,
+                            output,
+                            warnings: Vec::new(),
+                            accesses: None,
+                            action_digest: Some(prep.action_digest),
+                        });
+                    }
+                    Err(wbuild_store::StoreError::Corrupt { .. })
+                    | Err(wbuild_store::StoreError::NotFound { .. }) => {
+                        // A blob went bad: forget the entry and run the action again.
+                        self.store.ac_remove(&prep.action_digest)?;
+                    }
+                    Err(e) => return Err(e.into()),
+                }
+            } else {
+                self.store.ac_remove(&prep.action_digest)?;
+            }
+        }
+        self.execute(graph, action, opts, prep)
+    }
+
+    fn cached_output(&self, result: &reapi::ActionResult) -> Option<String> {
+        let mut text = String::new();
+        for d in [&result.stdout_digest, &result.stderr_digest]
+            .into_iter()
+            .flatten()
+        {
+            if let Ok(d) = Digest::from_proto(self.store.function(), d)
+                && let Ok(bytes) = self.store.get_bytes(&d)
+            {
+                text.push_str(&String::from_utf8_lossy(&bytes));
+            }
+        }
+        (!text.is_empty()).then_some(text)
+    }
+
+    /// Copy outputs into `wbuild-out/`, skipping files that already hold the right bytes.
+    fn materialize(&self, outputs: &[(String, Digest)]) -> Result<(), wbuild_store::StoreError> {
+        for (path, d) in outputs {
+            let dest = self.ws.root.join(OUT_DIR).join(path);
+            if dest.is_file()
+                && let Ok(have) = self.store.file_digest(&dest)
+                && have == *d
+            {
+                continue;
+            }
+            self.store.materialize(d, &dest, false)?;
+        }
+        Ok(())
+    }
+
+    fn execute(
+        &self,
+        graph: &ActionGraph,
+        action: &ActionNode,
+        opts: &Options,
+        prep: Prepared,
+    ) -> Result<Finished, SchedError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SchedError::Io { path, source }
+        };
+        // Sources enter the CAS so they can be staged by hard link (and shared later).
+        for (path, d) in &prep.sources {
+            if !self.store.has(d) {
+                let got = self.store.put_file(&self.ws.root.join(path))?;
+                if got != *d {
+                    return Ok(Finished::failed(format!(
+                        "input {path} changed while the build was running; run the build again"
+                    )));
+                }
+            }
+        }
+        let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
+        let stage = self
+            .store
+            .tmp_dir()
+            .join(format!("act-{}-{n}", std::process::id()));
+        let root = stage.join("root");
+        let tmp = stage.join("tmp");
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let cleanup = StageGuard(stage.clone());
+        for (path, d) in &prep.files {
+            self.store.link_into(d, &root.join(path))?;
+        }
+        for out in &action.outputs {
+            if let Some(parent) = root.join(out).parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+        }
+        let module_path = stage.join("tool.wasm");
+        self.store.link_into(&prep.module, &module_path)?;
+
+        let req = Request {
+            module_key: prep.module.to_string(),
+            module_path,
+            module_name: action.tool.label.to_string(),
+            argv: action.argv.clone(),
+            env: action
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            root: root.clone(),
+            tmp,
+            outputs: action.outputs.clone(),
+            epoch_secs: opts.epoch_secs,
+            random_seed: prep.action_digest.hash,
+            memory_limit_bytes: opts.memory_limit_bytes,
+            timeout: opts.timeout,
+        };
+        let outcome = match self.exec.run(&req) {
+            Ok(o) => o,
+            Err(e) => return Ok(Finished::failed(e.to_string())),
+        };
+        let accesses = serde_json::from_str(&outcome.accesses.to_json()).ok();
+        let mut text = String::from_utf8_lossy(&outcome.stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&outcome.stderr));
+
+        let mut errors = Vec::new();
+        if let Some(f) = &outcome.failure {
+            errors.push(f.to_string());
+        } else if outcome.exit_code != 0 {
+            errors.push(format!("the tool exited with code {}", outcome.exit_code));
+        }
+        errors.extend(self.check_accesses(graph, action, &prep, &outcome.accesses));
+
+        let mut outputs = Vec::new();
+        if errors.is_empty() {
+            for out in &action.outputs {
+                let p = root.join(out);
+                match std::fs::symlink_metadata(&p) {
+                    Ok(m) if m.is_file() => outputs.push((out.clone(), self.store.put_file_move(&p)?)),
+                    Ok(_) => errors.push(format!("declared output {out} is not a regular file")),
+                    Err(_) => errors.push(format!(
+                        "the tool did not create declared output {out}"
+                    )),
+                }
+            }
+        }
+        let warnings = unused_inputs(action, &outcome.accesses);
+        drop(cleanup);
+        self.store
+            .put_access_log(&prep.action_digest, &outcome.accesses.to_json())?;
+
+        if !errors.is_empty() {
+            return Ok(Finished {
+                status: Status::Failed,
+                outputs: Vec::new(),
+                error: Some(errors.join("; ")),
+                output: (!text.is_empty()).then_some(text),
+                warnings,
+                accesses,
+                action_digest: Some(prep.action_digest),
+            });
+        }
+        let stdout_digest = (!outcome.stdout.is_empty())
+            .then(|| self.store.put_bytes(&outcome.stdout))
+            .transpose()?;
+        let stderr_digest = (!outcome.stderr.is_empty())
+            .then(|| self.store.put_bytes(&outcome.stderr))
+            .transpose()?;
+        let result = reapi::ActionResult {
+            output_files: outputs
+                .iter()
+                .map(|(path, d)| reapi::OutputFile {
+                    path: path.clone(),
+                    digest: Some(d.to_proto()),
+                    is_executable: false,
+                    contents: Vec::new(),
+                    node_properties: None,
+                })
+                .collect(),
+            exit_code: 0,
+            stdout_digest: stdout_digest.map(|d| d.to_proto()),
+            stderr_digest: stderr_digest.map(|d| d.to_proto()),
+            ..Default::default()
+        };
+        self.store
+            .ac_put(&prep.action_digest, &result, &action.label.to_string())?;
+        self.materialize(&outputs)?;
+        let show = opts.show_output || text.to_ascii_lowercase().contains("warning");
+        Ok(Finished {
+            status: Status::Executed,
+            outputs,
+            error: None,
+            output: (show && !text.is_empty()).then_some(text),
+            warnings,
+            accesses,
+            action_digest: Some(prep.action_digest),
+        })
+    }
+
+    /// Undeclared reads and refused accesses become errors naming the path and what to do.
+    fn check_accesses(
+        &self,
+        graph: &ActionGraph,
+        action: &ActionNode,
+        prep: &Prepared,
+        log: &AccessLog,
+    ) -> Vec<String> {
+        let mut errors = Vec::new();
+        for path in log.paths(AccessKind::Missing) {
+            if path.starts_with("/tmp") || prep.files.contains_key(path) {
+                continue;
+            }
+            if let Some((_, label)) = graph.producers.get(path) {
+                if *label != action.label {
+                    errors.push(format!(
+                        "read undeclared input {path}, which is produced by {label}: add {label} to srcs of {}",
+                        action.label
+                    ));
+                }
+            } else if self.ws.root.join(path).is_file() {
+                errors.push(format!(
+                    "read undeclared input {path}: add it to srcs of {}",
+                    action.label
+                ));
+            }
+        }
+        for path in log.paths(AccessKind::Denied) {
+            if path.starts_with('/') || path.starts_with("..") || path.contains("/..") {
+                errors.push(format!(
+                    "tried to reach {path} outside its sandbox (only declared inputs, outputs and /tmp exist)"
+                ));
+            } else if prep.files.contains_key(path) {
+                errors.push(format!("tried to modify its input {path}; inputs are read-only"));
+            } else {
+                errors.push(format!(
+                    "tried to write undeclared path {path}: declare it in outs of {} or write scratch files to /tmp",
+                    action.label
+                ));
+            }
+        }
+        errors
+    }
+}
+
+/// Declared inputs the tool never opened, stat'ed or listed.
+fn unused_inputs(action: &ActionNode, log: &AccessLog) -> Vec<String> {
+    let touched: std::collections::HashSet<&str> = log
+        .accesses
+        .iter()
+        .filter(|a| matches!(a.kind, AccessKind::Read | AccessKind::Stat | AccessKind::List))
+        .map(|a| a.path.as_str())
+        .collect();
+    action
+        .inputs
+        .iter()
+        .filter(|p| !touched.contains(p.as_str()))
+        .map(|p| format!("declared input {p} was never read by {}", action.label))
+        .collect()
+}
+
+/// Removes an action's staging directory when dropped.
+struct StageGuard(PathBuf);
+impl Drop for StageGuard {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
