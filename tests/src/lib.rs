@@ -21,3 +21,185 @@ pub fn guest(name: &str) -> PathBuf {
 pub fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
 }
+
+use std::process::{Command, Output};
+
+/// A temporary workspace with its own cache directory, driving one `wbuild` binary.
+pub struct TestWorkspace {
+    pub root: PathBuf,
+    pub cache: PathBuf,
+    bin: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl TestWorkspace {
+    /// A workspace with an empty `wbuild.toml` and the probe guest at `tools/probe.wasm`
+    /// (declared as `//tools:probe`).
+    pub fn new(bin: &str) -> TestWorkspace {
+        let dir = tempfile::Builder::new()
+            .prefix("wbuild-e2e-")
+            .tempdir()
+            .expect("temp dir");
+        let root = dir.path().join("ws");
+        let cache = dir.path().join("cache");
+        std::fs::create_dir_all(&root).unwrap();
+        let ws = TestWorkspace {
+            root,
+            cache,
+            bin: PathBuf::from(bin),
+            _dir: dir,
+        };
+        ws.write("wbuild.toml", "[build]\nsource_date_epoch = 0\n");
+        ws.copy_guest("probe", "tools/probe.wasm");
+        ws.write("tools/WBUILD", "wasi_tool(name = \"probe\", src = \"probe.wasm\")\n");
+        ws
+    }
+
+    pub fn path(&self, rel: &str) -> PathBuf {
+        self.root.join(rel)
+    }
+
+    /// Write a file, dated ten seconds back: as if edited a moment before the build, outside
+    /// the stat cache's window for files still being written.
+    pub fn write(&self, rel: &str, contents: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, contents).unwrap();
+        backdate(&p);
+    }
+
+    pub fn read(&self, rel: &str) -> String {
+        std::fs::read_to_string(self.path(rel))
+            .unwrap_or_else(|e| panic!("read {rel}: {e}\n{}", self.listing()))
+    }
+
+    pub fn copy_guest(&self, name: &str, rel: &str) {
+        let p = self.path(rel);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::copy(guest(name), &p).unwrap();
+        backdate(&p);
+    }
+
+    /// The command `wbuild --cache-dir CACHE ARGS...` run in the workspace root.
+    pub fn cmd(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(&self.bin);
+        c.current_dir(&self.root)
+            .arg("--cache-dir")
+            .arg(&self.cache)
+            .args(args)
+            .env_remove("WBUILD_CACHE");
+        c
+    }
+
+    pub fn run(&self, args: &[&str]) -> Output {
+        self.cmd(args).output().expect("run wbuild")
+    }
+
+    /// Run and require success; on failure panic with everything needed to debug it.
+    pub fn ok(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        if !out.status.success() {
+            panic!("expected success\n{}", self.report(args, &out));
+        }
+        out
+    }
+
+    /// Run and require failure.
+    pub fn fail(&self, args: &[&str]) -> Output {
+        let out = self.run(args);
+        if out.status.success() {
+            panic!("expected failure\n{}", self.report(args, &out));
+        }
+        out
+    }
+
+    /// Run a build with `--events` and return the events (and the output).
+    pub fn events(&self, args: &[&str]) -> (Output, Vec<serde_json::Value>) {
+        let ev = self.root.join("../events.jsonl");
+        let mut full: Vec<&str> = args.to_vec();
+        let ev_s = ev.to_str().unwrap().to_owned();
+        full.push("--events");
+        full.push(&ev_s);
+        let out = self.run(&full);
+        let text = std::fs::read_to_string(&ev).unwrap_or_default();
+        let events = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("event is JSON"))
+            .collect();
+        (out, events)
+    }
+
+    pub fn report(&self, args: &[&str], out: &Output) -> String {
+        format!(
+            "command: {} --cache-dir {} {}\nexit: {:?}\n--- stdout\n{}\n--- stderr\n{}\n--- workspace\n{}",
+            self.bin.display(),
+            self.cache.display(),
+            args.join(" "),
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+            self.listing()
+        )
+    }
+
+    pub fn listing(&self) -> String {
+        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
+            let Ok(rd) = std::fs::read_dir(dir) else {
+                return;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    walk(&p, base, out);
+                } else {
+                    out.push(p.strip_prefix(base).unwrap().display().to_string());
+                }
+            }
+        }
+        let mut v = Vec::new();
+        walk(&self.root, &self.root, &mut v);
+        v.sort();
+        v.join("\n")
+    }
+}
+
+/// Set a file's mtime ten seconds before now.
+pub fn backdate(p: &Path) {
+    let t = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
+    let f = std::fs::File::options().write(true).open(p).unwrap();
+    f.set_modified(t).unwrap();
+}
+
+/// stderr as text.
+pub fn stderr(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// stdout as text.
+pub fn stdout(out: &Output) -> String {
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The action events of a build, as (label, status).
+pub fn statuses(events: &[serde_json::Value]) -> Vec<(String, String)> {
+    let mut v: Vec<(String, String)> = events
+        .iter()
+        .filter(|e| e["type"] == "action")
+        .map(|e| {
+            (
+                e["label"].as_str().unwrap().to_owned(),
+                e["status"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+/// The final `build_finished` event.
+pub fn finished(events: &[serde_json::Value]) -> &serde_json::Value {
+    events
+        .iter()
+        .rfind(|e| e["type"] == "build_finished")
+        .expect("a build_finished event")
+}

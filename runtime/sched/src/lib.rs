@@ -105,6 +105,8 @@ pub enum Event {
         cached: u64,
         failed: u64,
         skipped: u64,
+        /// Files read and hashed because the stat cache could not vouch for them.
+        files_hashed: u64,
         duration_ms: u64,
         interrupted: bool,
     },
@@ -205,6 +207,7 @@ impl Scheduler<'_> {
     pub fn run(&self, graph: &ActionGraph, opts: &Options) -> Result<Summary, SchedError> {
         INTERRUPTED.store(false, Ordering::SeqCst);
         let start = Instant::now();
+        let hashed_before = self.store.hashed_count();
         let n = graph.actions.len();
         let mut rdeps: Vec<Vec<usize>> = vec![Vec::new(); n];
         let mut waiting = vec![0usize; n];
@@ -273,6 +276,7 @@ impl Scheduler<'_> {
             cached: s.cached,
             failed: s.failed,
             skipped: s.skipped,
+            files_hashed: self.store.hashed_count() - hashed_before,
             duration_ms: s.duration.as_millis() as u64,
             interrupted: s.interrupted,
         });
@@ -683,7 +687,12 @@ impl Scheduler<'_> {
                 }
             }
         }
-        let warnings = unused_inputs(action, &outcome.accesses);
+        // Unused inputs are worth a warning only when the tool did its job.
+        let warnings = if errors.is_empty() {
+            unused_inputs(action, &outcome.accesses)
+        } else {
+            Vec::new()
+        };
         drop(cleanup);
         self.store
             .put_access_log(&prep.action_digest, &outcome.accesses.to_json())?;

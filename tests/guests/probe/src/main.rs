@@ -129,6 +129,15 @@ fn main() {
             }
             println!("allocated {} MiB", v.len());
         }
+        // probe spin ITERATIONS OUT : burn CPU, then write OUT
+        "spin" => {
+            let n: u64 = args[2].parse().unwrap();
+            let mut x: u64 = 0;
+            for i in 0..n {
+                x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(i));
+            }
+            fs::write(&args[3], format!("{}\n", x % 7)).expect("write output");
+        }
         "loop" => {
             let mut x: u64 = 0;
             loop {

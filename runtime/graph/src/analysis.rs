@@ -1,0 +1,1016 @@
+//! Analysis: targets -> actions (argv, env, tool, exact inputs and outputs, dependencies).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use crate::label::{Label, join, strip_package};
+use crate::load::find_cycle;
+use crate::workspace::Workspace;
+use crate::{DEFAULT_DATA_DIR, Dep, GraphError, Rule, Target, TargetGraph};
+
+/// The action index recorded in [`ActionGraph::producers`] for an output whose producing
+/// target is loaded but not needed by the analysed roots (so it has no action).
+pub const NOT_SCHEDULED: usize = usize::MAX;
+
+/// The actions needed for some root targets.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct ActionGraph {
+    /// Topologically ordered: every index in `deps` is smaller than the action's own index.
+    /// Holds exactly the actions the roots need (test actions only for test roots, and only
+    /// when tests are included).
+    pub actions: Vec<ActionNode>,
+    /// For each root target: the workspace paths it provides (outputs of a `wasi_run`, files
+    /// of a `filegroup`, the module of a `wasi_tool`, nothing for a `wasi_test`), sorted.
+    pub target_files: BTreeMap<Label, Vec<String>>,
+    /// Every generated workspace path of every loaded target -> (index of the action that
+    /// produces it, producing label). The index is [`NOT_SCHEDULED`] when that target is not
+    /// needed by the roots (the label still names who could produce the file).
+    pub producers: BTreeMap<String, (usize, Label)>,
+}
+
+/// One tool invocation.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ActionNode {
+    pub label: Label,
+    /// `"WasiRun"` or `"WasiTest"`.
+    pub mnemonic: String,
+    pub tool: ToolRef,
+    /// `argv[0]` is the `wasi_tool`'s name, then the expanded `args`.
+    pub argv: Vec<String>,
+    /// Exactly the variables given in `env` (values expanded); nothing is inherited.
+    pub env: BTreeMap<String, String>,
+    /// Sorted, deduplicated workspace paths of the `srcs` (source files and generated files);
+    /// the tool's module and data are in `tool`, not here.
+    pub inputs: Vec<String>,
+    /// Sorted workspace paths of the outputs (empty for tests).
+    pub outputs: Vec<String>,
+    /// Sorted indices of the actions producing an input, the tool module or a tool data file.
+    pub deps: Vec<usize>,
+    pub is_test: bool,
+}
+
+/// The `wasi_tool` an action runs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct ToolRef {
+    pub label: Label,
+    /// Workspace path of the `.wasm` module.
+    pub module: String,
+    /// (absolute guest path, workspace path) of each data file, sorted by guest path.
+    pub data: Vec<(String, String)>,
+}
+
+/// Turns the targets `roots` (and everything they need) into actions. With `include_tests`,
+/// `wasi_test` roots get a test action; without, they are skipped.
+pub fn analyse(
+    ws: &Workspace,
+    graph: &TargetGraph,
+    roots: &[Label],
+    include_tests: bool,
+) -> Result<ActionGraph, GraphError> {
+    let mut roots = roots.to_vec();
+    roots.sort();
+    roots.dedup();
+    let mut a = Analyser::new(ws, graph, include_tests)?;
+    for r in &roots {
+        if !graph.targets.contains_key(r) {
+            return Err(GraphError::NoSuchTarget {
+                label: r.clone(),
+                context: " (named on the command line)".into(),
+            });
+        }
+    }
+    find_cycle(&roots, |l| {
+        graph
+            .targets
+            .get(l)
+            .map(|t| (t.location.clone(), a.edges(t)))
+    })?;
+    for r in &roots {
+        a.visit(r, true, None)?;
+    }
+    let mut target_files = BTreeMap::new();
+    for r in &roots {
+        let mut files = a.files_of(r)?;
+        files.sort();
+        target_files.insert(r.clone(), files);
+    }
+    let producers = a
+        .outputs
+        .iter()
+        .map(|(path, label)| {
+            let index = a.action_of.get(label).copied().unwrap_or(NOT_SCHEDULED);
+            (path.clone(), (index, label.clone()))
+        })
+        .collect();
+    Ok(ActionGraph {
+        actions: a.actions,
+        target_files,
+        producers,
+    })
+}
+
+struct Analyser<'a> {
+    ws: &'a Workspace,
+    graph: &'a TargetGraph,
+    include_tests: bool,
+    /// Generated workspace path -> producing target (every target of the graph).
+    outputs: BTreeMap<String, Label>,
+    visited: HashSet<Label>,
+    files: HashMap<Label, Vec<String>>,
+    tools: HashMap<Label, ToolRef>,
+    actions: Vec<ActionNode>,
+    action_of: HashMap<Label, usize>,
+}
+
+impl<'a> Analyser<'a> {
+    fn new(
+        ws: &'a Workspace,
+        graph: &'a TargetGraph,
+        include_tests: bool,
+    ) -> Result<Analyser<'a>, GraphError> {
+        let mut outputs: BTreeMap<String, Label> = BTreeMap::new();
+        for (label, t) in &graph.targets {
+            let Rule::WasiRun { outs, .. } = &t.rule else {
+                continue;
+            };
+            for o in outs {
+                let path = join(&label.package, o);
+                if let Some(other) = outputs.get(&path) {
+                    return Err(GraphError::OutputCollision {
+                        location: t.location.clone(),
+                        label: label.clone(),
+                        output: path,
+                        other: format!("an output of {other}").into(),
+                    });
+                }
+                outputs.insert(path, label.clone());
+            }
+        }
+        Ok(Analyser {
+            ws,
+            graph,
+            include_tests,
+            outputs,
+            visited: HashSet::new(),
+            files: HashMap::new(),
+            tools: HashMap::new(),
+            actions: Vec::new(),
+            action_of: HashMap::new(),
+        })
+    }
+
+    fn target(&self, label: &Label, from: Option<&Target>) -> Result<&'a Target, GraphError> {
+        self.graph
+            .targets
+            .get(label)
+            .ok_or_else(|| GraphError::NoSuchTarget {
+                label: label.clone(),
+                context: match from {
+                    Some(t) => format!(" (referenced by {} at {})", t.label, t.location),
+                    None => String::new(),
+                },
+            })
+    }
+
+    /// The target a dependency makes its user depend on, if any.
+    fn dep_target(&self, dep: &Dep) -> Option<Label> {
+        match dep {
+            Dep::Target(l) => Some(l.clone()),
+            Dep::File(p) => self.outputs.get(p).cloned(),
+        }
+    }
+
+    /// Targets `t` depends on, sorted.
+    fn edges(&self, t: &Target) -> Vec<Label> {
+        let mut out: Vec<Label> = match &t.rule {
+            Rule::Filegroup { srcs } => srcs.iter().filter_map(|d| self.dep_target(d)).collect(),
+            Rule::WasiTool { src, data, .. } => std::iter::once(src)
+                .chain(data)
+                .filter_map(|d| self.dep_target(d))
+                .collect(),
+            Rule::WasiRun { tool, srcs, .. } | Rule::WasiTest { tool, srcs, .. } => {
+                std::iter::once(tool.clone())
+                    .chain(srcs.iter().filter_map(|d| self.dep_target(d)))
+                    .collect()
+            }
+        };
+        out.sort();
+        out.dedup();
+        out
+    }
+
+    /// Post-order visit: creates the actions of `label` after those of its dependencies.
+    fn visit(
+        &mut self,
+        label: &Label,
+        is_root: bool,
+        from: Option<&Target>,
+    ) -> Result<(), GraphError> {
+        if self.visited.contains(label) {
+            return Ok(());
+        }
+        let t = self.target(label, from)?;
+        if matches!(t.rule, Rule::WasiTest { .. }) && !(is_root && self.include_tests) {
+            // Tests only run when asked for; as a dependency a test provides no files.
+            return Ok(());
+        }
+        self.visited.insert(label.clone());
+        for dep in self.edges(t) {
+            self.visit(&dep, false, Some(t))?;
+        }
+        if matches!(t.rule, Rule::WasiRun { .. } | Rule::WasiTest { .. }) {
+            let action = self.action(t)?;
+            self.action_of.insert(label.clone(), self.actions.len());
+            self.actions.push(action);
+        }
+        Ok(())
+    }
+
+    fn dep_files(&mut self, dep: &Dep, from: &Target) -> Result<Vec<String>, GraphError> {
+        match dep {
+            Dep::File(p) => Ok(vec![p.clone()]),
+            Dep::Target(l) => {
+                self.target(l, Some(from))?;
+                self.files_of(l)
+            }
+        }
+    }
+
+    /// The files a target provides, in the order of its attributes, without duplicates.
+    fn files_of(&mut self, label: &Label) -> Result<Vec<String>, GraphError> {
+        if let Some(f) = self.files.get(label) {
+            return Ok(f.clone());
+        }
+        let t = self.target(label, None)?;
+        let mut files = match &t.rule {
+            Rule::Filegroup { srcs } => {
+                let mut v = Vec::new();
+                for d in srcs {
+                    v.extend(self.dep_files(d, t)?);
+                }
+                v
+            }
+            Rule::WasiTool { .. } => vec![self.tool_ref(label, None)?.module],
+            Rule::WasiRun { outs, .. } => outs.iter().map(|o| join(&label.package, o)).collect(),
+            Rule::WasiTest { .. } => Vec::new(),
+        };
+        let mut seen = HashSet::new();
+        files.retain(|f| seen.insert(f.clone()));
+        self.files.insert(label.clone(), files.clone());
+        Ok(files)
+    }
+
+    /// The package a file belongs to: its producer's package for a generated file, else the
+    /// nearest enclosing directory with a `WBUILD` file.
+    fn owner_package(&self, path: &str) -> String {
+        if let Some(l) = self.outputs.get(path) {
+            return l.package.clone();
+        }
+        let parts: Vec<&str> = path.split('/').collect();
+        for i in (1..parts.len()).rev() {
+            let dir = parts[..i].join("/");
+            if self.ws.is_package(&dir) {
+                return dir;
+            }
+        }
+        String::new()
+    }
+
+    fn tool_ref(&mut self, label: &Label, from: Option<&Target>) -> Result<ToolRef, GraphError> {
+        if let Some(t) = self.tools.get(label) {
+            return Ok(t.clone());
+        }
+        let t = self.target(label, from)?;
+        let attr_err = |message: String| GraphError::Attribute {
+            location: t.location.clone(),
+            target: t.label.to_string(),
+            message,
+        };
+        let Rule::WasiTool {
+            src,
+            data,
+            data_dir,
+        } = &t.rule
+        else {
+            let (location, user) = match from {
+                Some(f) => (f.location.clone(), f.label.to_string()),
+                None => (t.location.clone(), t.label.to_string()),
+            };
+            return Err(GraphError::Attribute {
+                location,
+                target: user,
+                message: format!(
+                    "attribute 'tool': {label} is a {}, not a wasi_tool",
+                    t.rule.kind()
+                ),
+            });
+        };
+        let module = match src {
+            Dep::File(p) => {
+                if !p.ends_with(".wasm") {
+                    return Err(attr_err(format!(
+                        "attribute 'src': '{p}' is not a .wasm file"
+                    )));
+                }
+                p.clone()
+            }
+            Dep::Target(l) => {
+                let files = self.dep_files(src, t)?;
+                let wasm: Vec<&String> = files.iter().filter(|f| f.ends_with(".wasm")).collect();
+                if wasm.len() != 1 {
+                    return Err(attr_err(format!(
+                        "attribute 'src': {l} must provide exactly one .wasm file, it provides {}",
+                        if wasm.is_empty() {
+                            "none".to_owned()
+                        } else {
+                            wasm.iter()
+                                .map(|s| s.as_str())
+                                .collect::<Vec<_>>()
+                                .join(", ")
+                        }
+                    )));
+                }
+                wasm[0].clone()
+            }
+        };
+        let dir = data_dir
+            .as_deref()
+            .unwrap_or(DEFAULT_DATA_DIR)
+            .trim_end_matches('/');
+        let mut by_guest: BTreeMap<String, String> = BTreeMap::new();
+        for d in data {
+            for f in self.dep_files(d, t)? {
+                let owner = self.owner_package(&f);
+                let rel = strip_package(&f, &owner).unwrap_or(&f);
+                let guest = format!("{dir}/{rel}");
+                if let Some(prev) = by_guest.get(&guest)
+                    && *prev != f
+                {
+                    return Err(attr_err(format!(
+                        "attribute 'data': '{prev}' and '{f}' would both appear at '{guest}'"
+                    )));
+                }
+                by_guest.insert(guest, f);
+            }
+        }
+        let tool = ToolRef {
+            label: label.clone(),
+            module,
+            data: by_guest.into_iter().collect(),
+        };
+        self.tools.insert(label.clone(), tool.clone());
+        Ok(tool)
+    }
+
+    fn action(&mut self, t: &'a Target) -> Result<ActionNode, GraphError> {
+        let (tool, srcs, outs, args, env, is_test) = match &t.rule {
+            Rule::WasiRun {
+                tool,
+                srcs,
+                outs,
+                args,
+                env,
+            } => (tool, srcs, outs.as_slice(), args, env, false),
+            Rule::WasiTest {
+                tool,
+                srcs,
+                args,
+                env,
+            } => (tool, srcs, &[][..], args, env, true),
+            _ => unreachable!("only wasi_run and wasi_test have actions"),
+        };
+        let tool = self.tool_ref(tool, Some(t))?;
+        let mut src_files: Vec<(Dep, Vec<String>)> = Vec::new();
+        for d in srcs {
+            let files = self.dep_files(d, t)?;
+            src_files.push((d.clone(), files));
+        }
+        // $(SRCS) keeps the order of `srcs`; `inputs` is sorted.
+        let mut ordered: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        for f in src_files.iter().flat_map(|(_, f)| f) {
+            if seen.insert(f.clone()) {
+                ordered.push(f.clone());
+            }
+        }
+        let mut inputs = ordered.clone();
+        inputs.sort();
+        let out_paths: Vec<String> = outs.iter().map(|o| join(&t.label.package, o)).collect();
+        let expander = Expander {
+            target: t,
+            srcs: &src_files,
+            src_files: &ordered,
+            outs: &out_paths,
+        };
+        let mut argv = vec![tool.label.name.clone()];
+        for a in args {
+            // An argument that is exactly one multi-file expansion ($(SRCS), $(OUTS),
+            // $(locations X)) becomes one argument per file; anywhere else the files are
+            // joined with spaces.
+            match expander.expand_list(a, "args")? {
+                Some(files) => argv.extend(files),
+                None => argv.push(expander.expand(a, "args")?),
+            }
+        }
+        let mut expanded_env = BTreeMap::new();
+        for (k, v) in env {
+            expanded_env.insert(k.clone(), expander.expand(v, &format!("env[{k:?}]"))?);
+        }
+        let mut outputs = out_paths.clone();
+        outputs.sort();
+        check_data_paths(t, &tool, &inputs, &outputs)?;
+
+        let mut deps = BTreeSet::new();
+        let needed = inputs
+            .iter()
+            .chain(std::iter::once(&tool.module))
+            .chain(tool.data.iter().map(|(_, p)| p));
+        for p in needed {
+            if let Some(producer) = self.outputs.get(p) {
+                match self.action_of.get(producer) {
+                    Some(&i) => {
+                        deps.insert(i);
+                    }
+                    None => {
+                        return Err(GraphError::Attribute {
+                            location: t.location.clone(),
+                            target: t.label.to_string(),
+                            message: format!(
+                                "internal error: '{p}' is produced by {producer}, which was not analysed first"
+                            ),
+                        });
+                    }
+                }
+            }
+        }
+        Ok(ActionNode {
+            label: t.label.clone(),
+            mnemonic: if is_test { "WasiTest" } else { "WasiRun" }.to_owned(),
+            tool,
+            argv,
+            env: expanded_env,
+            inputs,
+            outputs,
+            deps: deps.into_iter().collect(),
+            is_test,
+        })
+    }
+}
+
+/// The guest sees inputs and outputs at `/<workspace path>` and tool data at `<data_dir>/...`;
+/// the two must not overlap.
+fn check_data_paths(
+    t: &Target,
+    tool: &ToolRef,
+    inputs: &[String],
+    outputs: &[String],
+) -> Result<(), GraphError> {
+    let tree: BTreeSet<&str> = inputs.iter().chain(outputs).map(|s| s.as_str()).collect();
+    for (guest, _) in &tool.data {
+        let g = guest.trim_start_matches('/');
+        let mut clash = tree.contains(g).then(|| g.to_owned());
+        // A tree file where the data path needs a directory.
+        let mut prefix = g;
+        while clash.is_none() {
+            let Some((parent, _)) = prefix.rsplit_once('/') else {
+                break;
+            };
+            prefix = parent;
+            clash = tree.contains(parent).then(|| parent.to_owned());
+        }
+        // A tree file below the data file's path.
+        if clash.is_none() {
+            let below = format!("{g}/");
+            clash = tree
+                .range(below.as_str()..)
+                .next()
+                .filter(|p| p.starts_with(&below))
+                .map(|p| p.to_string());
+        }
+        if let Some(p) = clash {
+            return Err(GraphError::Attribute {
+                location: t.location.clone(),
+                target: t.label.to_string(),
+                message: format!(
+                    "data file '{guest}' of tool {} overlaps '/{p}', an input or output of this \
+                     action; give the wasi_tool another data_dir",
+                    tool.label
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Expands `$(location X)`, `$(locations X)`, `$(SRCS)`, `$(OUTS)`, `$@`, `$<`, `$(RULEDIR)`
+/// and `$$` in one `args` or `env` value.
+struct Expander<'x> {
+    target: &'x Target,
+    srcs: &'x [(Dep, Vec<String>)],
+    src_files: &'x [String],
+    outs: &'x [String],
+}
+
+impl Expander<'_> {
+    fn err(&self, attribute: &str, message: String) -> GraphError {
+        GraphError::Expansion {
+            location: self.target.location.clone(),
+            label: self.target.label.clone(),
+            message: format!("in {attribute}: {message}"),
+        }
+    }
+
+    fn expand(&self, s: &str, attribute: &str) -> Result<String, GraphError> {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            let after = &rest[i + 1..];
+            let mut chars = after.chars();
+            match chars.next() {
+                Some('$') => {
+                    out.push('$');
+                    rest = &after[1..];
+                }
+                Some('@') => {
+                    out.push_str(&self.single(self.outs, "$@", "outs", attribute)?);
+                    rest = &after[1..];
+                }
+                Some('<') => {
+                    out.push_str(&self.single(self.src_files, "$<", "srcs", attribute)?);
+                    rest = &after[1..];
+                }
+                Some('(') => {
+                    let Some(end) = after.find(')') else {
+                        return Err(self.err(
+                            attribute,
+                            format!("unterminated '$(' in {s:?}; write '$$' for a literal '$'"),
+                        ));
+                    };
+                    out.push_str(&self.variable(&after[1..end], attribute)?);
+                    rest = &after[end + 1..];
+                }
+                _ => {
+                    return Err(self.err(
+                        attribute,
+                        format!(
+                            "'$' in {s:?} must start $(location X), $(locations X), $(SRCS), \
+                             $(OUTS), $@, $< or $(RULEDIR); write '$$' for a literal '$'"
+                        ),
+                    ));
+                }
+            }
+        }
+        out.push_str(rest);
+        Ok(out)
+    }
+
+    /// The files of `s` if it is exactly `$(SRCS)`, `$(OUTS)` or `$(locations X)`.
+    fn expand_list(&self, s: &str, attribute: &str) -> Result<Option<Vec<String>>, GraphError> {
+        let Some(var) = s
+            .strip_prefix("$(")
+            .and_then(|r| r.strip_suffix(')'))
+            .filter(|v| !v.contains(['(', ')', '$']))
+        else {
+            return Ok(None);
+        };
+        let var = var.trim();
+        let (func, arg) = match var.split_once(char::is_whitespace) {
+            Some((f, a)) => (f, a.trim()),
+            None => (var, ""),
+        };
+        Ok(match (func, arg.is_empty()) {
+            ("SRCS", true) => Some(self.src_files.to_vec()),
+            ("OUTS", true) => Some(self.outs.to_vec()),
+            ("locations" | "execpaths" | "rootpaths", false) => {
+                Some(self.locate(arg, func, attribute)?)
+            }
+            _ => None,
+        })
+    }
+
+    fn single(
+        &self,
+        files: &[String],
+        what: &str,
+        attr: &str,
+        attribute: &str,
+    ) -> Result<String, GraphError> {
+        match files {
+            [one] => Ok(one.clone()),
+            _ => Err(self.err(
+                attribute,
+                format!(
+                    "{what} needs exactly one file in '{attr}', but there are {}",
+                    files.len()
+                ),
+            )),
+        }
+    }
+
+    fn variable(&self, var: &str, attribute: &str) -> Result<String, GraphError> {
+        let var = var.trim();
+        let (func, arg) = match var.split_once(char::is_whitespace) {
+            Some((f, a)) => (f, a.trim()),
+            None => (var, ""),
+        };
+        match (func, arg.is_empty()) {
+            ("SRCS", true) => Ok(self.src_files.join(" ")),
+            ("OUTS", true) => Ok(self.outs.join(" ")),
+            ("RULEDIR", true) => Ok(if self.target.label.package.is_empty() {
+                ".".to_owned()
+            } else {
+                self.target.label.package.clone()
+            }),
+            ("location" | "execpath" | "rootpath", false) => {
+                let files = self.locate(arg, func, attribute)?;
+                match files.as_slice() {
+                    [one] => Ok(one.clone()),
+                    _ => Err(self.err(
+                        attribute,
+                        format!(
+                            "$({func} {arg}) expands to {} files; use $({func}s {arg})",
+                            files.len()
+                        ),
+                    )),
+                }
+            }
+            ("locations" | "execpaths" | "rootpaths", false) => {
+                Ok(self.locate(arg, func, attribute)?.join(" "))
+            }
+            _ => Err(self.err(
+                attribute,
+                format!(
+                    "unknown variable $({var}); supported: $(location X), $(locations X), \
+                     $(SRCS), $(OUTS), $(RULEDIR), $@, $<, $$"
+                ),
+            )),
+        }
+    }
+
+    /// The files of `arg`, which must be in `srcs` or `outs`.
+    fn locate(&self, arg: &str, func: &str, attribute: &str) -> Result<Vec<String>, GraphError> {
+        let label = Label::parse(arg, &self.target.label.package)
+            .map_err(|e| self.err(attribute, format!("$({func} {arg}): {e}")))?;
+        let path = label.path();
+        for (dep, files) in self.srcs {
+            match dep {
+                Dep::Target(l) if *l == label => return Ok(files.clone()),
+                Dep::File(p) if *p == path => return Ok(files.clone()),
+                _ => {}
+            }
+        }
+        if self.outs.contains(&path) {
+            return Ok(vec![path]);
+        }
+        Err(self.err(
+            attribute,
+            format!(
+                "$({func} {arg}): '{arg}' is not in the srcs or outs of {}; add it to srcs",
+                self.target.label
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::load;
+    use crate::testutil::*;
+
+    const TOOLS: &str = "\
+wasi_tool(name = 'gen', src = 'gen.wasm')
+wasi_tool(
+    name = 'tmpl',
+    src = 'tmpl.wasm',
+    data = glob(['share/**']) + ['//data:fg', '//data:made'],
+    data_dir = '/usr/share',
+)
+";
+
+    fn ws_with(extra: &[(&str, &str)]) -> TestWs {
+        let mut files = vec![
+            ("tools/WBUILD", TOOLS),
+            ("tools/gen.wasm", ""),
+            ("tools/tmpl.wasm", ""),
+            ("tools/share/a/one.txt", ""),
+            ("tools/share/two.txt", ""),
+            (
+                "data/WBUILD",
+                "filegroup(name = 'fg', srcs = ['d/three.txt'])\n\
+                 wasi_run(name = 'mk', tool = '//tools:gen', outs = ['made', 'gen/four.txt'])\n",
+            ),
+            ("data/d/three.txt", ""),
+        ];
+        files.extend_from_slice(extra);
+        workspace(&files)
+    }
+
+    fn analyse_patterns(t: &TestWs, pats: &[&str], tests: bool) -> Result<ActionGraph, GraphError> {
+        let (g, roots) = load(&t.ws, &patterns(pats))?;
+        analyse(&t.ws, &g, &roots, tests)
+    }
+
+    #[test]
+    fn expansion_and_dependencies() {
+        let t = ws_with(&[
+            (
+                "app/WBUILD",
+                r#"
+filegroup(name = 'hdrs', srcs = ['b.h', 'a.h'])
+wasi_run(
+    name = 'step1',
+    tool = '//tools:gen',
+    srcs = ['in.txt', ':hdrs'],
+    outs = ['gen/one.h', 'gen/two.h'],
+    args = ['$(location in.txt)', '$(locations :hdrs)', '--srcs=$(SRCS)', '--outs=$(OUTS)', '$$HOME', '$(RULEDIR)'],
+    env = {'IN': '$(location :in.txt)', 'PLAIN': 'x'},
+)
+wasi_run(
+    name = 'step2',
+    tool = '//tools:tmpl',
+    srcs = ['gen/two.h', ':step1', 'in.txt'],
+    outs = ['final.txt'],
+    args = ['-o', '$@', '$(location gen/two.h)', '$(locations :step1)', '$(execpath //app:in.txt)'],
+)
+wasi_run(name = 'unused', tool = '//tools:gen', outs = ['unused.txt'])
+"#,
+            ),
+            ("app/in.txt", ""),
+            ("app/a.h", ""),
+            ("app/b.h", ""),
+        ]);
+        let g = analyse_patterns(&t, &["//app:step2"], false).unwrap();
+        let labels: Vec<String> = g.actions.iter().map(|a| a.label.to_string()).collect();
+        assert_eq!(labels, ["//app:step1", "//data:mk", "//app:step2"]);
+        let s1 = &g.actions[0];
+        assert_eq!(s1.mnemonic, "WasiRun");
+        assert!(!s1.is_test);
+        assert_eq!(
+            s1.argv,
+            [
+                "gen",
+                "app/in.txt",
+                "app/b.h",
+                "app/a.h",
+                "--srcs=app/in.txt app/b.h app/a.h",
+                "--outs=app/gen/one.h app/gen/two.h",
+                "$HOME",
+                "app",
+            ]
+        );
+        assert_eq!(s1.env["IN"], "app/in.txt");
+        assert_eq!(s1.env["PLAIN"], "x");
+        assert_eq!(s1.inputs, ["app/a.h", "app/b.h", "app/in.txt"]);
+        assert_eq!(s1.outputs, ["app/gen/one.h", "app/gen/two.h"]);
+        assert_eq!(s1.tool.module, "tools/gen.wasm");
+        assert!(s1.tool.data.is_empty());
+        assert!(s1.deps.is_empty());
+
+        let s2 = &g.actions[2];
+        assert_eq!(
+            s2.argv,
+            [
+                "tmpl",
+                "-o",
+                "app/final.txt",
+                "app/gen/two.h",
+                "app/gen/one.h",
+                "app/gen/two.h",
+                "app/in.txt",
+            ]
+        );
+        assert_eq!(s2.inputs, ["app/gen/one.h", "app/gen/two.h", "app/in.txt"]);
+        assert_eq!(s2.outputs, ["app/final.txt"]);
+        // step1 for its inputs, data:mk for the tool's data.
+        assert_eq!(s2.deps, [0, 1]);
+        assert_eq!(
+            s2.tool.data,
+            [
+                (
+                    "/usr/share/d/three.txt".to_string(),
+                    "data/d/three.txt".to_string()
+                ),
+                ("/usr/share/made".to_string(), "data/made".to_string()),
+                (
+                    "/usr/share/share/a/one.txt".to_string(),
+                    "tools/share/a/one.txt".to_string()
+                ),
+                (
+                    "/usr/share/share/two.txt".to_string(),
+                    "tools/share/two.txt".to_string()
+                ),
+            ]
+        );
+        for (i, a) in g.actions.iter().enumerate() {
+            assert!(a.deps.iter().all(|d| *d < i));
+        }
+        assert_eq!(
+            g.target_files,
+            [(label("//app:step2"), vec!["app/final.txt".to_string()])].into()
+        );
+        assert_eq!(g.producers["app/gen/one.h"], (0, label("//app:step1")));
+        assert_eq!(g.producers["app/final.txt"], (2, label("//app:step2")));
+        assert_eq!(g.producers["data/made"], (1, label("//data:mk")));
+        // Loaded but not needed: known producer, no action.
+        assert_eq!(
+            g.producers["app/unused.txt"],
+            (NOT_SCHEDULED, label("//app:unused"))
+        );
+        assert!(
+            !g.producers.contains_key("data/gen/four.txt")
+                || g.producers["data/gen/four.txt"].0 == 1
+        );
+
+        // Deterministic, and no host path anywhere.
+        let again = analyse_patterns(&t, &["//app:step2"], false).unwrap();
+        assert_eq!(g, again);
+        let json = serde_json::to_string(&g).unwrap();
+        let root = t.dir.path().to_string_lossy().into_owned();
+        assert!(!json.contains(&root), "{json}");
+        assert!(!json.contains(&*t.ws.root.to_string_lossy()), "{json}");
+    }
+
+    #[test]
+    fn target_files_of_each_kind() {
+        let t = ws_with(&[
+            (
+                "p/WBUILD",
+                "filegroup(name = 'fg', srcs = ['b.txt', 'a.txt', '//data:mk'])\n\
+             wasi_test(name = 'check', tool = '//tools:gen', srcs = [':fg'], args = ['$(SRCS)'])\n",
+            ),
+            ("p/a.txt", ""),
+            ("p/b.txt", ""),
+        ]);
+        let g = analyse_patterns(
+            &t,
+            &["//p:fg", "//tools:gen", "//p:check", "//data:mk"],
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            g.target_files[&label("//p:fg")],
+            ["data/gen/four.txt", "data/made", "p/a.txt", "p/b.txt"]
+        );
+        assert_eq!(g.target_files[&label("//tools:gen")], ["tools/gen.wasm"]);
+        assert_eq!(
+            g.target_files[&label("//data:mk")],
+            ["data/gen/four.txt", "data/made"]
+        );
+        assert_eq!(g.target_files[&label("//p:check")], Vec::<String>::new());
+        // `build` skips tests.
+        assert_eq!(g.actions.len(), 1);
+        assert!(g.actions.iter().all(|a| !a.is_test));
+
+        // `test` runs them.
+        let g = analyse_patterns(&t, &["//p:check"], true).unwrap();
+        assert_eq!(g.actions.len(), 2);
+        let test = &g.actions[1];
+        assert!(test.is_test);
+        assert_eq!(test.mnemonic, "WasiTest");
+        assert!(test.outputs.is_empty());
+        // $(SRCS) keeps the order of srcs, through filegroups too; as a whole argument it
+        // becomes one argument per file.
+        assert_eq!(
+            test.argv,
+            ["gen", "p/b.txt", "p/a.txt", "data/made", "data/gen/four.txt"]
+        );
+        assert_eq!(test.deps, [0]);
+    }
+
+    #[test]
+    fn tool_module_built_by_another_action() {
+        let t = ws_with(&[
+            (
+                "p/WBUILD",
+                "wasi_run(name = 'compile', tool = '//tools:gen', outs = ['built.wasm', 'notes.txt'])\n\
+             wasi_tool(name = 'built', src = ':compile', data = ['cfg/x.cfg'], data_dir = '/etc')\n\
+             wasi_run(name = 'use', tool = ':built', outs = ['o'])\n",
+            ),
+            ("p/cfg/x.cfg", ""),
+        ]);
+        let g = analyse_patterns(&t, &["//p:use"], false).unwrap();
+        assert_eq!(g.actions.len(), 2);
+        let u = &g.actions[1];
+        assert_eq!(u.tool.module, "p/built.wasm");
+        assert_eq!(
+            u.tool.data,
+            [("/etc/cfg/x.cfg".to_string(), "p/cfg/x.cfg".to_string())]
+        );
+        assert_eq!(u.argv, ["built"]);
+        assert_eq!(u.deps, [0]);
+        assert!(u.inputs.is_empty());
+    }
+
+    fn expansion_error(args: &str) -> String {
+        let t = ws_with(&[
+            (
+                "p/WBUILD",
+                &format!(
+                    "filegroup(name = 'two', srcs = ['a', 'b'])\n\
+                 wasi_run(name = 'x', tool = '//tools:gen', srcs = ['a', ':two'], outs = ['o1', 'o2'], args = [{args}])\n"
+                ),
+            ),
+            ("p/a", ""),
+            ("p/b", ""),
+            ("p/c", ""),
+        ]);
+        let err = analyse_patterns(&t, &["//p:x"], false).unwrap_err();
+        assert!(matches!(err, GraphError::Expansion { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(msg.starts_with("p/WBUILD:2:1: //p:x: "), "{msg}");
+        msg
+    }
+
+    #[test]
+    fn expansion_errors() {
+        assert!(expansion_error("'$(location c)'").contains("not in the srcs or outs"));
+        assert!(expansion_error("'$(location :two)'").contains("use $(locations :two)"));
+        assert!(expansion_error("'$@'").contains("exactly one file"));
+        assert!(expansion_error("'$(FOO)'").contains("unknown variable $(FOO)"));
+        assert!(expansion_error("'cost: 5$'").contains("'$$'"));
+        assert!(expansion_error("'$(location a'").contains("unterminated"));
+        // Outputs may be located too.
+        let t = ws_with(&[(
+            "p/WBUILD",
+            "wasi_run(name = 'x', tool = '//tools:gen', outs = ['o1'], args = ['$(location o1)', '$(locations :o1)'])\n",
+        )]);
+        let g = analyse_patterns(&t, &["//p:x"], false).unwrap();
+        assert_eq!(g.actions[0].argv, ["gen", "p/o1", "p/o1"]);
+    }
+
+    #[test]
+    fn tool_errors() {
+        let t = ws_with(&[
+            (
+                "p/WBUILD",
+                "wasi_tool(name = 'bad', src = 'x.txt')\nwasi_run(name = 'x', tool = ':bad', outs = ['o'])\n",
+            ),
+            ("p/x.txt", ""),
+        ]);
+        let err = analyse_patterns(&t, &["//p:x"], false).unwrap_err();
+        assert!(err.to_string().contains("not a .wasm file"), "{err}");
+        let t = ws_with(&[(
+            "p/WBUILD",
+            "wasi_tool(name = 'bad', src = '//data:fg')\nwasi_run(name = 'x', tool = ':bad', outs = ['o'])\n",
+        )]);
+        let err = analyse_patterns(&t, &["//p:x"], false).unwrap_err();
+        assert!(err.to_string().contains("exactly one .wasm file"), "{err}");
+        // Data that would shadow an input in the guest's tree.
+        let t = ws_with(&[
+            (
+                "p/WBUILD",
+                "wasi_tool(name = 'tl', src = 't.wasm', data = ['x.txt'], data_dir = '/p')\n\
+             wasi_run(name = 'x', tool = ':tl', srcs = ['x.txt'], outs = ['o'])\n",
+            ),
+            ("p/t.wasm", ""),
+            ("p/x.txt", ""),
+        ]);
+        let err = analyse_patterns(&t, &["//p:x"], false).unwrap_err();
+        assert!(err.to_string().contains("overlaps '/p/x.txt'"), "{err}");
+    }
+
+    #[test]
+    fn hand_made_graph_cycle_and_unknown_label() {
+        let t = workspace(&[]);
+        let loc = |line| crate::Location {
+            file: "WBUILD".into(),
+            line,
+            column: 1,
+        };
+        let fg = |name: &str, dep: &str, line| {
+            (
+                label(name),
+                Target {
+                    label: label(name),
+                    location: loc(line),
+                    rule: Rule::Filegroup {
+                        srcs: vec![Dep::Target(label(dep))],
+                    },
+                },
+            )
+        };
+        let g = TargetGraph {
+            targets: [
+                fg("//:a", "//:b", 1),
+                fg("//:b", "//:c", 2),
+                fg("//:c", "//:a", 3),
+            ]
+            .into(),
+        };
+        let err = analyse(&t.ws, &g, &[label("//:b")], false).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "WBUILD:2:1: dependency cycle: //:b -> //:c -> //:a -> //:b"
+        );
+        let g = TargetGraph {
+            targets: [fg("//:a", "//:zz", 1)].into(),
+        };
+        let err = analyse(&t.ws, &g, &[label("//:a")], false).unwrap_err();
+        assert!(matches!(err, GraphError::NoSuchTarget { .. }), "{err:?}");
+        assert!(
+            err.to_string().contains("referenced by //:a at WBUILD:1:1"),
+            "{err}"
+        );
+    }
+}

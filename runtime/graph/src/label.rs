@@ -1,0 +1,309 @@
+//! Labels (`//pkg:name`), target patterns (`//pkg/...`) and workspace-path helpers.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::GraphError;
+
+/// A target or file in the workspace: `//pkg:name`.
+///
+/// `package` is the workspace path of the package directory (`""` for the root package) and
+/// `name` is relative to it (it may contain `/` for files in sub-directories that are not packages).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Label {
+    pub package: String,
+    pub name: String,
+}
+
+impl Label {
+    /// Parses `//a/b:c`, `//a/b` (= `//a/b:b`), `:c` or `c` (both relative to `current_package`).
+    pub fn parse(s: &str, current_package: &str) -> Result<Label, GraphError> {
+        let bad = |reason: &str| GraphError::InvalidLabel {
+            label: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        if s.is_empty() {
+            return Err(bad("a label must not be empty"));
+        }
+        if s.starts_with('@') {
+            return Err(bad(
+                "external repositories ('@repo//...') are not supported; use '//pkg:name'",
+            ));
+        }
+        let (package, name) = if let Some(rest) = s.strip_prefix("//") {
+            match rest.split_once(':') {
+                Some((pkg, name)) => (pkg.to_owned(), name.to_owned()),
+                None => {
+                    if rest.is_empty() {
+                        return Err(bad(
+                            "'//' names the root package, which has no name; write '//:name'",
+                        ));
+                    }
+                    let last = rest.rsplit('/').next().unwrap_or(rest);
+                    (rest.to_owned(), last.to_owned())
+                }
+            }
+        } else if let Some(name) = s.strip_prefix(':') {
+            (current_package.to_owned(), name.to_owned())
+        } else if s.contains(':') {
+            return Err(bad(
+                "a relative label is ':name' or 'name'; to name another package write '//pkg:name'",
+            ));
+        } else {
+            (current_package.to_owned(), s.to_owned())
+        };
+        if !package.is_empty() {
+            check_rel_path(&package).map_err(|e| bad(&format!("package '{package}': {e}")))?;
+        }
+        if name.is_empty() {
+            return Err(bad("the target name after ':' must not be empty"));
+        }
+        if name.contains(':') {
+            return Err(bad("a label contains at most one ':'"));
+        }
+        check_rel_path(&name).map_err(|e| bad(&format!("name '{name}': {e}")))?;
+        Ok(Label { package, name })
+    }
+
+    /// Workspace path of the file this label names, if it names a file (`pkg/name`).
+    pub fn path(&self) -> String {
+        join(&self.package, &self.name)
+    }
+}
+
+impl fmt::Display for Label {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "//{}:{}", self.package, self.name)
+    }
+}
+
+impl FromStr for Label {
+    type Err = GraphError;
+    /// Parses an absolute label (relative labels are taken to be in the root package).
+    fn from_str(s: &str) -> Result<Label, GraphError> {
+        Label::parse(s, "")
+    }
+}
+
+impl serde::Serialize for Label {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Label {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Label, D::Error> {
+        let s = String::deserialize(d)?;
+        Label::parse(&s, "").map_err(serde::de::Error::custom)
+    }
+}
+
+/// What to build or test, as given on the command line.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum TargetPattern {
+    /// One target (or an output file, which stands for the target that produces it).
+    /// As in Bazel, `//pkg:all` (or `:*`) means every target of `pkg` unless a target is
+    /// named `all`.
+    Label(Label),
+    /// Every target in every package under this package prefix (`""` = the whole workspace).
+    Recursive(String),
+}
+
+impl TargetPattern {
+    /// Parses `//...`, `//pkg/...`, `//pkg:x`, `//pkg`, `:x`, `x`, and the relative forms
+    /// `...`, `sub/...` and `sub:x` (relative to `current_package`, as on Bazel's command line).
+    pub fn parse(s: &str, current_package: &str) -> Result<TargetPattern, GraphError> {
+        let bad = |reason: &str| GraphError::InvalidPattern {
+            pattern: s.to_owned(),
+            reason: reason.to_owned(),
+        };
+        // Bazel spells "all targets below" also as `//pkg/...:all` and `//pkg/...:*`.
+        let base = s
+            .strip_suffix(":all")
+            .or_else(|| s.strip_suffix(":*"))
+            .or_else(|| s.strip_suffix(":all-targets"))
+            .filter(|b| b.ends_with("..."))
+            .unwrap_or(s);
+        let recursive_prefix = if base == "//..." {
+            Some(String::new())
+        } else if let Some(p) = base.strip_prefix("//").and_then(|r| r.strip_suffix("/...")) {
+            Some(p.to_owned())
+        } else if base == "..." {
+            Some(current_package.to_owned())
+        } else if !base.starts_with("//") {
+            base.strip_suffix("/...").map(|p| join(current_package, p))
+        } else {
+            None
+        };
+        if let Some(prefix) = recursive_prefix {
+            if !prefix.is_empty() {
+                check_rel_path(&prefix).map_err(|e| bad(&format!("package '{prefix}': {e}")))?;
+            }
+            return Ok(TargetPattern::Recursive(prefix));
+        }
+        if s.contains("...") && !s.contains(':') {
+            return Err(bad(
+                "'...' must be the last path component, as in '//pkg/...'",
+            ));
+        }
+        if !s.starts_with("//")
+            && !s.starts_with(':')
+            && let Some((pkg, name)) = s.split_once(':')
+        {
+            // `sub:x` relative to the current directory.
+            let abs = format!("//{}:{}", join(current_package, pkg), name);
+            return Label::parse(&abs, current_package)
+                .map(TargetPattern::Label)
+                .map_err(|e| bad(&e.to_string()));
+        }
+        Label::parse(s, current_package)
+            .map(TargetPattern::Label)
+            .map_err(|e| match e {
+                GraphError::InvalidLabel { reason, .. } => bad(&reason),
+                other => other,
+            })
+    }
+}
+
+impl fmt::Display for TargetPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            TargetPattern::Label(l) => l.fmt(f),
+            TargetPattern::Recursive(p) if p.is_empty() => f.write_str("//..."),
+            TargetPattern::Recursive(p) => write!(f, "//{p}/..."),
+        }
+    }
+}
+
+/// Joins a package and a package-relative path into a workspace path.
+pub(crate) fn join(package: &str, rel: &str) -> String {
+    if package.is_empty() {
+        rel.to_owned()
+    } else if rel.is_empty() {
+        package.to_owned()
+    } else {
+        format!("{package}/{rel}")
+    }
+}
+
+/// Checks that `p` is a normalised relative `/`-separated path: not empty, no leading or
+/// trailing `/`, no empty, `.` or `..` components, no NUL or newline.
+pub(crate) fn check_rel_path(p: &str) -> Result<(), String> {
+    if p.is_empty() {
+        return Err("path is empty".to_owned());
+    }
+    if p.starts_with('/') {
+        return Err("must be relative (no leading '/')".to_owned());
+    }
+    if p.contains(['\0', '\n', '\r']) {
+        return Err("contains a control character".to_owned());
+    }
+    for c in p.split('/') {
+        match c {
+            "" => return Err("contains an empty path component ('//' or a trailing '/')".into()),
+            "." | ".." => {
+                return Err(format!(
+                    "contains a '{c}' component; write a normalised path"
+                ));
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The package-relative part of `path` if it lies inside `package`.
+pub(crate) fn strip_package<'a>(path: &'a str, package: &str) -> Option<&'a str> {
+    if package.is_empty() {
+        Some(path)
+    } else {
+        path.strip_prefix(package)?.strip_prefix('/')
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn l(p: &str, n: &str) -> Label {
+        Label {
+            package: p.into(),
+            name: n.into(),
+        }
+    }
+
+    #[test]
+    fn parse_labels() {
+        assert_eq!(Label::parse("//a/b:c", "x").unwrap(), l("a/b", "c"));
+        assert_eq!(Label::parse("//a/b", "x").unwrap(), l("a/b", "b"));
+        assert_eq!(Label::parse("//:c", "x").unwrap(), l("", "c"));
+        assert_eq!(Label::parse(":c", "x/y").unwrap(), l("x/y", "c"));
+        assert_eq!(Label::parse("c", "x").unwrap(), l("x", "c"));
+        assert_eq!(Label::parse("sub/f.txt", "").unwrap(), l("", "sub/f.txt"));
+        assert_eq!(
+            Label::parse("//a:sub/f.txt", "").unwrap(),
+            l("a", "sub/f.txt")
+        );
+        assert_eq!(l("a/b", "c").to_string(), "//a/b:c");
+        assert_eq!(l("", "c").to_string(), "//:c");
+        assert_eq!(l("a", "d/e").path(), "a/d/e");
+        assert_eq!(l("", "e").path(), "e");
+        assert_eq!("//a:b".parse::<Label>().unwrap(), l("a", "b"));
+    }
+
+    #[test]
+    fn reject_bad_labels() {
+        for bad in [
+            "", "//", "//a:", "//a/:b", "//a//b:c", "//../a:b", "//a:../b", "//a:b:c", "a:b",
+            "@r//a:b", "//a:./b", ":", "//a:b/",
+        ] {
+            let err = Label::parse(bad, "p").unwrap_err();
+            assert!(
+                matches!(err, GraphError::InvalidLabel { .. }),
+                "{bad}: {err:?}"
+            );
+            assert!(err.to_string().contains(bad), "{err}");
+        }
+    }
+
+    #[test]
+    fn parse_patterns() {
+        use TargetPattern::*;
+        let p = |s: &str, cur: &str| TargetPattern::parse(s, cur).unwrap();
+        assert_eq!(p("//...", "x"), Recursive("".into()));
+        assert_eq!(p("//a/b/...", "x"), Recursive("a/b".into()));
+        assert_eq!(p("//a/...:all", "x"), Recursive("a".into()));
+        assert_eq!(p("...", "x"), Recursive("x".into()));
+        assert_eq!(p("...", ""), Recursive("".into()));
+        assert_eq!(p("sub/...", "x"), Recursive("x/sub".into()));
+        assert_eq!(p("//a:x", "q"), Label(l("a", "x")));
+        assert_eq!(p("//a", "q"), Label(l("a", "a")));
+        assert_eq!(p(":x", "q"), Label(l("q", "x")));
+        assert_eq!(p("x", "q"), Label(l("q", "x")));
+        assert_eq!(p("sub:x", "q"), Label(l("q/sub", "x")));
+        assert_eq!(p("sub:x", ""), Label(l("sub", "x")));
+        assert_eq!(p("//a/...", "").to_string(), "//a/...");
+        assert_eq!(p("//...", "").to_string(), "//...");
+        for bad in ["//a/.../b", "//../...", "", "//a::b", "//a/:x"] {
+            let err = TargetPattern::parse(bad, "").unwrap_err();
+            assert!(
+                matches!(err, GraphError::InvalidPattern { .. }),
+                "{bad}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn rel_paths() {
+        assert!(check_rel_path("a/b.c").is_ok());
+        assert!(check_rel_path("a/../b").is_err());
+        assert!(check_rel_path("/a").is_err());
+        assert!(check_rel_path("a/").is_err());
+        assert!(check_rel_path("./a").is_err());
+        assert_eq!(strip_package("a/b/c", "a"), Some("b/c"));
+        assert_eq!(strip_package("ab/c", "a"), None);
+        assert_eq!(strip_package("c", ""), Some("c"));
+        assert_eq!(join("", "x"), "x");
+        assert_eq!(join("p", "x"), "p/x");
+    }
+}

@@ -1,0 +1,255 @@
+//! wbuild-graph: from a workspace of `WBUILD` files to an action DAG.
+//!
+//! Two steps, both deterministic (every collection is sorted):
+//!
+//! 1. [`load`] evaluates the Starlark `WBUILD` files (and the `.bzl` files they `load()`) of the
+//!    packages needed for some target patterns, with the built-ins `glob`, `filegroup`,
+//!    `wasi_tool`, `wasi_run`, `wasi_test` and `package_name`, and resolves every reference to a
+//!    target or a file. The result is a [`TargetGraph`]; every [`Target`] records the
+//!    `file:line:col` of the rule call that defined it.
+//! 2. [`analyse`] turns the targets into [`ActionNode`]s: argv with `$(location)` & co.
+//!    expanded, explicit env, the tool module and its data, the exact input and output
+//!    workspace paths, and the actions each one depends on, in topological order.
+//!
+//! Errors ([`GraphError`]) name the file and `line:col`, the label, and what to do.
+//!
+//! What this crate must never do:
+//! - read the contents of source files (it lists directories for `glob` and checks that files
+//!   exist; digests are computed later by the scheduler),
+//! - touch the store or run anything,
+//! - put a host absolute path into anything that becomes part of an action key: actions only
+//!   hold workspace paths (relative, `/`-separated) and absolute *guest* paths such as `/share`.
+
+mod analysis;
+mod eval;
+mod glob;
+mod label;
+mod load;
+mod workspace;
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+
+pub use analysis::{ActionGraph, ActionNode, NOT_SCHEDULED, ToolRef, analyse};
+pub use label::{Label, TargetPattern};
+pub use load::load;
+pub use workspace::{
+    BUILD_FILE, BuildConfig, Config, OUT_DIR, WORKSPACE_FILE, WasiConfig, Workspace,
+};
+
+/// Guest directory where a `wasi_tool`'s `data` files appear when `data_dir` is not given.
+pub const DEFAULT_DATA_DIR: &str = "/share";
+
+/// Where a target was defined: the rule call in a `WBUILD` file.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub struct Location {
+    /// Workspace path of the `WBUILD` file.
+    pub file: String,
+    /// 1-based.
+    pub line: u32,
+    /// 1-based, in characters.
+    pub column: u32,
+}
+
+impl fmt::Display for Location {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}:{}", self.file, self.line, self.column)
+    }
+}
+
+/// A target defined by a rule call in a `WBUILD` file.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Target {
+    pub label: Label,
+    pub location: Location,
+    pub rule: Rule,
+}
+
+/// A resolved reference from one target to a file or another target.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+pub enum Dep {
+    /// A file, by workspace path. Usually a source file; a reference to a single output of
+    /// another target (`//pkg:out.h`, or `out.h` in the same package) is also a `File` — the
+    /// path is then a key of [`ActionGraph::producers`].
+    File(String),
+    /// A target: the files it provides are used (see [`ActionGraph::target_files`]).
+    Target(Label),
+}
+
+/// The rules a `WBUILD` file can call, with their attributes.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub enum Rule {
+    /// `filegroup(name, srcs = [])`: names a set of files.
+    Filegroup { srcs: Vec<Dep> },
+    /// `wasi_tool(name, src, data = [], data_dir = "/share")`: a WASI command module (`src`, a
+    /// `.wasm` file or a target with exactly one `.wasm` file) plus data files it reads at run
+    /// time. `data_dir` is `None` when not given (then [`DEFAULT_DATA_DIR`]).
+    WasiTool {
+        src: Dep,
+        data: Vec<Dep>,
+        data_dir: Option<String>,
+    },
+    /// `wasi_run(name, tool, srcs = [], outs, args = [], env = {})`: runs `tool` to produce `outs`.
+    WasiRun {
+        tool: Label,
+        srcs: Vec<Dep>,
+        outs: Vec<String>,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+    },
+    /// `wasi_test(name, tool, srcs = [], args = [], env = {})`: passes if `tool` exits with 0.
+    WasiTest {
+        tool: Label,
+        srcs: Vec<Dep>,
+        args: Vec<String>,
+        env: BTreeMap<String, String>,
+    },
+}
+
+impl Rule {
+    /// The rule function's name as written in `WBUILD` files.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Rule::Filegroup { .. } => "filegroup",
+            Rule::WasiTool { .. } => "wasi_tool",
+            Rule::WasiRun { .. } => "wasi_run",
+            Rule::WasiTest { .. } => "wasi_test",
+        }
+    }
+}
+
+/// Targets by label: every target of every package that was loaded. Targets needed by the
+/// requested patterns have all their references checked; other targets of the same packages
+/// are present (so every generated file's producer is known) but their references into
+/// packages that were not loaded are not checked.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct TargetGraph {
+    pub targets: BTreeMap<Label, Target>,
+}
+
+/// Everything that can go wrong while loading or analysing build files.
+#[derive(Debug, thiserror::Error)]
+pub enum GraphError {
+    #[error(
+        "no {WORKSPACE_FILE} found in {} or any parent directory; create one (it may be empty) at the root of your workspace",
+        start.display()
+    )]
+    NoWorkspace { start: PathBuf },
+
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("{}: {message}", path.display())]
+    Config { path: PathBuf, message: String },
+
+    #[error("invalid label '{label}': {reason}")]
+    InvalidLabel { label: String, reason: String },
+
+    #[error("invalid target pattern '{pattern}': {reason}")]
+    InvalidPattern { pattern: String, reason: String },
+
+    /// A Starlark syntax or evaluation error, as rendered by the starlark crate (it shows
+    /// `file:line:col`, the offending source line and the Starlark call stack).
+    #[error("{message}")]
+    Starlark {
+        /// The file being evaluated (`WBUILD` or `.bzl`).
+        file: String,
+        /// Where the error is, when known (may be in a `.bzl` file `file` loads).
+        location: Option<Location>,
+        message: String,
+    },
+
+    #[error("{location}: cannot load '{module}': {message}")]
+    Load {
+        location: Location,
+        module: String,
+        message: String,
+    },
+
+    #[error("{location}: cycle in load() statements: {cycle}")]
+    LoadCycle { location: Location, cycle: String },
+
+    #[error(
+        "{location}: duplicate target '{label}': the name is already used by the target defined at {previous}"
+    )]
+    DuplicateTarget {
+        label: Label,
+        location: Location,
+        previous: Location,
+    },
+
+    /// A bad attribute value, or a rule used in the wrong place.
+    #[error("{location}: {target}: {message}")]
+    Attribute {
+        location: Location,
+        target: String,
+        message: String,
+    },
+
+    #[error("no such package '{package}': there is no {BUILD_FILE} file in '{}'{context}", if package.is_empty() { "." } else { package.as_str() })]
+    NoSuchPackage { package: String, context: String },
+
+    #[error("no such target '{label}'{context}: package '{}' has no target, output or file named '{}'", label.package, label.name)]
+    NoSuchTarget { label: Label, context: String },
+
+    #[error("no such file '{file}' in package '{package}' (referenced at {location})")]
+    NoSuchFile {
+        file: String,
+        package: String,
+        location: Location,
+    },
+
+    #[error("'{label}' is a source file, not a target{context}")]
+    NotATarget { label: Label, context: String },
+
+    #[error("target pattern '{pattern}' matched no packages: no {BUILD_FILE} file under '{dir}'")]
+    NoMatch { pattern: String, dir: String },
+
+    #[error("{location}: output '{output}' of {label} collides with {other}; rename the output")]
+    OutputCollision {
+        location: Location,
+        label: Label,
+        output: String,
+        other: Box<str>,
+    },
+
+    #[error("{location}: dependency cycle: {}", render_cycle(cycle))]
+    Cycle {
+        location: Location,
+        /// The targets on the cycle, starting and ending with the same label.
+        cycle: Vec<Label>,
+    },
+
+    /// A bad `$(...)` in `args` or `env`.
+    #[error("{location}: {label}: {message}")]
+    Expansion {
+        location: Location,
+        label: Label,
+        message: String,
+    },
+}
+
+fn render_cycle(cycle: &[Label]) -> String {
+    cycle
+        .iter()
+        .map(|l| l.to_string())
+        .collect::<Vec<_>>()
+        .join(" -> ")
+}
+
+#[cfg(test)]
+mod testutil;
+#[cfg(test)]
+mod tests {
+    /// Callers wrap `GraphError` in their own errors; keep it under clippy's
+    /// `result_large_err` threshold (128 bytes).
+    #[test]
+    fn error_stays_small() {
+        assert!(std::mem::size_of::<crate::GraphError>() < 128);
+    }
+}

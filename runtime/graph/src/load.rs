@@ -1,0 +1,1052 @@
+//! Loading: target patterns -> packages evaluated -> references resolved -> [`TargetGraph`].
+
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::path::Path;
+
+use crate::eval::{Interpreter, RawRule, RawTarget};
+use crate::glob::skip_dir;
+use crate::label::{Label, TargetPattern, join};
+use crate::workspace::{BUILD_FILE, Workspace};
+use crate::{Dep, GraphError, Location, Rule, Target, TargetGraph};
+
+/// Loads the packages needed for `patterns` and resolves the targets they need.
+///
+/// Returns every target of every loaded package, and the labels of the targets the patterns
+/// matched (sorted; a label naming an output file stands for the target producing it).
+/// Errors: Starlark errors, unknown packages/targets/files (naming the referencing target and
+/// its location), output collisions, and dependency cycles among the needed targets.
+pub fn load(
+    ws: &Workspace,
+    patterns: &[TargetPattern],
+) -> Result<(TargetGraph, Vec<Label>), GraphError> {
+    let mut loader = Loader {
+        ws,
+        interp: Interpreter::new(ws.root.clone()),
+        packages: BTreeMap::new(),
+    };
+    let matched = loader.match_patterns(patterns)?;
+
+    // Resolve the closure of the matched targets, checking every reference.
+    let mut resolved: BTreeMap<Label, (Target, Vec<Label>)> = BTreeMap::new();
+    let mut queue: VecDeque<Label> = matched.iter().cloned().collect();
+    while let Some(label) = queue.pop_front() {
+        if resolved.contains_key(&label) {
+            continue;
+        }
+        let (target, edges) = loader.resolve_target(&label)?;
+        queue.extend(edges.iter().cloned());
+        resolved.insert(label, (target, edges));
+    }
+    find_cycle(&matched, |l| {
+        resolved
+            .get(l)
+            .map(|(t, e)| (t.location.clone(), e.clone()))
+    })?;
+
+    // Other targets of the loaded packages: resolved without loading more packages.
+    let mut graph = TargetGraph::default();
+    for (pkg_name, pkg) in &loader.packages {
+        for raw in pkg.targets.values() {
+            let label = Label {
+                package: pkg_name.clone(),
+                name: raw.name.clone(),
+            };
+            let target = match resolved.remove(&label) {
+                Some((t, _)) => t,
+                None => loader.resolve_lenient(&label, raw),
+            };
+            graph.targets.insert(label, target);
+        }
+    }
+    Ok((graph, matched.into_iter().collect()))
+}
+
+/// One evaluated package.
+struct Package {
+    targets: BTreeMap<String, RawTarget>,
+    /// Output name (package-relative) -> name of the target producing it.
+    outputs: BTreeMap<String, String>,
+}
+
+struct Loader<'w> {
+    ws: &'w Workspace,
+    interp: Interpreter,
+    packages: BTreeMap<String, Package>,
+}
+
+impl Loader<'_> {
+    /// The package `name`, evaluated on first use. `context` says who needs it (for errors).
+    fn package(
+        &mut self,
+        name: &str,
+        context: &dyn Fn() -> String,
+    ) -> Result<&Package, GraphError> {
+        if !self.packages.contains_key(name) {
+            if !self.ws.is_package(name) {
+                return Err(GraphError::NoSuchPackage {
+                    package: name.to_owned(),
+                    context: context(),
+                });
+            }
+            let raws = self.interp.eval_package(name)?;
+            let pkg = self.check_package(name, raws)?;
+            self.packages.insert(name.to_owned(), pkg);
+        }
+        Ok(&self.packages[name])
+    }
+
+    /// Indexes a package's targets and checks its declared outputs.
+    fn check_package(&self, package: &str, raws: Vec<RawTarget>) -> Result<Package, GraphError> {
+        let mut targets = BTreeMap::new();
+        for raw in raws {
+            targets.insert(raw.name.clone(), raw);
+        }
+        let mut outputs: BTreeMap<String, String> = BTreeMap::new();
+        for raw in targets.values() {
+            let RawRule::WasiRun { outs, .. } = &raw.rule else {
+                continue;
+            };
+            let label = Label {
+                package: package.to_owned(),
+                name: raw.name.clone(),
+            };
+            for out in outs {
+                let collision = |other: String| GraphError::OutputCollision {
+                    location: raw.location.clone(),
+                    label: label.clone(),
+                    output: join(package, out),
+                    other: other.into(),
+                };
+                if let Some(t) = targets.get(out) {
+                    return Err(collision(format!(
+                        "the target //{package}:{out} defined at {}",
+                        t.location
+                    )));
+                }
+                if let Some(other) = outputs.get(out) {
+                    return Err(collision(format!(
+                        "an output of //{package}:{other} (defined at {})",
+                        targets[other].location
+                    )));
+                }
+                let out_label = Label {
+                    package: package.to_owned(),
+                    name: out.clone(),
+                };
+                if let Some(sub) = crossed_subpackage(&self.ws.root, &out_label) {
+                    return Err(GraphError::Attribute {
+                        location: raw.location.clone(),
+                        target: label.to_string(),
+                        message: format!(
+                            "attribute 'outs': output '{out}' would be inside package '{sub}'; \
+                             an output must belong to the package of its target"
+                        ),
+                    });
+                }
+                let path = join(package, out);
+                if std::fs::symlink_metadata(self.ws.path(&path)).is_ok() {
+                    return Err(collision(format!("the source file '{path}'")));
+                }
+                outputs.insert(out.clone(), raw.name.clone());
+            }
+        }
+        Ok(Package { targets, outputs })
+    }
+
+    /// The sorted labels matched by `patterns`.
+    fn match_patterns(
+        &mut self,
+        patterns: &[TargetPattern],
+    ) -> Result<BTreeSet<Label>, GraphError> {
+        let mut matched = BTreeSet::new();
+        let cmdline = || " (named on the command line)".to_owned();
+        for pattern in patterns {
+            match pattern {
+                TargetPattern::Label(l) => {
+                    let root = self.ws.root.clone();
+                    let pkg = self.package(&l.package, &cmdline)?;
+                    if pkg.targets.contains_key(&l.name) {
+                        matched.insert(l.clone());
+                    } else if let Some(producer) = pkg.outputs.get(&l.name) {
+                        matched.insert(Label {
+                            package: l.package.clone(),
+                            name: producer.clone(),
+                        });
+                    } else if matches!(l.name.as_str(), "all" | "*" | "all-targets") {
+                        // Bazel: `//pkg:all` is every target of the package, unless a
+                        // target has that name.
+                        for name in pkg.targets.keys() {
+                            matched.insert(Label {
+                                package: l.package.clone(),
+                                name: name.clone(),
+                            });
+                        }
+                    } else if root.join(l.path()).exists() {
+                        return Err(GraphError::NotATarget {
+                            label: l.clone(),
+                            context: cmdline(),
+                        });
+                    } else {
+                        return Err(GraphError::NoSuchTarget {
+                            label: l.clone(),
+                            context: cmdline(),
+                        });
+                    }
+                }
+                TargetPattern::Recursive(prefix) => {
+                    let packages = find_packages(&self.ws.root, prefix);
+                    if packages.is_empty() {
+                        return Err(GraphError::NoMatch {
+                            pattern: pattern.to_string(),
+                            dir: if prefix.is_empty() {
+                                ".".into()
+                            } else {
+                                prefix.clone()
+                            },
+                        });
+                    }
+                    for p in packages {
+                        let pkg = self.package(&p, &cmdline)?;
+                        for name in pkg.targets.keys() {
+                            matched.insert(Label {
+                                package: p.clone(),
+                                name: name.clone(),
+                            });
+                        }
+                    }
+                }
+            }
+        }
+        Ok(matched)
+    }
+
+    /// Resolves one reference written in `from`'s rule call. Returns the dependency and the
+    /// target it makes `from` depend on (the target itself, or the producer of an output).
+    fn resolve(
+        &mut self,
+        reference: &str,
+        from: &Label,
+        location: &Location,
+        attribute: &str,
+    ) -> Result<(Dep, Option<Label>), GraphError> {
+        let attr_err = |message: String| GraphError::Attribute {
+            location: location.clone(),
+            target: from.to_string(),
+            message: format!("attribute '{attribute}': {message}"),
+        };
+        let label = Label::parse(reference, &from.package).map_err(|e| attr_err(e.to_string()))?;
+        let explicit = reference.starts_with(':') || reference.starts_with("//");
+        let context = || format!(" (referenced by {from} at {location})");
+        let root = self.ws.root.clone();
+        let pkg = self.package(&label.package, &context)?;
+        let path = label.path();
+        if pkg.targets.contains_key(&label.name) {
+            if root.join(&path).is_file() {
+                return Err(attr_err(format!(
+                    "'{reference}' is ambiguous: it names both the target {label} and the source \
+                     file '{path}'; rename the target"
+                )));
+            }
+            return Ok((Dep::Target(label.clone()), Some(label)));
+        }
+        if let Some(producer) = pkg.outputs.get(&label.name) {
+            let producer = Label {
+                package: label.package.clone(),
+                name: producer.clone(),
+            };
+            return Ok((Dep::File(path), Some(producer)));
+        }
+        if let Some(sub) = crossed_subpackage(&root, &label) {
+            return Err(attr_err(format!(
+                "'{reference}' is inside package '{sub}'; write '//{sub}:{}'",
+                &path[sub.len() + 1..]
+            )));
+        }
+        match std::fs::metadata(root.join(&path)) {
+            Ok(m) if m.is_dir() => Err(attr_err(format!(
+                "'{path}' is a directory; list its files, or use glob([\"{}/**\"])",
+                label.name
+            ))),
+            Ok(_) => Ok((Dep::File(path), None)),
+            Err(_) if explicit => Err(GraphError::NoSuchTarget {
+                label,
+                context: context(),
+            }),
+            Err(_) => Err(GraphError::NoSuchFile {
+                file: label.name,
+                package: label.package,
+                location: location.clone(),
+            }),
+        }
+    }
+
+    fn resolve_all(
+        &mut self,
+        refs: &[String],
+        from: &Label,
+        location: &Location,
+        attribute: &str,
+        edges: &mut Vec<Label>,
+    ) -> Result<Vec<Dep>, GraphError> {
+        let mut deps = Vec::with_capacity(refs.len());
+        for r in refs {
+            let (dep, edge) = self.resolve(r, from, location, attribute)?;
+            edges.extend(edge);
+            deps.push(dep);
+        }
+        Ok(deps)
+    }
+
+    /// Resolves a `tool` attribute: it must name a `wasi_tool` target.
+    fn resolve_tool(
+        &mut self,
+        tool: &str,
+        from: &Label,
+        location: &Location,
+    ) -> Result<Label, GraphError> {
+        let (dep, _) = self.resolve(tool, from, location, "tool")?;
+        let kind = match &dep {
+            Dep::Target(l) => match &self.packages[&l.package].targets[&l.name].rule {
+                RawRule::WasiTool { .. } => return Ok(l.clone()),
+                RawRule::Filegroup { .. } => "a filegroup",
+                RawRule::WasiRun { .. } => "a wasi_run target",
+                RawRule::WasiTest { .. } => "a wasi_test target",
+            },
+            Dep::File(_) => "a file",
+        };
+        Err(GraphError::Attribute {
+            location: location.clone(),
+            target: from.to_string(),
+            message: format!(
+                "attribute 'tool': '{tool}' is {kind}, not a wasi_tool; \
+                 define wasi_tool(name = ..., src = \"tool.wasm\") and name it here"
+            ),
+        })
+    }
+
+    /// Resolves every reference of a needed target; returns it and the targets it depends on.
+    fn resolve_target(&mut self, label: &Label) -> Result<(Target, Vec<Label>), GraphError> {
+        let raw = self.packages[&label.package]
+            .targets
+            .get(&label.name)
+            .cloned()
+            .ok_or_else(|| GraphError::NoSuchTarget {
+                label: label.clone(),
+                context: String::new(),
+            })?;
+        let loc = &raw.location;
+        let mut edges = Vec::new();
+        let rule = match &raw.rule {
+            RawRule::Filegroup { srcs } => Rule::Filegroup {
+                srcs: self.resolve_all(srcs, label, loc, "srcs", &mut edges)?,
+            },
+            RawRule::WasiTool {
+                src,
+                data,
+                data_dir,
+            } => Rule::WasiTool {
+                src: self
+                    .resolve_all(std::slice::from_ref(src), label, loc, "src", &mut edges)?
+                    .remove(0),
+                data: self.resolve_all(data, label, loc, "data", &mut edges)?,
+                data_dir: data_dir.clone(),
+            },
+            RawRule::WasiRun {
+                tool,
+                srcs,
+                outs,
+                args,
+                env,
+            } => {
+                let tool = self.resolve_tool(tool, label, loc)?;
+                edges.push(tool.clone());
+                Rule::WasiRun {
+                    tool,
+                    srcs: self.resolve_all(srcs, label, loc, "srcs", &mut edges)?,
+                    outs: outs.clone(),
+                    args: args.clone(),
+                    env: env.clone(),
+                }
+            }
+            RawRule::WasiTest {
+                tool,
+                srcs,
+                args,
+                env,
+            } => {
+                let tool = self.resolve_tool(tool, label, loc)?;
+                edges.push(tool.clone());
+                Rule::WasiTest {
+                    tool,
+                    srcs: self.resolve_all(srcs, label, loc, "srcs", &mut edges)?,
+                    args: args.clone(),
+                    env: env.clone(),
+                }
+            }
+        };
+        edges.sort();
+        edges.dedup();
+        let target = Target {
+            label: label.clone(),
+            location: raw.location.clone(),
+            rule,
+        };
+        Ok((target, edges))
+    }
+
+    /// Best-effort resolution for a target no requested target needs: no packages are loaded
+    /// and nothing is checked.
+    fn resolve_lenient(&self, label: &Label, raw: &RawTarget) -> Target {
+        let dep = |r: &String| -> Dep {
+            let Ok(l) = Label::parse(r, &label.package) else {
+                return Dep::File(join(&label.package, r));
+            };
+            match self.packages.get(&l.package) {
+                Some(p) if p.targets.contains_key(&l.name) => Dep::Target(l),
+                Some(_) => Dep::File(l.path()),
+                None if r.starts_with("//") || r.starts_with(':') => Dep::Target(l),
+                None => Dep::File(l.path()),
+            }
+        };
+        let deps = |v: &[String]| v.iter().map(dep).collect::<Vec<_>>();
+        let tool = |t: &String| {
+            Label::parse(t, &label.package).unwrap_or_else(|_| Label {
+                package: label.package.clone(),
+                name: t.clone(),
+            })
+        };
+        let rule = match &raw.rule {
+            RawRule::Filegroup { srcs } => Rule::Filegroup { srcs: deps(srcs) },
+            RawRule::WasiTool {
+                src,
+                data,
+                data_dir,
+            } => Rule::WasiTool {
+                src: dep(src),
+                data: deps(data),
+                data_dir: data_dir.clone(),
+            },
+            RawRule::WasiRun {
+                tool: t,
+                srcs,
+                outs,
+                args,
+                env,
+            } => Rule::WasiRun {
+                tool: tool(t),
+                srcs: deps(srcs),
+                outs: outs.clone(),
+                args: args.clone(),
+                env: env.clone(),
+            },
+            RawRule::WasiTest {
+                tool: t,
+                srcs,
+                args,
+                env,
+            } => Rule::WasiTest {
+                tool: tool(t),
+                srcs: deps(srcs),
+                args: args.clone(),
+                env: env.clone(),
+            },
+        };
+        Target {
+            label: label.clone(),
+            location: raw.location.clone(),
+            rule,
+        }
+    }
+}
+
+/// If `label` names a file below a sub-package of its package (`//a:sub/x` with `a/sub/WBUILD`),
+/// returns the deepest such sub-package.
+pub(crate) fn crossed_subpackage(root: &Path, label: &Label) -> Option<String> {
+    let parts: Vec<&str> = label.name.split('/').collect();
+    let mut found = None;
+    let mut dir = label.package.clone();
+    for part in &parts[..parts.len() - 1] {
+        dir = join(&dir, part);
+        if root.join(&dir).join(BUILD_FILE).is_file() {
+            found = Some(dir.clone());
+        }
+    }
+    found
+}
+
+/// Packages (workspace paths, sorted) at or below `prefix`, skipping hidden directories,
+/// `target/` and `wbuild-out/`, not following symlinks.
+pub(crate) fn find_packages(root: &Path, prefix: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    let mut stack = vec![prefix.to_owned()];
+    while let Some(dir) = stack.pop() {
+        let host = if dir.is_empty() {
+            root.to_path_buf()
+        } else {
+            root.join(&dir)
+        };
+        if host.join(BUILD_FILE).is_file() {
+            found.push(dir.clone());
+        }
+        let Ok(entries) = std::fs::read_dir(&host) else {
+            continue;
+        };
+        for entry in entries.flatten() {
+            let Ok(name) = entry.file_name().into_string() else {
+                continue;
+            };
+            if skip_dir(&name) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+                continue;
+            }
+            stack.push(join(&dir, &name));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// Depth-first search for a cycle reachable from `roots`; `edges(l)` gives a target's location
+/// and the targets it depends on. Reports the whole cycle, from its first target back to it.
+pub(crate) fn find_cycle<'a, I, F>(roots: I, edges: F) -> Result<(), GraphError>
+where
+    I: IntoIterator<Item = &'a Label>,
+    F: Fn(&Label) -> Option<(Location, Vec<Label>)>,
+{
+    #[derive(PartialEq)]
+    enum State {
+        Active,
+        Done,
+    }
+    let mut state: BTreeMap<Label, State> = BTreeMap::new();
+    for root in roots {
+        if state.contains_key(root) {
+            continue;
+        }
+        // Iterative DFS: (label, its edges, next edge index).
+        let mut path: Vec<(Label, Vec<Label>, usize)> = Vec::new();
+        let first = edges(root).map(|e| e.1).unwrap_or_default();
+        state.insert(root.clone(), State::Active);
+        path.push((root.clone(), first, 0));
+        while let Some((_, succ, i)) = path.last_mut() {
+            if *i == succ.len() {
+                let (l, _, _) = path.pop().expect("non-empty");
+                state.insert(l, State::Done);
+                continue;
+            }
+            let next = succ[*i].clone();
+            *i += 1;
+            match state.get(&next) {
+                Some(State::Done) => {}
+                Some(State::Active) => {
+                    let start = path
+                        .iter()
+                        .position(|(l, _, _)| *l == next)
+                        .expect("active node is on the path");
+                    let mut cycle: Vec<Label> =
+                        path[start..].iter().map(|(l, _, _)| l.clone()).collect();
+                    cycle.push(next.clone());
+                    let location = edges(&next).map(|e| e.0).unwrap_or_else(|| Location {
+                        file: join(&next.package, BUILD_FILE),
+                        line: 1,
+                        column: 1,
+                    });
+                    return Err(GraphError::Cycle { location, cycle });
+                }
+                None => {
+                    let succ = edges(&next).map(|e| e.1).unwrap_or_default();
+                    state.insert(next.clone(), State::Active);
+                    path.push((next, succ, 0));
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::*;
+
+    fn load_err(files: &[(&str, &str)], pats: &[&str]) -> GraphError {
+        let t = workspace(files);
+        match load(&t.ws, &patterns(pats)) {
+            Ok((g, _)) => panic!("expected an error, loaded {:?}", g.targets.keys()),
+            Err(e) => e,
+        }
+    }
+
+    const TOOL: (&str, &str) = (
+        "tools/WBUILD",
+        "wasi_tool(name = 'gen', src = 'gen.wasm')\n",
+    );
+    const TOOL_WASM: (&str, &str) = ("tools/gen.wasm", "not really wasm");
+
+    #[test]
+    fn loads_rules_with_locations() {
+        let t = workspace(&[
+            TOOL,
+            TOOL_WASM,
+            (
+                "app/WBUILD",
+                "# comment\n\
+                 filegroup(\n    name = 'templates',\n    srcs = glob(['tmpl/**/*.t']),\n)\n\
+                 wasi_run(\n    name = 'out',\n    tool = '//tools:gen',\n    srcs = [':templates', 'main.c', 'x.h'],\n    outs = ['out.txt'],\n    args = ['-o', '$@'],\n    env = {'A': 'b'},\n)\n\
+                 wasi_run(name = 'x', tool = '//tools:gen', outs = ['x.h'])\n\
+                 wasi_test(name = 't', tool = '//tools:gen', srcs = [':out'])\n",
+            ),
+            ("app/main.c", ""),
+            ("app/tmpl/a.t", ""),
+            ("app/tmpl/sub/b.t", ""),
+            ("app/tmpl/c.other", ""),
+        ]);
+        let (g, matched) = load(&t.ws, &patterns(&["//app:out"])).unwrap();
+        assert_eq!(matched, vec![label("//app:out")]);
+        let out = &g.targets[&label("//app:out")];
+        assert_eq!(out.location.to_string(), "app/WBUILD:6:1");
+        assert_eq!(
+            out.rule,
+            Rule::WasiRun {
+                tool: label("//tools:gen"),
+                srcs: vec![
+                    Dep::Target(label("//app:templates")),
+                    Dep::File("app/main.c".into()),
+                    Dep::File("app/x.h".into()),
+                ],
+                outs: vec!["out.txt".into()],
+                args: vec!["-o".into(), "$@".into()],
+                env: [("A".to_string(), "b".to_string())].into(),
+            }
+        );
+        assert_eq!(
+            g.targets[&label("//app:templates")].rule,
+            Rule::Filegroup {
+                srcs: vec![
+                    Dep::File("app/tmpl/a.t".into()),
+                    Dep::File("app/tmpl/sub/b.t".into()),
+                ]
+            }
+        );
+        assert_eq!(
+            g.targets[&label("//tools:gen")].rule,
+            Rule::WasiTool {
+                src: Dep::File("tools/gen.wasm".into()),
+                data: vec![],
+                data_dir: None
+            }
+        );
+        // Every target of a loaded package is present, needed or not.
+        assert!(g.targets.contains_key(&label("//app:t")));
+        assert_eq!(
+            g.targets[&label("//app:t")].location.to_string(),
+            "app/WBUILD:15:1"
+        );
+        // An output file label stands for its producer.
+        let (_, matched) = load(&t.ws, &patterns(&["//app:x.h", "//app:t"])).unwrap();
+        assert_eq!(matched, vec![label("//app:t"), label("//app:x")]);
+    }
+
+    #[test]
+    fn glob_stops_at_subpackages_and_out_dirs() {
+        let t = workspace(&[
+            ("WBUILD", "filegroup(name = 'all', srcs = glob(['**']))\n"),
+            ("a.txt", ""),
+            ("dir/b.txt", ""),
+            ("sub/WBUILD", ""),
+            ("sub/c.txt", ""),
+            ("wbuild-out/gen.txt", ""),
+            ("target/debug/x", ""),
+            (".git/HEAD", ""),
+        ]);
+        let (g, _) = load(&t.ws, &patterns(&["//:all"])).unwrap();
+        let Rule::Filegroup { srcs } = &g.targets[&label("//:all")].rule else {
+            panic!()
+        };
+        assert_eq!(
+            srcs,
+            &vec![
+                Dep::File("WBUILD".into()),
+                Dep::File("a.txt".into()),
+                Dep::File("dir/b.txt".into()),
+                Dep::File("wbuild.toml".into()),
+            ]
+        );
+    }
+
+    #[test]
+    fn glob_exclude_and_allow_empty() {
+        let t = workspace(&[
+            (
+                "p/WBUILD",
+                "filegroup(name = 'g', srcs = glob(['*.c', '*.h'], exclude = ['skip*']))\n\
+                 filegroup(name = 'e', srcs = glob(['*.none']))\n",
+            ),
+            ("p/a.c", ""),
+            ("p/b.h", ""),
+            ("p/skip.c", ""),
+        ]);
+        let (g, _) = load(&t.ws, &patterns(&["//p/..."])).unwrap();
+        assert_eq!(
+            g.targets[&label("//p:g")].rule,
+            Rule::Filegroup {
+                srcs: vec![Dep::File("p/a.c".into()), Dep::File("p/b.h".into())]
+            }
+        );
+        assert_eq!(
+            g.targets[&label("//p:e")].rule,
+            Rule::Filegroup { srcs: vec![] }
+        );
+        let err = load_err(
+            &[(
+                "p/WBUILD",
+                "filegroup(name = 'e', srcs = glob(['*.none'], allow_empty = False))\n",
+            )],
+            &["//p:e"],
+        );
+        assert!(err.to_string().contains("p/WBUILD:1:"), "{err}");
+        assert!(err.to_string().contains("*.none"), "{err}");
+    }
+
+    #[test]
+    fn load_bzl_macro() {
+        let t = workspace(&[
+            ("defs/WBUILD", ""),
+            (
+                "defs/macros.bzl",
+                "load(':consts.bzl', 'SUFFIX')\n\
+                 def my_group(name, files):\n    filegroup(name = name + SUFFIX, srcs = files + [package_name() + '.txt'])\n",
+            ),
+            ("defs/consts.bzl", "SUFFIX = '_group'\n"),
+            (
+                "p/WBUILD",
+                "load('//defs:macros.bzl', 'my_group')\n\n\n  \nmy_group(\n  name = 'g',\n  files = ['a.txt'],\n)\n",
+            ),
+            ("p/a.txt", ""),
+            ("p/p.txt", ""),
+        ]);
+        let (g, matched) = load(&t.ws, &patterns(&["//p:g_group"])).unwrap();
+        assert_eq!(matched, vec![label("//p:g_group")]);
+        let tg = &g.targets[&label("//p:g_group")];
+        // Attributed to the macro call in the WBUILD file, not the rule call in the .bzl.
+        assert_eq!(tg.location.to_string(), "p/WBUILD:5:1");
+        assert_eq!(
+            tg.rule,
+            Rule::Filegroup {
+                srcs: vec![Dep::File("p/a.txt".into()), Dep::File("p/p.txt".into())]
+            }
+        );
+    }
+
+    #[test]
+    fn load_errors() {
+        let err = load_err(
+            &[("p/WBUILD", "load('//p:missing.bzl', 'x')\n")],
+            &["//p/..."],
+        );
+        assert!(matches!(err, GraphError::Load { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .starts_with("p/WBUILD:1:6: cannot load '//p:missing.bzl'"),
+            "{err}"
+        );
+        let err = load_err(
+            &[
+                ("p/WBUILD", "load(':a.bzl', 'x')\n"),
+                ("p/a.bzl", "load(':b.bzl', 'y')\nx = 1\n"),
+                ("p/b.bzl", "load(':a.bzl', 'x')\ny = 1\n"),
+            ],
+            &["//p/..."],
+        );
+        assert!(
+            err.to_string().contains("p/a.bzl -> p/b.bzl -> p/a.bzl"),
+            "{err}"
+        );
+        let err = load_err(
+            &[
+                ("p/WBUILD", "load(':a.bzl', 'x')\n"),
+                ("p/a.bzl", "filegroup(name = 'x')\nx = 1\n"),
+            ],
+            &["//p/..."],
+        );
+        assert!(err.to_string().contains("p/a.bzl:1:1"), "{err}");
+        assert!(err.to_string().contains("top level of a .bzl"), "{err}");
+    }
+
+    #[test]
+    fn recursive_patterns() {
+        let t = workspace(&[
+            ("WBUILD", "filegroup(name = 'root')\n"),
+            (
+                "a/WBUILD",
+                "filegroup(name = 'a1')\nfilegroup(name = 'a2')\n",
+            ),
+            ("a/b/WBUILD", "filegroup(name = 'b')\n"),
+            ("a/plain/c/WBUILD", "filegroup(name = 'c')\n"),
+            ("wbuild-out/a/WBUILD", "filegroup(name = 'bad')\n"),
+            ("target/WBUILD", "filegroup(name = 'bad')\n"),
+            (".hidden/WBUILD", "filegroup(name = 'bad')\n"),
+        ]);
+        let (_, all) = load(&t.ws, &patterns(&["//..."])).unwrap();
+        let names: Vec<String> = all.iter().map(|l| l.to_string()).collect();
+        assert_eq!(
+            names,
+            ["//:root", "//a:a1", "//a:a2", "//a/b:b", "//a/plain/c:c"]
+        );
+        let (_, some) = load(&t.ws, &patterns(&["//a/b/...", "//a:a1"])).unwrap();
+        assert_eq!(some, vec![label("//a:a1"), label("//a/b:b")]);
+        let (_, pkg) = load(&t.ws, &patterns(&["//a:all"])).unwrap();
+        assert_eq!(pkg, vec![label("//a:a1"), label("//a:a2")]);
+        let err = load_err(&[("WBUILD", "")], &["//nothing/..."]);
+        assert!(matches!(err, GraphError::NoMatch { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn syntax_error_has_location() {
+        let err = load_err(
+            &[("p/WBUILD", "filegroup(name = 'x'\n\nfilegroup(")],
+            &["//p:x"],
+        );
+        let msg = err.to_string();
+        assert!(matches!(err, GraphError::Starlark { .. }), "{err:?}");
+        assert!(msg.contains("p/WBUILD:3:1"), "{msg}");
+        let GraphError::Starlark { location, .. } = err else {
+            unreachable!()
+        };
+        assert_eq!(location.unwrap().line, 3);
+    }
+
+    #[test]
+    fn wrong_types_and_unknown_attributes() {
+        let err = load_err(
+            &[("p/WBUILD", "\nfilegroup(name = 'x', srcs = 'a')\n")],
+            &["//p:x"],
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("p/WBUILD:2:1") && msg.contains("srcs"),
+            "{msg}"
+        );
+        let err = load_err(
+            &[("p/WBUILD", "filegroup(name = 'x', sources = [])\n")],
+            &["//p:x"],
+        );
+        let msg = err.to_string();
+        assert!(
+            msg.contains("p/WBUILD:1:1") && msg.contains("sources"),
+            "{msg}"
+        );
+        let err = load_err(
+            &[("p/WBUILD", "wasi_run(name = 'x', tool = ':t', outs = [])\n")],
+            &["//p:x"],
+        );
+        assert!(matches!(err, GraphError::Attribute { .. }), "{err:?}");
+        assert!(err.to_string().starts_with("p/WBUILD:1:1: "), "{err}");
+        let err = load_err(
+            &[(
+                "p/WBUILD",
+                "wasi_tool(name = 't', src = 't.wasm', data_dir = 'share')\n",
+            )],
+            &["//p:t"],
+        );
+        assert!(err.to_string().contains("data_dir"), "{err}");
+        let err = load_err(
+            &[("p/WBUILD", "filegroup(name = 'x', srcs = ['//a:b:c'])\n")],
+            &["//p:x"],
+        );
+        assert!(err.to_string().contains("//a:b:c"), "{err}");
+    }
+
+    #[test]
+    fn unknown_label_and_package() {
+        let err = load_err(
+            &[
+                ("p/WBUILD", "\nfilegroup(name = 'x', srcs = ['//q:nope'])\n"),
+                ("q/WBUILD", ""),
+            ],
+            &["//p:x"],
+        );
+        assert!(matches!(err, GraphError::NoSuchTarget { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("'//q:nope'") && msg.contains("//p:x") && msg.contains("p/WBUILD:2:1"),
+            "{msg}"
+        );
+        let err = load_err(
+            &[(
+                "p/WBUILD",
+                "filegroup(name = 'x', srcs = ['//missing:y'])\n",
+            )],
+            &["//p:x"],
+        );
+        assert!(matches!(err, GraphError::NoSuchPackage { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.contains("'missing'") && msg.contains("//p:x") && msg.contains("p/WBUILD:1:1"),
+            "{msg}"
+        );
+        let err = load_err(&[("p/WBUILD", "")], &["//p:nope"]);
+        assert!(err.to_string().contains("command line"), "{err}");
+        let err = load_err(&[("p/WBUILD", ""), ("p/f.txt", "")], &["//p:f.txt"]);
+        assert!(matches!(err, GraphError::NotATarget { .. }), "{err:?}");
+        let err = load_err(
+            &[(
+                "p/WBUILD",
+                "wasi_run(name = 'x', tool = ':g', outs = ['o'])\nfilegroup(name = 'g')\n",
+            )],
+            &["//p:x"],
+        );
+        assert!(err.to_string().contains("not a wasi_tool"), "{err}");
+    }
+
+    #[test]
+    fn missing_file() {
+        let err = load_err(
+            &[
+                (
+                    "p/WBUILD",
+                    "filegroup(name = 'g')\n\n  \nfilegroup(name = 'x', srcs = ['a.txt', 'sub/none.txt'])\n",
+                ),
+                ("p/a.txt", ""),
+            ],
+            &["//p:x"],
+        );
+        assert_eq!(
+            err.to_string(),
+            "no such file 'sub/none.txt' in package 'p' (referenced at p/WBUILD:4:1)"
+        );
+        // A file inside a sub-package must be named through that package.
+        let err = load_err(
+            &[
+                ("p/WBUILD", "filegroup(name = 'x', srcs = ['sub/a.txt'])\n"),
+                ("p/sub/WBUILD", ""),
+                ("p/sub/a.txt", ""),
+            ],
+            &["//p:x"],
+        );
+        assert!(err.to_string().contains("'//p/sub:a.txt'"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_target() {
+        let err = load_err(
+            &[(
+                "p/WBUILD",
+                "filegroup(name = 'x')\n\nfilegroup(name = 'x')\n",
+            )],
+            &["//p:x"],
+        );
+        assert!(matches!(err, GraphError::DuplicateTarget { .. }), "{err:?}");
+        assert_eq!(
+            err.to_string(),
+            "p/WBUILD:3:1: duplicate target '//p:x': the name is already used by the target defined at p/WBUILD:1:1"
+        );
+    }
+
+    #[test]
+    fn output_collisions() {
+        let tool = "wasi_tool(name = 't', src = 't.wasm')\n";
+        let err = load_err(
+            &[
+                (
+                    "p/WBUILD",
+                    &format!("{tool}wasi_run(name = 'x', tool = ':t', outs = ['a.txt'])\n"),
+                ),
+                ("p/t.wasm", ""),
+                ("p/a.txt", ""),
+            ],
+            &["//p:x"],
+        );
+        assert!(matches!(err, GraphError::OutputCollision { .. }), "{err:?}");
+        let msg = err.to_string();
+        assert!(
+            msg.starts_with(
+                "p/WBUILD:2:1: output 'p/a.txt' of //p:x collides with the source file 'p/a.txt'"
+            ),
+            "{msg}"
+        );
+        let err = load_err(
+            &[
+                (
+                    "p/WBUILD",
+                    &format!(
+                        "{tool}wasi_run(name = 'x', tool = ':t', outs = ['o.txt'])\n\
+                         wasi_run(name = 'y', tool = ':t', outs = ['o.txt'])\n"
+                    ),
+                ),
+                ("p/t.wasm", ""),
+            ],
+            &["//p:x"],
+        );
+        assert!(matches!(err, GraphError::OutputCollision { .. }), "{err:?}");
+        assert!(err.to_string().contains("//p:x"), "{err}");
+        assert!(err.to_string().contains("//p:y"), "{err}");
+    }
+
+    #[test]
+    fn cycle_reports_whole_path() {
+        let err = load_err(
+            &[
+                ("t/WBUILD", "wasi_tool(name = 't', src = 't.wasm')\n"),
+                ("t/t.wasm", ""),
+                (
+                    "a/WBUILD",
+                    "wasi_run(name = 'x', tool = '//t', srcs = ['//b:y.out'], outs = ['x.out'])\n",
+                ),
+                (
+                    "b/WBUILD",
+                    "filegroup(name = 'g', srcs = ['//a:x'])\nwasi_run(name = 'y', tool = '//t', srcs = [':g'], outs = ['y.out'])\n",
+                ),
+            ],
+            &["//a:x"],
+        );
+        assert!(matches!(err, GraphError::Cycle { .. }), "{err:?}");
+        assert!(
+            err.to_string()
+                .ends_with("dependency cycle: //a:x -> //b:y -> //b:g -> //a:x"),
+            "{err}"
+        );
+        assert!(err.to_string().starts_with("a/WBUILD:1:1: "), "{err}");
+        // A target that consumes its own output.
+        let err = load_err(
+            &[
+                ("t/WBUILD", "wasi_tool(name = 't', src = 't.wasm')\n"),
+                ("t/t.wasm", ""),
+                (
+                    "a/WBUILD",
+                    "wasi_run(name = 'x', tool = '//t', srcs = ['x.out'], outs = ['x.out'])\n",
+                ),
+            ],
+            &["//a:x"],
+        );
+        assert!(err.to_string().ends_with("//a:x -> //a:x"), "{err}");
+    }
+
+    #[test]
+    fn unneeded_targets_are_not_checked() {
+        let t = workspace(&[(
+            "p/WBUILD",
+            "filegroup(name = 'ok')\nfilegroup(name = 'broken', srcs = ['//elsewhere:x', 'missing.txt'])\n",
+        )]);
+        let (g, matched) = load(&t.ws, &patterns(&["//p:ok"])).unwrap();
+        assert_eq!(matched, vec![label("//p:ok")]);
+        assert_eq!(
+            g.targets[&label("//p:broken")].rule,
+            Rule::Filegroup {
+                srcs: vec![
+                    Dep::Target(label("//elsewhere:x")),
+                    Dep::File("p/missing.txt".into())
+                ]
+            }
+        );
+    }
+
+    #[test]
+    fn native_namespace_and_package_name() {
+        let t = workspace(&[(
+            "x/y/WBUILD",
+            "native.filegroup(name = package_name().replace('/', '_'))\n",
+        )]);
+        let (_, matched) = load(&t.ws, &patterns(&["//x/..."])).unwrap();
+        assert_eq!(matched, vec![label("//x/y:x_y")]);
+    }
+}

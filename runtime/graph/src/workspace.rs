@@ -1,0 +1,217 @@
+//! The workspace root (`wbuild.toml`) and its configuration.
+
+use std::path::{Component, Path, PathBuf};
+
+use crate::GraphError;
+
+/// Name of the file that marks the workspace root.
+pub const WORKSPACE_FILE: &str = "wbuild.toml";
+/// Name of the Starlark file that makes a directory a package.
+pub const BUILD_FILE: &str = "WBUILD";
+/// Directory (at the workspace root) where outputs are materialised; never part of a package.
+pub const OUT_DIR: &str = "wbuild-out";
+
+/// A workspace: the directory holding `wbuild.toml`, and that file's settings.
+#[derive(Clone, Debug)]
+pub struct Workspace {
+    /// Absolute, canonical path of the workspace root.
+    pub root: PathBuf,
+    pub config: Config,
+}
+
+/// Settings from `wbuild.toml`. Every key is optional; unknown keys are an error.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct Config {
+    pub build: BuildConfig,
+    pub wasi: WasiConfig,
+}
+
+/// `[build]` in `wbuild.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct BuildConfig {
+    /// Parallel actions; `None` = number of CPUs.
+    pub jobs: Option<usize>,
+    /// Wall clock seen by WASI actions (seconds since the Unix epoch). Default 0.
+    pub source_date_epoch: u64,
+}
+
+/// `[wasi]` in `wbuild.toml`.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct WasiConfig {
+    /// Linear-memory limit per WASI action, in MiB. Default 512.
+    pub memory_limit_mb: u64,
+    /// Time limit per WASI action, in seconds. Default 300.
+    pub timeout_secs: u64,
+}
+
+impl Default for WasiConfig {
+    fn default() -> Self {
+        WasiConfig {
+            memory_limit_mb: 512,
+            timeout_secs: 300,
+        }
+    }
+}
+
+impl Config {
+    /// Parses the text of a `wbuild.toml`; `path` is only used in error messages.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, GraphError> {
+        let err = |message: String| GraphError::Config {
+            path: path.to_owned(),
+            message,
+        };
+        let config: Config = toml::from_str(text).map_err(|e| err(e.to_string()))?;
+        if config.build.jobs == Some(0) {
+            return Err(err("[build] jobs must be at least 1 (or left out)".into()));
+        }
+        if config.wasi.memory_limit_mb == 0 {
+            return Err(err("[wasi] memory_limit_mb must be at least 1".into()));
+        }
+        if config.wasi.timeout_secs == 0 {
+            return Err(err("[wasi] timeout_secs must be at least 1".into()));
+        }
+        Ok(config)
+    }
+}
+
+impl Workspace {
+    /// Finds the workspace containing `start` by walking up to the directory holding
+    /// `wbuild.toml`, and opens it.
+    pub fn discover(start: &Path) -> Result<Workspace, GraphError> {
+        let abs = absolute(start)?;
+        let mut dir: Option<&Path> = Some(&abs);
+        while let Some(d) = dir {
+            if d.join(WORKSPACE_FILE).is_file() {
+                return Workspace::open(d);
+            }
+            dir = d.parent();
+        }
+        Err(GraphError::NoWorkspace { start: abs })
+    }
+
+    /// Opens the workspace whose root is `root` (which must hold `wbuild.toml`).
+    pub fn open(root: &Path) -> Result<Workspace, GraphError> {
+        let root = root.canonicalize().map_err(|source| GraphError::Io {
+            path: root.to_owned(),
+            source,
+        })?;
+        let file = root.join(WORKSPACE_FILE);
+        let text = match std::fs::read_to_string(&file) {
+            Ok(t) => t,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(GraphError::NoWorkspace { start: root });
+            }
+            Err(source) => return Err(GraphError::Io { path: file, source }),
+        };
+        let config = Config::parse(&text, &file)?;
+        Ok(Workspace { root, config })
+    }
+
+    /// Workspace path of a directory inside the root (`""` for the root itself, and for a
+    /// directory outside the workspace). Relative `dir`s are taken relative to the current
+    /// directory.
+    pub fn package_of_dir(&self, dir: &Path) -> String {
+        let abs = dir
+            .canonicalize()
+            .or_else(|_| absolute(dir))
+            .unwrap_or_else(|_| dir.to_owned());
+        match abs.strip_prefix(&self.root) {
+            Ok(rel) => rel
+                .components()
+                .filter_map(|c| match c {
+                    Component::Normal(s) => Some(s.to_string_lossy().into_owned()),
+                    _ => None,
+                })
+                .collect::<Vec<_>>()
+                .join("/"),
+            Err(_) => String::new(),
+        }
+    }
+
+    /// Host path of a workspace path (a source file or package directory).
+    pub fn path(&self, ws_path: &str) -> PathBuf {
+        if ws_path.is_empty() {
+            self.root.clone()
+        } else {
+            self.root.join(ws_path)
+        }
+    }
+
+    /// Host directory where outputs are materialised (`<root>/wbuild-out`).
+    pub fn out_dir(&self) -> PathBuf {
+        self.root.join(OUT_DIR)
+    }
+
+    /// Whether the directory at workspace path `dir` is a package (holds a `WBUILD` file).
+    pub fn is_package(&self, dir: &str) -> bool {
+        self.path(dir).join(BUILD_FILE).is_file()
+    }
+}
+
+fn absolute(p: &Path) -> Result<PathBuf, GraphError> {
+    std::path::absolute(p).map_err(|source| GraphError::Io {
+        path: p.to_owned(),
+        source,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn discover_and_config() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        std::fs::write(
+            root.join(WORKSPACE_FILE),
+            "[build]\njobs = 3\nsource_date_epoch = 7\n[wasi]\ntimeout_secs = 9\n",
+        )
+        .unwrap();
+        std::fs::create_dir_all(root.join("a/b")).unwrap();
+        let ws = Workspace::discover(&root.join("a/b")).unwrap();
+        assert_eq!(ws.root, root.canonicalize().unwrap());
+        assert_eq!(ws.config.build.jobs, Some(3));
+        assert_eq!(ws.config.build.source_date_epoch, 7);
+        assert_eq!(ws.config.wasi.timeout_secs, 9);
+        assert_eq!(ws.config.wasi.memory_limit_mb, 512);
+        assert_eq!(ws.package_of_dir(&root.join("a/b")), "a/b");
+        assert_eq!(ws.package_of_dir(root), "");
+        assert_eq!(ws.package_of_dir(Path::new("/")), "");
+    }
+
+    #[test]
+    fn empty_config_is_default() {
+        let c = Config::parse("", Path::new("wbuild.toml")).unwrap();
+        assert_eq!(c, Config::default());
+        assert_eq!(c.build.source_date_epoch, 0);
+        assert_eq!(c.wasi.memory_limit_mb, 512);
+        assert_eq!(c.wasi.timeout_secs, 300);
+    }
+
+    #[test]
+    fn unknown_key_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::write(tmp.path().join(WORKSPACE_FILE), "[build]\njbos = 3\n").unwrap();
+        let err = Workspace::open(tmp.path()).unwrap_err();
+        let msg = err.to_string();
+        assert!(matches!(err, GraphError::Config { .. }), "{err:?}");
+        assert!(msg.contains("wbuild.toml"), "{msg}");
+        assert!(msg.contains("jbos"), "{msg}");
+        let err = Config::parse("[remote]\nx = 1\n", Path::new("w.toml")).unwrap_err();
+        assert!(err.to_string().contains("remote"), "{err}");
+        let err = Config::parse("[build]\njobs = 0\n", Path::new("w.toml")).unwrap_err();
+        assert!(err.to_string().contains("jobs"), "{err}");
+    }
+
+    #[test]
+    fn no_workspace() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = Workspace::discover(tmp.path()).unwrap_err();
+        assert!(matches!(err, GraphError::NoWorkspace { .. }));
+        assert!(err.to_string().contains(WORKSPACE_FILE), "{err}");
+    }
+}

@@ -1,0 +1,93 @@
+//! The store's error type.
+
+use std::io;
+use std::path::PathBuf;
+
+use crate::Digest;
+
+/// Everything that can go wrong in the store. Each message names the thing at fault and,
+/// where there is one, what to do about it.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// A file-system operation failed.
+    #[error("cannot {op} {}: {source}", path.display())]
+    Io {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A blob's bytes do not hash to its name. It has already been evicted (file deleted,
+    /// metadata dropped); whatever produced it must be re-run.
+    #[error(
+        "blob {digest} at {} is corrupt (its contents do not hash to its name); it was evicted from the cache, re-run the build to recreate it",
+        path.display()
+    )]
+    Corrupt { digest: Digest, path: PathBuf },
+
+    /// The blob is not in the CAS.
+    #[error("blob {digest} is not in the cache (expected at {})", path.display())]
+    NotFound { digest: Digest, path: PathBuf },
+
+    /// `ac_put` was asked to record a result whose blobs are not all stored.
+    #[error(
+        "cannot record action {action} in the action cache: its {what} {digest} is not in the CAS; store every output blob before the action result"
+    )]
+    MissingBlob {
+        action: Digest,
+        what: String,
+        digest: Digest,
+    },
+
+    /// A digest string or message could not be parsed.
+    #[error("invalid digest '{input}': {reason}")]
+    InvalidDigest { input: String, reason: String },
+
+    /// Another process holds the store for longer than the open timeout.
+    #[error(
+        "another wbuild is using cache {} (waited {waited_secs} s); wait for it to finish, or use a different --cache-dir",
+        dir.display()
+    )]
+    Locked { dir: PathBuf, waited_secs: u64 },
+
+    /// The redb index failed.
+    #[error(
+        "cache index {}: {source}; if this persists, delete that file (blobs stay valid and are re-indexed by `verify`)",
+        path.display()
+    )]
+    Database {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+
+    /// `file_digest`/`put_file` was given something that is not a regular file.
+    #[error("{} is not a regular file", path.display())]
+    NotAFile { path: PathBuf },
+
+    /// `record_action`/`finish_build` named a build that `begin_build` never returned.
+    #[error("unknown build id {id} in cache {}", dir.display())]
+    UnknownBuild { id: u64, dir: PathBuf },
+
+    /// An encoded value read back from the store (or handed to it) is malformed.
+    #[error("{what}: {message}")]
+    Malformed { what: String, message: String },
+}
+
+impl StoreError {
+    /// Whether this error is [`StoreError::Corrupt`] (the blob was evicted; re-run its producer).
+    pub fn is_corrupt(&self) -> bool {
+        matches!(self, StoreError::Corrupt { .. })
+    }
+
+    /// Whether this error is [`StoreError::NotFound`].
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, StoreError::NotFound { .. })
+    }
+
+    pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
+        let path = path.into();
+        move |source| StoreError::Io { op, path, source }
+    }
+}

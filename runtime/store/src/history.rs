@@ -1,0 +1,346 @@
+//! Build history: builds, their actions (cache outcome, duration) and the last executed
+//! duration per action label (critical-path priority). Action records are buffered in memory
+//! and written by `flush` (which `finish_build` calls), so a no-op build of many actions does
+//! not pay a commit per action.
+
+use std::collections::{BTreeMap, HashMap};
+
+use redb::ReadableTable;
+
+use crate::store::{lock, now_ms};
+use crate::tables::{BUILD_ACTIONS, BUILDS, DURATIONS};
+use crate::{ActionRecord, BuildRecord, Store, StoreError};
+
+/// A build this process has begun or recorded into.
+#[derive(Clone, Debug)]
+struct Live {
+    record: BuildRecord,
+    next_seq: u64,
+}
+
+#[derive(Default)]
+pub(crate) struct History {
+    live: HashMap<u64, Live>,
+    actions: Vec<(u64, u64, ActionRecord)>,
+    durations: HashMap<String, u64>,
+    dirty: Vec<u64>,
+}
+
+/// What `flush` writes.
+#[derive(Default)]
+pub(crate) struct PendingHistory {
+    builds: Vec<BuildRecord>,
+    actions: Vec<(u64, u64, ActionRecord)>,
+    durations: HashMap<String, u64>,
+}
+
+impl History {
+    pub(crate) fn take_pending(&mut self) -> PendingHistory {
+        let mut dirty = std::mem::take(&mut self.dirty);
+        dirty.sort_unstable();
+        dirty.dedup();
+        PendingHistory {
+            builds: dirty
+                .iter()
+                .filter_map(|id| self.live.get(id).map(|l| l.record.clone()))
+                .collect(),
+            actions: std::mem::take(&mut self.actions),
+            durations: std::mem::take(&mut self.durations),
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> String {
+    serde_json::to_string(v).expect("history records serialise")
+}
+
+impl Store {
+    pub(crate) fn write_history(
+        &self,
+        txn: &redb::WriteTransaction,
+        p: &PendingHistory,
+    ) -> Result<(), StoreError> {
+        let mut builds = txn.open_table(BUILDS).map_err(|e| self.db_err(e))?;
+        for b in &p.builds {
+            builds
+                .insert(b.id, to_json(b).as_str())
+                .map_err(|e| self.db_err(e))?;
+        }
+        let mut actions = txn.open_table(BUILD_ACTIONS).map_err(|e| self.db_err(e))?;
+        for (build, seq, rec) in &p.actions {
+            actions
+                .insert((*build, *seq), to_json(rec).as_str())
+                .map_err(|e| self.db_err(e))?;
+        }
+        let mut durations = txn.open_table(DURATIONS).map_err(|e| self.db_err(e))?;
+        for (label, ms) in &p.durations {
+            durations
+                .insert(label.as_str(), *ms)
+                .map_err(|e| self.db_err(e))?;
+        }
+        Ok(())
+    }
+
+    /// Start recording a build; returns its id (greater than every earlier id).
+    pub fn begin_build(&self, command: &str, targets: &[String]) -> Result<u64, StoreError> {
+        let mut hist = lock(&self.history);
+        let txn = self.write_txn()?;
+        let record;
+        {
+            let mut t = txn.open_table(BUILDS).map_err(|e| self.db_err(e))?;
+            let last = t
+                .last()
+                .map_err(|e| self.db_err(e))?
+                .map(|(k, _)| k.value())
+                .unwrap_or(0);
+            let live_max = hist.live.keys().copied().max().unwrap_or(0);
+            record = BuildRecord {
+                id: last.max(live_max) + 1,
+                command: command.to_string(),
+                targets: targets.to_vec(),
+                start_unix_ms: now_ms(),
+                end_unix_ms: None,
+                outcome: None,
+                executed: 0,
+                cached: 0,
+                failed: 0,
+            };
+            t.insert(record.id, to_json(&record).as_str())
+                .map_err(|e| self.db_err(e))?;
+        }
+        txn.commit().map_err(|e| self.db_err(e))?;
+        let id = record.id;
+        hist.live.insert(
+            id,
+            Live {
+                record,
+                next_seq: 0,
+            },
+        );
+        Ok(id)
+    }
+
+    /// Load a build begun by another process into `live` (or fail if unknown).
+    fn live<'h>(&self, hist: &'h mut History, build: u64) -> Result<&'h mut Live, StoreError> {
+        if let std::collections::hash_map::Entry::Vacant(slot) = hist.live.entry(build) {
+            let txn = self.read_txn()?;
+            let t = txn.open_table(BUILDS).map_err(|e| self.db_err(e))?;
+            let json = t
+                .get(build)
+                .map_err(|e| self.db_err(e))?
+                .map(|v| v.value().to_string())
+                .ok_or_else(|| StoreError::UnknownBuild {
+                    id: build,
+                    dir: self.dir.clone(),
+                })?;
+            let record: BuildRecord =
+                serde_json::from_str(&json).map_err(|e| StoreError::Malformed {
+                    what: format!("build record {build} in {}", self.index_path.display()),
+                    message: e.to_string(),
+                })?;
+            let actions = txn.open_table(BUILD_ACTIONS).map_err(|e| self.db_err(e))?;
+            let next_seq = actions
+                .range((build, 0)..=(build, u64::MAX))
+                .map_err(|e| self.db_err(e))?
+                .next_back()
+                .transpose()
+                .map_err(|e| self.db_err(e))?
+                .map(|(k, _)| k.value().1 + 1)
+                .unwrap_or(0);
+            slot.insert(Live { record, next_seq });
+        }
+        Ok(hist.live.get_mut(&build).expect("just inserted"))
+    }
+
+    /// Record one action of `build` (buffered; written by `flush`/`finish_build`).
+    pub fn record_action(&self, build: u64, rec: &ActionRecord) -> Result<(), StoreError> {
+        let mut guard = lock(&self.history);
+        let hist = &mut *guard;
+        let live = self.live(hist, build)?;
+        let seq = live.next_seq;
+        live.next_seq += 1;
+        match rec.status.as_str() {
+            "executed" => live.record.executed += 1,
+            "cached" => live.record.cached += 1,
+            "failed" => live.record.failed += 1,
+            _ => {}
+        }
+        hist.actions.push((build, seq, rec.clone()));
+        if rec.status == "executed" {
+            hist.durations.insert(rec.label.clone(), rec.duration_ms);
+        }
+        hist.dirty.push(build);
+        Ok(())
+    }
+
+    /// Mark `build` finished with `outcome` ("success" | "failed" | "interrupted") and flush
+    /// durably.
+    pub fn finish_build(&self, build: u64, outcome: &str) -> Result<(), StoreError> {
+        {
+            let mut guard = lock(&self.history);
+            let hist = &mut *guard;
+            let live = self.live(hist, build)?;
+            live.record.end_unix_ms = Some(now_ms());
+            live.record.outcome = Some(outcome.to_string());
+            hist.dirty.push(build);
+        }
+        self.flush()
+    }
+
+    /// The most recent `limit` builds, newest first.
+    pub fn builds(&self, limit: usize) -> Result<Vec<BuildRecord>, StoreError> {
+        let live: HashMap<u64, BuildRecord> = lock(&self.history)
+            .live
+            .iter()
+            .map(|(id, l)| (*id, l.record.clone()))
+            .collect();
+        let txn = self.read_txn()?;
+        let t = txn.open_table(BUILDS).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::new();
+        for row in t.iter().map_err(|e| self.db_err(e))?.rev() {
+            if out.len() >= limit {
+                break;
+            }
+            let (k, v) = row.map_err(|e| self.db_err(e))?;
+            let id = k.value();
+            let rec = match live.get(&id) {
+                Some(r) => r.clone(),
+                None => match serde_json::from_str::<BuildRecord>(v.value()) {
+                    Ok(r) => r,
+                    Err(_) => continue,
+                },
+            };
+            out.push(rec);
+        }
+        Ok(out)
+    }
+
+    /// The actions recorded for `build`, in recording order.
+    pub fn build_actions(&self, build: u64) -> Result<Vec<ActionRecord>, StoreError> {
+        let mut by_seq: BTreeMap<u64, ActionRecord> = BTreeMap::new();
+        {
+            let txn = self.read_txn()?;
+            let t = txn.open_table(BUILD_ACTIONS).map_err(|e| self.db_err(e))?;
+            for row in t
+                .range((build, 0)..=(build, u64::MAX))
+                .map_err(|e| self.db_err(e))?
+            {
+                let (k, v) = row.map_err(|e| self.db_err(e))?;
+                if let Ok(rec) = serde_json::from_str(v.value()) {
+                    by_seq.insert(k.value().1, rec);
+                }
+            }
+        }
+        for (b, seq, rec) in &lock(&self.history).actions {
+            if *b == build {
+                by_seq.insert(*seq, rec.clone());
+            }
+        }
+        Ok(by_seq.into_values().collect())
+    }
+
+    /// The duration of the most recent execution (status "executed") of the action labelled
+    /// `label`, in any build.
+    pub fn last_duration_ms(&self, label: &str) -> Result<Option<u64>, StoreError> {
+        if let Some(ms) = lock(&self.history).durations.get(label) {
+            return Ok(Some(*ms));
+        }
+        let txn = self.read_txn()?;
+        let t = txn.open_table(DURATIONS).map_err(|e| self.db_err(e))?;
+        Ok(t.get(label).map_err(|e| self.db_err(e))?.map(|v| v.value()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::test_util::store_in;
+
+    fn rec(label: &str, status: &str, ms: u64) -> ActionRecord {
+        ActionRecord {
+            label: label.into(),
+            mnemonic: "WasiRun".into(),
+            action_digest: format!("{label}-digest"),
+            status: status.into(),
+            duration_ms: ms,
+        }
+    }
+
+    #[test]
+    fn history_round_trip() {
+        let (_dir, store) = store_in();
+        let b1 = store.begin_build("build", &["//...".into()]).unwrap();
+        store
+            .record_action(b1, &rec("//a:x", "executed", 40))
+            .unwrap();
+        store.record_action(b1, &rec("//a:y", "cached", 0)).unwrap();
+        store.record_action(b1, &rec("//a:z", "failed", 7)).unwrap();
+        // Visible before flush.
+        assert_eq!(store.build_actions(b1).unwrap().len(), 3);
+        assert_eq!(store.last_duration_ms("//a:x").unwrap(), Some(40));
+        store.finish_build(b1, "failed").unwrap();
+
+        let b2 = store.begin_build("test", &["//a:x".into()]).unwrap();
+        assert!(b2 > b1);
+        store
+            .record_action(b2, &rec("//a:x", "executed", 55))
+            .unwrap();
+        store.record_action(b2, &rec("//a:y", "cached", 0)).unwrap();
+        assert_eq!(store.last_duration_ms("//a:x").unwrap(), Some(55));
+        assert_eq!(store.last_duration_ms("//a:y").unwrap(), None);
+
+        let builds = store.builds(10).unwrap();
+        assert_eq!(builds.len(), 2);
+        assert_eq!(builds[0].id, b2);
+        assert_eq!(builds[0].outcome, None);
+        assert_eq!((builds[0].executed, builds[0].cached), (1, 1));
+        assert_eq!(builds[1].id, b1);
+        assert_eq!(builds[1].outcome.as_deref(), Some("failed"));
+        assert_eq!(
+            (builds[1].executed, builds[1].cached, builds[1].failed),
+            (1, 1, 1)
+        );
+        assert!(builds[1].end_unix_ms.is_some());
+        assert_eq!(builds[1].targets, vec!["//...".to_string()]);
+        assert_eq!(store.builds(1).unwrap().len(), 1);
+
+        // Everything survives a reopen (drop flushes).
+        let dir = store.dir().to_path_buf();
+        drop(store);
+        let store = Store::open(&dir).unwrap();
+        let actions = store.build_actions(b1).unwrap();
+        assert_eq!(
+            actions.iter().map(|a| a.label.as_str()).collect::<Vec<_>>(),
+            ["//a:x", "//a:y", "//a:z"]
+        );
+        assert_eq!(actions[0], rec("//a:x", "executed", 40));
+        assert_eq!(store.build_actions(b2).unwrap().len(), 2);
+        assert_eq!(store.last_duration_ms("//a:x").unwrap(), Some(55));
+        let builds = store.builds(10).unwrap();
+        assert_eq!((builds[0].executed, builds[0].cached), (1, 1));
+
+        // A build from the earlier process can be continued and finished.
+        store
+            .record_action(b2, &rec("//a:w", "executed", 3))
+            .unwrap();
+        store.finish_build(b2, "interrupted").unwrap();
+        let actions = store.build_actions(b2).unwrap();
+        assert_eq!(actions.len(), 3);
+        assert_eq!(actions[2].label, "//a:w");
+        let b = &store.builds(1).unwrap()[0];
+        assert_eq!((b.id, b.executed), (b2, 2));
+        assert_eq!(b.outcome.as_deref(), Some("interrupted"));
+        assert!(store.begin_build("build", &[]).unwrap() > b2);
+    }
+
+    #[test]
+    fn unknown_build_is_an_error() {
+        let (_dir, store) = store_in();
+        let err = store
+            .record_action(42, &rec("//a:x", "executed", 1))
+            .unwrap_err();
+        assert!(matches!(err, StoreError::UnknownBuild { id: 42, .. }));
+        assert!(store.finish_build(42, "success").is_err());
+        assert!(store.build_actions(42).unwrap().is_empty());
+    }
+}

@@ -1,0 +1,748 @@
+//! The [`Store`]: opening, the process lock, the CAS (blob files) and flushing.
+
+use std::collections::{HashMap, HashSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::{self, Read, Write};
+use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Mutex, MutexGuard, OnceLock, RwLock};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use redb::{Database, DatabaseError, Durability, ReadableTable, StorageError};
+
+use crate::history::History;
+use crate::stat::StatEntry;
+use crate::tables::*;
+use crate::{Digest, DigestFunction, Hasher, StoreError};
+
+/// How long `Store::open` waits for another process to release the store.
+pub const DEFAULT_LOCK_TIMEOUT: Duration = Duration::from_secs(600);
+const LOCK_POLL: Duration = Duration::from_millis(100);
+const COPY_BUF: usize = 64 * 1024;
+
+pub(crate) type Key = [u8; 33];
+
+/// The local store: CAS blob files plus a redb index (action cache, blob metadata, stat
+/// cache, access logs, build history). `Send + Sync`; share it as `Arc<Store>`.
+///
+/// One process at a time holds a store (redb's file lock); `open` waits for the holder.
+pub struct Store {
+    pub(crate) dir: PathBuf,
+    pub(crate) function: DigestFunction,
+    pub(crate) db: Database,
+    pub(crate) index_path: PathBuf,
+    /// This process's scratch directory under `<dir>/tmp`.
+    pub(crate) tmp: PathBuf,
+    tmp_counter: AtomicU64,
+    /// Blob key -> (size, last access ms), written to the `blobs` table by `flush`.
+    pub(crate) pending_access: Mutex<HashMap<Key, (u64, u64)>>,
+    /// Blobs whose bytes this process has hashed (or written) and found correct.
+    pub(crate) verified: Mutex<HashSet<Key>>,
+    pub(crate) stat_map: OnceLock<RwLock<HashMap<PathBuf, StatEntry>>>,
+    pub(crate) stat_init: Mutex<()>,
+    pub(crate) stat_dirty: Mutex<HashMap<PathBuf, Option<StatEntry>>>,
+    pub(crate) hashed: AtomicU64,
+    pub(crate) history: Mutex<History>,
+    /// Held shared by ordinary operations and exclusively by `gc`/`verify`, so maintenance
+    /// never deletes a blob under an operation that is using it.
+    pub(crate) maintenance: RwLock<()>,
+    /// Serialises `flush` (so two flushes do not interleave their taken buffers).
+    flush_lock: Mutex<()>,
+}
+
+pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+fn is_already_open(e: &DatabaseError) -> bool {
+    matches!(e, DatabaseError::DatabaseAlreadyOpen)
+}
+
+impl Store {
+    /// Open (creating if needed) the store at `dir` with BLAKE3 as its digest function.
+    /// Creates `<dir>/{cas,tmp,modules}` and `<dir>/index.redb`. Waits (up to 10 minutes,
+    /// polling every 100 ms) while another process holds the store.
+    pub fn open(dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(dir, DigestFunction::Blake3)
+    }
+
+    /// Like [`Store::open`] with another default digest function for `put_*` and
+    /// `file_digest`. Blobs of every function live side by side (`cas/`, `cas-sha256/`).
+    pub fn open_with(dir: &Path, function: DigestFunction) -> Result<Store, StoreError> {
+        Store::open_with_timeout(dir, function, DEFAULT_LOCK_TIMEOUT)
+    }
+
+    /// Like [`Store::open_with`] with a custom wait for the process lock.
+    pub fn open_with_timeout(
+        dir: &Path,
+        function: DigestFunction,
+        lock_timeout: Duration,
+    ) -> Result<Store, StoreError> {
+        let dir = std::path::absolute(dir).map_err(StoreError::io("resolve", dir))?;
+        for sub in [function.cas_subdir(), "tmp", "modules"] {
+            let p = dir.join(sub);
+            fs::create_dir_all(&p).map_err(StoreError::io("create directory", &p))?;
+        }
+        let index_path = dir.join("index.redb");
+        let db = open_db(&dir, &index_path, lock_timeout)?;
+
+        let tmp = dir.join("tmp").join(format!(
+            "p{}-{}",
+            std::process::id(),
+            SystemTime::now()
+                .duration_since(UNIX_EPOCH)
+                .map(|d| d.as_nanos())
+                .unwrap_or(0)
+        ));
+        fs::create_dir_all(&tmp).map_err(StoreError::io("create directory", &tmp))?;
+
+        let store = Store {
+            dir,
+            function,
+            db,
+            index_path,
+            tmp,
+            tmp_counter: AtomicU64::new(0),
+            pending_access: Mutex::new(HashMap::new()),
+            verified: Mutex::new(HashSet::new()),
+            stat_map: OnceLock::new(),
+            stat_init: Mutex::new(()),
+            stat_dirty: Mutex::new(HashMap::new()),
+            hashed: AtomicU64::new(0),
+            history: Mutex::new(History::default()),
+            maintenance: RwLock::new(()),
+            flush_lock: Mutex::new(()),
+        };
+        store.init_tables()?;
+        Ok(store)
+    }
+
+    /// `$WBUILD_CACHE`, else `$XDG_CACHE_HOME/wbuild`, else `~/.cache/wbuild`.
+    pub fn default_dir() -> PathBuf {
+        let var = |name: &str| std::env::var_os(name).filter(|v| !v.is_empty());
+        if let Some(d) = var("WBUILD_CACHE") {
+            return PathBuf::from(d);
+        }
+        if let Some(d) = var("XDG_CACHE_HOME").map(PathBuf::from)
+            && d.is_absolute()
+        {
+            return d.join("wbuild");
+        }
+        if let Some(home) = var("HOME") {
+            return PathBuf::from(home).join(".cache").join("wbuild");
+        }
+        std::env::temp_dir().join("wbuild-cache")
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn function(&self) -> DigestFunction {
+        self.function
+    }
+
+    /// Scratch space on the same file system as the CAS (so `put_file_move` is a rename).
+    /// It is private to this process: removed when the store is dropped, and by `verify`/`gc`
+    /// of a later process if this one dies.
+    pub fn tmp_dir(&self) -> PathBuf {
+        self.tmp.clone()
+    }
+
+    /// Where exec-wasi keeps compiled modules.
+    pub fn modules_dir(&self) -> PathBuf {
+        self.dir.join("modules")
+    }
+
+    pub(crate) fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {
+        StoreError::Database {
+            path: self.index_path.clone(),
+            source: Box::new(e.into()),
+        }
+    }
+
+    fn init_tables(&self) -> Result<(), StoreError> {
+        let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        {
+            txn.open_table(AC).map_err(|e| self.db_err(e))?;
+            txn.open_multimap_table(AC_LABEL)
+                .map_err(|e| self.db_err(e))?;
+            txn.open_table(BLOBS).map_err(|e| self.db_err(e))?;
+            txn.open_table(STAT_CACHE).map_err(|e| self.db_err(e))?;
+            txn.open_table(ACCESS_LOGS).map_err(|e| self.db_err(e))?;
+            txn.open_table(BUILDS).map_err(|e| self.db_err(e))?;
+            txn.open_table(BUILD_ACTIONS).map_err(|e| self.db_err(e))?;
+            txn.open_table(DURATIONS).map_err(|e| self.db_err(e))?;
+        }
+        txn.commit().map_err(|e| self.db_err(e))
+    }
+
+    /// Begin a write transaction with `Durability::None` (fast; lost, consistently, on a crash
+    /// unless a later `flush` commits).
+    pub(crate) fn write_txn(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        txn.set_durability(Durability::None)
+            .map_err(|e| self.db_err(e))?;
+        Ok(txn)
+    }
+
+    pub(crate) fn durable_txn(&self) -> Result<redb::WriteTransaction, StoreError> {
+        let mut txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
+        txn.set_durability(Durability::Immediate)
+            .map_err(|e| self.db_err(e))?;
+        txn.set_quick_repair(true);
+        Ok(txn)
+    }
+
+    pub(crate) fn read_txn(&self) -> Result<redb::ReadTransaction, StoreError> {
+        use redb::ReadableDatabase;
+        self.db.begin_read().map_err(|e| self.db_err(e))
+    }
+
+    pub(crate) fn shared(&self) -> std::sync::RwLockReadGuard<'_, ()> {
+        self.maintenance.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    pub(crate) fn exclusive(&self) -> std::sync::RwLockWriteGuard<'_, ()> {
+        self.maintenance.write().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // CAS
+
+    /// Path of a blob file: `<dir>/cas/<2 hex>/<hex>` (`cas-sha256/` for SHA-256).
+    pub(crate) fn blob_path(&self, d: &Digest) -> PathBuf {
+        let hex = d.hex();
+        let mut p = self.dir.join(d.function.cas_subdir());
+        p.push(&hex[..2]);
+        p.push(hex);
+        p
+    }
+
+    /// A fresh path in this process's tmp dir.
+    pub(crate) fn new_tmp_path(&self, what: &str) -> PathBuf {
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        self.tmp.join(format!("{what}-{n}"))
+    }
+
+    /// Record a use of a blob (for LRU); written to the index by `flush`.
+    pub(crate) fn touch(&self, d: &Digest) {
+        let now = now_ms();
+        lock(&self.pending_access).insert(d.key(), (d.size, now));
+    }
+
+    pub(crate) fn mark_verified(&self, d: &Digest) {
+        lock(&self.verified).insert(d.key());
+    }
+
+    pub(crate) fn is_verified(&self, d: &Digest) -> bool {
+        lock(&self.verified).contains(&d.key())
+    }
+
+    /// Whether the blob file exists (the empty blob always exists).
+    pub(crate) fn exists(&self, d: &Digest) -> bool {
+        d.is_empty_blob() || fs::symlink_metadata(self.blob_path(d)).is_ok_and(|m| m.is_file())
+    }
+
+    /// Move `tmp` to the blob path of `d`, creating the shard directory if needed.
+    /// The rename replaces an existing blob of the same name (same bytes, or a corrupt one).
+    fn install(&self, tmp: &Path, d: &Digest) -> Result<PathBuf, StoreError> {
+        let dest = self.blob_path(d);
+        match fs::rename(tmp, &dest) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                let shard = dest.parent().expect("blob path has a parent");
+                fs::create_dir_all(shard).map_err(StoreError::io("create directory", shard))?;
+                fs::rename(tmp, &dest).map_err(StoreError::io("rename into the CAS", &dest))?;
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    op: "rename into the CAS",
+                    path: dest,
+                    source: e,
+                });
+            }
+        }
+        self.mark_verified(d);
+        self.touch(d);
+        Ok(dest)
+    }
+
+    /// Store `bytes` (digest function of the store).
+    pub fn put_bytes(&self, bytes: &[u8]) -> Result<Digest, StoreError> {
+        self.put_bytes_as(self.function, bytes)
+    }
+
+    /// Store `bytes` under digest function `f`.
+    pub fn put_bytes_as(&self, f: DigestFunction, bytes: &[u8]) -> Result<Digest, StoreError> {
+        let _g = self.shared();
+        let d = Digest::of(f, bytes);
+        if d.size > 0 && self.exists(&d) {
+            self.touch(&d);
+            return Ok(d);
+        }
+        let tmp = self.new_tmp_path("blob");
+        let result = (|| {
+            let mut file = create_new(&tmp, 0o444)?;
+            file.write_all(bytes)
+                .map_err(StoreError::io("write", &tmp))?;
+            drop(file);
+            self.install(&tmp, &d)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result.map(|_| d)
+    }
+
+    /// Copy the file at `path` into the CAS, hashing while copying. If the stat cache says the
+    /// file is unchanged and its blob is present, nothing is read.
+    pub fn put_file(&self, path: &Path) -> Result<Digest, StoreError> {
+        let _g = self.shared();
+        self.put_file_inner(path)
+    }
+
+    pub(crate) fn put_file_inner(&self, path: &Path) -> Result<Digest, StoreError> {
+        let abs = std::path::absolute(path).map_err(StoreError::io("resolve", path))?;
+        let meta = fs::metadata(&abs).map_err(StoreError::io("stat", &abs))?;
+        if !meta.is_file() {
+            return Err(StoreError::NotAFile { path: abs });
+        }
+        if let Some(d) = self.stat_lookup(&abs, &meta)?
+            && self.exists(&d)
+        {
+            self.touch(&d);
+            return Ok(d);
+        }
+        let mut src = File::open(&abs).map_err(StoreError::io("open", &abs))?;
+        let m1 = src.metadata().map_err(StoreError::io("stat", &abs))?;
+        let tmp = self.new_tmp_path("blob");
+        let result = (|| {
+            let mut out = create_new(&tmp, 0o444)?;
+            let d = copy_hashing(self.function, &mut src, &abs, Some((&mut out, &tmp)))?;
+            drop(out);
+            let m2 = src.metadata().map_err(StoreError::io("stat", &abs))?;
+            self.install(&tmp, &d)?;
+            self.stat_record(&abs, &m1, &m2, d);
+            Ok(d)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    /// Hash the file at `path`, then rename it into the CAS (it must be on the store's file
+    /// system, e.g. under `tmp_dir()`). Falls back to a copy (and removes `path`) if the file
+    /// has other hard links or lives on another file system.
+    pub fn put_file_move(&self, path: &Path) -> Result<Digest, StoreError> {
+        let _g = self.shared();
+        let mut src = File::open(path).map_err(StoreError::io("open", path))?;
+        let meta = src.metadata().map_err(StoreError::io("stat", path))?;
+        if !meta.is_file() {
+            return Err(StoreError::NotAFile {
+                path: path.to_path_buf(),
+            });
+        }
+        if meta.nlink() > 1 {
+            // Renaming would make a blob share an inode with another name: copy instead.
+            drop(src);
+            let d = self.put_file_inner(path)?;
+            fs::remove_file(path).map_err(StoreError::io("remove", path))?;
+            return Ok(d);
+        }
+        let d = copy_hashing(self.function, &mut src, path, None)?;
+        src.set_permissions(fs::Permissions::from_mode(0o444))
+            .map_err(StoreError::io("make read-only", path))?;
+        drop(src);
+        match self.install(path, &d) {
+            Ok(_) => Ok(d),
+            Err(StoreError::Io { source, .. }) if source.raw_os_error() == Some(libc::EXDEV) => {
+                let d = self.put_file_inner(path)?;
+                fs::remove_file(path).map_err(StoreError::io("remove", path))?;
+                Ok(d)
+            }
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Whether the blob is present (not verified; reading it verifies). Counts as a use.
+    pub fn has(&self, d: &Digest) -> bool {
+        let present = self.exists(d);
+        if present {
+            self.touch(d);
+        }
+        present
+    }
+
+    /// The blob's bytes, verified against its name. A corrupt blob is evicted and
+    /// `Err(Corrupt)` returned; a missing one is `Err(NotFound)`.
+    pub fn get_bytes(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        let _g = self.shared();
+        self.get_bytes_inner(d)
+    }
+
+    pub(crate) fn get_bytes_inner(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
+        if d.is_empty_blob() {
+            return Ok(Vec::new());
+        }
+        let path = self.blob_path(d);
+        let bytes = match fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound { digest: *d, path });
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    op: "read",
+                    path,
+                    source: e,
+                });
+            }
+        };
+        let actual = Digest::of(d.function, &bytes);
+        if actual.hash != d.hash {
+            return Err(self.evict_corrupt(d, path));
+        }
+        self.mark_verified(&actual);
+        self.touch(&actual);
+        Ok(bytes)
+    }
+
+    /// Delete a corrupt blob and its metadata; returns the error to report.
+    pub(crate) fn evict_corrupt(&self, d: &Digest, path: PathBuf) -> StoreError {
+        self.evict(d, &path);
+        StoreError::Corrupt { digest: *d, path }
+    }
+
+    pub(crate) fn evict(&self, d: &Digest, path: &Path) {
+        let _ = fs::remove_file(path);
+        let key = d.key();
+        lock(&self.verified).remove(&key);
+        lock(&self.pending_access).remove(&key);
+        // Best effort: gc and verify reconcile metadata with the files anyway.
+        let _ = (|| -> Result<(), StoreError> {
+            let txn = self.write_txn()?;
+            {
+                let mut t = txn.open_table(BLOBS).map_err(|e| self.db_err(e))?;
+                t.remove(key.as_slice()).map_err(|e| self.db_err(e))?;
+            }
+            txn.commit().map_err(|e| self.db_err(e))
+        })();
+    }
+
+    /// Hash the blob file unless this process already did; evict it if corrupt.
+    pub(crate) fn ensure_verified(&self, d: &Digest) -> Result<(), StoreError> {
+        if d.is_empty_blob() || self.is_verified(d) {
+            return Ok(());
+        }
+        let path = self.blob_path(d);
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound { digest: *d, path });
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    op: "open",
+                    path,
+                    source: e,
+                });
+            }
+        };
+        let actual = copy_hashing(d.function, &mut f, &path, None)?;
+        if actual.hash != d.hash {
+            return Err(self.evict_corrupt(d, path));
+        }
+        self.mark_verified(d);
+        Ok(())
+    }
+
+    /// Make sure the empty blob has a file (it is "always present" but may never have been
+    /// written), so it can be linked.
+    fn ensure_empty_file(&self, d: &Digest) -> Result<(), StoreError> {
+        if d.is_empty_blob() && !fs::metadata(self.blob_path(d)).is_ok_and(|m| m.len() == 0) {
+            let tmp = self.new_tmp_path("blob");
+            drop(create_new(&tmp, 0o444)?);
+            self.install(&tmp, d)?;
+        }
+        Ok(())
+    }
+
+    /// Present the blob at `dest` as a read-only hard link (a read-only copy if linking is
+    /// impossible, e.g. across file systems). Replaces an existing `dest`; creates parent
+    /// directories. The blob is verified at most once per process.
+    pub fn link_into(&self, d: &Digest, dest: &Path) -> Result<(), StoreError> {
+        let _g = self.shared();
+        self.ensure_verified(d)?;
+        self.ensure_empty_file(d)?;
+        let blob = self.blob_path(d);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            match fs::hard_link(&blob, dest) {
+                Ok(()) => break,
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists && attempt < 3 => {
+                    remove_existing(dest)?;
+                }
+                Err(e) if e.kind() == io::ErrorKind::NotFound && attempt < 3 => {
+                    if !blob.exists() {
+                        return Err(StoreError::NotFound {
+                            digest: *d,
+                            path: blob,
+                        });
+                    }
+                    if let Some(parent) = dest.parent() {
+                        fs::create_dir_all(parent)
+                            .map_err(StoreError::io("create directory", parent))?;
+                    }
+                }
+                Err(e)
+                    if matches!(
+                        e.raw_os_error(),
+                        Some(libc::EXDEV | libc::EMLINK | libc::EPERM | libc::ENOTSUP)
+                    ) =>
+                {
+                    self.copy_out(d, dest, 0o444)?;
+                    break;
+                }
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        op: "hard-link a blob to",
+                        path: dest.to_path_buf(),
+                        source: e,
+                    });
+                }
+            }
+        }
+        self.touch(d);
+        Ok(())
+    }
+
+    /// Write a verified copy of the blob to `dest` (temp file beside it, then rename), never
+    /// sharing the blob's inode. Mode 0555 if `executable`, else 0444 (outputs are read-only,
+    /// as in Bazel). Creates parent directories. Replaces an existing file at `dest`.
+    pub fn materialize(&self, d: &Digest, dest: &Path, executable: bool) -> Result<(), StoreError> {
+        let _g = self.shared();
+        if let Some(parent) = dest.parent() {
+            fs::create_dir_all(parent).map_err(StoreError::io("create directory", parent))?;
+        }
+        self.copy_out(d, dest, if executable { 0o555 } else { 0o444 })?;
+        self.touch(d);
+        Ok(())
+    }
+
+    /// Copy the blob to a temp file beside `dest` while hashing it, set `mode`, rename over
+    /// `dest`. A corrupt blob is evicted and nothing is left at `dest`'s temp name.
+    fn copy_out(&self, d: &Digest, dest: &Path, mode: u32) -> Result<(), StoreError> {
+        let name = dest
+            .file_name()
+            .ok_or_else(|| StoreError::Io {
+                op: "materialize to",
+                path: dest.to_path_buf(),
+                source: io::Error::new(io::ErrorKind::InvalidInput, "no file name"),
+            })?
+            .to_string_lossy();
+        let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
+        let tmp = dest.with_file_name(format!(".{name}.wbuild-tmp-{}-{n}", std::process::id()));
+        let result = (|| {
+            let blob = self.blob_path(d);
+            let mut out = create_new(&tmp, 0o644)?;
+            if !d.is_empty_blob() {
+                let mut src = match File::open(&blob) {
+                    Ok(f) => f,
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                        return Err(StoreError::NotFound {
+                            digest: *d,
+                            path: blob,
+                        });
+                    }
+                    Err(e) => {
+                        return Err(StoreError::Io {
+                            op: "open",
+                            path: blob,
+                            source: e,
+                        });
+                    }
+                };
+                // Always hashed: a copy is read in full anyway, and hashing is cheaper than IO.
+                let actual = copy_hashing(d.function, &mut src, &blob, Some((&mut out, &tmp)))?;
+                if actual.hash != d.hash {
+                    return Err(self.evict_corrupt(d, blob));
+                }
+                self.mark_verified(d);
+            }
+            out.set_permissions(fs::Permissions::from_mode(mode))
+                .map_err(StoreError::io("set permissions of", &tmp))?;
+            drop(out);
+            fs::rename(&tmp, dest).map_err(StoreError::io("rename over", dest))
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        result
+    }
+
+    // ----------------------------------------------------------------------------------------
+    // Flush
+
+    /// Durably commit (`Durability::Immediate`) everything buffered: blob access times, stat
+    /// cache updates, build-history records.
+    pub fn flush(&self) -> Result<(), StoreError> {
+        let _f = lock(&self.flush_lock);
+        let access = std::mem::take(&mut *lock(&self.pending_access));
+        let stats = std::mem::take(&mut *lock(&self.stat_dirty));
+        let hist = lock(&self.history).take_pending();
+
+        let txn = self.durable_txn()?;
+        {
+            let mut blobs = txn.open_table(BLOBS).map_err(|e| self.db_err(e))?;
+            for (key, (size, at)) in &access {
+                let old = blobs
+                    .get(key.as_slice())
+                    .map_err(|e| self.db_err(e))?
+                    .map(|v| v.value());
+                let row = match old {
+                    Some((old_size, old_at)) => (old_size, old_at.max(*at)),
+                    None => (*size, *at),
+                };
+                blobs
+                    .insert(key.as_slice(), row)
+                    .map_err(|e| self.db_err(e))?;
+            }
+        }
+        {
+            let mut t = txn.open_table(STAT_CACHE).map_err(|e| self.db_err(e))?;
+            for (path, entry) in &stats {
+                let k = crate::stat::path_key(path);
+                match entry {
+                    Some(e) => {
+                        t.insert(k, e.encode().as_slice())
+                            .map_err(|e| self.db_err(e))?;
+                    }
+                    None => {
+                        t.remove(k).map_err(|e| self.db_err(e))?;
+                    }
+                }
+            }
+        }
+        self.write_history(&txn, &hist)?;
+        txn.commit().map_err(|e| self.db_err(e))
+    }
+}
+
+impl Drop for Store {
+    fn drop(&mut self) {
+        let _ = self.flush();
+        let _ = fs::remove_dir_all(&self.tmp);
+    }
+}
+
+/// Open the redb index, waiting while another process holds it. An index redb cannot read
+/// (corrupted outside redb, or from an incompatible version) is moved aside and recreated:
+/// it is only an index, blobs stay valid.
+fn open_db(dir: &Path, index: &Path, timeout: Duration) -> Result<Database, StoreError> {
+    let start = Instant::now();
+    let mut moved_aside = false;
+    loop {
+        match redb::Builder::new()
+            .set_cache_size(64 * 1024 * 1024)
+            .create(index)
+        {
+            Ok(db) => return Ok(db),
+            Err(e) if is_already_open(&e) => {
+                if start.elapsed() >= timeout {
+                    return Err(StoreError::Locked {
+                        dir: dir.to_path_buf(),
+                        waited_secs: start.elapsed().as_secs(),
+                    });
+                }
+                std::thread::sleep(LOCK_POLL);
+            }
+            Err(
+                e @ (DatabaseError::UpgradeRequired(_)
+                | DatabaseError::Storage(StorageError::Corrupted(_))),
+            ) if !moved_aside => {
+                moved_aside = true;
+                let aside = index.with_extension(format!("redb.broken-{}", now_ms()));
+                fs::rename(index, &aside).map_err(|io| StoreError::Database {
+                    path: index.to_path_buf(),
+                    source: Box::new(redb::Error::from(io)),
+                })?;
+                let _ = e;
+            }
+            Err(e) => {
+                return Err(StoreError::Database {
+                    path: index.to_path_buf(),
+                    source: Box::new(e.into()),
+                });
+            }
+        }
+    }
+}
+
+pub(crate) fn create_new(path: &Path, mode: u32) -> Result<File, StoreError> {
+    OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(StoreError::io("create", path))
+}
+
+fn remove_existing(path: &Path) -> Result<(), StoreError> {
+    match fs::remove_file(path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(StoreError::Io {
+            op: "replace",
+            path: path.to_path_buf(),
+            source: e,
+        }),
+    }
+}
+
+thread_local! {
+    static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; COPY_BUF]);
+}
+
+/// Read `src` to the end, hashing it (and writing it to `sink` if given).
+pub(crate) fn copy_hashing(
+    f: DigestFunction,
+    src: &mut File,
+    src_path: &Path,
+    mut sink: Option<(&mut File, &Path)>,
+) -> Result<Digest, StoreError> {
+    BUF.with(|buf| {
+        let mut buf = buf.borrow_mut();
+        let mut h = Hasher::new(f);
+        loop {
+            let n = match src.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    return Err(StoreError::Io {
+                        op: "read",
+                        path: src_path.to_path_buf(),
+                        source: e,
+                    });
+                }
+            };
+            h.update(&buf[..n]);
+            if let Some((out, out_path)) = sink.as_mut() {
+                out.write_all(&buf[..n])
+                    .map_err(StoreError::io("write", *out_path))?;
+            }
+        }
+        Ok(h.finish())
+    })
+}

@@ -1,0 +1,555 @@
+//! End-to-end tests: the real `wbuild` binary on temporary workspaces with guests compiled
+//! from source (tests/guests, toolchains/wasi-tools).
+
+use wbuild_tests::{TestWorkspace, finished, statuses, stderr, stdout};
+
+const BIN: &str = env!("CARGO_BIN_EXE_wbuild");
+
+fn ws() -> TestWorkspace {
+    TestWorkspace::new(BIN)
+}
+
+/// gen/a.txt + gen/b.txt -> //gen:ab -> //gen:abab; //other:c independent.
+fn chain(w: &TestWorkspace) {
+    w.write("gen/a.txt", "hello\n");
+    w.write("gen/b.txt", "world\n");
+    w.write(
+        "gen/WBUILD",
+        r#"
+wasi_run(
+    name = "ab",
+    tool = "//tools:probe",
+    srcs = ["a.txt", "b.txt"],
+    outs = ["ab.txt"],
+    args = ["concat", "$@", "$(location a.txt)", "$(location b.txt)"],
+)
+wasi_run(
+    name = "abab",
+    tool = "//tools:probe",
+    srcs = [":ab"],
+    outs = ["abab.txt"],
+    args = ["concat", "$@", "$(location :ab)", "$(location :ab)"],
+)
+"#,
+    );
+    w.write("other/c.txt", "c\n");
+    w.write(
+        "other/WBUILD",
+        r#"
+wasi_run(name = "c", tool = "//tools:probe", srcs = ["c.txt"], outs = ["c2.txt"],
+         args = ["concat", "$@", "$(location c.txt)", "$(location c.txt)"])
+"#,
+    );
+}
+
+fn s(label: &str, status: &str) -> (String, String) {
+    (label.to_owned(), status.to_owned())
+}
+
+#[test]
+fn clean_build_noop_and_incremental() {
+    let w = ws();
+    chain(&w);
+    let (out, ev) = w.events(&["build", "//..."]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(w.read("wbuild-out/gen/abab.txt"), "hello\nworld\nhello\nworld\n");
+    assert_eq!(w.read("wbuild-out/other/c2.txt"), "c\nc\n");
+    assert_eq!(
+        statuses(&ev),
+        vec![
+            s("//gen:ab", "executed"),
+            s("//gen:abab", "executed"),
+            s("//other:c", "executed")
+        ]
+    );
+    assert!(stderr(&out).contains("Build succeeded: 3 executed, 0 cached, 0 failed"));
+
+    // No-op: nothing runs and no file is read to be re-hashed.
+    let (out, ev) = w.events(&["build", "//..."]);
+    assert!(out.status.success());
+    let f = finished(&ev);
+    assert_eq!(f["executed"], 0, "{ev:?}");
+    assert_eq!(f["cached"], 3);
+    assert_eq!(f["files_hashed"], 0, "a no-op build re-hashed files: {ev:?}");
+
+    // One edit re-runs exactly the affected actions.
+    w.write("gen/b.txt", "there\n");
+    let (out, ev) = w.events(&["build"]);
+    assert!(out.status.success());
+    assert_eq!(
+        statuses(&ev),
+        vec![
+            s("//gen:ab", "executed"),
+            s("//gen:abab", "executed"),
+            s("//other:c", "cached")
+        ]
+    );
+    assert_eq!(w.read("wbuild-out/gen/abab.txt"), "hello\nthere\nhello\nthere\n");
+
+    // Undoing the edit is a cache hit for both, and restores the outputs.
+    w.write("gen/b.txt", "world\n");
+    let (_, ev) = w.events(&["build"]);
+    assert_eq!(finished(&ev)["executed"], 0);
+    assert_eq!(w.read("wbuild-out/gen/abab.txt"), "hello\nworld\nhello\nworld\n");
+
+    // A deleted output is restored from the cache without running anything.
+    std::fs::remove_file(w.path("wbuild-out/gen/ab.txt")).unwrap();
+    let (_, ev) = w.events(&["build", "//gen:ab"]);
+    assert_eq!(statuses(&ev), vec![s("//gen:ab", "cached")]);
+    assert_eq!(w.read("wbuild-out/gen/ab.txt"), "hello\nworld\n");
+}
+
+#[test]
+fn outputs_history_explain_and_cache_commands() {
+    let w = ws();
+    chain(&w);
+    w.ok(&["build"]);
+    let out = w.ok(&["outputs", "//gen:abab", "//gen:ab"]);
+    // Targets are printed in label order.
+    assert_eq!(stdout(&out), "wbuild-out/gen/ab.txt\nwbuild-out/gen/abab.txt\n");
+
+    let out = w.ok(&["explain", "//gen:abab"]);
+    let text = stdout(&out);
+    assert!(text.contains("read     gen/ab.txt"), "{text}");
+    assert!(text.contains("write    gen/abab.txt"), "{text}");
+
+    let out = w.ok(&["history"]);
+    assert!(stdout(&out).contains("success"), "{}", stdout(&out));
+    let out = w.ok(&["history", "1"]);
+    assert!(stdout(&out).contains("executed"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("//gen:abab"));
+
+    let out = w.ok(&["cache", "stats"]);
+    assert!(stdout(&out).contains("action-cache:       3 entries"), "{}", stdout(&out));
+
+    // Invalidate by label: exactly that action runs again.
+    let out = w.ok(&["cache", "invalidate", "//gen:abab"]);
+    assert!(stdout(&out).contains("dropped 1"), "{}", stdout(&out));
+    let (_, ev) = w.events(&["build"]);
+    assert_eq!(
+        statuses(&ev),
+        vec![
+            s("//gen:ab", "cached"),
+            s("//gen:abab", "executed"),
+            s("//other:c", "cached")
+        ]
+    );
+
+    w.ok(&["cache", "verify"]);
+    // GC to zero empties the cache; the next build runs everything again.
+    w.ok(&["cache", "gc", "--max-size", "0"]);
+    let (_, ev) = w.events(&["build"]);
+    assert_eq!(finished(&ev)["executed"], 3, "{ev:?}");
+}
+
+#[test]
+fn undeclared_read_fails_naming_the_path_and_producer() {
+    let w = ws();
+    chain(&w);
+    w.write("x/secret.txt", "s\n");
+    w.write(
+        "x/WBUILD",
+        r#"
+wasi_run(name = "sneak", tool = "//tools:probe", srcs = [], outs = ["o.txt"],
+         args = ["concat", "$@", "x/secret.txt"])
+wasi_run(name = "sneak2", tool = "//tools:probe", srcs = [], outs = ["o2.txt"],
+         args = ["concat", "$@", "gen/ab.txt"])
+"#,
+    );
+    let out = w.fail(&["build", "-k", "//x:sneak", "//x:sneak2", "//gen:ab"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("read undeclared input x/secret.txt: add it to srcs of //x:sneak"),
+        "{err}"
+    );
+    assert!(
+        err.contains("read undeclared input gen/ab.txt, which is produced by //gen:ab"),
+        "{err}"
+    );
+}
+
+#[test]
+fn unused_declared_input_warns() {
+    let w = ws();
+    w.write("p/used.txt", "u\n");
+    w.write("p/unused.txt", "n\n");
+    w.write(
+        "p/WBUILD",
+        r#"
+wasi_run(name = "t", tool = "//tools:probe", srcs = ["used.txt", "unused.txt"], outs = ["o.txt"],
+         args = ["concat", "$@", "$(location used.txt)"])
+"#,
+    );
+    let out = w.ok(&["build"]);
+    assert!(
+        stderr(&out).contains("warning: declared input p/unused.txt was never read by //p:t"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+fn world_ws(w: &TestWorkspace) {
+    w.write("d/in.txt", "input\n");
+    w.write(
+        "d/WBUILD",
+        r#"
+wasi_run(name = "world", tool = "//tools:probe", srcs = ["in.txt"], outs = ["world.txt"],
+         args = ["world", "$@", "$(location in.txt)"], env = {"GREETING": "hi"})
+"#,
+    );
+}
+
+#[test]
+fn guests_are_deterministic_across_directories_and_caches() {
+    let a = ws();
+    let b = ws();
+    world_ws(&a);
+    world_ws(&b);
+    a.ok(&["build"]);
+    // Let the host clock move on before the second build.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    b.ok(&["build"]);
+    let wa = a.read("wbuild-out/d/world.txt");
+    let wb = b.read("wbuild-out/d/world.txt");
+    assert_eq!(wa, wb);
+    assert!(wa.contains("wall: 0\n"), "{wa}");
+    assert!(wa.contains("env: [(\"GREETING\", \"hi\")]"), "{wa}");
+    assert!(wa.contains("d/in.txt: len 6 mtime Some(0ns)"), "{wa}");
+    assert!(wa.contains("listing of .: [\"d\"]"), "{wa}");
+    assert_ne!(a.root, b.root);
+}
+
+#[test]
+fn source_date_epoch_is_configurable_and_in_the_key() {
+    let w = ws();
+    world_ws(&w);
+    w.ok(&["build"]);
+    w.write("wbuild.toml", "[build]\nsource_date_epoch = 1700000000\n");
+    let (_, ev) = w.events(&["build"]);
+    assert_eq!(statuses(&ev), vec![s("//d:world", "executed")]);
+    assert!(w.read("wbuild-out/d/world.txt").contains("wall: 1700000000000000000\n"));
+}
+
+#[test]
+fn escape_attempts_all_fail() {
+    let w = ws();
+    w.write("e/in.txt", "original\n");
+    w.write(
+        "e/WBUILD",
+        r#"
+wasi_run(name = "escape", tool = "//tools:probe", srcs = ["in.txt"], outs = ["report.txt"],
+         args = ["escape", "$@", "$(location in.txt)"])
+"#,
+    );
+    let out = w.fail(&["build", "--show-output"]);
+    let err = stderr(&out);
+    // The tool's report of each attempt (it writes it to its output, which is shown since the
+    // action failed for touching undeclared paths).
+    assert!(err.contains("tried to modify its input e/in.txt"), "{err}");
+    assert!(
+        err.contains("tried to write undeclared path undeclared.txt"),
+        "{err}"
+    );
+    assert_eq!(w.read("e/in.txt"), "original\n");
+    assert!(!w.path("undeclared.txt").exists());
+    assert!(!w.path("e/undeclared.txt").exists());
+}
+
+#[test]
+fn escape_report_shows_every_attempt_denied() {
+    // Same guest, but run through a tool whose failure we expect, reading its report via the
+    // access log: every attempt must have failed inside the guest.
+    let w = ws();
+    w.write("e/in.txt", "original\n");
+    w.write(
+        "e/WBUILD",
+        r#"
+wasi_run(name = "escape", tool = "//tools:probe", srcs = ["in.txt"], outs = ["report.txt"],
+         args = ["escape", "$@", "$(location in.txt)"])
+"#,
+    );
+    let (_, ev) = w.events(&["build"]);
+    let action = ev.iter().find(|e| e["type"] == "action").unwrap();
+    assert_eq!(action["status"], "failed");
+    let accesses = action["accesses"].as_array().unwrap();
+    let denied: Vec<&str> = accesses
+        .iter()
+        .filter(|a| a["kind"] == "denied")
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    for expected in ["e/in.txt", "undeclared.txt", "newdir"] {
+        assert!(denied.contains(&expected), "{expected} not denied: {denied:?}");
+    }
+    // Nothing outside the sandbox was read.
+    assert!(
+        !accesses
+            .iter()
+            .any(|a| a["kind"] == "read" && a["path"].as_str().unwrap().contains("passwd")),
+        "{accesses:?}"
+    );
+}
+
+#[test]
+fn tmp_is_private_and_not_an_output() {
+    let w = ws();
+    w.write(
+        "t/WBUILD",
+        r#"
+wasi_run(name = "tmp", tool = "//tools:probe", srcs = [], outs = ["o.txt"], args = ["tmp", "$@"])
+"#,
+    );
+    w.ok(&["build"]);
+    assert_eq!(w.read("wbuild-out/t/o.txt"), "tmp was empty: true\nscratch");
+    assert!(!w.path("wbuild-out/tmp").exists());
+}
+
+fn failing(w: &TestWorkspace, args: &str) -> String {
+    w.write(
+        "f/WBUILD",
+        &format!(
+            "wasi_run(name = \"f\", tool = \"//tools:probe\", srcs = [], outs = [\"o.txt\"], args = [{args}])\n"
+        ),
+    );
+    stderr(&w.fail(&["build"]))
+}
+
+#[test]
+fn nonzero_exit_trap_memory_and_time_limits_give_clear_errors() {
+    let w = ws();
+    w.write(
+        "wbuild.toml",
+        "[build]\nsource_date_epoch = 0\n[wasi]\nmemory_limit_mb = 64\ntimeout_secs = 2\n",
+    );
+    let err = failing(&w, "\"exit\", \"3\"");
+    assert!(err.contains("FAILED //f:f: the tool exited with code 3"), "{err}");
+    assert!(err.contains("probe: exiting with 3"), "{err}");
+
+    let err = failing(&w, "\"trap\"");
+    assert!(err.contains("the tool trapped: wasm trap"), "{err}");
+    assert!(err.contains("deliberate panic"), "{err}");
+
+    let err = failing(&w, "\"alloc\", \"200\"");
+    assert!(err.contains("memory limit of 64 MiB"), "{err}");
+
+    let err = failing(&w, "\"loop\"");
+    assert!(err.contains("time limit of 2s"), "{err}");
+
+    // A failed action is not cached: it fails again the same way.
+    let err = failing(&w, "\"exit\", \"3\"");
+    assert!(err.contains("exited with code 3"), "{err}");
+    w.write(
+        "f/WBUILD",
+        "wasi_run(name = \"f\", tool = \"//tools:probe\", srcs = [], outs = [\"o.txt\"], args = [\"say\", \"hi\", \"$@\"])\n",
+    );
+    let out = w.ok(&["build"]);
+    // Output of successful actions is shown only on request.
+    assert!(!stderr(&out).contains("| hi"), "{}", stderr(&out));
+    w.ok(&["build", "--show-output"]);
+}
+
+#[test]
+fn missing_declared_output_fails() {
+    let w = ws();
+    w.write(
+        "m/WBUILD",
+        "wasi_run(name = \"m\", tool = \"//tools:probe\", srcs = [], outs = [\"a.txt\", \"b.txt\"], args = [\"say\", \"x\", \"m/a.txt\"])\n",
+    );
+    let err = stderr(&w.fail(&["build"]));
+    assert!(err.contains("did not create declared output m/b.txt"), "{err}");
+}
+
+#[test]
+fn malformed_build_file_names_file_line_column() {
+    let w = ws();
+    w.write("bad/WBUILD", "wasi_run(\n    name = \"x\",\n    srcs = [1 +],\n)\n");
+    let err = stderr(&w.fail(&["build"]));
+    assert!(err.contains("bad/WBUILD:3:"), "{err}");
+}
+
+#[test]
+fn dependency_cycle_is_reported_with_the_whole_path() {
+    let w = ws();
+    w.write(
+        "c/WBUILD",
+        r#"
+wasi_run(name = "a", tool = "//tools:probe", srcs = [":b"], outs = ["a.txt"], args = [])
+wasi_run(name = "b", tool = "//tools:probe", srcs = ["//d:c"], outs = ["b.txt"], args = [])
+"#,
+    );
+    w.write(
+        "d/WBUILD",
+        "wasi_run(name = \"c\", tool = \"//tools:probe\", srcs = [\"//c:a\"], outs = [\"c.txt\"], args = [])\n",
+    );
+    let err = stderr(&w.fail(&["build"]));
+    assert!(err.contains("//c:a -> //c:b -> //d:c -> //c:a"), "{err}");
+}
+
+#[test]
+fn corrupted_cas_blob_is_detected_and_healed() {
+    let w = ws();
+    chain(&w);
+    w.ok(&["build"]);
+    let want = w.read("wbuild-out/gen/abab.txt");
+    // Flip a byte in every blob holding the output's bytes.
+    let mut flipped = 0;
+    for blob in walk_files(&w.cache.join("cas")) {
+        let bytes = std::fs::read(&blob).unwrap();
+        if bytes == want.as_bytes() {
+            let mut perm = std::fs::metadata(&blob).unwrap().permissions();
+            #[allow(clippy::permissions_set_readonly_false)]
+            perm.set_readonly(false);
+            std::fs::set_permissions(&blob, perm).unwrap();
+            let mut b = bytes.clone();
+            b[0] ^= 0xff;
+            std::fs::write(&blob, b).unwrap();
+            flipped += 1;
+        }
+    }
+    assert_eq!(flipped, 1);
+    std::fs::remove_file(w.path("wbuild-out/gen/abab.txt")).unwrap();
+    // The corrupt blob is never served: the action runs again and the output is right.
+    let (out, ev) = w.events(&["build"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(w.read("wbuild-out/gen/abab.txt"), want);
+    assert!(statuses(&ev).contains(&s("//gen:abab", "executed")), "{ev:?}");
+    let out = w.ok(&["cache", "verify"]);
+    assert!(stdout(&out).contains("cache is consistent"), "{}", stdout(&out));
+}
+
+#[test]
+fn verify_finds_and_evicts_corruption() {
+    let w = ws();
+    chain(&w);
+    w.ok(&["build"]);
+    let blob = walk_files(&w.cache.join("cas"))
+        .into_iter()
+        .find(|p| std::fs::read(p).unwrap() == b"hello\nworld\n")
+        .expect("blob of gen/ab.txt");
+    let mut perm = std::fs::metadata(&blob).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&blob, perm).unwrap();
+    std::fs::write(&blob, b"HELLO\nworld\n").unwrap();
+    let out = w.fail(&["cache", "verify"]);
+    assert!(stdout(&out).contains("corrupt blob"), "{}", stdout(&out));
+    // Now healed: the build re-runs what produced it and verify is clean again.
+    w.ok(&["build"]);
+    assert_eq!(w.read("wbuild-out/gen/ab.txt"), "hello\nworld\n");
+    w.ok(&["cache", "verify"]);
+}
+
+#[test]
+fn kill_9_mid_build_then_next_build_succeeds() {
+    let w = ws();
+    let mut build = String::new();
+    for i in 0..24 {
+        build.push_str(&format!(
+            "wasi_run(name = \"s{i}\", tool = \"//tools:probe\", srcs = [], outs = [\"s{i}.txt\"], args = [\"spin\", \"{}\", \"$@\"])\n",
+            20_000_000 + i
+        ));
+    }
+    w.write("k/WBUILD", &build);
+    for delay_ms in [50u64, 150, 300] {
+        let mut child = w
+            .cmd(&["build", "-j", "2"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(std::time::Duration::from_millis(delay_ms));
+        child.kill().unwrap(); // SIGKILL
+        child.wait().unwrap();
+    }
+    let out = w.ok(&["build"]);
+    let _ = out;
+    // Outputs are exactly what a reference build in a fresh cache produces.
+    let r = ws();
+    r.write("k/WBUILD", &build);
+    r.ok(&["build"]);
+    for i in 0..24 {
+        let f = format!("wbuild-out/k/s{i}.txt");
+        assert_eq!(w.read(&f), r.read(&f), "{f}");
+    }
+    w.ok(&["cache", "verify"]);
+}
+
+#[test]
+fn wasi_test_results_are_cached() {
+    let w = ws();
+    chain(&w);
+    w.copy_guest("wb-check", "tools/wb-check.wasm");
+    w.write(
+        "tools/WBUILD",
+        "wasi_tool(name = \"probe\", src = \"probe.wasm\")\nwasi_tool(name = \"check\", src = \"wb-check.wasm\")\n",
+    );
+    w.write(
+        "t/WBUILD",
+        r#"
+wasi_test(name = "good", tool = "//tools:check", srcs = ["//gen:abab"],
+          args = ["file-contains", "$(location //gen:abab)", "world"])
+wasi_test(name = "bad", tool = "//tools:check", srcs = ["//gen:abab"],
+          args = ["file-contains", "$(location //gen:abab)", "nope"])
+"#,
+    );
+    // `build` does not run tests.
+    let (_, ev) = w.events(&["build", "//t/..."]);
+    assert!(statuses(&ev).iter().all(|(l, _)| !l.starts_with("//t:")), "{ev:?}");
+    let (out, ev) = w.events(&["test", "//t:good"]);
+    assert!(out.status.success(), "{}", w.report(&["test"], &out));
+    assert!(statuses(&ev).contains(&s("//t:good", "executed")));
+    let (_, ev) = w.events(&["test", "//t:good"]);
+    assert!(statuses(&ev).contains(&s("//t:good", "cached")));
+    let out = w.fail(&["test", "//t:bad"]);
+    assert!(stderr(&out).contains("FAILED //t:bad"), "{}", stderr(&out));
+}
+
+#[test]
+fn tool_data_is_presented_at_its_guest_directory_and_keyed() {
+    let w = ws();
+    w.write("tools/share/wb-template/banner.txt", "/* banner v1 */\n");
+    w.copy_guest("wb-template", "tools/wb-template.wasm");
+    w.write(
+        "tools/WBUILD",
+        r#"
+wasi_tool(name = "probe", src = "probe.wasm")
+wasi_tool(name = "template", src = "wb-template.wasm", data = ["//tools/share:data"], data_dir = "/share")
+"#,
+    );
+    // Data paths are relative to the package that owns them: tools/share.
+    w.write(
+        "tools/share/WBUILD",
+        "filegroup(name = \"data\", srcs = glob([\"wb-template/**\"]))\n",
+    );
+    w.write("g/h.tmpl", "#define X {{x}}\n");
+    w.write(
+        "g/WBUILD",
+        r#"
+wasi_run(name = "h", tool = "//tools:template", srcs = ["h.tmpl"], outs = ["h.h"],
+         args = ["--set", "x=1", "--prelude", "banner.txt", "$(location h.tmpl)", "-o", "$@"])
+"#,
+    );
+    w.ok(&["build"]);
+    let h = w.read("wbuild-out/g/h.h");
+    assert!(h.contains("/* banner v1 */"), "{h}");
+    assert!(h.contains("#define X 1"), "{h}");
+    // Changing the tool's data changes the key of every action using the tool.
+    w.write("tools/share/wb-template/banner.txt", "/* banner v2 */\n");
+    let (_, ev) = w.events(&["build"]);
+    assert_eq!(statuses(&ev), vec![s("//g:h", "executed")]);
+    assert!(w.read("wbuild-out/g/h.h").contains("banner v2"));
+}
+
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(rd) = std::fs::read_dir(dir) {
+        for e in rd.flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                v.extend(walk_files(&p));
+            } else {
+                v.push(p);
+            }
+        }
+    }
+    v
+}
