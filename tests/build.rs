@@ -36,7 +36,9 @@ fn main() {
     ] {
         cmd.env_remove(var);
     }
-    let status = cmd.status().expect("run cargo for the wasm32-wasip1 guests");
+    let status = cmd
+        .status()
+        .expect("run cargo for the wasm32-wasip1 guests");
     if !status.success() {
         panic!(
             "building the WASI guests failed; is the target installed? (`rustup target add wasm32-wasip1`)"

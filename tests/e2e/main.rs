@@ -52,7 +52,10 @@ fn clean_build_noop_and_incremental() {
     chain(&w);
     let (out, ev) = w.events(&["build", "//..."]);
     assert!(out.status.success(), "{}", w.report(&["build"], &out));
-    assert_eq!(w.read("wbuild-out/gen/abab.txt"), "hello\nworld\nhello\nworld\n");
+    assert_eq!(
+        w.read("wbuild-out/gen/abab.txt"),
+        "hello\nworld\nhello\nworld\n"
+    );
     assert_eq!(w.read("wbuild-out/other/c2.txt"), "c\nc\n");
     assert_eq!(
         statuses(&ev),
@@ -70,7 +73,10 @@ fn clean_build_noop_and_incremental() {
     let f = finished(&ev);
     assert_eq!(f["executed"], 0, "{ev:?}");
     assert_eq!(f["cached"], 3);
-    assert_eq!(f["files_hashed"], 0, "a no-op build re-hashed files: {ev:?}");
+    assert_eq!(
+        f["files_hashed"], 0,
+        "a no-op build re-hashed files: {ev:?}"
+    );
 
     // One edit re-runs exactly the affected actions.
     w.write("gen/b.txt", "there\n");
@@ -84,13 +90,19 @@ fn clean_build_noop_and_incremental() {
             s("//other:c", "cached")
         ]
     );
-    assert_eq!(w.read("wbuild-out/gen/abab.txt"), "hello\nthere\nhello\nthere\n");
+    assert_eq!(
+        w.read("wbuild-out/gen/abab.txt"),
+        "hello\nthere\nhello\nthere\n"
+    );
 
     // Undoing the edit is a cache hit for both, and restores the outputs.
     w.write("gen/b.txt", "world\n");
     let (_, ev) = w.events(&["build"]);
     assert_eq!(finished(&ev)["executed"], 0);
-    assert_eq!(w.read("wbuild-out/gen/abab.txt"), "hello\nworld\nhello\nworld\n");
+    assert_eq!(
+        w.read("wbuild-out/gen/abab.txt"),
+        "hello\nworld\nhello\nworld\n"
+    );
 
     // A deleted output is restored from the cache without running anything.
     std::fs::remove_file(w.path("wbuild-out/gen/ab.txt")).unwrap();
@@ -106,7 +118,10 @@ fn outputs_history_explain_and_cache_commands() {
     w.ok(&["build"]);
     let out = w.ok(&["outputs", "//gen:abab", "//gen:ab"]);
     // Targets are printed in label order.
-    assert_eq!(stdout(&out), "wbuild-out/gen/ab.txt\nwbuild-out/gen/abab.txt\n");
+    assert_eq!(
+        stdout(&out),
+        "wbuild-out/gen/ab.txt\nwbuild-out/gen/abab.txt\n"
+    );
 
     let out = w.ok(&["explain", "//gen:abab"]);
     let text = stdout(&out);
@@ -120,7 +135,11 @@ fn outputs_history_explain_and_cache_commands() {
     assert!(stdout(&out).contains("//gen:abab"));
 
     let out = w.ok(&["cache", "stats"]);
-    assert!(stdout(&out).contains("action-cache:       3 entries"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("action-cache:       3 entries"),
+        "{}",
+        stdout(&out)
+    );
 
     // Invalidate by label: exactly that action runs again.
     let out = w.ok(&["cache", "invalidate", "//gen:abab"]);
@@ -227,7 +246,10 @@ fn source_date_epoch_is_configurable_and_in_the_key() {
     w.write("wbuild.toml", "[build]\nsource_date_epoch = 1700000000\n");
     let (_, ev) = w.events(&["build"]);
     assert_eq!(statuses(&ev), vec![s("//d:world", "executed")]);
-    assert!(w.read("wbuild-out/d/world.txt").contains("wall: 1700000000000000000\n"));
+    assert!(
+        w.read("wbuild-out/d/world.txt")
+            .contains("wall: 1700000000000000000\n")
+    );
 }
 
 #[test]
@@ -278,7 +300,10 @@ wasi_run(name = "escape", tool = "//tools:probe", srcs = ["in.txt"], outs = ["re
         .map(|a| a["path"].as_str().unwrap())
         .collect();
     for expected in ["e/in.txt", "undeclared.txt", "newdir"] {
-        assert!(denied.contains(&expected), "{expected} not denied: {denied:?}");
+        assert!(
+            denied.contains(&expected),
+            "{expected} not denied: {denied:?}"
+        );
     }
     // Nothing outside the sandbox was read.
     assert!(
@@ -321,7 +346,10 @@ fn nonzero_exit_trap_memory_and_time_limits_give_clear_errors() {
         "[build]\nsource_date_epoch = 0\n[wasi]\nmemory_limit_mb = 64\ntimeout_secs = 2\n",
     );
     let err = failing(&w, "\"exit\", \"3\"");
-    assert!(err.contains("FAILED //f:f: the tool exited with code 3"), "{err}");
+    assert!(
+        err.contains("FAILED //f:f: the tool exited with code 3"),
+        "{err}"
+    );
     assert!(err.contains("probe: exiting with 3"), "{err}");
 
     let err = failing(&w, "\"trap\"");
@@ -355,13 +383,19 @@ fn missing_declared_output_fails() {
         "wasi_run(name = \"m\", tool = \"//tools:probe\", srcs = [], outs = [\"a.txt\", \"b.txt\"], args = [\"say\", \"x\", \"m/a.txt\"])\n",
     );
     let err = stderr(&w.fail(&["build"]));
-    assert!(err.contains("did not create declared output m/b.txt"), "{err}");
+    assert!(
+        err.contains("did not create declared output m/b.txt"),
+        "{err}"
+    );
 }
 
 #[test]
 fn malformed_build_file_names_file_line_column() {
     let w = ws();
-    w.write("bad/WBUILD", "wasi_run(\n    name = \"x\",\n    srcs = [1 +],\n)\n");
+    w.write(
+        "bad/WBUILD",
+        "wasi_run(\n    name = \"x\",\n    srcs = [1 +],\n)\n",
+    );
     let err = stderr(&w.fail(&["build"]));
     assert!(err.contains("bad/WBUILD:3:"), "{err}");
 }
@@ -411,9 +445,16 @@ fn corrupted_cas_blob_is_detected_and_healed() {
     let (out, ev) = w.events(&["build"]);
     assert!(out.status.success(), "{}", w.report(&["build"], &out));
     assert_eq!(w.read("wbuild-out/gen/abab.txt"), want);
-    assert!(statuses(&ev).contains(&s("//gen:abab", "executed")), "{ev:?}");
+    assert!(
+        statuses(&ev).contains(&s("//gen:abab", "executed")),
+        "{ev:?}"
+    );
     let out = w.ok(&["cache", "verify"]);
-    assert!(stdout(&out).contains("cache is consistent"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("cache is consistent"),
+        "{}",
+        stdout(&out)
+    );
 }
 
 #[test]
@@ -493,7 +534,10 @@ wasi_test(name = "bad", tool = "//tools:check", srcs = ["//gen:abab"],
     );
     // `build` does not run tests.
     let (_, ev) = w.events(&["build", "//t/..."]);
-    assert!(statuses(&ev).iter().all(|(l, _)| !l.starts_with("//t:")), "{ev:?}");
+    assert!(
+        statuses(&ev).iter().all(|(l, _)| !l.starts_with("//t:")),
+        "{ev:?}"
+    );
     let (out, ev) = w.events(&["test", "//t:good"]);
     assert!(out.status.success(), "{}", w.report(&["test"], &out));
     assert!(statuses(&ev).contains(&s("//t:good", "executed")));
@@ -552,4 +596,47 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
         }
     }
     v
+}
+
+#[test]
+fn example_wasi_codegen_builds_tests_and_is_reproducible() {
+    // The example as a user gets it, with the tools built from source by this test crate.
+    let w = ws();
+    let src = wbuild_tests::repo_root().join("examples/wasi-codegen");
+    for f in walk_files(&src) {
+        let rel = f.strip_prefix(&src).unwrap().to_str().unwrap().to_owned();
+        if rel.starts_with("wbuild-out/") || rel.starts_with("tools/bin/") {
+            continue;
+        }
+        if rel.starts_with("tools/share/wb-template/") {
+            continue; // installed below from the tool's source tree
+        }
+        w.write(&rel, &std::fs::read_to_string(&f).unwrap());
+    }
+    let share = wbuild_tests::repo_root().join("toolchains/wasi-tools/wb-template/share");
+    for f in walk_files(&share) {
+        let rel = f.strip_prefix(&share).unwrap().to_str().unwrap().to_owned();
+        w.write(
+            &format!("tools/share/{rel}"),
+            &std::fs::read_to_string(&f).unwrap(),
+        );
+    }
+    for t in ["wb-template", "wb-tar", "wb-check"] {
+        w.copy_guest(t, &format!("tools/bin/{t}.wasm"));
+    }
+    let (out, ev) = w.events(&["build", "//..."]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(finished(&ev)["executed"], 3, "{ev:?}");
+    let (out, ev) = w.events(&["test", "//..."]);
+    assert!(out.status.success(), "{}", w.report(&["test"], &out));
+    assert_eq!(finished(&ev)["executed"], 4, "{ev:?}");
+    let (_, ev) = w.events(&["build", "//..."]);
+    assert_eq!(finished(&ev)["executed"], 0);
+    assert_eq!(finished(&ev)["files_hashed"], 0);
+    let out = w.ok(&["outputs", "//gen:header"]);
+    assert_eq!(stdout(&out), "wbuild-out/gen/config.h\n");
+    assert_eq!(
+        w.read("wbuild-out/gen/config.h"),
+        w.read("test/config.h.golden")
+    );
 }

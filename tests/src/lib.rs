@@ -19,7 +19,10 @@ pub fn guest(name: &str) -> PathBuf {
 
 /// The repository root.
 pub fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
 }
 
 use std::process::{Command, Output};
@@ -51,7 +54,10 @@ impl TestWorkspace {
         };
         ws.write("wbuild.toml", "[build]\nsource_date_epoch = 0\n");
         ws.copy_guest("probe", "tools/probe.wasm");
-        ws.write("tools/WBUILD", "wasi_tool(name = \"probe\", src = \"probe.wasm\")\n");
+        ws.write(
+            "tools/WBUILD",
+            "wasi_tool(name = \"probe\", src = \"probe.wasm\")\n",
+        );
         ws
     }
 

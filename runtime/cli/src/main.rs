@@ -18,7 +18,11 @@ use wbuild_sched::{Options, Scheduler};
 use wbuild_store::{Digest, Store};
 
 #[derive(Parser)]
-#[command(name = "wbuild", version, about = "Hermetic, cached builds of WASI tools")]
+#[command(
+    name = "wbuild",
+    version,
+    about = "Hermetic, cached builds of WASI tools"
+)]
 struct Cli {
     /// Cache directory (CAS, action cache, history). Default: $XDG_CACHE_HOME/wbuild.
     #[arg(long, global = true, env = "WBUILD_CACHE")]
@@ -105,7 +109,8 @@ fn main() {
 
 fn open_store(cli_dir: &Option<PathBuf>) -> Result<Arc<Store>> {
     let dir = cli_dir.clone().unwrap_or_else(Store::default_dir);
-    let store = Store::open(&dir).with_context(|| format!("cannot open cache {}", dir.display()))?;
+    let store =
+        Store::open(&dir).with_context(|| format!("cannot open cache {}", dir.display()))?;
     Ok(Arc::new(store))
 }
 
@@ -237,7 +242,11 @@ fn explain(cli: &Cli, target: &str) -> Result<i32> {
                 let log = wbuild_exec_wasi::AccessLog::from_json(&json)?;
                 println!("  accesses ({}):", log.accesses.len());
                 for a in &log.accesses {
-                    println!("    {:<8} {}", format!("{:?}", a.kind).to_lowercase(), a.path);
+                    println!(
+                        "    {:<8} {}",
+                        format!("{:?}", a.kind).to_lowercase(),
+                        a.path
+                    );
                 }
             }
             None => println!(
@@ -314,7 +323,11 @@ fn cache(cli: &Cli, cmd: &CacheCmd) -> Result<i32> {
         CacheCmd::Stats => {
             let s = store.stats()?;
             println!("cache directory:    {}", store.dir().display());
-            println!("blobs:              {} ({})", s.blobs, ui::bytes(s.blob_bytes));
+            println!(
+                "blobs:              {} ({})",
+                s.blobs,
+                ui::bytes(s.blob_bytes)
+            );
             println!("action-cache:       {} entries", s.ac_entries);
             println!("access logs:        {}", s.access_logs);
             println!("stat cache:         {} files", s.stat_cache_entries);
@@ -364,7 +377,10 @@ fn cache(cli: &Cli, cmd: &CacheCmd) -> Result<i32> {
                 r.metadata_added, r.metadata_removed, r.stat_entries_dropped, r.tmp_entries_removed
             );
             // Index rows lost in a crash are routine repairs; damaged data is not.
-            if !r.corrupt.is_empty() || !r.stray_files_removed.is_empty() || r.ac_entries_dropped > 0 {
+            if !r.corrupt.is_empty()
+                || !r.stray_files_removed.is_empty()
+                || r.ac_entries_dropped > 0
+            {
                 println!("the cache was inconsistent; see above for what was repaired");
                 return Ok(1);
             }

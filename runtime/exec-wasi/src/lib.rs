@@ -296,7 +296,12 @@ impl WasiExecutor {
 
     /// Load a module: memory cache, then the on-disk compiled cache, then compile.
     fn instance_pre(&self, req: &Request) -> Result<InstancePre<State>, ExecError> {
-        if let Some(pre) = self.modules.lock().expect("module cache").get(&req.module_key) {
+        if let Some(pre) = self
+            .modules
+            .lock()
+            .expect("module cache")
+            .get(&req.module_key)
+        {
             return Ok(pre.clone());
         }
         let invalid = |e: wasmtime::Error| ExecError::InvalidModule {

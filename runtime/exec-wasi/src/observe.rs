@@ -345,9 +345,7 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                         state.obs.log.record(AccessKind::Stat, &shown);
                         fix_filestat(mem, buf, fake_ino(tree, &rel), state.obs.time_ns);
                     }
-                    ERRNO_NOENT | ERRNO_NOTDIR => {
-                        state.obs.log.record(AccessKind::Missing, &shown)
-                    }
+                    ERRNO_NOENT | ERRNO_NOTDIR => state.obs.log.record(AccessKind::Missing, &shown),
                     ERRNO_NOTCAPABLE | ERRNO_PERM => {
                         state.obs.log.record(AccessKind::Denied, &shown)
                     }
@@ -363,7 +361,12 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         "fd_filestat_get",
         |mut caller: Caller<'_, State>, fd: i32, buf: i32| -> wasmtime::Result<i32> {
             with_mem!(caller, |mem, state| {
-                let errno = block(p1::fd_filestat_get(&mut state.wasi, &mut GuestMemory::Unshared(&mut *mem), fd, buf))?;
+                let errno = block(p1::fd_filestat_get(
+                    &mut state.wasi,
+                    &mut GuestMemory::Unshared(&mut *mem),
+                    fd,
+                    buf,
+                ))?;
                 if errno == ERRNO_SUCCESS {
                     let ino = match state.obs.fds.get(&fd) {
                         Some(info) => fake_ino(info.tree, &info.rel),
@@ -461,7 +464,11 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         "fd_close",
         |mut caller: Caller<'_, State>, fd: i32| -> wasmtime::Result<i32> {
             with_mem!(caller, |mem, state| {
-                let errno = block(p1::fd_close(&mut state.wasi, &mut GuestMemory::Unshared(&mut *mem), fd))?;
+                let errno = block(p1::fd_close(
+                    &mut state.wasi,
+                    &mut GuestMemory::Unshared(&mut *mem),
+                    fd,
+                ))?;
                 if errno == ERRNO_SUCCESS {
                     state.obs.fds.remove(&fd);
                 }
@@ -475,7 +482,12 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         "fd_renumber",
         |mut caller: Caller<'_, State>, from: i32, to: i32| -> wasmtime::Result<i32> {
             with_mem!(caller, |mem, state| {
-                let errno = block(p1::fd_renumber(&mut state.wasi, &mut GuestMemory::Unshared(&mut *mem), from, to))?;
+                let errno = block(p1::fd_renumber(
+                    &mut state.wasi,
+                    &mut GuestMemory::Unshared(&mut *mem),
+                    from,
+                    to,
+                ))?;
                 if errno == ERRNO_SUCCESS {
                     if let Some(info) = state.obs.fds.remove(&from) {
                         state.obs.fds.insert(to, info);

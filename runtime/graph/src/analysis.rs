@@ -873,7 +873,13 @@ wasi_run(name = 'unused', tool = '//tools:gen', outs = ['unused.txt'])
         // becomes one argument per file.
         assert_eq!(
             test.argv,
-            ["gen", "p/b.txt", "p/a.txt", "data/made", "data/gen/four.txt"]
+            [
+                "gen",
+                "p/b.txt",
+                "p/a.txt",
+                "data/made",
+                "data/gen/four.txt"
+            ]
         );
         assert_eq!(test.deps, [0]);
     }

@@ -252,9 +252,7 @@ impl Scheduler<'_> {
 
         std::thread::scope(|s| {
             for _ in 0..opts.jobs.max(1).min(n.max(1)) {
-                s.spawn(|| {
-                    self.worker(graph, opts, &rdeps, &prio, &shared, &cv, &first_error)
-                });
+                s.spawn(|| self.worker(graph, opts, &rdeps, &prio, &shared, &cv, &first_error));
             }
         });
 
@@ -409,7 +407,9 @@ impl Scheduler<'_> {
             return Ok((*d, false));
         }
         if let Some((_, label)) = graph.producers.get(path) {
-            return Err(format!("input {path} (produced by {label}) is not available"));
+            return Err(format!(
+                "input {path} (produced by {label}) is not available"
+            ));
         }
         let abs = self.ws.root.join(path);
         self.store
@@ -679,11 +679,11 @@ impl Scheduler<'_> {
             for out in &action.outputs {
                 let p = root.join(out);
                 match std::fs::symlink_metadata(&p) {
-                    Ok(m) if m.is_file() => outputs.push((out.clone(), self.store.put_file_move(&p)?)),
+                    Ok(m) if m.is_file() => {
+                        outputs.push((out.clone(), self.store.put_file_move(&p)?))
+                    }
                     Ok(_) => errors.push(format!("declared output {out} is not a regular file")),
-                    Err(_) => errors.push(format!(
-                        "the tool did not create declared output {out}"
-                    )),
+                    Err(_) => errors.push(format!("the tool did not create declared output {out}")),
                 }
             }
         }
@@ -778,7 +778,9 @@ impl Scheduler<'_> {
                     "tried to reach {path} outside its sandbox (only declared inputs, outputs and /tmp exist)"
                 ));
             } else if prep.files.contains_key(path) {
-                errors.push(format!("tried to modify its input {path}; inputs are read-only"));
+                errors.push(format!(
+                    "tried to modify its input {path}; inputs are read-only"
+                ));
             } else {
                 errors.push(format!(
                     "tried to write undeclared path {path}: declare it in outs of {} or write scratch files to /tmp",
@@ -795,7 +797,12 @@ fn unused_inputs(action: &ActionNode, log: &AccessLog) -> Vec<String> {
     let touched: std::collections::HashSet<&str> = log
         .accesses
         .iter()
-        .filter(|a| matches!(a.kind, AccessKind::Read | AccessKind::Stat | AccessKind::List))
+        .filter(|a| {
+            matches!(
+                a.kind,
+                AccessKind::Read | AccessKind::Stat | AccessKind::List
+            )
+        })
         .map(|a| a.path.as_str())
         .collect();
     action

@@ -14,12 +14,15 @@ struct Node {
 #[derive(Debug)]
 pub struct PathConflict(pub String);
 
+/// A serialised `Directory` message and its digest.
+pub type DirectoryBlob = (Digest, Vec<u8>);
+
 /// The root `Directory` digest of `files` (workspace-relative paths), with every `Directory`
 /// message of the tree (serialised) for upload to a CAS.
 pub fn input_root(
     f: DigestFunction,
     files: &BTreeMap<String, Digest>,
-) -> Result<(Digest, Vec<(Digest, Vec<u8>)>), PathConflict> {
+) -> Result<(Digest, Vec<DirectoryBlob>), PathConflict> {
     let mut root = Node::default();
     for (path, digest) in files {
         let mut node = &mut root;
@@ -44,7 +47,7 @@ pub fn input_root(
     Ok((d, blobs))
 }
 
-fn encode(f: DigestFunction, node: &Node, blobs: &mut Vec<(Digest, Vec<u8>)>) -> Digest {
+fn encode(f: DigestFunction, node: &Node, blobs: &mut Vec<DirectoryBlob>) -> Digest {
     let dir = reapi::Directory {
         files: node
             .files

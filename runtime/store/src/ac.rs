@@ -45,56 +45,50 @@ pub(crate) fn decode_entry(b: &[u8]) -> Option<AcEntry> {
     })
 }
 
-/// A blob an `ActionResult` references directly, with a description for error messages.
-pub(crate) struct Ref {
-    pub(crate) what: String,
-    pub(crate) proto: reapi::Digest,
+/// How an `ActionResult` references a blob (described only when an error needs it).
+pub(crate) enum RefKind<'a> {
+    OutputFile(&'a str),
     /// An `OutputDirectory` tree: the files it lists are references too.
-    pub(crate) is_tree: bool,
+    Tree(&'a str),
+    RootDirectory(&'a str),
+    Stdout,
+    Stderr,
+}
+
+impl RefKind<'_> {
+    pub(crate) fn describe(&self) -> String {
+        match self {
+            RefKind::OutputFile(p) => format!("output file '{p}'"),
+            RefKind::Tree(p) => format!("output directory '{p}' (tree)"),
+            RefKind::RootDirectory(p) => format!("output directory '{p}' (root directory)"),
+            RefKind::Stdout => "stdout".to_string(),
+            RefKind::Stderr => "stderr".to_string(),
+        }
+    }
 }
 
 /// The blobs `result` references directly: output files, output directory trees (and root
 /// directories), stdout and stderr.
-pub(crate) fn direct_refs(result: &reapi::ActionResult) -> Vec<Ref> {
-    let mut refs = Vec::new();
+pub(crate) fn direct_refs(result: &reapi::ActionResult) -> Vec<(RefKind<'_>, &reapi::Digest)> {
+    let mut refs = Vec::with_capacity(result.output_files.len() + 2);
     for f in &result.output_files {
         if let Some(d) = &f.digest {
-            refs.push(Ref {
-                what: format!("output file '{}'", f.path),
-                proto: d.clone(),
-                is_tree: false,
-            });
+            refs.push((RefKind::OutputFile(&f.path), d));
         }
     }
     for dir in &result.output_directories {
         if let Some(d) = &dir.tree_digest {
-            refs.push(Ref {
-                what: format!("output directory '{}' (tree)", dir.path),
-                proto: d.clone(),
-                is_tree: true,
-            });
+            refs.push((RefKind::Tree(&dir.path), d));
         }
         if let Some(d) = &dir.root_directory_digest {
-            refs.push(Ref {
-                what: format!("output directory '{}' (root directory)", dir.path),
-                proto: d.clone(),
-                is_tree: false,
-            });
+            refs.push((RefKind::RootDirectory(&dir.path), d));
         }
     }
     if let Some(d) = &result.stdout_digest {
-        refs.push(Ref {
-            what: "stdout".to_string(),
-            proto: d.clone(),
-            is_tree: false,
-        });
+        refs.push((RefKind::Stdout, d));
     }
     if let Some(d) = &result.stderr_digest {
-        refs.push(Ref {
-            what: "stderr".to_string(),
-            proto: d.clone(),
-            is_tree: false,
-        });
+        refs.push((RefKind::Stderr, d));
     }
     refs
 }
@@ -114,21 +108,21 @@ impl Store {
             what,
             digest,
         };
-        for r in direct_refs(result) {
-            let d = Digest::from_proto(f, &r.proto)?;
+        for (kind, proto) in direct_refs(result) {
+            let d = Digest::from_proto(f, proto)?;
             if !self.exists(&d) {
-                return Err(missing(r.what, d));
+                return Err(missing(kind.describe(), d));
             }
             out.push(d);
-            if r.is_tree {
+            if let RefKind::Tree(_) = kind {
                 let bytes = match self.get_bytes_inner(&d) {
                     Ok(b) => b,
-                    Err(StoreError::NotFound { .. }) => return Err(missing(r.what, d)),
+                    Err(StoreError::NotFound { .. }) => return Err(missing(kind.describe(), d)),
                     Err(e) => return Err(e),
                 };
                 let tree =
                     reapi::Tree::decode(bytes.as_slice()).map_err(|e| StoreError::Malformed {
-                        what: format!("{} {d} of action {action}", r.what),
+                        what: format!("{} {d} of action {action}", kind.describe()),
                         message: e.to_string(),
                     })?;
                 for dir in tree.root.iter().chain(tree.children.iter()) {
@@ -137,7 +131,7 @@ impl Store {
                             let fd = Digest::from_proto(f, p)?;
                             if !self.exists(&fd) {
                                 return Err(missing(
-                                    format!("file '{}' in {}", file.name, r.what),
+                                    format!("file '{}' in {}", file.name, kind.describe()),
                                     fd,
                                 ));
                             }
@@ -167,9 +161,10 @@ impl Store {
             self.ac_drop(action, None)?;
             return Ok(None);
         };
-        let mut used = Vec::new();
-        for r in direct_refs(&entry.result) {
-            match Digest::from_proto(action.function, &r.proto) {
+        let refs = direct_refs(&entry.result);
+        let mut used = Vec::with_capacity(refs.len());
+        for (_, proto) in refs {
+            match Digest::from_proto(action.function, proto) {
                 Ok(d) if self.exists(&d) => used.push(d),
                 _ => {
                     self.ac_drop(action, Some(&entry.label))?;
@@ -177,9 +172,7 @@ impl Store {
                 }
             }
         }
-        for d in &used {
-            self.touch(d);
-        }
+        self.touch_all(&used);
         Ok(Some(entry.result))
     }
 
@@ -218,9 +211,7 @@ impl Store {
                 .map_err(|e| self.db_err(e))?;
         }
         txn.commit().map_err(|e| self.db_err(e))?;
-        for d in &refs {
-            self.touch(d);
-        }
+        self.touch_all(&refs);
         Ok(())
     }
 

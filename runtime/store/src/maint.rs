@@ -474,7 +474,7 @@ impl Store {
 
 /// Make a directory tree writable so it can be removed (blobs and staged inputs are 0444,
 /// which does not matter for unlinking, but read-only directories do).
-fn make_writable(p: &Path) {
+pub(crate) fn make_writable(p: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = fs::symlink_metadata(p)
         && m.is_dir()

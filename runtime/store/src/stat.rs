@@ -155,6 +155,24 @@ impl Store {
         lock(&self.stat_dirty).insert(abs.to_path_buf(), Some(entry));
     }
 
+    /// Remember `d` as the digest of `abs`, a file this process has just written with bytes
+    /// it verified (materialised outputs), whatever its age.
+    pub(crate) fn stat_record_written(&self, abs: &Path, meta: &Metadata, d: Digest) {
+        let key = StatKey::of(meta);
+        if key.size != d.size {
+            return;
+        }
+        let Ok(cache) = self.stat_cache() else {
+            return;
+        };
+        let entry = StatEntry { key, digest: d };
+        cache
+            .write()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(abs.to_path_buf(), entry);
+        lock(&self.stat_dirty).insert(abs.to_path_buf(), Some(entry));
+    }
+
     /// Digest of the regular file at `path` (symlinks followed), read and hashed only if its
     /// stat changed since it was last hashed.
     pub fn file_digest(&self, path: &Path) -> Result<Digest, StoreError> {

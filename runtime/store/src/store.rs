@@ -239,6 +239,14 @@ impl Store {
         lock(&self.pending_access).insert(d.key(), (d.size, now));
     }
 
+    pub(crate) fn touch_all(&self, ds: &[Digest]) {
+        let now = now_ms();
+        let mut pending = lock(&self.pending_access);
+        for d in ds {
+            pending.insert(d.key(), (d.size, now));
+        }
+    }
+
     pub(crate) fn mark_verified(&self, d: &Digest) {
         lock(&self.verified).insert(d.key());
     }
@@ -345,6 +353,7 @@ impl Store {
     /// has other hard links or lives on another file system.
     pub fn put_file_move(&self, path: &Path) -> Result<Digest, StoreError> {
         let _g = self.shared();
+        let lmeta = fs::symlink_metadata(path).map_err(StoreError::io("stat", path))?;
         let mut src = File::open(path).map_err(StoreError::io("open", path))?;
         let meta = src.metadata().map_err(StoreError::io("stat", path))?;
         if !meta.is_file() {
@@ -352,8 +361,9 @@ impl Store {
                 path: path.to_path_buf(),
             });
         }
-        if meta.nlink() > 1 {
-            // Renaming would make a blob share an inode with another name: copy instead.
+        if meta.nlink() > 1 || lmeta.file_type().is_symlink() || lmeta.ino() != meta.ino() {
+            // Renaming would put a symlink in the CAS, or make a blob share an inode with
+            // another name: copy instead.
             drop(src);
             let d = self.put_file_inner(path)?;
             fs::remove_file(path).map_err(StoreError::io("remove", path))?;
@@ -537,6 +547,14 @@ impl Store {
         }
         self.copy_out(d, dest, if executable { 0o555 } else { 0o444 })?;
         self.touch(d);
+        // The bytes were verified while they were written: remember the file's stat so the
+        // next build does not read it again. (Outside the racy-window rule: this process wrote
+        // the file a moment ago, read-only, and knows exactly what it holds.)
+        if let Ok(abs) = std::path::absolute(dest)
+            && let Ok(meta) = fs::metadata(&abs)
+        {
+            self.stat_record_written(&abs, &meta, *d);
+        }
         Ok(())
     }
 
@@ -642,7 +660,11 @@ impl Store {
 impl Drop for Store {
     fn drop(&mut self) {
         let _ = self.flush();
-        let _ = fs::remove_dir_all(&self.tmp);
+        if fs::remove_dir_all(&self.tmp).is_err() {
+            // Staging trees may hold read-only directories.
+            crate::maint::make_writable(&self.tmp);
+            let _ = fs::remove_dir_all(&self.tmp);
+        }
     }
 }
 
@@ -668,8 +690,8 @@ fn open_db(dir: &Path, index: &Path, timeout: Duration) -> Result<Database, Stor
                 std::thread::sleep(LOCK_POLL);
             }
             Err(
-                e @ (DatabaseError::UpgradeRequired(_)
-                | DatabaseError::Storage(StorageError::Corrupted(_))),
+                DatabaseError::UpgradeRequired(_)
+                | DatabaseError::Storage(StorageError::Corrupted(_)),
             ) if !moved_aside => {
                 moved_aside = true;
                 let aside = index.with_extension(format!("redb.broken-{}", now_ms()));
@@ -677,7 +699,6 @@ fn open_db(dir: &Path, index: &Path, timeout: Duration) -> Result<Database, Stor
                     path: index.to_path_buf(),
                     source: Box::new(redb::Error::from(io)),
                 })?;
-                let _ = e;
             }
             Err(e) => {
                 return Err(StoreError::Database {

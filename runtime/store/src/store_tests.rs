@@ -20,6 +20,42 @@ fn action(n: u32) -> Digest {
 }
 
 #[test]
+fn store_and_error_are_shareable() {
+    fn check<T: Send + Sync + 'static>() {}
+    check::<Store>();
+    check::<StoreError>();
+    fn is_error<E: std::error::Error + Send + Sync + 'static>() {}
+    is_error::<StoreError>();
+}
+
+#[test]
+fn put_file_move_of_a_symlink_copies_the_target() {
+    let (dir, store) = store_in();
+    let target = dir.path().join("target");
+    fs::write(&target, b"pointed at").unwrap();
+    let link = store.tmp_dir().join("link");
+    std::os::unix::fs::symlink(&target, &link).unwrap();
+    let d = store.put_file_move(&link).unwrap();
+    assert!(fs::symlink_metadata(&link).is_err(), "link removed");
+    assert!(target.exists(), "target untouched");
+    let blob = fs::symlink_metadata(store.blob_path(&d)).unwrap();
+    assert!(blob.is_file());
+    assert_eq!(store.get_bytes(&d).unwrap(), b"pointed at");
+}
+
+#[test]
+fn drop_removes_read_only_staging_trees() {
+    let (_dir, store) = store_in();
+    let stage = store.tmp_dir().join("stage/sub");
+    fs::create_dir_all(&stage).unwrap();
+    fs::write(stage.join("f"), b"x").unwrap();
+    fs::set_permissions(&stage, fs::Permissions::from_mode(0o555)).unwrap();
+    let tmp = store.tmp_dir();
+    drop(store);
+    assert!(!tmp.exists());
+}
+
+#[test]
 fn layout_on_open() {
     let (dir, store) = store_in();
     let root = dir.path().join("cache");
@@ -600,55 +636,4 @@ fn crash_safety() {
             builds.len()
         );
     }
-}
-
-#[test]
-fn tmp_profile_ac_get() {
-    use redb::ReadableTable;
-    let (_dir, store) = store_in();
-    let d = store.put_bytes(b"x").unwrap();
-    for i in 0..2000u32 {
-        store.ac_put(&action(i), &result_with(&[("o", d)]), "//:x").unwrap();
-    }
-    store.flush().unwrap();
-    let n = 2000u32;
-    let t = std::time::Instant::now();
-    for _ in 0..n { let _ = store.read_txn().unwrap(); }
-    eprintln!("begin_read {:?}", t.elapsed() / n);
-    let t = std::time::Instant::now();
-    for _ in 0..n { let txn = store.read_txn().unwrap(); let _t = txn.open_table(crate::tables::AC).unwrap(); }
-    eprintln!("begin_read+open {:?}", t.elapsed() / n);
-    let t = std::time::Instant::now();
-    for i in 0..n { let txn = store.read_txn().unwrap(); let t = txn.open_table(crate::tables::AC).unwrap(); let _ = t.get(action(i).key().as_slice()).unwrap().unwrap().value().len(); }
-    eprintln!("+get {:?}", t.elapsed() / n);
-    let t = std::time::Instant::now();
-    for _ in 0..n { assert!(store.exists(&d)); }
-    eprintln!("exists {:?}", t.elapsed() / n);
-    let t = std::time::Instant::now();
-    for _ in 0..n { store.touch(&d); }
-    eprintln!("touch {:?}", t.elapsed() / n);
-    let t = std::time::Instant::now();
-    for i in 0..n { store.ac_get(&action(i)).unwrap().unwrap(); }
-    eprintln!("ac_get {:?}", t.elapsed() / n);
-}
-
-#[test]
-fn tmp_profile_exists() {
-    let (_dir, store) = store_in();
-    let d = store.put_bytes(b"x").unwrap();
-    let n = 5000u32;
-    let t = std::time::Instant::now();
-    for _ in 0..n { std::hint::black_box(store.blob_path(&d)); }
-    eprintln!("blob_path {:?}", t.elapsed() / n);
-    let p = store.blob_path(&d);
-    let t = std::time::Instant::now();
-    for _ in 0..n { std::hint::black_box(fs::symlink_metadata(&p).unwrap()); }
-    eprintln!("lstat {:?}", t.elapsed() / n);
-    let t = std::time::Instant::now();
-    for _ in 0..n { std::hint::black_box(fs::metadata(&p).unwrap()); }
-    eprintln!("stat {:?}", t.elapsed() / n);
-    let t = std::time::Instant::now();
-    for _ in 0..n { std::hint::black_box(d.is_empty_blob()); }
-    eprintln!("is_empty {:?}", t.elapsed() / n);
-    eprintln!("{}", p.display());
 }

@@ -66,7 +66,9 @@ fn main() {
                 s.push_str(&format!(
                     "{p}: len {} mtime {:?}\n",
                     md.len(),
-                    md.modified().ok().map(|t| t.duration_since(UNIX_EPOCH).unwrap())
+                    md.modified()
+                        .ok()
+                        .map(|t| t.duration_since(UNIX_EPOCH).unwrap())
                 ));
             }
             fs::write(&args[2], s).expect("write output");
@@ -77,26 +79,68 @@ fn main() {
             attempt(&mut s, "read ../outside", fs::read("../outside"));
             attempt(&mut s, "read /etc/passwd", fs::read("/etc/passwd"));
             attempt(&mut s, "read /../etc/passwd", fs::read("/../etc/passwd"));
-            attempt(&mut s, "read /tmp/../../etc/passwd", fs::read("/tmp/../../etc/passwd"));
+            attempt(
+                &mut s,
+                "read /tmp/../../etc/passwd",
+                fs::read("/tmp/../../etc/passwd"),
+            );
             attempt(&mut s, "list /..", fs::read_dir("/..").map(|_| ()));
             #[allow(deprecated)] // soft_link is the portable (wasip1 and host) spelling
             {
                 use std::fs::soft_link as symlink_path;
-                attempt(&mut s, "symlink /tmp/up -> ../..", symlink_path("../..", "/tmp/up"));
-                attempt(&mut s, "read /tmp/up/etc/passwd", fs::read("/tmp/up/etc/passwd"));
-                attempt(&mut s, "symlink /tmp/abs -> /etc", symlink_path("/etc", "/tmp/abs"));
+                attempt(
+                    &mut s,
+                    "symlink /tmp/up -> ../..",
+                    symlink_path("../..", "/tmp/up"),
+                );
+                attempt(
+                    &mut s,
+                    "read /tmp/up/etc/passwd",
+                    fs::read("/tmp/up/etc/passwd"),
+                );
+                attempt(
+                    &mut s,
+                    "symlink /tmp/abs -> /etc",
+                    symlink_path("/etc", "/tmp/abs"),
+                );
                 attempt(&mut s, "read /tmp/abs/passwd", fs::read("/tmp/abs/passwd"));
-                attempt(&mut s, "symlink out -> input", symlink_path(&args[3], "sneaky"));
+                attempt(
+                    &mut s,
+                    "symlink out -> input",
+                    symlink_path(&args[3], "sneaky"),
+                );
             }
             attempt(&mut s, "write input", fs::write(&args[3], b"overwritten"));
-            attempt(&mut s, "append input", fs::OpenOptions::new().append(true).open(&args[3]).map(|_| ()));
-            attempt(&mut s, "truncate input", fs::OpenOptions::new().write(true).open(&args[3]).and_then(|f| f.set_len(0)));
+            attempt(
+                &mut s,
+                "append input",
+                fs::OpenOptions::new()
+                    .append(true)
+                    .open(&args[3])
+                    .map(|_| ()),
+            );
+            attempt(
+                &mut s,
+                "truncate input",
+                fs::OpenOptions::new()
+                    .write(true)
+                    .open(&args[3])
+                    .and_then(|f| f.set_len(0)),
+            );
             attempt(&mut s, "remove input", fs::remove_file(&args[3]));
             attempt(&mut s, "rename input", fs::rename(&args[3], "stolen"));
             attempt(&mut s, "hard link input", fs::hard_link(&args[3], "linked"));
-            attempt(&mut s, "write undeclared", fs::write("undeclared.txt", b"x"));
+            attempt(
+                &mut s,
+                "write undeclared",
+                fs::write("undeclared.txt", b"x"),
+            );
             attempt(&mut s, "mkdir undeclared", fs::create_dir("newdir"));
-            attempt(&mut s, "tcp connect", std::net::TcpStream::connect("127.0.0.1:1").map(|_| ()));
+            attempt(
+                &mut s,
+                "tcp connect",
+                std::net::TcpStream::connect("127.0.0.1:1").map(|_| ()),
+            );
             let after = fs::read(&args[3]).map(|b| String::from_utf8_lossy(&b).into_owned());
             attempt(&mut s, "input afterwards", after);
             fs::write(&args[2], s).expect("write output");
@@ -107,8 +151,15 @@ fn main() {
             fs::create_dir_all("/tmp/a/b").expect("mkdir /tmp/a/b");
             fs::write("/tmp/a/b/scratch", b"scratch").expect("write /tmp");
             let back = fs::read("/tmp/a/b/scratch").expect("read /tmp");
-            fs::write(&args[2], format!("tmp was empty: {}\n{}", before.is_empty(), String::from_utf8_lossy(&back)))
-                .expect("write output");
+            fs::write(
+                &args[2],
+                format!(
+                    "tmp was empty: {}\n{}",
+                    before.is_empty(),
+                    String::from_utf8_lossy(&back)
+                ),
+            )
+            .expect("write output");
         }
         // probe exit N : print to stderr and exit with N
         "exit" => {
