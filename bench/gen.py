@@ -20,6 +20,8 @@ def main():
     ap.add_argument("--per-package", type=int, default=100)
     ap.add_argument("--fan-in", type=int, default=2)
     ap.add_argument("--tool", required=True, help="wb-tar.wasm")
+    ap.add_argument("--ninja-command", default="cat $in > $out",
+                    help="command of build.ninja's rule (e.g. a native wb-tar: 'wb-tar -o $out $in')")
     a = ap.parse_args()
     per = a.per_package
     packages = max(1, a.actions // per)
@@ -30,7 +32,7 @@ def main():
     shutil.copy(a.tool, os.path.join(a.out, "tools", "wb-tar.wasm"))
     with open(os.path.join(a.out, "tools", "WBUILD"), "w") as f:
         f.write('wasi_tool(name = "tar", src = "wb-tar.wasm")\n')
-    ninja = ["rule cat\n  command = cat $in > $out\n\n"]
+    ninja = [f"rule cat\n  command = {a.ninja_command}\n\n"]
     for p in range(packages):
         pkg = f"lib{p}"
         d = os.path.join(a.out, pkg)

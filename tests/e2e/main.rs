@@ -640,3 +640,31 @@ fn example_wasi_codegen_builds_tests_and_is_reproducible() {
         w.read("test/config.h.golden")
     );
 }
+
+#[test]
+fn reused_staging_directories_leave_no_trace_for_later_actions() {
+    // With one worker, every action runs in the same staging directory; the second action
+    // must not see the directories or files of the first.
+    let w = ws();
+    w.write("a/in.txt", "a\n");
+    w.write(
+        "a/WBUILD",
+        "wasi_run(name = \"a\", tool = \"//tools:probe\", srcs = [\"in.txt\"], outs = [\"deep/out.txt\"], args = [\"concat\", \"$@\", \"$(location in.txt)\"])\n",
+    );
+    w.write("z/in.txt", "z\n");
+    w.write(
+        "z/WBUILD",
+        "wasi_run(name = \"z\", tool = \"//tools:probe\", srcs = [\"in.txt\"], outs = [\"world.txt\"], args = [\"world\", \"$@\", \"$(location in.txt)\"])\n",
+    );
+    // One build, one worker: //a:a runs first (label order), then //z:z in the same directory.
+    let (out, ev) = w.events(&["build", "-j", "1"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    let order: Vec<&str> = ev
+        .iter()
+        .filter(|e| e["type"] == "action")
+        .map(|e| e["label"].as_str().unwrap())
+        .collect();
+    assert_eq!(order, ["//a:a", "//z:z"]);
+    let world = w.read("wbuild-out/z/world.txt");
+    assert!(world.contains("listing of .: [\"z\"]"), "{world}");
+}

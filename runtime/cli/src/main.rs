@@ -125,7 +125,7 @@ fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
         Cmd::Build(args) => build(&cli, args, false),
         Cmd::Test(args) => build(&cli, args, true),
-        Cmd::Outputs { targets } => outputs(targets),
+        Cmd::Outputs { targets } => outputs(&cli, targets),
         Cmd::Explain { target } => explain(&cli, target),
         Cmd::History { build, limit } => history(&cli, *build, *limit),
         Cmd::Cache { command } => cache(&cli, command),
@@ -135,9 +135,13 @@ fn run(cli: Cli) -> Result<i32> {
 fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     let (ws, pkg) = workspace()?;
     let patterns = parse_patterns(&args.patterns, &pkg)?;
-    let (graph, roots) = wbuild_graph::load(&ws, &patterns)?;
-    let actions = wbuild_graph::analyse(&ws, &graph, &roots, tests)?;
     let store = open_store(&cli.cache_dir)?;
+    let (actions, roots, _) = wbuild_graph::load_and_analyse_cached(
+        &ws,
+        &patterns,
+        tests,
+        &store.dir().join("analysis"),
+    )?;
     let jobs = args
         .jobs
         .or(ws.config.build.jobs)
@@ -199,11 +203,16 @@ fn parse_patterns(patterns: &[String], pkg: &str) -> Result<Vec<TargetPattern>> 
         .collect()
 }
 
-fn outputs(targets: &[String]) -> Result<i32> {
+fn outputs(cli: &Cli, targets: &[String]) -> Result<i32> {
     let (ws, pkg) = workspace()?;
     let patterns = parse_patterns(targets, &pkg)?;
-    let (graph, roots) = wbuild_graph::load(&ws, &patterns)?;
-    let actions = wbuild_graph::analyse(&ws, &graph, &roots, false)?;
+    let store = open_store(&cli.cache_dir)?;
+    let (actions, roots, _) = wbuild_graph::load_and_analyse_cached(
+        &ws,
+        &patterns,
+        false,
+        &store.dir().join("analysis"),
+    )?;
     for label in &roots {
         for path in actions.target_files.get(label).into_iter().flatten() {
             if actions.producers.contains_key(path) {

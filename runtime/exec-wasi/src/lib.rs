@@ -80,6 +80,10 @@ pub struct Request {
     pub root: PathBuf,
     /// Host directory presented at `/tmp` (empty).
     pub tmp: PathBuf,
+    /// Paths staged under `root` (inputs and tool data). The root directory may hold other
+    /// entries (it is reused between actions); the guest sees only these, the outputs and the
+    /// directories leading to them.
+    pub inputs: Vec<String>,
     /// Workspace paths the guest may write.
     pub outputs: Vec<String>,
     /// Seconds since the Unix epoch the wall clock reads.
@@ -403,7 +407,7 @@ impl WasiExecutor {
         let time_ns = req.epoch_secs.saturating_mul(1_000_000_000);
         let state = State {
             wasi: b.build_p1(),
-            obs: observe::Observer::new(root_dir, tmp_dir, &req.outputs, time_ns),
+            obs: observe::Observer::new(root_dir, tmp_dir, &req.inputs, &req.outputs, time_ns),
             limits: Limits {
                 memory: usize::try_from(req.memory_limit_bytes).unwrap_or(usize::MAX),
                 hit: false,

@@ -7,7 +7,7 @@
 //! metadata handed to the guest is made deterministic (fixed times, inode numbers derived
 //! from the path).
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use wasmtime::{Caller, Extern, Linker};
 use wasmtime_wasi::p1::wasi_snapshot_preview1 as p1;
@@ -60,6 +60,10 @@ pub(crate) struct Observer {
     outputs: BTreeSet<String>,
     /// Directories that lead to a declared output (may be created).
     output_dirs: BTreeSet<String>,
+    /// Everything in the root tree the guest may know of: inputs, outputs and the directories
+    /// leading to them. The host directory may hold more (staging directories are reused
+    /// between actions); anything else is reported as not existing.
+    visible: HashSet<String>,
     /// Host-side capability handles for listing directories.
     root_dir: cap_std::fs::Dir,
     tmp_dir: cap_std::fs::Dir,
@@ -71,6 +75,7 @@ impl Observer {
     pub(crate) fn new(
         root_dir: cap_std::fs::Dir,
         tmp_dir: cap_std::fs::Dir,
+        inputs: &[String],
         outputs: &[String],
         time_ns: u64,
     ) -> Observer {
@@ -80,6 +85,18 @@ impl Observer {
             while let Some(i) = p.rfind('/') {
                 p = &p[..i];
                 output_dirs.insert(p.to_owned());
+            }
+        }
+        let mut visible: HashSet<String> = HashSet::new();
+        visible.insert(String::new());
+        for f in inputs.iter().chain(outputs) {
+            let mut p = f.as_str();
+            visible.insert(p.to_owned());
+            while let Some(i) = p.rfind('/') {
+                p = &p[..i];
+                if !visible.insert(p.to_owned()) {
+                    break;
+                }
             }
         }
         let mut fds = HashMap::new();
@@ -104,6 +121,7 @@ impl Observer {
             log: AccessLog::default(),
             outputs: outputs.iter().cloned().collect(),
             output_dirs,
+            visible,
             root_dir,
             tmp_dir,
             time_ns,
@@ -144,6 +162,11 @@ impl Observer {
             (Tree::Tmp, true) => "/tmp".to_owned(),
             (Tree::Tmp, false) => format!("/tmp/{rel}"),
         }
+    }
+
+    /// Whether the guest may see `rel` at all (the `/tmp` tree is entirely its own).
+    fn is_visible(&self, tree: Tree, rel: &str) -> bool {
+        tree == Tree::Tmp || self.visible.contains(rel)
     }
 
     fn may_write(&self, tree: Tree, rel: &str) -> bool {
@@ -262,6 +285,10 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 obs.log.record(AccessKind::Denied, &shown);
                 return Ok(ERRNO_ACCES);
             }
+            if !obs.is_visible(tree, &rel) {
+                obs.log.record(AccessKind::Missing, &shown);
+                return Ok(ERRNO_NOENT);
+            }
             let errno = block(p1::path_open(
                 &mut state.wasi,
                 &mut GuestMemory::Unshared(&mut *mem),
@@ -330,6 +357,11 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     state.obs.log.record(AccessKind::Denied, &path);
                     return Ok(ERRNO_NOTCAPABLE);
                 };
+                if !state.obs.is_visible(tree, &rel) {
+                    let shown = Observer::display(tree, &rel);
+                    state.obs.log.record(AccessKind::Missing, &shown);
+                    return Ok(ERRNO_NOENT);
+                }
                 let errno = block(p1::path_filestat_get(
                     &mut state.wasi,
                     &mut GuestMemory::Unshared(&mut *mem),
@@ -413,6 +445,14 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     .filter_map(|e| e.ok())
                     .filter_map(|e| {
                         let name = e.file_name().into_string().ok()?;
+                        let child = if info.rel.is_empty() {
+                            name.clone()
+                        } else {
+                            format!("{}/{name}", info.rel)
+                        };
+                        if !obs.is_visible(info.tree, &child) {
+                            return None;
+                        }
                         let ft = e.file_type().ok()?;
                         let t = if ft.is_dir() {
                             FILETYPE_DIRECTORY

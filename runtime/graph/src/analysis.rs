@@ -12,7 +12,7 @@ use crate::{DEFAULT_DATA_DIR, Dep, GraphError, Rule, Target, TargetGraph};
 pub const NOT_SCHEDULED: usize = usize::MAX;
 
 /// The actions needed for some root targets.
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ActionGraph {
     /// Topologically ordered: every index in `deps` is smaller than the action's own index.
     /// Holds exactly the actions the roots need (test actions only for test roots, and only
@@ -28,7 +28,7 @@ pub struct ActionGraph {
 }
 
 /// One tool invocation.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ActionNode {
     pub label: Label,
     /// `"WasiRun"` or `"WasiTest"`.
@@ -49,7 +49,7 @@ pub struct ActionNode {
 }
 
 /// The `wasi_tool` an action runs.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ToolRef {
     pub label: Label,
     /// Workspace path of the `.wasm` module.

@@ -21,6 +21,7 @@
 //!   hold workspace paths (relative, `/`-separated) and absolute *guest* paths such as `/share`.
 
 mod analysis;
+mod cache;
 mod eval;
 mod glob;
 mod label;
@@ -32,6 +33,7 @@ use std::fmt;
 use std::path::PathBuf;
 
 pub use analysis::{ActionGraph, ActionNode, NOT_SCHEDULED, ToolRef, analyse};
+pub use cache::{load_and_analyse_cached, workspace_signature};
 pub use label::{Label, TargetPattern};
 pub use load::load;
 pub use workspace::{

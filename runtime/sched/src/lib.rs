@@ -15,8 +15,8 @@ mod merkle;
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
@@ -179,6 +179,19 @@ impl Finished {
     }
 }
 
+/// What every worker thread shares.
+#[derive(Clone, Copy)]
+struct WorkerCtx<'a> {
+    graph: &'a ActionGraph,
+    opts: &'a Options,
+    rdeps: &'a [Vec<usize>],
+    prio: &'a [u64],
+    shared: &'a Mutex<Shared>,
+    cv: &'a Condvar,
+    generated: &'a RwLock<HashMap<String, Digest>>,
+    first_error: &'a Mutex<Option<SchedError>>,
+}
+
 struct Shared {
     ready: BinaryHeap<(u64, std::cmp::Reverse<usize>)>,
     waiting: Vec<usize>,
@@ -186,8 +199,6 @@ struct Shared {
     running: usize,
     remaining: usize,
     stop: bool,
-    /// Digest of every generated file known so far.
-    generated: HashMap<String, Digest>,
     summary: Summary,
 }
 
@@ -199,8 +210,6 @@ pub struct Scheduler<'a> {
     pub events: &'a dyn EventSink,
     pub build_id: Option<u64>,
 }
-
-static STAGING_COUNTER: AtomicU64 = AtomicU64::new(0);
 
 impl Scheduler<'_> {
     /// Build every action of `graph`.
@@ -244,15 +253,26 @@ impl Scheduler<'_> {
             running: 0,
             remaining: n,
             stop: false,
-            generated: HashMap::new(),
             summary: Summary::default(),
         });
         let cv = Condvar::new();
+        // Digest of every generated file known so far.
+        let generated: RwLock<HashMap<String, Digest>> = RwLock::new(HashMap::new());
         let first_error: Mutex<Option<SchedError>> = Mutex::new(None);
 
         std::thread::scope(|s| {
-            for _ in 0..opts.jobs.max(1).min(n.max(1)) {
-                s.spawn(|| self.worker(graph, opts, &rdeps, &prio, &shared, &cv, &first_error));
+            for wid in 0..opts.jobs.max(1).min(n.max(1)) {
+                let ctx = WorkerCtx {
+                    graph,
+                    opts,
+                    rdeps: &rdeps,
+                    prio: &prio,
+                    shared: &shared,
+                    cv: &cv,
+                    generated: &generated,
+                    first_error: &first_error,
+                };
+                s.spawn(move || self.worker(wid, ctx));
             }
         });
 
@@ -267,7 +287,11 @@ impl Scheduler<'_> {
             .count() as u64;
         st.summary.interrupted = INTERRUPTED.load(Ordering::SeqCst);
         st.summary.duration = start.elapsed();
-        st.summary.outputs = st.generated.into_iter().collect();
+        st.summary.outputs = generated
+            .into_inner()
+            .expect("outputs")
+            .into_iter()
+            .collect();
         let s = &st.summary;
         self.events.event(&Event::BuildFinished {
             executed: s.executed,
@@ -282,19 +306,19 @@ impl Scheduler<'_> {
         Ok(st.summary)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn worker(
-        &self,
-        graph: &ActionGraph,
-        opts: &Options,
-        rdeps: &[Vec<usize>],
-        prio: &[u64],
-        shared: &Mutex<Shared>,
-        cv: &Condvar,
-        first_error: &Mutex<Option<SchedError>>,
-    ) {
+    fn worker(&self, wid: usize, ctx: WorkerCtx<'_>) {
+        let WorkerCtx {
+            graph,
+            opts,
+            rdeps,
+            prio,
+            shared,
+            cv,
+            generated: all_generated,
+            first_error,
+        } = ctx;
         loop {
-            let (idx, generated) = {
+            let idx = {
                 let mut st = shared.lock().expect("scheduler state");
                 loop {
                     if INTERRUPTED.load(Ordering::SeqCst) {
@@ -306,7 +330,7 @@ impl Scheduler<'_> {
                     }
                     if let Some((_, std::cmp::Reverse(i))) = st.ready.pop() {
                         st.running += 1;
-                        break (i, st.generated.clone());
+                        break i;
                     }
                     if st.running == 0 {
                         // Nothing ready, nothing running: the rest is blocked by failures.
@@ -318,8 +342,19 @@ impl Scheduler<'_> {
             };
             let action = &graph.actions[idx];
             let label = action.label.to_string();
+            // The digests of this action's generated inputs (all producers are done).
+            let generated: HashMap<String, Digest> = {
+                let all = all_generated.read().expect("outputs");
+                action
+                    .inputs
+                    .iter()
+                    .chain(action.tool.data.iter().map(|(_, p)| p))
+                    .chain(std::iter::once(&action.tool.module))
+                    .filter_map(|p| all.get(p).map(|d| (p.clone(), *d)))
+                    .collect()
+            };
             let t0 = Instant::now();
-            let fin = match self.process(graph, action, opts, &generated) {
+            let fin = match self.process(wid, graph, action, opts, &generated) {
                 Ok(f) => f,
                 Err(e) => {
                     let mut st = shared.lock().expect("scheduler state");
@@ -358,6 +393,12 @@ impl Scheduler<'_> {
                 warnings: fin.warnings.clone(),
                 accesses: fin.accesses.clone(),
             });
+            if fin.status != Status::Failed {
+                all_generated
+                    .write()
+                    .expect("outputs")
+                    .extend(fin.outputs.iter().cloned());
+            }
             let mut st = shared.lock().expect("scheduler state");
             st.running -= 1;
             st.remaining -= 1;
@@ -382,9 +423,6 @@ impl Scheduler<'_> {
                     }
                 }
             } else {
-                for (p, d) in fin.outputs {
-                    st.generated.insert(p, d);
-                }
                 for &r in &rdeps[idx] {
                     st.waiting[r] -= 1;
                     if st.waiting[r] == 0 && st.done[r].is_none() {
@@ -513,6 +551,7 @@ impl Scheduler<'_> {
 
     fn process(
         &self,
+        wid: usize,
         graph: &ActionGraph,
         action: &ActionNode,
         opts: &Options,
@@ -564,7 +603,7 @@ impl Scheduler<'_> {
                 self.store.ac_remove(&prep.action_digest)?;
             }
         }
-        self.execute(graph, action, opts, prep)
+        self.execute(wid, graph, action, opts, prep)
     }
 
     fn cached_output(&self, result: &reapi::ActionResult) -> Option<String> {
@@ -599,6 +638,7 @@ impl Scheduler<'_> {
 
     fn execute(
         &self,
+        wid: usize,
         graph: &ActionGraph,
         action: &ActionNode,
         opts: &Options,
@@ -619,16 +659,25 @@ impl Scheduler<'_> {
                 }
             }
         }
-        let n = STAGING_COUNTER.fetch_add(1, Ordering::Relaxed);
-        let stage = self
-            .store
-            .tmp_dir()
-            .join(format!("act-{}-{n}", std::process::id()));
+        // Each worker reuses one staging directory: creating and deleting directories is the
+        // costliest part of staging on common file systems. Files are removed after every
+        // action; directories left behind are invisible to later guests (the executor shows
+        // only an action's own inputs, outputs and the directories leading to them).
+        let stage = self.store.tmp_dir().join(format!("w{wid}"));
         let root = stage.join("root");
         let tmp = stage.join("tmp");
         std::fs::create_dir_all(&root).map_err(io(&root))?;
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        let cleanup = StageGuard(stage.clone());
+        let cleanup = StageGuard {
+            root: root.clone(),
+            tmp: tmp.clone(),
+            files: prep
+                .files
+                .keys()
+                .chain(action.outputs.iter())
+                .cloned()
+                .collect(),
+        };
         for (path, d) in &prep.files {
             self.store.link_into(d, &root.join(path))?;
         }
@@ -639,6 +688,7 @@ impl Scheduler<'_> {
         }
         let module_path = stage.join("tool.wasm");
         self.store.link_into(&prep.module, &module_path)?;
+        let _module_guard = RemoveOnDrop(module_path.clone());
 
         let req = Request {
             module_key: prep.module.to_string(),
@@ -652,6 +702,7 @@ impl Scheduler<'_> {
                 .collect(),
             root: root.clone(),
             tmp,
+            inputs: prep.files.keys().cloned().collect(),
             outputs: action.outputs.clone(),
             epoch_secs: opts.epoch_secs,
             random_seed: prep.action_digest.hash,
@@ -813,10 +864,37 @@ fn unused_inputs(action: &ActionNode, log: &AccessLog) -> Vec<String> {
         .collect()
 }
 
-/// Removes an action's staging directory when dropped.
-struct StageGuard(PathBuf);
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Empties a worker's staging directory when an action is done: the files staged or written
+/// there, and everything in its `/tmp`.
+struct StageGuard {
+    root: PathBuf,
+    tmp: PathBuf,
+    files: Vec<String>,
+}
 impl Drop for StageGuard {
     fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
+        for f in &self.files {
+            let _ = std::fs::remove_file(self.root.join(f));
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.tmp) {
+            for e in rd.flatten() {
+                let p = e.path();
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => {
+                        let _ = std::fs::remove_dir_all(&p);
+                    }
+                    _ => {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                }
+            }
+        }
     }
 }

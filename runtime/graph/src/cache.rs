@@ -1,0 +1,116 @@
+//! The analysis cache: a no-op build must not re-evaluate every `WBUILD` file.
+//!
+//! Loading and analysis depend only on the directory structure of the workspace (globs,
+//! package boundaries, which referenced files exist) and on the contents of `wbuild.toml`,
+//! `WBUILD` and `.bzl` files — never on the contents of source files. The workspace signature
+//! hashes exactly that; an `ActionGraph` stored under it is reused as long as it matches.
+
+use std::path::{Path, PathBuf};
+
+use crate::glob::skip_dir;
+use crate::{ActionGraph, BUILD_FILE, GraphError, Label, TargetPattern, WORKSPACE_FILE, Workspace};
+
+/// Bumped whenever loading or analysis changes meaning, so stale cache files are ignored.
+const FORMAT: &str = "wbuild-analysis/1";
+
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Entry {
+    signature: String,
+    roots: Vec<Label>,
+    graph: ActionGraph,
+}
+
+/// BLAKE3 over every directory's sorted listing (names and kinds) in the workspace, skipping
+/// `wbuild-out/`, `target/` and hidden directories, and over the contents of `wbuild.toml`,
+/// `WBUILD` and `*.bzl` files.
+pub fn workspace_signature(ws: &Workspace) -> Result<blake3::Hash, GraphError> {
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| GraphError::Io { path, source }
+    };
+    let mut h = blake3::Hasher::new();
+    h.update(FORMAT.as_bytes());
+    let mut stack = vec![(ws.root.clone(), String::new())];
+    while let Some((dir, rel)) = stack.pop() {
+        let mut entries: Vec<(String, u8, PathBuf)> = Vec::new();
+        for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
+            let e = e.map_err(io(&dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let kind = match e.file_type() {
+                Ok(t) if t.is_dir() => b'd',
+                Ok(t) if t.is_symlink() => b'l',
+                Ok(_) => b'f',
+                Err(_) => b'?',
+            };
+            entries.push((name, kind, e.path()));
+        }
+        entries.sort();
+        h.update(b"D\0");
+        h.update(rel.as_bytes());
+        h.update(b"\0");
+        for (name, kind, path) in entries {
+            h.update(&[kind]);
+            h.update(name.as_bytes());
+            h.update(b"\0");
+            if kind == b'd' {
+                if !skip_dir(&name) {
+                    let child = if rel.is_empty() {
+                        name
+                    } else {
+                        format!("{rel}/{name}")
+                    };
+                    stack.push((path, child));
+                }
+            } else if name == BUILD_FILE || name == WORKSPACE_FILE || name.ends_with(".bzl") {
+                let bytes = std::fs::read(&path).map_err(io(&path))?;
+                h.update(blake3::hash(&bytes).as_bytes());
+            }
+        }
+    }
+    Ok(h.finalize())
+}
+
+/// [`crate::load`] + [`crate::analyse`], reusing the result stored in `cache_dir` when the
+/// workspace signature is unchanged. Returns the graph, the matched roots and whether the
+/// cached result was used.
+pub fn load_and_analyse_cached(
+    ws: &Workspace,
+    patterns: &[TargetPattern],
+    include_tests: bool,
+    cache_dir: &Path,
+) -> Result<(ActionGraph, Vec<Label>, bool), GraphError> {
+    let signature = workspace_signature(ws)?.to_hex().to_string();
+    let mut key = blake3::Hasher::new();
+    key.update(FORMAT.as_bytes());
+    key.update(ws.root.as_os_str().as_encoded_bytes());
+    for p in patterns {
+        key.update(b"\0");
+        key.update(p.to_string().as_bytes());
+    }
+    key.update(&[include_tests as u8]);
+    let file = cache_dir.join(format!("{}.json", key.finalize().to_hex()));
+    if let Ok(bytes) = std::fs::read(&file)
+        && let Ok(entry) = serde_json::from_slice::<Entry>(&bytes)
+        && entry.signature == signature
+    {
+        return Ok((entry.graph, entry.roots, true));
+    }
+    let (targets, roots) = crate::load(ws, patterns)?;
+    let graph = crate::analyse(ws, &targets, &roots, include_tests)?;
+    let entry = Entry {
+        signature,
+        roots,
+        graph,
+    };
+    // Best effort: a cache that cannot be written only costs the next build time.
+    if std::fs::create_dir_all(cache_dir).is_ok()
+        && let Ok(bytes) = serde_json::to_vec(&entry)
+    {
+        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
+        if std::fs::write(&tmp, bytes).is_ok() {
+            let _ = std::fs::rename(&tmp, &file);
+        }
+        let _ = std::fs::remove_file(&tmp);
+    }
+    Ok((entry.graph, entry.roots, false))
+}
