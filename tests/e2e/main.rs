@@ -668,3 +668,29 @@ fn reused_staging_directories_leave_no_trace_for_later_actions() {
     let world = w.read("wbuild-out/z/world.txt");
     assert!(world.contains("listing of .: [\"z\"]"), "{world}");
 }
+
+#[test]
+fn ctrl_c_stops_a_running_guest_and_records_an_interrupted_build() {
+    let w = ws();
+    w.write(
+        "l/WBUILD",
+        "wasi_run(name = \"l\", tool = \"//tools:probe\", srcs = [], outs = [\"o.txt\"], args = [\"loop\"])\n",
+    );
+    let mut child = w
+        .cmd(&["build"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    let status = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", w.report(&["build"], &out));
+    assert!(stderr(&out).contains("Build interrupted"), "{}", stderr(&out));
+    let hist = stdout(&w.ok(&["history"]));
+    assert!(hist.contains("interrupted"), "{hist}");
+}
