@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use wbuild_exec_wasi::{ExecConfig, WasiExecutor};
 use wbuild_graph::{Label, TargetPattern, Workspace};
-use wbuild_sched::{Options, Scheduler};
+use wbuild_sched::{Event, EventSink, Options, Scheduler, Status, uptodate};
 use wbuild_store::{Digest, Store};
 
 #[derive(Parser)]
@@ -132,16 +132,56 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
+/// `WBUILD_PROFILE=1` prints how long each phase of a command took.
+struct Phases(Option<std::time::Instant>);
+impl Phases {
+    fn new() -> Phases {
+        Phases(
+            std::env::var_os("WBUILD_PROFILE")
+                .is_some()
+                .then(std::time::Instant::now),
+        )
+    }
+    fn mark(&mut self, what: &str) {
+        if let Some(t) = &mut self.0 {
+            eprintln!(
+                "[profile] {what}: {:.1} ms",
+                t.elapsed().as_secs_f64() * 1e3
+            );
+            *t = std::time::Instant::now();
+        }
+    }
+}
+
 fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
+    let mut phases = Phases::new();
     let (ws, pkg) = workspace()?;
     let patterns = parse_patterns(&args.patterns, &pkg)?;
     let store = open_store(&cli.cache_dir)?;
-    let (actions, roots, _) = wbuild_graph::load_and_analyse_cached(
+    phases.mark("open store");
+    let command = if tests { "test" } else { "build" };
+    let signature = wbuild_graph::workspace_signature(&ws)?;
+    let snapshot = uptodate::snapshot_path(store.dir(), &snapshot_key(&ws, &patterns, tests));
+    let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+    if !args.show_output
+        && let Some(done) = uptodate::check(&snapshot, signature.as_bytes())
+    {
+        phases.mark("up-to-date check");
+        return up_to_date(&store, command, &pattern_names, &done, args, tests);
+    }
+    phases.mark("up-to-date check");
+    let (actions, _roots, analysis_cached) = wbuild_graph::load_and_analyse_cached(
         &ws,
         &patterns,
         tests,
         &store.dir().join("analysis"),
+        &signature,
     )?;
+    phases.mark(if analysis_cached {
+        "load + analyse (cached)"
+    } else {
+        "load + analyse"
+    });
     let jobs = args
         .jobs
         .or(ws.config.build.jobs)
@@ -159,19 +199,13 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         timeout: Duration::from_secs(ws.config.wasi.timeout_secs),
         show_output: args.show_output,
     };
-    let command = if tests { "test" } else { "build" };
-    let target_names: Vec<String> = roots.iter().map(|l| l.to_string()).collect();
-    let build_id = store.begin_build(command, &target_names)?;
+    let build_id = store.begin_build(command, &pattern_names)?;
+    phases.mark("engine + history");
     let ui = ui::Ui::new(actions.actions.len(), args.events.as_deref())?;
     ctrlc::set_handler(wbuild_sched::interrupt).context("cannot install the Ctrl-C handler")?;
-    let sched = Scheduler {
-        ws: &ws,
-        store: store.clone(),
-        exec,
-        events: &ui,
-        build_id: Some(build_id),
-    };
+    let sched = Scheduler::new(&ws, store.clone(), exec, &ui, Some(build_id));
     let summary = sched.run(&actions, &opts);
+    phases.mark("schedule");
     let outcome = match &summary {
         Ok(s) if s.interrupted => "interrupted",
         Ok(s) if s.success() => "success",
@@ -179,7 +213,27 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     };
     store.finish_build(build_id, outcome)?;
     store.flush()?;
+    phases.mark("record + flush");
     let summary = summary?;
+    if summary.success() {
+        let abs = |p: &String| ws.root.join(p);
+        let sources: Vec<PathBuf> = summary.sources.iter().map(abs).collect();
+        let outputs: Vec<PathBuf> = summary
+            .outputs
+            .keys()
+            .map(|p| ws.root.join(wbuild_sched::OUT_DIR).join(p))
+            .collect();
+        // Best effort: without a snapshot the next no-op build takes the full path.
+        let _ = uptodate::save(
+            &snapshot,
+            signature.as_bytes(),
+            &sources,
+            &outputs,
+            &summary.actions,
+        );
+    } else {
+        let _ = std::fs::remove_file(&snapshot);
+    }
     ui.finish(&summary, tests);
     Ok(if summary.interrupted {
         130
@@ -188,6 +242,66 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     } else {
         1
     })
+}
+
+/// Names the snapshot of one (workspace, patterns, command) for this version of wbuild.
+fn snapshot_key(ws: &Workspace, patterns: &[TargetPattern], tests: bool) -> String {
+    let mut text = format!(
+        "{}\0{}\0{}\0{tests}",
+        env!("CARGO_PKG_VERSION"),
+        wbuild_exec_wasi::EXECUTOR_VERSION,
+        ws.root.display()
+    );
+    for p in patterns {
+        text.push('\0');
+        text.push_str(&p.to_string());
+    }
+    wbuild_store::Digest::of(wbuild_store::DigestFunction::Blake3, text.as_bytes()).hex()
+}
+
+/// A no-op build proven by the up-to-date snapshot: report every action as cached.
+fn up_to_date(
+    store: &Store,
+    command: &str,
+    patterns: &[String],
+    done: &[uptodate::SnapshotAction],
+    args: &BuildArgs,
+    tests: bool,
+) -> Result<i32> {
+    let start = std::time::Instant::now();
+    let build_id = store.begin_build(command, patterns)?;
+    let ui = ui::Ui::new(done.len(), args.events.as_deref())?;
+    for a in done {
+        ui.event(&Event::Action {
+            label: a.label.clone(),
+            mnemonic: a.mnemonic.clone(),
+            status: Status::Cached,
+            duration_ms: 0,
+            action_digest: Some(a.action_digest.clone()),
+            error: None,
+            output: None,
+            warnings: Vec::new(),
+            accesses: None,
+        });
+    }
+    let summary = wbuild_sched::Summary {
+        cached: done.len() as u64,
+        duration: start.elapsed(),
+        ..Default::default()
+    };
+    ui.event(&Event::BuildFinished {
+        executed: 0,
+        cached: summary.cached,
+        failed: 0,
+        skipped: 0,
+        files_hashed: 0,
+        duration_ms: summary.duration.as_millis() as u64,
+        interrupted: false,
+    });
+    store.record_up_to_date(build_id, summary.cached)?;
+    store.finish_build(build_id, "success")?;
+    ui.finish(&summary, tests);
+    Ok(0)
 }
 
 fn parse_patterns(patterns: &[String], pkg: &str) -> Result<Vec<TargetPattern>> {
@@ -207,11 +321,13 @@ fn outputs(cli: &Cli, targets: &[String]) -> Result<i32> {
     let (ws, pkg) = workspace()?;
     let patterns = parse_patterns(targets, &pkg)?;
     let store = open_store(&cli.cache_dir)?;
+    let signature = wbuild_graph::workspace_signature(&ws)?;
     let (actions, roots, _) = wbuild_graph::load_and_analyse_cached(
         &ws,
         &patterns,
         false,
         &store.dir().join("analysis"),
+        &signature,
     )?;
     for label in &roots {
         for path in actions.target_files.get(label).into_iter().flatten() {
@@ -291,7 +407,17 @@ fn history(cli: &Cli, build: Option<u64>, limit: usize) -> Result<i32> {
             }
         }
         Some(id) => {
-            for a in store.build_actions(id)? {
+            let actions = store.build_actions(id)?;
+            if actions.is_empty()
+                && let Some(b) = store.builds(usize::MAX)?.into_iter().find(|b| b.id == id)
+                && b.cached > 0
+            {
+                println!(
+                    "all {} actions were up to date (a no-op build: their stats matched the snapshot of the build before)",
+                    b.cached
+                );
+            }
+            for a in actions {
                 println!(
                     "{:<9} {:>7} ms  {}  {}",
                     a.status, a.duration_ms, a.label, a.action_digest
@@ -328,6 +454,10 @@ fn parse_size(s: &str) -> Result<u64> {
 
 fn cache(cli: &Cli, cmd: &CacheCmd) -> Result<i32> {
     let store = open_store(&cli.cache_dir)?;
+    if !matches!(cmd, CacheCmd::Stats) {
+        // Whatever these change, the next build must look at the action cache again.
+        uptodate::forget_all(store.dir());
+    }
     match cmd {
         CacheCmd::Stats => {
             let s = store.stats()?;

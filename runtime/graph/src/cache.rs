@@ -71,15 +71,16 @@ pub fn workspace_signature(ws: &Workspace) -> Result<blake3::Hash, GraphError> {
 }
 
 /// [`crate::load`] + [`crate::analyse`], reusing the result stored in `cache_dir` when the
-/// workspace signature is unchanged. Returns the graph, the matched roots and whether the
+/// workspace signature (from [`workspace_signature`]) is unchanged. Returns the graph, the matched roots and whether the
 /// cached result was used.
 pub fn load_and_analyse_cached(
     ws: &Workspace,
     patterns: &[TargetPattern],
     include_tests: bool,
     cache_dir: &Path,
+    signature: &blake3::Hash,
 ) -> Result<(ActionGraph, Vec<Label>, bool), GraphError> {
-    let signature = workspace_signature(ws)?.to_hex().to_string();
+    let signature = signature.to_hex().to_string();
     let mut key = blake3::Hasher::new();
     key.update(FORMAT.as_bytes());
     key.update(ws.root.as_os_str().as_encoded_bytes());

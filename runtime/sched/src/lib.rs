@@ -12,6 +12,7 @@
 //! stored, or materialise an output as a writable alias of a CAS blob.
 
 mod merkle;
+pub mod uptodate;
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
@@ -127,6 +128,10 @@ pub struct Summary {
     pub interrupted: bool,
     /// Digests of every output produced or restored, by workspace path.
     pub outputs: BTreeMap<String, Digest>,
+    /// Workspace paths of every source file the actions read (tool modules and data included).
+    pub sources: Vec<String>,
+    /// Every action that succeeded (executed or cached).
+    pub actions: Vec<uptodate::SnapshotAction>,
     pub duration: Duration,
 }
 
@@ -204,11 +209,34 @@ struct Shared {
 
 /// Runs builds against one store and executor.
 pub struct Scheduler<'a> {
-    pub ws: &'a Workspace,
-    pub store: Arc<Store>,
-    pub exec: Arc<WasiExecutor>,
-    pub events: &'a dyn EventSink,
-    pub build_id: Option<u64>,
+    ws: &'a Workspace,
+    store: Arc<Store>,
+    exec: Arc<WasiExecutor>,
+    events: &'a dyn EventSink,
+    build_id: Option<u64>,
+    /// Digests of source files already looked up in this build: a tool module or a shared
+    /// header is an input of thousands of actions but is stat'ed once.
+    sources: RwLock<HashMap<String, Digest>>,
+}
+
+impl<'a> Scheduler<'a> {
+    /// `build_id` (from `Store::begin_build`) receives one history record per action.
+    pub fn new(
+        ws: &'a Workspace,
+        store: Arc<Store>,
+        exec: Arc<WasiExecutor>,
+        events: &'a dyn EventSink,
+        build_id: Option<u64>,
+    ) -> Scheduler<'a> {
+        Scheduler {
+            ws,
+            store,
+            exec,
+            events,
+            build_id,
+            sources: RwLock::new(HashMap::new()),
+        }
+    }
 }
 
 impl Scheduler<'_> {
@@ -291,6 +319,13 @@ impl Scheduler<'_> {
             .into_inner()
             .expect("outputs")
             .into_iter()
+            .collect();
+        st.summary.sources = self
+            .sources
+            .read()
+            .expect("source digests")
+            .keys()
+            .cloned()
             .collect();
         let s = &st.summary;
         self.events.event(&Event::BuildFinished {
@@ -403,6 +438,13 @@ impl Scheduler<'_> {
             st.running -= 1;
             st.remaining -= 1;
             st.done[idx] = Some(fin.status);
+            if let (Status::Executed | Status::Cached, Some(d)) = (fin.status, fin.action_digest) {
+                st.summary.actions.push(uptodate::SnapshotAction {
+                    label: action.label.to_string(),
+                    mnemonic: action.mnemonic.clone(),
+                    action_digest: d.to_string(),
+                });
+            }
             match fin.status {
                 Status::Executed => st.summary.executed += 1,
                 Status::Cached => st.summary.cached += 1,
@@ -449,11 +491,19 @@ impl Scheduler<'_> {
                 "input {path} (produced by {label}) is not available"
             ));
         }
+        if let Some(d) = self.sources.read().expect("source digests").get(path) {
+            return Ok((*d, true));
+        }
         let abs = self.ws.root.join(path);
-        self.store
+        let d = self
+            .store
             .file_digest(&abs)
-            .map(|d| (d, true))
-            .map_err(|e| format!("cannot read input {path}: {e}"))
+            .map_err(|e| format!("cannot read input {path}: {e}"))?;
+        self.sources
+            .write()
+            .expect("source digests")
+            .insert(path.to_owned(), d);
+        Ok((d, true))
     }
 
     /// Compute the action key: REAPI Command, input root and Action.
@@ -625,8 +675,7 @@ impl Scheduler<'_> {
     fn materialize(&self, outputs: &[(String, Digest)]) -> Result<(), wbuild_store::StoreError> {
         for (path, d) in outputs {
             let dest = self.ws.root.join(OUT_DIR).join(path);
-            if dest.is_file()
-                && let Ok(have) = self.store.file_digest(&dest)
+            if let Ok(have) = self.store.file_digest(&dest)
                 && have == *d
             {
                 continue;
