@@ -272,6 +272,28 @@ wasi_run(name = "escape", tool = "//tools:probe", srcs = ["in.txt"], outs = ["re
         err.contains("tried to write undeclared path undeclared.txt"),
         "{err}"
     );
+    // The guest's own report of every attempt (shown because the action failed).
+    for line in [
+        "read ../outside: ERR",
+        "read /etc/passwd: ERR",
+        "read /../etc/passwd: ERR",
+        "read /tmp/../../etc/passwd: ERR",
+        "read /tmp/up/etc/passwd: ERR",
+        "read /tmp/abs/passwd: ERR",
+        "symlink out -> input: ERR",
+        "write input: ERR",
+        "append input: ERR",
+        "truncate input: ERR",
+        "remove input: ERR",
+        "rename input: ERR",
+        "hard link input: ERR",
+        "write undeclared: ERR",
+        "mkdir undeclared: ERR",
+        "tcp connect: ERR",
+        "input afterwards: OK \"original\\n\"",
+    ] {
+        assert!(err.contains(line), "missing {line:?} in\n{err}");
+    }
     assert_eq!(w.read("e/in.txt"), "original\n");
     assert!(!w.path("undeclared.txt").exists());
     assert!(!w.path("e/undeclared.txt").exists());
@@ -581,6 +603,49 @@ wasi_run(name = "h", tool = "//tools:template", srcs = ["h.tmpl"], outs = ["h.h"
     let (_, ev) = w.events(&["build"]);
     assert_eq!(statuses(&ev), vec![s("//g:h", "executed")]);
     assert!(w.read("wbuild-out/g/h.h").contains("banner v2"));
+}
+
+#[test]
+fn tool_modules_are_compiled_once_per_cache() {
+    let a = ws();
+    chain(&a);
+    let (_, ev) = a.events(&["build"]);
+    assert_eq!(finished(&ev)["modules_compiled"], 1, "{ev:?}");
+    // Another workspace using the same cache directory and the same tool: no compilation.
+    let b = ws();
+    world_ws(&b);
+    let out = b
+        .cmd(&["build", "--events", a.root.join("../ev2.jsonl").to_str().unwrap()])
+        .env_remove("WBUILD_CACHE")
+        .args(["--cache-dir", a.cache.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", b.report(&["build"], &out));
+    let text = std::fs::read_to_string(a.root.join("../ev2.jsonl")).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    assert_eq!(last["executed"], 1);
+    assert_eq!(last["modules_compiled"], 0, "{text}");
+}
+
+#[test]
+fn invalidate_by_action_digest() {
+    let w = ws();
+    chain(&w);
+    let (_, ev) = w.events(&["build"]);
+    let digest = ev
+        .iter()
+        .find(|e| e["label"] == "//other:c")
+        .unwrap()["action_digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let out = w.ok(&["cache", "invalidate", &digest]);
+    assert!(stdout(&out).contains("dropped 1"), "{}", stdout(&out));
+    let (_, ev) = w.events(&["build"]);
+    assert!(statuses(&ev).contains(&s("//other:c", "executed")), "{ev:?}");
+    assert_eq!(finished(&ev)["executed"], 1);
+    let err = stderr(&w.fail(&["cache", "invalidate", "not-a-digest"]));
+    assert!(err.contains("neither a target label"), "{err}");
 }
 
 fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {

@@ -295,6 +295,7 @@ fn up_to_date(
         failed: 0,
         skipped: 0,
         files_hashed: 0,
+        modules_compiled: 0,
         duration_ms: summary.duration.as_millis() as u64,
         interrupted: false,
     });

@@ -232,6 +232,7 @@ pub struct WasiExecutor {
     modules_dir: PathBuf,
     engine_key: String,
     modules: Mutex<HashMap<String, InstancePre<State>>>,
+    loading: Mutex<()>,
     stop_ticker: Arc<AtomicBool>,
     compiled: AtomicU64,
 }
@@ -288,6 +289,7 @@ impl WasiExecutor {
             modules_dir: cfg.modules_dir.clone(),
             engine_key,
             modules: Mutex::new(HashMap::new()),
+            loading: Mutex::new(()),
             stop_ticker,
             compiled: AtomicU64::new(0),
         })
@@ -300,6 +302,17 @@ impl WasiExecutor {
 
     /// Load a module: memory cache, then the on-disk compiled cache, then compile.
     fn instance_pre(&self, req: &Request) -> Result<InstancePre<State>, ExecError> {
+        if let Some(pre) = self
+            .modules
+            .lock()
+            .expect("module cache")
+            .get(&req.module_key)
+        {
+            return Ok(pre.clone());
+        }
+        // One loader at a time, so workers that need the same new module do not all compile
+        // it (cranelift parallelises each compilation on its own).
+        let _loading = self.loading.lock().expect("module loader");
         if let Some(pre) = self
             .modules
             .lock()

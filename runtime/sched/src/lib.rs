@@ -108,6 +108,8 @@ pub enum Event {
         skipped: u64,
         /// Files read and hashed because the stat cache could not vouch for them.
         files_hashed: u64,
+        /// Tool modules compiled by cranelift in this build (not found in the on-disk cache).
+        modules_compiled: u64,
         duration_ms: u64,
         interrupted: bool,
     },
@@ -334,6 +336,7 @@ impl Scheduler<'_> {
             failed: s.failed,
             skipped: s.skipped,
             files_hashed: self.store.hashed_count() - hashed_before,
+            modules_compiled: self.exec.compiled_count(),
             duration_ms: s.duration.as_millis() as u64,
             interrupted: s.interrupted,
         });

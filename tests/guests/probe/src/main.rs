@@ -143,6 +143,7 @@ fn main() {
             );
             let after = fs::read(&args[3]).map(|b| String::from_utf8_lossy(&b).into_owned());
             attempt(&mut s, "input afterwards", after);
+            print!("{s}");
             fs::write(&args[2], s).expect("write output");
         }
         // probe tmp OUT : /tmp is private, writable, and not an output
