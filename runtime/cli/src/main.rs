@@ -170,13 +170,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         return up_to_date(&store, command, &pattern_names, &done, args, tests);
     }
     phases.mark("up-to-date check");
-    let (actions, _roots, analysis_cached) = wbuild_graph::load_and_analyse_cached(
-        &ws,
-        &patterns,
-        tests,
-        &store.dir().join("analysis"),
-        &signature,
-    )?;
+    let (actions, _roots, analysis_cached) = analyse(&ws, &store, &patterns, tests, &signature)?;
     phases.mark(if analysis_cached {
         "load + analyse (cached)"
     } else {
@@ -242,6 +236,23 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     } else {
         1
     })
+}
+
+/// Load and analyse, reusing the analysis cached in the store when the workspace is unchanged.
+fn analyse(
+    ws: &Workspace,
+    store: &Store,
+    patterns: &[TargetPattern],
+    tests: bool,
+    signature: &wbuild_graph::Signature,
+) -> Result<(wbuild_graph::ActionGraph, Vec<Label>, bool)> {
+    Ok(wbuild_graph::load_and_analyse_cached(
+        ws,
+        patterns,
+        tests,
+        &store.dir().join("analysis"),
+        signature,
+    )?)
 }
 
 /// Names the snapshot of one (workspace, patterns, command) for this version of wbuild.
@@ -323,13 +334,7 @@ fn outputs(cli: &Cli, targets: &[String]) -> Result<i32> {
     let patterns = parse_patterns(targets, &pkg)?;
     let store = open_store(&cli.cache_dir)?;
     let signature = wbuild_graph::workspace_signature(&ws)?;
-    let (actions, roots, _) = wbuild_graph::load_and_analyse_cached(
-        &ws,
-        &patterns,
-        false,
-        &store.dir().join("analysis"),
-        &signature,
-    )?;
+    let (actions, roots, _) = analyse(&ws, &store, &patterns, false, &signature)?;
     for label in &roots {
         for path in actions.target_files.get(label).into_iter().flatten() {
             if actions.producers.contains_key(path) {

@@ -302,24 +302,18 @@ impl WasiExecutor {
 
     /// Load a module: memory cache, then the on-disk compiled cache, then compile.
     fn instance_pre(&self, req: &Request) -> Result<InstancePre<State>, ExecError> {
-        if let Some(pre) = self
-            .modules
-            .lock()
-            .expect("module cache")
-            .get(&req.module_key)
-        {
-            return Ok(pre.clone());
+        let cached = || {
+            let modules = self.modules.lock().expect("module cache");
+            modules.get(&req.module_key).cloned()
+        };
+        if let Some(pre) = cached() {
+            return Ok(pre);
         }
         // One loader at a time, so workers that need the same new module do not all compile
         // it (cranelift parallelises each compilation on its own).
         let _loading = self.loading.lock().expect("module loader");
-        if let Some(pre) = self
-            .modules
-            .lock()
-            .expect("module cache")
-            .get(&req.module_key)
-        {
-            return Ok(pre.clone());
+        if let Some(pre) = cached() {
+            return Ok(pre);
         }
         let invalid = |e: wasmtime::Error| ExecError::InvalidModule {
             module: req.module_name.clone(),

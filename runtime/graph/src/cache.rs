@@ -20,6 +20,9 @@ struct Entry {
     graph: ActionGraph,
 }
 
+/// The hash [`workspace_signature`] returns.
+pub type Signature = blake3::Hash;
+
 /// BLAKE3 over every directory's sorted listing (names and kinds) in the workspace, skipping
 /// `wbuild-out/`, `target/` and hidden directories, and over the contents of `wbuild.toml`,
 /// `WBUILD` and `*.bzl` files.

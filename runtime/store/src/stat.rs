@@ -141,24 +141,19 @@ impl Store {
     /// (`before` == `after`) and was not modified within the racy window.
     pub(crate) fn stat_record(&self, abs: &Path, before: &Metadata, after: &Metadata, d: Digest) {
         let key = StatKey::of(before);
-        if key != StatKey::of(after) || key.is_racy() || key.size != d.size {
+        if key != StatKey::of(after) || key.is_racy() {
             return;
         }
-        let Ok(cache) = self.stat_cache() else {
-            return;
-        };
-        let entry = StatEntry { key, digest: d };
-        cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(abs.to_path_buf(), entry);
-        lock(&self.stat_dirty).insert(abs.to_path_buf(), Some(entry));
+        self.stat_insert(abs, key, d);
     }
 
     /// Remember `d` as the digest of `abs`, a file this process has just written with bytes
     /// it verified (materialised outputs), whatever its age.
     pub(crate) fn stat_record_written(&self, abs: &Path, meta: &Metadata, d: Digest) {
-        let key = StatKey::of(meta);
+        self.stat_insert(abs, StatKey::of(meta), d);
+    }
+
+    fn stat_insert(&self, abs: &Path, key: StatKey, d: Digest) {
         if key.size != d.size {
             return;
         }
