@@ -615,7 +615,11 @@ fn tool_modules_are_compiled_once_per_cache() {
     let b = ws();
     world_ws(&b);
     let out = b
-        .cmd(&["build", "--events", a.root.join("../ev2.jsonl").to_str().unwrap()])
+        .cmd(&[
+            "build",
+            "--events",
+            a.root.join("../ev2.jsonl").to_str().unwrap(),
+        ])
         .env_remove("WBUILD_CACHE")
         .args(["--cache-dir", a.cache.to_str().unwrap()])
         .output()
@@ -632,17 +636,17 @@ fn invalidate_by_action_digest() {
     let w = ws();
     chain(&w);
     let (_, ev) = w.events(&["build"]);
-    let digest = ev
-        .iter()
-        .find(|e| e["label"] == "//other:c")
-        .unwrap()["action_digest"]
+    let digest = ev.iter().find(|e| e["label"] == "//other:c").unwrap()["action_digest"]
         .as_str()
         .unwrap()
         .to_owned();
     let out = w.ok(&["cache", "invalidate", &digest]);
     assert!(stdout(&out).contains("dropped 1"), "{}", stdout(&out));
     let (_, ev) = w.events(&["build"]);
-    assert!(statuses(&ev).contains(&s("//other:c", "executed")), "{ev:?}");
+    assert!(
+        statuses(&ev).contains(&s("//other:c", "executed")),
+        "{ev:?}"
+    );
     assert_eq!(finished(&ev)["executed"], 1);
     let err = stderr(&w.fail(&["cache", "invalidate", "not-a-digest"]));
     assert!(err.contains("neither a target label"), "{err}");
