@@ -652,6 +652,39 @@ fn invalidate_by_action_digest() {
     assert!(err.contains("neither a target label"), "{err}");
 }
 
+#[test]
+fn concurrent_builds_on_one_cache_wait_for_each_other() {
+    let w = ws();
+    let mut build = String::new();
+    for i in 0..6 {
+        build.push_str(&format!(
+            "wasi_run(name = \"s{i}\", tool = \"//tools:probe\", srcs = [], outs = [\"s{i}.txt\"], args = [\"spin\", \"{}\", \"$@\"])\n",
+            200_000_000 + i
+        ));
+    }
+    w.write("k/WBUILD", &build);
+    let children: Vec<_> = (0..3)
+        .map(|_| {
+            w.cmd(&["build", "-j", "1"])
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .unwrap()
+        })
+        .collect();
+    let mut waited = false;
+    for c in children {
+        let out = c.wait_with_output().unwrap();
+        assert!(out.status.success(), "{}", w.report(&["build"], &out));
+        waited |= stderr(&out).contains("waiting for another wbuild process");
+    }
+    assert!(waited, "no build reported waiting for the cache");
+    for i in 0..6 {
+        assert!(w.path(&format!("wbuild-out/k/s{i}.txt")).is_file());
+    }
+    w.ok(&["cache", "verify"]);
+}
+
 fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     let mut v = Vec::new();
     if let Ok(rd) = std::fs::read_dir(dir) {

@@ -109,8 +109,18 @@ fn main() {
 
 fn open_store(cli_dir: &Option<PathBuf>) -> Result<Arc<Store>> {
     let dir = cli_dir.clone().unwrap_or_else(Store::default_dir);
-    let store =
-        Store::open(&dir).with_context(|| format!("cannot open cache {}", dir.display()))?;
+    let f = wbuild_store::DigestFunction::Blake3;
+    let store = match Store::open_with_timeout(&dir, f, Duration::from_millis(200)) {
+        Err(wbuild_store::StoreError::Locked { .. }) => {
+            eprintln!(
+                "waiting for another wbuild process that is using the cache {}",
+                dir.display()
+            );
+            Store::open(&dir)
+        }
+        other => other,
+    };
+    let store = store.with_context(|| format!("cannot open cache {}", dir.display()))?;
     Ok(Arc::new(store))
 }
 
