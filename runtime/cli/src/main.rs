@@ -215,8 +215,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         Ok(s) if s.success() => "success",
         _ => "failed",
     };
-    store.finish_build(build_id, outcome)?;
-    store.flush()?;
+    store.finish_build(build_id, outcome)?; // flushes durably
     phases.mark("record + flush");
     let summary = summary?;
     if summary.success() {
@@ -362,7 +361,9 @@ fn explain(cli: &Cli, target: &str) -> Result<i32> {
     let label = Label::parse(target, &pkg)?;
     let store = open_store(&cli.cache_dir)?;
     let wanted = label.to_string();
-    for b in store.builds(1000)? {
+    // The most recent builds are enough: an action older than that has been rebuilt or is
+    // long out of date.
+    for b in store.builds(100)? {
         let found = store
             .build_actions(b.id)?
             .into_iter()
