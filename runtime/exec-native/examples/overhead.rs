@@ -1,0 +1,65 @@
+//! Measures the per-action overhead of the native sandbox: runs `true` N times (default
+//! 200) with the host toolchain mounted read-only and prints timing percentiles.
+//!
+//! `cargo run --release -p wbuild-exec-native --example overhead [N]`
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use wbuild_exec_native::{Mount, NativeRequest, run};
+
+fn main() {
+    let n: usize = std::env::args()
+        .nth(1)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(200);
+    let mounts = ["/usr", "/bin", "/lib", "/lib64"]
+        .iter()
+        .filter(|p| Path::new(p).symlink_metadata().is_ok())
+        .map(|p| Mount {
+            host: PathBuf::from(p),
+            sandbox: PathBuf::from(p),
+            writable: false,
+        })
+        .collect();
+    let req = NativeRequest {
+        argv: vec!["true".into()],
+        env: Vec::new(),
+        mounts,
+        cwd: PathBuf::from("/"),
+        source_date_epoch: 0,
+        timeout: Duration::from_secs(10),
+    };
+    if let Err(e) = wbuild_exec_native::probe() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+    let wall = Instant::now();
+    let mut times: Vec<Duration> = (0..n.max(1))
+        .map(|_| {
+            let out = run(&req).expect("sandboxed run");
+            assert_eq!(out.exit_code, Some(0), "{out:?}");
+            out.duration
+        })
+        .collect();
+    let wall = wall.elapsed();
+    times.sort();
+    let n = times.len();
+    println!(
+        "sandboxed `true`, {n} runs: min {:?}, median {:?}, p90 {:?}, max {:?}; {:?}/run wall",
+        times[0],
+        times[n / 2],
+        times[n * 9 / 10],
+        times[n - 1],
+        wall / n as u32
+    );
+    // Baseline: the same program without a sandbox.
+    let t = Instant::now();
+    for _ in 0..n {
+        std::process::Command::new("true").status().unwrap();
+    }
+    println!(
+        "unsandboxed `true` via std::process::Command: {:?}/run",
+        t.elapsed() / n as u32
+    );
+}
