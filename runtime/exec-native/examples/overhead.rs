@@ -3,25 +3,17 @@
 //!
 //! `cargo run --release -p wbuild-exec-native --example overhead [N]`
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use wbuild_exec_native::{Mount, NativeRequest, run};
+use wbuild_exec_native::{NativeRequest, run};
 
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
         .unwrap_or(200);
-    let mounts = ["/usr", "/bin", "/lib", "/lib64"]
-        .iter()
-        .filter(|p| Path::new(p).symlink_metadata().is_ok())
-        .map(|p| Mount {
-            host: PathBuf::from(p),
-            sandbox: PathBuf::from(p),
-            writable: false,
-        })
-        .collect();
+    let mounts = wbuild_exec_native::host_toolchain_mounts();
     let req = NativeRequest {
         argv: vec!["true".into()],
         env: Vec::new(),

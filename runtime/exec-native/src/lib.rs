@@ -246,6 +246,21 @@ pub fn run(req: &NativeRequest) -> Result<NativeOutcome, SandboxError> {
     execute(&plan, req.timeout)
 }
 
+/// The host's system directories (`/usr`, `/bin`, `/lib`, `/lib64`, `/sbin`, those that exist)
+/// as read-only mounts at the same paths: a toolchain made of the host's installed packages.
+/// Symlinks such as Debian's `/bin -> usr/bin` are recreated as symlinks in the sandbox.
+pub fn host_toolchain_mounts() -> Vec<Mount> {
+    ["/usr", "/bin", "/lib", "/lib64", "/sbin"]
+        .iter()
+        .filter(|p| Path::new(p).symlink_metadata().is_ok())
+        .map(|p| Mount {
+            host: PathBuf::from(p),
+            sandbox: PathBuf::from(p),
+            writable: false,
+        })
+        .collect()
+}
+
 /// Checks that sandboxes can be created here (user, mount, pid, network namespaces,
 /// mounting tmpfs and `/proc`, `pivot_root`), by building an empty sandbox whose action
 /// exits immediately. The error explains how to enable what is missing.

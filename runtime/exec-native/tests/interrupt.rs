@@ -1,22 +1,14 @@
 //! `interrupt()` kills every running sandbox in the process, so it gets its own test
 //! binary (its own process) and cannot disturb the other tests.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 use wbuild_exec_native::{Mount, NativeRequest, SandboxError, interrupt, run};
 
 #[test]
 fn interrupt_kills_running_sandboxes() {
-    let mounts: Vec<Mount> = ["/usr", "/bin", "/lib", "/lib64"]
-        .iter()
-        .filter(|p| Path::new(p).symlink_metadata().is_ok())
-        .map(|p| Mount {
-            host: PathBuf::from(p),
-            sandbox: PathBuf::from(p),
-            writable: false,
-        })
-        .collect();
+    let mounts: Vec<Mount> = wbuild_exec_native::host_toolchain_mounts();
     let req = NativeRequest {
         argv: vec!["sh".into(), "-c".into(), "sleep 100 & sleep 100".into()],
         env: Vec::new(),

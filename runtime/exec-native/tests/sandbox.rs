@@ -9,15 +9,7 @@ use wbuild_exec_native::{Mount, NativeOutcome, NativeRequest, SandboxError, prob
 /// Host toolchain directories that exist here (symlinks such as Debian's /bin -> usr/bin
 /// are recreated as symlinks).
 fn toolchain() -> Vec<Mount> {
-    ["/usr", "/bin", "/lib", "/lib64", "/sbin"]
-        .iter()
-        .filter(|p| Path::new(p).symlink_metadata().is_ok())
-        .map(|p| Mount {
-            host: PathBuf::from(p),
-            sandbox: PathBuf::from(p),
-            writable: false,
-        })
-        .collect()
+    wbuild_exec_native::host_toolchain_mounts()
 }
 
 fn req(argv: &[&str]) -> NativeRequest {
