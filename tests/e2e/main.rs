@@ -836,3 +836,98 @@ fn no_op_fast_path_notices_new_targets_and_fresh_edits() {
         assert_eq!(w.read("wbuild-out/gen/ab.txt"), format!("{text}world\n"));
     }
 }
+
+#[test]
+fn genrule_runs_in_the_native_sandbox_and_is_cached() {
+    let w = ws();
+    chain(&w);
+    w.write("n/secret.txt", "not declared\n");
+    w.write(
+        "n/WBUILD",
+        r#"
+genrule(
+    name = "upper",
+    srcs = ["//gen:abab"],
+    outs = ["upper.txt"],
+    cmd = "tr a-z A-Z < $(location //gen:abab) > $@",
+)
+genrule(
+    name = "world",
+    outs = ["world.txt"],
+    cmd = "{ ls /; id -u; pwd; env | sort; test -e n/secret.txt && echo secret visible || echo secret hidden; test -e /root && echo root visible || echo root hidden; } > $@",
+)
+"#,
+    );
+    let (out, ev) = w.events(&["build", "//n/..."]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(
+        w.read("wbuild-out/n/upper.txt"),
+        "HELLO\nWORLD\nHELLO\nWORLD\n"
+    );
+    assert!(
+        statuses(&ev).contains(&s("//n:upper", "executed")),
+        "{ev:?}"
+    );
+    let world = w.read("wbuild-out/n/world.txt");
+    assert!(
+        world.starts_with("bin\ndev\nlib\nlib64\nproc\nsbin\ntmp\nusr\nwork\n0\n/work\n"),
+        "{world}"
+    );
+    assert!(
+        world.contains("LANG=C\nPATH=/usr/bin:/bin\nPWD=/work\nSOURCE_DATE_EPOCH=0\nTZ=UTC\n"),
+        "{world}"
+    );
+    assert!(world.contains("secret hidden"), "{world}");
+    assert!(world.contains("root hidden"), "{world}");
+
+    // Cached; an edit upstream re-runs the WASI action and the genrule after it.
+    let (_, ev) = w.events(&["build", "//n/..."]);
+    assert_eq!(finished(&ev)["executed"], 0);
+    w.write("gen/a.txt", "bye\n");
+    let (_, ev) = w.events(&["build", "//n:upper"]);
+    assert!(
+        statuses(&ev).contains(&s("//n:upper", "executed")),
+        "{ev:?}"
+    );
+    assert_eq!(w.read("wbuild-out/n/upper.txt"), "BYE\nWORLD\nBYE\nWORLD\n");
+}
+
+#[test]
+fn genrule_has_no_network_and_reports_failures() {
+    let w = ws();
+    w.write(
+        "wbuild.toml",
+        "[build]\nsource_date_epoch = 0\n[wasi]\ntimeout_secs = 1\n",
+    );
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    w.write(
+        "n/WBUILD",
+        &format!(
+            r#"
+genrule(name = "net", outs = ["net.txt"],
+        cmd = "command -v bash > /dev/null && if bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}' 2>/dev/null; then echo connected; else echo refused; fi > $@")
+genrule(name = "fail", outs = ["f.txt"], cmd = "echo broken >&2; exit 4")
+genrule(name = "slow", outs = ["s.txt"], cmd = "sleep 100 & sleep 100")
+genrule(name = "lazy", outs = ["l.txt"], cmd = "true")
+"#
+        ),
+    );
+    w.ok(&["build", "//n:net"]);
+    assert_eq!(w.read("wbuild-out/n/net.txt"), "refused\n");
+    let err = stderr(&w.fail(&["build", "-k", "//n:fail", "//n:slow", "//n:lazy"]));
+    assert!(
+        err.contains("FAILED //n:fail: the command exited with code 4"),
+        "{err}"
+    );
+    assert!(err.contains("| broken"), "{err}");
+    assert!(
+        err.contains("FAILED //n:slow: the command ran longer than its time limit of 1s"),
+        "{err}"
+    );
+    assert!(
+        err.contains("FAILED //n:lazy: the tool did not create declared output n/l.txt"),
+        "{err}"
+    );
+    drop(listener);
+}

@@ -33,8 +33,10 @@ pub struct ActionNode {
     pub label: Label,
     /// `"WasiRun"` or `"WasiTest"`.
     pub mnemonic: String,
-    pub tool: ToolRef,
-    /// `argv[0]` is the `wasi_tool`'s name, then the expanded `args`.
+    /// What runs: a WASI tool, or a shell command in the native sandbox.
+    pub exec: Exec,
+    /// WASI: `argv[0]` is the `wasi_tool`'s name, then the expanded `args`. Native:
+    /// `["/bin/sh", "-c", cmd]` with `cmd` expanded.
     pub argv: Vec<String>,
     /// Exactly the variables given in `env` (values expanded); nothing is inherited.
     pub env: BTreeMap<String, String>,
@@ -46,6 +48,25 @@ pub struct ActionNode {
     /// Sorted indices of the actions producing an input, the tool module or a tool data file.
     pub deps: Vec<usize>,
     pub is_test: bool,
+}
+
+/// How an action runs.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub enum Exec {
+    /// A `wasi_tool` in the WASI executor.
+    Wasi(ToolRef),
+    /// `argv` in the native namespace sandbox, with the host toolchain (`genrule`).
+    Native,
+}
+
+impl ActionNode {
+    /// The WASI tool, for WASI actions.
+    pub fn wasi_tool(&self) -> Option<&ToolRef> {
+        match &self.exec {
+            Exec::Wasi(t) => Some(t),
+            Exec::Native => None,
+        }
+    }
 }
 
 /// The `wasi_tool` an action runs.
@@ -129,7 +150,7 @@ impl<'a> Analyser<'a> {
     ) -> Result<Analyser<'a>, GraphError> {
         let mut outputs: BTreeMap<String, Label> = BTreeMap::new();
         for (label, t) in &graph.targets {
-            let Rule::WasiRun { outs, .. } = &t.rule else {
+            let (Rule::WasiRun { outs, .. } | Rule::Genrule { outs, .. }) = &t.rule else {
                 continue;
             };
             for o in outs {
@@ -192,6 +213,11 @@ impl<'a> Analyser<'a> {
                     .chain(srcs.iter().filter_map(|d| self.dep_target(d)))
                     .collect()
             }
+            Rule::Genrule { srcs, tools, .. } => srcs
+                .iter()
+                .chain(tools)
+                .filter_map(|d| self.dep_target(d))
+                .collect(),
         };
         out.sort();
         out.dedup();
@@ -217,7 +243,10 @@ impl<'a> Analyser<'a> {
         for dep in self.edges(t) {
             self.visit(&dep, false, Some(t))?;
         }
-        if matches!(t.rule, Rule::WasiRun { .. } | Rule::WasiTest { .. }) {
+        if matches!(
+            t.rule,
+            Rule::WasiRun { .. } | Rule::WasiTest { .. } | Rule::Genrule { .. }
+        ) {
             let action = self.action(t)?;
             self.action_of.insert(label.clone(), self.actions.len());
             self.actions.push(action);
@@ -250,7 +279,9 @@ impl<'a> Analyser<'a> {
                 v
             }
             Rule::WasiTool { .. } => vec![self.tool_ref(label, None)?.module],
-            Rule::WasiRun { outs, .. } => outs.iter().map(|o| join(&label.package, o)).collect(),
+            Rule::WasiRun { outs, .. } | Rule::Genrule { outs, .. } => {
+                outs.iter().map(|o| join(&label.package, o)).collect()
+            }
             Rule::WasiTest { .. } => Vec::new(),
         };
         let mut seen = HashSet::new();
@@ -362,6 +393,15 @@ impl<'a> Analyser<'a> {
     }
 
     fn action(&mut self, t: &'a Target) -> Result<ActionNode, GraphError> {
+        if let Rule::Genrule {
+            srcs,
+            outs,
+            cmd,
+            tools,
+        } = &t.rule
+        {
+            return self.genrule_action(t, srcs, outs, cmd, tools);
+        }
         let (tool, srcs, outs, args, env, is_test) = match &t.rule {
             Rule::WasiRun {
                 tool,
@@ -418,13 +458,89 @@ impl<'a> Analyser<'a> {
         let mut outputs = out_paths.clone();
         outputs.sort();
         check_data_paths(t, &tool, &inputs, &outputs)?;
+        let deps = self.producing_actions(
+            t,
+            inputs
+                .iter()
+                .chain(std::iter::once(&tool.module))
+                .chain(tool.data.iter().map(|(_, p)| p)),
+        )?;
+        Ok(ActionNode {
+            label: t.label.clone(),
+            mnemonic: if is_test { "WasiTest" } else { "WasiRun" }.to_owned(),
+            exec: Exec::Wasi(tool),
+            argv,
+            env: expanded_env,
+            inputs,
+            outputs,
+            deps,
+            is_test,
+        })
+    }
 
+    /// `genrule`: `/bin/sh -c cmd`, with `cmd` expanded like `args` (srcs and tools may be
+    /// named in `$(location)`); srcs and tools are the inputs.
+    fn genrule_action(
+        &mut self,
+        t: &'a Target,
+        srcs: &[Dep],
+        outs: &[String],
+        cmd: &str,
+        tools: &[Dep],
+    ) -> Result<ActionNode, GraphError> {
+        let mut src_files: Vec<(Dep, Vec<String>)> = Vec::new();
+        for d in srcs {
+            let files = self.dep_files(d, t)?;
+            src_files.push((d.clone(), files));
+        }
+        let mut ordered: Vec<String> = Vec::new();
+        let mut seen = HashSet::new();
+        for f in src_files.iter().flat_map(|(_, f)| f) {
+            if seen.insert(f.clone()) {
+                ordered.push(f.clone());
+            }
+        }
+        let mut located = src_files.clone();
+        let mut inputs = ordered.clone();
+        for d in tools {
+            let files = self.dep_files(d, t)?;
+            inputs.extend(files.iter().cloned());
+            located.push((d.clone(), files));
+        }
+        inputs.sort();
+        inputs.dedup();
+        let out_paths: Vec<String> = outs.iter().map(|o| join(&t.label.package, o)).collect();
+        let expander = Expander {
+            target: t,
+            srcs: &located,
+            src_files: &ordered,
+            outs: &out_paths,
+        };
+        let cmd = expander.expand(cmd, "cmd")?;
+        let mut outputs = out_paths.clone();
+        outputs.sort();
+        let deps = self.producing_actions(t, inputs.iter())?;
+        Ok(ActionNode {
+            label: t.label.clone(),
+            mnemonic: "Genrule".to_owned(),
+            exec: Exec::Native,
+            argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), cmd],
+            env: BTreeMap::new(),
+            inputs,
+            outputs,
+            deps,
+            is_test: false,
+        })
+    }
+
+    /// Sorted indices of the actions that produce any of `paths`.
+    fn producing_actions<'p>(
+        &self,
+        t: &Target,
+        paths: impl Iterator<Item = &'p String>,
+    ) -> Result<Vec<usize>, GraphError> {
         let mut deps = BTreeSet::new();
-        let needed = inputs
-            .iter()
-            .chain(std::iter::once(&tool.module))
-            .chain(tool.data.iter().map(|(_, p)| p));
-        for p in needed {
+        for p in paths {
             if let Some(producer) = self.outputs.get(p) {
                 match self.action_of.get(producer) {
                     Some(&i) => {
@@ -442,17 +558,7 @@ impl<'a> Analyser<'a> {
                 }
             }
         }
-        Ok(ActionNode {
-            label: t.label.clone(),
-            mnemonic: if is_test { "WasiTest" } else { "WasiRun" }.to_owned(),
-            tool,
-            argv,
-            env: expanded_env,
-            inputs,
-            outputs,
-            deps: deps.into_iter().collect(),
-            is_test,
-        })
+        Ok(deps.into_iter().collect())
     }
 }
 
@@ -712,6 +818,56 @@ wasi_tool(
     }
 
     #[test]
+    fn genrule_runs_a_shell_command_over_srcs_and_tools() {
+        let t = ws_with(&[
+            (
+                "g/WBUILD",
+                r#"
+wasi_run(name = 'w', tool = '//tools:gen', srcs = ['a.txt'], outs = ['w.txt'], args = ['$@'])
+genrule(
+    name = 'cat',
+    srcs = ['a.txt', ':w'],
+    tools = ['tool.sh'],
+    outs = ['out/cat.txt'],
+    cmd = 'sh $(location tool.sh) $(SRCS) > $@',
+)
+"#,
+            ),
+            ("g/a.txt", ""),
+            ("g/tool.sh", ""),
+        ]);
+        let g = analyse_patterns(&t, &["//g:cat"], false).unwrap();
+        let labels: Vec<String> = g.actions.iter().map(|a| a.label.to_string()).collect();
+        assert_eq!(labels, ["//g:w", "//g:cat"]);
+        let a = &g.actions[1];
+        assert_eq!(a.mnemonic, "Genrule");
+        assert_eq!(a.exec, Exec::Native);
+        assert_eq!(
+            a.argv,
+            [
+                "/bin/sh",
+                "-c",
+                "sh g/tool.sh g/a.txt g/w.txt > g/out/cat.txt"
+            ]
+        );
+        assert_eq!(a.inputs, ["g/a.txt", "g/tool.sh", "g/w.txt"]);
+        assert_eq!(a.outputs, ["g/out/cat.txt"]);
+        assert_eq!(a.deps, [0]);
+        assert_eq!(g.producers["g/out/cat.txt"].1.to_string(), "//g:cat");
+
+        // A genrule needs outputs and a command.
+        let t = ws_with(&[("h/WBUILD", "genrule(name = 'x', outs = [], cmd = 'true')\n")]);
+        let e = analyse_patterns(&t, &["//h:x"], false).unwrap_err();
+        assert!(
+            e.to_string().contains("genrule needs at least one output"),
+            "{e}"
+        );
+        let t = ws_with(&[("h/WBUILD", "genrule(name = 'x', outs = ['o'], cmd = ' ')\n")]);
+        let e = analyse_patterns(&t, &["//h:x"], false).unwrap_err();
+        assert!(e.to_string().contains("genrule needs a command"), "{e}");
+    }
+
+    #[test]
     fn expansion_and_dependencies() {
         let t = ws_with(&[
             (
@@ -763,8 +919,8 @@ wasi_run(name = 'unused', tool = '//tools:gen', outs = ['unused.txt'])
         assert_eq!(s1.env["PLAIN"], "x");
         assert_eq!(s1.inputs, ["app/a.h", "app/b.h", "app/in.txt"]);
         assert_eq!(s1.outputs, ["app/gen/one.h", "app/gen/two.h"]);
-        assert_eq!(s1.tool.module, "tools/gen.wasm");
-        assert!(s1.tool.data.is_empty());
+        assert_eq!(s1.wasi_tool().unwrap().module, "tools/gen.wasm");
+        assert!(s1.wasi_tool().unwrap().data.is_empty());
         assert!(s1.deps.is_empty());
 
         let s2 = &g.actions[2];
@@ -785,7 +941,7 @@ wasi_run(name = 'unused', tool = '//tools:gen', outs = ['unused.txt'])
         // step1 for its inputs, data:mk for the tool's data.
         assert_eq!(s2.deps, [0, 1]);
         assert_eq!(
-            s2.tool.data,
+            s2.wasi_tool().unwrap().data,
             [
                 (
                     "/usr/share/d/three.txt".to_string(),
@@ -898,9 +1054,9 @@ wasi_run(name = 'unused', tool = '//tools:gen', outs = ['unused.txt'])
         let g = analyse_patterns(&t, &["//p:use"], false).unwrap();
         assert_eq!(g.actions.len(), 2);
         let u = &g.actions[1];
-        assert_eq!(u.tool.module, "p/built.wasm");
+        assert_eq!(u.wasi_tool().unwrap().module, "p/built.wasm");
         assert_eq!(
-            u.tool.data,
+            u.wasi_tool().unwrap().data,
             [("/etc/cfg/x.cfg".to_string(), "p/cfg/x.cfg".to_string())]
         );
         assert_eq!(u.argv, ["built"]);

@@ -52,6 +52,12 @@ pub(crate) enum RawRule {
         args: Vec<String>,
         env: BTreeMap<String, String>,
     },
+    Genrule {
+        srcs: Vec<String>,
+        outs: Vec<String>,
+        cmd: String,
+        tools: Vec<String>,
+    },
 }
 
 /// State of one file's evaluation, reachable from built-ins through `Evaluator::extra`.
@@ -212,22 +218,24 @@ fn add_target(
                         .into(),
                 ));
             }
-            let mut seen = std::collections::BTreeSet::new();
-            for o in outs {
-                if let Err(e) = check_rel_path(o) {
-                    return Err(attr_err("outs", format!("invalid output {o:?}: {e}")));
-                }
-                if o.contains(':') {
-                    return Err(attr_err(
-                        "outs",
-                        format!("output {o:?} must not contain ':'"),
-                    ));
-                }
-                if !seen.insert(o) {
-                    return Err(attr_err("outs", format!("output {o:?} is listed twice")));
-                }
-            }
+            check_outs(outs).map_err(|m| attr_err("outs", m))?;
             check_env(env)?;
+        }
+        RawRule::Genrule {
+            srcs,
+            outs,
+            cmd,
+            tools,
+        } => {
+            check_labels("srcs", srcs)?;
+            check_labels("tools", tools)?;
+            if outs.is_empty() {
+                return Err(attr_err("outs", "genrule needs at least one output".into()));
+            }
+            check_outs(outs).map_err(|m| attr_err("outs", m))?;
+            if cmd.trim().is_empty() {
+                return Err(attr_err("cmd", "genrule needs a command".into()));
+            }
         }
         RawRule::WasiTest {
             tool, srcs, env, ..
@@ -412,6 +420,50 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
             },
         )
     }
+
+    /// Runs a shell command in the native sandbox, as Bazel's genrule:
+    /// `genrule(name, srcs = [], outs, cmd, tools = [])`.
+    #[allow(clippy::too_many_arguments)] // One parameter per attribute.
+    fn genrule<'v>(
+        #[starlark(require = named)] name: String,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] srcs: Strings,
+        #[starlark(require = named)] outs: Strings,
+        #[starlark(require = named)] cmd: String,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] tools: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<NoneType> {
+        let _ = (visibility, tags);
+        add_target(
+            eval,
+            "genrule",
+            name,
+            RawRule::Genrule {
+                srcs: srcs.items,
+                outs: outs.items,
+                cmd,
+                tools: tools.items,
+            },
+        )
+    }
+}
+
+/// Outputs are package-relative paths, without ':' and without repeats.
+fn check_outs(outs: &[String]) -> Result<(), String> {
+    let mut seen = std::collections::BTreeSet::new();
+    for o in outs {
+        if let Err(e) = check_rel_path(o) {
+            return Err(format!("invalid output {o:?}: {e}"));
+        }
+        if o.contains(':') {
+            return Err(format!("output {o:?} must not contain ':'"));
+        }
+        if !seen.insert(o) {
+            return Err(format!("output {o:?} is listed twice"));
+        }
+    }
+    Ok(())
 }
 
 /// The dialect: standard Starlark plus type annotations, keyword-only arguments and top-level

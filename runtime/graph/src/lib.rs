@@ -32,7 +32,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use analysis::{ActionGraph, ActionNode, NOT_SCHEDULED, ToolRef, analyse};
+pub use analysis::{ActionGraph, ActionNode, Exec, NOT_SCHEDULED, ToolRef, analyse};
 pub use cache::{Signature, load_and_analyse_cached, workspace_signature};
 pub use label::{Label, TargetPattern};
 pub use load::load;
@@ -107,6 +107,14 @@ pub enum Rule {
         args: Vec<String>,
         env: BTreeMap<String, String>,
     },
+    /// `genrule(name, srcs = [], outs, cmd, tools = [])`: runs `cmd` with `/bin/sh -c` in the
+    /// native sandbox, as Bazel's genrule. `tools` are inputs too (programs the command runs).
+    Genrule {
+        srcs: Vec<Dep>,
+        outs: Vec<String>,
+        cmd: String,
+        tools: Vec<Dep>,
+    },
 }
 
 impl Rule {
@@ -117,6 +125,7 @@ impl Rule {
             Rule::WasiTool { .. } => "wasi_tool",
             Rule::WasiRun { .. } => "wasi_run",
             Rule::WasiTest { .. } => "wasi_test",
+            Rule::Genrule { .. } => "genrule",
         }
     }
 }

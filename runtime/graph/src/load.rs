@@ -103,7 +103,7 @@ impl Loader<'_> {
         }
         let mut outputs: BTreeMap<String, String> = BTreeMap::new();
         for raw in targets.values() {
-            let RawRule::WasiRun { outs, .. } = &raw.rule else {
+            let (RawRule::WasiRun { outs, .. } | RawRule::Genrule { outs, .. }) = &raw.rule else {
                 continue;
             };
             let label = Label {
@@ -311,6 +311,7 @@ impl Loader<'_> {
                 RawRule::Filegroup { .. } => "a filegroup",
                 RawRule::WasiRun { .. } => "a wasi_run target",
                 RawRule::WasiTest { .. } => "a wasi_test target",
+                RawRule::Genrule { .. } => "a genrule target",
             },
             Dep::File(_) => "a file",
         };
@@ -368,6 +369,17 @@ impl Loader<'_> {
                     env: env.clone(),
                 }
             }
+            RawRule::Genrule {
+                srcs,
+                outs,
+                cmd,
+                tools,
+            } => Rule::Genrule {
+                srcs: self.resolve_all(srcs, label, loc, "srcs", &mut edges)?,
+                outs: outs.clone(),
+                cmd: cmd.clone(),
+                tools: self.resolve_all(tools, label, loc, "tools", &mut edges)?,
+            },
             RawRule::WasiTest {
                 tool,
                 srcs,
@@ -438,6 +450,17 @@ impl Loader<'_> {
                 outs: outs.clone(),
                 args: args.clone(),
                 env: env.clone(),
+            },
+            RawRule::Genrule {
+                srcs,
+                outs,
+                cmd,
+                tools,
+            } => Rule::Genrule {
+                srcs: deps(srcs),
+                outs: outs.clone(),
+                cmd: cmd.clone(),
+                tools: deps(tools),
             },
             RawRule::WasiTest {
                 tool: t,

@@ -16,13 +16,13 @@ pub mod uptodate;
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use wbuild_exec_wasi::{AccessKind, AccessLog, EXECUTOR_VERSION, Request, WasiExecutor};
-use wbuild_graph::{ActionGraph, ActionNode, Workspace};
+use wbuild_graph::{ActionGraph, ActionNode, Exec, ToolRef, Workspace};
 use wbuild_store::{ActionRecord, Digest, Store, digest_message, reapi};
 
 pub use merkle::input_root;
@@ -149,6 +149,7 @@ static INTERRUPTED: AtomicBool = AtomicBool::new(false);
 pub fn interrupt() {
     INTERRUPTED.store(true, Ordering::SeqCst);
     wbuild_exec_wasi::interrupt();
+    wbuild_exec_native::interrupt();
 }
 
 /// The key of an action and what it takes to run it.
@@ -156,9 +157,66 @@ struct Prepared {
     action_digest: Digest,
     /// Guest path -> digest of every staged file (inputs and tool data).
     files: BTreeMap<String, Digest>,
-    module: Digest,
+    /// The WASI tool module (none for native actions).
+    module: Option<Digest>,
     /// Source files (workspace path -> digest) that may need to enter the CAS before staging.
     sources: Vec<(String, Digest)>,
+}
+
+/// What running an action produced, before it is stored.
+struct Ran {
+    outputs: Vec<(String, Digest)>,
+    errors: Vec<String>,
+    stdout: Vec<u8>,
+    stderr: Vec<u8>,
+    warnings: Vec<String>,
+    accesses: Option<serde_json::Value>,
+}
+
+impl Ran {
+    fn failed(error: String) -> Ran {
+        Ran {
+            outputs: Vec::new(),
+            errors: vec![error],
+            stdout: Vec::new(),
+            stderr: Vec::new(),
+            warnings: Vec::new(),
+            accesses: None,
+        }
+    }
+}
+
+/// Numbers native staging directories (each native action gets a fresh one).
+static NATIVE_STAGING: AtomicU64 = AtomicU64::new(0);
+
+/// Identity of the host toolchain native actions run with (part of their keys): the Debian
+/// package database, which changes whenever any package is installed or upgraded; elsewhere
+/// the names, sizes and times of the programs in /usr/bin. Computed once per process.
+fn host_toolchain_identity() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut h = blake3::Hasher::new();
+        if let Ok(bytes) = std::fs::read("/var/lib/dpkg/status") {
+            h.update(b"dpkg\0");
+            h.update(&bytes);
+        } else if let Ok(rd) = std::fs::read_dir("/usr/bin") {
+            let mut entries: Vec<String> = rd
+                .flatten()
+                .filter_map(|e| {
+                    let m = e.metadata().ok()?;
+                    let t = m
+                        .modified()
+                        .ok()?
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .ok()?;
+                    Some(format!("{:?} {} {}", e.file_name(), m.len(), t.as_nanos()))
+                })
+                .collect();
+            entries.sort();
+            h.update(entries.join("\n").as_bytes());
+        }
+        h.finalize().to_hex().to_string()
+    })
 }
 
 /// What finishing an action produced.
@@ -386,8 +444,12 @@ impl Scheduler<'_> {
                 action
                     .inputs
                     .iter()
-                    .chain(action.tool.data.iter().map(|(_, p)| p))
-                    .chain(std::iter::once(&action.tool.module))
+                    .chain(action.wasi_tool().into_iter().flat_map(|t| {
+                        t.data
+                            .iter()
+                            .map(|(_, p)| p)
+                            .chain(std::iter::once(&t.module))
+                    }))
                     .filter_map(|p| all.get(p).map(|d| (p.clone(), *d)))
                     .collect()
             };
@@ -527,44 +589,61 @@ impl Scheduler<'_> {
             }
             files.insert(path.clone(), d);
         }
-        for (guest, ws_path) in &action.tool.data {
-            let (d, is_source) = self.input_digest(graph, ws_path, generated)?;
-            if is_source {
-                sources.push((ws_path.clone(), d));
-            }
-            let staged = guest.trim_start_matches('/').to_owned();
-            if let Some(prev) = files.insert(staged.clone(), d)
-                && prev != d
-            {
-                return Err(format!(
-                    "tool data {guest} of {} collides with input {staged}",
-                    action.tool.label
-                ));
-            }
-        }
-        let (module, module_is_source) =
-            self.input_digest(graph, &action.tool.module, generated)?;
-        if module_is_source {
-            sources.push((action.tool.module.clone(), module));
-        }
         let mut keyed = files.clone();
-        keyed.insert(".wbuild/tool.wasm".to_owned(), module);
+        let mut module = None;
+        let properties = match &action.exec {
+            Exec::Wasi(tool) => {
+                for (guest, ws_path) in &tool.data {
+                    let (d, is_source) = self.input_digest(graph, ws_path, generated)?;
+                    if is_source {
+                        sources.push((ws_path.clone(), d));
+                    }
+                    let staged = guest.trim_start_matches('/').to_owned();
+                    if let Some(prev) = files.insert(staged.clone(), d)
+                        && prev != d
+                    {
+                        return Err(format!(
+                            "tool data {guest} of {} collides with input {staged}",
+                            tool.label
+                        ));
+                    }
+                }
+                let (m, module_is_source) = self.input_digest(graph, &tool.module, generated)?;
+                if module_is_source {
+                    sources.push((tool.module.clone(), m));
+                }
+                keyed = files.clone();
+                keyed.insert(".wbuild/tool.wasm".to_owned(), m);
+                module = Some(m);
+                vec![
+                    ("OSFamily", "wasi".to_owned()),
+                    ("wbuild-executor", EXECUTOR_VERSION.to_owned()),
+                    ("wbuild-memory-limit", opts.memory_limit_bytes.to_string()),
+                    ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
+                ]
+            }
+            Exec::Native => vec![
+                ("ISA", std::env::consts::ARCH.to_owned()),
+                ("OSFamily", "linux".to_owned()),
+                (
+                    "wbuild-executor",
+                    wbuild_exec_native::SANDBOX_VERSION.to_owned(),
+                ),
+                ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
+                ("wbuild-toolchain", host_toolchain_identity().to_owned()),
+            ],
+        };
         let (root, _) = merkle::input_root(f, &keyed)
             .map_err(|c| format!("input path {} is both a file and a directory", c.0))?;
 
         let platform = reapi::Platform {
-            properties: [
-                ("OSFamily", "wasi".to_owned()),
-                ("wbuild-executor", EXECUTOR_VERSION.to_owned()),
-                ("wbuild-memory-limit", opts.memory_limit_bytes.to_string()),
-                ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
-            ]
-            .into_iter()
-            .map(|(n, v)| reapi::platform::Property {
-                name: n.to_owned(),
-                value: v,
-            })
-            .collect(),
+            properties: properties
+                .into_iter()
+                .map(|(n, v)| reapi::platform::Property {
+                    name: n.to_owned(),
+                    value: v,
+                })
+                .collect(),
         };
         #[allow(deprecated)]
         let command = reapi::Command {
@@ -696,11 +775,7 @@ impl Scheduler<'_> {
         opts: &Options,
         prep: Prepared,
     ) -> Result<Finished, SchedError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| SchedError::Io { path, source }
-        };
-        // Sources enter the CAS so they can be staged by hard link (and shared later).
+        // Sources enter the CAS so they can be staged from it (and shared later).
         for (path, d) in &prep.sources {
             if !self.store.has(d) {
                 let got = self.store.put_file(&self.ws.root.join(path))?;
@@ -711,95 +786,20 @@ impl Scheduler<'_> {
                 }
             }
         }
-        // Each worker reuses one staging directory: creating and deleting directories is the
-        // costliest part of staging on common file systems. Files are removed after every
-        // action; directories left behind are invisible to later guests (the executor shows
-        // only an action's own inputs, outputs and the directories leading to them).
-        let stage = self.store.tmp_dir().join(format!("w{wid}"));
-        let root = stage.join("root");
-        let tmp = stage.join("tmp");
-        std::fs::create_dir_all(&root).map_err(io(&root))?;
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        let cleanup = StageGuard {
-            root: root.clone(),
-            tmp: tmp.clone(),
-            files: prep
-                .files
-                .keys()
-                .chain(action.outputs.iter())
-                .cloned()
-                .collect(),
+        let ran = match &action.exec {
+            Exec::Wasi(tool) => self.run_wasi(wid, graph, action, tool, opts, &prep)?,
+            Exec::Native => self.run_native(wid, action, opts, &prep)?,
         };
-        for (path, d) in &prep.files {
-            self.store.link_into(d, &root.join(path))?;
-        }
-        for out in &action.outputs {
-            if let Some(parent) = root.join(out).parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-        }
-        let module_path = stage.join("tool.wasm");
-        self.store.link_into(&prep.module, &module_path)?;
-        let _module_guard = RemoveOnDrop(module_path.clone());
-
-        let req = Request {
-            module_key: prep.module.to_string(),
-            module_path,
-            module_name: action.tool.label.to_string(),
-            argv: action.argv.clone(),
-            env: action
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            root: root.clone(),
-            tmp,
-            inputs: prep.files.keys().cloned().collect(),
-            outputs: action.outputs.clone(),
-            epoch_secs: opts.epoch_secs,
-            random_seed: prep.action_digest.hash,
-            memory_limit_bytes: opts.memory_limit_bytes,
-            timeout: opts.timeout,
-        };
-        let outcome = match self.exec.run(&req) {
-            Ok(o) => o,
-            Err(e) => return Ok(Finished::failed(e.to_string())),
-        };
-        let accesses = serde_json::from_str(&outcome.accesses.to_json()).ok();
-        let mut text = String::from_utf8_lossy(&outcome.stdout).into_owned();
-        text.push_str(&String::from_utf8_lossy(&outcome.stderr));
-
-        let mut errors = Vec::new();
-        if let Some(f) = &outcome.failure {
-            errors.push(f.to_string());
-        } else if outcome.exit_code != 0 {
-            errors.push(format!("the tool exited with code {}", outcome.exit_code));
-        }
-        errors.extend(self.check_accesses(graph, action, &prep, &outcome.accesses));
-
-        let mut outputs = Vec::new();
-        if errors.is_empty() {
-            for out in &action.outputs {
-                let p = root.join(out);
-                match std::fs::symlink_metadata(&p) {
-                    Ok(m) if m.is_file() => {
-                        outputs.push((out.clone(), self.store.put_file_move(&p)?))
-                    }
-                    Ok(_) => errors.push(format!("declared output {out} is not a regular file")),
-                    Err(_) => errors.push(format!("the tool did not create declared output {out}")),
-                }
-            }
-        }
-        // Unused inputs are worth a warning only when the tool did its job.
-        let warnings = if errors.is_empty() {
-            unused_inputs(action, &outcome.accesses)
-        } else {
-            Vec::new()
-        };
-        drop(cleanup);
-        self.store
-            .put_access_log(&prep.action_digest, &outcome.accesses.to_json())?;
-
+        let Ran {
+            outputs,
+            errors,
+            stdout,
+            stderr,
+            warnings,
+            accesses,
+        } = ran;
+        let mut text = String::from_utf8_lossy(&stdout).into_owned();
+        text.push_str(&String::from_utf8_lossy(&stderr));
         if !errors.is_empty() {
             return Ok(Finished {
                 status: Status::Failed,
@@ -811,11 +811,11 @@ impl Scheduler<'_> {
                 action_digest: Some(prep.action_digest),
             });
         }
-        let stdout_digest = (!outcome.stdout.is_empty())
-            .then(|| self.store.put_bytes(&outcome.stdout))
+        let stdout_digest = (!stdout.is_empty())
+            .then(|| self.store.put_bytes(&stdout))
             .transpose()?;
-        let stderr_digest = (!outcome.stderr.is_empty())
-            .then(|| self.store.put_bytes(&outcome.stderr))
+        let stderr_digest = (!stderr.is_empty())
+            .then(|| self.store.put_bytes(&stderr))
             .transpose()?;
         let result = reapi::ActionResult {
             output_files: outputs
@@ -845,6 +845,204 @@ impl Scheduler<'_> {
             warnings,
             accesses,
             action_digest: Some(prep.action_digest),
+        })
+    }
+
+    /// Moves each declared output from `root` into the CAS; names the ones missing.
+    fn collect_outputs(
+        &self,
+        action: &ActionNode,
+        root: &Path,
+        errors: &mut Vec<String>,
+    ) -> Result<Vec<(String, Digest)>, SchedError> {
+        let mut outputs = Vec::new();
+        for out in &action.outputs {
+            let p = root.join(out);
+            match std::fs::symlink_metadata(&p) {
+                Ok(m) if m.is_file() => outputs.push((out.clone(), self.store.put_file_move(&p)?)),
+                Ok(_) => errors.push(format!("declared output {out} is not a regular file")),
+                Err(_) => errors.push(format!("the tool did not create declared output {out}")),
+            }
+        }
+        Ok(outputs)
+    }
+
+    fn run_wasi(
+        &self,
+        wid: usize,
+        graph: &ActionGraph,
+        action: &ActionNode,
+        tool: &ToolRef,
+        opts: &Options,
+        prep: &Prepared,
+    ) -> Result<Ran, SchedError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SchedError::Io { path, source }
+        };
+        let module = prep.module.expect("WASI actions have a module");
+        // Each worker reuses one staging directory: creating and deleting directories is the
+        // costliest part of staging on common file systems. Files are removed after every
+        // action; directories left behind are invisible to later guests (the executor shows
+        // only an action's own inputs, outputs and the directories leading to them).
+        let stage = self.store.tmp_dir().join(format!("w{wid}"));
+        let root = stage.join("root");
+        let tmp = stage.join("tmp");
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        let cleanup = StageGuard {
+            root: root.clone(),
+            tmp: tmp.clone(),
+            files: prep
+                .files
+                .keys()
+                .chain(action.outputs.iter())
+                .cloned()
+                .collect(),
+        };
+        for (path, d) in &prep.files {
+            self.store.link_into(d, &root.join(path))?;
+        }
+        for out in &action.outputs {
+            if let Some(parent) = root.join(out).parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+        }
+        let module_path = stage.join("tool.wasm");
+        self.store.link_into(&module, &module_path)?;
+        let _module_guard = RemoveOnDrop(module_path.clone());
+
+        let req = Request {
+            module_key: module.to_string(),
+            module_path,
+            module_name: tool.label.to_string(),
+            argv: action.argv.clone(),
+            env: action
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            root: root.clone(),
+            tmp,
+            inputs: prep.files.keys().cloned().collect(),
+            outputs: action.outputs.clone(),
+            epoch_secs: opts.epoch_secs,
+            random_seed: prep.action_digest.hash,
+            memory_limit_bytes: opts.memory_limit_bytes,
+            timeout: opts.timeout,
+        };
+        let outcome = match self.exec.run(&req) {
+            Ok(o) => o,
+            Err(e) => return Ok(Ran::failed(e.to_string())),
+        };
+        let accesses = serde_json::from_str(&outcome.accesses.to_json()).ok();
+        let mut errors = Vec::new();
+        if let Some(f) = &outcome.failure {
+            errors.push(f.to_string());
+        } else if outcome.exit_code != 0 {
+            errors.push(format!("the tool exited with code {}", outcome.exit_code));
+        }
+        errors.extend(self.check_accesses(graph, action, prep, &outcome.accesses));
+        let outputs = if errors.is_empty() {
+            self.collect_outputs(action, &root, &mut errors)?
+        } else {
+            Vec::new()
+        };
+        // Unused inputs are worth a warning only when the tool did its job.
+        let warnings = if errors.is_empty() {
+            unused_inputs(action, &outcome.accesses)
+        } else {
+            Vec::new()
+        };
+        drop(cleanup);
+        self.store
+            .put_access_log(&prep.action_digest, &outcome.accesses.to_json())?;
+        Ok(Ran {
+            outputs,
+            errors,
+            stdout: outcome.stdout,
+            stderr: outcome.stderr,
+            warnings,
+            accesses,
+        })
+    }
+
+    /// A native action (`genrule`): `/bin/sh -c cmd` in the namespace sandbox, with verified
+    /// copies of the inputs at `/work/<workspace path>` (copies, so the command cannot write
+    /// through to CAS blobs), the host's system directories read-only, and `/work` as the
+    /// working directory where the outputs are written.
+    fn run_native(
+        &self,
+        wid: usize,
+        action: &ActionNode,
+        opts: &Options,
+        prep: &Prepared,
+    ) -> Result<Ran, SchedError> {
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| SchedError::Io { path, source }
+        };
+        let n = NATIVE_STAGING.fetch_add(1, Ordering::Relaxed);
+        let stage = self.store.tmp_dir().join(format!("n{wid}-{n}"));
+        let root = stage.join("work");
+        std::fs::create_dir_all(&root).map_err(io(&root))?;
+        let _cleanup = RemoveTreeOnDrop(stage.clone());
+        for (path, d) in &prep.files {
+            self.store.materialize(d, &root.join(path), false)?;
+        }
+        for out in &action.outputs {
+            if let Some(parent) = root.join(out).parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+        }
+        let mut mounts = vec![wbuild_exec_native::Mount {
+            host: root.clone(),
+            sandbox: PathBuf::from("/work"),
+            writable: true,
+        }];
+        mounts.extend(wbuild_exec_native::host_toolchain_mounts());
+        let req = wbuild_exec_native::NativeRequest {
+            argv: action.argv.clone(),
+            env: action
+                .env
+                .iter()
+                .map(|(k, v)| (k.clone(), v.clone()))
+                .collect(),
+            mounts,
+            cwd: PathBuf::from("/work"),
+            source_date_epoch: opts.epoch_secs,
+            timeout: opts.timeout,
+        };
+        let outcome = match wbuild_exec_native::run(&req) {
+            Ok(o) => o,
+            Err(e) => return Ok(Ran::failed(e.to_string())),
+        };
+        let mut errors = Vec::new();
+        if outcome.timed_out {
+            errors.push(format!(
+                "the command ran longer than its time limit of {}s and was stopped (raise [wasi] timeout_secs in wbuild.toml if it needs longer)",
+                opts.timeout.as_secs()
+            ));
+        } else if let Some(sig) = outcome.signal {
+            errors.push(format!("the command was killed by signal {sig}"));
+        } else if outcome.exit_code != Some(0) {
+            errors.push(format!(
+                "the command exited with code {}",
+                outcome.exit_code.unwrap_or(-1)
+            ));
+        }
+        let outputs = if errors.is_empty() {
+            self.collect_outputs(action, &root, &mut errors)?
+        } else {
+            Vec::new()
+        };
+        Ok(Ran {
+            outputs,
+            errors,
+            stdout: outcome.stdout,
+            stderr: outcome.stderr,
+            warnings: Vec::new(),
+            accesses: None,
         })
     }
 
@@ -914,6 +1112,13 @@ fn unused_inputs(action: &ActionNode, log: &AccessLog) -> Vec<String> {
         .filter(|p| !touched.contains(p.as_str()))
         .map(|p| format!("declared input {p} was never read by {}", action.label))
         .collect()
+}
+
+struct RemoveTreeOnDrop(PathBuf);
+impl Drop for RemoveTreeOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
 }
 
 struct RemoveOnDrop(PathBuf);
