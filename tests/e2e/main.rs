@@ -931,3 +931,124 @@ genrule(name = "lazy", outs = ["l.txt"], cmd = "true")
     );
     drop(listener);
 }
+
+fn c_project(w: &TestWorkspace) {
+    w.write(
+        "lib/include/greet/greet.h",
+        "#pragma once\nconst char *greeting(void);\nint add(int a, int b);\n",
+    );
+    w.write(
+        "lib/greet.c",
+        "#include \"greet/greet.h\"\nconst char *greeting(void) { return GREETING; }\nint add(int a, int b) { return a + b; }\n",
+    );
+    w.write(
+        "lib/WBUILD",
+        r#"cc_library(name = "greet", srcs = ["greet.c"], hdrs = ["include/greet/greet.h"],
+           includes = ["include"], defines = ["GREETING=\"hello from wbuild\""])
+"#,
+    );
+    w.write(
+        "app/main.c",
+        "#include <stdio.h>\n#include \"greet/greet.h\"\nint main(void) { printf(\"%s %d\\n\", greeting(), add(2, 3)); return 0; }\n",
+    );
+    w.write(
+        "app/test.c",
+        "#include \"greet/greet.h\"\nint main(void) { return add(2, 2) == 4 ? 0 : 1; }\n",
+    );
+    w.write(
+        "app/bad_test.c",
+        "#include \"greet/greet.h\"\nint main(void) { return add(2, 2) == 5 ? 0 : 1; }\n",
+    );
+    w.write(
+        "app/WBUILD",
+        r#"cc_binary(name = "hello", srcs = ["main.c"], deps = ["//lib:greet"])
+cc_test(name = "add_test", srcs = ["test.c"], deps = ["//lib:greet"])
+cc_test(name = "bad_test", srcs = ["bad_test.c"], deps = ["//lib:greet"])
+"#,
+    );
+}
+
+#[test]
+fn cc_rules_build_link_test_and_rebuild_what_changed() {
+    let w = ws();
+    c_project(&w);
+    let (out, ev) = w.events(&["build", "//lib/...", "//app:hello"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(
+        statuses(&ev),
+        vec![s("//app:hello", "executed"), s("//lib:greet", "executed")]
+    );
+    let run = std::process::Command::new(w.path("wbuild-out/app/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&run), "hello from wbuild 5\n");
+    assert_eq!(
+        stdout(&w.ok(&["outputs", "//app:hello", "//lib:greet"])),
+        "wbuild-out/app/hello\nwbuild-out/lib/libgreet.a\n"
+    );
+
+    // Tests run under `wbuild test`, and are cached when they pass.
+    let (out, ev) = w.events(&["test", "//app:add_test"]);
+    assert!(out.status.success(), "{}", w.report(&["test"], &out));
+    assert!(statuses(&ev).contains(&s("//app:add_test", "executed")));
+    let (_, ev) = w.events(&["test", "//app:add_test"]);
+    assert!(statuses(&ev).contains(&s("//app:add_test", "cached")));
+    let err = stderr(&w.fail(&["test", "//app:bad_test"]));
+    assert!(
+        err.contains("FAILED //app:bad_test: the command exited with code 1"),
+        "{err}"
+    );
+
+    // A change to the app's source recompiles only the app; a header change, both.
+    w.write(
+        "app/main.c",
+        "#include <stdio.h>\n#include \"greet/greet.h\"\nint main(void) { printf(\"%s %d\\n\", greeting(), add(20, 3)); return 0; }\n",
+    );
+    let (_, ev) = w.events(&["build", "//app:hello"]);
+    assert_eq!(
+        statuses(&ev),
+        vec![s("//app:hello", "executed"), s("//lib:greet", "cached")]
+    );
+    w.write(
+        "lib/include/greet/greet.h",
+        "#pragma once\n/* v2 */\nconst char *greeting(void);\nint add(int a, int b);\n",
+    );
+    let (_, ev) = w.events(&["build", "//app:hello"]);
+    assert_eq!(
+        statuses(&ev),
+        vec![s("//app:hello", "executed"), s("//lib:greet", "executed")]
+    );
+}
+
+#[test]
+fn cc_undeclared_headers_are_not_visible_and_outputs_are_reproducible() {
+    let a = ws();
+    c_project(&a);
+    // A header in the package but not in hdrs/srcs does not exist in the sandbox.
+    a.write("app/secret.h", "#define SECRET 1\n");
+    a.write(
+        "app/sneaky.c",
+        "#include \"secret.h\"\nint main(void) { return SECRET; }\n",
+    );
+    a.write(
+        "app/WBUILD",
+        r#"cc_binary(name = "hello", srcs = ["main.c"], deps = ["//lib:greet"])
+cc_binary(name = "sneaky", srcs = ["sneaky.c"])
+"#,
+    );
+    let err = stderr(&a.fail(&["build", "//app:sneaky"]));
+    assert!(err.contains("secret.h: No such file or directory"), "{err}");
+
+    // Two clean builds in different directories and caches give identical bytes.
+    let b = ws();
+    c_project(&b);
+    a.ok(&["build", "//app:hello"]);
+    b.ok(&["build", "//app:hello"]);
+    for f in ["wbuild-out/app/hello", "wbuild-out/lib/libgreet.a"] {
+        assert_eq!(
+            std::fs::read(a.path(f)).unwrap(),
+            std::fs::read(b.path(f)).unwrap(),
+            "{f} differs"
+        );
+    }
+}

@@ -2,6 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
+use crate::CcKind;
 use crate::label::{Label, join, strip_package};
 use crate::load::find_cycle;
 use crate::workspace::Workspace;
@@ -150,10 +151,12 @@ impl<'a> Analyser<'a> {
     ) -> Result<Analyser<'a>, GraphError> {
         let mut outputs: BTreeMap<String, Label> = BTreeMap::new();
         for (label, t) in &graph.targets {
-            let (Rule::WasiRun { outs, .. } | Rule::Genrule { outs, .. }) = &t.rule else {
-                continue;
+            let outs = match &t.rule {
+                Rule::WasiRun { outs, .. } | Rule::Genrule { outs, .. } => outs.clone(),
+                Rule::Cc { kind, .. } => crate::cc::outputs(*kind, &label.name),
+                _ => continue,
             };
-            for o in outs {
+            for o in &outs {
                 let path = join(&label.package, o);
                 if let Some(other) = outputs.get(&path) {
                     return Err(GraphError::OutputCollision {
@@ -218,6 +221,14 @@ impl<'a> Analyser<'a> {
                 .chain(tools)
                 .filter_map(|d| self.dep_target(d))
                 .collect(),
+            Rule::Cc {
+                srcs, hdrs, deps, ..
+            } => srcs
+                .iter()
+                .chain(hdrs)
+                .filter_map(|d| self.dep_target(d))
+                .chain(deps.iter().cloned())
+                .collect(),
         };
         out.sort();
         out.dedup();
@@ -235,7 +246,15 @@ impl<'a> Analyser<'a> {
             return Ok(());
         }
         let t = self.target(label, from)?;
-        if matches!(t.rule, Rule::WasiTest { .. }) && !(is_root && self.include_tests) {
+        let is_test_rule = matches!(
+            t.rule,
+            Rule::WasiTest { .. }
+                | Rule::Cc {
+                    kind: CcKind::Test,
+                    ..
+                }
+        );
+        if is_test_rule && !(is_root && self.include_tests) {
             // Tests only run when asked for; as a dependency a test provides no files.
             return Ok(());
         }
@@ -245,7 +264,7 @@ impl<'a> Analyser<'a> {
         }
         if matches!(
             t.rule,
-            Rule::WasiRun { .. } | Rule::WasiTest { .. } | Rule::Genrule { .. }
+            Rule::WasiRun { .. } | Rule::WasiTest { .. } | Rule::Genrule { .. } | Rule::Cc { .. }
         ) {
             let action = self.action(t)?;
             self.action_of.insert(label.clone(), self.actions.len());
@@ -282,6 +301,10 @@ impl<'a> Analyser<'a> {
             Rule::WasiRun { outs, .. } | Rule::Genrule { outs, .. } => {
                 outs.iter().map(|o| join(&label.package, o)).collect()
             }
+            Rule::Cc { kind, .. } => crate::cc::outputs(*kind, &label.name)
+                .iter()
+                .map(|o| join(&label.package, o))
+                .collect(),
             Rule::WasiTest { .. } => Vec::new(),
         };
         let mut seen = HashSet::new();
@@ -401,6 +424,9 @@ impl<'a> Analyser<'a> {
         } = &t.rule
         {
             return self.genrule_action(t, srcs, outs, cmd, tools);
+        }
+        if let Rule::Cc { .. } = &t.rule {
+            return self.cc_action(t);
         }
         let (tool, srcs, outs, args, env, is_test) = match &t.rule {
             Rule::WasiRun {
@@ -530,6 +556,127 @@ impl<'a> Analyser<'a> {
             outputs,
             deps,
             is_test: false,
+        })
+    }
+
+    /// `cc_library` / `cc_binary` / `cc_test`: one native action compiling every source; the
+    /// inputs are the sources, the headers of the target and of its transitive deps, and (to
+    /// link) the archives of those deps.
+    fn cc_action(&mut self, t: &'a Target) -> Result<ActionNode, GraphError> {
+        let Rule::Cc {
+            kind,
+            srcs,
+            hdrs,
+            deps,
+            copts,
+            defines,
+            includes,
+            linkopts,
+        } = &t.rule
+        else {
+            unreachable!("cc_action on a cc_* target");
+        };
+        let pkg = &t.label.package;
+        let mut inputs: Vec<String> = Vec::new();
+        let mut sources = Vec::new();
+        for d in srcs {
+            for f in self.dep_files(d, t)? {
+                if crate::cc::is_source(&f) {
+                    sources.push(f.clone());
+                }
+                inputs.push(f);
+            }
+        }
+        for d in hdrs {
+            inputs.extend(self.dep_files(d, t)?);
+        }
+        let mut all_defines = defines.clone();
+        let mut include_dirs: Vec<String> = includes
+            .iter()
+            .map(|i| if i == "." { pkg.clone() } else { join(pkg, i) })
+            .collect();
+        // Transitive cc_library deps in post-order (dependencies first).
+        let mut order: Vec<Label> = Vec::new();
+        let mut seen: HashSet<Label> = HashSet::new();
+        let mut stack: Vec<(Label, bool)> = deps.iter().rev().map(|l| (l.clone(), false)).collect();
+        while let Some((l, expanded)) = stack.pop() {
+            if expanded {
+                order.push(l);
+                continue;
+            }
+            if !seen.insert(l.clone()) {
+                continue;
+            }
+            stack.push((l.clone(), true));
+            if let Rule::Cc { deps, .. } = &self.target(&l, Some(t))?.rule {
+                for d in deps.iter().rev() {
+                    stack.push((d.clone(), false));
+                }
+            }
+        }
+        let mut archives = Vec::new();
+        for l in order.iter().rev() {
+            let dep = self.target(l, Some(t))?;
+            let Rule::Cc {
+                hdrs,
+                defines,
+                includes,
+                ..
+            } = &dep.rule
+            else {
+                continue;
+            };
+            for h in hdrs {
+                inputs.extend(self.dep_files(h, dep)?);
+            }
+            all_defines.extend(defines.iter().cloned());
+            include_dirs.extend(includes.iter().map(|i| {
+                if i == "." {
+                    l.package.clone()
+                } else {
+                    join(&l.package, i)
+                }
+            }));
+            archives.push(join(&l.package, &crate::cc::archive_name(&l.name)));
+        }
+        if *kind != CcKind::Library {
+            inputs.extend(archives.iter().cloned());
+        }
+        inputs.sort();
+        inputs.dedup();
+        include_dirs.dedup();
+        let script = crate::cc::CcCommand {
+            kind: *kind,
+            package: pkg,
+            name: &t.label.name,
+            sources,
+            copts,
+            defines: all_defines,
+            include_dirs,
+            archives,
+            linkopts,
+        }
+        .script();
+        let outputs: Vec<String> = crate::cc::outputs(*kind, &t.label.name)
+            .iter()
+            .map(|o| join(pkg, o))
+            .collect();
+        let deps = self.producing_actions(t, inputs.iter())?;
+        Ok(ActionNode {
+            label: t.label.clone(),
+            mnemonic: match kind {
+                CcKind::Library => "CcLibrary",
+                CcKind::Binary => "CcBinary",
+                CcKind::Test => "CcTest",
+            }
+            .to_owned(),
+            exec: Exec::Native,
+            argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), script],
+            env: BTreeMap::new(),
+            inputs,
+            outputs,
+            deps,
+            is_test: *kind == CcKind::Test,
         })
     }
 
@@ -815,6 +962,71 @@ wasi_tool(
     fn analyse_patterns(t: &TestWs, pats: &[&str], tests: bool) -> Result<ActionGraph, GraphError> {
         let (g, roots) = load(&t.ws, &patterns(pats))?;
         analyse(&t.ws, &g, &roots, tests)
+    }
+
+    #[test]
+    fn cc_rules_take_transitive_headers_defines_includes_and_archives() {
+        let t = ws_with(&[
+            (
+                "base/WBUILD",
+                "cc_library(name = 'base', srcs = ['b.c', 'priv.h'], hdrs = ['inc/base.h'], includes = ['inc'], defines = ['BASE=1'])\n",
+            ),
+            ("base/b.c", ""),
+            ("base/priv.h", ""),
+            ("base/inc/base.h", ""),
+            (
+                "mid/WBUILD",
+                "cc_library(name = 'mid', srcs = ['m.cc'], hdrs = ['mid.h'], deps = ['//base'])\n",
+            ),
+            ("mid/m.cc", ""),
+            ("mid/mid.h", ""),
+            (
+                "app/WBUILD",
+                "cc_binary(name = 'app', srcs = ['main.c'], deps = ['//mid'], linkopts = ['-lm'])\n\
+                 cc_test(name = 't', srcs = ['main.c'], deps = ['//mid'])\n\
+                 cc_binary(name = 'bad', srcs = ['main.c'], deps = ['main.c'])\n",
+            ),
+            ("app/main.c", ""),
+        ]);
+        let g = analyse_patterns(&t, &["//app:app"], false).unwrap();
+        let labels: Vec<String> = g.actions.iter().map(|a| a.label.to_string()).collect();
+        assert_eq!(labels, ["//base:base", "//mid:mid", "//app:app"]);
+        let base = &g.actions[0];
+        assert_eq!(base.mnemonic, "CcLibrary");
+        assert_eq!(base.outputs, ["base/libbase.a"]);
+        assert_eq!(base.inputs, ["base/b.c", "base/inc/base.h", "base/priv.h"]);
+        let app = &g.actions[2];
+        assert_eq!(app.mnemonic, "CcBinary");
+        assert_eq!(app.outputs, ["app/app"]);
+        // Headers of every transitive dep and their archives; not their private headers.
+        assert_eq!(
+            app.inputs,
+            [
+                "app/main.c",
+                "base/inc/base.h",
+                "base/libbase.a",
+                "mid/libmid.a",
+                "mid/mid.h"
+            ]
+        );
+        assert_eq!(app.deps, [0, 1]);
+        let script = &app.argv[2];
+        assert!(script.contains("-DBASE=1"), "{script}");
+        assert!(script.contains("-I base/inc"), "{script}");
+        // Dependents before their dependencies on the link line.
+        assert!(
+            script.contains("gcc -o app/app /tmp/o/0.o mid/libmid.a base/libbase.a -lm"),
+            "{script}"
+        );
+        // A test is an action only when tests are included.
+        let g = analyse_patterns(&t, &["//app:t"], false).unwrap();
+        assert!(g.actions.iter().all(|a| a.label.name != "t"));
+        let g = analyse_patterns(&t, &["//app:t"], true).unwrap();
+        let test = g.actions.last().unwrap();
+        assert!(test.is_test && test.outputs.is_empty() && test.mnemonic == "CcTest");
+        // deps must be cc_library targets.
+        let e = analyse_patterns(&t, &["//app:bad"], false).unwrap_err();
+        assert!(e.to_string().contains("is not a cc_library"), "{e}");
     }
 
     #[test]

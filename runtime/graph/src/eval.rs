@@ -58,6 +58,27 @@ pub(crate) enum RawRule {
         cmd: String,
         tools: Vec<String>,
     },
+    Cc {
+        kind: crate::CcKind,
+        srcs: Vec<String>,
+        hdrs: Vec<String>,
+        deps: Vec<String>,
+        copts: Vec<String>,
+        defines: Vec<String>,
+        includes: Vec<String>,
+        linkopts: Vec<String>,
+    },
+}
+
+impl RawRule {
+    /// The package-relative outputs of a target named `name` with this rule.
+    pub(crate) fn outputs(&self, name: &str) -> Vec<String> {
+        match self {
+            RawRule::WasiRun { outs, .. } | RawRule::Genrule { outs, .. } => outs.clone(),
+            RawRule::Cc { kind, .. } => crate::cc::outputs(*kind, name),
+            _ => Vec::new(),
+        }
+    }
 }
 
 /// State of one file's evaluation, reachable from built-ins through `Evaluator::extra`.
@@ -235,6 +256,23 @@ fn add_target(
             check_outs(outs).map_err(|m| attr_err("outs", m))?;
             if cmd.trim().is_empty() {
                 return Err(attr_err("cmd", "genrule needs a command".into()));
+            }
+        }
+        RawRule::Cc {
+            srcs,
+            hdrs,
+            deps,
+            includes,
+            ..
+        } => {
+            check_labels("srcs", srcs)?;
+            check_labels("hdrs", hdrs)?;
+            check_labels("deps", deps)?;
+            for i in includes {
+                if i != "." {
+                    check_rel_path(i)
+                        .map_err(|e| attr_err("includes", format!("invalid include {i:?}: {e}")))?;
+                }
             }
         }
         RawRule::WasiTest {
@@ -421,6 +459,93 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
         )
     }
 
+    /// A C/C++ library: `cc_library(name, srcs = [], hdrs = [], deps = [], copts = [],
+    /// defines = [], includes = [], linkopts = [])`.
+    #[allow(clippy::too_many_arguments)] // One parameter per attribute.
+    fn cc_library<'v>(
+        #[starlark(require = named)] name: String,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] srcs: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] hdrs: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] deps: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] copts: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] defines: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] includes: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] linkopts: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<NoneType> {
+        let _ = (visibility, tags);
+        let rule = cc_rule(
+            crate::CcKind::Library,
+            srcs,
+            hdrs,
+            deps,
+            copts,
+            defines,
+            includes,
+            linkopts,
+        );
+        add_target(eval, "cc_library", name, rule)
+    }
+
+    /// A C/C++ program: `cc_binary(name, srcs = [], deps = [], copts = [], defines = [],
+    /// includes = [], linkopts = [])`.
+    #[allow(clippy::too_many_arguments)] // One parameter per attribute.
+    fn cc_binary<'v>(
+        #[starlark(require = named)] name: String,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] srcs: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] deps: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] copts: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] defines: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] includes: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] linkopts: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<NoneType> {
+        let _ = (visibility, tags);
+        let rule = cc_rule(
+            crate::CcKind::Binary,
+            srcs,
+            Strings::default(),
+            deps,
+            copts,
+            defines,
+            includes,
+            linkopts,
+        );
+        add_target(eval, "cc_binary", name, rule)
+    }
+
+    /// A C/C++ test program, run by `wbuild test`: `cc_test(name, srcs = [], deps = [], ...)`.
+    #[allow(clippy::too_many_arguments)] // One parameter per attribute.
+    fn cc_test<'v>(
+        #[starlark(require = named)] name: String,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] srcs: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] deps: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] copts: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] defines: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] includes: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] linkopts: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<NoneType> {
+        let _ = (visibility, tags);
+        let rule = cc_rule(
+            crate::CcKind::Test,
+            srcs,
+            Strings::default(),
+            deps,
+            copts,
+            defines,
+            includes,
+            linkopts,
+        );
+        add_target(eval, "cc_test", name, rule)
+    }
+
     /// Runs a shell command in the native sandbox, as Bazel's genrule:
     /// `genrule(name, srcs = [], outs, cmd, tools = [])`.
     #[allow(clippy::too_many_arguments)] // One parameter per attribute.
@@ -446,6 +571,29 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
                 tools: tools.items,
             },
         )
+    }
+}
+
+#[allow(clippy::too_many_arguments)] // One parameter per attribute.
+fn cc_rule(
+    kind: crate::CcKind,
+    srcs: Strings,
+    hdrs: Strings,
+    deps: Strings,
+    copts: Strings,
+    defines: Strings,
+    includes: Strings,
+    linkopts: Strings,
+) -> RawRule {
+    RawRule::Cc {
+        kind,
+        srcs: srcs.items,
+        hdrs: hdrs.items,
+        deps: deps.items,
+        copts: copts.items,
+        defines: defines.items,
+        includes: includes.items,
+        linkopts: linkopts.items,
     }
 }
 

@@ -22,6 +22,7 @@
 
 mod analysis;
 mod cache;
+mod cc;
 mod eval;
 mod glob;
 mod label;
@@ -115,6 +116,27 @@ pub enum Rule {
         cmd: String,
         tools: Vec<Dep>,
     },
+    /// `cc_library`, `cc_binary`, `cc_test` with Bazel's attributes (`srcs`, `hdrs`, `deps`,
+    /// `copts`, `defines`, `includes`, `linkopts`), compiled by the host gcc in the native
+    /// sandbox. A library provides `lib<name>.a`, a binary or test the program `<name>`.
+    Cc {
+        kind: CcKind,
+        srcs: Vec<Dep>,
+        hdrs: Vec<Dep>,
+        deps: Vec<Label>,
+        copts: Vec<String>,
+        defines: Vec<String>,
+        includes: Vec<String>,
+        linkopts: Vec<String>,
+    },
+}
+
+/// Which of the `cc_*` rules.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+pub enum CcKind {
+    Library,
+    Binary,
+    Test,
 }
 
 impl Rule {
@@ -126,6 +148,17 @@ impl Rule {
             Rule::WasiRun { .. } => "wasi_run",
             Rule::WasiTest { .. } => "wasi_test",
             Rule::Genrule { .. } => "genrule",
+            Rule::Cc {
+                kind: CcKind::Library,
+                ..
+            } => "cc_library",
+            Rule::Cc {
+                kind: CcKind::Binary,
+                ..
+            } => "cc_binary",
+            Rule::Cc {
+                kind: CcKind::Test, ..
+            } => "cc_test",
         }
     }
 }

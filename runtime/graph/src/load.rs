@@ -103,21 +103,22 @@ impl Loader<'_> {
         }
         let mut outputs: BTreeMap<String, String> = BTreeMap::new();
         for raw in targets.values() {
-            let (RawRule::WasiRun { outs, .. } | RawRule::Genrule { outs, .. }) = &raw.rule else {
-                continue;
-            };
+            let outs = raw.rule.outputs(&raw.name);
             let label = Label {
                 package: package.to_owned(),
                 name: raw.name.clone(),
             };
-            for out in outs {
+            for out in &outs {
                 let collision = |other: String| GraphError::OutputCollision {
                     location: raw.location.clone(),
                     label: label.clone(),
                     output: join(package, out),
                     other: other.into(),
                 };
-                if let Some(t) = targets.get(out) {
+                // (A cc_binary's program is named like the target itself, as in Bazel.)
+                if let Some(t) = targets.get(out)
+                    && t.name != raw.name
+                {
                     return Err(collision(format!(
                         "the target //{package}:{out} defined at {}",
                         t.location
@@ -312,6 +313,7 @@ impl Loader<'_> {
                 RawRule::WasiRun { .. } => "a wasi_run target",
                 RawRule::WasiTest { .. } => "a wasi_test target",
                 RawRule::Genrule { .. } => "a genrule target",
+                RawRule::Cc { .. } => "a cc_* target",
             },
             Dep::File(_) => "a file",
         };
@@ -321,6 +323,32 @@ impl Loader<'_> {
             message: format!(
                 "attribute 'tool': '{tool}' is {kind}, not a wasi_tool; \
                  define wasi_tool(name = ..., src = \"tool.wasm\") and name it here"
+            ),
+        })
+    }
+
+    /// Resolves an entry of a `cc_*` rule's `deps`: it must name a `cc_library`.
+    fn resolve_cc_dep(
+        &mut self,
+        dep: &str,
+        from: &Label,
+        location: &Location,
+    ) -> Result<Label, GraphError> {
+        let (d, _) = self.resolve(dep, from, location, "deps")?;
+        if let Dep::Target(l) = &d
+            && let RawRule::Cc {
+                kind: crate::CcKind::Library,
+                ..
+            } = &self.packages[&l.package].targets[&l.name].rule
+        {
+            return Ok(l.clone());
+        }
+        Err(GraphError::Attribute {
+            location: location.clone(),
+            target: from.to_string(),
+            message: format!(
+                "attribute 'deps': '{dep}' is not a cc_library; deps of cc_* rules name \
+                 cc_library targets (put files in srcs or hdrs)"
             ),
         })
     }
@@ -367,6 +395,33 @@ impl Loader<'_> {
                     outs: outs.clone(),
                     args: args.clone(),
                     env: env.clone(),
+                }
+            }
+            RawRule::Cc {
+                kind,
+                srcs,
+                hdrs,
+                deps,
+                copts,
+                defines,
+                includes,
+                linkopts,
+            } => {
+                let mut libs = Vec::new();
+                for d in deps {
+                    let l = self.resolve_cc_dep(d, label, loc)?;
+                    edges.push(l.clone());
+                    libs.push(l);
+                }
+                Rule::Cc {
+                    kind: *kind,
+                    srcs: self.resolve_all(srcs, label, loc, "srcs", &mut edges)?,
+                    hdrs: self.resolve_all(hdrs, label, loc, "hdrs", &mut edges)?,
+                    deps: libs,
+                    copts: copts.clone(),
+                    defines: defines.clone(),
+                    includes: includes.clone(),
+                    linkopts: linkopts.clone(),
                 }
             }
             RawRule::Genrule {
@@ -450,6 +505,25 @@ impl Loader<'_> {
                 outs: outs.clone(),
                 args: args.clone(),
                 env: env.clone(),
+            },
+            RawRule::Cc {
+                kind,
+                srcs,
+                hdrs,
+                deps: cc_deps,
+                copts,
+                defines,
+                includes,
+                linkopts,
+            } => Rule::Cc {
+                kind: *kind,
+                srcs: deps(srcs),
+                hdrs: deps(hdrs),
+                deps: cc_deps.iter().map(tool).collect(),
+                copts: copts.clone(),
+                defines: defines.clone(),
+                includes: includes.clone(),
+                linkopts: linkopts.clone(),
             },
             RawRule::Genrule {
                 srcs,

@@ -14,7 +14,7 @@
 mod merkle;
 pub mod uptodate;
 
-use std::collections::{BTreeMap, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
@@ -166,6 +166,8 @@ struct Prepared {
 /// What running an action produced, before it is stored.
 struct Ran {
     outputs: Vec<(String, Digest)>,
+    /// Outputs with an executable bit (materialised executable).
+    executables: HashSet<String>,
     errors: Vec<String>,
     stdout: Vec<u8>,
     stderr: Vec<u8>,
@@ -177,6 +179,7 @@ impl Ran {
     fn failed(error: String) -> Ran {
         Ran {
             outputs: Vec::new(),
+            executables: HashSet::new(),
             errors: vec![error],
             stdout: Vec::new(),
             stderr: Vec::new(),
@@ -695,6 +698,7 @@ impl Scheduler<'_> {
         };
         if let Some(result) = self.store.ac_get(&prep.action_digest)? {
             let mut outputs = Vec::new();
+            let mut executables = HashSet::new();
             let mut ok = result.exit_code == 0;
             for of in &result.output_files {
                 match of
@@ -705,9 +709,12 @@ impl Scheduler<'_> {
                     Some(Ok(d)) => outputs.push((of.path.clone(), d)),
                     _ => ok = false,
                 }
+                if of.is_executable {
+                    executables.insert(of.path.clone());
+                }
             }
             if ok {
-                match self.materialize(&outputs) {
+                match self.materialize(&outputs, &executables) {
                     Ok(()) => {
                         let output = if opts.show_output {
                             self.cached_output(&result)
@@ -754,7 +761,11 @@ impl Scheduler<'_> {
     }
 
     /// Copy outputs into `wbuild-out/`, skipping files that already hold the right bytes.
-    fn materialize(&self, outputs: &[(String, Digest)]) -> Result<(), wbuild_store::StoreError> {
+    fn materialize(
+        &self,
+        outputs: &[(String, Digest)],
+        executables: &HashSet<String>,
+    ) -> Result<(), wbuild_store::StoreError> {
         for (path, d) in outputs {
             let dest = self.ws.root.join(OUT_DIR).join(path);
             if let Ok(have) = self.store.file_digest(&dest)
@@ -762,7 +773,8 @@ impl Scheduler<'_> {
             {
                 continue;
             }
-            self.store.materialize(d, &dest, false)?;
+            self.store
+                .materialize(d, &dest, executables.contains(path))?;
         }
         Ok(())
     }
@@ -792,6 +804,7 @@ impl Scheduler<'_> {
         };
         let Ran {
             outputs,
+            executables,
             errors,
             stdout,
             stderr,
@@ -823,7 +836,7 @@ impl Scheduler<'_> {
                 .map(|(path, d)| reapi::OutputFile {
                     path: path.clone(),
                     digest: Some(d.to_proto()),
-                    is_executable: false,
+                    is_executable: executables.contains(path),
                     contents: Vec::new(),
                     node_properties: None,
                 })
@@ -835,7 +848,7 @@ impl Scheduler<'_> {
         };
         self.store
             .ac_put(&prep.action_digest, &result, &action.label.to_string())?;
-        self.materialize(&outputs)?;
+        self.materialize(&outputs, &executables)?;
         let show = opts.show_output || text.to_ascii_lowercase().contains("warning");
         Ok(Finished {
             status: Status::Executed,
@@ -854,12 +867,19 @@ impl Scheduler<'_> {
         action: &ActionNode,
         root: &Path,
         errors: &mut Vec<String>,
+        executables: &mut HashSet<String>,
     ) -> Result<Vec<(String, Digest)>, SchedError> {
+        use std::os::unix::fs::PermissionsExt;
         let mut outputs = Vec::new();
         for out in &action.outputs {
             let p = root.join(out);
             match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.is_file() => outputs.push((out.clone(), self.store.put_file_move(&p)?)),
+                Ok(m) if m.is_file() => {
+                    if m.permissions().mode() & 0o111 != 0 {
+                        executables.insert(out.clone());
+                    }
+                    outputs.push((out.clone(), self.store.put_file_move(&p)?))
+                }
                 Ok(_) => errors.push(format!("declared output {out} is not a regular file")),
                 Err(_) => errors.push(format!("the tool did not create declared output {out}")),
             }
@@ -943,8 +963,9 @@ impl Scheduler<'_> {
             errors.push(format!("the tool exited with code {}", outcome.exit_code));
         }
         errors.extend(self.check_accesses(graph, action, prep, &outcome.accesses));
+        let mut executables = HashSet::new();
         let outputs = if errors.is_empty() {
-            self.collect_outputs(action, &root, &mut errors)?
+            self.collect_outputs(action, &root, &mut errors, &mut executables)?
         } else {
             Vec::new()
         };
@@ -959,6 +980,7 @@ impl Scheduler<'_> {
             .put_access_log(&prep.action_digest, &outcome.accesses.to_json())?;
         Ok(Ran {
             outputs,
+            executables,
             errors,
             stdout: outcome.stdout,
             stderr: outcome.stderr,
@@ -1031,13 +1053,15 @@ impl Scheduler<'_> {
                 outcome.exit_code.unwrap_or(-1)
             ));
         }
+        let mut executables = HashSet::new();
         let outputs = if errors.is_empty() {
-            self.collect_outputs(action, &root, &mut errors)?
+            self.collect_outputs(action, &root, &mut errors, &mut executables)?
         } else {
             Vec::new()
         };
         Ok(Ran {
             outputs,
+            executables,
             errors,
             stdout: outcome.stdout,
             stderr: outcome.stderr,

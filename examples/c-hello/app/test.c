@@ -1,0 +1,2 @@
+#include "greet/greet.h"
+int main(void) { return add(2, 2) == 4 ? 0 : 1; }
