@@ -873,8 +873,12 @@ genrule(
         world.starts_with("bin\ndev\nlib\nlib64\nproc\nsbin\ntmp\nusr\nwork\n0\n/work\n"),
         "{world}"
     );
+    // Exactly the fixed variables and the platform's tools ($CC etc., as Bazel's genrule
+    // make variables), nothing from the host.
     assert!(
-        world.contains("LANG=C\nPATH=/usr/bin:/bin\nPWD=/work\nSOURCE_DATE_EPOCH=0\nTZ=UTC\n"),
+        world.contains(
+            "AR=ar\nCC=gcc\nCXX=g++\nLANG=C\nPATH=/usr/bin:/bin\nPWD=/work\nSOURCE_DATE_EPOCH=0\nTEST_RUNNER=\nTZ=UTC\n"
+        ),
         "{world}"
     );
     assert!(world.contains("secret hidden"), "{world}");
@@ -1051,4 +1055,51 @@ cc_binary(name = "sneaky", srcs = ["sneaky.c"])
             "{f} differs"
         );
     }
+}
+
+/// ELF `e_machine` of a file.
+fn elf_machine(path: &std::path::Path) -> u16 {
+    let b = std::fs::read(path).unwrap();
+    assert_eq!(&b[..4], b"\x7fELF", "{} is not ELF", path.display());
+    u16::from_le_bytes([b[18], b[19]])
+}
+
+#[test]
+fn cc_cross_compiles_for_arm64_and_tests_under_qemu() {
+    let w = ws();
+    c_project(&w);
+    let (out, ev) = w.events(&["build", "--platform", "linux-arm64", "//app:hello"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(finished(&ev)["executed"], 2);
+    assert_eq!(
+        stdout(&w.ok(&["outputs", "--platform", "linux-arm64", "//app:hello"])),
+        "wbuild-out/linux-arm64/app/hello\n"
+    );
+    assert_eq!(
+        elf_machine(&w.path("wbuild-out/linux-arm64/app/hello")),
+        0xb7
+    ); // aarch64
+    // The test program runs under qemu-aarch64 inside the sandbox.
+    let (out, ev) = w.events(&["test", "--platform", "linux-arm64", "//app:add_test"]);
+    assert!(out.status.success(), "{}", w.report(&["test"], &out));
+    assert!(statuses(&ev).contains(&s("//app:add_test", "executed")));
+    let err = stderr(&w.fail(&["test", "--platform", "linux-arm64", "//app:bad_test"]));
+    assert!(err.contains("FAILED //app:bad_test"), "{err}");
+    // The host build has its own outputs and keys.
+    let (_, ev) = w.events(&["build", "//app:hello"]);
+    assert_eq!(finished(&ev)["executed"], 2);
+    assert_eq!(elf_machine(&w.path("wbuild-out/app/hello")), 0x3e); // x86-64
+    assert_eq!(
+        elf_machine(&w.path("wbuild-out/linux-arm64/app/hello")),
+        0xb7
+    );
+    // And the platform can be set in wbuild.toml; a bad name is a clear error.
+    w.write(
+        "wbuild.toml",
+        "[build]\nsource_date_epoch = 0\nplatform = \"linux-arm64\"\n",
+    );
+    let (_, ev) = w.events(&["build", "//app:hello"]);
+    assert_eq!(finished(&ev)["cached"], 2, "{ev:?}");
+    let err = stderr(&w.fail(&["build", "--platform", "sparc"]));
+    assert!(err.contains("unknown platform \"sparc\""), "{err}");
 }

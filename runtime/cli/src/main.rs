@@ -14,7 +14,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use wbuild_exec_wasi::{ExecConfig, WasiExecutor};
 use wbuild_graph::{Label, TargetPattern, Workspace};
-use wbuild_sched::{Event, EventSink, Options, Scheduler, Status, uptodate};
+use wbuild_sched::{Event, EventSink, Options, Platform, Scheduler, Status, uptodate};
 use wbuild_store::{Digest, Store};
 
 #[derive(Parser)]
@@ -47,6 +47,11 @@ struct BuildArgs {
     /// Show the output of successful actions too.
     #[arg(long)]
     show_output: bool,
+    /// Target platform of native actions: linux-x86_64 or linux-arm64 (default: [build]
+    /// platform in wbuild.toml, else the host). Outputs for another platform than the host's
+    /// go to wbuild-out/<platform>/.
+    #[arg(long)]
+    platform: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -59,6 +64,9 @@ enum Cmd {
     Outputs {
         #[arg(required = true)]
         targets: Vec<String>,
+        /// The platform whose outputs to list (as for `build`).
+        #[arg(long)]
+        platform: Option<String>,
     },
     /// Show what the last run of a target's action read, wrote, listed and probed.
     Explain { target: String },
@@ -135,7 +143,7 @@ fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
         Cmd::Build(args) => build(&cli, args, false),
         Cmd::Test(args) => build(&cli, args, true),
-        Cmd::Outputs { targets } => outputs(&cli, targets),
+        Cmd::Outputs { targets, platform } => outputs(&cli, targets, platform.as_deref()),
         Cmd::Explain { target } => explain(&cli, target),
         Cmd::History { build, limit } => history(&cli, *build, *limit),
         Cmd::Cache { command } => cache(&cli, command),
@@ -163,15 +171,67 @@ impl Phases {
     }
 }
 
+/// The target platform: the command line, else `[build] platform`, else the host.
+fn platform(ws: &Workspace, flag: Option<&str>) -> Result<Platform> {
+    let Some(name) = flag.or(ws.config.build.platform.as_deref()) else {
+        return Ok(Platform::host());
+    };
+    let p = Platform::parse(name).map_err(|e| {
+        let origin = if flag.is_some() {
+            "--platform".to_owned()
+        } else {
+            format!(
+                "[build] platform in {}",
+                ws.root.join("wbuild.toml").display()
+            )
+        };
+        anyhow::anyhow!("{origin}: {e}")
+    })?;
+    Ok(p)
+}
+
+/// A clear error up front when the cross toolchain for `p` is not installed.
+fn check_cross_toolchain(p: Platform) -> Result<()> {
+    if p == Platform::host() {
+        return Ok(());
+    }
+    for (_, tool) in p.tool_env() {
+        let Some(program) = tool.split_whitespace().next() else {
+            continue;
+        };
+        if !std::path::Path::new("/usr/bin").join(program).exists() {
+            let t = p.triple();
+            let package = if program.starts_with("qemu") {
+                "qemu-user-static".to_owned()
+            } else if program.ends_with("-g++") {
+                format!("g++-{t}")
+            } else if program.ends_with("-gcc") {
+                format!("gcc-{t}")
+            } else {
+                format!("binutils-{t}")
+            };
+            bail!(
+                "building for {} needs /usr/bin/{program}, which is not installed: install the Debian package {package} (apt-get install {package})",
+                p.name()
+            );
+        }
+    }
+    Ok(())
+}
+
 fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     let mut phases = Phases::new();
     let (ws, pkg) = workspace()?;
+    let target_platform = platform(&ws, args.platform.as_deref())?;
     let patterns = parse_patterns(&args.patterns, &pkg)?;
     let store = open_store(&cli.cache_dir)?;
     phases.mark("open store");
     let command = if tests { "test" } else { "build" };
     let signature = wbuild_graph::workspace_signature(&ws)?;
-    let snapshot = uptodate::snapshot_path(store.dir(), &snapshot_key(&ws, &patterns, tests));
+    let snapshot = uptodate::snapshot_path(
+        store.dir(),
+        &snapshot_key(&ws, &patterns, tests, target_platform),
+    );
     let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     if !args.show_output
         && let Some(done) = uptodate::check(&snapshot, signature.as_bytes())
@@ -181,6 +241,13 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     }
     phases.mark("up-to-date check");
     let (actions, _roots, analysis_cached) = analyse(&ws, &store, &patterns, tests, &signature)?;
+    if actions
+        .actions
+        .iter()
+        .any(|a| a.exec == wbuild_graph::Exec::Native)
+    {
+        check_cross_toolchain(target_platform)?;
+    }
     phases.mark(if analysis_cached {
         "load + analyse (cached)"
     } else {
@@ -202,6 +269,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         memory_limit_bytes: ws.config.wasi.memory_limit_mb << 20,
         timeout: Duration::from_secs(ws.config.wasi.timeout_secs),
         show_output: args.show_output,
+        platform: target_platform,
     };
     let build_id = store.begin_build(command, &pattern_names)?;
     phases.mark("engine + history");
@@ -224,7 +292,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         let outputs: Vec<PathBuf> = summary
             .outputs
             .keys()
-            .map(|p| ws.root.join(wbuild_sched::OUT_DIR).join(p))
+            .map(|p| ws.root.join(target_platform.out_dir()).join(p))
             .collect();
         // Best effort: without a snapshot the next no-op build takes the full path.
         let _ = uptodate::save(
@@ -265,12 +333,19 @@ fn analyse(
 }
 
 /// Names the snapshot of one (workspace, patterns, command) for this version of wbuild.
-fn snapshot_key(ws: &Workspace, patterns: &[TargetPattern], tests: bool) -> String {
+fn snapshot_key(
+    ws: &Workspace,
+    patterns: &[TargetPattern],
+    tests: bool,
+    platform: Platform,
+) -> String {
     let mut text = format!(
-        "{}\0{}\0{}\0{tests}",
+        "{}\0{}\0{}\0{}\0{}\0{tests}",
         env!("CARGO_PKG_VERSION"),
+        wbuild_graph::binary_identity(),
         wbuild_exec_wasi::EXECUTOR_VERSION,
-        ws.root.display()
+        ws.root.display(),
+        platform.name()
     );
     for p in patterns {
         text.push('\0');
@@ -338,8 +413,9 @@ fn parse_patterns(patterns: &[String], pkg: &str) -> Result<Vec<TargetPattern>> 
         .collect()
 }
 
-fn outputs(cli: &Cli, targets: &[String]) -> Result<i32> {
+fn outputs(cli: &Cli, targets: &[String], platform_flag: Option<&str>) -> Result<i32> {
     let (ws, pkg) = workspace()?;
+    let out_dir = platform(&ws, platform_flag)?.out_dir();
     let patterns = parse_patterns(targets, &pkg)?;
     let store = open_store(&cli.cache_dir)?;
     let signature = wbuild_graph::workspace_signature(&ws)?;
@@ -347,7 +423,7 @@ fn outputs(cli: &Cli, targets: &[String]) -> Result<i32> {
     for label in &roots {
         for path in actions.target_files.get(label).into_iter().flatten() {
             if actions.producers.contains_key(path) {
-                println!("{}/{path}", wbuild_sched::OUT_DIR);
+                println!("{out_dir}/{path}");
             } else {
                 println!("{path}");
             }

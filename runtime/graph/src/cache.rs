@@ -11,7 +11,22 @@ use crate::glob::skip_dir;
 use crate::{ActionGraph, BUILD_FILE, GraphError, Label, TargetPattern, WORKSPACE_FILE, Workspace};
 
 /// Bumped whenever loading or analysis changes meaning, so stale cache files are ignored.
-const FORMAT: &str = "wbuild-analysis/3";
+const FORMAT: &str = "wbuild-analysis/4";
+
+/// The running wbuild binary (path, size, modification time): a rebuilt or upgraded binary
+/// never trusts results cached by another one.
+pub fn binary_identity() -> String {
+    std::env::current_exe()
+        .and_then(|p| {
+            let m = std::fs::metadata(&p)?;
+            let t = m
+                .modified()?
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap_or_default();
+            Ok(format!("{} {} {}", p.display(), m.len(), t.as_nanos()))
+        })
+        .unwrap_or_default()
+}
 
 #[derive(serde::Serialize, serde::Deserialize)]
 struct Entry {
@@ -86,6 +101,7 @@ pub fn load_and_analyse_cached(
     let signature = signature.to_hex().to_string();
     let mut key = blake3::Hasher::new();
     key.update(FORMAT.as_bytes());
+    key.update(binary_identity().as_bytes());
     key.update(ws.root.as_os_str().as_encoded_bytes());
     for p in patterns {
         key.update(b"\0");

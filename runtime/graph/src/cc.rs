@@ -1,7 +1,10 @@
 //! `cc_library`, `cc_binary` and `cc_test`: the outputs they declare and the shell command
 //! their action runs in the native sandbox (one action per target: every source is compiled
-//! with the host gcc/g++ into the action's private `/tmp`, then archived with a deterministic
-//! `ar` or linked).
+//! into the action's private `/tmp`, then archived with a deterministic `ar` or linked).
+//!
+//! The script names the tools through variables the scheduler sets for the target platform
+//! (and which are therefore part of the action key): `$CC`, `$CXX`, `$AR` and, for tests,
+//! `$TEST_RUNNER` (empty on the host, `qemu-<arch>-static -L <sysroot>` when cross-compiling).
 
 use crate::CcKind;
 
@@ -43,6 +46,13 @@ pub(crate) fn sh_quote(s: &str) -> String {
     }
 }
 
+fn quote_all(args: &[String]) -> String {
+    args.iter()
+        .map(|a| sh_quote(a))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// Everything the command needs, with workspace paths.
 pub(crate) struct CcCommand<'a> {
     pub kind: CcKind,
@@ -76,12 +86,12 @@ impl CcCommand<'_> {
         let mut objects = Vec::new();
         for (i, src) in self.sources.iter().enumerate() {
             let compiler = if CXX_EXTS.contains(&ext(src)) {
-                "g++"
+                "\"$CXX\""
             } else {
-                "gcc"
+                "\"$CC\""
             };
             let obj = format!("/tmp/o/{i}.o");
-            let mut cmd = vec![compiler.to_owned(), "-c".to_owned()];
+            let mut cmd = vec!["-c".to_owned()];
             // Reproducible: no build paths in debug info or __FILE__.
             cmd.push("-ffile-prefix-map=/work/=".to_owned());
             cmd.extend(self.copts.iter().cloned());
@@ -99,46 +109,30 @@ impl CcCommand<'_> {
             cmd.push("-o".to_owned());
             cmd.push(obj.clone());
             cmd.push(src.clone());
-            lines.push(
-                cmd.iter()
-                    .map(|a| sh_quote(a))
-                    .collect::<Vec<_>>()
-                    .join(" "),
-            );
+            lines.push(format!("{compiler} {}", quote_all(&cmd)));
             objects.push(obj);
         }
-        let linker = if cxx { "g++" } else { "gcc" };
+        let linker = if cxx { "\"$CXX\"" } else { "\"$CC\"" };
         let link = |out: &str| {
-            let mut cmd = vec![linker.to_owned(), "-o".to_owned(), out.to_owned()];
+            let mut cmd = vec!["-o".to_owned(), out.to_owned()];
             cmd.extend(objects.iter().cloned());
             cmd.extend(self.archives.iter().cloned());
             cmd.extend(self.linkopts.iter().cloned());
-            cmd.iter()
-                .map(|a| sh_quote(a))
-                .collect::<Vec<_>>()
-                .join(" ")
+            format!("{linker} {}", quote_all(&cmd))
         };
         match self.kind {
             CcKind::Library => {
                 // D: zero timestamps, uids and modes in the archive.
-                let mut cmd = vec![
-                    "ar".to_owned(),
-                    "rcsD".to_owned(),
-                    self.out(&archive_name(self.name)),
-                ];
+                let mut cmd = vec!["rcsD".to_owned(), self.out(&archive_name(self.name))];
                 cmd.extend(objects.iter().cloned());
-                lines.push(
-                    cmd.iter()
-                        .map(|a| sh_quote(a))
-                        .collect::<Vec<_>>()
-                        .join(" "),
-                );
+                lines.push(format!("\"$AR\" {}", quote_all(&cmd)));
             }
             CcKind::Binary => lines.push(link(&self.out(self.name))),
             CcKind::Test => {
                 let exe = format!("/tmp/{}", self.name);
                 lines.push(link(&exe));
-                lines.push(sh_quote(&exe));
+                // $TEST_RUNNER is unquoted on purpose: empty, or a program and its options.
+                lines.push(format!("$TEST_RUNNER {}", sh_quote(&exe)));
             }
         }
         lines.join("\n")
@@ -171,10 +165,10 @@ mod tests {
             linkopts: &[],
         };
         let s = c.script();
-        assert!(s.contains("gcc -c -ffile-prefix-map=/work/= -O2 -DX=1 -iquote . -I lib/include -o /tmp/o/0.o lib/a.c"), "{s}");
-        assert!(s.contains("g++ -c"), "{s}");
+        assert!(s.contains("\"$CC\" -c -ffile-prefix-map=/work/= -O2 -DX=1 -iquote . -I lib/include -o /tmp/o/0.o lib/a.c"), "{s}");
+        assert!(s.contains("\"$CXX\" -c"), "{s}");
         assert!(
-            s.ends_with("ar rcsD lib/libm.a /tmp/o/0.o /tmp/o/1.o"),
+            s.ends_with("\"$AR\" rcsD lib/libm.a /tmp/o/0.o /tmp/o/1.o"),
             "{s}"
         );
     }

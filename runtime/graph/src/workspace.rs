@@ -35,6 +35,8 @@ pub struct BuildConfig {
     pub jobs: Option<usize>,
     /// Wall clock seen by WASI actions (seconds since the Unix epoch). Default 0.
     pub source_date_epoch: u64,
+    /// Target platform of native actions (`linux-x86_64`, `linux-arm64`); default: the host.
+    pub platform: Option<String>,
 }
 
 /// `[wasi]` in `wbuild.toml`.

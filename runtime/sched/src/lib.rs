@@ -41,6 +41,96 @@ pub enum SchedError {
     },
 }
 
+/// Target platform of native actions. WASI actions are portable and do not depend on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Platform {
+    LinuxX86_64,
+    LinuxArm64,
+}
+
+impl Platform {
+    pub const ALL: [Platform; 2] = [Platform::LinuxX86_64, Platform::LinuxArm64];
+
+    /// The machine wbuild runs on.
+    pub fn host() -> Platform {
+        if std::env::consts::ARCH == "aarch64" {
+            Platform::LinuxArm64
+        } else {
+            Platform::LinuxX86_64
+        }
+    }
+
+    /// `linux-x86_64` or `linux-arm64` (also `linux-amd64`, `linux-aarch64`).
+    pub fn parse(s: &str) -> Result<Platform, String> {
+        match s {
+            "linux-x86_64" | "linux-amd64" | "linux-x86-64" => Ok(Platform::LinuxX86_64),
+            "linux-arm64" | "linux-aarch64" => Ok(Platform::LinuxArm64),
+            _ => Err(format!(
+                "unknown platform {s:?}: use linux-x86_64 or linux-arm64"
+            )),
+        }
+    }
+
+    pub fn name(&self) -> &'static str {
+        match self {
+            Platform::LinuxX86_64 => "linux-x86_64",
+            Platform::LinuxArm64 => "linux-arm64",
+        }
+    }
+
+    /// REAPI `ISA` platform property value.
+    pub fn isa(&self) -> &'static str {
+        match self {
+            Platform::LinuxX86_64 => "x86-64",
+            Platform::LinuxArm64 => "aarch64",
+        }
+    }
+
+    /// GNU target triple of the cross toolchain (Debian's `gcc-<triple>` packages).
+    pub fn triple(&self) -> &'static str {
+        match self {
+            Platform::LinuxX86_64 => "x86_64-linux-gnu",
+            Platform::LinuxArm64 => "aarch64-linux-gnu",
+        }
+    }
+
+    /// Where outputs of a build for this platform are materialised, relative to the
+    /// workspace root: `wbuild-out` for the host, `wbuild-out/<platform>` otherwise, so the
+    /// outputs of different platforms never collide.
+    pub fn out_dir(&self) -> String {
+        if *self == Platform::host() {
+            OUT_DIR.to_owned()
+        } else {
+            format!("{OUT_DIR}/{}", self.name())
+        }
+    }
+
+    /// The tools native actions use (`$CC`, `$CXX`, `$AR`, `$TEST_RUNNER`): the host's gcc,
+    /// or the Debian cross toolchain and qemu-user for another platform.
+    pub fn tool_env(&self) -> Vec<(&'static str, String)> {
+        if *self == Platform::host() {
+            vec![
+                ("AR", "ar".into()),
+                ("CC", "gcc".into()),
+                ("CXX", "g++".into()),
+                ("TEST_RUNNER", String::new()),
+            ]
+        } else {
+            let t = self.triple();
+            let qemu = match self {
+                Platform::LinuxX86_64 => "qemu-x86_64-static",
+                Platform::LinuxArm64 => "qemu-aarch64-static",
+            };
+            vec![
+                ("AR", format!("{t}-ar")),
+                ("CC", format!("{t}-gcc")),
+                ("CXX", format!("{t}-g++")),
+                ("TEST_RUNNER", format!("{qemu} -L /usr/{t}")),
+            ]
+        }
+    }
+}
+
 /// Settings of one build.
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -52,6 +142,8 @@ pub struct Options {
     pub timeout: Duration,
     /// Show the output of successful actions too.
     pub show_output: bool,
+    /// Target platform of native actions.
+    pub platform: Platform,
 }
 
 /// Result status of one action.
@@ -159,6 +251,8 @@ struct Prepared {
     files: BTreeMap<String, Digest>,
     /// The WASI tool module (none for native actions).
     module: Option<Digest>,
+    /// The environment of the command, as keyed.
+    env: Vec<(String, String)>,
     /// Source files (workspace path -> digest) that may need to enter the CAS before staging.
     sources: Vec<(String, Digest)>,
 }
@@ -594,6 +688,7 @@ impl Scheduler<'_> {
         }
         let mut keyed = files.clone();
         let mut module = None;
+        let mut env: BTreeMap<String, String> = BTreeMap::new();
         let properties = match &action.exec {
             Exec::Wasi(tool) => {
                 for (guest, ws_path) in &tool.data {
@@ -625,17 +720,25 @@ impl Scheduler<'_> {
                     ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
                 ]
             }
-            Exec::Native => vec![
-                ("ISA", std::env::consts::ARCH.to_owned()),
-                ("OSFamily", "linux".to_owned()),
-                (
-                    "wbuild-executor",
-                    wbuild_exec_native::SANDBOX_VERSION.to_owned(),
-                ),
-                ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
-                ("wbuild-toolchain", host_toolchain_identity().to_owned()),
-            ],
+            Exec::Native => {
+                // The platform's tools, unless the rule sets the variable itself.
+                for (k, v) in opts.platform.tool_env() {
+                    env.insert(k.to_owned(), v);
+                }
+                vec![
+                    ("ISA", opts.platform.isa().to_owned()),
+                    ("OSFamily", "linux".to_owned()),
+                    (
+                        "wbuild-executor",
+                        wbuild_exec_native::SANDBOX_VERSION.to_owned(),
+                    ),
+                    ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
+                    ("wbuild-toolchain", host_toolchain_identity().to_owned()),
+                ]
+            }
         };
+        env.extend(action.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+        let env: Vec<(String, String)> = env.into_iter().collect();
         let (root, _) = merkle::input_root(f, &keyed)
             .map_err(|c| format!("input path {} is both a file and a directory", c.0))?;
 
@@ -651,8 +754,7 @@ impl Scheduler<'_> {
         #[allow(deprecated)]
         let command = reapi::Command {
             arguments: action.argv.clone(),
-            environment_variables: action
-                .env
+            environment_variables: env
                 .iter()
                 .map(|(k, v)| reapi::command::EnvironmentVariable {
                     name: k.clone(),
@@ -680,6 +782,7 @@ impl Scheduler<'_> {
             action_digest,
             files,
             module,
+            env,
             sources,
         })
     }
@@ -714,7 +817,7 @@ impl Scheduler<'_> {
                 }
             }
             if ok {
-                match self.materialize(&outputs, &executables) {
+                match self.materialize(&outputs, &executables, &opts.platform.out_dir()) {
                     Ok(()) => {
                         let output = if opts.show_output {
                             self.cached_output(&result)
@@ -765,9 +868,10 @@ impl Scheduler<'_> {
         &self,
         outputs: &[(String, Digest)],
         executables: &HashSet<String>,
+        out_dir: &str,
     ) -> Result<(), wbuild_store::StoreError> {
         for (path, d) in outputs {
-            let dest = self.ws.root.join(OUT_DIR).join(path);
+            let dest = self.ws.root.join(out_dir).join(path);
             if let Ok(have) = self.store.file_digest(&dest)
                 && have == *d
             {
@@ -848,7 +952,7 @@ impl Scheduler<'_> {
         };
         self.store
             .ac_put(&prep.action_digest, &result, &action.label.to_string())?;
-        self.materialize(&outputs, &executables)?;
+        self.materialize(&outputs, &executables, &opts.platform.out_dir())?;
         let show = opts.show_output || text.to_ascii_lowercase().contains("warning");
         Ok(Finished {
             status: Status::Executed,
@@ -1025,11 +1129,7 @@ impl Scheduler<'_> {
         mounts.extend(wbuild_exec_native::host_toolchain_mounts());
         let req = wbuild_exec_native::NativeRequest {
             argv: action.argv.clone(),
-            env: action
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
+            env: prep.env.clone(),
             mounts,
             cwd: PathBuf::from("/work"),
             source_date_epoch: opts.epoch_secs,
