@@ -1103,3 +1103,31 @@ fn cc_cross_compiles_for_arm64_and_tests_under_qemu() {
     let err = stderr(&w.fail(&["build", "--platform", "sparc"]));
     assert!(err.contains("unknown platform \"sparc\""), "{err}");
 }
+
+#[test]
+fn sandbox_none_runs_natively_with_separate_keys() {
+    let w = ws();
+    c_project(&w);
+    let (out, ev) = w.events(&["build", "--sandbox=none", "//app:hello"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert!(
+        stderr(&out).contains("warning: --sandbox=none"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(finished(&ev)["executed"], 2);
+    let unsandboxed = std::fs::read(w.path("wbuild-out/app/hello")).unwrap();
+    // The sandboxed build does not reuse those results...
+    let (_, ev) = w.events(&["build", "//app:hello"]);
+    assert_eq!(finished(&ev)["executed"], 2, "{ev:?}");
+    // ...though with path-independent flags the program is the same.
+    assert_eq!(
+        std::fs::read(w.path("wbuild-out/app/hello")).unwrap(),
+        unsandboxed
+    );
+    let (_, ev) = w.events(&["test", "--sandbox=none", "//app:add_test"]);
+    assert!(
+        statuses(&ev).contains(&s("//app:add_test", "executed")),
+        "{ev:?}"
+    );
+}

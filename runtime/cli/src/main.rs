@@ -52,6 +52,17 @@ struct BuildArgs {
     /// go to wbuild-out/<platform>/.
     #[arg(long)]
     platform: Option<String>,
+    /// How native actions (genrule, cc_*) run: in Linux namespaces (default), or `none`:
+    /// directly on the host, for machines without user namespaces. Results of unsandboxed
+    /// actions have their own keys and are never mixed with sandboxed ones.
+    #[arg(long, value_enum, default_value_t = SandboxMode::Namespaces)]
+    sandbox: SandboxMode,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum SandboxMode {
+    Namespaces,
+    None,
 }
 
 #[derive(Subcommand)]
@@ -230,7 +241,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     let signature = wbuild_graph::workspace_signature(&ws)?;
     let snapshot = uptodate::snapshot_path(
         store.dir(),
-        &snapshot_key(&ws, &patterns, tests, target_platform),
+        &snapshot_key(&ws, &patterns, tests, target_platform, args.sandbox),
     );
     let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     if !args.show_output
@@ -247,6 +258,16 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         .any(|a| a.exec == wbuild_graph::Exec::Native)
     {
         check_cross_toolchain(target_platform)?;
+        match args.sandbox {
+            SandboxMode::Namespaces => wbuild_exec_native::probe().map_err(|e| {
+                anyhow::anyhow!(
+                    "{e}\n(or run native actions unsandboxed with --sandbox=none; their results are marked as such)"
+                )
+            })?,
+            SandboxMode::None => eprintln!(
+                "warning: --sandbox=none: native actions run directly on this machine, unisolated; their results are keyed apart and must never be shared"
+            ),
+        }
     }
     phases.mark(if analysis_cached {
         "load + analyse (cached)"
@@ -270,6 +291,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         timeout: Duration::from_secs(ws.config.wasi.timeout_secs),
         show_output: args.show_output,
         platform: target_platform,
+        unsandboxed: args.sandbox == SandboxMode::None,
     };
     let build_id = store.begin_build(command, &pattern_names)?;
     phases.mark("engine + history");
@@ -338,9 +360,10 @@ fn snapshot_key(
     patterns: &[TargetPattern],
     tests: bool,
     platform: Platform,
+    sandbox: SandboxMode,
 ) -> String {
     let mut text = format!(
-        "{}\0{}\0{}\0{}\0{}\0{tests}",
+        "{}\0{}\0{}\0{}\0{}\0{sandbox:?}\0{tests}",
         env!("CARGO_PKG_VERSION"),
         wbuild_graph::binary_identity(),
         wbuild_exec_wasi::EXECUTOR_VERSION,

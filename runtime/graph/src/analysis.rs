@@ -1015,7 +1015,7 @@ wasi_tool(
         assert!(script.contains("-I base/inc"), "{script}");
         // Dependents before their dependencies on the link line.
         assert!(
-            script.contains("\"$CC\" -o app/app /tmp/o/0.o mid/libmid.a base/libbase.a -lm"),
+            script.contains("\"$CC\" -o app/app \"$o\"/0.o mid/libmid.a base/libbase.a -lm"),
             "{script}"
         );
         // A test is an action only when tests are included.

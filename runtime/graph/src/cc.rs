@@ -48,9 +48,17 @@ pub(crate) fn sh_quote(s: &str) -> String {
 
 fn quote_all(args: &[String]) -> String {
     args.iter()
-        .map(|a| sh_quote(a))
+        .map(|a| quote_keeping_o(a))
         .collect::<Vec<_>>()
         .join(" ")
+}
+
+/// Quotes `a`, except that a leading `$o/` (the objects directory) stays expandable.
+fn quote_keeping_o(a: &str) -> String {
+    match a.strip_prefix("$o/") {
+        Some(rest) => format!("\"$o\"/{}", sh_quote(rest)),
+        None => sh_quote(a),
+    }
 }
 
 /// Everything the command needs, with workspace paths.
@@ -82,7 +90,13 @@ impl CcCommand<'_> {
     /// The `/bin/sh -c` script.
     pub(crate) fn script(&self) -> String {
         let cxx = self.sources.iter().any(|s| CXX_EXTS.contains(&ext(s)));
-        let mut lines = vec!["set -e".to_owned(), "mkdir -p /tmp/o".to_owned()];
+        // Objects go to the action's private temp directory; debug info and __FILE__ record
+        // paths relative to the working directory, wherever that is.
+        let mut lines = vec![
+            "set -e".to_owned(),
+            "o=\"${TMPDIR:-/tmp}/o\"".to_owned(),
+            "mkdir -p \"$o\"".to_owned(),
+        ];
         let mut objects = Vec::new();
         for (i, src) in self.sources.iter().enumerate() {
             let compiler = if CXX_EXTS.contains(&ext(src)) {
@@ -90,10 +104,8 @@ impl CcCommand<'_> {
             } else {
                 "\"$CC\""
             };
-            let obj = format!("/tmp/o/{i}.o");
+            let obj = format!("$o/{i}.o");
             let mut cmd = vec!["-c".to_owned()];
-            // Reproducible: no build paths in debug info or __FILE__.
-            cmd.push("-ffile-prefix-map=/work/=".to_owned());
             cmd.extend(self.copts.iter().cloned());
             cmd.extend(self.defines.iter().map(|d| format!("-D{d}")));
             cmd.push("-iquote".to_owned());
@@ -109,7 +121,10 @@ impl CcCommand<'_> {
             cmd.push("-o".to_owned());
             cmd.push(obj.clone());
             cmd.push(src.clone());
-            lines.push(format!("{compiler} {}", quote_all(&cmd)));
+            lines.push(format!(
+                "{compiler} \"-ffile-prefix-map=$PWD/=\" {}",
+                quote_all(&cmd)
+            ));
             objects.push(obj);
         }
         let linker = if cxx { "\"$CXX\"" } else { "\"$CC\"" };
@@ -129,10 +144,10 @@ impl CcCommand<'_> {
             }
             CcKind::Binary => lines.push(link(&self.out(self.name))),
             CcKind::Test => {
-                let exe = format!("/tmp/{}", self.name);
+                let exe = format!("$o/{}", self.name);
                 lines.push(link(&exe));
                 // $TEST_RUNNER is unquoted on purpose: empty, or a program and its options.
-                lines.push(format!("$TEST_RUNNER {}", sh_quote(&exe)));
+                lines.push(format!("$TEST_RUNNER {}", quote_keeping_o(&exe)));
             }
         }
         lines.join("\n")
@@ -165,10 +180,13 @@ mod tests {
             linkopts: &[],
         };
         let s = c.script();
-        assert!(s.contains("\"$CC\" -c -ffile-prefix-map=/work/= -O2 -DX=1 -iquote . -I lib/include -o /tmp/o/0.o lib/a.c"), "{s}");
-        assert!(s.contains("\"$CXX\" -c"), "{s}");
+        assert!(s.contains("\"$CC\" \"-ffile-prefix-map=$PWD/=\" -c -O2 -DX=1 -iquote . -I lib/include -o \"$o\"/0.o lib/a.c"), "{s}");
         assert!(
-            s.ends_with("\"$AR\" rcsD lib/libm.a /tmp/o/0.o /tmp/o/1.o"),
+            s.contains("\"$CXX\" \"-ffile-prefix-map=$PWD/=\" -c"),
+            "{s}"
+        );
+        assert!(
+            s.ends_with("\"$AR\" rcsD lib/libm.a \"$o\"/0.o \"$o\"/1.o"),
             "{s}"
         );
     }

@@ -144,6 +144,9 @@ pub struct Options {
     pub show_output: bool,
     /// Target platform of native actions.
     pub platform: Platform,
+    /// Run native actions without the namespace sandbox (`--sandbox=none`). Their keys say
+    /// so, so their results never mix with sandboxed ones (and are never to be shared).
+    pub unsandboxed: bool,
 }
 
 /// Result status of one action.
@@ -281,6 +284,74 @@ impl Ran {
             accesses: None,
         }
     }
+}
+
+/// `--sandbox=none`: run the command directly with `root` as its working directory, the same
+/// environment as in the sandbox plus a private `TMPDIR`, and the time limit (its process
+/// group is killed on expiry or Ctrl-C). Nothing is hidden or protected: the user asked for it.
+fn run_unsandboxed(
+    req: &wbuild_exec_native::NativeRequest,
+    root: &Path,
+    tmp: &Path,
+) -> Result<wbuild_exec_native::NativeOutcome, wbuild_exec_native::SandboxError> {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let io = |source: std::io::Error| wbuild_exec_native::SandboxError::Io {
+        what: "running the command without a sandbox",
+        source,
+    };
+    std::fs::create_dir_all(tmp).map_err(io)?;
+    let start = Instant::now();
+    let mut child = std::process::Command::new(&req.argv[0])
+        .args(&req.argv[1..])
+        .current_dir(root)
+        .env_clear()
+        .envs(req.env.iter().map(|(k, v)| (k, v)))
+        .env("PATH", wbuild_exec_native::DEFAULT_PATH)
+        .env("LANG", "C")
+        .env("TZ", "UTC")
+        .env("SOURCE_DATE_EPOCH", req.source_date_epoch.to_string())
+        .env("TMPDIR", tmp)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0)
+        .spawn()
+        .map_err(io)?;
+    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut p) = pipe {
+                let _ = p.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
+    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
+    let mut timed_out = false;
+    let status = loop {
+        if let Some(s) = child.try_wait().map_err(io)? {
+            break s;
+        }
+        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        if interrupted || start.elapsed() > req.timeout {
+            timed_out = !interrupted;
+            // SAFETY: kill(2) on the process group this function created (process_group(0)).
+            unsafe {
+                libc::kill(-(child.id() as i32), libc::SIGKILL);
+            }
+            break child.wait().map_err(io)?;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    Ok(wbuild_exec_native::NativeOutcome {
+        exit_code: status.code(),
+        signal: status.signal(),
+        timed_out,
+        stdout: out.join().unwrap_or_default(),
+        stderr: err.join().unwrap_or_default(),
+        duration: start.elapsed(),
+    })
 }
 
 /// Numbers native staging directories (each native action gets a fresh one).
@@ -732,6 +803,15 @@ impl Scheduler<'_> {
                         "wbuild-executor",
                         wbuild_exec_native::SANDBOX_VERSION.to_owned(),
                     ),
+                    (
+                        "wbuild-sandbox",
+                        if opts.unsandboxed {
+                            "none"
+                        } else {
+                            "namespaces"
+                        }
+                        .to_owned(),
+                    ),
                     ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
                     ("wbuild-toolchain", host_toolchain_identity().to_owned()),
                 ]
@@ -1135,7 +1215,12 @@ impl Scheduler<'_> {
             source_date_epoch: opts.epoch_secs,
             timeout: opts.timeout,
         };
-        let outcome = match wbuild_exec_native::run(&req) {
+        let outcome = if opts.unsandboxed {
+            run_unsandboxed(&req, &root, &stage.join("tmp"))
+        } else {
+            wbuild_exec_native::run(&req)
+        };
+        let outcome = match outcome {
             Ok(o) => o,
             Err(e) => return Ok(Ran::failed(e.to_string())),
         };
