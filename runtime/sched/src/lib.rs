@@ -357,34 +357,98 @@ fn run_unsandboxed(
 /// Numbers native staging directories (each native action gets a fresh one).
 static NATIVE_STAGING: AtomicU64 = AtomicU64::new(0);
 
-/// Identity of the host toolchain native actions run with (part of their keys): the Debian
-/// package database, which changes whenever any package is installed or upgraded; elsewhere
-/// the names, sizes and times of the programs in /usr/bin. Computed once per process.
-fn host_toolchain_identity() -> &'static str {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        let mut h = blake3::Hasher::new();
-        if let Ok(bytes) = std::fs::read("/var/lib/dpkg/status") {
-            h.update(b"dpkg\0");
-            h.update(&bytes);
-        } else if let Ok(rd) = std::fs::read_dir("/usr/bin") {
-            let mut entries: Vec<String> = rd
-                .flatten()
-                .filter_map(|e| {
-                    let m = e.metadata().ok()?;
-                    let t = m
-                        .modified()
-                        .ok()?
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .ok()?;
-                    Some(format!("{:?} {} {}", e.file_name(), m.len(), t.as_nanos()))
-                })
-                .collect();
-            entries.sort();
-            h.update(entries.join("\n").as_bytes());
+/// Identity of the toolchain native actions of `platform` run with (part of their keys),
+/// computed once per process: the files the compiler driver uses — `$CC`, `$CXX`, `$AR`, the
+/// test runner, and what the drivers name as `cc1`, `cc1plus`, `as`, `ld` and `collect2` — and
+/// every file under its header and library directories, each by path, size, modification time
+/// and inode (package upgrades replace files), so upgrading gcc or libc invalidates exactly
+/// the native actions that use them.
+fn toolchain_identity(platform: Platform) -> String {
+    static IDS: Mutex<Vec<(Platform, String)>> = Mutex::new(Vec::new());
+    let mut ids = IDS.lock().expect("toolchain identities");
+    if let Some((_, id)) = ids.iter().find(|(p, _)| *p == platform) {
+        return id.clone();
+    }
+    let bin = |name: &str| PathBuf::from("/usr/bin").join(name);
+    let ask = |driver: &str, flag: &str| -> Option<PathBuf> {
+        let out = std::process::Command::new(bin(driver))
+            .arg(flag)
+            .env_clear()
+            .env("PATH", wbuild_exec_native::DEFAULT_PATH)
+            .output()
+            .ok()?;
+        let text = String::from_utf8(out.stdout).ok()?.trim().to_owned();
+        (!text.is_empty()).then(|| {
+            if text.starts_with('/') {
+                PathBuf::from(text)
+            } else {
+                bin(&text)
+            }
+        })
+    };
+    let env = platform.tool_env();
+    let mut files: Vec<PathBuf> = Vec::new();
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for (var, value) in &env {
+        if let Some(program) = value.split_whitespace().next() {
+            files.push(bin(program));
         }
-        h.finalize().to_hex().to_string()
-    })
+        if *var == "CC" || *var == "CXX" {
+            for prog in ["cc1", "cc1plus", "as", "ld", "collect2"] {
+                files.extend(ask(value, &format!("-print-prog-name={prog}")));
+            }
+            dirs.extend(ask(value, "-print-file-name=include"));
+            dirs.extend(
+                ask(value, "-print-file-name=libc.so")
+                    .and_then(|p| p.parent().map(Path::to_path_buf)),
+            );
+        }
+    }
+    dirs.push(if platform == Platform::host() {
+        PathBuf::from("/usr/include")
+    } else {
+        PathBuf::from(format!("/usr/{}/include", platform.triple()))
+    });
+    let mut lines: Vec<String> = Vec::new();
+    let describe = |p: &Path| -> Option<String> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(p).ok()?;
+        Some(format!(
+            "{} {} {}.{} {}",
+            p.display(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino()
+        ))
+    };
+    for f in &files {
+        let f = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
+        lines.push(describe(&f).unwrap_or_else(|| format!("{} missing", f.display())));
+    }
+    for d in &dirs {
+        let d = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
+        let mut stack = vec![d];
+        while let Some(dir) = stack.pop() {
+            let Ok(rd) = std::fs::read_dir(&dir) else {
+                continue;
+            };
+            for e in rd.flatten() {
+                let p = e.path();
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => stack.push(p),
+                    _ => lines.extend(describe(&p)),
+                }
+            }
+        }
+    }
+    lines.sort();
+    lines.dedup();
+    let id = blake3::hash(lines.join("\n").as_bytes())
+        .to_hex()
+        .to_string();
+    ids.push((platform, id.clone()));
+    id
 }
 
 /// What finishing an action produced.
@@ -813,7 +877,7 @@ impl Scheduler<'_> {
                         .to_owned(),
                     ),
                     ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
-                    ("wbuild-toolchain", host_toolchain_identity().to_owned()),
+                    ("wbuild-toolchain", toolchain_identity(opts.platform)),
                 ]
             }
         };
