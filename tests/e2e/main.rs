@@ -1131,3 +1131,32 @@ fn sandbox_none_runs_natively_with_separate_keys() {
         "{ev:?}"
     );
 }
+
+#[test]
+fn cc_reports_unused_private_headers_and_deps() {
+    let w = ws();
+    c_project(&w);
+    w.write("app/unused.h", "#define UNUSED 1\n");
+    w.write("app/plain.c", "int main(void) { return 0; }\n");
+    w.write(
+        "app/WBUILD",
+        r#"cc_binary(name = "hello", srcs = ["main.c"], deps = ["//lib:greet"])
+cc_binary(name = "plain", srcs = ["plain.c", "unused.h"], deps = ["//lib:greet"])
+"#,
+    );
+    let out = w.ok(&["build", "//app/..."]);
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "warning: //app:plain: private header app/unused.h is not included by any source"
+        ),
+        "{err}"
+    );
+    assert!(
+        err.contains(
+            "warning: //app:plain: no source includes a header of its dependency //lib:greet"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("//app:hello: no source includes"), "{err}");
+}

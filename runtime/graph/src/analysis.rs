@@ -579,12 +579,26 @@ impl<'a> Analyser<'a> {
         let pkg = &t.label.package;
         let mut inputs: Vec<String> = Vec::new();
         let mut sources = Vec::new();
+        let mut private_headers = Vec::new();
         for d in srcs {
             for f in self.dep_files(d, t)? {
                 if crate::cc::is_source(&f) {
                     sources.push(f.clone());
+                } else {
+                    private_headers.push(f.clone());
                 }
                 inputs.push(f);
+            }
+        }
+        let mut dep_headers = Vec::new();
+        for l in deps {
+            let dep = self.target(l, Some(t))?;
+            if let Rule::Cc { hdrs, .. } = &dep.rule {
+                let mut files = Vec::new();
+                for h in hdrs {
+                    files.extend(self.dep_files(h, dep)?);
+                }
+                dep_headers.push((l.to_string(), files));
             }
         }
         for d in hdrs {
@@ -655,6 +669,9 @@ impl<'a> Analyser<'a> {
             include_dirs,
             archives,
             linkopts,
+            label: t.label.to_string(),
+            private_headers,
+            dep_headers,
         }
         .script();
         let outputs: Vec<String> = crate::cc::outputs(*kind, &t.label.name)

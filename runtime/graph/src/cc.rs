@@ -76,9 +76,47 @@ pub(crate) struct CcCommand<'a> {
     /// Archives to link, dependents before their dependencies.
     pub archives: Vec<String>,
     pub linkopts: &'a [String],
+    /// The target's label, for messages.
+    pub label: String,
+    /// Headers listed in the target's own `srcs`.
+    pub private_headers: Vec<String>,
+    /// Each direct dependency with its `hdrs`.
+    pub dep_headers: Vec<(String, Vec<String>)>,
 }
 
 impl CcCommand<'_> {
+    /// Warnings from the compiler's depfiles (`$o/*.d`): private headers no source includes,
+    /// and direct dependencies none of whose headers is included.
+    fn unused_header_checks(&self) -> Vec<String> {
+        let mut lines = Vec::new();
+        for h in &self.private_headers {
+            lines.push(format!(
+                "grep -qsF -- {h} \"$o\"/*.d || echo {} >&2",
+                sh_quote(&format!(
+                    "warning: {}: private header {h} is not included by any source; remove it from srcs",
+                    self.label
+                )),
+                h = sh_quote(h)
+            ));
+        }
+        for (dep, hdrs) in &self.dep_headers {
+            if hdrs.is_empty() {
+                continue;
+            }
+            let patterns: Vec<String> =
+                hdrs.iter().map(|h| format!("-e {}", sh_quote(h))).collect();
+            lines.push(format!(
+                "grep -qsF {} \"$o\"/*.d || echo {} >&2",
+                patterns.join(" "),
+                sh_quote(&format!(
+                    "warning: {}: no source includes a header of its dependency {dep}; remove it from deps if it is not needed",
+                    self.label
+                ))
+            ));
+        }
+        lines
+    }
+
     fn out(&self, file: &str) -> String {
         if self.package.is_empty() {
             file.to_owned()
@@ -122,10 +160,13 @@ impl CcCommand<'_> {
             cmd.push(obj.clone());
             cmd.push(src.clone());
             lines.push(format!(
-                "{compiler} \"-ffile-prefix-map=$PWD/=\" {}",
+                "{compiler} \"-ffile-prefix-map=$PWD/=\" -MD -MF \"$o\"/{i}.d {}",
                 quote_all(&cmd)
             ));
             objects.push(obj);
+        }
+        if !self.sources.is_empty() {
+            lines.extend(self.unused_header_checks());
         }
         let linker = if cxx { "\"$CXX\"" } else { "\"$CC\"" };
         let link = |out: &str| {
@@ -178,13 +219,18 @@ mod tests {
             include_dirs: vec!["lib/include".into()],
             archives: Vec::new(),
             linkopts: &[],
+            label: "//lib:m".into(),
+            private_headers: vec!["lib/p.h".into()],
+            dep_headers: vec![("//x:y".into(), vec!["x/y.h".into()])],
         };
         let s = c.script();
-        assert!(s.contains("\"$CC\" \"-ffile-prefix-map=$PWD/=\" -c -O2 -DX=1 -iquote . -I lib/include -o \"$o\"/0.o lib/a.c"), "{s}");
+        assert!(s.contains("\"$CC\" \"-ffile-prefix-map=$PWD/=\" -MD -MF \"$o\"/0.d -c -O2 -DX=1 -iquote . -I lib/include -o \"$o\"/0.o lib/a.c"), "{s}");
         assert!(
-            s.contains("\"$CXX\" \"-ffile-prefix-map=$PWD/=\" -c"),
+            s.contains("\"$CXX\" \"-ffile-prefix-map=$PWD/=\" -MD -MF \"$o\"/1.d -c"),
             "{s}"
         );
+        assert!(s.contains("grep -qsF -- lib/p.h \"$o\"/*.d || echo"), "{s}");
+        assert!(s.contains("grep -qsF -e x/y.h \"$o\"/*.d || echo"), "{s}");
         assert!(
             s.ends_with("\"$AR\" rcsD lib/libm.a \"$o\"/0.o \"$o\"/1.o"),
             "{s}"
