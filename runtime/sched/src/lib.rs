@@ -12,11 +12,12 @@
 //! stored, or materialise an output as a writable alias of a CAS blob.
 
 mod merkle;
+mod native;
 pub mod uptodate;
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -26,6 +27,7 @@ use wbuild_graph::{ActionGraph, ActionNode, Exec, ToolRef, Workspace};
 use wbuild_store::{ActionRecord, Digest, Store, digest_message, reapi};
 
 pub use merkle::input_root;
+pub use native::Platform;
 
 /// Directory under the workspace root where outputs are materialised.
 pub const OUT_DIR: &str = "wbuild-out";
@@ -39,96 +41,6 @@ pub enum SchedError {
         path: PathBuf,
         source: std::io::Error,
     },
-}
-
-/// Target platform of native actions. WASI actions are portable and do not depend on it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum Platform {
-    LinuxX86_64,
-    LinuxArm64,
-}
-
-impl Platform {
-    pub const ALL: [Platform; 2] = [Platform::LinuxX86_64, Platform::LinuxArm64];
-
-    /// The machine wbuild runs on.
-    pub fn host() -> Platform {
-        if std::env::consts::ARCH == "aarch64" {
-            Platform::LinuxArm64
-        } else {
-            Platform::LinuxX86_64
-        }
-    }
-
-    /// `linux-x86_64` or `linux-arm64` (also `linux-amd64`, `linux-aarch64`).
-    pub fn parse(s: &str) -> Result<Platform, String> {
-        match s {
-            "linux-x86_64" | "linux-amd64" | "linux-x86-64" => Ok(Platform::LinuxX86_64),
-            "linux-arm64" | "linux-aarch64" => Ok(Platform::LinuxArm64),
-            _ => Err(format!(
-                "unknown platform {s:?}: use linux-x86_64 or linux-arm64"
-            )),
-        }
-    }
-
-    pub fn name(&self) -> &'static str {
-        match self {
-            Platform::LinuxX86_64 => "linux-x86_64",
-            Platform::LinuxArm64 => "linux-arm64",
-        }
-    }
-
-    /// REAPI `ISA` platform property value.
-    pub fn isa(&self) -> &'static str {
-        match self {
-            Platform::LinuxX86_64 => "x86-64",
-            Platform::LinuxArm64 => "aarch64",
-        }
-    }
-
-    /// GNU target triple of the cross toolchain (Debian's `gcc-<triple>` packages).
-    pub fn triple(&self) -> &'static str {
-        match self {
-            Platform::LinuxX86_64 => "x86_64-linux-gnu",
-            Platform::LinuxArm64 => "aarch64-linux-gnu",
-        }
-    }
-
-    /// Where outputs of a build for this platform are materialised, relative to the
-    /// workspace root: `wbuild-out` for the host, `wbuild-out/<platform>` otherwise, so the
-    /// outputs of different platforms never collide.
-    pub fn out_dir(&self) -> String {
-        if *self == Platform::host() {
-            OUT_DIR.to_owned()
-        } else {
-            format!("{OUT_DIR}/{}", self.name())
-        }
-    }
-
-    /// The tools native actions use (`$CC`, `$CXX`, `$AR`, `$TEST_RUNNER`): the host's gcc,
-    /// or the Debian cross toolchain and qemu-user for another platform.
-    pub fn tool_env(&self) -> Vec<(&'static str, String)> {
-        if *self == Platform::host() {
-            vec![
-                ("AR", "ar".into()),
-                ("CC", "gcc".into()),
-                ("CXX", "g++".into()),
-                ("TEST_RUNNER", String::new()),
-            ]
-        } else {
-            let t = self.triple();
-            let qemu = match self {
-                Platform::LinuxX86_64 => "qemu-x86_64-static",
-                Platform::LinuxArm64 => "qemu-aarch64-static",
-            };
-            vec![
-                ("AR", format!("{t}-ar")),
-                ("CC", format!("{t}-gcc")),
-                ("CXX", format!("{t}-g++")),
-                ("TEST_RUNNER", format!("{qemu} -L /usr/{t}")),
-            ]
-        }
-    }
 }
 
 /// Settings of one build.
@@ -284,171 +196,6 @@ impl Ran {
             accesses: None,
         }
     }
-}
-
-/// `--sandbox=none`: run the command directly with `root` as its working directory, the same
-/// environment as in the sandbox plus a private `TMPDIR`, and the time limit (its process
-/// group is killed on expiry or Ctrl-C). Nothing is hidden or protected: the user asked for it.
-fn run_unsandboxed(
-    req: &wbuild_exec_native::NativeRequest,
-    root: &Path,
-    tmp: &Path,
-) -> Result<wbuild_exec_native::NativeOutcome, wbuild_exec_native::SandboxError> {
-    use std::os::unix::process::{CommandExt, ExitStatusExt};
-    let io = |source: std::io::Error| wbuild_exec_native::SandboxError::Io {
-        what: "running the command without a sandbox",
-        source,
-    };
-    std::fs::create_dir_all(tmp).map_err(io)?;
-    let start = Instant::now();
-    let mut child = std::process::Command::new(&req.argv[0])
-        .args(&req.argv[1..])
-        .current_dir(root)
-        .env_clear()
-        .envs(req.env.iter().map(|(k, v)| (k, v)))
-        .env("PATH", wbuild_exec_native::DEFAULT_PATH)
-        .env("LANG", "C")
-        .env("TZ", "UTC")
-        .env("SOURCE_DATE_EPOCH", req.source_date_epoch.to_string())
-        .env("TMPDIR", tmp)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .process_group(0)
-        .spawn()
-        .map_err(io)?;
-    let drain = |pipe: Option<Box<dyn std::io::Read + Send>>| {
-        std::thread::spawn(move || {
-            let mut v = Vec::new();
-            if let Some(mut p) = pipe {
-                let _ = p.read_to_end(&mut v);
-            }
-            v
-        })
-    };
-    let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
-    let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
-    let mut timed_out = false;
-    let status = loop {
-        if let Some(s) = child.try_wait().map_err(io)? {
-            break s;
-        }
-        let interrupted = INTERRUPTED.load(Ordering::SeqCst);
-        if interrupted || start.elapsed() > req.timeout {
-            timed_out = !interrupted;
-            // SAFETY: kill(2) on the process group this function created (process_group(0)).
-            unsafe {
-                libc::kill(-(child.id() as i32), libc::SIGKILL);
-            }
-            break child.wait().map_err(io)?;
-        }
-        std::thread::sleep(Duration::from_millis(5));
-    };
-    Ok(wbuild_exec_native::NativeOutcome {
-        exit_code: status.code(),
-        signal: status.signal(),
-        timed_out,
-        stdout: out.join().unwrap_or_default(),
-        stderr: err.join().unwrap_or_default(),
-        duration: start.elapsed(),
-    })
-}
-
-/// Numbers native staging directories (each native action gets a fresh one).
-static NATIVE_STAGING: AtomicU64 = AtomicU64::new(0);
-
-/// Identity of the toolchain native actions of `platform` run with (part of their keys),
-/// computed once per process: the files the compiler driver uses — `$CC`, `$CXX`, `$AR`, the
-/// test runner, and what the drivers name as `cc1`, `cc1plus`, `as`, `ld` and `collect2` — and
-/// every file under its header and library directories, each by path, size, modification time
-/// and inode (package upgrades replace files), so upgrading gcc or libc invalidates exactly
-/// the native actions that use them.
-fn toolchain_identity(platform: Platform) -> String {
-    static IDS: Mutex<Vec<(Platform, String)>> = Mutex::new(Vec::new());
-    let mut ids = IDS.lock().expect("toolchain identities");
-    if let Some((_, id)) = ids.iter().find(|(p, _)| *p == platform) {
-        return id.clone();
-    }
-    let bin = |name: &str| PathBuf::from("/usr/bin").join(name);
-    let ask = |driver: &str, flag: &str| -> Option<PathBuf> {
-        let out = std::process::Command::new(bin(driver))
-            .arg(flag)
-            .env_clear()
-            .env("PATH", wbuild_exec_native::DEFAULT_PATH)
-            .output()
-            .ok()?;
-        let text = String::from_utf8(out.stdout).ok()?.trim().to_owned();
-        (!text.is_empty()).then(|| {
-            if text.starts_with('/') {
-                PathBuf::from(text)
-            } else {
-                bin(&text)
-            }
-        })
-    };
-    let env = platform.tool_env();
-    let mut files: Vec<PathBuf> = Vec::new();
-    let mut dirs: Vec<PathBuf> = Vec::new();
-    for (var, value) in &env {
-        if let Some(program) = value.split_whitespace().next() {
-            files.push(bin(program));
-        }
-        if *var == "CC" || *var == "CXX" {
-            for prog in ["cc1", "cc1plus", "as", "ld", "collect2"] {
-                files.extend(ask(value, &format!("-print-prog-name={prog}")));
-            }
-            dirs.extend(ask(value, "-print-file-name=include"));
-            dirs.extend(
-                ask(value, "-print-file-name=libc.so")
-                    .and_then(|p| p.parent().map(Path::to_path_buf)),
-            );
-        }
-    }
-    dirs.push(if platform == Platform::host() {
-        PathBuf::from("/usr/include")
-    } else {
-        PathBuf::from(format!("/usr/{}/include", platform.triple()))
-    });
-    let mut lines: Vec<String> = Vec::new();
-    let describe = |p: &Path| -> Option<String> {
-        use std::os::unix::fs::MetadataExt;
-        let m = std::fs::metadata(p).ok()?;
-        Some(format!(
-            "{} {} {}.{} {}",
-            p.display(),
-            m.size(),
-            m.mtime(),
-            m.mtime_nsec(),
-            m.ino()
-        ))
-    };
-    for f in &files {
-        let f = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
-        lines.push(describe(&f).unwrap_or_else(|| format!("{} missing", f.display())));
-    }
-    for d in &dirs {
-        let d = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
-        let mut stack = vec![d];
-        while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                match e.file_type() {
-                    Ok(t) if t.is_dir() => stack.push(p),
-                    _ => lines.extend(describe(&p)),
-                }
-            }
-        }
-    }
-    lines.sort();
-    lines.dedup();
-    let id = blake3::hash(lines.join("\n").as_bytes())
-        .to_hex()
-        .to_string();
-    ids.push((platform, id.clone()));
-    id
 }
 
 /// What finishing an action produced.
@@ -877,7 +624,10 @@ impl Scheduler<'_> {
                         .to_owned(),
                     ),
                     ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
-                    ("wbuild-toolchain", toolchain_identity(opts.platform)),
+                    (
+                        "wbuild-toolchain",
+                        native::toolchain_identity(opts.platform),
+                    ),
                 ]
             }
         };
@@ -1234,88 +984,6 @@ impl Scheduler<'_> {
             stderr: outcome.stderr,
             warnings,
             accesses,
-        })
-    }
-
-    /// A native action (`genrule`): `/bin/sh -c cmd` in the namespace sandbox, with verified
-    /// copies of the inputs at `/work/<workspace path>` (copies, so the command cannot write
-    /// through to CAS blobs), the host's system directories read-only, and `/work` as the
-    /// working directory where the outputs are written.
-    fn run_native(
-        &self,
-        wid: usize,
-        action: &ActionNode,
-        opts: &Options,
-        prep: &Prepared,
-    ) -> Result<Ran, SchedError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| SchedError::Io { path, source }
-        };
-        let n = NATIVE_STAGING.fetch_add(1, Ordering::Relaxed);
-        let stage = self.store.tmp_dir().join(format!("n{wid}-{n}"));
-        let root = stage.join("work");
-        std::fs::create_dir_all(&root).map_err(io(&root))?;
-        let _cleanup = RemoveTreeOnDrop(stage.clone());
-        for (path, d) in &prep.files {
-            self.store.materialize(d, &root.join(path), false)?;
-        }
-        for out in &action.outputs {
-            if let Some(parent) = root.join(out).parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-        }
-        let mut mounts = vec![wbuild_exec_native::Mount {
-            host: root.clone(),
-            sandbox: PathBuf::from("/work"),
-            writable: true,
-        }];
-        mounts.extend(wbuild_exec_native::host_toolchain_mounts());
-        let req = wbuild_exec_native::NativeRequest {
-            argv: action.argv.clone(),
-            env: prep.env.clone(),
-            mounts,
-            cwd: PathBuf::from("/work"),
-            source_date_epoch: opts.epoch_secs,
-            timeout: opts.timeout,
-        };
-        let outcome = if opts.unsandboxed {
-            run_unsandboxed(&req, &root, &stage.join("tmp"))
-        } else {
-            wbuild_exec_native::run(&req)
-        };
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => return Ok(Ran::failed(e.to_string())),
-        };
-        let mut errors = Vec::new();
-        if outcome.timed_out {
-            errors.push(format!(
-                "the command ran longer than its time limit of {}s and was stopped (raise [wasi] timeout_secs in wbuild.toml if it needs longer)",
-                opts.timeout.as_secs()
-            ));
-        } else if let Some(sig) = outcome.signal {
-            errors.push(format!("the command was killed by signal {sig}"));
-        } else if outcome.exit_code != Some(0) {
-            errors.push(format!(
-                "the command exited with code {}",
-                outcome.exit_code.unwrap_or(-1)
-            ));
-        }
-        let mut executables = HashSet::new();
-        let outputs = if errors.is_empty() {
-            self.collect_outputs(action, &root, &mut errors, &mut executables)?
-        } else {
-            Vec::new()
-        };
-        Ok(Ran {
-            outputs,
-            executables,
-            errors,
-            stdout: outcome.stdout,
-            stderr: outcome.stderr,
-            warnings: Vec::new(),
-            accesses: None,
         })
     }
 
