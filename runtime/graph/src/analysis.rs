@@ -445,19 +445,7 @@ impl<'a> Analyser<'a> {
             _ => unreachable!("only wasi_run and wasi_test have actions"),
         };
         let tool = self.tool_ref(tool, Some(t))?;
-        let mut src_files: Vec<(Dep, Vec<String>)> = Vec::new();
-        for d in srcs {
-            let files = self.dep_files(d, t)?;
-            src_files.push((d.clone(), files));
-        }
-        // $(SRCS) keeps the order of `srcs`; `inputs` is sorted.
-        let mut ordered: Vec<String> = Vec::new();
-        let mut seen = HashSet::new();
-        for f in src_files.iter().flat_map(|(_, f)| f) {
-            if seen.insert(f.clone()) {
-                ordered.push(f.clone());
-            }
-        }
+        let (src_files, ordered) = self.src_files(t, srcs)?;
         let mut inputs = ordered.clone();
         inputs.sort();
         let out_paths: Vec<String> = outs.iter().map(|o| join(&t.label.package, o)).collect();
@@ -504,16 +492,14 @@ impl<'a> Analyser<'a> {
         })
     }
 
-    /// `genrule`: `/bin/sh -c cmd`, with `cmd` expanded like `args` (srcs and tools may be
-    /// named in `$(location)`); srcs and tools are the inputs.
-    fn genrule_action(
+    /// The files of each `srcs` entry (for `$(location)`), and all of them in `srcs` order
+    /// without repeats (for `$(SRCS)`).
+    #[allow(clippy::type_complexity)]
+    fn src_files(
         &mut self,
-        t: &'a Target,
+        t: &Target,
         srcs: &[Dep],
-        outs: &[String],
-        cmd: &str,
-        tools: &[Dep],
-    ) -> Result<ActionNode, GraphError> {
+    ) -> Result<(Vec<(Dep, Vec<String>)>, Vec<String>), GraphError> {
         let mut src_files: Vec<(Dep, Vec<String>)> = Vec::new();
         for d in srcs {
             let files = self.dep_files(d, t)?;
@@ -526,6 +512,20 @@ impl<'a> Analyser<'a> {
                 ordered.push(f.clone());
             }
         }
+        Ok((src_files, ordered))
+    }
+
+    /// `genrule`: `/bin/sh -c cmd`, with `cmd` expanded like `args` (srcs and tools may be
+    /// named in `$(location)`); srcs and tools are the inputs.
+    fn genrule_action(
+        &mut self,
+        t: &'a Target,
+        srcs: &[Dep],
+        outs: &[String],
+        cmd: &str,
+        tools: &[Dep],
+    ) -> Result<ActionNode, GraphError> {
+        let (src_files, ordered) = self.src_files(t, srcs)?;
         let mut located = src_files.clone();
         let mut inputs = ordered.clone();
         for d in tools {
