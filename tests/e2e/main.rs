@@ -700,11 +700,11 @@ fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
     v
 }
 
-#[test]
-fn example_wasi_codegen_builds_tests_and_is_reproducible() {
-    // The example as a user gets it, with the tools built from source by this test crate.
+/// An example workspace as a user gets it, with the tools built from source by this test
+/// crate installed as `install-tools.sh` does.
+fn example(name: &str) -> TestWorkspace {
     let w = ws();
-    let src = wbuild_tests::repo_root().join("examples/wasi-codegen");
+    let src = wbuild_tests::repo_root().join("examples").join(name);
     for f in walk_files(&src) {
         let rel = f.strip_prefix(&src).unwrap().to_str().unwrap().to_owned();
         if rel.starts_with("wbuild-out/") || rel.starts_with("tools/bin/") {
@@ -726,6 +726,12 @@ fn example_wasi_codegen_builds_tests_and_is_reproducible() {
     for t in ["wb-template", "wb-tar", "wb-check"] {
         w.copy_guest(t, &format!("tools/bin/{t}.wasm"));
     }
+    w
+}
+
+#[test]
+fn example_wasi_codegen_builds_tests_and_is_reproducible() {
+    let w = example("wasi-codegen");
     let (out, ev) = w.events(&["build", "//..."]);
     assert!(out.status.success(), "{}", w.report(&["build"], &out));
     assert_eq!(finished(&ev)["executed"], 3, "{ev:?}");
@@ -978,9 +984,15 @@ fn cc_rules_build_link_test_and_rebuild_what_changed() {
     c_project(&w);
     let (out, ev) = w.events(&["build", "//lib/...", "//app:hello"]);
     assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    // One compile per source, then the archive and the link.
     assert_eq!(
         statuses(&ev),
-        vec![s("//app:hello", "executed"), s("//lib:greet", "executed")]
+        vec![
+            s("//app:hello", "executed"),
+            s("//app:hello app/main.c", "executed"),
+            s("//lib:greet", "executed"),
+            s("//lib:greet lib/greet.c", "executed"),
+        ]
     );
     let run = std::process::Command::new(w.path("wbuild-out/app/hello"))
         .output()
@@ -1003,7 +1015,7 @@ fn cc_rules_build_link_test_and_rebuild_what_changed() {
         "{err}"
     );
 
-    // A change to the app's source recompiles only the app; a header change, both.
+    // A change to the app's source recompiles and relinks only the app.
     w.write(
         "app/main.c",
         "#include <stdio.h>\n#include \"greet/greet.h\"\nint main(void) { printf(\"%s %d\\n\", greeting(), add(20, 3)); return 0; }\n",
@@ -1011,8 +1023,15 @@ fn cc_rules_build_link_test_and_rebuild_what_changed() {
     let (_, ev) = w.events(&["build", "//app:hello"]);
     assert_eq!(
         statuses(&ev),
-        vec![s("//app:hello", "executed"), s("//lib:greet", "cached")]
+        vec![
+            s("//app:hello", "executed"),
+            s("//app:hello app/main.c", "executed"),
+            s("//lib:greet", "cached"),
+            s("//lib:greet lib/greet.c", "cached"),
+        ]
     );
+    // A header edit recompiles exactly the sources that see it; objects that come out the
+    // same (a comment) leave the archive and the link cached.
     w.write(
         "lib/include/greet/greet.h",
         "#pragma once\n/* v2 */\nconst char *greeting(void);\nint add(int a, int b);\n",
@@ -1020,8 +1039,36 @@ fn cc_rules_build_link_test_and_rebuild_what_changed() {
     let (_, ev) = w.events(&["build", "//app:hello"]);
     assert_eq!(
         statuses(&ev),
-        vec![s("//app:hello", "executed"), s("//lib:greet", "executed")]
+        vec![
+            s("//app:hello", "cached"),
+            s("//app:hello app/main.c", "executed"),
+            s("//lib:greet", "cached"),
+            s("//lib:greet lib/greet.c", "executed"),
+        ]
     );
+    // A header edit that changes the code relinks too.
+    w.write(
+        "lib/include/greet/greet.h",
+        "#pragma once\nconst char *greeting(void);\nint add(int a, int b);\nstatic inline int twice(int x) { return 2 * x; }\n#define ADD(a, b) add(twice(a), b)\n",
+    );
+    w.write(
+        "app/main.c",
+        "#include <stdio.h>\n#include \"greet/greet.h\"\nint main(void) { printf(\"%s %d\\n\", greeting(), ADD(20, 3)); return 0; }\n",
+    );
+    let (_, ev) = w.events(&["build", "//app:hello"]);
+    assert_eq!(
+        statuses(&ev),
+        vec![
+            s("//app:hello", "executed"),
+            s("//app:hello app/main.c", "executed"),
+            s("//lib:greet", "cached"),
+            s("//lib:greet lib/greet.c", "executed"),
+        ]
+    );
+    let run = std::process::Command::new(w.path("wbuild-out/app/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&run), "hello from wbuild 43\n");
 }
 
 #[test]
@@ -1070,7 +1117,7 @@ fn cc_cross_compiles_for_arm64_and_tests_under_qemu() {
     c_project(&w);
     let (out, ev) = w.events(&["build", "--platform", "linux-arm64", "//app:hello"]);
     assert!(out.status.success(), "{}", w.report(&["build"], &out));
-    assert_eq!(finished(&ev)["executed"], 2);
+    assert_eq!(finished(&ev)["executed"], 4);
     assert_eq!(
         stdout(&w.ok(&["outputs", "--platform", "linux-arm64", "//app:hello"])),
         "wbuild-out/linux-arm64/app/hello\n"
@@ -1087,7 +1134,7 @@ fn cc_cross_compiles_for_arm64_and_tests_under_qemu() {
     assert!(err.contains("FAILED //app:bad_test"), "{err}");
     // The host build has its own outputs and keys.
     let (_, ev) = w.events(&["build", "//app:hello"]);
-    assert_eq!(finished(&ev)["executed"], 2);
+    assert_eq!(finished(&ev)["executed"], 4);
     assert_eq!(elf_machine(&w.path("wbuild-out/app/hello")), 0x3e); // x86-64
     assert_eq!(
         elf_machine(&w.path("wbuild-out/linux-arm64/app/hello")),
@@ -1099,7 +1146,7 @@ fn cc_cross_compiles_for_arm64_and_tests_under_qemu() {
         "[build]\nsource_date_epoch = 0\nplatform = \"linux-arm64\"\n",
     );
     let (_, ev) = w.events(&["build", "//app:hello"]);
-    assert_eq!(finished(&ev)["cached"], 2, "{ev:?}");
+    assert_eq!(finished(&ev)["cached"], 4, "{ev:?}");
     let err = stderr(&w.fail(&["build", "--platform", "sparc"]));
     assert!(err.contains("unknown platform \"sparc\""), "{err}");
 }
@@ -1115,11 +1162,11 @@ fn sandbox_none_runs_natively_with_separate_keys() {
         "{}",
         stderr(&out)
     );
-    assert_eq!(finished(&ev)["executed"], 2);
+    assert_eq!(finished(&ev)["executed"], 4);
     let unsandboxed = std::fs::read(w.path("wbuild-out/app/hello")).unwrap();
     // The sandboxed build does not reuse those results...
     let (_, ev) = w.events(&["build", "//app:hello"]);
-    assert_eq!(finished(&ev)["executed"], 2, "{ev:?}");
+    assert_eq!(finished(&ev)["executed"], 4, "{ev:?}");
     // ...though with path-independent flags the program is the same.
     assert_eq!(
         std::fs::read(w.path("wbuild-out/app/hello")).unwrap(),
@@ -1159,4 +1206,208 @@ cc_binary(name = "plain", srcs = ["plain.c", "unused.h"], deps = ["//lib:greet"]
         "{err}"
     );
     assert!(!err.contains("//app:hello: no source includes"), "{err}");
+}
+
+#[test]
+fn one_build_for_both_platforms_and_per_target_platforms() {
+    let a = ws();
+    c_project(&a);
+    let both = [
+        "build",
+        "--platform",
+        "linux-x86_64,linux-arm64",
+        "//app:hello",
+    ];
+    let (out, ev) = a.events(&both);
+    assert!(out.status.success(), "{}", a.report(&both, &out));
+    // Two compiles, an archive and a link for each platform; one build_finished.
+    assert_eq!(finished(&ev)["executed"], 8, "{ev:?}");
+    assert_eq!(
+        ev.iter().filter(|e| e["type"] == "build_finished").count(),
+        1
+    );
+    assert_eq!(elf_machine(&a.path("wbuild-out/app/hello")), 0x3e);
+    assert_eq!(
+        elf_machine(&a.path("wbuild-out/linux-arm64/app/hello")),
+        0xb7
+    );
+    assert_eq!(
+        stdout(&a.ok(&[
+            "outputs",
+            "--platform",
+            "linux-x86_64,linux-arm64",
+            "//app:hello"
+        ])),
+        "wbuild-out/app/hello\nwbuild-out/linux-arm64/app/hello\n"
+    );
+
+    // A clean build elsewhere gives the same bytes for both platforms: objects, archives,
+    // programs.
+    let b = ws();
+    c_project(&b);
+    b.ok(&both);
+    let files = walk_files(&a.path("wbuild-out"));
+    assert!(files.len() >= 10, "{files:?}");
+    for f in &files {
+        let rel = f.strip_prefix(a.path("wbuild-out")).unwrap();
+        assert_eq!(
+            std::fs::read(f).unwrap(),
+            std::fs::read(b.path("wbuild-out").join(rel)).unwrap(),
+            "{} differs between two clean builds",
+            rel.display()
+        );
+    }
+
+    // A target's own platform: built for it (with its deps) when no --platform is given.
+    a.write(
+        "app/WBUILD",
+        r#"cc_binary(name = "hello", srcs = ["main.c"], deps = ["//lib:greet"])
+cc_binary(name = "hello_arm", srcs = ["main.c"], deps = ["//lib:greet"],
+          platform = "linux-arm64")
+"#,
+    );
+    let (out, ev) = a.events(&["build", "//app:hello", "//app:hello_arm"]);
+    assert!(out.status.success(), "{}", a.report(&["build"], &out));
+    // The arm64 library is already in the cache; only hello_arm is new.
+    assert_eq!(finished(&ev)["executed"], 2, "{ev:?}");
+    assert_eq!(
+        elf_machine(&a.path("wbuild-out/linux-arm64/app/hello_arm")),
+        0xb7
+    );
+    assert!(!a.path("wbuild-out/app/hello_arm").exists());
+    assert_eq!(
+        stdout(&a.ok(&["outputs", "//app/..."])),
+        "wbuild-out/linux-arm64/app/hello_arm\nwbuild-out/app/hello\n"
+    );
+    // --platform overrides the attribute.
+    a.ok(&["build", "--platform", "linux-x86_64", "//app:hello_arm"]);
+    assert_eq!(elf_machine(&a.path("wbuild-out/app/hello_arm")), 0x3e);
+
+    a.write(
+        "app/WBUILD",
+        "cc_binary(name = \"hello\", srcs = [\"main.c\"], platform = \"linux-mips\")\n",
+    );
+    let err = stderr(&a.fail(&["build", "//app:hello"]));
+    assert!(err.contains("app/WBUILD:1:1"), "{err}");
+    assert!(
+        err.contains("attribute 'platform': unknown platform \"linux-mips\""),
+        "{err}"
+    );
+}
+
+/// Any process whose command line contains `needle`.
+fn processes_with(needle: &str) -> Vec<String> {
+    let mut found = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        if let Ok(cmd) = std::fs::read(e.path().join("cmdline")) {
+            let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+            if cmd.contains(needle) {
+                found.push(cmd);
+            }
+        }
+    }
+    found
+}
+
+#[test]
+fn hostile_native_actions_are_contained() {
+    let w = ws();
+    w.write("n/in.txt", "original\n");
+    w.write(
+        "n/WBUILD",
+        r#"
+genrule(
+    name = "hostile",
+    srcs = ["in.txt"],
+    outs = ["report.txt"],
+    cmd = "\n".join([
+        "exec 2>/dev/null",
+        "{ echo bad > $(location in.txt) && echo wrote-input || echo input-protected",
+        "chmod 666 $(location in.txt) && echo chmod-input || echo chmod-refused",
+        "rm -f $(location in.txt) ; test -e $(location in.txt) && echo input-kept || echo input-removed",
+        "mv $(location in.txt) n/moved.txt && echo moved || echo move-refused",
+        "touch /usr/wbuild-evil && echo wrote-usr || echo usr-protected",
+        "ls /root/.cache > /dev/null && echo home-visible || echo home-hidden",
+        "echo stray > n/stray.txt",
+        "(sleep 31.7; echo late > n/late.txt) &",
+        "cat $(location in.txt) ; } > $@",
+    ]),
+)
+"#,
+    );
+    let t0 = std::time::Instant::now();
+    let out = w.ok(&["build", "//n:hostile"]);
+    assert!(t0.elapsed() < std::time::Duration::from_secs(25), "{out:?}");
+    assert_eq!(
+        w.read("wbuild-out/n/report.txt"),
+        "input-protected\nchmod-refused\ninput-kept\nmove-refused\nusr-protected\nhome-hidden\noriginal\n"
+    );
+    // The background process died with the sandbox; nothing undeclared came out.
+    assert_eq!(processes_with("sleep 31.7"), Vec::<String>::new());
+    assert!(!w.path("wbuild-out/n/stray.txt").exists());
+    assert!(!w.path("n/stray.txt").exists());
+    assert!(!std::path::Path::new("/usr/wbuild-evil").exists());
+    assert_eq!(w.read("n/in.txt"), "original\n");
+    // The CAS blob behind the input is intact.
+    let verify = stdout(&w.ok(&["cache", "verify"]));
+    assert!(!verify.contains("corrupt"), "{verify}");
+}
+
+#[test]
+fn example_c_hello_mixes_executors_for_both_platforms() {
+    let w = example("c-hello");
+    let both = ["build", "--platform", "linux-x86_64,linux-arm64", "//..."];
+    let (out, ev) = w.events(&both);
+    assert!(out.status.success(), "{}", w.report(&both, &out));
+    // The genrule ran wb-template through its launcher, then the shell appended a line.
+    let header = w.read("wbuild-out/lib/include/greet/version.h");
+    assert!(
+        header.starts_with("/*\n * Generated by wb-template from lib/version.h.tmpl"),
+        "{header}"
+    );
+    assert!(
+        header.contains("#define GREET_VERSION \"1.2\"\n"),
+        "{header}"
+    );
+    assert!(
+        header.ends_with("#define GREET_HOST_TOOLS \"sh\"\n"),
+        "{header}"
+    );
+    assert!(
+        statuses(&ev).contains(&s("//lib:version_h", "executed")),
+        "{ev:?}"
+    );
+    let run = std::process::Command::new(w.path("wbuild-out/app/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&run), "hello from wbuild 5 (greet 1.2)\n");
+    assert_eq!(
+        elf_machine(&w.path("wbuild-out/linux-arm64/app/hello")),
+        0xb7
+    );
+    let (out, ev) = w.events(&["test", "--platform", "linux-x86_64,linux-arm64", "//..."]);
+    assert!(out.status.success(), "{}", w.report(&["test"], &out));
+    let tests: Vec<_> = ev
+        .iter()
+        .filter(|e| e["mnemonic"] == "CcTest" && e["status"] == "executed")
+        .collect();
+    assert_eq!(tests.len(), 2, "{ev:?}");
+    // Editing the template re-runs the genrule and what includes the header.
+    w.write("lib/version.vars", "name = greet\nmajor = 1\nminor = 3\n");
+    let (_, ev) = w.events(&["build", "//app:hello"]);
+    let st = statuses(&ev);
+    assert!(st.contains(&s("//lib:version_h", "executed")), "{st:?}");
+    assert!(
+        st.contains(&s("//lib:greet lib/greet.c", "executed")),
+        "{st:?}"
+    );
+    // Every compile that can see the header runs (as in Bazel, without include scanning).
+    assert!(
+        st.contains(&s("//app:hello app/main.c", "executed")),
+        "{st:?}"
+    );
+    let run = std::process::Command::new(w.path("wbuild-out/app/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&run), "hello from wbuild 5 (greet 1.3)\n");
 }

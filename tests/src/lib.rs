@@ -186,14 +186,19 @@ pub fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-/// The action events of a build, as (label, status).
+/// The action events of a build, as (action name, status), sorted. The name is the label,
+/// then the detail for actions that have one (`//lib:greet lib/greet.c` for a compile).
 pub fn statuses(events: &[serde_json::Value]) -> Vec<(String, String)> {
     let mut v: Vec<(String, String)> = events
         .iter()
         .filter(|e| e["type"] == "action")
         .map(|e| {
+            let label = e["label"].as_str().unwrap();
             (
-                e["label"].as_str().unwrap().to_owned(),
+                match e["detail"].as_str() {
+                    Some(d) => format!("{label} {d}"),
+                    None => label.to_owned(),
+                },
                 e["status"].as_str().unwrap().to_owned(),
             )
         })

@@ -1,3 +1,3 @@
 #include <stdio.h>
 #include "greet/greet.h"
-int main(void) { printf("%s %d\n", greeting(), add(2, 3)); return 0; }
+int main(void) { printf("%s %d (%s)\n", greeting(), add(2, 3), greet_version()); return 0; }

@@ -5,7 +5,9 @@
 //! its own: keys, caching and sandboxing live in the library crates.
 
 mod ui;
+mod wasi_tool;
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -47,11 +49,12 @@ struct BuildArgs {
     /// Show the output of successful actions too.
     #[arg(long)]
     show_output: bool,
-    /// Target platform of native actions: linux-x86_64 or linux-arm64 (default: [build]
-    /// platform in wbuild.toml, else the host). Outputs for another platform than the host's
-    /// go to wbuild-out/<platform>/.
-    #[arg(long)]
-    platform: Option<String>,
+    /// Target platform of native actions: linux-x86_64 or linux-arm64; several (comma
+    /// separated or repeated) build every target for each. Default: a target's own
+    /// `platform` attribute, else [build] platform in wbuild.toml, else the host. Outputs for
+    /// another platform than the host's go to wbuild-out/<platform>/.
+    #[arg(long, value_delimiter = ',')]
+    platform: Vec<String>,
     /// How native actions (genrule, cc_*) run: in Linux namespaces (default), or `none`:
     /// directly on the host, for machines without user namespaces. Results of unsandboxed
     /// actions have their own keys and are never mixed with sandboxed ones.
@@ -75,9 +78,9 @@ enum Cmd {
     Outputs {
         #[arg(required = true)]
         targets: Vec<String>,
-        /// The platform whose outputs to list (as for `build`).
-        #[arg(long)]
-        platform: Option<String>,
+        /// The platforms whose outputs to list (as for `build`).
+        #[arg(long, value_delimiter = ',')]
+        platform: Vec<String>,
     },
     /// Show what the last run of a target's action read, wrote, listed and probed.
     Explain { target: String },
@@ -93,6 +96,9 @@ enum Cmd {
         #[command(subcommand)]
         command: CacheCmd,
     },
+    /// Run a WASI tool for a native command (used by the launchers wbuild stages).
+    #[command(hide = true)]
+    ExecWasiTool(wasi_tool::ExecWasiTool),
 }
 
 #[derive(Subcommand)]
@@ -154,10 +160,11 @@ fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
         Cmd::Build(args) => build(&cli, args, false),
         Cmd::Test(args) => build(&cli, args, true),
-        Cmd::Outputs { targets, platform } => outputs(&cli, targets, platform.as_deref()),
+        Cmd::Outputs { targets, platform } => outputs(&cli, targets, platform),
         Cmd::Explain { target } => explain(&cli, target),
         Cmd::History { build, limit } => history(&cli, *build, *limit),
         Cmd::Cache { command } => cache(&cli, command),
+        Cmd::ExecWasiTool(a) => wasi_tool::run(a),
     }
 }
 
@@ -182,23 +189,61 @@ impl Phases {
     }
 }
 
-/// The target platform: the command line, else `[build] platform`, else the host.
-fn platform(ws: &Workspace, flag: Option<&str>) -> Result<Platform> {
-    let Some(name) = flag.or(ws.config.build.platform.as_deref()) else {
+/// The platforms named with `--platform` (none: see [`default_platform`]).
+fn flag_platforms(flags: &[String]) -> Result<Vec<Platform>> {
+    let mut out: Vec<Platform> = Vec::new();
+    for f in flags {
+        let p = Platform::parse(f.trim()).map_err(|e| anyhow::anyhow!("--platform: {e}"))?;
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// The platform of targets without a `platform` attribute when `--platform` is not given:
+/// `[build] platform`, else the host.
+fn default_platform(ws: &Workspace) -> Result<Platform> {
+    let Some(name) = ws.config.build.platform.as_deref() else {
         return Ok(Platform::host());
     };
-    let p = Platform::parse(name).map_err(|e| {
-        let origin = if flag.is_some() {
-            "--platform".to_owned()
-        } else {
-            format!(
-                "[build] platform in {}",
-                ws.root.join("wbuild.toml").display()
-            )
+    Platform::parse(name).map_err(|e| {
+        anyhow::anyhow!(
+            "[build] platform in {}: {e}",
+            ws.root.join("wbuild.toml").display()
+        )
+    })
+}
+
+/// What to build for which platform: with `--platform`, every root for each platform named;
+/// otherwise roots grouped by their `platform` attribute (the rest on the default platform).
+/// `None` stands for the whole graph.
+fn platform_passes(
+    ws: &Workspace,
+    flags: &[Platform],
+    graph: &wbuild_graph::ActionGraph,
+    roots: &[Label],
+) -> Result<Vec<(Platform, Option<Vec<Label>>)>> {
+    if !flags.is_empty() {
+        return Ok(flags.iter().map(|p| (*p, None)).collect());
+    }
+    let default = default_platform(ws)?;
+    let mut groups: BTreeMap<&'static str, (Platform, Vec<Label>)> = BTreeMap::new();
+    for r in roots {
+        let p = match graph.root_platforms.get(r) {
+            Some(name) => Platform::parse(name).map_err(|e| anyhow::anyhow!("{r}: {e}"))?,
+            None => default,
         };
-        anyhow::anyhow!("{origin}: {e}")
-    })?;
-    Ok(p)
+        groups
+            .entry(p.name())
+            .or_insert((p, Vec::new()))
+            .1
+            .push(r.clone());
+    }
+    Ok(match groups.len() {
+        0 | 1 => vec![(groups.into_values().next().map_or(default, |g| g.0), None)],
+        _ => groups.into_values().map(|(p, r)| (p, Some(r))).collect(),
+    })
 }
 
 /// A clear error up front when the cross toolchain for `p` is not installed.
@@ -233,7 +278,7 @@ fn check_cross_toolchain(p: Platform) -> Result<()> {
 fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     let mut phases = Phases::new();
     let (ws, pkg) = workspace()?;
-    let target_platform = platform(&ws, args.platform.as_deref())?;
+    let flags = flag_platforms(&args.platform)?;
     let patterns = parse_patterns(&args.patterns, &pkg)?;
     let store = open_store(&cli.cache_dir)?;
     phases.mark("open store");
@@ -241,7 +286,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     let signature = wbuild_graph::workspace_signature(&ws)?;
     let snapshot = uptodate::snapshot_path(
         store.dir(),
-        &snapshot_key(&ws, &patterns, tests, target_platform, args.sandbox),
+        &snapshot_key(&ws, &patterns, tests, &flags, args.sandbox),
     );
     let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     if !args.show_output
@@ -251,13 +296,29 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         return up_to_date(&store, command, &pattern_names, &done, args, tests);
     }
     phases.mark("up-to-date check");
-    let (actions, _roots, analysis_cached) = analyse(&ws, &store, &patterns, tests, &signature)?;
-    if actions
-        .actions
-        .iter()
-        .any(|a| a.exec == wbuild_graph::Exec::Native)
-    {
-        check_cross_toolchain(target_platform)?;
+    let (actions, roots, analysis_cached) = analyse(&ws, &store, &patterns, tests, &signature)?;
+    let passes: Vec<(Platform, std::borrow::Cow<'_, wbuild_graph::ActionGraph>)> =
+        platform_passes(&ws, &flags, &actions, &roots)?
+            .into_iter()
+            .map(|(p, roots)| {
+                let g = match roots {
+                    Some(r) => std::borrow::Cow::Owned(actions.subgraph(&r)),
+                    None => std::borrow::Cow::Borrowed(&actions),
+                };
+                (p, g)
+            })
+            .collect();
+    let is_native = |g: &wbuild_graph::ActionGraph| {
+        g.actions
+            .iter()
+            .any(|a| a.exec == wbuild_graph::Exec::Native)
+    };
+    for (p, g) in &passes {
+        if is_native(g) {
+            check_cross_toolchain(*p)?;
+        }
+    }
+    if passes.iter().any(|(_, g)| is_native(g)) {
         match args.sandbox {
             SandboxMode::Namespaces => wbuild_exec_native::probe().map_err(|e| {
                 anyhow::anyhow!(
@@ -290,16 +351,53 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         memory_limit_bytes: ws.config.wasi.memory_limit_mb << 20,
         timeout: Duration::from_secs(ws.config.wasi.timeout_secs),
         show_output: args.show_output,
-        platform: target_platform,
+        platform: Platform::host(),
         unsandboxed: args.sandbox == SandboxMode::None,
     };
     let build_id = store.begin_build(command, &pattern_names)?;
     phases.mark("engine + history");
-    let ui = ui::Ui::new(actions.actions.len(), args.events.as_deref())?;
+    let total: usize = passes.iter().map(|(_, g)| g.actions.len()).sum();
+    let ui = ui::Ui::new(total, args.events.as_deref())?;
     ctrlc::set_handler(wbuild_sched::interrupt).context("cannot install the Ctrl-C handler")?;
     let sched = Scheduler::new(&ws, store.clone(), exec, &ui, Some(build_id));
-    let summary = sched.run(&actions, &opts);
+    let runs: Vec<(&wbuild_graph::ActionGraph, Options)> = passes
+        .iter()
+        .map(|(p, g)| {
+            let mut o = opts.clone();
+            o.platform = *p;
+            (g.as_ref(), o)
+        })
+        .collect();
+    let summaries = sched.run_passes(&runs);
     phases.mark("schedule");
+    // One summary for the whole build; outputs keyed by their place under the workspace.
+    let summary = summaries.map(|all| {
+        let mut total = wbuild_sched::Summary::default();
+        let mut sources = std::collections::BTreeSet::new();
+        let ran = all.len();
+        for (s, (p, _)) in all.into_iter().zip(&passes) {
+            total.executed += s.executed;
+            total.cached += s.cached;
+            total.failed += s.failed;
+            total.skipped += s.skipped;
+            total.interrupted |= s.interrupted;
+            total.duration += s.duration;
+            sources.extend(s.sources);
+            total.actions.extend(s.actions);
+            let dir = p.out_dir();
+            total.outputs.extend(
+                s.outputs
+                    .into_iter()
+                    .map(|(k, d)| (format!("{dir}/{k}"), d)),
+            );
+        }
+        // A pass that never ran (the build stopped before it) counts as skipped work.
+        for (_, g) in passes.iter().skip(ran) {
+            total.skipped += g.actions.len() as u64;
+        }
+        total.sources = sources.into_iter().collect();
+        total
+    });
     let outcome = match &summary {
         Ok(s) if s.interrupted => "interrupted",
         Ok(s) if s.success() => "success",
@@ -311,11 +409,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     if summary.success() {
         let abs = |p: &String| ws.root.join(p);
         let sources: Vec<PathBuf> = summary.sources.iter().map(abs).collect();
-        let outputs: Vec<PathBuf> = summary
-            .outputs
-            .keys()
-            .map(|p| ws.root.join(target_platform.out_dir()).join(p))
-            .collect();
+        let outputs: Vec<PathBuf> = summary.outputs.keys().map(|p| ws.root.join(p)).collect();
         // Best effort: without a snapshot the next no-op build takes the full path.
         let _ = uptodate::save(
             &snapshot,
@@ -359,16 +453,17 @@ fn snapshot_key(
     ws: &Workspace,
     patterns: &[TargetPattern],
     tests: bool,
-    platform: Platform,
+    platforms: &[Platform],
     sandbox: SandboxMode,
 ) -> String {
+    let names: Vec<&str> = platforms.iter().map(|p| p.name()).collect();
     let mut text = format!(
         "{}\0{}\0{}\0{}\0{}\0{sandbox:?}\0{tests}",
         env!("CARGO_PKG_VERSION"),
         wbuild_graph::binary_identity(),
         wbuild_exec_wasi::EXECUTOR_VERSION,
         ws.root.display(),
-        platform.name()
+        names.join(",")
     );
     for p in patterns {
         text.push('\0');
@@ -393,6 +488,7 @@ fn up_to_date(
         ui.event(&Event::Action {
             label: a.label.clone(),
             mnemonic: a.mnemonic.clone(),
+            detail: (!a.detail.is_empty()).then(|| a.detail.clone()),
             status: Status::Cached,
             duration_ms: 0,
             action_digest: Some(a.action_digest.clone()),
@@ -436,19 +532,22 @@ fn parse_patterns(patterns: &[String], pkg: &str) -> Result<Vec<TargetPattern>> 
         .collect()
 }
 
-fn outputs(cli: &Cli, targets: &[String], platform_flag: Option<&str>) -> Result<i32> {
+fn outputs(cli: &Cli, targets: &[String], platform_flags: &[String]) -> Result<i32> {
     let (ws, pkg) = workspace()?;
-    let out_dir = platform(&ws, platform_flag)?.out_dir();
+    let flags = flag_platforms(platform_flags)?;
     let patterns = parse_patterns(targets, &pkg)?;
     let store = open_store(&cli.cache_dir)?;
     let signature = wbuild_graph::workspace_signature(&ws)?;
     let (actions, roots, _) = analyse(&ws, &store, &patterns, false, &signature)?;
-    for label in &roots {
-        for path in actions.target_files.get(label).into_iter().flatten() {
-            if actions.producers.contains_key(path) {
-                println!("{out_dir}/{path}");
-            } else {
-                println!("{path}");
+    for (platform, group) in platform_passes(&ws, &flags, &actions, &roots)? {
+        let out_dir = platform.out_dir();
+        for label in group.as_deref().unwrap_or(&roots) {
+            for path in actions.target_files.get(label).into_iter().flatten() {
+                if actions.producers.contains_key(path) {
+                    println!("{out_dir}/{path}");
+                } else {
+                    println!("{path}");
+                }
             }
         }
     }

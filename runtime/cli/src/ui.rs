@@ -91,6 +91,7 @@ impl EventSink for Ui {
         }
         if let Event::Action {
             label,
+            detail,
             status,
             duration_ms,
             error,
@@ -99,6 +100,10 @@ impl EventSink for Ui {
             ..
         } = e
         {
+            let label = match detail {
+                Some(d) => format!("{label} {d}"),
+                None => label.clone(),
+            };
             if let Some(b) = &self.bar {
                 b.inc(1);
                 b.set_message(label.clone());

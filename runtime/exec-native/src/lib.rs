@@ -622,7 +622,10 @@ impl Plan {
         // User mounts, parents before children.
         let mut mounts: Vec<&Mount> = req.mounts.iter().collect();
         mounts.sort_by_key(|m| m.sandbox.components().count());
-        let mut made: Vec<PathBuf> = vec![PathBuf::from("/")];
+        // Sets, not lists: an action may have thousands of input mounts.
+        let mut made: std::collections::HashSet<PathBuf> =
+            std::iter::once(PathBuf::from("/")).collect();
+        let mut points: std::collections::HashSet<&Path> = std::collections::HashSet::new();
         let mut symlinks: Vec<&Path> = Vec::new();
         for m in &mounts {
             check_sandbox_path(&m.sandbox, "mount point")?;
@@ -643,12 +646,7 @@ impl Plan {
                     m.host.display()
                 )));
             }
-            if mounts
-                .iter()
-                .filter(|o| o.sandbox == m.sandbox)
-                .nth(1)
-                .is_some()
-            {
+            if !points.insert(&m.sandbox) {
                 return Err(SandboxError::InvalidRequest(format!(
                     "mount point {} is given twice",
                     m.sandbox.display()
@@ -672,10 +670,9 @@ impl Plan {
             let mut anc: Vec<&Path> = m.sandbox.ancestors().skip(1).collect();
             anc.reverse();
             for a in anc {
-                if made.iter().any(|p| p == a) {
+                if !made.insert(a.to_path_buf()) {
                     continue;
                 }
-                made.push(a.to_path_buf());
                 push(
                     Op::Mkdir {
                         path: cstr(join_root(&root, a).as_os_str().as_bytes(), "mount point")?,
@@ -689,7 +686,7 @@ impl Plan {
                 join_root(&root, &m.sandbox).as_os_str().as_bytes(),
                 "mount point",
             )?;
-            made.push(m.sandbox.clone());
+            made.insert(m.sandbox.clone());
             if meta.file_type().is_symlink() {
                 let target =
                     std::fs::read_link(&m.host).map_err(|source| SandboxError::MountSource {

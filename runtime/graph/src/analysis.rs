@@ -26,14 +26,78 @@ pub struct ActionGraph {
     /// produces it, producing label). The index is [`NOT_SCHEDULED`] when that target is not
     /// needed by the roots (the label still names who could produce the file).
     pub producers: BTreeMap<String, (usize, Label)>,
+    /// Root targets with a `platform` attribute, and that platform's name.
+    #[serde(default)]
+    pub root_platforms: BTreeMap<Label, String>,
+}
+
+impl ActionGraph {
+    /// The actions `roots` need (those of the roots and, transitively, their dependencies),
+    /// in the same order, with `deps` renumbered; `target_files` of those roots only and
+    /// `producers` with indices into the new list ([`NOT_SCHEDULED`] for actions left out).
+    pub fn subgraph(&self, roots: &[Label]) -> ActionGraph {
+        let wanted: HashSet<&Label> = roots.iter().collect();
+        let mut keep = vec![false; self.actions.len()];
+        for i in (0..self.actions.len()).rev() {
+            if wanted.contains(&self.actions[i].label) {
+                keep[i] = true;
+            }
+            if keep[i] {
+                for &d in &self.actions[i].deps {
+                    keep[d] = true;
+                }
+            }
+        }
+        let mut new_index = vec![NOT_SCHEDULED; self.actions.len()];
+        let mut actions = Vec::new();
+        for (i, a) in self.actions.iter().enumerate() {
+            if keep[i] {
+                new_index[i] = actions.len();
+                let mut a = a.clone();
+                a.deps = a.deps.iter().map(|&d| new_index[d]).collect();
+                actions.push(a);
+            }
+        }
+        ActionGraph {
+            actions,
+            target_files: self
+                .target_files
+                .iter()
+                .filter(|(l, _)| wanted.contains(l))
+                .map(|(l, f)| (l.clone(), f.clone()))
+                .collect(),
+            producers: self
+                .producers
+                .iter()
+                .map(|(p, (i, l))| {
+                    let i = if *i == NOT_SCHEDULED {
+                        NOT_SCHEDULED
+                    } else {
+                        new_index[*i]
+                    };
+                    (p.clone(), (i, l.clone()))
+                })
+                .collect(),
+            root_platforms: self
+                .root_platforms
+                .iter()
+                .filter(|(l, _)| wanted.contains(l))
+                .map(|(l, p)| (l.clone(), p.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// One tool invocation.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ActionNode {
     pub label: Label,
-    /// `"WasiRun"` or `"WasiTest"`.
+    /// `WasiRun`, `WasiTest`, `Genrule`, `CcCompile`, `CcArchive`, `CcLink` or `CcTest`.
     pub mnemonic: String,
+    /// For a target with several actions, what this one works on beyond the label (the
+    /// source a `CcCompile` compiles); `None` for the target's main action.
+    #[serde(default)]
+    pub detail: Option<String>,
     /// What runs: a WASI tool, or a shell command in the native sandbox.
     pub exec: Exec,
     /// WASI: `argv[0]` is the `wasi_tool`'s name, then the expanded `args`. Native:
@@ -49,7 +113,16 @@ pub struct ActionNode {
     /// Sorted indices of the actions producing an input, the tool module or a tool data file.
     pub deps: Vec<usize>,
     pub is_test: bool,
+    /// Native actions: WASI tools the command runs (genrule `tools` that are `wasi_tool`s),
+    /// each with the workspace path of the launcher that starts it. Their modules and data
+    /// are among `inputs`.
+    #[serde(default)]
+    pub wasi_tools: Vec<(String, ToolRef)>,
 }
+
+/// Where genrule launchers of WASI tools live in the action's tree
+/// (`.wbuild/tools/<package>/<name>`).
+pub const WASI_LAUNCHER_DIR: &str = ".wbuild/tools";
 
 /// How an action runs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -61,6 +134,14 @@ pub enum Exec {
 }
 
 impl ActionNode {
+    /// The action's name in history, events and messages: the label, then the detail.
+    pub fn name(&self) -> String {
+        match &self.detail {
+            Some(d) => format!("{} {d}", self.label),
+            None => self.label.to_string(),
+        }
+    }
+
     /// The WASI tool, for WASI actions.
     pub fn wasi_tool(&self) -> Option<&ToolRef> {
         match &self.exec {
@@ -115,18 +196,29 @@ pub fn analyse(
         files.sort();
         target_files.insert(r.clone(), files);
     }
-    let producers = a
+    let mut producers: BTreeMap<String, (usize, Label)> = a
         .outputs
         .iter()
         .map(|(path, label)| {
-            let index = a.action_of.get(label).copied().unwrap_or(NOT_SCHEDULED);
+            let index = a.out_action.get(path).copied().unwrap_or(NOT_SCHEDULED);
             (path.clone(), (index, label.clone()))
         })
+        .collect();
+    // Intermediate files (objects) are produced by actions of targets that were analysed.
+    for (path, &i) in &a.out_action {
+        producers
+            .entry(path.clone())
+            .or_insert_with(|| (i, a.actions[i].label.clone()));
+    }
+    let root_platforms = roots
+        .iter()
+        .filter_map(|r| Some((r.clone(), graph.targets.get(r)?.platform.clone()?)))
         .collect();
     Ok(ActionGraph {
         actions: a.actions,
         target_files,
         producers,
+        root_platforms,
     })
 }
 
@@ -140,7 +232,8 @@ struct Analyser<'a> {
     files: HashMap<Label, Vec<String>>,
     tools: HashMap<Label, ToolRef>,
     actions: Vec<ActionNode>,
-    action_of: HashMap<Label, usize>,
+    /// Generated workspace path -> index of the action that writes it.
+    out_action: HashMap<String, usize>,
 }
 
 impl<'a> Analyser<'a> {
@@ -178,7 +271,7 @@ impl<'a> Analyser<'a> {
             files: HashMap::new(),
             tools: HashMap::new(),
             actions: Vec::new(),
-            action_of: HashMap::new(),
+            out_action: HashMap::new(),
         })
     }
 
@@ -246,30 +339,44 @@ impl<'a> Analyser<'a> {
             return Ok(());
         }
         let t = self.target(label, from)?;
-        let is_test_rule = matches!(
-            t.rule,
-            Rule::WasiTest { .. }
-                | Rule::Cc {
-                    kind: CcKind::Test,
-                    ..
-                }
-        );
-        if is_test_rule && !(is_root && self.include_tests) {
-            // Tests only run when asked for; as a dependency a test provides no files.
+        // Tests only run when asked for; as a dependency a wasi_test provides no files (a
+        // cc_test's program is still built, as Bazel's `build` does).
+        let run_test = is_root && self.include_tests;
+        if matches!(t.rule, Rule::WasiTest { .. }) && !run_test {
             return Ok(());
         }
         self.visited.insert(label.clone());
         for dep in self.edges(t) {
             self.visit(&dep, false, Some(t))?;
         }
-        if matches!(
-            t.rule,
-            Rule::WasiRun { .. } | Rule::WasiTest { .. } | Rule::Genrule { .. } | Rule::Cc { .. }
-        ) {
-            let action = self.action(t)?;
-            self.action_of.insert(label.clone(), self.actions.len());
-            self.actions.push(action);
+        let actions = match &t.rule {
+            Rule::Cc { .. } => self.cc_actions(t, run_test)?,
+            Rule::WasiRun { .. } | Rule::WasiTest { .. } | Rule::Genrule { .. } => {
+                vec![self.action(t)?]
+            }
+            Rule::Filegroup { .. } | Rule::WasiTool { .. } => Vec::new(),
+        };
+        for action in actions {
+            self.push(t, action)?;
         }
+        Ok(())
+    }
+
+    /// Adds an action (after those it depends on), recording what it writes.
+    fn push(&mut self, t: &Target, action: ActionNode) -> Result<(), GraphError> {
+        let index = self.actions.len();
+        for out in &action.outputs {
+            if let Some(&other) = self.out_action.get(out) {
+                return Err(GraphError::OutputCollision {
+                    location: t.location.clone(),
+                    label: t.label.clone(),
+                    output: out.clone(),
+                    other: format!("an output of {}", self.actions[other].name()).into(),
+                });
+            }
+            self.out_action.insert(out.clone(), index);
+        }
+        self.actions.push(action);
         Ok(())
     }
 
@@ -425,9 +532,6 @@ impl<'a> Analyser<'a> {
         {
             return self.genrule_action(t, srcs, outs, cmd, tools);
         }
-        if let Rule::Cc { .. } = &t.rule {
-            return self.cc_action(t);
-        }
         let (tool, srcs, outs, args, env, is_test) = match &t.rule {
             Rule::WasiRun {
                 tool,
@@ -482,7 +586,9 @@ impl<'a> Analyser<'a> {
         Ok(ActionNode {
             label: t.label.clone(),
             mnemonic: if is_test { "WasiTest" } else { "WasiRun" }.to_owned(),
+            detail: None,
             exec: Exec::Wasi(tool),
+            wasi_tools: Vec::new(),
             argv,
             env: expanded_env,
             inputs,
@@ -528,7 +634,24 @@ impl<'a> Analyser<'a> {
         let (src_files, ordered) = self.src_files(t, srcs)?;
         let mut located = src_files.clone();
         let mut inputs = ordered.clone();
+        let mut wasi_tools = Vec::new();
         for d in tools {
+            if let Dep::Target(l) = d
+                && let Rule::WasiTool { .. } = self.target(l, Some(t))?.rule
+            {
+                // A WASI tool runs through a launcher that starts it in wbuild's WASI
+                // executor inside the sandbox; `$(location)` names the launcher.
+                let tool = self.tool_ref(l, Some(t))?;
+                let launcher = format!(
+                    "{WASI_LAUNCHER_DIR}/{}",
+                    l.to_string().trim_start_matches("//").replace(':', "/")
+                );
+                inputs.push(tool.module.clone());
+                inputs.extend(tool.data.iter().map(|(_, p)| p.clone()));
+                located.push((d.clone(), vec![launcher.clone()]));
+                wasi_tools.push((launcher, tool));
+                continue;
+            }
             let files = self.dep_files(d, t)?;
             inputs.extend(files.iter().cloned());
             located.push((d.clone(), files));
@@ -549,7 +672,9 @@ impl<'a> Analyser<'a> {
         Ok(ActionNode {
             label: t.label.clone(),
             mnemonic: "Genrule".to_owned(),
+            detail: None,
             exec: Exec::Native,
+            wasi_tools,
             argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), cmd],
             env: BTreeMap::new(),
             inputs,
@@ -559,10 +684,11 @@ impl<'a> Analyser<'a> {
         })
     }
 
-    /// `cc_library` / `cc_binary` / `cc_test`: one native action compiling every source; the
-    /// inputs are the sources, the headers of the target and of its transitive deps, and (to
-    /// link) the archives of those deps.
-    fn cc_action(&mut self, t: &'a Target) -> Result<ActionNode, GraphError> {
+    /// `cc_library` / `cc_binary` / `cc_test`: one `CcCompile` action per source (inputs: the
+    /// source, the target's headers and those of its transitive deps), then a `CcArchive` or
+    /// `CcLink` action over the objects (and, to link, the transitive archives), and for a test
+    /// whose run is requested a `CcTest` action running the program.
+    fn cc_actions(&mut self, t: &'a Target, run_test: bool) -> Result<Vec<ActionNode>, GraphError> {
         let Rule::Cc {
             kind,
             srcs,
@@ -574,20 +700,21 @@ impl<'a> Analyser<'a> {
             linkopts,
         } = &t.rule
         else {
-            unreachable!("cc_action on a cc_* target");
+            unreachable!("cc_actions on a cc_* target");
         };
         let pkg = &t.label.package;
-        let mut inputs: Vec<String> = Vec::new();
+        let label = t.label.to_string();
+        let mut headers: Vec<String> = Vec::new();
         let mut sources = Vec::new();
         let mut private_headers = Vec::new();
         for d in srcs {
             for f in self.dep_files(d, t)? {
                 if crate::cc::is_source(&f) {
-                    sources.push(f.clone());
+                    sources.push(f);
                 } else {
                     private_headers.push(f.clone());
+                    headers.push(f);
                 }
-                inputs.push(f);
             }
         }
         let mut dep_headers = Vec::new();
@@ -602,7 +729,7 @@ impl<'a> Analyser<'a> {
             }
         }
         for d in hdrs {
-            inputs.extend(self.dep_files(d, t)?);
+            headers.extend(self.dep_files(d, t)?);
         }
         let mut all_defines = defines.clone();
         let mut include_dirs: Vec<String> = includes
@@ -641,7 +768,7 @@ impl<'a> Analyser<'a> {
                 continue;
             };
             for h in hdrs {
-                inputs.extend(self.dep_files(h, dep)?);
+                headers.extend(self.dep_files(h, dep)?);
             }
             all_defines.extend(defines.iter().cloned());
             include_dirs.extend(includes.iter().map(|i| {
@@ -653,48 +780,131 @@ impl<'a> Analyser<'a> {
             }));
             archives.push(join(&l.package, &crate::cc::archive_name(&l.name)));
         }
+        headers.sort();
+        headers.dedup();
+        let mut seen_dirs = HashSet::new();
+        include_dirs.retain(|d| seen_dirs.insert(d.clone()));
+
+        let mut actions = Vec::new();
+        let mut objects = Vec::new();
+        let mut depfiles = Vec::new();
+        let mut stems: HashMap<String, &String> = HashMap::new();
+        let compile_deps = self.producing_actions(t, headers.iter())?;
+        for src in &sources {
+            let stem = crate::cc::object_stem(pkg, &t.label.name, src);
+            if let Some(other) = stems.insert(stem.clone(), src) {
+                return Err(GraphError::Attribute {
+                    location: t.location.clone(),
+                    target: label,
+                    message: format!(
+                        "attribute 'srcs': '{other}' and '{src}' would both compile to {stem}.o; rename one of them"
+                    ),
+                });
+            }
+            let (object, depfile) = (format!("{stem}.o"), format!("{stem}.d"));
+            let script = crate::cc::Compile {
+                source: src,
+                object: &object,
+                depfile: &depfile,
+                copts,
+                defines: &all_defines,
+                include_dirs: &include_dirs,
+            }
+            .script();
+            let mut inputs = headers.clone();
+            inputs.push(src.clone());
+            inputs.sort();
+            inputs.dedup();
+            let mut deps: BTreeSet<usize> = compile_deps.iter().copied().collect();
+            deps.extend(self.producing_actions(t, std::iter::once(src))?);
+            let mut outputs = vec![object.clone(), depfile.clone()];
+            outputs.sort();
+            actions.push(ActionNode {
+                label: t.label.clone(),
+                mnemonic: "CcCompile".to_owned(),
+                detail: Some(src.clone()),
+                exec: Exec::Native,
+                wasi_tools: Vec::new(),
+                argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), script],
+                env: BTreeMap::new(),
+                inputs,
+                outputs,
+                deps: deps.into_iter().collect(),
+                is_test: false,
+            });
+            objects.push(object);
+            depfiles.push(depfile);
+        }
+
+        let output = join(pkg, &crate::cc::outputs(*kind, &t.label.name)[0]);
+        let script = crate::cc::Finish {
+            kind: *kind,
+            output: &output,
+            objects: &objects,
+            depfiles: &depfiles,
+            archives: if *kind == CcKind::Library {
+                &[]
+            } else {
+                &archives
+            },
+            linkopts,
+            cxx: sources.iter().any(|s| crate::cc::is_cxx(s)),
+            label: &label,
+            private_headers: &private_headers,
+            dep_headers: &dep_headers,
+        }
+        .script();
+        let mut inputs: Vec<String> = objects.iter().chain(&depfiles).cloned().collect();
         if *kind != CcKind::Library {
             inputs.extend(archives.iter().cloned());
         }
         inputs.sort();
         inputs.dedup();
-        include_dirs.dedup();
-        let script = crate::cc::CcCommand {
-            kind: *kind,
-            package: pkg,
-            name: &t.label.name,
-            sources,
-            copts,
-            defines: all_defines,
-            include_dirs,
-            archives,
-            linkopts,
-            label: t.label.to_string(),
-            private_headers,
-            dep_headers,
-        }
-        .script();
-        let outputs: Vec<String> = crate::cc::outputs(*kind, &t.label.name)
-            .iter()
-            .map(|o| join(pkg, o))
-            .collect();
-        let deps = self.producing_actions(t, inputs.iter())?;
-        Ok(ActionNode {
+        // The objects' producers are the compile actions just made (indices follow the
+        // actions already pushed).
+        let base = self.actions.len();
+        let mut deps: BTreeSet<usize> = (base..base + actions.len()).collect();
+        deps.extend(self.producing_actions(t, archives.iter())?);
+        let finish_index = base + actions.len();
+        actions.push(ActionNode {
             label: t.label.clone(),
-            mnemonic: match kind {
-                CcKind::Library => "CcLibrary",
-                CcKind::Binary => "CcBinary",
-                CcKind::Test => "CcTest",
+            mnemonic: if *kind == CcKind::Library {
+                "CcArchive"
+            } else {
+                "CcLink"
             }
             .to_owned(),
+            // A test's main action is the one running it.
+            detail: (*kind == CcKind::Test).then(|| "link".to_owned()),
             exec: Exec::Native,
+            wasi_tools: Vec::new(),
             argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), script],
             env: BTreeMap::new(),
             inputs,
-            outputs,
-            deps,
-            is_test: *kind == CcKind::Test,
-        })
+            outputs: vec![output.clone()],
+            deps: deps.into_iter().collect(),
+            is_test: false,
+        });
+        if *kind == CcKind::Test && run_test {
+            actions.push(ActionNode {
+                label: t.label.clone(),
+                mnemonic: "CcTest".to_owned(),
+                detail: None,
+                exec: Exec::Native,
+                wasi_tools: Vec::new(),
+                argv: vec![
+                    "/bin/sh".to_owned(),
+                    "-c".to_owned(),
+                    crate::cc::test_script(&output),
+                ],
+                env: BTreeMap::new(),
+                inputs: vec![output],
+                outputs: Vec::new(),
+                deps: vec![finish_index],
+                is_test: true,
+            });
+        }
+        Ok(actions)
     }
 
     /// Sorted indices of the actions that produce any of `paths`.
@@ -705,21 +915,16 @@ impl<'a> Analyser<'a> {
     ) -> Result<Vec<usize>, GraphError> {
         let mut deps = BTreeSet::new();
         for p in paths {
-            if let Some(producer) = self.outputs.get(p) {
-                match self.action_of.get(producer) {
-                    Some(&i) => {
-                        deps.insert(i);
-                    }
-                    None => {
-                        return Err(GraphError::Attribute {
-                            location: t.location.clone(),
-                            target: t.label.to_string(),
-                            message: format!(
-                                "internal error: '{p}' is produced by {producer}, which was not analysed first"
-                            ),
-                        });
-                    }
-                }
+            if let Some(&i) = self.out_action.get(p) {
+                deps.insert(i);
+            } else if let Some(producer) = self.outputs.get(p) {
+                return Err(GraphError::Attribute {
+                    location: t.location.clone(),
+                    target: t.label.to_string(),
+                    message: format!(
+                        "internal error: '{p}' is produced by {producer}, which was not analysed first"
+                    ),
+                });
             }
         }
         Ok(deps.into_iter().collect())
@@ -1006,41 +1211,78 @@ wasi_tool(
             ("app/main.c", ""),
         ]);
         let g = analyse_patterns(&t, &["//app:app"], false).unwrap();
-        let labels: Vec<String> = g.actions.iter().map(|a| a.label.to_string()).collect();
-        assert_eq!(labels, ["//base:base", "//mid:mid", "//app:app"]);
-        let base = &g.actions[0];
-        assert_eq!(base.mnemonic, "CcLibrary");
-        assert_eq!(base.outputs, ["base/libbase.a"]);
-        assert_eq!(base.inputs, ["base/b.c", "base/inc/base.h", "base/priv.h"]);
-        let app = &g.actions[2];
-        assert_eq!(app.mnemonic, "CcBinary");
+        let names: Vec<(String, &str)> = g
+            .actions
+            .iter()
+            .map(|a| (a.name(), a.mnemonic.as_str()))
+            .collect();
+        assert_eq!(
+            names,
+            [
+                ("//base:base base/b.c".to_owned(), "CcCompile"),
+                ("//base:base".to_owned(), "CcArchive"),
+                ("//mid:mid mid/m.cc".to_owned(), "CcCompile"),
+                ("//mid:mid".to_owned(), "CcArchive"),
+                ("//app:app app/main.c".to_owned(), "CcCompile"),
+                ("//app:app".to_owned(), "CcLink"),
+            ]
+        );
+        let compile = &g.actions[0];
+        assert_eq!(
+            compile.inputs,
+            ["base/b.c", "base/inc/base.h", "base/priv.h"]
+        );
+        assert_eq!(
+            compile.outputs,
+            ["base/_objs/base/b.d", "base/_objs/base/b.o"]
+        );
+        let archive = &g.actions[1];
+        assert_eq!(archive.outputs, ["base/libbase.a"]);
+        assert_eq!(
+            archive.inputs,
+            ["base/_objs/base/b.d", "base/_objs/base/b.o"]
+        );
+        assert_eq!(archive.deps, [0]);
+        // A compile sees the headers of every transitive dep, not their private headers.
+        let app_compile = &g.actions[4];
+        assert_eq!(
+            app_compile.inputs,
+            ["app/main.c", "base/inc/base.h", "mid/mid.h"]
+        );
+        assert!(app_compile.deps.is_empty(), "{:?}", app_compile.deps);
+        let script = &app_compile.argv[2];
+        assert!(script.contains("-DBASE=1"), "{script}");
+        assert!(script.contains("-I base/inc"), "{script}");
+        let app = &g.actions[5];
         assert_eq!(app.outputs, ["app/app"]);
-        // Headers of every transitive dep and their archives; not their private headers.
         assert_eq!(
             app.inputs,
             [
-                "app/main.c",
-                "base/inc/base.h",
+                "app/_objs/app/main.d",
+                "app/_objs/app/main.o",
                 "base/libbase.a",
                 "mid/libmid.a",
-                "mid/mid.h"
             ]
         );
-        assert_eq!(app.deps, [0, 1]);
-        let script = &app.argv[2];
-        assert!(script.contains("-DBASE=1"), "{script}");
-        assert!(script.contains("-I base/inc"), "{script}");
+        assert_eq!(app.deps, [1, 3, 4]);
         // Dependents before their dependencies on the link line.
         assert!(
-            script.contains("\"$CC\" -o app/app \"$o\"/0.o mid/libmid.a base/libbase.a -lm"),
-            "{script}"
+            app.argv[2].ends_with(
+                "exec \"$CC\" -o app/app app/_objs/app/main.o mid/libmid.a base/libbase.a -lm"
+            ),
+            "{}",
+            app.argv[2]
         );
-        // A test is an action only when tests are included.
+        assert_eq!(g.producers["app/_objs/app/main.o"].0, 4);
+        // A test's program is built by `build`; it runs only when tests are included.
         let g = analyse_patterns(&t, &["//app:t"], false).unwrap();
-        assert!(g.actions.iter().all(|a| a.label.name != "t"));
+        assert!(g.actions.iter().all(|a| !a.is_test));
+        assert_eq!(g.actions.last().unwrap().outputs, ["app/t"]);
         let g = analyse_patterns(&t, &["//app:t"], true).unwrap();
         let test = g.actions.last().unwrap();
         assert!(test.is_test && test.outputs.is_empty() && test.mnemonic == "CcTest");
+        assert_eq!(test.inputs, ["app/t"]);
+        assert_eq!(test.deps, [g.actions.len() - 2]);
         // deps must be cc_library targets.
         let e = analyse_patterns(&t, &["//app:bad"], false).unwrap_err();
         assert!(e.to_string().contains("is not a cc_library"), "{e}");
@@ -1378,6 +1620,7 @@ wasi_run(name = 'unused', tool = '//tools:gen', outs = ['unused.txt'])
                     rule: Rule::Filegroup {
                         srcs: vec![Dep::Target(label(dep))],
                     },
+                    platform: None,
                 },
             )
         };

@@ -1,19 +1,24 @@
-//! `cc_library`, `cc_binary` and `cc_test`: the outputs they declare and the shell command
-//! their action runs in the native sandbox (one action per target: every source is compiled
-//! into the action's private `/tmp`, then archived with a deterministic `ar` or linked).
+//! `cc_library`, `cc_binary` and `cc_test`: the files they produce and the shell commands
+//! their actions run in the native sandbox.
 //!
-//! The script names the tools through variables the scheduler sets for the target platform
+//! As in Bazel, every source file is its own compile action (`CcCompile`, producing
+//! `<pkg>/_objs/<name>/<source>.o` and the compiler's depfile beside it), so compiles run in
+//! parallel and an edit recompiles exactly the sources whose inputs changed. A library's
+//! objects are archived with a deterministic `ar` (`CcArchive`), a binary's are linked with
+//! the transitive archives (`CcLink`); a test is linked like a binary and run by a separate
+//! `CcTest` action.
+//!
+//! The scripts name the tools through variables the scheduler sets for the target platform
 //! (and which are therefore part of the action key): `$CC`, `$CXX`, `$AR` and, for tests,
 //! `$TEST_RUNNER` (empty on the host, `qemu-<arch>-static -L <sysroot>` when cross-compiling).
 
 use crate::CcKind;
 
-/// Package-relative outputs of a `cc_*` target named `name`.
+/// Package-relative files a `cc_*` target named `name` provides (its archive or program).
 pub(crate) fn outputs(kind: CcKind, name: &str) -> Vec<String> {
     match kind {
         CcKind::Library => vec![archive_name(name)],
-        CcKind::Binary => vec![name.to_owned()],
-        CcKind::Test => Vec::new(),
+        CcKind::Binary | CcKind::Test => vec![name.to_owned()],
     }
 }
 
@@ -26,7 +31,8 @@ const CXX_EXTS: &[&str] = &["cc", "cpp", "cxx", "c++", "C"];
 const SOURCE_EXTS: &[&str] = &["c", "cc", "cpp", "cxx", "c++", "C", "s", "S"];
 
 fn ext(path: &str) -> &str {
-    path.rsplit_once('.').map_or("", |(_, e)| e)
+    let name = path.rsplit('/').next().unwrap_or(path);
+    name.rsplit_once('.').map_or("", |(_, e)| e)
 }
 
 /// Whether `path` is compiled (as opposed to a header listed in `srcs`).
@@ -34,8 +40,25 @@ pub(crate) fn is_source(path: &str) -> bool {
     SOURCE_EXTS.contains(&ext(path))
 }
 
+/// Whether `path` is compiled as C++ (and so a program containing it is linked with `$CXX`).
+pub(crate) fn is_cxx(path: &str) -> bool {
+    CXX_EXTS.contains(&ext(path))
+}
+
+/// Object file stem of `source` (a workspace path) for target `name` of package `pkg`:
+/// `<pkg>/_objs/<name>/<source relative to pkg, extension removed>`. The object is this plus
+/// `.o`, the depfile plus `.d`.
+pub(crate) fn object_stem(pkg: &str, name: &str, source: &str) -> String {
+    let rel = crate::label::strip_package(source, pkg).unwrap_or(source);
+    let stem = match rel.rsplit_once('.') {
+        Some((s, _)) if !s.ends_with('/') && !s.is_empty() => s,
+        _ => rel,
+    };
+    crate::label::join(pkg, &format!("_objs/{name}/{stem}"))
+}
+
 /// Quote for `/bin/sh` when needed.
-pub(crate) fn sh_quote(s: &str) -> String {
+pub fn sh_quote(s: &str) -> String {
     let plain = !s.is_empty()
         && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "_./=+-:,@%".contains(c));
@@ -48,50 +71,96 @@ pub(crate) fn sh_quote(s: &str) -> String {
 
 fn quote_all(args: &[String]) -> String {
     args.iter()
-        .map(|a| quote_keeping_o(a))
+        .map(|a| sh_quote(a))
         .collect::<Vec<_>>()
         .join(" ")
 }
 
-/// Quotes `a`, except that a leading `$o/` (the objects directory) stays expandable.
-fn quote_keeping_o(a: &str) -> String {
-    match a.strip_prefix("$o/") {
-        Some(rest) => format!("\"$o\"/{}", sh_quote(rest)),
-        None => sh_quote(a),
+/// How one source is compiled.
+pub(crate) struct Compile<'a> {
+    pub source: &'a str,
+    pub object: &'a str,
+    pub depfile: &'a str,
+    pub copts: &'a [String],
+    /// Own and transitive `defines`.
+    pub defines: &'a [String],
+    /// Include directories (workspace paths; "" is the workspace root).
+    pub include_dirs: &'a [String],
+}
+
+impl Compile<'_> {
+    /// The `/bin/sh -c` script. Debug info and `__FILE__` record paths relative to the
+    /// working directory, wherever that is (`-ffile-prefix-map`).
+    pub(crate) fn script(&self) -> String {
+        let compiler = if is_cxx(self.source) {
+            "\"$CXX\""
+        } else {
+            "\"$CC\""
+        };
+        let mut cmd = vec![
+            "-MD".to_owned(),
+            "-MF".to_owned(),
+            self.depfile.to_owned(),
+            "-c".to_owned(),
+        ];
+        cmd.extend(self.copts.iter().cloned());
+        cmd.extend(self.defines.iter().map(|d| format!("-D{d}")));
+        cmd.push("-iquote".to_owned());
+        cmd.push(".".to_owned());
+        for dir in self.include_dirs {
+            cmd.push("-I".to_owned());
+            cmd.push(if dir.is_empty() {
+                ".".into()
+            } else {
+                dir.clone()
+            });
+        }
+        cmd.extend([
+            "-o".to_owned(),
+            self.object.to_owned(),
+            self.source.to_owned(),
+        ]);
+        format!(
+            "exec {compiler} \"-ffile-prefix-map=$PWD/=\" {}",
+            quote_all(&cmd)
+        )
     }
 }
 
-/// Everything the command needs, with workspace paths.
-pub(crate) struct CcCommand<'a> {
+/// What the archive or link step of a target needs.
+pub(crate) struct Finish<'a> {
     pub kind: CcKind,
-    pub package: &'a str,
-    pub name: &'a str,
-    /// Files to compile, in `srcs` order.
-    pub sources: Vec<String>,
-    pub copts: &'a [String],
-    /// Own and transitive `defines`.
-    pub defines: Vec<String>,
-    /// Include directories (workspace paths; "" is the workspace root).
-    pub include_dirs: Vec<String>,
+    /// The archive or program to write (workspace path).
+    pub output: &'a str,
+    /// The target's objects, in `srcs` order.
+    pub objects: &'a [String],
+    /// Their depfiles, for the unused-header warnings.
+    pub depfiles: &'a [String],
     /// Archives to link, dependents before their dependencies.
-    pub archives: Vec<String>,
+    pub archives: &'a [String],
     pub linkopts: &'a [String],
+    /// Whether any source of the target is C++ (link with `$CXX`).
+    pub cxx: bool,
     /// The target's label, for messages.
-    pub label: String,
+    pub label: &'a str,
     /// Headers listed in the target's own `srcs`.
-    pub private_headers: Vec<String>,
+    pub private_headers: &'a [String],
     /// Each direct dependency with its `hdrs`.
-    pub dep_headers: Vec<(String, Vec<String>)>,
+    pub dep_headers: &'a [(String, Vec<String>)],
 }
 
-impl CcCommand<'_> {
-    /// Warnings from the compiler's depfiles (`$o/*.d`): private headers no source includes,
-    /// and direct dependencies none of whose headers is included.
+impl Finish<'_> {
+    /// Warnings from the compiler's depfiles: private headers no source includes, and direct
+    /// dependencies none of whose headers is included.
     fn unused_header_checks(&self) -> Vec<String> {
+        if self.depfiles.is_empty() {
+            return Vec::new();
+        }
+        let depfiles = quote_all(self.depfiles);
         let mut lines = Vec::new();
-        for h in &self.private_headers {
+        for h in self.private_headers {
             lines.push(format!(
-                "grep -qsF -- {h} \"$o\"/*.d || echo {} >&2",
+                "grep -qsF -- {h} {depfiles} || echo {} >&2",
                 sh_quote(&format!(
                     "warning: {}: private header {h} is not included by any source; remove it from srcs",
                     self.label
@@ -99,14 +168,14 @@ impl CcCommand<'_> {
                 h = sh_quote(h)
             ));
         }
-        for (dep, hdrs) in &self.dep_headers {
+        for (dep, hdrs) in self.dep_headers {
             if hdrs.is_empty() {
                 continue;
             }
             let patterns: Vec<String> =
                 hdrs.iter().map(|h| format!("-e {}", sh_quote(h))).collect();
             lines.push(format!(
-                "grep -qsF {} \"$o\"/*.d || echo {} >&2",
+                "grep -qsF {} {depfiles} || echo {} >&2",
                 patterns.join(" "),
                 sh_quote(&format!(
                     "warning: {}: no source includes a header of its dependency {dep}; remove it from deps if it is not needed",
@@ -117,82 +186,34 @@ impl CcCommand<'_> {
         lines
     }
 
-    fn out(&self, file: &str) -> String {
-        if self.package.is_empty() {
-            file.to_owned()
-        } else {
-            format!("{}/{file}", self.package)
-        }
-    }
-
-    /// The `/bin/sh -c` script.
+    /// The `/bin/sh -c` script: the header checks, then `ar` (D: zero timestamps, uids and
+    /// modes) or the link.
     pub(crate) fn script(&self) -> String {
-        let cxx = self.sources.iter().any(|s| CXX_EXTS.contains(&ext(s)));
-        // Objects go to the action's private temp directory; debug info and __FILE__ record
-        // paths relative to the working directory, wherever that is.
-        let mut lines = vec![
-            "set -e".to_owned(),
-            "o=\"${TMPDIR:-/tmp}/o\"".to_owned(),
-            "mkdir -p \"$o\"".to_owned(),
-        ];
-        let mut objects = Vec::new();
-        for (i, src) in self.sources.iter().enumerate() {
-            let compiler = if CXX_EXTS.contains(&ext(src)) {
-                "\"$CXX\""
-            } else {
-                "\"$CC\""
-            };
-            let obj = format!("$o/{i}.o");
-            let mut cmd = vec!["-c".to_owned()];
-            cmd.extend(self.copts.iter().cloned());
-            cmd.extend(self.defines.iter().map(|d| format!("-D{d}")));
-            cmd.push("-iquote".to_owned());
-            cmd.push(".".to_owned());
-            for dir in &self.include_dirs {
-                cmd.push("-I".to_owned());
-                cmd.push(if dir.is_empty() {
-                    ".".into()
-                } else {
-                    dir.clone()
-                });
-            }
-            cmd.push("-o".to_owned());
-            cmd.push(obj.clone());
-            cmd.push(src.clone());
-            lines.push(format!(
-                "{compiler} \"-ffile-prefix-map=$PWD/=\" -MD -MF \"$o\"/{i}.d {}",
-                quote_all(&cmd)
-            ));
-            objects.push(obj);
-        }
-        if !self.sources.is_empty() {
-            lines.extend(self.unused_header_checks());
-        }
-        let linker = if cxx { "\"$CXX\"" } else { "\"$CC\"" };
-        let link = |out: &str| {
-            let mut cmd = vec!["-o".to_owned(), out.to_owned()];
-            cmd.extend(objects.iter().cloned());
-            cmd.extend(self.archives.iter().cloned());
-            cmd.extend(self.linkopts.iter().cloned());
-            format!("{linker} {}", quote_all(&cmd))
-        };
+        let mut lines = vec!["set -e".to_owned()];
+        lines.extend(self.unused_header_checks());
         match self.kind {
             CcKind::Library => {
-                // D: zero timestamps, uids and modes in the archive.
-                let mut cmd = vec!["rcsD".to_owned(), self.out(&archive_name(self.name))];
-                cmd.extend(objects.iter().cloned());
-                lines.push(format!("\"$AR\" {}", quote_all(&cmd)));
+                let mut cmd = vec!["rcsD".to_owned(), self.output.to_owned()];
+                cmd.extend(self.objects.iter().cloned());
+                lines.push(format!("exec \"$AR\" {}", quote_all(&cmd)));
             }
-            CcKind::Binary => lines.push(link(&self.out(self.name))),
-            CcKind::Test => {
-                let exe = format!("$o/{}", self.name);
-                lines.push(link(&exe));
-                // $TEST_RUNNER is unquoted on purpose: empty, or a program and its options.
-                lines.push(format!("$TEST_RUNNER {}", quote_keeping_o(&exe)));
+            CcKind::Binary | CcKind::Test => {
+                let linker = if self.cxx { "\"$CXX\"" } else { "\"$CC\"" };
+                let mut cmd = vec!["-o".to_owned(), self.output.to_owned()];
+                cmd.extend(self.objects.iter().cloned());
+                cmd.extend(self.archives.iter().cloned());
+                cmd.extend(self.linkopts.iter().cloned());
+                lines.push(format!("exec {linker} {}", quote_all(&cmd)));
             }
         }
         lines.join("\n")
     }
+}
+
+/// The script of a `CcTest` action: run the linked test program (under the platform's
+/// `$TEST_RUNNER`, unquoted on purpose: empty, or a program and its options).
+pub(crate) fn test_script(program: &str) -> String {
+    format!("exec $TEST_RUNNER ./{}", sh_quote(program))
 }
 
 #[cfg(test)]
@@ -200,40 +221,73 @@ mod tests {
     use super::*;
 
     #[test]
-    fn quoting_and_sources() {
+    fn quoting_sources_and_objects() {
         assert_eq!(sh_quote("a/b.c"), "a/b.c");
         assert_eq!(sh_quote("-DX=\"y z\""), "'-DX=\"y z\"'");
         assert_eq!(sh_quote("it's"), r"'it'\''s'");
         assert!(is_source("x/a.cc") && is_source("b.c") && !is_source("c.h"));
+        assert!(!is_source("v1.2/README"));
+        assert_eq!(object_stem("lib", "m", "lib/src/a.c"), "lib/_objs/m/src/a");
+        assert_eq!(object_stem("", "m", "a.cc"), "_objs/m/a");
+        assert_eq!(object_stem("lib", "m", "gen/x.c"), "lib/_objs/m/gen/x");
     }
 
     #[test]
-    fn library_script_compiles_and_archives() {
-        let c = CcCommand {
-            kind: CcKind::Library,
-            package: "lib",
-            name: "m",
-            sources: vec!["lib/a.c".into(), "lib/b.cc".into()],
+    fn compile_archive_link_and_test_scripts() {
+        let c = Compile {
+            source: "lib/b.cc",
+            object: "lib/_objs/m/b.o",
+            depfile: "lib/_objs/m/b.d",
             copts: &["-O2".into()],
-            defines: vec!["X=1".into()],
-            include_dirs: vec!["lib/include".into()],
-            archives: Vec::new(),
-            linkopts: &[],
-            label: "//lib:m".into(),
-            private_headers: vec!["lib/p.h".into()],
-            dep_headers: vec![("//x:y".into(), vec!["x/y.h".into()])],
+            defines: &["X=1".into()],
+            include_dirs: &["lib/include".into(), String::new()],
         };
-        let s = c.script();
-        assert!(s.contains("\"$CC\" \"-ffile-prefix-map=$PWD/=\" -MD -MF \"$o\"/0.d -c -O2 -DX=1 -iquote . -I lib/include -o \"$o\"/0.o lib/a.c"), "{s}");
+        assert_eq!(
+            c.script(),
+            "exec \"$CXX\" \"-ffile-prefix-map=$PWD/=\" -MD -MF lib/_objs/m/b.d -c -O2 -DX=1 -iquote . -I lib/include -I . -o lib/_objs/m/b.o lib/b.cc"
+        );
+        let objects = ["lib/_objs/m/a.o".to_owned(), "lib/_objs/m/b.o".to_owned()];
+        let depfiles = ["lib/_objs/m/a.d".to_owned(), "lib/_objs/m/b.d".to_owned()];
+        let dep_headers = [("//x:y".to_owned(), vec!["x/y.h".to_owned()])];
+        let f = Finish {
+            kind: CcKind::Library,
+            output: "lib/libm.a",
+            objects: &objects,
+            depfiles: &depfiles,
+            archives: &[],
+            linkopts: &[],
+            cxx: true,
+            label: "//lib:m",
+            private_headers: &["lib/p.h".into()],
+            dep_headers: &dep_headers,
+        };
+        let s = f.script();
         assert!(
-            s.contains("\"$CXX\" \"-ffile-prefix-map=$PWD/=\" -MD -MF \"$o\"/1.d -c"),
+            s.contains("grep -qsF -- lib/p.h lib/_objs/m/a.d lib/_objs/m/b.d || echo"),
             "{s}"
         );
-        assert!(s.contains("grep -qsF -- lib/p.h \"$o\"/*.d || echo"), "{s}");
-        assert!(s.contains("grep -qsF -e x/y.h \"$o\"/*.d || echo"), "{s}");
         assert!(
-            s.ends_with("\"$AR\" rcsD lib/libm.a \"$o\"/0.o \"$o\"/1.o"),
+            s.contains("grep -qsF -e x/y.h lib/_objs/m/a.d lib/_objs/m/b.d || echo"),
             "{s}"
         );
+        assert!(
+            s.ends_with("exec \"$AR\" rcsD lib/libm.a lib/_objs/m/a.o lib/_objs/m/b.o"),
+            "{s}"
+        );
+        let link = Finish {
+            kind: CcKind::Binary,
+            output: "app/app",
+            archives: &["lib/libm.a".into()],
+            linkopts: &["-lm".into()],
+            ..f
+        };
+        assert!(
+            link.script().ends_with(
+                "exec \"$CXX\" -o app/app lib/_objs/m/a.o lib/_objs/m/b.o lib/libm.a -lm"
+            ),
+            "{}",
+            link.script()
+        );
+        assert_eq!(test_script("app/t"), "exec $TEST_RUNNER ./app/t");
     }
 }

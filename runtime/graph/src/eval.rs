@@ -26,7 +26,12 @@ pub(crate) struct RawTarget {
     pub name: String,
     pub location: Location,
     pub rule: RawRule,
+    /// See [`crate::Target::platform`].
+    pub platform: Option<String>,
 }
+
+/// Platform names the `platform` attribute accepts (the scheduler knows what they mean).
+pub const PLATFORM_NAMES: &[&str] = &["linux-x86_64", "linux-arm64"];
 
 /// Attribute values as written; label strings are syntactically valid.
 #[derive(Clone, Debug)]
@@ -173,6 +178,17 @@ fn add_target(
     name: String,
     rule: RawRule,
 ) -> starlark::Result<NoneType> {
+    add_native_target(eval, function, name, rule, None)
+}
+
+/// [`add_target`] for the native rules, which also take `platform`.
+fn add_native_target(
+    eval: &Evaluator<'_, '_, '_>,
+    function: &str,
+    name: String,
+    rule: RawRule,
+    platform: Option<String>,
+) -> starlark::Result<NoneType> {
     let (ctx, package) = context(eval, function)?;
     let location = call_location(eval, ctx);
     let attr_err = |attribute: &str, message: String| {
@@ -189,6 +205,17 @@ fn add_target(
         return Err(attr_err(
             "name",
             "a target name must not contain ':'".into(),
+        ));
+    }
+    if let Some(p) = &platform
+        && !PLATFORM_NAMES.contains(&p.as_str())
+    {
+        return Err(attr_err(
+            "platform",
+            format!(
+                "unknown platform {p:?}: use one of {}",
+                PLATFORM_NAMES.join(", ")
+            ),
         ));
     }
     let check_labels = |attribute: &str, values: &[String]| {
@@ -300,6 +327,7 @@ fn add_target(
         name,
         location,
         rule,
+        platform,
     });
     Ok(NoneType)
 }
@@ -473,6 +501,7 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
         #[starlark(require = named, default = UnpackListOrTuple::default())] linkopts: Strings,
         #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
         #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
+        #[starlark(require = named)] platform: Option<String>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> starlark::Result<NoneType> {
         let _ = (visibility, tags);
@@ -486,7 +515,7 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
             includes,
             linkopts,
         );
-        add_target(eval, "cc_library", name, rule)
+        add_native_target(eval, "cc_library", name, rule, platform)
     }
 
     /// A C/C++ program: `cc_binary(name, srcs = [], deps = [], copts = [], defines = [],
@@ -502,6 +531,7 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
         #[starlark(require = named, default = UnpackListOrTuple::default())] linkopts: Strings,
         #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
         #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
+        #[starlark(require = named)] platform: Option<String>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> starlark::Result<NoneType> {
         let _ = (visibility, tags);
@@ -515,7 +545,7 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
             includes,
             linkopts,
         );
-        add_target(eval, "cc_binary", name, rule)
+        add_native_target(eval, "cc_binary", name, rule, platform)
     }
 
     /// A C/C++ test program, run by `wbuild test`: `cc_test(name, srcs = [], deps = [], ...)`.
@@ -530,6 +560,7 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
         #[starlark(require = named, default = UnpackListOrTuple::default())] linkopts: Strings,
         #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
         #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
+        #[starlark(require = named)] platform: Option<String>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> starlark::Result<NoneType> {
         let _ = (visibility, tags);
@@ -543,7 +574,7 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
             includes,
             linkopts,
         );
-        add_target(eval, "cc_test", name, rule)
+        add_native_target(eval, "cc_test", name, rule, platform)
     }
 
     /// Runs a shell command in the native sandbox, as Bazel's genrule:
@@ -557,10 +588,11 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
         #[starlark(require = named, default = UnpackListOrTuple::default())] tools: Strings,
         #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
         #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
+        #[starlark(require = named)] platform: Option<String>,
         eval: &mut Evaluator<'v, '_, '_>,
     ) -> starlark::Result<NoneType> {
         let _ = (visibility, tags);
-        add_target(
+        add_native_target(
             eval,
             "genrule",
             name,
@@ -570,6 +602,7 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
                 cmd,
                 tools: tools.items,
             },
+            platform,
         )
     }
 }

@@ -33,8 +33,11 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use analysis::{ActionGraph, ActionNode, Exec, NOT_SCHEDULED, ToolRef, analyse};
+pub use analysis::{
+    ActionGraph, ActionNode, Exec, NOT_SCHEDULED, ToolRef, WASI_LAUNCHER_DIR, analyse,
+};
 pub use cache::{Signature, binary_identity, load_and_analyse_cached, workspace_signature};
+pub use cc::sh_quote;
 pub use label::{Label, TargetPattern};
 pub use load::load;
 pub use workspace::{
@@ -67,6 +70,10 @@ pub struct Target {
     pub label: Label,
     pub location: Location,
     pub rule: Rule,
+    /// The `platform` attribute of a native rule: the platform the target is built for when
+    /// it is requested without `--platform` (as Buck2's `default_target_platform`; its
+    /// dependencies follow it).
+    pub platform: Option<String>,
 }
 
 /// A resolved reference from one target to a file or another target.

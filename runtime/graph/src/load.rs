@@ -457,6 +457,7 @@ impl Loader<'_> {
             label: label.clone(),
             location: raw.location.clone(),
             rule,
+            platform: raw.platform.clone(),
         };
         Ok((target, edges))
     }
@@ -552,6 +553,7 @@ impl Loader<'_> {
             label: label.clone(),
             location: raw.location.clone(),
             rule,
+            platform: raw.platform.clone(),
         }
     }
 }

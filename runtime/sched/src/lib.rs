@@ -87,13 +87,13 @@ impl Status {
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
-    ActionStarted {
-        label: String,
-        mnemonic: String,
-    },
     Action {
         label: String,
         mnemonic: String,
+        /// For a target with several actions, what this one works on (the source of a
+        /// `CcCompile`); absent for the target's main action.
+        #[serde(skip_serializing_if = "Option::is_none")]
+        detail: Option<String>,
         status: Status,
         duration_ms: u64,
         #[serde(skip_serializing_if = "Option::is_none")]
@@ -170,6 +170,8 @@ struct Prepared {
     env: Vec<(String, String)>,
     /// Source files (workspace path -> digest) that may need to enter the CAS before staging.
     sources: Vec<(String, Digest)>,
+    /// Native actions: launcher scripts of the WASI tools they run (workspace path, text).
+    launchers: Vec<(String, String)>,
 }
 
 /// What running an action produced, before it is stored.
@@ -202,6 +204,8 @@ impl Ran {
 struct Finished {
     status: Status,
     outputs: Vec<(String, Digest)>,
+    /// Outputs with an executable bit.
+    executables: HashSet<String>,
     error: Option<String>,
     output: Option<String>,
     warnings: Vec<String>,
@@ -214,6 +218,7 @@ impl Finished {
         Finished {
             status: Status::Failed,
             outputs: Vec::new(),
+            executables: HashSet::new(),
             error: Some(error),
             output: None,
             warnings: Vec::new(),
@@ -256,6 +261,9 @@ pub struct Scheduler<'a> {
     /// Digests of source files already looked up in this build: a tool module or a shared
     /// header is an input of thousands of actions but is stat'ed once.
     sources: RwLock<HashMap<String, Digest>>,
+    /// Generated files of this build that are executable (a test program, a tool built by
+    /// an earlier action): staged for native actions with their executable bit.
+    executables: RwLock<HashSet<String>>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -274,6 +282,7 @@ impl<'a> Scheduler<'a> {
             events,
             build_id,
             sources: RwLock::new(HashMap::new()),
+            executables: RwLock::new(HashSet::new()),
         }
     }
 }
@@ -281,9 +290,48 @@ impl<'a> Scheduler<'a> {
 impl Scheduler<'_> {
     /// Build every action of `graph`.
     pub fn run(&self, graph: &ActionGraph, opts: &Options) -> Result<Summary, SchedError> {
+        Ok(self
+            .run_passes(&[(graph, opts.clone())])?
+            .pop()
+            .expect("one pass"))
+    }
+
+    /// Build several graphs one after the other as one build (one per target platform):
+    /// one `build_finished` event with the totals, one summary per pass. A pass that fails
+    /// (without `keep_going`) or an interruption ends the build.
+    pub fn run_passes(
+        &self,
+        passes: &[(&ActionGraph, Options)],
+    ) -> Result<Vec<Summary>, SchedError> {
         INTERRUPTED.store(false, Ordering::SeqCst);
         let start = Instant::now();
         let hashed_before = self.store.hashed_count();
+        let mut summaries: Vec<Summary> = Vec::new();
+        for (graph, opts) in passes {
+            let s = self.run_one(graph, opts)?;
+            let stop = s.interrupted || (!s.success() && !opts.keep_going);
+            summaries.push(s);
+            if stop {
+                break;
+            }
+        }
+        let total = |f: fn(&Summary) -> u64| summaries.iter().map(f).sum::<u64>();
+        self.events.event(&Event::BuildFinished {
+            executed: total(|s| s.executed),
+            cached: total(|s| s.cached),
+            failed: total(|s| s.failed),
+            skipped: total(|s| s.skipped),
+            files_hashed: self.store.hashed_count() - hashed_before,
+            modules_compiled: self.exec.compiled_count(),
+            duration_ms: start.elapsed().as_millis() as u64,
+            interrupted: summaries.iter().any(|s| s.interrupted),
+        });
+        self.store.flush()?;
+        Ok(summaries)
+    }
+
+    fn run_one(&self, graph: &ActionGraph, opts: &Options) -> Result<Summary, SchedError> {
+        let start = Instant::now();
         let n = graph.actions.len();
         let mut rdeps: Vec<Vec<usize>> = vec![Vec::new(); n];
         let mut waiting = vec![0usize; n];
@@ -301,7 +349,7 @@ impl Scheduler<'_> {
         for i in (0..n).rev() {
             let own = self
                 .store
-                .last_duration_ms(&graph.actions[i].label.to_string())?
+                .last_duration_ms(&graph.actions[i].name())?
                 .unwrap_or(1)
                 .max(1);
             let tail = rdeps[i].iter().map(|&r| prio[r]).max().unwrap_or(0);
@@ -366,18 +414,6 @@ impl Scheduler<'_> {
             .keys()
             .cloned()
             .collect();
-        let s = &st.summary;
-        self.events.event(&Event::BuildFinished {
-            executed: s.executed,
-            cached: s.cached,
-            failed: s.failed,
-            skipped: s.skipped,
-            files_hashed: self.store.hashed_count() - hashed_before,
-            modules_compiled: self.exec.compiled_count(),
-            duration_ms: s.duration.as_millis() as u64,
-            interrupted: s.interrupted,
-        });
-        self.store.flush()?;
         Ok(st.summary)
     }
 
@@ -416,7 +452,7 @@ impl Scheduler<'_> {
                 }
             };
             let action = &graph.actions[idx];
-            let label = action.label.to_string();
+            let name = action.name();
             // The digests of this action's generated inputs (all producers are done).
             let generated: HashMap<String, Digest> = {
                 let all = all_generated.read().expect("outputs");
@@ -448,7 +484,7 @@ impl Scheduler<'_> {
             let digest_text = fin.action_digest.map(|d| d.to_string());
             if let Some(build) = self.build_id {
                 let rec = ActionRecord {
-                    label: label.clone(),
+                    label: name,
                     mnemonic: action.mnemonic.clone(),
                     action_digest: digest_text.clone().unwrap_or_default(),
                     status: fin.status.as_str().to_owned(),
@@ -462,8 +498,9 @@ impl Scheduler<'_> {
                 }
             }
             self.events.event(&Event::Action {
-                label,
+                label: action.label.to_string(),
                 mnemonic: action.mnemonic.clone(),
+                detail: action.detail.clone(),
                 status: fin.status,
                 duration_ms,
                 action_digest: digest_text,
@@ -477,6 +514,12 @@ impl Scheduler<'_> {
                     .write()
                     .expect("outputs")
                     .extend(fin.outputs.iter().cloned());
+                if !fin.executables.is_empty() {
+                    self.executables
+                        .write()
+                        .expect("executables")
+                        .extend(fin.executables.iter().cloned());
+                }
             }
             let mut st = shared.lock().expect("scheduler state");
             st.running -= 1;
@@ -485,6 +528,7 @@ impl Scheduler<'_> {
             if let (Status::Executed | Status::Cached, Some(d)) = (fin.status, fin.action_digest) {
                 st.summary.actions.push(uptodate::SnapshotAction {
                     label: action.label.to_string(),
+                    detail: action.detail.clone().unwrap_or_default(),
                     mnemonic: action.mnemonic.clone(),
                     action_digest: d.to_string(),
                 });
@@ -569,6 +613,7 @@ impl Scheduler<'_> {
             files.insert(path.clone(), d);
         }
         let mut keyed = files.clone();
+        let mut launchers = Vec::new();
         let mut module = None;
         let mut env: BTreeMap<String, String> = BTreeMap::new();
         let properties = match &action.exec {
@@ -607,7 +652,7 @@ impl Scheduler<'_> {
                 for (k, v) in opts.platform.tool_env() {
                     env.insert(k.to_owned(), v);
                 }
-                vec![
+                let mut props = vec![
                     ("ISA", opts.platform.isa().to_owned()),
                     ("OSFamily", "linux".to_owned()),
                     (
@@ -628,7 +673,18 @@ impl Scheduler<'_> {
                         "wbuild-toolchain",
                         native::toolchain_identity(opts.platform),
                     ),
-                ]
+                ];
+                // Launchers of the WASI tools the command runs: part of the input root, and
+                // the WASI executor's semantics part of the platform.
+                for (path, tool) in &action.wasi_tools {
+                    let script = native::wasi_launcher(tool, &action.outputs, opts);
+                    keyed.insert(path.clone(), Digest::of(f, script.as_bytes()));
+                    launchers.push((path.clone(), script));
+                }
+                if !action.wasi_tools.is_empty() {
+                    props.push(("wbuild-wasi-executor", EXECUTOR_VERSION.to_owned()));
+                }
+                props
             }
         };
         env.extend(action.env.iter().map(|(k, v)| (k.clone(), v.clone())));
@@ -678,6 +734,7 @@ impl Scheduler<'_> {
             module,
             env,
             sources,
+            launchers,
         })
     }
 
@@ -721,6 +778,7 @@ impl Scheduler<'_> {
                         return Ok(Finished {
                             status: Status::Cached,
                             outputs,
+                            executables,
                             error: None,
                             output,
                             warnings: Vec::new(),
@@ -815,6 +873,7 @@ impl Scheduler<'_> {
             return Ok(Finished {
                 status: Status::Failed,
                 outputs: Vec::new(),
+                executables: HashSet::new(),
                 error: Some(errors.join("; ")),
                 output: (!text.is_empty()).then_some(text),
                 warnings,
@@ -851,6 +910,7 @@ impl Scheduler<'_> {
         Ok(Finished {
             status: Status::Executed,
             outputs,
+            executables,
             error: None,
             output: (show && !text.is_empty()).then_some(text),
             warnings,

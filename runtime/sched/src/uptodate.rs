@@ -16,7 +16,7 @@ use std::path::{Path, PathBuf};
 
 /// Files modified this close to the snapshot are not trusted (same rule as the stat cache).
 const RACY_NS: i128 = 2_000_000_000;
-const MAGIC: &[u8; 8] = b"wbutd\x00\x00\x01";
+const MAGIC: &[u8; 8] = b"wbutd\x00\x00\x02";
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct StatKey {
@@ -48,6 +48,8 @@ fn now_ns() -> i128 {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotAction {
     pub label: String,
+    /// [`wbuild_graph::ActionNode::detail`], empty for none.
+    pub detail: String,
     pub mnemonic: String,
     pub action_digest: String,
 }
@@ -103,6 +105,7 @@ pub fn save(
     buf.extend_from_slice(&(actions.len() as u64).to_le_bytes());
     for a in actions {
         put_str(&mut buf, a.label.as_bytes());
+        put_str(&mut buf, a.detail.as_bytes());
         put_str(&mut buf, a.mnemonic.as_bytes());
         put_str(&mut buf, a.action_digest.as_bytes());
     }
@@ -167,6 +170,7 @@ pub fn check(path: &Path, signature: &[u8; 32]) -> Option<Vec<SnapshotAction>> {
     for _ in 0..m {
         actions.push(SnapshotAction {
             label: r.string()?,
+            detail: r.string()?,
             mnemonic: r.string()?,
             action_digest: r.string()?,
         });
@@ -205,6 +209,7 @@ mod tests {
         let sig = [7u8; 32];
         let acts = vec![SnapshotAction {
             label: "//p:x".into(),
+            detail: String::new(),
             mnemonic: "WasiRun".into(),
             action_digest: "ab/1".into(),
         }];

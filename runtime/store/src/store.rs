@@ -537,6 +537,17 @@ impl Store {
         Ok(())
     }
 
+    /// The path of the blob's file, verified (at most once per process), for presenting it
+    /// read-only without a copy (a read-only bind mount in the native sandbox). The caller
+    /// must never open it for writing.
+    pub fn verified_blob_path(&self, d: &Digest) -> Result<PathBuf, StoreError> {
+        let _g = self.shared();
+        self.ensure_verified(d)?;
+        self.ensure_empty_file(d)?;
+        self.touch(d);
+        Ok(self.blob_path(d))
+    }
+
     /// Write a verified copy of the blob to `dest` (temp file beside it, then rename), never
     /// sharing the blob's inode. Mode 0555 if `executable`, else 0444 (outputs are read-only,
     /// as in Bazel). Creates parent directories. Replaces an existing file at `dest`.
