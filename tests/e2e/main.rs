@@ -1069,6 +1069,12 @@ fn cc_rules_build_link_test_and_rebuild_what_changed() {
         .output()
         .unwrap();
     assert_eq!(stdout(&run), "hello from wbuild 43\n");
+    // One compile action of a target is named by its source.
+    let explained = stdout(&w.ok(&["explain", "//app:hello", "app/main.c"]));
+    assert!(
+        explained.starts_with("//app:hello app/main.c\n  action digest: "),
+        "{explained}"
+    );
 }
 
 #[test]

@@ -82,8 +82,12 @@ enum Cmd {
         #[arg(long, value_delimiter = ',')]
         platform: Vec<String>,
     },
-    /// Show what the last run of a target's action read, wrote, listed and probed.
-    Explain { target: String },
+    /// Show what the last run of a target's action read, wrote, listed and probed. A target
+    /// with several actions (cc_*) names one by its detail: `explain //lib:greet lib/greet.c`.
+    Explain {
+        target: String,
+        detail: Option<String>,
+    },
     /// List recent builds, or the actions of one build.
     History {
         /// Build id (from the list) to show its actions.
@@ -161,7 +165,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Build(args) => build(&cli, args, false),
         Cmd::Test(args) => build(&cli, args, true),
         Cmd::Outputs { targets, platform } => outputs(&cli, targets, platform),
-        Cmd::Explain { target } => explain(&cli, target),
+        Cmd::Explain { target, detail } => explain(&cli, target, detail.as_deref()),
         Cmd::History { build, limit } => history(&cli, *build, *limit),
         Cmd::Cache { command } => cache(&cli, command),
         Cmd::ExecWasiTool(a) => wasi_tool::run(a),
@@ -554,11 +558,15 @@ fn outputs(cli: &Cli, targets: &[String], platform_flags: &[String]) -> Result<i
     Ok(0)
 }
 
-fn explain(cli: &Cli, target: &str) -> Result<i32> {
+fn explain(cli: &Cli, target: &str, detail: Option<&str>) -> Result<i32> {
     let (_ws, pkg) = workspace()?;
     let label = Label::parse(target, &pkg)?;
     let store = open_store(&cli.cache_dir)?;
-    let wanted = label.to_string();
+    // History names actions as `ActionNode::name()` does: the label, then the detail.
+    let wanted = match detail {
+        Some(d) => format!("{label} {d}"),
+        None => label.to_string(),
+    };
     // The most recent builds are enough: an action older than that has been rebuilt or is
     // long out of date.
     for b in store.builds(100)? {

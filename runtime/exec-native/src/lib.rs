@@ -121,6 +121,10 @@ pub struct NativeRequest {
     /// Host paths to present, e.g. staged inputs at `/work` (read-only), the output
     /// directory (writable) and toolchain directories (`/usr`, `/bin`, ...; read-only).
     pub mounts: Vec<Mount>,
+    /// Empty, writable directories on a private tmpfs (e.g. `/work`, with the inputs and the
+    /// output directories mounted inside it): the action may create files there, which vanish
+    /// with the sandbox. Mounted before [`NativeRequest::mounts`]; none may lie inside a mount.
+    pub scratch: Vec<PathBuf>,
     /// Working directory inside the sandbox, e.g. `/work`.
     pub cwd: PathBuf,
     /// Value of `SOURCE_DATE_EPOCH`.
@@ -269,6 +273,7 @@ pub fn probe() -> Result<(), SandboxError> {
         argv: vec!["probe".into()],
         env: Vec::new(),
         mounts: Vec::new(),
+        scratch: Vec::new(),
         cwd: PathBuf::from("/"),
         source_date_epoch: 0,
         timeout: Duration::from_secs(10),
@@ -399,8 +404,43 @@ struct Plan {
     probe: bool,
     fd_limit: c_int,
     /// Empty host directory the new root is mounted on (in the child's mount namespace
-    /// only). Removed when the plan is dropped.
-    _root_dir: tempfile::TempDir,
+    /// only). Returned to the pool when the plan is dropped.
+    _root_dir: PooledRoot,
+}
+
+/// Empty directories sandbox roots are mounted on, kept for the next sandbox: the tmpfs is
+/// mounted only in the sandbox's own mount namespace, so the host directory stays empty, and
+/// creating (and deleting) a directory per action is a measurable cost on ext4.
+static ROOT_POOL: Mutex<Vec<tempfile::TempDir>> = Mutex::new(Vec::new());
+
+struct PooledRoot(Option<tempfile::TempDir>);
+
+impl PooledRoot {
+    fn take() -> io::Result<PooledRoot> {
+        let reused = ROOT_POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let dir = match reused {
+            Some(d) => d,
+            None => tempfile::Builder::new()
+                .prefix("wbuild-sandbox-root-")
+                .tempdir()?,
+        };
+        Ok(PooledRoot(Some(dir)))
+    }
+
+    fn path(&self) -> &Path {
+        self.0.as_ref().expect("root directory").path()
+    }
+}
+
+impl Drop for PooledRoot {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take()
+            // Still empty, as it must be; anything else is dropped (and removed).
+            && std::fs::read_dir(d.path()).is_ok_and(|mut r| r.next().is_none())
+        {
+            ROOT_POOL.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+        }
+    }
 }
 
 const HINT_BUG: &str = "this is unexpected; please report it with the kernel version";
@@ -546,13 +586,10 @@ impl Plan {
                 .collect::<Result<_, _>>()?
         };
 
-        let root_dir = tempfile::Builder::new()
-            .prefix("wbuild-sandbox-root-")
-            .tempdir()
-            .map_err(|source| SandboxError::Io {
-                what: "creating the sandbox root mount point in the temp directory",
-                source,
-            })?;
+        let root_dir = PooledRoot::take().map_err(|source| SandboxError::Io {
+            what: "creating the sandbox root mount point in the temp directory",
+            source,
+        })?;
         let root = root_dir.path().to_path_buf();
 
         // SAFETY: trivial getters.
@@ -619,13 +656,68 @@ impl Plan {
             true,
         );
 
-        // User mounts, parents before children.
-        let mut mounts: Vec<&Mount> = req.mounts.iter().collect();
-        mounts.sort_by_key(|m| m.sandbox.components().count());
         // Sets, not lists: an action may have thousands of input mounts.
         let mut made: std::collections::HashSet<PathBuf> =
             std::iter::once(PathBuf::from("/")).collect();
         let mut points: std::collections::HashSet<&Path> = std::collections::HashSet::new();
+
+        // Scratch tmpfs directories, then the user mounts (parents before children), so
+        // mount points inside a scratch directory are made on its tmpfs.
+        let mut scratch: Vec<&PathBuf> = req.scratch.iter().collect();
+        scratch.sort_by_key(|p| p.components().count());
+        for dir in scratch {
+            check_sandbox_path(dir, "scratch directory")?;
+            let first = dir.components().nth(1);
+            let reserved = ["proc", "dev", "tmp"]
+                .iter()
+                .any(|r| first == Some(Component::Normal(r.as_ref())));
+            if dir == Path::new("/") || reserved {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "scratch directory {} is reserved: the sandbox provides /, /proc, /dev \
+                     and /tmp itself",
+                    dir.display()
+                )));
+            }
+            if let Some(m) = req
+                .mounts
+                .iter()
+                .find(|m| dir.starts_with(&m.sandbox) || m.sandbox == *dir)
+            {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "scratch directory {} lies inside the mount {}",
+                    dir.display(),
+                    m.sandbox.display()
+                )));
+            }
+            let mut anc: Vec<&Path> = dir.ancestors().collect();
+            anc.reverse();
+            for a in anc {
+                if !made.insert(a.to_path_buf()) {
+                    continue;
+                }
+                push(
+                    Op::Mkdir {
+                        path: cstr(join_root(&root, a).as_os_str().as_bytes(), "scratch")?,
+                    },
+                    format!("create directory {} inside the sandbox", a.display()),
+                    HINT_MOUNT,
+                    false,
+                );
+            }
+            push(
+                Op::MountTmpfs {
+                    dst: cstr(join_root(&root, dir).as_os_str().as_bytes(), "scratch")?,
+                    data: c"mode=0755".into(),
+                    flags: libc::MS_NOSUID | libc::MS_NODEV,
+                },
+                format!("mount a scratch tmpfs at {}", dir.display()),
+                HINT_MOUNT,
+                false,
+            );
+        }
+
+        let mut mounts: Vec<&Mount> = req.mounts.iter().collect();
+        mounts.sort_by_key(|m| m.sandbox.components().count());
         let mut symlinks: Vec<&Path> = Vec::new();
         for m in &mounts {
             check_sandbox_path(&m.sandbox, "mount point")?;

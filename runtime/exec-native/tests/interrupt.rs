@@ -13,6 +13,7 @@ fn interrupt_kills_running_sandboxes() {
         argv: vec!["sh".into(), "-c".into(), "sleep 100 & sleep 100".into()],
         env: Vec::new(),
         mounts,
+        scratch: Vec::new(),
         cwd: PathBuf::from("/"),
         source_date_epoch: 0,
         timeout: Duration::from_secs(60),

@@ -17,6 +17,7 @@ fn req(argv: &[&str]) -> NativeRequest {
         argv: argv.iter().map(|s| s.to_string()).collect(),
         env: Vec::new(),
         mounts: toolchain(),
+        scratch: Vec::new(),
         cwd: PathBuf::from("/"),
         source_date_epoch: 1_700_000_000,
         timeout: Duration::from_secs(30),
@@ -223,6 +224,55 @@ fn input_read_only_output_writable() {
     assert_eq!(
         std::fs::read_to_string(outputs.path().join("d/x")).unwrap(),
         "deep\n"
+    );
+}
+
+#[test]
+fn scratch_tmpfs_holds_file_mounts_and_vanishes() {
+    let blobs = tempfile::tempdir().unwrap();
+    let outputs = tempfile::tempdir().unwrap();
+    let blob = blobs.path().join("blob");
+    std::fs::write(&blob, "header\n").unwrap();
+    let mut r = sh("cat lib/inc/a.h; \
+         if echo x > lib/inc/a.h 2>/dev/null; then echo WROTE-INPUT; fi; \
+         if rm -f lib/inc/a.h 2>/dev/null && ! test -e lib/inc/a.h; then echo REMOVED-INPUT; fi; \
+         echo scratch > lib/tmp.txt && cat lib/tmp.txt; \
+         echo obj > lib/_objs/a.o");
+    r.cwd = "/work".into();
+    r.scratch.push("/work".into());
+    r.mounts.push(Mount {
+        host: blob.clone(),
+        sandbox: "/work/lib/inc/a.h".into(),
+        writable: false,
+    });
+    r.mounts.push(Mount {
+        host: outputs.path().into(),
+        sandbox: "/work/lib/_objs".into(),
+        writable: true,
+    });
+    let out = run(&r).unwrap();
+    ok(&out);
+    assert_eq!(text(&out.stdout), "header\nscratch\n");
+    assert_eq!(std::fs::read_to_string(&blob).unwrap(), "header\n");
+    // Only the output directory reached the host; no mount point was made outside scratch.
+    assert_eq!(
+        std::fs::read_to_string(outputs.path().join("a.o")).unwrap(),
+        "obj\n"
+    );
+    assert_eq!(std::fs::read_dir(outputs.path()).unwrap().count(), 1);
+    assert_eq!(std::fs::read_dir(blobs.path()).unwrap().count(), 1);
+    // A scratch directory inside a mount is refused.
+    let mut bad = req(&["true"]);
+    bad.mounts.push(Mount {
+        host: outputs.path().into(),
+        sandbox: "/work".into(),
+        writable: true,
+    });
+    bad.scratch.push("/work/s".into());
+    let e = run(&bad).unwrap_err().to_string();
+    assert!(
+        e.contains("scratch directory /work/s lies inside the mount /work"),
+        "{e}"
     );
 }
 

@@ -221,6 +221,59 @@ fn tool_launcher_depth(label: &wbuild_graph::Label) -> usize {
     path.matches('/').count()
 }
 
+/// The directories (workspace paths) to bind writable so that every output can be written:
+/// the outputs' parents, without those inside another one (`""` for the workspace root).
+fn output_dirs(outputs: &[String]) -> Vec<String> {
+    let mut dirs: Vec<String> = outputs
+        .iter()
+        .map(|o| o.rsplit_once('/').map_or("", |(d, _)| d).to_owned())
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    let mut minimal: Vec<String> = Vec::new();
+    for d in dirs {
+        let inside = minimal.iter().any(|m| {
+            m.is_empty()
+                || d.strip_prefix(m.as_str())
+                    .is_some_and(|r| r.starts_with('/'))
+        });
+        if !inside {
+            minimal.push(d);
+        }
+    }
+    minimal
+}
+
+/// Makes `dir` an existing, empty directory (a reused staging directory: whatever an earlier
+/// action left in it goes).
+fn empty_dir(dir: &Path) -> std::io::Result<()> {
+    match std::fs::read_dir(dir) {
+        Ok(rd) => {
+            for e in rd {
+                let e = e?;
+                if e.file_type()?.is_dir() {
+                    std::fs::remove_dir_all(e.path())?;
+                } else {
+                    std::fs::remove_file(e.path())?;
+                }
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir),
+        Err(e) => Err(e),
+    }
+}
+
+/// Writes an executable (mode 0555) file, creating its parent directories.
+fn write_executable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    std::fs::write(path, bytes)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o555))
+}
+
 /// Numbers native staging directories (each native action gets a fresh one).
 static NATIVE_STAGING: AtomicU64 = AtomicU64::new(0);
 
@@ -320,11 +373,14 @@ pub(crate) fn toolchain_identity(platform: Platform) -> String {
 
 impl Scheduler<'_> {
     /// A native action (`genrule`, `cc_*`): `/bin/sh -c cmd` in the namespace sandbox, with
-    /// the inputs at `/work/<workspace path>` as read-only bind mounts of their verified CAS
-    /// blobs (no copies; the mounts cannot be written, renamed, removed or chmod'ed through),
-    /// executable inputs as executable copies, the host's system directories read-only, and
-    /// `/work` as the writable working directory where the outputs are written. Without the
-    /// sandbox every input is a copy.
+    /// `/work` (the working directory) a private scratch tmpfs holding the inputs at their
+    /// workspace paths as read-only bind mounts of their verified CAS blobs (no copies; a mount
+    /// cannot be written, renamed, removed or chmod'ed through) and the outputs' directories
+    /// as writable binds of the worker's host staging directories, reused between actions
+    /// (creating files and directories is what staging costs on common file systems; here an
+    /// action creates none but its outputs). Executable inputs and tool launchers are
+    /// executable files bound read-only; the host's system directories are read-only. Without
+    /// the sandbox, `/work` is a fresh host directory holding copies of the inputs.
     pub(crate) fn run_native(
         &self,
         wid: usize,
@@ -336,53 +392,86 @@ impl Scheduler<'_> {
             let path = path.to_owned();
             move |source| SchedError::Io { path, source }
         };
-        let n = NATIVE_STAGING.fetch_add(1, Ordering::Relaxed);
-        let stage = self.store.tmp_dir().join(format!("n{wid}-{n}"));
-        let root = stage.join("work");
-        std::fs::create_dir_all(&root).map_err(io(&root))?;
-        let _cleanup = RemoveTreeOnDrop(stage.clone());
-        let mut mounts = vec![wbuild_exec_native::Mount {
-            host: root.clone(),
-            sandbox: PathBuf::from("/work"),
-            writable: true,
-        }];
-        mounts.extend(wbuild_exec_native::host_toolchain_mounts());
-        {
-            let executables = self.executables.read().expect("executables");
+        let work = Path::new("/work");
+        // Host directory the outputs are written to (at their workspace paths).
+        let root: PathBuf;
+        let _cleanup;
+        let mut mounts = wbuild_exec_native::host_toolchain_mounts();
+        let mut scratch = Vec::new();
+        let mut env = prep.env.clone();
+        let executables = self.executables.read().expect("executables").clone();
+        if opts.unsandboxed {
+            let n = NATIVE_STAGING.fetch_add(1, Ordering::Relaxed);
+            let stage = self.store.tmp_dir().join(format!("n{wid}-{n}"));
+            root = stage.join("work");
+            std::fs::create_dir_all(&root).map_err(io(&root))?;
+            _cleanup = Some(RemoveTreeOnDrop(stage));
             for (path, d) in &prep.files {
-                let executable = executables.contains(path);
-                if opts.unsandboxed || executable {
-                    self.store.materialize(d, &root.join(path), executable)?;
-                } else {
+                self.store
+                    .materialize(d, &root.join(path), executables.contains(path))?;
+            }
+            for (path, script) in &prep.launchers {
+                write_executable(&root.join(path), script.as_bytes()).map_err(io(path.as_ref()))?;
+            }
+            if !prep.launchers.is_empty() {
+                let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
+                env.push(("WBUILD_EXE".to_owned(), exe.display().to_string()));
+            }
+        } else {
+            _cleanup = None;
+            let stage = self.store.tmp_dir().join(format!("nw{wid}"));
+            root = stage.join("out");
+            let files = stage.join("files");
+            // Executable copies and launchers of the previous action go.
+            if files.exists() {
+                std::fs::remove_dir_all(&files).map_err(io(&files))?;
+            }
+            let dirs = output_dirs(&action.outputs);
+            if dirs.iter().any(|d| d.is_empty()) {
+                // An output at the workspace root: the whole of /work is the host directory.
+                empty_dir(&root).map_err(io(&root))?;
+                mounts.push(wbuild_exec_native::Mount {
+                    host: root.clone(),
+                    sandbox: work.to_path_buf(),
+                    writable: true,
+                });
+            } else {
+                scratch.push(work.to_path_buf());
+                for d in &dirs {
+                    let host = root.join(d);
+                    empty_dir(&host).map_err(io(&host))?;
                     mounts.push(wbuild_exec_native::Mount {
-                        host: self.store.verified_blob_path(d)?,
-                        sandbox: Path::new("/work").join(path),
-                        writable: false,
+                        host,
+                        sandbox: work.join(d),
+                        writable: true,
                     });
                 }
             }
-        }
-        for out in &action.outputs {
-            if let Some(parent) = root.join(out).parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            for (path, d) in &prep.files {
+                let host = if executables.contains(path) {
+                    let copy = files.join(path);
+                    self.store.materialize(d, &copy, true)?;
+                    copy
+                } else {
+                    self.store.verified_blob_path(d)?
+                };
+                mounts.push(wbuild_exec_native::Mount {
+                    host,
+                    sandbox: work.join(path),
+                    writable: false,
+                });
             }
-        }
-        let mut env = prep.env.clone();
-        if !prep.launchers.is_empty() {
-            use std::os::unix::fs::PermissionsExt;
             for (path, script) in &prep.launchers {
-                let dest = root.join(path);
-                if let Some(parent) = dest.parent() {
-                    std::fs::create_dir_all(parent).map_err(io(parent))?;
-                }
-                std::fs::write(&dest, script).map_err(io(&dest))?;
-                std::fs::set_permissions(&dest, std::fs::Permissions::from_mode(0o555))
-                    .map_err(io(&dest))?;
+                let host = files.join(path);
+                write_executable(&host, script.as_bytes()).map_err(io(&host))?;
+                mounts.push(wbuild_exec_native::Mount {
+                    host,
+                    sandbox: work.join(path),
+                    writable: false,
+                });
             }
-            let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
-            if opts.unsandboxed {
-                env.push(("WBUILD_EXE".to_owned(), exe.display().to_string()));
-            } else {
+            if !prep.launchers.is_empty() {
+                let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
                 mounts.push(wbuild_exec_native::Mount {
                     host: exe,
                     sandbox: PathBuf::from(WBUILD_IN_SANDBOX),
@@ -390,16 +479,23 @@ impl Scheduler<'_> {
                 });
             }
         }
+        for out in &action.outputs {
+            if let Some(parent) = root.join(out).parent() {
+                std::fs::create_dir_all(parent).map_err(io(parent))?;
+            }
+        }
         let req = wbuild_exec_native::NativeRequest {
             argv: action.argv.clone(),
             env,
             mounts,
-            cwd: PathBuf::from("/work"),
+            scratch,
+            cwd: work.to_path_buf(),
             source_date_epoch: opts.epoch_secs,
             timeout: opts.timeout,
         };
         let outcome = if opts.unsandboxed {
-            run_unsandboxed(&req, &root, &stage.join("tmp"))
+            let tmp = root.with_file_name("tmp");
+            run_unsandboxed(&req, &root, &tmp)
         } else {
             wbuild_exec_native::run(&req)
         };
@@ -436,5 +532,25 @@ impl Scheduler<'_> {
             warnings: Vec::new(),
             accesses: None,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::output_dirs;
+
+    #[test]
+    fn output_dirs_are_the_minimal_parents() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        assert_eq!(
+            output_dirs(&v(&["lib/_objs/m/a.o", "lib/_objs/m/a.d"])),
+            v(&["lib/_objs/m"])
+        );
+        assert_eq!(
+            output_dirs(&v(&["gen/a.h", "gen/sub/b.h", "gen2/c.h", "genx/d"])),
+            v(&["gen", "gen2", "genx"])
+        );
+        assert_eq!(output_dirs(&v(&["top.txt", "gen/a.h"])), v(&[""]));
+        assert!(output_dirs(&[]).is_empty());
     }
 }
