@@ -1417,3 +1417,86 @@ fn example_c_hello_mixes_executors_for_both_platforms() {
         .unwrap();
     assert_eq!(stdout(&run), "hello from wbuild 5 (greet 1.3)\n");
 }
+
+#[test]
+fn serve_answers_reapi_clients_from_the_local_cache_and_stops_on_sigterm() {
+    use std::io::BufRead;
+    use wbuild_remote::grpc::action_cache_client::ActionCacheClient;
+    use wbuild_remote::grpc::content_addressable_storage_client::ContentAddressableStorageClient;
+    use wbuild_remote::reapi;
+    use wbuild_store::{Digest, DigestFunction};
+
+    let w = ws();
+    chain(&w);
+    let (out, ev) = w.events(&["build", "//gen:ab"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    let digest: Digest = ev
+        .iter()
+        .find(|e| e["type"] == "action")
+        .and_then(|e| e["action_digest"].as_str())
+        .unwrap()
+        .parse()
+        .unwrap();
+    w.write("token", "let-me-in\n");
+    let mut server = w
+        .cmd(&["serve", "--listen", "127.0.0.1:0", "--token-file", "token"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(server.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let addr = first
+        .split(" on ")
+        .nth(1)
+        .and_then(|r| r.split(' ').next())
+        .unwrap_or_else(|| panic!("no address in {first:?}"))
+        .to_owned();
+    assert!(
+        first.contains("action-cache writes need the bearer token"),
+        "{first}"
+    );
+
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let (result, bytes) = rt.block_on(async {
+        let url = format!("http://{addr}");
+        let mut ac = ActionCacheClient::connect(url.clone()).await.unwrap();
+        let result = ac
+            .get_action_result(reapi::GetActionResultRequest {
+                action_digest: Some(digest.to_proto()),
+                digest_function: DigestFunction::Blake3.to_reapi(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        let out = result.output_files[0].digest.clone().unwrap();
+        let mut cas = ContentAddressableStorageClient::connect(url).await.unwrap();
+        let read = cas
+            .batch_read_blobs(reapi::BatchReadBlobsRequest {
+                digests: vec![out],
+                digest_function: DigestFunction::Blake3.to_reapi(),
+                ..Default::default()
+            })
+            .await
+            .unwrap()
+            .into_inner();
+        (result, read.responses[0].data.clone())
+    });
+    assert_eq!(result.output_files[0].path, "gen/ab.txt");
+    assert_eq!(
+        String::from_utf8(bytes).unwrap(),
+        w.read("wbuild-out/gen/ab.txt")
+    );
+
+    // SIGTERM: a clean exit.
+    unsafe { libc_kill(server.id() as i32, 15) };
+    let status = server.wait().unwrap();
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("shutting down")), "{rest:?}");
+}
+
+unsafe extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

@@ -100,6 +100,17 @@ enum Cmd {
         #[command(subcommand)]
         command: CacheCmd,
     },
+    /// Serve the local cache over REAPI v2 (Capabilities, CAS, ByteStream, ActionCache; SHA-256
+    /// and BLAKE3) to any REAPI client, until SIGTERM or Ctrl-C.
+    Serve {
+        /// Address to listen on, e.g. 127.0.0.1:50051 (port 0: any free port, printed).
+        #[arg(long, default_value = "127.0.0.1:50051")]
+        listen: String,
+        /// File holding the bearer token that action-cache writes must present (reads stay
+        /// anonymous). Without it anyone who can connect may write.
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+    },
     /// Run a WASI tool for a native command (used by the launchers wbuild stages).
     #[command(hide = true)]
     ExecWasiTool(wasi_tool::ExecWasiTool),
@@ -169,6 +180,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::History { build, limit } => history(&cli, *build, *limit),
         Cmd::Cache { command } => cache(&cli, command),
         Cmd::ExecWasiTool(a) => wasi_tool::run(a),
+        Cmd::Serve { listen, token_file } => serve(&cli, listen, token_file.as_deref()),
     }
 }
 
@@ -648,6 +660,53 @@ fn history(cli: &Cli, build: Option<u64>, limit: usize) -> Result<i32> {
             }
         }
     }
+    Ok(0)
+}
+
+fn serve(cli: &Cli, listen: &str, token_file: Option<&std::path::Path>) -> Result<i32> {
+    let token = match token_file {
+        Some(p) => {
+            let t = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read the token file {}", p.display()))?;
+            let t = t.trim().to_owned();
+            if t.is_empty() {
+                bail!("the token file {} is empty", p.display());
+            }
+            Some(t)
+        }
+        None => None,
+    };
+    let store = open_store(&cli.cache_dir)?;
+    let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(listen)
+            .await
+            .with_context(|| format!("cannot listen on {listen}"))?;
+        let addr = listener.local_addr()?;
+        eprintln!(
+            "serving {} over REAPI v2 on {addr} (SHA-256 and BLAKE3; action-cache writes {})",
+            store.dir().display(),
+            if token.is_some() {
+                "need the bearer token"
+            } else {
+                "are open to every client"
+            }
+        );
+        let shutdown = async {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = tokio::signal::ctrl_c() => {}
+            }
+            eprintln!("shutting down: finishing requests in flight");
+        };
+        let config = wbuild_remote::ServeConfig { token };
+        wbuild_remote::serve(store.clone(), listener, config, shutdown).await?;
+        store.flush()?;
+        anyhow::Ok(())
+    })?;
     Ok(0)
 }
 

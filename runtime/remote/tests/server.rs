@@ -1,0 +1,317 @@
+//! `serve` over a real store on a loopback port, driven by the generated tonic clients.
+
+use std::sync::Arc;
+
+use tonic::Code;
+use tonic::transport::Channel;
+use wbuild_remote::grpc::bytestream::{ReadRequest, WriteRequest};
+use wbuild_remote::grpc::{
+    action_cache_client::ActionCacheClient, byte_stream_client::ByteStreamClient,
+    capabilities_client::CapabilitiesClient,
+    content_addressable_storage_client::ContentAddressableStorageClient,
+};
+use wbuild_remote::{ServeConfig, reapi, serve};
+use wbuild_store::{Digest, DigestFunction, Store};
+
+const TOKEN: &str = "s3cret-token";
+
+struct Server {
+    rt: tokio::runtime::Runtime,
+    url: String,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    done: Option<tokio::task::JoinHandle<Result<(), wbuild_remote::RemoteError>>>,
+    _dir: tempfile::TempDir,
+}
+
+impl Server {
+    fn start(token: Option<&str>) -> Server {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(Store::open(dir.path()).unwrap());
+        let rt = tokio::runtime::Runtime::new().unwrap();
+        let listener = rt
+            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
+            .unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let config = ServeConfig {
+            token: token.map(str::to_owned),
+        };
+        let done = rt.spawn(serve(store, listener, config, async {
+            let _ = rx.await;
+        }));
+        Server {
+            rt,
+            url,
+            stop: Some(tx),
+            done: Some(done),
+            _dir: dir,
+        }
+    }
+
+    fn channel(&self) -> Channel {
+        self.rt
+            .block_on(Channel::from_shared(self.url.clone()).unwrap().connect())
+            .unwrap()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Some(tx) = self.stop.take() {
+            let _ = tx.send(());
+        }
+        if let Some(done) = self.done.take() {
+            let r = self.rt.block_on(done).unwrap();
+            assert!(r.is_ok(), "{r:?}");
+        }
+    }
+}
+
+fn upload(
+    s: &Server,
+    cas: &mut ContentAddressableStorageClient<Channel>,
+    f: DigestFunction,
+    blobs: &[(&Digest, &[u8])],
+) -> Vec<(i32, String)> {
+    let req = reapi::BatchUpdateBlobsRequest {
+        requests: blobs
+            .iter()
+            .map(|(d, data)| reapi::batch_update_blobs_request::Request {
+                digest: Some(d.to_proto()),
+                data: data.to_vec(),
+                compressor: 0,
+            })
+            .collect(),
+        digest_function: f.to_reapi(),
+        ..Default::default()
+    };
+    s.rt.block_on(cas.batch_update_blobs(req))
+        .unwrap()
+        .into_inner()
+        .responses
+        .into_iter()
+        .map(|r| {
+            let st = r.status.unwrap();
+            (st.code, st.message)
+        })
+        .collect()
+}
+
+#[test]
+fn capabilities_list_both_digest_functions() {
+    let s = Server::start(None);
+    let mut caps = CapabilitiesClient::new(s.channel());
+    let c =
+        s.rt.block_on(caps.get_capabilities(reapi::GetCapabilitiesRequest::default()))
+            .unwrap()
+            .into_inner();
+    let cache = c.cache_capabilities.unwrap();
+    assert_eq!(
+        cache.digest_functions,
+        [
+            DigestFunction::Sha256.to_reapi(),
+            DigestFunction::Blake3.to_reapi()
+        ]
+    );
+    assert!(
+        cache
+            .action_cache_update_capabilities
+            .unwrap()
+            .update_enabled
+    );
+    assert_eq!(cache.max_batch_total_size_bytes, 4 << 20);
+    assert_eq!(c.high_api_version.unwrap().major, 2);
+}
+
+#[test]
+fn cas_round_trip_for_both_functions_and_poisoned_uploads_are_refused() {
+    let s = Server::start(None);
+    let mut cas = ContentAddressableStorageClient::new(s.channel());
+    for f in [DigestFunction::Sha256, DigestFunction::Blake3] {
+        let a = Digest::of(f, b"alpha");
+        let b = Digest::of(f, b"beta");
+        let missing = |cas: &mut ContentAddressableStorageClient<Channel>| {
+            s.rt.block_on(cas.find_missing_blobs(reapi::FindMissingBlobsRequest {
+                blob_digests: vec![a.to_proto(), b.to_proto()],
+                digest_function: f.to_reapi(),
+                ..Default::default()
+            }))
+            .unwrap()
+            .into_inner()
+            .missing_blob_digests
+        };
+        assert_eq!(missing(&mut cas).len(), 2);
+        // The right bytes for `a`; wrong bytes for `b`'s digest.
+        let st = upload(&s, &mut cas, f, &[(&a, b"alpha"), (&b, b"gamma")]);
+        assert_eq!(st[0].0, Code::Ok as i32, "{st:?}");
+        assert_eq!(st[1].0, Code::InvalidArgument as i32, "{st:?}");
+        assert!(st[1].1.contains("hash to"), "{st:?}");
+        assert_eq!(missing(&mut cas), vec![b.to_proto()]);
+        let read =
+            s.rt.block_on(cas.batch_read_blobs(reapi::BatchReadBlobsRequest {
+                digests: vec![a.to_proto(), b.to_proto()],
+                digest_function: f.to_reapi(),
+                ..Default::default()
+            }))
+            .unwrap()
+            .into_inner()
+            .responses;
+        assert_eq!(read[0].data, b"alpha");
+        assert_eq!(read[1].status.as_ref().unwrap().code, Code::NotFound as i32);
+    }
+    // Over the batch limit: refused as a whole.
+    let big = vec![7u8; (4 << 20) + 1];
+    let d = Digest::of(DigestFunction::Sha256, &big);
+    let err =
+        s.rt.block_on(cas.batch_update_blobs(reapi::BatchUpdateBlobsRequest {
+            requests: vec![reapi::batch_update_blobs_request::Request {
+                digest: Some(d.to_proto()),
+                data: big,
+                compressor: 0,
+            }],
+            ..Default::default()
+        }))
+        .unwrap_err();
+    assert!(
+        matches!(err.code(), Code::InvalidArgument | Code::OutOfRange),
+        "{err:?}"
+    );
+}
+
+#[test]
+fn bytestream_writes_and_reads_large_blobs_and_refuses_wrong_bytes() {
+    let s = Server::start(None);
+    let mut bs = ByteStreamClient::new(s.channel());
+    let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
+    for f in [DigestFunction::Sha256, DigestFunction::Blake3] {
+        let d = Digest::of(f, &data);
+        let seg = if f == DigestFunction::Sha256 {
+            String::new()
+        } else {
+            format!("{}/", f.name())
+        };
+        let write = |bytes: Vec<u8>| {
+            let name = format!("main/uploads/0c5e-4b1d/blobs/{seg}{}/{}", d.hex(), d.size);
+            let chunks: Vec<WriteRequest> = bytes
+                .chunks(1 << 20)
+                .enumerate()
+                .map(|(i, c)| WriteRequest {
+                    resource_name: if i == 0 { name.clone() } else { String::new() },
+                    write_offset: (i << 20) as i64,
+                    finish_write: (i + 1) << 20 >= bytes.len(),
+                    data: c.to_vec(),
+                })
+                .collect();
+            let mut bs = bs.clone();
+            s.rt.block_on(async move { bs.write(tokio_stream::iter(chunks)).await })
+        };
+        let mut wrong = data.clone();
+        wrong[12345] ^= 1;
+        let err = write(wrong).unwrap_err();
+        assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
+        let ok = write(data.clone()).unwrap().into_inner();
+        assert_eq!(ok.committed_size, d.size as i64);
+        let mut stream =
+            s.rt.block_on(bs.read(ReadRequest {
+                resource_name: format!("main/blobs/{seg}{}/{}", d.hex(), d.size),
+                read_offset: 0,
+                read_limit: 0,
+            }))
+            .unwrap()
+            .into_inner();
+        let mut got = Vec::new();
+        while let Some(msg) = s.rt.block_on(stream.message()).unwrap() {
+            got.extend_from_slice(&msg.data);
+        }
+        assert!(got == data, "read back {} bytes", got.len());
+    }
+}
+
+#[test]
+fn action_cache_writes_need_the_token_and_every_output_blob() {
+    let s = Server::start(Some(TOKEN));
+    let mut cas = ContentAddressableStorageClient::new(s.channel());
+    let ac = ActionCacheClient::new(s.channel());
+    let f = DigestFunction::Sha256;
+    let action = Digest::of(f, b"an action");
+    let out = Digest::of(f, b"output bytes");
+    let result = reapi::ActionResult {
+        output_files: vec![reapi::OutputFile {
+            path: "out.txt".into(),
+            digest: Some(out.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let update = |token: Option<&str>| {
+        let mut req = tonic::Request::new(reapi::UpdateActionResultRequest {
+            action_digest: Some(action.to_proto()),
+            action_result: Some(result.clone()),
+            digest_function: f.to_reapi(),
+            ..Default::default()
+        });
+        if let Some(t) = token {
+            req.metadata_mut()
+                .insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let mut ac = ac.clone();
+        s.rt.block_on(async move { ac.update_action_result(req).await })
+    };
+    assert_eq!(update(None).unwrap_err().code(), Code::Unauthenticated);
+    assert_eq!(
+        update(Some("guess")).unwrap_err().code(),
+        Code::PermissionDenied
+    );
+    // Authorised, but the output blob is not in the CAS yet.
+    let err = update(Some(TOKEN)).unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{err:?}");
+    let get = |ac: &mut ActionCacheClient<Channel>| {
+        s.rt.block_on(ac.get_action_result(reapi::GetActionResultRequest {
+            action_digest: Some(action.to_proto()),
+            digest_function: f.to_reapi(),
+            ..Default::default()
+        }))
+    };
+    let mut reader = ActionCacheClient::new(s.channel());
+    assert_eq!(get(&mut reader).unwrap_err().code(), Code::NotFound);
+    let st = upload(&s, &mut cas, f, &[(&out, b"output bytes")]);
+    assert_eq!(st[0].0, Code::Ok as i32);
+    update(Some(TOKEN)).unwrap();
+    // Reads are anonymous.
+    let got = get(&mut reader).unwrap().into_inner();
+    assert_eq!(got.output_files[0].digest, Some(out.to_proto()));
+}
+
+#[test]
+fn get_tree_returns_every_directory() {
+    let s = Server::start(None);
+    let mut cas = ContentAddressableStorageClient::new(s.channel());
+    let f = DigestFunction::Blake3;
+    use prost::Message;
+    let leaf = reapi::Directory::default().encode_to_vec();
+    let leaf_d = Digest::of(f, &leaf);
+    let root = reapi::Directory {
+        directories: vec![reapi::DirectoryNode {
+            name: "sub".into(),
+            digest: Some(leaf_d.to_proto()),
+        }],
+        ..Default::default()
+    }
+    .encode_to_vec();
+    let root_d = Digest::of(f, &root);
+    upload(&s, &mut cas, f, &[(&leaf_d, &leaf), (&root_d, &root)]);
+    let mut stream =
+        s.rt.block_on(cas.get_tree(reapi::GetTreeRequest {
+            root_digest: Some(root_d.to_proto()),
+            digest_function: f.to_reapi(),
+            ..Default::default()
+        }))
+        .unwrap()
+        .into_inner();
+    let mut dirs = Vec::new();
+    while let Some(page) = s.rt.block_on(stream.message()).unwrap() {
+        dirs.extend(page.directories);
+    }
+    assert_eq!(dirs.len(), 2);
+    assert_eq!(dirs[0].directories[0].name, "sub");
+}
