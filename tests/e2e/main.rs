@@ -1500,3 +1500,241 @@ unsafe extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+/// A REAPI server for a test: `wbuild serve` or BuildGrid, killed when dropped.
+struct RemoteServer {
+    child: std::process::Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Drop for RemoteServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Waits until something accepts connections on `port`.
+fn wait_for_port(port: u16, child: &mut std::process::Child) {
+    let t0 = std::time::Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if let Ok(Some(status)) = child.try_wait() {
+            panic!("the server exited before listening: {status:?}");
+        }
+        assert!(
+            t0.elapsed() < std::time::Duration::from_secs(60),
+            "nothing listens on port {port} after 60 s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// `wbuild serve` on its own empty cache.
+fn wbuild_server() -> RemoteServer {
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new(BIN)
+        .args(["--cache-dir"])
+        .arg(dir.path().join("cache"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child);
+    RemoteServer {
+        child,
+        url: format!("grpc://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+/// BuildGrid (PyPI buildgrid==0.4.4) as a cache-only server: `bgd` from $WBUILD_BGD or from
+/// the venv tests/setup.sh creates.
+fn buildgrid_server() -> RemoteServer {
+    let bgd = std::env::var_os("WBUILD_BGD")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| wbuild_tests::repo_root().join("target/buildgrid-venv/bin/bgd"));
+    assert!(
+        bgd.exists(),
+        "BuildGrid's bgd is not at {}: run tests/setup.sh (or set WBUILD_BGD)",
+        bgd.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let config =
+        std::fs::read_to_string(wbuild_tests::repo_root().join("tests/reapi/buildgrid-cache.yml"))
+            .unwrap()
+            .replace("@PORT@", &port.to_string());
+    let config_path = dir.path().join("buildgrid.yml");
+    std::fs::write(&config_path, config).unwrap();
+    std::fs::create_dir_all(dir.path().join("cas")).unwrap();
+    let log = std::fs::File::create(dir.path().join("bgd.log")).unwrap();
+    let mut child = std::process::Command::new(&bgd)
+        .args(["server", "start"])
+        .arg(&config_path)
+        .env("BGD_CAS_DIR", dir.path().join("cas"))
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child);
+    RemoteServer {
+        child,
+        url: format!("grpc://127.0.0.1:{port}"),
+        _dir: dir,
+    }
+}
+
+/// A workspace with WASI actions (chain) and native ones (the C project).
+fn mixed_ws() -> TestWorkspace {
+    let w = ws();
+    chain(&w);
+    c_project(&w);
+    w
+}
+
+fn remote_round_trip(server: &RemoteServer) {
+    let a = mixed_ws();
+    let build = [
+        "build",
+        "--remote",
+        &server.url,
+        "//gen/...",
+        "//other/...",
+        "//app:hello",
+    ];
+    let (out, ev) = a.events(&build);
+    assert!(out.status.success(), "{}", a.report(&build, &out));
+    let f = finished(&ev);
+    assert_eq!(f["executed"], 7, "{ev:?}");
+    assert!(
+        !stderr(&out).contains("warning: remote"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Another checkout with an empty cache: everything comes from the remote.
+    let b = mixed_ws();
+    let (out, ev) = b.events(&build);
+    assert!(out.status.success(), "{}", b.report(&build, &out));
+    let f = finished(&ev);
+    assert_eq!(f["executed"], 0, "{ev:?}");
+    assert_eq!(f["remote_cached"], 7, "{ev:?}");
+    assert!(
+        ev.iter()
+            .filter(|e| e["type"] == "action")
+            .all(|e| e["status"] == "remote_cached"),
+        "{ev:?}"
+    );
+    for file in walk_files(&a.path("wbuild-out")) {
+        let rel = file.strip_prefix(a.path("wbuild-out")).unwrap();
+        assert_eq!(
+            std::fs::read(&file).unwrap(),
+            std::fs::read(b.path("wbuild-out").join(rel)).unwrap(),
+            "{} differs",
+            rel.display()
+        );
+    }
+    let run = std::process::Command::new(b.path("wbuild-out/app/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&run), "hello from wbuild 5\n");
+    // Then locally cached.
+    b.write("other/c.txt", "changed\n");
+    let (_, ev) = b.events(&build);
+    assert_eq!(finished(&ev)["executed"], 1, "{ev:?}");
+
+    // Unsandboxed native results are not uploaded.
+    let c = mixed_ws();
+    c.ok(&[
+        "build",
+        "--remote",
+        &server.url,
+        "--sandbox=none",
+        "//app:hello",
+    ]);
+    let d = mixed_ws();
+    let (_, ev) = d.events(&[
+        "build",
+        "--remote",
+        &server.url,
+        "--sandbox=none",
+        "//app:hello",
+    ]);
+    assert_eq!(finished(&ev)["executed"], 4, "{ev:?}");
+}
+
+#[test]
+fn remote_cache_through_wbuild_serve() {
+    let server = wbuild_server();
+    remote_round_trip(&server);
+}
+
+#[test]
+fn remote_cache_through_buildgrid() {
+    let server = buildgrid_server();
+    remote_round_trip(&server);
+}
+
+#[test]
+fn remote_down_builds_locally_with_one_warning() {
+    let mut server = wbuild_server();
+    let url = server.url.clone();
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let w = mixed_ws();
+    let (out, ev) = w.events(&["build", "--remote", &url, "//gen/...", "//app:hello"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(finished(&ev)["executed"], 6, "{ev:?}");
+    let err = stderr(&out);
+    assert_eq!(err.matches("warning:").count(), 1, "{err}");
+    assert!(err.contains("building without the remote cache"), "{err}");
+}
+
+#[test]
+fn remote_killed_mid_build_the_build_finishes_locally() {
+    let mut server = wbuild_server();
+    let w = ws();
+    w.write(
+        "n/WBUILD",
+        r#"
+genrule(name = "a", outs = ["a.txt"], cmd = "sleep 1; echo a > $@")
+genrule(name = "b", srcs = [":a"], outs = ["b.txt"], cmd = "sleep 1; cat $(location :a) > $@")
+genrule(name = "c", srcs = [":b"], outs = ["c.txt"], cmd = "sleep 1; cat $(location :b) > $@")
+"#,
+    );
+    let events = w.path("events.jsonl");
+    let build = w
+        .cmd(&["build", "--remote", &server.url, "--events"])
+        .arg(&events)
+        .arg("//n:c")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill the server once the first action has finished (and used it).
+    let t0 = std::time::Instant::now();
+    while !w.path("wbuild-out/n/a.txt").exists() {
+        assert!(t0.elapsed() < std::time::Duration::from_secs(30));
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    server.child.kill().unwrap();
+    server.child.wait().unwrap();
+    let out = build.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "{err}");
+    assert_eq!(w.read("wbuild-out/n/c.txt"), "a\n");
+    assert_eq!(err.matches("warning: remote cache").count(), 1, "{err}");
+    assert!(
+        err.contains("the rest of this build runs without it"),
+        "{err}"
+    );
+}

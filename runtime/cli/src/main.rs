@@ -60,6 +60,17 @@ struct BuildArgs {
     /// actions have their own keys and are never mixed with sandboxed ones.
     #[arg(long, value_enum, default_value_t = SandboxMode::Namespaces)]
     sandbox: SandboxMode,
+    /// A REAPI cache shared with others, `grpc://host:port` (or [remote] url in wbuild.toml):
+    /// looked up after the local cache; results built here are uploaded. If it is down or
+    /// fails, the build goes on locally.
+    #[arg(long)]
+    remote: Option<String>,
+    /// The remote's instance name (or [remote] instance).
+    #[arg(long)]
+    remote_instance: Option<String>,
+    /// Upload results built here to the remote (or [remote] upload; default true).
+    #[arg(long)]
+    remote_upload: Option<bool>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -148,15 +159,22 @@ fn main() {
 }
 
 fn open_store(cli_dir: &Option<PathBuf>) -> Result<Arc<Store>> {
+    open_store_with(cli_dir, wbuild_store::DigestFunction::Blake3)
+}
+
+/// The store, hashing with `f` (a remote cache's function, so keys match the remote's).
+fn open_store_with(
+    cli_dir: &Option<PathBuf>,
+    f: wbuild_store::DigestFunction,
+) -> Result<Arc<Store>> {
     let dir = cli_dir.clone().unwrap_or_else(Store::default_dir);
-    let f = wbuild_store::DigestFunction::Blake3;
     let store = match Store::open_with_timeout(&dir, f, Duration::from_millis(200)) {
         Err(wbuild_store::StoreError::Locked { .. }) => {
             eprintln!(
                 "waiting for another wbuild process that is using the cache {}",
                 dir.display()
             );
-            Store::open(&dir)
+            Store::open_with(&dir, f)
         }
         other => other,
     };
@@ -296,13 +314,18 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     let (ws, pkg) = workspace()?;
     let flags = flag_platforms(&args.platform)?;
     let patterns = parse_patterns(&args.patterns, &pkg)?;
-    let store = open_store(&cli.cache_dir)?;
+    let remote = connect_remote(&ws, args);
+    phases.mark("remote");
+    let function = remote
+        .as_ref()
+        .map_or(wbuild_store::DigestFunction::Blake3, |r| r.function());
+    let store = open_store_with(&cli.cache_dir, function)?;
     phases.mark("open store");
     let command = if tests { "test" } else { "build" };
     let signature = wbuild_graph::workspace_signature(&ws)?;
     let snapshot = uptodate::snapshot_path(
         store.dir(),
-        &snapshot_key(&ws, &patterns, tests, &flags, args.sandbox),
+        &snapshot_key(&ws, &patterns, tests, &flags, args.sandbox, function),
     );
     let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     if !args.show_output
@@ -369,13 +392,17 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         show_output: args.show_output,
         platform: Platform::host(),
         unsandboxed: args.sandbox == SandboxMode::None,
+        remote_upload: args
+            .remote_upload
+            .or(ws.config.remote.upload)
+            .unwrap_or(true),
     };
     let build_id = store.begin_build(command, &pattern_names)?;
     phases.mark("engine + history");
     let total: usize = passes.iter().map(|(_, g)| g.actions.len()).sum();
     let ui = ui::Ui::new(total, args.events.as_deref())?;
     ctrlc::set_handler(wbuild_sched::interrupt).context("cannot install the Ctrl-C handler")?;
-    let sched = Scheduler::new(&ws, store.clone(), exec, &ui, Some(build_id));
+    let sched = Scheduler::new(&ws, store.clone(), exec, &ui, Some(build_id)).with_remote(remote);
     let runs: Vec<(&wbuild_graph::ActionGraph, Options)> = passes
         .iter()
         .map(|(p, g)| {
@@ -394,6 +421,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         for (s, (p, _)) in all.into_iter().zip(&passes) {
             total.executed += s.executed;
             total.cached += s.cached;
+            total.remote_cached += s.remote_cached;
             total.failed += s.failed;
             total.skipped += s.skipped;
             total.interrupted |= s.interrupted;
@@ -471,15 +499,17 @@ fn snapshot_key(
     tests: bool,
     platforms: &[Platform],
     sandbox: SandboxMode,
+    function: wbuild_store::DigestFunction,
 ) -> String {
     let names: Vec<&str> = platforms.iter().map(|p| p.name()).collect();
     let mut text = format!(
-        "{}\0{}\0{}\0{}\0{}\0{sandbox:?}\0{tests}",
+        "{}\0{}\0{}\0{}\0{}\0{sandbox:?}\0{tests}\0{}",
         env!("CARGO_PKG_VERSION"),
         wbuild_graph::binary_identity(),
         wbuild_exec_wasi::EXECUTOR_VERSION,
         ws.root.display(),
-        names.join(",")
+        names.join(","),
+        function.name()
     );
     for p in patterns {
         text.push('\0');
@@ -522,6 +552,8 @@ fn up_to_date(
     ui.event(&Event::BuildFinished {
         executed: 0,
         cached: summary.cached,
+        remote_cached: 0,
+        remote_rpcs: None,
         failed: 0,
         skipped: 0,
         files_hashed: 0,
@@ -661,6 +693,24 @@ fn history(cli: &Cli, build: Option<u64>, limit: usize) -> Result<i32> {
         }
     }
     Ok(0)
+}
+
+/// The remote cache of `--remote` or `[remote] url`, if one is set and answers; otherwise a
+/// warning and a local build.
+fn connect_remote(ws: &Workspace, args: &BuildArgs) -> Option<Arc<wbuild_remote::RemoteCache>> {
+    let url = args.remote.as_ref().or(ws.config.remote.url.as_ref())?;
+    let instance = args
+        .remote_instance
+        .as_ref()
+        .or(ws.config.remote.instance.as_ref())
+        .map_or("", String::as_str);
+    match wbuild_remote::RemoteCache::connect(url, instance) {
+        Ok(r) => Some(Arc::new(r)),
+        Err(e) => {
+            eprintln!("warning: {e}; building without the remote cache");
+            None
+        }
+    }
 }
 
 fn serve(cli: &Cli, listen: &str, token_file: Option<&std::path::Path>) -> Result<i32> {

@@ -71,9 +71,13 @@ impl Ui {
             "FAILED"
         };
         let mut line = format!(
-            "{what} {verdict}: {} executed, {} cached, {} failed",
-            s.executed, s.cached, s.failed
+            "{what} {verdict}: {} executed, {} cached",
+            s.executed, s.cached
         );
+        if s.remote_cached > 0 {
+            line.push_str(&format!(", {} from the remote cache", s.remote_cached));
+        }
+        line.push_str(&format!(", {} failed", s.failed));
         if s.skipped > 0 {
             line.push_str(&format!(", {} skipped", s.skipped));
         }
@@ -88,6 +92,9 @@ impl EventSink for Ui {
             let mut f = f.lock().expect("events file");
             let _ = serde_json::to_writer(&mut *f, e);
             let _ = f.write_all(b"\n");
+        }
+        if let Event::Warning { message } = e {
+            self.say(&format!("warning: {message}"));
         }
         if let Event::Action {
             label,

@@ -25,6 +25,19 @@ pub struct Workspace {
 pub struct Config {
     pub build: BuildConfig,
     pub wasi: WasiConfig,
+    pub remote: RemoteConfig,
+}
+
+/// `[remote]` in `wbuild.toml`: a REAPI cache shared with others (`--remote` overrides).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct RemoteConfig {
+    /// `grpc://host:port`.
+    pub url: Option<String>,
+    /// REAPI instance name (default: empty).
+    pub instance: Option<String>,
+    /// Upload local results (default true).
+    pub upload: Option<bool>,
 }
 
 /// `[build]` in `wbuild.toml`.
@@ -203,8 +216,17 @@ mod tests {
         assert!(matches!(err, GraphError::Config { .. }), "{err:?}");
         assert!(msg.contains("wbuild.toml"), "{msg}");
         assert!(msg.contains("jbos"), "{msg}");
-        let err = Config::parse("[remote]\nx = 1\n", Path::new("w.toml")).unwrap_err();
-        assert!(err.to_string().contains("remote"), "{err}");
+        let err = Config::parse("[remotes]\nx = 1\n", Path::new("w.toml")).unwrap_err();
+        assert!(err.to_string().contains("remotes"), "{err}");
+        let err = Config::parse("[remote]\nuri = \"x\"\n", Path::new("w.toml")).unwrap_err();
+        assert!(err.to_string().contains("uri"), "{err}");
+        let c = Config::parse(
+            "[remote]\nurl = \"grpc://h:1\"\nupload = false\n",
+            Path::new("w.toml"),
+        )
+        .unwrap();
+        assert_eq!(c.remote.url.as_deref(), Some("grpc://h:1"));
+        assert_eq!(c.remote.upload, Some(false));
         let err = Config::parse("[build]\njobs = 0\n", Path::new("w.toml")).unwrap_err();
         assert!(err.to_string().contains("jobs"), "{err}");
     }

@@ -57,8 +57,10 @@ pub struct Options {
     /// Target platform of native actions.
     pub platform: Platform,
     /// Run native actions without the namespace sandbox (`--sandbox=none`). Their keys say
-    /// so, so their results never mix with sandboxed ones (and are never to be shared).
+    /// so, so their results never mix with sandboxed ones (and are never uploaded).
     pub unsandboxed: bool,
+    /// With a remote cache: upload the results of actions executed here.
+    pub remote_upload: bool,
 }
 
 /// Result status of one action.
@@ -67,6 +69,8 @@ pub struct Options {
 pub enum Status {
     Executed,
     Cached,
+    /// Found in the remote cache (outputs fetched from it).
+    RemoteCached,
     Failed,
     /// Not run because a dependency failed or the build stopped.
     Skipped,
@@ -77,6 +81,7 @@ impl Status {
         match self {
             Status::Executed => "executed",
             Status::Cached => "cached",
+            Status::RemoteCached => "remote_cached",
             Status::Failed => "failed",
             Status::Skipped => "skipped",
         }
@@ -108,9 +113,16 @@ pub enum Event {
         #[serde(skip_serializing_if = "Option::is_none")]
         accesses: Option<serde_json::Value>,
     },
+    /// Something about the whole build (e.g. the remote cache became unreachable).
+    Warning { message: String },
     BuildFinished {
         executed: u64,
         cached: u64,
+        /// Actions satisfied by the remote cache (not counted in `cached`).
+        remote_cached: u64,
+        /// RPCs made to the remote cache (absent without one).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        remote_rpcs: Option<u64>,
         failed: u64,
         skipped: u64,
         /// Files read and hashed because the stat cache could not vouch for them.
@@ -132,6 +144,7 @@ pub trait EventSink: Send + Sync {
 pub struct Summary {
     pub executed: u64,
     pub cached: u64,
+    pub remote_cached: u64,
     pub failed: u64,
     pub skipped: u64,
     pub interrupted: bool,
@@ -264,6 +277,10 @@ pub struct Scheduler<'a> {
     /// Generated files of this build that are executable (a test program, a tool built by
     /// an earlier action): staged for native actions with their executable bit.
     executables: RwLock<HashSet<String>>,
+    /// The remote cache, if any; keys and blobs use its digest function (the store's).
+    remote: Option<Arc<wbuild_remote::RemoteCache>>,
+    /// Cleared at the first remote failure: the rest of the build is local.
+    remote_ok: AtomicBool,
 }
 
 impl<'a> Scheduler<'a> {
@@ -283,7 +300,22 @@ impl<'a> Scheduler<'a> {
             build_id,
             sources: RwLock::new(HashMap::new()),
             executables: RwLock::new(HashSet::new()),
+            remote: None,
+            remote_ok: AtomicBool::new(true),
         }
+    }
+
+    /// Use `remote` as a second-level cache. The store must use its digest function.
+    pub fn with_remote(mut self, remote: Option<Arc<wbuild_remote::RemoteCache>>) -> Self {
+        if let Some(r) = &remote {
+            assert_eq!(
+                r.function(),
+                self.store.function(),
+                "the store must use the remote's digest function"
+            );
+        }
+        self.remote = remote;
+        self
     }
 }
 
@@ -319,6 +351,8 @@ impl Scheduler<'_> {
         self.events.event(&Event::BuildFinished {
             executed: total(|s| s.executed),
             cached: total(|s| s.cached),
+            remote_cached: total(|s| s.remote_cached),
+            remote_rpcs: self.remote.as_ref().map(|r| r.rpc_count()),
             failed: total(|s| s.failed),
             skipped: total(|s| s.skipped),
             files_hashed: self.store.hashed_count() - hashed_before,
@@ -525,7 +559,9 @@ impl Scheduler<'_> {
             st.running -= 1;
             st.remaining -= 1;
             st.done[idx] = Some(fin.status);
-            if let (Status::Executed | Status::Cached, Some(d)) = (fin.status, fin.action_digest) {
+            if let (Status::Executed | Status::Cached | Status::RemoteCached, Some(d)) =
+                (fin.status, fin.action_digest)
+            {
                 st.summary.actions.push(uptodate::SnapshotAction {
                     label: action.label.to_string(),
                     detail: action.detail.clone().unwrap_or_default(),
@@ -536,6 +572,7 @@ impl Scheduler<'_> {
             match fin.status {
                 Status::Executed => st.summary.executed += 1,
                 Status::Cached => st.summary.cached += 1,
+                Status::RemoteCached => st.summary.remote_cached += 1,
                 Status::Failed => st.summary.failed += 1,
                 Status::Skipped => {}
             }
@@ -797,7 +834,142 @@ impl Scheduler<'_> {
                 self.store.ac_remove(&prep.action_digest)?;
             }
         }
+        if let Some(fin) = self.remote_lookup(action, opts, &prep)? {
+            return Ok(fin);
+        }
         self.execute(wid, graph, action, opts, prep)
+    }
+
+    /// The remote cache while it works (`None` after its first failure).
+    fn remote(&self) -> Option<&wbuild_remote::RemoteCache> {
+        self.remote
+            .as_deref()
+            .filter(|_| self.remote_ok.load(Ordering::Relaxed))
+    }
+
+    /// The remote failed: say so once and go on without it.
+    fn remote_failed(&self, e: wbuild_remote::ClientError) {
+        if self.remote_ok.swap(false, Ordering::SeqCst) {
+            let url = self.remote.as_ref().map_or("", |r| r.url());
+            self.events.event(&Event::Warning {
+                message: format!("remote cache {url}: {e}; the rest of this build runs without it"),
+            });
+        }
+    }
+
+    /// Looks the action up in the remote cache; on a hit, fetches the outputs it lacks
+    /// (verified), records the entry locally and materialises the outputs.
+    fn remote_lookup(
+        &self,
+        action: &ActionNode,
+        opts: &Options,
+        prep: &Prepared,
+    ) -> Result<Option<Finished>, SchedError> {
+        let Some(remote) = self.remote() else {
+            return Ok(None);
+        };
+        let result = match remote.get_action_result(&prep.action_digest) {
+            Ok(Some(r)) => r,
+            Ok(None) => return Ok(None),
+            Err(e) => {
+                self.remote_failed(e);
+                return Ok(None);
+            }
+        };
+        // Only what this action could have produced: every declared output, as files.
+        if result.exit_code != 0
+            || !result.output_directories.is_empty()
+            || !result.output_symlinks.is_empty()
+            || result.output_files.len() != action.outputs.len()
+        {
+            return Ok(None);
+        }
+        let f = self.store.function();
+        let mut outputs = Vec::new();
+        let mut executables = HashSet::new();
+        for of in &result.output_files {
+            let Some(Ok(d)) = of.digest.as_ref().map(|d| Digest::from_proto(f, d)) else {
+                return Ok(None);
+            };
+            if !action.outputs.contains(&of.path) {
+                return Ok(None);
+            }
+            if of.is_executable {
+                executables.insert(of.path.clone());
+            }
+            outputs.push((of.path.clone(), d));
+        }
+        let mut wanted: Vec<Digest> = outputs.iter().map(|(_, d)| *d).collect();
+        for d in [&result.stdout_digest, &result.stderr_digest]
+            .into_iter()
+            .flatten()
+        {
+            if let Ok(d) = Digest::from_proto(f, d) {
+                wanted.push(d);
+            }
+        }
+        wanted.sort_by_key(|d| d.hash);
+        wanted.dedup();
+        wanted.retain(|d| !self.store.has(d));
+        match remote.download(&wanted) {
+            Ok(blobs) => {
+                for (d, bytes) in blobs {
+                    if self.store.put_bytes(&bytes)? != d {
+                        return Ok(None);
+                    }
+                }
+            }
+            Err(e) => {
+                self.remote_failed(e);
+                return Ok(None);
+            }
+        }
+        self.store
+            .ac_put(&prep.action_digest, &result, &action.label.to_string())?;
+        self.materialize(&outputs, &executables, &opts.platform.out_dir())?;
+        Ok(Some(Finished {
+            status: Status::RemoteCached,
+            outputs,
+            executables,
+            error: None,
+            output: None,
+            warnings: Vec::new(),
+            accesses: None,
+            action_digest: Some(prep.action_digest),
+        }))
+    }
+
+    /// Uploads an executed action's blobs the remote lacks, then its result.
+    fn remote_upload(&self, action_digest: &Digest, result: &reapi::ActionResult) {
+        let Some(remote) = self.remote() else {
+            return;
+        };
+        let f = self.store.function();
+        let mut blobs: Vec<Digest> = result
+            .output_files
+            .iter()
+            .filter_map(|o| o.digest.as_ref())
+            .chain(result.stdout_digest.as_ref())
+            .chain(result.stderr_digest.as_ref())
+            .filter_map(|d| Digest::from_proto(f, d).ok())
+            .collect();
+        blobs.sort_by_key(|d| d.hash);
+        blobs.dedup();
+        let outcome = remote.find_missing(&blobs).and_then(|missing| {
+            let mut data = Vec::new();
+            for d in missing {
+                match self.store.get_bytes(&d) {
+                    Ok(b) => data.push((d, b)),
+                    // Evicted meanwhile: the result cannot be shared.
+                    Err(_) => return Ok(()),
+                }
+            }
+            remote.upload(&data)?;
+            remote.update_action_result(action_digest, result)
+        });
+        if let Err(e) = outcome {
+            self.remote_failed(e);
+        }
     }
 
     fn cached_output(&self, result: &reapi::ActionResult) -> Option<String> {
@@ -905,6 +1077,11 @@ impl Scheduler<'_> {
         };
         self.store
             .ac_put(&prep.action_digest, &result, &action.label.to_string())?;
+        // Unsandboxed native results are never shared.
+        let unsandboxed = opts.unsandboxed && action.exec == Exec::Native;
+        if opts.remote_upload && !unsandboxed {
+            self.remote_upload(&prep.action_digest, &result);
+        }
         self.materialize(&outputs, &executables, &opts.platform.out_dir())?;
         let show = opts.show_output || text.to_ascii_lowercase().contains("warning");
         Ok(Finished {

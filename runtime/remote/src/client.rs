@@ -1,0 +1,444 @@
+//! The remote-cache client: a blocking facade over tonic (its own tokio runtime), so the
+//! scheduler's worker threads can call it directly. Every call has a deadline and is retried
+//! with backoff on transient errors; every downloaded blob is verified against its digest
+//! before it is returned.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use bazel_remote_apis::google::bytestream::{ReadRequest, WriteRequest, byte_stream_client};
+use tonic::transport::{Channel, Endpoint};
+use tonic::{Code, Status};
+use wbuild_store::reapi::{
+    self, action_cache_client, capabilities_client, content_addressable_storage_client,
+};
+use wbuild_store::{Digest, DigestFunction};
+
+use crate::server::MAX_BATCH_BYTES;
+
+/// How long one RPC may take.
+const RPC_DEADLINE: Duration = Duration::from_secs(60);
+/// How long connecting may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Attempts per RPC on a transient error (UNAVAILABLE and the like).
+const ATTEMPTS: u32 = 3;
+/// ByteStream chunk size.
+const CHUNK: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("bad remote address {url:?}: {message}")]
+    Url { url: String, message: String },
+    #[error("cannot connect to the remote cache {url}: {source}")]
+    Connect {
+        url: String,
+        source: tonic::transport::Error,
+    },
+    #[error("{op} failed: {}: {}", status.code(), status.message())]
+    Rpc { op: &'static str, status: Status },
+    #[error(
+        "the remote cache offers none of the digest functions wbuild speaks (it offers {0:?}; wbuild speaks SHA-256 and BLAKE3)"
+    )]
+    NoDigestFunction(Vec<i32>),
+    #[error("the remote cache sent bytes for {want} that hash to {got}; they were not used")]
+    BadBlob { want: Digest, got: Digest },
+    #[error("the remote cache did not return blob {0}")]
+    MissingBlob(Digest),
+}
+
+/// A connection to a REAPI cache (`--remote`).
+pub struct RemoteCache {
+    rt: tokio::runtime::Runtime,
+    channel: Channel,
+    instance: String,
+    function: DigestFunction,
+    max_batch: u64,
+    url: String,
+    rpcs: AtomicU64,
+}
+
+fn rpc_err(op: &'static str) -> impl Fn(Status) -> ClientError {
+    move |status| ClientError::Rpc { op, status }
+}
+
+fn transient(code: Code) -> bool {
+    matches!(
+        code,
+        Code::Unavailable | Code::DeadlineExceeded | Code::ResourceExhausted | Code::Aborted
+    )
+}
+
+impl RemoteCache {
+    /// Connects to `url` (`grpc://host:port`), asks for the server's capabilities and picks
+    /// the digest function: BLAKE3 where offered, else SHA-256.
+    pub fn connect(url: &str, instance: &str) -> Result<RemoteCache, ClientError> {
+        let http = match url.split_once("://") {
+            Some(("grpc" | "http", rest)) => format!("http://{rest}"),
+            Some((scheme, _)) => {
+                return Err(ClientError::Url {
+                    url: url.into(),
+                    message: format!("scheme {scheme}:// is not supported; use grpc://host:port"),
+                });
+            }
+            None => format!("http://{url}"),
+        };
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .map_err(|e| ClientError::Url {
+                url: url.into(),
+                message: format!("cannot start the async runtime: {e}"),
+            })?;
+        let endpoint = Endpoint::from_shared(http).map_err(|e| ClientError::Url {
+            url: url.into(),
+            message: e.to_string(),
+        })?;
+        let endpoint = endpoint
+            .connect_timeout(CONNECT_TIMEOUT)
+            .timeout(RPC_DEADLINE);
+        let channel = rt
+            .block_on(endpoint.connect())
+            .map_err(|source| ClientError::Connect {
+                url: url.into(),
+                source,
+            })?;
+        let mut client = RemoteCache {
+            rt,
+            channel,
+            instance: instance.to_owned(),
+            function: DigestFunction::Sha256,
+            max_batch: MAX_BATCH_BYTES,
+            url: url.to_owned(),
+            rpcs: AtomicU64::new(0),
+        };
+        let instance_name = client.instance.clone();
+        let caps = client.call("GetCapabilities", |ch| {
+            let req = reapi::GetCapabilitiesRequest {
+                instance_name: instance_name.clone(),
+            };
+            async move {
+                capabilities_client::CapabilitiesClient::new(ch)
+                    .get_capabilities(req)
+                    .await
+            }
+        })?;
+        let cache = caps.cache_capabilities.unwrap_or_default();
+        let offered = &cache.digest_functions;
+        client.function = if offered.contains(&DigestFunction::Blake3.to_reapi()) {
+            DigestFunction::Blake3
+        } else if offered.is_empty() || offered.contains(&DigestFunction::Sha256.to_reapi()) {
+            DigestFunction::Sha256
+        } else {
+            return Err(ClientError::NoDigestFunction(offered.clone()));
+        };
+        if cache.max_batch_total_size_bytes > 0 {
+            // Leave room for the digests and framing around the blobs.
+            client.max_batch = (cache.max_batch_total_size_bytes as u64)
+                .saturating_sub(64 << 10)
+                .clamp(64 << 10, MAX_BATCH_BYTES);
+        }
+        Ok(client)
+    }
+
+    /// The digest function every key and blob for this remote uses.
+    pub fn function(&self) -> DigestFunction {
+        self.function
+    }
+
+    pub fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// RPCs made so far (each attempt counts).
+    pub fn rpc_count(&self) -> u64 {
+        self.rpcs.load(Ordering::Relaxed)
+    }
+
+    /// One RPC with retries and backoff on transient errors.
+    fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, ClientError>
+    where
+        F: Fn(Channel) -> Fut,
+        Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
+    {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            self.rpcs.fetch_add(1, Ordering::Relaxed);
+            match self.rt.block_on(f(self.channel.clone())) {
+                Ok(r) => return Ok(r.into_inner()),
+                Err(s) if transient(s.code()) && attempt < ATTEMPTS => {
+                    std::thread::sleep(Duration::from_millis(100 << (2 * (attempt - 1))));
+                }
+                Err(s) => return Err(rpc_err(op)(s)),
+            }
+        }
+    }
+
+    /// The cached result of `action`, if the remote has one.
+    pub fn get_action_result(
+        &self,
+        action: &Digest,
+    ) -> Result<Option<reapi::ActionResult>, ClientError> {
+        let req = reapi::GetActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(action.to_proto()),
+            digest_function: self.function.to_reapi(),
+            ..Default::default()
+        };
+        match self.call("GetActionResult", |ch| {
+            let req = req.clone();
+            async move {
+                action_cache_client::ActionCacheClient::new(ch)
+                    .get_action_result(req)
+                    .await
+            }
+        }) {
+            Ok(r) => Ok(Some(r)),
+            Err(ClientError::Rpc { status, .. }) if status.code() == Code::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// Records `result` for `action` (its blobs must be uploaded first).
+    pub fn update_action_result(
+        &self,
+        action: &Digest,
+        result: &reapi::ActionResult,
+    ) -> Result<(), ClientError> {
+        let req = reapi::UpdateActionResultRequest {
+            instance_name: self.instance.clone(),
+            action_digest: Some(action.to_proto()),
+            action_result: Some(result.clone()),
+            digest_function: self.function.to_reapi(),
+            ..Default::default()
+        };
+        self.call("UpdateActionResult", |ch| {
+            let req = req.clone();
+            async move {
+                action_cache_client::ActionCacheClient::new(ch)
+                    .update_action_result(req)
+                    .await
+            }
+        })
+        .map(|_| ())
+    }
+
+    /// Which of `blobs` the remote does not have.
+    pub fn find_missing(&self, blobs: &[Digest]) -> Result<Vec<Digest>, ClientError> {
+        if blobs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let req = reapi::FindMissingBlobsRequest {
+            instance_name: self.instance.clone(),
+            blob_digests: blobs.iter().map(Digest::to_proto).collect(),
+            digest_function: self.function.to_reapi(),
+        };
+        let r = self.call("FindMissingBlobs", |ch| {
+            let req = req.clone();
+            async move {
+                content_addressable_storage_client::ContentAddressableStorageClient::new(ch)
+                    .find_missing_blobs(req)
+                    .await
+            }
+        })?;
+        r.missing_blob_digests
+            .iter()
+            .map(|d| {
+                Digest::from_proto(self.function, d).map_err(|e| ClientError::Rpc {
+                    op: "FindMissingBlobs",
+                    status: Status::internal(e.to_string()),
+                })
+            })
+            .collect()
+    }
+
+    /// Groups small blobs into batches under the size limit; large ones go alone (ByteStream).
+    fn batches<'a, T>(&self, items: &'a [T], size: impl Fn(&T) -> u64) -> Vec<Vec<&'a T>> {
+        let mut out: Vec<Vec<&T>> = Vec::new();
+        let mut current: Vec<&T> = Vec::new();
+        let mut total = 0;
+        for it in items {
+            let s = size(it);
+            if s > self.max_batch {
+                out.push(vec![it]);
+                continue;
+            }
+            if total + s > self.max_batch && !current.is_empty() {
+                out.push(std::mem::take(&mut current));
+                total = 0;
+            }
+            total += s;
+            current.push(it);
+        }
+        if !current.is_empty() {
+            out.push(current);
+        }
+        out
+    }
+
+    /// Uploads blobs: batched under the server's limit, larger ones through ByteStream.
+    pub fn upload(&self, blobs: &[(Digest, Vec<u8>)]) -> Result<(), ClientError> {
+        for batch in self.batches(blobs, |(d, _)| d.size) {
+            if batch.len() == 1 && batch[0].0.size > self.max_batch {
+                self.write_stream(&batch[0].0, &batch[0].1)?;
+                continue;
+            }
+            let req = reapi::BatchUpdateBlobsRequest {
+                instance_name: self.instance.clone(),
+                requests: batch
+                    .iter()
+                    .map(|(d, data)| reapi::batch_update_blobs_request::Request {
+                        digest: Some(d.to_proto()),
+                        data: data.clone(),
+                        compressor: 0,
+                    })
+                    .collect(),
+                digest_function: self.function.to_reapi(),
+            };
+            let r = self.call("BatchUpdateBlobs", |ch| {
+                let req = req.clone();
+                async move {
+                    content_addressable_storage_client::ContentAddressableStorageClient::new(ch)
+                        .batch_update_blobs(req)
+                        .await
+                }
+            })?;
+            for resp in r.responses {
+                if let Some(s) = resp.status
+                    && s.code != Code::Ok as i32
+                {
+                    return Err(ClientError::Rpc {
+                        op: "BatchUpdateBlobs",
+                        status: Status::new(Code::from(s.code), s.message),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn resource_segment(&self, d: &Digest) -> String {
+        let function = match self.function {
+            DigestFunction::Sha256 => String::new(),
+            f => format!("{}/", f.name()),
+        };
+        let instance = if self.instance.is_empty() {
+            String::new()
+        } else {
+            format!("{}/", self.instance)
+        };
+        format!("{instance}{{}}/{function}{}/{}", d.hex(), d.size)
+    }
+
+    fn write_stream(&self, d: &Digest, data: &[u8]) -> Result<(), ClientError> {
+        let name = self.resource_segment(d).replacen(
+            "{}",
+            &format!("uploads/{:032x}/blobs", rand_id(d)),
+            1,
+        );
+        self.call("ByteStream.Write", |ch| {
+            let chunks: Vec<WriteRequest> = if data.is_empty() {
+                vec![WriteRequest {
+                    resource_name: name.clone(),
+                    write_offset: 0,
+                    finish_write: true,
+                    data: Vec::new(),
+                }]
+            } else {
+                data.chunks(CHUNK)
+                    .enumerate()
+                    .map(|(i, c)| WriteRequest {
+                        resource_name: if i == 0 { name.clone() } else { String::new() },
+                        write_offset: (i * CHUNK) as i64,
+                        finish_write: (i + 1) * CHUNK >= data.len(),
+                        data: c.to_vec(),
+                    })
+                    .collect()
+            };
+            async move {
+                byte_stream_client::ByteStreamClient::new(ch)
+                    .write(tokio_stream::iter(chunks))
+                    .await
+            }
+        })
+        .map(|_| ())
+    }
+
+    /// Downloads `blobs`, each verified against its digest.
+    pub fn download(&self, blobs: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, ClientError> {
+        let mut out = Vec::new();
+        for batch in self.batches(blobs, |d| d.size) {
+            if batch.len() == 1 && batch[0].size > self.max_batch {
+                let d = *batch[0];
+                let bytes = self.read_stream(&d)?;
+                out.push((d, bytes));
+                continue;
+            }
+            let req = reapi::BatchReadBlobsRequest {
+                instance_name: self.instance.clone(),
+                digests: batch.iter().map(|d| d.to_proto()).collect(),
+                acceptable_compressors: Vec::new(),
+                digest_function: self.function.to_reapi(),
+            };
+            let r = self.call("BatchReadBlobs", |ch| {
+                let req = req.clone();
+                async move {
+                    content_addressable_storage_client::ContentAddressableStorageClient::new(ch)
+                        .batch_read_blobs(req)
+                        .await
+                }
+            })?;
+            for want in batch {
+                let resp = r
+                    .responses
+                    .iter()
+                    .find(|x| x.digest.as_ref() == Some(&want.to_proto()))
+                    .filter(|x| x.status.as_ref().is_none_or(|s| s.code == 0))
+                    .ok_or(ClientError::MissingBlob(*want))?;
+                out.push((*want, resp.data.clone()));
+            }
+        }
+        for (want, bytes) in &out {
+            let got = Digest::of(self.function, bytes);
+            if got != *want {
+                return Err(ClientError::BadBlob { want: *want, got });
+            }
+        }
+        Ok(out)
+    }
+
+    fn read_stream(&self, d: &Digest) -> Result<Vec<u8>, ClientError> {
+        let name = self.resource_segment(d).replacen("{}", "blobs", 1);
+        let mut stream = self.call("ByteStream.Read", |ch| {
+            let req = ReadRequest {
+                resource_name: name.clone(),
+                read_offset: 0,
+                read_limit: 0,
+            };
+            async move {
+                byte_stream_client::ByteStreamClient::new(ch)
+                    .read(req)
+                    .await
+            }
+        })?;
+        let mut data = Vec::with_capacity(d.size as usize);
+        while let Some(msg) = self
+            .rt
+            .block_on(stream.message())
+            .map_err(rpc_err("ByteStream.Read"))?
+        {
+            data.extend_from_slice(&msg.data);
+        }
+        Ok(data)
+    }
+}
+
+/// An upload id for a ByteStream resource name (unique per process and blob).
+fn rand_id(d: &Digest) -> u128 {
+    static N: AtomicU64 = AtomicU64::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed) as u128;
+    let pid = std::process::id() as u128;
+    let h = u128::from_le_bytes(d.hash[..16].try_into().unwrap_or([0; 16]));
+    h ^ (pid << 64) ^ n
+}
