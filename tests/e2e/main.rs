@@ -1738,3 +1738,107 @@ genrule(name = "c", srcs = [":b"], outs = ["c.txt"], cmd = "sleep 1; cat $(locat
         "{err}"
     );
 }
+
+/// BuildGrid's `bgd` (as in `buildgrid_server`).
+fn bgd_path() -> std::path::PathBuf {
+    let bgd = std::env::var_os("WBUILD_BGD")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| wbuild_tests::repo_root().join("target/buildgrid-venv/bin/bgd"));
+    assert!(
+        bgd.exists(),
+        "BuildGrid's bgd is not at {}: run tests/setup.sh (or set WBUILD_BGD)",
+        bgd.display()
+    );
+    bgd
+}
+
+#[test]
+fn buildgrid_bgd_uses_wbuild_serve_and_cannot_write_the_action_cache_without_the_token() {
+    use prost::Message;
+    use wbuild_store::{Digest, DigestFunction};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("token"), "t0ken\n").unwrap();
+    let port = free_port();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--cache-dir")
+        .arg(d.join("cache"))
+        .args([
+            "serve",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--token-file",
+        ])
+        .arg(d.join("token"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child);
+    let server = RemoteServer {
+        child,
+        url: format!("http://127.0.0.1:{port}"),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let bgd = |group: &str, args: &[&str], token: bool| {
+        let mut c = std::process::Command::new(bgd_path());
+        c.current_dir(d).args([group, "--remote", &server.url]);
+        if token {
+            c.args(["--auth-token", "token"]);
+        }
+        let out = c.args(args).output().unwrap();
+        (
+            out.status.success(),
+            format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            ),
+        )
+    };
+    // CAS: upload and download through bgd (SHA-256), verified on both sides.
+    std::fs::write(d.join("out.txt"), "built by someone else\n").unwrap();
+    let out = Digest::of(DigestFunction::Sha256, b"built by someone else\n");
+    let (ok, text) = bgd("cas", &["upload-file", "--verify", "out.txt"], false);
+    assert!(ok && text.contains(&out.hex()), "{text}");
+    let name = format!("{}/{}", out.hex(), out.size);
+    let (ok, text) = bgd(
+        "cas",
+        &["download-file", "--verify", &name, "back.txt"],
+        false,
+    );
+    assert!(ok, "{text}");
+    assert_eq!(
+        std::fs::read_to_string(d.join("back.txt")).unwrap(),
+        "built by someone else\n"
+    );
+    // The action cache: an ActionResult (stored in the CAS, as bgd wants it) for an action.
+    let result = wbuild_store::reapi::ActionResult {
+        output_files: vec![wbuild_store::reapi::OutputFile {
+            path: "out.txt".into(),
+            digest: Some(out.to_proto()),
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    std::fs::write(d.join("result.bin"), result.encode_to_vec()).unwrap();
+    let result_d = Digest::of(DigestFunction::Sha256, &result.encode_to_vec());
+    assert!(bgd("cas", &["upload-file", "result.bin"], false).0);
+    let action = Digest::of(DigestFunction::Sha256, b"some action");
+    let action_name = format!("{}/{}", action.hex(), action.size);
+    let result_name = format!("{}/{}", result_d.hex(), result_d.size);
+    let (ok, text) = bgd("actioncache", &["get", &action_name], false);
+    assert!(text.contains("Miss"), "{ok} {text}");
+    // Without the token: refused; with it: stored, and readable anonymously.
+    let (_, text) = bgd(
+        "actioncache",
+        &["update", &action_name, &result_name],
+        false,
+    );
+    assert!(!text.contains("Success"), "{text}");
+    let (ok, text) = bgd("actioncache", &["get", &action_name], false);
+    assert!(text.contains("Miss"), "{ok} {text}");
+    let (ok, text) = bgd("actioncache", &["update", &action_name, &result_name], true);
+    assert!(ok, "{text}");
+    let (ok, text) = bgd("actioncache", &["get", "--json", &action_name], false);
+    assert!(ok && text.contains(&out.hex()), "{text}");
+}
