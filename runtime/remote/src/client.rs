@@ -24,6 +24,41 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 const ATTEMPTS: u32 = 3;
 /// ByteStream chunk size.
 const CHUNK: usize = 1 << 20;
+/// Up to this many bytes, blobs are uploaded without asking which ones the remote lacks.
+const SEND_WITHOUT_ASKING: u64 = 64 << 10;
+
+/// Moves what the server inlined out of `result` (which can then be stored as is): the
+/// contents of output files, stdout and stderr, each with its digest. Inlined bytes that do
+/// not hash to their digest are an error.
+pub fn take_inlined(
+    result: &mut reapi::ActionResult,
+    f: DigestFunction,
+) -> Result<Vec<(Digest, Vec<u8>)>, ClientError> {
+    let mut out = Vec::new();
+    let mut check = |d: Option<&reapi::Digest>, bytes: Vec<u8>| -> Result<(), ClientError> {
+        let Some(Ok(want)) = d.map(|d| Digest::from_proto(f, d)) else {
+            return Ok(());
+        };
+        if bytes.is_empty() && want.size != 0 {
+            return Ok(()); // not inlined
+        }
+        let got = Digest::of(f, &bytes);
+        if got != want {
+            return Err(ClientError::BadBlob { want, got });
+        }
+        out.push((want, bytes));
+        Ok(())
+    };
+    for of in &mut result.output_files {
+        let bytes = std::mem::take(&mut of.contents);
+        check(of.digest.as_ref(), bytes)?;
+    }
+    let stdout = std::mem::take(&mut result.stdout_raw);
+    check(result.stdout_digest.as_ref(), stdout)?;
+    let stderr = std::mem::take(&mut result.stderr_raw);
+    check(result.stderr_digest.as_ref(), stderr)?;
+    Ok(out)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -175,16 +210,21 @@ impl RemoteCache {
         }
     }
 
-    /// The cached result of `action`, if the remote has one.
+    /// The cached result of `action`, if the remote has one, asking the server to inline
+    /// stdout, stderr and the files at `inline_paths` (servers may inline what they choose;
+    /// see [`take_inlined`]), so a small result needs no second round trip.
     pub fn get_action_result(
         &self,
         action: &Digest,
+        inline_paths: &[String],
     ) -> Result<Option<reapi::ActionResult>, ClientError> {
         let req = reapi::GetActionResultRequest {
             instance_name: self.instance.clone(),
             action_digest: Some(action.to_proto()),
+            inline_stdout: true,
+            inline_stderr: true,
+            inline_output_files: inline_paths.to_vec(),
             digest_function: self.function.to_reapi(),
-            ..Default::default()
         };
         match self.call("GetActionResult", |ch| {
             let req = req.clone();
@@ -275,6 +315,29 @@ impl RemoteCache {
             out.push(current);
         }
         out
+    }
+
+    /// Uploads the blobs the remote lacks: small sets are sent at once (one round trip; the
+    /// server keeps one copy), larger ones after `FindMissingBlobs`.
+    pub fn upload_missing(
+        &self,
+        blobs: &[Digest],
+        read: impl Fn(&Digest) -> Option<Vec<u8>>,
+    ) -> Result<(), ClientError> {
+        let total: u64 = blobs.iter().map(|d| d.size).sum();
+        let send: Vec<Digest> = if total <= SEND_WITHOUT_ASKING {
+            blobs.to_vec()
+        } else {
+            self.find_missing(blobs)?
+        };
+        let mut data = Vec::new();
+        for d in send {
+            match read(&d) {
+                Some(b) => data.push((d, b)),
+                None => return Err(ClientError::MissingBlob(d)),
+            }
+        }
+        self.upload(&data)
     }
 
     /// Uploads blobs: batched under the server's limit, larger ones through ByteStream.

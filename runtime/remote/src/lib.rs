@@ -12,7 +12,7 @@ mod client;
 mod resource;
 mod server;
 
-pub use client::{ClientError, RemoteCache};
+pub use client::{ClientError, RemoteCache, take_inlined};
 pub use resource::{ResourceName, parse_read_resource, parse_write_resource};
 pub use server::{MAX_BATCH_BYTES, ServeConfig, serve};
 

@@ -29,6 +29,9 @@ pub const MAX_BATCH_BYTES: u64 = 4 << 20;
 /// Largest blob accepted through ByteStream `Write` (held in memory while it is checked).
 const MAX_WRITE_BYTES: u64 = 1 << 30;
 
+/// Most bytes of blobs inlined into one `GetActionResult` answer.
+const INLINE_BYTES: u64 = 1 << 20;
+
 /// Size of the chunks ByteStream `Read` sends.
 const READ_CHUNK: usize = 1 << 20;
 
@@ -395,10 +398,37 @@ impl action_cache_server::ActionCache for Service {
         let req = req.into_inner();
         let f = function(req.digest_function)?;
         let d = digest(f, req.action_digest.as_ref())?;
-        match self
-            .blocking(move |store| store.ac_get(&d).map_err(status_of))
-            .await?
-        {
+        let found = self
+            .blocking(move |store| {
+                let Some(mut r) = store.ac_get(&d).map_err(status_of)? else {
+                    return Ok(None);
+                };
+                // Inline what was asked for, up to INLINE_BYTES in all.
+                let mut budget = INLINE_BYTES;
+                let mut inline = |d: Option<&reapi::Digest>| -> Option<Vec<u8>> {
+                    let d = Digest::from_proto(f, d?).ok()?;
+                    if d.size == 0 || d.size > budget {
+                        return None;
+                    }
+                    let bytes = store.get_bytes(&d).ok()?;
+                    budget -= d.size;
+                    Some(bytes)
+                };
+                if req.inline_stdout {
+                    r.stdout_raw = inline(r.stdout_digest.as_ref()).unwrap_or_default();
+                }
+                if req.inline_stderr {
+                    r.stderr_raw = inline(r.stderr_digest.as_ref()).unwrap_or_default();
+                }
+                for of in &mut r.output_files {
+                    if req.inline_output_files.contains(&of.path) {
+                        of.contents = inline(of.digest.as_ref()).unwrap_or_default();
+                    }
+                }
+                Ok(Some(r))
+            })
+            .await?;
+        match found {
             Some(r) => Ok(Response::new(r)),
             None => Err(Status::not_found(format!("no action result for {d}"))),
         }

@@ -280,6 +280,24 @@ fn action_cache_writes_need_the_token_and_every_output_blob() {
     // Reads are anonymous.
     let got = get(&mut reader).unwrap().into_inner();
     assert_eq!(got.output_files[0].digest, Some(out.to_proto()));
+    assert!(got.output_files[0].contents.is_empty());
+    // Asked to inline the output: its bytes come with the result, and check out.
+    let mut inlined =
+        s.rt.block_on(reader.get_action_result(reapi::GetActionResultRequest {
+            action_digest: Some(action.to_proto()),
+            inline_output_files: vec!["out.txt".into()],
+            digest_function: f.to_reapi(),
+            ..Default::default()
+        }))
+        .unwrap()
+        .into_inner();
+    assert_eq!(inlined.output_files[0].contents, b"output bytes");
+    let blobs = wbuild_remote::take_inlined(&mut inlined, f).unwrap();
+    assert_eq!(blobs, vec![(out, b"output bytes".to_vec())]);
+    assert!(inlined.output_files[0].contents.is_empty());
+    // Inlined bytes that do not match their digest are refused.
+    inlined.output_files[0].contents = b"forged bytes".to_vec();
+    assert!(wbuild_remote::take_inlined(&mut inlined, f).is_err());
 }
 
 #[test]

@@ -868,7 +868,7 @@ impl Scheduler<'_> {
         let Some(remote) = self.remote() else {
             return Ok(None);
         };
-        let result = match remote.get_action_result(&prep.action_digest) {
+        let mut result = match remote.get_action_result(&prep.action_digest, &action.outputs) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(None),
             Err(e) => {
@@ -885,6 +885,20 @@ impl Scheduler<'_> {
             return Ok(None);
         }
         let f = self.store.function();
+        // What the server inlined goes straight into the store (verified).
+        match wbuild_remote::take_inlined(&mut result, f) {
+            Ok(blobs) => {
+                for (d, bytes) in blobs {
+                    if !self.store.has(&d) && self.store.put_bytes(&bytes)? != d {
+                        return Ok(None);
+                    }
+                }
+            }
+            Err(e) => {
+                self.remote_failed(e);
+                return Ok(None);
+            }
+        }
         let mut outputs = Vec::new();
         let mut executables = HashSet::new();
         for of in &result.output_files {
@@ -955,18 +969,9 @@ impl Scheduler<'_> {
             .collect();
         blobs.sort_by_key(|d| d.hash);
         blobs.dedup();
-        let outcome = remote.find_missing(&blobs).and_then(|missing| {
-            let mut data = Vec::new();
-            for d in missing {
-                match self.store.get_bytes(&d) {
-                    Ok(b) => data.push((d, b)),
-                    // Evicted meanwhile: the result cannot be shared.
-                    Err(_) => return Ok(()),
-                }
-            }
-            remote.upload(&data)?;
-            remote.update_action_result(action_digest, result)
-        });
+        let outcome = remote
+            .upload_missing(&blobs, |d| self.store.get_bytes(d).ok())
+            .and_then(|()| remote.update_action_result(action_digest, result));
         if let Err(e) = outcome {
             self.remote_failed(e);
         }
