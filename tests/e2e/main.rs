@@ -1595,10 +1595,16 @@ fn buildgrid_server() -> RemoteServer {
 }
 
 /// A workspace with WASI actions (chain) and native ones (the C project).
+/// A workspace with WASI actions (chain), native ones (the C project) and an output larger
+/// than a REAPI batch (so it travels through ByteStream).
 fn mixed_ws() -> TestWorkspace {
     let w = ws();
     chain(&w);
     c_project(&w);
+    w.write(
+        "big/WBUILD",
+        "genrule(name = \"big\", outs = [\"big.bin\"], cmd = \"head -c 6000000 /dev/urandom > $@\")\n",
+    );
     w
 }
 
@@ -1611,11 +1617,12 @@ fn remote_round_trip(server: &RemoteServer) {
         "//gen/...",
         "//other/...",
         "//app:hello",
+        "//big",
     ];
     let (out, ev) = a.events(&build);
     assert!(out.status.success(), "{}", a.report(&build, &out));
     let f = finished(&ev);
-    assert_eq!(f["executed"], 7, "{ev:?}");
+    assert_eq!(f["executed"], 8, "{ev:?}");
     assert!(
         !stderr(&out).contains("warning: remote"),
         "{}",
@@ -1628,7 +1635,7 @@ fn remote_round_trip(server: &RemoteServer) {
     assert!(out.status.success(), "{}", b.report(&build, &out));
     let f = finished(&ev);
     assert_eq!(f["executed"], 0, "{ev:?}");
-    assert_eq!(f["remote_cached"], 7, "{ev:?}");
+    assert_eq!(f["remote_cached"], 8, "{ev:?}");
     assert!(
         ev.iter()
             .filter(|e| e["type"] == "action")
