@@ -1849,3 +1849,97 @@ fn buildgrid_bgd_uses_wbuild_serve_and_cannot_write_the_action_cache_without_the
     let (ok, text) = bgd("actioncache", &["get", "--json", &action_name], false);
     assert!(ok && text.contains(&out.hex()), "{text}");
 }
+
+#[test]
+fn verify_finds_non_reproducible_native_outputs_and_names_their_actions() {
+    let w = ws();
+    chain(&w);
+    c_project(&w);
+    w.write(
+        "n/WBUILD",
+        r##"
+genrule(name = "stamp", outs = ["stamp.h"],
+        cmd = "echo '#define BUILT' \"$$(date '+%Y-%m-%d %H:%M:%S')\" > $@")
+genrule(name = "fine", outs = ["fine.txt"], cmd = "echo same every time > $@")
+"##,
+    );
+    let junit = w.path("report.xml");
+    let json = w.path("report.json");
+    let out = w
+        .cmd(&["verify", "--runs", "2", "--vary", "path,time", "--junit"])
+        .arg(&junit)
+        .arg("--json")
+        .arg(&json)
+        .arg("//...")
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("NOT REPRODUCIBLE n/stamp.h (from //n:stamp, Genrule)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("likely cause: an embedded timestamp"),
+        "{text}"
+    );
+    assert!(!text.contains("NOT REPRODUCIBLE n/fine.txt"), "{text}");
+    // WASI and cc outputs are reproducible.
+    for ok in ["gen/abab.txt", "app/hello", "lib/libgreet.a"] {
+        assert!(!text.contains(&format!("NOT REPRODUCIBLE {ok} ")), "{text}");
+    }
+    let report: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
+    let outputs = report["outputs"].as_array().unwrap();
+    let entry = |p: &str| outputs.iter().find(|o| o["path"] == p).unwrap();
+    assert_eq!(entry("app/hello")["reproducible"], true);
+    assert_eq!(entry("gen/abab.txt")["action"], "//gen:abab");
+    assert_eq!(entry("n/stamp.h")["reproducible"], false);
+    // The JUnit report is XML with one test case per checked output.
+    let parsed = std::process::Command::new("python3")
+        .arg("-c")
+        .arg("import sys, xml.etree.ElementTree as E; r = E.parse(sys.argv[1]).getroot(); cs = r.iter('testcase'); print(sum(1 for _ in cs), sum(1 for _ in r.iter('failure')))")
+        .arg(&junit)
+        .output()
+        .unwrap();
+    assert!(parsed.status.success(), "{}", stderr(&parsed));
+    let counts = stdout(&parsed);
+    assert_eq!(
+        counts.trim(),
+        format!(
+            "{} {}",
+            outputs.len(),
+            outputs
+                .iter()
+                .filter(|o| o["reproducible"] == false)
+                .count()
+        )
+    );
+
+    // The build path is found out when only the path varies.
+    w.write(
+        "n/WBUILD",
+        "genrule(name = \"where\", outs = [\"where.txt\"], cmd = \"echo built in $$(pwd) > $@\")\n",
+    );
+    // In the sandbox the command runs in /work wherever the workspace is: reproducible.
+    let out = w
+        .cmd(&["verify", "--vary", "path", "//n:where"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    // Unsandboxed it sees where it runs, and verify says so.
+    let out = w
+        .cmd(&["verify", "--vary", "path", "--sandbox", "none", "//n:where"])
+        .output()
+        .unwrap();
+    let text = stdout(&out);
+    assert_eq!(out.status.code(), Some(1), "{text}\n{}", stderr(&out));
+    assert!(
+        text.contains("NOT REPRODUCIBLE n/where.txt (from //n:where, Genrule)"),
+        "{text}"
+    );
+    assert!(
+        text.contains("likely cause: embeds the build path"),
+        "{text}"
+    );
+}

@@ -5,6 +5,7 @@
 //! its own: keys, caching and sandboxing live in the library crates.
 
 mod ui;
+mod verify;
 mod wasi_tool;
 
 use std::collections::BTreeMap;
@@ -122,6 +123,9 @@ enum Cmd {
         #[arg(long)]
         token_file: Option<PathBuf>,
     },
+    /// Rebuild targets several times from scratch (fresh workspace copies, empty caches),
+    /// varying path, environment, umask, time, -j and file order, and compare every output.
+    Verify(verify::VerifyArgs),
     /// Run a WASI tool for a native command (used by the launchers wbuild stages).
     #[command(hide = true)]
     ExecWasiTool(wasi_tool::ExecWasiTool),
@@ -198,6 +202,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::History { build, limit } => history(&cli, *build, *limit),
         Cmd::Cache { command } => cache(&cli, command),
         Cmd::ExecWasiTool(a) => wasi_tool::run(a),
+        Cmd::Verify(a) => verify::run(cli.cache_dir.is_some(), a),
         Cmd::Serve { listen, token_file } => serve(&cli, listen, token_file.as_deref()),
     }
 }
