@@ -1560,14 +1560,7 @@ fn wbuild_server() -> RemoteServer {
 /// BuildGrid (PyPI buildgrid==0.4.4) as a cache-only server: `bgd` from $WBUILD_BGD or from
 /// the venv tests/setup.sh creates.
 fn buildgrid_server() -> RemoteServer {
-    let bgd = std::env::var_os("WBUILD_BGD")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| wbuild_tests::repo_root().join("target/buildgrid-venv/bin/bgd"));
-    assert!(
-        bgd.exists(),
-        "BuildGrid's bgd is not at {}: run tests/setup.sh (or set WBUILD_BGD)",
-        bgd.display()
-    );
+    let bgd = bgd_path();
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
     let config =
@@ -1746,7 +1739,7 @@ genrule(name = "c", srcs = [":b"], outs = ["c.txt"], cmd = "sleep 1; cat $(locat
     );
 }
 
-/// BuildGrid's `bgd` (as in `buildgrid_server`).
+/// BuildGrid's `bgd`: $WBUILD_BGD, or the venv tests/setup.sh creates.
 fn bgd_path() -> std::path::PathBuf {
     let bgd = std::env::var_os("WBUILD_BGD")
         .map(std::path::PathBuf::from)
@@ -1942,4 +1935,81 @@ genrule(name = "fine", outs = ["fine.txt"], cmd = "echo same every time > $@")
         text.contains("likely cause: embeds the build path"),
         "{text}"
     );
+}
+
+#[test]
+fn provenance_round_trips_and_against_detects_a_modified_subject() {
+    let w = ws();
+    chain(&w);
+    c_project(&w);
+    let prov = w.path("app.intoto.json");
+    let out = w
+        .cmd(&["build", "--provenance"])
+        .arg(&prov)
+        .args(["//app:hello", "//gen:abab"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let st: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&prov).unwrap()).unwrap();
+    assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(st["predicateType"], "https://slsa.dev/provenance/v1");
+    let subjects = st["subject"].as_array().unwrap();
+    let names: Vec<&str> = subjects
+        .iter()
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["wbuild-out/app/hello", "wbuild-out/gen/abab.txt"]);
+    // The digests are those of the files.
+    let hello = std::fs::read(w.path("wbuild-out/app/hello")).unwrap();
+    assert_eq!(
+        subjects[0]["digest"]["blake3"],
+        blake3_hex(&hello),
+        "{subjects:?}"
+    );
+    // Materials: the sources read, the WASI tool and the native toolchain.
+    let deps = st["predicate"]["buildDefinition"]["resolvedDependencies"]
+        .as_array()
+        .unwrap();
+    let uris: Vec<&str> = deps.iter().map(|d| d["uri"].as_str().unwrap()).collect();
+    for want in [
+        "file:app/main.c",
+        "file:lib/greet.c",
+        "file:gen/a.txt",
+        "file:tools/probe.wasm",
+    ] {
+        assert!(uris.contains(&want), "{uris:?}");
+    }
+    assert!(
+        uris.iter()
+            .any(|u| u.starts_with("wbuild:toolchain/linux-")),
+        "{uris:?}"
+    );
+
+    // Another builder's claim checks out here...
+    let out = w.cmd(&["verify", "--against"]).arg(&prov).output().unwrap();
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(
+        stdout(&out).contains("2 match, 0 differ"),
+        "{}",
+        stdout(&out)
+    );
+    // ...unless a subject was tampered with.
+    let forged = std::fs::read_to_string(&prov).unwrap().replacen(
+        subjects[1]["digest"]["sha256"].as_str().unwrap(),
+        &"0".repeat(64),
+        1,
+    );
+    std::fs::write(&prov, forged).unwrap();
+    let out = w.cmd(&["verify", "--against"]).arg(&prov).output().unwrap();
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("DIFFERS wbuild-out/gen/abab.txt"),
+        "{}",
+        stdout(&out)
+    );
+}
+
+fn blake3_hex(bytes: &[u8]) -> String {
+    wbuild_store::Digest::of(wbuild_store::DigestFunction::Blake3, bytes).hex()
 }

@@ -4,6 +4,7 @@
 //! exec-wasi) and presents progress and results. It must never implement build semantics of
 //! its own: keys, caching and sandboxing live in the library crates.
 
+mod provenance;
 mod ui;
 mod verify;
 mod wasi_tool;
@@ -47,6 +48,9 @@ struct BuildArgs {
     /// Write one JSON object per line for every event to FILE.
     #[arg(long, value_name = "FILE")]
     events: Option<PathBuf>,
+    /// Write an in-toto statement with SLSA provenance for the targets' outputs to FILE.
+    #[arg(long, value_name = "FILE")]
+    provenance: Option<PathBuf>,
     /// Show the output of successful actions too.
     #[arg(long)]
     show_output: bool,
@@ -334,12 +338,14 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     );
     let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     if !args.show_output
+        && args.provenance.is_none()
         && let Some(done) = uptodate::check(&snapshot, signature.as_bytes())
     {
         phases.mark("up-to-date check");
         return up_to_date(&store, command, &pattern_names, &done, args, tests);
     }
     phases.mark("up-to-date check");
+    let started = std::time::SystemTime::now();
     let (actions, roots, analysis_cached) = analyse(&ws, &store, &patterns, tests, &signature)?;
     let passes: Vec<(Platform, std::borrow::Cow<'_, wbuild_graph::ActionGraph>)> =
         platform_passes(&ws, &flags, &actions, &roots)?
@@ -469,6 +475,43 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         );
     } else {
         let _ = std::fs::remove_file(&snapshot);
+    }
+    if summary.success()
+        && let Some(out) = &args.provenance
+    {
+        let mut subjects = Vec::new();
+        let mut platforms = Vec::new();
+        for (p, g) in &passes {
+            for files in g.target_files.values() {
+                for f in files.iter().filter(|f| g.producers.contains_key(*f)) {
+                    subjects.push(format!("{}/{f}", p.out_dir()));
+                }
+            }
+            platforms.push((
+                p.name().to_owned(),
+                is_native(g).then(|| wbuild_sched::toolchain_identity(*p)),
+            ));
+        }
+        subjects.sort();
+        subjects.dedup();
+        provenance::write(
+            out,
+            &provenance::BuildFacts {
+                root: &ws.root,
+                subjects,
+                sources: &summary.sources,
+                patterns: &pattern_names,
+                platforms,
+                source_date_epoch: opts.epoch_secs,
+                sandbox: if opts.unsandboxed {
+                    "none"
+                } else {
+                    "namespaces"
+                },
+                build_id,
+                started,
+            },
+        )?;
     }
     ui.finish(&summary, tests);
     Ok(if summary.interrupted {

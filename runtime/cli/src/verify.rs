@@ -40,6 +40,11 @@ pub struct VerifyArgs {
     /// directory is visible to commands).
     #[arg(long)]
     sandbox: Option<String>,
+    /// Rebuild once from scratch and compare with the subjects of this provenance file
+    /// (written elsewhere by `wbuild build --provenance`); its targets and platforms are used
+    /// unless targets are given.
+    #[arg(long, value_name = "PROVENANCE")]
+    against: Option<PathBuf>,
 }
 
 /// One checked output.
@@ -174,6 +179,9 @@ pub fn run(cache_dir_flag: bool, args: &VerifyArgs) -> Result<i32> {
                 VARIATIONS.join(", ")
             );
         }
+    }
+    if let Some(p) = &args.against {
+        return against(&ws, &cwd, args, p);
     }
     if args.runs < 2 {
         bail!("--runs must be at least 2 to compare builds");
@@ -456,4 +464,94 @@ type libc_mode = u32;
 
 unsafe extern "C" {
     fn umask(mask: libc_mode) -> libc_mode;
+}
+
+/// `verify --against`: one clean rebuild compared with a provenance statement's subjects.
+fn against(ws: &Workspace, cwd: &Path, args: &VerifyArgs, file: &Path) -> Result<i32> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let st: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    if st["_type"] != crate::provenance::STATEMENT_TYPE {
+        bail!(
+            "{} is not an in-toto statement (_type is {})",
+            file.display(),
+            st["_type"]
+        );
+    }
+    let params = &st["predicate"]["buildDefinition"]["externalParameters"];
+    let strings = |v: &serde_json::Value| -> Vec<String> {
+        v.as_array()
+            .map(|a| {
+                a.iter()
+                    .filter_map(|x| x.as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let targets = if args.patterns.is_empty() {
+        strings(&params["targets"])
+    } else {
+        args.patterns.clone()
+    };
+    let platforms = strings(&params["platforms"]);
+    let scratch = tempfile::Builder::new()
+        .prefix("wbuild-verify-")
+        .tempdir()?;
+    let root = scratch.path().join("ws");
+    copy_tree(&ws.root, &root, false)?;
+    let rel_cwd = cwd.strip_prefix(&ws.root).unwrap_or(Path::new(""));
+    let mut cmd = Command::new(std::env::current_exe()?);
+    cmd.current_dir(root.join(rel_cwd))
+        .arg("--cache-dir")
+        .arg(scratch.path().join("cache"))
+        .arg("build")
+        .env_remove("WBUILD_CACHE");
+    if !platforms.is_empty() {
+        cmd.args(["--platform", &platforms.join(",")]);
+    }
+    cmd.args(&targets);
+    eprintln!(
+        "verify: clean rebuild of {} in {}",
+        targets.join(" "),
+        root.display()
+    );
+    let out = cmd.output().context("cannot run wbuild")?;
+    if !out.status.success() {
+        std::io::stderr().write_all(&out.stderr)?;
+        bail!("the rebuild failed (above)");
+    }
+    let subjects = st["subject"].as_array().cloned().unwrap_or_default();
+    let mut differing = 0;
+    for s in &subjects {
+        let name = s["name"].as_str().unwrap_or_default();
+        let claimed = s["digest"]["sha256"].as_str().unwrap_or_default();
+        let here = root.join(name);
+        let ours = if here.is_file() {
+            crate::provenance::digest_set(&here)?["sha256"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned()
+        } else {
+            String::new()
+        };
+        if ours != claimed {
+            differing += 1;
+            println!(
+                "DIFFERS {name}: the provenance says sha256:{claimed}, the rebuild here gives {}",
+                if ours.is_empty() {
+                    "no such file".to_owned()
+                } else {
+                    format!("sha256:{ours}")
+                }
+            );
+        }
+    }
+    println!(
+        "verify: {} subjects of {} rebuilt here: {} match, {differing} differ",
+        subjects.len(),
+        file.display(),
+        subjects.len() - differing
+    );
+    Ok(if differing == 0 { 0 } else { 1 })
 }

@@ -27,7 +27,7 @@ use wbuild_graph::{ActionGraph, ActionNode, Exec, ToolRef, Workspace};
 use wbuild_store::{ActionRecord, Digest, Store, digest_message, reapi};
 
 pub use merkle::input_root;
-pub use native::Platform;
+pub use native::{Platform, toolchain_identity};
 
 /// Directory under the workspace root where outputs are materialised.
 pub const OUT_DIR: &str = "wbuild-out";

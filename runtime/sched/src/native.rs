@@ -283,7 +283,7 @@ static NATIVE_STAGING: AtomicU64 = AtomicU64::new(0);
 /// every file under its header and library directories, each by path, size, modification time
 /// and inode (package upgrades replace files), so upgrading gcc or libc invalidates exactly
 /// the native actions that use them.
-pub(crate) fn toolchain_identity(platform: Platform) -> String {
+pub fn toolchain_identity(platform: Platform) -> String {
     static IDS: Mutex<Vec<(Platform, String)>> = Mutex::new(Vec::new());
     let mut ids = IDS.lock().expect("toolchain identities");
     if let Some((_, id)) = ids.iter().find(|(p, _)| *p == platform) {

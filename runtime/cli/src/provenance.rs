@@ -1,0 +1,136 @@
+//! `wbuild build --provenance FILE`: an in-toto Statement (v1) with an SLSA provenance (v1)
+//! predicate for what a build produced: the subjects are the requested targets' outputs with
+//! their SHA-256 (and BLAKE3) digests; the resolved dependencies are the source files the
+//! actions read (tool modules and data included) and the identity of each native toolchain.
+//! `wbuild verify --against FILE` rebuilds and compares with the subjects.
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use sha2::Digest as _;
+
+pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
+pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
+pub const BUILD_TYPE: &str = "https://wbuild.dev/provenance/build/v1";
+
+/// SHA-256 and BLAKE3 of a file, as an in-toto digest set.
+pub fn digest_set(path: &Path) -> Result<serde_json::Value> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    Ok(serde_json::json!({
+        "sha256": hex(&sha2::Sha256::digest(&bytes)),
+        "blake3": blake3::hash(&bytes).to_hex().to_string(),
+    }))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// What one build did, for its provenance.
+pub struct BuildFacts<'a> {
+    pub root: &'a Path,
+    /// Output files (paths relative to the workspace root, under wbuild-out/) of the targets.
+    pub subjects: Vec<String>,
+    /// Source files read (workspace paths).
+    pub sources: &'a [String],
+    pub patterns: &'a [String],
+    /// (platform name, toolchain identity when native actions ran for it).
+    pub platforms: Vec<(String, Option<String>)>,
+    pub source_date_epoch: u64,
+    pub sandbox: &'a str,
+    pub build_id: u64,
+    pub started: std::time::SystemTime,
+}
+
+fn rfc3339(t: std::time::SystemTime) -> String {
+    let secs = t
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs()) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil date from days since the epoch (Howard Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// Writes the statement to `out`.
+pub fn write(out: &Path, facts: &BuildFacts<'_>) -> Result<()> {
+    let mut subjects = Vec::new();
+    for s in &facts.subjects {
+        subjects.push(serde_json::json!({
+            "name": s,
+            "digest": digest_set(&facts.root.join(s))?,
+        }));
+    }
+    let mut deps = Vec::new();
+    for s in facts.sources {
+        deps.push(serde_json::json!({
+            "uri": format!("file:{s}"),
+            "digest": digest_set(&facts.root.join(s))?,
+        }));
+    }
+    for (p, id) in &facts.platforms {
+        if let Some(id) = id {
+            deps.push(serde_json::json!({
+                "uri": format!("wbuild:toolchain/{p}"),
+                "digest": { "blake3": id },
+            }));
+        }
+    }
+    let statement = serde_json::json!({
+        "_type": STATEMENT_TYPE,
+        "subject": subjects,
+        "predicateType": PREDICATE_TYPE,
+        "predicate": {
+            "buildDefinition": {
+                "buildType": BUILD_TYPE,
+                "externalParameters": {
+                    "targets": facts.patterns,
+                    "platforms": facts.platforms.iter().map(|(p, _)| p).collect::<Vec<_>>(),
+                },
+                "internalParameters": {
+                    "source_date_epoch": facts.source_date_epoch,
+                    "sandbox": facts.sandbox,
+                    "wasi_executor": wbuild_exec_wasi::EXECUTOR_VERSION,
+                    "native_sandbox": wbuild_exec_native::SANDBOX_VERSION,
+                },
+                "resolvedDependencies": deps,
+            },
+            "runDetails": {
+                "builder": { "id": format!("wbuild/{}", env!("CARGO_PKG_VERSION")) },
+                "metadata": {
+                    "invocationId": facts.build_id.to_string(),
+                    "startedOn": rfc3339(facts.started),
+                    "finishedOn": rfc3339(std::time::SystemTime::now()),
+                },
+            },
+        },
+    });
+    std::fs::write(out, serde_json::to_string_pretty(&statement)? + "\n")
+        .with_context(|| format!("cannot write {}", out.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn timestamps() {
+        let t = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_422_645);
+        assert_eq!(super::rfc3339(t), "2026-11-23T08:30:45Z");
+        assert_eq!(
+            super::rfc3339(std::time::UNIX_EPOCH),
+            "1970-01-01T00:00:00Z"
+        );
+    }
+}
