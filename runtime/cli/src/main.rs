@@ -424,35 +424,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         .collect();
     let summaries = sched.run_passes(&runs);
     phases.mark("schedule");
-    // One summary for the whole build; outputs keyed by their place under the workspace.
-    let summary = summaries.map(|all| {
-        let mut total = wbuild_sched::Summary::default();
-        let mut sources = std::collections::BTreeSet::new();
-        let ran = all.len();
-        for (s, (p, _)) in all.into_iter().zip(&passes) {
-            total.executed += s.executed;
-            total.cached += s.cached;
-            total.remote_cached += s.remote_cached;
-            total.failed += s.failed;
-            total.skipped += s.skipped;
-            total.interrupted |= s.interrupted;
-            total.duration += s.duration;
-            sources.extend(s.sources);
-            total.actions.extend(s.actions);
-            let dir = p.out_dir();
-            total.outputs.extend(
-                s.outputs
-                    .into_iter()
-                    .map(|(k, d)| (format!("{dir}/{k}"), d)),
-            );
-        }
-        // A pass that never ran (the build stopped before it) counts as skipped work.
-        for (_, g) in passes.iter().skip(ran) {
-            total.skipped += g.actions.len() as u64;
-        }
-        total.sources = sources.into_iter().collect();
-        total
-    });
+    let summary = summaries.map(|all| merge_summaries(all, &passes));
     let outcome = match &summary {
         Ok(s) if s.interrupted => "interrupted",
         Ok(s) if s.success() => "success",
@@ -494,24 +466,22 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         }
         subjects.sort();
         subjects.dedup();
-        provenance::write(
-            out,
-            &provenance::BuildFacts {
-                root: &ws.root,
-                subjects,
-                sources: &summary.sources,
-                patterns: &pattern_names,
-                platforms,
-                source_date_epoch: opts.epoch_secs,
-                sandbox: if opts.unsandboxed {
-                    "none"
-                } else {
-                    "namespaces"
-                },
-                build_id,
-                started,
+        let facts = provenance::BuildFacts {
+            root: &ws.root,
+            subjects,
+            sources: &summary.sources,
+            patterns: &pattern_names,
+            platforms,
+            source_date_epoch: opts.epoch_secs,
+            sandbox: if opts.unsandboxed {
+                "none"
+            } else {
+                "namespaces"
             },
-        )?;
+            build_id,
+            started,
+        };
+        provenance::write(out, &facts)?;
     }
     ui.finish(&summary, tests);
     Ok(if summary.interrupted {
@@ -521,6 +491,40 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     } else {
         1
     })
+}
+
+/// One summary for a build of several platform passes; outputs keyed by their place under the
+/// workspace (`wbuild-out/<platform>/...`). A pass that never ran (the build stopped before
+/// it) counts as skipped work.
+fn merge_summaries(
+    all: Vec<wbuild_sched::Summary>,
+    passes: &[(Platform, std::borrow::Cow<'_, wbuild_graph::ActionGraph>)],
+) -> wbuild_sched::Summary {
+    let mut total = wbuild_sched::Summary::default();
+    let mut sources = std::collections::BTreeSet::new();
+    let ran = all.len();
+    for (s, (p, _)) in all.into_iter().zip(passes) {
+        total.executed += s.executed;
+        total.cached += s.cached;
+        total.remote_cached += s.remote_cached;
+        total.failed += s.failed;
+        total.skipped += s.skipped;
+        total.interrupted |= s.interrupted;
+        total.duration += s.duration;
+        sources.extend(s.sources);
+        total.actions.extend(s.actions);
+        let dir = p.out_dir();
+        total.outputs.extend(
+            s.outputs
+                .into_iter()
+                .map(|(k, d)| (format!("{dir}/{k}"), d)),
+        );
+    }
+    for (_, g) in passes.iter().skip(ran) {
+        total.skipped += g.actions.len() as u64;
+    }
+    total.sources = sources.into_iter().collect();
+    total
 }
 
 /// Load and analyse, reusing the analysis cached in the store when the workspace is unchanged.
