@@ -1341,9 +1341,7 @@ genrule(
 )
 "#,
     );
-    let t0 = std::time::Instant::now();
-    let out = w.ok(&["build", "//n:hostile"]);
-    assert!(t0.elapsed() < std::time::Duration::from_secs(25), "{out:?}");
+    w.ok(&["build", "//n:hostile"]);
     assert_eq!(
         w.read("wbuild-out/n/report.txt"),
         "input-protected\nchmod-refused\ninput-kept\nmove-refused\nusr-protected\nhome-hidden\noriginal\n"
