@@ -80,7 +80,8 @@ pub async fn serve(
             byte_stream_server::ByteStreamServer::new(svc).max_decoding_message_size(max_message),
         )
         .serve_with_incoming_shutdown(
-            tokio_stream::wrappers::TcpListenerStream::new(listener),
+            // Small request/response pairs: no Nagle delay.
+            tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
         .await?;
