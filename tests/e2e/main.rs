@@ -1540,18 +1540,25 @@ fn wait_for_port(port: u16, child: &mut std::process::Child) {
 fn wbuild_server() -> RemoteServer {
     let dir = tempfile::tempdir().unwrap();
     let port = free_port();
-    let mut child = std::process::Command::new(BIN)
+    let child = std::process::Command::new(BIN)
         .args(["--cache-dir"])
         .arg(dir.path().join("cache"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    wait_for_port(port, &mut child);
-    RemoteServer {
-        child,
-        url: format!("grpc://127.0.0.1:{port}"),
-        _dir: dir,
+    RemoteServer::listening(child, port, dir)
+}
+
+impl RemoteServer {
+    /// The server `child` once it accepts connections on `port`.
+    fn listening(mut child: std::process::Child, port: u16, dir: tempfile::TempDir) -> Self {
+        wait_for_port(port, &mut child);
+        RemoteServer {
+            child,
+            url: format!("grpc://127.0.0.1:{port}"),
+            _dir: dir,
+        }
     }
 }
 
@@ -1569,7 +1576,7 @@ fn buildgrid_server() -> RemoteServer {
     std::fs::write(&config_path, config).unwrap();
     std::fs::create_dir_all(dir.path().join("cas")).unwrap();
     let log = std::fs::File::create(dir.path().join("bgd.log")).unwrap();
-    let mut child = std::process::Command::new(&bgd)
+    let child = std::process::Command::new(&bgd)
         .args(["server", "start"])
         .arg(&config_path)
         .env("BGD_CAS_DIR", dir.path().join("cas"))
@@ -1577,15 +1584,9 @@ fn buildgrid_server() -> RemoteServer {
         .stderr(log)
         .spawn()
         .unwrap();
-    wait_for_port(port, &mut child);
-    RemoteServer {
-        child,
-        url: format!("grpc://127.0.0.1:{port}"),
-        _dir: dir,
-    }
+    RemoteServer::listening(child, port, dir)
 }
 
-/// A workspace with WASI actions (chain) and native ones (the C project).
 /// A workspace with WASI actions (chain), native ones (the C project) and an output larger
 /// than a REAPI batch (so it travels through ByteStream).
 fn mixed_ws() -> TestWorkspace {

@@ -465,6 +465,31 @@ fn join_root(root: &Path, sandbox: &Path) -> PathBuf {
     root.join(rel)
 }
 
+/// Plans `mkdir` of each of `dirs` (a path's ancestors, deepest first) inside the new root
+/// that is not made yet, outermost first.
+fn make_dirs<'p>(
+    made: &mut std::collections::HashSet<PathBuf>,
+    push: &mut impl FnMut(Op, String, &'static str, bool),
+    root: &Path,
+    dirs: impl Iterator<Item = &'p Path>,
+) -> Result<(), SandboxError> {
+    let mut dirs: Vec<&Path> = dirs.collect();
+    dirs.reverse();
+    for a in dirs {
+        if made.insert(a.to_path_buf()) {
+            push(
+                Op::Mkdir {
+                    path: cstr(join_root(root, a).as_os_str().as_bytes(), "mount point")?,
+                },
+                format!("create directory {} inside the sandbox", a.display()),
+                HINT_MOUNT,
+                false,
+            );
+        }
+    }
+    Ok(())
+}
+
 /// Checks that `p` is absolute and made only of normal components.
 fn check_sandbox_path(p: &Path, what: &str) -> Result<(), SandboxError> {
     let mut comps = p.components();
@@ -689,21 +714,7 @@ impl Plan {
                     m.sandbox.display()
                 )));
             }
-            let mut anc: Vec<&Path> = dir.ancestors().collect();
-            anc.reverse();
-            for a in anc {
-                if !made.insert(a.to_path_buf()) {
-                    continue;
-                }
-                push(
-                    Op::Mkdir {
-                        path: cstr(join_root(&root, a).as_os_str().as_bytes(), "scratch")?,
-                    },
-                    format!("create directory {} inside the sandbox", a.display()),
-                    HINT_MOUNT,
-                    false,
-                );
-            }
+            make_dirs(&mut made, &mut push, &root, dir.ancestors())?;
             push(
                 Op::MountTmpfs {
                     dst: cstr(join_root(&root, dir).as_os_str().as_bytes(), "scratch")?,
@@ -759,21 +770,7 @@ impl Plan {
                     source,
                 })?;
             // Parent directories inside the new root.
-            let mut anc: Vec<&Path> = m.sandbox.ancestors().skip(1).collect();
-            anc.reverse();
-            for a in anc {
-                if !made.insert(a.to_path_buf()) {
-                    continue;
-                }
-                push(
-                    Op::Mkdir {
-                        path: cstr(join_root(&root, a).as_os_str().as_bytes(), "mount point")?,
-                    },
-                    format!("create directory {} inside the sandbox", a.display()),
-                    HINT_MOUNT,
-                    false,
-                );
-            }
+            make_dirs(&mut made, &mut push, &root, m.sandbox.ancestors().skip(1))?;
             let dst = cstr(
                 join_root(&root, &m.sandbox).as_os_str().as_bytes(),
                 "mount point",
