@@ -122,7 +122,7 @@ pub struct ActionNode {
 
 /// Where genrule launchers of WASI tools live in the action's tree
 /// (`.wbuild/tools/<package>/<name>`).
-pub const WASI_LAUNCHER_DIR: &str = ".wbuild/tools";
+const WASI_LAUNCHER_DIR: &str = ".wbuild/tools";
 
 /// How an action runs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]

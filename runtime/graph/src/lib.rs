@@ -33,9 +33,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use analysis::{
-    ActionGraph, ActionNode, Exec, NOT_SCHEDULED, ToolRef, WASI_LAUNCHER_DIR, analyse,
-};
+pub use analysis::{ActionGraph, ActionNode, Exec, NOT_SCHEDULED, ToolRef, analyse};
 pub use cache::{Signature, binary_identity, load_and_analyse_cached, workspace_signature};
 pub use cc::sh_quote;
 pub use label::{Label, TargetPattern};

@@ -714,7 +714,7 @@ impl Scheduler<'_> {
                 // Launchers of the WASI tools the command runs: part of the input root, and
                 // the WASI executor's semantics part of the platform.
                 for (path, tool) in &action.wasi_tools {
-                    let script = native::wasi_launcher(tool, &action.outputs, opts);
+                    let script = native::wasi_launcher(path, tool, &action.outputs, opts);
                     keyed.insert(path.clone(), Digest::of(f, script.as_bytes()));
                     launchers.push((path.clone(), script));
                 }
