@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs besides cargo, on a fresh Debian machine:
 #   - gcc/g++ and the arm64 cross toolchain plus qemu-user (native-action tests),
+#   - minisign (signatures are checked with it too) and docker-registry (a real OCI registry
+#     the toolchain-bundle tests publish to and fetch from),
 #   - the wasm32-wasip1 Rust target (guest programs and WASI tools are built from source),
 #   - BuildGrid (PyPI buildgrid==0.4.4) in a venv at target/buildgrid-venv: the real REAPI
 #     server the remote-cache tests run against (or point WBUILD_BGD at another `bgd`).
@@ -8,10 +10,16 @@
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 
-if ! command -v aarch64-linux-gnu-g++ >/dev/null || ! command -v qemu-aarch64-static >/dev/null; then
+need=()
+for pair in gcc:gcc g++:g++ aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
+    aarch64-linux-gnu-g++:g++-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static \
+    minisign:minisign docker-registry:docker-registry; do
+    command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
+done
+if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
-    apt-get install -y -qq gcc g++ gcc-aarch64-linux-gnu g++-aarch64-linux-gnu qemu-user-static >/dev/null
+    apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 
 rustup target add wasm32-wasip1

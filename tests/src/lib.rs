@@ -5,6 +5,8 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod oci;
+
 /// Directory holding `<name>.wasm` for every guest and tool built by build.rs.
 pub fn guest_dir() -> PathBuf {
     PathBuf::from(env!("WBUILD_GUEST_DIR"))

@@ -5,6 +5,7 @@
 //! its own: keys, caching and sandboxing live in the library crates.
 
 mod provenance;
+mod toolchain;
 mod ui;
 mod verify;
 mod wasi_tool;
@@ -130,6 +131,11 @@ enum Cmd {
     /// Rebuild targets several times from scratch (fresh workspace copies, empty caches),
     /// varying path, environment, umask, time, -j and file order, and compare every output.
     Verify(verify::VerifyArgs),
+    /// Toolchain bundles: keygen, pack, sign, publish, fetch, list, verify.
+    Toolchain {
+        #[command(subcommand)]
+        command: toolchain::ToolchainCmd,
+    },
     /// Run a WASI tool for a native command (used by the launchers wbuild stages).
     #[command(hide = true)]
     ExecWasiTool(wasi_tool::ExecWasiTool),
@@ -197,6 +203,13 @@ fn workspace() -> Result<(Workspace, String)> {
     Ok((ws, pkg))
 }
 
+/// The workspace with its pinned toolchains resolved (fetched and verified if needed).
+fn workspace_resolved(cli: &Cli) -> Result<(Workspace, String)> {
+    let (mut ws, pkg) = workspace()?;
+    toolchain::resolve_workspace(&mut ws, &cli.cache_dir)?;
+    Ok((ws, pkg))
+}
+
 fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
         Cmd::Build(args) => build(&cli, args, false),
@@ -208,6 +221,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::ExecWasiTool(a) => wasi_tool::run(a),
         Cmd::Verify(a) => verify::run(cli.cache_dir.is_some(), a),
         Cmd::Serve { listen, token_file } => serve(&cli, listen, token_file.as_deref()),
+        Cmd::Toolchain { command } => toolchain::run(&cli.cache_dir, command),
     }
 }
 
@@ -320,7 +334,7 @@ fn check_cross_toolchain(p: Platform) -> Result<()> {
 
 fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     let mut phases = Phases::new();
-    let (ws, pkg) = workspace()?;
+    let (ws, pkg) = workspace_resolved(cli)?;
     let flags = flag_platforms(&args.platform)?;
     let patterns = parse_patterns(&args.patterns, &pkg)?;
     let remote = connect_remote(&ws, args);
@@ -434,7 +448,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     phases.mark("record + flush");
     let summary = summary?;
     if summary.success() {
-        let abs = |p: &String| ws.root.join(p);
+        let abs = |p: &String| ws.path(p);
         let sources: Vec<PathBuf> = summary.sources.iter().map(abs).collect();
         let outputs: Vec<PathBuf> = summary.outputs.keys().map(|p| ws.root.join(p)).collect();
         // Best effort: without a snapshot the next no-op build takes the full path.
@@ -633,7 +647,7 @@ fn parse_patterns(patterns: &[String], pkg: &str) -> Result<Vec<TargetPattern>> 
 }
 
 fn outputs(cli: &Cli, targets: &[String], platform_flags: &[String]) -> Result<i32> {
-    let (ws, pkg) = workspace()?;
+    let (ws, pkg) = workspace_resolved(cli)?;
     let flags = flag_platforms(platform_flags)?;
     let patterns = parse_patterns(targets, &pkg)?;
     let store = open_store(&cli.cache_dir)?;

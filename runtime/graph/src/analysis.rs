@@ -426,6 +426,10 @@ impl<'a> Analyser<'a> {
         if let Some(l) = self.outputs.get(path) {
             return l.package.clone();
         }
+        // A toolchain file belongs to the toolchain's root.
+        if let Some(name) = self.ws.external_name(path) {
+            return format!("{}{name}", crate::workspace::EXTERNAL_PREFIX);
+        }
         let parts: Vec<&str> = path.split('/').collect();
         for i in (1..parts.len()).rev() {
             let dir = parts[..i].join("/");

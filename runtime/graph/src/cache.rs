@@ -85,6 +85,14 @@ pub fn workspace_signature(ws: &Workspace) -> Result<blake3::Hash, GraphError> {
             }
         }
     }
+    // Pinned toolchains, as resolved (wbuild.lock may pin what wbuild.toml does not).
+    for (name, ext) in &ws.externals {
+        h.update(b"T\0");
+        h.update(name.as_bytes());
+        h.update(b"\0");
+        h.update(ext.digest.as_bytes());
+        h.update(ext.root.as_os_str().as_encoded_bytes());
+    }
     Ok(h.finalize())
 }
 

@@ -220,6 +220,10 @@ fn add_native_target(
     }
     let check_labels = |attribute: &str, values: &[String]| {
         for v in values {
+            // `@toolchain//path`: a file of a pinned toolchain, resolved when loading.
+            if v.starts_with('@') && v.contains("//") {
+                continue;
+            }
             if let Err(e) = Label::parse(v, &package) {
                 return Err(attr_err(attribute, e.to_string()));
             }

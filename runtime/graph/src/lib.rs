@@ -39,7 +39,8 @@ pub use cc::sh_quote;
 pub use label::{Label, TargetPattern};
 pub use load::load;
 pub use workspace::{
-    BUILD_FILE, BuildConfig, Config, OUT_DIR, RemoteConfig, WORKSPACE_FILE, WasiConfig, Workspace,
+    BUILD_FILE, BuildConfig, Config, EXTERNAL_PREFIX, External, OUT_DIR, RemoteConfig,
+    ToolchainPin, TrustConfig, WORKSPACE_FILE, WasiConfig, Workspace,
 };
 
 /// Guest directory where a `wasi_tool`'s `data` files appear when `data_dir` is not given.

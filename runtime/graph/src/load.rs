@@ -235,6 +235,15 @@ impl Loader<'_> {
             target: from.to_string(),
             message: format!("attribute '{attribute}': {message}"),
         };
+        if let Some(rest) = reference.strip_prefix('@') {
+            let files = self.resolve_external(rest).map_err(attr_err)?;
+            return match files.as_slice() {
+                [(f, false)] => Ok((Dep::File(f.clone()), None)),
+                _ => Err(attr_err(format!(
+                    "'{reference}' is a directory of the toolchain; name one file here"
+                ))),
+            };
+        }
         let label = Label::parse(reference, &from.package).map_err(|e| attr_err(e.to_string()))?;
         let explicit = reference.starts_with(':') || reference.starts_with("//");
         let context = || format!(" (referenced by {from} at {location})");
@@ -281,6 +290,68 @@ impl Loader<'_> {
         }
     }
 
+    /// Resolves `name//path` (a file or directory of the pinned toolchain `name`) or
+    /// `name//:entry` (an entry point) to workspace paths under `.wbuild/toolchains/name/`;
+    /// each is marked `true` when it came from a directory.
+    fn resolve_external(&self, rest: &str) -> Result<Vec<(String, bool)>, String> {
+        let Some((name, path)) = rest.split_once("//") else {
+            return Err(format!(
+                "'@{rest}': write @toolchain//path/in/bundle or @toolchain//:entry_point"
+            ));
+        };
+        let Some(ext) = self.ws.externals.get(name) else {
+            let pinned: Vec<&str> = self
+                .ws
+                .config
+                .toolchains
+                .keys()
+                .map(String::as_str)
+                .collect();
+            return Err(format!(
+                "'@{rest}': no toolchain '{name}' is pinned; add [toolchains.{name}] with its \
+                 source and digest to wbuild.toml (pinned: {})",
+                if pinned.is_empty() {
+                    "none".to_owned()
+                } else {
+                    pinned.join(", ")
+                }
+            ));
+        };
+        let ws_path = |p: &str| format!("{}{name}/{p}", crate::workspace::EXTERNAL_PREFIX);
+        if let Some(entry) = path.strip_prefix(':') {
+            return match ext.entry_points.get(entry) {
+                Some(p) => Ok(vec![(ws_path(p), false)]),
+                None => Err(format!(
+                    "'@{rest}': toolchain '{name}' ({}) has no entry point '{entry}' (it has: {})",
+                    ext.digest,
+                    ext.entry_points
+                        .keys()
+                        .cloned()
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )),
+            };
+        }
+        let path = path.trim_end_matches('/');
+        if ext.files.contains(path) {
+            return Ok(vec![(ws_path(path), false)]);
+        }
+        let prefix = format!("{path}/");
+        let under: Vec<(String, bool)> = ext
+            .files
+            .range(prefix.clone()..)
+            .take_while(|f| f.starts_with(&prefix))
+            .map(|f| (ws_path(f), true))
+            .collect();
+        if under.is_empty() {
+            return Err(format!(
+                "'@{rest}': toolchain '{name}' ({}) has no file or directory '{path}'",
+                ext.digest
+            ));
+        }
+        Ok(under)
+    }
+
     fn resolve_all(
         &mut self,
         refs: &[String],
@@ -291,6 +362,18 @@ impl Loader<'_> {
     ) -> Result<Vec<Dep>, GraphError> {
         let mut deps = Vec::with_capacity(refs.len());
         for r in refs {
+            if let Some(rest) = r.strip_prefix('@') {
+                // A directory of a toolchain stands for every file under it.
+                let files =
+                    self.resolve_external(rest)
+                        .map_err(|message| GraphError::Attribute {
+                            location: location.clone(),
+                            target: from.to_string(),
+                            message: format!("attribute '{attribute}': {message}"),
+                        })?;
+                deps.extend(files.into_iter().map(|(f, _)| Dep::File(f)));
+                continue;
+            }
             let (dep, edge) = self.resolve(r, from, location, attribute)?;
             edges.extend(edge);
             deps.push(dep);
@@ -466,6 +549,12 @@ impl Loader<'_> {
     /// and nothing is checked.
     fn resolve_lenient(&self, label: &Label, raw: &RawTarget) -> Target {
         let dep = |r: &String| -> Dep {
+            if let Some(rest) = r.strip_prefix('@')
+                && let Ok(files) = self.resolve_external(rest)
+                && let Some((f, _)) = files.into_iter().next()
+            {
+                return Dep::File(f);
+            }
             let Ok(l) = Label::parse(r, &label.package) else {
                 return Dep::File(join(&label.package, r));
             };

@@ -1,5 +1,6 @@
 //! The workspace root (`wbuild.toml`) and its configuration.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Component, Path, PathBuf};
 
 use crate::GraphError;
@@ -17,6 +18,27 @@ pub struct Workspace {
     /// Absolute, canonical path of the workspace root.
     pub root: PathBuf,
     pub config: Config,
+    /// Pinned toolchains, installed and verified (set by the caller after resolving
+    /// `[toolchains]`): their files appear at `.wbuild/toolchains/<name>/<path>` and are
+    /// referenced from build files as `@<name>//<path>`.
+    pub externals: BTreeMap<String, External>,
+}
+
+/// Workspace paths of toolchain files start with this (then `<name>/<path>`).
+pub const EXTERNAL_PREFIX: &str = ".wbuild/toolchains/";
+
+/// An installed toolchain bundle as the build sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct External {
+    /// The bundle digest (`sha256:...`): its identity in action keys.
+    pub digest: String,
+    pub platform: String,
+    /// Host directory holding the bundle's files.
+    pub root: PathBuf,
+    /// Paths of the bundle's regular files.
+    pub files: BTreeSet<String>,
+    /// Entry-point name -> path.
+    pub entry_points: BTreeMap<String, String>,
 }
 
 /// Settings from `wbuild.toml`. Every key is optional; unknown keys are an error.
@@ -26,6 +48,30 @@ pub struct Config {
     pub build: BuildConfig,
     pub wasi: WasiConfig,
     pub remote: RemoteConfig,
+    /// `[toolchains.<name>]`: toolchain bundles pinned by source and digest.
+    pub toolchains: BTreeMap<String, ToolchainPin>,
+    pub trust: TrustConfig,
+}
+
+/// `[toolchains.<name>]` in `wbuild.toml`.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ToolchainPin {
+    /// Where to fetch it: `oci://host/repo:tag` (or `@sha256:...`), or a bundle file
+    /// (relative to the workspace root).
+    pub source: String,
+    /// The bundle digest (`sha256:...`). Without it, the first resolution records the
+    /// digest in `wbuild.lock` and later builds use that.
+    #[serde(default)]
+    pub digest: Option<String>,
+}
+
+/// `[trust]` in `wbuild.toml`: public keys (minisign `.pub` files relative to the root, or
+/// the `RW...` key itself) whose signatures make a toolchain bundle acceptable.
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct TrustConfig {
+    pub keys: Vec<String>,
 }
 
 /// `[remote]` in `wbuild.toml`: a REAPI cache shared with others (`--remote` overrides).
@@ -85,6 +131,20 @@ impl Config {
         if config.wasi.memory_limit_mb == 0 {
             return Err(err("[wasi] memory_limit_mb must be at least 1".into()));
         }
+        for name in config.toolchains.keys() {
+            let ok = !name.is_empty()
+                && name.len() <= 64
+                && name
+                    .bytes()
+                    .all(|b| matches!(b, b'a'..=b'z' | b'0'..=b'9' | b'.' | b'_' | b'-'))
+                && name.as_bytes()[0].is_ascii_alphanumeric();
+            if !ok {
+                return Err(err(format!(
+                    "[toolchains.{name}]: a toolchain name is 1-64 characters of a-z, 0-9, \
+                     '.', '_', '-'"
+                )));
+            }
+        }
         if config.wasi.timeout_secs == 0 {
             return Err(err("[wasi] timeout_secs must be at least 1".into()));
         }
@@ -122,7 +182,11 @@ impl Workspace {
             Err(source) => return Err(GraphError::Io { path: file, source }),
         };
         let config = Config::parse(&text, &file)?;
-        Ok(Workspace { root, config })
+        Ok(Workspace {
+            root,
+            config,
+            externals: BTreeMap::new(),
+        })
     }
 
     /// Workspace path of a directory inside the root (`""` for the root itself, and for a
@@ -146,13 +210,30 @@ impl Workspace {
         }
     }
 
-    /// Host path of a workspace path (a source file or package directory).
+    /// Host path of a workspace path (a source file, a package directory, or a file of a
+    /// pinned toolchain under `.wbuild/toolchains/<name>/`).
     pub fn path(&self, ws_path: &str) -> PathBuf {
         if ws_path.is_empty() {
             self.root.clone()
+        } else if let Some((ext, rel)) = self.external_of(ws_path) {
+            ext.root.join(rel)
         } else {
             self.root.join(ws_path)
         }
+    }
+
+    /// The pinned toolchain a workspace path belongs to, and the path inside it.
+    pub fn external_of<'a>(&self, ws_path: &'a str) -> Option<(&External, &'a str)> {
+        let rest = ws_path.strip_prefix(EXTERNAL_PREFIX)?;
+        let (name, rel) = rest.split_once('/')?;
+        Some((self.externals.get(name)?, rel))
+    }
+
+    /// Name of the toolchain a workspace path belongs to.
+    pub fn external_name<'a>(&self, ws_path: &'a str) -> Option<&'a str> {
+        let rest = ws_path.strip_prefix(EXTERNAL_PREFIX)?;
+        let (name, _) = rest.split_once('/')?;
+        self.externals.contains_key(name).then_some(name)
     }
 
     /// Host directory where outputs are materialised (`<root>/wbuild-out`).

@@ -619,7 +619,7 @@ impl Scheduler<'_> {
         if let Some(d) = self.sources.read().expect("source digests").get(path) {
             return Ok((*d, true));
         }
-        let abs = self.ws.root.join(path);
+        let abs = self.ws.path(path);
         let d = self
             .store
             .file_digest(&abs)
@@ -724,6 +724,25 @@ impl Scheduler<'_> {
                 props
             }
         };
+        // Pinned toolchain bundles the action uses: their digests are its toolchain identity.
+        let mut properties = properties;
+        let mut bundles = BTreeMap::new();
+        let tool_paths = action
+            .wasi_tool()
+            .into_iter()
+            .chain(action.wasi_tools.iter().map(|(_, t)| t))
+            .flat_map(|t| std::iter::once(&t.module).chain(t.data.iter().map(|(_, p)| p)));
+        for p in action.inputs.iter().chain(tool_paths) {
+            if let Some((ext, _)) = self.ws.external_of(p) {
+                let name = self.ws.external_name(p).expect("external");
+                bundles.insert(name, ext.digest.as_str());
+            }
+        }
+        if !bundles.is_empty() {
+            let v: Vec<String> = bundles.iter().map(|(n, d)| format!("{n}={d}")).collect();
+            properties.push(("wbuild-toolchain-bundles", v.join(",")));
+        }
+        properties.sort_by(|a, b| a.0.cmp(b.0));
         env.extend(action.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let env: Vec<(String, String)> = env.into_iter().collect();
         let (root, _) = merkle::input_root(f, &keyed)
@@ -1023,7 +1042,7 @@ impl Scheduler<'_> {
         // Sources enter the CAS so they can be staged from it (and shared later).
         for (path, d) in &prep.sources {
             if !self.store.has(d) {
-                let got = self.store.put_file(&self.ws.root.join(path))?;
+                let got = self.store.put_file(&self.ws.path(path))?;
                 if got != *d {
                     return Ok(Finished::failed(format!(
                         "input {path} changed while the build was running; run the build again"
@@ -1249,7 +1268,7 @@ impl Scheduler<'_> {
                         action.label
                     ));
                 }
-            } else if self.ws.root.join(path).is_file() {
+            } else if self.ws.path(path).is_file() {
                 errors.push(format!(
                     "read undeclared input {path}: add it to srcs of {}",
                     action.label
