@@ -1,6 +1,8 @@
 //! End-to-end tests: the real `wbuild` binary on temporary workspaces with guests compiled
 //! from source (tests/guests, toolchains/wasi-tools).
 
+mod toolchains;
+
 use wbuild_tests::{TestWorkspace, finished, statuses, stderr, stdout};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wbuild");
