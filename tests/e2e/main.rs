@@ -2011,6 +2011,68 @@ fn provenance_round_trips_and_against_detects_a_modified_subject() {
     );
 }
 
+#[test]
+fn signed_provenance_is_a_dsse_envelope_checked_by_against() {
+    use base64::Engine as _;
+    let w = ws();
+    chain(&w);
+    w.ok(&["toolchain", "keygen", "--out", "../team.key"]);
+    w.ok(&["toolchain", "keygen", "--out", "../other.key"]);
+    let prov = w.path("abab.intoto.json");
+    let out = w
+        .cmd(&["build", "--sign-key", "../team.key", "--provenance"])
+        .arg(&prov)
+        .arg("//gen:abab")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", stderr(&out));
+    let env: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&prov).unwrap()).unwrap();
+    assert_eq!(env["payloadType"], "application/vnd.in-toto+json");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let st: serde_json::Value =
+        serde_json::from_slice(&b64.decode(env["payload"].as_str().unwrap()).unwrap()).unwrap();
+    assert_eq!(st["_type"], "https://in-toto.io/Statement/v1");
+    assert_eq!(env["signatures"].as_array().unwrap().len(), 1);
+
+    // Checked with the signer's key; refused without a key, with another key, and after
+    // the payload was edited.
+    let against = |key: Option<&str>| {
+        let mut c = w.cmd(&["verify", "--against"]);
+        c.arg(&prov);
+        if let Some(k) = key {
+            c.args(["--key", k]);
+        }
+        c.output().unwrap()
+    };
+    let out = against(Some("../team.pub"));
+    assert!(out.status.success(), "{}\n{}", stdout(&out), stderr(&out));
+    assert!(stdout(&out).contains("signature ok"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("1 match, 0 differ"),
+        "{}",
+        stdout(&out)
+    );
+    let out = against(None);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("--key"), "{}", stderr(&out));
+    let out = against(Some("../other.pub"));
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("none of them is trusted"),
+        "{}",
+        stderr(&out)
+    );
+    let mut forged_st = st.clone();
+    forged_st["subject"][0]["digest"]["sha256"] = "0".repeat(64).into();
+    let mut forged = env.clone();
+    forged["payload"] = b64.encode(serde_json::to_vec(&forged_st).unwrap()).into();
+    std::fs::write(&prov, serde_json::to_string(&forged).unwrap()).unwrap();
+    let out = against(Some("../team.pub"));
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("does not verify"), "{}", stderr(&out));
+}
+
 fn blake3_hex(bytes: &[u8]) -> String {
     wbuild_store::Digest::of(wbuild_store::DigestFunction::Blake3, bytes).hex()
 }

@@ -52,6 +52,10 @@ struct BuildArgs {
     /// Write an in-toto statement with SLSA provenance for the targets' outputs to FILE.
     #[arg(long, value_name = "FILE")]
     provenance: Option<PathBuf>,
+    /// Sign the provenance (a DSSE envelope) with this minisign secret key (from
+    /// `wbuild toolchain keygen`).
+    #[arg(long, value_name = "KEY", requires = "provenance")]
+    sign_key: Option<PathBuf>,
     /// Show the output of successful actions too.
     #[arg(long)]
     show_output: bool,
@@ -377,10 +381,21 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
             .iter()
             .any(|a| a.exec == wbuild_graph::Exec::Native)
     };
+    let mut bundles = BTreeMap::new();
     for (p, g) in &passes {
+        let bundle = toolchain::native_for(&ws, p.name())?;
         if is_native(g) {
-            check_cross_toolchain(*p)?;
+            match &bundle {
+                Some(tc) if args.sandbox == SandboxMode::None => bail!(
+                    "the pinned toolchain {} for {} is the whole system of native actions, which needs the sandbox; drop --sandbox=none",
+                    tc.name,
+                    p.name()
+                ),
+                Some(_) => {}
+                None => check_cross_toolchain(*p)?,
+            }
         }
+        bundles.insert(p.name(), bundle);
     }
     if passes.iter().any(|(_, g)| is_native(g)) {
         match args.sandbox {
@@ -421,6 +436,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
             .remote_upload
             .or(ws.config.remote.upload)
             .unwrap_or(true),
+        native_toolchain: None,
     };
     let build_id = store.begin_build(command, &pattern_names)?;
     phases.mark("engine + history");
@@ -433,6 +449,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         .map(|(p, g)| {
             let mut o = opts.clone();
             o.platform = *p;
+            o.native_toolchain = bundles.get(p.name()).cloned().flatten();
             (g.as_ref(), o)
         })
         .collect();
@@ -473,15 +490,17 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
                     subjects.push(format!("{}/{f}", p.out_dir()));
                 }
             }
+            // A platform with a pinned bundle is identified by it (in `toolchains`).
+            let host_toolchain = bundles.get(p.name()).is_some_and(|b| b.is_none());
             platforms.push((
                 p.name().to_owned(),
-                is_native(g).then(|| wbuild_sched::toolchain_identity(*p)),
+                (is_native(g) && host_toolchain).then(|| wbuild_sched::toolchain_identity(*p)),
             ));
         }
         subjects.sort();
         subjects.dedup();
         let facts = provenance::BuildFacts {
-            root: &ws.root,
+            ws: &ws,
             subjects,
             sources: &summary.sources,
             patterns: &pattern_names,
@@ -495,7 +514,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
             build_id,
             started,
         };
-        provenance::write(out, &facts)?;
+        provenance::write(out, &facts, args.sign_key.as_deref())?;
     }
     ui.finish(&summary, tests);
     Ok(if summary.interrupted {

@@ -28,7 +28,8 @@ fn hex(b: &[u8]) -> String {
 
 /// What one build did, for its provenance.
 pub struct BuildFacts<'a> {
-    pub root: &'a Path,
+    /// The workspace, with its pinned toolchains.
+    pub ws: &'a wbuild_graph::Workspace,
     /// Output files (paths relative to the workspace root, under wbuild-out/) of the targets.
     pub subjects: Vec<String>,
     /// Source files read (workspace paths).
@@ -66,19 +67,41 @@ fn rfc3339(t: std::time::SystemTime) -> String {
 }
 
 /// Writes the statement to `out`.
-pub fn write(out: &Path, facts: &BuildFacts<'_>) -> Result<()> {
+/// Payload type of a DSSE envelope holding an in-toto statement.
+pub const DSSE_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
+
+/// Writes the statement to `out`; with `sign_key` (a minisign secret key, as from
+/// `wbuild toolchain keygen`), as a DSSE envelope signed with it.
+pub fn write(out: &Path, facts: &BuildFacts<'_>, sign_key: Option<&Path>) -> Result<()> {
     let mut subjects = Vec::new();
     for s in &facts.subjects {
         subjects.push(serde_json::json!({
             "name": s,
-            "digest": digest_set(&facts.root.join(s))?,
+            "digest": digest_set(&facts.ws.path(s))?,
         }));
     }
     let mut deps = Vec::new();
     for s in facts.sources {
+        // Files of pinned toolchains are covered by the bundle's digest below.
+        if facts.ws.external_of(s).is_some() {
+            continue;
+        }
         deps.push(serde_json::json!({
             "uri": format!("file:{s}"),
-            "digest": digest_set(&facts.root.join(s))?,
+            "digest": digest_set(&facts.ws.path(s))?,
+        }));
+    }
+    for (name, ext) in &facts.ws.externals {
+        let source = facts
+            .ws
+            .config
+            .toolchains
+            .get(name)
+            .map_or(String::new(), |p| p.source.clone());
+        deps.push(serde_json::json!({
+            "name": format!("toolchain:{name}"),
+            "uri": source,
+            "digest": { "sha256": ext.digest.trim_start_matches("sha256:") },
         }));
     }
     for (p, id) in &facts.platforms {
@@ -118,8 +141,64 @@ pub fn write(out: &Path, facts: &BuildFacts<'_>) -> Result<()> {
             },
         },
     });
-    std::fs::write(out, serde_json::to_string_pretty(&statement)? + "\n")
-        .with_context(|| format!("cannot write {}", out.display()))
+    let text = match sign_key {
+        None => serde_json::to_string_pretty(&statement)? + "\n",
+        Some(key) => {
+            let body = serde_json::to_vec(&statement)?;
+            let env = wbuild_bundle::sign::dsse_sign(key, DSSE_PAYLOAD_TYPE, &body)?;
+            serde_json::to_string_pretty(&env)? + "\n"
+        }
+    };
+    std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))
+}
+
+/// Reads a provenance file: a plain statement, or a DSSE envelope whose signature must
+/// verify with one of `keys` (public key files or `RW...` keys) or the workspace's trusted
+/// keys. Returns the statement and the ids of the keys that verified it.
+pub fn read(
+    file: &Path,
+    keys: &[String],
+    ws: &wbuild_graph::Workspace,
+) -> Result<(serde_json::Value, Vec<String>)> {
+    let text =
+        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    if v.get("payloadType").is_none() {
+        if !keys.is_empty() {
+            anyhow::bail!(
+                "{} is an unsigned statement, but --key asks for a signature check",
+                file.display()
+            );
+        }
+        return Ok((v, Vec::new()));
+    }
+    let cwd = std::env::current_dir()?;
+    let mut trust = wbuild_bundle::Trust::default();
+    for k in keys {
+        trust
+            .keys
+            .push(wbuild_bundle::sign::load_public_key(k, &cwd)?);
+    }
+    for k in &ws.config.trust.keys {
+        trust
+            .keys
+            .push(wbuild_bundle::sign::load_public_key(k, &ws.root)?);
+    }
+    if trust.keys.is_empty() {
+        anyhow::bail!(
+            "{} is a signed envelope: pass --key KEY.pub (or list keys under [trust] in wbuild.toml) to check it",
+            file.display()
+        );
+    }
+    let what = file.display().to_string();
+    let (payload_type, body, ids) = wbuild_bundle::sign::dsse_verify(&v, &trust, &what)?;
+    if payload_type != DSSE_PAYLOAD_TYPE {
+        anyhow::bail!("{what}: payload type is {payload_type}, not {DSSE_PAYLOAD_TYPE}");
+    }
+    let st =
+        serde_json::from_slice(&body).with_context(|| format!("{what}: payload is not JSON"))?;
+    Ok((st, ids))
 }
 
 #[cfg(test)]

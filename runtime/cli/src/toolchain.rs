@@ -224,6 +224,39 @@ pub fn run(cli_cache: &Option<PathBuf>, cmd: &ToolchainCmd) -> Result<i32> {
     Ok(0)
 }
 
+/// The pinned native toolchain bundle for `platform` (one whose manifest names that
+/// platform and has a `cc` entry point), if any.
+pub fn native_for(
+    ws: &Workspace,
+    platform: &str,
+) -> Result<Option<std::sync::Arc<wbuild_sched::NativeToolchain>>> {
+    let found: Vec<(&String, &External)> = ws
+        .externals
+        .iter()
+        .filter(|(_, e)| e.platform == platform && e.entry_points.contains_key("cc"))
+        .collect();
+    match found.as_slice() {
+        [] => Ok(None),
+        [(name, e)] => Ok(Some(std::sync::Arc::new(wbuild_sched::NativeToolchain {
+            name: (*name).clone(),
+            digest: e.digest.clone(),
+            root: e.root.clone(),
+            env: ["CC", "CXX", "AR", "TEST_RUNNER"]
+                .iter()
+                .map(|k| ((*k).to_owned(), e.env.get(*k).cloned().unwrap_or_default()))
+                .collect(),
+        }))),
+        many => bail!(
+            "{}: toolchains {} are all native toolchains for {platform}; pin one",
+            ws.root.join(wbuild_graph::WORKSPACE_FILE).display(),
+            many.iter()
+                .map(|(n, _)| n.as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
 /// Installs from `oci://...` or a bundle file path (relative to `base`).
 fn install(
     tc: &Toolchains,
@@ -321,6 +354,7 @@ pub fn resolve_workspace(ws: &mut Workspace, cli_cache: &Option<PathBuf>) -> Res
                     .map(|f| f.path.clone())
                     .collect(),
                 entry_points: m.entry_points.clone(),
+                env: m.env.clone(),
             },
         );
         lock.toolchains.insert(

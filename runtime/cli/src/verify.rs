@@ -45,6 +45,10 @@ pub struct VerifyArgs {
     /// unless targets are given.
     #[arg(long, value_name = "PROVENANCE")]
     against: Option<PathBuf>,
+    /// With --against a signed provenance (DSSE envelope): a trusted public key (repeatable;
+    /// [trust] keys of wbuild.toml are trusted too).
+    #[arg(long, value_name = "KEY.pub", requires = "against")]
+    key: Vec<String>,
 }
 
 /// One checked output.
@@ -468,10 +472,14 @@ unsafe extern "C" {
 
 /// `verify --against`: one clean rebuild compared with a provenance statement's subjects.
 fn against(ws: &Workspace, cwd: &Path, args: &VerifyArgs, file: &Path) -> Result<i32> {
-    let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
-    let st: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+    let (st, signers) = crate::provenance::read(file, &args.key, ws)?;
+    if !signers.is_empty() {
+        println!(
+            "signature ok: {} signed by {}",
+            file.display(),
+            signers.join(", ")
+        );
+    }
     if st["_type"] != crate::provenance::STATEMENT_TYPE {
         bail!(
             "{} is not an in-toto statement (_type is {})",

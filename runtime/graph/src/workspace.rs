@@ -39,6 +39,9 @@ pub struct External {
     pub files: BTreeSet<String>,
     /// Entry-point name -> path.
     pub entry_points: BTreeMap<String, String>,
+    /// The environment the bundle's tools need (native bundles: `CC`, `CXX`, `AR`,
+    /// `TEST_RUNNER`).
+    pub env: BTreeMap<String, String>,
 }
 
 /// Settings from `wbuild.toml`. Every key is optional; unknown keys are an error.

@@ -61,6 +61,40 @@ pub struct Options {
     pub unsandboxed: bool,
     /// With a remote cache: upload the results of actions executed here.
     pub remote_upload: bool,
+    /// A pinned toolchain bundle for `platform`: native actions see it as their whole
+    /// system (no host `/usr`), take `$CC` & co. from it, and key on its digest.
+    pub native_toolchain: Option<Arc<NativeToolchain>>,
+}
+
+/// A toolchain bundle native actions run with.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NativeToolchain {
+    /// The name it is pinned under in `wbuild.toml`.
+    pub name: String,
+    /// The bundle digest: the toolchain's identity in action keys.
+    pub digest: String,
+    /// Host directory holding the bundle's tree (mirrors `/`: `usr/`, `bin -> usr/bin`, ...).
+    pub root: PathBuf,
+    /// `CC`, `CXX`, `AR`, `TEST_RUNNER` (absolute paths inside the sandbox).
+    pub env: Vec<(String, String)>,
+}
+
+impl NativeToolchain {
+    /// The bundle's top-level entries as read-only mounts at `/<entry>` (symlinks such as
+    /// `bin -> usr/bin` are recreated as symlinks).
+    pub fn mounts(&self) -> std::io::Result<Vec<wbuild_exec_native::Mount>> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(&self.root)? {
+            let e = e?;
+            out.push(wbuild_exec_native::Mount {
+                host: e.path(),
+                sandbox: Path::new("/").join(e.file_name()),
+                writable: false,
+            });
+        }
+        out.sort_by(|a, b| a.sandbox.cmp(&b.sandbox));
+        Ok(out)
+    }
 }
 
 /// Result status of one action.
@@ -685,9 +719,15 @@ impl Scheduler<'_> {
                 ]
             }
             Exec::Native => {
-                // The platform's tools, unless the rule sets the variable itself.
-                for (k, v) in opts.platform.tool_env() {
-                    env.insert(k.to_owned(), v);
+                // The platform's tools (from its toolchain bundle, if one is pinned), unless
+                // the rule sets the variable itself.
+                match &opts.native_toolchain {
+                    Some(tc) => env.extend(tc.env.iter().cloned()),
+                    None => {
+                        for (k, v) in opts.platform.tool_env() {
+                            env.insert(k.to_owned(), v);
+                        }
+                    }
                 }
                 let mut props = vec![
                     ("ISA", opts.platform.isa().to_owned()),
@@ -708,7 +748,10 @@ impl Scheduler<'_> {
                     ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
                     (
                         "wbuild-toolchain",
-                        native::toolchain_identity(opts.platform),
+                        match &opts.native_toolchain {
+                            Some(tc) => format!("bundle {} {}", tc.name, tc.digest),
+                            None => native::toolchain_identity(opts.platform),
+                        },
                     ),
                 ];
                 // Launchers of the WASI tools the command runs: part of the input root, and

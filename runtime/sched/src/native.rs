@@ -388,7 +388,10 @@ impl Scheduler<'_> {
         // Host directory the outputs are written to (at their workspace paths).
         let root: PathBuf;
         let _cleanup;
-        let mut mounts = wbuild_exec_native::host_toolchain_mounts();
+        let mut mounts = match &opts.native_toolchain {
+            Some(tc) => tc.mounts().map_err(io(&tc.root))?,
+            None => wbuild_exec_native::host_toolchain_mounts(),
+        };
         let mut scratch = Vec::new();
         let mut env = prep.env.clone();
         let executables = self.executables.read().expect("executables").clone();
