@@ -449,3 +449,129 @@ fn bundles_round_trip_through_an_oci_registry_and_pinned_builds_fetch_them() {
         .unwrap_or_default();
     assert!(installed.is_empty(), "{installed:?}");
 }
+
+/// Packs and signs the native toolchain defined in `toolchains/<name>` (captured from this
+/// machine's packages) into `<workspace>/../tc/<name>.bundle`; returns its digest.
+fn native_bundle(w: &TestWorkspace, name: &str) -> String {
+    let dir = w.root.join("../tc");
+    std::fs::create_dir_all(&dir).unwrap();
+    if !dir.join("team.key").exists() {
+        ok(w, &["toolchain", "keygen", "--out", "../tc/team.key"]);
+    }
+    let def = repo_root().join("toolchains").join(name);
+    let bundle = format!("../tc/{name}.bundle");
+    let out = ok(
+        w,
+        &["toolchain", "pack", def.to_str().unwrap(), "--out", &bundle],
+    );
+    eprintln!("{out}");
+    ok(
+        w,
+        &["toolchain", "sign", &bundle, "--key", "../tc/team.key"],
+    );
+    packed_digest(&out)
+}
+
+/// Removes a file when dropped (a header planted on the host for one test).
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+#[test]
+fn native_actions_with_a_pinned_gcc_bundle_see_nothing_of_the_host() {
+    let w = ws();
+    super::c_project(&w);
+    let x86 = native_bundle(&w, "gcc-x86_64-linux");
+    let arm = native_bundle(&w, "gcc-aarch64-linux");
+    // A header only the host has: found by the host toolchain, not through the bundle.
+    let name = format!("wbuild-host-only-{}.h", std::process::id());
+    let planted = PathBuf::from("/usr/local/include").join(&name);
+    std::fs::create_dir_all("/usr/local/include").unwrap();
+    std::fs::write(&planted, "#define HOST_ONLY 1\n").unwrap_or_else(|e| {
+        panic!(
+            "{}: {e} (this test runs as root, as CI does)",
+            planted.display()
+        )
+    });
+    let _cleanup = RemoveOnDrop(planted);
+    w.write(
+        "host/uses.c",
+        &format!("#include <{name}>\nint v = HOST_ONLY;\n"),
+    );
+    w.write(
+        "host/WBUILD",
+        "cc_library(name = \"uses\", srcs = [\"uses.c\"])\n",
+    );
+    ok(&w, &["build", "//host:uses"]);
+
+    w.write(
+        "wbuild.toml",
+        &format!(
+            "[trust]\nkeys = [\"../tc/team.pub\"]\n\n\
+             [toolchains.gcc-x86_64-linux]\nsource = \"../tc/gcc-x86_64-linux.bundle\"\ndigest = \"{x86}\"\n\n\
+             [toolchains.gcc-aarch64-linux]\nsource = \"../tc/gcc-aarch64-linux.bundle\"\ndigest = \"{arm}\"\n"
+        ),
+    );
+    let err = fail(&w, &["build", "//host:uses"]);
+    assert!(err.contains(&name) && err.contains("No such file"), "{err}");
+
+    // The C project builds, links, runs and tests with the bundles, for both platforms.
+    let (out, events) = w.events(&[
+        "test",
+        "--platform",
+        "linux-x86_64,linux-arm64",
+        "//app:hello",
+        "//app:add_test",
+    ]);
+    assert!(out.status.success(), "{}", w.report(&["test"], &out));
+    assert!(
+        wbuild_tests::statuses(&events)
+            .iter()
+            .all(|(_, st)| st == "executed"),
+        "{events:?}"
+    );
+    let run = Command::new(w.path("wbuild-out/app/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&run.stdout),
+        "hello from wbuild 5\n"
+    );
+    let elf = std::fs::read(w.path("wbuild-out/linux-arm64/app/hello")).unwrap();
+    assert_eq!(
+        u16::from_le_bytes([elf[18], elf[19]]),
+        0xb7,
+        "aarch64 e_machine"
+    );
+
+    // The keys are the bundle's: the same action with the host toolchain has another key,
+    // while the same bundle in another cache gives the same key and the same bytes.
+    let digest_of = |events: &[serde_json::Value]| -> String {
+        events
+            .iter()
+            .find(|e| e["label"] == "//app:hello" && e["mnemonic"] == "CcLink")
+            .and_then(|e| e["action_digest"].as_str())
+            .unwrap_or_else(|| panic!("no CcLink of //app:hello in {events:?}"))
+            .to_owned()
+    };
+    let (out, events) = w.events(&["build", "//app:hello"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    let bundle_key = digest_of(&events);
+    let hello = std::fs::read(w.path("wbuild-out/app/hello")).unwrap();
+    std::fs::remove_dir_all(&w.cache).unwrap();
+    std::fs::remove_dir_all(w.path("wbuild-out")).unwrap();
+    let (out, events) = w.events(&["build", "//app:hello"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(digest_of(&events), bundle_key);
+    assert_eq!(
+        std::fs::read(w.path("wbuild-out/app/hello")).unwrap(),
+        hello
+    );
+    w.write("wbuild.toml", "");
+    let (out, events) = w.events(&["build", "//app:hello"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_ne!(digest_of(&events), bundle_key);
+}

@@ -126,6 +126,11 @@ pub fn write_bundle(
             .and_then(|mut w| w.flush())
             .map_err(|e| io_err(out, e))?;
     }
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .map_err(|e| io_err(out, e))?;
     tmp.as_file().sync_all().map_err(|e| io_err(out, e))?;
     tmp.persist(out).map_err(|e| io_err(out, e.error))?;
     Ok(())

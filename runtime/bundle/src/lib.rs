@@ -12,6 +12,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod capture;
 pub mod file;
 pub mod install;
 pub mod manifest;

@@ -12,6 +12,17 @@
 //! wb-template = "bin/wb-template.wasm"
 //! [env]
 //! ```
+//!
+//! A native toolchain is captured from the host's Debian packages instead of a `root`:
+//!
+//! ```toml
+//! name = "gcc-aarch64-linux"
+//! version = "12"
+//! platform = "linux-arm64"
+//! [capture]
+//! target = "aarch64-linux-gnu"
+//! programs = ["qemu-aarch64-static"]
+//! ```
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::PermissionsExt;
@@ -37,6 +48,9 @@ pub struct Definition {
     pub entry_points: BTreeMap<String, String>,
     #[serde(default)]
     pub env: BTreeMap<String, String>,
+    /// Capture a native toolchain from the host instead of packing `root`.
+    #[serde(default)]
+    pub capture: Option<crate::capture::CaptureSpec>,
 }
 
 impl Definition {
@@ -54,6 +68,8 @@ impl Definition {
 pub struct Packed {
     pub head: BundleHead,
     pub sources: HashMap<String, PathBuf>,
+    /// A captured tree the sources point into (removed when this is dropped).
+    pub captured: Option<tempfile::TempDir>,
 }
 
 /// Walks `root` and describes every file and symlink in it (sorted by path). Directories
@@ -145,11 +161,36 @@ pub fn pack_dir(dir: &Path, run_prepare: bool) -> Result<Packed, BundleError> {
             });
         }
     }
-    let root = match &def.root {
-        Some(r) => dir.join(r),
-        None => dir.to_owned(),
+    let mut entry_points = def.entry_points.clone();
+    let mut env = def.env.clone();
+    let mut captured_dir = None;
+    let (root, skip) = match (&def.capture, &def.root) {
+        (Some(_), Some(_)) => {
+            return Err(BundleError::Definition {
+                path: def_path,
+                message: "give either root or [capture], not both".into(),
+            });
+        }
+        (Some(spec), None) => {
+            let tmp = tempfile::Builder::new()
+                .prefix("wbuild-capture-")
+                .tempdir()
+                .map_err(|e| io_err(Path::new("/tmp"), e))?;
+            let tree = tmp.path().join("root");
+            let captured = crate::capture::capture(spec, &tree)?;
+            // The definition's own entries win over what the capture found.
+            for (k, v) in captured.entry_points {
+                entry_points.entry(k).or_insert(v);
+            }
+            for (k, v) in captured.env {
+                env.entry(k).or_insert(v);
+            }
+            captured_dir = Some(tmp);
+            (tree, None)
+        }
+        (None, Some(r)) => (dir.join(r), None),
+        (None, None) => (dir.to_owned(), Some(DEFINITION_FILE)),
     };
-    let skip = def.root.is_none().then_some(DEFINITION_FILE);
     if !root.is_dir() {
         return Err(BundleError::Definition {
             path: def_path,
@@ -170,8 +211,8 @@ pub fn pack_dir(dir: &Path, run_prepare: bool) -> Result<Packed, BundleError> {
         name: def.name,
         version: def.version,
         platform: def.platform,
-        entry_points: def.entry_points,
-        env: def.env,
+        entry_points,
+        env,
         files,
     };
     manifest
@@ -183,6 +224,7 @@ pub fn pack_dir(dir: &Path, run_prepare: bool) -> Result<Packed, BundleError> {
     Ok(Packed {
         head: BundleHead::new(manifest),
         sources,
+        captured: captured_dir,
     })
 }
 
