@@ -21,6 +21,7 @@ fi
 wbuild=${WBUILD:-${CARGO_TARGET_DIR:-$root/target}/release/wbuild}
 wbuild=$(cd "$(dirname "$wbuild")" && pwd)/$(basename "$wbuild")
 examples/install-tools.sh >/dev/null
+[ -f examples/.toolchains/gcc-aarch64-linux.bundle ] || WBUILD="$wbuild" examples/toolchains.sh >/dev/null
 
 work=$(mktemp -d /tmp/wbuild-remote-bench.XXXXXX)
 pids=()
@@ -28,8 +29,9 @@ cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; rm -r
 trap cleanup EXIT
 for ex in wasi-codegen c-hello; do
     cp -a "examples/$ex" "$work/$ex"
-    rm -rf "$work/$ex/wbuild-out"
+    rm -rf "$work/$ex/wbuild-out" "$work/$ex/wbuild.lock"
 done
+ln -s "$root/examples/.toolchains" "$work/.toolchains"   # the bundles c-hello pins
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 wait_port() {

@@ -1,6 +1,7 @@
 #!/bin/sh
 # Builds the WASI build tools (wb-template, wb-tar, wb-check) for wasm32-wasip1 in release
-# mode and installs them into the example workspaces (wasi-codegen, c-hello):
+# mode and installs them into the example workspace wasi-codegen (c-hello takes them from the
+# wasi-tools bundle instead: see toolchains.sh):
 #   examples/<example>/tools/bin/<name>.wasm        (the wasi_tool modules)
 #   examples/<example>/tools/share/wb-template/...  (wb-template's data, presented at /share)
 # Both are generated, so they are gitignored. Works from any current directory.
@@ -19,7 +20,7 @@ cargo build --release --target wasm32-wasip1 "$@"
 target_dir=${CARGO_TARGET_DIR:-$root/target}
 case $target_dir in /*) ;; *) target_dir="$root/$target_dir" ;; esac
 
-for example in "$here/wasi-codegen" "$here/c-hello"; do
+for example in "$here/wasi-codegen"; do
     name=$(basename "$example")
     mkdir -p "$example/tools/bin"
     for t in $tools; do

@@ -709,7 +709,7 @@ fn example(name: &str) -> TestWorkspace {
     let src = wbuild_tests::repo_root().join("examples").join(name);
     for f in walk_files(&src) {
         let rel = f.strip_prefix(&src).unwrap().to_str().unwrap().to_owned();
-        if rel.starts_with("wbuild-out/") || rel.starts_with("tools/bin/") {
+        if rel.starts_with("wbuild-out/") || rel.starts_with("tools/bin/") || rel == "wbuild.lock" {
             continue;
         }
         if rel.starts_with("tools/share/wb-template/") {
@@ -1362,6 +1362,9 @@ genrule(
 #[test]
 fn example_c_hello_mixes_executors_for_both_platforms() {
     let w = example("c-hello");
+    // The bundles c-hello pins (packed by examples/toolchains.sh) at ../.toolchains.
+    let bundles = toolchains::shared_bundles();
+    std::os::unix::fs::symlink(&bundles.dir, w.root.join("../.toolchains")).unwrap();
     let both = ["build", "--platform", "linux-x86_64,linux-arm64", "//..."];
     let (out, ev) = w.events(&both);
     assert!(out.status.success(), "{}", w.report(&both, &out));
@@ -1383,6 +1386,11 @@ fn example_c_hello_mixes_executors_for_both_platforms() {
         statuses(&ev).contains(&s("//lib:version_h", "executed")),
         "{ev:?}"
     );
+    // The resolved bundles are recorded by digest.
+    let lock = w.read("wbuild.lock");
+    for d in [&bundles.wasi, &bundles.x86, &bundles.arm] {
+        assert!(lock.contains(d.as_str()), "{lock}");
+    }
     let run = std::process::Command::new(w.path("wbuild-out/app/hello"))
         .output()
         .unwrap();

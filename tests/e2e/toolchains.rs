@@ -450,26 +450,62 @@ fn bundles_round_trip_through_an_oci_registry_and_pinned_builds_fetch_them() {
     assert!(installed.is_empty(), "{installed:?}");
 }
 
-/// Packs and signs the native toolchain defined in `toolchains/<name>` (captured from this
-/// machine's packages) into `<workspace>/../tc/<name>.bundle`; returns its digest.
-fn native_bundle(w: &TestWorkspace, name: &str) -> String {
-    let dir = w.root.join("../tc");
-    std::fs::create_dir_all(&dir).unwrap();
-    if !dir.join("team.key").exists() {
-        ok(w, &["toolchain", "keygen", "--out", "../tc/team.key"]);
-    }
-    let def = repo_root().join("toolchains").join(name);
-    let bundle = format!("../tc/{name}.bundle");
-    let out = ok(
-        w,
-        &["toolchain", "pack", def.to_str().unwrap(), "--out", &bundle],
-    );
-    eprintln!("{out}");
-    ok(
-        w,
-        &["toolchain", "sign", &bundle, "--key", "../tc/team.key"],
-    );
-    packed_digest(&out)
+/// Signed bundles shared by the tests of this binary (packing the captured gcc trees takes
+/// a while): `example.key`/`example.pub`, `wasi-tools.bundle` (the tools built by this test
+/// crate), `gcc-x86_64-linux.bundle` and `gcc-aarch64-linux.bundle` (captured from this
+/// machine by the definitions in `toolchains/`), in `$CARGO_TARGET_TMPDIR/e2e-bundles`.
+pub(crate) struct SharedBundles {
+    pub dir: PathBuf,
+    pub wasi: String,
+    pub x86: String,
+    pub arm: String,
+}
+
+pub(crate) fn shared_bundles() -> &'static SharedBundles {
+    static SHARED: std::sync::OnceLock<SharedBundles> = std::sync::OnceLock::new();
+    SHARED.get_or_init(|| {
+        let dir = PathBuf::from(env!("CARGO_TARGET_TMPDIR")).join("e2e-bundles");
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = dir.join("cache");
+        let wbuild = |args: &[&str]| -> String {
+            let out = Command::new(BIN)
+                .current_dir(&dir)
+                .arg("--cache-dir")
+                .arg(&cache)
+                .args(args)
+                .output()
+                .unwrap();
+            let text = format!("{}{}", stdout(&out), stderr(&out));
+            assert!(out.status.success(), "wbuild {args:?}: {text}");
+            text
+        };
+        wbuild(&["toolchain", "keygen", "--out", "example.key"]);
+        let pack = |def: &Path, name: &str| -> String {
+            let bundle = format!("{name}.bundle");
+            let out = wbuild(&["toolchain", "pack", def.to_str().unwrap(), "--out", &bundle]);
+            eprintln!("{out}");
+            wbuild(&["toolchain", "sign", &bundle, "--key", "example.key"]);
+            packed_digest(&out)
+        };
+        let wasi_def = dir.join("wasi-tools-def");
+        wasi_tools_def(&wasi_def, "0.1.0");
+        let wasi = pack(&wasi_def, "wasi-tools");
+        let x86 = pack(
+            &repo_root().join("toolchains/gcc-x86_64-linux"),
+            "gcc-x86_64-linux",
+        );
+        let arm = pack(
+            &repo_root().join("toolchains/gcc-aarch64-linux"),
+            "gcc-aarch64-linux",
+        );
+        SharedBundles {
+            dir,
+            wasi,
+            x86,
+            arm,
+        }
+    })
 }
 
 /// Removes a file when dropped (a header planted on the host for one test).
@@ -484,8 +520,7 @@ impl Drop for RemoveOnDrop {
 fn native_actions_with_a_pinned_gcc_bundle_see_nothing_of_the_host() {
     let w = ws();
     super::c_project(&w);
-    let x86 = native_bundle(&w, "gcc-x86_64-linux");
-    let arm = native_bundle(&w, "gcc-aarch64-linux");
+    let shared = shared_bundles();
     // A header only the host has: found by the host toolchain, not through the bundle.
     let name = format!("wbuild-host-only-{}.h", std::process::id());
     let planted = PathBuf::from("/usr/local/include").join(&name);
@@ -510,9 +545,12 @@ fn native_actions_with_a_pinned_gcc_bundle_see_nothing_of_the_host() {
     w.write(
         "wbuild.toml",
         &format!(
-            "[trust]\nkeys = [\"../tc/team.pub\"]\n\n\
-             [toolchains.gcc-x86_64-linux]\nsource = \"../tc/gcc-x86_64-linux.bundle\"\ndigest = \"{x86}\"\n\n\
-             [toolchains.gcc-aarch64-linux]\nsource = \"../tc/gcc-aarch64-linux.bundle\"\ndigest = \"{arm}\"\n"
+            "[trust]\nkeys = [\"{d}/example.pub\"]\n\n\
+             [toolchains.gcc-x86_64-linux]\nsource = \"{d}/gcc-x86_64-linux.bundle\"\ndigest = \"{}\"\n\n\
+             [toolchains.gcc-aarch64-linux]\nsource = \"{d}/gcc-aarch64-linux.bundle\"\ndigest = \"{}\"\n",
+            shared.x86,
+            shared.arm,
+            d = shared.dir.display()
         ),
     );
     let err = fail(&w, &["build", "//host:uses"]);

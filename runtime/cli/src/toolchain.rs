@@ -322,8 +322,16 @@ pub fn resolve_workspace(ws: &mut Workspace, cli_cache: &Option<PathBuf>) -> Res
             .get(name)
             .filter(|e| e.source == pin.source)
             .map(|e| e.digest.clone());
+        let from_lock = pin.digest.is_none() && locked.is_some();
         let digest = pin.digest.clone().or(locked);
-        let what = format!("[toolchains.{name}] in {}", toml_path.display());
+        let what = if from_lock {
+            format!(
+                "[toolchains.{name}] (digest pinned by {}: delete its entry to accept a new bundle)",
+                lock_path.display()
+            )
+        } else {
+            format!("[toolchains.{name}] in {}", toml_path.display())
+        };
         let installed = match &digest {
             Some(d) => tc.get(d).with_context(|| what.clone())?,
             None => None,
