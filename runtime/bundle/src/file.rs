@@ -340,3 +340,111 @@ pub fn hash_file(path: &Path) -> Result<(String, u64), BundleError> {
     io::copy(&mut r, &mut io::sink()).map_err(|e| io_err(path, e))?;
     Ok((r.digest(), r.count))
 }
+
+/// Rewrites the bundle file at `path` with the signatures `edit` leaves in its head, copying
+/// the blobs straight across (each checked against its digest on the way). The file is
+/// replaced through a temporary file and a rename.
+pub fn rewrite_signatures(
+    path: &Path,
+    edit: &mut dyn FnMut(&mut BundleHead) -> Result<(), BundleError>,
+) -> Result<BundleHead, BundleError> {
+    // First pass: the head (reading stops at the first blob).
+    let mut found: Option<BundleHead> = None;
+    match read_bundle(path, None, &mut |h| {
+        found = Some(h.clone());
+        Err(BundleError::AlreadyInstalled)
+    }) {
+        Err(BundleError::AlreadyInstalled) | Ok(_) => {}
+        Err(e) => return Err(e),
+    }
+    let mut head = found.ok_or_else(|| BundleError::BadBundle {
+        path: path.to_owned(),
+        message: "no manifest.json entry".into(),
+    })?;
+    edit(&mut head)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let tmp = tempfile::Builder::new()
+        .prefix(".wbuild-bundle")
+        .tempfile_in(dir)
+        .map_err(|e| io_err(dir, e))?;
+    let bad = |message: String| BundleError::BadBundle {
+        path: path.to_owned(),
+        message,
+    };
+    {
+        let mut b = tar::Builder::new(BufWriter::new(tmp.as_file()));
+        let mut add = |name: &str, size: u64, data: &mut dyn Read| -> io::Result<()> {
+            b.append(&header(name, size)?, data)
+        };
+        add(
+            MANIFEST_NAME,
+            head.manifest_bytes.len() as u64,
+            &mut &head.manifest_bytes[..],
+        )
+        .map_err(|e| io_err(path, e))?;
+        for (id, text) in &head.signatures {
+            add(
+                &format!("{SIG_DIR}{id}.minisig"),
+                text.len() as u64,
+                &mut text.as_bytes(),
+            )
+            .map_err(|e| io_err(path, e))?;
+        }
+        let mut expected: BTreeMap<String, u64> = head
+            .manifest
+            .blobs()
+            .into_iter()
+            .map(|(d, s)| (d.to_owned(), s))
+            .collect();
+        let f = File::open(path).map_err(|e| io_err(path, e))?;
+        let mut archive = tar::Archive::new(BufReader::new(f));
+        for entry in archive.entries().map_err(|e| io_err(path, e))? {
+            let mut entry = entry.map_err(|e| bad(format!("not a readable tar archive: {e}")))?;
+            let name = entry
+                .path()
+                .map_err(|e| bad(e.to_string()))?
+                .to_string_lossy()
+                .into_owned();
+            let Some(hex) = name.strip_prefix(BLOB_DIR) else {
+                continue; // the manifest and the old signatures
+            };
+            let digest = format!("sha256:{hex}");
+            let size = expected
+                .remove(&digest)
+                .ok_or_else(|| bad(format!("blob {digest} is not a file of the manifest")))?;
+            let mut reader = HashingReader::new((&mut entry).take(size));
+            add(&name, size, &mut reader).map_err(|e| io_err(path, e))?;
+            if reader.count != size || reader.digest() != digest {
+                return Err(BundleError::BlobMismatch {
+                    what: path.display().to_string(),
+                    actual: reader.digest(),
+                    paths: head
+                        .manifest
+                        .files
+                        .iter()
+                        .filter(|f| f.digest.as_deref() == Some(digest.as_str()))
+                        .map(|f| f.path.clone())
+                        .collect(),
+                    digest,
+                });
+            }
+        }
+        if let Some((missing, _)) = expected.iter().next() {
+            return Err(bad(format!("blob {missing} is missing")));
+        }
+        b.into_inner()
+            .and_then(|mut w| w.flush())
+            .map_err(|e| io_err(path, e))?;
+    }
+    std::fs::set_permissions(
+        tmp.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o644),
+    )
+    .map_err(|e| io_err(path, e))?;
+    tmp.as_file().sync_all().map_err(|e| io_err(path, e))?;
+    tmp.persist(path).map_err(|e| io_err(path, e.error))?;
+    Ok(head)
+}

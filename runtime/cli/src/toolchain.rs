@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
-use wbuild_bundle::file::{read_bundle, write_bundle};
+use wbuild_bundle::file::read_bundle;
 use wbuild_bundle::{Toolchains, Trust, pack, registry, sign};
 use wbuild_graph::{External, Workspace};
 use wbuild_store::Store;
@@ -123,12 +123,10 @@ pub fn run(cli_cache: &Option<PathBuf>, cmd: &ToolchainCmd) -> Result<i32> {
             println!("{}  {}", head.digest, out.display());
         }
         ToolchainCmd::Sign { bundle, key } => {
-            let tmp = tempfile::tempdir()?;
-            let mut head = read_bundle(bundle, Some(tmp.path()), &mut |_| Ok(()))?;
-            let id = sign::sign(&mut head, key)?;
-            write_bundle(bundle, &head, &|d| {
-                tmp.path()
-                    .join(wbuild_bundle::manifest::digest_hex(d).expect("validated"))
+            let mut id = String::new();
+            let head = wbuild_bundle::file::rewrite_signatures(bundle, &mut |head| {
+                id = sign::sign(head, key)?;
+                Ok(())
             })?;
             println!("signed {} with key {id}", head.digest);
         }
