@@ -1611,6 +1611,56 @@ fn mixed_ws() -> TestWorkspace {
     w
 }
 
+#[test]
+fn wbuild_serve_shares_its_cache_with_local_builds() {
+    // The server serves the cache the local workspace builds with.
+    let local = ws();
+    chain(&local);
+    let port = free_port();
+    let child = std::process::Command::new(BIN)
+        .arg("--cache-dir")
+        .arg(&local.cache)
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let server = RemoteServer::listening(child, port, tempfile::tempdir().unwrap());
+    // A local build on the served cache runs (it does not wait for the server to exit)...
+    let t0 = std::time::Instant::now();
+    let mut build = local
+        .cmd(&["build"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    loop {
+        if build.try_wait().unwrap().is_some() {
+            break;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(120) {
+            let _ = build.kill();
+            panic!("a local build on the served cache did not finish in 120 s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let out = build.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", local.report(&["build"], &out));
+    // ...and its results are served: another checkout gets everything from the server.
+    let other = ws();
+    chain(&other);
+    let args = ["build", "--remote", &server.url];
+    let (out, ev) = other.events(&args);
+    assert!(out.status.success(), "{}", other.report(&args, &out));
+    let f = finished(&ev);
+    assert_eq!(f["executed"], 0, "{ev:?}");
+    assert_eq!(f["remote_cached"], 3, "{ev:?}");
+    // Between requests the server lets go of the cache again: local maintenance works.
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let out = local.ok(&["cache", "verify"]);
+    assert!(!stdout(&out).contains("corrupt"), "{}", stdout(&out));
+    local.ok(&["build"]);
+}
+
 fn remote_round_trip(server: &RemoteServer) {
     let a = mixed_ws();
     let build = [

@@ -811,7 +811,18 @@ fn serve(cli: &Cli, listen: &str, token_file: Option<&std::path::Path>) -> Resul
         }
         None => None,
     };
-    let store = open_store(&cli.cache_dir)?;
+    // The cache stays usable by local builds: the server holds it only while it has
+    // requests to answer (released after 200 ms idle; requests wait up to 30 s for a build).
+    let dir = cli.cache_dir.clone().unwrap_or_else(Store::default_dir);
+    let store = Arc::new(
+        wbuild_remote::SharedStore::new(
+            dir.clone(),
+            wbuild_store::DigestFunction::Blake3,
+            Duration::from_millis(200),
+            Duration::from_secs(30),
+        )
+        .with_context(|| format!("cannot open cache {}", dir.display()))?,
+    );
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
@@ -839,7 +850,7 @@ fn serve(cli: &Cli, listen: &str, token_file: Option<&std::path::Path>) -> Resul
         };
         let config = wbuild_remote::ServeConfig { token };
         wbuild_remote::serve(store.clone(), listener, config, shutdown).await?;
-        store.flush()?;
+        store.close();
         anyhow::Ok(())
     })?;
     Ok(0)

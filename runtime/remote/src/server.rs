@@ -2,8 +2,10 @@
 //! handler runs them on tokio's blocking pool.
 
 use std::future::Future;
+use std::path::PathBuf;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use bazel_remote_apis::build::bazel::semver::SemVer;
 use bazel_remote_apis::google::bytestream::{
@@ -43,9 +45,116 @@ pub struct ServeConfig {
     pub token: Option<String>,
 }
 
+/// Where the server gets its store from.
+#[derive(Clone)]
+pub enum StoreSource {
+    /// One store, held for the server's lifetime.
+    Open(Arc<Store>),
+    /// A cache directory shared with local builds: see [`SharedStore`].
+    Shared(Arc<SharedStore>),
+}
+
+impl From<Arc<Store>> for StoreSource {
+    fn from(s: Arc<Store>) -> Self {
+        StoreSource::Open(s)
+    }
+}
+
+impl From<Arc<SharedStore>> for StoreSource {
+    fn from(s: Arc<SharedStore>) -> Self {
+        StoreSource::Shared(s)
+    }
+}
+
+/// A cache directory the server opens only while it has requests to answer: the store is
+/// one process's at a time (redb's lock), so the server releases it after `idle` without
+/// requests (flushing it), and a local `wbuild build` on the same cache gets its turn; while
+/// a build holds it, requests wait up to `wait` and then fail with `UNAVAILABLE`, which
+/// clients retry (or build locally).
+pub struct SharedStore {
+    dir: PathBuf,
+    function: DigestFunction,
+    idle: Duration,
+    wait: Duration,
+    state: Mutex<(Option<Arc<Store>>, Instant)>,
+}
+
+impl SharedStore {
+    /// Opens the store once (so a bad directory fails now), then releases it.
+    pub fn new(
+        dir: PathBuf,
+        function: DigestFunction,
+        idle: Duration,
+        wait: Duration,
+    ) -> Result<SharedStore, StoreError> {
+        drop(Store::open_with_timeout(&dir, function, wait)?);
+        Ok(SharedStore {
+            dir,
+            function,
+            idle,
+            wait,
+            state: Mutex::new((None, Instant::now())),
+        })
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        &self.dir
+    }
+
+    /// The open store, opening it (waiting up to `wait` for a local build) if needed.
+    fn get(&self) -> Result<Arc<Store>, StoreError> {
+        let mut st = self.state.lock().expect("shared store");
+        st.1 = Instant::now();
+        if let Some(s) = &st.0 {
+            return Ok(s.clone());
+        }
+        let s = Arc::new(Store::open_with_timeout(
+            &self.dir,
+            self.function,
+            self.wait,
+        )?);
+        st.0 = Some(s.clone());
+        st.1 = Instant::now();
+        Ok(s)
+    }
+
+    /// Closes the store now (flushing it); the next request opens it again.
+    pub fn close(&self) {
+        let taken = self.state.lock().expect("shared store").0.take();
+        drop(taken);
+    }
+
+    /// Closes the store if nothing used it for `idle` and no request holds it.
+    fn release_if_idle(&self) {
+        let released = {
+            let mut st = self.state.lock().expect("shared store");
+            match &st.0 {
+                Some(s) if Arc::strong_count(s) == 1 && st.1.elapsed() >= self.idle => st.0.take(),
+                _ => None,
+            }
+        };
+        drop(released); // flushes and releases the lock, outside the mutex
+    }
+}
+
+impl StoreSource {
+    fn get(&self) -> Result<Arc<Store>, Status> {
+        match self {
+            StoreSource::Open(s) => Ok(s.clone()),
+            StoreSource::Shared(s) => s.get().map_err(|e| match e {
+                StoreError::Locked { dir, waited_secs } => Status::unavailable(format!(
+                    "the cache {} is in use by a local build (waited {waited_secs} s); retry",
+                    dir.display()
+                )),
+                e => Status::internal(e.to_string()),
+            }),
+        }
+    }
+}
+
 #[derive(Clone)]
 struct Service {
-    store: Arc<Store>,
+    store: StoreSource,
     token: Option<Arc<str>>,
 }
 
@@ -54,13 +163,29 @@ type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'stati
 /// Serves the REAPI over `store` on `listener` until `shutdown` completes; then in-flight
 /// requests finish (blobs are only ever visible complete).
 pub async fn serve(
-    store: Arc<Store>,
+    store: impl Into<StoreSource>,
     listener: tokio::net::TcpListener,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RemoteError> {
+    let store = store.into();
+    let releaser = match &store {
+        StoreSource::Shared(shared) => {
+            let shared = shared.clone();
+            Some(tokio::spawn(async move {
+                let mut tick =
+                    tokio::time::interval((shared.idle / 2).max(Duration::from_millis(10)));
+                loop {
+                    tick.tick().await;
+                    let s = shared.clone();
+                    let _ = tokio::task::spawn_blocking(move || s.release_if_idle()).await;
+                }
+            }))
+        }
+        StoreSource::Open(_) => None,
+    };
     let svc = Service {
-        store,
+        store: store.clone(),
         token: config.token.map(Arc::from),
     };
     // A batch of MAX_BATCH_BYTES of blobs plus the digests and framing around them.
@@ -85,6 +210,9 @@ pub async fn serve(
             shutdown,
         )
         .await?;
+    if let Some(r) = releaser {
+        r.abort();
+    }
     Ok(())
 }
 
@@ -131,8 +259,8 @@ impl Service {
         &self,
         f: impl FnOnce(&Store) -> Result<T, Status> + Send + 'static,
     ) -> Result<T, Status> {
-        let store = self.store.clone();
-        tokio::task::spawn_blocking(move || f(&store))
+        let source = self.store.clone();
+        tokio::task::spawn_blocking(move || f(&*source.get()?))
             .await
             .map_err(|e| Status::internal(format!("store task failed: {e}")))?
     }
