@@ -83,10 +83,14 @@ for s in "${servers[@]}"; do
     echo "== $name ($url)"
     populate=$(build_all "$work/cache-populate-$name" --remote "$url")
     echo "   populating build: $populate"
-    fetched=$(rm -rf "$work/cache-empty" && build_all "$work/cache-empty" --remote "$url")
+    # "Empty" = no action cache, CAS or analysis; the pinned toolchain bundles c-hello uses
+    # stay installed (installing them is not what the remote is measured on).
+    empty="find $work/cache-empty -mindepth 1 -maxdepth 1 ! -name toolchains -exec rm -rf {} +"
+    fetched=$(eval "$empty" 2>/dev/null; build_all "$work/cache-empty" --remote "$url")
+    fetched=$(eval "$empty"; build_all "$work/cache-empty" --remote "$url")
     echo "   from an empty local cache: $fetched"
     local_warm="$work/cache-populate-$name"
-    cmd_remote="rm -rf $work/cache-empty; for ex in wasi-codegen c-hello; do (cd $work/\$ex && rm -rf wbuild-out && $wbuild --cache-dir $work/cache-empty build --remote $url //... >/dev/null 2>&1); done"
+    cmd_remote="$empty; for ex in wasi-codegen c-hello; do (cd $work/\$ex && rm -rf wbuild-out && $wbuild --cache-dir $work/cache-empty build --remote $url //... >/dev/null 2>&1); done"
     cmd_local="for ex in wasi-codegen c-hello; do (cd $work/\$ex && rm -rf wbuild-out && $wbuild --cache-dir $local_warm build //... >/dev/null 2>&1); done"
     hyperfine --runs "$runs" --warmup 1 --export-json "$work/h-$name.json" \
         -n "$name: empty local cache, all from the remote" "bash -c '$cmd_remote'" \

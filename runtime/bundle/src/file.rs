@@ -48,7 +48,27 @@ impl BundleHead {
         }
     }
 
-    /// From manifest bytes received from elsewhere (a registry, an installed bundle).
+    /// From the manifest of an installed bundle: it was validated (and found canonical)
+    /// when it was installed, and its digest is checked by the caller, so only parse it.
+    pub fn from_installed(
+        manifest_bytes: Vec<u8>,
+        signatures: BTreeMap<String, String>,
+        what: &str,
+    ) -> Result<BundleHead, BundleError> {
+        let manifest: Manifest =
+            serde_json::from_slice(&manifest_bytes).map_err(|e| BundleError::BadManifest {
+                what: what.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(BundleHead {
+            digest: crate::manifest::sha256(&manifest_bytes),
+            manifest,
+            manifest_bytes,
+            signatures,
+        })
+    }
+
+    /// From manifest bytes received from elsewhere (a registry, a bundle file).
     pub fn from_bytes(
         manifest_bytes: Vec<u8>,
         signatures: BTreeMap<String, String>,

@@ -80,7 +80,7 @@ impl Toolchains {
                 }
             }
         }
-        let head = BundleHead::from_bytes(bytes, signatures, &mpath.display().to_string())?;
+        let head = BundleHead::from_installed(bytes, signatures, &mpath.display().to_string())?;
         if dir.file_name().and_then(|n| n.to_str()) != digest_hex(&head.digest) {
             return Err(BundleError::BadBundle {
                 path: mpath,
