@@ -2,7 +2,8 @@
 # Installs what the test suite needs besides cargo, on a fresh Debian machine:
 #   - gcc/g++ and the arm64 cross toolchain plus qemu-user (native-action tests),
 #   - minisign (signatures are checked with it too) and docker-registry (a real OCI registry
-#     the toolchain-bundle tests publish to and fetch from),
+#     the toolchain-bundle tests publish to and fetch from; openssl and apache2-utils' htpasswd
+#     set up its TLS and Basic-auth variants),
 #   - the wasm32-wasip1 Rust target (guest programs and WASI tools are built from source),
 #   - BuildGrid (PyPI buildgrid==0.4.4) in a venv at target/buildgrid-venv: the real REAPI
 #     server the remote-cache tests run against (or point WBUILD_BGD at another `bgd`).
@@ -13,7 +14,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 need=()
 for pair in gcc:gcc g++:g++ aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
     aarch64-linux-gnu-g++:g++-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static \
-    minisign:minisign docker-registry:docker-registry; do
+    minisign:minisign docker-registry:docker-registry openssl:openssl htpasswd:apache2-utils; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -6,20 +6,56 @@
 //!
 //! References look like `oci://host[:port]/repo/path[:tag][@sha256:<hex>]`.
 //!
-//! This build has no TLS backend: only registries on loopback addresses (`localhost`,
-//! `127.0.0.0/8`, `[::1]`) are reachable, over plain HTTP. Any other registry is refused
-//! with [`OciError::TlsUnsupported`]. No registry authentication is attempted either.
+//! # Transport
+//!
+//! `oci://host/...` is reached over **HTTPS**, except loopback registries (`localhost`,
+//! `127.0.0.0/8`, `[::1]`), which are reached over plain HTTP unless `WBUILD_OCI_TLS=1`
+//! (or [`ClientOptions::force_tls`]). No other host can be reached over plain HTTP, and an
+//! https registry is never left for http (not through an upload `Location`, a redirect or
+//! a token realm).
+//!
+//! TLS is rustls (with the ring provider). Trusted roots: Mozilla's, compiled in (webpki
+//! roots; the host's certificate store is not read), plus the PEM certificates of the file
+//! named by `$WBUILD_OCI_CA_FILE` ([`ClientOptions::ca_file`]), for a registry with its own
+//! CA.
+//!
+//! # Authentication
+//!
+//! Credentials ([`ClientOptions::from_env`]): `$WBUILD_OCI_USERNAME` +
+//! `$WBUILD_OCI_PASSWORD`, or `$WBUILD_OCI_TOKEN` (a bearer token, sent as is); else the
+//! registry's `auths` entry (`auth`: base64 of `user:password`) in
+//! `$DOCKER_CONFIG/config.json` or `~/.docker/config.json`, as `docker login` writes it
+//! (credential helpers are not run).
+//!
+//! Requests go out anonymous until the registry answers 401, then as Docker clients do:
+//! - `WWW-Authenticate: Basic`: retried with the credentials, which are then sent with every
+//!   request to the registry;
+//! - `WWW-Authenticate: Bearer realm=...,service=...,scope=...`: a token is fetched with
+//!   `GET <realm>?service=...&scope=...` (Basic credentials if any, else anonymous; pushes
+//!   ask for `repository:<repo>:pull,push`), cached per scope for the client's lifetime
+//!   (shared by its clones), and the request retried with `Authorization: Bearer`; a cached
+//!   token the registry no longer accepts is replaced once.
+//!
+//! A 401 or 403 after that is an [`OciError::Unauthorized`] that names the registry and the
+//! ways to give credentials. Authorization is sent only to the registry's own
+//! scheme/host/port (upload locations there included) and to its token realm, never to
+//! other hosts (blob storage redirects, ...). Passwords and tokens appear in no error and
+//! no `Debug` output.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File};
 use std::io::{self, Read, Write};
 use std::net::{Ipv4Addr, Ipv6Addr};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use sha2::{Digest as _, Sha256};
+use ureq::config::RedirectAuthHeaders;
 use ureq::http::{Response, StatusCode};
+use ureq::tls::{Certificate, PemItem, RootCerts, TlsConfig, TlsProvider};
 use ureq::{Body, SendBody};
 
 /// Media type of an OCI image manifest (also used for artifacts).
@@ -58,13 +94,24 @@ pub enum OciError {
         reason: String,
     },
 
-    /// The registry is not on a loopback address, so it would need HTTPS.
-    #[error(
-        "registry {registry} needs HTTPS, but TLS registries are not supported yet (this build \
-         has no TLS backend); use a registry or mirror on a loopback address (localhost, \
-         127.0.0.1, [::1]), which is reached over plain HTTP"
-    )]
-    TlsUnsupported { registry: String },
+    /// The client's configuration (environment, docker config, CA file) is unusable.
+    #[error("{reason}")]
+    Config { reason: String },
+
+    /// The registry (or its token server) refused access: HTTP 401 or 403 after
+    /// authenticating with what was available.
+    #[error("{method} {url}: registry {registry} answered HTTP {status} ({}): {message}; {advice}",
+        if *status == 403 { "access denied" } else { "authentication required" })]
+    Unauthorized {
+        method: &'static str,
+        url: String,
+        registry: String,
+        status: u16,
+        /// The registry's error message.
+        message: String,
+        /// Which credentials were used and how to set others (never the secrets).
+        advice: String,
+    },
 
     /// The HTTP exchange failed (connection refused, timeout, protocol error, ...).
     #[error("{method} {url}: {source}{hint}")]
@@ -145,10 +192,18 @@ impl OciError {
         matches!(self, OciError::Registry { status: 404, .. })
     }
 
-    /// The HTTP status the registry answered with, for [`OciError::Registry`].
+    /// The registry (or its token server) refused access (401/403).
+    pub fn is_unauthorized(&self) -> bool {
+        matches!(self, OciError::Unauthorized { .. })
+    }
+
+    /// The HTTP status the registry answered with, for [`OciError::Registry`] and
+    /// [`OciError::Unauthorized`].
     pub fn status(&self) -> Option<u16> {
         match self {
-            OciError::Registry { status, .. } => Some(*status),
+            OciError::Registry { status, .. } | OciError::Unauthorized { status, .. } => {
+                Some(*status)
+            }
             _ => None,
         }
     }
@@ -468,6 +523,284 @@ fn validate_manifest_ref(reference: &str) -> Result<bool, OciError> {
 }
 
 // ---------------------------------------------------------------------------------------
+// Client options: TLS trust and credentials.
+// ---------------------------------------------------------------------------------------
+
+/// User name for registry authentication (with [`ENV_PASSWORD`]).
+pub const ENV_USERNAME: &str = "WBUILD_OCI_USERNAME";
+/// Password (or access token used as a password) for [`ENV_USERNAME`].
+pub const ENV_PASSWORD: &str = "WBUILD_OCI_PASSWORD";
+/// A registry bearer token, sent as is (instead of a user name and password).
+pub const ENV_TOKEN: &str = "WBUILD_OCI_TOKEN";
+/// A PEM file of CA certificates trusted besides the built-in roots.
+pub const ENV_CA_FILE: &str = "WBUILD_OCI_CA_FILE";
+/// `1` to use HTTPS for loopback registries too (`0` or unset: plain HTTP for them).
+pub const ENV_TLS: &str = "WBUILD_OCI_TLS";
+
+/// Largest token-endpoint answer read.
+const MAX_TOKEN_RESPONSE: u64 = 1024 * 1024;
+
+/// Registry credentials. Their `Debug` output never shows the password or the token.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Credentials {
+    /// A user name and password (or an access token used as a password): sent with HTTP
+    /// Basic authentication to registries that ask for it, and to their token servers.
+    Basic { username: String, password: String },
+    /// A registry bearer token, sent as `Authorization: Bearer <token>` when the registry
+    /// asks for a bearer token.
+    Bearer(String),
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Credentials::Basic { username, .. } => f
+                .debug_struct("Basic")
+                .field("username", username)
+                .field("password", &"<redacted>")
+                .finish(),
+            Credentials::Bearer(_) => f.write_str("Bearer(<redacted>)"),
+        }
+    }
+}
+
+impl Credentials {
+    /// The credentials for `registry` in a Docker `config.json` (`auths.<registry>.auth`,
+    /// base64 `user:password`; or its `username` + `password`, or `registrytoken`). Keys
+    /// may carry a scheme and path (`https://host/v1/`). `Ok(None)` when the file does not
+    /// exist or has no usable entry for the registry (credential helpers are not run).
+    pub fn from_docker_config(
+        path: &Path,
+        registry: &str,
+    ) -> Result<Option<Credentials>, OciError> {
+        let bytes = match fs::read(path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(source) => {
+                return Err(OciError::Io {
+                    action: "reading the docker config",
+                    path: path.to_path_buf(),
+                    source,
+                });
+            }
+        };
+        docker_config_lookup(&bytes, registry)
+            .map(|found| found.map(|(_, c)| c))
+            .map_err(|reason| OciError::Config {
+                reason: format!("docker config {}: {reason}", path.display()),
+            })
+    }
+}
+
+/// How a [`Client`] reaches its registry.
+#[derive(Clone, Debug, Default)]
+pub struct ClientOptions {
+    /// A PEM file of CA certificates to trust besides the built-in (Mozilla) roots.
+    pub ca_file: Option<PathBuf>,
+    /// Credentials for registries (and token servers) that ask for authentication.
+    pub credentials: Option<Credentials>,
+    /// Use HTTPS for a loopback registry too (other registries always use HTTPS).
+    pub force_tls: bool,
+}
+
+impl ClientOptions {
+    /// Options from the environment: [`ENV_TLS`], [`ENV_CA_FILE`], and credentials from
+    /// [`ENV_USERNAME`] + [`ENV_PASSWORD`] or [`ENV_TOKEN`], else from the docker config
+    /// (`$DOCKER_CONFIG/config.json`, else `~/.docker/config.json`).
+    pub fn from_env(registry: &str) -> Result<ClientOptions, OciError> {
+        Ok(Self::from_env_with_source(registry)?.0)
+    }
+
+    /// Also says where the credentials came from (for error messages).
+    fn from_env_with_source(registry: &str) -> Result<(ClientOptions, Option<String>), OciError> {
+        let var = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let config_err = |reason: String| OciError::Config { reason };
+        // Values are never echoed: some of these variables hold secrets.
+        let force_tls = match var(ENV_TLS).as_deref() {
+            None | Some("0" | "false" | "no") => false,
+            Some("1" | "true" | "yes") => true,
+            Some(_) => return Err(config_err(format!("${ENV_TLS} must be 1 or 0"))),
+        };
+        let ca_file = var(ENV_CA_FILE).map(PathBuf::from);
+        let (credentials, source) = match (var(ENV_USERNAME), var(ENV_PASSWORD), var(ENV_TOKEN)) {
+            (Some(_), _, Some(_)) | (_, Some(_), Some(_)) => {
+                return Err(config_err(format!(
+                    "set either ${ENV_USERNAME} and ${ENV_PASSWORD}, or ${ENV_TOKEN}, not both"
+                )));
+            }
+            (Some(username), Some(password), None) => (
+                Some(Credentials::Basic { username, password }),
+                Some(format!("from ${ENV_USERNAME} and ${ENV_PASSWORD}")),
+            ),
+            (Some(_), None, None) => {
+                return Err(config_err(format!(
+                    "${ENV_USERNAME} is set but ${ENV_PASSWORD} is not"
+                )));
+            }
+            (None, Some(_), None) => {
+                return Err(config_err(format!(
+                    "${ENV_PASSWORD} is set but ${ENV_USERNAME} is not"
+                )));
+            }
+            (None, None, Some(token)) => (
+                Some(Credentials::Bearer(token)),
+                Some(format!("from ${ENV_TOKEN}")),
+            ),
+            (None, None, None) => match docker_config_path() {
+                None => (None, None),
+                Some(path) => {
+                    let creds = Credentials::from_docker_config(&path, registry)?;
+                    let source = creds
+                        .as_ref()
+                        .map(|_| format!("from auths.\"{registry}\" in {}", path.display()));
+                    (creds, source)
+                }
+            },
+        };
+        Ok((
+            ClientOptions {
+                ca_file,
+                credentials,
+                force_tls,
+            },
+            source,
+        ))
+    }
+}
+
+/// `$DOCKER_CONFIG/config.json`, else `$HOME/.docker/config.json`.
+fn docker_config_path() -> Option<PathBuf> {
+    if let Some(dir) = std::env::var_os("DOCKER_CONFIG").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(dir).join("config.json"));
+    }
+    std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(|h| PathBuf::from(h).join(".docker/config.json"))
+}
+
+/// Finds `registry`'s entry in a docker `config.json`: (its key, its credentials).
+/// Error messages never quote the file's content.
+fn docker_config_lookup(
+    json: &[u8],
+    registry: &str,
+) -> Result<Option<(String, Credentials)>, String> {
+    #[derive(serde::Deserialize)]
+    struct Config {
+        #[serde(default)]
+        auths: std::collections::BTreeMap<String, AuthEntry>,
+    }
+    #[derive(serde::Deserialize)]
+    struct AuthEntry {
+        #[serde(default)]
+        auth: Option<String>,
+        #[serde(default)]
+        username: Option<String>,
+        #[serde(default)]
+        password: Option<String>,
+        #[serde(default)]
+        registrytoken: Option<String>,
+    }
+    let config: Config = serde_json::from_slice(json).map_err(|e| {
+        format!(
+            "not a valid docker config (JSON error at line {} column {})",
+            e.line(),
+            e.column()
+        )
+    })?;
+    /// `https://host/v1/` -> `host`.
+    fn host_of_key(key: &str) -> &str {
+        let k = key
+            .strip_prefix("https://")
+            .or_else(|| key.strip_prefix("http://"))
+            .unwrap_or(key);
+        k.split('/').next().unwrap_or(k)
+    }
+    const DOCKER_HUB: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+    let is_hub = |h: &str| DOCKER_HUB.iter().any(|d| d.eq_ignore_ascii_case(h));
+    let entry = config
+        .auths
+        .iter()
+        .find(|(k, _)| k.as_str() == registry)
+        .or_else(|| {
+            config.auths.iter().find(|(k, _)| {
+                let host = host_of_key(k);
+                host.eq_ignore_ascii_case(registry) || (is_hub(host) && is_hub(registry))
+            })
+        });
+    let Some((key, entry)) = entry else {
+        return Ok(None);
+    };
+    let non_empty = |s: &Option<String>| s.clone().filter(|s| !s.is_empty());
+    if let Some(auth) = non_empty(&entry.auth) {
+        use base64::Engine as _;
+        let auth = auth.trim();
+        let decoded = base64::engine::general_purpose::STANDARD
+            .decode(auth)
+            .or_else(|_| base64::engine::general_purpose::STANDARD_NO_PAD.decode(auth))
+            .map_err(|_| format!("auths.{key:?}.auth is not valid base64"))?;
+        let decoded = String::from_utf8(decoded)
+            .map_err(|_| format!("auths.{key:?}.auth does not decode to UTF-8 text"))?;
+        let Some((username, password)) = decoded.split_once(':') else {
+            return Err(format!(
+                "auths.{key:?}.auth does not decode to \"user:password\""
+            ));
+        };
+        return Ok(Some((
+            key.clone(),
+            Credentials::Basic {
+                username: username.to_string(),
+                password: password.to_string(),
+            },
+        )));
+    }
+    if let (Some(username), Some(password)) =
+        (non_empty(&entry.username), non_empty(&entry.password))
+    {
+        return Ok(Some((
+            key.clone(),
+            Credentials::Basic { username, password },
+        )));
+    }
+    if let Some(token) = non_empty(&entry.registrytoken) {
+        return Ok(Some((key.clone(), Credentials::Bearer(token))));
+    }
+    Ok(None)
+}
+
+/// Reads the PEM certificates of a CA file.
+fn load_ca_file(path: &Path) -> Result<Vec<Certificate<'static>>, OciError> {
+    let bytes = fs::read(path).map_err(|source| OciError::Io {
+        action: "reading the CA certificates ($WBUILD_OCI_CA_FILE)",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let mut certs = Vec::new();
+    for item in ureq::tls::parse_pem(&bytes) {
+        match item {
+            Ok(PemItem::Certificate(c)) => certs.push(c),
+            Ok(_) => {}
+            Err(e) => {
+                return Err(OciError::Config {
+                    reason: format!(
+                        "CA file {} (${ENV_CA_FILE}): not valid PEM: {e}",
+                        path.display()
+                    ),
+                });
+            }
+        }
+    }
+    if certs.is_empty() {
+        return Err(OciError::Config {
+            reason: format!(
+                "CA file {} (${ENV_CA_FILE}) has no PEM certificate (-----BEGIN CERTIFICATE-----)",
+                path.display()
+            ),
+        });
+    }
+    Ok(certs)
+}
+
+// ---------------------------------------------------------------------------------------
 // Client.
 // ---------------------------------------------------------------------------------------
 
@@ -475,9 +808,28 @@ fn validate_manifest_ref(reference: &str) -> Result<bool, OciError> {
 #[derive(Clone)]
 pub struct Client {
     registry: String,
-    /// `http://host[:port]`, without a trailing slash.
+    /// `http[s]://host[:port]`, without a trailing slash.
     base: String,
     agent: ureq::Agent,
+    credentials: Option<Credentials>,
+    /// Where the credentials came from (`from $WBUILD_OCI_TOKEN`, ...), for errors.
+    credentials_source: Option<String>,
+    /// What the registry asked for, and bearer tokens: shared by clones.
+    auth: Arc<Mutex<AuthState>>,
+}
+
+#[derive(Default)]
+struct AuthState {
+    /// The scheme the registry asked for (sent preemptively once known).
+    scheme: Option<AuthScheme>,
+    /// Bearer tokens by scope (`""` for requests without a repository).
+    tokens: HashMap<String, String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum AuthScheme {
+    Basic,
+    Bearer,
 }
 
 impl fmt::Debug for Client {
@@ -485,32 +837,81 @@ impl fmt::Debug for Client {
         f.debug_struct("Client")
             .field("registry", &self.registry)
             .field("base", &self.base)
+            .field("credentials", &self.credentials)
             .finish_non_exhaustive()
     }
 }
 
+/// The scope a request on `repository` needs.
+fn repo_scope(repository: &str, push: bool) -> String {
+    let actions = if push { "pull,push" } else { "pull" };
+    format!("repository:{repository}:{actions}")
+}
+
+fn with_auth<B>(rb: ureq::RequestBuilder<B>, auth: Option<&str>) -> ureq::RequestBuilder<B> {
+    match auth {
+        Some(value) => rb.header("Authorization", value),
+        None => rb,
+    }
+}
+
+fn basic_header(username: &str, password: &str) -> String {
+    use base64::Engine as _;
+    format!(
+        "Basic {}",
+        base64::engine::general_purpose::STANDARD.encode(format!("{username}:{password}"))
+    )
+}
+
+fn check_registry_arg(registry: &str) -> Result<Host<'_>, OciError> {
+    if registry.contains("://") {
+        return Err(invalid(
+            "registry",
+            registry,
+            "give host[:port] without a scheme (e.g. 127.0.0.1:5000)".to_string(),
+        ));
+    }
+    let (host, _port) = parse_registry(registry).map_err(|r| invalid("registry", registry, r))?;
+    Ok(host)
+}
+
 impl Client {
-    /// Plain HTTP for loopback registries (localhost, 127.0.0.0/8, [::1]); any other host
-    /// would need https, which this build cannot do: that is an [`OciError::TlsUnsupported`].
+    /// A client configured from the environment (see [`ClientOptions::from_env`]):
+    /// HTTPS, except plain HTTP for loopback registries unless `WBUILD_OCI_TLS=1`.
     pub fn new(registry: &str) -> Result<Client, OciError> {
-        if registry.contains("://") {
-            return Err(invalid(
-                "registry",
-                registry,
-                "give host[:port] without a scheme (e.g. 127.0.0.1:5000)".to_string(),
-            ));
-        }
-        let (host, _port) =
-            parse_registry(registry).map_err(|r| invalid("registry", registry, r))?;
-        if !host.is_loopback() {
-            return Err(OciError::TlsUnsupported {
-                registry: registry.to_string(),
-            });
-        }
+        check_registry_arg(registry)?;
+        let (options, source) = ClientOptions::from_env_with_source(registry)?;
+        let mut client = Client::with_options(registry, &options)?;
+        client.credentials_source = source;
+        Ok(client)
+    }
+
+    /// A client with explicit options (the environment is not read).
+    pub fn with_options(registry: &str, options: &ClientOptions) -> Result<Client, OciError> {
+        let host = check_registry_arg(registry)?;
+        let tls = options.force_tls || !host.is_loopback();
+        let root_certs = match &options.ca_file {
+            None => RootCerts::WebPki,
+            Some(path) => {
+                let mut certs: Vec<Certificate<'static>> = webpki_root_certs::TLS_SERVER_ROOT_CERTS
+                    .iter()
+                    .map(|c| Certificate::from_der(c.as_ref()))
+                    .collect();
+                certs.extend(load_ca_file(path)?);
+                RootCerts::from(certs)
+            }
+        };
+        let tls_config = TlsConfig::builder()
+            .provider(TlsProvider::Rustls)
+            .root_certs(root_certs)
+            .build();
         let config = ureq::Agent::config_builder()
             .http_status_as_error(false)
-            .https_only(false)
+            // An https registry never falls back to http, not even through a redirect.
+            .https_only(tls)
             .max_redirects(5)
+            .redirect_auth_headers(RedirectAuthHeaders::SameHost)
+            .tls_config(tls_config)
             .user_agent(concat!("wbuild/", env!("CARGO_PKG_VERSION")))
             .timeout_connect(Some(IO_TIMEOUT))
             .timeout_per_read(Some(IO_TIMEOUT))
@@ -519,8 +920,11 @@ impl Client {
             .build();
         Ok(Client {
             registry: registry.to_string(),
-            base: format!("http://{registry}"),
+            base: format!("{}://{registry}", if tls { "https" } else { "http" }),
             agent: config.new_agent(),
+            credentials: options.credentials.clone(),
+            credentials_source: None,
+            auth: Arc::default(),
         })
     }
 
@@ -529,10 +933,18 @@ impl Client {
         &self.registry
     }
 
-    /// `GET /v2/`: checks that the registry speaks the distribution API and needs no auth.
+    /// `http://host[:port]` or `https://host[:port]`.
+    pub fn base_url(&self) -> &str {
+        &self.base
+    }
+
+    /// `GET /v2/`: checks that the registry speaks the distribution API (authenticating
+    /// if it asks).
     pub fn ping(&self) -> Result<(), OciError> {
         let url = format!("{}/v2/", self.base);
-        let mut resp = self.idempotent("GET", &url, || self.agent.get(&url).call())?;
+        let mut resp = self.send("GET", &url, None, true, |auth| {
+            with_auth(self.agent.get(&url), auth).call()
+        })?;
         if resp.status().is_success() {
             Ok(())
         } else {
@@ -548,20 +960,277 @@ impl Client {
         format!("{}/v2/{repository}/manifests/{reference}", self.base)
     }
 
-    /// Runs a GET/HEAD, retrying once after a connection-level failure.
-    fn idempotent(
+    fn state(&self) -> std::sync::MutexGuard<'_, AuthState> {
+        self.auth.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Whether `url` is on the registry itself (credentials go nowhere else).
+    fn same_origin(&self, url: &str) -> bool {
+        let n = self.base.len();
+        url.get(..n)
+            .is_some_and(|prefix| prefix.eq_ignore_ascii_case(&self.base))
+            && matches!(url.as_bytes().get(n), None | Some(b'/' | b'?'))
+    }
+
+    /// The `Authorization` value for a request, once the registry has asked for one.
+    fn authorization(&self, url: &str, scope: Option<&str>) -> Option<String> {
+        if !self.same_origin(url) {
+            return None;
+        }
+        let state = self.state();
+        match (state.scheme?, &self.credentials) {
+            (AuthScheme::Basic, Some(Credentials::Basic { username, password })) => {
+                Some(basic_header(username, password))
+            }
+            (AuthScheme::Basic, _) => None,
+            (AuthScheme::Bearer, Some(Credentials::Bearer(token))) => {
+                Some(format!("Bearer {token}"))
+            }
+            (AuthScheme::Bearer, _) => state
+                .tokens
+                .get(scope.unwrap_or_default())
+                .map(|t| format!("Bearer {t}")),
+        }
+    }
+
+    /// Sends a request (built by `send` with the `Authorization` value to use), answering
+    /// a 401 challenge once: Basic with the credentials, Bearer with a token from the
+    /// realm. A connection-level failure is retried once when `idempotent`. A final 401
+    /// or 403 is an [`OciError::Unauthorized`].
+    fn send(
         &self,
         method: &'static str,
         url: &str,
-        mut send: impl FnMut() -> Result<Response<Body>, ureq::Error>,
+        scope: Option<&str>,
+        idempotent: bool,
+        mut send: impl FnMut(Option<&str>) -> Result<Response<Body>, ureq::Error>,
     ) -> Result<Response<Body>, OciError> {
-        match send() {
-            Ok(r) => Ok(r),
+        let mut reauthenticated = false;
+        loop {
+            let auth = self.authorization(url, scope);
+            let mut resp = match send(auth.as_deref()) {
+                Ok(r) => r,
+                Err(e) if idempotent && is_retryable(&e) => {
+                    std::thread::sleep(Duration::from_millis(200));
+                    send(auth.as_deref()).map_err(|e| transport(method, url, e))?
+                }
+                Err(e) => return Err(transport(method, url, e)),
+            };
+            let status = resp.status().as_u16();
+            if status == 401
+                && !reauthenticated
+                && self.same_origin(url)
+                && self.authenticate(&resp, scope, auth.as_deref())?
+            {
+                reauthenticated = true;
+                continue;
+            }
+            if status == 401 || status == 403 {
+                return Err(self.unauthorized(method, url, &mut resp, scope));
+            }
+            return Ok(resp);
+        }
+    }
+
+    /// Answers a 401's `WWW-Authenticate` challenge: true when the request is worth
+    /// retrying with the (new) authorization.
+    fn authenticate(
+        &self,
+        resp: &Response<Body>,
+        scope: Option<&str>,
+        sent: Option<&str>,
+    ) -> Result<bool, OciError> {
+        let challenges: Vec<Challenge> = resp
+            .headers()
+            .get_all("www-authenticate")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(parse_challenges)
+            .collect();
+        if let Some(bearer) = challenges.iter().find(|c| c.scheme == "bearer") {
+            if let Some(Credentials::Bearer(_)) = &self.credentials {
+                // A static token: useful only if it was not sent yet.
+                if sent.is_some() {
+                    return Ok(false);
+                }
+                self.state().scheme = Some(AuthScheme::Bearer);
+                return Ok(true);
+            }
+            let Some(realm) = bearer.param("realm") else {
+                return Ok(false);
+            };
+            // Our scope first (pushes need pull,push), then what the registry names.
+            let mut scopes: Vec<&str> = scope.into_iter().collect();
+            for s in bearer.param("scope").unwrap_or_default().split_whitespace() {
+                if !scopes.contains(&s) {
+                    scopes.push(s);
+                }
+            }
+            let token = self.fetch_token(realm, bearer.param("service"), &scopes)?;
+            let mut state = self.state();
+            state.scheme = Some(AuthScheme::Bearer);
+            state
+                .tokens
+                .insert(scope.unwrap_or_default().to_string(), token);
+            return Ok(true);
+        }
+        if challenges.iter().any(|c| c.scheme == "basic")
+            && let Some(Credentials::Basic { .. }) = &self.credentials
+            && !sent.is_some_and(|s| s.starts_with("Basic "))
+        {
+            self.state().scheme = Some(AuthScheme::Basic);
+            return Ok(true);
+        }
+        Ok(false)
+    }
+
+    /// `GET <realm>?service=...&scope=...` (Basic credentials if any, else anonymous);
+    /// returns the `token` (or `access_token`) of the JSON answer.
+    fn fetch_token(
+        &self,
+        realm: &str,
+        service: Option<&str>,
+        scopes: &[&str],
+    ) -> Result<String, OciError> {
+        let secure = realm
+            .get(..8)
+            .is_some_and(|p| p.eq_ignore_ascii_case("https://"));
+        let loopback_http = !self.base.starts_with("https://")
+            && realm
+                .get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case("http://"))
+            && parse_registry(realm[7..].split(['/', '?']).next().unwrap_or_default())
+                .is_ok_and(|(host, _)| host.is_loopback());
+        if !(secure || loopback_http) {
+            return Err(OciError::Protocol {
+                method: "GET",
+                url: realm.to_string(),
+                reason: "the registry's token realm is not an https URL (plain http is \
+                         accepted only for a loopback token server of a loopback registry)"
+                    .to_string(),
+            });
+        }
+        let mut url = realm.to_string();
+        let mut sep = if realm.contains('?') { '&' } else { '?' };
+        for (name, value) in service
+            .map(|s| ("service", s))
+            .into_iter()
+            .chain(scopes.iter().map(|s| ("scope", *s)))
+        {
+            url.push(sep);
+            url.push_str(name);
+            url.push('=');
+            url.push_str(&query_encode(value));
+            sep = '&';
+        }
+        let auth = match &self.credentials {
+            Some(Credentials::Basic { username, password }) => {
+                Some(basic_header(username, password))
+            }
+            _ => None,
+        };
+        let send = || with_auth(self.agent.get(&url), auth.as_deref()).call();
+        let mut resp = match send() {
+            Ok(r) => r,
             Err(e) if is_retryable(&e) => {
                 std::thread::sleep(Duration::from_millis(200));
-                send().map_err(|e| transport(method, url, e))
+                send().map_err(|e| transport("GET", &url, e))?
             }
-            Err(e) => Err(transport(method, url, e)),
+            Err(e) => return Err(transport("GET", &url, e)),
+        };
+        let status = resp.status().as_u16();
+        if status == 401 || status == 403 {
+            let scope = scopes.first().copied();
+            return Err(self.unauthorized("GET", &url, &mut resp, scope));
+        }
+        if !resp.status().is_success() {
+            return Err(registry_error("GET", &url, &mut resp));
+        }
+        let body = resp
+            .body_mut()
+            .with_config()
+            .limit(MAX_TOKEN_RESPONSE)
+            .read_to_vec()
+            .map_err(|e| transport("GET", &url, e))?;
+        #[derive(serde::Deserialize)]
+        struct TokenResponse {
+            #[serde(default)]
+            token: Option<String>,
+            #[serde(default)]
+            access_token: Option<String>,
+        }
+        let parsed: TokenResponse =
+            serde_json::from_slice(&body).map_err(|_| OciError::Protocol {
+                method: "GET",
+                url: url.clone(),
+                reason: "the token server's answer is not the expected JSON object".to_string(),
+            })?;
+        parsed
+            .token
+            .filter(|t| !t.is_empty())
+            .or(parsed.access_token.filter(|t| !t.is_empty()))
+            .ok_or_else(|| OciError::Protocol {
+                method: "GET",
+                url,
+                reason: "the token server's answer has no \"token\" or \"access_token\""
+                    .to_string(),
+            })
+    }
+
+    /// The error for a final 401/403: names the registry and where credentials come from.
+    fn unauthorized(
+        &self,
+        method: &'static str,
+        url: &str,
+        resp: &mut Response<Body>,
+        scope: Option<&str>,
+    ) -> OciError {
+        let status = resp.status().as_u16();
+        let (_, message) = error_details(method, resp);
+        let registry = &self.registry;
+        let access = match scope {
+            Some(s) if s.ends_with("push") => "push",
+            _ => "pull",
+        };
+        let how = format!(
+            "set {ENV_USERNAME} and {ENV_PASSWORD} (or {ENV_TOKEN} for a bearer token), or \
+             add auths.\"{registry}\".auth (base64 of user:password) to \
+             $DOCKER_CONFIG/config.json or ~/.docker/config.json (e.g. with `docker login \
+             {registry}`)"
+        );
+        let advice = match &self.credentials {
+            None => format!("no credentials are set for {registry}: {how}"),
+            Some(creds) => {
+                let source = self
+                    .credentials_source
+                    .as_deref()
+                    .unwrap_or("given to the client");
+                let (who, plural) = match creds {
+                    Credentials::Basic { username, .. } => (
+                        format!("the credentials of user {username:?} ({source})"),
+                        true,
+                    ),
+                    Credentials::Bearer(_) => (format!("the bearer token ({source})"), false),
+                };
+                if status == 403 {
+                    let verb = if plural { "do" } else { "does" };
+                    format!(
+                        "{who} {verb} not grant {access} access to this repository; to use \
+                         other credentials, {how}"
+                    )
+                } else {
+                    let verb = if plural { "were" } else { "was" };
+                    format!("{who} {verb} not accepted; check them, or {how}")
+                }
+            }
+        };
+        OciError::Unauthorized {
+            method,
+            url: url.to_string(),
+            registry: registry.clone(),
+            status,
+            message,
+            advice,
         }
     }
 
@@ -569,8 +1238,19 @@ impl Client {
     pub fn blob_exists(&self, repository: &str, digest: &str) -> Result<bool, OciError> {
         validate_repository(repository)?;
         validate_digest(digest)?;
+        self.blob_exists_in_scope(repository, digest, &repo_scope(repository, false))
+    }
+
+    fn blob_exists_in_scope(
+        &self,
+        repository: &str,
+        digest: &str,
+        scope: &str,
+    ) -> Result<bool, OciError> {
         let url = self.blob_url(repository, digest);
-        let mut resp = self.idempotent("HEAD", &url, || self.agent.head(&url).call())?;
+        let mut resp = self.send("HEAD", &url, Some(scope), true, |auth| {
+            with_auth(self.agent.head(&url), auth).call()
+        })?;
         match resp.status() {
             s if s.is_success() => Ok(true),
             StatusCode::NOT_FOUND => Ok(false),
@@ -596,17 +1276,18 @@ impl Client {
                 actual,
             });
         }
-        if self.blob_exists(repository, digest)? {
+        let scope = repo_scope(repository, true);
+        if self.blob_exists_in_scope(repository, digest, &scope)? {
             return Ok(false);
         }
-        let location = self.start_upload(repository)?;
+        let location = self.start_upload(repository, &scope)?;
         let url = upload_url(&location, digest);
-        let result = self
-            .agent
-            .put(&url)
-            .header("Content-Type", "application/octet-stream")
-            .send(bytes);
-        self.finish_upload(&location, &url, digest, result)?;
+        let result = self.send("PUT", &url, Some(&scope), false, |auth| {
+            with_auth(self.agent.put(&url), auth)
+                .header("Content-Type", "application/octet-stream")
+                .send(bytes)
+        });
+        self.finish_upload(&location, &url, digest, &scope, result)?;
         Ok(true)
     }
 
@@ -640,41 +1321,51 @@ impl Client {
                 ),
             ));
         }
-        if self.blob_exists(repository, digest)? {
+        let scope = repo_scope(repository, true);
+        if self.blob_exists_in_scope(repository, digest, &scope)? {
             return Ok(false);
         }
-        let location = self.start_upload(repository)?;
+        let location = self.start_upload(repository, &scope)?;
         let url = upload_url(&location, digest);
-        let mut reader = HashingReader::new(file.take(size));
-        let result = self
-            .agent
-            .put(&url)
-            .header("Content-Type", "application/octet-stream")
-            .header("Content-Length", size.to_string())
-            .send(SendBody::from_reader(&mut reader));
-        if result.is_ok() {
-            let (count, actual) = reader.finish();
-            if count == size && actual != digest {
-                self.cancel_upload(&location);
-                return Err(OciError::ContentMismatch {
-                    what: format!("file {}", path.display()),
-                    digest: digest.to_string(),
-                    actual,
-                });
-            }
+        // (bytes sent, their digest) of the last attempt; a retry after an authentication
+        // challenge reads the file again from the start.
+        let mut sent: Option<(u64, String)> = None;
+        let mut file = Some(file);
+        let result = self.send("PUT", &url, Some(&scope), false, |auth| {
+            let f = match file.take() {
+                Some(f) => f,
+                None => File::open(path).map_err(ureq::Error::Io)?,
+            };
+            let mut reader = HashingReader::new(f.take(size));
+            let r = with_auth(self.agent.put(&url), auth)
+                .header("Content-Type", "application/octet-stream")
+                .header("Content-Length", size.to_string())
+                .send(SendBody::from_reader(&mut reader));
+            sent = Some(reader.finish());
+            r
+        });
+        if result.is_ok()
+            && let Some((count, actual)) = sent
+            && count == size
+            && actual != digest
+        {
+            self.cancel_upload(&location, &scope);
+            return Err(OciError::ContentMismatch {
+                what: format!("file {}", path.display()),
+                digest: digest.to_string(),
+                actual,
+            });
         }
-        self.finish_upload(&location, &url, digest, result)?;
+        self.finish_upload(&location, &url, digest, &scope, result)?;
         Ok(true)
     }
 
     /// `POST /v2/<repo>/blobs/uploads/`: returns the absolute upload URL.
-    fn start_upload(&self, repository: &str) -> Result<String, OciError> {
+    fn start_upload(&self, repository: &str, scope: &str) -> Result<String, OciError> {
         let url = format!("{}/v2/{repository}/blobs/uploads/", self.base);
-        let mut resp = self
-            .agent
-            .post(&url)
-            .send_empty()
-            .map_err(|e| transport("POST", &url, e))?;
+        let mut resp = self.send("POST", &url, Some(scope), false, |auth| {
+            with_auth(self.agent.post(&url), auth).send_empty()
+        })?;
         if resp.status() != StatusCode::ACCEPTED {
             return Err(registry_error("POST", &url, &mut resp));
         }
@@ -687,19 +1378,35 @@ impl Client {
     }
 
     /// Makes a Location header absolute (it may be absolute, scheme-relative,
-    /// absolute-path or relative to the request URL).
+    /// absolute-path or relative to the request URL). An https registry's uploads never
+    /// go to a plain http URL.
     fn resolve_location(&self, request_url: &str, location: &str) -> Result<String, OciError> {
-        if let Some(rest) = location.strip_prefix("https://") {
-            let registry = rest.split(['/', '?']).next().unwrap_or_default();
-            return Err(OciError::TlsUnsupported {
-                registry: registry.to_string(),
-            });
+        let tls = self.base.starts_with("https://");
+        let has_scheme = |scheme: &str| {
+            location
+                .get(..scheme.len())
+                .is_some_and(|p| p.eq_ignore_ascii_case(scheme))
+        };
+        if has_scheme("https://") {
+            return Ok(location.to_string());
         }
-        if location.starts_with("http://") {
+        if has_scheme("http://") {
+            if tls {
+                return Err(OciError::Protocol {
+                    method: "POST",
+                    url: request_url.to_string(),
+                    reason: format!(
+                        "the upload Location {location:?} is plain http, but the registry is \
+                         reached over https: refusing to send the blob unencrypted (check the \
+                         registry's external URL / proxy headers)"
+                    ),
+                });
+            }
             return Ok(location.to_string());
         }
         if let Some(rest) = location.strip_prefix("//") {
-            return Ok(format!("http://{rest}"));
+            let scheme = if tls { "https" } else { "http" };
+            return Ok(format!("{scheme}://{rest}"));
         }
         if location.starts_with('/') {
             return Ok(format!("{}{location}", self.base));
@@ -723,18 +1430,19 @@ impl Client {
         location: &str,
         url: &str,
         digest: &str,
-        result: Result<Response<Body>, ureq::Error>,
+        scope: &str,
+        result: Result<Response<Body>, OciError>,
     ) -> Result<(), OciError> {
         let mut resp = match result {
             Ok(r) => r,
             Err(e) => {
-                self.cancel_upload(location);
-                return Err(transport("PUT", url, e));
+                self.cancel_upload(location, scope);
+                return Err(e);
             }
         };
         if !resp.status().is_success() {
             let err = registry_error("PUT", url, &mut resp);
-            self.cancel_upload(location);
+            self.cancel_upload(location, scope);
             return Err(err);
         }
         if let Some(reported) = header(&resp, "docker-content-digest")
@@ -749,8 +1457,9 @@ impl Client {
         Ok(())
     }
 
-    fn cancel_upload(&self, location: &str) {
-        let _ = self.agent.delete(location).call();
+    fn cancel_upload(&self, location: &str, scope: &str) {
+        let auth = self.authorization(location, Some(scope));
+        let _ = with_auth(self.agent.delete(location), auth.as_deref()).call();
     }
 
     /// `PUT /v2/<repo>/manifests/<reference>` with Content-Type `media_type`; returns the
@@ -780,12 +1489,12 @@ impl Client {
             });
         }
         let url = self.manifest_url(repository, reference);
-        let mut resp = self
-            .agent
-            .put(&url)
-            .header("Content-Type", media_type)
-            .send(bytes)
-            .map_err(|e| transport("PUT", &url, e))?;
+        let scope = repo_scope(repository, true);
+        let mut resp = self.send("PUT", &url, Some(&scope), false, |auth| {
+            with_auth(self.agent.put(&url), auth)
+                .header("Content-Type", media_type)
+                .send(bytes)
+        })?;
         if !resp.status().is_success() {
             return Err(registry_error("PUT", &url, &mut resp));
         }
@@ -813,8 +1522,11 @@ impl Client {
         let by_digest = validate_manifest_ref(reference)?;
         let url = self.manifest_url(repository, reference);
         let accept = format!("{MEDIA_TYPE_IMAGE_MANIFEST}, {MEDIA_TYPE_IMAGE_INDEX}");
-        let mut resp = self.idempotent("GET", &url, || {
-            self.agent.get(&url).header("Accept", &accept).call()
+        let scope = repo_scope(repository, false);
+        let mut resp = self.send("GET", &url, Some(&scope), true, |auth| {
+            with_auth(self.agent.get(&url), auth)
+                .header("Accept", &accept)
+                .call()
         })?;
         if resp.status() != StatusCode::OK {
             return Err(registry_error("GET", &url, &mut resp));
@@ -875,7 +1587,7 @@ impl Client {
         validate_repository(repository)?;
         validate_digest(digest)?;
         let url = self.blob_url(repository, digest);
-        let mut resp = self.get_blob(&url)?;
+        let mut resp = self.get_blob(repository, &url)?;
         let too_large = || OciError::TooLarge {
             url: url.clone(),
             digest: digest.to_string(),
@@ -915,7 +1627,7 @@ impl Client {
         validate_repository(repository)?;
         validate_digest(digest)?;
         let url = self.blob_url(repository, digest);
-        let mut resp = self.get_blob(&url)?;
+        let mut resp = self.get_blob(repository, &url)?;
 
         let mut temp = TempFile::create_next_to(dest)?;
         let io_err = |action, path: &Path, source| OciError::Io {
@@ -958,8 +1670,11 @@ impl Client {
         Ok(total)
     }
 
-    fn get_blob(&self, url: &str) -> Result<Response<Body>, OciError> {
-        let mut resp = self.idempotent("GET", url, || self.agent.get(url).call())?;
+    fn get_blob(&self, repository: &str, url: &str) -> Result<Response<Body>, OciError> {
+        let scope = repo_scope(repository, false);
+        let mut resp = self.send("GET", url, Some(&scope), true, |auth| {
+            with_auth(self.agent.get(url), auth).call()
+        })?;
         if resp.status() != StatusCode::OK {
             return Err(registry_error("GET", url, &mut resp));
         }
@@ -989,7 +1704,25 @@ fn header(resp: &Response<Body>, name: &str) -> Option<String> {
 }
 
 fn is_retryable(e: &ureq::Error) -> bool {
-    matches!(e, ureq::Error::Io(_) | ureq::Error::ConnectionFailed)
+    match e {
+        // rustls reports TLS failures as InvalidData I/O errors: retrying does not help.
+        ureq::Error::Io(io) => io.kind() != io::ErrorKind::InvalidData,
+        ureq::Error::ConnectionFailed => true,
+        _ => false,
+    }
+}
+
+/// A hint for a TLS failure, from the (rustls) error's text.
+fn tls_hint(text: &str) -> &'static str {
+    if text.contains("certificate") || text.contains("Certificate") {
+        "; the registry's TLS certificate is not trusted (or not valid for this address): if \
+         it comes from a private CA, point WBUILD_OCI_CA_FILE at that CA's certificate (PEM)"
+    } else if text.contains("corrupt message") || text.contains("InvalidContentType") {
+        "; the TLS handshake failed: is the registry serving plain HTTP? (only loopback \
+         registries can, and they are reached over http unless WBUILD_OCI_TLS=1)"
+    } else {
+        "; the TLS handshake with the registry failed"
+    }
 }
 
 fn transport(method: &'static str, url: &str, e: ureq::Error) -> OciError {
@@ -997,12 +1730,16 @@ fn transport(method: &'static str, url: &str, e: ureq::Error) -> OciError {
         ureq::Error::Io(io) if io.kind() == io::ErrorKind::ConnectionRefused => {
             "; is the registry running and listening at that address?"
         }
+        ureq::Error::Io(io) if io.kind() == io::ErrorKind::InvalidData => tls_hint(&io.to_string()),
         ureq::Error::ConnectionFailed | ureq::Error::HostNotFound => {
             "; is the registry running and listening at that address?"
         }
         ureq::Error::Timeout(_) => "; the registry did not answer in time (retry, or check it)",
-        ureq::Error::Tls(_) | ureq::Error::TlsRequired => {
-            "; TLS is not supported yet: use a loopback registry or mirror over plain HTTP"
+        ureq::Error::Rustls(tls) => tls_hint(&tls.to_string()),
+        ureq::Error::Tls(text) => tls_hint(text),
+        ureq::Error::TlsRequired => {
+            "; refusing plain HTTP: this registry is reached over HTTPS, and so is everything \
+             it redirects to"
         }
         _ => "",
     };
@@ -1017,6 +1754,24 @@ fn transport(method: &'static str, url: &str, e: ureq::Error) -> OciError {
 /// Builds an [`OciError::Registry`] from an error response, reading its (JSON) body.
 fn registry_error(method: &'static str, url: &str, resp: &mut Response<Body>) -> OciError {
     let status = resp.status().as_u16();
+    let (code, message) = error_details(method, resp);
+    let hint = if status == 400 && message.contains("HTTP request to an HTTPS server") {
+        " (the registry serves HTTPS: set WBUILD_OCI_TLS=1 to use TLS with a loopback registry)"
+    } else {
+        error_hint(status, code.as_deref())
+    };
+    OciError::Registry {
+        method,
+        url: url.to_string(),
+        status,
+        hint,
+        code,
+        message,
+    }
+}
+
+/// (first error code, message) of an error response, from its (JSON) body.
+fn error_details(method: &'static str, resp: &mut Response<Body>) -> (Option<String>, String) {
     let mut body = Vec::new();
     if method != "HEAD" {
         let _ = resp
@@ -1032,14 +1787,7 @@ fn registry_error(method: &'static str, url: &str, resp: &mut Response<Body>) ->
             .unwrap_or("unknown status")
             .to_lowercase()
     });
-    OciError::Registry {
-        method,
-        url: url.to_string(),
-        status,
-        hint: error_hint(status, code.as_deref()),
-        code,
-        message,
-    }
+    (code, message)
 }
 
 /// Parses `{"errors":[{"code","message","detail"}]}`; falls back to the start of the text.
@@ -1103,13 +1851,105 @@ fn error_hint(status: u16, code: Option<&str>) -> &'static str {
         (_, Some("TAG_INVALID")) => " (the tag is not valid for this registry)",
         (404, _) => " (not found: check the repository name and the tag or digest)",
         (401 | 403, _) => {
-            " (the registry requires authentication, which wbuild does not support yet)"
+            " (authentication failed: set WBUILD_OCI_USERNAME and WBUILD_OCI_PASSWORD, or \
+             WBUILD_OCI_TOKEN, or add the registry to the docker config)"
         }
         (405, _) => " (the registry does not allow this operation; is it a read-only mirror?)",
         (429, _) => " (rate limited: retry later)",
         (500..=599, _) => " (registry-side failure: see the registry's logs, then retry)",
         _ => "",
     }
+}
+
+/// One challenge of a `WWW-Authenticate` header: scheme (lowercase) and parameters.
+#[derive(Debug, PartialEq, Eq)]
+struct Challenge {
+    scheme: String,
+    params: Vec<(String, String)>,
+}
+
+impl Challenge {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Parses `Bearer realm="https://auth/token",service="registry",scope="repository:r:pull"`
+/// (several challenges may share one header: `Basic realm="x", Bearer realm="y"`).
+fn parse_challenges(header: &str) -> Vec<Challenge> {
+    let s = header.as_bytes();
+    let sep = |b: u8| b == b',' || b.is_ascii_whitespace();
+    let mut out: Vec<Challenge> = Vec::new();
+    let mut i = 0;
+    while i < s.len() {
+        while i < s.len() && sep(s[i]) {
+            i += 1;
+        }
+        let start = i;
+        while i < s.len() && !sep(s[i]) && s[i] != b'=' {
+            i += 1;
+        }
+        if start == i {
+            i += 1; // a stray '='
+            continue;
+        }
+        let token = &header[start..i];
+        let mut j = i;
+        while j < s.len() && s[j] == b' ' {
+            j += 1;
+        }
+        if j < s.len() && s[j] == b'=' {
+            j += 1;
+            while j < s.len() && s[j] == b' ' {
+                j += 1;
+            }
+            let value = if j < s.len() && s[j] == b'"' {
+                j += 1;
+                let mut v = Vec::new();
+                while j < s.len() && s[j] != b'"' {
+                    if s[j] == b'\\' && j + 1 < s.len() {
+                        j += 1;
+                    }
+                    v.push(s[j]);
+                    j += 1;
+                }
+                j += 1; // the closing quote
+                String::from_utf8_lossy(&v).into_owned()
+            } else {
+                let st = j;
+                while j < s.len() && !sep(s[j]) {
+                    j += 1;
+                }
+                header[st..j].to_string()
+            };
+            if let Some(c) = out.last_mut() {
+                c.params.push((token.to_ascii_lowercase(), value));
+            }
+        } else {
+            out.push(Challenge {
+                scheme: token.to_ascii_lowercase(),
+                params: Vec::new(),
+            });
+        }
+        i = j;
+    }
+    out
+}
+
+/// Percent-encodes a query parameter value (everything but RFC 3986 unreserved bytes).
+fn query_encode(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    for b in value.bytes() {
+        if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
 }
 
 /// Hashes and counts what is read through it.
@@ -1373,8 +2213,17 @@ mod tests {
         );
     }
 
+    fn client(registry: &str, options: &ClientOptions) -> Client {
+        Client::with_options(registry, options).unwrap_or_else(|e| panic!("{registry}: {e}"))
+    }
+
     #[test]
-    fn client_requires_loopback() {
+    fn https_except_loopback() {
+        let plain = ClientOptions::default();
+        let tls = ClientOptions {
+            force_tls: true,
+            ..ClientOptions::default()
+        };
         for ok in [
             "localhost:5000",
             "127.0.0.1:1234",
@@ -1382,8 +2231,10 @@ mod tests {
             "[::1]:5000",
             "LOCALHOST",
         ] {
-            let c = Client::new(ok).unwrap_or_else(|e| panic!("{ok}: {e}"));
+            let c = client(ok, &plain);
             assert_eq!(c.registry(), ok);
+            assert_eq!(c.base_url(), format!("http://{ok}"));
+            assert_eq!(client(ok, &tls).base_url(), format!("https://{ok}"));
         }
         for remote in [
             "ghcr.io",
@@ -1391,25 +2242,165 @@ mod tests {
             "10.0.0.1:5000",
             "[2001:db8::1]",
         ] {
-            let e = Client::new(remote).unwrap_err();
-            assert!(
-                matches!(e, OciError::TlsUnsupported { .. }),
-                "{remote}: {e:?}"
+            assert_eq!(
+                client(remote, &plain).base_url(),
+                format!("https://{remote}")
             );
-            let msg = e.to_string();
-            assert!(msg.contains(remote), "{msg}");
-            assert!(
-                msg.contains("TLS registries are not supported yet"),
-                "{msg}"
-            );
-            assert!(msg.contains("loopback"), "{msg}");
+            assert_eq!(client(remote, &tls).base_url(), format!("https://{remote}"));
         }
-        let e = Client::new("http://localhost:5000")
+        let e = Client::with_options("http://localhost:5000", &plain)
             .unwrap_err()
             .to_string();
         assert!(e.contains("without a scheme"), "{e}");
         let e = Client::new("local_host").unwrap_err().to_string();
         assert!(e.contains("invalid registry \"local_host\""), "{e}");
+    }
+
+    #[test]
+    fn ca_file_errors() {
+        let dir = tempfile::tempdir().unwrap();
+        let options = |path: &Path| ClientOptions {
+            ca_file: Some(path.to_path_buf()),
+            ..ClientOptions::default()
+        };
+        let missing = dir.path().join("missing.pem");
+        let e = Client::with_options("ghcr.io", &options(&missing))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("missing.pem") && e.contains("WBUILD_OCI_CA_FILE"),
+            "{e}"
+        );
+        let empty = dir.path().join("empty.pem");
+        fs::write(&empty, "no certificates here\n").unwrap();
+        let e = Client::with_options("ghcr.io", &options(&empty))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("has no PEM certificate"), "{e}");
+    }
+
+    #[test]
+    fn credentials_are_never_shown() {
+        let basic = Credentials::Basic {
+            username: "alice".into(),
+            password: "hunter2".into(),
+        };
+        let bearer = Credentials::Bearer("tok-secret".into());
+        let shown = format!("{basic:?} {bearer:?}");
+        assert!(shown.contains("alice"), "{shown}");
+        assert!(
+            !shown.contains("hunter2") && !shown.contains("tok-secret"),
+            "{shown}"
+        );
+        let c = client(
+            "ghcr.io",
+            &ClientOptions {
+                credentials: Some(basic),
+                ..ClientOptions::default()
+            },
+        );
+        assert!(!format!("{c:?}").contains("hunter2"));
+    }
+
+    #[test]
+    fn docker_config_entries() {
+        use base64::Engine as _;
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let config = format!(
+            r#"{{"auths": {{
+                "https://index.docker.io/v1/": {{"auth": "{hub}"}},
+                "https://ghcr.io": {{"auth": "{gh}"}},
+                "registry.example.com:5000": {{"auth": "{ex}"}},
+                "tok.example.com": {{"registrytoken": "t0k"}},
+                "split.example.com": {{"username": "u", "password": "p"}},
+                "helper.example.com": {{}},
+                "bad.example.com": {{"auth": "{bad}"}}
+            }}, "credsStore": "desktop"}}"#,
+            hub = b64("hubuser:hubpass"),
+            gh = b64("ghuser:gh:pass"),
+            ex = b64("exuser:expass"),
+            bad = b64("no-colon-secret"),
+        );
+        let lookup = |registry: &str| docker_config_lookup(config.as_bytes(), registry);
+        let basic = |u: &str, p: &str| Credentials::Basic {
+            username: u.into(),
+            password: p.into(),
+        };
+        assert_eq!(
+            lookup("ghcr.io").unwrap(),
+            Some(("https://ghcr.io".to_string(), basic("ghuser", "gh:pass")))
+        );
+        assert_eq!(
+            lookup("registry.example.com:5000").unwrap().unwrap().1,
+            basic("exuser", "expass")
+        );
+        assert_eq!(
+            lookup("registry.example.com").unwrap(),
+            None,
+            "the port is part of the key"
+        );
+        assert_eq!(
+            lookup("registry-1.docker.io").unwrap().unwrap().1,
+            basic("hubuser", "hubpass")
+        );
+        assert_eq!(
+            lookup("tok.example.com").unwrap().unwrap().1,
+            Credentials::Bearer("t0k".into())
+        );
+        assert_eq!(
+            lookup("split.example.com").unwrap().unwrap().1,
+            basic("u", "p")
+        );
+        assert_eq!(lookup("helper.example.com").unwrap(), None);
+        assert_eq!(lookup("other.example.com").unwrap(), None);
+        let e = lookup("bad.example.com").unwrap_err();
+        assert!(e.contains("user:password") && !e.contains("secret"), "{e}");
+        let e = docker_config_lookup(br#"{"auths": {"x": "s3cret"}}"#, "x").unwrap_err();
+        assert!(e.contains("line 1") && !e.contains("s3cret"), "{e}");
+        assert_eq!(docker_config_lookup(b"{}", "x").unwrap(), None);
+
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("config.json");
+        assert_eq!(
+            Credentials::from_docker_config(&path, "ghcr.io").unwrap(),
+            None
+        );
+        fs::write(&path, &config).unwrap();
+        assert_eq!(
+            Credentials::from_docker_config(&path, "ghcr.io").unwrap(),
+            Some(basic("ghuser", "gh:pass"))
+        );
+    }
+
+    #[test]
+    fn www_authenticate_challenges() {
+        let c = parse_challenges(
+            r#"Bearer realm="https://auth.example.com/token",service="registry.example.com",scope="repository:a/b:pull,push""#,
+        );
+        assert_eq!(c.len(), 1);
+        assert_eq!(c[0].scheme, "bearer");
+        assert_eq!(c[0].param("realm"), Some("https://auth.example.com/token"));
+        assert_eq!(c[0].param("Service"), Some("registry.example.com"));
+        assert_eq!(c[0].param("scope"), Some("repository:a/b:pull,push"));
+        assert_eq!(c[0].param("error"), None);
+
+        let c = parse_challenges(
+            r#"Basic realm="Registry \"x\"", Bearer realm=http://h/t , error=insufficient_scope"#,
+        );
+        assert_eq!(c.len(), 2);
+        assert_eq!(c[0].scheme, "basic");
+        assert_eq!(c[0].param("realm"), Some("Registry \"x\""));
+        assert_eq!(c[1].scheme, "bearer");
+        assert_eq!(c[1].param("realm"), Some("http://h/t"));
+        assert_eq!(c[1].param("error"), Some("insufficient_scope"));
+        assert!(parse_challenges("").is_empty());
+        assert_eq!(parse_challenges("Basic")[0].scheme, "basic");
+
+        assert_eq!(
+            query_encode("repository:a/b:pull,push x"),
+            "repository%3Aa%2Fb%3Apull%2Cpush%20x"
+        );
+        assert_eq!(query_encode("reg.example-1_~"), "reg.example-1_~");
     }
 
     #[test]
@@ -1428,7 +2419,7 @@ mod tests {
                 D.replace(':', "%3A")
             )
         );
-        let c = Client::new("127.0.0.1:5000").unwrap();
+        let c = client("127.0.0.1:5000", &ClientOptions::default());
         let req = "http://127.0.0.1:5000/v2/r/blobs/uploads/";
         assert_eq!(
             c.resolve_location(req, "/v2/r/blobs/uploads/u?x=1")
@@ -1448,10 +2439,34 @@ mod tests {
             c.resolve_location(req, "u?x=1").unwrap(),
             "http://127.0.0.1:5000/v2/r/blobs/uploads/u?x=1"
         );
-        assert!(matches!(
-            c.resolve_location(req, "https://cdn.example.com/u"),
-            Err(OciError::TlsUnsupported { .. })
-        ));
+        assert_eq!(
+            c.resolve_location(req, "https://cdn.example.com/u")
+                .unwrap(),
+            "https://cdn.example.com/u"
+        );
+        assert!(c.same_origin("http://127.0.0.1:5000/v2/"));
+        assert!(!c.same_origin("http://127.0.0.1:50000/v2/"));
+        assert!(!c.same_origin("http://127.0.0.1:5001/up"));
+
+        // An https registry: never downgraded to http.
+        let c = client("registry.example.com", &ClientOptions::default());
+        let req = "https://registry.example.com/v2/r/blobs/uploads/";
+        assert_eq!(
+            c.resolve_location(req, "/v2/r/blobs/uploads/u").unwrap(),
+            "https://registry.example.com/v2/r/blobs/uploads/u"
+        );
+        assert_eq!(
+            c.resolve_location(req, "//storage.example.com/u").unwrap(),
+            "https://storage.example.com/u"
+        );
+        let e = c
+            .resolve_location(req, "http://registry.example.com/v2/r/blobs/uploads/u")
+            .unwrap_err();
+        assert!(matches!(e, OciError::Protocol { .. }), "{e:?}");
+        assert!(e.to_string().contains("plain http"), "{e}");
+        assert!(c.same_origin("https://REGISTRY.example.com/v2/r?x"));
+        assert!(!c.same_origin("https://registry.example.com.evil/v2/"));
+        assert!(!c.same_origin("http://registry.example.com/v2/"));
     }
 
     #[test]
@@ -1471,7 +2486,7 @@ mod tests {
 
     #[test]
     fn client_methods_validate_arguments() {
-        let c = Client::new("127.0.0.1:1").unwrap();
+        let c = client("127.0.0.1:1", &ClientOptions::default());
         let e = c.blob_exists("Bad", D).unwrap_err().to_string();
         assert!(
             e.contains("invalid repository \"Bad\"") && e.contains("lowercase"),
