@@ -164,8 +164,48 @@ enum CacheCmd {
     },
 }
 
+/// Set once a panic inside redb was reported.
+static REDB_PANICKED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// The cache directory in use, for the panic hook.
+static CACHE_DIR: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+
+/// A panic inside redb means the cache index is damaged (redb trusts its pages on ordinary
+/// reads): say so plainly, and have the next open check and repair the index.
+fn install_panic_hook() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        let in_redb = info.location().is_some_and(|l| l.file().contains("/redb-"));
+        if in_redb && wbuild_store::redb_panic_is_handled() {
+            return; // the store turns it into an error and repairs
+        }
+        // After a redb panic in a worker, the panics it causes elsewhere say nothing new.
+        if REDB_PANICKED.load(std::sync::atomic::Ordering::SeqCst) {
+            return;
+        }
+        if in_redb && let Some(dir) = CACHE_DIR.get() {
+            REDB_PANICKED.store(true, std::sync::atomic::Ordering::SeqCst);
+            Store::request_index_check(dir);
+            let what = info
+                .payload()
+                .downcast_ref::<String>()
+                .map(String::as_str)
+                .or_else(|| info.payload().downcast_ref::<&str>().copied())
+                .unwrap_or("a panic");
+            eprintln!(
+                "error: the cache index {} is damaged (redb: {what}); nothing was built from it. The next wbuild command checks and repairs it; `wbuild cache verify` does so now.",
+                dir.join("index.redb").display()
+            );
+            return;
+        }
+        default(info);
+    }));
+}
+
 fn main() {
+    install_panic_hook();
     let cli = Cli::parse();
+    let _ = CACHE_DIR.set(cli.cache_dir.clone().unwrap_or_else(Store::default_dir));
     let code = match run(cli) {
         Ok(code) => code,
         Err(e) => {
@@ -197,6 +237,16 @@ fn open_store_with(
         other => other,
     };
     let store = store.with_context(|| format!("cannot open cache {}", dir.display()))?;
+    match store.index_check() {
+        Some(wbuild_store::IndexCheck::Repaired) => {
+            eprintln!("note: the cache index was damaged; redb repaired it")
+        }
+        Some(wbuild_store::IndexCheck::Replaced { aside, reason }) => eprintln!(
+            "warning: the cache index was damaged beyond repair ({reason}); moved aside to {} and rebuilt: actions whose cache entries were lost run again",
+            aside.display()
+        ),
+        _ => {}
+    }
     Ok(Arc::new(store))
 }
 
@@ -881,7 +931,32 @@ fn parse_size(s: &str) -> Result<u64> {
 }
 
 fn cache(cli: &Cli, cmd: &CacheCmd) -> Result<i32> {
+    if matches!(cmd, CacheCmd::Verify) {
+        // Verify checks every page of the index too (as the open after a redb panic does).
+        let dir = cli.cache_dir.clone().unwrap_or_else(Store::default_dir);
+        if dir.join("index.redb").exists() {
+            Store::request_index_check(&dir);
+        }
+    }
     let store = open_store(&cli.cache_dir)?;
+    let index_damaged = match store.index_check() {
+        Some(wbuild_store::IndexCheck::Repaired) => {
+            println!(
+                "index {}: damaged pages found and repaired",
+                store.dir().join("index.redb").display()
+            );
+            true
+        }
+        Some(wbuild_store::IndexCheck::Replaced { aside, reason }) => {
+            println!(
+                "index {}: damaged beyond repair ({reason}); moved aside to {} and rebuilt (blobs are kept; actions whose cache entries were lost run again)",
+                store.dir().join("index.redb").display(),
+                aside.display()
+            );
+            true
+        }
+        _ => false,
+    };
     if !matches!(cmd, CacheCmd::Stats) {
         // Whatever these change, the next build must look at the action cache again.
         uptodate::forget_all(store.dir());
@@ -944,7 +1019,8 @@ fn cache(cli: &Cli, cmd: &CacheCmd) -> Result<i32> {
                 r.metadata_added, r.metadata_removed, r.stat_entries_dropped, r.tmp_entries_removed
             );
             // Index rows lost in a crash are routine repairs; damaged data is not.
-            if !r.corrupt.is_empty()
+            if index_damaged
+                || !r.corrupt.is_empty()
                 || !r.stray_files_removed.is_empty()
                 || r.ac_entries_dropped > 0
             {

@@ -496,6 +496,20 @@ impl Scheduler<'_> {
             generated: all_generated,
             first_error,
         } = ctx;
+        // A panic in this worker (a bug, or a damaged cache index making redb panic) must
+        // stop the build, not leave the other workers waiting for this one's action.
+        struct StopOnPanic<'a>(&'a Mutex<Shared>, &'a Condvar);
+        impl Drop for StopOnPanic<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                    st.stop = true;
+                    drop(st);
+                    self.1.notify_all();
+                }
+            }
+        }
+        let _stop_on_panic = StopOnPanic(shared, cv);
         loop {
             let idx = {
                 let mut st = shared.lock().expect("scheduler state");

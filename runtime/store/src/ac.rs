@@ -6,7 +6,10 @@ use crate::store::now_ms;
 use crate::tables::{AC, AC_LABEL, ACCESS_LOGS};
 use crate::{Digest, Store, StoreError, reapi};
 
-const ENTRY_VERSION: u8 = 1;
+/// Version 2 rows carry a checksum: redb does not verify its pages on ordinary reads, and a
+/// damaged row must read as a miss, never as another result.
+const ENTRY_VERSION: u8 = 2;
+const CHECKSUM_LEN: usize = 16;
 
 /// A decoded action-cache row.
 pub(crate) struct AcEntry {
@@ -15,23 +18,33 @@ pub(crate) struct AcEntry {
     pub(crate) result: reapi::ActionResult,
 }
 
+/// `[version][BLAKE3(body)[..16]][body]`, body = time, label length, label, action size,
+/// prost-encoded `ActionResult`.
 pub(crate) fn encode_entry(action: &Digest, result: &reapi::ActionResult, label: &str) -> Vec<u8> {
-    let mut v = Vec::with_capacity(1 + 8 + 4 + label.len() + 8 + result.encoded_len());
+    let mut body = Vec::with_capacity(8 + 4 + label.len() + 8 + result.encoded_len());
+    body.extend_from_slice(&now_ms().to_le_bytes());
+    body.extend_from_slice(&(label.len() as u32).to_le_bytes());
+    body.extend_from_slice(label.as_bytes());
+    body.extend_from_slice(&action.size.to_le_bytes());
+    result.encode(&mut body).expect("Vec grows");
+    let mut v = Vec::with_capacity(1 + CHECKSUM_LEN + body.len());
     v.push(ENTRY_VERSION);
-    v.extend_from_slice(&now_ms().to_le_bytes());
-    v.extend_from_slice(&(label.len() as u32).to_le_bytes());
-    v.extend_from_slice(label.as_bytes());
-    v.extend_from_slice(&action.size.to_le_bytes());
-    result.encode(&mut v).expect("Vec grows");
+    v.extend_from_slice(&blake3::hash(&body).as_bytes()[..CHECKSUM_LEN]);
+    v.extend_from_slice(&body);
     v
 }
 
+/// The row, or `None` if it is of another version, damaged, or undecodable.
 pub(crate) fn decode_entry(b: &[u8]) -> Option<AcEntry> {
-    if b.first() != Some(&ENTRY_VERSION) || b.len() < 13 {
+    if b.first() != Some(&ENTRY_VERSION) || b.len() < 1 + CHECKSUM_LEN + 12 {
         return None;
     }
-    let label_len = u32::from_le_bytes(b[9..13].try_into().ok()?) as usize;
-    let rest = &b[13..];
+    let (sum, body) = b[1..].split_at(CHECKSUM_LEN);
+    if blake3::hash(body).as_bytes()[..CHECKSUM_LEN] != *sum {
+        return None;
+    }
+    let label_len = u32::from_le_bytes(body[8..12].try_into().ok()?) as usize;
+    let rest = &body[12..];
     if rest.len() < label_len + 8 {
         return None;
     }

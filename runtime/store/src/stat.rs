@@ -56,7 +56,9 @@ pub(crate) struct StatEntry {
     digest: Digest,
 }
 
-const ENCODED_LEN: usize = 8 * 5 + 1 + 32;
+/// The fields, then 8 bytes of BLAKE3 over them (a damaged row reads as absent).
+const BODY_LEN: usize = 8 * 5 + 1 + 32;
+const ENCODED_LEN: usize = BODY_LEN + 8;
 
 impl StatEntry {
     pub(crate) fn encode(&self) -> [u8; ENCODED_LEN] {
@@ -67,12 +69,14 @@ impl StatEntry {
         b[24..32].copy_from_slice(&self.key.mtime_ns.to_le_bytes());
         b[32..40].copy_from_slice(&self.key.ctime_ns.to_le_bytes());
         b[40] = self.digest.function.code();
-        b[41..].copy_from_slice(&self.digest.hash);
+        b[41..BODY_LEN].copy_from_slice(&self.digest.hash);
+        let sum = blake3::hash(&b[..BODY_LEN]);
+        b[BODY_LEN..].copy_from_slice(&sum.as_bytes()[..8]);
         b
     }
 
     pub(crate) fn decode(b: &[u8]) -> Option<StatEntry> {
-        if b.len() != ENCODED_LEN {
+        if b.len() != ENCODED_LEN || blake3::hash(&b[..BODY_LEN]).as_bytes()[..8] != b[BODY_LEN..] {
             return None;
         }
         let u = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"));
@@ -84,7 +88,7 @@ impl StatEntry {
             ctime_ns: u(32) as i64,
         };
         let mut hash = [0u8; 32];
-        hash.copy_from_slice(&b[41..]);
+        hash.copy_from_slice(&b[41..BODY_LEN]);
         Some(StatEntry {
             key,
             digest: Digest {

@@ -32,6 +32,8 @@ pub struct Store {
     pub(crate) function: DigestFunction,
     pub(crate) db: Database,
     pub(crate) index_path: PathBuf,
+    /// What the integrity check at open found, if one ran.
+    pub(crate) index_check: Option<IndexCheck>,
     /// This process's scratch directory under `<dir>/tmp`.
     pub(crate) tmp: PathBuf,
     tmp_counter: AtomicU64,
@@ -92,7 +94,35 @@ impl Store {
             fs::create_dir_all(&p).map_err(StoreError::io("create directory", &p))?;
         }
         let index_path = dir.join("index.redb");
-        let db = open_db(&dir, &index_path, lock_timeout)?;
+        let mut db = open_db(&dir, &index_path, lock_timeout)?;
+        // A damaged index was noticed (a redb panic, or `cache verify` asked): check every
+        // page now, repairing what redb can and replacing what it cannot.
+        let marker = dir.join(INDEX_CHECK_MARKER);
+        let mut index_check = None;
+        if marker.exists() {
+            let checked = guarded(|| db.check_integrity()).unwrap_or_else(|msg| {
+                Err(DatabaseError::Storage(StorageError::Corrupted(format!(
+                    "redb panicked checking it: {msg}"
+                ))))
+            });
+            let outcome = match checked {
+                Ok(true) => IndexCheck::Clean,
+                Ok(false) => IndexCheck::Repaired,
+                Err(e) => {
+                    drop(db);
+                    let aside = index_path.with_extension(format!("redb.broken-{}", now_ms()));
+                    fs::rename(&index_path, &aside)
+                        .map_err(StoreError::io("move aside", &index_path))?;
+                    db = open_db(&dir, &index_path, lock_timeout)?;
+                    IndexCheck::Replaced {
+                        aside,
+                        reason: e.to_string(),
+                    }
+                }
+            };
+            let _ = fs::remove_file(&marker);
+            index_check = Some(outcome);
+        }
 
         let tmp = dir.join("tmp").join(format!(
             "p{}-{}",
@@ -120,6 +150,7 @@ impl Store {
             history: Mutex::new(History::default()),
             maintenance: RwLock::new(()),
             flush_lock: Mutex::new(()),
+            index_check,
         };
         store.init_tables()?;
         Ok(store)
@@ -679,6 +710,59 @@ impl Drop for Store {
     }
 }
 
+thread_local! {
+    static GUARDED: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Whether the current thread is inside a redb call whose panic the store handles itself
+/// (a panic hook should stay quiet about it).
+pub fn redb_panic_is_handled() -> bool {
+    GUARDED.with(|g| g.get())
+}
+
+/// Runs `f`, turning a panic into `Err(message)`.
+fn guarded<T>(f: impl FnOnce() -> T) -> Result<T, String> {
+    GUARDED.with(|g| g.set(true));
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f));
+    GUARDED.with(|g| g.set(false));
+    r.map_err(|p| {
+        p.downcast_ref::<String>()
+            .cloned()
+            .or_else(|| p.downcast_ref::<&str>().map(|s| (*s).to_owned()))
+            .unwrap_or_else(|| "unknown panic".to_owned())
+    })
+}
+
+/// File in the cache directory asking the next open to check the index's integrity.
+pub const INDEX_CHECK_MARKER: &str = "index.check-needed";
+
+/// Result of a full integrity check of the index.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum IndexCheck {
+    Clean,
+    /// redb found damage and repaired it.
+    Repaired,
+    /// redb could not repair it: the index was moved aside and rebuilt empty (the blobs
+    /// stay; action-cache entries are lost, so actions run again).
+    Replaced {
+        aside: PathBuf,
+        reason: String,
+    },
+}
+
+impl Store {
+    /// Asks the next process that opens the cache at `dir` to check its index (after a
+    /// panic inside redb, which means the index is damaged).
+    pub fn request_index_check(dir: &Path) {
+        let _ = fs::write(dir.join(INDEX_CHECK_MARKER), b"");
+    }
+
+    /// The integrity check this open ran, if any.
+    pub fn index_check(&self) -> Option<&IndexCheck> {
+        self.index_check.as_ref()
+    }
+}
+
 /// Open the redb index, waiting while another process holds it. An index redb cannot read
 /// (corrupted outside redb, or from an incompatible version) is moved aside and recreated:
 /// it is only an index, blobs stay valid.
@@ -686,10 +770,19 @@ fn open_db(dir: &Path, index: &Path, timeout: Duration) -> Result<Database, Stor
     let start = Instant::now();
     let mut moved_aside = false;
     loop {
-        match redb::Builder::new()
-            .set_cache_size(64 * 1024 * 1024)
-            .create(index)
-        {
+        // redb trusts its pages: opening a damaged file can panic in its repair pass. That
+        // is a corrupted index here, handled like one.
+        let opened = guarded(|| {
+            redb::Builder::new()
+                .set_cache_size(64 * 1024 * 1024)
+                .create(index)
+        })
+        .unwrap_or_else(|msg| {
+            Err(DatabaseError::Storage(StorageError::Corrupted(format!(
+                "redb panicked reading it: {msg}"
+            ))))
+        });
+        match opened {
             Ok(db) => return Ok(db),
             Err(e) if is_already_open(&e) => {
                 if start.elapsed() >= timeout {

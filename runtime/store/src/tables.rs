@@ -5,16 +5,16 @@
 
 use redb::{MultimapTableDefinition, TableDefinition};
 
-/// Action digest key -> encoded entry (see `ac.rs`: version, time, label, action size,
-/// prost-encoded `ActionResult`).
-pub(crate) const AC: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ac_v1");
+/// Action digest key -> encoded entry (see `ac.rs`: version, checksum, time, label, action
+/// size, prost-encoded `ActionResult`).
+pub(crate) const AC: TableDefinition<&[u8], &[u8]> = TableDefinition::new("ac_v2");
 /// Label -> full action digest (41 bytes), for `ac_find_by_label`.
 pub(crate) const AC_LABEL: MultimapTableDefinition<&str, &[u8]> =
     MultimapTableDefinition::new("ac_label_v1");
 /// Blob key -> (size, last access unix ms). An index for GC; the blob files are the truth.
 pub(crate) const BLOBS: TableDefinition<&[u8], (u64, u64)> = TableDefinition::new("blobs_v1");
 /// Absolute path bytes -> encoded stat entry (see `stat.rs`).
-pub(crate) const STAT_CACHE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stat_v1");
+pub(crate) const STAT_CACHE: TableDefinition<&[u8], &[u8]> = TableDefinition::new("stat_v2");
 /// Action digest key -> access log JSON (opaque, from exec-wasi).
 pub(crate) const ACCESS_LOGS: TableDefinition<&[u8], &str> = TableDefinition::new("access_v1");
 /// Build id -> `BuildRecord` JSON.
