@@ -105,6 +105,31 @@ pub fn write_bundle(
     head: &BundleHead,
     blob: &dyn Fn(&str) -> PathBuf,
 ) -> Result<(), BundleError> {
+    write_atomically(out, head, &mut |add| {
+        for (digest, size) in head.manifest.blobs() {
+            let hex = digest_hex(digest).expect("validated digest");
+            let src = blob(digest);
+            let f = File::open(&src).map_err(|e| io_err(&src, e))?;
+            let mut reader = HashingReader::new(BufReader::new(f).take(size));
+            add(&format!("{BLOB_DIR}{hex}"), size, &mut reader).map_err(|e| io_err(&src, e))?;
+            if reader.count != size || reader.digest() != digest {
+                return Err(BundleError::Changed { path: src });
+            }
+        }
+        Ok(())
+    })
+}
+
+/// Appends one entry to the bundle being written.
+type AddEntry<'a> = dyn FnMut(&str, u64, &mut dyn Read) -> io::Result<()> + 'a;
+
+/// Writes `out` through a temporary file beside it and a rename: the manifest and the
+/// signatures of `head`, then whatever `blobs` appends (mode 0644, synced before the rename).
+fn write_atomically(
+    out: &Path,
+    head: &BundleHead,
+    blobs: &mut dyn FnMut(&mut AddEntry<'_>) -> Result<(), BundleError>,
+) -> Result<(), BundleError> {
     let dir = out
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
@@ -132,16 +157,7 @@ pub fn write_bundle(
             )
             .map_err(|e| io_err(out, e))?;
         }
-        for (digest, size) in head.manifest.blobs() {
-            let hex = digest_hex(digest).expect("validated digest");
-            let src = blob(digest);
-            let f = File::open(&src).map_err(|e| io_err(&src, e))?;
-            let mut reader = HashingReader::new(BufReader::new(f).take(size));
-            add(&format!("{BLOB_DIR}{hex}"), size, &mut reader).map_err(|e| io_err(&src, e))?;
-            if reader.count != size || reader.digest() != digest {
-                return Err(BundleError::Changed { path: src });
-            }
-        }
+        blobs(&mut add)?;
         b.into_inner()
             .and_then(|mut w| w.flush())
             .map_err(|e| io_err(out, e))?;
@@ -382,43 +398,18 @@ pub fn rewrite_signatures(
         message: "no manifest.json entry".into(),
     })?;
     edit(&mut head)?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    let tmp = tempfile::Builder::new()
-        .prefix(".wbuild-bundle")
-        .tempfile_in(dir)
-        .map_err(|e| io_err(dir, e))?;
     let bad = |message: String| BundleError::BadBundle {
         path: path.to_owned(),
         message,
     };
-    {
-        let mut b = tar::Builder::new(BufWriter::new(tmp.as_file()));
-        let mut add = |name: &str, size: u64, data: &mut dyn Read| -> io::Result<()> {
-            b.append(&header(name, size)?, data)
-        };
-        add(
-            MANIFEST_NAME,
-            head.manifest_bytes.len() as u64,
-            &mut &head.manifest_bytes[..],
-        )
-        .map_err(|e| io_err(path, e))?;
-        for (id, text) in &head.signatures {
-            add(
-                &format!("{SIG_DIR}{id}.minisig"),
-                text.len() as u64,
-                &mut text.as_bytes(),
-            )
-            .map_err(|e| io_err(path, e))?;
-        }
-        let mut expected: BTreeMap<String, u64> = head
-            .manifest
-            .blobs()
-            .into_iter()
-            .map(|(d, s)| (d.to_owned(), s))
-            .collect();
+    let mut expected: BTreeMap<String, u64> = head
+        .manifest
+        .blobs()
+        .into_iter()
+        .map(|(d, s)| (d.to_owned(), s))
+        .collect();
+    // The blobs are read from the old file while the new one is written beside it.
+    write_atomically(path, &head, &mut |add| {
         let f = File::open(path).map_err(|e| io_err(path, e))?;
         let mut archive = tar::Archive::new(BufReader::new(f));
         for entry in archive.entries().map_err(|e| io_err(path, e))? {
@@ -452,19 +443,10 @@ pub fn rewrite_signatures(
                 });
             }
         }
-        if let Some((missing, _)) = expected.iter().next() {
-            return Err(bad(format!("blob {missing} is missing")));
+        match expected.keys().next() {
+            Some(missing) => Err(bad(format!("blob {missing} is missing"))),
+            None => Ok(()),
         }
-        b.into_inner()
-            .and_then(|mut w| w.flush())
-            .map_err(|e| io_err(path, e))?;
-    }
-    std::fs::set_permissions(
-        tmp.path(),
-        std::os::unix::fs::PermissionsExt::from_mode(0o644),
-    )
-    .map_err(|e| io_err(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| io_err(path, e))?;
-    tmp.persist(path).map_err(|e| io_err(path, e.error))?;
+    })?;
     Ok(head)
 }
