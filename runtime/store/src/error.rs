@@ -62,6 +62,18 @@ pub enum StoreError {
         source: Box<redb::Error>,
     },
 
+    /// The redb index holds damaged data (a corrupted page or table definition). The next
+    /// open checks it and repairs or replaces it.
+    #[error(
+        "the cache index {} is damaged ({source}); nothing was built from it. The next wbuild command checks and repairs it; `wbuild cache verify` does so now",
+        path.display()
+    )]
+    Damaged {
+        path: PathBuf,
+        #[source]
+        source: Box<redb::Error>,
+    },
+
     /// `file_digest`/`put_file` was given something that is not a regular file.
     #[error("{} is not a regular file", path.display())]
     NotAFile { path: PathBuf },

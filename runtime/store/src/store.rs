@@ -152,8 +152,26 @@ impl Store {
             flush_lock: Mutex::new(()),
             index_check,
         };
-        store.init_tables()?;
-        Ok(store)
+        match store.init_tables() {
+            Ok(()) => Ok(store),
+            // A table definition is unreadable (a flipped byte in the table tree): redb's
+            // integrity check does not cover it, so the index is replaced.
+            Err(StoreError::Damaged { source, .. }) => {
+                let (dir, index_path) = (store.dir.clone(), store.index_path.clone());
+                drop(store);
+                let _ = fs::remove_file(dir.join(INDEX_CHECK_MARKER));
+                let aside = index_path.with_extension(format!("redb.broken-{}", now_ms()));
+                fs::rename(&index_path, &aside)
+                    .map_err(StoreError::io("move aside", &index_path))?;
+                let mut store = Store::open_with_timeout(&dir, function, lock_timeout)?;
+                store.index_check = Some(IndexCheck::Replaced {
+                    aside,
+                    reason: source.to_string(),
+                });
+                Ok(store)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// `$WBUILD_CACHE`, else `$XDG_CACHE_HOME/wbuild`, else `~/.cache/wbuild`.
@@ -194,9 +212,17 @@ impl Store {
     }
 
     pub(crate) fn db_err(&self, e: impl Into<redb::Error>) -> StoreError {
+        let e = e.into();
+        if is_damage(&e) {
+            Store::request_index_check(&self.dir);
+            return StoreError::Damaged {
+                path: self.index_path.clone(),
+                source: Box::new(e),
+            };
+        }
         StoreError::Database {
             path: self.index_path.clone(),
-            source: Box::new(e.into()),
+            source: Box::new(e),
         }
     }
 
@@ -761,6 +787,19 @@ impl Store {
     pub fn index_check(&self) -> Option<&IndexCheck> {
         self.index_check.as_ref()
     }
+}
+
+/// Whether a redb error means the index holds damaged data (our table names are versioned,
+/// so a table of the wrong type or a changed type definition can only be damage).
+fn is_damage(e: &redb::Error) -> bool {
+    matches!(
+        e,
+        redb::Error::Corrupted(_)
+            | redb::Error::TableTypeMismatch { .. }
+            | redb::Error::TableIsMultimap(_)
+            | redb::Error::TableIsNotMultimap(_)
+            | redb::Error::TypeDefinitionChanged { .. }
+    )
 }
 
 /// Open the redb index, waiting while another process holds it. An index redb cannot read

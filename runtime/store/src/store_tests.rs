@@ -637,3 +637,34 @@ fn crash_safety() {
         );
     }
 }
+
+#[test]
+fn a_damaged_table_definition_replaces_the_index_and_keeps_the_blobs() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = {
+        let s = Store::open(dir.path()).unwrap();
+        s.put_bytes(b"kept").unwrap()
+    };
+    // A table of the wrong type under one of the store's names: what a flipped byte in the
+    // table tree reads as.
+    {
+        let db = redb::Database::open(dir.path().join("index.redb")).unwrap();
+        let txn = db.begin_write().unwrap();
+        txn.delete_table(crate::tables::BLOBS).unwrap();
+        let wrong: redb::TableDefinition<&[u8], u8> = redb::TableDefinition::new("blobs_v1");
+        txn.open_table(wrong).unwrap();
+        txn.commit().unwrap();
+    }
+    let s = Store::open(dir.path()).unwrap();
+    match s.index_check() {
+        Some(crate::IndexCheck::Replaced { aside, reason }) => {
+            assert!(aside.exists(), "{}", aside.display());
+            assert!(reason.contains("blobs_v1"), "{reason}");
+        }
+        other => panic!("expected the index to be replaced, got {other:?}"),
+    }
+    assert_eq!(s.get_bytes(&d).unwrap(), b"kept");
+    drop(s);
+    // The replacement is an ordinary index: the next open needs no repair.
+    assert_eq!(Store::open(dir.path()).unwrap().index_check(), None);
+}
