@@ -792,14 +792,28 @@ impl Store {
 /// Whether a redb error means the index holds damaged data (our table names are versioned,
 /// so a table of the wrong type or a changed type definition can only be damage).
 fn is_damage(e: &redb::Error) -> bool {
-    matches!(
-        e,
+    match e {
         redb::Error::Corrupted(_)
-            | redb::Error::TableTypeMismatch { .. }
-            | redb::Error::TableIsMultimap(_)
-            | redb::Error::TableIsNotMultimap(_)
-            | redb::Error::TypeDefinitionChanged { .. }
-    )
+        | redb::Error::TableTypeMismatch { .. }
+        | redb::Error::TableIsMultimap(_)
+        | redb::Error::TableIsNotMultimap(_)
+        | redb::Error::TypeDefinitionChanged { .. } => true,
+        // A page pointer past the end of the file.
+        redb::Error::Io(io) => io.kind() == io::ErrorKind::UnexpectedEof,
+        _ => false,
+    }
+}
+
+/// Whether opening failed because the file is damaged or of an incompatible version (a page
+/// pointer past the end of the file reads as an unexpected end of file).
+fn unreadable_at_open(e: &DatabaseError) -> bool {
+    match e {
+        DatabaseError::UpgradeRequired(_) | DatabaseError::Storage(StorageError::Corrupted(_)) => {
+            true
+        }
+        DatabaseError::Storage(StorageError::Io(e)) => e.kind() == io::ErrorKind::UnexpectedEof,
+        _ => false,
+    }
 }
 
 /// Open the redb index, waiting while another process holds it. An index redb cannot read
@@ -832,10 +846,8 @@ fn open_db(dir: &Path, index: &Path, timeout: Duration) -> Result<Database, Stor
                 }
                 std::thread::sleep(LOCK_POLL);
             }
-            Err(
-                DatabaseError::UpgradeRequired(_)
-                | DatabaseError::Storage(StorageError::Corrupted(_)),
-            ) if !moved_aside => {
+            // Unreadable (or from an incompatible version): move it aside, once.
+            Err(e) if !moved_aside && unreadable_at_open(&e) => {
                 moved_aside = true;
                 let aside = index.with_extension(format!("redb.broken-{}", now_ms()));
                 fs::rename(index, &aside).map_err(|io| StoreError::Database {
