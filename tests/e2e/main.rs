@@ -2,6 +2,7 @@
 //! from source (tests/guests, toolchains/wasi-tools).
 
 mod reliability;
+mod remote_exec;
 mod toolchains;
 
 use wbuild_tests::{TestWorkspace, finished, statuses, stderr, stdout};

@@ -5,6 +5,7 @@
 
 use std::path::{Path, PathBuf};
 
+pub mod buildgrid;
 pub mod oci;
 
 /// Directory holding `<name>.wasm` for every guest and tool built by build.rs.

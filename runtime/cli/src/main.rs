@@ -9,6 +9,7 @@ mod toolchain;
 mod ui;
 mod verify;
 mod wasi_tool;
+mod worker;
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -81,6 +82,12 @@ struct BuildArgs {
     /// Upload results built here to the remote (or [remote] upload; default true).
     #[arg(long)]
     remote_upload: Option<bool>,
+    /// A REAPI remote executor, `grpc://host:port` (or [remote] executor): actions missing
+    /// from the caches run on its workers (`wbuild worker`), and it serves as the remote
+    /// cache. `-j` may then be far above the local core count; local runs stay within the
+    /// cores. If it is unreachable, the build goes on locally.
+    #[arg(long, value_name = "URL")]
+    remote_executor: Option<String>,
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -121,6 +128,10 @@ enum Cmd {
         #[command(subcommand)]
         command: CacheCmd,
     },
+    /// Execute actions for a REAPI engine (Remote Workers API): take leases, run them with
+    /// the WASI executor or the namespace sandbox, report results. Give each worker its own
+    /// --cache-dir.
+    Worker(worker::WorkerArgs),
     /// Serve the local cache over REAPI v2 (Capabilities, CAS, ByteStream, ActionCache; SHA-256
     /// and BLAKE3) to any REAPI client, until SIGTERM or Ctrl-C.
     Serve {
@@ -275,6 +286,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::ExecWasiTool(a) => wasi_tool::run(a),
         Cmd::Verify(a) => verify::run(cli.cache_dir.is_some(), a),
         Cmd::Serve { listen, token_file } => serve(&cli, listen, token_file.as_deref()),
+        Cmd::Worker(args) => worker::run(&cli.cache_dir, args),
         Cmd::Toolchain { command } => toolchain::run(&cli.cache_dir, command),
     }
 }
@@ -391,7 +403,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     let (ws, pkg) = workspace_resolved(cli)?;
     let flags = flag_platforms(&args.platform)?;
     let patterns = parse_patterns(&args.patterns, &pkg)?;
-    let remote = connect_remote(&ws, args);
+    let (remote, executor) = connect_remote(&ws, args)?;
     phases.mark("remote");
     let function = remote
         .as_ref()
@@ -493,7 +505,12 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     let total: usize = passes.iter().map(|(_, g)| g.actions.len()).sum();
     let ui = ui::Ui::new(total, args.events.as_deref())?;
     ctrlc::set_handler(wbuild_sched::interrupt).context("cannot install the Ctrl-C handler")?;
-    let sched = Scheduler::new(&ws, store.clone(), exec, &ui, Some(build_id)).with_remote(remote);
+    let local_jobs = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(jobs);
+    let sched = Scheduler::new(&ws, store.clone(), exec, &ui, Some(build_id))
+        .with_remote(remote)
+        .with_executor(executor, local_jobs);
     let runs: Vec<(&wbuild_graph::ActionGraph, Options)> = passes
         .iter()
         .map(|(p, g)| {
@@ -590,6 +607,7 @@ fn merge_summaries(
         total.executed += s.executed;
         total.cached += s.cached;
         total.remote_cached += s.remote_cached;
+        total.remote_executed += s.remote_executed;
         total.failed += s.failed;
         total.skipped += s.skipped;
         total.interrupted |= s.interrupted;
@@ -677,6 +695,9 @@ fn up_to_date(
             output: None,
             warnings: Vec::new(),
             accesses: None,
+            platform: None,
+            worker: None,
+            resubmitted: false,
         });
     }
     let summary = wbuild_sched::Summary {
@@ -688,6 +709,7 @@ fn up_to_date(
         executed: 0,
         cached: summary.cached,
         remote_cached: 0,
+        remote_executed: 0,
         remote_rpcs: None,
         failed: 0,
         skipped: 0,
@@ -830,20 +852,46 @@ fn history(cli: &Cli, build: Option<u64>, limit: usize) -> Result<i32> {
     Ok(0)
 }
 
-/// The remote cache of `--remote` or `[remote] url`, if one is set and answers; otherwise a
-/// warning and a local build.
-fn connect_remote(ws: &Workspace, args: &BuildArgs) -> Option<Arc<wbuild_remote::RemoteCache>> {
-    let url = args.remote.as_ref().or(ws.config.remote.url.as_ref())?;
+type Remote = Option<Arc<wbuild_remote::RemoteCache>>;
+
+/// The remote cache of `--remote` or `[remote] url` and the remote executor of
+/// `--remote-executor` or `[remote] executor` (which is the remote cache too, unless another
+/// is named), each if set and answering; otherwise a warning and a local build.
+fn connect_remote(ws: &Workspace, args: &BuildArgs) -> Result<(Remote, Remote)> {
+    let cache_url = args.remote.as_ref().or(ws.config.remote.url.as_ref());
+    let exec_url = args
+        .remote_executor
+        .as_ref()
+        .or(ws.config.remote.executor.as_ref());
     let instance = args
         .remote_instance
         .as_ref()
         .or(ws.config.remote.instance.as_ref())
         .map_or("", String::as_str);
+    if let (Some(c), Some(e)) = (cache_url, exec_url)
+        && c != e
+    {
+        bail!(
+            "--remote {c} and --remote-executor {e} differ: the executor's workers read inputs from and write results to its own CAS, so use one endpoint (drop --remote)"
+        );
+    }
+    let Some(url) = exec_url.or(cache_url) else {
+        return Ok((None, None));
+    };
+    let what = if exec_url.is_some() {
+        "remote executor"
+    } else {
+        "remote cache"
+    };
     match wbuild_remote::RemoteCache::connect(url, instance) {
-        Ok(r) => Some(Arc::new(r)),
+        Ok(r) => {
+            let r = Arc::new(r);
+            let executor = exec_url.is_some().then(|| r.clone());
+            Ok((Some(r), executor))
+        }
         Err(e) => {
-            eprintln!("warning: {e}; building without the remote cache");
-            None
+            eprintln!("warning: {e}; building without the {what}");
+            Ok((None, None))
         }
     }
 }

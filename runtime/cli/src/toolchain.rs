@@ -235,15 +235,7 @@ pub fn native_for(
         .collect();
     match found.as_slice() {
         [] => Ok(None),
-        [(name, e)] => Ok(Some(std::sync::Arc::new(wbuild_sched::NativeToolchain {
-            name: (*name).clone(),
-            digest: e.digest.clone(),
-            root: e.root.clone(),
-            env: ["CC", "CXX", "AR", "TEST_RUNNER"]
-                .iter()
-                .map(|k| ((*k).to_owned(), e.env.get(*k).cloned().unwrap_or_default()))
-                .collect(),
-        }))),
+        [(name, e)] => Ok(Some(native_toolchain(name, &e.digest, &e.root, &e.env))),
         many => bail!(
             "{}: toolchains {} are all native toolchains for {platform}; pin one",
             ws.root.join(wbuild_graph::WORKSPACE_FILE).display(),
@@ -383,4 +375,67 @@ pub fn resolve_workspace(ws: &mut Workspace, cli_cache: &Option<PathBuf>) -> Res
     }
     ws.externals = externals;
     Ok(())
+}
+
+/// Installs toolchain bundles (files or `oci://` references) into the cache at `cache`,
+/// checking their signatures against `keys` (and the current workspace's trusted keys).
+pub fn install_sources(cache: &Path, sources: &[String], keys: &[String]) -> Result<()> {
+    if sources.is_empty() {
+        return Ok(());
+    }
+    let trust = trust_from(keys)?;
+    if trust.keys.is_empty() {
+        bail!(
+            "--toolchain needs a trusted key to check the bundle's signature: add --key FILE.pub"
+        );
+    }
+    let tc = Toolchains::new(cache);
+    let cwd = std::env::current_dir()?;
+    for source in sources {
+        let inst = install(&tc, source, &cwd, &trust, None)
+            .with_context(|| format!("cannot install toolchain {source}"))?;
+        eprintln!(
+            "toolchain {} {} ({}) installed",
+            inst.head.manifest.name, inst.head.digest, inst.head.manifest.platform
+        );
+    }
+    Ok(())
+}
+
+/// The installed native toolchain bundle `name` with `digest` in the cache at `cache`.
+pub fn installed_native(
+    cache: &Path,
+    name: &str,
+    digest: &str,
+) -> Result<Option<std::sync::Arc<wbuild_sched::NativeToolchain>>, String> {
+    let Some(inst) = Toolchains::new(cache)
+        .get(digest)
+        .map_err(|e| e.to_string())?
+    else {
+        return Ok(None);
+    };
+    Ok(Some(native_toolchain(
+        name,
+        digest,
+        &inst.root(),
+        &inst.head.manifest.env,
+    )))
+}
+
+/// A native bundle as native actions use it: its tree and its tools' environment.
+fn native_toolchain(
+    name: &str,
+    digest: &str,
+    root: &Path,
+    env: &BTreeMap<String, String>,
+) -> std::sync::Arc<wbuild_sched::NativeToolchain> {
+    std::sync::Arc::new(wbuild_sched::NativeToolchain {
+        name: name.to_owned(),
+        digest: digest.to_owned(),
+        root: root.to_owned(),
+        env: ["CC", "CXX", "AR", "TEST_RUNNER"]
+            .iter()
+            .map(|k| ((*k).to_owned(), env.get(*k).cloned().unwrap_or_default()))
+            .collect(),
+    })
 }

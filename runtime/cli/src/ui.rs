@@ -74,6 +74,9 @@ impl Ui {
             "{what} {verdict}: {} executed, {} cached",
             s.executed, s.cached
         );
+        if s.remote_executed > 0 {
+            line.push_str(&format!(", {} on remote workers", s.remote_executed));
+        }
         if s.remote_cached > 0 {
             line.push_str(&format!(", {} from the remote cache", s.remote_cached));
         }
@@ -104,6 +107,7 @@ impl EventSink for Ui {
             error,
             output,
             warnings,
+            worker,
             ..
         } = e
         {
@@ -124,6 +128,12 @@ impl EventSink for Ui {
                 }
                 Status::Executed if self.bar.is_none() => {
                     self.say(&format!("executed {label} ({duration_ms} ms)"));
+                }
+                Status::RemoteExecuted if self.bar.is_none() => {
+                    self.say(&format!(
+                        "executed {label} on {} ({duration_ms} ms)",
+                        worker.as_deref().unwrap_or("a remote worker")
+                    ));
                 }
                 _ => {}
             }

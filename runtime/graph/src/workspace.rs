@@ -87,6 +87,9 @@ pub struct RemoteConfig {
     pub instance: Option<String>,
     /// Upload local results (default true).
     pub upload: Option<bool>,
+    /// A REAPI remote executor, `grpc://host:port` (`--remote-executor` overrides): cache
+    /// misses run on its workers; it is the remote cache too unless `url` names another.
+    pub executor: Option<String>,
 }
 
 /// `[build]` in `wbuild.toml`.

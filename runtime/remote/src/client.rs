@@ -64,7 +64,7 @@ pub fn take_inlined(
 pub enum ClientError {
     #[error("bad remote address {url:?}: {message}")]
     Url { url: String, message: String },
-    #[error("cannot connect to the remote cache {url}: {source}")]
+    #[error("cannot connect to {url}: {source}")]
     Connect {
         url: String,
         source: tonic::transport::Error,
@@ -83,13 +83,13 @@ pub enum ClientError {
 
 /// A connection to a REAPI cache (`--remote`).
 pub struct RemoteCache {
-    rt: tokio::runtime::Runtime,
-    channel: Channel,
-    instance: String,
-    function: DigestFunction,
+    pub(crate) rt: tokio::runtime::Runtime,
+    pub(crate) channel: Channel,
+    pub(crate) instance: String,
+    pub(crate) function: DigestFunction,
     max_batch: u64,
     url: String,
-    rpcs: AtomicU64,
+    pub(crate) rpcs: AtomicU64,
 }
 
 fn rpc_err(op: &'static str) -> impl Fn(Status) -> ClientError {
@@ -183,6 +183,20 @@ impl RemoteCache {
 
     pub fn url(&self) -> &str {
         &self.url
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// The connection (for other services on the same endpoint, such as the Bots API).
+    pub fn channel(&self) -> Channel {
+        self.channel.clone()
+    }
+
+    /// The runtime the blocking calls run on.
+    pub fn runtime(&self) -> &tokio::runtime::Runtime {
+        &self.rt
     }
 
     /// RPCs made so far (each attempt counts).

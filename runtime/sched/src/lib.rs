@@ -13,6 +13,7 @@
 
 mod merkle;
 mod native;
+pub mod spec;
 pub mod uptodate;
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
@@ -22,11 +23,12 @@ use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use wbuild_exec_wasi::{AccessKind, AccessLog, EXECUTOR_VERSION, Request, WasiExecutor};
-use wbuild_graph::{ActionGraph, ActionNode, Exec, ToolRef, Workspace};
+use spec::{ExecProps, Kind, RunOutput, Spec};
+use wbuild_exec_wasi::{AccessKind, AccessLog, EXECUTOR_VERSION, WasiExecutor};
+use wbuild_graph::{ActionGraph, ActionNode, Exec, Workspace};
 use wbuild_store::{ActionRecord, Digest, Store, digest_message, reapi};
 
-pub use merkle::input_root;
+pub use merkle::{TreeFile, input_root, tree_files};
 pub use native::{Platform, toolchain_identity};
 
 /// Directory under the workspace root where outputs are materialised.
@@ -105,6 +107,8 @@ pub enum Status {
     Cached,
     /// Found in the remote cache (outputs fetched from it).
     RemoteCached,
+    /// Run by a worker of the remote executor (outputs fetched from the remote CAS).
+    RemoteExecuted,
     Failed,
     /// Not run because a dependency failed or the build stopped.
     Skipped,
@@ -116,6 +120,7 @@ impl Status {
             Status::Executed => "executed",
             Status::Cached => "cached",
             Status::RemoteCached => "remote_cached",
+            Status::RemoteExecuted => "remote_executed",
             Status::Failed => "failed",
             Status::Skipped => "skipped",
         }
@@ -146,6 +151,15 @@ pub enum Event {
         warnings: Vec<String>,
         #[serde(skip_serializing_if = "Option::is_none")]
         accesses: Option<serde_json::Value>,
+        /// Native actions: the target platform (`linux-x86_64`, `linux-arm64`).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        platform: Option<String>,
+        /// The remote worker that ran it (`remote_executed`, or a failure on a worker).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        worker: Option<String>,
+        /// Whether a speculative second submission (a straggler's) delivered the result.
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        resubmitted: bool,
     },
     /// Something about the whole build (e.g. the remote cache became unreachable).
     Warning { message: String },
@@ -154,6 +168,8 @@ pub enum Event {
         cached: u64,
         /// Actions satisfied by the remote cache (not counted in `cached`).
         remote_cached: u64,
+        /// Actions run by remote workers (not counted in `executed`).
+        remote_executed: u64,
         /// RPCs made to the remote cache (absent without one).
         #[serde(skip_serializing_if = "Option::is_none")]
         remote_rpcs: Option<u64>,
@@ -179,6 +195,7 @@ pub struct Summary {
     pub executed: u64,
     pub cached: u64,
     pub remote_cached: u64,
+    pub remote_executed: u64,
     pub failed: u64,
     pub skipped: u64,
     pub interrupted: bool,
@@ -209,42 +226,18 @@ pub fn interrupt() {
 /// The key of an action and what it takes to run it.
 struct Prepared {
     action_digest: Digest,
-    /// Guest path -> digest of every staged file (inputs and tool data).
-    files: BTreeMap<String, Digest>,
-    /// The WASI tool module (none for native actions).
-    module: Option<Digest>,
-    /// The environment of the command, as keyed.
-    env: Vec<(String, String)>,
+    /// The REAPI messages of the key (uploaded for remote execution).
+    action: reapi::Action,
+    command: reapi::Command,
+    /// Every `Directory` message of the input root.
+    dirs: Vec<merkle::DirectoryBlob>,
+    /// What running it takes (staged files are the input root's, minus a WASI module).
+    spec: Spec,
     /// Source files (workspace path -> digest) that may need to enter the CAS before staging.
     sources: Vec<(String, Digest)>,
-    /// Native actions: launcher scripts of the WASI tools they run (workspace path, text).
+    /// Native actions: launcher scripts of the WASI tools they run (workspace path, text);
+    /// they enter the CAS before the action runs.
     launchers: Vec<(String, String)>,
-}
-
-/// What running an action produced, before it is stored.
-struct Ran {
-    outputs: Vec<(String, Digest)>,
-    /// Outputs with an executable bit (materialised executable).
-    executables: HashSet<String>,
-    errors: Vec<String>,
-    stdout: Vec<u8>,
-    stderr: Vec<u8>,
-    warnings: Vec<String>,
-    accesses: Option<serde_json::Value>,
-}
-
-impl Ran {
-    fn failed(error: String) -> Ran {
-        Ran {
-            outputs: Vec::new(),
-            executables: HashSet::new(),
-            errors: vec![error],
-            stdout: Vec::new(),
-            stderr: Vec::new(),
-            warnings: Vec::new(),
-            accesses: None,
-        }
-    }
 }
 
 /// What finishing an action produced.
@@ -258,6 +251,10 @@ struct Finished {
     warnings: Vec<String>,
     accesses: Option<serde_json::Value>,
     action_digest: Option<Digest>,
+    /// The remote worker that ran it.
+    worker: Option<String>,
+    /// A straggler's second submission delivered the result.
+    resubmitted: bool,
 }
 
 impl Finished {
@@ -271,6 +268,8 @@ impl Finished {
             warnings: Vec::new(),
             accesses: None,
             action_digest: None,
+            worker: None,
+            resubmitted: false,
         }
     }
 }
@@ -315,7 +314,59 @@ pub struct Scheduler<'a> {
     remote: Option<Arc<wbuild_remote::RemoteCache>>,
     /// Cleared at the first remote failure: the rest of the build is local.
     remote_ok: AtomicBool,
+    /// The remote executor, if any (an engine reached through the same connection kind).
+    executor: Option<Arc<wbuild_remote::RemoteCache>>,
+    /// Cleared when the executor cannot be reached: the rest of the build runs here.
+    executor_ok: AtomicBool,
+    /// Durations (ms) of remote runs in this build, by mnemonic (for straggler detection).
+    remote_durations: Mutex<HashMap<String, Vec<u64>>>,
+    /// With a remote executor `-j` may be far above the local core count: local runs (the
+    /// fallback, host-toolchain native actions) take one of these slots.
+    local_slots: Semaphore,
+    /// Native platforms already warned about running here (no pinned bundle).
+    warned_local: Mutex<HashSet<String>>,
 }
+
+/// A counting semaphore (blocking).
+struct Semaphore {
+    free: Mutex<usize>,
+    cv: Condvar,
+}
+
+struct SemaphoreGuard<'a>(&'a Semaphore);
+
+impl Semaphore {
+    fn new(n: usize) -> Semaphore {
+        Semaphore {
+            free: Mutex::new(n.max(1)),
+            cv: Condvar::new(),
+        }
+    }
+
+    fn acquire(&self) -> SemaphoreGuard<'_> {
+        let mut free = self.free.lock().expect("semaphore");
+        while *free == 0 {
+            free = self.cv.wait(free).expect("semaphore");
+        }
+        *free -= 1;
+        SemaphoreGuard(self)
+    }
+}
+
+impl Drop for SemaphoreGuard<'_> {
+    fn drop(&mut self) {
+        *self.0.free.lock().expect("semaphore") += 1;
+        self.0.cv.notify_one();
+    }
+}
+
+/// Shortest wait before a straggler is resubmitted (below this, queueing noise dominates).
+const MIN_STRAGGLER_WAIT: Duration = Duration::from_millis(500);
+/// Earlier remote runs of a mnemonic needed before its stragglers are resubmitted.
+const STRAGGLER_SAMPLES: usize = 3;
+/// `type_url` of the `auxiliary_metadata` entry a worker adds to a WASI action's result: the
+/// `Digest` of the guest's access log (JSON) in the CAS.
+pub const ACCESS_LOG_TYPE_URL: &str = "type.googleapis.com/wbuild.AccessLogDigest";
 
 impl<'a> Scheduler<'a> {
     /// `build_id` (from `Store::begin_build`) receives one history record per action.
@@ -336,7 +387,32 @@ impl<'a> Scheduler<'a> {
             executables: RwLock::new(HashSet::new()),
             remote: None,
             remote_ok: AtomicBool::new(true),
+            executor: None,
+            executor_ok: AtomicBool::new(true),
+            remote_durations: Mutex::new(HashMap::new()),
+            local_slots: Semaphore::new(usize::MAX),
+            warned_local: Mutex::new(HashSet::new()),
         }
+    }
+
+    /// Run cache misses on the workers of the REAPI engine `executor` (whose CAS holds the
+    /// inputs; the store must use its digest function). Local runs then take at most
+    /// `local_jobs` at once, whatever `-j` is.
+    pub fn with_executor(
+        mut self,
+        executor: Option<Arc<wbuild_remote::RemoteCache>>,
+        local_jobs: usize,
+    ) -> Self {
+        if let Some(r) = &executor {
+            assert_eq!(
+                r.function(),
+                self.store.function(),
+                "the store must use the executor's digest function"
+            );
+            self.local_slots = Semaphore::new(local_jobs);
+        }
+        self.executor = executor;
+        self
     }
 
     /// Use `remote` as a second-level cache. The store must use its digest function.
@@ -386,6 +462,7 @@ impl Scheduler<'_> {
             executed: total(|s| s.executed),
             cached: total(|s| s.cached),
             remote_cached: total(|s| s.remote_cached),
+            remote_executed: total(|s| s.remote_executed),
             remote_rpcs: self.remote.as_ref().map(|r| r.rpc_count()),
             failed: total(|s| s.failed),
             skipped: total(|s| s.skipped),
@@ -590,6 +667,9 @@ impl Scheduler<'_> {
                 output: fin.output.clone(),
                 warnings: fin.warnings.clone(),
                 accesses: fin.accesses.clone(),
+                platform: (action.exec == Exec::Native).then(|| opts.platform.name().to_owned()),
+                worker: fin.worker.clone(),
+                resubmitted: fin.resubmitted,
             });
             if fin.status != Status::Failed {
                 all_generated
@@ -607,8 +687,10 @@ impl Scheduler<'_> {
             st.running -= 1;
             st.remaining -= 1;
             st.done[idx] = Some(fin.status);
-            if let (Status::Executed | Status::Cached | Status::RemoteCached, Some(d)) =
-                (fin.status, fin.action_digest)
+            if let (
+                Status::Executed | Status::Cached | Status::RemoteCached | Status::RemoteExecuted,
+                Some(d),
+            ) = (fin.status, fin.action_digest)
             {
                 st.summary.actions.push(uptodate::SnapshotAction {
                     label: action.label.to_string(),
@@ -621,6 +703,7 @@ impl Scheduler<'_> {
                 Status::Executed => st.summary.executed += 1,
                 Status::Cached => st.summary.cached += 1,
                 Status::RemoteCached => st.summary.remote_cached += 1,
+                Status::RemoteExecuted => st.summary.remote_executed += 1,
                 Status::Failed => st.summary.failed += 1,
                 Status::Skipped => {}
             }
@@ -697,11 +780,11 @@ impl Scheduler<'_> {
             }
             files.insert(path.clone(), d);
         }
-        let mut keyed = files.clone();
         let mut launchers = Vec::new();
-        let mut module = None;
         let mut env: BTreeMap<String, String> = BTreeMap::new();
-        let properties = match &action.exec {
+        let mut props = ExecProps::default();
+        let mut executables = HashSet::new();
+        let (platform, kind): (Vec<(&str, String)>, Kind) = match &action.exec {
             Exec::Wasi(tool) => {
                 for (guest, ws_path) in &tool.data {
                     let (d, is_source) = self.input_digest(graph, ws_path, generated)?;
@@ -722,15 +805,16 @@ impl Scheduler<'_> {
                 if module_is_source {
                     sources.push((tool.module.clone(), m));
                 }
-                keyed = files.clone();
-                keyed.insert(".wbuild/tool.wasm".to_owned(), m);
-                module = Some(m);
-                vec![
-                    ("OSFamily", "wasi".to_owned()),
-                    ("wbuild-executor", EXECUTOR_VERSION.to_owned()),
-                    ("wbuild-memory-limit", opts.memory_limit_bytes.to_string()),
-                    ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
-                ]
+                props.set("wbuild-executor", EXECUTOR_VERSION);
+                props.set("wbuild-memory-limit", opts.memory_limit_bytes.to_string());
+                props.set("wbuild-source-date-epoch", opts.epoch_secs.to_string());
+                (
+                    vec![("OSFamily", "wasi".to_owned())],
+                    Kind::Wasi {
+                        module: m,
+                        memory_limit: opts.memory_limit_bytes,
+                    },
+                )
             }
             Exec::Native => {
                 // The platform's tools (from its toolchain bundle, if one is pinned), unless
@@ -743,46 +827,53 @@ impl Scheduler<'_> {
                         }
                     }
                 }
-                let mut props = vec![
-                    ("ISA", opts.platform.isa().to_owned()),
-                    ("OSFamily", "linux".to_owned()),
-                    (
-                        "wbuild-executor",
-                        wbuild_exec_native::SANDBOX_VERSION.to_owned(),
-                    ),
-                    (
-                        "wbuild-sandbox",
-                        if opts.unsandboxed {
-                            "none"
-                        } else {
-                            "namespaces"
-                        }
-                        .to_owned(),
-                    ),
-                    ("wbuild-source-date-epoch", opts.epoch_secs.to_string()),
-                    (
-                        "wbuild-toolchain",
-                        match &opts.native_toolchain {
-                            Some(tc) => format!("bundle {} {}", tc.name, tc.digest),
-                            None => native::toolchain_identity(opts.platform),
-                        },
-                    ),
-                ];
+                props.set("wbuild-executor", wbuild_exec_native::SANDBOX_VERSION);
+                props.set(
+                    "wbuild-sandbox",
+                    if opts.unsandboxed {
+                        "none"
+                    } else {
+                        "namespaces"
+                    },
+                );
+                props.set("wbuild-source-date-epoch", opts.epoch_secs.to_string());
+                props.set(
+                    "wbuild-toolchain",
+                    match &opts.native_toolchain {
+                        Some(tc) => format!("bundle {} {}", tc.name, tc.digest),
+                        None => native::toolchain_identity(opts.platform),
+                    },
+                );
+                // Executable inputs (tests, tools built earlier) stay executable.
+                {
+                    let known = self.executables.read().expect("executables");
+                    executables.extend(files.keys().filter(|p| known.contains(*p)).cloned());
+                }
                 // Launchers of the WASI tools the command runs: part of the input root, and
-                // the WASI executor's semantics part of the platform.
+                // the WASI executor's semantics part of the key.
                 for (path, tool) in &action.wasi_tools {
                     let script = native::wasi_launcher(path, tool, &action.outputs, opts);
-                    keyed.insert(path.clone(), Digest::of(f, script.as_bytes()));
+                    files.insert(path.clone(), Digest::of(f, script.as_bytes()));
+                    executables.insert(path.clone());
                     launchers.push((path.clone(), script));
                 }
                 if !action.wasi_tools.is_empty() {
-                    props.push(("wbuild-wasi-executor", EXECUTOR_VERSION.to_owned()));
+                    props.set("wbuild-wasi-executor", EXECUTOR_VERSION);
                 }
-                props
+                (
+                    vec![
+                        ("ISA", opts.platform.isa().to_owned()),
+                        ("OSFamily", "linux".to_owned()),
+                    ],
+                    Kind::Native {
+                        toolchain: opts.native_toolchain.clone(),
+                        unsandboxed: opts.unsandboxed,
+                        runs_wasi_tools: !action.wasi_tools.is_empty(),
+                    },
+                )
             }
         };
         // Pinned toolchain bundles the action uses: their digests are its toolchain identity.
-        let mut properties = properties;
         let mut bundles = BTreeMap::new();
         let tool_paths = action
             .wasi_tool()
@@ -797,16 +888,19 @@ impl Scheduler<'_> {
         }
         if !bundles.is_empty() {
             let v: Vec<String> = bundles.iter().map(|(n, d)| format!("{n}={d}")).collect();
-            properties.push(("wbuild-toolchain-bundles", v.join(",")));
+            props.set("wbuild-toolchain-bundles", v.join(","));
         }
-        properties.sort_by(|a, b| a.0.cmp(b.0));
         env.extend(action.env.iter().map(|(k, v)| (k.clone(), v.clone())));
         let env: Vec<(String, String)> = env.into_iter().collect();
-        let (root, _) = merkle::input_root(f, &keyed)
+        let mut keyed = files.clone();
+        if let Kind::Wasi { module, .. } = &kind {
+            keyed.insert(spec::MODULE_PATH.to_owned(), *module);
+        }
+        let (root, dirs) = merkle::input_root(f, &keyed, &executables)
             .map_err(|c| format!("input path {} is both a file and a directory", c.0))?;
 
         let platform = reapi::Platform {
-            properties: properties
+            properties: platform
                 .into_iter()
                 .map(|(n, v)| reapi::platform::Property {
                     name: n.to_owned(),
@@ -837,15 +931,32 @@ impl Scheduler<'_> {
                 nanos: 0,
             }),
             do_not_cache: false,
-            salt: Vec::new(),
+            salt: props.encode(),
             platform: Some(platform),
         };
         let (action_digest, _) = digest_message(f, &act);
+        let name = match action.wasi_tool() {
+            Some(t) => t.label.to_string(),
+            None => action.label.to_string(),
+        };
+        let spec = Spec {
+            name,
+            argv: action.argv.clone(),
+            env,
+            files,
+            executables,
+            outputs: action.outputs.clone(),
+            epoch_secs: opts.epoch_secs,
+            timeout: opts.timeout,
+            seed: action_digest.hash,
+            kind,
+        };
         Ok(Prepared {
             action_digest,
-            files,
-            module,
-            env,
+            action: act,
+            command,
+            dirs,
+            spec,
             sources,
             launchers,
         })
@@ -897,6 +1008,8 @@ impl Scheduler<'_> {
                             warnings: Vec::new(),
                             accesses: None,
                             action_digest: Some(prep.action_digest),
+                            worker: None,
+                            resubmitted: false,
                         });
                     }
                     Err(wbuild_store::StoreError::Corrupt { .. })
@@ -911,6 +1024,9 @@ impl Scheduler<'_> {
             }
         }
         if let Some(fin) = self.remote_lookup(action, opts, &prep)? {
+            return Ok(fin);
+        }
+        if let Some(fin) = self.remote_execute(graph, action, opts, &prep)? {
             return Ok(fin);
         }
         self.execute(wid, graph, action, opts, prep)
@@ -1026,7 +1142,284 @@ impl Scheduler<'_> {
             warnings: Vec::new(),
             accesses: None,
             action_digest: Some(prep.action_digest),
+            worker: None,
+            resubmitted: false,
         }))
+    }
+
+    /// A slot for running an action here.
+    fn local_slot(&self) -> SemaphoreGuard<'_> {
+        self.local_slots.acquire()
+    }
+
+    /// The executor while it is reachable.
+    fn executor(&self) -> Option<&wbuild_remote::RemoteCache> {
+        self.executor
+            .as_deref()
+            .filter(|_| self.executor_ok.load(Ordering::Relaxed))
+    }
+
+    /// The executor cannot be reached: say so once and run the rest here.
+    fn executor_failed(&self, e: wbuild_remote::ClientError) {
+        if self.executor_ok.swap(false, Ordering::SeqCst) {
+            let url = self.executor.as_ref().map_or("", |r| r.url());
+            self.events.event(&Event::Warning {
+                message: format!("remote executor {url}: {e}; the rest of this build runs locally"),
+            });
+        }
+    }
+
+    /// How long a remote run of `mnemonic` may take before a copy is submitted: twice the
+    /// median of this build's earlier remote runs of it (at least three of them).
+    fn straggler_wait(&self, mnemonic: &str) -> Option<Duration> {
+        let durations = self.remote_durations.lock().expect("durations");
+        let mut v = durations.get(mnemonic)?.clone();
+        if v.len() < STRAGGLER_SAMPLES {
+            return None;
+        }
+        v.sort_unstable();
+        let median = v[v.len() / 2];
+        Some(Duration::from_millis(2 * median).max(MIN_STRAGGLER_WAIT))
+    }
+
+    /// Runs the action on a worker of the remote executor: uploads what the engine lacks
+    /// (inputs, the `Command`, the input tree, the `Action`), executes it, fetches and
+    /// verifies the outputs. `None`: run it here (no executor, one that cannot run this
+    /// action, or an executor failure, reported as a warning).
+    fn remote_execute(
+        &self,
+        graph: &ActionGraph,
+        action: &ActionNode,
+        opts: &Options,
+        prep: &Prepared,
+    ) -> Result<Option<Finished>, SchedError> {
+        let Some(ex) = self.executor() else {
+            return Ok(None);
+        };
+        if let Kind::Native {
+            toolchain,
+            unsandboxed,
+            ..
+        } = &prep.spec.kind
+        {
+            if *unsandboxed {
+                return Ok(None);
+            }
+            if toolchain.is_none() {
+                // Keyed on this machine's toolchain: no worker can run it as keyed.
+                let platform = opts.platform.name().to_owned();
+                if self
+                    .warned_local
+                    .lock()
+                    .expect("warned")
+                    .insert(platform.clone())
+                {
+                    self.events.event(&Event::Warning {
+                        message: format!(
+                            "native actions for {platform} run here: they use the host's toolchain; pin a toolchain bundle for {platform} in wbuild.toml to run them remotely"
+                        ),
+                    });
+                }
+                return Ok(None);
+            }
+        }
+        if let Err(e) = self.stage_sources(prep)? {
+            return Ok(Some(Finished::failed(e)));
+        }
+        let f = self.store.function();
+        let mut messages: HashMap<Digest, Vec<u8>> = HashMap::new();
+        let (command_digest, command_bytes) = digest_message(f, &prep.command);
+        messages.insert(command_digest, command_bytes);
+        messages.insert(
+            prep.action_digest,
+            prost::Message::encode_to_vec(&prep.action),
+        );
+        for (d, bytes) in &prep.dirs {
+            messages.insert(*d, bytes.clone());
+        }
+        let resubmission = self.straggler_wait(&action.mnemonic).map(|after| {
+            let copy = wbuild_remote::speculative_copy(&prep.action);
+            let d = Digest::of(f, &copy);
+            messages.insert(d, copy);
+            wbuild_remote::Resubmission { action: d, after }
+        });
+        let mut blobs: Vec<Digest> = messages.keys().copied().collect();
+        blobs.extend(prep.spec.files.values().copied());
+        if let Kind::Wasi { module, .. } = &prep.spec.kind {
+            blobs.push(*module);
+        }
+        blobs.sort_by_key(|d| d.hash);
+        blobs.dedup();
+        let uploaded = ex.upload_missing(&blobs, |d| {
+            messages
+                .get(d)
+                .cloned()
+                .or_else(|| self.store.get_bytes(d).ok())
+        });
+        if let Err(e) = uploaded {
+            self.executor_failed(e);
+            return Ok(None);
+        }
+        let t0 = Instant::now();
+        let executed = match ex.execute(&prep.action_digest, resubmission) {
+            Ok(x) => x,
+            Err(e) => {
+                self.executor_failed(e);
+                return Ok(None);
+            }
+        };
+        let worker = Some(executed.worker())
+            .filter(|w| !w.is_empty())
+            .unwrap_or("an unnamed worker")
+            .to_owned();
+        let resubmitted = executed.resubmitted;
+        let response = executed.response;
+        let refused = |why: String| {
+            self.events.event(&Event::Warning {
+                message: format!(
+                    "{}: the remote executor did not run it ({why}); running it here",
+                    action.name()
+                ),
+            });
+            Ok(None)
+        };
+        if let Some(status) = response.status.as_ref().filter(|s| s.code != 0) {
+            return refused(format!("status {}: {}", status.code, status.message));
+        }
+        let Some(mut result) = response.result else {
+            return refused("no result".to_owned());
+        };
+        let fetched = match self.fetch_result(&mut result) {
+            Ok(Some(x)) => x,
+            Ok(None) => return refused(format!("{worker} sent a malformed result")),
+            Err(e) => {
+                self.executor_failed(e);
+                return Ok(None);
+            }
+        };
+        let elapsed = t0.elapsed().as_millis() as u64;
+        if !resubmitted {
+            self.remote_durations
+                .lock()
+                .expect("durations")
+                .entry(action.mnemonic.clone())
+                .or_default()
+                .push(elapsed);
+        }
+        let (outputs, executables, stdout, stderr, accesses) = fetched;
+        let mut errors = Vec::new();
+        if result.exit_code != 0 {
+            errors.push(format!(
+                "the command exited with code {} on {worker}",
+                result.exit_code
+            ));
+        } else {
+            for out in &action.outputs {
+                if !outputs.iter().any(|(p, _)| p == out) {
+                    errors.push(format!("{worker} did not return declared output {out}"));
+                }
+            }
+        }
+        if let Some(log) = &accesses {
+            self.store
+                .put_access_log(&prep.action_digest, &log.to_json())?;
+        }
+        let ran = RunOutput {
+            outputs,
+            executables,
+            errors,
+            exit_code: result.exit_code,
+            stdout,
+            stderr,
+            accesses,
+        };
+        let mut fin = self.finish_run(graph, action, opts, prep, ran, Some(worker))?;
+        fin.resubmitted = resubmitted;
+        Ok(Some(fin))
+    }
+
+    /// Downloads (verified) what a remote result references into the store: outputs, stdout,
+    /// stderr and a WASI guest's access log. `None`: the result is malformed.
+    #[allow(clippy::type_complexity)]
+    fn fetch_result(
+        &self,
+        result: &mut reapi::ActionResult,
+    ) -> Result<
+        Option<(
+            Vec<(String, Digest)>,
+            HashSet<String>,
+            Vec<u8>,
+            Vec<u8>,
+            Option<AccessLog>,
+        )>,
+        wbuild_remote::ClientError,
+    > {
+        let f = self.store.function();
+        let ex = self.executor.as_deref().expect("executor");
+        let put = |d: Digest, bytes: &[u8]| self.store.put_bytes(bytes).ok() == Some(d);
+        for (d, bytes) in wbuild_remote::take_inlined(result, f)? {
+            if !self.store.has(&d) && !put(d, &bytes) {
+                return Ok(None);
+            }
+        }
+        let digest = |p: Option<&reapi::Digest>| p.and_then(|d| Digest::from_proto(f, d).ok());
+        let mut outputs = Vec::new();
+        let mut executables = HashSet::new();
+        for of in &result.output_files {
+            let Some(d) = digest(of.digest.as_ref()) else {
+                return Ok(None);
+            };
+            if of.is_executable {
+                executables.insert(of.path.clone());
+            }
+            outputs.push((of.path.clone(), d));
+        }
+        let access_log = result
+            .execution_metadata
+            .as_ref()
+            .into_iter()
+            .flat_map(|m| m.auxiliary_metadata.iter())
+            .find(|a| a.type_url == ACCESS_LOG_TYPE_URL)
+            .and_then(|a| <reapi::Digest as prost::Message>::decode(&a.value[..]).ok())
+            .and_then(|d| Digest::from_proto(f, &d).ok());
+        let stdout = digest(result.stdout_digest.as_ref());
+        let stderr = digest(result.stderr_digest.as_ref());
+        let mut wanted: Vec<Digest> = outputs
+            .iter()
+            .map(|(_, d)| *d)
+            .chain(stdout)
+            .chain(stderr)
+            .chain(access_log)
+            .collect();
+        wanted.sort_by_key(|d| d.hash);
+        wanted.dedup();
+        wanted.retain(|d| !self.store.has(d));
+        for (d, bytes) in ex.download(&wanted)? {
+            if !put(d, &bytes) {
+                return Ok(None);
+            }
+        }
+        let read = |d: Option<Digest>| {
+            d.map(|d| self.store.get_bytes(&d).unwrap_or_default())
+                .unwrap_or_default()
+        };
+        let accesses = match access_log {
+            Some(d) => {
+                let text = String::from_utf8(read(Some(d))).unwrap_or_default();
+                match AccessLog::from_json(&text) {
+                    Ok(log) => Some(log),
+                    Err(_) => return Ok(None),
+                }
+            }
+            None => None,
+        };
+        Ok(Some((
+            outputs,
+            executables,
+            read(stdout),
+            read(stderr),
+            accesses,
+        )))
     }
 
     /// Uploads an executed action's blobs the remote lacks, then its result.
@@ -1088,6 +1481,25 @@ impl Scheduler<'_> {
         Ok(())
     }
 
+    /// Puts what staging the action needs into the CAS: its source files (checking they did
+    /// not change since they were hashed) and its launcher scripts. `Err(message)` fails it.
+    fn stage_sources(&self, prep: &Prepared) -> Result<Result<(), String>, SchedError> {
+        for (path, d) in &prep.sources {
+            if !self.store.has(d) {
+                let got = self.store.put_file(&self.ws.path(path))?;
+                if got != *d {
+                    return Ok(Err(format!(
+                        "input {path} changed while the build was running; run the build again"
+                    )));
+                }
+            }
+        }
+        for (_, script) in &prep.launchers {
+            self.store.put_bytes(script.as_bytes())?;
+        }
+        Ok(Ok(()))
+    }
+
     fn execute(
         &self,
         wid: usize,
@@ -1097,29 +1509,56 @@ impl Scheduler<'_> {
         prep: Prepared,
     ) -> Result<Finished, SchedError> {
         // Sources enter the CAS so they can be staged from it (and shared later).
-        for (path, d) in &prep.sources {
-            if !self.store.has(d) {
-                let got = self.store.put_file(&self.ws.path(path))?;
-                if got != *d {
-                    return Ok(Finished::failed(format!(
-                        "input {path} changed while the build was running; run the build again"
-                    )));
-                }
-            }
+        if let Err(e) = self.stage_sources(&prep)? {
+            return Ok(Finished::failed(e));
         }
-        let ran = match &action.exec {
-            Exec::Wasi(tool) => self.run_wasi(wid, graph, action, tool, opts, &prep)?,
-            Exec::Native => self.run_native(wid, action, opts, &prep)?,
+        let ran = {
+            let _local = self.local_slot();
+            spec::run_spec(&self.store, &self.exec, wid, &prep.spec)?
         };
-        let Ran {
+        if let Some(log) = &ran.accesses {
+            self.store
+                .put_access_log(&prep.action_digest, &log.to_json())?;
+        }
+        self.finish_run(graph, action, opts, &prep, ran, None)
+    }
+
+    /// Turns what a run produced (here or on a worker) into the action's outcome: access
+    /// checks, the action-cache entry, the upload and the materialised outputs.
+    fn finish_run(
+        &self,
+        graph: &ActionGraph,
+        action: &ActionNode,
+        opts: &Options,
+        prep: &Prepared,
+        ran: RunOutput,
+        worker: Option<String>,
+    ) -> Result<Finished, SchedError> {
+        let RunOutput {
             outputs,
             executables,
-            errors,
+            mut errors,
             stdout,
             stderr,
-            warnings,
             accesses,
+            ..
         } = ran;
+        let mut warnings = Vec::new();
+        if let Some(log) = &accesses {
+            errors.extend(self.check_accesses(graph, action, prep, log));
+            // Unused inputs are worth a warning only when the tool did its job.
+            if errors.is_empty() {
+                warnings = unused_inputs(action, log);
+            }
+        }
+        let accesses = accesses
+            .as_ref()
+            .and_then(|log| serde_json::from_str(&log.to_json()).ok());
+        let status = if worker.is_some() {
+            Status::RemoteExecuted
+        } else {
+            Status::Executed
+        };
         let mut text = String::from_utf8_lossy(&stdout).into_owned();
         text.push_str(&String::from_utf8_lossy(&stderr));
         if !errors.is_empty() {
@@ -1132,6 +1571,8 @@ impl Scheduler<'_> {
                 warnings,
                 accesses,
                 action_digest: Some(prep.action_digest),
+                worker,
+                resubmitted: false,
             });
         }
         let stdout_digest = (!stdout.is_empty())
@@ -1158,15 +1599,15 @@ impl Scheduler<'_> {
         };
         self.store
             .ac_put(&prep.action_digest, &result, &action.label.to_string())?;
-        // Unsandboxed native results are never shared.
+        // Unsandboxed native results are never shared; a worker's are shared already.
         let unsandboxed = opts.unsandboxed && action.exec == Exec::Native;
-        if opts.remote_upload && !unsandboxed {
+        if opts.remote_upload && !unsandboxed && worker.is_none() {
             self.remote_upload(&prep.action_digest, &result);
         }
         self.materialize(&outputs, &executables, &opts.platform.out_dir())?;
         let show = opts.show_output || text.to_ascii_lowercase().contains("warning");
         Ok(Finished {
-            status: Status::Executed,
+            status,
             outputs,
             executables,
             error: None,
@@ -1174,134 +1615,8 @@ impl Scheduler<'_> {
             warnings,
             accesses,
             action_digest: Some(prep.action_digest),
-        })
-    }
-
-    /// Moves each declared output from `root` into the CAS; names the ones missing.
-    fn collect_outputs(
-        &self,
-        action: &ActionNode,
-        root: &Path,
-        errors: &mut Vec<String>,
-        executables: &mut HashSet<String>,
-    ) -> Result<Vec<(String, Digest)>, SchedError> {
-        use std::os::unix::fs::PermissionsExt;
-        let mut outputs = Vec::new();
-        for out in &action.outputs {
-            let p = root.join(out);
-            match std::fs::symlink_metadata(&p) {
-                Ok(m) if m.is_file() => {
-                    if m.permissions().mode() & 0o111 != 0 {
-                        executables.insert(out.clone());
-                    }
-                    outputs.push((out.clone(), self.store.put_file_move(&p)?))
-                }
-                Ok(_) => errors.push(format!("declared output {out} is not a regular file")),
-                Err(_) => errors.push(format!("the tool did not create declared output {out}")),
-            }
-        }
-        Ok(outputs)
-    }
-
-    fn run_wasi(
-        &self,
-        wid: usize,
-        graph: &ActionGraph,
-        action: &ActionNode,
-        tool: &ToolRef,
-        opts: &Options,
-        prep: &Prepared,
-    ) -> Result<Ran, SchedError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| SchedError::Io { path, source }
-        };
-        let module = prep.module.expect("WASI actions have a module");
-        // Each worker reuses one staging directory: creating and deleting directories is the
-        // costliest part of staging on common file systems. Files are removed after every
-        // action; directories left behind are invisible to later guests (the executor shows
-        // only an action's own inputs, outputs and the directories leading to them).
-        let stage = self.store.tmp_dir().join(format!("w{wid}"));
-        let root = stage.join("root");
-        let tmp = stage.join("tmp");
-        std::fs::create_dir_all(&root).map_err(io(&root))?;
-        std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
-        let cleanup = StageGuard {
-            root: root.clone(),
-            tmp: tmp.clone(),
-            files: prep
-                .files
-                .keys()
-                .chain(action.outputs.iter())
-                .cloned()
-                .collect(),
-        };
-        for (path, d) in &prep.files {
-            self.store.link_into(d, &root.join(path))?;
-        }
-        for out in &action.outputs {
-            if let Some(parent) = root.join(out).parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-            }
-        }
-        let module_path = stage.join("tool.wasm");
-        self.store.link_into(&module, &module_path)?;
-        let _module_guard = RemoveOnDrop(module_path.clone());
-
-        let req = Request {
-            module_key: module.to_string(),
-            module_path,
-            module_name: tool.label.to_string(),
-            argv: action.argv.clone(),
-            env: action
-                .env
-                .iter()
-                .map(|(k, v)| (k.clone(), v.clone()))
-                .collect(),
-            root: root.clone(),
-            tmp,
-            inputs: prep.files.keys().cloned().collect(),
-            outputs: action.outputs.clone(),
-            epoch_secs: opts.epoch_secs,
-            random_seed: prep.action_digest.hash,
-            memory_limit_bytes: opts.memory_limit_bytes,
-            timeout: opts.timeout,
-        };
-        let outcome = match self.exec.run(&req) {
-            Ok(o) => o,
-            Err(e) => return Ok(Ran::failed(e.to_string())),
-        };
-        let accesses = serde_json::from_str(&outcome.accesses.to_json()).ok();
-        let mut errors = Vec::new();
-        if let Some(f) = &outcome.failure {
-            errors.push(f.to_string());
-        } else if outcome.exit_code != 0 {
-            errors.push(format!("the tool exited with code {}", outcome.exit_code));
-        }
-        errors.extend(self.check_accesses(graph, action, prep, &outcome.accesses));
-        let mut executables = HashSet::new();
-        let outputs = if errors.is_empty() {
-            self.collect_outputs(action, &root, &mut errors, &mut executables)?
-        } else {
-            Vec::new()
-        };
-        // Unused inputs are worth a warning only when the tool did its job.
-        let warnings = if errors.is_empty() {
-            unused_inputs(action, &outcome.accesses)
-        } else {
-            Vec::new()
-        };
-        drop(cleanup);
-        self.store
-            .put_access_log(&prep.action_digest, &outcome.accesses.to_json())?;
-        Ok(Ran {
-            outputs,
-            executables,
-            errors,
-            stdout: outcome.stdout,
-            stderr: outcome.stderr,
-            warnings,
-            accesses,
+            worker,
+            resubmitted: false,
         })
     }
 
@@ -1315,7 +1630,7 @@ impl Scheduler<'_> {
     ) -> Vec<String> {
         let mut errors = Vec::new();
         for path in log.paths(AccessKind::Missing) {
-            if path.starts_with("/tmp") || prep.files.contains_key(path) {
+            if path.starts_with("/tmp") || prep.spec.files.contains_key(path) {
                 continue;
             }
             if let Some((_, label)) = graph.producers.get(path) {
@@ -1337,7 +1652,7 @@ impl Scheduler<'_> {
                 errors.push(format!(
                     "tried to reach {path} outside its sandbox (only declared inputs, outputs and /tmp exist)"
                 ));
-            } else if prep.files.contains_key(path) {
+            } else if prep.spec.files.contains_key(path) {
                 errors.push(format!(
                     "tried to modify its input {path}; inputs are read-only"
                 ));
@@ -1371,46 +1686,4 @@ fn unused_inputs(action: &ActionNode, log: &AccessLog) -> Vec<String> {
         .filter(|p| !touched.contains(p.as_str()))
         .map(|p| format!("declared input {p} was never read by {}", action.label))
         .collect()
-}
-
-struct RemoveTreeOnDrop(PathBuf);
-impl Drop for RemoveTreeOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
-}
-
-struct RemoveOnDrop(PathBuf);
-impl Drop for RemoveOnDrop {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_file(&self.0);
-    }
-}
-
-/// Empties a worker's staging directory when an action is done: the files staged or written
-/// there, and everything in its `/tmp`.
-struct StageGuard {
-    root: PathBuf,
-    tmp: PathBuf,
-    files: Vec<String>,
-}
-impl Drop for StageGuard {
-    fn drop(&mut self) {
-        for f in &self.files {
-            let _ = std::fs::remove_file(self.root.join(f));
-        }
-        if let Ok(rd) = std::fs::read_dir(&self.tmp) {
-            for e in rd.flatten() {
-                let p = e.path();
-                match e.file_type() {
-                    Ok(t) if t.is_dir() => {
-                        let _ = std::fs::remove_dir_all(&p);
-                    }
-                    _ => {
-                        let _ = std::fs::remove_file(&p);
-                    }
-                }
-            }
-        }
-    }
 }

@@ -4,14 +4,13 @@
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use wbuild_graph::ActionNode;
+use wbuild_store::Store;
 
-use crate::{
-    INTERRUPTED, OUT_DIR, Options, Prepared, Ran, RemoveTreeOnDrop, SchedError, Scheduler,
-};
+use crate::spec::{RemoveTreeOnDrop, RunOutput, Spec, collect_outputs, io_err};
+use crate::{INTERRUPTED, NativeToolchain, OUT_DIR, Options, SchedError};
 
 /// Target platform of native actions. WASI actions are portable and do not depend on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -256,19 +255,6 @@ fn empty_dir(dir: &Path) -> std::io::Result<()> {
     }
 }
 
-/// Writes an executable (mode 0555) file, creating its parent directories.
-fn write_executable(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::os::unix::fs::PermissionsExt;
-    if let Some(parent) = path.parent() {
-        std::fs::create_dir_all(parent)?;
-    }
-    std::fs::write(path, bytes)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o555))
-}
-
-/// Numbers native staging directories (each native action gets a fresh one).
-static NATIVE_STAGING: AtomicU64 = AtomicU64::new(0);
-
 /// Identity of the toolchain native actions of `platform` run with (part of their keys),
 /// computed once per process: the files the compiler driver uses — `$CC`, `$CXX`, `$AR`, the
 /// test runner, and what the drivers name as `cc1`, `cc1plus`, `as`, `ld` and `collect2` — and
@@ -363,171 +349,158 @@ pub fn toolchain_identity(platform: Platform) -> String {
     id
 }
 
-impl Scheduler<'_> {
-    /// A native action (`genrule`, `cc_*`): `/bin/sh -c cmd` in the namespace sandbox, with
-    /// `/work` (the working directory) a private scratch tmpfs holding the inputs at their
-    /// workspace paths as read-only bind mounts of their verified CAS blobs (no copies; a mount
-    /// cannot be written, renamed, removed or chmod'ed through) and the outputs' directories
-    /// as writable binds of the worker's host staging directories, reused between actions
-    /// (creating files and directories is what staging costs on common file systems; here an
-    /// action creates none but its outputs). Executable inputs and tool launchers are
-    /// executable files bound read-only; the host's system directories are read-only. Without
-    /// the sandbox, `/work` is a fresh host directory holding copies of the inputs.
-    pub(crate) fn run_native(
-        &self,
-        wid: usize,
-        action: &ActionNode,
-        opts: &Options,
-        prep: &Prepared,
-    ) -> Result<Ran, SchedError> {
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| SchedError::Io { path, source }
-        };
-        let work = Path::new("/work");
-        // Host directory the outputs are written to (at their workspace paths).
-        let root: PathBuf;
-        let _cleanup;
-        let mut mounts = match &opts.native_toolchain {
-            Some(tc) => tc.mounts().map_err(io(&tc.root))?,
-            None => wbuild_exec_native::host_toolchain_mounts(),
-        };
-        let mut scratch = Vec::new();
-        let mut env = prep.env.clone();
-        let executables = self.executables.read().expect("executables").clone();
-        if opts.unsandboxed {
-            let n = NATIVE_STAGING.fetch_add(1, Ordering::Relaxed);
-            let stage = self.store.tmp_dir().join(format!("n{wid}-{n}"));
-            root = stage.join("work");
-            std::fs::create_dir_all(&root).map_err(io(&root))?;
-            _cleanup = Some(RemoveTreeOnDrop(stage));
-            for (path, d) in &prep.files {
-                self.store
-                    .materialize(d, &root.join(path), executables.contains(path))?;
-            }
-            for (path, script) in &prep.launchers {
-                write_executable(&root.join(path), script.as_bytes()).map_err(io(path.as_ref()))?;
-            }
-            if !prep.launchers.is_empty() {
-                let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
-                env.push(("WBUILD_EXE".to_owned(), exe.display().to_string()));
-            }
+/// A native action (`genrule`, `cc_*`): `/bin/sh -c cmd` in the namespace sandbox, with
+/// `/work` (the working directory) a private scratch tmpfs holding the inputs at their
+/// workspace paths as read-only bind mounts of their verified CAS blobs (no copies; a mount
+/// cannot be written, renamed, removed or chmod'ed through) and the outputs' directories
+/// as writable binds of the slot's host staging directories, reused between actions
+/// (creating files and directories is what staging costs on common file systems; here an
+/// action creates none but its outputs). Executable inputs and tool launchers are
+/// executable files bound read-only; the system directories (the toolchain bundle's, or the
+/// host's) are read-only. Without the sandbox, `/work` is a fresh host directory holding
+/// copies of the inputs.
+pub(crate) fn run_native(
+    store: &Store,
+    slot: usize,
+    spec: &Spec,
+    toolchain: Option<&NativeToolchain>,
+    unsandboxed: bool,
+    runs_wasi_tools: bool,
+) -> Result<RunOutput, SchedError> {
+    let work = Path::new("/work");
+    // Host directory the outputs are written to (at their workspace paths).
+    let root: PathBuf;
+    let _cleanup;
+    let mut mounts = match toolchain {
+        Some(tc) => tc.mounts().map_err(io_err(&tc.root))?,
+        None => wbuild_exec_native::host_toolchain_mounts(),
+    };
+    let mut scratch = Vec::new();
+    let mut env = spec.env.clone();
+    if unsandboxed {
+        let stage = store
+            .tmp_dir()
+            .join(format!("n{slot}-{}", crate::spec::next_staging()));
+        root = stage.join("work");
+        std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+        _cleanup = Some(RemoveTreeOnDrop(stage));
+        for (path, d) in &spec.files {
+            store.materialize(d, &root.join(path), spec.executables.contains(path))?;
+        }
+        if runs_wasi_tools {
+            let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
+            env.push(("WBUILD_EXE".to_owned(), exe.display().to_string()));
+        }
+    } else {
+        _cleanup = None;
+        let stage = store.tmp_dir().join(format!("nw{slot}"));
+        root = stage.join("out");
+        let files = stage.join("files");
+        // Executable copies of the previous action go.
+        if files.exists() {
+            std::fs::remove_dir_all(&files).map_err(io_err(&files))?;
+        }
+        let dirs = output_dirs(&spec.outputs);
+        if dirs.iter().any(|d| d.is_empty()) {
+            // An output at the workspace root: the whole of /work is the host directory.
+            empty_dir(&root).map_err(io_err(&root))?;
+            mounts.push(wbuild_exec_native::Mount {
+                host: root.clone(),
+                sandbox: work.to_path_buf(),
+                writable: true,
+            });
         } else {
-            _cleanup = None;
-            let stage = self.store.tmp_dir().join(format!("nw{wid}"));
-            root = stage.join("out");
-            let files = stage.join("files");
-            // Executable copies and launchers of the previous action go.
-            if files.exists() {
-                std::fs::remove_dir_all(&files).map_err(io(&files))?;
-            }
-            let dirs = output_dirs(&action.outputs);
-            if dirs.iter().any(|d| d.is_empty()) {
-                // An output at the workspace root: the whole of /work is the host directory.
-                empty_dir(&root).map_err(io(&root))?;
+            scratch.push(work.to_path_buf());
+            for d in &dirs {
+                let host = root.join(d);
+                empty_dir(&host).map_err(io_err(&host))?;
                 mounts.push(wbuild_exec_native::Mount {
-                    host: root.clone(),
-                    sandbox: work.to_path_buf(),
+                    host,
+                    sandbox: work.join(d),
                     writable: true,
                 });
+            }
+        }
+        for (path, d) in &spec.files {
+            let host = if spec.executables.contains(path) {
+                let copy = files.join(path);
+                store.materialize(d, &copy, true)?;
+                copy
             } else {
-                scratch.push(work.to_path_buf());
-                for d in &dirs {
-                    let host = root.join(d);
-                    empty_dir(&host).map_err(io(&host))?;
-                    mounts.push(wbuild_exec_native::Mount {
-                        host,
-                        sandbox: work.join(d),
-                        writable: true,
-                    });
-                }
-            }
-            for (path, d) in &prep.files {
-                let host = if executables.contains(path) {
-                    let copy = files.join(path);
-                    self.store.materialize(d, &copy, true)?;
-                    copy
-                } else {
-                    self.store.verified_blob_path(d)?
-                };
-                mounts.push(wbuild_exec_native::Mount {
-                    host,
-                    sandbox: work.join(path),
-                    writable: false,
-                });
-            }
-            for (path, script) in &prep.launchers {
-                let host = files.join(path);
-                write_executable(&host, script.as_bytes()).map_err(io(&host))?;
-                mounts.push(wbuild_exec_native::Mount {
-                    host,
-                    sandbox: work.join(path),
-                    writable: false,
-                });
-            }
-            if !prep.launchers.is_empty() {
-                let exe = std::env::current_exe().map_err(io(Path::new("/proc/self/exe")))?;
-                mounts.push(wbuild_exec_native::Mount {
-                    host: exe,
-                    sandbox: PathBuf::from(WBUILD_IN_SANDBOX),
-                    writable: false,
-                });
-            }
+                store.verified_blob_path(d)?
+            };
+            mounts.push(wbuild_exec_native::Mount {
+                host,
+                sandbox: work.join(path),
+                writable: false,
+            });
         }
-        for out in &action.outputs {
-            if let Some(parent) = root.join(out).parent() {
-                std::fs::create_dir_all(parent).map_err(io(parent))?;
-            }
+        if runs_wasi_tools {
+            let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
+            mounts.push(wbuild_exec_native::Mount {
+                host: exe,
+                sandbox: PathBuf::from(WBUILD_IN_SANDBOX),
+                writable: false,
+            });
         }
-        let req = wbuild_exec_native::NativeRequest {
-            argv: action.argv.clone(),
-            env,
-            mounts,
-            scratch,
-            cwd: work.to_path_buf(),
-            source_date_epoch: opts.epoch_secs,
-            timeout: opts.timeout,
-        };
-        let outcome = if opts.unsandboxed {
-            let tmp = root.with_file_name("tmp");
-            run_unsandboxed(&req, &root, &tmp)
-        } else {
-            wbuild_exec_native::run(&req)
-        };
-        let outcome = match outcome {
-            Ok(o) => o,
-            Err(e) => return Ok(Ran::failed(e.to_string())),
-        };
-        let mut errors = Vec::new();
-        if outcome.timed_out {
-            errors.push(format!(
-                "the command ran longer than its time limit of {}s and was stopped (raise [wasi] timeout_secs in wbuild.toml if it needs longer)",
-                opts.timeout.as_secs()
-            ));
-        } else if let Some(sig) = outcome.signal {
-            errors.push(format!("the command was killed by signal {sig}"));
-        } else if outcome.exit_code != Some(0) {
-            errors.push(format!(
-                "the command exited with code {}",
-                outcome.exit_code.unwrap_or(-1)
-            ));
-        }
-        let mut executables = HashSet::new();
-        let outputs = if errors.is_empty() {
-            self.collect_outputs(action, &root, &mut errors, &mut executables)?
-        } else {
-            Vec::new()
-        };
-        Ok(Ran {
-            outputs,
-            executables,
-            errors,
-            stdout: outcome.stdout,
-            stderr: outcome.stderr,
-            warnings: Vec::new(),
-            accesses: None,
-        })
     }
+    for out in &spec.outputs {
+        if let Some(parent) = root.join(out).parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+    }
+    let req = wbuild_exec_native::NativeRequest {
+        argv: spec.argv.clone(),
+        env,
+        mounts,
+        scratch,
+        cwd: work.to_path_buf(),
+        source_date_epoch: spec.epoch_secs,
+        timeout: spec.timeout,
+    };
+    let outcome = if unsandboxed {
+        let tmp = root.with_file_name("tmp");
+        run_unsandboxed(&req, &root, &tmp)
+    } else {
+        wbuild_exec_native::run(&req)
+    };
+    let outcome = match outcome {
+        Ok(o) => o,
+        Err(e) => return Ok(RunOutput::failed_with(e.to_string())),
+    };
+    let mut errors = Vec::new();
+    if outcome.timed_out {
+        errors.push(format!(
+            "the command ran longer than its time limit of {}s and was stopped (raise [wasi] timeout_secs in wbuild.toml if it needs longer)",
+            spec.timeout.as_secs()
+        ));
+    } else if let Some(sig) = outcome.signal {
+        errors.push(format!("the command was killed by signal {sig}"));
+    } else if outcome.exit_code != Some(0) {
+        errors.push(format!(
+            "the command exited with code {}",
+            outcome.exit_code.unwrap_or(-1)
+        ));
+    }
+    let mut executables = HashSet::new();
+    let outputs = if errors.is_empty() {
+        collect_outputs(store, &spec.outputs, &root, &mut errors, &mut executables)?
+    } else {
+        Vec::new()
+    };
+    Ok(RunOutput {
+        outputs,
+        executables,
+        exit_code: if errors.is_empty() {
+            0
+        } else {
+            outcome.exit_code.filter(|c| *c != 0).unwrap_or(1)
+        },
+        errors,
+        stdout: outcome.stdout,
+        stderr: outcome.stderr,
+        accesses: None,
+    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,491 @@
+//! What it takes to run one action, without the build graph: the scheduler builds a [`Spec`]
+//! for a local run, `wbuild worker` builds one from a REAPI `Action` an engine leased to it
+//! ([`Spec::from_reapi`]), and both run it with [`run_spec`], so a remote run is the same run.
+//!
+//! An action's REAPI platform holds only the standard properties engines match workers on
+//! (`OSFamily=wasi` for WASI actions, so any worker can take them and their results are shared
+//! across hosts; `OSFamily=linux` and `ISA` for native ones). wbuild's own execution settings
+//! (executor versions, limits, toolchain identity) are part of the key too, as
+//! [`ExecProps`] lines in the `Action`'s `salt`.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use wbuild_exec_wasi::{AccessLog, EXECUTOR_VERSION, Request, WasiExecutor};
+use wbuild_store::{Digest, DigestFunction, Store, digest_message, reapi};
+
+use crate::native::{self, Platform};
+use crate::{NativeToolchain, SchedError};
+
+/// Where a WASI action's module lies in its keyed input root.
+pub const MODULE_PATH: &str = ".wbuild/tool.wasm";
+
+/// wbuild's execution settings of an action, as sorted `name=value` lines (the `Action`'s
+/// `salt`). Names: `wbuild-executor`, `wbuild-memory-limit`, `wbuild-source-date-epoch`,
+/// `wbuild-sandbox`, `wbuild-toolchain`, `wbuild-toolchain-bundles`, `wbuild-wasi-executor`.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecProps(pub BTreeMap<String, String>);
+
+impl ExecProps {
+    pub fn set(&mut self, name: &str, value: impl Into<String>) {
+        self.0.insert(name.to_owned(), value.into());
+    }
+
+    pub fn get(&self, name: &str) -> Option<&str> {
+        self.0.get(name).map(String::as_str)
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let mut out = String::from("wbuild-exec-props/1\n");
+        for (k, v) in &self.0 {
+            out.push_str(k);
+            out.push('=');
+            out.push_str(v);
+            out.push('\n');
+        }
+        out.into_bytes()
+    }
+
+    pub fn decode(salt: &[u8]) -> Result<ExecProps, String> {
+        let text = std::str::from_utf8(salt)
+            .map_err(|_| "the action's salt is not wbuild execution properties".to_owned())?;
+        let mut lines = text.lines();
+        if lines.next() != Some("wbuild-exec-props/1") {
+            return Err("the action's salt is not wbuild execution properties (it was not built by a wbuild client of this version)".to_owned());
+        }
+        let mut props = ExecProps::default();
+        for line in lines {
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| format!("bad execution property line {line:?}"))?;
+            props.set(k, v);
+        }
+        Ok(props)
+    }
+
+    fn require(&self, name: &str) -> Result<&str, String> {
+        self.get(name)
+            .ok_or_else(|| format!("the action lacks execution property {name}"))
+    }
+}
+
+/// How the action runs.
+#[derive(Clone, Debug)]
+pub enum Kind {
+    /// A WASI tool module in wbuild's executor.
+    Wasi { module: Digest, memory_limit: u64 },
+    /// `argv` in the namespace sandbox (or directly, `--sandbox=none`).
+    Native {
+        /// Its pinned toolchain bundle, mounted as the whole system; `None`: the host's.
+        toolchain: Option<Arc<NativeToolchain>>,
+        unsandboxed: bool,
+        /// The command runs WASI tools through launchers (they need the wbuild binary).
+        runs_wasi_tools: bool,
+    },
+}
+
+/// One action, ready to run: everything is content (digests) or settings from its key.
+#[derive(Clone, Debug)]
+pub struct Spec {
+    /// For messages (the tool's label, or the command).
+    pub name: String,
+    pub argv: Vec<String>,
+    pub env: Vec<(String, String)>,
+    /// Staged files (workspace path -> digest); for WASI actions, without the module.
+    pub files: BTreeMap<String, Digest>,
+    /// Staged files that are executable (tests, tools built earlier, launchers).
+    pub executables: HashSet<String>,
+    pub outputs: Vec<String>,
+    pub epoch_secs: u64,
+    pub timeout: Duration,
+    /// Seed of a guest's random bytes: the action digest.
+    pub seed: [u8; 32],
+    pub kind: Kind,
+}
+
+/// What running a spec produced (outputs already in the store).
+#[derive(Debug, Default)]
+pub struct RunOutput {
+    pub outputs: Vec<(String, Digest)>,
+    pub executables: HashSet<String>,
+    /// Why the action failed (empty: it succeeded, unless access checks say otherwise).
+    pub errors: Vec<String>,
+    pub exit_code: i32,
+    pub stdout: Vec<u8>,
+    pub stderr: Vec<u8>,
+    /// WASI actions: what the guest touched.
+    pub accesses: Option<AccessLog>,
+}
+
+impl RunOutput {
+    pub(crate) fn failed_with(error: String) -> RunOutput {
+        RunOutput {
+            errors: vec![error],
+            exit_code: 1,
+            ..Default::default()
+        }
+    }
+}
+
+/// Resolves a `wbuild-toolchain=bundle NAME DIGEST` property on a worker.
+pub type ToolchainResolver<'a> =
+    &'a dyn Fn(&str, &str) -> Result<Option<Arc<NativeToolchain>>, String>;
+
+impl Spec {
+    /// The spec of an `Action` (with its `Command` and input-tree files) an engine leased to
+    /// a worker. `key` is the action's digest without `do_not_cache` (the seed). Refuses what
+    /// this worker cannot run exactly as keyed, saying why.
+    pub fn from_reapi(
+        key: &Digest,
+        action: &reapi::Action,
+        command: &reapi::Command,
+        files: BTreeMap<String, (Digest, bool)>,
+        resolve_toolchain: ToolchainResolver<'_>,
+    ) -> Result<Spec, String> {
+        let props = ExecProps::decode(&action.salt)?;
+        let platform = action.platform.clone().unwrap_or_default();
+        let prop = |name: &str| {
+            platform
+                .properties
+                .iter()
+                .find(|p| p.name == name)
+                .map(|p| p.value.as_str())
+        };
+        let timeout = action
+            .timeout
+            .as_ref()
+            .map_or(Duration::from_secs(600), |t| {
+                Duration::from_secs(t.seconds.max(1) as u64)
+            });
+        let epoch_secs: u64 = props
+            .require("wbuild-source-date-epoch")?
+            .parse()
+            .map_err(|_| "bad wbuild-source-date-epoch".to_owned())?;
+        let mut executables = HashSet::new();
+        let mut staged = BTreeMap::new();
+        for (path, (d, exec)) in files {
+            if exec {
+                executables.insert(path.clone());
+            }
+            staged.insert(path, d);
+        }
+        let kind = match prop("OSFamily") {
+            Some("wasi") => {
+                let want = props.require("wbuild-executor")?;
+                if want != EXECUTOR_VERSION {
+                    return Err(format!(
+                        "the action wants WASI executor {want}; this worker has {EXECUTOR_VERSION}"
+                    ));
+                }
+                let module = staged
+                    .remove(MODULE_PATH)
+                    .ok_or_else(|| format!("the WASI action has no {MODULE_PATH}"))?;
+                let memory_limit = props
+                    .require("wbuild-memory-limit")?
+                    .parse()
+                    .map_err(|_| "bad wbuild-memory-limit".to_owned())?;
+                Kind::Wasi {
+                    module,
+                    memory_limit,
+                }
+            }
+            Some("linux") => {
+                let isa = prop("ISA").ok_or("the native action has no ISA property")?;
+                let platform = Platform::ALL
+                    .into_iter()
+                    .find(|p| p.isa() == isa)
+                    .ok_or_else(|| format!("unknown ISA {isa}"))?;
+                let want = props.require("wbuild-executor")?;
+                if want != wbuild_exec_native::SANDBOX_VERSION {
+                    return Err(format!(
+                        "the action wants sandbox {want}; this worker has {}",
+                        wbuild_exec_native::SANDBOX_VERSION
+                    ));
+                }
+                if props.get("wbuild-sandbox") != Some("namespaces") {
+                    return Err("actions built without the sandbox are never run remotely".into());
+                }
+                if let Some(w) = props.get("wbuild-wasi-executor")
+                    && w != EXECUTOR_VERSION
+                {
+                    return Err(format!(
+                        "the action wants WASI executor {w}; this worker has {EXECUTOR_VERSION}"
+                    ));
+                }
+                let identity = props.require("wbuild-toolchain")?;
+                let toolchain = match identity.strip_prefix("bundle ") {
+                    Some(rest) => {
+                        let (name, digest) = rest
+                            .split_once(' ')
+                            .ok_or_else(|| format!("bad wbuild-toolchain {identity:?}"))?;
+                        Some(resolve_toolchain(name, digest)?.ok_or_else(|| {
+                            format!(
+                                "toolchain bundle {name} {digest} is not installed on this worker (start it with --toolchain SOURCE)"
+                            )
+                        })?)
+                    }
+                    None => {
+                        if identity != native::toolchain_identity(platform) {
+                            return Err(format!(
+                                "the action was keyed with another machine's host toolchain for {}; pin a toolchain bundle to run native actions remotely",
+                                platform.name()
+                            ));
+                        }
+                        None
+                    }
+                };
+                Kind::Native {
+                    toolchain,
+                    unsandboxed: false,
+                    runs_wasi_tools: props.get("wbuild-wasi-executor").is_some(),
+                }
+            }
+            other => {
+                return Err(format!(
+                    "this worker runs OSFamily=wasi and OSFamily=linux actions, not {other:?}"
+                ));
+            }
+        };
+        Ok(Spec {
+            name: command.arguments.first().cloned().unwrap_or_default(),
+            argv: command.arguments.clone(),
+            env: command
+                .environment_variables
+                .iter()
+                .map(|e| (e.name.clone(), e.value.clone()))
+                .collect(),
+            files: staged,
+            executables,
+            outputs: command.output_paths.clone(),
+            epoch_secs,
+            timeout,
+            seed: key.hash,
+            kind,
+        })
+    }
+}
+
+/// The digest that keys `action`: that of the action with `do_not_cache` cleared (a
+/// speculative copy runs exactly like the original).
+pub fn key_of(f: DigestFunction, action: &reapi::Action) -> Digest {
+    let mut a = action.clone();
+    a.do_not_cache = false;
+    digest_message(f, &a).0
+}
+
+/// Runs `spec` in staging slot `slot` (one per concurrent runner; its directories are reused
+/// between actions) and moves the outputs into the store.
+pub fn run_spec(
+    store: &Store,
+    exec: &WasiExecutor,
+    slot: usize,
+    spec: &Spec,
+) -> Result<RunOutput, SchedError> {
+    match &spec.kind {
+        Kind::Wasi {
+            module,
+            memory_limit,
+        } => run_wasi(store, exec, slot, spec, module, *memory_limit),
+        Kind::Native {
+            toolchain,
+            unsandboxed,
+            runs_wasi_tools,
+        } => native::run_native(
+            store,
+            slot,
+            spec,
+            toolchain.as_deref(),
+            *unsandboxed,
+            *runs_wasi_tools,
+        ),
+    }
+}
+
+pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SchedError + use<> {
+    let path = path.to_owned();
+    move |source| SchedError::Io { path, source }
+}
+
+fn run_wasi(
+    store: &Store,
+    exec: &WasiExecutor,
+    slot: usize,
+    spec: &Spec,
+    module: &Digest,
+    memory_limit: u64,
+) -> Result<RunOutput, SchedError> {
+    // Each slot reuses one staging directory: creating and deleting directories is the
+    // costliest part of staging on common file systems. Files are removed after every
+    // action; directories left behind are invisible to later guests (the executor shows
+    // only an action's own inputs, outputs and the directories leading to them).
+    let stage = store.tmp_dir().join(format!("w{slot}"));
+    let root = stage.join("root");
+    let tmp = stage.join("tmp");
+    std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+    std::fs::create_dir_all(&tmp).map_err(io_err(&tmp))?;
+    let cleanup = StageGuard {
+        root: root.clone(),
+        tmp: tmp.clone(),
+        files: spec
+            .files
+            .keys()
+            .chain(spec.outputs.iter())
+            .cloned()
+            .collect(),
+    };
+    for (path, d) in &spec.files {
+        store.link_into(d, &root.join(path))?;
+    }
+    for out in &spec.outputs {
+        if let Some(parent) = root.join(out).parent() {
+            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+        }
+    }
+    let module_path = stage.join("tool.wasm");
+    store.link_into(module, &module_path)?;
+    let _module_guard = RemoveOnDrop(module_path.clone());
+
+    let req = Request {
+        module_key: module.to_string(),
+        module_path,
+        module_name: spec.name.clone(),
+        argv: spec.argv.clone(),
+        env: spec.env.clone(),
+        root: root.clone(),
+        tmp,
+        inputs: spec.files.keys().cloned().collect(),
+        outputs: spec.outputs.clone(),
+        epoch_secs: spec.epoch_secs,
+        random_seed: spec.seed,
+        memory_limit_bytes: memory_limit,
+        timeout: spec.timeout,
+    };
+    let outcome = match exec.run(&req) {
+        Ok(o) => o,
+        Err(e) => return Ok(RunOutput::failed_with(e.to_string())),
+    };
+    let mut errors = Vec::new();
+    if let Some(f) = &outcome.failure {
+        errors.push(f.to_string());
+    } else if outcome.exit_code != 0 {
+        errors.push(format!("the tool exited with code {}", outcome.exit_code));
+    }
+    let mut executables = HashSet::new();
+    let outputs = if errors.is_empty() {
+        collect_outputs(store, &spec.outputs, &root, &mut errors, &mut executables)?
+    } else {
+        Vec::new()
+    };
+    drop(cleanup);
+    Ok(RunOutput {
+        outputs,
+        executables,
+        errors,
+        exit_code: if outcome.failure.is_some() {
+            1
+        } else {
+            outcome.exit_code
+        },
+        stdout: outcome.stdout,
+        stderr: outcome.stderr,
+        accesses: Some(outcome.accesses),
+    })
+}
+
+/// Moves each declared output from `root` into the CAS; names the ones missing.
+pub(crate) fn collect_outputs(
+    store: &Store,
+    declared: &[String],
+    root: &Path,
+    errors: &mut Vec<String>,
+    executables: &mut HashSet<String>,
+) -> Result<Vec<(String, Digest)>, SchedError> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut outputs = Vec::new();
+    for out in declared {
+        let p = root.join(out);
+        match std::fs::symlink_metadata(&p) {
+            Ok(m) if m.is_file() => {
+                if m.permissions().mode() & 0o111 != 0 {
+                    executables.insert(out.clone());
+                }
+                outputs.push((out.clone(), store.put_file_move(&p)?))
+            }
+            Ok(_) => errors.push(format!("declared output {out} is not a regular file")),
+            Err(_) => errors.push(format!("the tool did not create declared output {out}")),
+        }
+    }
+    Ok(outputs)
+}
+
+/// Numbers native staging directories of unsandboxed runs (each gets a fresh one).
+pub(crate) static NATIVE_STAGING: AtomicU64 = AtomicU64::new(0);
+
+pub(crate) fn next_staging() -> u64 {
+    NATIVE_STAGING.fetch_add(1, Ordering::Relaxed)
+}
+
+pub(crate) struct RemoveTreeOnDrop(pub PathBuf);
+impl Drop for RemoveTreeOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+struct RemoveOnDrop(PathBuf);
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// Empties a slot's staging directory when an action is done: the files staged or written
+/// there, and everything in its `/tmp`.
+struct StageGuard {
+    root: PathBuf,
+    tmp: PathBuf,
+    files: Vec<String>,
+}
+impl Drop for StageGuard {
+    fn drop(&mut self) {
+        for f in &self.files {
+            let _ = std::fs::remove_file(self.root.join(f));
+        }
+        if let Ok(rd) = std::fs::read_dir(&self.tmp) {
+            for e in rd.flatten() {
+                let p = e.path();
+                match e.file_type() {
+                    Ok(t) if t.is_dir() => {
+                        let _ = std::fs::remove_dir_all(&p);
+                    }
+                    _ => {
+                        let _ = std::fs::remove_file(&p);
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exec_props_round_trip_and_refuse_foreign_salt() {
+        let mut p = ExecProps::default();
+        p.set("wbuild-toolchain", "bundle gcc sha256:ab");
+        p.set("wbuild-executor", "wasi-1");
+        let back = ExecProps::decode(&p.encode()).unwrap();
+        assert_eq!(back, p);
+        assert!(
+            String::from_utf8(p.encode())
+                .unwrap()
+                .starts_with("wbuild-exec-props/1\nwbuild-executor=wasi-1\n")
+        );
+        assert!(ExecProps::decode(b"salt").is_err());
+    }
+}

@@ -1,0 +1,267 @@
+//! Remote execution: BuildGrid (PyPI buildgrid==0.4.4 on PostgreSQL) schedules, `wbuild
+//! worker` processes execute, `wbuild build --remote-executor` submits.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use wbuild_tests::buildgrid::BuildGridExec;
+use wbuild_tests::{TestWorkspace, finished, statuses, stdout};
+
+use crate::toolchains::shared_bundles;
+use crate::{BIN, example, ws};
+
+/// A `wbuild worker` process with its own cache; killed when dropped.
+struct Worker {
+    child: Child,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Worker {
+    fn start(engine: &BuildGridExec, name: &str, extra: &[&str]) -> Worker {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("worker.log");
+        let child = Command::new(BIN)
+            .arg("--cache-dir")
+            .arg(dir.path().join("cache"))
+            .args(["worker", "--engine", &engine.url, "--name", name])
+            .args(extra)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .unwrap();
+        let w = Worker {
+            child,
+            log,
+            _dir: dir,
+        };
+        // Ready when it holds a session.
+        let t0 = Instant::now();
+        while !w.log().contains(": session ") {
+            assert!(
+                t0.elapsed() < Duration::from_secs(60),
+                "worker {name} did not open a session:\n{}\n--- engine ---\n{}",
+                w.log(),
+                engine.log()
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        w
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        self.kill();
+        if std::thread::panicking() {
+            eprintln!("--- worker log ---\n{}", self.log());
+        }
+    }
+}
+
+/// `--toolchain`/`--key` flags installing the shared gcc bundle for `platform` on a worker.
+fn toolchain_flags(platform: &str) -> Vec<String> {
+    let b = shared_bundles();
+    let file = match platform {
+        "linux-arm64" => "gcc-aarch64-linux.bundle",
+        _ => "gcc-x86_64-linux.bundle",
+    };
+    vec![
+        "--platform".into(),
+        platform.into(),
+        "--toolchain".into(),
+        b.dir.join(file).display().to_string(),
+        "--key".into(),
+        b.dir.join("example.pub").display().to_string(),
+    ]
+}
+
+fn strs(v: &[String]) -> Vec<&str> {
+    v.iter().map(String::as_str).collect()
+}
+
+/// Every file under `dir` (relative path -> bytes).
+fn tree(dir: &Path) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                let rel = p.strip_prefix(dir).unwrap().display().to_string();
+                out.insert(rel, std::fs::read(&p).unwrap());
+            }
+        }
+    }
+    out
+}
+
+/// c-hello with its pinned bundles at ../.toolchains.
+fn c_hello() -> TestWorkspace {
+    let w = example("c-hello");
+    std::os::unix::fs::symlink(&shared_bundles().dir, w.root.join("../.toolchains")).unwrap();
+    w
+}
+
+fn action_events(ev: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    ev.iter().filter(|e| e["type"] == "action").collect()
+}
+
+#[test]
+fn builds_run_entirely_on_workers_and_arm64_actions_go_to_the_arm64_worker() {
+    let engine = BuildGridExec::start();
+    let _x86 = Worker::start(&engine, "wx86", &strs(&toolchain_flags("linux-x86_64")));
+    let _arm = Worker::start(&engine, "warm", &strs(&toolchain_flags("linux-arm64")));
+
+    // The C example for both platforms: WASI, x86_64 and arm64 native actions.
+    let w = c_hello();
+    let args = [
+        "build",
+        "--remote-executor",
+        &engine.url,
+        "-j",
+        "8",
+        "--platform",
+        "linux-x86_64,linux-arm64",
+        "//...",
+    ];
+    let (out, ev) = w.events(&args);
+    assert!(out.status.success(), "{}", w.report(&args, &out));
+    let actions = action_events(&ev);
+    assert!(!actions.is_empty());
+    for a in &actions {
+        assert_eq!(a["status"], "remote_executed", "{a}");
+        match a["platform"].as_str() {
+            Some("linux-arm64") => assert_eq!(a["worker"], "warm", "{a}"),
+            Some("linux-x86_64") => assert_eq!(a["worker"], "wx86", "{a}"),
+            _ => assert!(a["worker"] == "warm" || a["worker"] == "wx86", "{a}"),
+        }
+    }
+    assert_eq!(finished(&ev)["executed"], 0, "{ev:?}");
+    assert_eq!(
+        finished(&ev)["remote_executed"].as_u64().unwrap() as usize,
+        actions.len()
+    );
+    let run = Command::new(w.path("wbuild-out/app/hello"))
+        .output()
+        .unwrap();
+    assert_eq!(stdout(&run), "hello from wbuild 5 (greet 1.2)\n");
+
+    // The same outputs as a local build.
+    let local = c_hello();
+    local.ok(&["build", "--platform", "linux-x86_64,linux-arm64", "//..."]);
+    assert_eq!(tree(&w.path("wbuild-out")), tree(&local.path("wbuild-out")));
+
+    // The WASI example runs on the workers too.
+    let g = example("wasi-codegen");
+    let (out, ev) = g.events(&["build", "--remote-executor", &engine.url, "//..."]);
+    assert!(out.status.success(), "{}", g.report(&["build"], &out));
+    let st = statuses(&ev);
+    assert!(!st.is_empty());
+    assert!(st.iter().all(|(_, s)| s == "remote_executed"), "{st:?}");
+
+    // A second client with an empty cache gets everything from the engine's cache.
+    let second = c_hello();
+    let (out, ev) = second.events(&args);
+    assert!(out.status.success(), "{}", second.report(&args, &out));
+    let st = statuses(&ev);
+    assert!(st.iter().all(|(_, s)| s == "remote_cached"), "{st:?}");
+    assert_eq!(
+        tree(&second.path("wbuild-out")),
+        tree(&local.path("wbuild-out"))
+    );
+}
+
+#[test]
+fn killing_a_worker_mid_build_still_completes_the_build() {
+    let engine = BuildGridExec::start();
+    let mut a = Worker::start(&engine, "wa", &["-j", "2"]);
+    let _b = Worker::start(&engine, "wb", &["-j", "2"]);
+    let w = ws();
+    // Slow WASI actions (the probe guest burns CPU), two per worker slot.
+    let mut rules = String::new();
+    for i in 0..8 {
+        rules.push_str(&format!(
+            "wasi_run(name = \"s{i}\", tool = \"//tools:probe\", outs = [\"s{i}.txt\"], args = [\"spin\", \"{}\", \"$@\"])\n",
+            300_000_000 + i
+        ));
+    }
+    w.write("slow/WBUILD", &rules);
+    let events = w.path("../events.jsonl");
+    let build = w
+        .cmd(&[
+            "build",
+            "--remote-executor",
+            &engine.url,
+            "-j",
+            "8",
+            "//slow/...",
+            "--events",
+            events.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Kill worker a while it runs something.
+    let t0 = Instant::now();
+    while !a.log().contains(" started") && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    a.kill();
+    let log = a.log();
+    let started = log.matches(" started").count();
+    let done = log.matches(" done in ").count();
+    assert!(started > done, "worker a finished all it took:\n{log}");
+    let out = build.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        engine.log()
+    );
+    // The outputs of a local build.
+    let local = ws();
+    local.write("slow/WBUILD", &rules);
+    local.ok(&["build", "//slow/..."]);
+    assert_eq!(tree(&w.path("wbuild-out")), tree(&local.path("wbuild-out")));
+    let text = std::fs::read_to_string(&events).unwrap();
+    let ev: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let acts = action_events(&ev);
+    assert_eq!(acts.len(), 8);
+    assert!(
+        acts.iter().all(|e| e["status"] == "remote_executed"),
+        "{ev:?}"
+    );
+    // What a held when it died was reassigned to b.
+    assert!(acts.iter().any(|e| e["worker"] == "wb"), "{ev:?}");
+}
+
+#[test]
+fn an_unreachable_executor_builds_locally_with_one_warning() {
+    let w = ws();
+    crate::chain(&w);
+    let url = format!("grpc://127.0.0.1:{}", wbuild_tests::oci::free_port());
+    let (out, ev) = w.events(&["build", "--remote-executor", &url, "//..."]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(finished(&ev)["executed"], 3, "{ev:?}");
+    let err = wbuild_tests::stderr(&out);
+    assert_eq!(err.matches("warning:").count(), 1, "{err}");
+    assert!(err.contains("remote executor"), "{err}");
+}
