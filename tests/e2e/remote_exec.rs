@@ -265,3 +265,76 @@ fn an_unreachable_executor_builds_locally_with_one_warning() {
     assert_eq!(err.matches("warning:").count(), 1, "{err}");
     assert!(err.contains("remote executor"), "{err}");
 }
+
+#[test]
+fn a_straggler_is_resubmitted_and_the_first_result_wins() {
+    let engine = BuildGridExec::start();
+    let a = Worker::start(&engine, "wa", &["-j", "1"]);
+    let _b = Worker::start(&engine, "wb", &["-j", "1"]);
+    let w = ws();
+    let mut rules = String::new();
+    for i in 0..12 {
+        rules.push_str(&format!(
+            "wasi_run(name = \"q{i}\", tool = \"//tools:probe\", outs = [\"q{i}.txt\"], args = [\"say\", \"{i}\", \"$@\"])\n"
+        ));
+    }
+    w.write("quick/WBUILD", &rules);
+    let events = w.path("../events.jsonl");
+    let build = w
+        .cmd(&[
+            "build",
+            "--remote-executor",
+            &engine.url,
+            "-j",
+            "2",
+            "//quick/...",
+            "--events",
+            events.to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Worker a stalls (SIGSTOP) as it starts its third action: it keeps its session for the
+    // engine's keepalive, so only the client's resubmission gets the action done in time.
+    let t0 = Instant::now();
+    while a.log().matches(" started").count() < 3 && t0.elapsed() < Duration::from_secs(60) {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = a.child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-STOP", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = build.wait_with_output().unwrap();
+    let _ = Command::new("kill").args(["-CONT", &pid]).status();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        engine.log()
+    );
+    let text = std::fs::read_to_string(&events).unwrap();
+    let ev: Vec<serde_json::Value> = text
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    let resubmitted: Vec<_> = action_events(&ev)
+        .into_iter()
+        .filter(|e| e["resubmitted"] == true)
+        .collect();
+    assert!(!resubmitted.is_empty(), "{ev:?}\n{}", a.log());
+    for e in &resubmitted {
+        assert_eq!(e["worker"], "wb", "{e}");
+        assert_eq!(e["status"], "remote_executed", "{e}");
+    }
+    for i in 0..12 {
+        assert_eq!(
+            w.read(&format!("wbuild-out/quick/q{i}.txt")),
+            format!("{i}\n")
+        );
+    }
+}

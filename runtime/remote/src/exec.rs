@@ -46,9 +46,13 @@ impl Executed {
 pub struct Resubmission {
     /// The digest of the `do_not_cache` copy (already uploaded).
     pub action: Digest,
-    /// Start it when the first has run this long without a result.
-    pub after: Duration,
+    /// How long the first may run without a result before the copy is submitted; asked
+    /// again every [`TICK`] while it runs (`None`: not yet known).
+    pub wait: Box<dyn Fn() -> Option<Duration> + Send + Sync>,
 }
+
+/// How often a running operation is checked for being a straggler.
+pub const TICK: Duration = Duration::from_millis(100);
 
 /// The `do_not_cache` copy of `action` for a speculative resubmission, serialised.
 pub fn speculative_copy(action: &reapi::Action) -> Vec<u8> {
@@ -88,15 +92,21 @@ impl RemoteCache {
                     resubmitted: false,
                 });
             };
-            tokio::select! {
-                r = &mut first => {
-                    return r.map(|(response, operation)| Executed {
-                        response,
-                        operation,
-                        resubmitted: false,
-                    });
+            let t0 = tokio::time::Instant::now();
+            loop {
+                tokio::select! {
+                    r = &mut first => {
+                        return r.map(|(response, operation)| Executed {
+                            response,
+                            operation,
+                            resubmitted: false,
+                        });
+                    }
+                    _ = tokio::time::sleep(TICK) => {}
                 }
-                _ = tokio::time::sleep(resubmit.after) => {}
+                if (resubmit.wait)().is_some_and(|w| t0.elapsed() >= w) {
+                    break;
+                }
             }
             let second_name = Arc::new(Mutex::new(None));
             let mut second = Box::pin(run_operation(

@@ -319,12 +319,28 @@ pub struct Scheduler<'a> {
     /// Cleared when the executor cannot be reached: the rest of the build runs here.
     executor_ok: AtomicBool,
     /// Durations (ms) of remote runs in this build, by mnemonic (for straggler detection).
-    remote_durations: Mutex<HashMap<String, Vec<u64>>>,
+    remote_durations: Arc<Mutex<HashMap<String, Vec<u64>>>>,
     /// With a remote executor `-j` may be far above the local core count: local runs (the
     /// fallback, host-toolchain native actions) take one of these slots.
     local_slots: Semaphore,
     /// Native platforms already warned about running here (no pinned bundle).
     warned_local: Mutex<HashSet<String>>,
+}
+
+/// How long a remote run of `mnemonic` may take before a copy is submitted: twice the median
+/// of this build's earlier remote runs of it (at least [`STRAGGLER_SAMPLES`] of them), and
+/// at least [`MIN_STRAGGLER_WAIT`].
+fn straggler_wait(
+    durations: &Mutex<HashMap<String, Vec<u64>>>,
+    mnemonic: &str,
+) -> Option<Duration> {
+    let mut v = durations.lock().expect("durations").get(mnemonic)?.clone();
+    if v.len() < STRAGGLER_SAMPLES {
+        return None;
+    }
+    v.sort_unstable();
+    let median = v[v.len() / 2];
+    Some(Duration::from_millis(2 * median).max(MIN_STRAGGLER_WAIT))
 }
 
 /// A counting semaphore (blocking).
@@ -389,7 +405,7 @@ impl<'a> Scheduler<'a> {
             remote_ok: AtomicBool::new(true),
             executor: None,
             executor_ok: AtomicBool::new(true),
-            remote_durations: Mutex::new(HashMap::new()),
+            remote_durations: Arc::new(Mutex::new(HashMap::new())),
             local_slots: Semaphore::new(usize::MAX),
             warned_local: Mutex::new(HashSet::new()),
         }
@@ -1169,19 +1185,6 @@ impl Scheduler<'_> {
         }
     }
 
-    /// How long a remote run of `mnemonic` may take before a copy is submitted: twice the
-    /// median of this build's earlier remote runs of it (at least three of them).
-    fn straggler_wait(&self, mnemonic: &str) -> Option<Duration> {
-        let durations = self.remote_durations.lock().expect("durations");
-        let mut v = durations.get(mnemonic)?.clone();
-        if v.len() < STRAGGLER_SAMPLES {
-            return None;
-        }
-        v.sort_unstable();
-        let median = v[v.len() / 2];
-        Some(Duration::from_millis(2 * median).max(MIN_STRAGGLER_WAIT))
-    }
-
     /// Runs the action on a worker of the remote executor: uploads what the engine lacks
     /// (inputs, the `Command`, the input tree, the `Action`), executes it, fetches and
     /// verifies the outputs. `None`: run it here (no executor, one that cannot run this
@@ -1237,11 +1240,16 @@ impl Scheduler<'_> {
         for (d, bytes) in &prep.dirs {
             messages.insert(*d, bytes.clone());
         }
-        let resubmission = self.straggler_wait(&action.mnemonic).map(|after| {
-            let copy = wbuild_remote::speculative_copy(&prep.action);
-            let d = Digest::of(f, &copy);
-            messages.insert(d, copy);
-            wbuild_remote::Resubmission { action: d, after }
+        // A copy to submit if this one straggles (the threshold is asked again while it
+        // runs: earlier runs of the mnemonic may finish meanwhile).
+        let copy = wbuild_remote::speculative_copy(&prep.action);
+        let copy_digest = Digest::of(f, &copy);
+        messages.insert(copy_digest, copy);
+        let durations = self.remote_durations.clone();
+        let mnemonic = action.mnemonic.clone();
+        let resubmission = Some(wbuild_remote::Resubmission {
+            action: copy_digest,
+            wait: Box::new(move || straggler_wait(&durations, &mnemonic)),
         });
         let mut blobs: Vec<Digest> = messages.keys().copied().collect();
         blobs.extend(prep.spec.files.values().copied());
