@@ -798,20 +798,27 @@ fn is_damage(e: &redb::Error) -> bool {
         | redb::Error::TableIsMultimap(_)
         | redb::Error::TableIsNotMultimap(_)
         | redb::Error::TypeDefinitionChanged { .. } => true,
-        // A page pointer past the end of the file.
-        redb::Error::Io(io) => io.kind() == io::ErrorKind::UnexpectedEof,
+        redb::Error::Io(io) => is_content_error(io),
         _ => false,
     }
 }
 
-/// Whether opening failed because the file is damaged or of an incompatible version (a page
-/// pointer past the end of the file reads as an unexpected end of file).
+/// An I/O error redb makes of what it read, not of the device: a page pointer past the end of
+/// the file (unexpected end of file) or a wrong magic number (invalid data).
+fn is_content_error(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::UnexpectedEof | io::ErrorKind::InvalidData
+    )
+}
+
+/// Whether opening failed because the file is damaged or of an incompatible version.
 fn unreadable_at_open(e: &DatabaseError) -> bool {
     match e {
         DatabaseError::UpgradeRequired(_) | DatabaseError::Storage(StorageError::Corrupted(_)) => {
             true
         }
-        DatabaseError::Storage(StorageError::Io(e)) => e.kind() == io::ErrorKind::UnexpectedEof,
+        DatabaseError::Storage(StorageError::Io(e)) => is_content_error(e),
         _ => false,
     }
 }

@@ -668,3 +668,33 @@ fn a_damaged_table_definition_replaces_the_index_and_keeps_the_blobs() {
     // The replacement is an ordinary index: the next open needs no repair.
     assert_eq!(Store::open(dir.path()).unwrap().index_check(), None);
 }
+
+#[test]
+fn an_index_with_a_damaged_header_is_moved_aside_at_open() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = Store::open(dir.path()).unwrap().put_bytes(b"kept").unwrap();
+    let index = dir.path().join("index.redb");
+    // A wrong magic number, then a truncated file (page pointers past its end).
+    for damage in [0usize, 1] {
+        let mut bytes = fs::read(&index).unwrap();
+        if damage == 0 {
+            bytes[0] ^= 0xff;
+        } else {
+            bytes.truncate(bytes.len() / 3);
+        }
+        fs::write(&index, bytes).unwrap();
+        let s = Store::open(dir.path()).unwrap();
+        assert_eq!(s.get_bytes(&d).unwrap(), b"kept");
+    }
+    let aside = fs::read_dir(dir.path())
+        .unwrap()
+        .filter(|e| {
+            e.as_ref()
+                .unwrap()
+                .file_name()
+                .to_string_lossy()
+                .contains(".redb.broken-")
+        })
+        .count();
+    assert!(aside >= 1, "nothing moved aside");
+}
