@@ -1282,6 +1282,8 @@ impl Scheduler<'_> {
             .to_owned();
         let resubmitted = executed.resubmitted;
         let response = executed.response;
+        // The engine answered from its cache (another client ran it since our lookup).
+        let cached = response.cached_result;
         let refused = |why: String| {
             self.events.event(&Event::Warning {
                 message: format!(
@@ -1343,6 +1345,9 @@ impl Scheduler<'_> {
         };
         let mut fin = self.finish_run(graph, action, opts, prep, ran, Some(worker))?;
         fin.resubmitted = resubmitted;
+        if cached && fin.status == Status::RemoteExecuted {
+            fin.status = Status::RemoteCached;
+        }
         Ok(Some(fin))
     }
 
