@@ -5,6 +5,7 @@ mod reliability;
 mod remote_exec;
 mod toolchains;
 
+use wbuild_tests::buildgrid::bgd_path;
 use wbuild_tests::{TestWorkspace, finished, statuses, stderr, stdout};
 
 const BIN: &str = env!("CARGO_BIN_EXE_wbuild");
@@ -1798,19 +1799,6 @@ genrule(name = "c", srcs = [":b"], outs = ["c.txt"], cmd = "sleep 1; cat $(locat
         err.contains("the rest of this build runs without it"),
         "{err}"
     );
-}
-
-/// BuildGrid's `bgd`: $WBUILD_BGD, or the venv tests/setup.sh creates.
-fn bgd_path() -> std::path::PathBuf {
-    let bgd = std::env::var_os("WBUILD_BGD")
-        .map(std::path::PathBuf::from)
-        .unwrap_or_else(|| wbuild_tests::repo_root().join("target/buildgrid-venv/bin/bgd"));
-    assert!(
-        bgd.exists(),
-        "BuildGrid's bgd is not at {}: run tests/setup.sh (or set WBUILD_BGD)",
-        bgd.display()
-    );
-    bgd
 }
 
 #[test]

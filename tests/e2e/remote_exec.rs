@@ -115,6 +115,40 @@ fn c_hello() -> TestWorkspace {
     w
 }
 
+/// Starts `build --remote-executor URL -j JOBS PATTERN` with an events file, output piped.
+fn spawn_build(w: &TestWorkspace, url: &str, jobs: &str, pattern: &str) -> Child {
+    let events = w.path("../events.jsonl");
+    w.cmd(&[
+        "build",
+        "--remote-executor",
+        url,
+        "-j",
+        jobs,
+        pattern,
+        "--events",
+        events.to_str().unwrap(),
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped())
+    .spawn()
+    .unwrap()
+}
+
+/// Waits for a build from [`spawn_build`], asserts it succeeded, returns its events.
+fn finish_build(w: &TestWorkspace, build: Child, engine: &BuildGridExec) -> Vec<serde_json::Value> {
+    let out = build.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        engine.log()
+    );
+    let text = std::fs::read_to_string(w.path("../events.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect()
+}
+
 fn action_events(ev: &[serde_json::Value]) -> Vec<&serde_json::Value> {
     ev.iter().filter(|e| e["type"] == "action").collect()
 }
@@ -199,22 +233,7 @@ fn killing_a_worker_mid_build_still_completes_the_build() {
         ));
     }
     w.write("slow/WBUILD", &rules);
-    let events = w.path("../events.jsonl");
-    let build = w
-        .cmd(&[
-            "build",
-            "--remote-executor",
-            &engine.url,
-            "-j",
-            "8",
-            "//slow/...",
-            "--events",
-            events.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let build = spawn_build(&w, &engine.url, "8", "//slow/...");
     // Kill worker a while it runs something.
     let t0 = Instant::now();
     while !a.log().contains(" started") && t0.elapsed() < Duration::from_secs(60) {
@@ -226,23 +245,12 @@ fn killing_a_worker_mid_build_still_completes_the_build() {
     let started = log.matches(" started").count();
     let done = log.matches(" done in ").count();
     assert!(started > done, "worker a finished all it took:\n{log}");
-    let out = build.wait_with_output().unwrap();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        engine.log()
-    );
+    let ev = finish_build(&w, build, &engine);
     // The outputs of a local build.
     let local = ws();
     local.write("slow/WBUILD", &rules);
     local.ok(&["build", "//slow/..."]);
     assert_eq!(tree(&w.path("wbuild-out")), tree(&local.path("wbuild-out")));
-    let text = std::fs::read_to_string(&events).unwrap();
-    let ev: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let acts = action_events(&ev);
     assert_eq!(acts.len(), 8);
     assert!(
@@ -279,22 +287,7 @@ fn a_straggler_is_resubmitted_and_the_first_result_wins() {
         ));
     }
     w.write("quick/WBUILD", &rules);
-    let events = w.path("../events.jsonl");
-    let build = w
-        .cmd(&[
-            "build",
-            "--remote-executor",
-            &engine.url,
-            "-j",
-            "2",
-            "//quick/...",
-            "--events",
-            events.to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let build = spawn_build(&w, &engine.url, "2", "//quick/...");
     // Worker a stalls (SIGSTOP) as it starts its third action: it keeps its session for the
     // engine's keepalive, so only the client's resubmission gets the action done in time.
     let t0 = Instant::now();
@@ -309,19 +302,8 @@ fn a_straggler_is_resubmitted_and_the_first_result_wins() {
             .unwrap()
             .success()
     );
-    let out = build.wait_with_output().unwrap();
+    let ev = finish_build(&w, build, &engine);
     let _ = Command::new("kill").args(["-CONT", &pid]).status();
-    assert!(
-        out.status.success(),
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stderr),
-        engine.log()
-    );
-    let text = std::fs::read_to_string(&events).unwrap();
-    let ev: Vec<serde_json::Value> = text
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
     let resubmitted: Vec<_> = action_events(&ev)
         .into_iter()
         .filter(|e| e["resubmitted"] == true)

@@ -1039,7 +1039,7 @@ impl Scheduler<'_> {
                 self.store.ac_remove(&prep.action_digest)?;
             }
         }
-        if let Some(fin) = self.remote_lookup(action, opts, &prep)? {
+        if let Some(fin) = self.remote_lookup(graph, action, opts, &prep)? {
             return Ok(fin);
         }
         if let Some(fin) = self.remote_execute(graph, action, opts, &prep)? {
@@ -1069,6 +1069,7 @@ impl Scheduler<'_> {
     /// (verified), records the entry locally and materialises the outputs.
     fn remote_lookup(
         &self,
+        graph: &ActionGraph,
         action: &ActionNode,
         opts: &Options,
         prep: &Prepared,
@@ -1092,59 +1093,25 @@ impl Scheduler<'_> {
         {
             return Ok(None);
         }
-        let f = self.store.function();
-        // What the server inlined goes straight into the store (verified).
-        match wbuild_remote::take_inlined(&mut result, f) {
-            Ok(blobs) => {
-                for (d, bytes) in blobs {
-                    if !self.store.has(&d) && self.store.put_bytes(&bytes)? != d {
-                        return Ok(None);
-                    }
-                }
-            }
+        let (outputs, executables, _, _, accesses) = match self.fetch_result(remote, &mut result) {
+            Ok(Some(x)) => x,
+            Ok(None) => return Ok(None),
             Err(e) => {
                 self.remote_failed(e);
                 return Ok(None);
             }
+        };
+        if outputs.iter().any(|(p, _)| !action.outputs.contains(p)) {
+            return Ok(None);
         }
-        let mut outputs = Vec::new();
-        let mut executables = HashSet::new();
-        for of in &result.output_files {
-            let Some(Ok(d)) = of.digest.as_ref().map(|d| Digest::from_proto(f, d)) else {
-                return Ok(None);
-            };
-            if !action.outputs.contains(&of.path) {
-                return Ok(None);
-            }
-            if of.is_executable {
-                executables.insert(of.path.clone());
-            }
-            outputs.push((of.path.clone(), d));
-        }
-        let mut wanted: Vec<Digest> = outputs.iter().map(|(_, d)| *d).collect();
-        for d in [&result.stdout_digest, &result.stderr_digest]
-            .into_iter()
-            .flatten()
-        {
-            if let Ok(d) = Digest::from_proto(f, d) {
-                wanted.push(d);
-            }
-        }
-        wanted.sort_by_key(|d| d.hash);
-        wanted.dedup();
-        wanted.retain(|d| !self.store.has(d));
-        match remote.download(&wanted) {
-            Ok(blobs) => {
-                for (d, bytes) in blobs {
-                    if self.store.put_bytes(&bytes)? != d {
-                        return Ok(None);
-                    }
-                }
-            }
-            Err(e) => {
-                self.remote_failed(e);
+        // A WASI result whose guest read undeclared inputs or left its sandbox is not used
+        // (running the action again reports why).
+        if let Some(log) = &accesses {
+            if !self.check_accesses(graph, action, prep, log).is_empty() {
                 return Ok(None);
             }
+            self.store
+                .put_access_log(&prep.action_digest, &log.to_json())?;
         }
         self.store
             .ac_put(&prep.action_digest, &result, &action.label.to_string())?;
@@ -1299,7 +1266,7 @@ impl Scheduler<'_> {
         let Some(mut result) = response.result else {
             return refused("no result".to_owned());
         };
-        let fetched = match self.fetch_result(&mut result) {
+        let fetched = match self.fetch_result(ex, &mut result) {
             Ok(Some(x)) => x,
             Ok(None) => return refused(format!("{worker} sent a malformed result")),
             Err(e) => {
@@ -1356,6 +1323,7 @@ impl Scheduler<'_> {
     #[allow(clippy::type_complexity)]
     fn fetch_result(
         &self,
+        remote: &wbuild_remote::RemoteCache,
         result: &mut reapi::ActionResult,
     ) -> Result<
         Option<(
@@ -1368,7 +1336,6 @@ impl Scheduler<'_> {
         wbuild_remote::ClientError,
     > {
         let f = self.store.function();
-        let ex = self.executor.as_deref().expect("executor");
         let put = |d: Digest, bytes: &[u8]| self.store.put_bytes(bytes).ok() == Some(d);
         for (d, bytes) in wbuild_remote::take_inlined(result, f)? {
             if !self.store.has(&d) && !put(d, &bytes) {
@@ -1407,7 +1374,7 @@ impl Scheduler<'_> {
         wanted.sort_by_key(|d| d.hash);
         wanted.dedup();
         wanted.retain(|d| !self.store.has(d));
-        for (d, bytes) in ex.download(&wanted)? {
+        for (d, bytes) in remote.download(&wanted)? {
             if !put(d, &bytes) {
                 return Ok(None);
             }
