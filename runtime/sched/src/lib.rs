@@ -311,13 +311,9 @@ pub struct Scheduler<'a> {
     /// an earlier action): staged for native actions with their executable bit.
     executables: RwLock<HashSet<String>>,
     /// The remote cache, if any; keys and blobs use its digest function (the store's).
-    remote: Option<Arc<wbuild_remote::RemoteCache>>,
-    /// Cleared at the first remote failure: the rest of the build is local.
-    remote_ok: AtomicBool,
-    /// The remote executor, if any (an engine reached through the same connection kind).
-    executor: Option<Arc<wbuild_remote::RemoteCache>>,
-    /// Cleared when the executor cannot be reached: the rest of the build runs here.
-    executor_ok: AtomicBool,
+    remote: Endpoint,
+    /// The remote executor, if any (its CAS holds the inputs of what it runs).
+    executor: Endpoint,
     /// Durations (ms) of remote runs in this build, by mnemonic (for straggler detection).
     remote_durations: Arc<Mutex<HashMap<String, Vec<u64>>>>,
     /// With a remote executor `-j` may be far above the local core count: local runs (the
@@ -341,6 +337,50 @@ fn straggler_wait(
     v.sort_unstable();
     let median = v[v.len() / 2];
     Some(Duration::from_millis(2 * median).max(MIN_STRAGGLER_WAIT))
+}
+
+/// A REAPI endpoint a build uses while it works: after its first failure the rest of the
+/// build goes on without it, with one warning.
+struct Endpoint {
+    conn: Option<Arc<wbuild_remote::RemoteCache>>,
+    ok: AtomicBool,
+    /// "remote cache", "remote executor".
+    what: &'static str,
+    /// What the build does without it ("runs locally").
+    without: &'static str,
+}
+
+impl Endpoint {
+    fn new(
+        conn: Option<Arc<wbuild_remote::RemoteCache>>,
+        what: &'static str,
+        without: &'static str,
+    ) -> Endpoint {
+        Endpoint {
+            conn,
+            ok: AtomicBool::new(true),
+            what,
+            without,
+        }
+    }
+
+    fn get(&self) -> Option<&wbuild_remote::RemoteCache> {
+        self.conn
+            .as_deref()
+            .filter(|_| self.ok.load(Ordering::Relaxed))
+    }
+
+    fn failed(&self, e: wbuild_remote::ClientError, events: &dyn EventSink) {
+        if self.ok.swap(false, Ordering::SeqCst) {
+            let url = self.conn.as_ref().map_or("", |r| r.url());
+            events.event(&Event::Warning {
+                message: format!(
+                    "{} {url}: {e}; the rest of this build {}",
+                    self.what, self.without
+                ),
+            });
+        }
+    }
 }
 
 /// A counting semaphore (blocking).
@@ -401,10 +441,8 @@ impl<'a> Scheduler<'a> {
             build_id,
             sources: RwLock::new(HashMap::new()),
             executables: RwLock::new(HashSet::new()),
-            remote: None,
-            remote_ok: AtomicBool::new(true),
-            executor: None,
-            executor_ok: AtomicBool::new(true),
+            remote: Endpoint::new(None, "remote cache", "runs without it"),
+            executor: Endpoint::new(None, "remote executor", "runs locally"),
             remote_durations: Arc::new(Mutex::new(HashMap::new())),
             local_slots: Semaphore::new(usize::MAX),
             warned_local: Mutex::new(HashSet::new()),
@@ -427,7 +465,7 @@ impl<'a> Scheduler<'a> {
             );
             self.local_slots = Semaphore::new(local_jobs);
         }
-        self.executor = executor;
+        self.executor.conn = executor;
         self
     }
 
@@ -440,7 +478,7 @@ impl<'a> Scheduler<'a> {
                 "the store must use the remote's digest function"
             );
         }
-        self.remote = remote;
+        self.remote.conn = remote;
         self
     }
 }
@@ -479,7 +517,7 @@ impl Scheduler<'_> {
             cached: total(|s| s.cached),
             remote_cached: total(|s| s.remote_cached),
             remote_executed: total(|s| s.remote_executed),
-            remote_rpcs: self.remote.as_ref().map(|r| r.rpc_count()),
+            remote_rpcs: self.remote.conn.as_ref().map(|r| r.rpc_count()),
             failed: total(|s| s.failed),
             skipped: total(|s| s.skipped),
             files_hashed: self.store.hashed_count() - hashed_before,
@@ -1050,19 +1088,12 @@ impl Scheduler<'_> {
 
     /// The remote cache while it works (`None` after its first failure).
     fn remote(&self) -> Option<&wbuild_remote::RemoteCache> {
-        self.remote
-            .as_deref()
-            .filter(|_| self.remote_ok.load(Ordering::Relaxed))
+        self.remote.get()
     }
 
     /// The remote failed: say so once and go on without it.
     fn remote_failed(&self, e: wbuild_remote::ClientError) {
-        if self.remote_ok.swap(false, Ordering::SeqCst) {
-            let url = self.remote.as_ref().map_or("", |r| r.url());
-            self.events.event(&Event::Warning {
-                message: format!("remote cache {url}: {e}; the rest of this build runs without it"),
-            });
-        }
+        self.remote.failed(e, self.events);
     }
 
     /// Looks the action up in the remote cache; on a hit, fetches the outputs it lacks
@@ -1137,19 +1168,12 @@ impl Scheduler<'_> {
 
     /// The executor while it is reachable.
     fn executor(&self) -> Option<&wbuild_remote::RemoteCache> {
-        self.executor
-            .as_deref()
-            .filter(|_| self.executor_ok.load(Ordering::Relaxed))
+        self.executor.get()
     }
 
     /// The executor cannot be reached: say so once and run the rest here.
     fn executor_failed(&self, e: wbuild_remote::ClientError) {
-        if self.executor_ok.swap(false, Ordering::SeqCst) {
-            let url = self.executor.as_ref().map_or("", |r| r.url());
-            self.events.event(&Event::Warning {
-                message: format!("remote executor {url}: {e}; the rest of this build runs locally"),
-            });
-        }
+        self.executor.failed(e, self.events);
     }
 
     /// Runs the action on a worker of the remote executor: uploads what the engine lacks
