@@ -1901,7 +1901,7 @@ fn verify_finds_non_reproducible_native_outputs_and_names_their_actions() {
         "n/WBUILD",
         r##"
 genrule(name = "stamp", outs = ["stamp.h"],
-        cmd = "echo '#define BUILT' \"$$(date '+%Y-%m-%d %H:%M:%S')\" > $@")
+        cmd = "echo '#define BUILT' \"$$(date '+%Y-%m-%d %H:%M:%S.%N')\" > $@")
 genrule(name = "fine", outs = ["fine.txt"], cmd = "echo same every time > $@")
 "##,
     );
