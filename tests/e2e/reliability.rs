@@ -254,3 +254,186 @@ fn flipped_bytes_in_the_index_never_give_a_wrong_output() {
         stdout(&out)
     );
 }
+
+/// A mount made for one test, undone (lazily, so an open file cannot keep it) when dropped.
+struct Mount(std::path::PathBuf);
+
+impl Mount {
+    fn run(args: &[&str]) {
+        let out = std::process::Command::new("mount").args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "mount {}: {} (these tests need root, as in CI)",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// `dir` itself, bind-mounted read-only.
+    fn read_only(dir: &std::path::Path) -> Mount {
+        let d = dir.to_str().unwrap();
+        Mount::run(&["--bind", d, d]);
+        let m = Mount(dir.to_path_buf());
+        Mount::run(&["-o", "remount,bind,ro", d]);
+        m
+    }
+
+    /// A tmpfs of `size` (e.g. "4m") on `dir`.
+    fn tmpfs(dir: &std::path::Path, size: &str) -> Mount {
+        std::fs::create_dir_all(dir).unwrap();
+        Mount::run(&[
+            "-t",
+            "tmpfs",
+            "-o",
+            &format!("size={size}"),
+            "tmpfs",
+            dir.to_str().unwrap(),
+        ]);
+        Mount(dir.to_path_buf())
+    }
+
+    fn resize(&self, size: &str) {
+        Mount::run(&[
+            "-o",
+            &format!("remount,size={size}"),
+            self.0.to_str().unwrap(),
+        ]);
+    }
+}
+
+impl Drop for Mount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount")
+            .arg("-l")
+            .arg(&self.0)
+            .status();
+    }
+}
+
+#[test]
+fn a_read_only_cache_directory_fails_clearly_and_loses_nothing() {
+    const TARGETS: &[&str] = &["build", "//k/...", "//app:hello"];
+    let w = ws();
+    crash_workspace(&w, 0);
+    w.ok(TARGETS);
+    let want = outputs(&w);
+    crash_workspace(&w, 1); // something to build, so the cache must be written
+    {
+        let _ro = Mount::read_only(&w.cache);
+        let out = w.fail(TARGETS);
+        let text = wbuild_tests::stderr(&out);
+        assert!(
+            text.contains("the cache directory must be writable")
+                && text.contains("--cache-dir")
+                && text.contains(w.cache.to_str().unwrap()),
+            "{}",
+            w.report(TARGETS, &out)
+        );
+        assert!(!text.contains("panicked") && !text.contains("delete that file"), "{text}");
+        // Reading commands still work on a read-only cache... or say the same clearly.
+        let out = w.run(&["cache", "stats"]);
+        let text = format!("{}{}", stdout(&out), wbuild_tests::stderr(&out));
+        assert!(
+            out.status.success() || text.contains("must be writable"),
+            "{text}"
+        );
+    }
+    // A cache directory that cannot even be created.
+    let ro_parent = w.root.join("../ro-parent");
+    std::fs::create_dir_all(&ro_parent).unwrap();
+    {
+        let _ro = Mount::read_only(&ro_parent);
+        let cache = ro_parent.join("cache");
+        let out = w
+            .cmd(TARGETS)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .output()
+            .unwrap();
+        let text = wbuild_tests::stderr(&out);
+        assert!(!out.status.success(), "{text}");
+        assert!(
+            text.contains("must be writable") && text.contains(cache.to_str().unwrap()),
+            "{text}"
+        );
+    }
+    // Writable again: nothing was damaged, and the build finishes with the right outputs.
+    let out = w.ok(&["cache", "verify"]);
+    assert!(stdout(&out).contains("cache is consistent"), "{}", stdout(&out));
+    crash_workspace(&w, 0);
+    w.ok(TARGETS);
+    assert_eq!(outputs(&w), want);
+}
+
+#[test]
+fn a_full_disk_fails_the_build_clearly_and_keeps_the_cache_consistent() {
+    let w = ws();
+    w.write("small/in.txt", "small\n");
+    w.write(
+        "small/WBUILD",
+        "wasi_run(name = \"s\", tool = \"//tools:probe\", srcs = [\"in.txt\"], outs = [\"s.txt\"], \
+         args = [\"concat\", \"$@\", \"$(location in.txt)\"])\n",
+    );
+    let chunk: String = (0..16384).map(|i| format!("{i:063}\n")).collect(); // 1 MiB
+    w.write("big/in.txt", &chunk);
+    w.write(
+        "big/WBUILD",
+        &format!(
+            "wasi_run(name = \"b\", tool = \"//tools:probe\", srcs = [\"in.txt\"], outs = [\"b.txt\"], \
+             args = [\"concat\", \"$@\"{}])\n",
+            ", \"$(location in.txt)\"".repeat(12)
+        ),
+    );
+    // A source too big for the cache: it cannot even enter the CAS.
+    w.write("huge/in.txt", &chunk.repeat(8));
+    w.write(
+        "huge/WBUILD",
+        "wasi_run(name = \"h\", tool = \"//tools:probe\", srcs = [\"in.txt\"], outs = [\"h.txt\"], \
+         args = [\"exists\", \"$(location in.txt)\", \"$@\"])\n",
+    );
+    let fs = Mount::tmpfs(&w.cache, "6m");
+    w.ok(&["build", "//small:s"]);
+    let out = w.fail(&["build", "//huge:h"]);
+    let text = wbuild_tests::stderr(&out);
+    assert!(
+        text.contains("the device holding the cache is full")
+            && text.contains("cache gc")
+            && text.contains(w.cache.to_str().unwrap()),
+        "{}",
+        w.report(&["build", "//huge:h"], &out)
+    );
+    assert!(!text.contains("panicked"), "{text}");
+    let out = w.fail(&["build", "//big:b"]);
+    let text = wbuild_tests::stderr(&out);
+    assert!(
+        text.contains("the device holding the cache")
+            && text.contains("full")
+            && text.contains("cache gc")
+            && text.contains("//big:b"),
+        "{}",
+        w.report(&["build", "//big:b"], &out)
+    );
+    // The guest's own panic is the tool's report; wbuild itself must not panic.
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.contains("panicked at") && !l.contains("tests/guests/probe")),
+        "{text}"
+    );
+    // What was there is intact and still served from the cache.
+    let out = w.ok(&["cache", "verify"]);
+    assert!(stdout(&out).contains("cache is consistent"), "{}", stdout(&out));
+    let (out, events) = w.events(&["build", "//small:s"]);
+    assert!(out.status.success());
+    assert_eq!(
+        wbuild_tests::statuses(&events),
+        vec![("//small:s".to_owned(), "cached".to_owned())]
+    );
+    // With room again, the same build succeeds and its output is whole.
+    fs.resize("64m");
+    w.ok(&["build", "//big:b", "//huge:h"]);
+    assert_eq!(w.read("wbuild-out/huge/h.txt"), "true\n");
+    assert_eq!(w.read("wbuild-out/big/b.txt"), chunk.repeat(12));
+    let out = w.ok(&["cache", "verify"]);
+    assert!(stdout(&out).contains("cache is consistent"), "{}", stdout(&out));
+}

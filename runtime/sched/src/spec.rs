@@ -373,6 +373,13 @@ fn run_wasi(
     } else if outcome.exit_code != 0 {
         errors.push(format!("the tool exited with code {}", outcome.exit_code));
     }
+    // Outputs are written under the cache directory: a tool that could not write one says so
+    // in its own words; this says why (checked before the staged files are removed).
+    if !errors.is_empty()
+        && let Some(note) = store.full_device_note()
+    {
+        errors.push(note);
+    }
     let mut executables = HashSet::new();
     let outputs = if errors.is_empty() {
         collect_outputs(store, &spec.outputs, &root, &mut errors, &mut executables)?

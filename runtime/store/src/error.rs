@@ -51,6 +51,32 @@ pub enum StoreError {
     )]
     Locked { dir: PathBuf, waited_secs: u64 },
 
+    /// The cache directory (or a file in it) cannot be written: a read-only file system or
+    /// missing permissions. Nothing was changed.
+    #[error(
+        "cannot {op} {}: {source}; the cache directory must be writable: fix its permissions, or pass a writable --cache-dir (or set XDG_CACHE_HOME)",
+        path.display()
+    )]
+    NotWritable {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The device holding the cache is full. What was being written is discarded whole;
+    /// the cache stays consistent.
+    #[error(
+        "cannot {op} {}: {source}; the device holding the cache is full. Nothing partial was kept: free space, shrink the cache with `wbuild cache gc --max-size SIZE`, or pass another --cache-dir",
+        path.display()
+    )]
+    NoSpace {
+        op: &'static str,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+
     /// The redb index failed.
     #[error(
         "cache index {}: {source}; if this persists, delete that file (blobs stay valid and are re-indexed by `verify`)",
@@ -100,6 +126,68 @@ impl StoreError {
 
     pub(crate) fn io(op: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(io::Error) -> Self {
         let path = path.into();
-        move |source| StoreError::Io { op, path, source }
+        move |source| StoreError::from_io(op, path, source)
+    }
+
+    /// An I/O error on a path of the cache, classified: a read-only or full device, or refused
+    /// permission to write, get messages that say what to do.
+    pub(crate) fn from_io(op: &'static str, path: PathBuf, source: io::Error) -> Self {
+        match classify(op, &source) {
+            Some(Storage::NotWritable) => StoreError::NotWritable { op, path, source },
+            Some(Storage::Full) => StoreError::NoSpace { op, path, source },
+            None => StoreError::Io { op, path, source },
+        }
+    }
+
+    /// A redb failure on the index file: as [`StoreError::from_io`] when it is one of those
+    /// device errors, else [`StoreError::Database`].
+    pub(crate) fn from_db(path: PathBuf, e: redb::Error) -> Self {
+        if let redb::Error::Io(io) = &e
+            && let Some(kind) = classify("write", io)
+        {
+            let source = io::Error::new(io.kind(), io.to_string());
+            return match kind {
+                Storage::NotWritable => StoreError::NotWritable {
+                    op: "write",
+                    path,
+                    source,
+                },
+                Storage::Full => StoreError::NoSpace {
+                    op: "write",
+                    path,
+                    source,
+                },
+            };
+        }
+        StoreError::Database {
+            path,
+            source: Box::new(e),
+        }
+    }
+}
+
+enum Storage {
+    NotWritable,
+    Full,
+}
+
+/// Device errors with their own advice. Permission errors count only for operations that write
+/// (a source file the user cannot read is not a cache problem).
+fn classify(op: &str, e: &io::Error) -> Option<Storage> {
+    const WRITES: [&str; 8] = [
+        "create directory",
+        "create",
+        "move aside",
+        "remove",
+        "rename into the CAS",
+        "rename over",
+        "set permissions of",
+        "write",
+    ];
+    match e.kind() {
+        io::ErrorKind::ReadOnlyFilesystem => Some(Storage::NotWritable),
+        io::ErrorKind::PermissionDenied if WRITES.contains(&op) => Some(Storage::NotWritable),
+        io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded => Some(Storage::Full),
+        _ => None,
     }
 }

@@ -191,6 +191,25 @@ impl Store {
         std::env::temp_dir().join("wbuild-cache")
     }
 
+    /// When the device holding the cache has (almost) no space left: a sentence saying so and
+    /// what to do, for the error of an action that failed (perhaps because of it).
+    pub fn full_device_note(&self) -> Option<String> {
+        let c = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()).ok()?;
+        let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+        // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+        if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+            return None;
+        }
+        let free = st.f_bavail as u64 * st.f_frsize as u64;
+        (free < FULL_DEVICE_BYTES).then(|| {
+            format!(
+                "the device holding the cache {} is full ({} KiB free), which may be why: free space, shrink the cache with `wbuild cache gc --max-size SIZE`, or pass another --cache-dir",
+                self.dir.display(),
+                free / 1024
+            )
+        })
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
     }
@@ -220,10 +239,7 @@ impl Store {
                 source: Box::new(e),
             };
         }
-        StoreError::Database {
-            path: self.index_path.clone(),
-            source: Box::new(e),
-        }
+        StoreError::from_db(self.index_path.clone(), e)
     }
 
     fn init_tables(&self) -> Result<(), StoreError> {
@@ -328,13 +344,7 @@ impl Store {
                 fs::create_dir_all(shard).map_err(StoreError::io("create directory", shard))?;
                 fs::rename(tmp, &dest).map_err(StoreError::io("rename into the CAS", &dest))?;
             }
-            Err(e) => {
-                return Err(StoreError::Io {
-                    op: "rename into the CAS",
-                    path: dest,
-                    source: e,
-                });
-            }
+            Err(e) => return Err(StoreError::from_io("rename into the CAS", dest, e)),
         }
         self.mark_verified(d);
         self.touch(d);
@@ -857,20 +867,16 @@ fn open_db(dir: &Path, index: &Path, timeout: Duration) -> Result<Database, Stor
             Err(e) if !moved_aside && unreadable_at_open(&e) => {
                 moved_aside = true;
                 let aside = index.with_extension(format!("redb.broken-{}", now_ms()));
-                fs::rename(index, &aside).map_err(|io| StoreError::Database {
-                    path: index.to_path_buf(),
-                    source: Box::new(redb::Error::from(io)),
-                })?;
+                fs::rename(index, &aside)
+                    .map_err(|io| StoreError::from_io("move aside", index.to_path_buf(), io))?;
             }
-            Err(e) => {
-                return Err(StoreError::Database {
-                    path: index.to_path_buf(),
-                    source: Box::new(e.into()),
-                });
-            }
+            Err(e) => return Err(StoreError::from_db(index.to_path_buf(), e.into())),
         }
     }
 }
+
+/// Below this much free space, [`Store::full_device_note`] calls the device full.
+const FULL_DEVICE_BYTES: u64 = 1 << 20;
 
 pub(crate) fn create_new(path: &Path, mode: u32) -> Result<File, StoreError> {
     OpenOptions::new()
