@@ -260,7 +260,10 @@ struct Mount(std::path::PathBuf);
 
 impl Mount {
     fn run(args: &[&str]) {
-        let out = std::process::Command::new("mount").args(args).output().unwrap();
+        let out = std::process::Command::new("mount")
+            .args(args)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "mount {}: {} (these tests need root, as in CI)",
@@ -329,7 +332,10 @@ fn a_read_only_cache_directory_fails_clearly_and_loses_nothing() {
             "{}",
             w.report(TARGETS, &out)
         );
-        assert!(!text.contains("panicked") && !text.contains("delete that file"), "{text}");
+        assert!(
+            !text.contains("panicked") && !text.contains("delete that file"),
+            "{text}"
+        );
         // Reading commands still work on a read-only cache... or say the same clearly.
         let out = w.run(&["cache", "stats"]);
         let text = format!("{}{}", stdout(&out), wbuild_tests::stderr(&out));
@@ -359,7 +365,11 @@ fn a_read_only_cache_directory_fails_clearly_and_loses_nothing() {
     }
     // Writable again: nothing was damaged, and the build finishes with the right outputs.
     let out = w.ok(&["cache", "verify"]);
-    assert!(stdout(&out).contains("cache is consistent"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("cache is consistent"),
+        "{}",
+        stdout(&out)
+    );
     crash_workspace(&w, 0);
     w.ok(TARGETS);
     assert_eq!(outputs(&w), want);
@@ -422,7 +432,11 @@ fn a_full_disk_fails_the_build_clearly_and_keeps_the_cache_consistent() {
     );
     // What was there is intact and still served from the cache.
     let out = w.ok(&["cache", "verify"]);
-    assert!(stdout(&out).contains("cache is consistent"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("cache is consistent"),
+        "{}",
+        stdout(&out)
+    );
     let (out, events) = w.events(&["build", "//small:s"]);
     assert!(out.status.success());
     assert_eq!(
@@ -435,5 +449,9 @@ fn a_full_disk_fails_the_build_clearly_and_keeps_the_cache_consistent() {
     assert_eq!(w.read("wbuild-out/huge/h.txt"), "true\n");
     assert_eq!(w.read("wbuild-out/big/b.txt"), chunk.repeat(12));
     let out = w.ok(&["cache", "verify"]);
-    assert!(stdout(&out).contains("cache is consistent"), "{}", stdout(&out));
+    assert!(
+        stdout(&out).contains("cache is consistent"),
+        "{}",
+        stdout(&out)
+    );
 }
