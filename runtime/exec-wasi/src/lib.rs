@@ -225,6 +225,26 @@ fn deterministic_rng(seed: &[u8; 32], domain: &str) -> wasmtime_wasi::Determinis
     wasmtime_wasi::Deterministic::new(bytes)
 }
 
+/// How many descriptors one guest may hold open: half of the process's soft `RLIMIT_NOFILE`
+/// shared among the guests that may run at once, between 64 and 1024. Each guest descriptor is
+/// a host descriptor; without a bound, one guest opening files in a loop would make every other
+/// action (and the store) fail with "too many open files".
+fn max_open_files(max_concurrent: u32) -> usize {
+    // Linux: "Max open files  <soft>  <hard>  files" in /proc/self/limits.
+    let soft = std::fs::read_to_string("/proc/self/limits")
+        .ok()
+        .and_then(|s| {
+            let line = s.lines().find(|l| l.starts_with("Max open files"))?;
+            line["Max open files".len()..]
+                .split_whitespace()
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .unwrap_or(1024);
+    (soft / 2 / max_concurrent.max(1) as usize).clamp(64, 1024)
+}
+
 /// The engine, linker and compiled-module caches; one per process, shared by all actions.
 pub struct WasiExecutor {
     engine: Engine,
@@ -235,6 +255,8 @@ pub struct WasiExecutor {
     loading: Mutex<()>,
     stop_ticker: Arc<AtomicBool>,
     compiled: AtomicU64,
+    /// Descriptors one guest may hold open (see [`max_open_files`]).
+    max_open_files: usize,
 }
 
 impl Drop for WasiExecutor {
@@ -292,6 +314,7 @@ impl WasiExecutor {
             loading: Mutex::new(()),
             stop_ticker,
             compiled: AtomicU64::new(0),
+            max_open_files: max_open_files(cfg.max_concurrent),
         })
     }
 
@@ -414,7 +437,14 @@ impl WasiExecutor {
         let time_ns = req.epoch_secs.saturating_mul(1_000_000_000);
         let state = State {
             wasi: b.build_p1(),
-            obs: observe::Observer::new(root_dir, tmp_dir, &req.inputs, &req.outputs, time_ns),
+            obs: observe::Observer::new(
+                root_dir,
+                tmp_dir,
+                &req.inputs,
+                &req.outputs,
+                time_ns,
+                self.max_open_files,
+            ),
             limits: Limits {
                 memory: usize::try_from(req.memory_limit_bytes).unwrap_or(usize::MAX),
                 hit: false,

@@ -22,6 +22,7 @@ const ERRNO_ACCES: i32 = 2;
 const ERRNO_BADF: i32 = 8;
 const ERRNO_FAULT: i32 = 21;
 const ERRNO_ILSEQ: i32 = 25;
+const ERRNO_MFILE: i32 = 33;
 const ERRNO_NOENT: i32 = 44;
 const ERRNO_NOTDIR: i32 = 54;
 const ERRNO_PERM: i32 = 63;
@@ -69,6 +70,8 @@ pub(crate) struct Observer {
     tmp_dir: cap_std::fs::Dir,
     /// Timestamp (ns since the Unix epoch) reported for every file.
     time_ns: u64,
+    /// How many descriptors the guest may hold open (its share of the process's limit).
+    max_open: usize,
 }
 
 impl Observer {
@@ -78,6 +81,7 @@ impl Observer {
         inputs: &[String],
         outputs: &[String],
         time_ns: u64,
+        max_open: usize,
     ) -> Observer {
         let mut output_dirs = BTreeSet::new();
         for o in outputs {
@@ -125,6 +129,7 @@ impl Observer {
             root_dir,
             tmp_dir,
             time_ns,
+            max_open,
         }
     }
 
@@ -175,6 +180,35 @@ impl Observer {
 
     fn may_create_dir(&self, tree: Tree, rel: &str) -> bool {
         tree == Tree::Tmp && !rel.is_empty() || self.output_dirs.contains(rel)
+    }
+
+    /// Whether the symlink target `target`, stored at `rel` in `tree`, points above the
+    /// tree's top (or is absolute).
+    fn link_escapes(rel: &str, target: &str) -> bool {
+        if target.starts_with('/') {
+            return true;
+        }
+        let mut depth = rel.split('/').count().saturating_sub(1);
+        for comp in target.split('/') {
+            match comp {
+                "" | "." => {}
+                ".." => match depth.checked_sub(1) {
+                    Some(d) => depth = d,
+                    None => return true,
+                },
+                _ => depth += 1,
+            }
+        }
+        false
+    }
+
+    /// Whether `rel` in `tree` is a regular file (not following a final symlink).
+    fn is_regular_file(&self, tree: Tree, rel: &str) -> bool {
+        !rel.is_empty()
+            && self
+                .dir_for(tree)
+                .symlink_metadata(rel)
+                .is_ok_and(|m| m.is_file())
     }
 
     fn dir_for(&self, tree: Tree) -> &cap_std::fs::Dir {
@@ -288,6 +322,11 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
             if !obs.is_visible(tree, &rel) {
                 obs.log.record(AccessKind::Missing, &shown);
                 return Ok(ERRNO_NOENT);
+            }
+            // Every open descriptor is one of the host process's: a guest that opened files
+            // without end would make every other action of the build fail.
+            if obs.fds.len() >= obs.max_open {
+                return Ok(ERRNO_MFILE);
             }
             let errno = block(p1::path_open(
                 &mut state.wasi,
@@ -587,12 +626,68 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
         (fd: i32, ptr: i32, len: i32), fd = fd, ptr = ptr, len = len);
     guarded_path_op!("path_unlink_file", path_unlink_file, false,
         (fd: i32, ptr: i32, len: i32), fd = fd, ptr = ptr, len = len);
-    guarded_path_op!("path_symlink", path_symlink, false,
-        (old_ptr: i32, old_len: i32, fd: i32, ptr: i32, len: i32), fd = fd, ptr = ptr, len = len);
     guarded_path_op!("path_filestat_set_times", path_filestat_set_times, false,
         (fd: i32, flags: i32, ptr: i32, len: i32, atim: i64, mtim: i64, fst: i32), fd = fd, ptr = ptr, len = len);
 
-    // Rename and link touch two paths: both must be writable.
+    // Symlinks only in /tmp. In the root, a symlink at an output path (or at a directory
+    // leading to one, when one output lies under another) would let the guest write through
+    // it to an input, which shares its inode with a CAS blob, and would make the host follow
+    // it when it collects and cleans up the outputs with ordinary paths (moving a file from
+    // outside the sandbox into the cache). Outputs must be regular files anyway.
+    linker.func_wrap(
+        M,
+        "path_symlink",
+        |mut caller: Caller<'_, State>,
+         old_ptr: i32,
+         old_len: i32,
+         fd: i32,
+         ptr: i32,
+         len: i32|
+         -> wasmtime::Result<i32> {
+            with_mem!(caller, |mem, state| {
+                let (Ok(target), Ok(path)) =
+                    (read_str(mem, old_ptr, old_len), read_str(mem, ptr, len))
+                else {
+                    return Ok(ERRNO_FAULT);
+                };
+                let (tree, rel) = match state.obs.resolve(fd, &path) {
+                    Err(e) => return Ok(e),
+                    Ok(None) => {
+                        state.obs.log.record(AccessKind::Denied, &path);
+                        return Ok(ERRNO_NOTCAPABLE);
+                    }
+                    Ok(Some(r)) => r,
+                };
+                let shown = Observer::display(tree, &rel);
+                if !state.obs.may_write(tree, &rel) {
+                    state.obs.log.record(AccessKind::Denied, &shown);
+                    return Ok(ERRNO_ACCES);
+                }
+                if tree == Tree::Root {
+                    if Observer::link_escapes(&rel, &target) {
+                        state.obs.log.record(AccessKind::Denied, &target);
+                    }
+                    return Ok(ERRNO_PERM);
+                }
+                let errno = block(p1::path_symlink(
+                    &mut state.wasi,
+                    &mut GuestMemory::Unshared(&mut *mem),
+                    old_ptr,
+                    old_len,
+                    fd,
+                    ptr,
+                    len,
+                ))?;
+                if errno == ERRNO_SUCCESS {
+                    state.obs.log.record(AccessKind::Write, &shown);
+                }
+                Ok(errno)
+            })
+        },
+    )?;
+
+    // Rename and link touch two paths: both must be writable, and only regular files may
+    // be moved into the root (no symlinks, no directories that could hold them).
     linker.func_wrap(
         M,
         "path_rename",
@@ -611,6 +706,7 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 ) else {
                     return Ok(ERRNO_FAULT);
                 };
+                let mut source: Option<(Tree, String)> = None;
                 for (dfd, p) in [(fd, &old), (new_fd, &new)] {
                     match state.obs.resolve(dfd, p) {
                         Err(e) => return Ok(e),
@@ -626,6 +722,15 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                             return Ok(ERRNO_ACCES);
                         }
                         Ok(Some((tree, rel))) => {
+                            if let Some((src_tree, src_rel)) = source.take() {
+                                if tree == Tree::Root
+                                    && !state.obs.is_regular_file(src_tree, &src_rel)
+                                {
+                                    return Ok(ERRNO_PERM);
+                                }
+                            } else {
+                                source = Some((tree, rel.clone()));
+                            }
                             state
                                 .obs
                                 .log
