@@ -11,6 +11,11 @@ mod verify;
 mod wasi_tool;
 mod worker;
 
+/// mimalloc instead of glibc malloc: loading and analysing a large graph allocates millions
+/// of small strings and vectors (see docs/BENCHMARKS.md, "load").
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -34,6 +34,12 @@ pub(crate) struct PendingHistory {
     durations: HashMap<String, u64>,
 }
 
+impl PendingHistory {
+    pub(crate) fn is_empty(&self) -> bool {
+        self.builds.is_empty() && self.actions.is_empty() && self.durations.is_empty()
+    }
+}
+
 impl History {
     pub(crate) fn take_pending(&mut self) -> PendingHistory {
         let mut dirty = std::mem::take(&mut self.dirty);

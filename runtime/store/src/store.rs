@@ -51,6 +51,8 @@ pub struct Store {
     pub(crate) maintenance: RwLock<()>,
     /// Serialises `flush` (so two flushes do not interleave their taken buffers).
     flush_lock: Mutex<()>,
+    /// A `Durability::None` transaction may have committed since the last durable commit.
+    undurable: std::sync::atomic::AtomicBool,
 }
 
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -150,6 +152,7 @@ impl Store {
             history: Mutex::new(History::default()),
             maintenance: RwLock::new(()),
             flush_lock: Mutex::new(()),
+            undurable: std::sync::atomic::AtomicBool::new(false),
             index_check,
         };
         match store.init_tables() {
@@ -243,6 +246,34 @@ impl Store {
     }
 
     fn init_tables(&self) -> Result<(), StoreError> {
+        // Every open of an existing store finds them all, of the right types: no write (a
+        // durable commit costs two fdatasyncs, a good part of a no-op build). A table of the
+        // wrong type is damage, reported as on the write path.
+        {
+            use redb::ReadableDatabase;
+            let read = self.db.begin_read().map_err(|e| self.db_err(e))?;
+            let opened = [
+                read.open_table(AC).map(drop),
+                read.open_multimap_table(AC_LABEL).map(drop),
+                read.open_table(BLOBS).map(drop),
+                read.open_table(STAT_CACHE).map(drop),
+                read.open_table(ACCESS_LOGS).map(drop),
+                read.open_table(BUILDS).map(drop),
+                read.open_table(BUILD_ACTIONS).map(drop),
+                read.open_table(DURATIONS).map(drop),
+            ];
+            let mut missing = false;
+            for r in opened {
+                match r {
+                    Ok(()) => {}
+                    Err(redb::TableError::TableDoesNotExist(_)) => missing = true,
+                    Err(e) => return Err(self.db_err(e)),
+                }
+            }
+            if !missing {
+                return Ok(());
+            }
+        }
         let txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
         {
             txn.open_table(AC).map_err(|e| self.db_err(e))?;
@@ -261,6 +292,7 @@ impl Store {
     /// Begin a write transaction with `Durability::None` (fast; lost, consistently, on a crash
     /// unless a later `flush` commits).
     pub(crate) fn write_txn(&self) -> Result<redb::WriteTransaction, StoreError> {
+        self.undurable.store(true, Ordering::SeqCst);
         let mut txn = self.db.begin_write().map_err(|e| self.db_err(e))?;
         txn.set_durability(Durability::None)
             .map_err(|e| self.db_err(e))?;
@@ -697,11 +729,29 @@ impl Store {
         let access = std::mem::take(&mut *lock(&self.pending_access));
         let stats = std::mem::take(&mut *lock(&self.stat_dirty));
         let hist = lock(&self.history).take_pending();
+        // Nothing buffered and nothing committed since the last durable commit: a no-op build
+        // (or a second flush) writes nothing.
+        let undurable = self.undurable.swap(false, Ordering::SeqCst);
+        if !undurable && access.is_empty() && stats.is_empty() && hist.is_empty() {
+            return Ok(());
+        }
+        let result = self.flush_taken(&access, &stats, &hist);
+        if result.is_err() {
+            self.undurable.store(true, Ordering::SeqCst);
+        }
+        result
+    }
 
+    fn flush_taken(
+        &self,
+        access: &HashMap<Key, (u64, u64)>,
+        stats: &HashMap<PathBuf, Option<StatEntry>>,
+        hist: &crate::history::PendingHistory,
+    ) -> Result<(), StoreError> {
         let txn = self.durable_txn()?;
         {
             let mut blobs = txn.open_table(BLOBS).map_err(|e| self.db_err(e))?;
-            for (key, (size, at)) in &access {
+            for (key, (size, at)) in access {
                 let old = blobs
                     .get(key.as_slice())
                     .map_err(|e| self.db_err(e))?
@@ -717,7 +767,7 @@ impl Store {
         }
         {
             let mut t = txn.open_table(STAT_CACHE).map_err(|e| self.db_err(e))?;
-            for (path, entry) in &stats {
+            for (path, entry) in stats {
                 let k = crate::stat::path_key(path);
                 match entry {
                     Some(e) => {
@@ -730,7 +780,7 @@ impl Store {
                 }
             }
         }
-        self.write_history(&txn, &hist)?;
+        self.write_history(&txn, hist)?;
         txn.commit().map_err(|e| self.db_err(e))
     }
 }
