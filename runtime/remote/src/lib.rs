@@ -19,7 +19,7 @@ mod server;
 pub use client::{ClientError, RemoteCache, take_inlined};
 pub use exec::{Executed, Resubmission, speculative_copy};
 pub use resource::{ResourceName, parse_read_resource, parse_write_resource};
-pub use server::{MAX_BATCH_BYTES, ServeConfig, SharedStore, StoreSource, serve};
+pub use server::{MAX_BATCH_BYTES, ServeConfig, SharedStore, StoreSource, serve, services};
 
 /// REAPI types (re-exported from the store, which keys actions with them).
 pub use wbuild_store::reapi;

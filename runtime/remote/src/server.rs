@@ -216,6 +216,23 @@ pub async fn serve(
     Ok(())
 }
 
+/// The service implementations [`serve`] registers, without a transport: for driving the
+/// request handlers in-process (the fuzz targets under `tests/fuzz`). Not a stable API.
+#[doc(hidden)]
+pub fn services(
+    store: impl Into<StoreSource>,
+    config: ServeConfig,
+) -> impl capabilities_server::Capabilities
++ content_addressable_storage_server::ContentAddressableStorage
++ action_cache_server::ActionCache
++ byte_stream_server::ByteStream
++ Clone {
+    Service {
+        store: store.into(),
+        token: config.token.map(Arc::from),
+    }
+}
+
 /// The digest function a request names (0, unset: SHA-256, as the spec says for 64-digit
 /// hashes).
 fn function(value: i32) -> Result<DigestFunction, Status> {
@@ -243,6 +260,20 @@ fn status_of(e: StoreError) -> Status {
         e @ StoreError::InvalidDigest { .. } => Status::invalid_argument(e.to_string()),
         e => Status::internal(e.to_string()),
     }
+}
+
+/// The bytes of the blob `d` names. The store names blobs by hash alone; a REAPI digest also
+/// carries the size, and one whose size is not the blob's names no blob: it is never answered
+/// with bytes of another length.
+fn read_blob(store: &Store, d: &Digest) -> Result<Vec<u8>, Status> {
+    let bytes = store.get_bytes(d).map_err(status_of)?;
+    if bytes.len() as u64 != d.size {
+        return Err(Status::not_found(format!(
+            "blob {d} is not in the cache (a blob with that hash has {} bytes)",
+            bytes.len()
+        )));
+    }
+    Ok(bytes)
 }
 
 fn rpc_status(code: tonic::Code, message: impl Into<String>) -> Option<rpc::Status> {
@@ -426,12 +457,9 @@ impl content_addressable_storage_server::ContentAddressableStorage for Service {
                 Ok(wanted
                     .into_iter()
                     .map(|d| {
-                        let (data, status) = match store.get_bytes(&d) {
+                        let (data, status) = match read_blob(store, &d) {
                             Ok(b) => (b, rpc_status(tonic::Code::Ok, "")),
-                            Err(e) => {
-                                let s = status_of(e);
-                                (Vec::new(), rpc_status(s.code(), s.message()))
-                            }
+                            Err(s) => (Vec::new(), rpc_status(s.code(), s.message())),
                         };
                         reapi::batch_read_blobs_response::Response {
                             digest: Some(d.to_proto()),
@@ -464,7 +492,7 @@ impl content_addressable_storage_server::ContentAddressableStorage for Service {
                     if !seen.insert(d) {
                         continue;
                     }
-                    let bytes = store.get_bytes(&d).map_err(status_of)?;
+                    let bytes = read_blob(store, &d)?;
                     let dir = reapi::Directory::decode(bytes.as_slice()).map_err(|e| {
                         Status::invalid_argument(format!("blob {d} is not a Directory: {e}"))
                     })?;
@@ -539,20 +567,28 @@ impl action_cache_server::ActionCache for Service {
                     if d.size == 0 || d.size > budget {
                         return None;
                     }
-                    let bytes = store.get_bytes(&d).ok()?;
+                    let bytes = read_blob(store, &d).ok()?;
                     budget -= d.size;
                     Some(bytes)
                 };
-                if req.inline_stdout {
-                    r.stdout_raw = inline(r.stdout_digest.as_ref()).unwrap_or_default();
-                }
-                if req.inline_stderr {
-                    r.stderr_raw = inline(r.stderr_digest.as_ref()).unwrap_or_default();
-                }
+                // Only bytes read from the CAS are served inline: what an uploader sent inline
+                // with the result was never checked against its digests.
+                r.stdout_raw = if req.inline_stdout {
+                    inline(r.stdout_digest.as_ref()).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
+                r.stderr_raw = if req.inline_stderr {
+                    inline(r.stderr_digest.as_ref()).unwrap_or_default()
+                } else {
+                    Vec::new()
+                };
                 for of in &mut r.output_files {
-                    if req.inline_output_files.contains(&of.path) {
-                        of.contents = inline(of.digest.as_ref()).unwrap_or_default();
-                    }
+                    of.contents = if req.inline_output_files.contains(&of.path) {
+                        inline(of.digest.as_ref()).unwrap_or_default()
+                    } else {
+                        Vec::new()
+                    };
                 }
                 Ok(Some(r))
             })
@@ -596,9 +632,7 @@ impl byte_stream_server::ByteStream for Service {
             Status::invalid_argument(format!("resource name {:?}: {e}", req.resource_name))
         })?;
         let d = name.digest;
-        let bytes = self
-            .blocking(move |store| store.get_bytes(&d).map_err(status_of))
-            .await?;
+        let bytes = self.blocking(move |store| read_blob(store, &d)).await?;
         let offset = usize::try_from(req.read_offset)
             .ok()
             .filter(|o| *o <= bytes.len())

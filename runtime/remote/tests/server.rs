@@ -333,3 +333,102 @@ fn get_tree_returns_every_directory() {
     assert_eq!(dirs.len(), 2);
     assert_eq!(dirs[0].directories[0].name, "sub");
 }
+
+/// Found by the `reapi_server` fuzz target: the store names blobs by hash alone, and a digest
+/// with the right hash but another size was answered with the blob's bytes (of another
+/// length than the digest says). Such a digest names no blob.
+#[test]
+fn a_digest_with_the_wrong_size_names_no_blob() {
+    let s = Server::start(None);
+    let mut cas = ContentAddressableStorageClient::new(s.channel());
+    let mut bs = ByteStreamClient::new(s.channel());
+    let f = DigestFunction::Blake3;
+    let d = Digest::of(f, b"sized bytes");
+    assert_eq!(
+        upload(&s, &mut cas, f, &[(&d, b"sized bytes")])[0].0,
+        Code::Ok as i32
+    );
+    let wrong = Digest {
+        size: d.size + 1,
+        ..d
+    };
+    let read =
+        s.rt.block_on(cas.batch_read_blobs(reapi::BatchReadBlobsRequest {
+            digests: vec![d.to_proto(), wrong.to_proto()],
+            digest_function: f.to_reapi(),
+            ..Default::default()
+        }))
+        .unwrap()
+        .into_inner()
+        .responses;
+    assert_eq!(read[0].data, b"sized bytes");
+    assert_eq!(read[1].status.as_ref().unwrap().code, Code::NotFound as i32);
+    assert!(read[1].data.is_empty());
+    let err =
+        s.rt.block_on(bs.read(ReadRequest {
+            resource_name: format!("blobs/blake3/{}/{}", wrong.hex(), wrong.size),
+            read_offset: 0,
+            read_limit: 0,
+        }))
+        .unwrap_err();
+    assert_eq!(err.code(), Code::NotFound, "{err:?}");
+}
+
+/// Found by the `reapi_server` fuzz target: bytes an uploader sent inline with an action
+/// result (`stdout_raw`, `OutputFile.contents`) were served back to every reader as they
+/// were, unchecked against the digests. Only bytes read from the CAS are inlined now.
+#[test]
+fn uploaded_inline_bytes_are_never_served() {
+    let s = Server::start(None);
+    let mut cas = ContentAddressableStorageClient::new(s.channel());
+    let mut ac = ActionCacheClient::new(s.channel());
+    let f = DigestFunction::Blake3;
+    let action = Digest::of(f, b"an action with inline bytes");
+    let out = Digest::of(f, b"real output");
+    let log = Digest::of(f, b"real stdout");
+    let st = upload(
+        &s,
+        &mut cas,
+        f,
+        &[(&out, b"real output"), (&log, b"real stdout")],
+    );
+    assert!(st.iter().all(|(c, _)| *c == Code::Ok as i32), "{st:?}");
+    let forged = reapi::ActionResult {
+        output_files: vec![reapi::OutputFile {
+            path: "out".into(),
+            digest: Some(out.to_proto()),
+            contents: b"forged output".to_vec(),
+            ..Default::default()
+        }],
+        stdout_digest: Some(log.to_proto()),
+        stdout_raw: b"forged stdout".to_vec(),
+        stderr_raw: b"stderr without a digest".to_vec(),
+        ..Default::default()
+    };
+    s.rt.block_on(ac.update_action_result(reapi::UpdateActionResultRequest {
+        action_digest: Some(action.to_proto()),
+        action_result: Some(forged),
+        digest_function: f.to_reapi(),
+        ..Default::default()
+    }))
+    .unwrap();
+    let get = |ac: &mut ActionCacheClient<Channel>, inline: bool| {
+        s.rt.block_on(ac.get_action_result(reapi::GetActionResultRequest {
+            action_digest: Some(action.to_proto()),
+            inline_stdout: inline,
+            inline_stderr: inline,
+            inline_output_files: if inline { vec!["out".into()] } else { vec![] },
+            digest_function: f.to_reapi(),
+            ..Default::default()
+        }))
+        .unwrap()
+        .into_inner()
+    };
+    let plain = get(&mut ac, false);
+    assert!(plain.stdout_raw.is_empty() && plain.stderr_raw.is_empty());
+    assert!(plain.output_files[0].contents.is_empty());
+    let inlined = get(&mut ac, true);
+    assert_eq!(inlined.stdout_raw, b"real stdout");
+    assert!(inlined.stderr_raw.is_empty());
+    assert_eq!(inlined.output_files[0].contents, b"real output");
+}

@@ -50,6 +50,6 @@ pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 pub use digest::{Digest, DigestFunction, Hasher, digest_message};
 pub use error::StoreError;
 pub use store::{
-    DEFAULT_LOCK_TIMEOUT, INDEX_CHECK_MARKER, IndexCheck, Store, redb_panic_is_handled,
+    DEFAULT_LOCK_TIMEOUT, INDEX_CHECK_MARKER, IndexCheck, IndexOpener, Store, redb_panic_is_handled,
 };
 pub use types::{ActionRecord, BuildRecord, CorruptBlob, GcReport, Stats, VerifyReport};

@@ -23,6 +23,12 @@ const COPY_BUF: usize = 64 * 1024;
 
 pub(crate) type Key = [u8; 33];
 
+/// Opens the index database from its file with a custom `redb::StorageBackend`: see
+/// [`Store::open_with_index_backend`].
+#[doc(hidden)]
+pub type IndexOpener =
+    std::sync::Arc<dyn Fn(&redb::Builder, File) -> Result<Database, DatabaseError> + Send + Sync>;
+
 /// The local store: CAS blob files plus a redb index (action cache, blob metadata, stat
 /// cache, access logs, build history). `Send + Sync`; share it as `Arc<Store>`.
 ///
@@ -90,13 +96,36 @@ impl Store {
         function: DigestFunction,
         lock_timeout: Duration,
     ) -> Result<Store, StoreError> {
+        Store::open_inner(dir, function, lock_timeout, None)
+    }
+
+    /// Like [`Store::open_with_timeout`], with the index opened by `open_index` (given the
+    /// store's `redb::Builder` and the opened `index.redb` file; it calls
+    /// `builder.create_with_backend(...)`). For tests and fuzzing that inject I/O failures
+    /// into the index (`tests/fuzz`); not a stable API.
+    #[doc(hidden)]
+    pub fn open_with_index_backend(
+        dir: &Path,
+        function: DigestFunction,
+        lock_timeout: Duration,
+        open_index: IndexOpener,
+    ) -> Result<Store, StoreError> {
+        Store::open_inner(dir, function, lock_timeout, Some(&open_index))
+    }
+
+    fn open_inner(
+        dir: &Path,
+        function: DigestFunction,
+        lock_timeout: Duration,
+        open_index: Option<&IndexOpener>,
+    ) -> Result<Store, StoreError> {
         let dir = std::path::absolute(dir).map_err(StoreError::io("resolve", dir))?;
         for sub in [function.cas_subdir(), "tmp", "modules"] {
             let p = dir.join(sub);
             fs::create_dir_all(&p).map_err(StoreError::io("create directory", &p))?;
         }
         let index_path = dir.join("index.redb");
-        let mut db = open_db(&dir, &index_path, lock_timeout)?;
+        let mut db = open_db(&dir, &index_path, lock_timeout, open_index)?;
         // A damaged index was noticed (a redb panic, or `cache verify` asked): check every
         // page now, repairing what redb can and replacing what it cannot.
         let marker = dir.join(INDEX_CHECK_MARKER);
@@ -115,7 +144,7 @@ impl Store {
                     let aside = index_path.with_extension(format!("redb.broken-{}", now_ms()));
                     fs::rename(&index_path, &aside)
                         .map_err(StoreError::io("move aside", &index_path))?;
-                    db = open_db(&dir, &index_path, lock_timeout)?;
+                    db = open_db(&dir, &index_path, lock_timeout, open_index)?;
                     IndexCheck::Replaced {
                         aside,
                         reason: e.to_string(),
@@ -166,7 +195,7 @@ impl Store {
                 let aside = index_path.with_extension(format!("redb.broken-{}", now_ms()));
                 fs::rename(&index_path, &aside)
                     .map_err(StoreError::io("move aside", &index_path))?;
-                let mut store = Store::open_with_timeout(&dir, function, lock_timeout)?;
+                let mut store = Store::open_inner(&dir, function, lock_timeout, open_index)?;
                 store.index_check = Some(IndexCheck::Replaced {
                     aside,
                     reason: source.to_string(),
@@ -886,16 +915,32 @@ fn unreadable_at_open(e: &DatabaseError) -> bool {
 /// Open the redb index, waiting while another process holds it. An index redb cannot read
 /// (corrupted outside redb, or from an incompatible version) is moved aside and recreated:
 /// it is only an index, blobs stay valid.
-fn open_db(dir: &Path, index: &Path, timeout: Duration) -> Result<Database, StoreError> {
+fn open_db(
+    dir: &Path,
+    index: &Path,
+    timeout: Duration,
+    open_index: Option<&IndexOpener>,
+) -> Result<Database, StoreError> {
     let start = Instant::now();
     let mut moved_aside = false;
     loop {
         // redb trusts its pages: opening a damaged file can panic in its repair pass. That
         // is a corrupted index here, handled like one.
         let opened = guarded(|| {
-            redb::Builder::new()
-                .set_cache_size(64 * 1024 * 1024)
-                .create(index)
+            let mut builder = redb::Builder::new();
+            builder.set_cache_size(64 * 1024 * 1024);
+            match open_index {
+                None => builder.create(index),
+                Some(open_index) => {
+                    let file = OpenOptions::new()
+                        .read(true)
+                        .write(true)
+                        .create(true)
+                        .truncate(false)
+                        .open(index)?;
+                    open_index(&builder, file)
+                }
+            }
         })
         .unwrap_or_else(|msg| {
             Err(DatabaseError::Storage(StorageError::Corrupted(format!(

@@ -698,3 +698,33 @@ fn an_index_with_a_damaged_header_is_moved_aside_at_open() {
         .count();
     assert!(aside >= 1, "nothing moved aside");
 }
+
+/// `open_with_index_backend` (what the `store_model` fuzz target injects I/O failures
+/// through) opens the same index as `open`.
+#[test]
+fn the_index_backend_can_be_supplied() {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let dir = tempfile::tempdir().unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let counted = calls.clone();
+    let opener: crate::IndexOpener = Arc::new(move |builder: &redb::Builder, file| {
+        counted.fetch_add(1, Ordering::SeqCst);
+        builder.create_with_backend(redb::backends::FileBackend::new(file)?)
+    });
+    let action = Digest::of(DigestFunction::Blake3, b"backend action");
+    let s = Store::open_with_index_backend(
+        dir.path(),
+        DigestFunction::Blake3,
+        Duration::from_secs(5),
+        opener,
+    )
+    .unwrap();
+    let d = s.put_bytes(b"through a custom backend").unwrap();
+    s.ac_put(&action, &result_with(&[("o", d)]), "//:b")
+        .unwrap();
+    drop(s);
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let s = Store::open(dir.path()).unwrap();
+    assert_eq!(s.ac_get(&action).unwrap(), Some(result_with(&[("o", d)])));
+}
