@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # A real C project through wbuild's native sandbox: builds Lua 5.4 (the sources vendored by the
 # `lua-src` crate, 32 library translation units plus lua.c and luac.c) with
-# `wbuild build -j 2 //lua:lua //lua:luac` and with `make -j2 lua luac` (no sandbox, the same
-# gcc flags), both from clean, timed side by side with hyperfine. Prints a table and writes
+# `wbuild build -j 2 //lua:lua //lua:luac`, with `make -j2 lua luac` and with `ninja` (no
+# sandbox, the same gcc flags), all from clean, timed side by side with hyperfine. Prints a table and writes
 # bench/lua-results.json; also reports per-action wall times from one build's --events file.
-# Needs hyperfine, make, gcc, curl and python3 (Debian: hyperfine, make, gcc, curl); builds
+# Needs hyperfine, make, ninja, gcc, curl and python3 (Debian: hyperfine, make, ninja-build,
+# gcc, curl); builds
 # wbuild in release mode unless told otherwise. Run it on an otherwise idle machine: hyperfine
-# times the two tools one after the other, so background load skews the comparison.
+# times the tools one after the other, so background load skews the comparison.
 #
 #   bench/lua.sh
 #
@@ -28,7 +29,7 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
 runs=${RUNS:-5}
 jobs=${JOBS:-2}
-for tool in hyperfine make gcc curl python3; do
+for tool in hyperfine make ninja gcc curl python3; do
     command -v "$tool" >/dev/null || { echo "lua.sh: needs $tool (apt-get install $tool)"; exit 2; }
 done
 
@@ -99,6 +100,8 @@ echo "== Lua $lua_version: $tus translation units ($lib_tus in the library)"
 # source tree, where wbuild rejects a source file named like a declared output.
 mk="$work/mk"
 cp -a "$ws" "$mk"
+nj="$work/nj"
+cp -a "$ws" "$nj"
 
 cache="$work/cache"
 wb() { (cd "$ws" && "$wbuild" --cache-dir "$cache" "$@"); }
@@ -131,6 +134,9 @@ echo "== verification build: make"
 make -s -C "$mk/lua" -j"$jobs" lua luac
 check_lua "$mk/lua"
 make -s -C "$mk/lua" clean
+echo "== verification build: ninja"
+ninja -C "$nj/lua" -j"$jobs" >/dev/null
+check_lua "$nj/lua"
 
 # --- timed clean builds -----------------------------------------------------------------------
 # Deleting the cache dir drops the CAS, the action cache, the up-to-date snapshot and the cached
@@ -138,10 +144,12 @@ make -s -C "$mk/lua" clean
 echo "== clean build of lua + luac, -j$jobs, $runs runs"
 wbuild_cmd="'$wbuild' --cache-dir '$cache' build -j $jobs //lua:lua //lua:luac"
 make_cmd="make -s -C '$mk/lua' -j$jobs lua luac"
+ninja_cmd="ninja -C '$nj/lua' -j$jobs"
 load_before=$(cut -d' ' -f1 /proc/loadavg)
 (cd "$ws" && hyperfine --runs "$runs" --warmup 1 --export-json "$work/hyperfine.json" \
     --prepare "rm -rf '$cache' '$ws/wbuild-out'" -n wbuild "$wbuild_cmd" \
-    --prepare "make -s -C '$mk/lua' clean" -n make "$make_cmd")
+    --prepare "make -s -C '$mk/lua' clean" -n make "$make_cmd" \
+    --prepare "ninja -C '$nj/lua' -t clean" -n ninja "$ninja_cmd")
 
 # --- per-action wall time from one clean build's events ---------------------------------------
 rm -rf "$cache" "$ws/wbuild-out"
@@ -149,12 +157,12 @@ wb build -j "$jobs" --events "$work/events.jsonl" //lua:lua //lua:luac > "$work/
     || { cat "$work/wbuild-events.log"; echo "lua.sh: the wbuild build with --events failed"; exit 1; }
 
 python3 - "$work/hyperfine.json" "$work/events.jsonl" "$here/lua-results.json" \
-    "$wbuild_cmd" "$make_cmd" "$load_before" <<EOF
+    "$wbuild_cmd" "$make_cmd" "$load_before" "$ninja_cmd" <<EOF
 import json, os, statistics, sys
-hf, events_path, out, wbuild_cmd, make_cmd, load_before = sys.argv[1:7]
-commands = {"wbuild": wbuild_cmd, "make": make_cmd}
+hf, events_path, out, wbuild_cmd, make_cmd, load_before, ninja_cmd = sys.argv[1:8]
+commands = {"wbuild": wbuild_cmd, "make": make_cmd, "ninja": ninja_cmd}
 results = {r["command"]: r for r in json.load(open(hf))["results"]}
-w, m = results["wbuild"], results["make"]
+w, m, n = results["wbuild"], results["make"], results["ninja"]
 events = [json.loads(l) for l in open(events_path) if l.strip()]
 actions = [e for e in events if e.get("type") == "action"]
 executed = [e for e in actions if e["status"] == "executed"]
@@ -167,9 +175,9 @@ overhead = (w["median"] / m["median"] - 1) * 100
 print()
 print(f"Lua $lua_version, $tus translation units, clean build of lua + luac, -j$jobs ($runs runs)")
 print(f"{'':10} {'median s':>9} {'mean s':>9} {'stddev s':>9} {'user s':>8} {'sys s':>8}")
-for name, r in (("wbuild", w), ("make", m)):
+for name, r in (("wbuild", w), ("make", m), ("ninja", n)):
     print(f"{name:10} {r['median']:9.3f} {r['mean']:9.3f} {r['stddev'] or 0:9.3f} {r['user']:8.2f} {r['system']:8.2f}")
-print(f"wbuild over make: {overhead:+.1f}% (median)")
+print(f"wbuild over make: {overhead:+.1f}% (median); over ninja: {(w['median'] / n['median'] - 1) * 100:+.1f}%")
 load_after = os.getloadavg()[0]
 if load_after > 1.5 * os.cpu_count():
     print(f"warning: 1-minute load average {load_after:.1f} on {os.cpu_count()} cores after the runs: "
@@ -201,8 +209,9 @@ doc = {
         {"tool": name, "command": commands[name], "median_s": r["median"], "mean_s": r["mean"],
          "stddev_s": r["stddev"], "min_s": r["min"], "max_s": r["max"], "user_s": r["user"],
          "system_s": r["system"], "times_s": r["times"]}
-        for name, r in (("wbuild", w), ("make", m))
+        for name, r in (("wbuild", w), ("make", m), ("ninja", n))
     ],
+    "wbuild_overhead_pct_median_vs_ninja": (w["median"] / n["median"] - 1) * 100,
     "wbuild_overhead_pct_median": overhead,
     "events_build": {
         "executed_actions": len(executed),

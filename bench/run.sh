@@ -1,67 +1,46 @@
 #!/usr/bin/env bash
-# wbuild benchmarks against ninja on the same generated graphs. Prints a table and writes
-# bench/results.json. Needs hyperfine and ninja (Debian: hyperfine, ninja-build) and the
-# wasm32-wasip1 target; builds wbuild and the wb-tar tool in release mode.
+# wbuild's benchmark suite: wbuild against ninja and make (and Bazel, where `bazel` is on the
+# PATH) on the same generated graphs, and on Lua 5.4 (bench/lua.sh). Prints a table, writes
+# bench/results.json (every run) and regenerates the suite section of docs/BENCHMARKS.md.
 #
-#   bench/run.sh [SIZES...]      default sizes: 1000 10000
+#   bench/run.sh
+#
+# Environment (defaults in brackets):
+#   C_SIZES="1000"            sizes of the C graph (real gcc compiles): clean, no-op, edit, cached
+#   WASI_SIZES="1000 10000"   sizes of the WASI graph (wb-template runs): the same plus load
+#   LOAD_SIZES="100000"       WASI graph sizes measured for load and no-op only
+#   RUNS=3                    interleaved runs per scenario (no-op and load: at least 5)
+#   JOBS=$(nproc)             parallelism of every tool
+#   LUA=1                     also run bench/lua.sh (wbuild, make and ninja on Lua 5.4)
+#   KEEP=1                    keep the generated workspaces under the work directory
+#
+# Needs ninja, make, gcc, GNU time, hyperfine (for lua.sh) and python3 (Debian: ninja-build,
+# make, gcc, time, hyperfine) and the wasm32-wasip1 target; builds wbuild and wb-template in release mode. Run it
+# on an otherwise idle machine: the tools' runs are interleaved, but load still adds noise.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(cd "$here/.." && pwd)
-sizes=("$@")
-[ ${#sizes[@]} -gt 0 ] || sizes=(1000 10000)
-command -v hyperfine >/dev/null || { echo "install hyperfine (apt-get install hyperfine)"; exit 2; }
-command -v ninja >/dev/null || { echo "install ninja (apt-get install ninja-build)"; exit 2; }
-
-cd "$root"
-cargo build --release -p wbuild-cli
-cargo build --release --target wasm32-wasip1 -p wb-tar -p wb-template
-target=${CARGO_TARGET_DIR:-$root/target}
-wbuild="$target/release/wbuild"
-tar_wasm="$target/wasm32-wasip1/release/wb-tar.wasm"
-work=$(mktemp -d /tmp/wbuild-bench.XXXXXX)
-trap 'rm -rf "$work"' EXIT
-json="$here/results.json"
-echo "[" > "$json.tmp"
-sep=""
-
-for n in "${sizes[@]}"; do
-    ws="$work/g$n"
-    python3 "$here/gen.py" "$ws" --actions "$n" --tool "$tar_wasm"
-    cache="$work/cache$n"
-    (cd "$ws" && "$wbuild" --cache-dir "$cache" build -j "$(nproc)" >/dev/null 2>&1)
-    (cd "$ws" && ninja -j "$(nproc)" >/dev/null)
-    # Let the files settle out of the stat cache's racy window, then warm both.
-    sleep 2
-    (cd "$ws" && "$wbuild" --cache-dir "$cache" build >/dev/null 2>&1 && ninja >/dev/null)
-    echo "== no-op build, $n actions"
-    (cd "$ws" && hyperfine -N --warmup 3 --runs 20 --export-json "$work/noop$n.json" \
-        -n "wbuild $n" "$wbuild --cache-dir $cache build" \
-        -n "ninja $n" "ninja")
-    printf '%s{"scenario":"noop","actions":%s,"results":%s}' "$sep" "$n" \
-        "$(python3 -c 'import json,sys; print(json.dumps([{"command":r["command"],"median_s":r["median"],"mean_s":r["mean"]} for r in json.load(open(sys.argv[1]))["results"]]))' "$work/noop$n.json")" >> "$json.tmp"
-    sep=","
+for tool in ninja make gcc python3; do
+    command -v "$tool" >/dev/null || { echo "run.sh: needs $tool (apt-get install ninja-build make gcc python3)"; exit 2; }
 done
 
-# Per-action overhead of a trivial WASI tool with a warm module cache, against spawning the
-# same tool (compiled natively) once per action.
-n=1000
-ws="$work/trivial"
-native_tar="$target/release/wb-tar"
-cargo build --release -p wb-tar
-python3 "$here/gen.py" "$ws" --actions $n --fan-in 0 --tool "$tar_wasm" \
-    --ninja-command "$native_tar -o \$out \$in"
-cache="$work/cache-trivial"
-(cd "$ws" && "$wbuild" --cache-dir "$cache" build -j1 >/dev/null 2>&1)   # compiles the module once
-labels=$(cd "$ws" && for p in $(seq 0 $((n / 100 - 1))); do for k in $(seq 0 99); do echo "//lib$p:a$k"; done; done)
-echo "== $n trivial WASI actions, -j1, warm module cache (cache entries dropped before each run)"
-(cd "$ws" && hyperfine -N --runs 5 --export-json "$work/trivial.json" \
-    --prepare "$wbuild --cache-dir $cache cache invalidate $(echo $labels | tr '\n' ' ')" \
-    -n "wbuild $n trivial actions" "$wbuild --cache-dir $cache build -j1")
-(cd "$ws" && hyperfine -N --runs 5 --export-json "$work/native.json" \
-    --prepare "rm -rf out" \
-    -n "native wb-tar spawned by ninja x $n" "ninja -j1")
-printf ',{"scenario":"trivial_actions","actions":%s,"results":%s}' "$n" \
-    "$(python3 -c 'import json,sys; print(json.dumps([{"command":r["command"],"median_s":r["median"]} for f in sys.argv[1:] for r in json.load(open(f))["results"]]))' "$work/trivial.json" "$work/native.json")" >> "$json.tmp"
-echo "]" >> "$json.tmp"
-mv "$json.tmp" "$json"
-echo "wrote $json"
+cd "$root"
+cargo build --release -p wbuild-cli -p wb-template
+cargo build --release --target wasm32-wasip1 -p wb-template
+target=${CARGO_TARGET_DIR:-$root/target}
+work=$(mktemp -d /tmp/wbuild-bench.XXXXXX)
+trap 'rm -rf "$work"' EXIT
+
+lua_json=""
+if [ "${LUA:-1}" = 1 ]; then
+    WBUILD="$target/release/wbuild" RUNS="${RUNS:-3}" JOBS="${JOBS:-$(nproc)}" "$here/lua.sh"
+    lua_json="$here/lua-results.json"
+fi
+
+# shellcheck disable=SC2086  # the size lists are meant to split
+python3 "$here/suite.py" --wbuild "$target/release/wbuild" \
+    --wasm-dir "$target/wasm32-wasip1/release" --native-dir "$target/release" \
+    --work "$work" --runs "${RUNS:-3}" --jobs "${JOBS:-$(nproc)}" \
+    --c-sizes ${C_SIZES:-1000} --wasi-sizes ${WASI_SIZES:-1000 10000} \
+    --load-sizes ${LOAD_SIZES:-100000} \
+    ${lua_json:+--lua-json "$lua_json"} ${KEEP:+--keep}
