@@ -51,6 +51,16 @@ fn outputs(w: &TestWorkspace) -> BTreeMap<String, Vec<u8>> {
         .collect()
 }
 
+/// `cache verify` finds nothing to repair.
+fn assert_consistent(w: &TestWorkspace) {
+    let out = w.ok(&["cache", "verify"]);
+    assert!(
+        stdout(&out).contains("cache is consistent"),
+        "{}",
+        stdout(&out)
+    );
+}
+
 /// xorshift64*: a reproducible sequence from the printed seed.
 struct Rng(u64);
 impl Rng {
@@ -247,12 +257,7 @@ fn flipped_bytes_in_the_index_never_give_a_wrong_output() {
          replaced {replaced} times"
     );
     w.run(&["cache", "verify"]);
-    let out = w.ok(&["cache", "verify"]);
-    assert!(
-        stdout(&out).contains("cache is consistent"),
-        "{}",
-        stdout(&out)
-    );
+    assert_consistent(&w);
 }
 
 /// A mount made for one test, undone (lazily, so an open file cannot keep it) when dropped.
@@ -364,12 +369,7 @@ fn a_read_only_cache_directory_fails_clearly_and_loses_nothing() {
         );
     }
     // Writable again: nothing was damaged, and the build finishes with the right outputs.
-    let out = w.ok(&["cache", "verify"]);
-    assert!(
-        stdout(&out).contains("cache is consistent"),
-        "{}",
-        stdout(&out)
-    );
+    assert_consistent(&w);
     crash_workspace(&w, 0);
     w.ok(TARGETS);
     assert_eq!(outputs(&w), want);
@@ -431,12 +431,7 @@ fn a_full_disk_fails_the_build_clearly_and_keeps_the_cache_consistent() {
         "{text}"
     );
     // What was there is intact and still served from the cache.
-    let out = w.ok(&["cache", "verify"]);
-    assert!(
-        stdout(&out).contains("cache is consistent"),
-        "{}",
-        stdout(&out)
-    );
+    assert_consistent(&w);
     let (out, events) = w.events(&["build", "//small:s"]);
     assert!(out.status.success());
     assert_eq!(
@@ -448,10 +443,5 @@ fn a_full_disk_fails_the_build_clearly_and_keeps_the_cache_consistent() {
     w.ok(&["build", "//big:b", "//huge:h"]);
     assert_eq!(w.read("wbuild-out/huge/h.txt"), "true\n");
     assert_eq!(w.read("wbuild-out/big/b.txt"), chunk.repeat(12));
-    let out = w.ok(&["cache", "verify"]);
-    assert!(
-        stdout(&out).contains("cache is consistent"),
-        "{}",
-        stdout(&out)
-    );
+    assert_consistent(&w);
 }

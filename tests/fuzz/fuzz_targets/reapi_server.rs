@@ -17,7 +17,7 @@
 #![no_main]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
@@ -48,15 +48,9 @@ fn runtime() -> &'static tokio::runtime::Runtime {
     })
 }
 
-/// `/dev/shm` when there is one (no disk I/O), else the temp dir.
-fn scratch() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    }
-}
+#[path = "common.rs"]
+mod common;
+use common::scratch;
 
 /// The function a request names, as the server reads it (0: SHA-256).
 fn function_of(value: i32) -> Option<DigestFunction> {

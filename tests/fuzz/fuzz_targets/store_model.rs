@@ -19,7 +19,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::ops::Bound;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU8, Ordering};
 use std::sync::{Arc, Once};
 use std::time::Duration;
@@ -131,15 +131,9 @@ fn open(dir: &Path, faults: &Arc<Faults>) -> Result<Store, StoreError> {
     Store::open_with_index_backend(dir, DigestFunction::Blake3, Duration::from_secs(5), opener)
 }
 
-/// `/dev/shm` when there is one (no disk I/O), else the temp dir.
-fn scratch() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    }
-}
+#[path = "common.rs"]
+mod common;
+use common::scratch;
 
 fn pool_bytes(i: usize) -> Vec<u8> {
     if i == 0 {

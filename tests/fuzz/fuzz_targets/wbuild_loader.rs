@@ -57,15 +57,9 @@ fn workspace() -> &'static Ws {
     })
 }
 
-/// `/dev/shm` when there is one (no disk I/O), else the temp dir.
-fn scratch() -> PathBuf {
-    let shm = Path::new("/dev/shm");
-    if shm.is_dir() {
-        shm.to_path_buf()
-    } else {
-        std::env::temp_dir()
-    }
-}
+#[path = "common.rs"]
+mod common;
+use common::scratch;
 
 fn split(data: &[u8]) -> Vec<&[u8]> {
     let mut parts = Vec::new();
