@@ -18,6 +18,8 @@ use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use crate::process::output_with_deadline;
+
 /// BuildGrid's `bgd`: `$WBUILD_BGD`, or the venv tests/setup.sh creates.
 pub fn bgd_path() -> PathBuf {
     let bgd = std::env::var_os("WBUILD_BGD")
@@ -62,11 +64,10 @@ impl BuildGridExec {
         let template = fs::read_to_string(&template_path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", template_path.display()));
         let db = Database::create();
-        let migrate = Command::new(&bgd)
-            .args(["migrate", "apply", &db.connection_string()])
-            .stdin(Stdio::null())
-            .output()
-            .unwrap_or_else(|e| panic!("running {}: {e}", bgd.display()));
+        let migrate = bounded(
+            Command::new(&bgd).args(["migrate", "apply", &db.connection_string()]),
+            Duration::from_secs(120),
+        );
         assert!(
             migrate.status.success(),
             "bgd migrate apply on database {} failed:\n{}",
@@ -197,10 +198,10 @@ impl Database {
         );
         // template0: nobody ever connects to it, so concurrent creations cannot fail with
         // "source database is being accessed by other users".
-        let out = pg_tool("createdb")
-            .args(["--owner=bgd", "--template=template0", &name])
-            .output()
-            .unwrap_or_else(|e| panic!("running createdb: {e}"));
+        let out = bounded(
+            pg_tool("createdb").args(["--owner=bgd", "--template=template0", &name]),
+            PG_DEADLINE,
+        );
         assert!(
             out.status.success(),
             "createdb {name} as bgd on 127.0.0.1 failed (run tests/setup.sh: it makes the role \
@@ -226,13 +227,13 @@ const DB_PREFIX: &str = "bgd_t_";
 
 fn drop_database(name: &str) {
     // --force: ends the connections a killed server may still have (PostgreSQL 13+).
-    match pg_tool("dropdb")
-        .args(["--if-exists", "--force", name])
-        .output()
-    {
+    match output_with_deadline(
+        pg_tool("dropdb").args(["--if-exists", "--force", name]),
+        PG_DEADLINE,
+    ) {
         Ok(out) if out.status.success() => {}
         Ok(out) => eprintln!("dropdb {name} failed:\n{}", output_text(&out)),
-        Err(e) => eprintln!("running dropdb: {e}"),
+        Err(e) => eprintln!("dropdb {name}: {e}"),
     }
 }
 
@@ -258,10 +259,10 @@ fn ensure_postgres() {
         let version = postgres_version();
         // Another process may be starting it too: its exit status does not matter, whether
         // the server then answers does.
-        let out = Command::new("pg_ctlcluster")
-            .args([&version, "main", "start"])
-            .stdin(Stdio::null())
-            .output();
+        let out = output_with_deadline(
+            Command::new("pg_ctlcluster").args([&version, "main", "start"]),
+            PG_DEADLINE,
+        );
         let deadline = Instant::now() + Duration::from_secs(30);
         while !pg_ready() {
             assert!(
@@ -282,7 +283,7 @@ fn ensure_postgres() {
 
 fn pg_ready() -> bool {
     match Command::new("pg_isready")
-        .args(["-q", "-h", "127.0.0.1"])
+        .args(["-q", "-t", "5", "-h", "127.0.0.1"])
         .stdin(Stdio::null())
         .status()
     {
@@ -315,14 +316,15 @@ fn postgres_version() -> String {
 
 /// Drops the test databases whose process is gone (a test run that was killed).
 fn drop_stale_databases() {
-    let Ok(out) = pg_tool("psql")
-        .args(["-X", "-q", "-t", "-A", "-d", "postgres", "-c"])
-        .arg(format!(
-            "SELECT datname FROM pg_database WHERE datname LIKE '{}%'",
-            DB_PREFIX.replace('_', "\\_")
-        ))
-        .output()
-    else {
+    let Ok(out) = output_with_deadline(
+        pg_tool("psql")
+            .args(["-X", "-q", "-t", "-A", "-d", "postgres", "-c"])
+            .arg(format!(
+                "SELECT datname FROM pg_database WHERE datname LIKE '{}%'",
+                DB_PREFIX.replace('_', "\\_")
+            )),
+        PG_DEADLINE,
+    ) else {
         return;
     };
     for name in String::from_utf8_lossy(&out.stdout).lines() {
@@ -336,6 +338,15 @@ fn drop_stale_databases() {
             drop_database(name);
         }
     }
+}
+
+/// How long one PostgreSQL client tool may take.
+const PG_DEADLINE: Duration = Duration::from_secs(60);
+
+/// Runs `cmd` to completion within `limit`; panics (with what it printed) if it cannot be
+/// started or is still running then (it is killed).
+fn bounded(cmd: &mut Command, limit: Duration) -> Output {
+    output_with_deadline(cmd, limit).unwrap_or_else(|timed_out| panic!("{timed_out}"))
 }
 
 fn output_text(out: &Output) -> String {
@@ -353,47 +364,70 @@ mod tests {
 
     /// Speaks REAPI and the Remote Workers API to a server with BuildGrid's own Python protos:
     /// capabilities, an Execute queued before any bot exists, a bot that gets it as a lease in
-    /// its CreateBotSession answer and completes it, and the operation's result.
+    /// its CreateBotSession answer and completes it, and the operation's result. Every call has
+    /// a deadline; the result is read by polling GetOperation (an update the Execute stream
+    /// missed cannot stall it), and the interpreter leaves with `os._exit` (a gRPC channel
+    /// still open can keep Python from exiting).
     const PROBE: &str = r#"
-import hashlib, sys, time, grpc
+import hashlib, os, sys, time, traceback, grpc
 from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re, remote_execution_pb2_grpc as re_grpc
 from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc
-ch = grpc.insecure_channel("127.0.0.1:" + sys.argv[1])
-caps = re_grpc.CapabilitiesStub(ch).GetCapabilities(re.GetCapabilitiesRequest(), timeout=5)
-assert caps.execution_capabilities.exec_enabled, caps
-def digest(b): return re.Digest(hash=hashlib.sha256(b).hexdigest(), size_bytes=len(b))
-platform = re.Platform(properties=[re.Platform.Property(name="ISA", value="x86-64"), re.Platform.Property(name="OSFamily", value="linux")])
-command = re.Command(arguments=["/bin/true"], platform=platform).SerializeToString()
-root = re.Directory().SerializeToString()
-action = re.Action(command_digest=digest(command), input_root_digest=digest(root), platform=platform).SerializeToString()
-re_grpc.ContentAddressableStorageStub(ch).BatchUpdateBlobs(re.BatchUpdateBlobsRequest(
-    requests=[re.BatchUpdateBlobsRequest.Request(digest=digest(b), data=b) for b in (command, root, action)]), timeout=5)
-ops = re_grpc.ExecutionStub(ch).Execute(re.ExecuteRequest(action_digest=digest(action), skip_cache_lookup=True), timeout=30)
-print("operation", next(ops).name)
-bots = bots_pb2_grpc.BotsStub(ch)
-session = bots_pb2.BotSession(bot_id="probe-bot", status=bots_pb2.OK)
-device = session.worker.devices.add(handle="probe")
-device.properties.add(key="OSFamily", value="linux")
-device.properties.add(key="ISA", value="x86-64")
-t = time.time()
-session = bots.CreateBotSession(bots_pb2.CreateBotSessionRequest(parent="", bot_session=session), timeout=5)
-assert session.name, session
-assert len(session.leases) == 1, session
-lease = session.leases[0]
-assert lease.state == bots_pb2.LeaseState.ACTIVE and lease.payload.Is(re.Action.DESCRIPTOR), lease
-print("bot session %s got lease %s (%s) in %.2f s" % (session.name, lease.id, lease.payload.type_url, time.time() - t))
-lease.state = bots_pb2.LeaseState.COMPLETED
-lease.result.Pack(re.ActionResult(exit_code=0))
-session = bots.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=5)
-for op in ops:
-    if op.done:
-        response = re.ExecuteResponse()
-        op.response.Unpack(response)
-        assert response.status.code == 0 and response.result.exit_code == 0, response
-        print("operation done")
-        break
-else:
-    raise AssertionError("the Execute stream ended before the operation was done")
+from buildgrid._protos.google.longrunning import operations_pb2, operations_pb2_grpc
+def main():
+    ch = grpc.insecure_channel("127.0.0.1:" + sys.argv[1])
+    caps = re_grpc.CapabilitiesStub(ch).GetCapabilities(re.GetCapabilitiesRequest(), timeout=10)
+    assert caps.execution_capabilities.exec_enabled, caps
+    def digest(b): return re.Digest(hash=hashlib.sha256(b).hexdigest(), size_bytes=len(b))
+    platform = re.Platform(properties=[re.Platform.Property(name="ISA", value="x86-64"), re.Platform.Property(name="OSFamily", value="linux")])
+    command = re.Command(arguments=["/bin/true"], platform=platform).SerializeToString()
+    root = re.Directory().SerializeToString()
+    action = re.Action(command_digest=digest(command), input_root_digest=digest(root), platform=platform).SerializeToString()
+    re_grpc.ContentAddressableStorageStub(ch).BatchUpdateBlobs(re.BatchUpdateBlobsRequest(
+        requests=[re.BatchUpdateBlobsRequest.Request(digest=digest(b), data=b) for b in (command, root, action)]), timeout=10)
+    ops = re_grpc.ExecutionStub(ch).Execute(re.ExecuteRequest(action_digest=digest(action), skip_cache_lookup=True), timeout=30)
+    # The stream stays open (a watcher) but is not read: the result is polled below.
+    name = next(ops).name
+    print("operation", name)
+    bots = bots_pb2_grpc.BotsStub(ch)
+    session = bots_pb2.BotSession(bot_id="probe-bot", status=bots_pb2.OK)
+    device = session.worker.devices.add(handle="probe")
+    device.properties.add(key="OSFamily", value="linux")
+    device.properties.add(key="ISA", value="x86-64")
+    t = time.time()
+    session = bots.CreateBotSession(bots_pb2.CreateBotSessionRequest(parent="", bot_session=session), timeout=10)
+    assert session.name, session
+    # The job was queued before the bot existed: the assigner hands it over within a few
+    # of its rounds, in the CreateBotSession answer or in a following UpdateBotSession.
+    while not session.leases and time.time() - t < 30:
+        session = bots.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=5)
+    assert len(session.leases) == 1, session
+    lease = session.leases[0]
+    assert lease.state == bots_pb2.LeaseState.ACTIVE and lease.payload.Is(re.Action.DESCRIPTOR), lease
+    print("bot session %s got lease %s (%s) in %.2f s" % (session.name, lease.id, lease.payload.type_url, time.time() - t))
+    lease.state = bots_pb2.LeaseState.COMPLETED
+    lease.result.Pack(re.ActionResult(exit_code=0))
+    session = bots.UpdateBotSession(bots_pb2.UpdateBotSessionRequest(name=session.name, bot_session=session), timeout=10)
+    operations = operations_pb2_grpc.OperationsStub(ch)
+    deadline = time.time() + 60
+    while True:
+        op = operations.GetOperation(operations_pb2.GetOperationRequest(name=name), timeout=10)
+        if op.done:
+            break
+        assert time.time() < deadline, "operation %s not done 60 s after its lease completed: %s" % (name, op)
+        time.sleep(0.1)
+    response = re.ExecuteResponse()
+    op.response.Unpack(response)
+    assert response.status.code == 0 and response.result.exit_code == 0, response
+    print("operation done")
+try:
+    main()
+    code = 0
+except BaseException:
+    traceback.print_exc()
+    code = 1
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(code)
 "#;
 
     #[test]
@@ -420,10 +454,11 @@ else:
             assert_ne!(servers[0].database, servers[1].database);
             for server in &servers {
                 assert!(server.url.starts_with("grpc://127.0.0.1:"));
-                let out = Command::new(&python)
-                    .args(["-c", PROBE, &server.port.to_string()])
-                    .output()
-                    .unwrap();
+                // The probe bounds each of its calls; this bounds the interpreter.
+                let out = bounded(
+                    Command::new(&python).args(["-c", PROBE, &server.port.to_string()]),
+                    Duration::from_secs(180),
+                );
                 assert!(
                     out.status.success(),
                     "{}\nBuildGrid log:\n{}",

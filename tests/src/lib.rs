@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 pub mod buildgrid;
 pub mod oci;
+pub mod process;
 
 /// Directory holding `<name>.wasm` for every guest and tool built by build.rs.
 pub fn guest_dir() -> PathBuf {
@@ -100,8 +101,13 @@ impl TestWorkspace {
         c
     }
 
+    /// Runs `wbuild ARGS`; one that is still running after [`process::default_deadline`] is
+    /// killed and fails the test with what it printed.
     pub fn run(&self, args: &[&str]) -> Output {
-        self.cmd(args).output().expect("run wbuild")
+        match process::output_with_deadline(&mut self.cmd(args), process::default_deadline()) {
+            Ok(out) => out,
+            Err(timed_out) => panic!("{timed_out}\n--- workspace\n{}", self.listing()),
+        }
     }
 
     /// Run and require success; on failure panic with everything needed to debug it.

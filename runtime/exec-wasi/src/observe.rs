@@ -252,12 +252,17 @@ fn write_bytes(mem: &mut [u8], ptr: u32, bytes: &[u8]) -> Result<(), i32> {
     Ok(())
 }
 
-/// Overwrite the non-deterministic fields of a `filestat` the implementation wrote at `buf`.
+/// Overwrite the non-deterministic fields of a `filestat` the implementation wrote at `buf`:
+/// device, inode, link count and times; a directory's size (which depends on the host file
+/// system and on what earlier actions left in a reused staging directory) reads as 0.
 fn fix_filestat(mem: &mut [u8], buf: i32, ino: u64, time_ns: u64) {
     let b = buf as u32;
     let _ = write_bytes(mem, b, &0u64.to_le_bytes()); // dev
     let _ = write_bytes(mem, b + 8, &ino.to_le_bytes());
     let _ = write_bytes(mem, b + 24, &1u64.to_le_bytes()); // nlink
+    if mem.get(b as usize + 16) == Some(&FILETYPE_DIRECTORY) {
+        let _ = write_bytes(mem, b + 32, &0u64.to_le_bytes()); // size
+    }
     for off in [40, 48, 56] {
         let _ = write_bytes(mem, b + off, &time_ns.to_le_bytes());
     }
@@ -421,6 +426,59 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                         state.obs.log.record(AccessKind::Denied, &shown)
                     }
                     _ => {}
+                }
+                Ok(errno)
+            })
+        },
+    )?;
+
+    // readlink reveals whether a path exists (EINVAL for a file, ENOENT for nothing): it is
+    // held to the same visibility as stat and recorded like it.
+    linker.func_wrap(
+        M,
+        "path_readlink",
+        |mut caller: Caller<'_, State>,
+         fd: i32,
+         path_ptr: i32,
+         path_len: i32,
+         buf: i32,
+         buf_len: i32,
+         bufused: i32|
+         -> wasmtime::Result<i32> {
+            with_mem!(caller, |mem, state| {
+                let path = match read_str(mem, path_ptr, path_len) {
+                    Ok(p) => p,
+                    Err(e) => return Ok(e),
+                };
+                let resolved = match state.obs.resolve(fd, &path) {
+                    Ok(r) => r,
+                    Err(e) => return Ok(e),
+                };
+                let Some((tree, rel)) = resolved else {
+                    state.obs.log.record(AccessKind::Denied, &path);
+                    return Ok(ERRNO_NOTCAPABLE);
+                };
+                let shown = Observer::display(tree, &rel);
+                if !state.obs.is_visible(tree, &rel) {
+                    state.obs.log.record(AccessKind::Missing, &shown);
+                    return Ok(ERRNO_NOENT);
+                }
+                let errno = block(p1::path_readlink(
+                    &mut state.wasi,
+                    &mut GuestMemory::Unshared(&mut *mem),
+                    fd,
+                    path_ptr,
+                    path_len,
+                    buf,
+                    buf_len,
+                    bufused,
+                ))?;
+                match errno {
+                    ERRNO_NOENT | ERRNO_NOTDIR => state.obs.log.record(AccessKind::Missing, &shown),
+                    ERRNO_NOTCAPABLE | ERRNO_PERM => {
+                        state.obs.log.record(AccessKind::Denied, &shown)
+                    }
+                    _ => state.obs.log.record(AccessKind::Stat, &shown),
                 }
                 Ok(errno)
             })
@@ -801,4 +859,156 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
 
     linker.allow_shadowing(false);
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// An observer over two empty temporary trees, with `inputs` and `outputs` declared.
+    fn observer(inputs: &[&str], outputs: &[&str]) -> (Observer, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::create_dir(dir.path().join("root")).unwrap();
+        std::fs::create_dir(dir.path().join("tmp")).unwrap();
+        let open = |p: &str| {
+            cap_std::fs::Dir::open_ambient_dir(dir.path().join(p), cap_std::ambient_authority())
+                .unwrap()
+        };
+        let own = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let obs = Observer::new(
+            open("root"),
+            open("tmp"),
+            &own(inputs),
+            &own(outputs),
+            0,
+            64,
+        );
+        (obs, dir)
+    }
+
+    #[test]
+    fn paths_resolve_inside_their_tree_or_not_at_all() {
+        let (obs, _d) = observer(&["src/a.c"], &["out/a.o"]);
+        let root = |p: &str| obs.resolve(3, p).unwrap();
+        assert_eq!(root("src/a.c"), Some((Tree::Root, "src/a.c".into())));
+        assert_eq!(root("./src//./a.c"), Some((Tree::Root, "src/a.c".into())));
+        assert_eq!(root("src/../out/a.o"), Some((Tree::Root, "out/a.o".into())));
+        assert_eq!(root(""), Some((Tree::Root, String::new())));
+        // Above the top, absolute: outside the sandbox.
+        assert_eq!(root(".."), None);
+        assert_eq!(root("src/../../etc/passwd"), None);
+        assert_eq!(root("/etc/passwd"), None);
+        assert_eq!(
+            obs.resolve(4, "x/../y").unwrap(),
+            Some((Tree::Tmp, "y".into()))
+        );
+        assert_eq!(obs.resolve(4, "../root/src/a.c").unwrap(), None);
+        assert_eq!(obs.resolve(9, "a"), Err(ERRNO_BADF));
+    }
+
+    #[test]
+    fn only_declared_paths_and_their_parents_are_visible() {
+        let (obs, _d) = observer(&["src/a.c", "inc/x/y.h"], &["out/gen/a.o"]);
+        for p in [
+            "",
+            "src",
+            "src/a.c",
+            "inc",
+            "inc/x",
+            "inc/x/y.h",
+            "out",
+            "out/gen",
+            "out/gen/a.o",
+        ] {
+            assert!(obs.is_visible(Tree::Root, p), "{p}");
+        }
+        for p in [
+            "src/b.c",
+            "sr",
+            "src/a",
+            "inc/x/z.h",
+            "out/gen/b.o",
+            "wbuild-out",
+            ".wbuild",
+        ] {
+            assert!(!obs.is_visible(Tree::Root, p), "{p}");
+        }
+        assert!(obs.is_visible(Tree::Tmp, "anything/at/all"));
+    }
+
+    #[test]
+    fn writes_reach_only_declared_outputs_and_tmp() {
+        let (obs, _d) = observer(&["src/a.c"], &["out/gen/a.o", "top.txt"]);
+        assert!(obs.may_write(Tree::Root, "out/gen/a.o"));
+        assert!(obs.may_write(Tree::Root, "top.txt"));
+        assert!(!obs.may_write(Tree::Root, "src/a.c"), "an input");
+        assert!(
+            !obs.may_write(Tree::Root, "out/gen"),
+            "a directory leading to an output"
+        );
+        assert!(!obs.may_write(Tree::Root, "out/gen/b.o"));
+        assert!(!obs.may_write(Tree::Root, ""));
+        assert!(obs.may_write(Tree::Tmp, "x"));
+        assert!(!obs.may_write(Tree::Tmp, ""), "the /tmp preopen itself");
+        assert!(obs.may_create_dir(Tree::Root, "out"));
+        assert!(obs.may_create_dir(Tree::Root, "out/gen"));
+        assert!(!obs.may_create_dir(Tree::Root, "out/gen/a.o"));
+        assert!(!obs.may_create_dir(Tree::Root, "src"));
+        assert!(obs.may_create_dir(Tree::Tmp, "d"));
+    }
+
+    #[test]
+    fn link_targets_that_climb_out_of_their_tree_are_escapes() {
+        assert!(Observer::link_escapes("a", "/etc"));
+        assert!(Observer::link_escapes("a", ".."));
+        assert!(Observer::link_escapes("d/a", "../.."));
+        assert!(Observer::link_escapes("d/a", "x/../../../y"));
+        assert!(!Observer::link_escapes("d/a", ".."));
+        assert!(!Observer::link_escapes("d/a", "../b"));
+        assert!(!Observer::link_escapes("a", "b/./c"));
+    }
+
+    #[test]
+    fn only_regular_files_count_as_regular_files() {
+        let (obs, d) = observer(&[], &["o"]);
+        std::fs::write(d.path().join("root/o"), "x").unwrap();
+        std::fs::create_dir(d.path().join("tmp/dir")).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", d.path().join("tmp/link")).unwrap();
+        assert!(obs.is_regular_file(Tree::Root, "o"));
+        assert!(!obs.is_regular_file(Tree::Root, ""));
+        assert!(!obs.is_regular_file(Tree::Tmp, "dir"));
+        assert!(
+            !obs.is_regular_file(Tree::Tmp, "link"),
+            "a symlink, not followed"
+        );
+        assert!(!obs.is_regular_file(Tree::Tmp, "missing"));
+    }
+
+    #[test]
+    fn metadata_is_normalised() {
+        // A filestat as the implementation writes it: dev, ino, filetype, nlink, size, times.
+        let stat = |filetype: u8| {
+            let mut m = vec![0xAAu8; 64];
+            m[16] = filetype;
+            m[32..40].copy_from_slice(&4096u64.to_le_bytes());
+            m
+        };
+        let field = |m: &[u8], off: usize| u64::from_le_bytes(m[off..off + 8].try_into().unwrap());
+        let mut dir = stat(FILETYPE_DIRECTORY);
+        fix_filestat(&mut dir, 0, 42, 7);
+        assert_eq!(field(&dir, 0), 0, "dev");
+        assert_eq!(field(&dir, 8), 42, "ino");
+        assert_eq!(field(&dir, 24), 1, "nlink");
+        assert_eq!(field(&dir, 32), 0, "a directory's size");
+        for off in [40, 48, 56] {
+            assert_eq!(field(&dir, off), 7, "time at {off}");
+        }
+        let mut file = stat(FILETYPE_REGULAR_FILE);
+        fix_filestat(&mut file, 0, 42, 7);
+        assert_eq!(field(&file, 32), 4096, "a file keeps its size");
+        // Inode numbers depend on the path and tree only.
+        assert_eq!(fake_ino(Tree::Root, "a"), fake_ino(Tree::Root, "a"));
+        assert_ne!(fake_ino(Tree::Root, "a"), fake_ino(Tree::Tmp, "a"));
+        assert_ne!(fake_ino(Tree::Root, "a"), fake_ino(Tree::Root, "b"));
+    }
 }
