@@ -324,6 +324,47 @@ wasi_run(name = "through_out", tool = "//tools:probe", srcs = ["a.txt"], outs = 
     verify_clean(&w);
 }
 
+/// `readlink` is held to the same visibility as `stat`: a directory an earlier action of the
+/// same worker left in the reused staging root reads as missing (not as "not a symlink",
+/// which would tell the guest it exists), and a directory's size does not depend on the host
+/// file system or on what the staging root holds.
+#[test]
+fn readlink_and_directory_sizes_reveal_nothing_hidden() {
+    let w = ws();
+    w.write("q/hidden/b.txt", "left behind\n");
+    w.write(
+        "q/WBUILD",
+        r#"
+wasi_run(name = "first", tool = "//tools:probe", srcs = ["hidden/b.txt"], outs = ["o/first.txt"],
+         args = ["concat", "$@", "$(location hidden/b.txt)"])
+"#,
+    );
+    w.write("p/a.txt", "declared\n");
+    w.write(
+        "p/WBUILD",
+        r#"
+wasi_run(name = "peek", tool = "//tools:probe", srcs = ["a.txt", "//q:first"],
+         outs = ["o/r.txt"], args = ["tryread", "$@", "p/nothing.txt", "q/hidden", "p", "p/o"])
+"#,
+    );
+    let before = sources(&w);
+    // One worker, one build: `first` stages q/hidden/b.txt into the root `peek` then reuses.
+    let out = w.run(&["build", "-j", "1", "//p:peek", "--show-output"]);
+    let text = stderr(&out);
+    assert!(
+        text.contains("readlink p/nothing.txt: ERR NotFound"),
+        "{text}"
+    );
+    assert!(text.contains("readlink q/hidden: ERR NotFound"), "{text}");
+    assert!(text.contains("stat p: OK 0\n"), "{text}");
+    assert!(text.contains("stat p/o: OK 0\n"), "{text}");
+    // What the guest did is on record: the readlinks of missing paths are probes.
+    let out = w.ok(&["explain", "//p:peek"]);
+    assert!(stdout(&out).contains("p/nothing.txt"), "{}", stdout(&out));
+    assert_eq!(sources(&w), before);
+    verify_clean(&w);
+}
+
 // ---------------------------------------------------------------------------------------
 // Symlinks
 
