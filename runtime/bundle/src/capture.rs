@@ -34,7 +34,7 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ffi::OsStr;
 use std::fs::File;
-use std::os::unix::fs::{FileExt, PermissionsExt};
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Component, Path, PathBuf};
 use std::process::{Command, Stdio};
 
@@ -325,8 +325,8 @@ struct Host {
 impl Host {
     fn detect() -> Result<Host, BundleError> {
         let (triple, machine) = match std::env::consts::ARCH {
-            "x86_64" => ("x86_64-linux-gnu", 62u16),
-            "aarch64" => ("aarch64-linux-gnu", 183u16),
+            "x86_64" => ("x86_64-linux-gnu", object::elf::EM_X86_64),
+            "aarch64" => ("aarch64-linux-gnu", object::elf::EM_AARCH64),
             other => {
                 return Err(BundleError::Definition {
                     path: PathBuf::from("/"),
@@ -1008,9 +1008,9 @@ fn rel_of(real: &Path) -> Result<String, BundleError> {
 
 impl Plan {
     fn insert(&mut self, rel: String, node: Node) -> Result<(), BundleError> {
-        crate::manifest::check_path(&rel).map_err(|message| BundleError::Definition {
+        crate::manifest::check_path(&rel).map_err(|error| BundleError::Definition {
             path: PathBuf::from(format!("/{rel}")),
-            message,
+            message: error.to_string(),
         })?;
         let mut p = rel.as_str();
         while let Some((parent, _)) = p.rsplit_once('/') {
@@ -1308,82 +1308,81 @@ struct ElfInfo {
 
 /// Reads a 64-bit little-endian ELF for `machine`; None if `path` is not one (other
 /// architectures, archives, scripts, ...). Malformed dynamic sections are errors.
+///
+/// Only what the dynamic loader uses is read: the program headers, `PT_INTERP`,
+/// `PT_DYNAMIC` and the string table `DT_STRTAB` points to (found through the `PT_LOAD`
+/// segment holding its address, as the loader does; section headers are not used).
 fn read_elf(path: &Path, machine: u16) -> Result<Option<ElfInfo>, BundleError> {
+    use object::elf::{DT_NEEDED, DT_NULL, DT_RPATH, DT_RUNPATH, DT_STRSZ, DT_STRTAB};
+    use object::elf::{FileHeader64, PT_DYNAMIC, PT_INTERP, PT_LOAD};
+    use object::read::elf::{Dyn as _, FileHeader as _, ProgramHeader as _};
+    use object::{LittleEndian, ReadCache, ReadRef as _};
+
     let f = File::open(path).map_err(|e| io_err(path, e))?;
-    let mut h = [0u8; 64];
-    if f.read_exact_at(&mut h, 0).is_err() {
+    let cache = ReadCache::new(f);
+    let data = &cache;
+    let Ok(header) = FileHeader64::<LittleEndian>::parse(data) else {
         return Ok(None);
-    }
-    if &h[..4] != b"\x7fELF" || h[4] != 2 || h[5] != 1 || u16_at(&h, 18) != machine {
+    };
+    let Ok(endian) = header.endian() else {
+        return Ok(None); // big-endian
+    };
+    if header.e_machine(endian) != machine {
         return Ok(None);
     }
     let bad = |what: &str| BundleError::Definition {
         path: path.to_owned(),
         message: format!("malformed ELF file: {what}"),
     };
-    let phoff = u64_at(&h, 32);
-    let phentsize = u64::from(u16_at(&h, 54));
-    let phnum = u64::from(u16_at(&h, 56));
-    if phnum == 0 {
-        return Ok(Some(ElfInfo {
-            interp: None,
-            needed: Vec::new(),
-            rpath: Vec::new(),
-            runpath: Vec::new(),
-        }));
-    }
-    if phentsize < 56 || phnum > 4096 {
-        return Err(bad("program header table"));
-    }
-    let mut ph = vec![0u8; (phentsize * phnum) as usize];
-    f.read_exact_at(&mut ph, phoff)
-        .map_err(|_| bad("program header table beyond the end"))?;
-    let mut loads: Vec<(u64, u64, u64)> = Vec::new(); // (vaddr, filesz, offset)
-    let mut dynamic: Option<(u64, u64)> = None;
-    let mut interp = None;
-    for i in 0..phnum as usize {
-        let e = &ph[i * phentsize as usize..][..56];
-        let (ptype, off, vaddr, filesz) =
-            (u32_at(e, 0), u64_at(e, 8), u64_at(e, 16), u64_at(e, 32));
-        match ptype {
-            1 => loads.push((vaddr, filesz, off)),
-            2 => dynamic = Some((off, filesz)),
-            3 => {
-                if filesz > 4096 {
-                    return Err(bad("PT_INTERP too long"));
-                }
-                let mut b = vec![0u8; filesz as usize];
-                f.read_exact_at(&mut b, off).map_err(|_| bad("PT_INTERP"))?;
-                let s = b.split(|&c| c == 0).next().unwrap_or_default();
-                interp = Some(String::from_utf8_lossy(s).into_owned());
-            }
-            _ => {}
-        }
-    }
     let mut info = ElfInfo {
-        interp,
+        interp: None,
         needed: Vec::new(),
         rpath: Vec::new(),
         runpath: Vec::new(),
     };
-    let Some((doff, dsize)) = dynamic else {
+    if header.e_phnum(endian) == 0 {
+        return Ok(Some(info));
+    }
+    if header.e_phnum(endian) > 4096 {
+        return Err(bad("program header table"));
+    }
+    let phdrs = header
+        .program_headers(endian, data)
+        .map_err(|e| bad(&format!("program header table: {e}")))?;
+    let mut dynamic = None;
+    for ph in phdrs {
+        match ph.p_type(endian) {
+            PT_INTERP => {
+                if ph.p_filesz(endian) > 4096 {
+                    return Err(bad("PT_INTERP too long"));
+                }
+                let b = ph.data(endian, data).map_err(|()| bad("PT_INTERP"))?;
+                let s = b.split(|&c| c == 0).next().unwrap_or_default();
+                info.interp = Some(String::from_utf8_lossy(s).into_owned());
+            }
+            PT_DYNAMIC => {
+                if ph.p_filesz(endian) > 1 << 20 {
+                    return Err(bad("PT_DYNAMIC too large"));
+                }
+                dynamic = ph
+                    .dynamic(endian, data)
+                    .map_err(|e| bad(&format!("PT_DYNAMIC: {e}")))?;
+            }
+            _ => {}
+        }
+    }
+    let Some(dynamic) = dynamic else {
         return Ok(Some(info));
     };
-    if dsize > 1 << 20 {
-        return Err(bad("PT_DYNAMIC too large"));
-    }
-    let mut d = vec![0u8; dsize as usize];
-    f.read_exact_at(&mut d, doff)
-        .map_err(|_| bad("PT_DYNAMIC"))?;
     let (mut strtab, mut strsz) = (None, None);
-    let mut refs: Vec<(u64, u64)> = Vec::new(); // (tag, string offset)
-    for e in d.chunks_exact(16) {
-        let (tag, val) = (u64_at(e, 0), u64_at(e, 8));
+    let mut refs: Vec<(i64, u64)> = Vec::new(); // (tag, string offset)
+    for d in dynamic {
+        let (tag, val) = (d.d_tag(endian), d.d_val(endian));
         match tag {
-            0 => break,
-            5 => strtab = Some(val),
-            10 => strsz = Some(val),
-            1 | 15 | 29 => refs.push((tag, val)),
+            DT_NULL => break,
+            DT_STRTAB => strtab = Some(val),
+            DT_STRSZ => strsz = Some(val),
+            DT_NEEDED | DT_RPATH | DT_RUNPATH => refs.push((tag, val)),
             _ => {}
         }
     }
@@ -1396,39 +1395,30 @@ fn read_elf(path: &Path, machine: u16) -> Result<Option<ElfInfo>, BundleError> {
     if strsz > 16 << 20 {
         return Err(bad("string table too large"));
     }
-    let stroff = loads
+    let stroff = phdrs
         .iter()
-        .find(|(v, sz, _)| *v <= strtab && strtab < v + sz)
-        .map(|(v, _, off)| off + (strtab - v))
+        .filter(|ph| ph.p_type(endian) == PT_LOAD)
+        .map(|ph| (ph.p_vaddr(endian), ph.p_filesz(endian), ph.p_offset(endian)))
+        .find(|&(v, sz, _)| v <= strtab && strtab - v < sz)
+        .and_then(|(v, _, off)| off.checked_add(strtab - v))
         .ok_or_else(|| bad("string table outside the loaded segments"))?;
-    let mut strs = vec![0u8; strsz as usize];
-    f.read_exact_at(&mut strs, stroff)
-        .map_err(|_| bad("string table beyond the end"))?;
+    let strs = data
+        .read_bytes_at(stroff, strsz)
+        .map_err(|()| bad("string table beyond the end"))?;
     for (tag, off) in refs {
-        let s = strs
-            .get(off as usize..)
+        let s = usize::try_from(off)
+            .ok()
+            .and_then(|off| strs.get(off..))
             .and_then(|s| s.split(|&c| c == 0).next())
             .ok_or_else(|| bad("string offset out of range"))?;
         let s = String::from_utf8_lossy(s).into_owned();
         match tag {
-            1 => info.needed.push(s),
-            15 => info.rpath.push(s),
+            DT_NEEDED => info.needed.push(s),
+            DT_RPATH => info.rpath.push(s),
             _ => info.runpath.push(s),
         }
     }
     Ok(Some(info))
-}
-
-fn u16_at(b: &[u8], i: usize) -> u16 {
-    u16::from_le_bytes([b[i], b[i + 1]])
-}
-
-fn u32_at(b: &[u8], i: usize) -> u32 {
-    u32::from_le_bytes(b[i..i + 4].try_into().expect("4 bytes"))
-}
-
-fn u64_at(b: &[u8], i: usize) -> u64 {
-    u64::from_le_bytes(b[i..i + 8].try_into().expect("8 bytes"))
 }
 
 #[cfg(test)]
@@ -1484,6 +1474,194 @@ mod tests {
         plan.insert("loop".into(), Node::Symlink("loop".into()))
             .unwrap();
         assert_eq!(plan.resolve("/loop"), None);
+    }
+
+    /// A minimal ELF64 little-endian shared object: a `PT_LOAD` of the whole file at
+    /// 0x1000, a `PT_DYNAMIC` with `DT_NEEDED`, `DT_RUNPATH`, `DT_STRTAB`, `DT_STRSZ`.
+    struct TinyElf {
+        machine: u16,
+        /// Overrides: (DT_NEEDED string offset, DT_STRTAB address, DT_STRSZ).
+        needed_off: u64,
+        strtab_addr: Option<u64>,
+        strsz: Option<u64>,
+        phnum: u16,
+        truncate: Option<usize>,
+    }
+
+    impl Default for TinyElf {
+        fn default() -> Self {
+            TinyElf {
+                machine: Host::detect().unwrap().machine,
+                needed_off: 1,
+                strtab_addr: None,
+                strsz: None,
+                phnum: 2,
+                truncate: None,
+            }
+        }
+    }
+
+    impl TinyElf {
+        fn bytes(&self) -> Vec<u8> {
+            const STRS: &[u8] = b"\0libx.so.1\0$ORIGIN/../lib\0";
+            let (dyn_off, dyn_len) = (64 + 2 * 56, 5 * 16);
+            let str_off = dyn_off + dyn_len;
+            let len = (str_off + STRS.len()) as u64;
+            let mut b = Vec::new();
+            b.extend_from_slice(b"\x7fELF\x02\x01\x01\0\0\0\0\0\0\0\0\0");
+            b.extend_from_slice(&3u16.to_le_bytes()); // ET_DYN
+            b.extend_from_slice(&self.machine.to_le_bytes());
+            b.extend_from_slice(&1u32.to_le_bytes());
+            b.extend_from_slice(&0u64.to_le_bytes()); // entry
+            b.extend_from_slice(&64u64.to_le_bytes()); // phoff
+            b.extend_from_slice(&0u64.to_le_bytes()); // shoff
+            b.extend_from_slice(&0u32.to_le_bytes());
+            for v in [64u16, 56, self.phnum, 64, 0, 0] {
+                b.extend_from_slice(&v.to_le_bytes());
+            }
+            let phdr = |b: &mut Vec<u8>, ptype: u32, off: u64, vaddr: u64, size: u64| {
+                b.extend_from_slice(&ptype.to_le_bytes());
+                b.extend_from_slice(&4u32.to_le_bytes());
+                for v in [off, vaddr, vaddr, size, size, 8] {
+                    b.extend_from_slice(&v.to_le_bytes());
+                }
+            };
+            phdr(&mut b, 1, 0, 0x1000, len);
+            phdr(
+                &mut b,
+                2,
+                dyn_off as u64,
+                0x1000 + dyn_off as u64,
+                dyn_len as u64,
+            );
+            let strtab = self.strtab_addr.unwrap_or(0x1000 + str_off as u64);
+            let strsz = self.strsz.unwrap_or(STRS.len() as u64);
+            for (tag, val) in [
+                (1u64, self.needed_off),
+                (29, 11),
+                (5, strtab),
+                (10, strsz),
+                (0, 0),
+            ] {
+                b.extend_from_slice(&tag.to_le_bytes());
+                b.extend_from_slice(&val.to_le_bytes());
+            }
+            b.extend_from_slice(STRS);
+            assert_eq!(b.len() as u64, len);
+            if let Some(n) = self.truncate {
+                b.truncate(n);
+            }
+            b
+        }
+
+        fn read(&self) -> Result<Option<ElfInfo>, BundleError> {
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("lib.so");
+            std::fs::write(&path, self.bytes()).unwrap();
+            read_elf(&path, Host::detect().unwrap().machine)
+        }
+    }
+
+    fn malformed(elf: TinyElf, want: &str) {
+        let e = match elf.read() {
+            Ok(_) => panic!("read a malformed ELF; wanted an error with {want:?}"),
+            Err(e) => e.to_string(),
+        };
+        assert!(
+            e.contains("lib.so: malformed ELF file") && e.contains(want),
+            "{e}\nshould contain: {want}"
+        );
+    }
+
+    #[test]
+    fn reads_a_minimal_shared_object() {
+        let info = TinyElf::default().read().unwrap().expect("an ELF");
+        assert_eq!(info.interp, None);
+        assert_eq!(info.needed, ["libx.so.1"]);
+        assert_eq!(info.runpath, ["$ORIGIN/../lib"]);
+        assert!(info.rpath.is_empty());
+    }
+
+    #[test]
+    fn hostile_elves_are_refused_or_ignored() {
+        // Not for this host: ignored, not an error.
+        let other = if Host::detect().unwrap().machine == object::elf::EM_X86_64 {
+            object::elf::EM_AARCH64
+        } else {
+            object::elf::EM_X86_64
+        };
+        let elf = TinyElf {
+            machine: other,
+            ..TinyElf::default()
+        };
+        assert!(elf.read().unwrap().is_none());
+        // Shorter than an ELF header: not an ELF.
+        let elf = TinyElf {
+            truncate: Some(40),
+            ..TinyElf::default()
+        };
+        assert!(elf.read().unwrap().is_none());
+        // Big-endian: not for this host.
+        let dir = tempfile::tempdir().unwrap();
+        let be = dir.path().join("be.so");
+        let mut bytes = TinyElf::default().bytes();
+        bytes[5] = 2;
+        std::fs::write(&be, bytes).unwrap();
+        assert!(
+            read_elf(&be, Host::detect().unwrap().machine)
+                .unwrap()
+                .is_none()
+        );
+
+        malformed(
+            TinyElf {
+                truncate: Some(100),
+                ..TinyElf::default()
+            },
+            "program header table",
+        );
+        malformed(
+            TinyElf {
+                phnum: 5000,
+                ..TinyElf::default()
+            },
+            "program header table",
+        );
+        malformed(
+            TinyElf {
+                needed_off: 1 << 40,
+                ..TinyElf::default()
+            },
+            "string offset out of range",
+        );
+        malformed(
+            TinyElf {
+                strtab_addr: Some(0x10_0000),
+                ..TinyElf::default()
+            },
+            "string table outside the loaded segments",
+        );
+        malformed(
+            TinyElf {
+                strtab_addr: Some(u64::MAX),
+                ..TinyElf::default()
+            },
+            "string table outside the loaded segments",
+        );
+        malformed(
+            TinyElf {
+                strsz: Some(1 << 20),
+                ..TinyElf::default()
+            },
+            "string table beyond the end",
+        );
+        malformed(
+            TinyElf {
+                strsz: Some(1 << 30),
+                ..TinyElf::default()
+            },
+            "string table too large",
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@
 //!
 //! - [`manifest`]: the manifest (name, version, platform, entry points, env, every file
 //!   with path, mode and SHA-256); the bundle digest is the manifest's SHA-256.
-//! - [`file`]: the bundle file (deterministic tar: manifest, signatures, blobs).
+//! - [`file`](mod@file): the bundle file (deterministic tar: manifest, signatures, blobs).
 //! - [`pack`]: `toolchain.toml` definitions and directory trees to manifests.
 //! - [`sign`]: minisign keys and signatures.
 //! - [`install`]: installed toolchains under `<cache>/toolchains/`.
@@ -26,17 +26,26 @@ pub use install::{Installed, Toolchains};
 pub use manifest::Manifest;
 pub use sign::{Trust, TrustedKey};
 
+/// Errors of this crate. A message includes its cause (an I/O error, a registry's answer,
+/// ...), and `source()` returns none, so a report that walks the chain (`{e:#}`) shows
+/// each cause once.
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        source: std::io::Error,
+        /// Printed in the message (not returned by `source()`, so that it is shown once).
+        error: std::io::Error,
     },
     #[error("{}: {message}", path.display())]
     Definition { path: PathBuf, message: String },
     #[error("{what}: bad manifest: {message}")]
     BadManifest { what: String, message: String },
+    #[error("{what}: bad manifest: {error}")]
+    InvalidManifest {
+        what: String,
+        error: manifest::ManifestError,
+    },
     #[error("{}: not a valid bundle: {message}", path.display())]
     BadBundle { path: PathBuf, message: String },
     #[error(
@@ -69,7 +78,7 @@ pub enum BundleError {
     BadDigest(String),
     #[error("{}: {message}; remove the toolchain and fetch it again", path.display())]
     Tampered { path: PathBuf, message: String },
-    #[error("{0}")]
+    #[error(transparent)]
     Oci(#[from] oci::OciError),
     #[error("{reference}: {message}")]
     Registry { reference: String, message: String },
@@ -78,9 +87,58 @@ pub enum BundleError {
     AlreadyInstalled,
 }
 
-pub(crate) fn io_err(path: &Path, source: std::io::Error) -> BundleError {
+pub(crate) fn io_err(path: &Path, error: std::io::Error) -> BundleError {
     BundleError::Io {
         path: path.to_owned(),
-        source,
+        error,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::error::Error;
+
+    use super::*;
+
+    /// What a report that walks the cause chain (anyhow's `{e:#}`) prints.
+    fn report(e: &dyn Error) -> String {
+        let mut out = e.to_string();
+        let mut cause = e.source();
+        while let Some(c) = cause {
+            out.push_str(": ");
+            out.push_str(&c.to_string());
+            cause = c.source();
+        }
+        out
+    }
+
+    fn assert_shown_once(e: &BundleError, cause: &str) {
+        let shown = report(e);
+        assert_eq!(shown.matches(cause).count(), 1, "{cause:?} in {shown:?}");
+    }
+
+    #[test]
+    fn causes_are_shown_once() {
+        let io = || std::io::Error::other("disk on fire");
+        assert_shown_once(&io_err(Path::new("/x/y"), io()), "disk on fire");
+        let oci_io = oci::OciError::Io {
+            action: "reading",
+            path: PathBuf::from("/x/z"),
+            error: io(),
+        };
+        assert_shown_once(&BundleError::from(oci_io), "disk on fire");
+
+        // Nothing listens on port 1: a transport error, whose cause is ureq's.
+        let client =
+            oci::Client::with_options("127.0.0.1:1", &oci::ClientOptions::default()).unwrap();
+        let err = client.ping().unwrap_err();
+        let oci::OciError::Transport { error, .. } = &err else {
+            panic!("not a transport error: {err:?}");
+        };
+        let cause = error.to_string();
+        assert_shown_once(&BundleError::from(err), &cause);
+
+        let invalid = Manifest::parse(b"{}", "m.json").unwrap_err();
+        assert!(invalid.source().is_none(), "{invalid:?}");
     }
 }

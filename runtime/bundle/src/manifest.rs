@@ -88,7 +88,10 @@ impl Manifest {
             message,
         };
         let m: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-        m.validate().map_err(bad)?;
+        m.validate().map_err(|error| BundleError::InvalidManifest {
+            what: what.to_owned(),
+            error,
+        })?;
         if m.to_bytes() != bytes {
             return Err(bad(
                 "not in canonical form (edited by hand?); repack the toolchain".into(),
@@ -98,67 +101,56 @@ impl Manifest {
     }
 
     /// Checks names, paths, digests, modes and entry points.
-    pub fn validate(&self) -> Result<(), String> {
+    pub fn validate(&self) -> Result<(), ManifestError> {
         if self.schema != SCHEMA {
-            return Err(format!(
-                "schema is '{}', this wbuild reads '{SCHEMA}'",
-                self.schema
-            ));
+            return Err(ManifestError::Schema(self.schema.clone()));
         }
-        check_name(&self.name).map_err(|e| format!("name: {e}"))?;
+        check_name(&self.name).map_err(ManifestError::Name)?;
         if self.version.is_empty() || self.version.chars().any(|c| c.is_whitespace()) {
-            return Err(format!(
-                "version '{}' must be non-empty, without spaces",
-                self.version
-            ));
+            return Err(ManifestError::Version(self.version.clone()));
         }
         if !PLATFORMS.contains(&self.platform.as_str()) {
-            return Err(format!(
-                "platform '{}' is not one of {}",
-                self.platform,
-                PLATFORMS.join(", ")
-            ));
+            return Err(ManifestError::Platform(self.platform.clone()));
         }
         let mut seen = BTreeSet::new();
         let mut prev: Option<&str> = None;
         for f in &self.files {
-            check_path(&f.path).map_err(|e| format!("file '{}': {e}", f.path))?;
+            let path = || f.path.clone();
+            check_path(&f.path).map_err(|error| ManifestError::Path {
+                path: path(),
+                error,
+            })?;
             if let Some(p) = prev
                 && p >= f.path.as_str()
             {
-                return Err(format!(
-                    "files are not sorted or not unique at '{}'",
-                    f.path
-                ));
+                return Err(ManifestError::Unsorted(path()));
             }
             prev = Some(&f.path);
             seen.insert(f.path.as_str());
             match (&f.digest, &f.symlink) {
                 (Some(d), None) => {
                     if digest_hex(d).is_none() {
-                        return Err(format!("file '{}': bad digest '{d}'", f.path));
+                        return Err(ManifestError::BadDigest {
+                            path: path(),
+                            digest: d.clone(),
+                        });
                     }
                     if !matches!(f.mode.as_deref(), Some("0644" | "0755")) {
-                        return Err(format!("file '{}': mode must be 0644 or 0755", f.path));
+                        return Err(ManifestError::Mode(path()));
                     }
                     if f.size.is_none() {
-                        return Err(format!("file '{}': no size", f.path));
+                        return Err(ManifestError::NoSize(path()));
                     }
                 }
                 (None, Some(t)) => {
                     if t.is_empty() || t.contains('\0') {
-                        return Err(format!("symlink '{}': empty target", f.path));
+                        return Err(ManifestError::SymlinkTarget(path()));
                     }
                     if f.mode.is_some() || f.size.is_some() {
-                        return Err(format!("symlink '{}' has a mode or size", f.path));
+                        return Err(ManifestError::SymlinkModeOrSize(path()));
                     }
                 }
-                _ => {
-                    return Err(format!(
-                        "file '{}' must have either a digest or a symlink target",
-                        f.path
-                    ));
-                }
+                _ => return Err(ManifestError::NeitherFileNorSymlink(path())),
             }
         }
         // A path must not be both a file and a directory of other files.
@@ -166,20 +158,24 @@ impl Manifest {
             let mut p = f.path.as_str();
             while let Some((parent, _)) = p.rsplit_once('/') {
                 if seen.contains(parent) {
-                    return Err(format!(
-                        "'{parent}' is a file but also a directory holding '{}'",
-                        f.path
-                    ));
+                    return Err(ManifestError::FileIsDirectory {
+                        file: parent.to_owned(),
+                        holding: f.path.clone(),
+                    });
                 }
                 p = parent;
             }
         }
         for (name, path) in &self.entry_points {
-            check_name(name).map_err(|e| format!("entry point '{name}': {e}"))?;
+            check_name(name).map_err(|error| ManifestError::EntryPointName {
+                name: name.clone(),
+                error,
+            })?;
             if self.file(path).is_none() {
-                return Err(format!(
-                    "entry point '{name}' names '{path}', which is not a file of the bundle"
-                ));
+                return Err(ManifestError::EntryPointMissing {
+                    name: name.clone(),
+                    path: path.clone(),
+                });
             }
         }
         Ok(())
@@ -207,8 +203,61 @@ impl Manifest {
     }
 }
 
+/// Why a manifest is not valid.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ManifestError {
+    #[error("schema is '{0}', this wbuild reads '{SCHEMA}'")]
+    Schema(String),
+    #[error("name: {0}")]
+    Name(NameError),
+    #[error("version '{0}' must be non-empty, without spaces")]
+    Version(String),
+    #[error("platform '{0}' is not one of {platforms}", platforms = PLATFORMS.join(", "))]
+    Platform(String),
+    #[error("file '{path}': {error}")]
+    Path { path: String, error: PathError },
+    #[error("files are not sorted or not unique at '{0}'")]
+    Unsorted(String),
+    #[error("file '{path}': bad digest '{digest}'")]
+    BadDigest { path: String, digest: String },
+    #[error("file '{0}': mode must be 0644 or 0755")]
+    Mode(String),
+    #[error("file '{0}': no size")]
+    NoSize(String),
+    #[error("symlink '{0}': empty target")]
+    SymlinkTarget(String),
+    #[error("symlink '{0}' has a mode or size")]
+    SymlinkModeOrSize(String),
+    #[error("file '{0}' must have either a digest or a symlink target")]
+    NeitherFileNorSymlink(String),
+    #[error("'{file}' is a file but also a directory holding '{holding}'")]
+    FileIsDirectory { file: String, holding: String },
+    #[error("entry point '{name}': {error}")]
+    EntryPointName { name: String, error: NameError },
+    #[error("entry point '{name}' names '{path}', which is not a file of the bundle")]
+    EntryPointMissing { name: String, path: String },
+}
+
+/// A toolchain or entry-point name that is not `[a-z0-9][a-z0-9._-]*` (1-64 characters).
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "'{0}' must be 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a letter or digit"
+)]
+pub struct NameError(pub String);
+
+/// Why a path is not a relative, normalised, `/`-separated path.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("must be a non-empty relative path")]
+    NotRelative,
+    #[error("contains a NUL or backslash")]
+    BadCharacter,
+    #[error("has an empty, '.' or '..' component")]
+    BadComponent,
+}
+
 /// Toolchain and entry-point names: `[a-z0-9][a-z0-9._-]*`, at most 64 characters.
-pub fn check_name(name: &str) -> Result<(), String> {
+pub fn check_name(name: &str) -> Result<(), NameError> {
     let ok = !name.is_empty()
         && name.len() <= 64
         && name
@@ -218,26 +267,23 @@ pub fn check_name(name: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "'{name}' must be 1-64 characters of a-z, 0-9, '.', '_', '-', starting with a \
-             letter or digit"
-        ))
+        Err(NameError(name.to_owned()))
     }
 }
 
 /// Relative, normalised, `/`-separated path.
-pub fn check_path(path: &str) -> Result<(), String> {
+pub fn check_path(path: &str) -> Result<(), PathError> {
     if path.is_empty() || path.starts_with('/') || path.ends_with('/') {
-        return Err("must be a non-empty relative path".into());
+        return Err(PathError::NotRelative);
     }
     if path.contains('\0') || path.contains('\\') {
-        return Err("contains a NUL or backslash".into());
+        return Err(PathError::BadCharacter);
     }
     if path
         .split('/')
         .any(|c| c.is_empty() || c == "." || c == "..")
     {
-        return Err("has an empty, '.' or '..' component".into());
+        return Err(PathError::BadComponent);
     }
     Ok(())
 }
@@ -309,7 +355,7 @@ mod tests {
         for (edit, want) in cases {
             let mut m = manifest();
             edit(&mut m);
-            let err = m.validate().unwrap_err();
+            let err = m.validate().unwrap_err().to_string();
             assert!(err.contains(want), "{want}: {err}");
         }
     }

@@ -217,9 +217,9 @@ pub fn pack_dir(dir: &Path, run_prepare: bool) -> Result<Packed, BundleError> {
     };
     manifest
         .validate()
-        .map_err(|message| BundleError::Definition {
+        .map_err(|error| BundleError::Definition {
             path: def_path,
-            message,
+            message: error.to_string(),
         })?;
     Ok(Packed {
         head: BundleHead::new(manifest),
