@@ -2,11 +2,11 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use crate::CcKind;
-use crate::label::{Label, join, strip_package};
+use crate::label::{Label, join};
 use crate::load::find_cycle;
+use crate::rules::Edges;
 use crate::workspace::Workspace;
-use crate::{DEFAULT_DATA_DIR, Dep, GraphError, Rule, Target, TargetGraph};
+use crate::{Dep, GraphError, Target, TargetGraph};
 
 /// The action index recorded in [`ActionGraph::producers`] for an output whose producing
 /// target is loaded but not needed by the analysed roots (so it has no action).
@@ -120,10 +120,6 @@ pub struct ActionNode {
     pub wasi_tools: Vec<(String, ToolRef)>,
 }
 
-/// Where genrule launchers of WASI tools live in the action's tree
-/// (`.wbuild/tools/<package>/<name>`).
-const WASI_LAUNCHER_DIR: &str = ".wbuild/tools";
-
 /// How an action runs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Exec {
@@ -222,15 +218,17 @@ pub fn analyse(
     })
 }
 
-struct Analyser<'a> {
-    ws: &'a Workspace,
+/// The state of one analysis; the rules (`crate::rules`) make their actions with it.
+pub(crate) struct Analyser<'a> {
+    pub ws: &'a Workspace,
     graph: &'a TargetGraph,
     include_tests: bool,
     /// Generated workspace path -> producing target (every target of the graph).
     outputs: BTreeMap<String, Label>,
     visited: HashSet<Label>,
     files: HashMap<Label, Vec<String>>,
-    tools: HashMap<Label, ToolRef>,
+    /// The `wasi_tool`s analysed so far (see [`crate::rules::tool_ref`]).
+    pub tools: HashMap<Label, ToolRef>,
     actions: Vec<ActionNode>,
     /// Generated workspace path -> index of the action that writes it.
     out_action: HashMap<String, usize>,
@@ -244,12 +242,7 @@ impl<'a> Analyser<'a> {
     ) -> Result<Analyser<'a>, GraphError> {
         let mut outputs: BTreeMap<String, Label> = BTreeMap::new();
         for (label, t) in &graph.targets {
-            let outs = match &t.rule {
-                Rule::WasiRun { outs, .. } | Rule::Genrule { outs, .. } => outs.clone(),
-                Rule::Cc { kind, .. } => crate::cc::outputs(*kind, &label.name),
-                _ => continue,
-            };
-            for o in &outs {
+            for o in &t.rule.outputs(&label.name) {
                 let path = join(&label.package, o);
                 if let Some(other) = outputs.get(&path) {
                     return Err(GraphError::OutputCollision {
@@ -275,7 +268,12 @@ impl<'a> Analyser<'a> {
         })
     }
 
-    fn target(&self, label: &Label, from: Option<&Target>) -> Result<&'a Target, GraphError> {
+    /// The target `label`; `from` is the target referring to it (for the error).
+    pub(crate) fn target(
+        &self,
+        label: &Label,
+        from: Option<&Target>,
+    ) -> Result<&'a Target, GraphError> {
         self.graph
             .targets
             .get(label)
@@ -288,41 +286,14 @@ impl<'a> Analyser<'a> {
             })
     }
 
-    /// The target a dependency makes its user depend on, if any.
-    fn dep_target(&self, dep: &Dep) -> Option<Label> {
-        match dep {
-            Dep::Target(l) => Some(l.clone()),
-            Dep::File(p) => self.outputs.get(p).cloned(),
-        }
-    }
-
     /// Targets `t` depends on, sorted.
     fn edges(&self, t: &Target) -> Vec<Label> {
-        let mut out: Vec<Label> = match &t.rule {
-            Rule::Filegroup { srcs } => srcs.iter().filter_map(|d| self.dep_target(d)).collect(),
-            Rule::WasiTool { src, data, .. } => std::iter::once(src)
-                .chain(data)
-                .filter_map(|d| self.dep_target(d))
-                .collect(),
-            Rule::WasiRun { tool, srcs, .. } | Rule::WasiTest { tool, srcs, .. } => {
-                std::iter::once(tool.clone())
-                    .chain(srcs.iter().filter_map(|d| self.dep_target(d)))
-                    .collect()
-            }
-            Rule::Genrule { srcs, tools, .. } => srcs
-                .iter()
-                .chain(tools)
-                .filter_map(|d| self.dep_target(d))
-                .collect(),
-            Rule::Cc {
-                srcs, hdrs, deps, ..
-            } => srcs
-                .iter()
-                .chain(hdrs)
-                .filter_map(|d| self.dep_target(d))
-                .chain(deps.iter().cloned())
-                .collect(),
+        let mut edges = Edges {
+            outputs: &self.outputs,
+            found: Vec::new(),
         };
+        let Ok(_) = t.rule.map(&mut edges);
+        let mut out = edges.found;
         out.sort();
         out.dedup();
         out
@@ -339,24 +310,16 @@ impl<'a> Analyser<'a> {
             return Ok(());
         }
         let t = self.target(label, from)?;
-        // Tests only run when asked for; as a dependency a wasi_test provides no files (a
-        // cc_test's program is still built, as Bazel's `build` does).
+        // Tests only run when asked for.
         let run_test = is_root && self.include_tests;
-        if matches!(t.rule, Rule::WasiTest { .. }) && !run_test {
+        if !t.rule.needed(run_test) {
             return Ok(());
         }
         self.visited.insert(label.clone());
         for dep in self.edges(t) {
             self.visit(&dep, false, Some(t))?;
         }
-        let actions = match &t.rule {
-            Rule::Cc { .. } => self.cc_actions(t, run_test)?,
-            Rule::WasiRun { .. } | Rule::WasiTest { .. } | Rule::Genrule { .. } => {
-                vec![self.action(t)?]
-            }
-            Rule::Filegroup { .. } | Rule::WasiTool { .. } => Vec::new(),
-        };
-        for action in actions {
+        for action in t.rule.actions(self, t, run_test)? {
             self.push(t, action)?;
         }
         Ok(())
@@ -380,7 +343,17 @@ impl<'a> Analyser<'a> {
         Ok(())
     }
 
-    fn dep_files(&mut self, dep: &Dep, from: &Target) -> Result<Vec<String>, GraphError> {
+    /// How many actions there are so far (the index the next one will get).
+    pub(crate) fn action_count(&self) -> usize {
+        self.actions.len()
+    }
+
+    /// The files of one reference of `from`.
+    pub(crate) fn dep_files(
+        &mut self,
+        dep: &Dep,
+        from: &Target,
+    ) -> Result<Vec<String>, GraphError> {
         match dep {
             Dep::File(p) => Ok(vec![p.clone()]),
             Dep::Target(l) => {
@@ -396,24 +369,7 @@ impl<'a> Analyser<'a> {
             return Ok(f.clone());
         }
         let t = self.target(label, None)?;
-        let mut files = match &t.rule {
-            Rule::Filegroup { srcs } => {
-                let mut v = Vec::new();
-                for d in srcs {
-                    v.extend(self.dep_files(d, t)?);
-                }
-                v
-            }
-            Rule::WasiTool { .. } => vec![self.tool_ref(label, None)?.module],
-            Rule::WasiRun { outs, .. } | Rule::Genrule { outs, .. } => {
-                outs.iter().map(|o| join(&label.package, o)).collect()
-            }
-            Rule::Cc { kind, .. } => crate::cc::outputs(*kind, &label.name)
-                .iter()
-                .map(|o| join(&label.package, o))
-                .collect(),
-            Rule::WasiTest { .. } => Vec::new(),
-        };
+        let mut files = t.rule.provides(self, t)?;
         let mut seen = HashSet::new();
         files.retain(|f| seen.insert(f.clone()));
         self.files.insert(label.clone(), files.clone());
@@ -422,7 +378,7 @@ impl<'a> Analyser<'a> {
 
     /// The package a file belongs to: its producer's package for a generated file, else the
     /// nearest enclosing directory with a `WBUILD` file.
-    fn owner_package(&self, path: &str) -> String {
+    pub(crate) fn owner_package(&self, path: &str) -> String {
         if let Some(l) = self.outputs.get(path) {
             return l.package.clone();
         }
@@ -440,172 +396,10 @@ impl<'a> Analyser<'a> {
         String::new()
     }
 
-    fn tool_ref(&mut self, label: &Label, from: Option<&Target>) -> Result<ToolRef, GraphError> {
-        if let Some(t) = self.tools.get(label) {
-            return Ok(t.clone());
-        }
-        let t = self.target(label, from)?;
-        let attr_err = |message: String| GraphError::Attribute {
-            location: t.location.clone(),
-            target: t.label.to_string(),
-            message,
-        };
-        let Rule::WasiTool {
-            src,
-            data,
-            data_dir,
-        } = &t.rule
-        else {
-            let (location, user) = match from {
-                Some(f) => (f.location.clone(), f.label.to_string()),
-                None => (t.location.clone(), t.label.to_string()),
-            };
-            return Err(GraphError::Attribute {
-                location,
-                target: user,
-                message: format!(
-                    "attribute 'tool': {label} is a {}, not a wasi_tool",
-                    t.rule.kind()
-                ),
-            });
-        };
-        let module = match src {
-            Dep::File(p) => {
-                if !p.ends_with(".wasm") {
-                    return Err(attr_err(format!(
-                        "attribute 'src': '{p}' is not a .wasm file"
-                    )));
-                }
-                p.clone()
-            }
-            Dep::Target(l) => {
-                let files = self.dep_files(src, t)?;
-                let wasm: Vec<&String> = files.iter().filter(|f| f.ends_with(".wasm")).collect();
-                if wasm.len() != 1 {
-                    return Err(attr_err(format!(
-                        "attribute 'src': {l} must provide exactly one .wasm file, it provides {}",
-                        if wasm.is_empty() {
-                            "none".to_owned()
-                        } else {
-                            wasm.iter()
-                                .map(|s| s.as_str())
-                                .collect::<Vec<_>>()
-                                .join(", ")
-                        }
-                    )));
-                }
-                wasm[0].clone()
-            }
-        };
-        let dir = data_dir
-            .as_deref()
-            .unwrap_or(DEFAULT_DATA_DIR)
-            .trim_end_matches('/');
-        let mut by_guest: BTreeMap<String, String> = BTreeMap::new();
-        for d in data {
-            for f in self.dep_files(d, t)? {
-                let owner = self.owner_package(&f);
-                let rel = strip_package(&f, &owner).unwrap_or(&f);
-                let guest = format!("{dir}/{rel}");
-                if let Some(prev) = by_guest.get(&guest)
-                    && *prev != f
-                {
-                    return Err(attr_err(format!(
-                        "attribute 'data': '{prev}' and '{f}' would both appear at '{guest}'"
-                    )));
-                }
-                by_guest.insert(guest, f);
-            }
-        }
-        let tool = ToolRef {
-            label: label.clone(),
-            module,
-            data: by_guest.into_iter().collect(),
-        };
-        self.tools.insert(label.clone(), tool.clone());
-        Ok(tool)
-    }
-
-    fn action(&mut self, t: &'a Target) -> Result<ActionNode, GraphError> {
-        if let Rule::Genrule {
-            srcs,
-            outs,
-            cmd,
-            tools,
-        } = &t.rule
-        {
-            return self.genrule_action(t, srcs, outs, cmd, tools);
-        }
-        let (tool, srcs, outs, args, env, is_test) = match &t.rule {
-            Rule::WasiRun {
-                tool,
-                srcs,
-                outs,
-                args,
-                env,
-            } => (tool, srcs, outs.as_slice(), args, env, false),
-            Rule::WasiTest {
-                tool,
-                srcs,
-                args,
-                env,
-            } => (tool, srcs, &[][..], args, env, true),
-            _ => unreachable!("only wasi_run and wasi_test have actions"),
-        };
-        let tool = self.tool_ref(tool, Some(t))?;
-        let (src_files, ordered) = self.src_files(t, srcs)?;
-        let mut inputs = ordered.clone();
-        inputs.sort();
-        let out_paths: Vec<String> = outs.iter().map(|o| join(&t.label.package, o)).collect();
-        let expander = Expander {
-            target: t,
-            srcs: &src_files,
-            src_files: &ordered,
-            outs: &out_paths,
-        };
-        let mut argv = vec![tool.label.name.clone()];
-        for a in args {
-            // An argument that is exactly one multi-file expansion ($(SRCS), $(OUTS),
-            // $(locations X)) becomes one argument per file; anywhere else the files are
-            // joined with spaces.
-            match expander.expand_list(a, "args")? {
-                Some(files) => argv.extend(files),
-                None => argv.push(expander.expand(a, "args")?),
-            }
-        }
-        let mut expanded_env = BTreeMap::new();
-        for (k, v) in env {
-            expanded_env.insert(k.clone(), expander.expand(v, &format!("env[{k:?}]"))?);
-        }
-        let mut outputs = out_paths.clone();
-        outputs.sort();
-        check_data_paths(t, &tool, &inputs, &outputs)?;
-        let deps = self.producing_actions(
-            t,
-            inputs
-                .iter()
-                .chain(std::iter::once(&tool.module))
-                .chain(tool.data.iter().map(|(_, p)| p)),
-        )?;
-        Ok(ActionNode {
-            label: t.label.clone(),
-            mnemonic: if is_test { "WasiTest" } else { "WasiRun" }.to_owned(),
-            detail: None,
-            exec: Exec::Wasi(tool),
-            wasi_tools: Vec::new(),
-            argv,
-            env: expanded_env,
-            inputs,
-            outputs,
-            deps,
-            is_test,
-        })
-    }
-
     /// The files of each `srcs` entry (for `$(location)`), and all of them in `srcs` order
     /// without repeats (for `$(SRCS)`).
     #[allow(clippy::type_complexity)]
-    fn src_files(
+    pub(crate) fn src_files(
         &mut self,
         t: &Target,
         srcs: &[Dep],
@@ -625,294 +419,8 @@ impl<'a> Analyser<'a> {
         Ok((src_files, ordered))
     }
 
-    /// `genrule`: `/bin/sh -c cmd`, with `cmd` expanded like `args` (srcs and tools may be
-    /// named in `$(location)`); srcs and tools are the inputs.
-    fn genrule_action(
-        &mut self,
-        t: &'a Target,
-        srcs: &[Dep],
-        outs: &[String],
-        cmd: &str,
-        tools: &[Dep],
-    ) -> Result<ActionNode, GraphError> {
-        let (src_files, ordered) = self.src_files(t, srcs)?;
-        let mut located = src_files.clone();
-        let mut inputs = ordered.clone();
-        let mut wasi_tools = Vec::new();
-        for d in tools {
-            if let Dep::Target(l) = d
-                && let Rule::WasiTool { .. } = self.target(l, Some(t))?.rule
-            {
-                // A WASI tool runs through a launcher that starts it in wbuild's WASI
-                // executor inside the sandbox; `$(location)` names the launcher.
-                let tool = self.tool_ref(l, Some(t))?;
-                let launcher = format!(
-                    "{WASI_LAUNCHER_DIR}/{}",
-                    l.to_string().trim_start_matches("//").replace(':', "/")
-                );
-                inputs.push(tool.module.clone());
-                inputs.extend(tool.data.iter().map(|(_, p)| p.clone()));
-                located.push((d.clone(), vec![launcher.clone()]));
-                wasi_tools.push((launcher, tool));
-                continue;
-            }
-            let files = self.dep_files(d, t)?;
-            inputs.extend(files.iter().cloned());
-            located.push((d.clone(), files));
-        }
-        inputs.sort();
-        inputs.dedup();
-        let out_paths: Vec<String> = outs.iter().map(|o| join(&t.label.package, o)).collect();
-        let expander = Expander {
-            target: t,
-            srcs: &located,
-            src_files: &ordered,
-            outs: &out_paths,
-        };
-        let cmd = expander.expand(cmd, "cmd")?;
-        let mut outputs = out_paths.clone();
-        outputs.sort();
-        let deps = self.producing_actions(t, inputs.iter())?;
-        Ok(ActionNode {
-            label: t.label.clone(),
-            mnemonic: "Genrule".to_owned(),
-            detail: None,
-            exec: Exec::Native,
-            wasi_tools,
-            argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), cmd],
-            env: BTreeMap::new(),
-            inputs,
-            outputs,
-            deps,
-            is_test: false,
-        })
-    }
-
-    /// `cc_library` / `cc_binary` / `cc_test`: one `CcCompile` action per source (inputs: the
-    /// source, the target's headers and those of its transitive deps), then a `CcArchive` or
-    /// `CcLink` action over the objects (and, to link, the transitive archives), and for a test
-    /// whose run is requested a `CcTest` action running the program.
-    fn cc_actions(&mut self, t: &'a Target, run_test: bool) -> Result<Vec<ActionNode>, GraphError> {
-        let Rule::Cc {
-            kind,
-            srcs,
-            hdrs,
-            deps,
-            copts,
-            defines,
-            includes,
-            linkopts,
-        } = &t.rule
-        else {
-            unreachable!("cc_actions on a cc_* target");
-        };
-        let pkg = &t.label.package;
-        let label = t.label.to_string();
-        let mut headers: Vec<String> = Vec::new();
-        let mut sources = Vec::new();
-        let mut private_headers = Vec::new();
-        for d in srcs {
-            for f in self.dep_files(d, t)? {
-                if crate::cc::is_source(&f) {
-                    sources.push(f);
-                } else {
-                    private_headers.push(f.clone());
-                    headers.push(f);
-                }
-            }
-        }
-        let mut dep_headers = Vec::new();
-        for l in deps {
-            let dep = self.target(l, Some(t))?;
-            if let Rule::Cc { hdrs, .. } = &dep.rule {
-                let mut files = Vec::new();
-                for h in hdrs {
-                    files.extend(self.dep_files(h, dep)?);
-                }
-                dep_headers.push((l.to_string(), files));
-            }
-        }
-        for d in hdrs {
-            headers.extend(self.dep_files(d, t)?);
-        }
-        let mut all_defines = defines.clone();
-        let mut include_dirs: Vec<String> = includes
-            .iter()
-            .map(|i| if i == "." { pkg.clone() } else { join(pkg, i) })
-            .collect();
-        // Transitive cc_library deps in post-order (dependencies first).
-        let mut order: Vec<Label> = Vec::new();
-        let mut seen: HashSet<Label> = HashSet::new();
-        let mut stack: Vec<(Label, bool)> = deps.iter().rev().map(|l| (l.clone(), false)).collect();
-        while let Some((l, expanded)) = stack.pop() {
-            if expanded {
-                order.push(l);
-                continue;
-            }
-            if !seen.insert(l.clone()) {
-                continue;
-            }
-            stack.push((l.clone(), true));
-            if let Rule::Cc { deps, .. } = &self.target(&l, Some(t))?.rule {
-                for d in deps.iter().rev() {
-                    stack.push((d.clone(), false));
-                }
-            }
-        }
-        let mut archives = Vec::new();
-        for l in order.iter().rev() {
-            let dep = self.target(l, Some(t))?;
-            let Rule::Cc {
-                hdrs,
-                defines,
-                includes,
-                ..
-            } = &dep.rule
-            else {
-                continue;
-            };
-            for h in hdrs {
-                headers.extend(self.dep_files(h, dep)?);
-            }
-            all_defines.extend(defines.iter().cloned());
-            include_dirs.extend(includes.iter().map(|i| {
-                if i == "." {
-                    l.package.clone()
-                } else {
-                    join(&l.package, i)
-                }
-            }));
-            archives.push(join(&l.package, &crate::cc::archive_name(&l.name)));
-        }
-        headers.sort();
-        headers.dedup();
-        let mut seen_dirs = HashSet::new();
-        include_dirs.retain(|d| seen_dirs.insert(d.clone()));
-
-        let mut actions = Vec::new();
-        let mut objects = Vec::new();
-        let mut depfiles = Vec::new();
-        let mut stems: HashMap<String, &String> = HashMap::new();
-        let compile_deps = self.producing_actions(t, headers.iter())?;
-        for src in &sources {
-            let stem = crate::cc::object_stem(pkg, &t.label.name, src);
-            if let Some(other) = stems.insert(stem.clone(), src) {
-                return Err(GraphError::Attribute {
-                    location: t.location.clone(),
-                    target: label,
-                    message: format!(
-                        "attribute 'srcs': '{other}' and '{src}' would both compile to {stem}.o; rename one of them"
-                    ),
-                });
-            }
-            let (object, depfile) = (format!("{stem}.o"), format!("{stem}.d"));
-            let script = crate::cc::Compile {
-                source: src,
-                object: &object,
-                depfile: &depfile,
-                copts,
-                defines: &all_defines,
-                include_dirs: &include_dirs,
-            }
-            .script();
-            let mut inputs = headers.clone();
-            inputs.push(src.clone());
-            inputs.sort();
-            inputs.dedup();
-            let mut deps: BTreeSet<usize> = compile_deps.iter().copied().collect();
-            deps.extend(self.producing_actions(t, std::iter::once(src))?);
-            let mut outputs = vec![object.clone(), depfile.clone()];
-            outputs.sort();
-            actions.push(ActionNode {
-                label: t.label.clone(),
-                mnemonic: "CcCompile".to_owned(),
-                detail: Some(src.clone()),
-                exec: Exec::Native,
-                wasi_tools: Vec::new(),
-                argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), script],
-                env: BTreeMap::new(),
-                inputs,
-                outputs,
-                deps: deps.into_iter().collect(),
-                is_test: false,
-            });
-            objects.push(object);
-            depfiles.push(depfile);
-        }
-
-        let output = join(pkg, &crate::cc::outputs(*kind, &t.label.name)[0]);
-        let script = crate::cc::Finish {
-            kind: *kind,
-            output: &output,
-            objects: &objects,
-            depfiles: &depfiles,
-            archives: if *kind == CcKind::Library {
-                &[]
-            } else {
-                &archives
-            },
-            linkopts,
-            cxx: sources.iter().any(|s| crate::cc::is_cxx(s)),
-            label: &label,
-            private_headers: &private_headers,
-            dep_headers: &dep_headers,
-        }
-        .script();
-        let mut inputs: Vec<String> = objects.iter().chain(&depfiles).cloned().collect();
-        if *kind != CcKind::Library {
-            inputs.extend(archives.iter().cloned());
-        }
-        inputs.sort();
-        inputs.dedup();
-        // The objects' producers are the compile actions just made (indices follow the
-        // actions already pushed).
-        let base = self.actions.len();
-        let mut deps: BTreeSet<usize> = (base..base + actions.len()).collect();
-        deps.extend(self.producing_actions(t, archives.iter())?);
-        let finish_index = base + actions.len();
-        actions.push(ActionNode {
-            label: t.label.clone(),
-            mnemonic: if *kind == CcKind::Library {
-                "CcArchive"
-            } else {
-                "CcLink"
-            }
-            .to_owned(),
-            // A test's main action is the one running it.
-            detail: (*kind == CcKind::Test).then(|| "link".to_owned()),
-            exec: Exec::Native,
-            wasi_tools: Vec::new(),
-            argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), script],
-            env: BTreeMap::new(),
-            inputs,
-            outputs: vec![output.clone()],
-            deps: deps.into_iter().collect(),
-            is_test: false,
-        });
-        if *kind == CcKind::Test && run_test {
-            actions.push(ActionNode {
-                label: t.label.clone(),
-                mnemonic: "CcTest".to_owned(),
-                detail: None,
-                exec: Exec::Native,
-                wasi_tools: Vec::new(),
-                argv: vec![
-                    "/bin/sh".to_owned(),
-                    "-c".to_owned(),
-                    crate::cc::test_script(&output),
-                ],
-                env: BTreeMap::new(),
-                inputs: vec![output],
-                outputs: Vec::new(),
-                deps: vec![finish_index],
-                is_test: true,
-            });
-        }
-        Ok(actions)
-    }
-
     /// Sorted indices of the actions that produce any of `paths`.
-    fn producing_actions<'p>(
+    pub(crate) fn producing_actions<'p>(
         &self,
         t: &Target,
         paths: impl Iterator<Item = &'p String>,
@@ -935,58 +443,16 @@ impl<'a> Analyser<'a> {
     }
 }
 
-/// The guest sees inputs and outputs at `/<workspace path>` and tool data at `<data_dir>/...`;
-/// the two must not overlap.
-fn check_data_paths(
-    t: &Target,
-    tool: &ToolRef,
-    inputs: &[String],
-    outputs: &[String],
-) -> Result<(), GraphError> {
-    let tree: BTreeSet<&str> = inputs.iter().chain(outputs).map(|s| s.as_str()).collect();
-    for (guest, _) in &tool.data {
-        let g = guest.trim_start_matches('/');
-        let mut clash = tree.contains(g).then(|| g.to_owned());
-        // A tree file where the data path needs a directory.
-        let mut prefix = g;
-        while clash.is_none() {
-            let Some((parent, _)) = prefix.rsplit_once('/') else {
-                break;
-            };
-            prefix = parent;
-            clash = tree.contains(parent).then(|| parent.to_owned());
-        }
-        // A tree file below the data file's path.
-        if clash.is_none() {
-            let below = format!("{g}/");
-            clash = tree
-                .range(below.as_str()..)
-                .next()
-                .filter(|p| p.starts_with(&below))
-                .map(|p| p.to_string());
-        }
-        if let Some(p) = clash {
-            return Err(GraphError::Attribute {
-                location: t.location.clone(),
-                target: t.label.to_string(),
-                message: format!(
-                    "data file '{guest}' of tool {} overlaps '/{p}', an input or output of this \
-                     action; give the wasi_tool another data_dir",
-                    tool.label
-                ),
-            });
-        }
-    }
-    Ok(())
-}
-
 /// Expands `$(location X)`, `$(locations X)`, `$(SRCS)`, `$(OUTS)`, `$@`, `$<`, `$(RULEDIR)`
 /// and `$$` in one `args` or `env` value.
-struct Expander<'x> {
-    target: &'x Target,
-    srcs: &'x [(Dep, Vec<String>)],
-    src_files: &'x [String],
-    outs: &'x [String],
+pub(crate) struct Expander<'x> {
+    pub target: &'x Target,
+    /// Each `srcs` entry (and genrule `tools` entry) with its files, for `$(location X)`.
+    pub srcs: &'x [(Dep, Vec<String>)],
+    /// The files of `srcs` in order, without repeats (`$(SRCS)`, `$<`).
+    pub src_files: &'x [String],
+    /// Output workspace paths (`$(OUTS)`, `$@`).
+    pub outs: &'x [String],
 }
 
 impl Expander<'_> {
@@ -998,7 +464,7 @@ impl Expander<'_> {
         }
     }
 
-    fn expand(&self, s: &str, attribute: &str) -> Result<String, GraphError> {
+    pub(crate) fn expand(&self, s: &str, attribute: &str) -> Result<String, GraphError> {
         let mut out = String::with_capacity(s.len());
         let mut rest = s;
         while let Some(i) = rest.find('$') {
@@ -1044,7 +510,11 @@ impl Expander<'_> {
     }
 
     /// The files of `s` if it is exactly `$(SRCS)`, `$(OUTS)` or `$(locations X)`.
-    fn expand_list(&self, s: &str, attribute: &str) -> Result<Option<Vec<String>>, GraphError> {
+    pub(crate) fn expand_list(
+        &self,
+        s: &str,
+        attribute: &str,
+    ) -> Result<Option<Vec<String>>, GraphError> {
         let Some(var) = s
             .strip_prefix("$(")
             .and_then(|r| r.strip_suffix(')'))
@@ -1156,6 +626,7 @@ mod tests {
     use super::*;
     use crate::load;
     use crate::testutil::*;
+    use crate::{FilegroupAttrs, Rule};
 
     const TOOLS: &str = "\
 wasi_tool(name = 'gen', src = 'gen.wasm')
@@ -1621,9 +1092,9 @@ wasi_run(name = 'unused', tool = '//tools:gen', outs = ['unused.txt'])
                 Target {
                     label: label(name),
                     location: loc(line),
-                    rule: Rule::Filegroup {
+                    rule: Rule::Filegroup(FilegroupAttrs {
                         srcs: vec![Dep::Target(label(dep))],
-                    },
+                    }),
                     platform: None,
                 },
             )

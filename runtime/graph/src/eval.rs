@@ -1,7 +1,8 @@
 //! Starlark evaluation of `WBUILD` and `.bzl` files with the wbuild built-ins.
 //!
 //! Rule calls only record [`RawTarget`]s (attribute values as written, checked for syntax);
-//! references are resolved later by `load.rs`, once every package involved is known.
+//! references are resolved later by `load.rs`, once every package involved is known. The
+//! rules' built-ins are defined with the rules (`crate::rules`).
 
 use std::cell::RefCell;
 use std::collections::{BTreeMap, HashMap};
@@ -17,8 +18,9 @@ use starlark::values::list_or_tuple::UnpackListOrTuple;
 use starlark::values::none::NoneType;
 
 use crate::label::{Label, check_rel_path, join};
+use crate::rules::RawRule;
 use crate::workspace::BUILD_FILE;
-use crate::{DEFAULT_DATA_DIR, GraphError, Location};
+use crate::{GraphError, Location};
 
 /// A rule call as recorded during evaluation.
 #[derive(Clone, Debug)]
@@ -32,59 +34,6 @@ pub(crate) struct RawTarget {
 
 /// Platform names the `platform` attribute accepts (the scheduler knows what they mean).
 pub const PLATFORM_NAMES: &[&str] = &["linux-x86_64", "linux-arm64"];
-
-/// Attribute values as written; label strings are syntactically valid.
-#[derive(Clone, Debug)]
-pub(crate) enum RawRule {
-    Filegroup {
-        srcs: Vec<String>,
-    },
-    WasiTool {
-        src: String,
-        data: Vec<String>,
-        data_dir: Option<String>,
-    },
-    WasiRun {
-        tool: String,
-        srcs: Vec<String>,
-        outs: Vec<String>,
-        args: Vec<String>,
-        env: BTreeMap<String, String>,
-    },
-    WasiTest {
-        tool: String,
-        srcs: Vec<String>,
-        args: Vec<String>,
-        env: BTreeMap<String, String>,
-    },
-    Genrule {
-        srcs: Vec<String>,
-        outs: Vec<String>,
-        cmd: String,
-        tools: Vec<String>,
-    },
-    Cc {
-        kind: crate::CcKind,
-        srcs: Vec<String>,
-        hdrs: Vec<String>,
-        deps: Vec<String>,
-        copts: Vec<String>,
-        defines: Vec<String>,
-        includes: Vec<String>,
-        linkopts: Vec<String>,
-    },
-}
-
-impl RawRule {
-    /// The package-relative outputs of a target named `name` with this rule.
-    pub(crate) fn outputs(&self, name: &str) -> Vec<String> {
-        match self {
-            RawRule::WasiRun { outs, .. } | RawRule::Genrule { outs, .. } => outs.clone(),
-            RawRule::Cc { kind, .. } => crate::cc::outputs(*kind, name),
-            _ => Vec::new(),
-        }
-    }
-}
 
 /// State of one file's evaluation, reachable from built-ins through `Evaluator::extra`.
 #[derive(ProvidesStaticType)]
@@ -171,18 +120,10 @@ fn call_location(eval: &Evaluator<'_, '_, '_>, ctx: &EvalContext) -> Location {
         })
 }
 
-/// Records a target after checking the attributes that can be checked without other packages.
-fn add_target(
-    eval: &Evaluator<'_, '_, '_>,
-    function: &str,
-    name: String,
-    rule: RawRule,
-) -> starlark::Result<NoneType> {
-    add_native_target(eval, function, name, rule, None)
-}
-
-/// [`add_target`] for the native rules, which also take `platform`.
-fn add_native_target(
+/// Records a target after checking the attributes that can be checked without other packages:
+/// the name, the `platform` of a native rule (`None` for the others) and the rule's own
+/// checks ([`crate::rules::Check`]).
+pub(crate) fn add_target(
     eval: &Evaluator<'_, '_, '_>,
     function: &str,
     name: String,
@@ -191,26 +132,23 @@ fn add_native_target(
 ) -> starlark::Result<NoneType> {
     let (ctx, package) = context(eval, function)?;
     let location = call_location(eval, ctx);
-    let attr_err = |attribute: &str, message: String| {
-        ctx.fail(GraphError::Attribute {
-            location: location.clone(),
-            target: format!("{function}(name = {name:?})"),
-            message: format!("attribute '{attribute}': {message}"),
-        })
+    let c = Checker {
+        ctx,
+        location: &location,
+        function,
+        name: &name,
+        package: &package,
     };
     if let Err(e) = check_rel_path(&name) {
-        return Err(attr_err("name", format!("invalid target name: {e}")));
+        return Err(c.err("name", format!("invalid target name: {e}")));
     }
     if name.contains(':') {
-        return Err(attr_err(
-            "name",
-            "a target name must not contain ':'".into(),
-        ));
+        return Err(c.err("name", "a target name must not contain ':'".into()));
     }
     if let Some(p) = &platform
         && !PLATFORM_NAMES.contains(&p.as_str())
     {
-        return Err(attr_err(
+        return Err(c.err(
             "platform",
             format!(
                 "unknown platform {p:?}: use one of {}",
@@ -218,102 +156,7 @@ fn add_native_target(
             ),
         ));
     }
-    let check_labels = |attribute: &str, values: &[String]| {
-        for v in values {
-            // `@toolchain//path`: a file of a pinned toolchain, resolved when loading.
-            if v.starts_with('@') && v.contains("//") {
-                continue;
-            }
-            if let Err(e) = Label::parse(v, &package) {
-                return Err(attr_err(attribute, e.to_string()));
-            }
-        }
-        Ok(())
-    };
-    let check_env = |env: &BTreeMap<String, String>| {
-        for k in env.keys() {
-            if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(attr_err(
-                    "env",
-                    format!("invalid variable name {k:?}: it must be non-empty without '='"),
-                ));
-            }
-        }
-        Ok(())
-    };
-    match &rule {
-        RawRule::Filegroup { srcs } => check_labels("srcs", srcs)?,
-        RawRule::WasiTool {
-            src,
-            data,
-            data_dir,
-        } => {
-            check_labels("src", std::slice::from_ref(src))?;
-            check_labels("data", data)?;
-            if let Some(d) = data_dir {
-                check_data_dir(d).map_err(|m| attr_err("data_dir", m))?;
-            }
-        }
-        RawRule::WasiRun {
-            tool,
-            srcs,
-            outs,
-            env,
-            ..
-        } => {
-            check_labels("tool", std::slice::from_ref(tool))?;
-            check_labels("srcs", srcs)?;
-            if outs.is_empty() {
-                return Err(attr_err(
-                    "outs",
-                    "wasi_run needs at least one output; use wasi_test for a check without outputs"
-                        .into(),
-                ));
-            }
-            check_outs(outs).map_err(|m| attr_err("outs", m))?;
-            check_env(env)?;
-        }
-        RawRule::Genrule {
-            srcs,
-            outs,
-            cmd,
-            tools,
-        } => {
-            check_labels("srcs", srcs)?;
-            check_labels("tools", tools)?;
-            if outs.is_empty() {
-                return Err(attr_err("outs", "genrule needs at least one output".into()));
-            }
-            check_outs(outs).map_err(|m| attr_err("outs", m))?;
-            if cmd.trim().is_empty() {
-                return Err(attr_err("cmd", "genrule needs a command".into()));
-            }
-        }
-        RawRule::Cc {
-            srcs,
-            hdrs,
-            deps,
-            includes,
-            ..
-        } => {
-            check_labels("srcs", srcs)?;
-            check_labels("hdrs", hdrs)?;
-            check_labels("deps", deps)?;
-            for i in includes {
-                if i != "." {
-                    check_rel_path(i)
-                        .map_err(|e| attr_err("includes", format!("invalid include {i:?}: {e}")))?;
-                }
-            }
-        }
-        RawRule::WasiTest {
-            tool, srcs, env, ..
-        } => {
-            check_labels("tool", std::slice::from_ref(tool))?;
-            check_labels("srcs", srcs)?;
-            check_env(env)?;
-        }
-    }
+    rule.check(&c)?;
     let mut targets = ctx.targets.borrow_mut();
     if let Some(prev) = targets.iter().find(|t| t.name == name) {
         let err = GraphError::DuplicateTarget {
@@ -336,23 +179,79 @@ fn add_native_target(
     Ok(NoneType)
 }
 
-/// `data_dir` must be an absolute, normalised guest directory other than `/` and `/tmp`.
-fn check_data_dir(d: &str) -> Result<(), String> {
-    let Some(rel) = d.strip_prefix('/') else {
-        return Err(format!(
-            "{d:?} must be an absolute guest directory such as \"{DEFAULT_DATA_DIR}\""
-        ));
-    };
-    check_rel_path(rel).map_err(|e| format!("{d:?}: {e}"))?;
-    if rel == "tmp" || rel.starts_with("tmp/") {
-        return Err(format!(
-            "{d:?}: /tmp is the action's private scratch directory"
-        ));
-    }
-    Ok(())
+/// The attribute checks of one rule call: each error names the call's location, the rule
+/// call (`function(name = ...)`) and the attribute, and aborts evaluation.
+pub(crate) struct Checker<'c> {
+    ctx: &'c EvalContext,
+    location: &'c Location,
+    function: &'c str,
+    name: &'c str,
+    package: &'c str,
 }
 
-type Strings = UnpackListOrTuple<String>;
+impl Checker<'_> {
+    /// The error for a bad value of `attribute`.
+    pub(crate) fn err(&self, attribute: &str, message: String) -> starlark::Error {
+        self.ctx.fail(GraphError::Attribute {
+            location: self.location.clone(),
+            target: format!("{}(name = {:?})", self.function, self.name),
+            message: format!("attribute '{attribute}': {message}"),
+        })
+    }
+
+    /// Every value is a syntactically valid label (or names a file of a pinned toolchain).
+    pub(crate) fn labels(&self, attribute: &str, values: &[String]) -> starlark::Result<()> {
+        for v in values {
+            // `@toolchain//path`: a file of a pinned toolchain, resolved when loading.
+            if v.starts_with('@') && v.contains("//") {
+                continue;
+            }
+            if let Err(e) = Label::parse(v, self.package) {
+                return Err(self.err(attribute, e.to_string()));
+            }
+        }
+        Ok(())
+    }
+
+    /// Environment variable names are non-empty, without '=' or NUL.
+    pub(crate) fn env(&self, env: &BTreeMap<String, String>) -> starlark::Result<()> {
+        for k in env.keys() {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(self.err(
+                    "env",
+                    format!("invalid variable name {k:?}: it must be non-empty without '='"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Outputs are package-relative paths, without ':' and without repeats.
+    pub(crate) fn outs(&self, outs: &[String]) -> starlark::Result<()> {
+        let mut seen = std::collections::BTreeSet::new();
+        for o in outs {
+            let problem = if let Err(e) = check_rel_path(o) {
+                format!("invalid output {o:?}: {e}")
+            } else if o.contains(':') {
+                format!("output {o:?} must not contain ':'")
+            } else if !seen.insert(o) {
+                format!("output {o:?} is listed twice")
+            } else {
+                continue;
+            };
+            return Err(self.err("outs", problem));
+        }
+        Ok(())
+    }
+}
+
+pub(crate) type Strings = UnpackListOrTuple<String>;
+
+/// Every built-in: `glob`, `package_name` and the rules'.
+fn builtins(builder: &mut GlobalsBuilder) {
+    wbuild_builtins(builder);
+    crate::rules::builtins(builder);
+}
 
 #[starlark_module]
 fn wbuild_builtins(builder: &mut GlobalsBuilder) {
@@ -392,263 +291,6 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
     fn package_name<'v>(eval: &mut Evaluator<'v, '_, '_>) -> starlark::Result<String> {
         Ok(context(eval, "package_name")?.1)
     }
-
-    /// A named set of files: `filegroup(name, srcs = [])`.
-    fn filegroup<'v>(
-        #[starlark(require = named)] name: String,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] srcs: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
-        eval: &mut Evaluator<'v, '_, '_>,
-    ) -> starlark::Result<NoneType> {
-        let _ = (visibility, tags);
-        add_target(
-            eval,
-            "filegroup",
-            name,
-            RawRule::Filegroup { srcs: srcs.items },
-        )
-    }
-
-    /// A WASI command module and the data files it reads:
-    /// `wasi_tool(name, src, data = [], data_dir = "/share")`.
-    #[allow(clippy::too_many_arguments)] // One parameter per attribute.
-    fn wasi_tool<'v>(
-        #[starlark(require = named)] name: String,
-        #[starlark(require = named)] src: String,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] data: Strings,
-        #[starlark(require = named)] data_dir: Option<String>,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
-        eval: &mut Evaluator<'v, '_, '_>,
-    ) -> starlark::Result<NoneType> {
-        let _ = (visibility, tags);
-        add_target(
-            eval,
-            "wasi_tool",
-            name,
-            RawRule::WasiTool {
-                src,
-                data: data.items,
-                data_dir,
-            },
-        )
-    }
-
-    /// Runs a `wasi_tool` to produce files:
-    /// `wasi_run(name, tool, srcs = [], outs, args = [], env = {})`.
-    #[allow(clippy::too_many_arguments)] // One parameter per attribute.
-    fn wasi_run<'v>(
-        #[starlark(require = named)] name: String,
-        #[starlark(require = named)] tool: String,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] srcs: Strings,
-        #[starlark(require = named)] outs: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] args: Strings,
-        #[starlark(require = named, default = BTreeMap::new())] env: BTreeMap<String, String>,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
-        eval: &mut Evaluator<'v, '_, '_>,
-    ) -> starlark::Result<NoneType> {
-        let _ = (visibility, tags);
-        add_target(
-            eval,
-            "wasi_run",
-            name,
-            RawRule::WasiRun {
-                tool,
-                srcs: srcs.items,
-                outs: outs.items,
-                args: args.items,
-                env,
-            },
-        )
-    }
-
-    /// Runs a `wasi_tool` as a test (passes on exit code 0):
-    /// `wasi_test(name, tool, srcs = [], args = [], env = {})`.
-    #[allow(clippy::too_many_arguments)] // One parameter per attribute.
-    fn wasi_test<'v>(
-        #[starlark(require = named)] name: String,
-        #[starlark(require = named)] tool: String,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] srcs: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] args: Strings,
-        #[starlark(require = named, default = BTreeMap::new())] env: BTreeMap<String, String>,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
-        eval: &mut Evaluator<'v, '_, '_>,
-    ) -> starlark::Result<NoneType> {
-        let _ = (visibility, tags);
-        add_target(
-            eval,
-            "wasi_test",
-            name,
-            RawRule::WasiTest {
-                tool,
-                srcs: srcs.items,
-                args: args.items,
-                env,
-            },
-        )
-    }
-
-    /// A C/C++ library: `cc_library(name, srcs = [], hdrs = [], deps = [], copts = [],
-    /// defines = [], includes = [], linkopts = [])`.
-    #[allow(clippy::too_many_arguments)] // One parameter per attribute.
-    fn cc_library<'v>(
-        #[starlark(require = named)] name: String,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] srcs: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] hdrs: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] deps: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] copts: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] defines: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] includes: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] linkopts: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
-        #[starlark(require = named)] platform: Option<String>,
-        eval: &mut Evaluator<'v, '_, '_>,
-    ) -> starlark::Result<NoneType> {
-        let _ = (visibility, tags);
-        let rule = cc_rule(
-            crate::CcKind::Library,
-            srcs,
-            hdrs,
-            deps,
-            copts,
-            defines,
-            includes,
-            linkopts,
-        );
-        add_native_target(eval, "cc_library", name, rule, platform)
-    }
-
-    /// A C/C++ program: `cc_binary(name, srcs = [], deps = [], copts = [], defines = [],
-    /// includes = [], linkopts = [])`.
-    #[allow(clippy::too_many_arguments)] // One parameter per attribute.
-    fn cc_binary<'v>(
-        #[starlark(require = named)] name: String,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] srcs: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] deps: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] copts: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] defines: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] includes: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] linkopts: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
-        #[starlark(require = named)] platform: Option<String>,
-        eval: &mut Evaluator<'v, '_, '_>,
-    ) -> starlark::Result<NoneType> {
-        let _ = (visibility, tags);
-        let rule = cc_rule(
-            crate::CcKind::Binary,
-            srcs,
-            Strings::default(),
-            deps,
-            copts,
-            defines,
-            includes,
-            linkopts,
-        );
-        add_native_target(eval, "cc_binary", name, rule, platform)
-    }
-
-    /// A C/C++ test program, run by `wbuild test`: `cc_test(name, srcs = [], deps = [], ...)`.
-    #[allow(clippy::too_many_arguments)] // One parameter per attribute.
-    fn cc_test<'v>(
-        #[starlark(require = named)] name: String,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] srcs: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] deps: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] copts: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] defines: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] includes: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] linkopts: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
-        #[starlark(require = named)] platform: Option<String>,
-        eval: &mut Evaluator<'v, '_, '_>,
-    ) -> starlark::Result<NoneType> {
-        let _ = (visibility, tags);
-        let rule = cc_rule(
-            crate::CcKind::Test,
-            srcs,
-            Strings::default(),
-            deps,
-            copts,
-            defines,
-            includes,
-            linkopts,
-        );
-        add_native_target(eval, "cc_test", name, rule, platform)
-    }
-
-    /// Runs a shell command in the native sandbox, as Bazel's genrule:
-    /// `genrule(name, srcs = [], outs, cmd, tools = [])`.
-    #[allow(clippy::too_many_arguments)] // One parameter per attribute.
-    fn genrule<'v>(
-        #[starlark(require = named)] name: String,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] srcs: Strings,
-        #[starlark(require = named)] outs: Strings,
-        #[starlark(require = named)] cmd: String,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] tools: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
-        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
-        #[starlark(require = named)] platform: Option<String>,
-        eval: &mut Evaluator<'v, '_, '_>,
-    ) -> starlark::Result<NoneType> {
-        let _ = (visibility, tags);
-        add_native_target(
-            eval,
-            "genrule",
-            name,
-            RawRule::Genrule {
-                srcs: srcs.items,
-                outs: outs.items,
-                cmd,
-                tools: tools.items,
-            },
-            platform,
-        )
-    }
-}
-
-#[allow(clippy::too_many_arguments)] // One parameter per attribute.
-fn cc_rule(
-    kind: crate::CcKind,
-    srcs: Strings,
-    hdrs: Strings,
-    deps: Strings,
-    copts: Strings,
-    defines: Strings,
-    includes: Strings,
-    linkopts: Strings,
-) -> RawRule {
-    RawRule::Cc {
-        kind,
-        srcs: srcs.items,
-        hdrs: hdrs.items,
-        deps: deps.items,
-        copts: copts.items,
-        defines: defines.items,
-        includes: includes.items,
-        linkopts: linkopts.items,
-    }
-}
-
-/// Outputs are package-relative paths, without ':' and without repeats.
-fn check_outs(outs: &[String]) -> Result<(), String> {
-    let mut seen = std::collections::BTreeSet::new();
-    for o in outs {
-        if let Err(e) = check_rel_path(o) {
-            return Err(format!("invalid output {o:?}: {e}"));
-        }
-        if o.contains(':') {
-            return Err(format!("output {o:?} must not contain ':'"));
-        }
-        if !seen.insert(o) {
-            return Err(format!("output {o:?} is listed twice"));
-        }
-    }
-    Ok(())
 }
 
 /// The dialect: standard Starlark plus type annotations, keyword-only arguments and top-level
@@ -692,8 +334,8 @@ impl Interpreter {
             LibraryExtension::Typing,
             LibraryExtension::SetType,
         ])
-        .with(wbuild_builtins)
-        .with_namespace("native", wbuild_builtins)
+        .with(builtins)
+        .with_namespace("native", builtins)
         .build();
         Interpreter {
             root,

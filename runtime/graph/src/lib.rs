@@ -3,13 +3,17 @@
 //! Two steps, both deterministic (every collection is sorted):
 //!
 //! 1. [`load`] evaluates the Starlark `WBUILD` files (and the `.bzl` files they `load()`) of the
-//!    packages needed for some target patterns, with the built-ins `glob`, `filegroup`,
-//!    `wasi_tool`, `wasi_run`, `wasi_test` and `package_name`, and resolves every reference to a
-//!    target or a file. The result is a [`TargetGraph`]; every [`Target`] records the
-//!    `file:line:col` of the rule call that defined it.
+//!    packages needed for some target patterns, with the built-ins `glob`, `package_name` and
+//!    the rules `filegroup`, `wasi_tool`, `wasi_run`, `wasi_test`, `genrule`, `cc_library`,
+//!    `cc_binary` and `cc_test` (also under `native.`, for macros), and resolves every
+//!    reference to a target or a file. The result is a [`TargetGraph`]; every [`Target`]
+//!    records the `file:line:col` of the rule call that defined it.
 //! 2. [`analyse`] turns the targets into [`ActionNode`]s: argv with `$(location)` & co.
 //!    expanded, explicit env, the tool module and its data, the exact input and output
 //!    workspace paths, and the actions each one depends on, in topological order.
+//!
+//! Each rule family lives in its own module under `src/rules/` (attributes, built-in, checks,
+//! resolution, analysis); see [`Rule`].
 //!
 //! Errors ([`GraphError`]) name the file and `line:col`, the label, and what to do.
 //!
@@ -22,11 +26,11 @@
 
 mod analysis;
 mod cache;
-mod cc;
 mod eval;
 mod glob;
 mod label;
 mod load;
+mod rules;
 mod workspace;
 
 use std::collections::BTreeMap;
@@ -35,9 +39,12 @@ use std::path::PathBuf;
 
 pub use analysis::{ActionGraph, ActionNode, Exec, NOT_SCHEDULED, ToolRef, analyse};
 pub use cache::{Signature, binary_identity, load_and_analyse_cached, workspace_signature};
-pub use cc::sh_quote;
 pub use label::{Label, TargetPattern};
 pub use load::load;
+pub use rules::{
+    CcAttrs, CcKind, FilegroupAttrs, GenruleAttrs, Rule, RuleOf, WasiRunAttrs, WasiTestAttrs,
+    WasiToolAttrs, sh_quote,
+};
 pub use workspace::{
     BUILD_FILE, BuildConfig, Config, EXTERNAL_PREFIX, External, OUT_DIR, RemoteConfig,
     ToolchainPin, TrustConfig, WORKSPACE_FILE, WasiConfig, Workspace,
@@ -84,89 +91,6 @@ pub enum Dep {
     File(String),
     /// A target: the files it provides are used (see [`ActionGraph::target_files`]).
     Target(Label),
-}
-
-/// The rules a `WBUILD` file can call, with their attributes.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
-pub enum Rule {
-    /// `filegroup(name, srcs = [])`: names a set of files.
-    Filegroup { srcs: Vec<Dep> },
-    /// `wasi_tool(name, src, data = [], data_dir = "/share")`: a WASI command module (`src`, a
-    /// `.wasm` file or a target with exactly one `.wasm` file) plus data files it reads at run
-    /// time. `data_dir` is `None` when not given (then [`DEFAULT_DATA_DIR`]).
-    WasiTool {
-        src: Dep,
-        data: Vec<Dep>,
-        data_dir: Option<String>,
-    },
-    /// `wasi_run(name, tool, srcs = [], outs, args = [], env = {})`: runs `tool` to produce `outs`.
-    WasiRun {
-        tool: Label,
-        srcs: Vec<Dep>,
-        outs: Vec<String>,
-        args: Vec<String>,
-        env: BTreeMap<String, String>,
-    },
-    /// `wasi_test(name, tool, srcs = [], args = [], env = {})`: passes if `tool` exits with 0.
-    WasiTest {
-        tool: Label,
-        srcs: Vec<Dep>,
-        args: Vec<String>,
-        env: BTreeMap<String, String>,
-    },
-    /// `genrule(name, srcs = [], outs, cmd, tools = [])`: runs `cmd` with `/bin/sh -c` in the
-    /// native sandbox, as Bazel's genrule. `tools` are inputs too (programs the command runs).
-    Genrule {
-        srcs: Vec<Dep>,
-        outs: Vec<String>,
-        cmd: String,
-        tools: Vec<Dep>,
-    },
-    /// `cc_library`, `cc_binary`, `cc_test` with Bazel's attributes (`srcs`, `hdrs`, `deps`,
-    /// `copts`, `defines`, `includes`, `linkopts`), compiled by the host gcc in the native
-    /// sandbox. A library provides `lib<name>.a`, a binary or test the program `<name>`.
-    Cc {
-        kind: CcKind,
-        srcs: Vec<Dep>,
-        hdrs: Vec<Dep>,
-        deps: Vec<Label>,
-        copts: Vec<String>,
-        defines: Vec<String>,
-        includes: Vec<String>,
-        linkopts: Vec<String>,
-    },
-}
-
-/// Which of the `cc_*` rules.
-#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-pub enum CcKind {
-    Library,
-    Binary,
-    Test,
-}
-
-impl Rule {
-    /// The rule function's name as written in `WBUILD` files.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Rule::Filegroup { .. } => "filegroup",
-            Rule::WasiTool { .. } => "wasi_tool",
-            Rule::WasiRun { .. } => "wasi_run",
-            Rule::WasiTest { .. } => "wasi_test",
-            Rule::Genrule { .. } => "genrule",
-            Rule::Cc {
-                kind: CcKind::Library,
-                ..
-            } => "cc_library",
-            Rule::Cc {
-                kind: CcKind::Binary,
-                ..
-            } => "cc_binary",
-            Rule::Cc {
-                kind: CcKind::Test, ..
-            } => "cc_test",
-        }
-    }
 }
 
 /// Targets by label: every target of every package that was loaded. Targets needed by the

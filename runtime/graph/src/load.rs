@@ -3,11 +3,12 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 
-use crate::eval::{Interpreter, RawRule, RawTarget};
+use crate::eval::{Interpreter, RawTarget};
 use crate::glob::skip_dir;
 use crate::label::{Label, TargetPattern, join};
+use crate::rules::{MapRefs, Want};
 use crate::workspace::{BUILD_FILE, Workspace};
-use crate::{Dep, GraphError, Location, Rule, Target, TargetGraph};
+use crate::{Dep, GraphError, Location, Target, TargetGraph};
 
 /// Loads the packages needed for `patterns` and resolves the targets they need.
 ///
@@ -381,61 +382,6 @@ impl Loader<'_> {
         Ok(deps)
     }
 
-    /// Resolves a `tool` attribute: it must name a `wasi_tool` target.
-    fn resolve_tool(
-        &mut self,
-        tool: &str,
-        from: &Label,
-        location: &Location,
-    ) -> Result<Label, GraphError> {
-        let (dep, _) = self.resolve(tool, from, location, "tool")?;
-        let kind = match &dep {
-            Dep::Target(l) => match &self.packages[&l.package].targets[&l.name].rule {
-                RawRule::WasiTool { .. } => return Ok(l.clone()),
-                RawRule::Filegroup { .. } => "a filegroup",
-                RawRule::WasiRun { .. } => "a wasi_run target",
-                RawRule::WasiTest { .. } => "a wasi_test target",
-                RawRule::Genrule { .. } => "a genrule target",
-                RawRule::Cc { .. } => "a cc_* target",
-            },
-            Dep::File(_) => "a file",
-        };
-        Err(GraphError::Attribute {
-            location: location.clone(),
-            target: from.to_string(),
-            message: format!(
-                "attribute 'tool': '{tool}' is {kind}, not a wasi_tool; \
-                 define wasi_tool(name = ..., src = \"tool.wasm\") and name it here"
-            ),
-        })
-    }
-
-    /// Resolves an entry of a `cc_*` rule's `deps`: it must name a `cc_library`.
-    fn resolve_cc_dep(
-        &mut self,
-        dep: &str,
-        from: &Label,
-        location: &Location,
-    ) -> Result<Label, GraphError> {
-        let (d, _) = self.resolve(dep, from, location, "deps")?;
-        if let Dep::Target(l) = &d
-            && let RawRule::Cc {
-                kind: crate::CcKind::Library,
-                ..
-            } = &self.packages[&l.package].targets[&l.name].rule
-        {
-            return Ok(l.clone());
-        }
-        Err(GraphError::Attribute {
-            location: location.clone(),
-            target: from.to_string(),
-            message: format!(
-                "attribute 'deps': '{dep}' is not a cc_library; deps of cc_* rules name \
-                 cc_library targets (put files in srcs or hdrs)"
-            ),
-        })
-    }
-
     /// Resolves every reference of a needed target; returns it and the targets it depends on.
     fn resolve_target(&mut self, label: &Label) -> Result<(Target, Vec<Label>), GraphError> {
         let raw = self.packages[&label.package]
@@ -446,94 +392,14 @@ impl Loader<'_> {
                 label: label.clone(),
                 context: String::new(),
             })?;
-        let loc = &raw.location;
-        let mut edges = Vec::new();
-        let rule = match &raw.rule {
-            RawRule::Filegroup { srcs } => Rule::Filegroup {
-                srcs: self.resolve_all(srcs, label, loc, "srcs", &mut edges)?,
-            },
-            RawRule::WasiTool {
-                src,
-                data,
-                data_dir,
-            } => Rule::WasiTool {
-                src: self
-                    .resolve_all(std::slice::from_ref(src), label, loc, "src", &mut edges)?
-                    .remove(0),
-                data: self.resolve_all(data, label, loc, "data", &mut edges)?,
-                data_dir: data_dir.clone(),
-            },
-            RawRule::WasiRun {
-                tool,
-                srcs,
-                outs,
-                args,
-                env,
-            } => {
-                let tool = self.resolve_tool(tool, label, loc)?;
-                edges.push(tool.clone());
-                Rule::WasiRun {
-                    tool,
-                    srcs: self.resolve_all(srcs, label, loc, "srcs", &mut edges)?,
-                    outs: outs.clone(),
-                    args: args.clone(),
-                    env: env.clone(),
-                }
-            }
-            RawRule::Cc {
-                kind,
-                srcs,
-                hdrs,
-                deps,
-                copts,
-                defines,
-                includes,
-                linkopts,
-            } => {
-                let mut libs = Vec::new();
-                for d in deps {
-                    let l = self.resolve_cc_dep(d, label, loc)?;
-                    edges.push(l.clone());
-                    libs.push(l);
-                }
-                Rule::Cc {
-                    kind: *kind,
-                    srcs: self.resolve_all(srcs, label, loc, "srcs", &mut edges)?,
-                    hdrs: self.resolve_all(hdrs, label, loc, "hdrs", &mut edges)?,
-                    deps: libs,
-                    copts: copts.clone(),
-                    defines: defines.clone(),
-                    includes: includes.clone(),
-                    linkopts: linkopts.clone(),
-                }
-            }
-            RawRule::Genrule {
-                srcs,
-                outs,
-                cmd,
-                tools,
-            } => Rule::Genrule {
-                srcs: self.resolve_all(srcs, label, loc, "srcs", &mut edges)?,
-                outs: outs.clone(),
-                cmd: cmd.clone(),
-                tools: self.resolve_all(tools, label, loc, "tools", &mut edges)?,
-            },
-            RawRule::WasiTest {
-                tool,
-                srcs,
-                args,
-                env,
-            } => {
-                let tool = self.resolve_tool(tool, label, loc)?;
-                edges.push(tool.clone());
-                Rule::WasiTest {
-                    tool,
-                    srcs: self.resolve_all(srcs, label, loc, "srcs", &mut edges)?,
-                    args: args.clone(),
-                    env: env.clone(),
-                }
-            }
+        let mut strict = Strict {
+            loader: self,
+            from: label,
+            location: &raw.location,
+            edges: Vec::new(),
         };
+        let rule = raw.rule.map(&mut strict)?;
+        let mut edges = strict.edges;
         edges.sort();
         edges.dedup();
         let target = Target {
@@ -548,101 +414,104 @@ impl Loader<'_> {
     /// Best-effort resolution for a target no requested target needs: no packages are loaded
     /// and nothing is checked.
     fn resolve_lenient(&self, label: &Label, raw: &RawTarget) -> Target {
-        let dep = |r: &String| -> Dep {
-            if let Some(rest) = r.strip_prefix('@')
-                && let Ok(files) = self.resolve_external(rest)
-                && let Some((f, _)) = files.into_iter().next()
-            {
-                return Dep::File(f);
-            }
-            let Ok(l) = Label::parse(r, &label.package) else {
-                return Dep::File(join(&label.package, r));
-            };
-            match self.packages.get(&l.package) {
-                Some(p) if p.targets.contains_key(&l.name) => Dep::Target(l),
-                Some(_) => Dep::File(l.path()),
-                None if r.starts_with("//") || r.starts_with(':') => Dep::Target(l),
-                None => Dep::File(l.path()),
-            }
-        };
-        let deps = |v: &[String]| v.iter().map(dep).collect::<Vec<_>>();
-        let tool = |t: &String| {
-            Label::parse(t, &label.package).unwrap_or_else(|_| Label {
-                package: label.package.clone(),
-                name: t.clone(),
-            })
-        };
-        let rule = match &raw.rule {
-            RawRule::Filegroup { srcs } => Rule::Filegroup { srcs: deps(srcs) },
-            RawRule::WasiTool {
-                src,
-                data,
-                data_dir,
-            } => Rule::WasiTool {
-                src: dep(src),
-                data: deps(data),
-                data_dir: data_dir.clone(),
-            },
-            RawRule::WasiRun {
-                tool: t,
-                srcs,
-                outs,
-                args,
-                env,
-            } => Rule::WasiRun {
-                tool: tool(t),
-                srcs: deps(srcs),
-                outs: outs.clone(),
-                args: args.clone(),
-                env: env.clone(),
-            },
-            RawRule::Cc {
-                kind,
-                srcs,
-                hdrs,
-                deps: cc_deps,
-                copts,
-                defines,
-                includes,
-                linkopts,
-            } => Rule::Cc {
-                kind: *kind,
-                srcs: deps(srcs),
-                hdrs: deps(hdrs),
-                deps: cc_deps.iter().map(tool).collect(),
-                copts: copts.clone(),
-                defines: defines.clone(),
-                includes: includes.clone(),
-                linkopts: linkopts.clone(),
-            },
-            RawRule::Genrule {
-                srcs,
-                outs,
-                cmd,
-                tools,
-            } => Rule::Genrule {
-                srcs: deps(srcs),
-                outs: outs.clone(),
-                cmd: cmd.clone(),
-                tools: deps(tools),
-            },
-            RawRule::WasiTest {
-                tool: t,
-                srcs,
-                args,
-                env,
-            } => Rule::WasiTest {
-                tool: tool(t),
-                srcs: deps(srcs),
-                args: args.clone(),
-                env: env.clone(),
-            },
-        };
+        let Ok(rule) = raw.rule.map(&mut Lenient {
+            loader: self,
+            from: label,
+        });
         Target {
             label: label.clone(),
             location: raw.location.clone(),
             rule,
             platform: raw.platform.clone(),
+        }
+    }
+}
+
+/// Resolves the references of a needed target, checking each (loading the packages they
+/// name) and noting the targets it depends on.
+struct Strict<'l, 'w> {
+    loader: &'l mut Loader<'w>,
+    from: &'l Label,
+    location: &'l Location,
+    edges: Vec<Label>,
+}
+
+impl MapRefs<String, String> for Strict<'_, '_> {
+    type Dep = Dep;
+    type Label = Label;
+    type Error = GraphError;
+
+    fn files(&mut self, attribute: &str, refs: &[String]) -> Result<Vec<Dep>, GraphError> {
+        self.loader
+            .resolve_all(refs, self.from, self.location, attribute, &mut self.edges)
+    }
+
+    fn target(&mut self, attribute: &str, r: &String, want: &Want) -> Result<Label, GraphError> {
+        let (dep, _) = self
+            .loader
+            .resolve(r, self.from, self.location, attribute)?;
+        let what = match &dep {
+            Dep::Target(l) => {
+                let rule = &self.loader.packages[&l.package].targets[&l.name].rule;
+                if (want.accepts)(rule) {
+                    self.edges.push(l.clone());
+                    return Ok(l.clone());
+                }
+                rule.described()
+            }
+            Dep::File(_) => "a file",
+        };
+        Err(GraphError::Attribute {
+            location: self.location.clone(),
+            target: self.from.to_string(),
+            message: format!("attribute '{attribute}': {}", (want.refuse)(r, what)),
+        })
+    }
+}
+
+/// Resolves the references of a target nothing needs as well as the packages already loaded
+/// allow; checks nothing.
+struct Lenient<'l, 'w> {
+    loader: &'l Loader<'w>,
+    from: &'l Label,
+}
+
+impl MapRefs<String, String> for Lenient<'_, '_> {
+    type Dep = Dep;
+    type Label = Label;
+    type Error = std::convert::Infallible;
+
+    fn files(&mut self, _attribute: &str, refs: &[String]) -> Result<Vec<Dep>, Self::Error> {
+        Ok(refs.iter().map(|r| self.dep(r)).collect())
+    }
+
+    fn target(&mut self, _attribute: &str, r: &String, _want: &Want) -> Result<Label, Self::Error> {
+        Ok(
+            Label::parse(r, &self.from.package).unwrap_or_else(|_| Label {
+                package: self.from.package.clone(),
+                name: r.clone(),
+            }),
+        )
+    }
+}
+
+impl Lenient<'_, '_> {
+    fn dep(&self, r: &str) -> Dep {
+        let package = &self.from.package;
+        if let Some(rest) = r.strip_prefix('@')
+            && let Ok(files) = self.loader.resolve_external(rest)
+            && let Some((f, _)) = files.into_iter().next()
+        {
+            return Dep::File(f);
+        }
+        let Ok(l) = Label::parse(r, package) else {
+            return Dep::File(join(package, r));
+        };
+        match self.loader.packages.get(&l.package) {
+            Some(p) if p.targets.contains_key(&l.name) => Dep::Target(l),
+            Some(_) => Dep::File(l.path()),
+            None if r.starts_with("//") || r.starts_with(':') => Dep::Target(l),
+            None => Dep::File(l.path()),
         }
     }
 }
@@ -755,6 +624,7 @@ where
 mod tests {
     use super::*;
     use crate::testutil::*;
+    use crate::{FilegroupAttrs, Rule, WasiRunAttrs, WasiToolAttrs};
 
     fn load_err(files: &[(&str, &str)], pats: &[&str]) -> GraphError {
         let t = workspace(files);
@@ -794,7 +664,7 @@ mod tests {
         assert_eq!(out.location.to_string(), "app/WBUILD:6:1");
         assert_eq!(
             out.rule,
-            Rule::WasiRun {
+            Rule::WasiRun(WasiRunAttrs {
                 tool: label("//tools:gen"),
                 srcs: vec![
                     Dep::Target(label("//app:templates")),
@@ -804,24 +674,24 @@ mod tests {
                 outs: vec!["out.txt".into()],
                 args: vec!["-o".into(), "$@".into()],
                 env: [("A".to_string(), "b".to_string())].into(),
-            }
+            })
         );
         assert_eq!(
             g.targets[&label("//app:templates")].rule,
-            Rule::Filegroup {
+            Rule::Filegroup(FilegroupAttrs {
                 srcs: vec![
                     Dep::File("app/tmpl/a.t".into()),
                     Dep::File("app/tmpl/sub/b.t".into()),
                 ]
-            }
+            })
         );
         assert_eq!(
             g.targets[&label("//tools:gen")].rule,
-            Rule::WasiTool {
+            Rule::WasiTool(WasiToolAttrs {
                 src: Dep::File("tools/gen.wasm".into()),
                 data: vec![],
                 data_dir: None
-            }
+            })
         );
         // Every target of a loaded package is present, needed or not.
         assert!(g.targets.contains_key(&label("//app:t")));
@@ -847,7 +717,7 @@ mod tests {
             (".git/HEAD", ""),
         ]);
         let (g, _) = load(&t.ws, &patterns(&["//:all"])).unwrap();
-        let Rule::Filegroup { srcs } = &g.targets[&label("//:all")].rule else {
+        let Rule::Filegroup(FilegroupAttrs { srcs }) = &g.targets[&label("//:all")].rule else {
             panic!()
         };
         assert_eq!(
@@ -876,13 +746,13 @@ mod tests {
         let (g, _) = load(&t.ws, &patterns(&["//p/..."])).unwrap();
         assert_eq!(
             g.targets[&label("//p:g")].rule,
-            Rule::Filegroup {
+            Rule::Filegroup(FilegroupAttrs {
                 srcs: vec![Dep::File("p/a.c".into()), Dep::File("p/b.h".into())]
-            }
+            })
         );
         assert_eq!(
             g.targets[&label("//p:e")].rule,
-            Rule::Filegroup { srcs: vec![] }
+            Rule::Filegroup(FilegroupAttrs { srcs: vec![] })
         );
         let err = load_err(
             &[(
@@ -919,9 +789,9 @@ mod tests {
         assert_eq!(tg.location.to_string(), "p/WBUILD:5:1");
         assert_eq!(
             tg.rule,
-            Rule::Filegroup {
+            Rule::Filegroup(FilegroupAttrs {
                 srcs: vec![Dep::File("p/a.txt".into()), Dep::File("p/p.txt".into())]
-            }
+            })
         );
     }
 
@@ -1219,12 +1089,12 @@ mod tests {
         assert_eq!(matched, vec![label("//p:ok")]);
         assert_eq!(
             g.targets[&label("//p:broken")].rule,
-            Rule::Filegroup {
+            Rule::Filegroup(FilegroupAttrs {
                 srcs: vec![
                     Dep::Target(label("//elsewhere:x")),
                     Dep::File("p/missing.txt".into())
                 ]
-            }
+            })
         );
     }
 

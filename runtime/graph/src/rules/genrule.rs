@@ -1,0 +1,169 @@
+//! `genrule(name, srcs = [], outs, cmd, tools = [])`: runs `cmd` with `/bin/sh -c` in the
+//! native sandbox, as Bazel's genrule.
+
+use std::collections::BTreeMap;
+
+use starlark::environment::GlobalsBuilder;
+use starlark::eval::Evaluator;
+use starlark::starlark_module;
+use starlark::values::list_or_tuple::UnpackListOrTuple;
+use starlark::values::none::NoneType;
+
+use super::{Analyse, Attrs, Check, MapRefs, RawRule, Rule, tool_ref};
+use crate::analysis::{ActionNode, Analyser, Exec, Expander};
+use crate::eval::{Checker, Strings, add_target};
+use crate::label::{Label, join};
+use crate::{Dep, GraphError, Target};
+
+/// Where genrule launchers of WASI tools live in the action's tree
+/// (`.wbuild/tools/<package>/<name>`).
+const WASI_LAUNCHER_DIR: &str = ".wbuild/tools";
+
+/// `genrule(name, srcs = [], outs, cmd, tools = [])`: runs `cmd` with `/bin/sh -c` in the
+/// native sandbox, as Bazel's genrule. `tools` are inputs too (programs the command runs).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct GenruleAttrs<D> {
+    pub srcs: Vec<D>,
+    pub outs: Vec<String>,
+    pub cmd: String,
+    pub tools: Vec<D>,
+}
+
+impl<D, L> Attrs<D, L> for GenruleAttrs<D> {
+    type With<D2, L2> = GenruleAttrs<D2>;
+
+    fn kind(&self) -> &'static str {
+        "genrule"
+    }
+
+    fn described(&self) -> &'static str {
+        "a genrule target"
+    }
+
+    fn outputs(&self, _name: &str) -> Vec<String> {
+        self.outs.clone()
+    }
+
+    fn map<M: MapRefs<D, L>>(&self, m: &mut M) -> Result<Self::With<M::Dep, M::Label>, M::Error> {
+        Ok(GenruleAttrs {
+            srcs: m.files("srcs", &self.srcs)?,
+            outs: self.outs.clone(),
+            cmd: self.cmd.clone(),
+            tools: m.files("tools", &self.tools)?,
+        })
+    }
+}
+
+impl Check for GenruleAttrs<String> {
+    fn check(&self, c: &Checker<'_>) -> starlark::Result<()> {
+        c.labels("srcs", &self.srcs)?;
+        c.labels("tools", &self.tools)?;
+        if self.outs.is_empty() {
+            return Err(c.err("outs", "genrule needs at least one output".into()));
+        }
+        c.outs(&self.outs)?;
+        if self.cmd.trim().is_empty() {
+            return Err(c.err("cmd", "genrule needs a command".into()));
+        }
+        Ok(())
+    }
+}
+
+impl Analyse for GenruleAttrs<Dep> {
+    /// `/bin/sh -c cmd`, with `cmd` expanded like `args` (srcs and tools may be named in
+    /// `$(location)`); srcs and tools are the inputs.
+    fn actions<'a>(
+        &'a self,
+        a: &mut Analyser<'a>,
+        t: &'a Target,
+        _run_test: bool,
+    ) -> Result<Vec<ActionNode>, GraphError> {
+        let (src_files, ordered) = a.src_files(t, &self.srcs)?;
+        let mut located = src_files.clone();
+        let mut inputs = ordered.clone();
+        let mut wasi_tools = Vec::new();
+        for d in &self.tools {
+            if let Dep::Target(l) = d
+                && let Rule::WasiTool(_) = a.target(l, Some(t))?.rule
+            {
+                // A WASI tool runs through a launcher that starts it in wbuild's WASI
+                // executor inside the sandbox; `$(location)` names the launcher.
+                let tool = tool_ref(a, l, Some(t))?;
+                let launcher = launcher_path(l);
+                inputs.push(tool.module.clone());
+                inputs.extend(tool.data.iter().map(|(_, p)| p.clone()));
+                located.push((d.clone(), vec![launcher.clone()]));
+                wasi_tools.push((launcher, tool));
+                continue;
+            }
+            let files = a.dep_files(d, t)?;
+            inputs.extend(files.iter().cloned());
+            located.push((d.clone(), files));
+        }
+        inputs.sort();
+        inputs.dedup();
+        let out_paths: Vec<String> = self
+            .outs
+            .iter()
+            .map(|o| join(&t.label.package, o))
+            .collect();
+        let expander = Expander {
+            target: t,
+            srcs: &located,
+            src_files: &ordered,
+            outs: &out_paths,
+        };
+        let cmd = expander.expand(&self.cmd, "cmd")?;
+        let mut outputs = out_paths.clone();
+        outputs.sort();
+        let deps = a.producing_actions(t, inputs.iter())?;
+        Ok(vec![ActionNode {
+            label: t.label.clone(),
+            mnemonic: "Genrule".to_owned(),
+            detail: None,
+            exec: Exec::Native,
+            wasi_tools,
+            argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), cmd],
+            env: BTreeMap::new(),
+            inputs,
+            outputs,
+            deps,
+            is_test: false,
+        }])
+    }
+}
+
+/// The workspace path of the launcher of the WASI tool `l` in a genrule's tree.
+fn launcher_path(l: &Label) -> String {
+    format!(
+        "{WASI_LAUNCHER_DIR}/{}",
+        l.to_string().trim_start_matches("//").replace(':', "/")
+    )
+}
+
+#[starlark_module]
+pub(super) fn builtins(builder: &mut GlobalsBuilder) {
+    /// Runs a shell command in the native sandbox, as Bazel's genrule:
+    /// `genrule(name, srcs = [], outs, cmd, tools = [])`.
+    #[allow(clippy::too_many_arguments)] // One parameter per attribute.
+    fn genrule<'v>(
+        #[starlark(require = named)] name: String,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] srcs: Strings,
+        #[starlark(require = named)] outs: Strings,
+        #[starlark(require = named)] cmd: String,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] tools: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
+        #[starlark(require = named)] platform: Option<String>,
+        eval: &mut Evaluator<'v, '_, '_>,
+    ) -> starlark::Result<NoneType> {
+        let _ = (visibility, tags);
+        let attrs = GenruleAttrs {
+            srcs: srcs.items,
+            outs: outs.items,
+            cmd,
+            tools: tools.items,
+        };
+        add_target(eval, "genrule", name, RawRule::Genrule(attrs), platform)
+    }
+}
