@@ -373,6 +373,12 @@ fn run_lease(ctx: &Ctx, slot: usize, lease: &Lease) -> Result<reapi::ActionResul
         level = next;
     }
     let files = tree_files(f, &root, &dirs).map_err(|e| bad(&e))?;
+    // What the command names decides where files are written: checked before anything is
+    // downloaded or staged.
+    {
+        let inputs: std::collections::BTreeSet<&str> = files.keys().map(String::as_str).collect();
+        wbuild_sched::validate_command(&command, &inputs).map_err(|e| bad(&e))?;
+    }
     // Inputs this worker does not hold yet (what it holds stays for later actions).
     let mut missing: Vec<Digest> = files
         .values()

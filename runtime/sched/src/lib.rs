@@ -13,8 +13,10 @@
 
 mod merkle;
 mod native;
+mod safe_fs;
 pub mod spec;
 pub mod uptodate;
+mod validate;
 
 use std::collections::{BTreeMap, BinaryHeap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -30,6 +32,7 @@ use wbuild_store::{ActionRecord, Digest, Store, digest_message, reapi};
 
 pub use merkle::{TreeFile, input_root, tree_files};
 pub use native::{Platform, toolchain_identity};
+pub use validate::{InvalidResult, is_normalised, validate_command, validate_result};
 
 /// Directory under the workspace root where outputs are materialised.
 pub const OUT_DIR: &str = "wbuild-out";
@@ -1029,23 +1032,19 @@ impl Scheduler<'_> {
             Err(e) => return Ok(Finished::failed(e)),
         };
         if let Some(result) = self.store.ac_get(&prep.action_digest)? {
-            let mut outputs = Vec::new();
-            let mut executables = HashSet::new();
-            let mut ok = result.exit_code == 0;
-            for of in &result.output_files {
-                match of
-                    .digest
-                    .as_ref()
-                    .map(|d| Digest::from_proto(self.store.function(), d))
-                {
-                    Some(Ok(d)) => outputs.push((of.path.clone(), d)),
-                    _ => ok = false,
+            let valid = if result.exit_code != 0 {
+                None
+            } else {
+                match validate_result(self.store.function(), &action.outputs, &result) {
+                    Ok(v) => Some(v),
+                    Err(e) => {
+                        self.invalid_result("local cache entry", action, &e);
+                        None
+                    }
                 }
-                if of.is_executable {
-                    executables.insert(of.path.clone());
-                }
-            }
-            if ok {
+            };
+            if let Some(files) = valid {
+                let (outputs, executables) = split_outputs(files);
                 match self.materialize(&outputs, &executables, &opts.platform.out_dir()) {
                     Ok(()) => {
                         let output = if opts.show_output {
@@ -1116,15 +1115,19 @@ impl Scheduler<'_> {
                 return Ok(None);
             }
         };
-        // Only what this action could have produced: every declared output, as files.
-        if result.exit_code != 0
-            || !result.output_directories.is_empty()
-            || !result.output_symlinks.is_empty()
-            || result.output_files.len() != action.outputs.len()
-        {
+        if result.exit_code != 0 {
             return Ok(None);
         }
-        let (outputs, executables, _, _, accesses) = match self.fetch_result(remote, &mut result) {
+        // Only what this action could have produced: exactly its declared outputs, as files.
+        let files = match validate_result(self.store.function(), &action.outputs, &result) {
+            Ok(v) => v,
+            Err(e) => {
+                self.invalid_result(&format!("remote cache {}", remote.url()), action, &e);
+                return Ok(None);
+            }
+        };
+        let (outputs, executables) = split_outputs(files);
+        let (_, _, accesses) = match self.fetch_result(remote, &mut result, &outputs) {
             Ok(Some(x)) => x,
             Ok(None) => return Ok(None),
             Err(e) => {
@@ -1132,9 +1135,6 @@ impl Scheduler<'_> {
                 return Ok(None);
             }
         };
-        if outputs.iter().any(|(p, _)| !action.outputs.contains(p)) {
-            return Ok(None);
-        }
         // A WASI result whose guest read undeclared inputs or left its sandbox is not used
         // (running the action again reports why).
         if let Some(log) = &accesses {
@@ -1290,7 +1290,21 @@ impl Scheduler<'_> {
         let Some(mut result) = response.result else {
             return refused("no result".to_owned());
         };
-        let fetched = match self.fetch_result(ex, &mut result) {
+        // A successful result must hold exactly the declared outputs; a failed one's outputs
+        // are never used (nor fetched).
+        let (outputs, executables) = if result.exit_code == 0 {
+            match validate_result(self.store.function(), &action.outputs, &result) {
+                Ok(v) => split_outputs(v),
+                Err(e) => {
+                    self.invalid_result(&format!("remote executor ({worker})"), action, &e);
+                    return Ok(None);
+                }
+            }
+        } else {
+            result.output_files.clear();
+            (Vec::new(), HashSet::new())
+        };
+        let fetched = match self.fetch_result(ex, &mut result, &outputs) {
             Ok(Some(x)) => x,
             Ok(None) => return refused(format!("{worker} sent a malformed result")),
             Err(e) => {
@@ -1307,19 +1321,13 @@ impl Scheduler<'_> {
                 .or_default()
                 .push(elapsed);
         }
-        let (outputs, executables, stdout, stderr, accesses) = fetched;
+        let (stdout, stderr, accesses) = fetched;
         let mut errors = Vec::new();
         if result.exit_code != 0 {
             errors.push(format!(
                 "the command exited with code {} on {worker}",
                 result.exit_code
             ));
-        } else {
-            for out in &action.outputs {
-                if !outputs.iter().any(|(p, _)| p == out) {
-                    errors.push(format!("{worker} did not return declared output {out}"));
-                }
-            }
         }
         if let Some(log) = &accesses {
             self.store
@@ -1342,23 +1350,16 @@ impl Scheduler<'_> {
         Ok(Some(fin))
     }
 
-    /// Downloads (verified) what a remote result references into the store: outputs, stdout,
-    /// stderr and a WASI guest's access log. `None`: the result is malformed.
+    /// Downloads (verified) what a remote result references into the store: the (validated)
+    /// `outputs`, stdout, stderr and a WASI guest's access log. `None`: the result is
+    /// malformed.
     #[allow(clippy::type_complexity)]
     fn fetch_result(
         &self,
         remote: &wbuild_remote::RemoteCache,
         result: &mut reapi::ActionResult,
-    ) -> Result<
-        Option<(
-            Vec<(String, Digest)>,
-            HashSet<String>,
-            Vec<u8>,
-            Vec<u8>,
-            Option<AccessLog>,
-        )>,
-        wbuild_remote::ClientError,
-    > {
+        outputs: &[(String, Digest)],
+    ) -> Result<Option<(Vec<u8>, Vec<u8>, Option<AccessLog>)>, wbuild_remote::ClientError> {
         let f = self.store.function();
         let put = |d: Digest, bytes: &[u8]| self.store.put_bytes(bytes).ok() == Some(d);
         for (d, bytes) in wbuild_remote::take_inlined(result, f)? {
@@ -1367,17 +1368,6 @@ impl Scheduler<'_> {
             }
         }
         let digest = |p: Option<&reapi::Digest>| p.and_then(|d| Digest::from_proto(f, d).ok());
-        let mut outputs = Vec::new();
-        let mut executables = HashSet::new();
-        for of in &result.output_files {
-            let Some(d) = digest(of.digest.as_ref()) else {
-                return Ok(None);
-            };
-            if of.is_executable {
-                executables.insert(of.path.clone());
-            }
-            outputs.push((of.path.clone(), d));
-        }
         let access_log = result
             .execution_metadata
             .as_ref()
@@ -1417,13 +1407,17 @@ impl Scheduler<'_> {
             }
             None => None,
         };
-        Ok(Some((
-            outputs,
-            executables,
-            read(stdout),
-            read(stderr),
-            accesses,
-        )))
+        Ok(Some((read(stdout), read(stderr), accesses)))
+    }
+
+    /// A result from `source` cannot be used: say so (it is a miss; the action runs again).
+    fn invalid_result(&self, source: &str, action: &ActionNode, e: &InvalidResult) {
+        self.events.event(&Event::Warning {
+            message: format!(
+                "{source}: the result for {} is not valid ({e}); ignoring it and running the action",
+                action.name()
+            ),
+        });
     }
 
     /// Uploads an executed action's blobs the remote lacks, then its result.
@@ -1473,6 +1467,18 @@ impl Scheduler<'_> {
         out_dir: &str,
     ) -> Result<(), wbuild_store::StoreError> {
         for (path, d) in outputs {
+            // Every path here was validated (or declared by the build files); never write
+            // outside the output directory whatever happens upstream.
+            if !is_normalised(path) {
+                return Err(wbuild_store::StoreError::Io {
+                    op: "materialize",
+                    path: self.ws.root.join(out_dir),
+                    source: std::io::Error::new(
+                        std::io::ErrorKind::InvalidInput,
+                        format!("output path {path:?} is not a normalised relative path"),
+                    ),
+                });
+            }
             let dest = self.ws.root.join(out_dir).join(path);
             if let Ok(have) = self.store.file_digest(&dest)
                 && have == *d
@@ -1669,6 +1675,17 @@ impl Scheduler<'_> {
         }
         errors
     }
+}
+
+/// Validated outputs as `(path, digest)` and the set of executable ones.
+fn split_outputs(files: Vec<(String, Digest, bool)>) -> (Vec<(String, Digest)>, HashSet<String>) {
+    let executables = files
+        .iter()
+        .filter(|(_, _, x)| *x)
+        .map(|(p, _, _)| p.clone())
+        .collect();
+    let outputs = files.into_iter().map(|(p, d, _)| (p, d)).collect();
+    (outputs, executables)
 }
 
 /// Declared inputs the tool never opened, stat'ed or listed.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 use wbuild_store::Store;
 
 use crate::spec::{RemoveTreeOnDrop, RunOutput, Spec, collect_outputs, io_err};
-use crate::{INTERRUPTED, NativeToolchain, OUT_DIR, Options, SchedError};
+use crate::{INTERRUPTED, NativeToolchain, OUT_DIR, Options, SchedError, safe_fs};
 
 /// Target platform of native actions. WASI actions are portable and do not depend on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -235,26 +235,6 @@ fn output_dirs(outputs: &[String]) -> Vec<String> {
     minimal
 }
 
-/// Makes `dir` an existing, empty directory (a reused staging directory: whatever an earlier
-/// action left in it goes).
-fn empty_dir(dir: &Path) -> std::io::Result<()> {
-    match std::fs::read_dir(dir) {
-        Ok(rd) => {
-            for e in rd {
-                let e = e?;
-                if e.file_type()?.is_dir() {
-                    std::fs::remove_dir_all(e.path())?;
-                } else {
-                    std::fs::remove_file(e.path())?;
-                }
-            }
-            Ok(())
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::create_dir_all(dir),
-        Err(e) => Err(e),
-    }
-}
-
 /// Identity of the toolchain native actions of `platform` run with (part of their keys),
 /// computed once per process: the files the compiler driver uses — `$CC`, `$CXX`, `$AR`, the
 /// test runner, and what the drivers name as `cc1`, `cc1plus`, `as`, `ld` and `collect2` — and
@@ -431,9 +411,14 @@ pub(crate) fn run_native(
             std::fs::remove_dir_all(&files).map_err(io_err(&files))?;
         }
         let dirs = output_dirs(&spec.outputs);
+        // The slot's output tree is reused, and earlier actions could write anything in it
+        // (symlinks to host directories included): it is emptied and its directories made
+        // relative to a handle on it, removing (never following) whatever is in their way.
+        std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+        let root_dir = safe_fs::open_dir(&root).map_err(io_err(&root))?;
         if dirs.iter().any(|d| d.is_empty()) {
             // An output at the workspace root: the whole of /work is the host directory.
-            empty_dir(&root).map_err(io_err(&root))?;
+            safe_fs::empty(&root_dir).map_err(io_err(&root))?;
             mounts.push(wbuild_exec_native::Mount {
                 host: root.clone(),
                 sandbox: work.to_path_buf(),
@@ -443,7 +428,7 @@ pub(crate) fn run_native(
             scratch.push(work.to_path_buf());
             for d in &dirs {
                 let host = root.join(d);
-                empty_dir(&host).map_err(io_err(&host))?;
+                safe_fs::ensure_empty_dir(&root_dir, d).map_err(io_err(&host))?;
                 mounts.push(wbuild_exec_native::Mount {
                     host,
                     sandbox: work.join(d),
@@ -474,9 +459,11 @@ pub(crate) fn run_native(
             });
         }
     }
-    for out in &spec.outputs {
-        if let Some(parent) = root.join(out).parent() {
-            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
+    {
+        let root_dir = safe_fs::open_dir(&root).map_err(io_err(&root))?;
+        for out in &spec.outputs {
+            let (parent, _) = safe_fs::split(out);
+            safe_fs::ensure_dir(&root_dir, parent).map_err(io_err(&root.join(parent)))?;
         }
     }
     let req = wbuild_exec_native::NativeRequest {

@@ -18,6 +18,7 @@ use wbuild_exec_wasi::{AccessLog, EXECUTOR_VERSION, Request, WasiExecutor};
 use wbuild_store::{Digest, DigestFunction, Store, digest_message, reapi};
 
 use crate::native::{self, Platform};
+use crate::safe_fs;
 use crate::{NativeToolchain, SchedError};
 
 /// Where a WASI action's module lies in its keyed input root.
@@ -145,6 +146,12 @@ impl Spec {
         files: BTreeMap<String, (Digest, bool)>,
         resolve_toolchain: ToolchainResolver<'_>,
     ) -> Result<Spec, String> {
+        // Before anything else: what the command names decides where files are written.
+        {
+            let inputs: std::collections::BTreeSet<&str> =
+                files.keys().map(String::as_str).collect();
+            crate::validate::validate_command(command, &inputs)?;
+        }
         let props = ExecProps::decode(&action.salt)?;
         let platform = action.platform.clone().unwrap_or_default();
         let prop = |name: &str| {
@@ -336,13 +343,19 @@ fn run_wasi(
             .cloned()
             .collect(),
     };
+    // The directories leading to inputs and outputs are made real directories beneath the
+    // root (whatever an earlier action left in their way is removed, never followed), so
+    // linking the inputs in cannot be redirected outside the slot.
+    let root_dir = safe_fs::open_dir(&root).map_err(io_err(&root))?;
+    let mut dirs_done: HashSet<&str> = HashSet::new();
+    for path in spec.files.keys().chain(spec.outputs.iter()) {
+        let (parent, _) = safe_fs::split(path);
+        if dirs_done.insert(parent) {
+            safe_fs::ensure_dir(&root_dir, parent).map_err(io_err(&root.join(parent)))?;
+        }
+    }
     for (path, d) in &spec.files {
         store.link_into(d, &root.join(path))?;
-    }
-    for out in &spec.outputs {
-        if let Some(parent) = root.join(out).parent() {
-            std::fs::create_dir_all(parent).map_err(io_err(parent))?;
-        }
     }
     let module_path = stage.join("tool.wasm");
     store.link_into(module, &module_path)?;
@@ -402,7 +415,9 @@ fn run_wasi(
     })
 }
 
-/// Moves each declared output from `root` into the CAS; names the ones missing.
+/// Moves each declared output from `root` into the CAS; names the ones missing. Nothing is
+/// followed: each output is opened beneath `root` with no symlink resolution (a symlink in
+/// its path or at it fails it) and must be a regular file, moved by its directory handle.
 pub(crate) fn collect_outputs(
     store: &Store,
     declared: &[String],
@@ -410,19 +425,41 @@ pub(crate) fn collect_outputs(
     errors: &mut Vec<String>,
     executables: &mut HashSet<String>,
 ) -> Result<Vec<(String, Digest)>, SchedError> {
-    use std::os::unix::fs::PermissionsExt;
+    let root_dir = safe_fs::open_dir(root).map_err(io_err(root))?;
     let mut outputs = Vec::new();
     for out in declared {
-        let p = root.join(out);
-        match std::fs::symlink_metadata(&p) {
-            Ok(m) if m.is_file() => {
-                if m.permissions().mode() & 0o111 != 0 {
+        let (parent, name) = safe_fs::split(out);
+        let dir = match safe_fs::open_beneath(&root_dir, parent, libc::O_RDONLY | libc::O_DIRECTORY)
+        {
+            Ok(d) => d,
+            Err(e) if safe_fs::is_symlink_refusal(&e) => {
+                errors.push(format!(
+                    "declared output {out} is not a regular file: a directory in its path was replaced by a symlink or a file (outputs must be regular files written in place)"
+                ));
+                continue;
+            }
+            Err(_) => {
+                errors.push(format!("the tool did not create declared output {out}"));
+                continue;
+            }
+        };
+        let shown = root.join(out);
+        match store.put_file_move_at(&dir, std::ffi::OsStr::new(name), &shown) {
+            Ok((d, mode)) => {
+                if mode & 0o111 != 0 {
                     executables.insert(out.clone());
                 }
-                outputs.push((out.clone(), store.put_file_move(&p)?))
+                outputs.push((out.clone(), d));
             }
-            Ok(_) => errors.push(format!("declared output {out} is not a regular file")),
-            Err(_) => errors.push(format!("the tool did not create declared output {out}")),
+            Err(wbuild_store::StoreError::NotAFile { .. }) => errors.push(format!(
+                "declared output {out} is not a regular file (a symlink, directory or other special file; outputs must be regular files)"
+            )),
+            Err(wbuild_store::StoreError::Io { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                errors.push(format!("the tool did not create declared output {out}"))
+            }
+            Err(e) => return Err(e.into()),
         }
     }
     Ok(outputs)
@@ -458,21 +495,24 @@ struct StageGuard {
 }
 impl Drop for StageGuard {
     fn drop(&mut self) {
-        for f in &self.files {
-            let _ = std::fs::remove_file(self.root.join(f));
-        }
-        if let Ok(rd) = std::fs::read_dir(&self.tmp) {
-            for e in rd.flatten() {
-                let p = e.path();
-                match e.file_type() {
-                    Ok(t) if t.is_dir() => {
-                        let _ = std::fs::remove_dir_all(&p);
-                    }
-                    _ => {
-                        let _ = std::fs::remove_file(&p);
-                    }
+        // Relative to directory handles, never following a symlink: what cannot be reached
+        // that way stays (the next action's staging replaces it).
+        if let Ok(root) = safe_fs::open_dir(&self.root) {
+            // One handle per directory (an action may stage thousands of files in a few).
+            let mut dirs: std::collections::HashMap<&str, Option<std::fs::File>> =
+                std::collections::HashMap::new();
+            for f in &self.files {
+                let (parent, name) = safe_fs::split(f);
+                let dir = dirs.entry(parent).or_insert_with(|| {
+                    safe_fs::open_beneath(&root, parent, libc::O_RDONLY | libc::O_DIRECTORY).ok()
+                });
+                if let Some(dir) = dir {
+                    let _ = safe_fs::remove_beneath(dir, name);
                 }
             }
+        }
+        if let Ok(tmp) = safe_fs::open_dir(&self.tmp) {
+            let _ = safe_fs::empty(&tmp);
         }
     }
 }
@@ -494,5 +534,77 @@ mod tests {
                 .starts_with("wbuild-exec-props/1\nwbuild-executor=wasi-1\n")
         );
         assert!(ExecProps::decode(b"salt").is_err());
+    }
+    #[test]
+    fn hostile_leases_are_refused_before_anything_is_staged() {
+        let key = Digest::of(DigestFunction::Blake3, b"k");
+        let action = reapi::Action::default();
+        let refuse = |outputs: &[&str], wd: &str| {
+            let command = reapi::Command {
+                arguments: vec!["/bin/sh".into(), "-c".into(), "true".into()],
+                output_paths: outputs.iter().map(|s| s.to_string()).collect(),
+                working_directory: wd.to_owned(),
+                ..Default::default()
+            };
+            let files: BTreeMap<String, (Digest, bool)> =
+                [("src/a.c".to_owned(), (key, false))].into();
+            Spec::from_reapi(&key, &action, &command, files, &|_, _| Ok(None)).unwrap_err()
+        };
+        assert!(refuse(&["../../x"], "").contains("../../x"));
+        assert!(refuse(&["/tmp/x"], "").contains("/tmp/x"));
+        assert!(refuse(&["src/a.c"], "").contains("also an input"));
+        assert!(refuse(&["out"], "..").contains("working directory"));
+        // A good command gets past validation to the execution properties.
+        assert!(refuse(&["out/x"], "").contains("salt"));
+    }
+
+    #[test]
+    fn collecting_outputs_follows_no_symlink() {
+        use std::os::unix::fs::symlink;
+        let t = tempfile::tempdir().unwrap();
+        let store = Store::open(&t.path().join("cache")).unwrap();
+        let host = t.path().join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("x.txt"), "victim").unwrap();
+        std::fs::write(host.join("hard.txt"), "shared").unwrap();
+        let root = store.tmp_dir().join("collect");
+        std::fs::create_dir_all(root.join("gen")).unwrap();
+        std::fs::write(root.join("gen/ok.txt"), "ok").unwrap();
+        symlink(&host, root.join("gen/sub")).unwrap();
+        symlink(host.join("x.txt"), root.join("gen/link.txt")).unwrap();
+        std::fs::hard_link(host.join("hard.txt"), root.join("gen/hard.txt")).unwrap();
+        let declared: Vec<String> = [
+            "gen/ok.txt",
+            "gen/sub/x.txt",
+            "gen/link.txt",
+            "gen/hard.txt",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let mut errors = Vec::new();
+        let mut exec = HashSet::new();
+        let outs = collect_outputs(&store, &declared, &root, &mut errors, &mut exec).unwrap();
+        let names: Vec<&str> = outs.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(names, ["gen/ok.txt", "gen/hard.txt"]);
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(errors[0].contains("gen/sub/x.txt"), "{errors:?}");
+        assert!(errors[1].contains("gen/link.txt"), "{errors:?}");
+        assert_eq!(
+            std::fs::read_to_string(host.join("x.txt")).unwrap(),
+            "victim"
+        );
+        assert_eq!(
+            std::fs::read_to_string(host.join("hard.txt")).unwrap(),
+            "shared"
+        );
+        // The hard-linked output was copied: the host file keeps its own inode and mode.
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(host.join("hard.txt")).unwrap();
+        assert_eq!(m.nlink(), 1);
+        assert_ne!(m.mode() & 0o200, 0);
+        assert_eq!(store.get_bytes(&outs[1].1).unwrap(), b"shared");
+        assert_eq!(store.get_bytes(&outs[0].1).unwrap(), b"ok");
+        assert!(!root.join("gen/ok.txt").exists());
     }
 }

@@ -512,6 +512,128 @@ impl Store {
         }
     }
 
+    /// Moves the regular file `name` of the directory `dir` into the CAS without following
+    /// any symlink: `name` is one path component opened with `O_NOFOLLOW` relative to `dir`
+    /// (a directory handle the caller resolved without symlinks), renamed with `renameat`
+    /// into this store's scratch space and checked to be the very inode that was opened
+    /// before it is hashed and installed. A file with other hard links, one on another file
+    /// system, or a name swapped under the move is copied from the opened descriptor instead
+    /// (and its name removed). `shown` is its path for messages. Returns the digest and the
+    /// file's permission bits before it became read-only.
+    pub fn put_file_move_at(
+        &self,
+        dir: &File,
+        name: &std::ffi::OsStr,
+        shown: &Path,
+    ) -> Result<(Digest, u32), StoreError> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::unix::ffi::OsStrExt;
+        let _g = self.shared();
+        let bad_name = || StoreError::Io {
+            op: "open",
+            path: shown.to_path_buf(),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "not a single path component"),
+        };
+        if name.is_empty() || name.as_bytes().contains(&b'/') || name == ".." || name == "." {
+            return Err(bad_name());
+        }
+        let cname = std::ffi::CString::new(name.as_bytes()).map_err(|_| bad_name())?;
+        // SAFETY: openat with a valid directory descriptor and a NUL-terminated name; the
+        // descriptor is owned by the `File` below. O_NONBLOCK: a FIFO must not block the open.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                cname.as_ptr(),
+                libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK,
+            )
+        };
+        if fd < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::ELOOP) {
+                return Err(StoreError::NotAFile {
+                    path: shown.to_path_buf(),
+                });
+            }
+            return Err(StoreError::from_io("open", shown.to_path_buf(), e));
+        }
+        // SAFETY: a fresh descriptor nothing else owns.
+        let mut src = unsafe { File::from_raw_fd(fd) };
+        let meta = src.metadata().map_err(StoreError::io("stat", shown))?;
+        if !meta.is_file() {
+            return Err(StoreError::NotAFile {
+                path: shown.to_path_buf(),
+            });
+        }
+        let mode = meta.mode() & 0o7777;
+        let unlink_name = || {
+            // SAFETY: unlinkat relative to `dir`; a name swapped in meanwhile is removed, never
+            // followed.
+            let r = unsafe { libc::unlinkat(dir.as_raw_fd(), cname.as_ptr(), 0) };
+            let e = io::Error::last_os_error();
+            if r < 0 && e.kind() != io::ErrorKind::NotFound {
+                return Err(StoreError::from_io("remove", shown.to_path_buf(), e));
+            }
+            Ok(())
+        };
+        if meta.nlink() == 1 {
+            let tmp = self.new_tmp_path("blob");
+            let ctmp = std::ffi::CString::new(tmp.as_os_str().as_bytes())
+                .expect("scratch paths hold no NUL");
+            // SAFETY: renameat from `dir`/name to an absolute path in this store's scratch
+            // directory; neither side follows a symlink at its last component.
+            let r = unsafe {
+                libc::renameat(
+                    dir.as_raw_fd(),
+                    cname.as_ptr(),
+                    libc::AT_FDCWD,
+                    ctmp.as_ptr(),
+                )
+            };
+            if r == 0 {
+                let moved = fs::symlink_metadata(&tmp).map_err(StoreError::io("stat", &tmp))?;
+                if moved.ino() == meta.ino() && moved.dev() == meta.dev() {
+                    let result = (|| {
+                        let d = copy_hashing(self.function, &mut src, shown, None)?;
+                        src.set_permissions(fs::Permissions::from_mode(0o444))
+                            .map_err(StoreError::io("make read-only", shown))?;
+                        self.install(&tmp, &d)?;
+                        Ok((d, mode))
+                    })();
+                    if result.is_err() {
+                        let _ = fs::remove_file(&tmp);
+                    }
+                    return result;
+                }
+                // Something else was renamed: it is not what was opened; drop it and copy.
+                let _ = fs::remove_file(&tmp);
+            } else {
+                let e = io::Error::last_os_error();
+                if e.raw_os_error() != Some(libc::EXDEV) {
+                    return Err(StoreError::from_io(
+                        "move into the CAS",
+                        shown.to_path_buf(),
+                        e,
+                    ));
+                }
+            }
+        }
+        // Copy from the opened descriptor (never re-resolving the name).
+        let tmp = self.new_tmp_path("blob");
+        let result = (|| {
+            let mut out = create_new(&tmp, 0o444)?;
+            let d = copy_hashing(self.function, &mut src, shown, Some((&mut out, &tmp)))?;
+            drop(out);
+            self.install(&tmp, &d)?;
+            Ok(d)
+        })();
+        if result.is_err() {
+            let _ = fs::remove_file(&tmp);
+        }
+        let d = result?;
+        unlink_name()?;
+        Ok((d, mode))
+    }
+
     /// Whether the blob is present (not verified; reading it verifies). Counts as a use.
     pub fn has(&self, d: &Digest) -> bool {
         let present = self.exists(d);
