@@ -139,15 +139,7 @@ enum Cmd {
     Worker(worker::WorkerArgs),
     /// Serve the local cache over REAPI v2 (Capabilities, CAS, ByteStream, ActionCache; SHA-256
     /// and BLAKE3) to any REAPI client, until SIGTERM or Ctrl-C.
-    Serve {
-        /// Address to listen on, e.g. 127.0.0.1:50051 (port 0: any free port, printed).
-        #[arg(long, default_value = "127.0.0.1:50051")]
-        listen: String,
-        /// File holding the bearer token that action-cache writes must present (reads stay
-        /// anonymous). Without it anyone who can connect may write.
-        #[arg(long)]
-        token_file: Option<PathBuf>,
-    },
+    Serve(ServeArgs),
     /// Rebuild targets several times from scratch (fresh workspace copies, empty caches),
     /// varying path, environment, umask, time, -j and file order, and compare every output.
     Verify(verify::VerifyArgs),
@@ -290,7 +282,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Cache { command } => cache(&cli, command),
         Cmd::ExecWasiTool(a) => wasi_tool::run(a),
         Cmd::Verify(a) => verify::run(cli.cache_dir.is_some(), a),
-        Cmd::Serve { listen, token_file } => serve(&cli, listen, token_file.as_deref()),
+        Cmd::Serve(args) => serve(&cli, args),
         Cmd::Worker(args) => worker::run(&cli.cache_dir, args),
         Cmd::Toolchain { command } => toolchain::run(&cli.cache_dir, command),
     }
@@ -901,8 +893,42 @@ fn connect_remote(ws: &Workspace, args: &BuildArgs) -> Result<(Remote, Remote)> 
     }
 }
 
-fn serve(cli: &Cli, listen: &str, token_file: Option<&std::path::Path>) -> Result<i32> {
-    let token = match token_file {
+/// `wbuild serve`: who may read and write, TLS, and the bounds of an upload.
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// Address to listen on, e.g. 127.0.0.1:50051 (port 0: any free port, printed).
+    #[arg(long, default_value = "127.0.0.1:50051")]
+    listen: String,
+    /// File holding the bearer token (`authorization: Bearer <token>`) that every write
+    /// (UpdateActionResult, BatchUpdateBlobs, ByteStream Write) must present.
+    #[arg(long, value_name = "FILE")]
+    token_file: Option<PathBuf>,
+    /// Accept writes without the token: anyone who can connect may write (and poison) the
+    /// cache. Needed when no --token-file is given.
+    #[arg(long)]
+    allow_anonymous_writes: bool,
+    /// Every read needs the token too.
+    #[arg(long, requires = "token_file")]
+    require_token_for_reads: bool,
+    /// The instance name served; requests naming another are refused.
+    #[arg(long, default_value = "")]
+    instance: String,
+    /// Largest blob a ByteStream upload may declare (e.g. 512M, 4G).
+    #[arg(long, value_name = "SIZE", default_value = "4G")]
+    max_blob_size: String,
+    /// Serve over TLS with this certificate chain (PEM); needs --tls-key.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Require clients to present a certificate signed by this CA (PEM).
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_client_ca: Option<PathBuf>,
+}
+
+fn serve(cli: &Cli, args: &ServeArgs) -> Result<i32> {
+    let token = match &args.token_file {
         Some(p) => {
             let t = std::fs::read_to_string(p)
                 .with_context(|| format!("cannot read the token file {}", p.display()))?;
@@ -914,6 +940,33 @@ fn serve(cli: &Cli, listen: &str, token_file: Option<&std::path::Path>) -> Resul
         }
         None => None,
     };
+    let read = |p: &PathBuf, what: &str| {
+        std::fs::read(p).with_context(|| format!("cannot read the {what} {}", p.display()))
+    };
+    let tls = match (&args.tls_cert, &args.tls_key) {
+        (Some(cert), Some(key)) => Some(wbuild_remote::TlsConfig {
+            cert_pem: read(cert, "TLS certificate (--tls-cert)")?,
+            key_pem: read(key, "TLS key (--tls-key)")?,
+            client_ca_pem: match &args.tls_client_ca {
+                Some(ca) => Some(read(ca, "client CA (--tls-client-ca)")?),
+                None => None,
+            },
+        }),
+        _ => None,
+    };
+    let max_blob_size = parse_size(&args.max_blob_size).context("--max-blob-size")?;
+    let config = wbuild_remote::ServeConfig {
+        token,
+        allow_anonymous_writes: args.allow_anonymous_writes,
+        require_token_for_reads: args.require_token_for_reads,
+        instance: args.instance.clone(),
+        max_blob_size,
+        tls,
+        ..Default::default()
+    };
+    // Refuse a server anyone may write to unless the operator asked for one, before the
+    // cache is touched.
+    config.validate()?;
     // The cache stays usable by local builds: the server holds it only while it has
     // requests to answer (released after 200 ms idle; requests wait up to 30 s for a build).
     let dir = cli.cache_dir.clone().unwrap_or_else(Store::default_dir);
@@ -927,20 +980,34 @@ fn serve(cli: &Cli, listen: &str, token_file: Option<&std::path::Path>) -> Resul
         .with_context(|| format!("cannot open cache {}", dir.display()))?,
     );
     let rt = tokio::runtime::Runtime::new().context("cannot start the async runtime")?;
+    let listen = args.listen.as_str();
     rt.block_on(async move {
         let listener = tokio::net::TcpListener::bind(listen)
             .await
             .with_context(|| format!("cannot listen on {listen}"))?;
         let addr = listener.local_addr()?;
         eprintln!(
-            "serving {} over REAPI v2 on {addr} (SHA-256 and BLAKE3; action-cache writes {})",
+            "serving {} over REAPI v2 on {addr} (SHA-256 and BLAKE3; {}; writes {}{})",
             store.dir().display(),
-            if token.is_some() {
+            if config.tls.is_some() {
+                "TLS"
+            } else {
+                "plain text"
+            },
+            if config.token.is_some() && !config.allow_anonymous_writes {
                 "need the bearer token"
             } else {
                 "are open to every client"
+            },
+            if config.require_token_for_reads {
+                ", reads need it too"
+            } else {
+                ""
             }
         );
+        if let Some(w) = config.cleartext_token_warning(addr) {
+            eprintln!("{w}");
+        }
         let shutdown = async {
             let mut term =
                 tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
@@ -951,7 +1018,6 @@ fn serve(cli: &Cli, listen: &str, token_file: Option<&std::path::Path>) -> Resul
             }
             eprintln!("shutting down: finishing requests in flight");
         };
-        let config = wbuild_remote::ServeConfig { token };
         wbuild_remote::serve(store.clone(), listener, config, shutdown).await?;
         store.close();
         anyhow::Ok(())

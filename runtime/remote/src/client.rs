@@ -90,6 +90,8 @@ pub struct RemoteCache {
     max_batch: u64,
     url: String,
     pub(crate) rpcs: AtomicU64,
+    /// How long `execute` waits for an operation (see `exec::DEFAULT_EXECUTION_DEADLINE`).
+    pub(crate) exec_deadline: std::sync::Mutex<std::time::Duration>,
 }
 
 fn rpc_err(op: &'static str) -> impl Fn(Status) -> ClientError {
@@ -146,6 +148,7 @@ impl RemoteCache {
             max_batch: MAX_BATCH_BYTES,
             url: url.to_owned(),
             rpcs: AtomicU64::new(0),
+            exec_deadline: std::sync::Mutex::new(crate::exec::DEFAULT_EXECUTION_DEADLINE),
         };
         let instance_name = client.instance.clone();
         let caps = client.call("GetCapabilities", |ch| {

@@ -6,7 +6,8 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bazel_remote_apis::google::longrunning::{
-    CancelOperationRequest, Operation, operation, operations_client::OperationsClient,
+    CancelOperationRequest, GetOperationRequest, Operation, operation,
+    operations_client::OperationsClient,
 };
 use prost::Message;
 use tonic::transport::Channel;
@@ -18,6 +19,19 @@ use crate::{ClientError, RemoteCache};
 
 /// How often a dropped operation stream is re-joined with `WaitExecution` before giving up.
 const REJOINS: u32 = 8;
+
+/// How long an operation stream may stay silent before the operation is polled with
+/// `GetOperation` (an engine that lost the update, e.g. BuildGrid with its job notifier down,
+/// still answers it) and the stream re-joined.
+pub const SILENCE: Duration = Duration::from_secs(5);
+
+/// How long one `GetOperation` poll may take.
+const POLL_DEADLINE: Duration = Duration::from_secs(10);
+
+/// How long an operation may go without being done before the client gives up on it (the
+/// scheduler then runs the action locally): the longest an action may run on a worker plus
+/// time in the engine's queue. [`RemoteCache::set_execution_deadline`] changes it.
+pub const DEFAULT_EXECUTION_DEADLINE: Duration = Duration::from_secs(30 * 60);
 
 /// What an engine made of an action.
 #[derive(Debug)]
@@ -65,6 +79,12 @@ impl RemoteCache {
     /// Executes `action` (its `Action`, `Command` and inputs must be in the remote CAS) and
     /// waits for the result. With `resubmit`, a copy is submitted when the first runs longer
     /// than `resubmit.after`; the first result wins and the other operation is cancelled.
+    /// How long [`RemoteCache::execute`] waits for an operation to be done before it gives
+    /// up on it (default [`DEFAULT_EXECUTION_DEADLINE`]).
+    pub fn set_execution_deadline(&self, deadline: Duration) {
+        *self.exec_deadline.lock().expect("execution deadline") = deadline;
+    }
+
     pub fn execute(
         &self,
         action: &Digest,
@@ -74,6 +94,7 @@ impl RemoteCache {
         let instance = self.instance.clone();
         let f = self.function;
         let action = *action;
+        let deadline = *self.exec_deadline.lock().expect("execution deadline");
         self.rpcs.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.rt.block_on(async move {
             let first_name = Arc::new(Mutex::new(None));
@@ -84,6 +105,7 @@ impl RemoteCache {
                 action,
                 false,
                 first_name.clone(),
+                deadline,
             ));
             let Some(resubmit) = resubmit else {
                 return first.await.map(|(response, operation)| Executed {
@@ -116,6 +138,7 @@ impl RemoteCache {
                 resubmit.action,
                 true,
                 second_name.clone(),
+                deadline,
             ));
             let (result, loser, resubmitted) = tokio::select! {
                 r = &mut first => (r, second_name, false),
@@ -143,6 +166,8 @@ impl RemoteCache {
 
 /// Submits `action` and follows its operation until it is done, re-joining a dropped stream
 /// with `WaitExecution`. Records the operation name in `name` as soon as the engine names it.
+/// A stream silent for [`SILENCE`] has the operation polled (`GetOperation`) and is re-joined;
+/// an operation not done within `deadline` is given up (`DEADLINE_EXCEEDED`).
 async fn run_operation(
     ch: Channel,
     instance: String,
@@ -150,7 +175,10 @@ async fn run_operation(
     action: Digest,
     skip_cache_lookup: bool,
     name: Arc<Mutex<Option<String>>>,
+    deadline: Duration,
 ) -> Result<(reapi::ExecuteResponse, String), ClientError> {
+    let given_up = tokio::time::Instant::now() + deadline;
+    let mut operations = OperationsClient::new(ch.clone());
     let mut client = ExecutionClient::new(ch);
     let req = reapi::ExecuteRequest {
         instance_name: instance,
@@ -167,7 +195,52 @@ async fn run_operation(
         .into_inner();
     let mut rejoins = 0;
     loop {
-        let next = stream.message().await;
+        let next = match tokio::time::timeout_at(
+            given_up.min(tokio::time::Instant::now() + SILENCE),
+            stream.message(),
+        )
+        .await
+        {
+            Ok(next) => next,
+            Err(_) => {
+                let op_name = name.lock().expect("operation name").clone();
+                if tokio::time::Instant::now() >= given_up {
+                    return Err(ClientError::Rpc {
+                        op: "Execute",
+                        status: Status::deadline_exceeded(format!(
+                            "operation {} was not done after {} s; giving up on it",
+                            op_name.as_deref().unwrap_or("(unnamed)"),
+                            deadline.as_secs()
+                        )),
+                    });
+                }
+                // Silence: ask for the operation itself, in case its update was lost.
+                if let Some(op_name) = op_name {
+                    let mut req = tonic::Request::new(GetOperationRequest {
+                        name: op_name.clone(),
+                    });
+                    req.set_timeout(POLL_DEADLINE);
+                    if let Ok(Ok(op)) =
+                        tokio::time::timeout(POLL_DEADLINE, operations.get_operation(req)).await
+                    {
+                        let op = op.into_inner();
+                        if op.done {
+                            return finished(op).map(|r| (r, op_name));
+                        }
+                    }
+                    // Not done: re-join, so a stream the engine forgot is replaced.
+                    if let Ok(Ok(s)) = tokio::time::timeout(
+                        POLL_DEADLINE,
+                        client.wait_execution(reapi::WaitExecutionRequest { name: op_name }),
+                    )
+                    .await
+                    {
+                        stream = s.into_inner();
+                    }
+                }
+                continue;
+            }
+        };
         match next {
             Ok(Some(op)) => {
                 *name.lock().expect("operation name") = Some(op.name.clone());

@@ -6,9 +6,10 @@
 //! the Remote Workers API ([`bots`]) that `wbuild worker` speaks to an engine.
 //!
 //! What it must never do: store or serve a blob whose bytes do not hash to its digest, record
-//! an action result whose output blobs are not all present, accept an action-cache write
-//! without the bearer token when one is configured, or leave a partial blob visible (the store
-//! writes every blob to a temp file and renames it).
+//! an action result whose output blobs are not all present, accept a write (action cache or
+//! CAS) without the bearer token unless anonymous writes were explicitly allowed, hold a
+//! client's upload in memory (uploads stream to a temp file, bounded in size, count and idle
+//! time), or leave a partial blob visible (temp file, then rename).
 
 pub mod bots;
 mod client;
@@ -17,9 +18,13 @@ mod resource;
 mod server;
 
 pub use client::{ClientError, RemoteCache, take_inlined};
-pub use exec::{Executed, Resubmission, speculative_copy};
+pub use exec::{DEFAULT_EXECUTION_DEADLINE, Executed, Resubmission, SILENCE, speculative_copy};
 pub use resource::{ResourceName, parse_read_resource, parse_write_resource};
-pub use server::{MAX_BATCH_BYTES, ServeConfig, SharedStore, StoreSource, serve, services};
+pub use server::{
+    DEFAULT_IDLE_TIMEOUT, DEFAULT_MAX_BLOB_SIZE, DEFAULT_MAX_STREAMS, MAX_BATCH_BYTES,
+    MAX_WRITE_MESSAGE, READ_CHUNK, ServeConfig, SharedStore, StoreSource, TlsConfig, serve,
+    services,
+};
 
 /// REAPI types (re-exported from the store, which keys actions with them).
 pub use wbuild_store::reapi;
@@ -43,4 +48,20 @@ pub enum RemoteError {
     },
     #[error("the REAPI server failed: {0}")]
     Transport(#[from] tonic::transport::Error),
+    #[error("cannot serve: {0}")]
+    Config(String),
+    #[error("the TLS certificate or key cannot be used (both must be PEM; the key PKCS#8, PKCS#1 or SEC1): {}", source_chain(.0))]
+    Tls(#[source] tonic::transport::Error),
+}
+
+/// An error and its sources, `: `-separated (tonic's transport errors say little alone).
+fn source_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
 }

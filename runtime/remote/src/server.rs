@@ -1,9 +1,18 @@
 //! The REAPI services over a [`Store`]. Store calls are blocking (files and redb), so every
 //! handler runs them on tokio's blocking pool.
+//!
+//! Bounds against hostile clients: writes need the bearer token unless anonymous writes were
+//! allowed, reads too with `require_token_for_reads`; one instance name; ByteStream uploads
+//! stream into a temp file of the store (hashing as they go) with at most one message in
+//! memory each, a limit on concurrent streams, a maximum blob size checked at the first
+//! message and an idle timeout; ByteStream reads stream the blob file in chunks.
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -14,12 +23,13 @@ use bazel_remote_apis::google::bytestream::{
 };
 use bazel_remote_apis::google::rpc;
 use prost::Message;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tokio_stream::Stream;
 use tonic::{Request, Response, Status, Streaming};
 use wbuild_store::reapi::{
     self, action_cache_server, capabilities_server, content_addressable_storage_server,
 };
-use wbuild_store::{Digest, DigestFunction, Store, StoreError};
+use wbuild_store::{BlobFile, Digest, DigestFunction, IncomingError, Store, StoreError};
 
 use crate::RemoteError;
 use crate::resource::{parse_read_resource, parse_write_resource};
@@ -28,21 +38,109 @@ use crate::resource::{parse_read_resource, parse_write_resource};
 /// `max_batch_total_size_bytes`); larger blobs go through ByteStream.
 pub const MAX_BATCH_BYTES: u64 = 4 << 20;
 
-/// Largest blob accepted through ByteStream `Write` (held in memory while it is checked).
-const MAX_WRITE_BYTES: u64 = 1 << 30;
+/// Default largest blob accepted through ByteStream `Write` (`--max-blob-size`).
+pub const DEFAULT_MAX_BLOB_SIZE: u64 = 4 << 30;
+
+/// Largest ByteStream `Write` message: the memory one upload holds at a time. Clients send
+/// chunks of 16 KiB (Bazel) to 1 MiB (wbuild, BuildGrid); this leaves room for the framing.
+pub const MAX_WRITE_MESSAGE: usize = 2 << 20;
+
+/// Default limit on ByteStream streams (reads and writes) in progress at once.
+pub const DEFAULT_MAX_STREAMS: usize = 32;
+
+/// Default time a ByteStream stream may go without progress before it is dropped.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Most bytes of blobs inlined into one `GetActionResult` answer.
 const INLINE_BYTES: u64 = 1 << 20;
 
-/// Size of the chunks ByteStream `Read` sends.
-const READ_CHUNK: usize = 1 << 20;
+/// Size of the chunks ByteStream `Read` sends (and reads from the blob file).
+pub const READ_CHUNK: usize = 256 << 10;
+
+/// Chunks of one `Read` buffered ahead of the client.
+const READ_AHEAD: usize = 2;
 
 /// What `wbuild serve` is configured with.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct ServeConfig {
-    /// When set, `UpdateActionResult` needs `authorization: Bearer <token>`; reads stay
-    /// anonymous.
+    /// The bearer token (`authorization: Bearer <token>`) writes need, and reads too with
+    /// `require_token_for_reads`.
     pub token: Option<String>,
+    /// Accept writes without the token (`--allow-anonymous-writes`). Without it and without
+    /// a token, every write is refused.
+    pub allow_anonymous_writes: bool,
+    /// Every read needs the token as well (`--require-token-for-reads`).
+    pub require_token_for_reads: bool,
+    /// The one instance name served (`--instance`); requests naming another are refused.
+    pub instance: String,
+    /// Largest blob a ByteStream `Write` may declare (`--max-blob-size`).
+    pub max_blob_size: u64,
+    /// ByteStream streams (reads and writes) in progress at once; more wait for a slot up to
+    /// `idle_timeout`, then get `RESOURCE_EXHAUSTED`.
+    pub max_streams: usize,
+    /// A ByteStream stream that makes no progress for this long is dropped (an upload's temp
+    /// file is removed).
+    pub idle_timeout: Duration,
+    /// TLS (`--tls-cert`, `--tls-key`, `--tls-client-ca`); plain text without it.
+    pub tls: Option<TlsConfig>,
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            token: None,
+            allow_anonymous_writes: false,
+            require_token_for_reads: false,
+            instance: String::new(),
+            max_blob_size: DEFAULT_MAX_BLOB_SIZE,
+            max_streams: DEFAULT_MAX_STREAMS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            tls: None,
+        }
+    }
+}
+
+/// The server's TLS identity (PEM), and the CA client certificates must be signed by.
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub cert_pem: Vec<u8>,
+    pub key_pem: Vec<u8>,
+    /// When set, clients must present a certificate signed by this CA.
+    pub client_ca_pem: Option<Vec<u8>>,
+}
+
+impl ServeConfig {
+    /// Refuses a configuration that would leave the server open or useless: writes need
+    /// either a token or an explicit `allow_anonymous_writes`, and reads can need the token
+    /// only if there is one.
+    pub fn validate(&self) -> Result<(), RemoteError> {
+        if self.token.is_none() && !self.allow_anonymous_writes {
+            return Err(RemoteError::Config(
+                "writes to the cache need a bearer token: pass --token-file FILE, or --allow-anonymous-writes to let anyone who can connect write (and poison) the cache".into(),
+            ));
+        }
+        if self.token.is_none() && self.require_token_for_reads {
+            return Err(RemoteError::Config(
+                "--require-token-for-reads needs --token-file FILE".into(),
+            ));
+        }
+        if self.max_streams == 0 {
+            return Err(RemoteError::Config(
+                "the limit on concurrent streams must be at least 1".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The warning to print when a token would travel in clear text: no TLS, a token, and a
+    /// listen address other clients can reach (not loopback).
+    pub fn cleartext_token_warning(&self, addr: SocketAddr) -> Option<String> {
+        (self.tls.is_none() && self.token.is_some() && !addr.ip().is_loopback()).then(|| {
+            format!(
+                "warning: serving on {addr} without TLS: the bearer token travels in clear text and can be read by anyone on the network; pass --tls-cert and --tls-key"
+            )
+        })
+    }
 }
 
 /// Where the server gets its store from.
@@ -155,19 +253,68 @@ impl StoreSource {
 #[derive(Clone)]
 struct Service {
     store: StoreSource,
-    token: Option<Arc<str>>,
+    policy: Arc<Policy>,
+    streams: Arc<Semaphore>,
+    /// ByteStream uploads in progress: resource name -> bytes received so far.
+    uploads: Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>,
+}
+
+/// Who may do what, and the bounds of a stream.
+struct Policy {
+    token: Option<String>,
+    anonymous_writes: bool,
+    token_for_reads: bool,
+    instance: String,
+    max_blob_size: u64,
+    max_streams: usize,
+    idle: Duration,
+}
+
+impl Service {
+    fn new(store: StoreSource, config: &ServeConfig) -> Service {
+        Service {
+            store,
+            policy: Arc::new(Policy {
+                token: config.token.clone(),
+                anonymous_writes: config.allow_anonymous_writes,
+                token_for_reads: config.require_token_for_reads,
+                instance: config.instance.clone(),
+                max_blob_size: config.max_blob_size,
+                max_streams: config.max_streams.max(1),
+                idle: config.idle_timeout,
+            }),
+            streams: Arc::new(Semaphore::new(config.max_streams.max(1))),
+            uploads: Arc::default(),
+        }
+    }
 }
 
 type BoxStream<T> = Pin<Box<dyn Stream<Item = Result<T, Status>> + Send + 'static>>;
 
 /// Serves the REAPI over `store` on `listener` until `shutdown` completes; then in-flight
-/// requests finish (blobs are only ever visible complete).
+/// requests finish (blobs are only ever visible complete). Refuses a configuration
+/// [`ServeConfig::validate`] refuses, and TLS files that are not a usable PEM identity.
 pub async fn serve(
     store: impl Into<StoreSource>,
     listener: tokio::net::TcpListener,
     config: ServeConfig,
     shutdown: impl Future<Output = ()> + Send,
 ) -> Result<(), RemoteError> {
+    config.validate()?;
+    let mut builder = tonic::transport::Server::builder()
+        // Many streams on one connection are many uploads' buffers: bound them.
+        .max_concurrent_streams(Some(256))
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(20)));
+    if let Some(tls) = &config.tls {
+        let mut t = tonic::transport::ServerTlsConfig::new().identity(
+            tonic::transport::Identity::from_pem(&tls.cert_pem, &tls.key_pem),
+        );
+        if let Some(ca) = &tls.client_ca_pem {
+            t = t.client_ca_root(tonic::transport::Certificate::from_pem(ca));
+        }
+        builder = builder.tls_config(t).map_err(RemoteError::Tls)?;
+    }
     let store = store.into();
     let releaser = match &store {
         StoreSource::Shared(shared) => {
@@ -184,13 +331,10 @@ pub async fn serve(
         }
         StoreSource::Open(_) => None,
     };
-    let svc = Service {
-        store: store.clone(),
-        token: config.token.map(Arc::from),
-    };
+    let svc = Service::new(store.clone(), &config);
     // A batch of MAX_BATCH_BYTES of blobs plus the digests and framing around them.
     let max_message = (MAX_BATCH_BYTES + (1 << 20)) as usize;
-    tonic::transport::Server::builder()
+    builder
         .add_service(capabilities_server::CapabilitiesServer::new(svc.clone()))
         .add_service(
             content_addressable_storage_server::ContentAddressableStorageServer::new(svc.clone())
@@ -202,7 +346,8 @@ pub async fn serve(
                 .max_decoding_message_size(max_message),
         )
         .add_service(
-            byte_stream_server::ByteStreamServer::new(svc).max_decoding_message_size(max_message),
+            byte_stream_server::ByteStreamServer::new(svc)
+                .max_decoding_message_size(MAX_WRITE_MESSAGE),
         )
         .serve_with_incoming_shutdown(
             // Small request/response pairs: no Nagle delay.
@@ -227,10 +372,7 @@ pub fn services(
 + action_cache_server::ActionCache
 + byte_stream_server::ByteStream
 + Clone {
-    Service {
-        store: store.into(),
-        token: config.token.map(Arc::from),
-    }
+    Service::new(store.into(), &config)
 }
 
 /// The digest function a request names (0, unset: SHA-256, as the spec says for 64-digit
@@ -259,6 +401,13 @@ fn status_of(e: StoreError) -> Status {
         e @ StoreError::MissingBlob { .. } => Status::failed_precondition(e.to_string()),
         e @ StoreError::InvalidDigest { .. } => Status::invalid_argument(e.to_string()),
         e => Status::internal(e.to_string()),
+    }
+}
+
+fn incoming_status(e: IncomingError) -> Status {
+    match e {
+        IncomingError::Store(e) => status_of(e),
+        e => Status::invalid_argument(e.to_string()),
     }
 }
 
@@ -296,9 +445,21 @@ impl Service {
             .map_err(|e| Status::internal(format!("store task failed: {e}")))?
     }
 
-    fn authorize<T>(&self, req: &Request<T>) -> Result<(), Status> {
-        let Some(token) = &self.token else {
-            return Ok(());
+    /// The open store, for work that spans several blocking steps (a ByteStream upload holds
+    /// it, and so keeps its temp file, until it ends).
+    async fn open_store(&self) -> Result<Arc<Store>, Status> {
+        let source = self.store.clone();
+        tokio::task::spawn_blocking(move || source.get())
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+    }
+
+    /// Checks the bearer token of `req`; `what` names what needs it.
+    fn check_token<T>(&self, req: &Request<T>, what: &str) -> Result<(), Status> {
+        let Some(token) = &self.policy.token else {
+            return Err(Status::permission_denied(format!(
+                "{what} is refused: this server accepts no {what} (it was started without --token-file)"
+            )));
         };
         let given = req
             .metadata()
@@ -306,15 +467,111 @@ impl Service {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
         match given {
-            None => Err(Status::unauthenticated(
-                "writing to the action cache needs `authorization: Bearer <token>` (the server was started with --token-file)",
-            )),
+            None => Err(Status::unauthenticated(format!(
+                "{what} needs `authorization: Bearer <token>` (the server was started with --token-file)"
+            ))),
             Some(t) if constant_time_eq(t.as_bytes(), token.as_bytes()) => Ok(()),
             Some(_) => Err(Status::permission_denied(
                 "the bearer token does not match the server's --token-file",
             )),
         }
     }
+
+    /// Writes (UpdateActionResult, BatchUpdateBlobs, ByteStream Write) need the token unless
+    /// anonymous writes were allowed.
+    fn authorize_write<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if self.policy.anonymous_writes {
+            return Ok(());
+        }
+        if self.policy.token.is_none() {
+            return Err(Status::permission_denied(
+                "writing to this cache is refused: the server was started without --token-file or --allow-anonymous-writes",
+            ));
+        }
+        self.check_token(req, "writing to the cache")
+    }
+
+    /// Reads need the token only with `require_token_for_reads`.
+    fn authorize_read<T>(&self, req: &Request<T>) -> Result<(), Status> {
+        if !self.policy.token_for_reads {
+            return Ok(());
+        }
+        self.check_token(req, "reading from the cache (--require-token-for-reads)")
+    }
+
+    /// The one instance name this server answers for.
+    fn check_instance(&self, name: &str) -> Result<(), Status> {
+        if name == self.policy.instance {
+            return Ok(());
+        }
+        Err(Status::invalid_argument(format!(
+            "instance name {name:?} is not served here: this server has only instance {:?} (wbuild serve --instance)",
+            self.policy.instance
+        )))
+    }
+
+    /// A slot for a ByteStream stream, waiting up to the idle timeout for one.
+    async fn stream_slot(&self) -> Result<OwnedSemaphorePermit, Status> {
+        match tokio::time::timeout(self.policy.idle, self.streams.clone().acquire_owned()).await {
+            Ok(Ok(p)) => Ok(p),
+            _ => Err(Status::resource_exhausted(format!(
+                "the server already has {} ByteStream streams in progress; retry later",
+                self.policy.max_streams
+            ))),
+        }
+    }
+}
+
+/// Removes an upload from the in-progress table when it ends, however it ends.
+struct UploadEntry {
+    uploads: Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>,
+    name: String,
+    progress: Arc<AtomicU64>,
+}
+
+impl Drop for UploadEntry {
+    fn drop(&mut self) {
+        let mut u = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+        if u.get(&self.name)
+            .is_some_and(|p| Arc::ptr_eq(p, &self.progress))
+        {
+            u.remove(&self.name);
+        }
+    }
+}
+
+/// The next message of an upload, or `DEADLINE_EXCEEDED` after `idle` without one.
+async fn next_message(
+    stream: &mut Streaming<WriteRequest>,
+    idle: Duration,
+) -> Result<Option<WriteRequest>, Status> {
+    match tokio::time::timeout(idle, stream.message()).await {
+        Ok(r) => r,
+        Err(_) => Err(Status::deadline_exceeded(format!(
+            "the write stream sent nothing for {} s; dropped, nothing stored",
+            idle.as_secs_f64()
+        ))),
+    }
+}
+
+/// Fills `buf` from `blob` at `offset`; a blob shorter than it said is lost data.
+fn read_full(blob: &BlobFile, buf: &mut [u8], mut offset: u64, d: &Digest) -> Result<(), Status> {
+    let mut filled = 0;
+    while filled < buf.len() {
+        match blob.read_at(&mut buf[filled..], offset) {
+            Ok(0) => {
+                return Err(Status::data_loss(format!(
+                    "blob {d} ended early while it was read"
+                )));
+            }
+            Ok(n) => {
+                filled += n;
+                offset += n as u64;
+            }
+            Err(e) => return Err(Status::internal(format!("cannot read blob {d}: {e}"))),
+        }
+    }
+    Ok(())
 }
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
@@ -325,8 +582,10 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 impl capabilities_server::Capabilities for Service {
     async fn get_capabilities(
         &self,
-        _req: Request<reapi::GetCapabilitiesRequest>,
+        req: Request<reapi::GetCapabilitiesRequest>,
     ) -> Result<Response<reapi::ServerCapabilities>, Status> {
+        self.authorize_read(&req)?;
+        self.check_instance(&req.get_ref().instance_name)?;
         let version = |minor| {
             Some(SemVer {
                 major: 2,
@@ -362,6 +621,8 @@ impl content_addressable_storage_server::ContentAddressableStorage for Service {
         &self,
         req: Request<reapi::FindMissingBlobsRequest>,
     ) -> Result<Response<reapi::FindMissingBlobsResponse>, Status> {
+        self.authorize_read(&req)?;
+        self.check_instance(&req.get_ref().instance_name)?;
         let req = req.into_inner();
         let f = function(req.digest_function)?;
         let wanted = req
@@ -387,6 +648,8 @@ impl content_addressable_storage_server::ContentAddressableStorage for Service {
         &self,
         req: Request<reapi::BatchUpdateBlobsRequest>,
     ) -> Result<Response<reapi::BatchUpdateBlobsResponse>, Status> {
+        self.authorize_write(&req)?;
+        self.check_instance(&req.get_ref().instance_name)?;
         let req = req.into_inner();
         let f = function(req.digest_function)?;
         let total: u64 = req.requests.iter().map(|r| r.data.len() as u64).sum();
@@ -439,6 +702,8 @@ impl content_addressable_storage_server::ContentAddressableStorage for Service {
         &self,
         req: Request<reapi::BatchReadBlobsRequest>,
     ) -> Result<Response<reapi::BatchReadBlobsResponse>, Status> {
+        self.authorize_read(&req)?;
+        self.check_instance(&req.get_ref().instance_name)?;
         let req = req.into_inner();
         let f = function(req.digest_function)?;
         let wanted = req
@@ -480,6 +745,8 @@ impl content_addressable_storage_server::ContentAddressableStorage for Service {
         &self,
         req: Request<reapi::GetTreeRequest>,
     ) -> Result<Response<Self::GetTreeStream>, Status> {
+        self.authorize_read(&req)?;
+        self.check_instance(&req.get_ref().instance_name)?;
         let req = req.into_inner();
         let f = function(req.digest_function)?;
         let root = digest(f, req.root_digest.as_ref())?;
@@ -552,6 +819,8 @@ impl action_cache_server::ActionCache for Service {
         &self,
         req: Request<reapi::GetActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
+        self.authorize_read(&req)?;
+        self.check_instance(&req.get_ref().instance_name)?;
         let req = req.into_inner();
         let f = function(req.digest_function)?;
         let d = digest(f, req.action_digest.as_ref())?;
@@ -603,7 +872,8 @@ impl action_cache_server::ActionCache for Service {
         &self,
         req: Request<reapi::UpdateActionResultRequest>,
     ) -> Result<Response<reapi::ActionResult>, Status> {
-        self.authorize(&req)?;
+        self.authorize_write(&req)?;
+        self.check_instance(&req.get_ref().instance_name)?;
         let req = req.into_inner();
         let f = function(req.digest_function)?;
         let d = digest(f, req.action_digest.as_ref())?;
@@ -626,92 +896,155 @@ impl action_cache_server::ActionCache for Service {
 impl byte_stream_server::ByteStream for Service {
     type ReadStream = BoxStream<ReadResponse>;
 
+    /// Streams the blob file in chunks of [`READ_CHUNK`] (verified before the first byte is
+    /// sent), at most [`READ_AHEAD`] chunks ahead of the client.
     async fn read(&self, req: Request<ReadRequest>) -> Result<Response<Self::ReadStream>, Status> {
+        self.authorize_read(&req)?;
         let req = req.into_inner();
         let name = parse_read_resource(&req.resource_name).map_err(|e| {
             Status::invalid_argument(format!("resource name {:?}: {e}", req.resource_name))
         })?;
+        self.check_instance(&name.instance)?;
         let d = name.digest;
-        let bytes = self.blocking(move |store| read_blob(store, &d)).await?;
-        let offset = usize::try_from(req.read_offset)
-            .ok()
-            .filter(|o| *o <= bytes.len())
-            .ok_or_else(|| Status::out_of_range("read_offset is outside the blob"))?;
-        let end = match req.read_limit {
-            l if l < 0 => return Err(Status::invalid_argument("read_limit is negative")),
-            0 => bytes.len(),
-            l => bytes.len().min(offset.saturating_add(l as usize)),
+        let offset = u64::try_from(req.read_offset)
+            .map_err(|_| Status::out_of_range("read_offset is negative"))?;
+        let limit = u64::try_from(req.read_limit)
+            .map_err(|_| Status::invalid_argument("read_limit is negative"))?;
+        if offset > d.size {
+            return Err(Status::out_of_range(format!(
+                "read_offset {offset} is outside blob {d}"
+            )));
+        }
+        let slot = self.stream_slot().await?;
+        let blob = self
+            .blocking(move |store| store.open_blob(&d).map_err(status_of))
+            .await?;
+        if blob.size() != d.size {
+            return Err(Status::not_found(format!(
+                "blob {d} is not in the cache (a blob with that hash has {} bytes)",
+                blob.size()
+            )));
+        }
+        let end = match limit {
+            0 => d.size,
+            l => d.size.min(offset.saturating_add(l)),
         };
-        let chunks: Vec<Result<ReadResponse, Status>> = if offset == end {
-            vec![Ok(ReadResponse { data: Vec::new() })]
-        } else {
-            bytes[offset..end]
-                .chunks(READ_CHUNK)
-                .map(|c| Ok(ReadResponse { data: c.to_vec() }))
-                .collect()
-        };
-        Ok(Response::new(Box::pin(tokio_stream::iter(chunks))))
+        let idle = self.policy.idle;
+        let (tx, rx) = tokio::sync::mpsc::channel(READ_AHEAD);
+        tokio::spawn(async move {
+            let _slot = slot;
+            if offset == end {
+                let _ = tx.send(Ok(ReadResponse { data: Vec::new() })).await;
+                return;
+            }
+            let blob = Arc::new(blob);
+            let mut pos = offset;
+            while pos < end {
+                let n = READ_CHUNK.min((end - pos) as usize);
+                let b = blob.clone();
+                let chunk = tokio::task::spawn_blocking(move || {
+                    let mut buf = vec![0u8; n];
+                    read_full(&b, &mut buf, pos, &d).map(|()| buf)
+                })
+                .await
+                .unwrap_or_else(|e| Err(Status::internal(format!("read task failed: {e}"))));
+                let failed = chunk.is_err();
+                let item = chunk.map(|data| ReadResponse { data });
+                // A client that stops reading for the idle timeout is dropped.
+                match tokio::time::timeout(idle, tx.send(item)).await {
+                    Ok(Ok(())) if !failed => pos += n as u64,
+                    _ => return,
+                }
+            }
+        });
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
     }
 
+    /// Streams the upload into a temp file of the store, hashing as it goes: one message in
+    /// memory at a time, the declared size checked against the maximum at the first message,
+    /// every later byte against the declared size, the hash at the end; an upload that
+    /// fails or goes idle leaves nothing behind.
     async fn write(
         &self,
         req: Request<Streaming<WriteRequest>>,
     ) -> Result<Response<WriteResponse>, Status> {
+        self.authorize_write(&req)?;
+        let idle = self.policy.idle;
         let mut stream = req.into_inner();
-        let mut name = None;
-        let mut data: Vec<u8> = Vec::new();
-        loop {
-            let Some(msg) = stream.message().await? else {
-                return Err(Status::invalid_argument(
-                    "the write stream ended without finish_write",
-                ));
-            };
-            if name.is_none() {
-                let parsed = parse_write_resource(&msg.resource_name).map_err(|e| {
-                    Status::invalid_argument(format!("resource name {:?}: {e}", msg.resource_name))
-                })?;
-                if parsed.digest.size > MAX_WRITE_BYTES {
-                    return Err(Status::invalid_argument(format!(
-                        "blobs over {MAX_WRITE_BYTES} bytes are not accepted"
-                    )));
-                }
-                data.reserve(parsed.digest.size as usize);
-                name = Some(parsed);
+        let Some(mut msg) = next_message(&mut stream, idle).await? else {
+            return Err(Status::invalid_argument(
+                "the write stream ended before its first message",
+            ));
+        };
+        let resource = msg.resource_name.clone();
+        let name = parse_write_resource(&resource)
+            .map_err(|e| Status::invalid_argument(format!("resource name {resource:?}: {e}")))?;
+        self.check_instance(&name.instance)?;
+        let d = name.digest;
+        if d.size > self.policy.max_blob_size {
+            return Err(Status::invalid_argument(format!(
+                "blob {d} declares {} bytes, over this server's maximum blob size of {} bytes (wbuild serve --max-blob-size); not accepted",
+                d.size, self.policy.max_blob_size
+            )));
+        }
+        let _slot = self.stream_slot().await?;
+        let store = self.open_store().await?;
+        let s = store.clone();
+        let mut blob = tokio::task::spawn_blocking(move || s.begin_blob(d))
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+            .map_err(status_of)?;
+        let progress = Arc::new(AtomicU64::new(0));
+        let _entry = {
+            let mut u = self.uploads.lock().unwrap_or_else(|e| e.into_inner());
+            u.insert(resource.clone(), progress.clone());
+            UploadEntry {
+                uploads: self.uploads.clone(),
+                name: resource.clone(),
+                progress: progress.clone(),
             }
-            let d = name.as_ref().expect("resource name").digest;
-            if msg.write_offset != data.len() as i64 {
+        };
+        loop {
+            if !msg.resource_name.is_empty() && msg.resource_name != resource {
+                return Err(Status::invalid_argument(format!(
+                    "the write stream of {resource:?} changed its resource name to {:?}",
+                    msg.resource_name
+                )));
+            }
+            if msg.write_offset != blob.received() as i64 {
                 return Err(Status::invalid_argument(format!(
                     "write_offset {} does not follow the {} bytes received",
                     msg.write_offset,
-                    data.len()
+                    blob.received()
                 )));
             }
-            if data.len() as u64 + msg.data.len() as u64 > d.size {
-                return Err(Status::invalid_argument(format!(
-                    "more bytes sent than the {} of {d}",
-                    d.size
-                )));
+            if !msg.data.is_empty() {
+                let data = std::mem::take(&mut msg.data);
+                blob = tokio::task::spawn_blocking(move || blob.write(&data).map(|()| blob))
+                    .await
+                    .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+                    .map_err(incoming_status)?;
+                progress.store(blob.received(), Ordering::Relaxed);
             }
-            data.extend_from_slice(&msg.data);
             if msg.finish_write {
                 break;
             }
+            msg = next_message(&mut stream, idle).await?.ok_or_else(|| {
+                Status::invalid_argument(format!(
+                    "the write stream of {d} ended after {} of its {} bytes without finish_write; nothing stored",
+                    progress.load(Ordering::Relaxed),
+                    d.size
+                ))
+            })?;
         }
-        let d = name.expect("resource name").digest;
-        let committed = self
-            .blocking(move |store| {
-                let got = Digest::of(d.function, &data);
-                if got != d {
-                    return Err(Status::invalid_argument(format!(
-                        "the bytes sent for {d} hash to {got}; not stored"
-                    )));
-                }
-                store.put_bytes_as(d.function, &data).map_err(status_of)?;
-                Ok(d.size as i64)
-            })
-            .await?;
+        tokio::task::spawn_blocking(move || store.commit_blob(blob))
+            .await
+            .map_err(|e| Status::internal(format!("store task failed: {e}")))?
+            .map_err(incoming_status)?;
         Ok(Response::new(WriteResponse {
-            committed_size: committed,
+            committed_size: d.size as i64,
         }))
     }
 
@@ -719,12 +1052,26 @@ impl byte_stream_server::ByteStream for Service {
         &self,
         req: Request<QueryWriteStatusRequest>,
     ) -> Result<Response<QueryWriteStatusResponse>, Status> {
+        self.authorize_read(&req)?;
         let req = req.into_inner();
         let name = parse_write_resource(&req.resource_name).map_err(|e| {
             Status::invalid_argument(format!("resource name {:?}: {e}", req.resource_name))
         })?;
+        self.check_instance(&name.instance)?;
         let d = name.digest;
-        // Uploads are not resumable: a blob is either complete or not there.
+        let in_progress = self
+            .uploads
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&req.resource_name)
+            .map(|p| p.load(Ordering::Relaxed));
+        if let Some(received) = in_progress {
+            // Uploads are not resumable: this is how far the one in progress got.
+            return Ok(Response::new(QueryWriteStatusResponse {
+                committed_size: received as i64,
+                complete: false,
+            }));
+        }
         if self.blocking(move |store| Ok(store.has(&d))).await? {
             Ok(Response::new(QueryWriteStatusResponse {
                 committed_size: d.size as i64,

@@ -18,6 +18,7 @@ const TOKEN: &str = "s3cret-token";
 struct Server {
     rt: tokio::runtime::Runtime,
     url: String,
+    token: Option<String>,
     stop: Option<tokio::sync::oneshot::Sender<()>>,
     done: Option<tokio::task::JoinHandle<Result<(), wbuild_remote::RemoteError>>>,
     _dir: tempfile::TempDir,
@@ -33,8 +34,11 @@ impl Server {
             .unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        // Without a token, writes are open (as with --allow-anonymous-writes).
         let config = ServeConfig {
             token: token.map(str::to_owned),
+            allow_anonymous_writes: token.is_none(),
+            ..Default::default()
         };
         let done = rt.spawn(serve(store, listener, config, async {
             let _ = rx.await;
@@ -42,6 +46,7 @@ impl Server {
         Server {
             rt,
             url,
+            token: token.map(str::to_owned),
             stop: Some(tx),
             done: Some(done),
             _dir: dir,
@@ -85,6 +90,11 @@ fn upload(
         digest_function: f.to_reapi(),
         ..Default::default()
     };
+    let mut req = tonic::Request::new(req);
+    if let Some(t) = &s.token {
+        req.metadata_mut()
+            .insert("authorization", format!("Bearer {t}").parse().unwrap());
+    }
     s.rt.block_on(cas.batch_update_blobs(req))
         .unwrap()
         .into_inner()
@@ -191,7 +201,7 @@ fn bytestream_writes_and_reads_large_blobs_and_refuses_wrong_bytes() {
             format!("{}/", f.name())
         };
         let write = |bytes: Vec<u8>| {
-            let name = format!("main/uploads/0c5e-4b1d/blobs/{seg}{}/{}", d.hex(), d.size);
+            let name = format!("uploads/0c5e-4b1d/blobs/{seg}{}/{}", d.hex(), d.size);
             let chunks: Vec<WriteRequest> = bytes
                 .chunks(1 << 20)
                 .enumerate()
@@ -213,7 +223,7 @@ fn bytestream_writes_and_reads_large_blobs_and_refuses_wrong_bytes() {
         assert_eq!(ok.committed_size, d.size as i64);
         let mut stream =
             s.rt.block_on(bs.read(ReadRequest {
-                resource_name: format!("main/blobs/{seg}{}/{}", d.hex(), d.size),
+                resource_name: format!("blobs/{seg}{}/{}", d.hex(), d.size),
                 read_offset: 0,
                 read_limit: 0,
             }))

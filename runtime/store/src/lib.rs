@@ -33,6 +33,7 @@ mod ac;
 mod digest;
 mod error;
 mod history;
+mod incoming;
 mod maint;
 mod stat;
 mod store;
@@ -49,6 +50,7 @@ pub(crate) mod test_util;
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 pub use digest::{Digest, DigestFunction, Hasher, digest_message};
 pub use error::StoreError;
+pub use incoming::{BlobFile, IncomingBlob, IncomingError};
 pub use store::{
     DEFAULT_LOCK_TIMEOUT, INDEX_CHECK_MARKER, IndexCheck, IndexOpener, Store, redb_panic_is_handled,
 };

@@ -42,7 +42,9 @@ const MAX_COMMANDS: usize = 16;
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
     RT.get_or_init(|| {
+        // Timers: the server bounds how long a ByteStream stream may stall.
         tokio::runtime::Builder::new_current_thread()
+            .enable_time()
             .build()
             .expect("tokio runtime")
     })
@@ -145,9 +147,17 @@ fn frame(msgs: &[WriteRequest]) -> Vec<u8> {
     out
 }
 
+/// A request carrying the bearer token (CAS and ByteStream writes need it).
+fn with_token<T>(msg: T) -> Request<T> {
+    let mut r = Request::new(msg);
+    r.metadata_mut()
+        .insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
+    r
+}
+
 fn upload_name(d: &Digest) -> String {
     format!(
-        "inst/uploads/u-1/blobs/{}/{}/{}",
+        "uploads/u-1/blobs/{}/{}/{}",
         d.function.name(),
         d.hex(),
         d.size
@@ -155,7 +165,7 @@ fn upload_name(d: &Digest) -> String {
 }
 
 fn read_name(d: &Digest) -> String {
-    format!("inst/blobs/{}/{}/{}", d.function.name(), d.hex(), d.size)
+    format!("blobs/{}/{}/{}", d.function.name(), d.hex(), d.size)
 }
 
 /// Every file in the CAS directories hashes to its name.
@@ -192,6 +202,7 @@ fuzz_target!(|data: &[u8]| {
         store.clone(),
         ServeConfig {
             token: Some(TOKEN.to_owned()),
+            ..Default::default()
         },
     );
     let mut model = Model::new();
@@ -294,7 +305,7 @@ async fn command<S>(
                     }
                 }
             }
-            let Ok(resp) = svc.batch_update_blobs(Request::new(req.clone())).await else {
+            let Ok(resp) = svc.batch_update_blobs(with_token(req.clone())).await else {
                 return;
             };
             let f = function_of(req.digest_function).expect("accepted function");
@@ -554,7 +565,7 @@ async fn command<S>(
                 None,
                 Some(5 << 20),
             );
-            let Ok(resp) = svc.write(Request::new(stream)).await else {
+            let Ok(resp) = svc.write(with_token(stream)).await else {
                 return;
             };
             // Accepted: the frames were complete messages naming a digest, ending with
