@@ -159,6 +159,32 @@ impl Observer {
         Ok(Some((base.tree, parts.join("/"))))
     }
 
+    /// The path a guest names for a look-up (stat, readlink): resolved and visible, or the
+    /// errno to answer with, recorded (a path outside the trees is denied, one the guest may
+    /// not see is missing, whether or not the host has it).
+    fn look_up(&mut self, fd: i32, path: &str) -> Result<(Tree, String), i32> {
+        let Some((tree, rel)) = self.resolve(fd, path)? else {
+            self.log.record(AccessKind::Denied, path);
+            return Err(ERRNO_NOTCAPABLE);
+        };
+        if !self.is_visible(tree, &rel) {
+            self.log
+                .record(AccessKind::Missing, &Observer::display(tree, &rel));
+            return Err(ERRNO_NOENT);
+        }
+        Ok((tree, rel))
+    }
+
+    /// Records the outcome of a look-up the implementation answered with `errno`.
+    fn record_look_up(&mut self, tree: Tree, rel: &str, errno: i32) {
+        let shown = Observer::display(tree, rel);
+        match errno {
+            ERRNO_NOENT | ERRNO_NOTDIR => self.log.record(AccessKind::Missing, &shown),
+            ERRNO_NOTCAPABLE | ERRNO_PERM => self.log.record(AccessKind::Denied, &shown),
+            _ => self.log.record(AccessKind::Stat, &shown),
+        }
+    }
+
     /// The path as shown in logs and errors.
     fn display(tree: Tree, rel: &str) -> String {
         match (tree, rel.is_empty()) {
@@ -393,19 +419,10 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     Ok(p) => p,
                     Err(e) => return Ok(e),
                 };
-                let resolved = match state.obs.resolve(fd, &path) {
+                let (tree, rel) = match state.obs.look_up(fd, &path) {
                     Ok(r) => r,
                     Err(e) => return Ok(e),
                 };
-                let Some((tree, rel)) = resolved else {
-                    state.obs.log.record(AccessKind::Denied, &path);
-                    return Ok(ERRNO_NOTCAPABLE);
-                };
-                if !state.obs.is_visible(tree, &rel) {
-                    let shown = Observer::display(tree, &rel);
-                    state.obs.log.record(AccessKind::Missing, &shown);
-                    return Ok(ERRNO_NOENT);
-                }
                 let errno = block(p1::path_filestat_get(
                     &mut state.wasi,
                     &mut GuestMemory::Unshared(&mut *mem),
@@ -415,17 +432,9 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     path_len,
                     buf,
                 ))?;
-                let shown = Observer::display(tree, &rel);
-                match errno {
-                    ERRNO_SUCCESS => {
-                        state.obs.log.record(AccessKind::Stat, &shown);
-                        fix_filestat(mem, buf, fake_ino(tree, &rel), state.obs.time_ns);
-                    }
-                    ERRNO_NOENT | ERRNO_NOTDIR => state.obs.log.record(AccessKind::Missing, &shown),
-                    ERRNO_NOTCAPABLE | ERRNO_PERM => {
-                        state.obs.log.record(AccessKind::Denied, &shown)
-                    }
-                    _ => {}
+                state.obs.record_look_up(tree, &rel, errno);
+                if errno == ERRNO_SUCCESS {
+                    fix_filestat(mem, buf, fake_ino(tree, &rel), state.obs.time_ns);
                 }
                 Ok(errno)
             })
@@ -450,19 +459,10 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     Ok(p) => p,
                     Err(e) => return Ok(e),
                 };
-                let resolved = match state.obs.resolve(fd, &path) {
+                let (tree, rel) = match state.obs.look_up(fd, &path) {
                     Ok(r) => r,
                     Err(e) => return Ok(e),
                 };
-                let Some((tree, rel)) = resolved else {
-                    state.obs.log.record(AccessKind::Denied, &path);
-                    return Ok(ERRNO_NOTCAPABLE);
-                };
-                let shown = Observer::display(tree, &rel);
-                if !state.obs.is_visible(tree, &rel) {
-                    state.obs.log.record(AccessKind::Missing, &shown);
-                    return Ok(ERRNO_NOENT);
-                }
                 let errno = block(p1::path_readlink(
                     &mut state.wasi,
                     &mut GuestMemory::Unshared(&mut *mem),
@@ -473,13 +473,7 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     buf_len,
                     bufused,
                 ))?;
-                match errno {
-                    ERRNO_NOENT | ERRNO_NOTDIR => state.obs.log.record(AccessKind::Missing, &shown),
-                    ERRNO_NOTCAPABLE | ERRNO_PERM => {
-                        state.obs.log.record(AccessKind::Denied, &shown)
-                    }
-                    _ => state.obs.log.record(AccessKind::Stat, &shown),
-                }
+                state.obs.record_look_up(tree, &rel, errno);
                 Ok(errno)
             })
         },
