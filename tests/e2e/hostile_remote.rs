@@ -4,13 +4,10 @@
 //! never write outside `wbuild-out/`, never report an output it does not have, and rebuild
 //! the reference bytes.
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::Duration;
 
-use wbuild_tests::buildgrid::{BuildGridExec, bgd_path};
-use wbuild_tests::process::output_with_deadline;
-use wbuild_tests::{TestWorkspace, finished, stderr};
+use wbuild_tests::buildgrid::{BuildGridExec, run_python};
+use wbuild_tests::{TestWorkspace, files_under, finished, stderr};
 
 use crate::ws;
 
@@ -18,7 +15,7 @@ use crate::ws;
 /// completes every lease with a poisoned result. BuildGrid's own Python protos; every call
 /// has a deadline.
 const HOSTILE: &str = r#"
-import hashlib, os, sys, time, traceback, grpc
+import hashlib, sys, time, grpc
 from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re, remote_execution_pb2_grpc as re_grpc
 from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc
 def digest(b): return re.Digest(hash=hashlib.sha256(b).hexdigest(), size_bytes=len(b))
@@ -56,28 +53,11 @@ def main():
             if served and not session.leases:
                 break
         print("served", served, flush=True)
-try:
-    main()
-    code = 0
-except BaseException:
-    traceback.print_exc()
-    code = 1
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(code)
 "#;
-
-fn python() -> PathBuf {
-    bgd_path().with_file_name("python")
-}
 
 /// Runs the hostile script to completion; returns what it printed.
 fn hostile(args: &[&str]) -> String {
-    let out = output_with_deadline(
-        Command::new(python()).arg("-c").arg(HOSTILE).args(args),
-        Duration::from_secs(120),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
+    let out = run_python(HOSTILE, args, Duration::from_secs(120));
     assert!(
         out.status.success(),
         "hostile script {args:?} failed:\n{}{}",
@@ -99,27 +79,6 @@ genrule(name = "two", srcs = ["in.txt"], outs = ["b.txt", "c.txt"],
         cmd = "cp $(location in.txt) $(location b.txt) && cat $(location in.txt) $(location in.txt) > $(location c.txt)")
 "#,
     );
-}
-
-/// Everything under `dir` that is not a directory, as paths relative to it.
-fn files_under(dir: &Path) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        let Ok(rd) = std::fs::read_dir(&d) else {
-            continue;
-        };
-        for e in rd.flatten() {
-            let p = e.path();
-            if e.file_type().unwrap().is_dir() {
-                stack.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
 }
 
 /// The action digest of the only action of a build's events.

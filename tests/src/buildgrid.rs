@@ -340,6 +340,28 @@ fn drop_stale_databases() {
     }
 }
 
+/// Python from BuildGrid's venv (its protos and grpc are importable there).
+pub fn venv_python() -> PathBuf {
+    bgd_path().with_file_name("python")
+}
+
+/// Runs the Python `script` (which defines `main()`) with `args` in BuildGrid's venv, within
+/// `limit`. The interpreter leaves with `os._exit` after `main` (a gRPC channel still open can
+/// keep Python from exiting); an exception prints its traceback and exits 1. Panics if it
+/// cannot start or times out.
+pub fn run_python(script: &str, args: &[&str], limit: Duration) -> Output {
+    let program = format!(
+        "{script}\nimport os as _os, sys as _sys, traceback as _tb\ntry:\n    main()\n    _code = 0\nexcept BaseException:\n    _tb.print_exc()\n    _code = 1\n_sys.stdout.flush()\n_sys.stderr.flush()\n_os._exit(_code)\n"
+    );
+    bounded(
+        Command::new(venv_python())
+            .arg("-c")
+            .arg(program)
+            .args(args),
+        limit,
+    )
+}
+
 /// How long one PostgreSQL client tool may take.
 const PG_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -366,10 +388,9 @@ mod tests {
     /// capabilities, an Execute queued before any bot exists, a bot that gets it as a lease in
     /// its CreateBotSession answer and completes it, and the operation's result. Every call has
     /// a deadline; the result is read by polling GetOperation (an update the Execute stream
-    /// missed cannot stall it), and the interpreter leaves with `os._exit` (a gRPC channel
-    /// still open can keep Python from exiting).
+    /// missed cannot stall it).
     const PROBE: &str = r#"
-import hashlib, os, sys, time, traceback, grpc
+import hashlib, sys, time, grpc
 from buildgrid._protos.build.bazel.remote.execution.v2 import remote_execution_pb2 as re, remote_execution_pb2_grpc as re_grpc
 from buildgrid._protos.google.devtools.remoteworkers.v1test2 import bots_pb2, bots_pb2_grpc
 from buildgrid._protos.google.longrunning import operations_pb2, operations_pb2_grpc
@@ -419,20 +440,11 @@ def main():
     op.response.Unpack(response)
     assert response.status.code == 0 and response.result.exit_code == 0, response
     print("operation done")
-try:
-    main()
-    code = 0
-except BaseException:
-    traceback.print_exc()
-    code = 1
-sys.stdout.flush()
-sys.stderr.flush()
-os._exit(code)
 "#;
 
     #[test]
     fn two_buildgrid_exec_servers_schedule_an_action_to_a_bot_each() {
-        let python = bgd_path().with_file_name("python");
+        let python = venv_python();
         assert!(
             python.exists(),
             "no {} next to bgd: this test needs BuildGrid's venv",
@@ -455,10 +467,7 @@ os._exit(code)
             for server in &servers {
                 assert!(server.url.starts_with("grpc://127.0.0.1:"));
                 // The probe bounds each of its calls; this bounds the interpreter.
-                let out = bounded(
-                    Command::new(&python).args(["-c", PROBE, &server.port.to_string()]),
-                    Duration::from_secs(180),
-                );
+                let out = run_python(PROBE, &[&server.port.to_string()], Duration::from_secs(180));
                 assert!(
                     out.status.success(),
                     "{}\nBuildGrid log:\n{}",

@@ -158,24 +158,30 @@ impl TestWorkspace {
     }
 
     pub fn listing(&self) -> String {
-        fn walk(dir: &Path, base: &Path, out: &mut Vec<String>) {
-            let Ok(rd) = std::fs::read_dir(dir) else {
-                return;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                if p.is_dir() {
-                    walk(&p, base, out);
-                } else {
-                    out.push(p.strip_prefix(base).unwrap().display().to_string());
-                }
+        files_under(&self.root).join("\n")
+    }
+}
+
+/// Every file under `dir` that is not a directory (symlinks not followed), as sorted paths
+/// relative to it; nothing if `dir` does not exist.
+pub fn files_under(dir: &Path) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let Ok(rd) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in rd.flatten() {
+            let p = e.path();
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                stack.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
             }
         }
-        let mut v = Vec::new();
-        walk(&self.root, &self.root, &mut v);
-        v.sort();
-        v.join("\n")
     }
+    out.sort();
+    out
 }
 
 /// Set a file's mtime ten seconds before now.
