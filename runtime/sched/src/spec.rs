@@ -313,7 +313,7 @@ pub fn run_spec(
 
 pub(crate) fn io_err(path: &Path) -> impl FnOnce(std::io::Error) -> SchedError + use<> {
     let path = path.to_owned();
-    move |source| SchedError::Io { path, source }
+    move |error| SchedError::Io { path, error }
 }
 
 fn run_wasi(

@@ -1,0 +1,304 @@
+//! The ready queue and the worker loop: actions whose dependencies are done run on `jobs`
+//! threads, longest remaining critical path first (durations remembered from earlier
+//! builds). A failure skips everything downstream of it and, without `keep_going`, stops the
+//! build; an interruption stops it too.
+
+use std::collections::{BinaryHeap, HashMap};
+use std::sync::atomic::Ordering;
+use std::sync::{Condvar, Mutex, RwLock};
+use std::time::Instant;
+
+use wbuild_graph::{ActionGraph, Exec};
+use wbuild_store::{ActionRecord, Digest};
+
+use crate::events::{Event, Status};
+use crate::{INTERRUPTED, Options, SchedError, Scheduler, Summary, uptodate};
+
+/// What every worker thread shares.
+#[derive(Clone, Copy)]
+struct WorkerCtx<'a> {
+    graph: &'a ActionGraph,
+    opts: &'a Options,
+    rdeps: &'a [Vec<usize>],
+    prio: &'a [u64],
+    shared: &'a Mutex<Shared>,
+    cv: &'a Condvar,
+    generated: &'a RwLock<HashMap<String, Digest>>,
+    first_error: &'a Mutex<Option<SchedError>>,
+}
+
+struct Shared {
+    ready: BinaryHeap<(u64, std::cmp::Reverse<usize>)>,
+    waiting: Vec<usize>,
+    done: Vec<Option<Status>>,
+    running: usize,
+    remaining: usize,
+    stop: bool,
+    summary: Summary,
+}
+
+impl Scheduler<'_> {
+    /// One pass: every action of `graph` on `opts.jobs` worker threads.
+    pub(crate) fn run_one(
+        &self,
+        graph: &ActionGraph,
+        opts: &Options,
+    ) -> Result<Summary, SchedError> {
+        let start = Instant::now();
+        let n = graph.actions.len();
+        let mut rdeps: Vec<Vec<usize>> = vec![Vec::new(); n];
+        let mut waiting = vec![0usize; n];
+        for (i, a) in graph.actions.iter().enumerate() {
+            let mut deps = a.deps.clone();
+            deps.sort_unstable();
+            deps.dedup();
+            waiting[i] = deps.len();
+            for d in deps {
+                rdeps[d].push(i);
+            }
+        }
+        // Critical path: own expected duration plus the longest path through dependents.
+        let mut prio = vec![0u64; n];
+        for i in (0..n).rev() {
+            let own = self
+                .store
+                .last_duration_ms(&graph.actions[i].name())?
+                .unwrap_or(1)
+                .max(1);
+            let tail = rdeps[i].iter().map(|&r| prio[r]).max().unwrap_or(0);
+            prio[i] = own + tail;
+        }
+        let mut ready = BinaryHeap::new();
+        for (i, w) in waiting.iter().enumerate() {
+            if *w == 0 {
+                ready.push((prio[i], std::cmp::Reverse(i)));
+            }
+        }
+        let shared = Mutex::new(Shared {
+            ready,
+            waiting,
+            done: vec![None; n],
+            running: 0,
+            remaining: n,
+            stop: false,
+            summary: Summary::default(),
+        });
+        let cv = Condvar::new();
+        // Digest of every generated file known so far.
+        let generated: RwLock<HashMap<String, Digest>> = RwLock::new(HashMap::new());
+        let first_error: Mutex<Option<SchedError>> = Mutex::new(None);
+
+        std::thread::scope(|s| {
+            for wid in 0..opts.jobs.max(1).min(n.max(1)) {
+                let ctx = WorkerCtx {
+                    graph,
+                    opts,
+                    rdeps: &rdeps,
+                    prio: &prio,
+                    shared: &shared,
+                    cv: &cv,
+                    generated: &generated,
+                    first_error: &first_error,
+                };
+                s.spawn(move || self.worker(wid, ctx));
+            }
+        });
+
+        if let Some(e) = first_error.into_inner().expect("error slot") {
+            return Err(e);
+        }
+        let mut st = shared.into_inner().expect("scheduler state");
+        st.summary.skipped = st
+            .done
+            .iter()
+            .filter(|d| matches!(d, None | Some(Status::Skipped)))
+            .count() as u64;
+        st.summary.interrupted = INTERRUPTED.load(Ordering::SeqCst);
+        st.summary.duration = start.elapsed();
+        st.summary.outputs = generated
+            .into_inner()
+            .expect("outputs")
+            .into_iter()
+            .collect();
+        st.summary.sources = self
+            .sources
+            .read()
+            .expect("source digests")
+            .keys()
+            .cloned()
+            .collect();
+        Ok(st.summary)
+    }
+
+    /// Takes the ready action with the longest remaining path, processes it, records and
+    /// reports it, then releases its dependents (or skips them after a failure).
+    fn worker(&self, wid: usize, ctx: WorkerCtx<'_>) {
+        let WorkerCtx {
+            graph,
+            opts,
+            rdeps,
+            prio,
+            shared,
+            cv,
+            generated: all_generated,
+            first_error,
+        } = ctx;
+        // A panic in this worker (a bug, or a damaged cache index making redb panic) must
+        // stop the build, not leave the other workers waiting for this one's action.
+        struct StopOnPanic<'a>(&'a Mutex<Shared>, &'a Condvar);
+        impl Drop for StopOnPanic<'_> {
+            fn drop(&mut self) {
+                if std::thread::panicking() {
+                    let mut st = self.0.lock().unwrap_or_else(|p| p.into_inner());
+                    st.stop = true;
+                    drop(st);
+                    self.1.notify_all();
+                }
+            }
+        }
+        let _stop_on_panic = StopOnPanic(shared, cv);
+        loop {
+            let idx = {
+                let mut st = shared.lock().expect("scheduler state");
+                loop {
+                    if INTERRUPTED.load(Ordering::SeqCst) {
+                        st.stop = true;
+                    }
+                    if st.stop || st.remaining == 0 {
+                        cv.notify_all();
+                        return;
+                    }
+                    if let Some((_, std::cmp::Reverse(i))) = st.ready.pop() {
+                        st.running += 1;
+                        break i;
+                    }
+                    if st.running == 0 {
+                        // Nothing ready, nothing running: the rest is blocked by failures.
+                        cv.notify_all();
+                        return;
+                    }
+                    st = cv.wait(st).expect("scheduler state");
+                }
+            };
+            let action = &graph.actions[idx];
+            let name = action.name();
+            // The digests of this action's generated inputs (all producers are done).
+            let generated: HashMap<String, Digest> = {
+                let all = all_generated.read().expect("outputs");
+                action
+                    .inputs
+                    .iter()
+                    .chain(action.wasi_tool().into_iter().flat_map(|t| {
+                        t.data
+                            .iter()
+                            .map(|(_, p)| p)
+                            .chain(std::iter::once(&t.module))
+                    }))
+                    .filter_map(|p| all.get(p).map(|d| (p.clone(), *d)))
+                    .collect()
+            };
+            let t0 = Instant::now();
+            let fin = match self.process(wid, graph, action, opts, &generated) {
+                Ok(f) => f,
+                Err(e) => {
+                    let mut st = shared.lock().expect("scheduler state");
+                    st.stop = true;
+                    st.running -= 1;
+                    first_error.lock().expect("error slot").get_or_insert(e);
+                    cv.notify_all();
+                    return;
+                }
+            };
+            let duration_ms = t0.elapsed().as_millis() as u64;
+            let digest_text = fin.action_digest.map(|d| d.to_string());
+            if let Some(build) = self.build_id {
+                let rec = ActionRecord {
+                    label: name,
+                    mnemonic: action.mnemonic.clone(),
+                    action_digest: digest_text.clone().unwrap_or_default(),
+                    status: fin.status.as_str().to_owned(),
+                    duration_ms,
+                };
+                if let Err(e) = self.store.record_action(build, &rec) {
+                    first_error
+                        .lock()
+                        .expect("error slot")
+                        .get_or_insert(e.into());
+                }
+            }
+            self.events.event(&Event::Action {
+                label: action.label.to_string(),
+                mnemonic: action.mnemonic.clone(),
+                detail: action.detail.clone(),
+                status: fin.status,
+                duration_ms,
+                action_digest: digest_text,
+                error: fin.error.clone(),
+                output: fin.output.clone(),
+                warnings: fin.warnings.clone(),
+                accesses: fin.accesses.clone(),
+                platform: (action.exec == Exec::Native).then(|| opts.platform.name().to_owned()),
+                worker: fin.worker.clone(),
+                resubmitted: fin.resubmitted,
+            });
+            if fin.status != Status::Failed {
+                all_generated
+                    .write()
+                    .expect("outputs")
+                    .extend(fin.outputs.iter().cloned());
+                if !fin.executables.is_empty() {
+                    self.executables
+                        .write()
+                        .expect("executables")
+                        .extend(fin.executables.iter().cloned());
+                }
+            }
+            let mut st = shared.lock().expect("scheduler state");
+            st.running -= 1;
+            st.remaining -= 1;
+            st.done[idx] = Some(fin.status);
+            if let (
+                Status::Executed | Status::Cached | Status::RemoteCached | Status::RemoteExecuted,
+                Some(d),
+            ) = (fin.status, fin.action_digest)
+            {
+                st.summary.actions.push(uptodate::SnapshotAction {
+                    label: action.label.to_string(),
+                    detail: action.detail.clone().unwrap_or_default(),
+                    mnemonic: action.mnemonic.clone(),
+                    action_digest: d.to_string(),
+                });
+            }
+            match fin.status {
+                Status::Executed => st.summary.executed += 1,
+                Status::Cached => st.summary.cached += 1,
+                Status::RemoteCached => st.summary.remote_cached += 1,
+                Status::RemoteExecuted => st.summary.remote_executed += 1,
+                Status::Failed => st.summary.failed += 1,
+                Status::Skipped => {}
+            }
+            if fin.status == Status::Failed {
+                if !opts.keep_going {
+                    st.stop = true;
+                }
+                // Everything downstream of a failure is skipped.
+                let mut stack = rdeps[idx].clone();
+                while let Some(r) = stack.pop() {
+                    if st.done[r].is_none() {
+                        st.done[r] = Some(Status::Skipped);
+                        st.remaining -= 1;
+                        stack.extend(rdeps[r].iter().copied());
+                    }
+                }
+            } else {
+                for &r in &rdeps[idx] {
+                    st.waiting[r] -= 1;
+                    if st.waiting[r] == 0 && st.done[r].is_none() {
+                        st.ready.push((prio[r], std::cmp::Reverse(r)));
+                    }
+                }
+            }
+            cv.notify_all();
+        }
+    }
+}
