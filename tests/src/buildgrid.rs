@@ -43,7 +43,7 @@ const START_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// BuildGrid as a remote-execution engine on loopback (its own PostgreSQL database, CAS dir, log).
 pub struct BuildGridExec {
-    /// `grpc://127.0.0.1:<port>`.
+    /// `grpc://127.0.0.1:<port>` (`grpcs://` with TLS).
     pub url: String,
     pub port: u16,
     /// The PostgreSQL database of its scheduler (role bgd/insecure on 127.0.0.1).
@@ -58,11 +58,35 @@ pub struct BuildGridExec {
 impl BuildGridExec {
     /// Starts one; panics with the bgd log if it does not come up within ~60 s.
     pub fn start() -> BuildGridExec {
+        BuildGridExec::start_with(None)
+    }
+
+    /// Starts one that serves TLS only (`grpcs://`), with this certificate chain and key
+    /// (PEM files).
+    pub fn start_tls(cert: &Path, key: &Path) -> BuildGridExec {
+        BuildGridExec::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&Path, &Path)>) -> BuildGridExec {
         let deadline = Instant::now() + START_TIMEOUT;
         let bgd = bgd_path();
         let template_path = config_template();
-        let template = fs::read_to_string(&template_path)
+        let mut template = fs::read_to_string(&template_path)
             .unwrap_or_else(|e| panic!("reading {}: {e}", template_path.display()));
+        if let Some((cert, key)) = tls {
+            let plain = "    insecure-mode: true\n";
+            assert!(template.contains(plain), "{}", template_path.display());
+            template = template.replace(
+                plain,
+                &format!(
+                    "    insecure-mode: false\n    credentials:\n      tls-server-key: {}\n      \
+                     tls-server-cert: {}\n",
+                    key.display(),
+                    cert.display()
+                ),
+            );
+        }
+        let scheme = if tls.is_some() { "grpcs" } else { "grpc" };
         let db = Database::create();
         let migrate = bounded(
             Command::new(&bgd).args(["migrate", "apply", &db.connection_string()]),
@@ -109,7 +133,7 @@ impl BuildGridExec {
             match wait_ready(&mut child, port, &pid_file, deadline) {
                 Ok(()) => {
                     return BuildGridExec {
-                        url: format!("grpc://127.0.0.1:{port}"),
+                        url: format!("{scheme}://127.0.0.1:{port}"),
                         port,
                         database: db.name.clone(),
                         child,

@@ -76,7 +76,8 @@ struct BuildArgs {
     /// actions have their own keys and are never mixed with sandboxed ones.
     #[arg(long, value_enum, default_value_t = SandboxMode::Namespaces)]
     sandbox: SandboxMode,
-    /// A REAPI cache shared with others, `grpc://host:port` (or [remote] url in wbuild.toml):
+    /// A REAPI cache shared with others, `grpc://host:port` or over TLS `grpcs://host:port`
+    /// (or [remote] url in wbuild.toml):
     /// looked up after the local cache; results built here are uploaded. If it is down or
     /// fails, the build goes on locally.
     #[arg(long)]
@@ -87,12 +88,91 @@ struct BuildArgs {
     /// Upload results built here to the remote (or [remote] upload; default true).
     #[arg(long)]
     remote_upload: Option<bool>,
-    /// A REAPI remote executor, `grpc://host:port` (or [remote] executor): actions missing
+    /// A REAPI remote executor, `grpc://host:port` or `grpcs://host:port` (or [remote]
+    /// executor): actions missing
     /// from the caches run on its workers (`wbuild worker`), and it serves as the remote
     /// cache. `-j` may then be far above the local core count; local runs stay within the
     /// cores. If it is unreachable, the build goes on locally.
     #[arg(long, value_name = "URL")]
     remote_executor: Option<String>,
+    #[command(flatten)]
+    remote_auth: RemoteAuthArgs,
+}
+
+/// How to reach a remote (`--remote`, `--remote-executor`, a worker's `--engine`): TLS
+/// trust and identity for `grpcs://`, and the credentials sent with every call. These flags
+/// override `[remote]` ca, client_cert, client_key, headers and token_file in wbuild.toml.
+#[derive(clap::Args, Clone, Debug, Default)]
+pub(crate) struct RemoteAuthArgs {
+    /// Trust this CA certificate (PEM) for grpcs:// remotes, in addition to Mozilla's roots
+    /// (or [remote] ca).
+    #[arg(long, value_name = "FILE")]
+    remote_ca: Option<PathBuf>,
+    /// Present this client certificate (PEM) to grpcs:// remotes that require one; needs
+    /// --remote-client-key (or [remote] client_cert).
+    #[arg(long, value_name = "FILE")]
+    remote_client_cert: Option<PathBuf>,
+    /// The private key of --remote-client-cert (PEM; or [remote] client_key).
+    #[arg(long, value_name = "FILE")]
+    remote_client_key: Option<PathBuf>,
+    /// Send this header with every remote call, NAME=VALUE; repeatable (adds to and
+    /// overrides [remote] headers).
+    #[arg(long = "remote-header", value_name = "NAME=VALUE")]
+    remote_header: Vec<String>,
+    /// A file holding a bearer token, sent as `authorization: Bearer <token>` with every
+    /// remote call (or [remote] token_file); read at connect, so it can be rotated between
+    /// builds. Needed to write to a `wbuild serve --token-file` server.
+    #[arg(long, value_name = "FILE")]
+    remote_token_file: Option<PathBuf>,
+}
+
+impl RemoteAuthArgs {
+    /// The connection options: `[remote]` of `file` (paths relative to the workspace root),
+    /// overridden by the flags. A malformed `--remote-header` is an error.
+    pub(crate) fn options(
+        &self,
+        file: Option<(&wbuild_graph::RemoteConfig, &std::path::Path)>,
+    ) -> Result<wbuild_remote::ConnectOptions> {
+        let mut o = wbuild_remote::ConnectOptions::default();
+        if let Some((cfg, root)) = file {
+            o.ca = cfg.ca.as_ref().map(|p| root.join(p));
+            o.client_cert = cfg.client_cert.as_ref().map(|p| root.join(p));
+            o.client_key = cfg.client_key.as_ref().map(|p| root.join(p));
+            o.token_file = cfg.token_file.as_ref().map(|p| root.join(p));
+            o.headers = cfg
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
+        }
+        if let Some(p) = &self.remote_ca {
+            o.ca = Some(p.clone());
+        }
+        if self.remote_client_cert.is_some() || self.remote_client_key.is_some() {
+            o.client_cert = self.remote_client_cert.clone();
+            o.client_key = self.remote_client_key.clone();
+        }
+        if let Some(p) = &self.remote_token_file {
+            o.token_file = Some(p.clone());
+        }
+        for h in &self.remote_header {
+            o.headers.push(wbuild_remote::parse_header(h)?);
+        }
+        Ok(o)
+    }
+}
+
+/// Connects to `url` with `options`, first warning (on stderr) when credentials would go
+/// in clear text off this machine.
+pub(crate) fn connect_remote_with(
+    url: &str,
+    instance: &str,
+    options: &wbuild_remote::ConnectOptions,
+) -> Result<wbuild_remote::RemoteCache, wbuild_remote::ClientError> {
+    if let Some(w) = options.cleartext_warning(url) {
+        eprintln!("{w}");
+    }
+    wbuild_remote::RemoteCache::connect_with(url, instance, options)
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -880,11 +960,18 @@ fn connect_remote(ws: &Workspace, args: &BuildArgs) -> Result<(Remote, Remote)> 
     } else {
         "remote cache"
     };
-    match wbuild_remote::RemoteCache::connect(url, instance) {
+    let options = args
+        .remote_auth
+        .options(Some((&ws.config.remote, &ws.root)))?;
+    match connect_remote_with(url, instance, &options) {
         Ok(r) => {
             let r = Arc::new(r);
             let executor = exec_url.is_some().then(|| r.clone());
             Ok((Some(r), executor))
+        }
+        // Options that cannot be used are a mistake to fix, not an outage to build through.
+        Err(e @ wbuild_remote::ClientError::Options(_)) => {
+            Err(anyhow::Error::new(e).context(format!("cannot use the {what} {url}")))
         }
         Err(e) => {
             eprintln!("warning: {e}; building without the {what}");

@@ -25,8 +25,8 @@ use wbuild_store::{Digest, Store, reapi};
 
 #[derive(clap::Args)]
 pub struct WorkerArgs {
-    /// The REAPI engine handing out work: grpc://host:port (it must serve the Bots API and
-    /// hold the actions' inputs in its CAS).
+    /// The REAPI engine handing out work: grpc://host:port or grpcs://host:port (it must
+    /// serve the Bots API and hold the actions' inputs in its CAS).
     #[arg(long, value_name = "URL")]
     engine: String,
     /// The engine's instance name.
@@ -49,6 +49,10 @@ pub struct WorkerArgs {
     /// Public keys trusted to sign those bundles (minisign .pub files). Repeatable.
     #[arg(long, value_name = "FILE")]
     key: Vec<String>,
+    /// TLS trust and identity for a grpcs:// engine, and the credentials sent with every
+    /// call (as for `wbuild build`).
+    #[command(flatten)]
+    remote_auth: crate::RemoteAuthArgs,
 }
 
 /// The longest an `UpdateBotSession` may wait for work: engines keep a session alive while
@@ -93,8 +97,12 @@ pub fn run(cache: &Option<PathBuf>, args: &WorkerArgs) -> Result<i32> {
         anyhow::anyhow!("{e}\n(a worker runs native actions in the namespace sandbox only)")
     })?;
     let remote = Arc::new(
-        RemoteCache::connect(&args.engine, &args.instance)
-            .with_context(|| format!("cannot reach the engine {}", args.engine))?,
+        crate::connect_remote_with(
+            &args.engine,
+            &args.instance,
+            &args.remote_auth.options(None)?,
+        )
+        .with_context(|| format!("cannot reach the engine {}", args.engine))?,
     );
     let store = Arc::new(
         Store::open_with(&cache_dir, remote.function())
@@ -448,21 +456,14 @@ fn run_lease(ctx: &Ctx, slot: usize, lease: &Lease) -> Result<reapi::ActionResul
             nanos: d.subsec_nanos() as i32,
         }
     };
-    let outputs: BTreeMap<&String, &Digest> = ran.outputs.iter().map(|(p, d)| (p, d)).collect();
+    // Outputs sorted by path.
+    let outputs: Vec<(String, Digest)> = ran
+        .outputs
+        .into_iter()
+        .collect::<BTreeMap<String, Digest>>()
+        .into_iter()
+        .collect();
     Ok(reapi::ActionResult {
-        output_files: outputs
-            .into_iter()
-            .map(|(path, d)| reapi::OutputFile {
-                path: path.clone(),
-                digest: Some(d.to_proto()),
-                is_executable: ran.executables.contains(path),
-                contents: Vec::new(),
-                node_properties: None,
-            })
-            .collect(),
-        exit_code,
-        stdout_digest: stdout_digest.map(|d| d.to_proto()),
-        stderr_digest: stderr_digest.map(|d| d.to_proto()),
         execution_metadata: Some(reapi::ExecutedActionMetadata {
             worker: ctx.name.clone(),
             execution_start_timestamp: Some(timestamp(started)),
@@ -476,7 +477,13 @@ fn run_lease(ctx: &Ctx, slot: usize, lease: &Lease) -> Result<reapi::ActionResul
                 .collect(),
             ..Default::default()
         }),
-        ..Default::default()
+        ..wbuild_sched::action_result(
+            &outputs,
+            &ran.executables,
+            exit_code,
+            stdout_digest,
+            stderr_digest,
+        )
     })
 }
 

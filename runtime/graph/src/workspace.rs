@@ -78,10 +78,11 @@ pub struct TrustConfig {
 }
 
 /// `[remote]` in `wbuild.toml`: a REAPI cache shared with others (`--remote` overrides).
-#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+/// Its `Debug` shows header names only (their values may be credentials).
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct RemoteConfig {
-    /// `grpc://host:port`.
+    /// `grpc://host:port` (plain text) or `grpcs://host:port` (TLS).
     pub url: Option<String>,
     /// REAPI instance name (default: empty).
     pub instance: Option<String>,
@@ -90,6 +91,41 @@ pub struct RemoteConfig {
     /// A REAPI remote executor, `grpc://host:port` (`--remote-executor` overrides): cache
     /// misses run on its workers; it is the remote cache too unless `url` names another.
     pub executor: Option<String>,
+    /// A CA certificate (PEM, relative to the workspace root) trusted for `grpcs://` in
+    /// addition to Mozilla's roots (`--remote-ca` overrides).
+    pub ca: Option<PathBuf>,
+    /// A client certificate (PEM, relative to the root) for servers that ask for one; needs
+    /// `client_key` (`--remote-client-cert` overrides).
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's private key (PEM, relative to the root).
+    pub client_key: Option<PathBuf>,
+    /// Metadata sent with every remote call, `{ NAME = "VALUE" }` (`--remote-header` adds
+    /// to and overrides them).
+    pub headers: BTreeMap<String, String>,
+    /// A file (relative to the root) holding a bearer token, sent as
+    /// `authorization: Bearer <token>` (`--remote-token-file` overrides).
+    pub token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RemoteConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<String> = self
+            .headers
+            .keys()
+            .map(|n| format!("{n}=<redacted>"))
+            .collect();
+        f.debug_struct("RemoteConfig")
+            .field("url", &self.url)
+            .field("instance", &self.instance)
+            .field("upload", &self.upload)
+            .field("executor", &self.executor)
+            .field("ca", &self.ca)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("headers", &headers)
+            .field("token_file", &self.token_file)
+            .finish()
+    }
 }
 
 /// `[build]` in `wbuild.toml`.
@@ -150,6 +186,11 @@ impl Config {
                      '.', '_', '-'"
                 )));
             }
+        }
+        if config.remote.client_cert.is_some() != config.remote.client_key.is_some() {
+            return Err(err(
+                "[remote] client_cert and client_key go together: give both or neither".into(),
+            ));
         }
         if config.wasi.timeout_secs == 0 {
             return Err(err("[wasi] timeout_secs must be at least 1".into()));
@@ -316,6 +357,37 @@ mod tests {
         assert_eq!(c.remote.upload, Some(false));
         let err = Config::parse("[build]\njobs = 0\n", Path::new("w.toml")).unwrap_err();
         assert!(err.to_string().contains("jobs"), "{err}");
+    }
+
+    #[test]
+    fn remote_transport_settings() {
+        let c = Config::parse(
+            "[remote]\nurl = \"grpcs://cache:443\"\nca = \"certs/ca.pem\"\n\
+             client_cert = \"c.pem\"\nclient_key = \"k.pem\"\ntoken_file = \"tok\"\n\
+             headers = { x-team = \"infra\", authorization = \"Bearer s3cret\" }\n",
+            Path::new("w.toml"),
+        )
+        .unwrap();
+        let r = &c.remote;
+        assert_eq!(r.ca.as_deref(), Some(Path::new("certs/ca.pem")));
+        assert_eq!(r.client_cert.as_deref(), Some(Path::new("c.pem")));
+        assert_eq!(r.client_key.as_deref(), Some(Path::new("k.pem")));
+        assert_eq!(r.token_file.as_deref(), Some(Path::new("tok")));
+        assert_eq!(r.headers["x-team"], "infra");
+        // Header values may be credentials: never shown.
+        let shown = format!("{c:?}");
+        assert!(
+            shown.contains("authorization") && !shown.contains("s3cret"),
+            "{shown}"
+        );
+        let err =
+            Config::parse("[remote]\nclient_cert = \"c.pem\"\n", Path::new("w.toml")).unwrap_err();
+        assert!(err.to_string().contains("client_key"), "{err}");
+        let err = Config::parse("[remote]\ntoken = \"x\"\n", Path::new("w.toml")).unwrap_err();
+        assert!(err.to_string().contains("token"), "{err}");
+        let err =
+            Config::parse("[remote]\nheaders = { x = 1 }\n", Path::new("w.toml")).unwrap_err();
+        assert!(err.to_string().contains("headers"), "{err}");
     }
 
     #[test]

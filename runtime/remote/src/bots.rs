@@ -9,7 +9,6 @@
 use bazel_remote_apis::google::protobuf::{Any, Timestamp};
 use bazel_remote_apis::google::rpc::Status;
 use tonic::codegen::http::uri::PathAndQuery;
-use tonic::transport::Channel;
 
 /// A worker's session with the engine: who it is, what it can run, and its leases.
 #[derive(Clone, PartialEq, prost::Message)]
@@ -158,11 +157,12 @@ pub fn pack_reapi(name: &str, msg: &impl prost::Message) -> Any {
 /// The `Bots` service client.
 #[derive(Clone)]
 pub struct BotsClient {
-    inner: tonic::client::Grpc<Channel>,
+    inner: tonic::client::Grpc<crate::AuthChannel>,
 }
 
 impl BotsClient {
-    pub fn new(channel: Channel) -> BotsClient {
+    /// A client on `channel` ([`crate::RemoteCache::channel`]: with the remote's credentials).
+    pub fn new(channel: crate::AuthChannel) -> BotsClient {
         BotsClient {
             inner: tonic::client::Grpc::new(channel),
         }

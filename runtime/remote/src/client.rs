@@ -15,11 +15,12 @@ use wbuild_store::reapi::{
 use wbuild_store::{Digest, DigestFunction};
 
 use crate::server::MAX_BATCH_BYTES;
+use crate::transport::{AuthChannel, ConnectOptions, Credentials, Scheme, endpoint_uri};
 
 /// How long one RPC may take.
 const RPC_DEADLINE: Duration = Duration::from_secs(60);
 /// How long connecting may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// Attempts per RPC on a transient error (UNAVAILABLE and the like).
 const ATTEMPTS: u32 = 3;
 /// ByteStream chunk size.
@@ -64,13 +65,18 @@ pub fn take_inlined(
 pub enum ClientError {
     #[error("bad remote address {url:?}: {message}")]
     Url { url: String, message: String },
-    #[error("cannot connect to {url}: {source}")]
+    #[error("cannot connect to {url}: {}{hint}", error_chain(.source))]
     Connect {
         url: String,
         source: tonic::transport::Error,
+        /// What to do about it (empty when there is nothing to say).
+        hint: String,
     },
-    #[error("{op} failed: {}: {}", status.code(), status.message())]
+    #[error("{op} failed: {}: {}{}", status.code(), status.message(), rpc_hint(status))]
     Rpc { op: &'static str, status: Status },
+    /// The connection options cannot be used (a header, a certificate, the token file).
+    #[error("{0}")]
+    Options(String),
     #[error(
         "the remote cache offers none of the digest functions wbuild speaks (it offers {0:?}; wbuild speaks SHA-256 and BLAKE3)"
     )]
@@ -81,10 +87,103 @@ pub enum ClientError {
     MissingBlob(Digest),
 }
 
+/// What to do about an RPC error, when wbuild knows: credentials for UNAUTHENTICATED and
+/// PERMISSION_DENIED, a client certificate for a TLS handshake the server ended for want of
+/// one.
+fn rpc_hint(status: &Status) -> &'static str {
+    match status.code() {
+        Code::Unauthenticated | Code::PermissionDenied => {
+            " (if the remote wants credentials: pass its token with --remote-token-file FILE, \
+             or a header with --remote-header NAME=VALUE; [remote] token_file or headers in \
+             wbuild.toml)"
+        }
+        _ if client_certificate_wanted(&status_chain(status)) => CLIENT_CERT_HINT,
+        _ => "",
+    }
+}
+
+const CLIENT_CERT_HINT: &str = " (the server wants a client certificate signed by a CA it \
+     trusts: pass one with --remote-client-cert FILE --remote-client-key FILE)";
+
+/// A status's message and the errors under it.
+fn status_chain(status: &Status) -> String {
+    let mut s = status.message().to_owned();
+    let mut cur = std::error::Error::source(status);
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}
+
+/// Whether a TLS failure is the server's refusal of a missing (or unknown) client
+/// certificate (rustls reports the alert it received).
+fn client_certificate_wanted(chain: &str) -> bool {
+    let lower = chain.to_ascii_lowercase();
+    lower.contains("certificaterequired")
+        || lower.contains("certificate required")
+        || lower.contains("unknownca")
+        || lower.contains("badcertificate")
+}
+
+/// An error and its sources, `: `-separated, each message once (rustls's errors repeat
+/// themselves through tonic's wrappers).
+pub(crate) fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut parts: Vec<String> = vec![e.to_string()];
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        let m = c.to_string();
+        if !parts.iter().any(|p| p.contains(&m)) {
+            parts.push(m);
+        }
+        cur = c.source();
+    }
+    parts.join(": ")
+}
+
+/// What to do about a failed connection.
+fn connect_hint(scheme: Scheme, source: &tonic::transport::Error) -> String {
+    let chain = error_chain(source).to_ascii_lowercase();
+    if scheme == Scheme::Plain {
+        return String::new();
+    }
+    if client_certificate_wanted(&chain) {
+        return CLIENT_CERT_HINT.to_owned();
+    }
+    let hint = if chain.contains("notvalidforname") || chain.contains("not valid for name") {
+        "the server's certificate does not name the URL's host: use a host name the \
+         certificate holds (and its CA with --remote-ca FILE if it is private)"
+    } else if chain.contains("invalid peer certificate") {
+        "the server's certificate is not vouched for by a CA wbuild trusts (Mozilla's roots \
+         and --remote-ca): if it comes from a private CA, pass that CA with --remote-ca FILE \
+         (PEM), or [remote] ca in wbuild.toml"
+    } else if [
+        "certificate",
+        "tls",
+        "handshake",
+        "peer",
+        "corrupt message",
+        "alert",
+    ]
+    .iter()
+    .any(|w| chain.contains(w))
+    {
+        "the TLS handshake failed: is the server speaking TLS (a plain-text server needs \
+         grpc://)? If its certificate comes from a private CA, pass it with --remote-ca FILE \
+         (PEM)"
+    } else {
+        return String::new();
+    };
+    format!(" ({hint})")
+}
+
 /// A connection to a REAPI cache (`--remote`).
 pub struct RemoteCache {
     pub(crate) rt: tokio::runtime::Runtime,
+    /// The bare connection (no credentials): RPCs go through [`RemoteCache::channel`].
     pub(crate) channel: Channel,
+    pub(crate) credentials: Credentials,
     pub(crate) instance: String,
     pub(crate) function: DigestFunction,
     max_batch: u64,
@@ -109,15 +208,24 @@ impl RemoteCache {
     /// Connects to `url` (`grpc://host:port`), asks for the server's capabilities and picks
     /// the digest function: BLAKE3 where offered, else SHA-256.
     pub fn connect(url: &str, instance: &str) -> Result<RemoteCache, ClientError> {
-        let http = match url.split_once("://") {
-            Some(("grpc" | "http", rest)) => format!("http://{rest}"),
-            Some((scheme, _)) => {
-                return Err(ClientError::Url {
-                    url: url.into(),
-                    message: format!("scheme {scheme}:// is not supported; use grpc://host:port"),
-                });
-            }
-            None => format!("http://{url}"),
+        RemoteCache::connect_with(url, instance, &ConnectOptions::default())
+    }
+
+    /// Connects to `url` (`grpc://host:port` in plain text, `grpcs://host:port` over TLS)
+    /// with `options` (CA, client certificate, headers, token file), asks for the server's
+    /// capabilities and picks the digest function: BLAKE3 where offered, else SHA-256. A
+    /// header or file that cannot be used is [`ClientError::Options`], before anything is
+    /// sent.
+    pub fn connect_with(
+        url: &str,
+        instance: &str,
+        options: &ConnectOptions,
+    ) -> Result<RemoteCache, ClientError> {
+        let (scheme, http) = endpoint_uri(url)?;
+        let credentials = options.credentials()?;
+        let tls = match scheme {
+            Scheme::Tls => Some(options.tls_config(&http)?),
+            Scheme::Plain => None,
         };
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -131,18 +239,28 @@ impl RemoteCache {
             url: url.into(),
             message: e.to_string(),
         })?;
-        let endpoint = endpoint
+        let mut endpoint = endpoint
             .connect_timeout(CONNECT_TIMEOUT)
             .timeout(RPC_DEADLINE);
+        if let Some(tls) = tls {
+            endpoint = endpoint.tls_config(tls).map_err(|e| {
+                ClientError::Options(format!(
+                    "the TLS settings for {url} cannot be used: {}",
+                    error_chain(&e)
+                ))
+            })?;
+        }
         let channel = rt
             .block_on(endpoint.connect())
             .map_err(|source| ClientError::Connect {
                 url: url.into(),
+                hint: connect_hint(scheme, &source),
                 source,
             })?;
         let mut client = RemoteCache {
             rt,
             channel,
+            credentials,
             instance: instance.to_owned(),
             function: DigestFunction::Sha256,
             max_batch: MAX_BATCH_BYTES,
@@ -192,9 +310,15 @@ impl RemoteCache {
         &self.instance
     }
 
-    /// The connection (for other services on the same endpoint, such as the Bots API).
-    pub fn channel(&self) -> Channel {
-        self.channel.clone()
+    /// The connection, with the credentials on every request (for other services on the
+    /// same endpoint, such as the Bots API).
+    pub fn channel(&self) -> AuthChannel {
+        self.credentials.wrap(self.channel.clone())
+    }
+
+    /// The names of the headers sent with every request (values are never shown).
+    pub fn header_names(&self) -> Vec<&str> {
+        self.credentials.names()
     }
 
     /// The runtime the blocking calls run on.
@@ -210,14 +334,14 @@ impl RemoteCache {
     /// One RPC with retries and backoff on transient errors.
     fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, ClientError>
     where
-        F: Fn(Channel) -> Fut,
+        F: Fn(AuthChannel) -> Fut,
         Fut: std::future::Future<Output = Result<tonic::Response<T>, Status>>,
     {
         let mut attempt = 0;
         loop {
             attempt += 1;
             self.rpcs.fetch_add(1, Ordering::Relaxed);
-            match self.rt.block_on(f(self.channel.clone())) {
+            match self.rt.block_on(f(self.channel())) {
                 Ok(r) => return Ok(r.into_inner()),
                 Err(s) if transient(s.code()) && attempt < ATTEMPTS => {
                     std::thread::sleep(Duration::from_millis(100 << (2 * (attempt - 1))));

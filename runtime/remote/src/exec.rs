@@ -10,7 +10,6 @@ use bazel_remote_apis::google::longrunning::{
     operations_client::OperationsClient,
 };
 use prost::Message;
-use tonic::transport::Channel;
 use tonic::{Code, Status};
 use wbuild_store::reapi::{self, execution_client::ExecutionClient};
 use wbuild_store::{Digest, DigestFunction};
@@ -90,7 +89,9 @@ impl RemoteCache {
         action: &Digest,
         resubmit: Option<Resubmission>,
     ) -> Result<Executed, ClientError> {
-        let ch = self.channel.clone();
+        // The authenticated channel: Execute, WaitExecution and the operation calls carry
+        // the same headers and token as every other call.
+        let ch = self.channel();
         let instance = self.instance.clone();
         let f = self.function;
         let action = *action;
@@ -169,7 +170,7 @@ impl RemoteCache {
 /// A stream silent for [`SILENCE`] has the operation polled (`GetOperation`) and is re-joined;
 /// an operation not done within `deadline` is given up (`DEADLINE_EXCEEDED`).
 async fn run_operation(
-    ch: Channel,
+    ch: crate::AuthChannel,
     instance: String,
     f: DigestFunction,
     action: Digest,

@@ -16,6 +16,7 @@ mod client;
 mod exec;
 mod resource;
 mod server;
+mod transport;
 
 pub use client::{ClientError, RemoteCache, take_inlined};
 pub use exec::{DEFAULT_EXECUTION_DEADLINE, Executed, Resubmission, SILENCE, speculative_copy};
@@ -25,6 +26,7 @@ pub use server::{
     MAX_WRITE_MESSAGE, READ_CHUNK, ServeConfig, SharedStore, StoreSource, TlsConfig, serve,
     services,
 };
+pub use transport::{AuthChannel, ConnectOptions, Credentials, parse_header};
 
 /// REAPI types (re-exported from the store, which keys actions with them).
 pub use wbuild_store::reapi;

@@ -31,6 +31,24 @@ type OpStream = Pin<Box<dyn tokio_stream::Stream<Item = Result<Operation, Status
 struct SilentEngine {
     polls: Arc<AtomicU32>,
     done_after: u32,
+    /// Calls to Execute, WaitExecution and GetOperation that carried no `authorization`.
+    anonymous: Arc<AtomicU32>,
+}
+
+impl SilentEngine {
+    fn new(done_after: u32) -> SilentEngine {
+        SilentEngine {
+            polls: Arc::default(),
+            done_after,
+            anonymous: Arc::default(),
+        }
+    }
+
+    fn note<T>(&self, req: &Request<T>) {
+        if req.metadata().get("authorization").is_none() {
+            self.anonymous.fetch_add(1, Ordering::SeqCst);
+        }
+    }
 }
 
 const OP: &str = "operations/silent-1";
@@ -58,15 +76,17 @@ impl Execution for SilentEngine {
 
     async fn execute(
         &self,
-        _req: Request<reapi::ExecuteRequest>,
+        req: Request<reapi::ExecuteRequest>,
     ) -> Result<Response<OpStream>, Status> {
+        self.note(&req);
         Ok(Response::new(silent_stream()))
     }
 
     async fn wait_execution(
         &self,
-        _req: Request<reapi::WaitExecutionRequest>,
+        req: Request<reapi::WaitExecutionRequest>,
     ) -> Result<Response<OpStream>, Status> {
+        self.note(&req);
         Ok(Response::new(silent_stream()))
     }
 }
@@ -84,6 +104,7 @@ impl Operations for SilentEngine {
         &self,
         req: Request<GetOperationRequest>,
     ) -> Result<Response<Operation>, Status> {
+        self.note(&req);
         assert_eq!(req.get_ref().name, OP);
         let n = self.polls.fetch_add(1, Ordering::SeqCst) + 1;
         if n < self.done_after {
@@ -175,29 +196,30 @@ fn some_action() -> Digest {
 
 #[test]
 fn a_result_the_stream_never_delivers_is_found_by_polling_the_operation() {
-    let polls = Arc::new(AtomicU32::new(0));
-    let (_rt, url) = start(SilentEngine {
-        polls: polls.clone(),
-        done_after: 2,
-    });
-    let remote = RemoteCache::connect(&url, "").unwrap();
+    let engine = SilentEngine::new(2);
+    let (_rt, url) = start(engine.clone());
+    // Every execution call carries the credentials, as the cache calls do.
+    let options = wbuild_remote::ConnectOptions {
+        headers: vec![("authorization".to_owned(), "Bearer t0ken".to_owned())],
+        ..Default::default()
+    };
+    let remote = RemoteCache::connect_with(&url, "", &options).unwrap();
     let executed = remote.execute(&some_action(), None).unwrap();
     assert_eq!(executed.operation, OP);
     assert_eq!(executed.response.result.unwrap().exit_code, 7);
     assert_eq!(
-        polls.load(Ordering::SeqCst),
+        engine.polls.load(Ordering::SeqCst),
         2,
         "polled until done, then stopped"
     );
+    assert_eq!(engine.anonymous.load(Ordering::SeqCst), 0);
 }
 
 #[test]
 fn an_operation_that_is_never_done_is_given_up_at_the_deadline() {
-    let polls = Arc::new(AtomicU32::new(0));
-    let (_rt, url) = start(SilentEngine {
-        polls: polls.clone(),
-        done_after: u32::MAX,
-    });
+    let engine = SilentEngine::new(u32::MAX);
+    let polls = engine.polls.clone();
+    let (_rt, url) = start(engine);
     let remote = RemoteCache::connect(&url, "").unwrap();
     remote.set_execution_deadline(Duration::from_secs(12));
     let t0 = Instant::now();
