@@ -2,8 +2,11 @@
 //! engines such as BuildGrid and Buildbarn use to hand work to workers: the messages a
 //! worker exchanges and a gRPC client for `CreateBotSession` / `UpdateBotSession`.
 //!
-//! The published crates of REAPI bindings do not carry this API, so its messages are declared
-//! here with `prost` derives, field for field (names, numbers and types) as in
+//! `bazel-remote-apis`, the REAPI bindings wbuild uses, does not carry this API. The crate
+//! `googleapis-tonic-google-devtools-remoteworkers-v1test2` does, but over its own
+//! `google.protobuf`/`google.rpc` types, which every lease would have to be converted from and
+//! to; so the messages are declared here with `prost` derives over `bazel-remote-apis`'s
+//! `Any`, `Timestamp` and `Status`, field for field (names, numbers and types) as in
 //! `google/devtools/remoteworkers/v1test2/{bots,worker}.proto`.
 
 use bazel_remote_apis::google::protobuf::{Any, Timestamp};
