@@ -58,6 +58,8 @@
 //! Build it with `cargo build --release --target wasm32-wasip1` and declare it in a `WBUILD`
 //! file with `wasi_tool(name = "cat", src = "bin/cat-tool.wasm")`.
 
+#![forbid(unsafe_code)]
+
 use std::fmt::Display;
 use std::fs;
 use std::io;

@@ -10,6 +10,8 @@
 //! - [`install`]: installed toolchains under `<cache>/toolchains/`.
 //! - [`oci`], [`registry`]: the OCI distribution client, and bundles as OCI artifacts.
 
+#![forbid(unsafe_code)]
+
 use std::path::{Path, PathBuf};
 
 pub mod capture;

@@ -11,6 +11,8 @@
 //! client's upload in memory (uploads stream to a temp file, bounded in size, count and idle
 //! time), or leave a partial blob visible (temp file, then rename).
 
+#![forbid(unsafe_code)]
+
 pub mod bots;
 mod client;
 mod exec;

@@ -13,6 +13,8 @@
 //!
 //! It must never write a file: a test only reads its inputs.
 
+#![forbid(unsafe_code)]
+
 // The ustar reader is shared with wb-tar without a dependency between the tools (a tool may
 // depend on nothing but wbuild-sdk).
 #[path = "../../wb-tar/src/ustar.rs"]

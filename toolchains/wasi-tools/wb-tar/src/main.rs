@@ -14,6 +14,8 @@
 //! It must never let the archive depend on anything but the input bytes, their names and
 //! `$SOURCE_DATE_EPOCH` (no host mtimes, owners, modes or input order).
 
+#![forbid(unsafe_code)]
+
 mod ustar;
 
 use wbuild_sdk::{self as sdk, OrFail};

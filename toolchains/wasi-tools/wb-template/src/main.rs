@@ -14,6 +14,8 @@
 //! It must never touch a file it was not told about (TEMPLATE, --vars files, the one prelude)
 //! and never let the output depend on anything but those files and the command line.
 
+#![forbid(unsafe_code)]
+
 mod render;
 
 use std::collections::BTreeMap;
