@@ -1,20 +1,37 @@
 //! Measures the per-action overhead of the native sandbox: runs `true` N times (default
-//! 200) with the host toolchain mounted read-only and prints timing percentiles; with
-//! FILES > 0, as a compile action is staged: a scratch tmpfs at `/work` holding FILES input
-//! files (read-only bind mounts) and one writable output directory.
+//! 400) with the host toolchain mounted read-only, alternating between the sandbox as wbuild
+//! runs it (hardened: capabilities dropped, no_new_privs, seccomp filters, pids cgroup,
+//! hidden host directories) and the same sandbox with that confinement switched off, and
+//! prints the median (and spread) of each, their difference, and a plain spawn of `true`.
+//! With FILES > 0, as a compile action is staged: a scratch tmpfs at `/work` holding FILES
+//! input files (read-only bind mounts) and one writable output directory.
 //!
-//! `cargo run --release -p wbuild-exec-native --example overhead [N] [FILES]`
+//! `cargo run --release -p wbuild-exec-native --features bench --example overhead [N] [FILES]`
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use wbuild_exec_native::{NativeRequest, run};
+use wbuild_exec_native::{NativeRequest, run, set_hardening_for_benchmark};
+
+fn stats(label: &str, mut times: Vec<Duration>) -> Duration {
+    times.sort();
+    let n = times.len();
+    println!(
+        "{label:<34} n={n}: min {:>9.1?}  p25 {:>9.1?}  median {:>9.1?}  p75 {:>9.1?}  p90 {:>9.1?}",
+        times[0],
+        times[n / 4],
+        times[n / 2],
+        times[n * 3 / 4],
+        times[n * 9 / 10],
+    );
+    times[n / 2]
+}
 
 fn main() {
     let n: usize = std::env::args()
         .nth(1)
         .and_then(|a| a.parse().ok())
-        .unwrap_or(200);
+        .unwrap_or(400);
     let files: usize = std::env::args()
         .nth(2)
         .and_then(|a| a.parse().ok())
@@ -54,32 +71,48 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
-    let wall = Instant::now();
-    let mut times: Vec<Duration> = (0..n.max(1))
-        .map(|_| {
-            let out = run(&req).expect("sandboxed run");
-            assert_eq!(out.exit_code, Some(0), "{out:?}");
-            out.duration
-        })
-        .collect();
-    let wall = wall.elapsed();
-    times.sort();
-    let n = times.len();
+    let one = |hardened: bool| -> Duration {
+        set_hardening_for_benchmark(hardened);
+        let out = run(&req).expect("sandboxed run");
+        assert_eq!(out.exit_code, Some(0), "{out:?}");
+        out.duration
+    };
+    // Warm up both (the seccomp filters are compiled once per process).
+    one(true);
+    one(false);
+    let mut on = Vec::with_capacity(n);
+    let mut off = Vec::with_capacity(n);
+    let mut diff = Vec::with_capacity(n);
+    for i in 0..n.max(1) {
+        // Alternate the order so neither variant always runs second.
+        let (a, b) = if i % 2 == 0 {
+            let a = one(true);
+            (a, one(false))
+        } else {
+            let b = one(false);
+            (one(true), b)
+        };
+        on.push(a);
+        off.push(b);
+        diff.push(a.as_secs_f64() - b.as_secs_f64());
+    }
+    set_hardening_for_benchmark(true);
+    println!("sandboxed `true` with {files} input files:");
+    let m_on = stats("  hardened (as wbuild runs it)", on);
+    let m_off = stats("  confinement switched off", off);
+    diff.sort_by(f64::total_cmp);
     println!(
-        "sandboxed `true` with {files} input files, {n} runs: min {:?}, median {:?}, p90 {:?}, max {:?}; {:?}/run wall",
-        times[0],
-        times[n / 2],
-        times[n * 9 / 10],
-        times[n - 1],
-        wall / n as u32
+        "  hardening cost: {:+.1} µs (difference of medians), {:+.1} µs (median of paired differences)",
+        m_on.as_secs_f64() * 1e6 - m_off.as_secs_f64() * 1e6,
+        diff[diff.len() / 2] * 1e6
     );
     // Baseline: the same program without a sandbox.
-    let t = Instant::now();
-    for _ in 0..n {
-        std::process::Command::new("true").status().unwrap();
-    }
-    println!(
-        "unsandboxed `true` via std::process::Command: {:?}/run",
-        t.elapsed() / n as u32
-    );
+    let plain: Vec<Duration> = (0..n.max(1))
+        .map(|_| {
+            let t = Instant::now();
+            std::process::Command::new("true").status().unwrap();
+            t.elapsed()
+        })
+        .collect();
+    stats("unsandboxed `true` (Command)", plain);
 }

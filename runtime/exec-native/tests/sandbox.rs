@@ -468,26 +468,3 @@ fn many_concurrent_runs() {
         h.join().unwrap();
     }
 }
-
-#[test]
-fn setup_overhead_of_true() {
-    let r = req(&["true"]);
-    run(&r).unwrap();
-    let n = 50;
-    let mut times: Vec<Duration> = (0..n)
-        .map(|_| {
-            let out = run(&r).unwrap();
-            ok(&out);
-            out.duration
-        })
-        .collect();
-    times.sort();
-    println!(
-        "sandboxed `true` ({} mounts): min {:?}, median {:?}, p90 {:?}, max {:?}",
-        r.mounts.len(),
-        times[0],
-        times[n / 2],
-        times[n * 9 / 10],
-        times[n - 1]
-    );
-}
