@@ -2,8 +2,13 @@
 //! from source (tests/guests, toolchains/wasi-tools).
 
 mod hostile;
+mod hostile_cache;
+mod hostile_host;
+mod hostile_native;
+mod hostile_remote;
 mod reliability;
 mod remote_exec;
+mod remote_tls;
 mod toolchains;
 
 use wbuild_tests::buildgrid::bgd_path;
@@ -1463,10 +1468,7 @@ fn serve_answers_reapi_clients_from_the_local_cache_and_stops_on_sigterm() {
         .and_then(|r| r.split(' ').next())
         .unwrap_or_else(|| panic!("no address in {first:?}"))
         .to_owned();
-    assert!(
-        first.contains("action-cache writes need the bearer token"),
-        "{first}"
-    );
+    assert!(first.contains("writes need the bearer token"), "{first}");
 
     let rt = tokio::runtime::Runtime::new().unwrap();
     let (result, bytes) = rt.block_on(async {
@@ -1550,6 +1552,131 @@ fn wait_for_port(port: u16, child: &mut std::process::Child) {
     }
 }
 
+#[test]
+fn serve_without_a_token_or_anonymous_writes_refuses_to_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--cache-dir")
+        .arg(dir.path().join("cache"))
+        .args(["serve", "--listen", "127.0.0.1:0"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if t0.elapsed() > std::time::Duration::from_secs(60) {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("wbuild serve without --token-file or --allow-anonymous-writes kept running");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("--token-file") && err.contains("--allow-anonymous-writes"),
+        "{err}"
+    );
+}
+
+#[test]
+fn serve_over_tls_answers_only_tls_clients_and_warns_about_clear_text_tokens() {
+    use std::io::BufRead;
+    use wbuild_store::reapi;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("token"), "t0ken\n").unwrap();
+    // A token on a non-loopback address without TLS: one warning.
+    let mut plain = std::process::Command::new(BIN)
+        .arg("--cache-dir")
+        .arg(d.join("cache"))
+        .args(["serve", "--listen", "0.0.0.0:0", "--token-file"])
+        .arg(d.join("token"))
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(plain.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let second = lines.next().unwrap().unwrap();
+    assert!(first.contains("plain text"), "{first}");
+    assert!(
+        second.contains("clear text") && second.contains("--tls-cert"),
+        "{second}"
+    );
+    let _ = plain.kill();
+    let _ = plain.wait();
+    // A self-signed certificate for localhost.
+    let out = wbuild_tests::process::output_with_deadline(
+        std::process::Command::new("openssl")
+            .current_dir(d)
+            .args(["req", "-x509", "-newkey", "ec", "-pkeyopt"])
+            .args(["ec_paramgen_curve:P-256", "-nodes", "-days", "2"])
+            .args(["-keyout", "key.pem", "-out", "cert.pem"])
+            .args(["-subj", "/CN=localhost"])
+            .args(["-addext", "subjectAltName=DNS:localhost"])
+            .args(["-addext", "basicConstraints=critical,CA:FALSE"]),
+        std::time::Duration::from_secs(60),
+    )
+    .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    let port = free_port();
+    let mut child = std::process::Command::new(BIN)
+        .arg("--cache-dir")
+        .arg(d.join("cache"))
+        .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--token-file")
+        .arg(d.join("token"))
+        .arg("--tls-cert")
+        .arg(d.join("cert.pem"))
+        .arg("--tls-key")
+        .arg(d.join("key.pem"))
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_port(port, &mut child);
+    let server = RemoteServer {
+        child,
+        url: format!("https://127.0.0.1:{port}"),
+        _dir: tempfile::tempdir().unwrap(),
+    };
+    let ca = std::fs::read(d.join("cert.pem")).unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let ask = |tls: bool| -> Result<(), String> {
+        let url = if tls {
+            server.url.clone()
+        } else {
+            format!("http://127.0.0.1:{port}")
+        };
+        let mut ep = tonic::transport::Endpoint::from_shared(url)
+            .unwrap()
+            .connect_timeout(std::time::Duration::from_secs(20))
+            .timeout(std::time::Duration::from_secs(20));
+        if tls {
+            ep = ep
+                .tls_config(
+                    tonic::transport::ClientTlsConfig::new()
+                        .ca_certificate(tonic::transport::Certificate::from_pem(&ca))
+                        .domain_name("localhost"),
+                )
+                .unwrap();
+        }
+        rt.block_on(async {
+            let ch = ep.connect().await.map_err(|e| format!("{e:?}"))?;
+            wbuild_remote::grpc::capabilities_client::CapabilitiesClient::new(ch)
+                .get_capabilities(reapi::GetCapabilitiesRequest::default())
+                .await
+                .map(|_| ())
+                .map_err(|e| format!("{e:?}"))
+        })
+    };
+    ask(true).unwrap();
+    assert!(ask(false).is_err());
+}
+
 /// `wbuild serve` on its own empty cache.
 fn wbuild_server() -> RemoteServer {
     let dir = tempfile::tempdir().unwrap();
@@ -1558,6 +1685,7 @@ fn wbuild_server() -> RemoteServer {
         .args(["--cache-dir"])
         .arg(dir.path().join("cache"))
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--allow-anonymous-writes")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -1624,6 +1752,7 @@ fn wbuild_serve_shares_its_cache_with_local_builds() {
         .arg("--cache-dir")
         .arg(&local.cache)
         .args(["serve", "--listen", &format!("127.0.0.1:{port}")])
+        .arg("--allow-anonymous-writes")
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
@@ -1848,7 +1977,7 @@ fn buildgrid_bgd_uses_wbuild_serve_and_cannot_write_the_action_cache_without_the
     // CAS: upload and download through bgd (SHA-256), verified on both sides.
     std::fs::write(d.join("out.txt"), "built by someone else\n").unwrap();
     let out = Digest::of(DigestFunction::Sha256, b"built by someone else\n");
-    let (ok, text) = bgd("cas", &["upload-file", "--verify", "out.txt"], false);
+    let (ok, text) = bgd("cas", &["upload-file", "--verify", "out.txt"], true);
     assert!(ok && text.contains(&out.hex()), "{text}");
     let name = format!("{}/{}", out.hex(), out.size);
     let (ok, text) = bgd(
@@ -1872,7 +2001,7 @@ fn buildgrid_bgd_uses_wbuild_serve_and_cannot_write_the_action_cache_without_the
     };
     std::fs::write(d.join("result.bin"), result.encode_to_vec()).unwrap();
     let result_d = Digest::of(DigestFunction::Sha256, &result.encode_to_vec());
-    assert!(bgd("cas", &["upload-file", "result.bin"], false).0);
+    assert!(bgd("cas", &["upload-file", "result.bin"], true).0);
     let action = Digest::of(DigestFunction::Sha256, b"some action");
     let action_name = format!("{}/{}", action.hex(), action.size);
     let result_name = format!("{}/{}", result_d.hex(), result_d.size);

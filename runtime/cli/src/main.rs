@@ -1,10 +1,10 @@
 //! `wbuild`: the command-line interface of the hermetic build runtime.
 //!
-//! This crate only parses arguments, wires the layers together (graph -> sched -> store /
-//! exec-wasi) and presents progress and results. It must never implement build semantics of
-//! its own: keys, caching and sandboxing live in the library crates.
+//! This crate only parses arguments, calls the build driver (`wbuild_driver`: the build
+//! session, toolchain resolution, provenance, the worker) and presents progress, results
+//! and exit codes. It must never implement build semantics of its own: keys, caching,
+//! sandboxing and the build session live in the library crates.
 
-mod provenance;
 mod toolchain;
 mod ui;
 mod verify;
@@ -16,16 +16,14 @@ mod worker;
 #[global_allocator]
 static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use wbuild_exec_wasi::{ExecConfig, WasiExecutor};
-use wbuild_graph::{Label, TargetPattern, Workspace};
-use wbuild_sched::{Event, EventSink, Options, Platform, Scheduler, Status, uptodate};
+use wbuild_graph::{Label, Workspace};
+use wbuild_sched::uptodate;
 use wbuild_store::{Digest, Store};
 
 #[derive(Parser)]
@@ -127,52 +125,16 @@ pub(crate) struct RemoteAuthArgs {
 }
 
 impl RemoteAuthArgs {
-    /// The connection options: `[remote]` of `file` (paths relative to the workspace root),
-    /// overridden by the flags. A malformed `--remote-header` is an error.
-    pub(crate) fn options(
-        &self,
-        file: Option<(&wbuild_graph::RemoteConfig, &std::path::Path)>,
-    ) -> Result<wbuild_remote::ConnectOptions> {
-        let mut o = wbuild_remote::ConnectOptions::default();
-        if let Some((cfg, root)) = file {
-            o.ca = cfg.ca.as_ref().map(|p| root.join(p));
-            o.client_cert = cfg.client_cert.as_ref().map(|p| root.join(p));
-            o.client_key = cfg.client_key.as_ref().map(|p| root.join(p));
-            o.token_file = cfg.token_file.as_ref().map(|p| root.join(p));
-            o.headers = cfg
-                .headers
-                .iter()
-                .map(|(n, v)| (n.clone(), v.clone()))
-                .collect();
+    /// The flags as the driver takes them.
+    pub(crate) fn auth(&self) -> wbuild_driver::RemoteAuth {
+        wbuild_driver::RemoteAuth {
+            ca: self.remote_ca.clone(),
+            client_cert: self.remote_client_cert.clone(),
+            client_key: self.remote_client_key.clone(),
+            headers: self.remote_header.clone(),
+            token_file: self.remote_token_file.clone(),
         }
-        if let Some(p) = &self.remote_ca {
-            o.ca = Some(p.clone());
-        }
-        if self.remote_client_cert.is_some() || self.remote_client_key.is_some() {
-            o.client_cert = self.remote_client_cert.clone();
-            o.client_key = self.remote_client_key.clone();
-        }
-        if let Some(p) = &self.remote_token_file {
-            o.token_file = Some(p.clone());
-        }
-        for h in &self.remote_header {
-            o.headers.push(wbuild_remote::parse_header(h)?);
-        }
-        Ok(o)
     }
-}
-
-/// Connects to `url` with `options`, first warning (on stderr) when credentials would go
-/// in clear text off this machine.
-pub(crate) fn connect_remote_with(
-    url: &str,
-    instance: &str,
-    options: &wbuild_remote::ConnectOptions,
-) -> Result<wbuild_remote::RemoteCache, wbuild_remote::ClientError> {
-    if let Some(w) = options.cleartext_warning(url) {
-        eprintln!("{w}");
-    }
-    wbuild_remote::RemoteCache::connect_with(url, instance, options)
 }
 
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -304,52 +266,31 @@ fn main() {
     std::process::exit(code);
 }
 
-fn open_store(cli_dir: &Option<PathBuf>) -> Result<Arc<Store>> {
-    open_store_with(cli_dir, wbuild_store::DigestFunction::Blake3)
+/// A line for the user, on stderr.
+fn note(line: &str) {
+    eprintln!("{line}");
 }
 
-/// The store, hashing with `f` (a remote cache's function, so keys match the remote's).
-fn open_store_with(
-    cli_dir: &Option<PathBuf>,
-    f: wbuild_store::DigestFunction,
-) -> Result<Arc<Store>> {
+fn cache_dir(cli: &Cli) -> PathBuf {
+    cli.cache_dir.clone().unwrap_or_else(Store::default_dir)
+}
+
+fn open_store(cli_dir: &Option<PathBuf>) -> Result<Arc<Store>> {
     let dir = cli_dir.clone().unwrap_or_else(Store::default_dir);
-    let store = match Store::open_with_timeout(&dir, f, Duration::from_millis(200)) {
-        Err(wbuild_store::StoreError::Locked { .. }) => {
-            eprintln!(
-                "waiting for another wbuild process that is using the cache {}",
-                dir.display()
-            );
-            Store::open_with(&dir, f)
-        }
-        other => other,
-    };
-    let store = store.with_context(|| format!("cannot open cache {}", dir.display()))?;
-    match store.index_check() {
-        Some(wbuild_store::IndexCheck::Repaired) => {
-            eprintln!("note: the cache index was damaged; redb repaired it")
-        }
-        Some(wbuild_store::IndexCheck::Replaced { aside, reason }) => eprintln!(
-            "warning: the cache index was damaged beyond repair ({reason}); moved aside to {} and rebuilt: actions whose cache entries were lost run again",
-            aside.display()
-        ),
-        _ => {}
-    }
-    Ok(Arc::new(store))
+    Ok(wbuild_driver::session::open_store(&dir, &note)?)
 }
 
 fn workspace() -> Result<(Workspace, String)> {
     let cwd = std::env::current_dir().context("cannot read the current directory")?;
-    let ws = Workspace::discover(&cwd)?;
-    let pkg = ws.package_of_dir(&cwd);
-    Ok((ws, pkg))
+    Ok(wbuild_driver::session::workspace(&cwd)?)
 }
 
 /// The workspace with its pinned toolchains resolved (fetched and verified if needed).
 fn workspace_resolved(cli: &Cli) -> Result<(Workspace, String)> {
-    let (mut ws, pkg) = workspace()?;
-    toolchain::resolve_workspace(&mut ws, &cli.cache_dir)?;
-    Ok((ws, pkg))
+    Ok(wbuild_driver::session::workspace_resolved(
+        &cache_dir(cli),
+        &note,
+    )?)
 }
 
 fn run(cli: Cli) -> Result<i32> {
@@ -368,299 +309,67 @@ fn run(cli: Cli) -> Result<i32> {
     }
 }
 
-/// `WBUILD_PROFILE=1` prints how long each phase of a command took.
-struct Phases(Option<std::time::Instant>);
-impl Phases {
-    fn new() -> Phases {
-        Phases(
-            std::env::var_os("WBUILD_PROFILE")
-                .is_some()
-                .then(std::time::Instant::now),
-        )
+/// The CLI side of a build: the progress display and events file, created when the driver
+/// knows how many actions it reports.
+struct Presenter<'a> {
+    events_file: Option<&'a std::path::Path>,
+    ui: std::sync::OnceLock<ui::Ui>,
+}
+
+impl wbuild_driver::Frontend for Presenter<'_> {
+    fn note(&self, line: &str) {
+        note(line);
     }
-    fn mark(&mut self, what: &str) {
-        if let Some(t) = &mut self.0 {
-            eprintln!(
-                "[profile] {what}: {:.1} ms",
-                t.elapsed().as_secs_f64() * 1e3
-            );
-            *t = std::time::Instant::now();
+
+    fn start(
+        &self,
+        total: usize,
+        scheduling: bool,
+    ) -> std::result::Result<&dyn wbuild_sched::EventSink, Box<dyn std::error::Error + Send + Sync>>
+    {
+        let ui = ui::Ui::new(total, self.events_file)?;
+        let ui = self.ui.get_or_init(|| ui);
+        if scheduling {
+            ctrlc::set_handler(wbuild_sched::interrupt)
+                .context("cannot install the Ctrl-C handler")?;
         }
+        Ok(ui)
     }
-}
-
-/// The platforms named with `--platform` (none: see [`default_platform`]).
-fn flag_platforms(flags: &[String]) -> Result<Vec<Platform>> {
-    let mut out: Vec<Platform> = Vec::new();
-    for f in flags {
-        let p = Platform::parse(f.trim()).map_err(|e| anyhow::anyhow!("--platform: {e}"))?;
-        if !out.contains(&p) {
-            out.push(p);
-        }
-    }
-    Ok(out)
-}
-
-/// The platform of targets without a `platform` attribute when `--platform` is not given:
-/// `[build] platform`, else the host.
-fn default_platform(ws: &Workspace) -> Result<Platform> {
-    let Some(name) = ws.config.build.platform.as_deref() else {
-        return Ok(Platform::host());
-    };
-    Platform::parse(name).map_err(|e| {
-        anyhow::anyhow!(
-            "[build] platform in {}: {e}",
-            ws.root.join("wbuild.toml").display()
-        )
-    })
-}
-
-/// What to build for which platform: with `--platform`, every root for each platform named;
-/// otherwise roots grouped by their `platform` attribute (the rest on the default platform).
-/// `None` stands for the whole graph.
-fn platform_passes(
-    ws: &Workspace,
-    flags: &[Platform],
-    graph: &wbuild_graph::ActionGraph,
-    roots: &[Label],
-) -> Result<Vec<(Platform, Option<Vec<Label>>)>> {
-    if !flags.is_empty() {
-        return Ok(flags.iter().map(|p| (*p, None)).collect());
-    }
-    let default = default_platform(ws)?;
-    let mut groups: BTreeMap<&'static str, (Platform, Vec<Label>)> = BTreeMap::new();
-    for r in roots {
-        let p = match graph.root_platforms.get(r) {
-            Some(name) => Platform::parse(name).map_err(|e| anyhow::anyhow!("{r}: {e}"))?,
-            None => default,
-        };
-        groups
-            .entry(p.name())
-            .or_insert((p, Vec::new()))
-            .1
-            .push(r.clone());
-    }
-    Ok(match groups.len() {
-        0 | 1 => vec![(groups.into_values().next().map_or(default, |g| g.0), None)],
-        _ => groups.into_values().map(|(p, r)| (p, Some(r))).collect(),
-    })
-}
-
-/// A clear error up front when the cross toolchain for `p` is not installed.
-fn check_cross_toolchain(p: Platform) -> Result<()> {
-    if p == Platform::host() {
-        return Ok(());
-    }
-    for (_, tool) in p.tool_env() {
-        let Some(program) = tool.split_whitespace().next() else {
-            continue;
-        };
-        if !std::path::Path::new("/usr/bin").join(program).exists() {
-            let t = p.triple();
-            let package = if program.starts_with("qemu") {
-                "qemu-user-static".to_owned()
-            } else if program.ends_with("-g++") {
-                format!("g++-{t}")
-            } else if program.ends_with("-gcc") {
-                format!("gcc-{t}")
-            } else {
-                format!("binutils-{t}")
-            };
-            bail!(
-                "building for {} needs /usr/bin/{program}, which is not installed: install the Debian package {package} (apt-get install {package})",
-                p.name()
-            );
-        }
-    }
-    Ok(())
 }
 
 fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
-    let mut phases = Phases::new();
     let (ws, pkg) = workspace_resolved(cli)?;
-    let flags = flag_platforms(&args.platform)?;
-    let patterns = parse_patterns(&args.patterns, &pkg)?;
-    let (remote, executor) = connect_remote(&ws, args)?;
-    phases.mark("remote");
-    let function = remote
-        .as_ref()
-        .map_or(wbuild_store::DigestFunction::Blake3, |r| r.function());
-    let store = open_store_with(&cli.cache_dir, function)?;
-    phases.mark("open store");
-    let command = if tests { "test" } else { "build" };
-    let signature = wbuild_graph::workspace_signature(&ws)?;
-    let snapshot = uptodate::snapshot_path(
-        store.dir(),
-        &snapshot_key(&ws, &patterns, tests, &flags, args.sandbox, function),
-    );
-    let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
-    if !args.show_output
-        && args.provenance.is_none()
-        && let Some(done) = uptodate::check(&snapshot, signature.as_bytes())
-    {
-        phases.mark("up-to-date check");
-        return up_to_date(&store, command, &pattern_names, &done, args, tests);
-    }
-    phases.mark("up-to-date check");
-    let started = std::time::SystemTime::now();
-    let (actions, roots, analysis_cached) = analyse(&ws, &store, &patterns, tests, &signature)?;
-    let passes: Vec<(Platform, std::borrow::Cow<'_, wbuild_graph::ActionGraph>)> =
-        platform_passes(&ws, &flags, &actions, &roots)?
-            .into_iter()
-            .map(|(p, roots)| {
-                let g = match roots {
-                    Some(r) => std::borrow::Cow::Owned(actions.subgraph(&r)),
-                    None => std::borrow::Cow::Borrowed(&actions),
-                };
-                (p, g)
-            })
-            .collect();
-    let is_native = |g: &wbuild_graph::ActionGraph| {
-        g.actions
-            .iter()
-            .any(|a| a.exec == wbuild_graph::Exec::Native)
-    };
-    let mut bundles = BTreeMap::new();
-    for (p, g) in &passes {
-        let bundle = toolchain::native_for(&ws, p.name())?;
-        if is_native(g) {
-            match &bundle {
-                Some(tc) if args.sandbox == SandboxMode::None => bail!(
-                    "the pinned toolchain {} for {} is the whole system of native actions, which needs the sandbox; drop --sandbox=none",
-                    tc.name,
-                    p.name()
-                ),
-                Some(_) => {}
-                None => check_cross_toolchain(*p)?,
-            }
-        }
-        bundles.insert(p.name(), bundle);
-    }
-    if passes.iter().any(|(_, g)| is_native(g)) {
-        match args.sandbox {
-            SandboxMode::Namespaces => wbuild_exec_native::probe().map_err(|e| {
-                anyhow::anyhow!(
-                    "{e}\n(or run native actions unsandboxed with --sandbox=none; their results are marked as such)"
-                )
-            })?,
-            SandboxMode::None => eprintln!(
-                "warning: --sandbox=none: native actions run directly on this machine, unisolated; their results are keyed apart and must never be shared"
-            ),
-        }
-    }
-    phases.mark(if analysis_cached {
-        "load + analyse (cached)"
-    } else {
-        "load + analyse"
-    });
-    let jobs = args
-        .jobs
-        .or(ws.config.build.jobs)
-        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
-        .max(1);
-    let exec = Arc::new(WasiExecutor::new(&ExecConfig {
-        modules_dir: store.modules_dir(),
-        max_concurrent: jobs as u32,
-    })?);
-    let opts = Options {
-        jobs,
+    let request = wbuild_driver::BuildRequest {
+        patterns: args.patterns.clone(),
+        platforms: args.platform.clone(),
+        jobs: args.jobs,
         keep_going: args.keep_going,
-        epoch_secs: ws.config.build.source_date_epoch,
-        memory_limit_bytes: ws.config.wasi.memory_limit_mb << 20,
-        timeout: Duration::from_secs(ws.config.wasi.timeout_secs),
+        tests,
         show_output: args.show_output,
-        platform: Platform::host(),
-        unsandboxed: args.sandbox == SandboxMode::None,
-        remote_upload: args
-            .remote_upload
-            .or(ws.config.remote.upload)
-            .unwrap_or(true),
-        native_toolchain: None,
+        sandbox: match args.sandbox {
+            SandboxMode::Namespaces => wbuild_driver::SandboxMode::Namespaces,
+            SandboxMode::None => wbuild_driver::SandboxMode::None,
+        },
+        remote: wbuild_driver::RemoteRequest {
+            cache: args.remote.clone(),
+            executor: args.remote_executor.clone(),
+            instance: args.remote_instance.clone(),
+            upload: args.remote_upload,
+            auth: args.remote_auth.auth(),
+        },
+        provenance: args.provenance.clone(),
+        sign_key: args.sign_key.clone(),
+        cache_dir: cache_dir(cli),
     };
-    let build_id = store.begin_build(command, &pattern_names)?;
-    phases.mark("engine + history");
-    let total: usize = passes.iter().map(|(_, g)| g.actions.len()).sum();
-    let ui = ui::Ui::new(total, args.events.as_deref())?;
-    ctrlc::set_handler(wbuild_sched::interrupt).context("cannot install the Ctrl-C handler")?;
-    let local_jobs = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(jobs);
-    let sched = Scheduler::new(&ws, store.clone(), exec, &ui, Some(build_id))
-        .with_remote(remote)
-        .with_executor(executor, local_jobs);
-    let runs: Vec<(&wbuild_graph::ActionGraph, Options)> = passes
-        .iter()
-        .map(|(p, g)| {
-            let mut o = opts.clone();
-            o.platform = *p;
-            o.native_toolchain = bundles.get(p.name()).cloned().flatten();
-            (g.as_ref(), o)
-        })
-        .collect();
-    let summaries = sched.run_passes(&runs);
-    phases.mark("schedule");
-    let summary = summaries.map(|all| merge_summaries(all, &passes));
-    let outcome = match &summary {
-        Ok(s) if s.interrupted => "interrupted",
-        Ok(s) if s.success() => "success",
-        _ => "failed",
+    let presenter = Presenter {
+        events_file: args.events.as_deref(),
+        ui: std::sync::OnceLock::new(),
     };
-    store.finish_build(build_id, outcome)?; // flushes durably
-    phases.mark("record + flush");
-    let summary = summary?;
-    if summary.success() {
-        let abs = |p: &String| ws.path(p);
-        let sources: Vec<PathBuf> = summary.sources.iter().map(abs).collect();
-        let outputs: Vec<PathBuf> = summary.outputs.keys().map(|p| ws.root.join(p)).collect();
-        // Best effort: without a snapshot the next no-op build takes the full path.
-        let _ = uptodate::save(
-            &snapshot,
-            signature.as_bytes(),
-            &sources,
-            &outputs,
-            &summary.actions,
-        );
-    } else {
-        let _ = std::fs::remove_file(&snapshot);
+    let outcome = wbuild_driver::run_build(&ws, &pkg, &request, &presenter)?;
+    let summary = &outcome.summary;
+    if let Some(ui) = presenter.ui.get() {
+        ui.finish(summary, tests);
     }
-    if summary.success()
-        && let Some(out) = &args.provenance
-    {
-        let mut subjects = Vec::new();
-        let mut platforms = Vec::new();
-        for (p, g) in &passes {
-            for files in g.target_files.values() {
-                for f in files.iter().filter(|f| g.producers.contains_key(*f)) {
-                    subjects.push(format!("{}/{f}", p.out_dir()));
-                }
-            }
-            // A platform with a pinned bundle is identified by it (in `toolchains`).
-            let host_toolchain = bundles.get(p.name()).is_some_and(|b| b.is_none());
-            platforms.push((
-                p.name().to_owned(),
-                (is_native(g) && host_toolchain).then(|| wbuild_sched::toolchain_identity(*p)),
-            ));
-        }
-        subjects.sort();
-        subjects.dedup();
-        let facts = provenance::BuildFacts {
-            ws: &ws,
-            subjects,
-            sources: &summary.sources,
-            patterns: &pattern_names,
-            platforms,
-            source_date_epoch: opts.epoch_secs,
-            sandbox: if opts.unsandboxed {
-                "none"
-            } else {
-                "namespaces"
-            },
-            build_id,
-            started,
-        };
-        provenance::write(out, &facts, args.sign_key.as_deref())?;
-    }
-    ui.finish(&summary, tests);
     Ok(if summary.interrupted {
         130
     } else if summary.success() {
@@ -670,168 +379,14 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     })
 }
 
-/// One summary for a build of several platform passes; outputs keyed by their place under the
-/// workspace (`wbuild-out/<platform>/...`). A pass that never ran (the build stopped before
-/// it) counts as skipped work.
-fn merge_summaries(
-    all: Vec<wbuild_sched::Summary>,
-    passes: &[(Platform, std::borrow::Cow<'_, wbuild_graph::ActionGraph>)],
-) -> wbuild_sched::Summary {
-    let mut total = wbuild_sched::Summary::default();
-    let mut sources = std::collections::BTreeSet::new();
-    let ran = all.len();
-    for (s, (p, _)) in all.into_iter().zip(passes) {
-        total.executed += s.executed;
-        total.cached += s.cached;
-        total.remote_cached += s.remote_cached;
-        total.remote_executed += s.remote_executed;
-        total.failed += s.failed;
-        total.skipped += s.skipped;
-        total.interrupted |= s.interrupted;
-        total.duration += s.duration;
-        sources.extend(s.sources);
-        total.actions.extend(s.actions);
-        let dir = p.out_dir();
-        total.outputs.extend(
-            s.outputs
-                .into_iter()
-                .map(|(k, d)| (format!("{dir}/{k}"), d)),
-        );
-    }
-    for (_, g) in passes.iter().skip(ran) {
-        total.skipped += g.actions.len() as u64;
-    }
-    total.sources = sources.into_iter().collect();
-    total
-}
-
-/// Load and analyse, reusing the analysis cached in the store when the workspace is unchanged.
-fn analyse(
-    ws: &Workspace,
-    store: &Store,
-    patterns: &[TargetPattern],
-    tests: bool,
-    signature: &wbuild_graph::Signature,
-) -> Result<(wbuild_graph::ActionGraph, Vec<Label>, bool)> {
-    Ok(wbuild_graph::load_and_analyse_cached(
-        ws,
-        patterns,
-        tests,
-        &store.dir().join("analysis"),
-        signature,
-    )?)
-}
-
-/// Names the snapshot of one (workspace, patterns, command) for this version of wbuild.
-fn snapshot_key(
-    ws: &Workspace,
-    patterns: &[TargetPattern],
-    tests: bool,
-    platforms: &[Platform],
-    sandbox: SandboxMode,
-    function: wbuild_store::DigestFunction,
-) -> String {
-    let names: Vec<&str> = platforms.iter().map(|p| p.name()).collect();
-    let mut text = format!(
-        "{}\0{}\0{}\0{}\0{}\0{sandbox:?}\0{tests}\0{}",
-        env!("CARGO_PKG_VERSION"),
-        wbuild_graph::binary_identity(),
-        wbuild_exec_wasi::EXECUTOR_VERSION,
-        ws.root.display(),
-        names.join(","),
-        function.name()
-    );
-    for p in patterns {
-        text.push('\0');
-        text.push_str(&p.to_string());
-    }
-    wbuild_store::Digest::of(wbuild_store::DigestFunction::Blake3, text.as_bytes()).hex()
-}
-
-/// A no-op build proven by the up-to-date snapshot: report every action as cached.
-fn up_to_date(
-    store: &Store,
-    command: &str,
-    patterns: &[String],
-    done: &[uptodate::SnapshotAction],
-    args: &BuildArgs,
-    tests: bool,
-) -> Result<i32> {
-    let start = std::time::Instant::now();
-    let build_id = store.begin_build(command, patterns)?;
-    let ui = ui::Ui::new(done.len(), args.events.as_deref())?;
-    for a in done {
-        ui.event(&Event::Action {
-            label: a.label.clone(),
-            mnemonic: a.mnemonic.clone(),
-            detail: (!a.detail.is_empty()).then(|| a.detail.clone()),
-            status: Status::Cached,
-            duration_ms: 0,
-            action_digest: Some(a.action_digest.clone()),
-            error: None,
-            output: None,
-            warnings: Vec::new(),
-            accesses: None,
-            platform: None,
-            worker: None,
-            resubmitted: false,
-        });
-    }
-    let summary = wbuild_sched::Summary {
-        cached: done.len() as u64,
-        duration: start.elapsed(),
-        ..Default::default()
-    };
-    ui.event(&Event::BuildFinished {
-        executed: 0,
-        cached: summary.cached,
-        remote_cached: 0,
-        remote_executed: 0,
-        remote_rpcs: None,
-        failed: 0,
-        skipped: 0,
-        files_hashed: 0,
-        modules_compiled: 0,
-        duration_ms: summary.duration.as_millis() as u64,
-        interrupted: false,
-    });
-    store.record_up_to_date(build_id, summary.cached)?;
-    store.finish_build(build_id, "success")?;
-    ui.finish(&summary, tests);
-    Ok(0)
-}
-
-fn parse_patterns(patterns: &[String], pkg: &str) -> Result<Vec<TargetPattern>> {
-    let default = ["//...".to_owned()];
-    let patterns = if patterns.is_empty() {
-        &default[..]
-    } else {
-        patterns
-    };
-    patterns
-        .iter()
-        .map(|p| TargetPattern::parse(p, pkg).map_err(Into::into))
-        .collect()
-}
-
 fn outputs(cli: &Cli, targets: &[String], platform_flags: &[String]) -> Result<i32> {
     let (ws, pkg) = workspace_resolved(cli)?;
-    let flags = flag_platforms(platform_flags)?;
-    let patterns = parse_patterns(targets, &pkg)?;
+    // As `build` does: platforms, then patterns, then the store.
+    wbuild_driver::platform::flag_platforms(platform_flags)?;
+    let patterns = wbuild_driver::session::parse_patterns(targets, &pkg)?;
     let store = open_store(&cli.cache_dir)?;
-    let signature = wbuild_graph::workspace_signature(&ws)?;
-    let (actions, roots, _) = analyse(&ws, &store, &patterns, false, &signature)?;
-    for (platform, group) in platform_passes(&ws, &flags, &actions, &roots)? {
-        let out_dir = platform.out_dir();
-        for label in group.as_deref().unwrap_or(&roots) {
-            for path in actions.target_files.get(label).into_iter().flatten() {
-                if actions.producers.contains_key(path) {
-                    println!("{out_dir}/{path}");
-                } else {
-                    println!("{path}");
-                }
-            }
-        }
+    for path in wbuild_driver::session::output_paths(&ws, &store, &patterns, platform_flags)? {
+        println!("{path}");
     }
     Ok(0)
 }
@@ -927,57 +482,6 @@ fn history(cli: &Cli, build: Option<u64>, limit: usize) -> Result<i32> {
         }
     }
     Ok(0)
-}
-
-type Remote = Option<Arc<wbuild_remote::RemoteCache>>;
-
-/// The remote cache of `--remote` or `[remote] url` and the remote executor of
-/// `--remote-executor` or `[remote] executor` (which is the remote cache too, unless another
-/// is named), each if set and answering; otherwise a warning and a local build.
-fn connect_remote(ws: &Workspace, args: &BuildArgs) -> Result<(Remote, Remote)> {
-    let cache_url = args.remote.as_ref().or(ws.config.remote.url.as_ref());
-    let exec_url = args
-        .remote_executor
-        .as_ref()
-        .or(ws.config.remote.executor.as_ref());
-    let instance = args
-        .remote_instance
-        .as_ref()
-        .or(ws.config.remote.instance.as_ref())
-        .map_or("", String::as_str);
-    if let (Some(c), Some(e)) = (cache_url, exec_url)
-        && c != e
-    {
-        bail!(
-            "--remote {c} and --remote-executor {e} differ: the executor's workers read inputs from and write results to its own CAS, so use one endpoint (drop --remote)"
-        );
-    }
-    let Some(url) = exec_url.or(cache_url) else {
-        return Ok((None, None));
-    };
-    let what = if exec_url.is_some() {
-        "remote executor"
-    } else {
-        "remote cache"
-    };
-    let options = args
-        .remote_auth
-        .options(Some((&ws.config.remote, &ws.root)))?;
-    match connect_remote_with(url, instance, &options) {
-        Ok(r) => {
-            let r = Arc::new(r);
-            let executor = exec_url.is_some().then(|| r.clone());
-            Ok((Some(r), executor))
-        }
-        // Options that cannot be used are a mistake to fix, not an outage to build through.
-        Err(e @ wbuild_remote::ClientError::Options(_)) => {
-            Err(anyhow::Error::new(e).context(format!("cannot use the {what} {url}")))
-        }
-        Err(e) => {
-            eprintln!("warning: {e}; building without the {what}");
-            Ok((None, None))
-        }
-    }
 }
 
 /// `wbuild serve`: who may read and write, TLS, and the bounds of an upload.

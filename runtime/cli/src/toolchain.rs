@@ -1,18 +1,16 @@
 //! `wbuild toolchain ...`: keys, packing, signing, publishing, fetching and verifying
-//! toolchain bundles; and resolving a workspace's pinned toolchains before a build.
+//! toolchain bundles (resolving a workspace's pinned toolchains before a build is
+//! `wbuild_driver::toolchain`).
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
 use clap::Subcommand;
 use wbuild_bundle::file::read_bundle;
 use wbuild_bundle::{Toolchains, Trust, pack, registry, sign};
-use wbuild_graph::{External, Workspace};
+use wbuild_driver::toolchain::{install, workspace_trust};
+use wbuild_graph::Workspace;
 use wbuild_store::Store;
-
-/// Name of the lock file at the workspace root.
-pub const LOCK_FILE: &str = "wbuild.lock";
 
 #[derive(Subcommand)]
 pub enum ToolchainCmd {
@@ -75,21 +73,6 @@ fn trust_from(flags: &[String]) -> Result<Trust> {
     }
     if let Ok(ws) = Workspace::discover(&cwd) {
         trust.keys.extend(workspace_trust(&ws)?.keys);
-    }
-    Ok(trust)
-}
-
-fn workspace_trust(ws: &Workspace) -> Result<Trust> {
-    let mut trust = Trust::default();
-    for k in &ws.config.trust.keys {
-        trust
-            .keys
-            .push(sign::load_public_key(k, &ws.root).with_context(|| {
-                format!(
-                    "[trust] keys in {}",
-                    ws.root.join(wbuild_graph::WORKSPACE_FILE).display()
-                )
-            })?);
     }
     Ok(trust)
 }
@@ -222,161 +205,6 @@ pub fn run(cli_cache: &Option<PathBuf>, cmd: &ToolchainCmd) -> Result<i32> {
     Ok(0)
 }
 
-/// The pinned native toolchain bundle for `platform` (one whose manifest names that
-/// platform and has a `cc` entry point), if any.
-pub fn native_for(
-    ws: &Workspace,
-    platform: &str,
-) -> Result<Option<std::sync::Arc<wbuild_sched::NativeToolchain>>> {
-    let found: Vec<(&String, &External)> = ws
-        .externals
-        .iter()
-        .filter(|(_, e)| e.platform == platform && e.entry_points.contains_key("cc"))
-        .collect();
-    match found.as_slice() {
-        [] => Ok(None),
-        [(name, e)] => Ok(Some(native_toolchain(name, &e.digest, &e.root, &e.env))),
-        many => bail!(
-            "{}: toolchains {} are all native toolchains for {platform}; pin one",
-            ws.root.join(wbuild_graph::WORKSPACE_FILE).display(),
-            many.iter()
-                .map(|(n, _)| n.as_str())
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
-    }
-}
-
-/// Installs from `oci://...` or a bundle file path (relative to `base`).
-fn install(
-    tc: &Toolchains,
-    source: &str,
-    base: &Path,
-    trust: &Trust,
-    digest: Option<&str>,
-) -> Result<wbuild_bundle::Installed> {
-    if source.starts_with("oci://") {
-        Ok(registry::fetch(tc, source, Some(trust), digest)?)
-    } else {
-        Ok(tc.install_file(&base.join(source), Some(trust), digest)?)
-    }
-}
-
-#[derive(Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
-struct Lock {
-    #[serde(default)]
-    toolchains: BTreeMap<String, LockEntry>,
-}
-
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-#[serde(deny_unknown_fields)]
-struct LockEntry {
-    source: String,
-    digest: String,
-}
-
-/// Makes every `[toolchains]` pin of the workspace available: the digest comes from
-/// `wbuild.toml`, else from `wbuild.lock` (for the same source), else from resolving the
-/// source; a bundle not installed yet is fetched, its digest and signature checked. The
-/// resolved digests are written to `wbuild.lock`, and the toolchains are registered in
-/// `ws.externals` for `@name//...` references.
-pub fn resolve_workspace(ws: &mut Workspace, cli_cache: &Option<PathBuf>) -> Result<()> {
-    if ws.config.toolchains.is_empty() {
-        return Ok(());
-    }
-    let toml_path = ws.root.join(wbuild_graph::WORKSPACE_FILE);
-    let trust = workspace_trust(ws)?;
-    if trust.keys.is_empty() {
-        bail!(
-            "{}: toolchains are pinned but no key is trusted to sign them; add\n  [trust]\n  keys = [\"team.pub\"]\n(the public key from `wbuild toolchain keygen`)",
-            toml_path.display()
-        );
-    }
-    let lock_path = ws.root.join(LOCK_FILE);
-    let old_lock: Lock = match std::fs::read_to_string(&lock_path) {
-        Ok(t) => toml::from_str(&t).with_context(|| {
-            format!(
-                "{}: unreadable; delete it to resolve the toolchains again",
-                lock_path.display()
-            )
-        })?,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Lock::default(),
-        Err(e) => return Err(e).context(format!("cannot read {}", lock_path.display())),
-    };
-    let tc = Toolchains::new(&cache_dir(cli_cache));
-    let mut lock = Lock::default();
-    let mut externals = BTreeMap::new();
-    for (name, pin) in &ws.config.toolchains {
-        let locked = old_lock
-            .toolchains
-            .get(name)
-            .filter(|e| e.source == pin.source)
-            .map(|e| e.digest.clone());
-        let from_lock = pin.digest.is_none() && locked.is_some();
-        let digest = pin.digest.clone().or(locked);
-        let what = if from_lock {
-            format!(
-                "[toolchains.{name}] (digest pinned by {}: delete its entry to accept a new bundle)",
-                lock_path.display()
-            )
-        } else {
-            format!("[toolchains.{name}] in {}", toml_path.display())
-        };
-        let installed = match &digest {
-            Some(d) => tc.get(d).with_context(|| what.clone())?,
-            None => None,
-        };
-        let inst = match installed {
-            Some(inst) => {
-                // Installed earlier: its signature must still satisfy today's trust.
-                sign::verify(&inst.head, &trust, &what)?;
-                inst
-            }
-            None => {
-                eprintln!("fetching toolchain {name} from {}", pin.source);
-                install(&tc, &pin.source, &ws.root, &trust, digest.as_deref())
-                    .with_context(|| what.clone())?
-            }
-        };
-        let m = &inst.head.manifest;
-        externals.insert(
-            name.clone(),
-            External {
-                digest: inst.head.digest.clone(),
-                platform: m.platform.clone(),
-                root: inst.root(),
-                files: m
-                    .files
-                    .iter()
-                    .filter(|f| f.symlink.is_none())
-                    .map(|f| f.path.clone())
-                    .collect(),
-                entry_points: m.entry_points.clone(),
-                env: m.env.clone(),
-            },
-        );
-        lock.toolchains.insert(
-            name.clone(),
-            LockEntry {
-                source: pin.source.clone(),
-                digest: inst.head.digest.clone(),
-            },
-        );
-    }
-    if lock != old_lock {
-        let text = format!(
-            "# Toolchain bundles resolved for this workspace, by digest. Written by wbuild; commit it.\n{}",
-            toml::to_string(&lock).expect("lock serialises")
-        );
-        let tmp = lock_path.with_extension("lock.tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, &lock_path))
-            .with_context(|| format!("cannot write {}", lock_path.display()))?;
-    }
-    ws.externals = externals;
-    Ok(())
-}
-
 /// Installs toolchain bundles (files or `oci://` references) into the cache at `cache`,
 /// checking their signatures against `keys` (and the current workspace's trusted keys).
 pub fn install_sources(cache: &Path, sources: &[String], keys: &[String]) -> Result<()> {
@@ -400,42 +228,4 @@ pub fn install_sources(cache: &Path, sources: &[String], keys: &[String]) -> Res
         );
     }
     Ok(())
-}
-
-/// The installed native toolchain bundle `name` with `digest` in the cache at `cache`.
-pub fn installed_native(
-    cache: &Path,
-    name: &str,
-    digest: &str,
-) -> Result<Option<std::sync::Arc<wbuild_sched::NativeToolchain>>, String> {
-    let Some(inst) = Toolchains::new(cache)
-        .get(digest)
-        .map_err(|e| e.to_string())?
-    else {
-        return Ok(None);
-    };
-    Ok(Some(native_toolchain(
-        name,
-        digest,
-        &inst.root(),
-        &inst.head.manifest.env,
-    )))
-}
-
-/// A native bundle as native actions use it: its tree and its tools' environment.
-fn native_toolchain(
-    name: &str,
-    digest: &str,
-    root: &Path,
-    env: &BTreeMap<String, String>,
-) -> std::sync::Arc<wbuild_sched::NativeToolchain> {
-    std::sync::Arc::new(wbuild_sched::NativeToolchain {
-        name: name.to_owned(),
-        digest: digest.to_owned(),
-        root: root.to_owned(),
-        env: ["CC", "CXX", "AR", "TEST_RUNNER"]
-            .iter()
-            .map(|k| ((*k).to_owned(), env.get(*k).cloned().unwrap_or_default()))
-            .collect(),
-    })
 }

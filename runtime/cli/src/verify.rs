@@ -472,7 +472,7 @@ unsafe extern "C" {
 
 /// `verify --against`: one clean rebuild compared with a provenance statement's subjects.
 fn against(ws: &Workspace, cwd: &Path, args: &VerifyArgs, file: &Path) -> Result<i32> {
-    let (st, signers) = crate::provenance::read(file, &args.key, ws)?;
+    let (st, signers) = wbuild_driver::provenance::read(file, &args.key, ws)?;
     if !signers.is_empty() {
         println!(
             "signature ok: {} signed by {}",
@@ -480,7 +480,7 @@ fn against(ws: &Workspace, cwd: &Path, args: &VerifyArgs, file: &Path) -> Result
             signers.join(", ")
         );
     }
-    if st["_type"] != crate::provenance::STATEMENT_TYPE {
+    if st["_type"] != wbuild_driver::provenance::STATEMENT_TYPE {
         bail!(
             "{} is not an in-toto statement (_type is {})",
             file.display(),
@@ -536,7 +536,7 @@ fn against(ws: &Workspace, cwd: &Path, args: &VerifyArgs, file: &Path) -> Result
         let claimed = s["digest"]["sha256"].as_str().unwrap_or_default();
         let here = root.join(name);
         let ours = if here.is_file() {
-            crate::provenance::digest_set(&here)?["sha256"]
+            wbuild_driver::provenance::digest_set(&here)?["sha256"]
                 .as_str()
                 .unwrap_or_default()
                 .to_owned()

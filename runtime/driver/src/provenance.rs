@@ -1,13 +1,50 @@
-//! `wbuild build --provenance FILE`: an in-toto Statement (v1) with an SLSA provenance (v1)
-//! predicate for what a build produced: the subjects are the requested targets' outputs with
-//! their SHA-256 (and BLAKE3) digests; the resolved dependencies are the source files the
-//! actions read (tool modules and data included) and the identity of each native toolchain.
-//! `wbuild verify --against FILE` rebuilds and compares with the subjects.
+//! Provenance of a build: an in-toto Statement (v1) with an SLSA provenance (v1) predicate
+//! for what a build produced (`wbuild build --provenance FILE`): the subjects are the
+//! requested targets' outputs with their SHA-256 (and BLAKE3) digests; the resolved
+//! dependencies are the source files the actions read (tool modules and data included) and
+//! the identity of each native toolchain. `wbuild verify --against FILE` reads it back
+//! ([`read`]) and compares its rebuild with the subjects.
 
 use std::path::Path;
 
-use anyhow::{Context, Result};
 use sha2::Digest as _;
+
+/// Why provenance could not be written or read; each message names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum ProvenanceError {
+    /// A file that could not be read or written.
+    #[error("{what}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    /// A file (or an envelope's payload) that is not JSON.
+    #[error("{what}")]
+    NotJson {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+    /// The statement could not be serialised.
+    #[error(transparent)]
+    Serialise(#[from] serde_json::Error),
+    /// Signing or checking a signature failed (the message names the key or file).
+    #[error(transparent)]
+    Signature(#[from] wbuild_bundle::BundleError),
+    /// The current directory (relative `--key` paths) could not be read.
+    #[error(transparent)]
+    CurrentDir(std::io::Error),
+    /// The file cannot be checked as asked: say what to pass.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+type Result<T, E = ProvenanceError> = std::result::Result<T, E>;
+
+fn io(what: String) -> impl FnOnce(std::io::Error) -> ProvenanceError {
+    move |source| ProvenanceError::Io { what, source }
+}
 
 pub const STATEMENT_TYPE: &str = "https://in-toto.io/Statement/v1";
 pub const PREDICATE_TYPE: &str = "https://slsa.dev/provenance/v1";
@@ -15,7 +52,7 @@ pub const BUILD_TYPE: &str = "https://wbuild.dev/provenance/build/v1";
 
 /// SHA-256 and BLAKE3 of a file, as an in-toto digest set.
 pub fn digest_set(path: &Path) -> Result<serde_json::Value> {
-    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let bytes = std::fs::read(path).map_err(io(format!("cannot read {}", path.display())))?;
     Ok(serde_json::json!({
         "sha256": hex(&sha2::Sha256::digest(&bytes)),
         "blake3": blake3::hash(&bytes).to_hex().to_string(),
@@ -66,7 +103,6 @@ fn rfc3339(t: std::time::SystemTime) -> String {
     )
 }
 
-/// Writes the statement to `out`.
 /// Payload type of a DSSE envelope holding an in-toto statement.
 pub const DSSE_PAYLOAD_TYPE: &str = "application/vnd.in-toto+json";
 
@@ -149,7 +185,7 @@ pub fn write(out: &Path, facts: &BuildFacts<'_>, sign_key: Option<&Path>) -> Res
             serde_json::to_string_pretty(&env)? + "\n"
         }
     };
-    std::fs::write(out, text).with_context(|| format!("cannot write {}", out.display()))
+    std::fs::write(out, text).map_err(io(format!("cannot write {}", out.display())))
 }
 
 /// Reads a provenance file: a plain statement, or a DSSE envelope whose signature must
@@ -161,19 +197,22 @@ pub fn read(
     ws: &wbuild_graph::Workspace,
 ) -> Result<(serde_json::Value, Vec<String>)> {
     let text =
-        std::fs::read_to_string(file).with_context(|| format!("cannot read {}", file.display()))?;
+        std::fs::read_to_string(file).map_err(io(format!("cannot read {}", file.display())))?;
     let v: serde_json::Value =
-        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", file.display()))?;
+        serde_json::from_str(&text).map_err(|source| ProvenanceError::NotJson {
+            what: format!("{} is not JSON", file.display()),
+            source,
+        })?;
     if v.get("payloadType").is_none() {
         if !keys.is_empty() {
-            anyhow::bail!(
+            return Err(ProvenanceError::Invalid(format!(
                 "{} is an unsigned statement, but --key asks for a signature check",
                 file.display()
-            );
+            )));
         }
         return Ok((v, Vec::new()));
     }
-    let cwd = std::env::current_dir()?;
+    let cwd = std::env::current_dir().map_err(ProvenanceError::CurrentDir)?;
     let mut trust = wbuild_bundle::Trust::default();
     for k in keys {
         trust
@@ -186,18 +225,22 @@ pub fn read(
             .push(wbuild_bundle::sign::load_public_key(k, &ws.root)?);
     }
     if trust.keys.is_empty() {
-        anyhow::bail!(
+        return Err(ProvenanceError::Invalid(format!(
             "{} is a signed envelope: pass --key KEY.pub (or list keys under [trust] in wbuild.toml) to check it",
             file.display()
-        );
+        )));
     }
     let what = file.display().to_string();
     let (payload_type, body, ids) = wbuild_bundle::sign::dsse_verify(&v, &trust, &what)?;
     if payload_type != DSSE_PAYLOAD_TYPE {
-        anyhow::bail!("{what}: payload type is {payload_type}, not {DSSE_PAYLOAD_TYPE}");
+        return Err(ProvenanceError::Invalid(format!(
+            "{what}: payload type is {payload_type}, not {DSSE_PAYLOAD_TYPE}"
+        )));
     }
-    let st =
-        serde_json::from_slice(&body).with_context(|| format!("{what}: payload is not JSON"))?;
+    let st = serde_json::from_slice(&body).map_err(|source| ProvenanceError::NotJson {
+        what: format!("{what}: payload is not JSON"),
+        source,
+    })?;
     Ok((st, ids))
 }
 

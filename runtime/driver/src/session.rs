@@ -1,0 +1,683 @@
+//! One build session: load → analyse → platform passes → schedule → materialise →
+//! up-to-date snapshot.
+//!
+//! [`run_build`] takes a [`BuildRequest`] (what to build, how, with which remotes) and
+//! returns a [`BuildOutcome`] (the merged summary). It first asks the up-to-date snapshot
+//! whether anything can have changed; if not, every action of the last successful build is
+//! reported as cached and nothing is loaded. Otherwise it analyses the patterns, splits the
+//! graph into one pass per target platform, checks what native passes need (sandbox, cross
+//! toolchain or pinned bundle), runs the passes with the scheduler and records the build.
+//! The snapshot is written only after a fully successful build and deleted after any other.
+
+use std::borrow::Cow;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime};
+
+use wbuild_exec_wasi::{ExecConfig, WasiExecutor};
+use wbuild_graph::{ActionGraph, Label, TargetPattern, Workspace};
+use wbuild_remote::{ConnectOptions, RemoteCache};
+use wbuild_sched::{
+    Event, EventSink, NativeToolchain, Options, Platform, Scheduler, Status, Summary, uptodate,
+};
+use wbuild_store::{DigestFunction, Store};
+
+use crate::platform::{check_cross_toolchain, flag_platforms, has_native, platform_passes};
+use crate::snapshot::SnapshotKey;
+use crate::{DriverError, Result, provenance, toolchain};
+
+/// How native actions (genrule, cc_*) run.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum SandboxMode {
+    /// In Linux namespaces (the default).
+    Namespaces,
+    /// Directly on the host (`--sandbox=none`), keyed apart.
+    None,
+}
+
+/// Where a build's messages and events go. The driver prints nothing itself.
+pub trait Frontend {
+    /// A line for the user (warnings, notes, `WBUILD_PROFILE` timings), in order.
+    fn note(&self, line: &str);
+    /// The build is about to report `total` actions: the sink for its events. `scheduling`
+    /// is false for a build proven up to date by the snapshot (nothing runs).
+    fn start(
+        &self,
+        total: usize,
+        scheduling: bool,
+    ) -> std::result::Result<&dyn EventSink, Box<dyn std::error::Error + Send + Sync>>;
+}
+
+/// How to reach a remote: TLS trust and identity for `grpcs://`, and the credentials sent
+/// with every call; each field overrides the `[remote]` setting of `wbuild.toml`. `Debug`
+/// shows header names only (their values may be credentials).
+#[derive(Clone, Default)]
+pub struct RemoteAuth {
+    pub ca: Option<PathBuf>,
+    pub client_cert: Option<PathBuf>,
+    pub client_key: Option<PathBuf>,
+    /// `NAME=VALUE` headers, added to (and overriding) `[remote] headers`.
+    pub headers: Vec<String>,
+    pub token_file: Option<PathBuf>,
+}
+
+impl std::fmt::Debug for RemoteAuth {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let headers: Vec<String> = self
+            .headers
+            .iter()
+            .map(|h| match h.split_once('=') {
+                Some((name, _)) => format!("{name}=<redacted>"),
+                None => "<malformed>".to_owned(),
+            })
+            .collect();
+        f.debug_struct("RemoteAuth")
+            .field("ca", &self.ca)
+            .field("client_cert", &self.client_cert)
+            .field("client_key", &self.client_key)
+            .field("headers", &headers)
+            .field("token_file", &self.token_file)
+            .finish()
+    }
+}
+
+impl RemoteAuth {
+    /// The connection options: `[remote]` of `file` (paths relative to the workspace root),
+    /// overridden by these settings. A malformed header is an error.
+    pub fn options(
+        &self,
+        file: Option<(&wbuild_graph::RemoteConfig, &Path)>,
+    ) -> Result<ConnectOptions> {
+        let mut o = ConnectOptions::default();
+        if let Some((cfg, root)) = file {
+            o.ca = cfg.ca.as_ref().map(|p| root.join(p));
+            o.client_cert = cfg.client_cert.as_ref().map(|p| root.join(p));
+            o.client_key = cfg.client_key.as_ref().map(|p| root.join(p));
+            o.token_file = cfg.token_file.as_ref().map(|p| root.join(p));
+            o.headers = cfg
+                .headers
+                .iter()
+                .map(|(n, v)| (n.clone(), v.clone()))
+                .collect();
+        }
+        if let Some(p) = &self.ca {
+            o.ca = Some(p.clone());
+        }
+        if self.client_cert.is_some() || self.client_key.is_some() {
+            o.client_cert = self.client_cert.clone();
+            o.client_key = self.client_key.clone();
+        }
+        if let Some(p) = &self.token_file {
+            o.token_file = Some(p.clone());
+        }
+        for h in &self.headers {
+            o.headers.push(wbuild_remote::parse_header(h)?);
+        }
+        Ok(o)
+    }
+}
+
+/// The remotes of a build (flags; `[remote]` of `wbuild.toml` fills what is unset).
+#[derive(Clone, Debug, Default)]
+pub struct RemoteRequest {
+    /// A REAPI cache (`--remote`).
+    pub cache: Option<String>,
+    /// A REAPI executor (`--remote-executor`), which is the remote cache too.
+    pub executor: Option<String>,
+    pub instance: Option<String>,
+    /// Upload results built here (default true).
+    pub upload: Option<bool>,
+    pub auth: RemoteAuth,
+}
+
+/// What to build and how.
+#[derive(Clone, Debug)]
+pub struct BuildRequest {
+    /// Target patterns as typed (relative to the package of the current directory);
+    /// none means `//...`.
+    pub patterns: Vec<String>,
+    /// `--platform` values (comma-split).
+    pub platforms: Vec<String>,
+    /// Actions at once (default: `[build] jobs`, else the number of cores).
+    pub jobs: Option<usize>,
+    pub keep_going: bool,
+    /// `wbuild test`: build and run the test targets.
+    pub tests: bool,
+    pub show_output: bool,
+    pub sandbox: SandboxMode,
+    pub remote: RemoteRequest,
+    /// Write the build's provenance here (only after a successful build).
+    pub provenance: Option<PathBuf>,
+    /// Sign the provenance with this minisign secret key.
+    pub sign_key: Option<PathBuf>,
+    /// The cache directory.
+    pub cache_dir: PathBuf,
+}
+
+/// What a build did.
+#[derive(Debug)]
+pub struct BuildOutcome {
+    /// The totals of every pass; outputs keyed by their place under the workspace
+    /// (`wbuild-out/<platform>/...`).
+    pub summary: Summary,
+    /// Proven a no-op by the up-to-date snapshot: nothing was loaded or run.
+    pub up_to_date: bool,
+}
+
+/// `WBUILD_PROFILE=1` reports how long each phase of a command took.
+struct Phases<'a>(Option<Instant>, &'a dyn Frontend);
+
+impl Phases<'_> {
+    fn mark(&mut self, what: &str) {
+        if let Some(t) = &mut self.0 {
+            self.1.note(&format!(
+                "[profile] {what}: {:.1} ms",
+                t.elapsed().as_secs_f64() * 1e3
+            ));
+            *t = Instant::now();
+        }
+    }
+}
+
+/// The workspace around `cwd` and the package `cwd` is in.
+pub fn workspace(cwd: &Path) -> Result<(Workspace, String)> {
+    let ws = Workspace::discover(cwd)?;
+    let pkg = ws.package_of_dir(cwd);
+    Ok((ws, pkg))
+}
+
+/// The workspace around the current directory with its pinned toolchains resolved (fetched
+/// and verified if needed, see [`toolchain::resolve_workspace`]).
+pub fn workspace_resolved(cache_dir: &Path, note: &dyn Fn(&str)) -> Result<(Workspace, String)> {
+    let cwd = std::env::current_dir().map_err(|source| DriverError::Io {
+        what: "cannot read the current directory".to_owned(),
+        source,
+    })?;
+    let (mut ws, pkg) = workspace(&cwd)?;
+    toolchain::resolve_workspace(&mut ws, cache_dir, note)?;
+    Ok((ws, pkg))
+}
+
+/// The patterns as typed, relative to `pkg` (none: `//...`).
+pub fn parse_patterns(patterns: &[String], pkg: &str) -> Result<Vec<TargetPattern>> {
+    let default = ["//...".to_owned()];
+    let patterns = if patterns.is_empty() {
+        &default[..]
+    } else {
+        patterns
+    };
+    patterns
+        .iter()
+        .map(|p| TargetPattern::parse(p, pkg).map_err(Into::into))
+        .collect()
+}
+
+/// The store at `dir`, hashing with BLAKE3.
+pub fn open_store(dir: &Path, note: &dyn Fn(&str)) -> Result<Arc<Store>> {
+    open_store_with(dir, DigestFunction::Blake3, note)
+}
+
+/// The store at `dir`, hashing with `f` (a remote cache's function, so keys match the
+/// remote's). Waits for another process holding it (saying so), and reports an index that
+/// was repaired or rebuilt.
+pub fn open_store_with(dir: &Path, f: DigestFunction, note: &dyn Fn(&str)) -> Result<Arc<Store>> {
+    let store = match Store::open_with_timeout(dir, f, Duration::from_millis(200)) {
+        Err(wbuild_store::StoreError::Locked { .. }) => {
+            note(&format!(
+                "waiting for another wbuild process that is using the cache {}",
+                dir.display()
+            ));
+            Store::open_with(dir, f)
+        }
+        other => other,
+    };
+    let store = store.map_err(|source| DriverError::OpenStore {
+        path: dir.to_owned(),
+        source: Box::new(source),
+    })?;
+    match store.index_check() {
+        Some(wbuild_store::IndexCheck::Repaired) => {
+            note("note: the cache index was damaged; redb repaired it")
+        }
+        Some(wbuild_store::IndexCheck::Replaced { aside, reason }) => note(&format!(
+            "warning: the cache index was damaged beyond repair ({reason}); moved aside to {} and rebuilt: actions whose cache entries were lost run again",
+            aside.display()
+        )),
+        _ => {}
+    }
+    Ok(Arc::new(store))
+}
+
+/// Connects to `url` with `options`, first warning (through `note`) when credentials would
+/// go in clear text off this machine.
+pub fn connect_with(
+    url: &str,
+    instance: &str,
+    options: &ConnectOptions,
+    note: &dyn Fn(&str),
+) -> std::result::Result<RemoteCache, wbuild_remote::ClientError> {
+    if let Some(w) = options.cleartext_warning(url) {
+        note(&w);
+    }
+    RemoteCache::connect_with(url, instance, options)
+}
+
+type Remote = Option<Arc<RemoteCache>>;
+
+/// The remote cache (`--remote` or `[remote] url`) and the remote executor
+/// (`--remote-executor` or `[remote] executor`, which is the remote cache too), each if set
+/// and answering; otherwise a warning and a local build. Options that cannot be used are an
+/// error.
+pub fn connect_remote(
+    ws: &Workspace,
+    req: &RemoteRequest,
+    note: &dyn Fn(&str),
+) -> Result<(Remote, Remote)> {
+    let cache_url = req.cache.as_ref().or(ws.config.remote.url.as_ref());
+    let exec_url = req.executor.as_ref().or(ws.config.remote.executor.as_ref());
+    let instance = req
+        .instance
+        .as_ref()
+        .or(ws.config.remote.instance.as_ref())
+        .map_or("", String::as_str);
+    if let (Some(c), Some(e)) = (cache_url, exec_url)
+        && c != e
+    {
+        return Err(DriverError::Config(format!(
+            "--remote {c} and --remote-executor {e} differ: the executor's workers read inputs from and write results to its own CAS, so use one endpoint (drop --remote)"
+        )));
+    }
+    let Some(url) = exec_url.or(cache_url) else {
+        return Ok((None, None));
+    };
+    let what = if exec_url.is_some() {
+        "remote executor"
+    } else {
+        "remote cache"
+    };
+    let options = req.auth.options(Some((&ws.config.remote, &ws.root)))?;
+    match connect_with(url, instance, &options, note) {
+        Ok(r) => {
+            let r = Arc::new(r);
+            let executor = exec_url.is_some().then(|| r.clone());
+            Ok((Some(r), executor))
+        }
+        // Options that cannot be used are a mistake to fix, not an outage to build through.
+        Err(source @ wbuild_remote::ClientError::Options(_)) => Err(DriverError::RemoteOptions {
+            what,
+            url: url.clone(),
+            source: Box::new(source),
+        }),
+        Err(e) => {
+            note(&format!("warning: {e}; building without the {what}"));
+            Ok((None, None))
+        }
+    }
+}
+
+/// Load and analyse, reusing the analysis cached in the store when the workspace is
+/// unchanged: the action graph, its roots, and whether it came from the cache.
+pub fn analyse(
+    ws: &Workspace,
+    store: &Store,
+    patterns: &[TargetPattern],
+    tests: bool,
+    signature: &wbuild_graph::Signature,
+) -> Result<(ActionGraph, Vec<Label>, bool)> {
+    Ok(wbuild_graph::load_and_analyse_cached(
+        ws,
+        patterns,
+        tests,
+        &store.dir().join("analysis"),
+        signature,
+    )?)
+}
+
+/// The output files of the targets matching `patterns` for each platform pass, as paths
+/// relative to the workspace root (generated files under their pass's output directory).
+pub fn output_paths(
+    ws: &Workspace,
+    store: &Store,
+    patterns: &[TargetPattern],
+    platform_flags: &[String],
+) -> Result<Vec<String>> {
+    let flags = flag_platforms(platform_flags)?;
+    let signature = wbuild_graph::workspace_signature(ws)?;
+    let (actions, roots, _) = analyse(ws, store, patterns, false, &signature)?;
+    let mut out = Vec::new();
+    for (platform, group) in platform_passes(ws, &flags, &actions, &roots)? {
+        let out_dir = platform.out_dir();
+        for label in group.as_deref().unwrap_or(&roots) {
+            for path in actions.target_files.get(label).into_iter().flatten() {
+                if actions.producers.contains_key(path) {
+                    out.push(format!("{out_dir}/{path}"));
+                } else {
+                    out.push(path.clone());
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// One platform pass: its platform and the part of the graph it builds.
+type Pass<'g> = (Platform, Cow<'g, ActionGraph>);
+
+/// Runs one build of `ws` (as resolved by [`workspace_resolved`]; `pkg` is the package of
+/// the current directory).
+pub fn run_build(
+    ws: &Workspace,
+    pkg: &str,
+    req: &BuildRequest,
+    ui: &dyn Frontend,
+) -> Result<BuildOutcome> {
+    let note = |line: &str| ui.note(line);
+    let mut phases = Phases(
+        std::env::var_os("WBUILD_PROFILE")
+            .is_some()
+            .then(Instant::now),
+        ui,
+    );
+    let flags = flag_platforms(&req.platforms)?;
+    let patterns = parse_patterns(&req.patterns, pkg)?;
+    let (remote, executor) = connect_remote(ws, &req.remote, &note)?;
+    phases.mark("remote");
+    let function = remote
+        .as_ref()
+        .map_or(DigestFunction::Blake3, |r| r.function());
+    let store = open_store_with(&req.cache_dir, function, &note)?;
+    phases.mark("open store");
+    let command = if req.tests { "test" } else { "build" };
+    let signature = wbuild_graph::workspace_signature(ws)?;
+    let binary = wbuild_graph::binary_identity();
+    let key = SnapshotKey {
+        version: env!("CARGO_PKG_VERSION"),
+        binary: &binary,
+        executor_version: wbuild_exec_wasi::EXECUTOR_VERSION,
+        root: &ws.root,
+        platforms: &flags,
+        sandbox: req.sandbox,
+        tests: req.tests,
+        function,
+        patterns: &patterns,
+    };
+    let snapshot = uptodate::snapshot_path(store.dir(), &key.hex());
+    let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
+    if !req.show_output
+        && req.provenance.is_none()
+        && let Some(done) = uptodate::check(&snapshot, signature.as_bytes())
+    {
+        phases.mark("up-to-date check");
+        let summary = up_to_date(&store, command, &pattern_names, &done, ui)?;
+        return Ok(BuildOutcome {
+            summary,
+            up_to_date: true,
+        });
+    }
+    phases.mark("up-to-date check");
+    let started = SystemTime::now();
+    let (actions, roots, analysis_cached) = analyse(ws, &store, &patterns, req.tests, &signature)?;
+    let passes: Vec<Pass<'_>> = platform_passes(ws, &flags, &actions, &roots)?
+        .into_iter()
+        .map(|(p, roots)| {
+            let g = match roots {
+                Some(r) => Cow::Owned(actions.subgraph(&r)),
+                None => Cow::Borrowed(&actions),
+            };
+            (p, g)
+        })
+        .collect();
+    let bundles = pass_bundles(ws, &passes, req.sandbox)?;
+    if passes.iter().any(|(_, g)| has_native(g)) {
+        match req.sandbox {
+            SandboxMode::Namespaces => wbuild_exec_native::probe().map_err(|e| {
+                DriverError::Config(format!(
+                    "{e}\n(or run native actions unsandboxed with --sandbox=none; their results are marked as such)"
+                ))
+            })?,
+            SandboxMode::None => note(
+                "warning: --sandbox=none: native actions run directly on this machine, unisolated; their results are keyed apart and must never be shared",
+            ),
+        }
+    }
+    phases.mark(if analysis_cached {
+        "load + analyse (cached)"
+    } else {
+        "load + analyse"
+    });
+    let jobs = req
+        .jobs
+        .or(ws.config.build.jobs)
+        .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
+        .max(1);
+    let exec = Arc::new(WasiExecutor::new(&ExecConfig {
+        modules_dir: store.modules_dir(),
+        max_concurrent: jobs as u32,
+    })?);
+    let opts = Options {
+        jobs,
+        keep_going: req.keep_going,
+        epoch_secs: ws.config.build.source_date_epoch,
+        memory_limit_bytes: ws.config.wasi.memory_limit_mb << 20,
+        timeout: Duration::from_secs(ws.config.wasi.timeout_secs),
+        show_output: req.show_output,
+        platform: Platform::host(),
+        unsandboxed: req.sandbox == SandboxMode::None,
+        remote_upload: req
+            .remote
+            .upload
+            .or(ws.config.remote.upload)
+            .unwrap_or(true),
+        native_toolchain: None,
+    };
+    let build_id = store.begin_build(command, &pattern_names)?;
+    phases.mark("engine + history");
+    let total: usize = passes.iter().map(|(_, g)| g.actions.len()).sum();
+    let events = ui.start(total, true).map_err(DriverError::Frontend)?;
+    let local_jobs = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .min(jobs);
+    let sched = Scheduler::new(ws, store.clone(), exec, events, Some(build_id))
+        .with_remote(remote)
+        .with_executor(executor, local_jobs);
+    let runs: Vec<(&ActionGraph, Options)> = passes
+        .iter()
+        .map(|(p, g)| {
+            let mut o = opts.clone();
+            o.platform = *p;
+            o.native_toolchain = bundles.get(p.name()).cloned().flatten();
+            (g.as_ref(), o)
+        })
+        .collect();
+    let summaries = sched.run_passes(&runs);
+    phases.mark("schedule");
+    let sizes: Vec<(Platform, usize)> = passes.iter().map(|(p, g)| (*p, g.actions.len())).collect();
+    let summary = summaries.map(|all| merge_summaries(all, &sizes));
+    let outcome = match &summary {
+        Ok(s) if s.interrupted => "interrupted",
+        Ok(s) if s.success() => "success",
+        _ => "failed",
+    };
+    store.finish_build(build_id, outcome)?; // flushes durably
+    phases.mark("record + flush");
+    let summary = summary?;
+    if summary.success() {
+        let sources: Vec<PathBuf> = summary.sources.iter().map(|p| ws.path(p)).collect();
+        let outputs: Vec<PathBuf> = summary.outputs.keys().map(|p| ws.root.join(p)).collect();
+        // Best effort: without a snapshot the next no-op build takes the full path.
+        let _ = uptodate::save(
+            &snapshot,
+            signature.as_bytes(),
+            &sources,
+            &outputs,
+            &summary.actions,
+        );
+    } else {
+        let _ = std::fs::remove_file(&snapshot);
+    }
+    if summary.success()
+        && let Some(out) = &req.provenance
+    {
+        let facts = provenance::BuildFacts {
+            ws,
+            subjects: provenance_subjects(&passes),
+            sources: &summary.sources,
+            patterns: &pattern_names,
+            platforms: passes
+                .iter()
+                .map(|(p, g)| {
+                    // A platform with a pinned bundle is identified by it (in `toolchains`).
+                    let host_toolchain = bundles.get(p.name()).is_some_and(|b| b.is_none());
+                    (
+                        p.name().to_owned(),
+                        (has_native(g) && host_toolchain)
+                            .then(|| wbuild_sched::toolchain_identity(*p)),
+                    )
+                })
+                .collect(),
+            source_date_epoch: opts.epoch_secs,
+            sandbox: if opts.unsandboxed {
+                "none"
+            } else {
+                "namespaces"
+            },
+            build_id,
+            started,
+        };
+        provenance::write(out, &facts, req.sign_key.as_deref())?;
+    }
+    Ok(BuildOutcome {
+        summary,
+        up_to_date: false,
+    })
+}
+
+/// The native toolchain bundle of each pass's platform (none: the host's toolchain, or a
+/// cross compiler under `/usr/bin`, which must then be installed). A pinned bundle is the
+/// whole system of native actions, so it refuses `--sandbox=none`.
+fn pass_bundles(
+    ws: &Workspace,
+    passes: &[Pass<'_>],
+    sandbox: SandboxMode,
+) -> Result<BTreeMap<&'static str, Option<Arc<NativeToolchain>>>> {
+    let mut bundles = BTreeMap::new();
+    for (p, g) in passes {
+        let bundle = toolchain::native_for(ws, p.name())?;
+        if has_native(g) {
+            match &bundle {
+                Some(tc) if sandbox == SandboxMode::None => {
+                    return Err(DriverError::Config(format!(
+                        "the pinned toolchain {} for {} is the whole system of native actions, which needs the sandbox; drop --sandbox=none",
+                        tc.name,
+                        p.name()
+                    )));
+                }
+                Some(_) => {}
+                None => check_cross_toolchain(*p)?,
+            }
+        }
+        bundles.insert(p.name(), bundle);
+    }
+    Ok(bundles)
+}
+
+/// The provenance subjects of a build: every generated file of the requested targets, under
+/// its pass's output directory, sorted, each once.
+pub fn provenance_subjects(passes: &[(Platform, Cow<'_, ActionGraph>)]) -> Vec<String> {
+    let mut subjects = BTreeSet::new();
+    for (p, g) in passes {
+        for files in g.target_files.values() {
+            for f in files.iter().filter(|f| g.producers.contains_key(*f)) {
+                subjects.insert(format!("{}/{f}", p.out_dir()));
+            }
+        }
+    }
+    subjects.into_iter().collect()
+}
+
+/// One summary for a build of several platform passes (each given by its platform and its
+/// number of actions) (`Scheduler::run_passes` returns one
+/// per pass that ran and reports the totals of those in its `build_finished` event): outputs
+/// keyed by their place under the workspace (`wbuild-out/<platform>/...`), sources merged,
+/// and a pass that never ran (the build stopped before it) counted as skipped work, so an
+/// unfinished build is never a success.
+pub fn merge_summaries(all: Vec<Summary>, passes: &[(Platform, usize)]) -> Summary {
+    let mut total = Summary::default();
+    let mut sources = BTreeSet::new();
+    let ran = all.len();
+    for (s, (p, _)) in all.into_iter().zip(passes) {
+        total.executed += s.executed;
+        total.cached += s.cached;
+        total.remote_cached += s.remote_cached;
+        total.remote_executed += s.remote_executed;
+        total.failed += s.failed;
+        total.skipped += s.skipped;
+        total.interrupted |= s.interrupted;
+        total.duration += s.duration;
+        sources.extend(s.sources);
+        total.actions.extend(s.actions);
+        let dir = p.out_dir();
+        total.outputs.extend(
+            s.outputs
+                .into_iter()
+                .map(|(k, d)| (format!("{dir}/{k}"), d)),
+        );
+    }
+    for (_, actions) in passes.iter().skip(ran) {
+        total.skipped += *actions as u64;
+    }
+    total.sources = sources.into_iter().collect();
+    total
+}
+
+/// A no-op build proven by the up-to-date snapshot: every action reported as cached.
+fn up_to_date(
+    store: &Store,
+    command: &str,
+    patterns: &[String],
+    done: &[uptodate::SnapshotAction],
+    ui: &dyn Frontend,
+) -> Result<Summary> {
+    let start = Instant::now();
+    let build_id = store.begin_build(command, patterns)?;
+    let events = ui.start(done.len(), false).map_err(DriverError::Frontend)?;
+    for a in done {
+        events.event(&Event::Action {
+            label: a.label.clone(),
+            mnemonic: a.mnemonic.clone(),
+            detail: (!a.detail.is_empty()).then(|| a.detail.clone()),
+            status: Status::Cached,
+            duration_ms: 0,
+            action_digest: Some(a.action_digest.clone()),
+            error: None,
+            output: None,
+            warnings: Vec::new(),
+            accesses: None,
+            platform: None,
+            worker: None,
+            resubmitted: false,
+        });
+    }
+    let summary = Summary {
+        cached: done.len() as u64,
+        duration: start.elapsed(),
+        ..Default::default()
+    };
+    events.event(&Event::BuildFinished {
+        executed: 0,
+        cached: summary.cached,
+        remote_cached: 0,
+        remote_executed: 0,
+        remote_rpcs: None,
+        failed: 0,
+        skipped: 0,
+        files_hashed: 0,
+        modules_compiled: 0,
+        duration_ms: summary.duration.as_millis() as u64,
+        interrupted: false,
+    });
+    store.record_up_to_date(build_id, summary.cached)?;
+    store.finish_build(build_id, "success")?;
+    Ok(summary)
+}
