@@ -1503,6 +1503,7 @@ fn serve_answers_reapi_clients_from_the_local_cache_and_stops_on_sigterm() {
     );
 
     // SIGTERM: a clean exit.
+    // SAFETY: kill(2) with the pid of our own child, which has not been reaped yet.
     unsafe { libc_kill(server.id() as i32, 15) };
     let status = server.wait().unwrap();
     assert!(status.success(), "{status:?}");

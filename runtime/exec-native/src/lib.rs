@@ -604,6 +604,7 @@ fn locked_flags(host: &Path) -> c_ulong {
     };
     // SAFETY: `c` is a valid C string and `st` a properly sized out-parameter.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         return 0;
     }
@@ -1130,6 +1131,7 @@ impl Plan {
         // Fallback bound for closing descriptors when close_range is unavailable.
         // SAFETY: plain getrlimit with a valid out-parameter.
         let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: getrlimit writes into the valid out-parameter.
         let fd_limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
             rl.rlim_cur.min(1 << 20) as c_int
         } else {
@@ -1139,6 +1141,7 @@ impl Plan {
         let nproc = {
             // SAFETY: plain getrlimit with a valid out-parameter.
             let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+            // SAFETY: getrlimit writes into the valid out-parameter.
             if unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut rl) } != 0 {
                 rl.rlim_max = libc::RLIM_INFINITY;
             }
@@ -1541,7 +1544,7 @@ unsafe fn close_all_except(keep: &[c_int; 3], fd_limit: c_int) {
 unsafe fn run_op(op: &Op) -> Result<(), c_int> {
     let null = std::ptr::null::<c_char>();
     let check = |r: c_int| if r == 0 { Ok(()) } else { Err(errno()) };
-    // SAFETY (whole function): thin syscall wrappers on NUL-terminated strings prepared
+    // SAFETY: (whole function) thin syscall wrappers on NUL-terminated strings prepared
     // by `Plan::build`.
     unsafe {
         match op {
@@ -1665,7 +1668,7 @@ unsafe fn run_op(op: &Op) -> Result<(), c_int> {
 
 /// Body of the sandbox's init (pid 1 of the new pid namespace).
 unsafe fn init_main(plan: &Plan, fds: &ChildFds) -> ! {
-    // SAFETY (whole function): async-signal-safe syscalls only, on prepared memory.
+    // SAFETY: (whole function) async-signal-safe syscalls only, on prepared memory.
     unsafe {
         let mut keep = [fds.out, fds.err, fds.report];
         keep.sort_unstable();
@@ -1725,7 +1728,7 @@ unsafe fn init_main(plan: &Plan, fds: &ChildFds) -> ! {
 
 /// Body of the action process (child of init), up to `execve`.
 unsafe fn action_main(plan: &Plan, fds: &ChildFds) -> ! {
-    // SAFETY (whole function): async-signal-safe syscalls only, on prepared memory.
+    // SAFETY: (whole function) async-signal-safe syscalls only, on prepared memory.
     unsafe {
         // Default signal dispositions (ignored ones survive execve; Rust ignores SIGPIPE)
         // and an empty signal mask.
@@ -1829,7 +1832,7 @@ const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// seccomp filters. Raw syscalls on prepared data only. On failure: (stage, errno).
 unsafe fn confine(plan: &Plan) -> Result<(), (i32, c_int)> {
     let z = 0 as c_ulong;
-    // SAFETY (whole function): plain syscalls with valid pointers to stack data or to the
+    // SAFETY: (whole function) plain syscalls with valid pointers to stack data or to the
     // filters, which live for the whole process.
     unsafe {
         if libc::setrlimit(libc::RLIMIT_NPROC, &plan.nproc) != 0 {

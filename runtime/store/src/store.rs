@@ -227,6 +227,7 @@ impl Store {
     /// what to do, for the error of an action that failed (perhaps because of it).
     pub fn full_device_note(&self) -> Option<String> {
         let c = std::ffi::CString::new(self.dir.as_os_str().as_encoded_bytes()).ok()?;
+        // SAFETY: statvfs is plain data, for which all-zero bytes are a valid value.
         let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
         // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
         if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
