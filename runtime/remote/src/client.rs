@@ -77,6 +77,20 @@ pub enum ClientError {
     /// The connection options cannot be used (a header, a certificate, the token file).
     #[error("{0}")]
     Options(String),
+    /// A TLS server ended the session before answering the first call and no client
+    /// certificate was offered: under TLS 1.3 a server that wants one refuses it after the
+    /// handshake, and whether the client reads its alert or only sees the connection go
+    /// depends on timing.
+    #[error(
+        "{op} on {url} failed: {}: {}{CLIENT_CERT_MAYBE}",
+        status.code(),
+        status.message()
+    )]
+    TlsSessionEnded {
+        url: String,
+        op: &'static str,
+        status: Status,
+    },
     #[error(
         "the remote cache offers none of the digest functions wbuild speaks (it offers {0:?}; wbuild speaks SHA-256 and BLAKE3)"
     )]
@@ -101,6 +115,10 @@ fn rpc_hint(status: &Status) -> &'static str {
         _ => "",
     }
 }
+
+const CLIENT_CERT_MAYBE: &str = " (the server ended the TLS session after the handshake, \
+     as one that wants a client certificate does: if it does, pass one with \
+     --remote-client-cert FILE --remote-client-key FILE)";
 
 const CLIENT_CERT_HINT: &str = " (the server wants a client certificate signed by a CA it \
      trusts: pass one with --remote-client-cert FILE --remote-client-key FILE)";
@@ -269,16 +287,35 @@ impl RemoteCache {
             exec_deadline: std::sync::Mutex::new(crate::exec::DEFAULT_EXECUTION_DEADLINE),
         };
         let instance_name = client.instance.clone();
-        let caps = client.call("GetCapabilities", |ch| {
-            let req = reapi::GetCapabilitiesRequest {
-                instance_name: instance_name.clone(),
-            };
-            async move {
-                capabilities_client::CapabilitiesClient::new(ch)
-                    .get_capabilities(req)
-                    .await
-            }
-        })?;
+        let caps = client
+            .call("GetCapabilities", |ch| {
+                let req = reapi::GetCapabilitiesRequest {
+                    instance_name: instance_name.clone(),
+                };
+                async move {
+                    capabilities_client::CapabilitiesClient::new(ch)
+                        .get_capabilities(req)
+                        .await
+                }
+            })
+            .map_err(|e| match e {
+                ClientError::Rpc { op, status }
+                    if scheme == Scheme::Tls
+                        && options.client_cert.is_none()
+                        && matches!(
+                            status.code(),
+                            Code::Cancelled | Code::Unavailable | Code::Unknown
+                        )
+                        && rpc_hint(&status).is_empty() =>
+                {
+                    ClientError::TlsSessionEnded {
+                        url: url.to_owned(),
+                        op,
+                        status,
+                    }
+                }
+                e => e,
+            })?;
         let cache = caps.cache_capabilities.unwrap_or_default();
         let offered = &cache.digest_functions;
         client.function = if offered.contains(&DigestFunction::Blake3.to_reapi()) {
