@@ -684,7 +684,10 @@ fn an_unreachable_executor_falls_back_to_local_runs_with_one_warning() {
     });
     assert_eq!((s.executed, s.remote_executed), (3, 0));
     assert_eq!(runner.runs().len(), 3);
-    assert_eq!(exec.calls.load(Ordering::SeqCst), 1, "tried once");
+    // a and b start together: both may reach the executor before the first failure marks
+    // it down; c, which waits for them, never does.
+    let calls = exec.calls.load(Ordering::SeqCst);
+    assert!((1..=2).contains(&calls), "tried {calls} times");
     let warnings = events.warnings();
     assert_eq!(warnings.len(), 1, "{warnings:?}");
     assert_eq!(
