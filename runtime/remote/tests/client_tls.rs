@@ -5,65 +5,21 @@
 //! from another CA (refused before any credential is sent), serve plain text to a `grpcs://`
 //! client (no downgrade), connect without the client certificate the server requires.
 
+mod common;
+
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 use wbuild_remote::grpc::action_cache_client::ActionCacheClient;
-use wbuild_remote::{
-    ClientError, ConnectOptions, RemoteCache, RemoteError, ServeConfig, TlsConfig, reapi, serve,
-};
-use wbuild_store::{Digest, Store};
+use wbuild_remote::{ClientError, ConnectOptions, RemoteCache, ServeConfig, reapi};
+use wbuild_store::Digest;
+
+use common::Server;
 
 const TOKEN: &str = "client-tls-test-token";
 
-struct Server {
-    rt: tokio::runtime::Runtime,
-    port: u16,
-    store: Arc<Store>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<Result<(), RemoteError>>>,
-    _dir: tempfile::TempDir,
-}
-
 impl Server {
-    fn start(config: ServeConfig) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let port = listener.local_addr().unwrap().port();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = rt.spawn(serve(store.clone(), listener, config, async {
-            let _ = rx.await;
-        }));
-        Server {
-            rt,
-            port,
-            store,
-            stop: Some(tx),
-            done: Some(done),
-            _dir: dir,
-        }
-    }
-
     fn tls_url(&self) -> String {
-        format!("grpcs://127.0.0.1:{}", self.port)
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let r = self.rt.block_on(done).unwrap();
-            if !std::thread::panicking() {
-                assert!(r.is_ok(), "{r:?}");
-            }
-        }
+        format!("grpcs://127.0.0.1:{}", self.addr.port())
     }
 }
 
@@ -71,45 +27,19 @@ impl Drop for Server {
 /// written as PEM files.
 struct Pki {
     dir: tempfile::TempDir,
-    ca_pem: String,
-    server: (String, String),
+    certs: common::Pki,
 }
 
 impl Pki {
     fn new() -> Pki {
-        use rcgen::{
-            BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-            IsCa, KeyPair,
-        };
-        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        ca_params
-            .distinguished_name
-            .push(DnType::CommonName, "wbuild client test CA");
-        let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-        let leaf = |names: Vec<String>, usage| {
-            let key = KeyPair::generate().unwrap();
-            let mut p = CertificateParams::new(names).unwrap();
-            p.extended_key_usages = vec![usage];
-            let cert = p.signed_by(&key, &ca).unwrap();
-            (cert.pem(), key.serialize_pem())
-        };
-        let server = leaf(
-            vec!["localhost".into(), "127.0.0.1".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        );
-        let client = leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth);
+        let certs = common::Pki::new(&["localhost", "127.0.0.1"]);
         let dir = tempfile::tempdir().unwrap();
-        std::fs::write(dir.path().join("ca.pem"), ca.pem()).unwrap();
-        std::fs::write(dir.path().join("client.pem"), &client.0).unwrap();
-        std::fs::write(dir.path().join("client.key"), &client.1).unwrap();
+        std::fs::write(dir.path().join("ca.pem"), &certs.ca_pem).unwrap();
+        std::fs::write(dir.path().join("client.pem"), &certs.client.0).unwrap();
+        std::fs::write(dir.path().join("client.key"), &certs.client.1).unwrap();
         std::fs::write(dir.path().join("token"), format!("{TOKEN}\n")).unwrap();
         std::fs::write(dir.path().join("wrong-token"), "not-the-token\n").unwrap();
-        Pki {
-            dir,
-            ca_pem: ca.pem(),
-            server,
-        }
+        Pki { dir, certs }
     }
 
     fn path(&self, name: &str) -> PathBuf {
@@ -121,11 +51,7 @@ impl Pki {
         Server::start(ServeConfig {
             token: Some(TOKEN.into()),
             require_token_for_reads: token_for_reads,
-            tls: Some(TlsConfig {
-                cert_pem: self.server.0.clone().into_bytes(),
-                key_pem: self.server.1.clone().into_bytes(),
-                client_ca_pem: client_ca.then(|| self.ca_pem.clone().into_bytes()),
-            }),
+            tls: Some(self.certs.server_tls(client_ca)),
             ..Default::default()
         })
     }
@@ -245,7 +171,7 @@ fn grpcs_does_not_fall_back_to_plain_text() {
     assert!(e.to_string().contains(&url), "{e}");
     // The same server answers grpc://.
     connect(
-        &format!("grpc://127.0.0.1:{}", plain.port),
+        &format!("grpc://127.0.0.1:{}", plain.addr.port()),
         &ConnectOptions::default(),
     )
     .unwrap();

@@ -2,6 +2,8 @@
 //! exhaust its memory with uploads that declare huge sizes, send more or other bytes than
 //! they declared, stall, name other instances, or skip TLS.
 
+mod common;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,41 +20,12 @@ use wbuild_remote::grpc::{
 use wbuild_remote::{RemoteError, ServeConfig, TlsConfig, reapi, serve};
 use wbuild_store::{Digest, DigestFunction, Store};
 
+use common::{Pki, Server};
+
 const TOKEN: &str = "hostile-test-token";
 const F: DigestFunction = DigestFunction::Sha256;
 
-struct Server {
-    rt: tokio::runtime::Runtime,
-    addr: std::net::SocketAddr,
-    store: Arc<Store>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<Result<(), RemoteError>>>,
-    _dir: tempfile::TempDir,
-}
-
 impl Server {
-    fn start(config: ServeConfig) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let addr = listener.local_addr().unwrap();
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        let done = rt.spawn(serve(store.clone(), listener, config, async {
-            let _ = rx.await;
-        }));
-        Server {
-            rt,
-            addr,
-            store,
-            stop: Some(tx),
-            done: Some(done),
-            _dir: dir,
-        }
-    }
-
     fn with_token() -> Server {
         Server::start(ServeConfig {
             token: Some(TOKEN.into()),
@@ -65,16 +38,6 @@ impl Server {
             allow_anonymous_writes: true,
             ..Default::default()
         })
-    }
-
-    fn channel(&self) -> Channel {
-        self.rt
-            .block_on(
-                Channel::from_shared(format!("http://{}", self.addr))
-                    .unwrap()
-                    .connect(),
-            )
-            .unwrap()
     }
 
     fn cas(&self) -> ContentAddressableStorageClient<Channel> {
@@ -91,20 +54,6 @@ impl Server {
     }
 }
 
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let r = self.rt.block_on(done).unwrap();
-            if !std::thread::panicking() {
-                assert!(r.is_ok(), "{r:?}");
-            }
-        }
-    }
-}
-
 /// `msg` with `authorization: Bearer <token>` when a token is given.
 fn authed<T>(msg: T, token: Option<&str>) -> Request<T> {
     let mut req = Request::new(msg);
@@ -115,13 +64,24 @@ fn authed<T>(msg: T, token: Option<&str>) -> Request<T> {
     req
 }
 
-fn upload_name(instance: &str, id: &str, d: &Digest) -> String {
-    let prefix = if instance.is_empty() {
+/// `instance/`, or nothing for the default instance.
+fn instance_prefix(instance: &str) -> String {
+    if instance.is_empty() {
         String::new()
     } else {
         format!("{instance}/")
-    };
+    }
+}
+
+fn upload_name(instance: &str, id: &str, d: &Digest) -> String {
+    let prefix = instance_prefix(instance);
     format!("{prefix}uploads/{id}/blobs/{}/{}", d.hex(), d.size)
+}
+
+/// The ByteStream resource name to read `d` from `instance`.
+fn blob_name(instance: &str, d: &Digest) -> String {
+    let prefix = instance_prefix(instance);
+    format!("{prefix}blobs/{}/{}", d.hex(), d.size)
 }
 
 /// The messages of a ByteStream upload of `data` as `d`, in chunks of `chunk` bytes.
@@ -273,7 +233,7 @@ fn every_write_needs_the_token() {
     update_action(&s, &d, Some(TOKEN)).unwrap();
     // Reads stay anonymous by default.
     assert_eq!(
-        read(&s, &format!("blobs/{}/{}", od.hex(), od.size), 0, 0, None).unwrap(),
+        read(&s, &blob_name("", &od), 0, 0, None).unwrap(),
         [other.to_vec()]
     );
 }
@@ -331,7 +291,7 @@ fn every_read_needs_the_token_with_require_token_for_reads() {
     });
     let blob: &[u8] = b"secret source";
     let d = s.store.put_bytes_as(F, blob).unwrap();
-    let read_name = format!("blobs/{}/{}", d.hex(), d.size);
+    let read_name = blob_name("", &d);
     let reads = |token: Option<&str>| -> Vec<(&str, Result<(), Status>)> {
         let ch = s.channel();
         let mut caps = CapabilitiesClient::new(ch.clone());
@@ -736,7 +696,7 @@ fn large_blobs_are_read_in_chunks_with_offset_and_limit() {
         .map(|i| (i * 7 % 251) as u8)
         .collect();
     let d = s.store.put_bytes_as(F, &blob).unwrap();
-    let name = format!("blobs/{}/{}", d.hex(), d.size);
+    let name = blob_name("", &d);
     let whole = read(&s, &name, 0, 0, None).unwrap();
     assert_eq!(whole.len(), 4, "chunks of READ_CHUNK bytes");
     assert!(whole.iter().all(|c| c.len() <= wbuild_remote::READ_CHUNK));
@@ -775,31 +735,38 @@ fn another_instance_name_is_refused() {
     let mut ac = ActionCacheClient::new(ch.clone());
     let digest_function = F.to_reapi();
     for instance in ["", "other", "main/sub"] {
-        let instance_name = instance.to_owned();
+        // `$what` as the RPC `$client.$method` with a `$Req` naming `instance`, reduced to
+        // whether it was answered.
+        macro_rules! rpc {
+            ($what:literal, $client:ident.$method:ident($Req:ident { $($field:tt)* })) => {
+                (
+                    $what,
+                    $client
+                        .$method(reapi::$Req {
+                            instance_name: instance.to_owned(),
+                            $($field)*
+                        })
+                        .await
+                        .map(|_| ()),
+                )
+            };
+        }
         let results: Vec<(&str, Result<(), Status>)> = s.rt.block_on(async {
             vec![
-                (
+                rpc!(
                     "GetCapabilities",
-                    caps.get_capabilities(reapi::GetCapabilitiesRequest {
-                        instance_name: instance_name.clone(),
-                    })
-                    .await
-                    .map(|_| ()),
+                    caps.get_capabilities(GetCapabilitiesRequest {})
                 ),
-                (
+                rpc!(
                     "FindMissingBlobs",
-                    cas.find_missing_blobs(reapi::FindMissingBlobsRequest {
-                        instance_name: instance_name.clone(),
+                    cas.find_missing_blobs(FindMissingBlobsRequest {
                         blob_digests: vec![d.to_proto()],
                         digest_function,
                     })
-                    .await
-                    .map(|_| ()),
                 ),
-                (
+                rpc!(
                     "BatchUpdateBlobs",
-                    cas.batch_update_blobs(reapi::BatchUpdateBlobsRequest {
-                        instance_name: instance_name.clone(),
+                    cas.batch_update_blobs(BatchUpdateBlobsRequest {
                         requests: vec![reapi::batch_update_blobs_request::Request {
                             digest: Some(d.to_proto()),
                             data: blob.to_vec(),
@@ -807,53 +774,39 @@ fn another_instance_name_is_refused() {
                         }],
                         digest_function,
                     })
-                    .await
-                    .map(|_| ()),
                 ),
-                (
+                rpc!(
                     "BatchReadBlobs",
-                    cas.batch_read_blobs(reapi::BatchReadBlobsRequest {
-                        instance_name: instance_name.clone(),
+                    cas.batch_read_blobs(BatchReadBlobsRequest {
                         digests: vec![d.to_proto()],
                         digest_function,
                         ..Default::default()
                     })
-                    .await
-                    .map(|_| ()),
                 ),
-                (
+                rpc!(
                     "GetTree",
-                    cas.get_tree(reapi::GetTreeRequest {
-                        instance_name: instance_name.clone(),
+                    cas.get_tree(GetTreeRequest {
                         root_digest: Some(d.to_proto()),
                         digest_function,
                         ..Default::default()
                     })
-                    .await
-                    .map(|_| ()),
                 ),
-                (
+                rpc!(
                     "GetActionResult",
-                    ac.get_action_result(reapi::GetActionResultRequest {
-                        instance_name: instance_name.clone(),
+                    ac.get_action_result(GetActionResultRequest {
                         action_digest: Some(d.to_proto()),
                         digest_function,
                         ..Default::default()
                     })
-                    .await
-                    .map(|_| ()),
                 ),
-                (
+                rpc!(
                     "UpdateActionResult",
-                    ac.update_action_result(reapi::UpdateActionResultRequest {
-                        instance_name: instance_name.clone(),
+                    ac.update_action_result(UpdateActionResultRequest {
                         action_digest: Some(d.to_proto()),
                         action_result: Some(Default::default()),
                         digest_function,
                         ..Default::default()
                     })
-                    .await
-                    .map(|_| ()),
                 ),
             ]
         });
@@ -870,19 +823,7 @@ fn another_instance_name_is_refused() {
         .unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
         assert!(err.message().contains("\"main\""), "{err:?}");
-        let prefix = if instance.is_empty() {
-            String::new()
-        } else {
-            format!("{instance}/")
-        };
-        let err = read(
-            &s,
-            &format!("{prefix}blobs/{}/{}", d.hex(), d.size),
-            0,
-            0,
-            None,
-        )
-        .unwrap_err();
+        let err = read(&s, &blob_name(instance, &d), 0, 0, None).unwrap_err();
         assert_eq!(err.code(), Code::InvalidArgument, "{err:?}");
     }
     assert!(!s.store.has(&d));
@@ -893,14 +834,7 @@ fn another_instance_name_is_refused() {
         None,
     )
     .unwrap();
-    let got = read(
-        &s,
-        &format!("main/blobs/{}/{}", d.hex(), d.size),
-        0,
-        0,
-        None,
-    )
-    .unwrap();
+    let got = read(&s, &blob_name("main", &d), 0, 0, None).unwrap();
     assert_eq!(got.concat(), blob);
     s.rt.block_on(caps.get_capabilities(reapi::GetCapabilitiesRequest {
         instance_name: "main".into(),
@@ -909,48 +843,14 @@ fn another_instance_name_is_refused() {
 }
 
 /// A CA, a server certificate for `localhost` and a client certificate, all signed by it.
-struct Pki {
-    ca_pem: String,
-    server: (String, String),
-    client: (String, String),
-}
-
 fn pki() -> Pki {
-    use rcgen::{
-        BasicConstraints, CertificateParams, CertifiedIssuer, DnType, ExtendedKeyUsagePurpose,
-        IsCa, KeyPair,
-    };
-    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
-    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-    ca_params
-        .distinguished_name
-        .push(DnType::CommonName, "wbuild test CA");
-    let ca = CertifiedIssuer::self_signed(ca_params, KeyPair::generate().unwrap()).unwrap();
-    let leaf = |names: Vec<String>, usage| {
-        let key = KeyPair::generate().unwrap();
-        let mut p = CertificateParams::new(names).unwrap();
-        p.extended_key_usages = vec![usage];
-        let cert = p.signed_by(&key, &ca).unwrap();
-        (cert.pem(), key.serialize_pem())
-    };
-    Pki {
-        ca_pem: ca.pem(),
-        server: leaf(
-            vec!["localhost".into()],
-            ExtendedKeyUsagePurpose::ServerAuth,
-        ),
-        client: leaf(vec!["client".into()], ExtendedKeyUsagePurpose::ClientAuth),
-    }
+    Pki::new(&["localhost"])
 }
 
 fn tls_server(pki: &Pki, client_ca: bool) -> Server {
     Server::start(ServeConfig {
         token: Some(TOKEN.into()),
-        tls: Some(TlsConfig {
-            cert_pem: pki.server.0.clone().into_bytes(),
-            key_pem: pki.server.1.clone().into_bytes(),
-            client_ca_pem: client_ca.then(|| pki.ca_pem.clone().into_bytes()),
-        }),
+        tls: Some(pki.server_tls(client_ca)),
         ..Default::default()
     })
 }

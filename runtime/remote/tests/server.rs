@@ -1,6 +1,6 @@
 //! `serve` over a real store on a loopback port, driven by the generated tonic clients.
 
-use std::sync::Arc;
+mod common;
 
 use tonic::Code;
 use tonic::transport::Channel;
@@ -10,66 +10,20 @@ use wbuild_remote::grpc::{
     capabilities_client::CapabilitiesClient,
     content_addressable_storage_client::ContentAddressableStorageClient,
 };
-use wbuild_remote::{ServeConfig, reapi, serve};
-use wbuild_store::{Digest, DigestFunction, Store};
+use wbuild_remote::{ServeConfig, reapi};
+use wbuild_store::{Digest, DigestFunction};
+
+use common::Server;
 
 const TOKEN: &str = "s3cret-token";
 
-struct Server {
-    rt: tokio::runtime::Runtime,
-    url: String,
-    token: Option<String>,
-    stop: Option<tokio::sync::oneshot::Sender<()>>,
-    done: Option<tokio::task::JoinHandle<Result<(), wbuild_remote::RemoteError>>>,
-    _dir: tempfile::TempDir,
-}
-
-impl Server {
-    fn start(token: Option<&str>) -> Server {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Arc::new(Store::open(dir.path()).unwrap());
-        let rt = tokio::runtime::Runtime::new().unwrap();
-        let listener = rt
-            .block_on(tokio::net::TcpListener::bind("127.0.0.1:0"))
-            .unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
-        // Without a token, writes are open (as with --allow-anonymous-writes).
-        let config = ServeConfig {
-            token: token.map(str::to_owned),
-            allow_anonymous_writes: token.is_none(),
-            ..Default::default()
-        };
-        let done = rt.spawn(serve(store, listener, config, async {
-            let _ = rx.await;
-        }));
-        Server {
-            rt,
-            url,
-            token: token.map(str::to_owned),
-            stop: Some(tx),
-            done: Some(done),
-            _dir: dir,
-        }
-    }
-
-    fn channel(&self) -> Channel {
-        self.rt
-            .block_on(Channel::from_shared(self.url.clone()).unwrap().connect())
-            .unwrap()
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        if let Some(tx) = self.stop.take() {
-            let _ = tx.send(());
-        }
-        if let Some(done) = self.done.take() {
-            let r = self.rt.block_on(done).unwrap();
-            assert!(r.is_ok(), "{r:?}");
-        }
-    }
+/// A server with `token`; without one, writes are open (as with --allow-anonymous-writes).
+fn start(token: Option<&str>) -> Server {
+    Server::start(ServeConfig {
+        token: token.map(str::to_owned),
+        allow_anonymous_writes: token.is_none(),
+        ..Default::default()
+    })
 }
 
 fn upload(
@@ -109,7 +63,7 @@ fn upload(
 
 #[test]
 fn capabilities_list_both_digest_functions() {
-    let s = Server::start(None);
+    let s = start(None);
     let mut caps = CapabilitiesClient::new(s.channel());
     let c =
         s.rt.block_on(caps.get_capabilities(reapi::GetCapabilitiesRequest::default()))
@@ -135,7 +89,7 @@ fn capabilities_list_both_digest_functions() {
 
 #[test]
 fn cas_round_trip_for_both_functions_and_poisoned_uploads_are_refused() {
-    let s = Server::start(None);
+    let s = start(None);
     let mut cas = ContentAddressableStorageClient::new(s.channel());
     for f in [DigestFunction::Sha256, DigestFunction::Blake3] {
         let a = Digest::of(f, b"alpha");
@@ -190,7 +144,7 @@ fn cas_round_trip_for_both_functions_and_poisoned_uploads_are_refused() {
 
 #[test]
 fn bytestream_writes_and_reads_large_blobs_and_refuses_wrong_bytes() {
-    let s = Server::start(None);
+    let s = start(None);
     let mut bs = ByteStreamClient::new(s.channel());
     let data: Vec<u8> = (0..(9u32 << 20)).map(|i| (i % 251) as u8).collect();
     for f in [DigestFunction::Sha256, DigestFunction::Blake3] {
@@ -239,7 +193,7 @@ fn bytestream_writes_and_reads_large_blobs_and_refuses_wrong_bytes() {
 
 #[test]
 fn action_cache_writes_need_the_token_and_every_output_blob() {
-    let s = Server::start(Some(TOKEN));
+    let s = start(Some(TOKEN));
     let mut cas = ContentAddressableStorageClient::new(s.channel());
     let ac = ActionCacheClient::new(s.channel());
     let f = DigestFunction::Sha256;
@@ -312,7 +266,7 @@ fn action_cache_writes_need_the_token_and_every_output_blob() {
 
 #[test]
 fn get_tree_returns_every_directory() {
-    let s = Server::start(None);
+    let s = start(None);
     let mut cas = ContentAddressableStorageClient::new(s.channel());
     let f = DigestFunction::Blake3;
     use prost::Message;
@@ -349,7 +303,7 @@ fn get_tree_returns_every_directory() {
 /// length than the digest says). Such a digest names no blob.
 #[test]
 fn a_digest_with_the_wrong_size_names_no_blob() {
-    let s = Server::start(None);
+    let s = start(None);
     let mut cas = ContentAddressableStorageClient::new(s.channel());
     let mut bs = ByteStreamClient::new(s.channel());
     let f = DigestFunction::Blake3;
@@ -389,7 +343,7 @@ fn a_digest_with_the_wrong_size_names_no_blob() {
 /// were, unchecked against the digests. Only bytes read from the CAS are inlined now.
 #[test]
 fn uploaded_inline_bytes_are_never_served() {
-    let s = Server::start(None);
+    let s = start(None);
     let mut cas = ContentAddressableStorageClient::new(s.channel());
     let mut ac = ActionCacheClient::new(s.channel());
     let f = DigestFunction::Blake3;
