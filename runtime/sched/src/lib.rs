@@ -55,7 +55,7 @@ pub use remote::{ACCESS_LOG_TYPE_URL, RemoteCacheApi, RemoteExecApi};
 pub use validate::{InvalidResult, is_normalised, validate_command, validate_result};
 
 /// Directory under the workspace root where outputs are materialised.
-pub const OUT_DIR: &str = "wbuild-out";
+pub use wbuild_graph::OUT_DIR;
 
 /// What stops a build (an action's own failure is an event, not one of these).
 #[derive(Debug, thiserror::Error)]

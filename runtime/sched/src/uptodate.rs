@@ -11,37 +11,17 @@
 //! invalidated entries) falls back to the full build.
 
 use std::io::{Read, Write};
-use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 
-/// Files modified this close to the snapshot are not trusted (same rule as the stat cache).
-const RACY_NS: i128 = 2_000_000_000;
+use wbuild_store::StatKey;
+
 const MAGIC: &[u8; 8] = b"wbutd\x00\x00\x02";
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct StatKey {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
-}
-
+/// A file's stat key, `None` for anything but a file. Files modified within
+/// [`wbuild_store::RACY_NS`] of the snapshot are not trusted (the stat cache's rule).
 fn stat_key(p: &Path) -> Option<StatKey> {
     let m = std::fs::metadata(p).ok()?;
-    m.is_file().then(|| StatKey {
-        dev: m.dev(),
-        ino: m.ino(),
-        size: m.size(),
-        mtime_ns: m.mtime().saturating_mul(1_000_000_000) + m.mtime_nsec(),
-        ctime_ns: m.ctime().saturating_mul(1_000_000_000) + m.ctime_nsec(),
-    })
-}
-
-fn now_ns() -> i128 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_nanos() as i128)
+    m.is_file().then(|| StatKey::of(&m))
 }
 
 /// One action of the snapshotted build, for events and history of a no-op.
@@ -76,7 +56,6 @@ pub fn save(
 ) -> std::io::Result<()> {
     // Whatever happens below, an older snapshot must not survive this build.
     let _ = std::fs::remove_file(path);
-    let now = now_ns();
     let mut buf = Vec::with_capacity(64 * (sources.len() + outputs.len()));
     buf.extend_from_slice(MAGIC);
     buf.extend_from_slice(signature);
@@ -94,7 +73,7 @@ pub fn save(
         let Some(k) = stat_key(p) else {
             return Ok(()); // a file vanished: no snapshot
         };
-        if !written_by_us && now - (k.mtime_ns as i128) < RACY_NS {
+        if !written_by_us && k.is_racy() {
             return Ok(()); // too fresh to trust its stat later
         }
         put_str(&mut buf, p.as_os_str().as_encoded_bytes());

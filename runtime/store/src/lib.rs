@@ -51,6 +51,7 @@ pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 pub use digest::{Digest, DigestFunction, Hasher, digest_message};
 pub use error::StoreError;
 pub use incoming::{BlobFile, IncomingBlob, IncomingError};
+pub use stat::{RACY_NS, StatKey};
 pub use store::{
     DEFAULT_LOCK_TIMEOUT, INDEX_CHECK_MARKER, IndexCheck, IndexOpener, Store, redb_panic_is_handled,
 };

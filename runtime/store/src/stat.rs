@@ -17,21 +17,23 @@ use crate::store::{copy_hashing, lock};
 use crate::tables::STAT_CACHE;
 use crate::{Digest, DigestFunction, Store, StoreError};
 
-/// Files modified this recently are not cached: a later change within the file system's
-/// timestamp granularity could leave the stat unchanged.
-const RACY_NS: i128 = 2_000_000_000;
+/// Files modified this recently are not trusted by their stat (the stat cache, the
+/// up-to-date snapshot): a later change within the file system's timestamp granularity could
+/// leave the stat unchanged.
+pub const RACY_NS: i128 = 2_000_000_000;
 
+/// What a file's stat says of its contents: same key, same bytes (unless racy).
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
-pub(crate) struct StatKey {
-    dev: u64,
-    ino: u64,
-    size: u64,
-    mtime_ns: i64,
-    ctime_ns: i64,
+pub struct StatKey {
+    pub dev: u64,
+    pub ino: u64,
+    pub size: u64,
+    pub mtime_ns: i64,
+    pub ctime_ns: i64,
 }
 
 impl StatKey {
-    pub(crate) fn of(m: &Metadata) -> StatKey {
+    pub fn of(m: &Metadata) -> StatKey {
         StatKey {
             dev: m.dev(),
             ino: m.ino(),
@@ -41,7 +43,8 @@ impl StatKey {
         }
     }
 
-    fn is_racy(&self) -> bool {
+    /// Modified within [`RACY_NS`] of now.
+    pub fn is_racy(&self) -> bool {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_nanos() as i128)
