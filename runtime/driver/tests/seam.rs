@@ -355,3 +355,15 @@ fn a_remote_cache_and_another_executor_are_refused_before_connecting() {
     let (c, x) = wbuild_driver::session::connect_remote(&ws, &none, &|_| {}).unwrap();
     assert!(c.is_none() && x.is_none());
 }
+
+#[test]
+fn every_native_platform_names_a_bundle_platform() {
+    // A pass for a platform uses the pinned bundle whose manifest names that platform.
+    for p in Platform::ALL {
+        assert!(
+            wbuild_bundle::manifest::PLATFORMS.contains(&p.name()),
+            "{} is not a bundle platform",
+            p.name()
+        );
+    }
+}

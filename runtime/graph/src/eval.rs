@@ -32,9 +32,6 @@ pub(crate) struct RawTarget {
     pub platform: Option<String>,
 }
 
-/// Platform names the `platform` attribute accepts (the scheduler knows what they mean).
-pub const PLATFORM_NAMES: &[&str] = &["linux-x86_64", "linux-arm64"];
-
 /// State of one file's evaluation, reachable from built-ins through `Evaluator::extra`.
 #[derive(ProvidesStaticType)]
 struct EvalContext {
@@ -145,17 +142,20 @@ pub(crate) fn add_target(
     if name.contains(':') {
         return Err(c.err("name", "a target name must not contain ':'".into()));
     }
-    if let Some(p) = &platform
-        && !PLATFORM_NAMES.contains(&p.as_str())
-    {
-        return Err(c.err(
-            "platform",
-            format!(
-                "unknown platform {p:?}: use one of {}",
-                PLATFORM_NAMES.join(", ")
-            ),
-        ));
-    }
+    // Any name `--platform` takes, recorded by its canonical name.
+    let platform = match platform {
+        Some(p) => match crate::Platform::parse(&p) {
+            Ok(known) => Some(known.name().to_owned()),
+            Err(_) => {
+                let names: Vec<&str> = crate::Platform::ALL.iter().map(|p| p.name()).collect();
+                return Err(c.err(
+                    "platform",
+                    format!("unknown platform {p:?}: use one of {}", names.join(", ")),
+                ));
+            }
+        },
+        None => None,
+    };
     rule.check(&c)?;
     let mut targets = ctx.targets.borrow_mut();
     if let Some(prev) = targets.iter().find(|t| t.name == name) {

@@ -641,6 +641,36 @@ mod tests {
     const TOOL_WASM: (&str, &str) = ("tools/gen.wasm", "not really wasm");
 
     #[test]
+    fn platform_attributes_take_every_name_of_a_platform_and_record_the_canonical_one() {
+        let t = workspace(&[(
+            "app/WBUILD",
+            "genrule(name = 'a', outs = ['a'], cmd = 'true', platform = 'linux-aarch64')\n\
+             genrule(name = 'b', outs = ['b'], cmd = 'true', platform = 'linux-x86_64')\n",
+        )]);
+        let (g, _) = load(&t.ws, &patterns(&["//app:all"])).unwrap();
+        assert_eq!(
+            g.targets[&label("//app:a")].platform.as_deref(),
+            Some("linux-arm64")
+        );
+        assert_eq!(
+            g.targets[&label("//app:b")].platform.as_deref(),
+            Some("linux-x86_64")
+        );
+        let e = load_err(
+            &[(
+                "app/WBUILD",
+                "genrule(name = 'a', outs = ['a'], cmd = 'true', platform = 'mips')\n",
+            )],
+            &["//app:all"],
+        );
+        assert!(
+            e.to_string()
+                .contains("unknown platform \"mips\": use one of linux-x86_64, linux-arm64"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn loads_rules_with_locations() {
         let t = workspace(&[
             TOOL,

@@ -49,10 +49,11 @@ pub use keys::ActionError;
 pub use local::LocalRunner;
 use local::Semaphore;
 pub use merkle::{TreeFile, input_root, tree_files};
-pub use native::{Platform, toolchain_identity};
+pub use native::toolchain_identity;
 use remote::Endpoint;
 pub use remote::{ACCESS_LOG_TYPE_URL, RemoteCacheApi, RemoteExecApi};
 pub use validate::{InvalidResult, is_normalised, validate_command, validate_result};
+pub use wbuild_graph::Platform;
 
 /// Directory under the workspace root where outputs are materialised.
 pub use wbuild_graph::OUT_DIR;

@@ -17,9 +17,10 @@ use std::time::Duration;
 use wbuild_exec_wasi::{AccessLog, EXECUTOR_VERSION, Request, WasiExecutor};
 use wbuild_store::{Digest, DigestFunction, Store, digest_message, reapi};
 
-use crate::native::{self, Platform};
+use crate::native;
 use crate::safe_fs;
 use crate::{NativeToolchain, SchedError};
+use wbuild_graph::Platform;
 
 /// Where a WASI action's module lies in its keyed input root.
 pub const MODULE_PATH: &str = ".wbuild/tool.wasm";
