@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the test suite needs besides cargo, on a fresh Debian machine:
-#   - gcc/g++ and the arm64 cross toolchain plus qemu-user (native-action tests),
+#   - gcc/g++ and the arm64 cross toolchain plus qemu-user (native-action tests), strace (the
+#     hostile-sandbox test that tries to trace the sandbox's init),
 #   - minisign (signatures are checked with it too) and docker-registry (a real OCI registry
 #     the toolchain-bundle tests publish to and fetch from; openssl and apache2-utils' htpasswd
 #     set up its TLS and Basic-auth variants),
@@ -18,7 +19,8 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 need=()
 for pair in gcc:gcc g++:g++ aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
     aarch64-linux-gnu-g++:g++-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static \
-    minisign:minisign docker-registry:docker-registry openssl:openssl htpasswd:apache2-utils; do
+    minisign:minisign docker-registry:docker-registry openssl:openssl htpasswd:apache2-utils \
+    strace:strace; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null && command -v pg_ctlcluster >/dev/null ||

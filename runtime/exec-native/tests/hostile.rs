@@ -463,14 +463,16 @@ fn strace_of_init_is_refused() {
     ))
     .unwrap();
     let s = text(&out.stdout);
-    if !s.contains("no-strace") {
-        assert_eq!(s, "rc=1\n", "{}", show(&out));
-        assert!(
-            text(&out.stderr).contains("Operation not permitted"),
-            "{}",
-            show(&out)
-        );
-    }
+    assert!(
+        !s.contains("no-strace"),
+        "strace is not installed on the host: run tests/setup.sh"
+    );
+    assert_eq!(s, "rc=1\n", "{}", show(&out));
+    assert!(
+        text(&out.stderr).contains("Operation not permitted"),
+        "{}",
+        show(&out)
+    );
 }
 
 #[test]
