@@ -490,10 +490,8 @@ pub fn run_build(
             (g.as_ref(), o)
         })
         .collect();
-    let summaries = sched.run_passes(&runs);
+    let summary = sched.run_passes(&runs);
     phases.mark("schedule");
-    let sizes: Vec<(Platform, usize)> = passes.iter().map(|(p, g)| (*p, g.actions.len())).collect();
-    let summary = summaries.map(|all| merge_summaries(all, &sizes));
     let outcome = match &summary {
         Ok(s) if s.interrupted => "interrupted",
         Ok(s) if s.success() => "success",
@@ -594,41 +592,6 @@ pub fn provenance_subjects(passes: &[(Platform, Cow<'_, ActionGraph>)]) -> Vec<S
         }
     }
     subjects.into_iter().collect()
-}
-
-/// One summary for a build of several platform passes (each given by its platform and its
-/// number of actions) (`Scheduler::run_passes` returns one
-/// per pass that ran and reports the totals of those in its `build_finished` event): outputs
-/// keyed by their place under the workspace (`wbuild-out/<platform>/...`), sources merged,
-/// and a pass that never ran (the build stopped before it) counted as skipped work, so an
-/// unfinished build is never a success.
-pub fn merge_summaries(all: Vec<Summary>, passes: &[(Platform, usize)]) -> Summary {
-    let mut total = Summary::default();
-    let mut sources = BTreeSet::new();
-    let ran = all.len();
-    for (s, (p, _)) in all.into_iter().zip(passes) {
-        total.executed += s.executed;
-        total.cached += s.cached;
-        total.remote_cached += s.remote_cached;
-        total.remote_executed += s.remote_executed;
-        total.failed += s.failed;
-        total.skipped += s.skipped;
-        total.interrupted |= s.interrupted;
-        total.duration += s.duration;
-        sources.extend(s.sources);
-        total.actions.extend(s.actions);
-        let dir = p.out_dir();
-        total.outputs.extend(
-            s.outputs
-                .into_iter()
-                .map(|(k, d)| (format!("{dir}/{k}"), d)),
-        );
-    }
-    for (_, actions) in passes.iter().skip(ran) {
-        total.skipped += *actions as u64;
-    }
-    total.sources = sources.into_iter().collect();
-    total
 }
 
 /// A no-op build proven by the up-to-date snapshot: every action reported as cached.

@@ -7,11 +7,10 @@ use std::path::Path;
 use wbuild_driver::platform::{
     check_cross_toolchain_in, default_platform, flag_platforms, platform_passes,
 };
-use wbuild_driver::session::merge_summaries;
 use wbuild_driver::toolchain::resolve_workspace;
 use wbuild_driver::{DriverError, provenance};
 use wbuild_graph::{ActionGraph, Label, Workspace};
-use wbuild_sched::{Platform, Summary};
+use wbuild_sched::Platform;
 
 fn workspace(toml: &str) -> (tempfile::TempDir, Workspace) {
     let dir = tempfile::tempdir().unwrap();
@@ -135,49 +134,6 @@ fn a_missing_cross_compiler_names_the_package_to_install() {
     );
     assert!(e.contains(&empty.path().display().to_string()), "{e}");
     assert!(e.contains("apt-get install "), "{e}");
-}
-
-fn summary(executed: u64, failed: u64, outputs: &[&str]) -> Summary {
-    Summary {
-        executed,
-        failed,
-        outputs: outputs
-            .iter()
-            .map(|o| {
-                (
-                    (*o).to_owned(),
-                    wbuild_store::Digest::of(wbuild_store::DigestFunction::Blake3, o.as_bytes()),
-                )
-            })
-            .collect(),
-        sources: vec!["src/b".into(), "src/a".into()],
-        ..Default::default()
-    }
-}
-
-#[test]
-fn merged_summaries_place_outputs_per_platform_and_count_passes_that_never_ran() {
-    let passes = [(Platform::LinuxX86_64, 1), (Platform::LinuxArm64, 1)];
-    let both = merge_summaries(
-        vec![summary(2, 0, &["p/x"]), summary(1, 0, &["p/x"])],
-        &passes,
-    );
-    assert_eq!(both.executed, 3);
-    assert!(both.success());
-    let keys: std::collections::BTreeSet<String> = both.outputs.keys().cloned().collect();
-    let want: std::collections::BTreeSet<String> = [Platform::LinuxX86_64, Platform::LinuxArm64]
-        .iter()
-        .map(|p| format!("{}/p/x", p.out_dir()))
-        .collect();
-    assert_eq!(keys, want);
-    assert_eq!(both.sources, vec!["src/a".to_owned(), "src/b".to_owned()]);
-
-    // The first pass failed and the build stopped: the second pass's actions are skipped
-    // work, so the build is not a success even though no pass reported a skip.
-    let passes = [(Platform::LinuxX86_64, 1), (Platform::LinuxArm64, 3)];
-    let stopped = merge_summaries(vec![summary(0, 1, &[])], &passes);
-    assert_eq!((stopped.failed, stopped.skipped), (1, 3));
-    assert!(!stopped.success());
 }
 
 fn pinned_workspace(dir: &Path) -> Workspace {

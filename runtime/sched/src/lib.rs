@@ -148,6 +148,27 @@ impl Summary {
     pub fn success(&self) -> bool {
         self.failed == 0 && self.skipped == 0 && !self.interrupted
     }
+
+    /// Adds the summary of one pass, whose outputs are materialised under `out_dir` (its
+    /// platform's output directory): outputs are then keyed by their place under the
+    /// workspace root.
+    fn absorb(&mut self, pass: Summary, out_dir: &str) {
+        self.executed += pass.executed;
+        self.cached += pass.cached;
+        self.remote_cached += pass.remote_cached;
+        self.remote_executed += pass.remote_executed;
+        self.failed += pass.failed;
+        self.skipped += pass.skipped;
+        self.interrupted |= pass.interrupted;
+        self.duration += pass.duration;
+        self.sources.extend(pass.sources);
+        self.actions.extend(pass.actions);
+        self.outputs.extend(
+            pass.outputs
+                .into_iter()
+                .map(|(k, d)| (format!("{out_dir}/{k}"), d)),
+        );
+    }
 }
 
 static INTERRUPTED: AtomicBool = AtomicBool::new(false);
@@ -262,49 +283,51 @@ impl<'a> Scheduler<'a> {
 }
 
 impl Scheduler<'_> {
-    /// Build every action of `graph`.
+    /// Build every action of `graph` (one pass; see [`Scheduler::run_passes`]).
     pub fn run(&self, graph: &ActionGraph, opts: &Options) -> Result<Summary, SchedError> {
-        Ok(self
-            .run_passes(&[(graph, opts.clone())])?
-            .pop()
-            .expect("one pass"))
+        self.run_passes(&[(graph, opts.clone())])
     }
 
-    /// Build several graphs one after the other as one build (one per target platform):
-    /// one `build_finished` event with the totals, one summary per pass. A pass that fails
-    /// (without `keep_going`) or an interruption ends the build.
-    pub fn run_passes(
-        &self,
-        passes: &[(&ActionGraph, Options)],
-    ) -> Result<Vec<Summary>, SchedError> {
+    /// Build several graphs one after the other as one build (one per target platform), with
+    /// one `build_finished` event and one summary of them all: outputs keyed by their place
+    /// under the workspace (`wbuild-out[/<platform>]/...`), sources merged. A pass that fails
+    /// (without `keep_going`) or an interruption ends the build, and the actions of the passes
+    /// that never ran count as skipped, so an unfinished build is never a success.
+    pub fn run_passes(&self, passes: &[(&ActionGraph, Options)]) -> Result<Summary, SchedError> {
         INTERRUPTED.store(false, Ordering::SeqCst);
         let start = Instant::now();
         let hashed_before = self.store.hashed_count();
-        let mut summaries: Vec<Summary> = Vec::new();
+        let mut total = Summary::default();
+        let mut ran = 0;
         for (graph, opts) in passes {
             let s = self.run_one(graph, opts)?;
+            ran += 1;
             let stop = s.interrupted || (!s.success() && !opts.keep_going);
-            summaries.push(s);
+            total.absorb(s, &opts.platform.out_dir());
             if stop {
                 break;
             }
         }
-        let total = |f: fn(&Summary) -> u64| summaries.iter().map(f).sum::<u64>();
+        for (graph, _) in &passes[ran..] {
+            total.skipped += graph.actions.len() as u64;
+        }
+        total.sources.sort();
+        total.sources.dedup();
         self.events.event(&Event::BuildFinished {
-            executed: total(|s| s.executed),
-            cached: total(|s| s.cached),
-            remote_cached: total(|s| s.remote_cached),
-            remote_executed: total(|s| s.remote_executed),
+            executed: total.executed,
+            cached: total.cached,
+            remote_cached: total.remote_cached,
+            remote_executed: total.remote_executed,
             remote_rpcs: self.remote.conn.as_ref().map(|r| r.rpc_count()),
-            failed: total(|s| s.failed),
-            skipped: total(|s| s.skipped),
+            failed: total.failed,
+            skipped: total.skipped,
             files_hashed: self.store.hashed_count() - hashed_before,
             modules_compiled: self.runner.compiled_count(),
             duration_ms: start.elapsed().as_millis() as u64,
-            interrupted: summaries.iter().any(|s| s.interrupted),
+            interrupted: total.interrupted,
         });
         self.store.flush()?;
-        Ok(summaries)
+        Ok(total)
     }
 
     /// One action: its key, then the local cache, the remote cache, the remote executor and

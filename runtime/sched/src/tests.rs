@@ -774,3 +774,57 @@ fn errors_print_their_cause_once() {
     assert!(read.to_string().starts_with("cannot read input p/a: "));
     assert!(read.source().is_none());
 }
+
+#[test]
+fn passes_merge_into_one_summary_and_a_stopped_build_skips_the_passes_left() {
+    let fx = fixture();
+    let host = options(1, false);
+    let mut other = options(1, false);
+    other.platform = Platform::ALL
+        .into_iter()
+        .find(|p| *p != Platform::host())
+        .unwrap();
+    let g = graph(&[("a", &[], &[])]);
+    let runner = Arc::new(FakeRunner::default());
+    let events = Events::default();
+    let s = Scheduler::new(&fx.ws, fx.store.clone(), runner, &events, None)
+        .run_passes(&[(&g, host.clone()), (&g, other.clone())])
+        .unwrap();
+    assert!(s.success());
+    // The action is the same in both passes (its key does not depend on the platform): the
+    // second pass finds it cached and materialises it under its own directory.
+    assert_eq!((s.executed, s.cached), (1, 1));
+    let keys: Vec<&String> = s.outputs.keys().collect();
+    let mut want = [
+        format!("{}/p/a.out", host.platform.out_dir()),
+        format!("{}/p/a.out", other.platform.out_dir()),
+    ];
+    want.sort();
+    assert_eq!(keys, want.iter().collect::<Vec<_>>());
+
+    // The first pass fails and the build stops: the second pass's three actions are skipped
+    // work, in the summary and in the build_finished event.
+    let first = graph(&[("f", &[], &[])]);
+    let second = graph(&[("x", &[], &[]), ("y", &[], &[]), ("z", &[], &[])]);
+    let runner = Arc::new(FakeRunner::failing(&["f"]));
+    let events = Events::default();
+    let s = Scheduler::new(&fx.ws, fx.store.clone(), runner.clone(), &events, None)
+        .run_passes(&[(&first, host), (&second, other)])
+        .unwrap();
+    assert_eq!((s.failed, s.skipped, s.executed), (1, 3, 0));
+    assert!(!s.success());
+    assert_eq!(runner.runs(), ["f"]);
+    let finished: Vec<(u64, u64)> = events
+        .0
+        .lock()
+        .unwrap()
+        .iter()
+        .filter_map(|e| match e {
+            Event::BuildFinished {
+                failed, skipped, ..
+            } => Some((*failed, *skipped)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(finished, [(1, 3)]);
+}
