@@ -1,0 +1,328 @@
+//! The host side of a run: the clone, the report pipe, the timeout and interruption, reaping
+//! init, collecting stdout/stderr.
+
+use std::ffi::{c_int, c_ulong, c_void};
+use std::io;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use super::*;
+
+pub(crate) const REPORT_SETUP: i32 = 1;
+pub(crate) const REPORT_EXEC: i32 = 2;
+pub(crate) const REPORT_CWD: i32 = 3;
+pub(crate) const REPORT_STATUS: i32 = 4;
+pub(crate) const REPORT_CLONE: i32 = 5;
+pub(crate) const REPORT_CONFINE: i32 = 6;
+
+/// The calling thread's errno (async-signal-safe: a TLS read, no allocation).
+pub(crate) fn errno() -> c_int {
+    // SAFETY: `__errno_location` always returns a valid pointer for the calling thread.
+    unsafe { *libc::__errno_location() }
+}
+
+pub(crate) struct Fd(c_int);
+
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: we own this descriptor.
+        unsafe { libc::close(self.0) };
+    }
+}
+
+/// A close-on-exec pipe whose ends are both >= 3 (so they never collide with stdio in the
+/// child, even if the host process closed its stdio).
+pub(crate) fn pipe() -> Result<(Fd, Fd), SandboxError> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: valid out-array of two ints.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(SandboxError::Io {
+            what: "pipe2",
+            source: io::Error::last_os_error(),
+        });
+    }
+    let mut out = [Fd(fds[0]), Fd(fds[1])];
+    for f in &mut out {
+        if f.0 < 3 {
+            // SAFETY: duplicating a descriptor we own.
+            let n = unsafe { libc::fcntl(f.0, libc::F_DUPFD_CLOEXEC, 3) };
+            if n < 0 {
+                return Err(SandboxError::Io {
+                    what: "fcntl(F_DUPFD_CLOEXEC)",
+                    source: io::Error::last_os_error(),
+                });
+            }
+            *f = Fd(n);
+        }
+    }
+    let [r, w] = out;
+    Ok((r, w))
+}
+
+/// Kills and reaps init if `execute` leaves early (error or panic).
+pub(crate) struct InitGuard {
+    pub(crate) pid: libc::pid_t,
+    pub(crate) reaped: bool,
+}
+
+impl InitGuard {
+    pub(crate) fn unregister(&self) {
+        lock_running().retain(|r| r.pid != self.pid);
+    }
+
+    pub(crate) fn reap(&mut self) -> i32 {
+        self.unregister();
+        let mut status = 0;
+        loop {
+            // SAFETY: `pid` is our child; valid out-parameter.
+            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
+            if r == self.pid || (r < 0 && errno() != libc::EINTR) {
+                break;
+            }
+        }
+        self.reaped = true;
+        status
+    }
+}
+
+impl Drop for InitGuard {
+    fn drop(&mut self) {
+        if !self.reaped {
+            self.unregister();
+            // SAFETY: our unreaped child.
+            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            self.reap();
+        }
+    }
+}
+
+pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, SandboxError> {
+    let start = Instant::now();
+    let (out_r, out_w) = pipe()?;
+    let (err_r, err_w) = pipe()?;
+    let (rep_r, rep_w) = pipe()?;
+    let fds = ChildFds {
+        out: out_w.0,
+        err: err_w.0,
+        report: rep_w.0,
+    };
+    let interrupted = Arc::new(AtomicBool::new(false));
+
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS;
+    let pid;
+    {
+        // Held across the clone so `interrupt` cannot miss a sandbox that has started.
+        let mut running = lock_running();
+        // SAFETY: raw clone with fork semantics (no CLONE_VM, no new stack): the child
+        // gets a copy of this address space and runs only `init_main`, which performs
+        // async-signal-safe syscalls on memory prepared above and never returns.
+        let r = unsafe {
+            libc::syscall(
+                libc::SYS_clone,
+                (flags | libc::SIGCHLD) as c_ulong,
+                0usize,
+                0usize,
+                0usize,
+                0usize,
+            )
+        };
+        if r == 0 {
+            // SAFETY: we are the freshly cloned child.
+            unsafe { init_main(plan, &fds) }
+        }
+        if r < 0 {
+            let e = io::Error::last_os_error();
+            drop(running);
+            return Err(match e.raw_os_error() {
+                Some(libc::EPERM | libc::ENOSPC | libc::EUSERS | libc::EINVAL) => {
+                    SandboxError::UserNamespacesUnavailable {
+                        detail: format!("clone(CLONE_NEWUSER|CLONE_NEWPID|...) failed: {e}"),
+                    }
+                }
+                _ => SandboxError::Io {
+                    what: "clone of the sandbox init process",
+                    source: e,
+                },
+            });
+        }
+        pid = r as libc::pid_t;
+        running.push(Running {
+            pid,
+            interrupted: interrupted.clone(),
+        });
+    }
+    let mut guard = InitGuard { pid, reaped: false };
+    drop(out_w);
+    drop(err_w);
+    drop(rep_w);
+
+    let mut stdout = Vec::new();
+    let mut stderr = Vec::new();
+    let mut report = Vec::new();
+    let mut open = [Some(out_r), Some(err_r), Some(rep_r)];
+    let mut deadline = start + timeout;
+    let mut timed_out = false;
+    let mut buf = vec![0u8; 64 * 1024];
+    while open.iter().any(Option::is_some) {
+        let now = Instant::now();
+        if now >= deadline {
+            if timed_out {
+                break; // Teardown grace period over; stop waiting for stragglers.
+            }
+            timed_out = true;
+            // SAFETY: our unreaped child (still registered).
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+            deadline = now + Duration::from_secs(2);
+            continue;
+        }
+        let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(3);
+        let mut idx = Vec::with_capacity(3);
+        for (i, f) in open.iter().enumerate() {
+            if let Some(f) = f {
+                pfds.push(libc::pollfd {
+                    fd: f.0,
+                    events: libc::POLLIN,
+                    revents: 0,
+                });
+                idx.push(i);
+            }
+        }
+        let wait_ms = (deadline - now).as_millis().clamp(1, c_int::MAX as u128) as c_int;
+        // SAFETY: valid array of pollfd.
+        let n = unsafe { libc::poll(pfds.as_mut_ptr(), pfds.len() as libc::nfds_t, wait_ms) };
+        if n < 0 {
+            if errno() == libc::EINTR {
+                continue;
+            }
+            return Err(SandboxError::Io {
+                what: "poll on the sandbox's output pipes",
+                source: io::Error::last_os_error(),
+            });
+        }
+        for (p, &i) in pfds.iter().zip(&idx) {
+            if p.revents == 0 {
+                continue;
+            }
+            let fd = open[i].as_ref().map(|f| f.0).unwrap_or(-1);
+            // SAFETY: reading into our buffer from a descriptor we own.
+            let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast::<c_void>(), buf.len()) };
+            if r < 0 {
+                if errno() == libc::EINTR || errno() == libc::EAGAIN {
+                    continue;
+                }
+                open[i] = None;
+                continue;
+            }
+            if r == 0 {
+                open[i] = None;
+                continue;
+            }
+            let data = &buf[..r as usize];
+            let sink = match i {
+                0 => &mut stdout,
+                1 => &mut stderr,
+                _ => &mut report,
+            };
+            let cap = if i == 2 { 4096 } else { OUTPUT_CAP };
+            let room = cap.saturating_sub(sink.len());
+            sink.extend_from_slice(&data[..data.len().min(room)]);
+        }
+    }
+    if timed_out {
+        // SAFETY: our unreaped child.
+        unsafe { libc::kill(pid, libc::SIGKILL) };
+    }
+    let init_status = guard.reap();
+    let duration = start.elapsed();
+    if interrupted.load(Ordering::SeqCst) {
+        return Err(SandboxError::Interrupted);
+    }
+
+    let mut status = None;
+    for rec in report.chunks_exact(16) {
+        let w = |i: usize| i32::from_ne_bytes(rec[i * 4..i * 4 + 4].try_into().unwrap());
+        let (kind, index, err, st) = (w(0), w(1), w(2), w(3));
+        let source = io::Error::from_raw_os_error(err);
+        match kind {
+            REPORT_SETUP => {
+                let Some(step) = plan.steps.get(index as usize) else {
+                    return Err(SandboxError::InitDied {
+                        status: init_status,
+                    });
+                };
+                if step.userns && matches!(err, libc::EPERM | libc::EACCES) {
+                    return Err(SandboxError::UserNamespacesUnavailable {
+                        detail: format!("could not {}: {source}", step.what),
+                    });
+                }
+                return Err(SandboxError::Setup {
+                    step: step.what.clone(),
+                    source,
+                    hint: step.hint,
+                });
+            }
+            REPORT_CLONE => {
+                return Err(SandboxError::Setup {
+                    step: "fork the action inside the sandbox".into(),
+                    source,
+                    hint: "check the process limit (ulimit -u)",
+                });
+            }
+            REPORT_CONFINE => {
+                return Err(SandboxError::Setup {
+                    step: format!(
+                        "confine the action: {}",
+                        CONFINE_STAGES
+                            .get(index as usize)
+                            .copied()
+                            .unwrap_or("unknown stage")
+                    ),
+                    source,
+                    hint: "the native sandbox needs Linux 5.4 or later with seccomp \
+                           (CONFIG_SECCOMP_FILTER); inside a container, allow prctl and \
+                           seccomp in its seccomp profile",
+                });
+            }
+            REPORT_EXEC => {
+                return Err(SandboxError::Exec {
+                    program: plan.program.clone(),
+                    path: plan.search_path.clone(),
+                    source,
+                });
+            }
+            REPORT_CWD => {
+                return Err(SandboxError::Cwd {
+                    cwd: plan.cwd_path.clone(),
+                    source,
+                });
+            }
+            REPORT_STATUS => status = Some(st),
+            _ => {}
+        }
+    }
+    let (exit_code, signal) = match status {
+        Some(st) if libc::WIFEXITED(st) => (Some(libc::WEXITSTATUS(st)), None),
+        Some(st) if libc::WIFSIGNALED(st) => (None, Some(libc::WTERMSIG(st))),
+        Some(_) => (None, None),
+        None if timed_out => (None, Some(libc::SIGKILL)),
+        None => {
+            return Err(SandboxError::InitDied {
+                status: init_status,
+            });
+        }
+    };
+    Ok(NativeOutcome {
+        exit_code,
+        signal,
+        timed_out: timed_out && status.is_none(),
+        stdout,
+        stderr,
+        duration,
+    })
+}

@@ -1,0 +1,791 @@
+//! The plan: everything the sandbox's child processes need, prepared before `clone`: every
+//! path as a C string, the mounts and other setup steps in order, argv/envp arrays, the
+//! uid/gid maps, the seccomp filters.
+
+use std::ffi::{CString, c_char, c_int, c_ulong};
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
+use std::sync::atomic::Ordering;
+
+use super::*;
+
+pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
+pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
+pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
+pub(crate) const MOUNT_ATTR_NOEXEC: u64 = 0x8;
+pub(crate) const AT_RECURSIVE: c_int = 0x8000;
+pub(crate) const CLOSE_RANGE_CLOEXEC: c_int = 1 << 2;
+
+#[repr(C)]
+pub(crate) struct MountAttr {
+    pub(crate) attr_set: u64,
+    pub(crate) attr_clr: u64,
+    pub(crate) propagation: u64,
+    pub(crate) userns_fd: u64,
+}
+
+pub(crate) enum Op {
+    WriteFile {
+        path: CString,
+        data: Vec<u8>,
+    },
+    MakeMountsPrivate,
+    SetHostname {
+        name: Vec<u8>,
+    },
+    MountTmpfs {
+        dst: CString,
+        data: CString,
+        flags: c_ulong,
+    },
+    Mkdir {
+        path: CString,
+    },
+    /// Creates an empty regular file (a mount point for a file bind).
+    Touch {
+        path: CString,
+    },
+    Symlink {
+        target: CString,
+        link: CString,
+    },
+    Bind {
+        src: CString,
+        dst: CString,
+    },
+    /// Recursively sets mount attributes (`mount_setattr`); on kernels older than 5.12
+    /// falls back to a non-recursive bind remount with `legacy_flags`.
+    SetAttr {
+        dst: CString,
+        set: u64,
+        legacy_flags: c_ulong,
+    },
+    MountProc {
+        dst: CString,
+    },
+    PivotRoot {
+        new_root: CString,
+    },
+    RemountRootReadOnly,
+    /// A new cgroup namespace (after joining the sandbox's cgroup, which becomes its root).
+    UnshareCgroup,
+}
+
+pub(crate) struct Step {
+    pub(crate) op: Op,
+    pub(crate) what: String,
+    pub(crate) hint: &'static str,
+    /// An `EPERM`/`EACCES` here means user namespaces are not usable.
+    pub(crate) userns: bool,
+}
+
+pub(crate) struct Plan {
+    pub(crate) steps: Vec<Step>,
+    pub(crate) cwd: CString,
+    pub(crate) cwd_path: PathBuf,
+    pub(crate) program: String,
+    pub(crate) search_path: String,
+    pub(crate) candidates: Vec<CString>,
+    pub(crate) _argv: Vec<CString>,
+    pub(crate) _envp: Vec<CString>,
+    pub(crate) argv_ptrs: Vec<*const c_char>,
+    pub(crate) envp_ptrs: Vec<*const c_char>,
+    pub(crate) dev_null: CString,
+    pub(crate) probe: bool,
+    pub(crate) fd_limit: c_int,
+    /// Confine the action before `execve` (see [`confine`]).
+    pub(crate) harden: bool,
+    /// `RLIMIT_NPROC` for the action.
+    pub(crate) nproc: libc::rlimit,
+    /// The seccomp filter (classic BPF).
+    pub(crate) filter: &'static [libc::sock_filter],
+    /// The sandbox's pids cgroup, back to the pool when the plan is dropped (after init was
+    /// reaped).
+    pub(crate) _cgroup: Option<harden::PidsCgroup>,
+    /// Empty host directory the new root is mounted on (in the child's mount namespace
+    /// only). Returned to the pool when the plan is dropped.
+    pub(crate) _root_dir: PooledRoot,
+}
+
+/// Empty directories sandbox roots are mounted on, kept for the next sandbox: the tmpfs is
+/// mounted only in the sandbox's own mount namespace, so the host directory stays empty, and
+/// creating (and deleting) a directory per action is a measurable cost on ext4.
+pub(crate) static ROOT_POOL: Mutex<Vec<tempfile::TempDir>> = Mutex::new(Vec::new());
+
+pub(crate) struct PooledRoot(Option<tempfile::TempDir>);
+
+impl PooledRoot {
+    pub(crate) fn take() -> io::Result<PooledRoot> {
+        let reused = ROOT_POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let dir = match reused {
+            Some(d) => d,
+            None => tempfile::Builder::new()
+                .prefix("wbuild-sandbox-root-")
+                .tempdir()?,
+        };
+        Ok(PooledRoot(Some(dir)))
+    }
+
+    pub(crate) fn path(&self) -> &Path {
+        self.0.as_ref().expect("root directory").path()
+    }
+}
+
+impl Drop for PooledRoot {
+    fn drop(&mut self) {
+        if let Some(d) = self.0.take()
+            // Still empty, as it must be; anything else is dropped (and removed).
+            && std::fs::read_dir(d.path()).is_ok_and(|mut r| r.next().is_none())
+        {
+            ROOT_POOL.lock().unwrap_or_else(|e| e.into_inner()).push(d);
+        }
+    }
+}
+
+pub(crate) const HINT_BUG: &str = "this is unexpected; please report it with the kernel version";
+pub(crate) const HINT_USERNS: &str = "user namespaces seem to be restricted here (see `wbuild` docs: \
+    sysctl kernel.unprivileged_userns_clone / user.max_user_namespaces, AppArmor \
+    kernel.apparmor_restrict_unprivileged_userns)";
+pub(crate) const HINT_MOUNT: &str = "check that the mount source exists and that a mount point for a \
+    nested mount already exists inside its (read-only) parent mount's source";
+pub(crate) const HINT_PROC: &str = "mounting /proc for the sandbox's pid namespace was refused; inside \
+    a container /proc must be fully visible (e.g. `docker run --security-opt \
+    systempaths=unconfined`)";
+pub(crate) const HINT_CGROUP: &str = "the sandbox's pids cgroup (its process limit) could not be \
+    joined; check that the cgroup file system is writable for wbuild";
+pub(crate) const HINT_PIVOT: &str = "pivot_root is not possible when the host root is an initramfs \
+    (rootfs); run wbuild on a system booted from a real root file system";
+
+pub(crate) fn cstr(s: impl AsRef<[u8]>, what: &str) -> Result<CString, SandboxError> {
+    CString::new(s.as_ref().to_vec())
+        .map_err(|_| SandboxError::InvalidRequest(format!("{what} contains a NUL byte")))
+}
+
+pub(crate) fn join_root(root: &Path, sandbox: &Path) -> PathBuf {
+    let rel = sandbox.strip_prefix("/").unwrap_or(sandbox);
+    root.join(rel)
+}
+
+/// Plans `mkdir` of each of `dirs` (a path's ancestors, deepest first) inside the new root
+/// that is not made yet, outermost first.
+pub(crate) fn make_dirs<'p>(
+    made: &mut std::collections::HashSet<PathBuf>,
+    push: &mut impl FnMut(Op, String, &'static str, bool),
+    root: &Path,
+    dirs: impl Iterator<Item = &'p Path>,
+) -> Result<(), SandboxError> {
+    let mut dirs: Vec<&Path> = dirs.collect();
+    dirs.reverse();
+    for a in dirs {
+        if made.insert(a.to_path_buf()) {
+            push(
+                Op::Mkdir {
+                    path: cstr(join_root(root, a).as_os_str().as_bytes(), "mount point")?,
+                },
+                format!("create directory {} inside the sandbox", a.display()),
+                HINT_MOUNT,
+                false,
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Checks that `p` is absolute and made only of normal components.
+pub(crate) fn check_sandbox_path(p: &Path, what: &str) -> Result<(), SandboxError> {
+    let mut comps = p.components();
+    if comps.next() != Some(Component::RootDir) {
+        return Err(SandboxError::InvalidRequest(format!(
+            "{what} {} must be an absolute path inside the sandbox",
+            p.display()
+        )));
+    }
+    if !comps.all(|c| matches!(c, Component::Normal(_))) {
+        return Err(SandboxError::InvalidRequest(format!(
+            "{what} {} must not contain `.` or `..` components",
+            p.display()
+        )));
+    }
+    Ok(())
+}
+
+/// Mount flags that a bind remount inside a user namespace must keep (they are locked).
+pub(crate) fn locked_flags(host: &Path) -> c_ulong {
+    let Ok(c) = CString::new(host.as_os_str().as_bytes()) else {
+        return 0;
+    };
+    // SAFETY: `c` is a valid C string and `st` a properly sized out-parameter.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated path and `st` a writable statvfs.
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return 0;
+    }
+    let f = st.f_flag;
+    let mut out = 0;
+    for (st_bit, ms_bit) in [
+        (libc::ST_NOSUID, libc::MS_NOSUID),
+        (libc::ST_NODEV, libc::MS_NODEV),
+        (libc::ST_NOEXEC, libc::MS_NOEXEC),
+        (libc::ST_NOATIME, libc::MS_NOATIME),
+        (libc::ST_NODIRATIME, libc::MS_NODIRATIME),
+        (libc::ST_RELATIME, libc::MS_RELATIME),
+    ] {
+        if f & st_bit != 0 {
+            out |= ms_bit;
+        }
+    }
+    if f & (libc::ST_NOATIME | libc::ST_RELATIME) == 0 {
+        out |= libc::MS_STRICTATIME;
+    }
+    out
+}
+
+/// Mounts an empty read-only directory over each of [`HIDDEN_HOST_DIRS`] that the read-only
+/// mount `m` would show, unless the request mounts something there itself: one read-only
+/// tmpfs, bound at the other places (a bind is cheaper than a new file system).
+pub(crate) fn hide_unkeyed(
+    req: &NativeRequest,
+    m: &Mount,
+    root: &Path,
+    push: &mut impl FnMut(Op, String, &'static str, bool),
+) -> Result<(), SandboxError> {
+    let mut empty: Option<CString> = None;
+    for hidden in HIDDEN_HOST_DIRS.iter().map(Path::new) {
+        let Ok(rel) = hidden.strip_prefix(&m.host) else {
+            continue;
+        };
+        if rel.as_os_str().is_empty() {
+            continue;
+        }
+        let inside = m.sandbox.join(rel);
+        if req.mounts.iter().any(|o| o.sandbox.starts_with(&inside))
+            || !std::fs::symlink_metadata(hidden).is_ok_and(|md| md.is_dir())
+        {
+            continue;
+        }
+        let dst = cstr(
+            join_root(root, &inside).as_os_str().as_bytes(),
+            "mount point",
+        )?;
+        let op = match &empty {
+            Some(src) => Op::Bind {
+                src: src.clone(),
+                dst,
+            },
+            None => {
+                empty = Some(dst.clone());
+                Op::MountTmpfs {
+                    dst,
+                    data: c"mode=0755,size=4k".into(),
+                    flags: libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+                }
+            }
+        };
+        push(
+            op,
+            format!(
+                "hide the host's {} (an empty directory at {})",
+                hidden.display(),
+                inside.display()
+            ),
+            HINT_MOUNT,
+            false,
+        );
+    }
+    Ok(())
+}
+
+impl Plan {
+    pub(crate) fn build(req: &NativeRequest, probe: bool) -> Result<Plan, SandboxError> {
+        if req.argv.is_empty() || req.argv[0].is_empty() {
+            return Err(SandboxError::InvalidRequest(
+                "argv is empty; give the program to run as argv[0]".into(),
+            ));
+        }
+        check_sandbox_path(&req.cwd, "working directory").or_else(|e| {
+            if req.cwd == Path::new("/") {
+                Ok(())
+            } else {
+                Err(e)
+            }
+        })?;
+
+        // Environment: exactly the declared variables plus the fixed ones, sorted by name.
+        let mut env: Vec<(String, String)> = Vec::with_capacity(req.env.len() + 4);
+        for (k, v) in &req.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "environment variable name {k:?} is not valid"
+                )));
+            }
+            if matches!(k.as_str(), "LANG" | "TZ" | "SOURCE_DATE_EPOCH") {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "environment variable {k} is fixed by the sandbox (LANG=C, TZ=UTC, \
+                     SOURCE_DATE_EPOCH from the request); remove it from the action's env"
+                )));
+            }
+            if env.iter().any(|(e, _)| e == k) {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "environment variable {k} is declared twice"
+                )));
+            }
+            env.push((k.clone(), v.clone()));
+        }
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        env.push(("LANG".into(), "C".into()));
+        env.push(("TZ".into(), "UTC".into()));
+        env.push((
+            "SOURCE_DATE_EPOCH".into(),
+            req.source_date_epoch.to_string(),
+        ));
+        env.sort();
+        let search_path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        let envp: Vec<CString> = env
+            .iter()
+            .map(|(k, v)| cstr(format!("{k}={v}"), &format!("environment variable {k}")))
+            .collect::<Result<_, _>>()?;
+        let argv: Vec<CString> = req
+            .argv
+            .iter()
+            .map(|a| cstr(a, "an argv element"))
+            .collect::<Result<_, _>>()?;
+
+        // execvp-style candidates for argv[0].
+        let program = &req.argv[0];
+        let candidates: Vec<CString> = if program.contains('/') {
+            vec![cstr(program, "argv[0]")?]
+        } else {
+            search_path
+                .split(':')
+                .map(|d| if d.is_empty() { "." } else { d })
+                .map(|d| cstr(format!("{}/{program}", d.trim_end_matches('/')), "PATH"))
+                .collect::<Result<_, _>>()?
+        };
+
+        let root_dir = PooledRoot::take().map_err(|source| SandboxError::Io {
+            what: "creating the sandbox root mount point in the temp directory",
+            source,
+        })?;
+        let root = root_dir.path().to_path_buf();
+
+        // SAFETY: trivial getters.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let mut steps = Vec::new();
+        let mut push = |op: Op, what: String, hint: &'static str, userns: bool| {
+            steps.push(Step {
+                op,
+                what,
+                hint,
+                userns,
+            })
+        };
+        push(
+            Op::WriteFile {
+                path: c"/proc/self/setgroups".into(),
+                data: b"deny".to_vec(),
+            },
+            "write /proc/self/setgroups in the new user namespace".into(),
+            HINT_USERNS,
+            true,
+        );
+        push(
+            Op::WriteFile {
+                path: c"/proc/self/uid_map".into(),
+                data: format!("0 {uid} 1\n").into_bytes(),
+            },
+            format!("map uid {uid} to root in the new user namespace"),
+            HINT_USERNS,
+            true,
+        );
+        push(
+            Op::WriteFile {
+                path: c"/proc/self/gid_map".into(),
+                data: format!("0 {gid} 1\n").into_bytes(),
+            },
+            format!("map gid {gid} to root in the new user namespace"),
+            HINT_USERNS,
+            true,
+        );
+        let harden = HARDENING.load(Ordering::Relaxed);
+        let cgroup = if harden { harden::pids_cgroup()? } else { None };
+        if let Some(cg) = &cgroup {
+            let tasks = cg.tasks();
+            push(
+                Op::WriteFile {
+                    path: cstr(tasks.as_os_str().as_bytes(), "cgroup path")?,
+                    data: b"0".to_vec(),
+                },
+                format!("join the sandbox's pids cgroup ({})", tasks.display()),
+                HINT_CGROUP,
+                false,
+            );
+            push(
+                Op::UnshareCgroup,
+                "enter a new cgroup namespace".into(),
+                HINT_CGROUP,
+                false,
+            );
+        }
+        push(
+            Op::MakeMountsPrivate,
+            "make all mounts private in the new mount namespace".into(),
+            HINT_USERNS,
+            true,
+        );
+        push(
+            Op::SetHostname {
+                name: HOSTNAME.as_bytes().to_vec(),
+            },
+            format!("set the hostname to {HOSTNAME}"),
+            HINT_USERNS,
+            true,
+        );
+        let root_c = cstr(root.as_os_str().as_bytes(), "temp directory")?;
+        push(
+            Op::MountTmpfs {
+                dst: root_c.clone(),
+                data: c"mode=0755,size=4m".into(),
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+            },
+            format!("mount the root tmpfs on {}", root.display()),
+            HINT_USERNS,
+            true,
+        );
+
+        // Sets, not lists: an action may have thousands of input mounts.
+        let mut made: std::collections::HashSet<PathBuf> =
+            std::iter::once(PathBuf::from("/")).collect();
+        let mut points: std::collections::HashSet<&Path> = std::collections::HashSet::new();
+
+        // Scratch tmpfs directories, then the user mounts (parents before children), so
+        // mount points inside a scratch directory are made on its tmpfs.
+        let mut scratch: Vec<&PathBuf> = req.scratch.iter().collect();
+        scratch.sort_by_key(|p| p.components().count());
+        for dir in scratch {
+            check_sandbox_path(dir, "scratch directory")?;
+            let first = dir.components().nth(1);
+            let reserved = ["proc", "dev", "tmp"]
+                .iter()
+                .any(|r| first == Some(Component::Normal(r.as_ref())));
+            if dir == Path::new("/") || reserved {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "scratch directory {} is reserved: the sandbox provides /, /proc, /dev \
+                     and /tmp itself",
+                    dir.display()
+                )));
+            }
+            if let Some(m) = req
+                .mounts
+                .iter()
+                .find(|m| dir.starts_with(&m.sandbox) || m.sandbox == *dir)
+            {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "scratch directory {} lies inside the mount {}",
+                    dir.display(),
+                    m.sandbox.display()
+                )));
+            }
+            make_dirs(&mut made, &mut push, &root, dir.ancestors())?;
+            push(
+                Op::MountTmpfs {
+                    dst: cstr(join_root(&root, dir).as_os_str().as_bytes(), "scratch")?,
+                    data: c"mode=0755".into(),
+                    flags: libc::MS_NOSUID | libc::MS_NODEV,
+                },
+                format!("mount a scratch tmpfs at {}", dir.display()),
+                HINT_MOUNT,
+                false,
+            );
+        }
+
+        let mut mounts: Vec<&Mount> = req.mounts.iter().collect();
+        mounts.sort_by_key(|m| m.sandbox.components().count());
+        let mut symlinks: Vec<&Path> = Vec::new();
+        for m in &mounts {
+            check_sandbox_path(&m.sandbox, "mount point")?;
+            let first = m.sandbox.components().nth(1);
+            let reserved = ["proc", "dev", "tmp"]
+                .iter()
+                .any(|r| first == Some(Component::Normal(r.as_ref())));
+            if m.sandbox == Path::new("/") || reserved {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "mount point {} is reserved: the sandbox provides /, /proc, /dev and \
+                     /tmp itself",
+                    m.sandbox.display()
+                )));
+            }
+            if !m.host.is_absolute() {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "mount source {} must be an absolute host path",
+                    m.host.display()
+                )));
+            }
+            if !points.insert(&m.sandbox) {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "mount point {} is given twice",
+                    m.sandbox.display()
+                )));
+            }
+            if let Some(s) = symlinks.iter().find(|s| m.sandbox.starts_with(s)) {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "mount point {} lies under {}, which is a symlink in the sandbox; mount \
+                     it at the symlink's target instead",
+                    m.sandbox.display(),
+                    s.display()
+                )));
+            }
+            let meta =
+                std::fs::symlink_metadata(&m.host).map_err(|source| SandboxError::MountSource {
+                    host: m.host.clone(),
+                    sandbox: m.sandbox.clone(),
+                    source,
+                })?;
+            // Parent directories inside the new root.
+            make_dirs(&mut made, &mut push, &root, m.sandbox.ancestors().skip(1))?;
+            let dst = cstr(
+                join_root(&root, &m.sandbox).as_os_str().as_bytes(),
+                "mount point",
+            )?;
+            made.insert(m.sandbox.clone());
+            if meta.file_type().is_symlink() {
+                let target =
+                    std::fs::read_link(&m.host).map_err(|source| SandboxError::MountSource {
+                        host: m.host.clone(),
+                        sandbox: m.sandbox.clone(),
+                        source,
+                    })?;
+                symlinks.push(&m.sandbox);
+                push(
+                    Op::Symlink {
+                        target: cstr(target.as_os_str().as_bytes(), "symlink target")?,
+                        link: dst,
+                    },
+                    format!(
+                        "create symlink {} -> {} inside the sandbox",
+                        m.sandbox.display(),
+                        target.display()
+                    ),
+                    HINT_MOUNT,
+                    false,
+                );
+                continue;
+            }
+            let src = cstr(m.host.as_os_str().as_bytes(), "mount source")?;
+            let (mk, kind) = if meta.is_dir() {
+                (Op::Mkdir { path: dst.clone() }, "directory")
+            } else {
+                (Op::Touch { path: dst.clone() }, "file")
+            };
+            push(
+                mk,
+                format!(
+                    "create mount point {} ({kind}) inside the sandbox",
+                    m.sandbox.display()
+                ),
+                HINT_MOUNT,
+                false,
+            );
+            push(
+                Op::Bind {
+                    src,
+                    dst: dst.clone(),
+                },
+                format!("bind-mount {} at {}", m.host.display(), m.sandbox.display()),
+                HINT_MOUNT,
+                false,
+            );
+            let (set, mut legacy) = if m.writable {
+                (MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV, 0)
+            } else {
+                (
+                    MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NODEV,
+                    libc::MS_RDONLY,
+                )
+            };
+            legacy |= locked_flags(&m.host) | libc::MS_NOSUID | libc::MS_NODEV;
+            push(
+                Op::SetAttr {
+                    dst,
+                    set,
+                    legacy_flags: legacy,
+                },
+                format!(
+                    "make the mount {} {}",
+                    m.sandbox.display(),
+                    if m.writable {
+                        "nosuid,nodev"
+                    } else {
+                        "read-only,nosuid,nodev"
+                    }
+                ),
+                HINT_MOUNT,
+                false,
+            );
+            if harden && !m.writable {
+                hide_unkeyed(req, m, &root, &mut push)?;
+            }
+        }
+
+        // /dev: only null, zero, urandom (read-only binds of the host nodes) + fd links.
+        let dev = root.join("dev");
+        push(
+            Op::Mkdir {
+                path: cstr(dev.as_os_str().as_bytes(), "dev")?,
+            },
+            "create /dev inside the sandbox".into(),
+            HINT_BUG,
+            false,
+        );
+        let dev_locked = locked_flags(Path::new("/dev/null"));
+        for node in ["null", "zero", "urandom"] {
+            let host = format!("/dev/{node}");
+            let dst = cstr(dev.join(node).as_os_str().as_bytes(), "dev")?;
+            push(
+                Op::Touch { path: dst.clone() },
+                format!("create the mount point /dev/{node} inside the sandbox"),
+                HINT_BUG,
+                false,
+            );
+            push(
+                Op::Bind {
+                    src: cstr(&host, "dev")?,
+                    dst: dst.clone(),
+                },
+                format!("bind-mount the host's {host}"),
+                "the host must have /dev/null, /dev/zero and /dev/urandom",
+                false,
+            );
+            push(
+                Op::SetAttr {
+                    dst,
+                    set: MOUNT_ATTR_RDONLY | MOUNT_ATTR_NOSUID | MOUNT_ATTR_NOEXEC,
+                    legacy_flags: dev_locked | libc::MS_RDONLY | libc::MS_NOSUID | libc::MS_NOEXEC,
+                },
+                format!("make /dev/{node} read-only inside the sandbox"),
+                HINT_BUG,
+                false,
+            );
+        }
+        for (name, target) in [
+            ("fd", "/proc/self/fd"),
+            ("stdin", "/proc/self/fd/0"),
+            ("stdout", "/proc/self/fd/1"),
+            ("stderr", "/proc/self/fd/2"),
+        ] {
+            push(
+                Op::Symlink {
+                    target: cstr(target, "dev")?,
+                    link: cstr(dev.join(name).as_os_str().as_bytes(), "dev")?,
+                },
+                format!("create symlink /dev/{name} inside the sandbox"),
+                HINT_BUG,
+                false,
+            );
+        }
+
+        // Private /tmp and /proc.
+        let tmp = cstr(root.join("tmp").as_os_str().as_bytes(), "tmp")?;
+        push(
+            Op::Mkdir { path: tmp.clone() },
+            "create /tmp inside the sandbox".into(),
+            HINT_BUG,
+            false,
+        );
+        push(
+            Op::MountTmpfs {
+                dst: tmp,
+                data: c"mode=1777".into(),
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+            },
+            "mount a private tmpfs at /tmp".into(),
+            HINT_BUG,
+            false,
+        );
+        let proc_ = cstr(root.join("proc").as_os_str().as_bytes(), "proc")?;
+        push(
+            Op::Mkdir {
+                path: proc_.clone(),
+            },
+            "create /proc inside the sandbox".into(),
+            HINT_BUG,
+            false,
+        );
+        push(
+            Op::MountProc { dst: proc_ },
+            "mount /proc for the sandbox's pid namespace".into(),
+            HINT_PROC,
+            true,
+        );
+        push(
+            Op::PivotRoot { new_root: root_c },
+            format!("pivot_root into {}", root.display()),
+            HINT_PIVOT,
+            false,
+        );
+        push(
+            Op::RemountRootReadOnly,
+            "remount the sandbox root read-only".into(),
+            HINT_BUG,
+            false,
+        );
+
+        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<*const c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+
+        // Fallback bound for closing descriptors when close_range is unavailable.
+        // SAFETY: plain getrlimit with a valid out-parameter.
+        let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: getrlimit writes into the valid out-parameter.
+        let fd_limit = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+            rl.rlim_cur.min(1 << 20) as c_int
+        } else {
+            65536
+        };
+
+        let nproc = {
+            // SAFETY: plain getrlimit with a valid out-parameter.
+            let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+            // SAFETY: getrlimit writes into the valid out-parameter.
+            if unsafe { libc::getrlimit(libc::RLIMIT_NPROC, &mut rl) } != 0 {
+                rl.rlim_max = libc::RLIM_INFINITY;
+            }
+            let max = rl.rlim_max.min(PIDS_LIMIT as libc::rlim_t);
+            libc::rlimit {
+                rlim_cur: max,
+                rlim_max: max,
+            }
+        };
+        let filter = if harden { harden::filter()? } else { &[] };
+
+        Ok(Plan {
+            steps,
+            cwd: cstr(req.cwd.as_os_str().as_bytes(), "working directory")?,
+            cwd_path: req.cwd.clone(),
+            program: program.clone(),
+            search_path,
+            candidates,
+            _argv: argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+            dev_null: c"/dev/null".into(),
+            probe,
+            fd_limit,
+            harden,
+            nproc,
+            filter,
+            _cgroup: cgroup,
+            _root_dir: root_dir,
+        })
+    }
+}
