@@ -42,7 +42,7 @@ pub use analysis::{ActionGraph, ActionNode, Exec, NOT_SCHEDULED, ToolRef, analys
 pub use cache::{Signature, binary_identity, load_and_analyse_cached, workspace_signature};
 pub use label::{Label, TargetPattern};
 pub use load::load;
-pub use platform::Platform;
+pub use platform::{Platform, UnknownPlatform};
 pub use rules::{
     CcAttrs, CcKind, FilegroupAttrs, GenruleAttrs, Rule, RuleOf, WasiRunAttrs, WasiTestAttrs,
     WasiToolAttrs, sh_quote,

@@ -3,6 +3,11 @@
 
 use crate::workspace::OUT_DIR;
 
+/// A platform name that is none of [`Platform::ALL`]'s (nor an alias of one).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown platform {0:?}: use linux-x86_64 or linux-arm64")]
+pub struct UnknownPlatform(pub String);
+
 /// Target platform of native actions. WASI actions are portable and do not depend on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Platform {
@@ -24,13 +29,11 @@ impl Platform {
 
     /// `linux-x86_64` or `linux-arm64` (also `linux-amd64`, `linux-x86-64`, `linux-aarch64`),
     /// wherever a platform is named.
-    pub fn parse(s: &str) -> Result<Platform, String> {
+    pub fn parse(s: &str) -> Result<Platform, UnknownPlatform> {
         match s {
             "linux-x86_64" | "linux-amd64" | "linux-x86-64" => Ok(Platform::LinuxX86_64),
             "linux-arm64" | "linux-aarch64" => Ok(Platform::LinuxArm64),
-            _ => Err(format!(
-                "unknown platform {s:?}: use linux-x86_64 or linux-arm64"
-            )),
+            _ => Err(UnknownPlatform(s.to_owned())),
         }
     }
 
