@@ -418,7 +418,7 @@ impl LeaseRunner {
         {
             let inputs: std::collections::BTreeSet<&str> =
                 files.keys().map(String::as_str).collect();
-            wbuild_sched::validate_command(&command, &inputs).map_err(|e| bad(&e))?;
+            wbuild_sched::validate_command(&command, &inputs).map_err(|e| bad(&e.to_string()))?;
         }
         // Inputs this worker does not hold yet (what it holds stays for later actions).
         let mut missing: Vec<Digest> = files
@@ -438,11 +438,13 @@ impl LeaseRunner {
             crate::toolchain::installed_native(&cache_dir, name, digest)
         };
         let spec =
-            Spec::from_reapi(&key, &action, &command, files, &resolve).map_err(|message| {
-                LeaseError {
-                    code: tonic::Code::FailedPrecondition,
-                    message,
-                }
+            Spec::from_reapi(&key, &action, &command, files, &resolve).map_err(|e| LeaseError {
+                code: if e.is_invalid() {
+                    tonic::Code::InvalidArgument
+                } else {
+                    tonic::Code::FailedPrecondition
+                },
+                message: e.to_string(),
             })?;
         let started = std::time::SystemTime::now();
         let mut ran = spec::run_spec(&ctx.store, &ctx.exec, slot, &spec).map_err(unavailable)?;

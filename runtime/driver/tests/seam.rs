@@ -323,3 +323,63 @@ fn every_native_platform_names_a_bundle_platform() {
         );
     }
 }
+
+/// What a report that walks the cause chain (the CLI's `{e:#}`) prints.
+fn report(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut cause = e.source();
+    while let Some(c) = cause {
+        out.push_str(": ");
+        out.push_str(&c.to_string());
+        cause = c.source();
+    }
+    out
+}
+
+/// Every error that prints its cause does not also return it as its `source()`, so the
+/// cause appears once in what the user reads, whichever room the error came from.
+#[test]
+fn errors_print_their_cause_once_in_every_crate() {
+    use std::path::PathBuf;
+    let io = || std::io::Error::other("disk on fire");
+    let errors: Vec<Box<dyn std::error::Error>> = vec![
+        Box::new(wbuild_store::StoreError::Io {
+            op: "read",
+            path: PathBuf::from("/c/x"),
+            error: io(),
+        }),
+        Box::new(wbuild_store::StoreError::NoSpace {
+            op: "write",
+            path: PathBuf::from("/c/x"),
+            error: io(),
+        }),
+        Box::new(wbuild_graph::GraphError::Io {
+            path: PathBuf::from("/ws/WBUILD"),
+            error: io(),
+        }),
+        Box::new(wbuild_exec_wasi::ExecError::Sandbox {
+            path: PathBuf::from("/c/slot"),
+            error: io(),
+        }),
+        Box::new(wbuild_exec_native::SandboxError::Io {
+            what: "clone",
+            error: io(),
+        }),
+        Box::new(wbuild_remote::RemoteError::Listen {
+            addr: "127.0.0.1:1".into(),
+            error: io(),
+        }),
+        Box::new(wbuild_driver::DriverError::OpenStore {
+            path: PathBuf::from("/c"),
+            source: Box::new(wbuild_store::StoreError::NotWritable {
+                op: "create",
+                path: PathBuf::from("/c/index.redb"),
+                error: io(),
+            }),
+        }),
+    ];
+    for e in errors {
+        let shown = report(e.as_ref());
+        assert_eq!(shown.matches("disk on fire").count(), 1, "{shown}");
+    }
+}

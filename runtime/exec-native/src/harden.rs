@@ -19,8 +19,8 @@ pub const PIDS_LIMIT: u64 = 1024;
 /// `/usr/local/include` is on gcc's default include path.
 pub const HIDDEN_HOST_DIRS: &[&str] = &["/usr/local", "/usr/share", "/usr/src", "/usr/games"];
 
-// Namespace flags of clone(2). CLONE_NEWTIME is not in every libc version.
-const CLONE_NEWTIME: u32 = 0x80;
+// Namespace flags of clone(2).
+const CLONE_NEWTIME: u32 = libc::CLONE_NEWTIME as u32;
 const NAMESPACE_FLAGS: u32 = libc::CLONE_NEWUSER as u32
     | libc::CLONE_NEWNS as u32
     | libc::CLONE_NEWPID as u32
@@ -117,12 +117,12 @@ const SET_ID_BITS: u32 = libc::S_ISUID | libc::S_ISGID;
 /// O_CREAT, and O_TMPFILE without O_DIRECTORY.
 const CREATE_FLAGS: u32 = (libc::O_CREAT | (libc::O_TMPFILE & !libc::O_DIRECTORY)) as u32;
 
-/// fchmodat2(2) (Linux 6.6; one number on every architecture), not yet in libc.
+/// fchmodat2(2) (Linux 6.6; one number on every architecture; libc declares it for x86_64
+/// only).
 const SYS_FCHMODAT2: i64 = 452;
-/// openat2(2) (Linux 5.6; one number on every architecture): its flags and mode are in
-/// memory, where a filter cannot look, so it fails with ENOSYS (callers fall back to
-/// openat).
-const SYS_OPENAT2: i64 = 437;
+/// openat2(2): its flags and mode are in memory, where a filter cannot look, so it fails with
+/// ENOSYS (callers fall back to openat).
+const SYS_OPENAT2: i64 = libc::SYS_openat2;
 
 /// The rules about setuid/setgid bits, by system call.
 fn set_id_rules() -> Vec<(i64, Rule)> {
@@ -185,18 +185,18 @@ fn rules() -> Vec<(u32, Rule)> {
 }
 
 // Classic BPF, as seccomp runs it (linux/filter.h, linux/seccomp.h).
-const LD_W_ABS: u16 = 0x20;
-const JEQ_K: u16 = 0x15;
-const JGE_K: u16 = 0x35;
-const JSET_K: u16 = 0x45;
-const RET_K: u16 = 0x06;
+const LD_W_ABS: u16 = (libc::BPF_LD | libc::BPF_W | libc::BPF_ABS) as u16;
+const JEQ_K: u16 = (libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K) as u16;
+const JGE_K: u16 = (libc::BPF_JMP | libc::BPF_JGE | libc::BPF_K) as u16;
+const JSET_K: u16 = (libc::BPF_JMP | libc::BPF_JSET | libc::BPF_K) as u16;
+const RET_K: u16 = (libc::BPF_RET | libc::BPF_K) as u16;
 const DATA_NR: u32 = 0;
 const DATA_ARCH: u32 = 4;
 /// Low half of args[i]: `DATA_ARGS + 8 * i` (little-endian: x86_64 and aarch64).
 const DATA_ARGS: u32 = 16;
-const RET_ALLOW: u32 = 0x7fff_0000;
-const RET_KILL_PROCESS: u32 = 0x8000_0000;
-const RET_ERRNO: u32 = 0x0005_0000;
+const RET_ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
+const RET_KILL_PROCESS: u32 = libc::SECCOMP_RET_KILL_PROCESS;
+const RET_ERRNO: u32 = libc::SECCOMP_RET_ERRNO;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 fn ins(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
@@ -286,7 +286,7 @@ pub(crate) fn filter() -> Result<&'static [libc::sock_filter], SandboxError> {
         Ok(p) => Ok(p),
         Err(e) => Err(SandboxError::Setup {
             step: "build the action's seccomp filter".into(),
-            source: io::Error::other(e.clone()),
+            error: io::Error::other(e.clone()),
             hint: "wbuild's native sandbox runs on Linux x86_64 and aarch64",
         }),
     }
@@ -432,7 +432,7 @@ pub(crate) fn pids_cgroup() -> Result<Option<PidsCgroup>, SandboxError> {
     let failed = |step: String| {
         move |source: io::Error| SandboxError::Setup {
             step,
-            source,
+            error: source,
             hint: "wbuild limits each sandbox's processes with a pids cgroup next to its own; \
                    check that the cgroup file system is writable and not full",
         }

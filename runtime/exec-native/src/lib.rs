@@ -256,7 +256,7 @@ pub enum SandboxError {
     InvalidRequest(String),
     /// A mount's host path cannot be used.
     #[error(
-        "sandbox mount source {} (for {} inside the sandbox) cannot be used: {source}; \
+        "sandbox mount source {} (for {} inside the sandbox) cannot be used: {error}; \
          create or stage it before running the action, or remove the mount",
         host.display(), sandbox.display()
     )]
@@ -266,21 +266,21 @@ pub enum SandboxError {
         /// Where it was to appear inside the sandbox.
         sandbox: PathBuf,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
     /// A step of building the sandbox failed inside the sandbox's init process.
-    #[error("sandbox setup failed: could not {step}: {source}. {hint}")]
+    #[error("sandbox setup failed: could not {step}: {error}. {hint}")]
     Setup {
         /// What was being done, with the paths involved.
         step: String,
         /// The errno reported by the kernel.
-        source: io::Error,
+        error: io::Error,
         /// What to do about it.
         hint: &'static str,
     },
     /// The program could not be executed inside the sandbox.
     #[error(
-        "cannot run `{program}` inside the sandbox: {source} (looked in PATH={path}); \
+        "cannot run `{program}` inside the sandbox: {error} (looked in PATH={path}); \
          make sure the toolchain directory that contains it, and the libraries it needs, \
          are mounted"
     )]
@@ -290,11 +290,11 @@ pub enum SandboxError {
         /// The `PATH` searched.
         path: String,
         /// The errno from `execve`.
-        source: io::Error,
+        error: io::Error,
     },
     /// The working directory does not exist inside the sandbox.
     #[error(
-        "cannot change to working directory {} inside the sandbox: {source}; it must be \
+        "cannot change to working directory {} inside the sandbox: {error}; it must be \
          a mounted directory or lie inside one",
         cwd.display()
     )]
@@ -302,15 +302,15 @@ pub enum SandboxError {
         /// The requested working directory.
         cwd: PathBuf,
         /// The errno from `chdir`.
-        source: io::Error,
+        error: io::Error,
     },
     /// A host-side system call failed.
-    #[error("sandbox host-side {what} failed: {source}")]
+    #[error("sandbox host-side {what} failed: {error}")]
     Io {
         /// The operation.
         what: &'static str,
         /// The underlying error.
-        source: io::Error,
+        error: io::Error,
     },
     /// The sandbox's init process died without reporting a result.
     #[error(
@@ -371,7 +371,7 @@ pub fn probe() -> Result<(), SandboxError> {
     } else {
         Err(SandboxError::Setup {
             step: "run the probe sandbox".into(),
-            source: io::Error::other(format!("{out:?}")),
+            error: io::Error::other(format!("{out:?}")),
             hint: "this is a bug in wbuild's sandbox; please report it",
         })
     }

@@ -39,7 +39,7 @@ pub(crate) fn pipe() -> Result<(Fd, Fd), SandboxError> {
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
         return Err(SandboxError::Io {
             what: "pipe2",
-            source: io::Error::last_os_error(),
+            error: io::Error::last_os_error(),
         });
     }
     let mut out = [Fd(fds[0]), Fd(fds[1])];
@@ -50,7 +50,7 @@ pub(crate) fn pipe() -> Result<(Fd, Fd), SandboxError> {
             if n < 0 {
                 return Err(SandboxError::Io {
                     what: "fcntl(F_DUPFD_CLOEXEC)",
-                    source: io::Error::last_os_error(),
+                    error: io::Error::last_os_error(),
                 });
             }
             *f = Fd(n);
@@ -147,7 +147,7 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
                 }
                 _ => SandboxError::Io {
                     what: "clone of the sandbox init process",
-                    source: e,
+                    error: e,
                 },
             });
         }
@@ -202,7 +202,7 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
             }
             return Err(SandboxError::Io {
                 what: "poll on the sandbox's output pipes",
-                source: io::Error::last_os_error(),
+                error: io::Error::last_os_error(),
             });
         }
         for (p, &i) in pfds.iter().zip(&idx) {
@@ -263,14 +263,14 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
                 }
                 return Err(SandboxError::Setup {
                     step: step.what.clone(),
-                    source,
+                    error: source,
                     hint: step.hint,
                 });
             }
             REPORT_CLONE => {
                 return Err(SandboxError::Setup {
                     step: "fork the action inside the sandbox".into(),
-                    source,
+                    error: source,
                     hint: "check the process limit (ulimit -u)",
                 });
             }
@@ -283,7 +283,7 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
                             .copied()
                             .unwrap_or("unknown stage")
                     ),
-                    source,
+                    error: source,
                     hint: "the native sandbox needs Linux 5.4 or later with seccomp \
                            (CONFIG_SECCOMP_FILTER); inside a container, allow prctl and \
                            seccomp in its seccomp profile",
@@ -293,13 +293,13 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
                 return Err(SandboxError::Exec {
                     program: plan.program.clone(),
                     path: plan.search_path.clone(),
-                    source,
+                    error: source,
                 });
             }
             REPORT_CWD => {
                 return Err(SandboxError::Cwd {
                     cwd: plan.cwd_path.clone(),
-                    source,
+                    error: source,
                 });
             }
             REPORT_STATUS => status = Some(st),

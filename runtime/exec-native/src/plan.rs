@@ -11,12 +11,13 @@ use std::sync::atomic::Ordering;
 
 use super::*;
 
+// mount_setattr(2) attributes (linux/mount.h), not in libc.
 pub(crate) const MOUNT_ATTR_RDONLY: u64 = 0x1;
 pub(crate) const MOUNT_ATTR_NOSUID: u64 = 0x2;
 pub(crate) const MOUNT_ATTR_NODEV: u64 = 0x4;
 pub(crate) const MOUNT_ATTR_NOEXEC: u64 = 0x8;
-pub(crate) const AT_RECURSIVE: c_int = 0x8000;
-pub(crate) const CLOSE_RANGE_CLOEXEC: c_int = 1 << 2;
+pub(crate) const AT_RECURSIVE: c_int = libc::AT_RECURSIVE;
+pub(crate) const CLOSE_RANGE_CLOEXEC: c_int = libc::CLOSE_RANGE_CLOEXEC as c_int;
 
 #[repr(C)]
 pub(crate) struct MountAttr {
@@ -372,7 +373,7 @@ impl Plan {
 
         let root_dir = PooledRoot::take().map_err(|source| SandboxError::Io {
             what: "creating the sandbox root mount point in the temp directory",
-            source,
+            error: source,
         })?;
         let root = root_dir.path().to_path_buf();
 
@@ -546,7 +547,7 @@ impl Plan {
                 std::fs::symlink_metadata(&m.host).map_err(|source| SandboxError::MountSource {
                     host: m.host.clone(),
                     sandbox: m.sandbox.clone(),
-                    source,
+                    error: source,
                 })?;
             // Parent directories inside the new root.
             make_dirs(&mut made, &mut push, &root, m.sandbox.ancestors().skip(1))?;
@@ -560,7 +561,7 @@ impl Plan {
                     std::fs::read_link(&m.host).map_err(|source| SandboxError::MountSource {
                         host: m.host.clone(),
                         sandbox: m.sandbox.clone(),
-                        source,
+                        error: source,
                     })?;
                 symlinks.push(&m.sandbox);
                 push(

@@ -47,10 +47,10 @@ pub enum ExecError {
     Engine(String),
     #[error("tool module {module} is not a valid WebAssembly module: {message}")]
     InvalidModule { module: String, message: String },
-    #[error("cannot prepare the sandbox at {path}: {source}")]
+    #[error("cannot prepare the sandbox at {path}: {error}")]
     Sandbox {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("cannot instantiate tool module {module}: {message}")]
     Instantiate { module: String, message: String },
@@ -358,7 +358,7 @@ impl WasiExecutor {
             Err(_) => {
                 let bytes = std::fs::read(&req.module_path).map_err(|e| ExecError::Sandbox {
                     path: req.module_path.clone(),
-                    source: e,
+                    error: e,
                 })?;
                 let m = Module::new(&self.engine, &bytes).map_err(invalid)?;
                 self.compiled.fetch_add(1, Ordering::Relaxed);
@@ -398,7 +398,10 @@ impl WasiExecutor {
         let pre = self.instance_pre(req)?;
         let sandbox = |path: &Path| {
             let p = path.to_owned();
-            move |source| ExecError::Sandbox { path: p, source }
+            move |source| ExecError::Sandbox {
+                path: p,
+                error: source,
+            }
         };
         let root_dir = cap_std::fs::Dir::open_ambient_dir(&req.root, cap_std::ambient_authority())
             .map_err(sandbox(&req.root))?;
@@ -427,12 +430,12 @@ impl WasiExecutor {
         b.preopened_dir(&req.root, "/", wasmtime_wasi::FsPerms::ReadWrite)
             .map_err(|e| ExecError::Sandbox {
                 path: req.root.clone(),
-                source: std::io::Error::other(format!("{e:#}")),
+                error: std::io::Error::other(format!("{e:#}")),
             })?;
         b.preopened_dir(&req.tmp, "/tmp", wasmtime_wasi::FsPerms::ReadWrite)
             .map_err(|e| ExecError::Sandbox {
                 path: req.tmp.clone(),
-                source: std::io::Error::other(format!("{e:#}")),
+                error: std::io::Error::other(format!("{e:#}")),
             })?;
         let time_ns = req.epoch_secs.saturating_mul(1_000_000_000);
         let state = State {

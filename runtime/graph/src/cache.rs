@@ -44,7 +44,10 @@ pub type Signature = blake3::Hash;
 pub fn workspace_signature(ws: &Workspace) -> Result<blake3::Hash, GraphError> {
     let io = |path: &Path| {
         let path = path.to_owned();
-        move |source| GraphError::Io { path, source }
+        move |source| GraphError::Io {
+            path,
+            error: source,
+        }
     };
     let mut h = blake3::Hasher::new();
     h.update(FORMAT.as_bytes());

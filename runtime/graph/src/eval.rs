@@ -371,7 +371,7 @@ impl Interpreter {
         let host = self.root.join(file);
         let text = std::fs::read_to_string(&host).map_err(|source| GraphError::Io {
             path: host.clone(),
-            source,
+            error: source,
         })?;
         let starlark_err = |e: starlark::Error| GraphError::Starlark {
             file: file.to_owned(),

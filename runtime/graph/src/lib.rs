@@ -113,11 +113,10 @@ pub enum GraphError {
     )]
     NoWorkspace { start: PathBuf },
 
-    #[error("{}: {source}", path.display())]
+    #[error("{}: {error}", path.display())]
     Io {
         path: PathBuf,
-        #[source]
-        source: std::io::Error,
+        error: std::io::Error,
     },
 
     #[error("{}: {message}", path.display())]

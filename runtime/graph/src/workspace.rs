@@ -218,7 +218,7 @@ impl Workspace {
     pub fn open(root: &Path) -> Result<Workspace, GraphError> {
         let root = root.canonicalize().map_err(|source| GraphError::Io {
             path: root.to_owned(),
-            source,
+            error: source,
         })?;
         let file = root.join(WORKSPACE_FILE);
         let text = match std::fs::read_to_string(&file) {
@@ -226,7 +226,12 @@ impl Workspace {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(GraphError::NoWorkspace { start: root });
             }
-            Err(source) => return Err(GraphError::Io { path: file, source }),
+            Err(source) => {
+                return Err(GraphError::Io {
+                    path: file,
+                    error: source,
+                });
+            }
         };
         let config = Config::parse(&text, &file)?;
         Ok(Workspace {
@@ -297,7 +302,7 @@ impl Workspace {
 fn absolute(p: &Path) -> Result<PathBuf, GraphError> {
     std::path::absolute(p).map_err(|source| GraphError::Io {
         path: p.to_owned(),
-        source,
+        error: source,
     })
 }
 

@@ -45,17 +45,14 @@ pub mod grpc {
 
 #[derive(Debug, thiserror::Error)]
 pub enum RemoteError {
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: String,
-        source: std::io::Error,
-    },
-    #[error("the REAPI server failed: {0}")]
-    Transport(#[from] tonic::transport::Error),
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: String, error: std::io::Error },
+    #[error("the REAPI server failed: {}", source_chain(.0))]
+    Transport(tonic::transport::Error),
     #[error("cannot serve: {0}")]
     Config(String),
     #[error("the TLS certificate or key cannot be used (both must be PEM; the key PKCS#8, PKCS#1 or SEC1): {}", source_chain(.0))]
-    Tls(#[source] tonic::transport::Error),
+    Tls(tonic::transport::Error),
 }
 
 /// An error and its sources, `: `-separated (tonic's transport errors say little alone).

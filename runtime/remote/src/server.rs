@@ -354,7 +354,8 @@ pub async fn serve(
             tonic::transport::server::TcpIncoming::from(listener).with_nodelay(Some(true)),
             shutdown,
         )
-        .await?;
+        .await
+        .map_err(RemoteError::Transport)?;
     if let Some(r) = releaser {
         r.abort();
     }

@@ -266,7 +266,7 @@ impl Scheduler<'_> {
                 return Err(wbuild_store::StoreError::Io {
                     op: "materialize",
                     path: self.ws.root.join(out_dir),
-                    source: std::io::Error::new(
+                    error: std::io::Error::new(
                         std::io::ErrorKind::InvalidInput,
                         format!("output path {path:?} is not a normalised relative path"),
                     ),

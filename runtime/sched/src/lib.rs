@@ -52,7 +52,9 @@ pub use merkle::{TreeFile, input_root, tree_files};
 pub use native::toolchain_identity;
 use remote::Endpoint;
 pub use remote::{ACCESS_LOG_TYPE_URL, RemoteCacheApi, RemoteExecApi};
-pub use validate::{InvalidResult, is_normalised, validate_command, validate_result};
+pub use validate::{
+    InvalidCommand, InvalidResult, is_normalised, validate_command, validate_result,
+};
 pub use wbuild_graph::Platform;
 
 /// Directory under the workspace root where outputs are materialised.

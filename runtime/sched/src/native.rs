@@ -24,7 +24,7 @@ pub(crate) fn run_unsandboxed(
     use std::os::unix::process::{CommandExt, ExitStatusExt};
     let io = |source: std::io::Error| wbuild_exec_native::SandboxError::Io {
         what: "running the command without a sandbox",
-        source,
+        error: source,
     };
     std::fs::create_dir_all(tmp).map_err(io)?;
     let start = Instant::now();

@@ -25,6 +25,60 @@ use wbuild_graph::Platform;
 /// Where a WASI action's module lies in its keyed input root.
 pub const MODULE_PATH: &str = ".wbuild/tool.wasm";
 
+/// Why a worker refuses an action an engine leased to it ([`Spec::from_reapi`]).
+#[derive(Debug, thiserror::Error)]
+pub enum RefusedAction {
+    /// The `Command` itself is malformed or hostile (the engine or client at fault).
+    #[error(transparent)]
+    Invalid(#[from] crate::InvalidCommand),
+    #[error(
+        "the action's salt is not wbuild execution properties{}",
+        if *.other_version { " (it was not built by a wbuild client of this version)" } else { "" }
+    )]
+    NotExecProps { other_version: bool },
+    #[error("bad execution property line {0:?}")]
+    BadPropertyLine(String),
+    #[error("the action lacks execution property {0}")]
+    MissingProperty(String),
+    #[error("bad {name} {value:?}")]
+    BadProperty { name: &'static str, value: String },
+    #[error("the action wants {what} {want}; this worker has {have}")]
+    VersionMismatch {
+        what: &'static str,
+        want: String,
+        have: &'static str,
+    },
+    #[error("the WASI action has no {MODULE_PATH}")]
+    NoModule,
+    #[error("the native action has no ISA property")]
+    NoIsa,
+    #[error("unknown ISA {0}")]
+    UnknownIsa(String),
+    #[error("actions built without the sandbox are never run remotely")]
+    Unsandboxed,
+    #[error(
+        "toolchain bundle {name} {digest} is not installed on this worker (start it with --toolchain SOURCE)"
+    )]
+    ToolchainNotInstalled { name: String, digest: String },
+    /// The worker's toolchain resolver failed (its message).
+    #[error("{0}")]
+    Toolchain(String),
+    #[error(
+        "the action was keyed with another machine's host toolchain for {0}; pin a toolchain bundle to run native actions remotely"
+    )]
+    HostToolchain(&'static str),
+    #[error("this worker runs OSFamily=wasi and OSFamily=linux actions, not {0:?}")]
+    OsFamily(Option<String>),
+}
+
+impl RefusedAction {
+    /// The command is malformed (INVALID_ARGUMENT), not merely beyond this worker
+    /// (FAILED_PRECONDITION).
+    pub fn is_invalid(&self) -> bool {
+        matches!(self, RefusedAction::Invalid(_))
+    }
+}
+
 /// wbuild's execution settings of an action, as sorted `name=value` lines (the `Action`'s
 /// `salt`). Names: `wbuild-executor`, `wbuild-memory-limit`, `wbuild-source-date-epoch`,
 /// `wbuild-sandbox`, `wbuild-toolchain`, `wbuild-toolchain-bundles`, `wbuild-wasi-executor`.
@@ -51,26 +105,38 @@ impl ExecProps {
         out.into_bytes()
     }
 
-    pub fn decode(salt: &[u8]) -> Result<ExecProps, String> {
-        let text = std::str::from_utf8(salt)
-            .map_err(|_| "the action's salt is not wbuild execution properties".to_owned())?;
+    pub fn decode(salt: &[u8]) -> Result<ExecProps, RefusedAction> {
+        let text = std::str::from_utf8(salt).map_err(|_| RefusedAction::NotExecProps {
+            other_version: false,
+        })?;
         let mut lines = text.lines();
         if lines.next() != Some("wbuild-exec-props/1") {
-            return Err("the action's salt is not wbuild execution properties (it was not built by a wbuild client of this version)".to_owned());
+            return Err(RefusedAction::NotExecProps {
+                other_version: true,
+            });
         }
         let mut props = ExecProps::default();
         for line in lines {
             let (k, v) = line
                 .split_once('=')
-                .ok_or_else(|| format!("bad execution property line {line:?}"))?;
+                .ok_or_else(|| RefusedAction::BadPropertyLine(line.to_owned()))?;
             props.set(k, v);
         }
         Ok(props)
     }
 
-    fn require(&self, name: &str) -> Result<&str, String> {
+    fn require(&self, name: &str) -> Result<&str, RefusedAction> {
         self.get(name)
-            .ok_or_else(|| format!("the action lacks execution property {name}"))
+            .ok_or_else(|| RefusedAction::MissingProperty(name.to_owned()))
+    }
+
+    /// Property `name` parsed as a number.
+    fn require_u64(&self, name: &'static str) -> Result<u64, RefusedAction> {
+        let value = self.require(name)?;
+        value.parse().map_err(|_| RefusedAction::BadProperty {
+            name,
+            value: value.to_owned(),
+        })
     }
 }
 
@@ -146,7 +212,7 @@ impl Spec {
         command: &reapi::Command,
         files: BTreeMap<String, (Digest, bool)>,
         resolve_toolchain: ToolchainResolver<'_>,
-    ) -> Result<Spec, String> {
+    ) -> Result<Spec, RefusedAction> {
         // Before anything else: what the command names decides where files are written.
         {
             let inputs: std::collections::BTreeSet<&str> =
@@ -168,10 +234,7 @@ impl Spec {
             .map_or(Duration::from_secs(600), |t| {
                 Duration::from_secs(t.seconds.max(1) as u64)
             });
-        let epoch_secs: u64 = props
-            .require("wbuild-source-date-epoch")?
-            .parse()
-            .map_err(|_| "bad wbuild-source-date-epoch".to_owned())?;
+        let epoch_secs = props.require_u64("wbuild-source-date-epoch")?;
         let mut executables = HashSet::new();
         let mut staged = BTreeMap::new();
         for (path, (d, exec)) in files {
@@ -184,63 +247,64 @@ impl Spec {
             Some("wasi") => {
                 let want = props.require("wbuild-executor")?;
                 if want != EXECUTOR_VERSION {
-                    return Err(format!(
-                        "the action wants WASI executor {want}; this worker has {EXECUTOR_VERSION}"
-                    ));
+                    return Err(RefusedAction::VersionMismatch {
+                        what: "WASI executor",
+                        want: want.to_owned(),
+                        have: EXECUTOR_VERSION,
+                    });
                 }
-                let module = staged
-                    .remove(MODULE_PATH)
-                    .ok_or_else(|| format!("the WASI action has no {MODULE_PATH}"))?;
-                let memory_limit = props
-                    .require("wbuild-memory-limit")?
-                    .parse()
-                    .map_err(|_| "bad wbuild-memory-limit".to_owned())?;
+                let module = staged.remove(MODULE_PATH).ok_or(RefusedAction::NoModule)?;
+                let memory_limit = props.require_u64("wbuild-memory-limit")?;
                 Kind::Wasi {
                     module,
                     memory_limit,
                 }
             }
             Some("linux") => {
-                let isa = prop("ISA").ok_or("the native action has no ISA property")?;
+                let isa = prop("ISA").ok_or(RefusedAction::NoIsa)?;
                 let platform = Platform::ALL
                     .into_iter()
                     .find(|p| p.isa() == isa)
-                    .ok_or_else(|| format!("unknown ISA {isa}"))?;
+                    .ok_or_else(|| RefusedAction::UnknownIsa(isa.to_owned()))?;
                 let want = props.require("wbuild-executor")?;
                 if want != wbuild_exec_native::SANDBOX_VERSION {
-                    return Err(format!(
-                        "the action wants sandbox {want}; this worker has {}",
-                        wbuild_exec_native::SANDBOX_VERSION
-                    ));
+                    return Err(RefusedAction::VersionMismatch {
+                        what: "sandbox",
+                        want: want.to_owned(),
+                        have: wbuild_exec_native::SANDBOX_VERSION,
+                    });
                 }
                 if props.get("wbuild-sandbox") != Some("namespaces") {
-                    return Err("actions built without the sandbox are never run remotely".into());
+                    return Err(RefusedAction::Unsandboxed);
                 }
                 if let Some(w) = props.get("wbuild-wasi-executor")
                     && w != EXECUTOR_VERSION
                 {
-                    return Err(format!(
-                        "the action wants WASI executor {w}; this worker has {EXECUTOR_VERSION}"
-                    ));
+                    return Err(RefusedAction::VersionMismatch {
+                        what: "WASI executor",
+                        want: w.to_owned(),
+                        have: EXECUTOR_VERSION,
+                    });
                 }
                 let identity = props.require("wbuild-toolchain")?;
                 let toolchain = match identity.strip_prefix("bundle ") {
                     Some(rest) => {
-                        let (name, digest) = rest
-                            .split_once(' ')
-                            .ok_or_else(|| format!("bad wbuild-toolchain {identity:?}"))?;
-                        Some(resolve_toolchain(name, digest)?.ok_or_else(|| {
-                            format!(
-                                "toolchain bundle {name} {digest} is not installed on this worker (start it with --toolchain SOURCE)"
-                            )
+                        let (name, digest) =
+                            rest.split_once(' ')
+                                .ok_or_else(|| RefusedAction::BadProperty {
+                                    name: "wbuild-toolchain",
+                                    value: identity.to_owned(),
+                                })?;
+                        let found =
+                            resolve_toolchain(name, digest).map_err(RefusedAction::Toolchain)?;
+                        Some(found.ok_or_else(|| RefusedAction::ToolchainNotInstalled {
+                            name: name.to_owned(),
+                            digest: digest.to_owned(),
                         })?)
                     }
                     None => {
                         if identity != native::toolchain_identity(platform) {
-                            return Err(format!(
-                                "the action was keyed with another machine's host toolchain for {}; pin a toolchain bundle to run native actions remotely",
-                                platform.name()
-                            ));
+                            return Err(RefusedAction::HostToolchain(platform.name()));
                         }
                         None
                     }
@@ -251,11 +315,7 @@ impl Spec {
                     runs_wasi_tools: props.get("wbuild-wasi-executor").is_some(),
                 }
             }
-            other => {
-                return Err(format!(
-                    "this worker runs OSFamily=wasi and OSFamily=linux actions, not {other:?}"
-                ));
-            }
+            other => return Err(RefusedAction::OsFamily(other.map(str::to_owned))),
         };
         Ok(Spec {
             name: command.arguments.first().cloned().unwrap_or_default(),
@@ -455,7 +515,7 @@ pub(crate) fn collect_outputs(
             Err(wbuild_store::StoreError::NotAFile { .. }) => errors.push(format!(
                 "declared output {out} is not a regular file (a symlink, directory or other special file; outputs must be regular files)"
             )),
-            Err(wbuild_store::StoreError::Io { source, .. })
+            Err(wbuild_store::StoreError::Io { error: source, .. })
                 if source.kind() == std::io::ErrorKind::NotFound =>
             {
                 errors.push(format!("the tool did not create declared output {out}"))
@@ -551,12 +611,21 @@ mod tests {
                 [("src/a.c".to_owned(), (key, false))].into();
             Spec::from_reapi(&key, &action, &command, files, &|_, _| Ok(None)).unwrap_err()
         };
-        assert!(refuse(&["../../x"], "").contains("../../x"));
-        assert!(refuse(&["/tmp/x"], "").contains("/tmp/x"));
-        assert!(refuse(&["src/a.c"], "").contains("also an input"));
-        assert!(refuse(&["out"], "..").contains("working directory"));
-        // A good command gets past validation to the execution properties.
-        assert!(refuse(&["out/x"], "").contains("salt"));
+        for (outputs, wd, says) in [
+            (&["../../x"], "", "../../x"),
+            (&["/tmp/x"], "", "/tmp/x"),
+            (&["src/a.c"], "", "also an input"),
+            (&["out"], "..", "working directory"),
+        ] {
+            let e = refuse(outputs, wd);
+            assert!(e.is_invalid(), "{e:?}");
+            assert!(e.to_string().contains(says), "{e}");
+        }
+        // A good command gets past validation to the execution properties: beyond this
+        // worker, not invalid.
+        let e = refuse(&["out/x"], "");
+        assert!(!e.is_invalid());
+        assert!(e.to_string().contains("salt"), "{e}");
     }
 
     #[test]

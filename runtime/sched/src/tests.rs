@@ -768,7 +768,7 @@ fn errors_print_their_cause_once() {
         error: Box::new(wbuild_store::StoreError::Io {
             op: "read",
             path: Path::new("/ws/p/a").to_owned(),
-            source: std::io::Error::other("gone"),
+            error: std::io::Error::other("gone"),
         }),
     };
     assert!(read.to_string().starts_with("cannot read input p/a: "));

@@ -79,46 +79,75 @@ pub fn validate_result(
     Ok(out)
 }
 
+/// Why a leased `Command` is refused before anything touches the disk.
+#[derive(Debug, PartialEq, Eq, thiserror::Error)]
+pub enum InvalidCommand {
+    #[error(
+        "the command declares output directories {0:?}; this worker runs actions whose outputs are files"
+    )]
+    OutputDirectories(Vec<String>),
+    #[error(
+        "the command's working directory is {0:?}; this worker runs commands at the input root only"
+    )]
+    WorkingDirectory(String),
+    #[error("{what} {path:?} is not a normalised relative path")]
+    NotNormalised { what: &'static str, path: String },
+    #[error("output path {0} is named twice")]
+    NamedTwice(String),
+    #[error("output path {0} is also an input")]
+    OutputIsInput(String),
+    #[error("output path {0} is a directory of another input or output")]
+    OutputHoldsPaths(String),
+    #[error("the command has no arguments")]
+    NoArguments,
+    #[error("argument {0:?} holds a NUL byte")]
+    NulInArgument(String),
+    #[error("bad environment variable name {0:?}")]
+    BadEnvName(String),
+    #[error("environment variable {0} holds a NUL byte")]
+    NulInEnvValue(String),
+}
+
 /// Checks what a leased `Command` names before anything touches the disk: the outputs
 /// (`output_paths`, and the deprecated `output_files`) normalised relative paths, named
 /// once, none of them an input or a directory holding another path; no output directories;
 /// a non-empty argv without NUL bytes; environment names non-empty without `=` or NUL; no
 /// working directory (commands run at the input root). `inputs`: the input tree's files.
-pub fn validate_command(command: &reapi::Command, inputs: &BTreeSet<&str>) -> Result<(), String> {
+pub fn validate_command(
+    command: &reapi::Command,
+    inputs: &BTreeSet<&str>,
+) -> Result<(), InvalidCommand> {
     #[allow(deprecated)]
     let (files, dirs) = (&command.output_files, &command.output_directories);
     if !dirs.is_empty() {
-        return Err(format!(
-            "the command declares output directories {dirs:?}; this worker runs actions whose outputs are files"
-        ));
+        return Err(InvalidCommand::OutputDirectories(dirs.clone()));
     }
     if !command.working_directory.is_empty() {
-        return Err(format!(
-            "the command's working directory is {:?}; this worker runs commands at the input root only",
-            command.working_directory
+        return Err(InvalidCommand::WorkingDirectory(
+            command.working_directory.clone(),
         ));
     }
+    let not_normalised = |what, p: &str| InvalidCommand::NotNormalised {
+        what,
+        path: p.to_owned(),
+    };
     let mut outputs: BTreeSet<&str> = BTreeSet::new();
     for p in &command.output_paths {
         if !is_normalised(p) {
-            return Err(format!(
-                "output path {p:?} is not a normalised relative path"
-            ));
+            return Err(not_normalised("output path", p));
         }
         if !outputs.insert(p) {
-            return Err(format!("output path {p} is named twice"));
+            return Err(InvalidCommand::NamedTwice(p.clone()));
         }
     }
     for p in files {
         if !is_normalised(p) {
-            return Err(format!(
-                "output file {p:?} is not a normalised relative path"
-            ));
+            return Err(not_normalised("output file", p));
         }
     }
     for p in &outputs {
         if inputs.contains(p) {
-            return Err(format!("output path {p} is also an input"));
+            return Err(InvalidCommand::OutputIsInput((*p).to_owned()));
         }
         let under = format!("{p}/");
         let holds = |set: &BTreeSet<&str>| {
@@ -127,23 +156,21 @@ pub fn validate_command(command: &reapi::Command, inputs: &BTreeSet<&str>) -> Re
                 .is_some_and(|q| q.starts_with(&under))
         };
         if holds(&outputs) || holds(inputs) {
-            return Err(format!(
-                "output path {p} is a directory of another input or output"
-            ));
+            return Err(InvalidCommand::OutputHoldsPaths((*p).to_owned()));
         }
     }
     if command.arguments.is_empty() {
-        return Err("the command has no arguments".to_owned());
+        return Err(InvalidCommand::NoArguments);
     }
     if let Some(a) = command.arguments.iter().find(|a| a.contains('\0')) {
-        return Err(format!("argument {a:?} holds a NUL byte"));
+        return Err(InvalidCommand::NulInArgument(a.clone()));
     }
     for e in &command.environment_variables {
         if e.name.is_empty() || e.name.contains('=') || e.name.contains('\0') {
-            return Err(format!("bad environment variable name {:?}", e.name));
+            return Err(InvalidCommand::BadEnvName(e.name.clone()));
         }
         if e.value.contains('\0') {
-            return Err(format!("environment variable {} holds a NUL byte", e.name));
+            return Err(InvalidCommand::NulInEnvValue(e.name.clone()));
         }
     }
     Ok(())
@@ -259,10 +286,17 @@ mod tests {
         ] {
             let e = validate_command(&command(outs), &inputs);
             assert!(e.is_err(), "{outs:?}");
+            assert!(
+                e.unwrap_err().to_string().contains("output path"),
+                "{outs:?}"
+            );
         }
         let mut c = command(&["a"]);
         c.working_directory = "..".into();
-        assert!(validate_command(&c, &inputs).unwrap_err().contains(".."));
+        assert_eq!(
+            validate_command(&c, &inputs).unwrap_err(),
+            InvalidCommand::WorkingDirectory("..".into())
+        );
         let mut c = command(&["a"]);
         #[allow(deprecated)]
         c.output_files.push("../y".into());

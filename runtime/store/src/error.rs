@@ -10,12 +10,11 @@ use crate::Digest;
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     /// A file-system operation failed.
-    #[error("cannot {op} {}: {source}", path.display())]
+    #[error("cannot {op} {}: {error}", path.display())]
     Io {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 
     /// A blob's bytes do not hash to its name. It has already been evicted (file deleted,
@@ -54,50 +53,46 @@ pub enum StoreError {
     /// The cache directory (or a file in it) cannot be written: a read-only file system or
     /// missing permissions. Nothing was changed.
     #[error(
-        "cannot {op} {}: {source}; the cache directory must be writable: fix its permissions, or pass a writable --cache-dir (or set XDG_CACHE_HOME)",
+        "cannot {op} {}: {error}; the cache directory must be writable: fix its permissions, or pass a writable --cache-dir (or set XDG_CACHE_HOME)",
         path.display()
     )]
     NotWritable {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The device holding the cache is full. What was being written is discarded whole;
     /// the cache stays consistent.
     #[error(
-        "cannot {op} {}: {source}; the device holding the cache is full. Nothing partial was kept: free space, shrink the cache with `wbuild cache gc --max-size SIZE`, or pass another --cache-dir",
+        "cannot {op} {}: {error}; the device holding the cache is full. Nothing partial was kept: free space, shrink the cache with `wbuild cache gc --max-size SIZE`, or pass another --cache-dir",
         path.display()
     )]
     NoSpace {
         op: &'static str,
         path: PathBuf,
-        #[source]
-        source: io::Error,
+        error: io::Error,
     },
 
     /// The redb index failed.
     #[error(
-        "cache index {}: {source}; if this persists, delete that file (blobs stay valid and are re-indexed by `verify`)",
+        "cache index {}: {error}; if this persists, delete that file (blobs stay valid and are re-indexed by `verify`)",
         path.display()
     )]
     Database {
         path: PathBuf,
-        #[source]
-        source: Box<redb::Error>,
+        error: Box<redb::Error>,
     },
 
     /// The redb index holds damaged data (a corrupted page or table definition). The next
     /// open checks it and repairs or replaces it.
     #[error(
-        "the cache index {} is damaged ({source}); nothing was built from it. The next wbuild command checks and repairs it; `wbuild cache verify` does so now",
+        "the cache index {} is damaged ({error}); nothing was built from it. The next wbuild command checks and repairs it; `wbuild cache verify` does so now",
         path.display()
     )]
     Damaged {
         path: PathBuf,
-        #[source]
-        source: Box<redb::Error>,
+        error: Box<redb::Error>,
     },
 
     /// `file_digest`/`put_file` was given something that is not a regular file.
@@ -133,9 +128,21 @@ impl StoreError {
     /// permission to write, get messages that say what to do.
     pub(crate) fn from_io(op: &'static str, path: PathBuf, source: io::Error) -> Self {
         match classify(op, &source) {
-            Some(Storage::NotWritable) => StoreError::NotWritable { op, path, source },
-            Some(Storage::Full) => StoreError::NoSpace { op, path, source },
-            None => StoreError::Io { op, path, source },
+            Some(Storage::NotWritable) => StoreError::NotWritable {
+                op,
+                path,
+                error: source,
+            },
+            Some(Storage::Full) => StoreError::NoSpace {
+                op,
+                path,
+                error: source,
+            },
+            None => StoreError::Io {
+                op,
+                path,
+                error: source,
+            },
         }
     }
 
@@ -150,18 +157,18 @@ impl StoreError {
                 Storage::NotWritable => StoreError::NotWritable {
                     op: "write",
                     path,
-                    source,
+                    error: source,
                 },
                 Storage::Full => StoreError::NoSpace {
                     op: "write",
                     path,
-                    source,
+                    error: source,
                 },
             };
         }
         StoreError::Database {
             path,
-            source: Box::new(e),
+            error: Box::new(e),
         }
     }
 }

@@ -45,7 +45,7 @@ fn read_dir(dir: &Path) -> Result<Vec<fs::DirEntry>, StoreError> {
         Err(e) => Err(StoreError::Io {
             op: "list",
             path: dir.to_path_buf(),
-            source: e,
+            error: e,
         }),
     }
 }
@@ -74,7 +74,7 @@ impl Store {
                             return Err(StoreError::Io {
                                 op: "stat",
                                 path,
-                                source: e,
+                                error: e,
                             });
                         }
                     };
@@ -313,7 +313,7 @@ impl Store {
                     return Err(StoreError::Io {
                         op: "delete blob",
                         path: b.path.clone(),
-                        source: e,
+                        error: e,
                     });
                 }
             }
@@ -363,7 +363,7 @@ impl Store {
                     return Err(StoreError::Io {
                         op: "open",
                         path: b.path.clone(),
-                        source: e,
+                        error: e,
                     });
                 }
             };

@@ -188,7 +188,7 @@ impl Store {
             Ok(()) => Ok(store),
             // A table definition is unreadable (a flipped byte in the table tree): redb's
             // integrity check does not cover it, so the index is replaced.
-            Err(StoreError::Damaged { source, .. }) => {
+            Err(StoreError::Damaged { error: source, .. }) => {
                 let (dir, index_path) = (store.dir.clone(), store.index_path.clone());
                 drop(store);
                 let _ = fs::remove_file(dir.join(INDEX_CHECK_MARKER));
@@ -269,7 +269,7 @@ impl Store {
             Store::request_index_check(&self.dir);
             return StoreError::Damaged {
                 path: self.index_path.clone(),
-                source: Box::new(e),
+                error: Box::new(e),
             };
         }
         StoreError::from_db(self.index_path.clone(), e)
@@ -504,7 +504,9 @@ impl Store {
         drop(src);
         match self.install(path, &d) {
             Ok(_) => Ok(d),
-            Err(StoreError::Io { source, .. }) if source.raw_os_error() == Some(libc::EXDEV) => {
+            Err(StoreError::Io { error: source, .. })
+                if source.raw_os_error() == Some(libc::EXDEV) =>
+            {
                 let d = self.put_file_inner(path)?;
                 fs::remove_file(path).map_err(StoreError::io("remove", path))?;
                 Ok(d)
@@ -533,7 +535,7 @@ impl Store {
         let bad_name = || StoreError::Io {
             op: "open",
             path: shown.to_path_buf(),
-            source: io::Error::new(io::ErrorKind::InvalidInput, "not a single path component"),
+            error: io::Error::new(io::ErrorKind::InvalidInput, "not a single path component"),
         };
         if name.is_empty() || name.as_bytes().contains(&b'/') || name == ".." || name == "." {
             return Err(bad_name());
@@ -665,7 +667,7 @@ impl Store {
                 return Err(StoreError::Io {
                     op: "read",
                     path,
-                    source: e,
+                    error: e,
                 });
             }
         };
@@ -715,7 +717,7 @@ impl Store {
                 return Err(StoreError::Io {
                     op: "open",
                     path,
-                    source: e,
+                    error: e,
                 });
             }
         };
@@ -779,7 +781,7 @@ impl Store {
                     return Err(StoreError::Io {
                         op: "hard-link a blob to",
                         path: dest.to_path_buf(),
-                        source: e,
+                        error: e,
                     });
                 }
             }
@@ -828,7 +830,7 @@ impl Store {
             .ok_or_else(|| StoreError::Io {
                 op: "materialize to",
                 path: dest.to_path_buf(),
-                source: io::Error::new(io::ErrorKind::InvalidInput, "no file name"),
+                error: io::Error::new(io::ErrorKind::InvalidInput, "no file name"),
             })?
             .to_string_lossy();
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
@@ -849,7 +851,7 @@ impl Store {
                         return Err(StoreError::Io {
                             op: "open",
                             path: blob,
-                            source: e,
+                            error: e,
                         });
                     }
                 };
@@ -1112,7 +1114,7 @@ fn remove_existing(path: &Path) -> Result<(), StoreError> {
         Err(e) => Err(StoreError::Io {
             op: "replace",
             path: path.to_path_buf(),
-            source: e,
+            error: e,
         }),
     }
 }
@@ -1140,7 +1142,7 @@ pub(crate) fn copy_hashing(
                     return Err(StoreError::Io {
                         op: "read",
                         path: src_path.to_path_buf(),
-                        source: e,
+                        error: e,
                     });
                 }
             };
