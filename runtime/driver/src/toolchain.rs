@@ -166,9 +166,15 @@ pub fn resolve_workspace(ws: &mut Workspace, cache_dir: &Path, note: &dyn Fn(&st
             "# Toolchain bundles resolved for this workspace, by digest. Written by wbuild; commit it.\n{}",
             toml::to_string(&lock).expect("lock serialises")
         );
-        let tmp = lock_path.with_extension("lock.tmp");
-        std::fs::write(&tmp, text)
-            .and_then(|_| std::fs::rename(&tmp, &lock_path))
+        let dir = lock_path.parent().unwrap_or(Path::new("."));
+        // A file the user commits: readable like any other (a temp file is 0600).
+        tempfile::Builder::new()
+            .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o644))
+            .tempfile_in(dir)
+            .and_then(|mut tmp| {
+                std::io::Write::write_all(&mut tmp, text.as_bytes())?;
+                tmp.persist(&lock_path).map(drop).map_err(|e| e.error)
+            })
             .map_err(|source| DriverError::Io {
                 what: format!("cannot write {}", lock_path.display()),
                 source,

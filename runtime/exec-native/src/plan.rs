@@ -2,6 +2,7 @@
 //! path as a C string, the mounts and other setup steps in order, argv/envp arrays, the
 //! uid/gid maps, the seccomp filters.
 
+use std::collections::HashSet;
 use std::ffi::{CString, c_char, c_int, c_ulong};
 use std::io;
 use std::os::unix::ffi::OsStrExt;
@@ -313,42 +314,7 @@ impl Plan {
             }
         })?;
 
-        // Environment: exactly the declared variables plus the fixed ones, sorted by name.
-        let mut env: Vec<(String, String)> = Vec::with_capacity(req.env.len() + 4);
-        for (k, v) in &req.env {
-            if k.is_empty() || k.contains('=') || k.contains('\0') {
-                return Err(SandboxError::InvalidRequest(format!(
-                    "environment variable name {k:?} is not valid"
-                )));
-            }
-            if matches!(k.as_str(), "LANG" | "TZ" | "SOURCE_DATE_EPOCH") {
-                return Err(SandboxError::InvalidRequest(format!(
-                    "environment variable {k} is fixed by the sandbox (LANG=C, TZ=UTC, \
-                     SOURCE_DATE_EPOCH from the request); remove it from the action's env"
-                )));
-            }
-            if env.iter().any(|(e, _)| e == k) {
-                return Err(SandboxError::InvalidRequest(format!(
-                    "environment variable {k} is declared twice"
-                )));
-            }
-            env.push((k.clone(), v.clone()));
-        }
-        if !env.iter().any(|(k, _)| k == "PATH") {
-            env.push(("PATH".into(), DEFAULT_PATH.into()));
-        }
-        env.push(("LANG".into(), "C".into()));
-        env.push(("TZ".into(), "UTC".into()));
-        env.push((
-            "SOURCE_DATE_EPOCH".into(),
-            req.source_date_epoch.to_string(),
-        ));
-        env.sort();
-        let search_path = env
-            .iter()
-            .find(|(k, _)| k == "PATH")
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default();
+        let (env, search_path) = Self::environment(req)?;
         let envp: Vec<CString> = env
             .iter()
             .map(|(k, v)| cstr(format!("{k}={v}"), &format!("environment variable {k}")))
@@ -377,8 +343,8 @@ impl Plan {
         })?;
         let root = root_dir.path().to_path_buf();
 
-        // SAFETY: trivial getters.
-        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+        let harden = HARDENING.load(Ordering::Relaxed);
+        let root_c = cstr(root.as_os_str().as_bytes(), "temp directory")?;
         let mut steps = Vec::new();
         let mut push = |op: Op, what: String, hint: &'static str, userns: bool| {
             steps.push(Step {
@@ -388,6 +354,95 @@ impl Plan {
                 userns,
             })
         };
+        let cgroup = Self::namespace_steps(harden, &root, &root_c, &mut push)?;
+        let mut made: HashSet<PathBuf> = std::iter::once(PathBuf::from("/")).collect();
+        Self::scratch_steps(req, &root, &mut made, &mut push)?;
+        Self::mount_steps(req, &root, harden, &mut made, &mut push)?;
+        Self::dev_steps(&root, &mut push)?;
+        Self::final_steps(&root, root_c, &mut push)?;
+
+        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
+        argv_ptrs.push(std::ptr::null());
+        let mut envp_ptrs: Vec<*const c_char> = envp.iter().map(|a| a.as_ptr()).collect();
+        envp_ptrs.push(std::ptr::null());
+
+        let (fd_limit, nproc) = Self::limits();
+        let filter = if harden { harden::filter()? } else { &[] };
+
+        Ok(Plan {
+            steps,
+            cwd: cstr(req.cwd.as_os_str().as_bytes(), "working directory")?,
+            cwd_path: req.cwd.clone(),
+            program: program.clone(),
+            search_path,
+            candidates,
+            _argv: argv,
+            _envp: envp,
+            argv_ptrs,
+            envp_ptrs,
+            dev_null: c"/dev/null".into(),
+            probe,
+            fd_limit,
+            harden,
+            nproc,
+            filter,
+            _cgroup: cgroup,
+            _root_dir: root_dir,
+        })
+    }
+
+    /// The environment: exactly the declared variables plus the fixed ones, sorted by name; and
+    /// the `PATH` that argv[0] is searched in.
+    fn environment(req: &NativeRequest) -> Result<(Vec<(String, String)>, String), SandboxError> {
+        let mut env: Vec<(String, String)> = Vec::with_capacity(req.env.len() + 4);
+        for (k, v) in &req.env {
+            if k.is_empty() || k.contains('=') || k.contains('\0') {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "environment variable name {k:?} is not valid"
+                )));
+            }
+            if matches!(k.as_str(), "LANG" | "TZ" | "SOURCE_DATE_EPOCH") {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "environment variable {k} is fixed by the sandbox (LANG=C, TZ=UTC, \
+                 SOURCE_DATE_EPOCH from the request); remove it from the action's env"
+                )));
+            }
+            if env.iter().any(|(e, _)| e == k) {
+                return Err(SandboxError::InvalidRequest(format!(
+                    "environment variable {k} is declared twice"
+                )));
+            }
+            env.push((k.clone(), v.clone()));
+        }
+        if !env.iter().any(|(k, _)| k == "PATH") {
+            env.push(("PATH".into(), DEFAULT_PATH.into()));
+        }
+        env.push(("LANG".into(), "C".into()));
+        env.push(("TZ".into(), "UTC".into()));
+        env.push((
+            "SOURCE_DATE_EPOCH".into(),
+            req.source_date_epoch.to_string(),
+        ));
+        env.sort();
+        let search_path = env
+            .iter()
+            .find(|(k, _)| k == "PATH")
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default();
+        Ok((env, search_path))
+    }
+
+    /// Steps in the new namespaces before any mount: the identity maps, the pids cgroup (when
+    /// hardening), private mount propagation, the hostname and the root tmpfs. Returns the
+    /// cgroup, held for as long as the sandbox runs.
+    fn namespace_steps(
+        harden: bool,
+        root: &Path,
+        root_c: &CString,
+        push: &mut impl FnMut(Op, String, &'static str, bool),
+    ) -> Result<Option<harden::PidsCgroup>, SandboxError> {
+        // SAFETY: trivial getters.
+        let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
         push(
             Op::WriteFile {
                 path: c"/proc/self/setgroups".into(),
@@ -415,7 +470,6 @@ impl Plan {
             HINT_USERNS,
             true,
         );
-        let harden = HARDENING.load(Ordering::Relaxed);
         let cgroup = if harden { harden::pids_cgroup()? } else { None };
         if let Some(cg) = &cgroup {
             let tasks = cg.tasks();
@@ -449,7 +503,6 @@ impl Plan {
             HINT_USERNS,
             true,
         );
-        let root_c = cstr(root.as_os_str().as_bytes(), "temp directory")?;
         push(
             Op::MountTmpfs {
                 dst: root_c.clone(),
@@ -461,13 +514,17 @@ impl Plan {
             true,
         );
 
-        // Sets, not lists: an action may have thousands of input mounts.
-        let mut made: std::collections::HashSet<PathBuf> =
-            std::iter::once(PathBuf::from("/")).collect();
-        let mut points: std::collections::HashSet<&Path> = std::collections::HashSet::new();
+        Ok(cgroup)
+    }
 
-        // Scratch tmpfs directories, then the user mounts (parents before children), so
-        // mount points inside a scratch directory are made on its tmpfs.
+    /// Scratch tmpfs directories, parents first, so mount points inside one are made on its
+    /// tmpfs.
+    fn scratch_steps(
+        req: &NativeRequest,
+        root: &Path,
+        made: &mut HashSet<PathBuf>,
+        push: &mut impl FnMut(Op, String, &'static str, bool),
+    ) -> Result<(), SandboxError> {
         let mut scratch: Vec<&PathBuf> = req.scratch.iter().collect();
         scratch.sort_by_key(|p| p.components().count());
         for dir in scratch {
@@ -479,7 +536,7 @@ impl Plan {
             if dir == Path::new("/") || reserved {
                 return Err(SandboxError::InvalidRequest(format!(
                     "scratch directory {} is reserved: the sandbox provides /, /proc, /dev \
-                     and /tmp itself",
+                 and /tmp itself",
                     dir.display()
                 )));
             }
@@ -494,10 +551,10 @@ impl Plan {
                     m.sandbox.display()
                 )));
             }
-            make_dirs(&mut made, &mut push, &root, dir.ancestors())?;
+            make_dirs(made, push, root, dir.ancestors())?;
             push(
                 Op::MountTmpfs {
-                    dst: cstr(join_root(&root, dir).as_os_str().as_bytes(), "scratch")?,
+                    dst: cstr(join_root(root, dir).as_os_str().as_bytes(), "scratch")?,
                     data: c"mode=0755".into(),
                     flags: libc::MS_NOSUID | libc::MS_NODEV,
                 },
@@ -507,6 +564,20 @@ impl Plan {
             );
         }
 
+        Ok(())
+    }
+
+    /// The request's mounts, parents before children: bind, attributes, and (when hardening) the
+    /// unkeyed host directories hidden under read-only ones.
+    fn mount_steps(
+        req: &NativeRequest,
+        root: &Path,
+        harden: bool,
+        made: &mut HashSet<PathBuf>,
+        push: &mut impl FnMut(Op, String, &'static str, bool),
+    ) -> Result<(), SandboxError> {
+        // A set, not a list: an action may have thousands of input mounts.
+        let mut points: HashSet<&Path> = HashSet::new();
         let mut mounts: Vec<&Mount> = req.mounts.iter().collect();
         mounts.sort_by_key(|m| m.sandbox.components().count());
         let mut symlinks: Vec<&Path> = Vec::new();
@@ -519,7 +590,7 @@ impl Plan {
             if m.sandbox == Path::new("/") || reserved {
                 return Err(SandboxError::InvalidRequest(format!(
                     "mount point {} is reserved: the sandbox provides /, /proc, /dev and \
-                     /tmp itself",
+                 /tmp itself",
                     m.sandbox.display()
                 )));
             }
@@ -538,7 +609,7 @@ impl Plan {
             if let Some(s) = symlinks.iter().find(|s| m.sandbox.starts_with(s)) {
                 return Err(SandboxError::InvalidRequest(format!(
                     "mount point {} lies under {}, which is a symlink in the sandbox; mount \
-                     it at the symlink's target instead",
+                 it at the symlink's target instead",
                     m.sandbox.display(),
                     s.display()
                 )));
@@ -550,9 +621,9 @@ impl Plan {
                     error: source,
                 })?;
             // Parent directories inside the new root.
-            make_dirs(&mut made, &mut push, &root, m.sandbox.ancestors().skip(1))?;
+            make_dirs(made, push, root, m.sandbox.ancestors().skip(1))?;
             let dst = cstr(
-                join_root(&root, &m.sandbox).as_os_str().as_bytes(),
+                join_root(root, &m.sandbox).as_os_str().as_bytes(),
                 "mount point",
             )?;
             made.insert(m.sandbox.clone());
@@ -631,11 +702,18 @@ impl Plan {
                 false,
             );
             if harden && !m.writable {
-                hide_unkeyed(req, m, &root, &mut push)?;
+                hide_unkeyed(req, m, root, push)?;
             }
         }
 
-        // /dev: only null, zero, urandom (read-only binds of the host nodes) + fd links.
+        Ok(())
+    }
+
+    /// `/dev`: only null, zero, urandom (read-only binds of the host nodes) and the fd links.
+    fn dev_steps(
+        root: &Path,
+        push: &mut impl FnMut(Op, String, &'static str, bool),
+    ) -> Result<(), SandboxError> {
         let dev = root.join("dev");
         push(
             Op::Mkdir {
@@ -692,7 +770,15 @@ impl Plan {
             );
         }
 
-        // Private /tmp and /proc.
+        Ok(())
+    }
+
+    /// A private `/tmp` and `/proc`, then into the new root, made read-only.
+    fn final_steps(
+        root: &Path,
+        root_c: CString,
+        push: &mut impl FnMut(Op, String, &'static str, bool),
+    ) -> Result<(), SandboxError> {
         let tmp = cstr(root.join("tmp").as_os_str().as_bytes(), "tmp")?;
         push(
             Op::Mkdir { path: tmp.clone() },
@@ -738,11 +824,12 @@ impl Plan {
             false,
         );
 
-        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
-        let mut envp_ptrs: Vec<*const c_char> = envp.iter().map(|a| a.as_ptr()).collect();
-        envp_ptrs.push(std::ptr::null());
+        Ok(())
+    }
 
+    /// The bound for closing descriptors when close_range is unavailable, and the process limit
+    /// of the action.
+    fn limits() -> (c_int, libc::rlimit) {
         // Fallback bound for closing descriptors when close_range is unavailable.
         // SAFETY: plain getrlimit with a valid out-parameter.
         let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
@@ -766,27 +853,6 @@ impl Plan {
                 rlim_max: max,
             }
         };
-        let filter = if harden { harden::filter()? } else { &[] };
-
-        Ok(Plan {
-            steps,
-            cwd: cstr(req.cwd.as_os_str().as_bytes(), "working directory")?,
-            cwd_path: req.cwd.clone(),
-            program: program.clone(),
-            search_path,
-            candidates,
-            _argv: argv,
-            _envp: envp,
-            argv_ptrs,
-            envp_ptrs,
-            dev_null: c"/dev/null".into(),
-            probe,
-            fd_limit,
-            harden,
-            nproc,
-            filter,
-            _cgroup: cgroup,
-            _root_dir: root_dir,
-        })
+        (fd_limit, nproc)
     }
 }

@@ -364,15 +364,11 @@ impl WasiExecutor {
                 self.compiled.fetch_add(1, Ordering::Relaxed);
                 if let Ok(ser) = m.serialize() {
                     let _ = std::fs::create_dir_all(&self.modules_dir);
-                    let tmp = self.modules_dir.join(format!(
-                        ".{file_key}.{}.{:?}.tmp",
-                        std::process::id(),
-                        std::thread::current().id()
-                    ));
-                    if std::fs::write(&tmp, ser).is_ok() {
-                        let _ = std::fs::rename(&tmp, &cached);
+                    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&self.modules_dir)
+                        && std::io::Write::write_all(&mut tmp, &ser).is_ok()
+                    {
+                        let _ = tmp.persist(&cached);
                     }
-                    let _ = std::fs::remove_file(&tmp);
                 }
                 m
             }

@@ -136,12 +136,10 @@ pub fn load_and_analyse_cached(
     // Best effort: a cache that cannot be written only costs the next build time.
     if std::fs::create_dir_all(cache_dir).is_ok()
         && let Ok(bytes) = serde_json::to_vec(&entry)
+        && let Ok(mut tmp) = tempfile::NamedTempFile::new_in(cache_dir)
+        && std::io::Write::write_all(&mut tmp, &bytes).is_ok()
     {
-        let tmp = file.with_extension(format!("tmp{}", std::process::id()));
-        if std::fs::write(&tmp, bytes).is_ok() {
-            let _ = std::fs::rename(&tmp, &file);
-        }
-        let _ = std::fs::remove_file(&tmp);
+        let _ = tmp.persist(&file);
     }
     Ok((entry.graph, entry.roots, false))
 }

@@ -88,14 +88,11 @@ pub fn save(
         put_str(&mut buf, a.mnemonic.as_bytes());
         put_str(&mut buf, a.action_digest.as_bytes());
     }
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir)?;
-    }
-    let tmp = path.with_extension(format!("tmp{}", std::process::id()));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(&buf)?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
+    tmp.write_all(&buf)?;
+    tmp.persist(path).map(drop).map_err(|e| e.error)
 }
 
 struct Reader<'a>(&'a [u8]);

@@ -477,42 +477,27 @@ impl Store {
         result
     }
 
-    /// Hash the file at `path`, then rename it into the CAS (it must be on the store's file
-    /// system, e.g. under `tmp_dir()`). Falls back to a copy (and removes `path`) if the file
-    /// has other hard links or lives on another file system.
+    /// Hash the file at `path`, then rename it into the CAS ([`Store::put_file_move_at`] on
+    /// its parent directory: a symlink is refused, a file with other hard links or on another
+    /// file system is copied and its name removed).
     pub fn put_file_move(&self, path: &Path) -> Result<Digest, StoreError> {
-        let _g = self.shared();
-        let lmeta = fs::symlink_metadata(path).map_err(StoreError::io("stat", path))?;
-        let mut src = File::open(path).map_err(StoreError::io("open", path))?;
-        let meta = src.metadata().map_err(StoreError::io("stat", path))?;
-        if !meta.is_file() {
-            return Err(StoreError::NotAFile {
-                path: path.to_path_buf(),
-            });
-        }
-        if meta.nlink() > 1 || lmeta.file_type().is_symlink() || lmeta.ino() != meta.ino() {
-            // Renaming would put a symlink in the CAS, or make a blob share an inode with
-            // another name: copy instead.
-            drop(src);
-            let d = self.put_file_inner(path)?;
-            fs::remove_file(path).map_err(StoreError::io("remove", path))?;
-            return Ok(d);
-        }
-        let d = copy_hashing(self.function, &mut src, path, None)?;
-        src.set_permissions(fs::Permissions::from_mode(0o444))
-            .map_err(StoreError::io("make read-only", path))?;
-        drop(src);
-        match self.install(path, &d) {
-            Ok(_) => Ok(d),
-            Err(StoreError::Io { error: source, .. })
-                if source.raw_os_error() == Some(libc::EXDEV) =>
-            {
-                let d = self.put_file_inner(path)?;
-                fs::remove_file(path).map_err(StoreError::io("remove", path))?;
-                Ok(d)
+        let (parent, name) = match (path.parent(), path.file_name()) {
+            (Some(p), Some(n)) => (
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                },
+                n,
+            ),
+            _ => {
+                return Err(StoreError::NotAFile {
+                    path: path.to_path_buf(),
+                });
             }
-            Err(e) => Err(e),
-        }
+        };
+        let dir = File::open(parent).map_err(StoreError::io("open", parent))?;
+        Ok(self.put_file_move_at(&dir, name, path)?.0)
     }
 
     /// Moves the regular file `name` of the directory `dir` into the CAS without following

@@ -29,18 +29,21 @@ fn store_and_error_are_shareable() {
 }
 
 #[test]
-fn put_file_move_of_a_symlink_copies_the_target() {
+fn put_file_move_of_a_symlink_is_refused_and_the_target_untouched() {
     let (dir, store) = store_in();
     let target = dir.path().join("target");
     fs::write(&target, b"pointed at").unwrap();
     let link = store.tmp_dir().join("link");
     std::os::unix::fs::symlink(&target, &link).unwrap();
-    let d = store.put_file_move(&link).unwrap();
-    assert!(fs::symlink_metadata(&link).is_err(), "link removed");
-    assert!(target.exists(), "target untouched");
-    let blob = fs::symlink_metadata(store.blob_path(&d)).unwrap();
-    assert!(blob.is_file());
-    assert_eq!(store.get_bytes(&d).unwrap(), b"pointed at");
+    let e = store.put_file_move(&link).unwrap_err();
+    assert!(matches!(e, StoreError::NotAFile { .. }), "{e}");
+    assert!(fs::symlink_metadata(&link).is_ok(), "link left alone");
+    assert_eq!(fs::read(&target).unwrap(), b"pointed at");
+    assert_eq!(
+        fs::metadata(&target).unwrap().mode() & 0o222,
+        0o200,
+        "target still writable"
+    );
 }
 
 #[test]
