@@ -1,14 +1,17 @@
 //! End-to-end tests: the real `wbuild` binary on temporary workspaces with guests compiled
 //! from source (tests/guests, toolchains/wasi-tools).
 
+mod everyday;
 mod hostile;
 mod hostile_cache;
 mod hostile_host;
 mod hostile_native;
 mod hostile_remote;
+mod query;
 mod reliability;
 mod remote_exec;
 mod remote_tls;
+mod third_party;
 mod toolchains;
 
 use wbuild_tests::buildgrid::bgd_path;

@@ -36,7 +36,8 @@ pub struct TestWorkspace {
     pub root: PathBuf,
     pub cache: PathBuf,
     bin: PathBuf,
-    _dir: tempfile::TempDir,
+    /// The temporary directory holding root and cache (`None`: another workspace's).
+    _dir: Option<tempfile::TempDir>,
 }
 
 impl TestWorkspace {
@@ -54,7 +55,7 @@ impl TestWorkspace {
             root,
             cache,
             bin: PathBuf::from(bin),
-            _dir: dir,
+            _dir: Some(dir),
         };
         ws.write("wbuild.toml", "[build]\nsource_date_epoch = 0\n");
         ws.copy_guest("probe", "tools/probe.wasm");
@@ -63,6 +64,17 @@ impl TestWorkspace {
             "wasi_tool(name = \"probe\", src = \"probe.wasm\")\n",
         );
         ws
+    }
+
+    /// The workspace `like`'s files, moved to `root` by the test, built with the same binary
+    /// and cache (`like` keeps owning the temporary directory).
+    pub fn at(root: &Path, like: &TestWorkspace) -> TestWorkspace {
+        TestWorkspace {
+            root: root.to_path_buf(),
+            cache: like.cache.clone(),
+            bin: like.bin.clone(),
+            _dir: None,
+        }
     }
 
     pub fn path(&self, rel: &str) -> PathBuf {

@@ -5,9 +5,14 @@
 //! and exit codes. It must never implement build semantics of its own: keys, caching,
 //! sandboxing and the build session live in the library crates.
 
+mod clean;
+mod log;
+mod query;
+mod run;
 mod toolchain;
 mod ui;
 mod verify;
+mod version;
 mod wasi_tool;
 mod worker;
 
@@ -30,6 +35,7 @@ use wbuild_store::{Digest, Store};
 #[command(
     name = "wbuild",
     version,
+    long_version = version::long_version(),
     about = "Hermetic, cached builds of WASI tools"
 )]
 struct Cli {
@@ -163,6 +169,8 @@ enum Cmd {
         target: String,
         detail: Option<String>,
     },
+    /// Query the target graph (before analysis), Bazel-style: `wbuild query 'deps(//app)'`.
+    Query(query::QueryArgs),
     /// List recent builds, or the actions of one build.
     History {
         /// Build id (from the list) to show its actions.
@@ -189,6 +197,29 @@ enum Cmd {
     Toolchain {
         #[command(subcommand)]
         command: toolchain::ToolchainCmd,
+    },
+    /// Build one target and run its program (a cc_binary, a wasi_tool) in the workspace
+    /// root with the given arguments: `wbuild run //pkg:name -- ARGS`.
+    Run(run::RunArgs),
+    /// Remove wbuild-out/ and this workspace's up-to-date snapshots and analysis cache
+    /// entries (the next build re-materialises from the action cache); --expunge also
+    /// removes the whole cache directory.
+    Clean(clean::CleanArgs),
+    /// Print the shell completion script for bash, zsh, fish, elvish or powershell.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print wbuild's version, the WASI executor, native sandbox and wasmtime versions, and
+    /// the git commit it was built from.
+    Version {
+        #[arg(long, value_enum, default_value_t = version::Format::Text)]
+        output: version::Format,
+    },
+    /// What a recorded build spent its time on: critical-path, slowest, what-ran.
+    Log {
+        #[command(subcommand)]
+        command: log::LogCmd,
     },
     /// Run a WASI tool for a native command (used by the launchers wbuild stages).
     #[command(hide = true)]
@@ -299,6 +330,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Test(args) => build(&cli, args, true),
         Cmd::Outputs { targets, platform } => outputs(&cli, targets, platform),
         Cmd::Explain { target, detail } => explain(&cli, target, detail.as_deref()),
+        Cmd::Query(args) => query::run(&cache_dir(&cli), args),
         Cmd::History { build, limit } => history(&cli, *build, *limit),
         Cmd::Cache { command } => cache(&cli, command),
         Cmd::ExecWasiTool(a) => wasi_tool::run(a),
@@ -306,6 +338,11 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Serve(args) => serve(&cli, args),
         Cmd::Worker(args) => worker::run(&cli.cache_dir, args),
         Cmd::Toolchain { command } => toolchain::run(&cli.cache_dir, command),
+        Cmd::Run(args) => run::run(&cli, args),
+        Cmd::Clean(args) => clean::run(&cli, args),
+        Cmd::Completions { shell } => version::completions(*shell),
+        Cmd::Version { output } => version::run(*output),
+        Cmd::Log { command } => log::run(&cli, command),
     }
 }
 

@@ -15,9 +15,12 @@ use wbuild_exec_wasi::{ExecConfig, Request, WasiExecutor};
 
 #[derive(clap::Args)]
 pub struct ExecWasiTool {
-    /// The tool's label, for messages; its name is the guest's `argv[0]`.
+    /// The tool's label, for messages.
     #[arg(long)]
     name: String,
+    /// The guest's `argv[0]` (default: the label's name).
+    #[arg(long)]
+    argv0: Option<String>,
     /// The module, relative to the root.
     #[arg(long)]
     module: String,
@@ -99,7 +102,10 @@ pub fn run(a: &ExecWasiTool) -> Result<i32> {
     let module = std::fs::read(&module_path)
         .with_context(|| format!("cannot read the module {}", module_path.display()))?;
     let module_key = blake3::hash(&module).to_hex().to_string();
-    let name = a.name.rsplit(':').next().unwrap_or(&a.name).to_owned();
+    let name = a
+        .argv0
+        .clone()
+        .unwrap_or_else(|| a.name.rsplit(':').next().unwrap_or(&a.name).to_owned());
     let mut seed = blake3::Hasher::new();
     seed.update(module_key.as_bytes());
     for arg in &a.args {

@@ -47,6 +47,21 @@ pub enum ExecError {
     Engine(String),
     #[error("tool module {module} is not a valid WebAssembly module: {message}")]
     InvalidModule { module: String, message: String },
+    /// A valid module that needs a WebAssembly proposal the executor does not enable.
+    #[error(
+        "tool module {module} uses a WebAssembly feature this executor does not enable: {message}. \
+         Enabled: {ENABLED_PROPOSALS}; shared-memory threads are left out on purpose (they make a \
+         run depend on scheduling)"
+    )]
+    UnsupportedFeature { module: String, message: String },
+    /// A valid module larger than the executor's instance limits.
+    #[error(
+        "tool module {module} needs more than the executor allows: {message}. Limits: tables of \
+         {MAX_TABLE_ELEMENTS} elements, {MAX_TABLES_PER_MODULE} tables and \
+         {MAX_MEMORIES_PER_MODULE} memories per module, {} MiB of instance metadata",
+        MAX_INSTANCE_SIZE >> 20
+    )]
+    OverLimit { module: String, message: String },
     #[error("cannot prepare the sandbox at {path}: {error}")]
     Sandbox {
         path: PathBuf,
@@ -94,6 +109,19 @@ pub struct Request {
     pub timeout: Duration,
 }
 
+/// `items` joined with `, `: all of them, or the first `shown` and how many more.
+pub fn summarise(items: &[String], shown: usize) -> String {
+    if items.len() <= shown {
+        items.join(", ")
+    } else {
+        format!(
+            "{} and {} more",
+            items[..shown].join(", "),
+            items.len() - shown
+        )
+    }
+}
+
 /// Why a guest did not finish normally.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Failure {
@@ -105,6 +133,8 @@ pub enum Failure {
     MemoryLimit(u64),
     /// The build was interrupted (Ctrl-C).
     Interrupted,
+    /// The tool exited successfully but left temporary files beside its outputs.
+    LeftFiles(Vec<String>),
 }
 
 impl std::fmt::Display for Failure {
@@ -122,6 +152,13 @@ impl std::fmt::Display for Failure {
                 b >> 20
             ),
             Failure::Interrupted => write!(f, "interrupted"),
+            Failure::LeftFiles(files) => write!(
+                f,
+                "the tool left undeclared files beside its outputs: {}; a tool may write \
+                 temporary files there but must rename them onto its outputs or remove them \
+                 before it exits (declare them in outs to keep them)",
+                summarise(files, 5)
+            ),
         }
     }
 }
@@ -265,21 +302,84 @@ impl Drop for WasiExecutor {
     }
 }
 
+/// The WebAssembly proposals the executor enables, for messages.
+pub const ENABLED_PROPOSALS: &str = "bulk memory, multi-value, reference types, SIMD, relaxed SIMD \
+     (deterministic), tail calls, extended constants, multi-memory, function references, GC, \
+     exception handling, memory64";
+
+/// Largest table (in elements) a guest may define: LLVM-class modules hold tens of thousands
+/// of functions in their indirect-call table (clang: ~37,000). Each pooled table slot
+/// reserves 8 bytes per element of address space, committed only as it is used.
+pub const MAX_TABLE_ELEMENTS: usize = 1 << 20;
+/// Largest instance metadata (one entry per imported or defined function, global, table,
+/// memory): 16 MiB of address space per slot, committed as used.
+pub const MAX_INSTANCE_SIZE: usize = 16 << 20;
+/// Linear memories and tables one module may define (multi-memory, several tables).
+pub const MAX_MEMORIES_PER_MODULE: u32 = 4;
+pub const MAX_TABLES_PER_MODULE: u32 = 8;
+
+/// The engine: the WebAssembly proposals real toolchains emit, each deterministic (floats
+/// canonicalised, relaxed SIMD in its deterministic form, no threads), epoch interruption, and
+/// a pooling allocator sized for LLVM-class modules.
+fn engine_config(max_concurrent: u32) -> Config {
+    let mut config = Config::new();
+    config.epoch_interruption(true);
+    config.cranelift_nan_canonicalization(true); // deterministic floats
+    config
+        .wasm_bulk_memory(true)
+        .wasm_multi_value(true)
+        .wasm_reference_types(true)
+        .wasm_simd(true)
+        .wasm_relaxed_simd(true)
+        .relaxed_simd_deterministic(true)
+        .wasm_tail_call(true)
+        .wasm_extended_const(true)
+        .wasm_multi_memory(true)
+        .wasm_function_references(true)
+        .wasm_gc(true)
+        .wasm_exceptions(true)
+        .wasm_memory64(true);
+    // Shared memories and threads (wasmtime's `threads` feature, not compiled in) would make
+    // a run depend on scheduling.
+    let mut pool = PoolingAllocationConfig::default();
+    let slots = (max_concurrent.max(1) * 2 + 2).min(1000);
+    pool.total_core_instances(slots);
+    pool.total_memories(slots * MAX_MEMORIES_PER_MODULE);
+    pool.total_tables(slots * MAX_TABLES_PER_MODULE);
+    pool.total_stacks(slots);
+    pool.total_gc_heaps(slots);
+    pool.max_unused_warm_slots(slots);
+    pool.table_elements(MAX_TABLE_ELEMENTS);
+    pool.max_core_instance_size(MAX_INSTANCE_SIZE);
+    pool.max_memories_per_module(MAX_MEMORIES_PER_MODULE);
+    pool.max_tables_per_module(MAX_TABLES_PER_MODULE);
+    config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
+    config
+}
+
+/// Why a module cannot be compiled or instantiated, told apart by what wasmtime says: a
+/// proposal it needs that is not enabled, a limit it exceeds, or a module that is not valid.
+fn module_error(module: &str, message: String) -> ExecError {
+    let module = module.to_owned();
+    let lower = message.to_ascii_lowercase();
+    if lower.contains("exceeds the limit") || lower.contains("exceeds the maximum") {
+        ExecError::OverLimit { module, message }
+    } else if lower.contains("feature")
+        || lower.contains("proposal")
+        || lower.contains("not enabled")
+        || lower.contains("must be enabled")
+        || lower.contains("not supported")
+    {
+        ExecError::UnsupportedFeature { module, message }
+    } else {
+        ExecError::InvalidModule { module, message }
+    }
+}
+
 impl WasiExecutor {
     pub fn new(cfg: &ExecConfig) -> Result<WasiExecutor, ExecError> {
         let engine_err = |e: wasmtime::Error| ExecError::Engine(format!("{e:#}"));
-        let mut config = Config::new();
-        config.epoch_interruption(true);
-        config.cranelift_nan_canonicalization(true); // deterministic floats
-        let mut pool = PoolingAllocationConfig::default();
-        let slots = (cfg.max_concurrent.max(1) * 2 + 2).min(1000);
-        pool.total_core_instances(slots);
-        pool.total_memories(slots);
-        pool.total_tables(slots);
-        pool.total_stacks(slots);
-        pool.max_unused_warm_slots(slots);
-        config.allocation_strategy(InstanceAllocationStrategy::Pooling(pool));
-        let engine = Engine::new(&config).map_err(engine_err)?;
+        let engine = Engine::new(&engine_config(cfg.max_concurrent)).map_err(engine_err)?;
 
         let mut linker: Linker<State> = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |s: &mut State| &mut s.wasi)
@@ -338,10 +438,7 @@ impl WasiExecutor {
         if let Some(pre) = cached() {
             return Ok(pre);
         }
-        let invalid = |e: wasmtime::Error| ExecError::InvalidModule {
-            module: req.module_name.clone(),
-            message: format!("{e:#}"),
-        };
+        let invalid = |e: wasmtime::Error| module_error(&req.module_name, format!("{e:#}"));
         let file_key: String = req
             .module_key
             .chars()
@@ -373,13 +470,14 @@ impl WasiExecutor {
                 m
             }
         };
-        let pre = self
-            .linker
-            .instantiate_pre(&module)
-            .map_err(|e| ExecError::Instantiate {
-                module: req.module_name.clone(),
-                message: format!("{e:#}"),
-            })?;
+        let pre = self.linker.instantiate_pre(&module).map_err(|e| {
+            match module_error(&req.module_name, format!("{e:#}")) {
+                ExecError::InvalidModule { module, message } => {
+                    ExecError::Instantiate { module, message }
+                }
+                other => other,
+            }
+        })?;
         self.modules
             .lock()
             .expect("module cache")
@@ -495,6 +593,11 @@ impl WasiExecutor {
         }
         let state = store.into_data();
         drop(state.wasi);
+        if failure.is_none() && exit_code == 0 && !state.obs.extra.is_empty() {
+            failure = Some(Failure::LeftFiles(
+                state.obs.extra.iter().cloned().collect(),
+            ));
+        }
         Ok(Outcome {
             exit_code,
             failure,

@@ -2,8 +2,9 @@
 //!
 //! The `wasi_snapshot_preview1` file-system imports are shadowed in the `Linker` by wrappers
 //! that decode the path from guest memory, decide whether the call is allowed (writes only to
-//! declared outputs and `/tmp`), call the wiggle-generated implementation in `wasmtime-wasi`,
-//! and record what happened. Directory listings are produced here, in sorted order, and file
+//! declared outputs, temporary files beside them, and `/tmp`), call the wiggle-generated
+//! implementation in `wasmtime-wasi`, and record what happened. A look-up of a path above the
+//! root is a miss like any other (such a path cannot exist in the sandbox). Directory listings are produced here, in sorted order, and file
 //! metadata handed to the guest is made deterministic (fixed times, inode numbers derived
 //! from the path).
 
@@ -61,6 +62,13 @@ pub(crate) struct Observer {
     outputs: BTreeSet<String>,
     /// Directories that lead to a declared output (may be created).
     output_dirs: BTreeSet<String>,
+    /// The directories holding a declared output: the guest may create temporary files there
+    /// (any name that is not an input or a directory leading to one) and rename them onto its
+    /// outputs, as compilers and linkers do.
+    output_parents: BTreeSet<String>,
+    /// Temporary files the guest created beside its outputs and has not renamed or removed
+    /// yet; what is left at exit fails the action.
+    pub(crate) extra: BTreeSet<String>,
     /// Everything in the root tree the guest may know of: inputs, outputs and the directories
     /// leading to them. The host directory may hold more (staging directories are reused
     /// between actions); anything else is reported as not existing.
@@ -84,6 +92,10 @@ impl Observer {
         max_open: usize,
     ) -> Observer {
         let mut output_dirs = BTreeSet::new();
+        let output_parents = outputs
+            .iter()
+            .map(|o| o.rsplit_once('/').map_or("", |(d, _)| d).to_owned())
+            .collect();
         for o in outputs {
             let mut p = o.as_str();
             while let Some(i) = p.rfind('/') {
@@ -125,6 +137,8 @@ impl Observer {
             log: AccessLog::default(),
             outputs: outputs.iter().cloned().collect(),
             output_dirs,
+            output_parents,
+            extra: BTreeSet::new(),
             visible,
             root_dir,
             tmp_dir,
@@ -164,8 +178,8 @@ impl Observer {
     /// not see is missing, whether or not the host has it).
     fn look_up(&mut self, fd: i32, path: &str) -> Result<(Tree, String), i32> {
         let Some((tree, rel)) = self.resolve(fd, path)? else {
-            self.log.record(AccessKind::Denied, path);
-            return Err(ERRNO_NOTCAPABLE);
+            self.record_beyond(fd, path);
+            return Err(ERRNO_NOENT);
         };
         if !self.is_visible(tree, &rel) {
             self.log
@@ -175,13 +189,43 @@ impl Observer {
         Ok((tree, rel))
     }
 
-    /// Records the outcome of a look-up the implementation answered with `errno`.
-    fn record_look_up(&mut self, tree: Tree, rel: &str, errno: i32) {
+    /// Records a look-up of a path that leaves the sandbox's trees (`..` above the root, or
+    /// an absolute path handed to a directory descriptor) as a miss: nothing can exist there.
+    /// Shown as the guest named it, after the directory it was relative to.
+    fn record_beyond(&mut self, fd: i32, path: &str) {
+        let shown = match self.fds.get(&fd) {
+            Some(base) if !path.starts_with('/') => {
+                let dir = Observer::display(base.tree, &base.rel);
+                if dir == "." {
+                    path.to_owned()
+                } else {
+                    format!("{dir}/{path}")
+                }
+            }
+            _ => path.to_owned(),
+        };
+        self.log.record(AccessKind::Missing, &shown);
+    }
+
+    /// Records the outcome of a look-up the implementation answered with `errno`, and
+    /// returns the errno for the guest: a look-up the implementation refused (through a
+    /// symlink made in /tmp that climbs out of it) found nothing, like any other path outside
+    /// the sandbox.
+    fn record_look_up(&mut self, tree: Tree, rel: &str, errno: i32) -> i32 {
         let shown = Observer::display(tree, rel);
         match errno {
-            ERRNO_NOENT | ERRNO_NOTDIR => self.log.record(AccessKind::Missing, &shown),
-            ERRNO_NOTCAPABLE | ERRNO_PERM => self.log.record(AccessKind::Denied, &shown),
-            _ => self.log.record(AccessKind::Stat, &shown),
+            ERRNO_NOENT | ERRNO_NOTDIR => {
+                self.log.record(AccessKind::Missing, &shown);
+                errno
+            }
+            ERRNO_NOTCAPABLE | ERRNO_PERM => {
+                self.log.record(AccessKind::Missing, &shown);
+                ERRNO_NOENT
+            }
+            _ => {
+                self.log.record(AccessKind::Stat, &shown);
+                errno
+            }
         }
     }
 
@@ -201,7 +245,38 @@ impl Observer {
     }
 
     fn may_write(&self, tree: Tree, rel: &str) -> bool {
-        tree == Tree::Tmp && !rel.is_empty() || self.outputs.contains(rel)
+        match tree {
+            Tree::Tmp => !rel.is_empty(),
+            Tree::Root => {
+                self.outputs.contains(rel) || self.extra.contains(rel) || self.may_create_temp(rel)
+            }
+        }
+    }
+
+    /// Whether `rel` (in the root) is a new temporary file's name: in the directory of a
+    /// declared output, and neither an input nor a directory leading to a declared path.
+    fn may_create_temp(&self, rel: &str) -> bool {
+        let (dir, name) = rel.rsplit_once('/').unwrap_or(("", rel));
+        !name.is_empty()
+            && self.output_parents.contains(dir)
+            && !self.visible.contains(rel)
+            && !self.output_dirs.contains(rel)
+    }
+
+    /// A temporary file now exists at `rel` (created, or renamed there).
+    fn add_temp(&mut self, rel: &str) {
+        if !self.outputs.contains(rel) {
+            self.extra.insert(rel.to_owned());
+            self.visible.insert(rel.to_owned());
+        }
+    }
+
+    /// Nothing exists at `rel` any more (removed, or renamed away), if it was a temporary
+    /// file.
+    fn drop_temp(&mut self, rel: &str) {
+        if self.extra.remove(rel) {
+            self.visible.remove(rel);
+        }
     }
 
     fn may_create_dir(&self, tree: Tree, rel: &str) -> bool {
@@ -339,18 +414,30 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                 Ok(r) => r,
                 Err(e) => return Ok(e),
             };
-            let Some((tree, rel)) = resolved else {
-                obs.log.record(AccessKind::Denied, &path);
-                return Ok(ERRNO_NOTCAPABLE);
-            };
-            let shown = Observer::display(tree, &rel);
             let write = rights_base & RIGHTS_FD_WRITE != 0
                 || oflags & (OFLAGS_CREAT | OFLAGS_TRUNC | OFLAGS_EXCL) != 0;
+            let Some((tree, rel)) = resolved else {
+                if write {
+                    obs.log.record(AccessKind::Denied, &path);
+                    return Ok(ERRNO_NOTCAPABLE);
+                }
+                obs.record_beyond(fd, &path);
+                return Ok(ERRNO_NOENT);
+            };
+            let shown = Observer::display(tree, &rel);
             if write && !obs.may_write(tree, &rel) {
                 obs.log.record(AccessKind::Denied, &shown);
                 return Ok(ERRNO_ACCES);
             }
-            if !obs.is_visible(tree, &rel) {
+            let new_temp = tree == Tree::Root
+                && oflags & OFLAGS_CREAT != 0
+                && !obs.is_visible(tree, &rel)
+                && obs.may_create_temp(&rel);
+            if new_temp {
+                // Whatever an earlier action of this staging slot left under that name is
+                // not this guest's: the name is free for it.
+                let _ = obs.root_dir.remove_file(&rel);
+            } else if !obs.is_visible(tree, &rel) {
                 obs.log.record(AccessKind::Missing, &shown);
                 return Ok(ERRNO_NOENT);
             }
@@ -383,6 +470,9 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                         AccessKind::Read
                     };
                     obs.log.record(kind, &shown);
+                    if new_temp {
+                        obs.add_temp(&rel);
+                    }
                     if let Some(new_fd) = read_u32(mem, fd_out) {
                         obs.fds.insert(
                             new_fd as i32,
@@ -395,6 +485,12 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     }
                 }
                 ERRNO_NOENT => obs.log.record(AccessKind::Missing, &shown),
+                // Reading through a symlink that climbs out of /tmp finds nothing there;
+                // writing through one is refused.
+                ERRNO_NOTCAPABLE | ERRNO_PERM if !write => {
+                    obs.log.record(AccessKind::Missing, &shown);
+                    return Ok(ERRNO_NOENT);
+                }
                 ERRNO_NOTCAPABLE | ERRNO_PERM | ERRNO_ACCES => {
                     obs.log.record(AccessKind::Denied, &shown)
                 }
@@ -432,7 +528,7 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     path_len,
                     buf,
                 ))?;
-                state.obs.record_look_up(tree, &rel, errno);
+                let errno = state.obs.record_look_up(tree, &rel, errno);
                 if errno == ERRNO_SUCCESS {
                     fix_filestat(mem, buf, fake_ino(tree, &rel), state.obs.time_ns);
                 }
@@ -473,8 +569,7 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     buf_len,
                     bufused,
                 ))?;
-                state.obs.record_look_up(tree, &rel, errno);
-                Ok(errno)
+                Ok(state.obs.record_look_up(tree, &rel, errno))
             })
         },
     )?;
@@ -634,7 +729,7 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
     // Path mutations: allowed only on declared outputs (and the directories leading to them)
     // and inside /tmp.
     macro_rules! guarded_path_op {
-        ($name:literal, $func:ident, $dirs:expr, ($($a:ident: $t:ty),*), fd = $fd:ident, ptr = $ptr:ident, len = $len:ident) => {
+        ($name:literal, $func:ident, $dirs:expr, $dirs_create:expr, $removes:expr, ($($a:ident: $t:ty),*), fd = $fd:ident, ptr = $ptr:ident, len = $len:ident) => {
             linker.func_wrap(
                 M,
                 $name,
@@ -662,9 +757,18 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                             state.obs.log.record(AccessKind::Denied, &shown);
                             return Ok(ERRNO_ACCES);
                         }
+                        // Only what the guest can see may be changed: a name some earlier
+                        // action left in the staging slot does not exist for it.
+                        if !$dirs_create && !state.obs.is_visible(tree, &rel) {
+                            state.obs.log.record(AccessKind::Missing, &shown);
+                            return Ok(ERRNO_NOENT);
+                        }
                         let errno = block(p1::$func(&mut state.wasi, &mut GuestMemory::Unshared(&mut *mem), $($a),*))?;
                         if errno == ERRNO_SUCCESS {
                             state.obs.log.record(AccessKind::Write, &shown);
+                            if $removes && tree == Tree::Root {
+                                state.obs.drop_temp(&rel);
+                            }
                         }
                         Ok(errno)
                     })
@@ -672,13 +776,13 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
             )?;
         };
     }
-    guarded_path_op!("path_create_directory", path_create_directory, true,
+    guarded_path_op!("path_create_directory", path_create_directory, true, true, false,
         (fd: i32, ptr: i32, len: i32), fd = fd, ptr = ptr, len = len);
-    guarded_path_op!("path_remove_directory", path_remove_directory, true,
+    guarded_path_op!("path_remove_directory", path_remove_directory, true, false, false,
         (fd: i32, ptr: i32, len: i32), fd = fd, ptr = ptr, len = len);
-    guarded_path_op!("path_unlink_file", path_unlink_file, false,
+    guarded_path_op!("path_unlink_file", path_unlink_file, false, false, true,
         (fd: i32, ptr: i32, len: i32), fd = fd, ptr = ptr, len = len);
-    guarded_path_op!("path_filestat_set_times", path_filestat_set_times, false,
+    guarded_path_op!("path_filestat_set_times", path_filestat_set_times, false, false, false,
         (fd: i32, flags: i32, ptr: i32, len: i32, atim: i64, mtim: i64, fst: i32), fd = fd, ptr = ptr, len = len);
 
     // Symlinks only in /tmp. In the root, a symlink at an output path (or at a directory
@@ -759,6 +863,7 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     return Ok(ERRNO_FAULT);
                 };
                 let mut source: Option<(Tree, String)> = None;
+                let mut ends: Vec<(Tree, String)> = Vec::with_capacity(2);
                 for (dfd, p) in [(fd, &old), (new_fd, &new)] {
                     match state.obs.resolve(dfd, p) {
                         Err(e) => return Ok(e),
@@ -774,6 +879,13 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                             return Ok(ERRNO_ACCES);
                         }
                         Ok(Some((tree, rel))) => {
+                            if source.is_none() && !state.obs.is_visible(tree, &rel) {
+                                state
+                                    .obs
+                                    .log
+                                    .record(AccessKind::Missing, &Observer::display(tree, &rel));
+                                return Ok(ERRNO_NOENT);
+                            }
                             if let Some((src_tree, src_rel)) = source.take() {
                                 if tree == Tree::Root
                                     && !state.obs.is_regular_file(src_tree, &src_rel)
@@ -787,10 +899,11 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                                 .obs
                                 .log
                                 .record(AccessKind::Write, &Observer::display(tree, &rel));
+                            ends.push((tree, rel));
                         }
                     }
                 }
-                block(p1::path_rename(
+                let errno = block(p1::path_rename(
                     &mut state.wasi,
                     &mut GuestMemory::Unshared(&mut *mem),
                     fd,
@@ -799,7 +912,19 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
                     new_fd,
                     new_ptr,
                     new_len,
-                ))
+                ))?;
+                if errno == ERRNO_SUCCESS
+                    && let [(from_tree, from), (to_tree, to)] = &ends[..]
+                    && from != to
+                {
+                    if *from_tree == Tree::Root {
+                        state.obs.drop_temp(from);
+                    }
+                    if *to_tree == Tree::Root {
+                        state.obs.add_temp(to);
+                    }
+                }
+                Ok(errno)
             })
         },
     )?;
@@ -858,6 +983,7 @@ pub(crate) fn shadow(linker: &mut Linker<State>) -> wasmtime::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::access::Access;
 
     /// An observer over two empty temporary trees, with `inputs` and `outputs` declared.
     fn observer(inputs: &[&str], outputs: &[&str]) -> (Observer, tempfile::TempDir) {
@@ -931,16 +1057,29 @@ mod tests {
     }
 
     #[test]
-    fn writes_reach_only_declared_outputs_and_tmp() {
-        let (obs, _d) = observer(&["src/a.c"], &["out/gen/a.o", "top.txt"]);
+    fn writes_reach_only_declared_outputs_files_beside_them_and_tmp() {
+        let (obs, _d) = observer(&["src/a.c", "out/gen/in.h"], &["out/gen/a.o", "top.txt"]);
         assert!(obs.may_write(Tree::Root, "out/gen/a.o"));
         assert!(obs.may_write(Tree::Root, "top.txt"));
         assert!(!obs.may_write(Tree::Root, "src/a.c"), "an input");
         assert!(
+            !obs.may_write(Tree::Root, "out/gen/in.h"),
+            "an input beside an output"
+        );
+        assert!(
             !obs.may_write(Tree::Root, "out/gen"),
             "a directory leading to an output"
         );
-        assert!(!obs.may_write(Tree::Root, "out/gen/b.o"));
+        assert!(
+            !obs.may_write(Tree::Root, "out"),
+            "a directory leading to an output, beside one"
+        );
+        // Temporary files beside an output (an output's directory, or the root, which holds
+        // top.txt), but not in a directory that holds no output.
+        assert!(obs.may_write(Tree::Root, "out/gen/a.o.tmp"));
+        assert!(obs.may_write(Tree::Root, "scratch-1"));
+        assert!(!obs.may_write(Tree::Root, "src/a.o.tmp"));
+        assert!(!obs.may_write(Tree::Root, "out/gen/sub/x"));
         assert!(!obs.may_write(Tree::Root, ""));
         assert!(obs.may_write(Tree::Tmp, "x"));
         assert!(!obs.may_write(Tree::Tmp, ""), "the /tmp preopen itself");
@@ -949,6 +1088,51 @@ mod tests {
         assert!(!obs.may_create_dir(Tree::Root, "out/gen/a.o"));
         assert!(!obs.may_create_dir(Tree::Root, "src"));
         assert!(obs.may_create_dir(Tree::Tmp, "d"));
+    }
+
+    #[test]
+    fn temporary_files_exist_from_creation_until_renamed_or_removed() {
+        let (mut obs, _d) = observer(&["src/a.c"], &["out/a.o"]);
+        assert!(!obs.is_visible(Tree::Root, "out/a.o.tmp"));
+        obs.add_temp("out/a.o.tmp");
+        assert!(obs.is_visible(Tree::Root, "out/a.o.tmp"));
+        assert!(obs.may_write(Tree::Root, "out/a.o.tmp"));
+        assert_eq!(obs.extra.iter().collect::<Vec<_>>(), ["out/a.o.tmp"]);
+        // Renamed onto the output: the temporary name is gone, the output is not a temp.
+        obs.drop_temp("out/a.o.tmp");
+        obs.add_temp("out/a.o");
+        assert!(obs.extra.is_empty());
+        assert!(!obs.is_visible(Tree::Root, "out/a.o.tmp"));
+        assert!(
+            obs.is_visible(Tree::Root, "out/a.o"),
+            "declared outputs stay"
+        );
+        // Dropping a declared path is no-op: only temporaries come and go.
+        obs.drop_temp("out/a.o");
+        obs.drop_temp("src/a.c");
+        assert!(obs.is_visible(Tree::Root, "out/a.o"));
+        assert!(obs.is_visible(Tree::Root, "src/a.c"));
+    }
+
+    #[test]
+    fn paths_above_the_root_are_recorded_as_misses_as_the_guest_named_them() {
+        let (mut obs, _d) = observer(&["src/a.c"], &["out/a.o"]);
+        assert_eq!(obs.look_up(3, "../lib/clang"), Err(ERRNO_NOENT));
+        assert_eq!(obs.look_up(3, "src/../../x"), Err(ERRNO_NOENT));
+        assert_eq!(
+            obs.log.accesses,
+            vec![
+                Access {
+                    kind: AccessKind::Missing,
+                    path: "../lib/clang".into()
+                },
+                Access {
+                    kind: AccessKind::Missing,
+                    path: "src/../../x".into()
+                },
+            ]
+        );
+        assert!(obs.log.paths(AccessKind::Denied).next().is_none());
     }
 
     #[test]

@@ -151,6 +151,8 @@ impl ActionNode {
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ToolRef {
     pub label: Label,
+    /// The program name the module runs under (argv[0]): `argv0`, or the tool's name.
+    pub argv0: String,
     /// Workspace path of the `.wasm` module.
     pub module: String,
     /// (absolute guest path, workspace path) of each data file, sorted by guest path.

@@ -31,6 +31,7 @@ mod glob;
 mod label;
 mod load;
 mod platform;
+pub mod query;
 mod rules;
 mod workspace;
 

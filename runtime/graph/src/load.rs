@@ -20,6 +20,19 @@ pub fn load(
     ws: &Workspace,
     patterns: &[TargetPattern],
 ) -> Result<(TargetGraph, Vec<Label>), GraphError> {
+    match load_keeping_cycles(ws, patterns)? {
+        (_, _, Some(cycle)) => Err(cycle),
+        (graph, matched, None) => Ok((graph, matched)),
+    }
+}
+
+/// As [`load`], but a dependency cycle among the needed targets does not stop it: the graph
+/// is returned with the cycle found (a [`GraphError::Cycle`]), for `wbuild query` to answer
+/// over it and report it.
+pub(crate) fn load_keeping_cycles(
+    ws: &Workspace,
+    patterns: &[TargetPattern],
+) -> Result<(TargetGraph, Vec<Label>, Option<GraphError>), GraphError> {
     let mut loader = Loader {
         ws,
         interp: Interpreter::new(ws.root.clone()),
@@ -38,11 +51,12 @@ pub fn load(
         queue.extend(edges.iter().cloned());
         resolved.insert(label, (target, edges));
     }
-    find_cycle(&matched, |l| {
+    let cycle = find_cycle(&matched, |l| {
         resolved
             .get(l)
             .map(|(t, e)| (t.location.clone(), e.clone()))
-    })?;
+    })
+    .err();
 
     // Other targets of the loaded packages: resolved without loading more packages.
     let mut graph = TargetGraph::default();
@@ -59,7 +73,7 @@ pub fn load(
             graph.targets.insert(label, target);
         }
     }
-    Ok((graph, matched.into_iter().collect()))
+    Ok((graph, matched.into_iter().collect(), cycle))
 }
 
 /// One evaluated package.
@@ -720,7 +734,8 @@ mod tests {
             Rule::WasiTool(WasiToolAttrs {
                 src: Dep::File("tools/gen.wasm".into()),
                 data: vec![],
-                data_dir: None
+                data_dir: None,
+                argv0: None
             })
         );
         // Every target of a loaded package is present, needed or not.

@@ -1,11 +1,14 @@
 //! Checks of what a WASI guest touched (its access log): undeclared reads and refused
 //! accesses fail the action, declared inputs it never used are warnings.
 
-use wbuild_exec_wasi::{AccessKind, AccessLog};
+use wbuild_exec_wasi::{AccessKind, AccessLog, summarise};
 use wbuild_graph::{ActionGraph, ActionNode};
 
 use crate::Scheduler;
 use crate::keys::Prepared;
+
+/// What a guest may write, for messages.
+const WRITABLE: &str = "only declared outputs, temporary files beside them and /tmp may be written";
 
 impl Scheduler<'_> {
     /// Undeclared reads and refused accesses become errors naming the path and what to do.
@@ -18,7 +21,12 @@ impl Scheduler<'_> {
     ) -> Vec<String> {
         let mut errors = Vec::new();
         for path in log.paths(AccessKind::Missing) {
-            if path.starts_with("/tmp") || prep.spec.files.contains_key(path) {
+            // /tmp is the guest's own; a path above the root names nothing in the workspace
+            // (whatever the host has there).
+            if path.starts_with("/tmp")
+                || !crate::is_normalised(path)
+                || prep.spec.files.contains_key(path)
+            {
                 continue;
             }
             if let Some((_, label)) = graph.producers.get(path) {
@@ -35,21 +43,52 @@ impl Scheduler<'_> {
                 ));
             }
         }
+        // Refusals by kind, each said once with the paths summarised: a tool that probes or
+        // writes many paths gets one readable line per kind, not one per path.
+        let (mut outside, mut inputs, mut undeclared) = (Vec::new(), Vec::new(), Vec::new());
         for path in log.paths(AccessKind::Denied) {
             if path.starts_with('/') || path.starts_with("..") || path.contains("/..") {
-                errors.push(format!(
-                    "tried to reach {path} outside its sandbox (only declared inputs, outputs and /tmp exist)"
-                ));
+                outside.push(path.to_owned());
             } else if prep.spec.files.contains_key(path) {
-                errors.push(format!(
-                    "tried to modify its input {path}; inputs are read-only"
-                ));
+                inputs.push(path.to_owned());
             } else {
-                errors.push(format!(
-                    "tried to write undeclared path {path}: declare it in outs of {} or write scratch files to /tmp",
-                    action.label
-                ));
+                undeclared.push(path.to_owned());
             }
+        }
+        if let [one] = &outside[..] {
+            errors.push(format!(
+                "tried to reach {one} outside its sandbox ({WRITABLE})"
+            ));
+        } else if !outside.is_empty() {
+            errors.push(format!(
+                "tried to reach {} paths outside its sandbox ({WRITABLE}): {}",
+                outside.len(),
+                summarise(&outside, 5)
+            ));
+        }
+        if let [one] = &inputs[..] {
+            errors.push(format!(
+                "tried to modify its input {one}; inputs are read-only"
+            ));
+        } else if !inputs.is_empty() {
+            errors.push(format!(
+                "tried to modify {} of its inputs ({}); inputs are read-only",
+                inputs.len(),
+                summarise(&inputs, 5)
+            ));
+        }
+        if let [one] = &undeclared[..] {
+            errors.push(format!(
+                "tried to write undeclared path {one}: declare it in outs of {} or write scratch files to /tmp",
+                action.label
+            ));
+        } else if !undeclared.is_empty() {
+            errors.push(format!(
+                "tried to write {} undeclared paths ({}): declare them in outs of {} or write scratch files to /tmp",
+                undeclared.len(),
+                summarise(&undeclared, 5),
+                action.label
+            ));
         }
         errors
     }

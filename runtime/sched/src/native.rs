@@ -100,6 +100,8 @@ pub(crate) fn wasi_launcher(
         "exec-wasi-tool".to_owned(),
         "--name".to_owned(),
         q(&tool.label.to_string()),
+        "--argv0".to_owned(),
+        q(&tool.argv0),
         "--module".to_owned(),
         q(&tool.module),
         "--memory-limit".to_owned(),

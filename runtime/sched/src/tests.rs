@@ -70,6 +70,7 @@ fn graph(spec: &[(&str, &[usize], &[&str])]) -> ActionGraph {
             package: "tools".to_owned(),
             name: "t".to_owned(),
         },
+        argv0: "t".to_owned(),
         module: MODULE.to_owned(),
         data: Vec::new(),
     };

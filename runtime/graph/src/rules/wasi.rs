@@ -15,14 +15,17 @@ use crate::eval::{Checker, Strings, add_target};
 use crate::label::{Label, check_rel_path, join, strip_package};
 use crate::{DEFAULT_DATA_DIR, Dep, GraphError, Target};
 
-/// `wasi_tool(name, src, data = [], data_dir = "/share")`: a WASI command module (`src`, a
-/// `.wasm` file or a target with exactly one `.wasm` file) plus data files it reads at run
-/// time. `data_dir` is `None` when not given (then [`DEFAULT_DATA_DIR`]).
+/// `wasi_tool(name, src, data = [], data_dir = "/share", argv0 = name)`: a WASI command
+/// module (`src`, a `.wasm` file or a target with exactly one `.wasm` file) plus data files it
+/// reads at run time. `data_dir` is `None` when not given (then [`DEFAULT_DATA_DIR`]).
+/// `argv0` is the program name the module is run under (a multicall module such as an
+/// LLVM build picks its tool by it); `None`: the target's name.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct WasiToolAttrs<D> {
     pub src: D,
     pub data: Vec<D>,
     pub data_dir: Option<String>,
+    pub argv0: Option<String>,
 }
 
 /// `wasi_run(name, tool, srcs = [], outs, args = [], env = {})`: runs `tool` to produce `outs`.
@@ -77,6 +80,7 @@ impl<D, L> Attrs<D, L> for WasiToolAttrs<D> {
             src: m.file("src", &self.src)?,
             data: m.files("data", &self.data)?,
             data_dir: self.data_dir.clone(),
+            argv0: self.argv0.clone(),
         })
     }
 }
@@ -134,6 +138,14 @@ impl Check for WasiToolAttrs<String> {
         c.labels("data", &self.data)?;
         if let Some(d) = &self.data_dir {
             check_data_dir(d).map_err(|m| c.err("data_dir", m))?;
+        }
+        if let Some(a) = &self.argv0
+            && (a.is_empty() || a.contains('\0'))
+        {
+            return Err(c.err(
+                "argv0",
+                format!("{a:?} must be a non-empty program name without NUL bytes"),
+            ));
         }
         Ok(())
     }
@@ -249,6 +261,7 @@ pub(crate) fn tool_ref(
         src,
         data,
         data_dir,
+        argv0,
     }) = &t.rule
     else {
         let (location, user) = match from {
@@ -314,6 +327,7 @@ pub(crate) fn tool_ref(
     }
     let tool = ToolRef {
         label: label.clone(),
+        argv0: argv0.clone().unwrap_or_else(|| label.name.clone()),
         module,
         data: by_guest.into_iter().collect(),
     };
@@ -348,7 +362,7 @@ impl Run<'_> {
             src_files: &ordered,
             outs: &out_paths,
         };
-        let mut argv = vec![tool.label.name.clone()];
+        let mut argv = vec![tool.argv0.clone()];
         for arg in self.args {
             // An argument that is exactly one multi-file expansion ($(SRCS), $(OUTS),
             // $(locations X)) becomes one argument per file; anywhere else the files are
@@ -443,6 +457,7 @@ pub(super) fn builtins(builder: &mut GlobalsBuilder) {
         #[starlark(require = named)] src: String,
         #[starlark(require = named, default = UnpackListOrTuple::default())] data: Strings,
         #[starlark(require = named)] data_dir: Option<String>,
+        #[starlark(require = named)] argv0: Option<String>,
         #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
         #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
         eval: &mut Evaluator<'v, '_, '_>,
@@ -452,6 +467,7 @@ pub(super) fn builtins(builder: &mut GlobalsBuilder) {
             src,
             data: data.items,
             data_dir,
+            argv0,
         };
         add_target(eval, "wasi_tool", name, RawRule::WasiTool(attrs), None)
     }

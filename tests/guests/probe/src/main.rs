@@ -427,6 +427,46 @@ fn main() {
             );
             report(&s, &args[2]);
         }
+        // probe argv0 OUT : OUT = the program name the module was run under
+        "argv0" => {
+            fs::write(&args[2], format!("{}\n", args[0])).unwrap();
+        }
+        // probe tmprename OUT keep|remove|leave : as compilers and linkers do, write OUT's
+        // content to a temporary file beside it and rename it onto OUT; also write a second
+        // temporary file and remove it (keep: leave it there; leave: skip the rename, so the
+        // first temporary stays and OUT is never written)
+        "tmprename" => {
+            let out = &args[2];
+            let how = args[3].as_str();
+            let tmp = format!("{out}.tmp-123");
+            let scratch = format!("{out}.scratch");
+            let mut s = String::new();
+            attempt(
+                &mut s,
+                "stat temp before",
+                fs::metadata(&tmp).map(|m| m.len()),
+            );
+            attempt(&mut s, "write temp", fs::write(&tmp, b"made via a temp\n"));
+            attempt(&mut s, "read temp", fs::read(&tmp).map(|b| b.len()));
+            attempt(&mut s, "write scratch", fs::write(&scratch, b"x"));
+            if how != "keep" {
+                attempt(&mut s, "remove scratch", fs::remove_file(&scratch));
+            }
+            attempt(
+                &mut s,
+                "stat scratch",
+                fs::metadata(&scratch).map(|m| m.len()),
+            );
+            if how != "leave" {
+                attempt(&mut s, "rename temp", fs::rename(&tmp, out));
+                attempt(
+                    &mut s,
+                    "stat temp after",
+                    fs::metadata(&tmp).map(|m| m.len()),
+                );
+            }
+            eprint!("{s}");
+        }
         // probe extra OUT OTHER : create files nobody declared, write another target's output,
         // then write OUT
         "extra" => {

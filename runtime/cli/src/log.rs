@@ -1,0 +1,295 @@
+//! `wbuild log critical-path|slowest|what-ran [BUILD_ID]`: what a recorded build spent its
+//! time on, from the build history the store keeps (`wbuild history` lists the builds).
+//!
+//! The history records, per action, its name (label, then detail), mnemonic, status and
+//! duration, in the order the actions finished; it records neither start/end times nor
+//! dependency edges. `critical-path` therefore takes the edges from the workspace's action
+//! graph for the build's patterns (analysed now, from the analysis cache when unchanged) and
+//! the durations from the history: the longest chain of dependent actions by recorded
+//! duration, which bounds the build's wall time however many cores it had.
+
+use std::collections::HashMap;
+
+use anyhow::{Context, Result, bail};
+use wbuild_store::{ActionRecord, BuildRecord, Store};
+
+use super::Cli;
+
+#[derive(clap::Subcommand)]
+pub enum LogCmd {
+    /// The chain of dependent actions that bounded the build's wall time, with each action's
+    /// duration (dependency edges from the workspace's build files: run it in the workspace).
+    CriticalPath {
+        /// Build id (`wbuild history` lists them); default: the last build.
+        build: Option<u64>,
+    },
+    /// The slowest actions of the build.
+    Slowest {
+        /// Build id (`wbuild history` lists them); default: the last build.
+        build: Option<u64>,
+        /// How many actions to show.
+        #[arg(short = 'n', long = "count", default_value_t = 10)]
+        n: usize,
+    },
+    /// The actions that ran (not cache hits), with their mnemonic and label.
+    WhatRan {
+        /// Build id (`wbuild history` lists them); default: the last build.
+        build: Option<u64>,
+    },
+}
+
+/// Statuses of actions that ran a command (here, on a remote worker, or failing).
+fn ran(status: &str) -> bool {
+    matches!(status, "executed" | "remote_executed" | "failed")
+}
+
+/// The build `id`, or the last one.
+fn find_build(store: &Store, id: Option<u64>) -> Result<BuildRecord> {
+    let builds = store.builds(usize::MAX)?;
+    match id {
+        None => builds.into_iter().next().with_context(|| {
+            format!(
+                "no build is recorded in cache {} yet: run `wbuild build` first",
+                store.dir().display()
+            )
+        }),
+        Some(id) => match builds.into_iter().find(|b| b.id == id) {
+            Some(b) => Ok(b),
+            None => bail!(
+                "no build {id} in the history of cache {}: `wbuild history` lists the recorded builds and their ids",
+                store.dir().display()
+            ),
+        },
+    }
+}
+
+fn describe(b: &BuildRecord) -> String {
+    let ms = b.end_unix_ms.map_or("unfinished".to_owned(), |e| {
+        format!("{} ms", e.saturating_sub(b.start_unix_ms))
+    });
+    format!(
+        "build {} (wbuild {} {}; {}, {})",
+        b.id,
+        b.command,
+        b.targets.join(" "),
+        b.outcome.as_deref().unwrap_or("unfinished"),
+        ms
+    )
+}
+
+/// What a build with no recorded action was.
+fn no_actions(b: &BuildRecord) -> String {
+    if b.cached > 0 {
+        format!(
+            "{}: a no-op build, all {} actions were up to date and none was recorded; `wbuild history` lists earlier builds",
+            describe(b),
+            b.cached
+        )
+    } else {
+        format!("{}: no action was recorded", describe(b))
+    }
+}
+
+pub fn run(cli: &Cli, cmd: &LogCmd) -> Result<i32> {
+    let store = super::open_store(&cli.cache_dir)?;
+    match cmd {
+        LogCmd::WhatRan { build } => {
+            let b = find_build(&store, *build)?;
+            let actions = store.build_actions(b.id)?;
+            if actions.is_empty() {
+                println!("{}", no_actions(&b));
+                return Ok(0);
+            }
+            let ran: Vec<&ActionRecord> = actions.iter().filter(|a| ran(&a.status)).collect();
+            println!(
+                "{}: {} of {} actions ran",
+                describe(&b),
+                ran.len(),
+                actions.len()
+            );
+            for a in ran {
+                println!(
+                    "{:<12} {:>7} ms  {:<15} {}",
+                    a.mnemonic, a.duration_ms, a.status, a.label
+                );
+            }
+        }
+        LogCmd::Slowest { build, n } => {
+            let b = find_build(&store, *build)?;
+            let mut actions = store.build_actions(b.id)?;
+            if actions.is_empty() {
+                println!("{}", no_actions(&b));
+                return Ok(0);
+            }
+            // Stable: equal durations keep the order they finished in.
+            actions.sort_by_key(|a| std::cmp::Reverse(a.duration_ms));
+            println!(
+                "{}: the {} slowest of {} actions",
+                describe(&b),
+                (*n).min(actions.len()),
+                actions.len()
+            );
+            for a in actions.iter().take(*n) {
+                println!(
+                    "{:>7} ms  {:<12} {:<15} {}",
+                    a.duration_ms, a.mnemonic, a.status, a.label
+                );
+            }
+        }
+        LogCmd::CriticalPath { build } => {
+            let b = find_build(&store, *build)?;
+            let actions = store.build_actions(b.id)?;
+            if actions.is_empty() {
+                println!("{}", no_actions(&b));
+                return Ok(0);
+            }
+            critical_path(cli, &store, &b, &actions)?;
+        }
+    }
+    Ok(0)
+}
+
+/// One action of a graph for [`longest_chain`]: its duration and its dependencies (indices
+/// of earlier actions).
+pub struct Node {
+    pub duration_ms: u64,
+    pub deps: Vec<usize>,
+}
+
+/// The chain of dependent actions with the greatest total duration (ties: the one with more
+/// actions), from its first action to its last, and that total. `nodes` is in topological
+/// order (every dependency index is smaller than its dependant's).
+pub fn longest_chain(nodes: &[Node]) -> (Vec<usize>, u64) {
+    // (total ms, actions) of the best chain ending at each node, and its previous node.
+    let mut best: Vec<(u64, usize)> = Vec::with_capacity(nodes.len());
+    let mut prev: Vec<Option<usize>> = Vec::with_capacity(nodes.len());
+    for n in nodes {
+        let before = n
+            .deps
+            .iter()
+            .copied()
+            .filter(|&d| d < best.len())
+            .max_by_key(|&d| best[d]);
+        let (ms, len) = before.map_or((0, 0), |d| best[d]);
+        best.push((ms + n.duration_ms, len + 1));
+        prev.push(before);
+    }
+    let Some(end) = (0..nodes.len()).max_by_key(|&i| best[i]) else {
+        return (Vec::new(), 0);
+    };
+    let mut chain = vec![end];
+    while let Some(p) = prev[*chain.last().expect("not empty")] {
+        chain.push(p);
+    }
+    chain.reverse();
+    (chain, best[end].0)
+}
+
+fn critical_path(
+    cli: &Cli,
+    store: &Store,
+    b: &BuildRecord,
+    actions: &[ActionRecord],
+) -> Result<()> {
+    let (ws, _pkg) = super::workspace_resolved(cli).with_context(|| {
+        format!(
+            "the history of build {} records durations but no dependency edges; critical-path takes them from the workspace's build files: run it inside the workspace that build built",
+            b.id
+        )
+    })?;
+    // History records the patterns as absolute patterns (`//pkg:name`).
+    let patterns = wbuild_driver::session::parse_patterns(&b.targets, "")?;
+    let signature = wbuild_graph::workspace_signature(&ws)?;
+    let (graph, _roots, _) =
+        wbuild_driver::session::analyse(&ws, store, &patterns, b.command == "test", &signature)
+            .with_context(|| {
+                format!(
+                    "cannot analyse {} in {} for the dependency edges of build {}",
+                    b.targets.join(" "),
+                    ws.root.display(),
+                    b.id
+                )
+            })?;
+    // An action built for several platforms has one name: its slowest run counts.
+    let mut recorded: HashMap<&str, &ActionRecord> = HashMap::new();
+    for a in actions {
+        let e = recorded.entry(a.label.as_str()).or_insert(a);
+        if a.duration_ms > e.duration_ms {
+            *e = a;
+        }
+    }
+    let names: Vec<String> = graph.actions.iter().map(|a| a.name()).collect();
+    let nodes: Vec<Node> = graph
+        .actions
+        .iter()
+        .zip(&names)
+        .map(|(a, name)| Node {
+            duration_ms: recorded.get(name.as_str()).map_or(0, |r| r.duration_ms),
+            deps: a.deps.clone(),
+        })
+        .collect();
+    let (chain, total) = longest_chain(&nodes);
+    let wall = b.end_unix_ms.map(|e| e.saturating_sub(b.start_unix_ms));
+    println!(
+        "{}: critical path {} ms over {} actions{}",
+        describe(b),
+        total,
+        chain.len(),
+        wall.map_or(String::new(), |w| format!(" (the build took {w} ms)"))
+    );
+    for i in &chain {
+        let a = &graph.actions[*i];
+        match recorded.get(names[*i].as_str()) {
+            Some(r) => println!(
+                "{:>7} ms  {:<12} {:<15} {}",
+                r.duration_ms, a.mnemonic, r.status, names[*i]
+            ),
+            None => println!(
+                "{:>7}     {:<12} {:<15} {}",
+                "-", a.mnemonic, "not recorded", names[*i]
+            ),
+        }
+    }
+    let known: std::collections::HashSet<&str> = names.iter().map(String::as_str).collect();
+    let missing = recorded.keys().filter(|n| !known.contains(**n)).count();
+    if missing > 0 {
+        println!(
+            "note: {missing} actions of build {} are not in the workspace's current action graph (its build files changed since): this path may miss some",
+            b.id
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn n(duration_ms: u64, deps: &[usize]) -> Node {
+        Node {
+            duration_ms,
+            deps: deps.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_longest_chain_by_duration_wins_over_the_longest_by_count() {
+        // 0 -> 1 -> 2 (1 ms each), and 3 (10 ms) -> 4 (1 ms).
+        let nodes = [n(1, &[]), n(1, &[0]), n(1, &[1]), n(10, &[]), n(1, &[3])];
+        assert_eq!(longest_chain(&nodes), (vec![3, 4], 11));
+    }
+
+    #[test]
+    fn ties_prefer_the_chain_with_more_actions() {
+        let nodes = [n(0, &[]), n(0, &[0]), n(0, &[1]), n(0, &[])];
+        assert_eq!(longest_chain(&nodes), (vec![0, 1, 2], 0));
+        assert_eq!(longest_chain(&[]), (vec![], 0));
+    }
+
+    #[test]
+    fn a_diamond_follows_the_slower_side() {
+        // 0 -> {1 (5 ms), 2 (7 ms)} -> 3
+        let nodes = [n(1, &[]), n(5, &[0]), n(7, &[0]), n(1, &[1, 2])];
+        assert_eq!(longest_chain(&nodes), (vec![0, 2, 3], 9));
+    }
+}
