@@ -222,6 +222,20 @@ fn transient(code: Code) -> bool {
     )
 }
 
+/// The digest function to use with a server offering `offered`: the first of them wbuild
+/// supports, in the server's order (a server lists first the function it prefers; `wbuild
+/// serve` lists first the one most of its action cache is keyed with, so a cache filled through
+/// a SHA-256 remote is used with SHA-256 keys); SHA-256 when it lists none (REAPI before 2.3).
+pub fn choose_function(offered: &[i32]) -> Result<DigestFunction, ClientError> {
+    if offered.is_empty() {
+        return Ok(DigestFunction::Sha256);
+    }
+    offered
+        .iter()
+        .find_map(|v| DigestFunction::from_reapi(*v))
+        .ok_or_else(|| ClientError::NoDigestFunction(offered.to_vec()))
+}
+
 impl RemoteCache {
     /// Connects to `url` (`grpc://host:port`), asks for the server's capabilities and picks
     /// the digest function: BLAKE3 where offered, else SHA-256.
@@ -317,14 +331,7 @@ impl RemoteCache {
                 e => e,
             })?;
         let cache = caps.cache_capabilities.unwrap_or_default();
-        let offered = &cache.digest_functions;
-        client.function = if offered.contains(&DigestFunction::Blake3.to_reapi()) {
-            DigestFunction::Blake3
-        } else if offered.is_empty() || offered.contains(&DigestFunction::Sha256.to_reapi()) {
-            DigestFunction::Sha256
-        } else {
-            return Err(ClientError::NoDigestFunction(offered.clone()));
-        };
+        client.function = choose_function(&cache.digest_functions)?;
         if cache.max_batch_total_size_bytes > 0 {
             // Leave room for the digests and framing around the blobs.
             client.max_batch = (cache.max_batch_total_size_bytes as u64)
@@ -334,7 +341,8 @@ impl RemoteCache {
         Ok(client)
     }
 
-    /// The digest function every key and blob for this remote uses.
+    /// The digest function every key and blob for this remote uses (see
+    /// [`choose_function`]).
     pub fn function(&self) -> DigestFunction {
         self.function
     }

@@ -20,7 +20,7 @@ mod resource;
 mod server;
 mod transport;
 
-pub use client::{ClientError, RemoteCache, take_inlined};
+pub use client::{ClientError, RemoteCache, choose_function, take_inlined};
 pub use exec::{DEFAULT_EXECUTION_DEADLINE, Executed, Resubmission, SILENCE, speculative_copy};
 pub use resource::{ResourceName, parse_read_resource, parse_write_resource};
 pub use server::{

@@ -257,6 +257,26 @@ struct Service {
     streams: Arc<Semaphore>,
     /// ByteStream uploads in progress: resource name -> bytes received so far.
     uploads: Arc<Mutex<HashMap<String, Arc<AtomicU64>>>>,
+    /// The digest functions in the order capabilities list them, and when that was decided.
+    functions: Arc<Mutex<Option<FunctionOrder>>>,
+}
+
+/// When the digest functions were ordered, and the order.
+type FunctionOrder = (Instant, Vec<DigestFunction>);
+
+/// How long the order of the digest functions stands before the action cache is counted
+/// again.
+const FUNCTION_ORDER_TTL: Duration = Duration::from_secs(60);
+
+/// The digest functions, the one most of the action cache's entries are keyed with first
+/// (BLAKE3 on a tie): a client that takes the first it supports then finds the entries the
+/// cache holds (one filled through a SHA-256 remote serves SHA-256 keys).
+fn function_order(counts: &[(DigestFunction, u64)]) -> Vec<DigestFunction> {
+    let mut order: Vec<DigestFunction> = DigestFunction::ALL.to_vec();
+    let count = |f: &DigestFunction| counts.iter().find(|(g, _)| g == f).map_or(0, |(_, n)| *n);
+    // Stable: ALL lists BLAKE3 first.
+    order.sort_by_key(|f| std::cmp::Reverse(count(f)));
+    order
 }
 
 /// Who may do what, and the bounds of a stream.
@@ -285,6 +305,7 @@ impl Service {
             }),
             streams: Arc::new(Semaphore::new(config.max_streams.max(1))),
             uploads: Arc::default(),
+            functions: Arc::default(),
         }
     }
 }
@@ -446,6 +467,25 @@ impl Service {
             .map_err(|e| Status::internal(format!("store task failed: {e}")))?
     }
 
+    /// The digest functions in preference order ([`function_order`]), counted at most once
+    /// per [`FUNCTION_ORDER_TTL`]; if the store cannot be read, the default order.
+    async fn functions(&self) -> Vec<DigestFunction> {
+        if let Some((at, order)) = &*self.functions.lock().expect("function order")
+            && at.elapsed() < FUNCTION_ORDER_TTL
+        {
+            return order.clone();
+        }
+        let order = match self
+            .blocking(|store| store.ac_entries_by_function().map_err(status_of))
+            .await
+        {
+            Ok(counts) => function_order(&counts),
+            Err(_) => return DigestFunction::ALL.to_vec(),
+        };
+        *self.functions.lock().expect("function order") = Some((Instant::now(), order.clone()));
+        order
+    }
+
     /// The open store, for work that spans several blocking steps (a ByteStream upload holds
     /// it, and so keeps its temp file, until it ends).
     async fn open_store(&self) -> Result<Arc<Store>, Status> {
@@ -596,10 +636,12 @@ impl capabilities_server::Capabilities for Service {
         };
         Ok(Response::new(reapi::ServerCapabilities {
             cache_capabilities: Some(reapi::CacheCapabilities {
-                digest_functions: vec![
-                    DigestFunction::Sha256.to_reapi(),
-                    DigestFunction::Blake3.to_reapi(),
-                ],
+                digest_functions: self
+                    .functions()
+                    .await
+                    .into_iter()
+                    .map(DigestFunction::to_reapi)
+                    .collect(),
                 action_cache_update_capabilities: Some(reapi::ActionCacheUpdateCapabilities {
                     update_enabled: true,
                 }),

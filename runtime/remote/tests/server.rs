@@ -70,11 +70,12 @@ fn capabilities_list_both_digest_functions() {
             .unwrap()
             .into_inner();
     let cache = c.cache_capabilities.unwrap();
+    // An empty cache prefers BLAKE3.
     assert_eq!(
         cache.digest_functions,
         [
-            DigestFunction::Sha256.to_reapi(),
-            DigestFunction::Blake3.to_reapi()
+            DigestFunction::Blake3.to_reapi(),
+            DigestFunction::Sha256.to_reapi()
         ]
     );
     assert!(
@@ -395,4 +396,80 @@ fn uploaded_inline_bytes_are_never_served() {
     assert_eq!(inlined.stdout_raw, b"real stdout");
     assert!(inlined.stderr_raw.is_empty());
     assert_eq!(inlined.output_files[0].contents, b"real output");
+}
+
+/// A cache whose action cache was filled with SHA-256 keys (through a SHA-256 remote such as
+/// BuildGrid) lists SHA-256 first, and a wbuild client then uses SHA-256 with it and finds
+/// those entries; an empty or BLAKE3-filled one keeps BLAKE3.
+#[test]
+fn the_digest_function_most_entries_use_is_offered_first_and_the_client_takes_it() {
+    use wbuild_remote::RemoteCache;
+    for (fill, sha, blake, want) in [
+        ("empty", 0, 0, DigestFunction::Blake3),
+        ("sha256", 3, 1, DigestFunction::Sha256),
+        ("blake3", 1, 2, DigestFunction::Blake3),
+    ] {
+        let s = start(None);
+        let result = reapi::ActionResult::default();
+        for (f, n) in [
+            (DigestFunction::Sha256, sha),
+            (DigestFunction::Blake3, blake),
+        ] {
+            for i in 0..n {
+                let action = Digest::of(f, format!("action {i}").as_bytes());
+                s.store.ac_put(&action, &result, "//p:t").unwrap();
+            }
+        }
+        assert_eq!(
+            s.store.ac_entries_by_function().unwrap(),
+            [
+                (DigestFunction::Blake3, blake as u64),
+                (DigestFunction::Sha256, sha as u64)
+            ],
+            "{fill}"
+        );
+        let url = format!("grpc://{}", s.addr);
+        let client =
+            std::thread::spawn(move || RemoteCache::connect(&url, "").map(|c| c.function()))
+                .join()
+                .unwrap()
+                .unwrap();
+        assert_eq!(client, want, "{fill}");
+        // A SHA-256-filled cache serves its entry to that client.
+        if want == DigestFunction::Sha256 {
+            let action = Digest::of(want, b"action 0");
+            let mut ac = ActionCacheClient::new(s.channel());
+            let got =
+                s.rt.block_on(ac.get_action_result(reapi::GetActionResultRequest {
+                    action_digest: Some(action.to_proto()),
+                    digest_function: client.to_reapi(),
+                    ..Default::default()
+                }));
+            assert!(got.is_ok(), "{got:?}");
+        }
+    }
+}
+
+#[test]
+fn the_client_takes_the_first_function_it_supports_in_the_servers_order() {
+    use wbuild_remote::choose_function;
+    let (sha, blake) = (
+        DigestFunction::Sha256.to_reapi(),
+        DigestFunction::Blake3.to_reapi(),
+    );
+    const MD5: i32 = 2;
+    assert_eq!(choose_function(&[]).unwrap(), DigestFunction::Sha256);
+    assert_eq!(
+        choose_function(&[sha, blake]).unwrap(),
+        DigestFunction::Sha256
+    );
+    assert_eq!(
+        choose_function(&[blake, sha]).unwrap(),
+        DigestFunction::Blake3
+    );
+    assert_eq!(
+        choose_function(&[MD5, blake]).unwrap(),
+        DigestFunction::Blake3
+    );
+    assert!(choose_function(&[MD5]).is_err());
 }

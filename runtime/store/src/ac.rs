@@ -4,7 +4,7 @@ use prost::Message;
 
 use crate::store::now_ms;
 use crate::tables::{AC, AC_LABEL, ACCESS_LOGS};
-use crate::{Digest, Store, StoreError, reapi};
+use crate::{Digest, DigestFunction, Store, StoreError, reapi};
 
 /// Version 2 rows carry a checksum: redb does not verify its pages on ordinary reads, and a
 /// damaged row must read as a miss, never as another result.
@@ -189,6 +189,26 @@ impl Store {
         Ok(Some(entry.result))
     }
 
+    /// [`Store::ac_get`] without side effects: the result if the row is intact and every blob
+    /// it references directly is present, else `None`; a broken row is left in place and no
+    /// blob counts as used (what `wbuild aquery` needs to say whether a build would hit).
+    pub fn ac_peek(&self, action: &Digest) -> Result<Option<reapi::ActionResult>, StoreError> {
+        let _g = self.shared();
+        let key = action.key();
+        let txn = self.read_txn()?;
+        let table = txn.open_table(AC).map_err(|e| self.db_err(e))?;
+        let Some(row) = table.get(key.as_slice()).map_err(|e| self.db_err(e))? else {
+            return Ok(None);
+        };
+        let Some(entry) = decode_entry(row.value()) else {
+            return Ok(None);
+        };
+        let complete = direct_refs(&entry.result).into_iter().all(|(_, proto)| {
+            Digest::from_proto(action.function, proto).is_ok_and(|d| self.exists(&d))
+        });
+        Ok(complete.then_some(entry.result))
+    }
+
     /// Record `result` for `action`. Refuses (Err(MissingBlob)) unless every blob it
     /// references is already in the CAS, so an entry never points at nothing.
     pub fn ac_put(
@@ -226,6 +246,23 @@ impl Store {
         txn.commit().map_err(|e| self.db_err(e))?;
         self.touch_all(&refs);
         Ok(())
+    }
+
+    /// How many action-cache entries are keyed with each digest function (entries are keyed
+    /// by function code first, so each count is one range of the table).
+    pub fn ac_entries_by_function(&self) -> Result<Vec<(DigestFunction, u64)>, StoreError> {
+        let _g = self.shared();
+        let txn = self.read_txn()?;
+        let table = txn.open_table(AC).map_err(|e| self.db_err(e))?;
+        let mut out = Vec::with_capacity(DigestFunction::ALL.len());
+        for f in DigestFunction::ALL {
+            let (lo, hi) = ([f.code()], [f.code() + 1]);
+            let range = table
+                .range(lo.as_slice()..hi.as_slice())
+                .map_err(|e| self.db_err(e))?;
+            out.push((f, range.count() as u64));
+        }
+        Ok(out)
     }
 
     /// Remove the entry for `action`; whether there was one.
