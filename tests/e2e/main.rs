@@ -1,6 +1,7 @@
 //! End-to-end tests: the real `wbuild` binary on temporary workspaces with guests compiled
 //! from source (tests/guests, toolchains/wasi-tools).
 
+mod aquery;
 mod everyday;
 mod hostile;
 mod hostile_cache;

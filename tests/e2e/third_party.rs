@@ -387,4 +387,174 @@ wasi_run(name = "main_o", tool = "//tools:clang", srcs = ["main.c"], outs = ["ma
         err.contains("read undeclared input c/greet.h: add it to srcs of //c:main_o"),
         "{err}"
     );
+
+    // The same module (its compiled form already in this cache) as a signed toolchain
+    // bundle, and cc_* rules that build with it.
+    cc_rules_with_a_wasi_clang_toolchain_bundle(&there);
+}
+
+/// `wbuild toolchain pack` of the npm package's module and sysroot, signed; `cc_library`,
+/// `cc_binary` and `cc_test` with `toolchain` naming a `wasi_cc_toolchain` of its tools.
+fn cc_rules_with_a_wasi_clang_toolchain_bundle(w: &TestWorkspace) {
+    let pkg = third_party("yowasp-clang");
+    let def = w.root.with_file_name("wasi-clang-def");
+    std::fs::create_dir_all(def.join("dist")).unwrap();
+    std::fs::copy(pkg.join("llvm.wasm"), def.join("dist/llvm.wasm")).unwrap();
+    copy_tree(&pkg.join("sysroot"), &def.join("dist/sysroot"));
+    std::fs::write(
+        def.join("toolchain.toml"),
+        "name = \"wasi-clang\"\nversion = \"22.0.0\"\nplatform = \"wasi\"\nroot = \"dist\"\n\
+         [entry_points]\nllvm = \"llvm.wasm\"\n",
+    )
+    .unwrap();
+    let bundle = w.root.with_file_name("wasi-clang.bundle");
+    let key = w.root.with_file_name("team.key");
+    let (d, b, k) = (
+        def.to_str().unwrap(),
+        bundle.to_str().unwrap(),
+        key.to_str().unwrap(),
+    );
+    w.ok(&["toolchain", "pack", d, "--out", b]);
+    w.ok(&["toolchain", "keygen", "--out", k]);
+    w.ok(&["toolchain", "sign", b, "--key", k]);
+    std::fs::copy(key.with_extension("pub"), w.path("team.pub")).unwrap();
+    w.write(
+        "wbuild.toml",
+        &format!(
+            "[build]\nsource_date_epoch = 0\n[trust]\nkeys = [\"team.pub\"]\n\
+             [toolchains.wasi-clang]\nsource = \"{b}\"\n"
+        ),
+    );
+    w.write(
+        "cctools/WBUILD",
+        r#"
+SYSROOT = ["@wasi-clang//sysroot"]
+wasi_tool(name = "clang", src = "@wasi-clang//:llvm", data = SYSROOT, data_dir = "/usr")
+wasi_tool(name = "wasm-ld", src = "@wasi-clang//:llvm", data = SYSROOT, data_dir = "/usr")
+wasi_tool(name = "llvm-ar", src = "@wasi-clang//:llvm")
+wasi_cc_toolchain(
+    name = "wasi_cc",
+    clang = ":clang",
+    ld = ":wasm-ld",
+    ar = ":llvm-ar",
+    copts = ["--target=wasm32-wasip1", "--sysroot=/usr/sysroot", "-O2"],
+    link_head = ["-m", "wasm32", "-L/usr/sysroot/lib/wasm32-wasip1",
+                 "/usr/sysroot/lib/wasm32-wasip1/crt1-command.o"],
+    link_tail = ["-lc", "/usr/sysroot/lib/wasm32-unknown-wasip1/libclang_rt.builtins.a"],
+)
+"#,
+    );
+    w.write("lib/greet.h", "const char *greeting(void);\n");
+    w.write(
+        "lib/private.h",
+        "#define WHO \"cc rules on a WASI clang\"\n",
+    );
+    w.write(
+        "lib/greet.c",
+        "#include \"lib/greet.h\"\n#include \"lib/private.h\"\nconst char *greeting(void) { return \"hello from \" WHO; }\n",
+    );
+    w.write(
+        "lib/WBUILD",
+        "cc_library(name = \"greet\", srcs = [\"greet.c\", \"private.h\"], hdrs = [\"greet.h\"], toolchain = \"//cctools:wasi_cc\")\n\
+         cc_library(name = \"native\", srcs = [\"greet.c\", \"private.h\"], hdrs = [\"greet.h\"])\n",
+    );
+    w.write(
+        "app/main.c",
+        r#"#include <stdio.h>
+#include "lib/greet.h"
+int main(int argc, char **argv) {
+  FILE *f = fopen(argv[1], "w");
+  if (!f) return 2;
+  fprintf(f, "%s\n", greeting());
+  return fclose(f) == 0 ? 0 : 3;
+}
+"#,
+    );
+    w.write(
+        "app/pass.c",
+        "#include <string.h>\n#include \"lib/greet.h\"\nint main(void) { return strstr(greeting(), \"WASI\") ? 0 : 1; }\n",
+    );
+    w.write(
+        "app/fail.c",
+        "#include <stdio.h>\nint main(void) { fprintf(stderr, \"expected failure\\n\"); return 4; }\n",
+    );
+    w.write(
+        "app/WBUILD",
+        r#"
+TC = "//cctools:wasi_cc"
+cc_binary(name = "hello", srcs = ["main.c"], deps = ["//lib:greet"], toolchain = TC)
+cc_test(name = "pass", srcs = ["pass.c"], deps = ["//lib:greet"], toolchain = TC)
+cc_test(name = "fail", srcs = ["fail.c"], toolchain = TC)
+# The program built above, run as a tool later in the same build.
+wasi_tool(name = "hello_tool", src = ":hello")
+wasi_run(name = "said", tool = ":hello_tool", outs = ["said.txt"], args = ["$@"])
+"#,
+    );
+    let out = w.ok(&["build", "//app:said", "//app:pass"]);
+    assert!(
+        stderr(&out).contains("fetching toolchain wasi-clang"),
+        "{}",
+        stderr(&out)
+    );
+    assert_eq!(
+        w.read("wbuild-out/app/said.txt"),
+        "hello from cc rules on a WASI clang\n"
+    );
+    assert_eq!(
+        &std::fs::read(w.path("wbuild-out/app/hello.wasm")).unwrap()[..4],
+        b"\0asm"
+    );
+    assert!(w.path("wbuild-out/lib/libgreet.a").is_file());
+    // Every header a compile read is on its record, and nothing it did not read.
+    let explain = stdout(&w.ok(&["explain", "//lib:greet", "lib/greet.c"]));
+    for line in [
+        "read     lib/greet.c",
+        "read     lib/greet.h",
+        "read     lib/private.h",
+        "write    lib/_objs/greet/greet.o",
+    ] {
+        assert!(explain.contains(line), "{line}: {explain}");
+    }
+    assert!(!explain.contains("stdio.h"), "{explain}");
+    let explain = stdout(&w.ok(&["explain", "//app:hello", "app/main.c"]));
+    assert!(
+        explain.contains("read     usr/sysroot/include/wasm32-wasip1/stdio.h"),
+        "{explain}"
+    );
+    assert!(!explain.contains("private.h"), "{explain}");
+
+    // cc_test runs under the WASI executor: a pass, and a failure with its stderr.
+    let out = w.fail(&["test", "-k", "//app:pass", "//app:fail"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("FAILED //app:fail: the tool exited with code 4"),
+        "{err}"
+    );
+    assert!(err.contains("expected failure"), "{err}");
+    assert!(!err.contains("FAILED //app:pass"), "{err}");
+
+    // A header the source includes but the target does not declare: named.
+    w.write(
+        "lib/WBUILD",
+        "cc_library(name = \"greet\", srcs = [\"greet.c\"], hdrs = [\"greet.h\"], toolchain = \"//cctools:wasi_cc\")\n\
+         cc_library(name = \"native\", srcs = [\"greet.c\", \"private.h\"], hdrs = [\"greet.h\"])\n",
+    );
+    let out = w.fail(&["build", "//lib:greet"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("read undeclared input lib/private.h: add it to srcs of //lib:greet"),
+        "{err}"
+    );
+    // A WASI program cannot link a library built by the host toolchain.
+    w.write(
+        "app/WBUILD",
+        "cc_binary(name = \"mixed\", srcs = [\"main.c\"], deps = [\"//lib:native\"], toolchain = \"//cctools:wasi_cc\")\n",
+    );
+    let out = w.fail(&["build", "//app:mixed"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("app/WBUILD:1:1")
+            && err.contains("//lib:native is built with the host toolchain, this target with toolchain //cctools:wasi_cc"),
+        "{err}"
+    );
 }

@@ -5,6 +5,7 @@
 //! and exit codes. It must never implement build semantics of its own: keys, caching,
 //! sandboxing and the build session live in the library crates.
 
+mod aquery;
 mod clean;
 mod log;
 mod query;
@@ -171,6 +172,9 @@ enum Cmd {
     },
     /// Query the target graph (before analysis), Bazel-style: `wbuild query 'deps(//app)'`.
     Query(query::QueryArgs),
+    /// The actions of the targets a query yields, with their action keys and cache state:
+    /// `wbuild aquery 'deps(//app)'`.
+    Aquery(aquery::AqueryArgs),
     /// List recent builds, or the actions of one build.
     History {
         /// Build id (from the list) to show its actions.
@@ -331,6 +335,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Outputs { targets, platform } => outputs(&cli, targets, platform),
         Cmd::Explain { target, detail } => explain(&cli, target, detail.as_deref()),
         Cmd::Query(args) => query::run(&cache_dir(&cli), args),
+        Cmd::Aquery(args) => aquery::run(&cache_dir(&cli), args),
         Cmd::History { build, limit } => history(&cli, *build, *limit),
         Cmd::Cache { command } => cache(&cli, command),
         Cmd::ExecWasiTool(a) => wasi_tool::run(a),

@@ -362,7 +362,58 @@ pub fn output_paths(
 }
 
 /// One platform pass: its platform and the part of the graph it builds.
-type Pass<'g> = (Platform, Cow<'g, ActionGraph>);
+pub type Pass<'g> = (Platform, Cow<'g, ActionGraph>);
+
+/// The native toolchain bundle of each platform (none: the host's or a cross toolchain).
+pub type Bundles = BTreeMap<&'static str, Option<Arc<NativeToolchain>>>;
+
+/// The platform passes of an analysed build of `roots` (see [`platform_passes`]).
+pub fn split_passes<'g>(
+    ws: &Workspace,
+    flags: &[Platform],
+    actions: &'g ActionGraph,
+    roots: &[Label],
+) -> Result<Vec<Pass<'g>>> {
+    Ok(platform_passes(ws, flags, actions, roots)?
+        .into_iter()
+        .map(|(p, roots)| {
+            let g = match roots {
+                Some(r) => Cow::Owned(actions.subgraph(&r)),
+                None => Cow::Borrowed(actions),
+            };
+            (p, g)
+        })
+        .collect())
+}
+
+/// The scheduler options of a build of `ws` as `req` asks for it, before its platform
+/// passes (see [`pass_options`]); `jobs` is the number of actions at once.
+pub fn build_options(ws: &Workspace, req: &BuildRequest, jobs: usize) -> Options {
+    Options {
+        jobs,
+        keep_going: req.keep_going,
+        epoch_secs: ws.config.build.source_date_epoch,
+        memory_limit_bytes: ws.config.wasi.memory_limit_mb << 20,
+        timeout: Duration::from_secs(ws.config.wasi.timeout_secs),
+        show_output: req.show_output,
+        platform: Platform::host(),
+        unsandboxed: req.sandbox == SandboxMode::None,
+        remote_upload: req
+            .remote
+            .upload
+            .or(ws.config.remote.upload)
+            .unwrap_or(true),
+        native_toolchain: None,
+    }
+}
+
+/// The options of the pass for `platform`: its platform and its native toolchain bundle.
+pub fn pass_options(opts: &Options, platform: Platform, bundles: &Bundles) -> Options {
+    let mut o = opts.clone();
+    o.platform = platform;
+    o.native_toolchain = bundles.get(platform.name()).cloned().flatten();
+    o
+}
 
 /// Runs one build of `ws` (as resolved by [`workspace_resolved`]; `pkg` is the package of
 /// the current directory).
@@ -418,16 +469,7 @@ pub fn run_build(
     phases.mark("up-to-date check");
     let started = SystemTime::now();
     let (actions, roots, analysis_cached) = analyse(ws, &store, &patterns, req.tests, &signature)?;
-    let passes: Vec<Pass<'_>> = platform_passes(ws, &flags, &actions, &roots)?
-        .into_iter()
-        .map(|(p, roots)| {
-            let g = match roots {
-                Some(r) => Cow::Owned(actions.subgraph(&r)),
-                None => Cow::Borrowed(&actions),
-            };
-            (p, g)
-        })
-        .collect();
+    let passes = split_passes(ws, &flags, &actions, &roots)?;
     let bundles = pass_bundles(ws, &passes, req.sandbox)?;
     if passes.iter().any(|(_, g)| has_native(g)) {
         match req.sandbox {
@@ -455,22 +497,7 @@ pub fn run_build(
         modules_dir: store.modules_dir(),
         max_concurrent: jobs as u32,
     })?);
-    let opts = Options {
-        jobs,
-        keep_going: req.keep_going,
-        epoch_secs: ws.config.build.source_date_epoch,
-        memory_limit_bytes: ws.config.wasi.memory_limit_mb << 20,
-        timeout: Duration::from_secs(ws.config.wasi.timeout_secs),
-        show_output: req.show_output,
-        platform: Platform::host(),
-        unsandboxed: req.sandbox == SandboxMode::None,
-        remote_upload: req
-            .remote
-            .upload
-            .or(ws.config.remote.upload)
-            .unwrap_or(true),
-        native_toolchain: None,
-    };
+    let opts = build_options(ws, req, jobs);
     let build_id = store.begin_build(command, &pattern_names)?;
     phases.mark("engine + history");
     let total: usize = passes.iter().map(|(_, g)| g.actions.len()).sum();
@@ -483,12 +510,7 @@ pub fn run_build(
         .with_executor(executor, local_jobs);
     let runs: Vec<(&ActionGraph, Options)> = passes
         .iter()
-        .map(|(p, g)| {
-            let mut o = opts.clone();
-            o.platform = *p;
-            o.native_toolchain = bundles.get(p.name()).cloned().flatten();
-            (g.as_ref(), o)
-        })
+        .map(|(p, g)| (g.as_ref(), pass_options(&opts, *p, &bundles)))
         .collect();
     let summary = sched.run_passes(&runs);
     phases.mark("schedule");
@@ -554,11 +576,7 @@ pub fn run_build(
 /// The native toolchain bundle of each pass's platform (none: the host's toolchain, or a
 /// cross compiler under `/usr/bin`, which must then be installed). A pinned bundle is the
 /// whole system of native actions, so it refuses `--sandbox=none`.
-fn pass_bundles(
-    ws: &Workspace,
-    passes: &[Pass<'_>],
-    sandbox: SandboxMode,
-) -> Result<BTreeMap<&'static str, Option<Arc<NativeToolchain>>>> {
+pub fn pass_bundles(ws: &Workspace, passes: &[Pass<'_>], sandbox: SandboxMode) -> Result<Bundles> {
     let mut bundles = BTreeMap::new();
     for (p, g) in passes {
         let bundle = toolchain::native_for(ws, p.name())?;

@@ -45,8 +45,8 @@ pub use label::{Label, TargetPattern};
 pub use load::load;
 pub use platform::{Platform, UnknownPlatform};
 pub use rules::{
-    CcAttrs, CcKind, FilegroupAttrs, GenruleAttrs, Rule, RuleOf, WasiRunAttrs, WasiTestAttrs,
-    WasiToolAttrs, sh_quote,
+    CcAttrs, CcKind, FilegroupAttrs, GenruleAttrs, Rule, RuleOf, WasiCcToolchainAttrs,
+    WasiRunAttrs, WasiTestAttrs, WasiToolAttrs, sh_quote,
 };
 pub use workspace::{
     BUILD_FILE, BuildConfig, Config, EXTERNAL_PREFIX, External, OUT_DIR, RemoteConfig,

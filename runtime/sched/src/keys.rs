@@ -51,6 +51,25 @@ pub(crate) struct Prepared {
     pub(crate) launchers: Vec<(String, String)>,
 }
 
+/// The environment of an action's `Command`, sorted by name: for a native action the tools
+/// of its platform (from the platform's toolchain bundle, if one is pinned) unless the rule
+/// sets the variable itself, then the action's own variables.
+pub fn command_env(action: &ActionNode, opts: &Options) -> Vec<(String, String)> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    if action.exec == Exec::Native {
+        match &opts.native_toolchain {
+            Some(tc) => env.extend(tc.env.iter().cloned()),
+            None => {
+                for (k, v) in opts.platform.tool_env() {
+                    env.insert(k.to_owned(), v);
+                }
+            }
+        }
+    }
+    env.extend(action.env.iter().map(|(k, v)| (k.clone(), v.clone())));
+    env.into_iter().collect()
+}
+
 impl Scheduler<'_> {
     /// Digest of an input: generated (from the producing action) or a source file.
     pub(crate) fn input_digest(
@@ -105,7 +124,6 @@ impl Scheduler<'_> {
             files.insert(path.clone(), d);
         }
         let mut launchers = Vec::new();
-        let mut env: BTreeMap<String, String> = BTreeMap::new();
         let mut props = ExecProps::default();
         let mut executables = HashSet::new();
         let (platform, kind): (Vec<(&str, String)>, Kind) = match &action.exec {
@@ -142,16 +160,6 @@ impl Scheduler<'_> {
                 )
             }
             Exec::Native => {
-                // The platform's tools (from its toolchain bundle, if one is pinned), unless
-                // the rule sets the variable itself.
-                match &opts.native_toolchain {
-                    Some(tc) => env.extend(tc.env.iter().cloned()),
-                    None => {
-                        for (k, v) in opts.platform.tool_env() {
-                            env.insert(k.to_owned(), v);
-                        }
-                    }
-                }
                 props.set("wbuild-executor", wbuild_exec_native::SANDBOX_VERSION);
                 props.set(
                     "wbuild-sandbox",
@@ -215,8 +223,7 @@ impl Scheduler<'_> {
             let v: Vec<String> = bundles.iter().map(|(n, d)| format!("{n}={d}")).collect();
             props.set("wbuild-toolchain-bundles", v.join(","));
         }
-        env.extend(action.env.iter().map(|(k, v)| (k.clone(), v.clone())));
-        let env: Vec<(String, String)> = env.into_iter().collect();
+        let env = command_env(action, opts);
         let mut keyed = files.clone();
         if let Kind::Wasi { module, .. } = &kind {
             keyed.insert(spec::MODULE_PATH.to_owned(), *module);

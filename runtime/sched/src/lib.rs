@@ -18,6 +18,7 @@
 //! action-cache entry, materialised outputs) and `access` (checks of a guest's access log).
 
 mod access;
+mod describe;
 mod events;
 mod finish;
 mod keys;
@@ -42,10 +43,11 @@ use std::time::{Duration, Instant};
 use wbuild_graph::{ActionGraph, ActionNode, Workspace};
 use wbuild_store::{Digest, Store};
 
+pub use describe::{ActionKey, Described, describe_passes};
 pub use events::{Event, EventSink, Status};
 pub use finish::action_result;
 use finish::{Finished, split_outputs};
-pub use keys::ActionError;
+pub use keys::{ActionError, command_env};
 pub use local::LocalRunner;
 use local::Semaphore;
 pub use merkle::{TreeFile, input_root, tree_files};

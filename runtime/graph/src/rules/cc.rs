@@ -1,6 +1,7 @@
 //! `cc_library`, `cc_binary` and `cc_test` with Bazel's attributes, compiled in the native
-//! sandbox: one [`CcAttrs`] and one built-in definition for the three, told apart by
-//! [`CcKind`]. The shell scripts of their actions are in [`script`].
+//! sandbox, or with a `wasi_cc_toolchain` by WASI tools ([`WasiCc`]): one [`CcAttrs`] and
+//! one built-in definition for the three, told apart by [`CcKind`]. The shell scripts of
+//! their native actions are in [`script`].
 
 pub(super) mod script;
 
@@ -12,8 +13,8 @@ use starlark::starlark_module;
 use starlark::values::list_or_tuple::UnpackListOrTuple;
 use starlark::values::none::NoneType;
 
-use super::{Analyse, Attrs, Check, MapRefs, RawRule, Rule, Want};
-use crate::analysis::{ActionNode, Analyser, Exec};
+use super::{Analyse, Attrs, Check, MapRefs, RawRule, Rule, Want, wasi};
+use crate::analysis::{ActionNode, Analyser, Exec, ToolRef};
 use crate::eval::{Checker, Strings, add_target};
 use crate::label::{Label, check_rel_path, join};
 use crate::{Dep, GraphError, Target};
@@ -39,8 +40,10 @@ impl CcKind {
 
 /// `cc_library`, `cc_binary`, `cc_test` with Bazel's attributes (`srcs`, `hdrs`, `deps`,
 /// `copts`, `defines`, `includes`, `linkopts`; only a library has `hdrs`), compiled by the
-/// host gcc in the native sandbox. A library provides `lib<name>.a`, a binary or test the
-/// program `<name>`. `deps` name `cc_library` targets.
+/// host gcc in the native sandbox, or with `toolchain` (a `wasi_cc_toolchain`) by WASI tools
+/// in the WASI executor. A library provides `lib<name>.a`, a binary or test the program
+/// `<name>` (`<name>.wasm` with a WASI toolchain). `deps` name `cc_library` targets, built
+/// with the same toolchain.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct CcAttrs<D, L> {
     pub kind: CcKind,
@@ -51,6 +54,7 @@ pub struct CcAttrs<D, L> {
     pub defines: Vec<String>,
     pub includes: Vec<String>,
     pub linkopts: Vec<String>,
+    pub toolchain: Option<L>,
 }
 
 /// `deps` name `cc_library` targets.
@@ -88,7 +92,7 @@ impl<D, L> Attrs<D, L> for CcAttrs<D, L> {
     }
 
     fn outputs(&self, name: &str) -> Vec<String> {
-        script::outputs(self.kind, name)
+        script::outputs(self.kind, name, self.toolchain.is_some())
     }
 
     fn map<M: MapRefs<D, L>>(&self, m: &mut M) -> Result<Self::With<M::Dep, M::Label>, M::Error> {
@@ -105,6 +109,10 @@ impl<D, L> Attrs<D, L> for CcAttrs<D, L> {
             defines: self.defines.clone(),
             includes: self.includes.clone(),
             linkopts: self.linkopts.clone(),
+            toolchain: match &self.toolchain {
+                Some(t) => Some(m.target("toolchain", t, &super::wasi_cc::TOOLCHAIN)?),
+                None => None,
+            },
         })
     }
 }
@@ -114,6 +122,9 @@ impl Check for CcAttrs<String, String> {
         c.labels("srcs", &self.srcs)?;
         c.labels("hdrs", &self.hdrs)?;
         c.labels("deps", &self.deps)?;
+        if let Some(t) = &self.toolchain {
+            c.labels("toolchain", std::slice::from_ref(t))?;
+        }
         for i in &self.includes {
             if i != "." {
                 check_rel_path(i)
@@ -145,6 +156,7 @@ impl Analyse for CcAttrs<Dep, Label> {
             defines,
             includes,
             linkopts,
+            toolchain,
         } = self;
         let pkg = &t.label.package;
         let label = t.label.to_string();
@@ -206,11 +218,27 @@ impl Analyse for CcAttrs<Dep, Label> {
                 hdrs,
                 defines,
                 includes,
+                toolchain: dep_toolchain,
                 ..
             }) = &dep.rule
             else {
                 continue;
             };
+            if dep_toolchain != toolchain {
+                let named = |tc: &Option<Label>| match tc {
+                    Some(l) => format!("toolchain {l}"),
+                    None => "the host toolchain".to_owned(),
+                };
+                return Err(GraphError::Attribute {
+                    location: t.location.clone(),
+                    target: label,
+                    message: format!(
+                        "attribute 'deps': {l} is built with {}, this target with {}; a program links only objects of its own toolchain: give {l} the same toolchain attribute (or define a second library for this toolchain)",
+                        named(dep_toolchain),
+                        named(toolchain)
+                    ),
+                });
+            }
             for h in hdrs {
                 headers.extend(a.dep_files(h, dep)?);
             }
@@ -228,6 +256,20 @@ impl Analyse for CcAttrs<Dep, Label> {
         headers.dedup();
         let mut seen_dirs = HashSet::new();
         include_dirs.retain(|d| seen_dirs.insert(d.clone()));
+        if let Some(tc) = toolchain {
+            return WasiCc {
+                kind: *kind,
+                toolchain: tc,
+                sources: &sources,
+                headers: &headers,
+                copts,
+                defines: &all_defines,
+                include_dirs: &include_dirs,
+                archives: &archives,
+                linkopts,
+            }
+            .actions(a, t, run_test);
+        }
 
         let mut actions = Vec::new();
         let mut objects = Vec::new();
@@ -280,7 +322,7 @@ impl Analyse for CcAttrs<Dep, Label> {
             depfiles.push(depfile);
         }
 
-        let output = join(pkg, &script::outputs(*kind, &t.label.name)[0]);
+        let output = join(pkg, &script::outputs(*kind, &t.label.name, false)[0]);
         let script = script::Finish {
             kind: *kind,
             output: &output,
@@ -352,6 +394,178 @@ impl Analyse for CcAttrs<Dep, Label> {
     }
 }
 
+/// What the actions of a `cc_*` target with a WASI toolchain are made from (the same
+/// sources, headers, flags and transitive archives as a native build of it).
+struct WasiCc<'r> {
+    kind: CcKind,
+    toolchain: &'r Label,
+    sources: &'r [String],
+    headers: &'r [String],
+    copts: &'r [String],
+    /// Own and transitive `defines`.
+    defines: &'r [String],
+    /// Include directories (workspace paths; "" is the workspace root).
+    include_dirs: &'r [String],
+    /// Transitive archives, dependencies last.
+    archives: &'r [String],
+    linkopts: &'r [String],
+}
+
+impl WasiCc<'_> {
+    /// As the native actions, run by the toolchain's WASI tools: one `CcCompile` per source
+    /// (`clang -c`: its header reads are observed, so no depfile), then `CcArchive`
+    /// (`llvm-ar rcsD`) or `CcLink` (`wasm-ld`), and for a test whose run is requested a
+    /// `CcTest` running the linked module in the WASI executor.
+    fn actions(
+        &self,
+        a: &mut Analyser<'_>,
+        t: &Target,
+        run_test: bool,
+    ) -> Result<Vec<ActionNode>, GraphError> {
+        let tc_target = a.target(self.toolchain, Some(t))?;
+        let Rule::WasiCcToolchain(tc) = &tc_target.rule else {
+            return Err(GraphError::Attribute {
+                location: t.location.clone(),
+                target: t.label.to_string(),
+                message: format!(
+                    "attribute 'toolchain': {} is a {}, not a wasi_cc_toolchain",
+                    self.toolchain,
+                    tc_target.rule.kind()
+                ),
+            });
+        };
+        let clang = wasi::tool_ref(a, &tc.clang, Some(tc_target))?;
+        let ld = wasi::tool_ref(a, &tc.ld, Some(tc_target))?;
+        let ar = wasi::tool_ref(a, &tc.ar, Some(tc_target))?;
+        let tool_files = |tool: &ToolRef| -> Vec<String> {
+            std::iter::once(tool.module.clone())
+                .chain(tool.data.iter().map(|(_, p)| p.clone()))
+                .collect()
+        };
+        let pkg = &t.label.package;
+        let mut actions = Vec::new();
+        let mut objects = Vec::new();
+        let mut stems: HashMap<String, &String> = HashMap::new();
+        let compile_deps =
+            a.producing_actions(t, self.headers.iter().chain(&tool_files(&clang)))?;
+        for src in self.sources {
+            let stem = script::object_stem(pkg, &t.label.name, src);
+            if let Some(other) = stems.insert(stem.clone(), src) {
+                return Err(GraphError::Attribute {
+                    location: t.location.clone(),
+                    target: t.label.to_string(),
+                    message: format!(
+                        "attribute 'srcs': '{other}' and '{src}' would both compile to {stem}.o; rename one of them"
+                    ),
+                });
+            }
+            let object = format!("{stem}.o");
+            let mut argv = vec![clang.argv0.clone()];
+            argv.extend(tc.copts.iter().cloned());
+            argv.extend(self.copts.iter().cloned());
+            argv.extend(self.defines.iter().map(|d| format!("-D{d}")));
+            argv.extend(["-iquote".to_owned(), ".".to_owned()]);
+            for dir in self.include_dirs {
+                argv.push("-I".to_owned());
+                argv.push(if dir.is_empty() {
+                    ".".into()
+                } else {
+                    dir.clone()
+                });
+            }
+            argv.extend([
+                "-c".to_owned(),
+                src.clone(),
+                "-o".to_owned(),
+                object.clone(),
+            ]);
+            let mut inputs = self.headers.to_vec();
+            inputs.push(src.clone());
+            inputs.sort();
+            inputs.dedup();
+            let mut deps: BTreeSet<usize> = compile_deps.iter().copied().collect();
+            deps.extend(a.producing_actions(t, std::iter::once(src))?);
+            actions.push(ActionNode {
+                label: t.label.clone(),
+                mnemonic: "CcCompile".to_owned(),
+                detail: Some(src.clone()),
+                exec: Exec::Wasi(clang.clone()),
+                wasi_tools: Vec::new(),
+                argv,
+                env: BTreeMap::new(),
+                inputs,
+                outputs: vec![object.clone()],
+                deps: deps.into_iter().collect(),
+                is_test: false,
+            });
+            objects.push(object);
+        }
+
+        let output = join(pkg, &script::outputs(self.kind, &t.label.name, true)[0]);
+        let (tool, argv, mut inputs) = if self.kind == CcKind::Library {
+            let mut argv = vec![ar.argv0.clone(), "rcsD".to_owned(), output.clone()];
+            argv.extend(objects.iter().cloned());
+            (&ar, argv, objects.clone())
+        } else {
+            let mut argv = vec![ld.argv0.clone()];
+            argv.extend(tc.link_head.iter().cloned());
+            argv.extend(objects.iter().cloned());
+            argv.extend(self.archives.iter().cloned());
+            argv.extend(self.linkopts.iter().cloned());
+            argv.extend(tc.link_tail.iter().cloned());
+            argv.extend(["-o".to_owned(), output.clone()]);
+            let inputs = objects.iter().chain(self.archives).cloned().collect();
+            (&ld, argv, inputs)
+        };
+        inputs.sort();
+        inputs.dedup();
+        let base = a.action_count();
+        let mut deps: BTreeSet<usize> = (base..base + actions.len()).collect();
+        deps.extend(a.producing_actions(t, self.archives.iter().chain(&tool_files(tool)))?);
+        let finish_index = base + actions.len();
+        actions.push(ActionNode {
+            label: t.label.clone(),
+            mnemonic: if self.kind == CcKind::Library {
+                "CcArchive"
+            } else {
+                "CcLink"
+            }
+            .to_owned(),
+            detail: (self.kind == CcKind::Test).then(|| "link".to_owned()),
+            exec: Exec::Wasi(tool.clone()),
+            wasi_tools: Vec::new(),
+            argv,
+            env: BTreeMap::new(),
+            inputs,
+            outputs: vec![output.clone()],
+            deps: deps.into_iter().collect(),
+            is_test: false,
+        });
+        if self.kind == CcKind::Test && run_test {
+            let program = ToolRef {
+                label: t.label.clone(),
+                argv0: t.label.name.clone(),
+                module: output,
+                data: Vec::new(),
+            };
+            actions.push(ActionNode {
+                label: t.label.clone(),
+                mnemonic: "CcTest".to_owned(),
+                detail: None,
+                argv: vec![program.argv0.clone()],
+                exec: Exec::Wasi(program),
+                wasi_tools: Vec::new(),
+                env: BTreeMap::new(),
+                inputs: Vec::new(),
+                outputs: Vec::new(),
+                deps: vec![finish_index],
+                is_test: true,
+            });
+        }
+        Ok(actions)
+    }
+}
+
 /// Declares the three `cc_*` built-ins from one definition: each is `$function` for `$kind`,
 /// and only those given `hdrs` take that attribute.
 macro_rules! cc_builtins {
@@ -384,6 +598,7 @@ macro_rules! cc_builtins {
                     #[starlark(require = named, default = UnpackListOrTuple::default())]
                     tags: Strings,
                     #[starlark(require = named)] platform: Option<String>,
+                    #[starlark(require = named)] toolchain: Option<String>,
                     eval: &mut Evaluator<'v, '_, '_>,
                 ) -> starlark::Result<NoneType> {
                     let _ = (visibility, tags);
@@ -398,6 +613,7 @@ macro_rules! cc_builtins {
                         defines: defines.items,
                         includes: includes.items,
                         linkopts: linkopts.items,
+                        toolchain,
                     };
                     add_target(eval, CcKind::$kind.function(), name, RawRule::Cc(attrs), platform)
                 }

@@ -16,6 +16,7 @@ mod cc;
 mod filegroup;
 mod genrule;
 mod wasi;
+mod wasi_cc;
 
 use std::collections::BTreeMap;
 
@@ -32,6 +33,7 @@ pub use filegroup::FilegroupAttrs;
 pub use genrule::GenruleAttrs;
 pub(crate) use wasi::tool_ref;
 pub use wasi::{WasiRunAttrs, WasiTestAttrs, WasiToolAttrs};
+pub use wasi_cc::WasiCcToolchainAttrs;
 
 /// The rules with their attributes as written in a `WBUILD` file; label strings are
 /// syntactically valid.
@@ -218,6 +220,7 @@ rules! {
     wasi: WasiTool(wasi::WasiToolAttrs<D>), WasiRun(wasi::WasiRunAttrs<D, L>), WasiTest(wasi::WasiTestAttrs<D, L>);
     cc: Cc(cc::CcAttrs<D, L>);
     genrule: Genrule(genrule::GenruleAttrs<D>);
+    wasi_cc: WasiCcToolchain(wasi_cc::WasiCcToolchainAttrs<L>);
 }
 
 /// The references of a resolved rule, unchanged, noting the targets they make its target
@@ -321,6 +324,7 @@ cc_test(name = 'test', srcs = ['t.c'], deps = [':lib'])
                 defines: vec![],
                 includes: vec![],
                 linkopts: vec!["-lm".into()],
+                toolchain: None,
             })
         );
         assert_eq!(

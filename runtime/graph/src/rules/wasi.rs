@@ -48,7 +48,7 @@ pub struct WasiTestAttrs<D, L> {
 }
 
 /// A `tool` attribute names a `wasi_tool`.
-const TOOL: Want = Want {
+pub(crate) const TOOL: Want = Want {
     accepts: is_wasi_tool,
     refuse: not_a_tool,
 };

@@ -14,10 +14,12 @@
 
 use crate::CcKind;
 
-/// Package-relative files a `cc_*` target named `name` provides (its archive or program).
-pub(crate) fn outputs(kind: CcKind, name: &str) -> Vec<String> {
+/// Package-relative files a `cc_*` target named `name` provides (its archive or program; a
+/// WASI program is `<name>.wasm`).
+pub(crate) fn outputs(kind: CcKind, name: &str, wasi: bool) -> Vec<String> {
     match kind {
         CcKind::Library => vec![archive_name(name)],
+        CcKind::Binary | CcKind::Test if wasi => vec![format!("{name}.wasm")],
         CcKind::Binary | CcKind::Test => vec![name.to_owned()],
     }
 }
