@@ -153,7 +153,10 @@ fn output_dirs(outputs: &[String]) -> Vec<String> {
 /// test runner, and what the drivers name as `cc1`, `cc1plus`, `as`, `ld` and `collect2` — and
 /// every file under its header and library directories, each by path, size, modification time
 /// and inode (package upgrades replace files), so upgrading gcc or libc invalidates exactly
-/// the native actions that use them.
+/// the native actions that use them. A command can also run any other program of the host's
+/// `/usr`: the package database and the programs in `/usr/bin` and `/usr/sbin` are part of the
+/// identity too ([`host_system_lines`]), so installing, removing or upgrading any package (or
+/// dropping a program into `/usr/bin` by hand) invalidates host-toolchain native actions.
 pub fn toolchain_identity(platform: Platform) -> String {
     static IDS: Mutex<Vec<(Platform, String)>> = Mutex::new(Vec::new());
     let mut ids = IDS.lock().expect("toolchain identities");
@@ -263,6 +266,10 @@ pub fn toolchain_identity(platform: Platform) -> String {
             lines.extend(h.join().unwrap_or_default());
         }
     });
+    lines.extend(host_system_lines(
+        Path::new(DPKG_STATUS),
+        &[Path::new("/usr/bin"), Path::new("/usr/sbin")],
+    ));
     lines.sort();
     lines.dedup();
     let id = blake3::hash(lines.join("\n").as_bytes())
@@ -270,6 +277,36 @@ pub fn toolchain_identity(platform: Platform) -> String {
         .to_string();
     ids.push((platform, id.clone()));
     id
+}
+
+/// Debian's package database: rewritten whenever a package is installed, upgraded or removed.
+const DPKG_STATUS: &str = "/var/lib/dpkg/status";
+
+/// What the host's toolchain identity records of the rest of the system native commands can
+/// run: the package database (`dpkg`) and each program directory's entries, each by path,
+/// size, modification time and inode ("missing" for what does not exist).
+fn host_system_lines(packages: &Path, program_dirs: &[&Path]) -> Vec<String> {
+    use std::os::unix::fs::MetadataExt;
+    let describe = |p: &Path| match std::fs::symlink_metadata(p) {
+        Ok(m) => format!(
+            "system {} {} {}.{} {}",
+            p.display(),
+            m.size(),
+            m.mtime(),
+            m.mtime_nsec(),
+            m.ino()
+        ),
+        Err(_) => format!("system {} missing", p.display()),
+    };
+    let mut lines = vec![describe(packages)];
+    for dir in program_dirs {
+        match std::fs::read_dir(dir) {
+            Ok(rd) => lines.extend(rd.flatten().map(|e| describe(&e.path()))),
+            Err(_) => lines.push(format!("system {} missing", dir.display())),
+        }
+    }
+    lines.sort();
+    lines
 }
 
 /// A native action (`genrule`, `cc_*`): `/bin/sh -c cmd` in the namespace sandbox, with
@@ -435,7 +472,7 @@ pub(crate) fn run_native(
 
 #[cfg(test)]
 mod tests {
-    use super::output_dirs;
+    use super::{host_system_lines, output_dirs};
 
     #[test]
     fn output_dirs_are_the_minimal_parents() {
@@ -450,5 +487,39 @@ mod tests {
         );
         assert_eq!(output_dirs(&v(&["top.txt", "gen/a.h"])), v(&[""]));
         assert!(output_dirs(&[]).is_empty());
+    }
+
+    /// Installing or upgrading a package, or a program dropped into a program directory,
+    /// changes what the host toolchain's identity records.
+    #[test]
+    fn package_database_and_programs_are_part_of_the_host_identity() {
+        let t = tempfile::tempdir().unwrap();
+        let status = t.path().join("status");
+        let bin = t.path().join("bin");
+        std::fs::create_dir(&bin).unwrap();
+        std::fs::write(&status, "Package: gcc\n").unwrap();
+        std::fs::write(bin.join("tr"), "v1").unwrap();
+        let sbin = t.path().join("sbin");
+        let lines = || host_system_lines(&status, &[bin.as_path(), sbin.as_path()]);
+        let first = lines();
+        assert_eq!(lines(), first, "stable while nothing changes");
+        assert!(
+            first.iter().any(|l| l.ends_with("sbin missing")),
+            "{first:?}"
+        );
+        // A new program.
+        std::fs::write(bin.join("jq"), "new").unwrap();
+        let second = lines();
+        assert_ne!(second, first);
+        // A package installed (the database rewritten as dpkg does: a new file renamed).
+        let new = t.path().join("status-new");
+        std::fs::write(&new, "Package: gcc\nPackage: jq\n").unwrap();
+        std::fs::rename(&new, &status).unwrap();
+        let third = lines();
+        assert_ne!(third, second);
+        // A program replaced by an upgrade.
+        std::fs::remove_file(bin.join("tr")).unwrap();
+        std::fs::write(bin.join("tr"), "version 2").unwrap();
+        assert_ne!(lines(), third);
     }
 }
