@@ -7,7 +7,7 @@
 
 use std::path::{Path, PathBuf};
 
-use wbuild_tests::{TestWorkspace, repo_root, stderr, stdout};
+use wbuild_tests::{TestWorkspace, finished, repo_root, stderr, stdout};
 
 use super::ws;
 
@@ -227,7 +227,41 @@ wasi_run(
 fn yosys_from_pypi_synthesises_a_counter_identically_in_another_directory() {
     let w = ws();
     yosys_workspace(&w);
-    w.ok(&["build", "//hw:synth"]);
+    // First run by a native command (a genrule's `tools`): the scheduler compiles the module
+    // once into the cache and the tool's launcher loads it (instead of compiling 69 MB of
+    // wasm on every run, in a scratch directory)...
+    w.write(
+        "hw/WBUILD",
+        &format!(
+            "{}\ngenrule(name = \"g\", srcs = [\"counter.v\"], outs = [\"g.json\"], tools = [\"//tools:yosys\"],\n\
+             cmd = \"$(location //tools:yosys) -q -p 'read_verilog $(location counter.v); synth -top counter; write_json $@'\")\n",
+            w.read("hw/WBUILD")
+        ),
+    );
+    let out = w.ok(&["build", "//hw:g", "--show-output"]);
+    assert!(
+        !stderr(&out).contains("compiling the module"),
+        "{}",
+        stderr(&out)
+    );
+    let compiled: Vec<_> = std::fs::read_dir(w.cache.join("modules"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".cwasm"))
+        .collect();
+    assert_eq!(
+        compiled.len(),
+        1,
+        "the module compiled once, into the cache"
+    );
+    // ... and the WASI action then finds it compiled.
+    let (_, ev) = w.events(&["build", "//hw:synth"]);
+    assert_eq!(finished(&ev)["modules_compiled"], 0, "{ev:?}");
+    // Both ran the same tool on the same input: the same bytes.
+    assert_eq!(
+        std::fs::read(w.path("wbuild-out/hw/g.json")).unwrap(),
+        std::fs::read(w.path("wbuild-out/hw/counter.json")).unwrap()
+    );
     let json: serde_json::Value =
         serde_json::from_str(&w.read("wbuild-out/hw/counter.json")).unwrap();
     let module = &json["modules"]["counter"];

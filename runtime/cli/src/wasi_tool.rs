@@ -24,6 +24,13 @@ pub struct ExecWasiTool {
     /// The module, relative to the root.
     #[arg(long)]
     module: String,
+    /// The module's key in the compiled-module cache (its digest).
+    #[arg(long)]
+    module_key: Option<String>,
+    /// A read-only directory where the scheduler put the module compiled (the sandbox's
+    /// `/.wbuild/modules`); without the file there, the module is compiled here.
+    #[arg(long)]
+    modules_dir: Option<PathBuf>,
     /// The action's tree, presented at `/`.
     #[arg(long)]
     root: PathBuf,
@@ -116,12 +123,36 @@ pub fn run(a: &ExecWasiTool) -> Result<i32> {
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(0);
-    let exec = WasiExecutor::new(&ExecConfig {
-        modules_dir: scratch.path().join("modules"),
-        max_concurrent: 1,
-    })?;
+    let cache_key = a.module_key.clone().unwrap_or_else(|| module_key.clone());
+    let executor = |modules_dir: PathBuf| {
+        WasiExecutor::new(&ExecConfig {
+            modules_dir,
+            max_concurrent: 1,
+        })
+    };
+    // The scheduler's compiled module when it is there (read-only: nothing is written
+    // beside it); else compiled in the scratch directory, which costs as long as cranelift
+    // takes for the module, on every run.
+    let precompiled = match &a.modules_dir {
+        Some(dir) => {
+            Some(executor(dir.clone())?).filter(|e| e.compiled_module_path(&cache_key).is_file())
+        }
+        None => None,
+    };
+    let exec = match precompiled {
+        Some(e) => e,
+        None => {
+            if a.modules_dir.is_some() {
+                eprintln!(
+                    "note: {}: compiling the module (no precompiled copy)",
+                    a.name
+                );
+            }
+            executor(scratch.path().join("modules"))?
+        }
+    };
     let req = Request {
-        module_key,
+        module_key: cache_key,
         module_path,
         module_name: a.name.clone(),
         argv: std::iter::once(name)

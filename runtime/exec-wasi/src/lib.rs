@@ -423,6 +423,66 @@ impl WasiExecutor {
         self.compiled.load(Ordering::Relaxed)
     }
 
+    /// Where the compiled form of the module keyed `module_key` is cached.
+    pub fn compiled_module_path(&self, module_key: &str) -> PathBuf {
+        let file_key: String = module_key
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        self.modules_dir
+            .join(format!("{file_key}-{}.cwasm", self.engine_key))
+    }
+
+    /// Makes sure the module at `module_path` (keyed `module_key`) is compiled into the
+    /// module cache, and returns that file: for WASI tools run by native commands, whose
+    /// launchers (`wbuild exec-wasi-tool`) load it read-only instead of compiling the module
+    /// on every run. A module that cannot be compiled is the launcher's to report.
+    pub fn precompile(
+        &self,
+        module_key: &str,
+        module_path: &Path,
+        module_name: &str,
+    ) -> Result<PathBuf, ExecError> {
+        let path = self.compiled_module_path(module_key);
+        if !path.is_file() {
+            let _loading = self.loading.lock().expect("module loader");
+            self.load_module(module_key, module_path, module_name)?;
+        }
+        Ok(path)
+    }
+
+    /// The module from the on-disk compiled cache, or compiled (and cached, best effort).
+    fn load_module(
+        &self,
+        module_key: &str,
+        module_path: &Path,
+        module_name: &str,
+    ) -> Result<Module, ExecError> {
+        let cached = self.compiled_module_path(module_key);
+        // SAFETY: files under modules_dir are written only by `Module::serialize` below, via
+        // temp file + rename, and keyed by the engine's compatibility hash; wasmtime checks
+        // the header and engine settings again on load.
+        if let Ok(m) = unsafe { Module::deserialize_file(&self.engine, &cached) } {
+            return Ok(m);
+        }
+        let bytes = std::fs::read(module_path).map_err(|e| ExecError::Sandbox {
+            path: module_path.to_owned(),
+            error: e,
+        })?;
+        let m = Module::new(&self.engine, &bytes)
+            .map_err(|e| module_error(module_name, format!("{e:#}")))?;
+        self.compiled.fetch_add(1, Ordering::Relaxed);
+        if let Ok(ser) = m.serialize() {
+            let _ = std::fs::create_dir_all(&self.modules_dir);
+            if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&self.modules_dir)
+                && std::io::Write::write_all(&mut tmp, &ser).is_ok()
+            {
+                let _ = tmp.persist(&cached);
+            }
+        }
+        Ok(m)
+    }
+
     /// Load a module: memory cache, then the on-disk compiled cache, then compile.
     fn instance_pre(&self, req: &Request) -> Result<InstancePre<State>, ExecError> {
         let cached = || {
@@ -438,38 +498,7 @@ impl WasiExecutor {
         if let Some(pre) = cached() {
             return Ok(pre);
         }
-        let invalid = |e: wasmtime::Error| module_error(&req.module_name, format!("{e:#}"));
-        let file_key: String = req
-            .module_key
-            .chars()
-            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
-            .collect();
-        let cached = self
-            .modules_dir
-            .join(format!("{file_key}-{}.cwasm", self.engine_key));
-        // SAFETY: files under modules_dir are written only by `Module::serialize` below, via
-        // temp file + rename, and keyed by the engine's compatibility hash; wasmtime checks
-        // the header and engine settings again on load.
-        let module = match unsafe { Module::deserialize_file(&self.engine, &cached) } {
-            Ok(m) => m,
-            Err(_) => {
-                let bytes = std::fs::read(&req.module_path).map_err(|e| ExecError::Sandbox {
-                    path: req.module_path.clone(),
-                    error: e,
-                })?;
-                let m = Module::new(&self.engine, &bytes).map_err(invalid)?;
-                self.compiled.fetch_add(1, Ordering::Relaxed);
-                if let Ok(ser) = m.serialize() {
-                    let _ = std::fs::create_dir_all(&self.modules_dir);
-                    if let Ok(mut tmp) = tempfile::NamedTempFile::new_in(&self.modules_dir)
-                        && std::io::Write::write_all(&mut tmp, &ser).is_ok()
-                    {
-                        let _ = tmp.persist(&cached);
-                    }
-                }
-                m
-            }
-        };
+        let module = self.load_module(&req.module_key, &req.module_path, &req.module_name)?;
         let pre = self.linker.instantiate_pre(&module).map_err(|e| {
             match module_error(&req.module_name, format!("{e:#}")) {
                 ExecError::InvalidModule { module, message } => {

@@ -184,8 +184,12 @@ impl Scheduler<'_> {
                 }
                 // Launchers of the WASI tools the command runs: part of the input root, and
                 // the WASI executor's semantics part of the key.
+                let mut wasi_modules = Vec::new();
                 for (path, tool) in &action.wasi_tools {
-                    let script = native::wasi_launcher(path, tool, &action.outputs, opts);
+                    let module = files.get(&tool.module).copied();
+                    wasi_modules.extend(module);
+                    let script =
+                        native::wasi_launcher(path, tool, module.as_ref(), &action.outputs, opts);
                     files.insert(path.clone(), Digest::of(f, script.as_bytes()));
                     executables.insert(path.clone());
                     launchers.push((path.clone(), script));
@@ -202,6 +206,7 @@ impl Scheduler<'_> {
                         toolchain: opts.native_toolchain.clone(),
                         unsandboxed: opts.unsandboxed,
                         runs_wasi_tools: !action.wasi_tools.is_empty(),
+                        wasi_modules,
                     },
                 )
             }

@@ -7,7 +7,7 @@ use std::sync::Mutex;
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use wbuild_store::Store;
+use wbuild_store::{Digest, Store};
 
 use crate::spec::{RemoveTreeOnDrop, RunOutput, Spec, collect_outputs, io_err};
 use crate::{INTERRUPTED, NativeToolchain, Options, SchedError, safe_fs};
@@ -84,6 +84,10 @@ pub(crate) fn run_unsandboxed(
 /// Where the wbuild binary appears inside the sandbox (for the launchers of WASI tools).
 const WBUILD_IN_SANDBOX: &str = "/.wbuild/bin/wbuild";
 
+/// Where the compiled forms of the WASI tools a command runs appear inside the sandbox, each
+/// file bound read-only (not the cache's directory: the action sees only its own tools).
+const MODULES_IN_SANDBOX: &str = "/.wbuild/modules";
+
 /// The launcher of a WASI tool run by a native command (a genrule `tools` entry that is a
 /// `wasi_tool`): a shell script that runs the tool in wbuild's WASI executor
 /// (`wbuild exec-wasi-tool`) with the action's tree at `/`, its data at their guest paths,
@@ -92,6 +96,7 @@ const WBUILD_IN_SANDBOX: &str = "/.wbuild/bin/wbuild";
 pub(crate) fn wasi_launcher(
     path: &str,
     tool: &wbuild_graph::ToolRef,
+    module: Option<&Digest>,
     outputs: &[String],
     opts: &Options,
 ) -> String {
@@ -102,6 +107,8 @@ pub(crate) fn wasi_launcher(
         q(&tool.label.to_string()),
         "--argv0".to_owned(),
         q(&tool.argv0),
+        "--modules-dir".to_owned(),
+        MODULES_IN_SANDBOX.to_owned(),
         "--module".to_owned(),
         q(&tool.module),
         "--memory-limit".to_owned(),
@@ -109,6 +116,10 @@ pub(crate) fn wasi_launcher(
         "--timeout-secs".to_owned(),
         opts.timeout.as_secs().to_string(),
     ];
+    if let Some(d) = module {
+        args.push("--module-key".to_owned());
+        args.push(q(&d.to_string()));
+    }
     for (guest, path) in &tool.data {
         args.push("--data".to_owned());
         args.push(q(&format!("{guest}={path}")));
@@ -316,16 +327,20 @@ fn host_system_lines(packages: &Path, program_dirs: &[&Path]) -> Vec<String> {
 /// as writable binds of the slot's host staging directories, reused between actions
 /// (creating files and directories is what staging costs on common file systems; here an
 /// action creates none but its outputs). Executable inputs and tool launchers are
-/// executable files bound read-only; the system directories (the toolchain bundle's, or the
-/// host's) are read-only. Without the sandbox, `/work` is a fresh host directory holding
+/// executable files bound read-only, and the WASI tools' modules compiled once by `exec`
+/// (`wasi_modules`) bound read-only under `/.wbuild/modules`; the system directories (the
+/// toolchain bundle's, or the host's) are read-only. Without the sandbox, `/work` is a fresh host directory holding
 /// copies of the inputs.
+#[allow(clippy::too_many_arguments)] // The spec's native settings, spelled out.
 pub(crate) fn run_native(
     store: &Store,
+    exec: &wbuild_exec_wasi::WasiExecutor,
     slot: usize,
     spec: &Spec,
     toolchain: Option<&NativeToolchain>,
     unsandboxed: bool,
     runs_wasi_tools: bool,
+    wasi_modules: &[Digest],
 ) -> Result<RunOutput, SchedError> {
     let work = Path::new("/work");
     // Host directory the outputs are written to (at their workspace paths).
@@ -407,6 +422,20 @@ pub(crate) fn run_native(
                 sandbox: PathBuf::from(WBUILD_IN_SANDBOX),
                 writable: false,
             });
+            // The tools' modules compiled once, here, for every launcher run to load (a
+            // module that does not compile is left for the launcher to report).
+            for d in wasi_modules {
+                let blob = store.verified_blob_path(d)?;
+                if let Ok(compiled) = exec.precompile(&d.to_string(), &blob, &d.to_string())
+                    && let Some(name) = compiled.file_name()
+                {
+                    mounts.push(wbuild_exec_native::Mount {
+                        host: compiled.clone(),
+                        sandbox: Path::new(MODULES_IN_SANDBOX).join(name),
+                        writable: false,
+                    });
+                }
+            }
         }
     }
     {

@@ -152,6 +152,9 @@ pub enum Kind {
         unsandboxed: bool,
         /// The command runs WASI tools through launchers (they need the wbuild binary).
         runs_wasi_tools: bool,
+        /// The modules of those tools, compiled before the run for the launchers to load
+        /// (none known: each launcher compiles its module).
+        wasi_modules: Vec<Digest>,
     },
 }
 
@@ -313,6 +316,7 @@ impl Spec {
                     toolchain,
                     unsandboxed: false,
                     runs_wasi_tools: props.get("wbuild-wasi-executor").is_some(),
+                    wasi_modules: Vec::new(),
                 }
             }
             other => return Err(RefusedAction::OsFamily(other.map(str::to_owned))),
@@ -361,13 +365,16 @@ pub fn run_spec(
             toolchain,
             unsandboxed,
             runs_wasi_tools,
+            wasi_modules,
         } => native::run_native(
             store,
+            exec,
             slot,
             spec,
             toolchain.as_deref(),
             *unsandboxed,
             *runs_wasi_tools,
+            wasi_modules,
         ),
     }
 }
