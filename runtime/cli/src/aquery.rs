@@ -121,6 +121,7 @@ pub(crate) fn run(cli_cache: &std::path::Path, args: &AqueryArgs) -> Result<i32>
         provenance: None,
         sign_key: None,
         cache_dir: cli_cache.to_owned(),
+        profile: None,
     };
     // Nothing runs: the number of jobs is in no key.
     let opts = wbuild_driver::session::build_options(&ws, &request, 1);

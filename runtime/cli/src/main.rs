@@ -63,6 +63,11 @@ struct BuildArgs {
     /// Write an in-toto statement with SLSA provenance for the targets' outputs to FILE.
     #[arg(long, value_name = "FILE")]
     provenance: Option<PathBuf>,
+    /// Write the build's timeline to FILE: a Chrome trace (Perfetto, chrome://tracing) with
+    /// the phases, every action on its worker slot, and the critical path. The last build's
+    /// is always in the cache directory (last-build.trace.json).
+    #[arg(long, value_name = "FILE")]
+    profile: Option<PathBuf>,
     /// Sign the provenance (a DSSE envelope) with this minisign secret key (from
     /// `wbuild toolchain keygen`).
     #[arg(long, value_name = "KEY", requires = "provenance")]
@@ -402,6 +407,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         provenance: args.provenance.clone(),
         sign_key: args.sign_key.clone(),
         cache_dir: cache_dir(cli),
+        profile: args.profile.clone(),
     };
     let presenter = Presenter {
         events_file: args.events.as_deref(),

@@ -16,6 +16,7 @@
 #![forbid(unsafe_code)]
 
 pub mod platform;
+pub mod profile;
 pub mod provenance;
 pub mod session;
 pub mod snapshot;

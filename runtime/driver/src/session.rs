@@ -153,6 +153,9 @@ pub struct BuildRequest {
     pub sign_key: Option<PathBuf>,
     /// The cache directory.
     pub cache_dir: PathBuf,
+    /// Write the build's timeline (a Chrome trace) here too; it is always written to
+    /// `<cache>/last-build.trace.json`.
+    pub profile: Option<PathBuf>,
 }
 
 /// What a build did.
@@ -165,18 +168,37 @@ pub struct BuildOutcome {
     pub up_to_date: bool,
 }
 
-/// `WBUILD_PROFILE=1` reports how long each phase of a command took.
-struct Phases<'a>(Option<Instant>, &'a dyn Frontend);
+/// How long each phase of a build took: for the trace, and with `WBUILD_PROFILE=1` as notes.
+struct Phases<'a> {
+    since: Instant,
+    since_unix_us: u64,
+    notes: bool,
+    ui: &'a dyn Frontend,
+    spans: Vec<crate::profile::Span>,
+}
+
+fn unix_us() -> u64 {
+    SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_micros() as u64)
+}
 
 impl Phases<'_> {
     fn mark(&mut self, what: &str) {
-        if let Some(t) = &mut self.0 {
-            self.1.note(&format!(
+        let took = self.since.elapsed();
+        if self.notes {
+            self.ui.note(&format!(
                 "[profile] {what}: {:.1} ms",
-                t.elapsed().as_secs_f64() * 1e3
+                took.as_secs_f64() * 1e3
             ));
-            *t = Instant::now();
         }
+        self.spans.push(crate::profile::Span {
+            name: what.to_owned(),
+            start_us: self.since_unix_us,
+            duration_us: took.as_micros() as u64,
+        });
+        self.since = Instant::now();
+        self.since_unix_us = unix_us();
     }
 }
 
@@ -424,12 +446,13 @@ pub fn run_build(
     ui: &dyn Frontend,
 ) -> Result<BuildOutcome> {
     let note = |line: &str| ui.note(line);
-    let mut phases = Phases(
-        std::env::var_os("WBUILD_PROFILE")
-            .is_some()
-            .then(Instant::now),
+    let mut phases = Phases {
+        since: Instant::now(),
+        since_unix_us: unix_us(),
+        notes: std::env::var_os("WBUILD_PROFILE").is_some(),
         ui,
-    );
+        spans: Vec::new(),
+    };
     let flags = flag_platforms(&req.platforms)?;
     let patterns = parse_patterns(&req.patterns, pkg)?;
     let (remote, executor) = connect_remote(ws, &req.remote, &note)?;
@@ -502,6 +525,8 @@ pub fn run_build(
     phases.mark("engine + history");
     let total: usize = passes.iter().map(|(_, g)| g.actions.len()).sum();
     let events = ui.start(total, true).map_err(DriverError::Frontend)?;
+    let recorder = crate::profile::Recorder::new(events);
+    let events: &dyn EventSink = &recorder;
     let local_jobs = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .min(jobs);
@@ -521,6 +546,20 @@ pub fn run_build(
     };
     store.finish_build(build_id, outcome)?; // flushes durably
     phases.mark("record + flush");
+    {
+        let graphs: Vec<&ActionGraph> = passes.iter().map(|(_, g)| g.as_ref()).collect();
+        let trace = recorder.trace(command, &phases.spans, &graphs);
+        let text = serde_json::to_vec(&trace).expect("trace serialises");
+        // Best effort for the cache's copy; the one asked for must be written.
+        let _ = std::fs::write(req.cache_dir.join(LAST_TRACE), &text);
+        if let Some(path) = &req.profile {
+            std::fs::write(path, &text).map_err(|source| DriverError::Io {
+                what: format!("cannot write the profile {}", path.display()),
+                source,
+            })?;
+        }
+    }
+    phases.mark("write trace");
     let summary = summary?;
     if summary.success() {
         let sources: Vec<PathBuf> = summary.sources.iter().map(|p| ws.path(p)).collect();
@@ -612,6 +651,9 @@ pub fn provenance_subjects(passes: &[(Platform, Cow<'_, ActionGraph>)]) -> Vec<S
     subjects.into_iter().collect()
 }
 
+/// The timeline of the last build, in the cache directory.
+pub const LAST_TRACE: &str = "last-build.trace.json";
+
 /// A no-op build proven by the up-to-date snapshot: every action reported as cached.
 fn up_to_date(
     store: &Store,
@@ -630,6 +672,9 @@ fn up_to_date(
             detail: (!a.detail.is_empty()).then(|| a.detail.clone()),
             status: Status::Cached,
             duration_ms: 0,
+            start_us: unix_us(),
+            duration_us: 0,
+            slot: 0,
             action_digest: Some(a.action_digest.clone()),
             error: None,
             output: None,

@@ -44,6 +44,11 @@ pub enum Event {
         detail: Option<String>,
         status: Status,
         duration_ms: u64,
+        /// When it started (microseconds since the Unix epoch) and how long it took
+        /// (microseconds), and the worker slot it ran on: the build's timeline.
+        start_us: u64,
+        duration_us: u64,
+        slot: usize,
         #[serde(skip_serializing_if = "Option::is_none")]
         action_digest: Option<String>,
         #[serde(skip_serializing_if = "Option::is_none")]

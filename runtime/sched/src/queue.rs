@@ -198,6 +198,9 @@ impl Scheduler<'_> {
                     .collect()
             };
             let t0 = Instant::now();
+            let start_us = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_micros() as u64);
             let fin = match self.process(wid, graph, action, opts, &generated) {
                 Ok(f) => f,
                 Err(e) => {
@@ -209,7 +212,8 @@ impl Scheduler<'_> {
                     return;
                 }
             };
-            let duration_ms = t0.elapsed().as_millis() as u64;
+            let elapsed = t0.elapsed();
+            let duration_ms = elapsed.as_millis() as u64;
             let digest_text = fin.action_digest.map(|d| d.to_string());
             if let Some(build) = self.build_id {
                 let rec = ActionRecord {
@@ -232,6 +236,9 @@ impl Scheduler<'_> {
                 detail: action.detail.clone(),
                 status: fin.status,
                 duration_ms,
+                start_us,
+                duration_us: elapsed.as_micros() as u64,
+                slot: wid,
                 action_digest: digest_text,
                 error: fin.error.clone(),
                 output: fin.output.clone(),
