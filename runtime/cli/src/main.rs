@@ -344,7 +344,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::History { build, limit } => history(&cli, *build, *limit),
         Cmd::Cache { command } => cache(&cli, command),
         Cmd::ExecWasiTool(a) => wasi_tool::run(a),
-        Cmd::Verify(a) => verify::run(cli.cache_dir.is_some(), a),
+        Cmd::Verify(a) => verify::run(&cache_dir(&cli), cli.cache_dir.is_some(), a),
         Cmd::Serve(args) => serve(&cli, args),
         Cmd::Worker(args) => worker::run(&cli.cache_dir, args),
         Cmd::Toolchain { command } => toolchain::run(&cli.cache_dir, command),

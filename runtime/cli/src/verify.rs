@@ -1,5 +1,6 @@
 //! `wbuild verify`: rebuilds targets several times from scratch, in fresh copies of the
-//! workspace with empty caches (nothing is read from or written to the user's cache), varying
+//! workspace with empty caches (nothing is written to the user's cache, and nothing is read
+//! from it but compiled tool modules, which change no output), varying
 //! what the user asks for, and compares every output. A differing output is reported with the
 //! action that produced it, the first differing byte, a likely cause where one is recognisable,
 //! and diffoscope's diff when diffoscope is installed. JSON and JUnit reports for CI.
@@ -165,9 +166,39 @@ fn xml_escape(s: &str) -> String {
         .replace('"', "&quot;")
 }
 
-pub fn run(cache_dir_flag: bool, args: &VerifyArgs) -> Result<i32> {
+/// Seeds the fresh cache `cache` with the compiled tool modules of `from` (module caches):
+/// a compiled module is a function of the module and the engine alone and changes no output,
+/// and compiling a large tool (an LLVM or a yosys) takes cranelift a minute, in every run.
+/// Linked where possible, else copied; what is there already stays.
+fn seed_modules(from: &[PathBuf], cache: &Path) -> Result<()> {
+    let dst = cache.join("modules");
+    std::fs::create_dir_all(&dst).with_context(|| format!("cannot create {}", dst.display()))?;
+    for dir in from {
+        let Ok(entries) = std::fs::read_dir(dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let name = e.file_name();
+            let target = dst.join(&name);
+            if !name.to_string_lossy().ends_with(".cwasm")
+                || !e.file_type().is_ok_and(|t| t.is_file())
+                || target.exists()
+            {
+                continue;
+            }
+            if std::fs::hard_link(e.path(), &target).is_err() {
+                let _ = std::fs::copy(e.path(), &target);
+            }
+        }
+    }
+    Ok(())
+}
+
+pub fn run(user_cache: &Path, cache_dir_flag: bool, args: &VerifyArgs) -> Result<i32> {
     if cache_dir_flag {
-        eprintln!("note: verify uses fresh empty caches; --cache-dir is not used");
+        eprintln!(
+            "note: verify uses fresh empty caches; --cache-dir only lends them its compiled tool modules"
+        );
     }
     let cwd = std::env::current_dir()?;
     let ws = Workspace::discover(&cwd)?;
@@ -185,7 +216,7 @@ pub fn run(cache_dir_flag: bool, args: &VerifyArgs) -> Result<i32> {
         }
     }
     if let Some(p) = &args.against {
-        return against(&ws, &cwd, args, p);
+        return against(&ws, &cwd, args, p, user_cache);
     }
     if args.runs < 2 {
         bail!("--runs must be at least 2 to compare builds");
@@ -247,6 +278,9 @@ pub fn run(cache_dir_flag: bool, args: &VerifyArgs) -> Result<i32> {
             }
         }
         let cache = scratch.path().join(format!("cache{i}"));
+        let mut module_caches = vec![user_cache.join("modules")];
+        module_caches.extend((0..i).map(|j| scratch.path().join(format!("cache{j}/modules"))));
+        seed_modules(&module_caches, &cache)?;
         let mut cmd = Command::new(&exe);
         cmd.current_dir(root.join(&rel_cwd))
             .arg("--cache-dir")
@@ -471,7 +505,13 @@ unsafe extern "C" {
 }
 
 /// `verify --against`: one clean rebuild compared with a provenance statement's subjects.
-fn against(ws: &Workspace, cwd: &Path, args: &VerifyArgs, file: &Path) -> Result<i32> {
+fn against(
+    ws: &Workspace,
+    cwd: &Path,
+    args: &VerifyArgs,
+    file: &Path,
+    user_cache: &Path,
+) -> Result<i32> {
     let (st, signers) = wbuild_driver::provenance::read(file, &args.key, ws)?;
     if !signers.is_empty() {
         println!(
@@ -509,6 +549,7 @@ fn against(ws: &Workspace, cwd: &Path, args: &VerifyArgs, file: &Path) -> Result
     let root = scratch.path().join("ws");
     copy_tree(&ws.root, &root, false)?;
     let rel_cwd = cwd.strip_prefix(&ws.root).unwrap_or(Path::new(""));
+    seed_modules(&[user_cache.join("modules")], &scratch.path().join("cache"))?;
     let mut cmd = Command::new(std::env::current_exe()?);
     cmd.current_dir(root.join(rel_cwd))
         .arg("--cache-dir")
@@ -562,4 +603,40 @@ fn against(ws: &Workspace, cwd: &Path, args: &VerifyArgs, file: &Path) -> Result
         subjects.len() - differing
     );
     Ok(if differing == 0 { 0 } else { 1 })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fresh_caches_get_the_compiled_modules_and_nothing_else() {
+        let t = tempfile::tempdir().unwrap();
+        let user = t.path().join("user/modules");
+        let earlier = t.path().join("cache0/modules");
+        std::fs::create_dir_all(&user).unwrap();
+        std::fs::create_dir_all(&earlier).unwrap();
+        std::fs::write(user.join("a-1.cwasm"), "a").unwrap();
+        std::fs::write(user.join("notes.txt"), "not a module").unwrap();
+        std::fs::create_dir(user.join("dir.cwasm")).unwrap();
+        std::fs::write(earlier.join("a-1.cwasm"), "a from an earlier run").unwrap();
+        std::fs::write(earlier.join("b-1.cwasm"), "b").unwrap();
+        let cache = t.path().join("cache1");
+        seed_modules(&[user.clone(), earlier, t.path().join("missing")], &cache).unwrap();
+        let mut names: Vec<String> = std::fs::read_dir(cache.join("modules"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["a-1.cwasm", "b-1.cwasm"]);
+        // The first source wins; the user's file is untouched.
+        assert_eq!(
+            std::fs::read_to_string(cache.join("modules/a-1.cwasm")).unwrap(),
+            "a"
+        );
+        assert_eq!(
+            std::fs::read_to_string(user.join("a-1.cwasm")).unwrap(),
+            "a"
+        );
+    }
 }
