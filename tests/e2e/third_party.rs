@@ -22,6 +22,15 @@ fn third_party(dir: &str) -> PathBuf {
     p
 }
 
+/// A C `main` that writes `greeting()` and a newline to the file its first argument names.
+const WRITE_GREETING: &str = r#"int main(int argc, char **argv) {
+  FILE *f = fopen(argv[1], "w");
+  if (!f) return 2;
+  fprintf(f, "%s\n", greeting());
+  return fclose(f) == 0 ? 0 : 3;
+}
+"#;
+
 fn copy_tree(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
@@ -321,15 +330,7 @@ wasi_tool(name = "ld", src = "llvm.wasm", argv0 = "wasm-ld", data = ["//tools/sy
     );
     w.write(
         "c/main.c",
-        r#"#include <stdio.h>
-#include "greet.h"
-int main(int argc, char **argv) {
-  FILE *f = fopen(argv[1], "w");
-  if (!f) return 2;
-  fprintf(f, "%s\n", greeting());
-  return fclose(f) == 0 ? 0 : 3;
-}
-"#,
+        &format!("#include <stdio.h>\n#include \"greet.h\"\n{WRITE_GREETING}"),
     );
     w.write(
         "c/WBUILD",
@@ -494,15 +495,7 @@ wasi_cc_toolchain(
     );
     w.write(
         "app/main.c",
-        r#"#include <stdio.h>
-#include "lib/greet.h"
-int main(int argc, char **argv) {
-  FILE *f = fopen(argv[1], "w");
-  if (!f) return 2;
-  fprintf(f, "%s\n", greeting());
-  return fclose(f) == 0 ? 0 : 3;
-}
-"#,
+        &format!("#include <stdio.h>\n#include \"lib/greet.h\"\n{WRITE_GREETING}"),
     );
     w.write(
         "app/pass.c",

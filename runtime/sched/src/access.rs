@@ -55,42 +55,45 @@ impl Scheduler<'_> {
                 undeclared.push(path.to_owned());
             }
         }
-        if let [one] = &outside[..] {
-            errors.push(format!(
-                "tried to reach {one} outside its sandbox ({WRITABLE})"
-            ));
-        } else if !outside.is_empty() {
-            errors.push(format!(
-                "tried to reach {} paths outside its sandbox ({WRITABLE}): {}",
-                outside.len(),
-                summarise(&outside, 5)
-            ));
-        }
-        if let [one] = &inputs[..] {
-            errors.push(format!(
-                "tried to modify its input {one}; inputs are read-only"
-            ));
-        } else if !inputs.is_empty() {
-            errors.push(format!(
-                "tried to modify {} of its inputs ({}); inputs are read-only",
-                inputs.len(),
-                summarise(&inputs, 5)
-            ));
-        }
-        if let [one] = &undeclared[..] {
-            errors.push(format!(
-                "tried to write undeclared path {one}: declare it in outs of {} or write scratch files to /tmp",
-                action.label
-            ));
-        } else if !undeclared.is_empty() {
-            errors.push(format!(
-                "tried to write {} undeclared paths ({}): declare them in outs of {} or write scratch files to /tmp",
-                undeclared.len(),
-                summarise(&undeclared, 5),
-                action.label
-            ));
-        }
+        let label = &action.label;
+        errors.extend(refusal(
+            &outside,
+            |one| format!("tried to reach {one} outside its sandbox ({WRITABLE})"),
+            |n, list| format!("tried to reach {n} paths outside its sandbox ({WRITABLE}): {list}"),
+        ));
+        errors.extend(refusal(
+            &inputs,
+            |one| format!("tried to modify its input {one}; inputs are read-only"),
+            |n, list| format!("tried to modify {n} of its inputs ({list}); inputs are read-only"),
+        ));
+        errors.extend(refusal(
+            &undeclared,
+            |one| {
+                format!(
+                    "tried to write undeclared path {one}: declare it in outs of {label} or write scratch files to /tmp"
+                )
+            },
+            |n, list| {
+                format!(
+                    "tried to write {n} undeclared paths ({list}): declare them in outs of {label} or write scratch files to /tmp"
+                )
+            },
+        ));
         errors
+    }
+}
+
+/// One message for refused `paths`: `one` names a single path, `many` gets the count and the
+/// first five (and how many more); none without paths.
+fn refusal(
+    paths: &[String],
+    one: impl Fn(&str) -> String,
+    many: impl Fn(usize, String) -> String,
+) -> Option<String> {
+    match paths {
+        [] => None,
+        [p] => Some(one(p)),
+        _ => Some(many(paths.len(), summarise(paths, 5))),
     }
 }
 
