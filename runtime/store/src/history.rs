@@ -158,6 +158,12 @@ impl Store {
         Ok(hist.live.get_mut(&build).expect("just inserted"))
     }
 
+    /// When `build` began (Unix milliseconds): the origin of its actions' `start_us`.
+    pub fn build_start_unix_ms(&self, build: u64) -> Result<u64, StoreError> {
+        let mut guard = lock(&self.history);
+        Ok(self.live(&mut guard, build)?.record.start_unix_ms)
+    }
+
     /// Record one action of `build` (buffered; written by `flush`/`finish_build`).
     pub fn record_action(&self, build: u64, rec: &ActionRecord) -> Result<(), StoreError> {
         let mut guard = lock(&self.history);
@@ -280,6 +286,7 @@ mod tests {
             action_digest: format!("{label}-digest"),
             status: status.into(),
             duration_ms: ms,
+            ..ActionRecord::default()
         }
     }
 
@@ -358,6 +365,95 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, StoreError::UnknownBuild { id: 42, .. }));
         assert!(store.finish_build(42, "success").is_err());
+        assert!(matches!(
+            store.build_start_unix_ms(42),
+            Err(StoreError::UnknownBuild { id: 42, .. })
+        ));
         assert!(store.build_actions(42).unwrap().is_empty());
+    }
+
+    #[test]
+    fn records_without_the_timeline_fields_still_decode() {
+        // A row as written before start/slot/error/deps were recorded.
+        let old = r#"{"label":"//a:x","mnemonic":"WasiRun","action_digest":"ab/3","status":"failed","duration_ms":7}"#;
+        let rec: ActionRecord = serde_json::from_str(old).unwrap();
+        assert_eq!(rec.label, "//a:x");
+        assert_eq!(rec.duration_ms, 7);
+        assert_eq!(
+            (rec.start_us, rec.duration_us, rec.slot),
+            (None, None, None)
+        );
+        assert_eq!((rec.error, rec.deps), (None, None));
+    }
+
+    #[test]
+    fn timeline_fields_survive_a_reopen_and_old_rows_sit_beside_new_ones() {
+        let (_dir, store) = store_in();
+        let b = store.begin_build("build", &[]).unwrap();
+        assert!(store.build_start_unix_ms(b).unwrap() > 0);
+        let full = ActionRecord {
+            start_us: Some(1500),
+            duration_us: Some(7000),
+            slot: Some(1),
+            error: Some("exit 1\n</script><b>".into()),
+            deps: Some(vec!["//a:x".into(), "//a:y lib/y.c".into()]),
+            ..rec("//a:z", "failed", 7)
+        };
+        let no_deps = ActionRecord {
+            deps: Some(Vec::new()),
+            ..rec("//a:x", "executed", 3)
+        };
+        store.record_action(b, &no_deps).unwrap();
+        store.record_action(b, &full).unwrap();
+        store.finish_build(b, "failed").unwrap();
+        // A row from an older version, written straight into the table.
+        {
+            let txn = store.write_txn().unwrap();
+            {
+                let mut t = txn.open_table(BUILD_ACTIONS).unwrap();
+                t.insert(
+                    (b, 2),
+                    r#"{"label":"//a:old","mnemonic":"WasiRun","action_digest":"","status":"cached","duration_ms":0}"#,
+                )
+                .unwrap();
+            }
+            txn.commit().unwrap();
+        }
+        let dir = store.dir().to_path_buf();
+        drop(store);
+        let store = Store::open(&dir).unwrap();
+        let actions = store.build_actions(b).unwrap();
+        assert_eq!(actions.len(), 3);
+        assert_eq!(actions[0], no_deps);
+        assert_eq!(actions[1], full);
+        assert_eq!(actions[2].label, "//a:old");
+        assert_eq!(actions[2].deps, None);
+        assert_eq!(
+            store.build_start_unix_ms(b).unwrap(),
+            store.builds(1).unwrap()[0].start_unix_ms
+        );
+    }
+
+    #[test]
+    fn failure_excerpts_keep_the_first_lines_and_say_what_was_cut() {
+        assert_eq!(ActionRecord::failure_excerpt(None, None), None);
+        assert_eq!(ActionRecord::failure_excerpt(Some(""), Some("\n")), None);
+        assert_eq!(
+            ActionRecord::failure_excerpt(Some("exit status 1"), Some("bad input\n")).as_deref(),
+            Some("exit status 1\nbad input")
+        );
+        let many: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        let e = ActionRecord::failure_excerpt(Some("failed"), Some(&many)).unwrap();
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(lines.len(), ActionRecord::FAILURE_LINES + 1);
+        assert_eq!(lines[0], "failed");
+        assert_eq!(lines[ActionRecord::FAILURE_LINES - 1], "line 18");
+        assert!(lines.last().unwrap().contains("101 lines"), "{e}");
+        // One enormous line of multi-byte characters: cut on a character boundary.
+        let wide = "é".repeat(10_000);
+        let e = ActionRecord::failure_excerpt(None, Some(&wide)).unwrap();
+        assert!(e.len() < ActionRecord::FAILURE_BYTES + 100, "{}", e.len());
+        assert!(e.starts_with("éé"));
+        assert!(e.ends_with("20000 bytes in all]"), "{e}");
     }
 }

@@ -573,6 +573,7 @@ fn crash_child() {
                     action_digest: act.to_string(),
                     status: "executed".into(),
                     duration_ms: i,
+                    ..Default::default()
                 },
             )
             .unwrap();

@@ -2,15 +2,84 @@
 
 use std::path::PathBuf;
 
-/// One action of a build, as recorded in the build history.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+/// One action of a build, as recorded in the build history. The fields after `duration_ms`
+/// were added later: rows written before them decode with their defaults (`None`).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct ActionRecord {
+    /// The action's name: its label, then its detail (`ActionNode::name`).
     pub label: String,
     pub mnemonic: String,
+    /// `<hex>/<size>` of the action digest (empty if none was computed): finds its access log.
     pub action_digest: String,
-    /// `"executed"`, `"cached"` or `"failed"`.
+    /// `"executed"`, `"cached"`, `"remote_cached"`, `"remote_executed"` or `"failed"`.
     pub status: String,
     pub duration_ms: u64,
+    /// When it started, in microseconds from the build's start (`BuildRecord::start_unix_ms`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_us: Option<u64>,
+    /// How long it took, in microseconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_us: Option<u64>,
+    /// The worker slot it ran on (0 .. jobs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slot: Option<u64>,
+    /// Why it failed: the error and the first lines of the tool's output
+    /// ([`ActionRecord::failure_excerpt`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    /// The names of the actions it depends on; `None` when not recorded (older rows).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deps: Option<Vec<String>>,
+}
+
+impl ActionRecord {
+    /// At most this many lines of a failure are kept in the history.
+    pub const FAILURE_LINES: usize = 20;
+    /// At most this many bytes of a failure are kept in the history.
+    pub const FAILURE_BYTES: usize = 4096;
+
+    /// What the history keeps of a failure: the error, then the tool's output, cut to the
+    /// first [`Self::FAILURE_LINES`] lines and [`Self::FAILURE_BYTES`] bytes (on a character
+    /// boundary), with a last line saying how much was left out.
+    pub fn failure_excerpt(error: Option<&str>, output: Option<&str>) -> Option<String> {
+        let text = [error, output]
+            .into_iter()
+            .flatten()
+            .map(str::trim_end)
+            .filter(|t| !t.is_empty())
+            .collect::<Vec<_>>()
+            .join("\n");
+        if text.is_empty() {
+            return None;
+        }
+        let total_lines = text.lines().count();
+        let mut kept = String::new();
+        let mut lines = 0;
+        for line in text.lines().take(Self::FAILURE_LINES) {
+            if !kept.is_empty() {
+                kept.push('\n');
+            }
+            kept.push_str(line);
+            lines += 1;
+        }
+        let mut cut = lines < total_lines;
+        if kept.len() > Self::FAILURE_BYTES {
+            let mut end = Self::FAILURE_BYTES;
+            while !kept.is_char_boundary(end) {
+                end -= 1;
+            }
+            kept.truncate(end);
+            cut = true;
+        }
+        if cut {
+            kept.push_str(&format!(
+                "\n[... cut: {} lines, {} bytes in all]",
+                total_lines,
+                text.len()
+            ));
+        }
+        Some(kept)
+    }
 }
 
 /// One build (`begin_build` .. `finish_build`).
