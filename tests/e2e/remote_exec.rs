@@ -159,8 +159,11 @@ fn builds_run_entirely_on_workers_and_arm64_actions_go_to_the_arm64_worker() {
     let _x86 = Worker::start(&engine, "wx86", &strs(&toolchain_flags("linux-x86_64")));
     let _arm = Worker::start(&engine, "warm", &strs(&toolchain_flags("linux-arm64")));
 
-    // The C example for both platforms: WASI, x86_64 and arm64 native actions.
+    // The C example for both platforms: WASI, x86_64 and arm64 native actions; and a guest
+    // that writes what it sees of the world (random bytes included: a worker seeds them as
+    // the local executor does).
     let w = c_hello();
+    super::world_ws(&w);
     let args = [
         "build",
         "--remote-executor",
@@ -195,6 +198,7 @@ fn builds_run_entirely_on_workers_and_arm64_actions_go_to_the_arm64_worker() {
 
     // The same outputs as a local build.
     let local = c_hello();
+    super::world_ws(&local);
     local.ok(&["build", "--platform", "linux-x86_64,linux-arm64", "//..."]);
     assert_eq!(tree(&w.path("wbuild-out")), tree(&local.path("wbuild-out")));
 

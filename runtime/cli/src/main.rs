@@ -16,6 +16,7 @@ mod ui;
 mod verify;
 mod version;
 mod wasi_tool;
+mod why;
 mod worker;
 
 /// mimalloc instead of glibc malloc: loading and analysing a large graph allocates millions
@@ -176,6 +177,9 @@ enum Cmd {
         target: String,
         detail: Option<String>,
     },
+    /// Why the actions of a target ran the last time they ran here: which path they read,
+    /// listed or probed changed, or which part of their command or settings did.
+    Why { target: String },
     /// Query the target graph (before analysis), Bazel-style: `wbuild query 'deps(//app)'`.
     Query(query::QueryArgs),
     /// The actions of the targets a query yields, with their action keys and cache state:
@@ -350,6 +354,7 @@ fn run(cli: Cli) -> Result<i32> {
         Cmd::Test(args) => build(&cli, args, true),
         Cmd::Outputs { targets, platform } => outputs(&cli, targets, platform),
         Cmd::Explain { target, detail } => explain(&cli, target, detail.as_deref()),
+        Cmd::Why { target } => why::run(&cli, target),
         Cmd::Query(args) => query::run(&cache_dir(&cli), args),
         Cmd::Aquery(args) => aquery::run(&cache_dir(&cli), args),
         Cmd::History { build, limit } => history(&cli, *build, *limit),

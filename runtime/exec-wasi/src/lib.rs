@@ -5,7 +5,7 @@
 //! workspace paths, read-only by policy; declared outputs writable) and a private empty `/tmp`.
 //! There are no sockets, the environment is exactly the one given, the wall clock reads the
 //! configured `SOURCE_DATE_EPOCH`, the monotonic clock advances deterministically, random bytes
-//! are seeded from the action digest, directory listings are sorted and file metadata carries
+//! are seeded by the caller (wbuild: from the action's weak key), directory listings are sorted and file metadata carries
 //! fixed times. Every file-system access is recorded in an [`AccessLog`].
 //!
 //! What it must never do: open a guest-named path with ambient `std::fs` (all guest access goes
@@ -34,7 +34,7 @@ use wasmtime_wasi::p2::pipe::MemoryOutputPipe;
 pub use access::{Access, AccessKind, AccessLog};
 
 /// Version of the sandbox semantics; part of every WASI action key.
-pub const EXECUTOR_VERSION: &str = "wbuild-wasi/1";
+pub const EXECUTOR_VERSION: &str = "wbuild-wasi/2";
 
 /// Captured stdout/stderr is cut off at this size.
 const OUTPUT_CAPACITY: usize = 16 << 20;

@@ -182,7 +182,8 @@ impl Scheduler<'_> {
                 warnings = unused_inputs(action, log);
             }
         }
-        let accesses = accesses
+        let log = accesses;
+        let accesses = log
             .as_ref()
             .and_then(|log| serde_json::from_str(&log.to_json()).ok());
         let status = if worker.is_some() {
@@ -214,6 +215,7 @@ impl Scheduler<'_> {
         let result = action_result(&outputs, &executables, 0, stdout_digest, stderr_digest);
         self.store
             .ac_put(&prep.action_digest, &result, &action.label.to_string())?;
+        self.record_key(action, opts, prep, log.as_ref(), &outputs, &mut warnings)?;
         // Unsandboxed native results are never shared; a worker's are shared already.
         let unsandboxed = opts.unsandboxed && action.exec == Exec::Native;
         if opts.remote_upload && !unsandboxed && worker.is_none() {

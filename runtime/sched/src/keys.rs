@@ -9,7 +9,7 @@ use wbuild_graph::{ActionGraph, ActionNode, Exec, Label};
 use wbuild_store::{Digest, digest_message, reapi};
 
 use crate::spec::{self, ExecProps, Kind, Spec};
-use crate::{Options, Scheduler, merkle, native};
+use crate::{Options, Scheduler, merkle, native, observed};
 
 /// Why an action cannot be keyed or staged: the action fails, the build goes on.
 #[derive(Debug, thiserror::Error)]
@@ -49,6 +49,33 @@ pub(crate) struct Prepared {
     /// Native actions: launcher scripts of the WASI tools they run (workspace path, text);
     /// they enter the CAS before the action runs.
     pub(crate) launchers: Vec<(String, String)>,
+    /// After a miss of the full key: the weak key and what it is made of.
+    pub(crate) weak: Option<observed::Weak>,
+    /// After a miss: why the action runs (compared with its last run here).
+    pub(crate) why: Option<String>,
+}
+
+impl Prepared {
+    /// The weak key of the action (see `observed`), with its parts.
+    pub(crate) fn weak_key(
+        &self,
+        f: wbuild_store::DigestFunction,
+        node: &ActionNode,
+    ) -> observed::Weak {
+        let module = match &self.spec.kind {
+            Kind::Wasi { module, .. } => Some(module),
+            Kind::Native { .. } => None,
+        };
+        observed::weak_key(
+            f,
+            observed::mode(node),
+            &self.command,
+            &self.action,
+            &self.spec.files,
+            &self.spec.executables,
+            module,
+        )
+    }
 }
 
 /// The environment of an action's `Command`, sorted by name: for a native action the tools
@@ -296,6 +323,8 @@ impl Scheduler<'_> {
             spec,
             sources,
             launchers,
+            weak: None,
+            why: None,
         })
     }
 }

@@ -25,6 +25,7 @@ mod keys;
 mod local;
 mod merkle;
 mod native;
+mod observed;
 mod queue;
 mod remote;
 mod safe_fs;
@@ -52,6 +53,7 @@ pub use local::LocalRunner;
 use local::Semaphore;
 pub use merkle::{TreeFile, input_root, tree_files};
 pub use native::toolchain_identity;
+pub use observed::{KeyManifest, MAX_PATH_SET};
 use remote::Endpoint;
 pub use remote::{ACCESS_LOG_TYPE_URL, RemoteCacheApi, RemoteExecApi};
 pub use validate::{
@@ -344,54 +346,24 @@ impl Scheduler<'_> {
         opts: &Options,
         generated: &HashMap<String, Digest>,
     ) -> Result<Finished, SchedError> {
-        let prep = match self.prepare(graph, action, opts, generated) {
+        let mut prep = match self.prepare(graph, action, opts, generated) {
             Ok(p) => p,
             Err(e) => return Ok(Finished::failed(e.to_string())),
         };
-        if let Some(result) = self.store.ac_get(&prep.action_digest)? {
-            let valid = if result.exit_code != 0 {
-                None
-            } else {
-                match validate_result(self.store.function(), &action.outputs, &result) {
-                    Ok(v) => Some(v),
-                    Err(e) => {
-                        self.invalid_result("local cache entry", action, &e);
-                        None
-                    }
-                }
-            };
-            if let Some(files) = valid {
-                let (outputs, executables) = split_outputs(files);
-                match self.materialize(&outputs, &executables, &opts.platform.out_dir()) {
-                    Ok(()) => {
-                        let output = if opts.show_output {
-                            self.cached_output(&result)
-                        } else {
-                            None
-                        };
-                        let report = finish::RunReport {
-                            output,
-                            ..Default::default()
-                        };
-                        return Ok(Finished::succeeded(
-                            Status::Cached,
-                            prep.action_digest,
-                            outputs,
-                            executables,
-                            report,
-                        ));
-                    }
-                    Err(wbuild_store::StoreError::Corrupt { .. })
-                    | Err(wbuild_store::StoreError::NotFound { .. }) => {
-                        // A blob went bad: forget the entry and run the action again.
-                        self.store.ac_remove(&prep.action_digest)?;
-                    }
-                    Err(e) => return Err(e.into()),
-                }
-            } else {
-                self.store.ac_remove(&prep.action_digest)?;
-            }
+        if let Some(result) = self.store.ac_get(&prep.action_digest)?
+            && let Some(fin) = self.serve_entry(action, opts, &prep.action_digest, result)?
+        {
+            return Ok(fin);
         }
+        let weak = prep.weak_key(self.store.function(), action);
+        if let (Some(key), spec::Kind::Wasi { .. }) = (&weak.key, &prep.spec.kind) {
+            prep.spec.seed = key.hash;
+        }
+        if let Some(fin) = self.observed_lookup(action, opts, &prep, &weak)? {
+            return Ok(fin);
+        }
+        prep.why = Some(self.why_now(action, opts, &prep, &weak)?);
+        prep.weak = Some(weak);
         if let Some(fin) = self.remote_lookup(graph, action, opts, &prep)? {
             return Ok(fin);
         }
@@ -399,5 +371,60 @@ impl Scheduler<'_> {
             return Ok(fin);
         }
         self.execute(wid, graph, action, opts, prep)
+    }
+
+    /// The outcome of the cached `result` of the action-cache entry `entry`: outputs checked
+    /// and materialised (status `Cached`), or `None` if the entry is unusable (it is then
+    /// dropped, and the action looked up further or run).
+    fn serve_entry(
+        &self,
+        action: &ActionNode,
+        opts: &Options,
+        entry: &Digest,
+        result: wbuild_store::reapi::ActionResult,
+    ) -> Result<Option<Finished>, SchedError> {
+        let valid = if result.exit_code != 0 {
+            None
+        } else {
+            match validate_result(self.store.function(), &action.outputs, &result) {
+                Ok(v) => Some(v),
+                Err(e) => {
+                    self.invalid_result("local cache entry", action, &e);
+                    None
+                }
+            }
+        };
+        let Some(files) = valid else {
+            self.store.ac_remove(entry)?;
+            return Ok(None);
+        };
+        let (outputs, executables) = split_outputs(files);
+        match self.materialize(&outputs, &executables, &opts.platform.out_dir()) {
+            Ok(()) => {
+                let output = if opts.show_output {
+                    self.cached_output(&result)
+                } else {
+                    None
+                };
+                let report = finish::RunReport {
+                    output,
+                    ..Default::default()
+                };
+                Ok(Some(Finished::succeeded(
+                    Status::Cached,
+                    *entry,
+                    outputs,
+                    executables,
+                    report,
+                )))
+            }
+            Err(wbuild_store::StoreError::Corrupt { .. })
+            | Err(wbuild_store::StoreError::NotFound { .. }) => {
+                // A blob went bad: forget the entry and run the action again.
+                self.store.ac_remove(entry)?;
+                Ok(None)
+            }
+            Err(e) => Err(e.into()),
+        }
     }
 }

@@ -172,7 +172,8 @@ pub struct Spec {
     pub outputs: Vec<String>,
     pub epoch_secs: u64,
     pub timeout: Duration,
-    /// Seed of a guest's random bytes: the action digest.
+    /// Seed of a guest's random bytes: a WASI action's weak key (set after a miss of its
+    /// full key; see `observed`), else the action digest.
     pub seed: [u8; 32],
     pub kind: Kind,
 }
@@ -207,7 +208,8 @@ pub type ToolchainResolver<'a> =
 
 impl Spec {
     /// The spec of an `Action` (with its `Command` and input-tree files) an engine leased to
-    /// a worker. `key` is the action's digest without `do_not_cache` (the seed). Refuses what
+    /// a worker. `key` is the action's digest without `do_not_cache` (a native action's seed; a
+    /// WASI guest's is its weak key). Refuses what
     /// this worker cannot run exactly as keyed, saying why.
     pub fn from_reapi(
         key: &Digest,
@@ -321,6 +323,21 @@ impl Spec {
             }
             other => return Err(RefusedAction::OsFamily(other.map(str::to_owned))),
         };
+        // A WASI guest's random bytes come from the weak key, as in the scheduler.
+        let seed = match &kind {
+            Kind::Wasi { module, .. } => crate::observed::weak_key(
+                key.function,
+                Some(crate::observed::Mode::Observed),
+                command,
+                action,
+                &staged,
+                &executables,
+                Some(module),
+            )
+            .key
+            .map_or(key.hash, |k| k.hash),
+            Kind::Native { .. } => key.hash,
+        };
         Ok(Spec {
             name: command.arguments.first().cloned().unwrap_or_default(),
             argv: command.arguments.clone(),
@@ -334,7 +351,7 @@ impl Spec {
             outputs: command.output_paths.clone(),
             epoch_secs,
             timeout,
-            seed: key.hash,
+            seed,
             kind,
         })
     }

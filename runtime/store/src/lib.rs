@@ -35,6 +35,7 @@ mod error;
 mod history;
 mod incoming;
 mod maint;
+mod observed;
 mod stat;
 mod store;
 mod tables;
@@ -51,6 +52,7 @@ pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 pub use digest::{Digest, DigestFunction, Hasher, digest_message};
 pub use error::StoreError;
 pub use incoming::{BlobFile, IncomingBlob, IncomingError};
+pub use observed::PATH_SETS_PER_KEY;
 pub use stat::{RACY_NS, StatKey};
 pub use store::{
     DEFAULT_LOCK_TIMEOUT, INDEX_CHECK_MARKER, IndexCheck, IndexOpener, Store, redb_panic_is_handled,

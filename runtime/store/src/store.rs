@@ -291,6 +291,9 @@ impl Store {
                 read.open_table(BUILDS).map(drop),
                 read.open_table(BUILD_ACTIONS).map(drop),
                 read.open_table(DURATIONS).map(drop),
+                read.open_table(PATH_SETS).map(drop),
+                read.open_table(OBSERVED).map(drop),
+                read.open_table(KEY_MANIFESTS).map(drop),
             ];
             let mut missing = false;
             for r in opened {
@@ -315,6 +318,9 @@ impl Store {
             txn.open_table(BUILDS).map_err(|e| self.db_err(e))?;
             txn.open_table(BUILD_ACTIONS).map_err(|e| self.db_err(e))?;
             txn.open_table(DURATIONS).map_err(|e| self.db_err(e))?;
+            txn.open_table(PATH_SETS).map_err(|e| self.db_err(e))?;
+            txn.open_table(OBSERVED).map_err(|e| self.db_err(e))?;
+            txn.open_table(KEY_MANIFESTS).map_err(|e| self.db_err(e))?;
         }
         txn.commit().map_err(|e| self.db_err(e))
     }

@@ -24,3 +24,12 @@ pub(crate) const BUILD_ACTIONS: TableDefinition<(u64, u64), &str> =
     TableDefinition::new("build_actions_v1");
 /// Action label -> most recent executed duration in ms.
 pub(crate) const DURATIONS: TableDefinition<&str, u64> = TableDefinition::new("durations_v1");
+/// Weak key (33 bytes) ++ path-set hash (32 bytes) -> encoded path set (see `observed.rs`:
+/// version, checksum, last use, the path set's bytes). At most `PATH_SETS_PER_KEY` per weak key.
+pub(crate) const PATH_SETS: TableDefinition<&[u8], &[u8]> = TableDefinition::new("path_sets_v1");
+/// Strong key (33 bytes) -> checksummed full digest of the action whose run recorded it.
+pub(crate) const OBSERVED: TableDefinition<&[u8], &[u8]> = TableDefinition::new("observed_v1");
+/// Action identity (label, mnemonic, detail, platform, NUL-separated) -> what its last run's
+/// key was made of (JSON, opaque to the store; see `wbuild why`).
+pub(crate) const KEY_MANIFESTS: TableDefinition<&str, &str> =
+    TableDefinition::new("key_manifests_v1");

@@ -548,6 +548,54 @@ fn main() {
             eprintln!("flood: {written} MiB accepted");
             fs::write(&args[3], b"flooded\n").expect("write output");
         }
+        // probe cpp OUT SRC DIR... : a preprocessor's include search: each `#include "x"`
+        // line is replaced by the first DIR/x that exists (probing the others), recursively
+        "cpp" => {
+            fn expand(path: &str, dirs: &[String], out: &mut String, depth: usize) {
+                assert!(depth < 32, "include nesting too deep at {path}");
+                let text = fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
+                for line in text.lines() {
+                    let inc = line
+                        .strip_prefix("#include \"")
+                        .and_then(|r| r.strip_suffix('"'));
+                    match inc {
+                        Some(name) => {
+                            let found = dirs
+                                .iter()
+                                .map(|d| format!("{d}/{name}"))
+                                .find(|p| fs::metadata(p).is_ok())
+                                .unwrap_or_else(|| panic!("{path}: {name} not found"));
+                            expand(&found, dirs, out, depth + 1);
+                        }
+                        None => {
+                            out.push_str(line);
+                            out.push('\n');
+                        }
+                    }
+                }
+            }
+            let mut out = String::new();
+            expand(&args[3], &args[4..], &mut out, 0);
+            fs::write(&args[2], out).expect("write output");
+        }
+        // probe ls OUT DIR : the sorted names in DIR (contents are not read)
+        "ls" => {
+            let mut names = list(&args[3]).unwrap_or_else(|e| panic!("list {}: {e}", args[3]));
+            names.sort();
+            fs::write(&args[2], names.join("\n") + "\n").expect("write output");
+        }
+        // probe probes N OUT : look up N paths that do not exist, and a few outside the root
+        "probes" => {
+            let n: usize = args[2].parse().unwrap();
+            let mut found = 0;
+            for i in 0..n {
+                found += usize::from(fs::metadata(format!("nothing/{i}")).is_ok());
+            }
+            for p in ["../../etc/passwd", "/etc/shadow", "../x"] {
+                found += usize::from(fs::metadata(p).is_ok());
+            }
+            fs::write(&args[3], format!("{found}\n")).expect("write output");
+        }
         other => {
             eprintln!("probe: unknown mode {other:?}");
             std::process::exit(2);
