@@ -2,11 +2,14 @@
 """Generate one synthetic build graph for wbuild and the tools it is measured against.
 
   gen.py OUT_DIR --actions N [--kind tar|template|c] [--per-package P] [--fan-in F]
-                 [--tool WASM] [--native-tool BIN] [--ninja-command CMD] [--bazel]
+                 [--tool WASM] [--native-tool BIN] [--ninja-command CMD]
+                 [--bazel [--bazel-version X.Y.Z]]
 
 Every kind writes the same DAG as `WBUILD` files (plus `wbuild.toml`), a `build.ninja` and a
-`Makefile` (outputs under `.ninja-out/` and `.make-out/`); `--bazel` adds `MODULE.bazel` and Bazel `BUILD` files for
-the `c` kind. Prints `actions=N` (the exact number of actions of the graph) on its last line.
+`Makefile` (outputs under `.ninja-out/` and `.make-out/`); `--bazel` adds `BUILD.bazel` files
+for the `c` kind, with Bazel's native `cc_library`/`cc_binary` (see write_bazel_workspace for
+the workspace files and for how Bazel's commands differ). Prints `actions=N` (the exact number
+of actions of the graph) on its last line.
 
 Kinds:
   tar       Package p holds P actions a0..a{P-1}; action (p, k) runs the WASI tool wb-tar
@@ -117,6 +120,65 @@ def gen_wasi(a):
     return packages * per
 
 
+# Bazel before 7 loads `@rules_cc//cc:defs.bzl` and `@rules_java//java:defs.bzl` from its own
+# `@bazel_tools` (the C++ toolchain's BUILD file, the registered Java toolchains) and, unless the
+# WORKSPACE defines them first, downloads both. Nothing may be downloaded here, and the BUILD
+# files only use native rules, so the workspace carries local stand-ins that forward to the
+# native rules (what the real `defs.bzl` files of that era do).
+RULES_CC_DEFS = ["cc_binary", "cc_import", "cc_library", "cc_proto_library", "cc_test",
+                 "cc_toolchain", "cc_toolchain_suite", "objc_library"]
+RULES_JAVA_DEFS = ["java_binary", "java_import", "java_library", "java_plugin", "java_runtime",
+                   "java_test", "java_toolchain"]
+BAZEL_LOCAL = ".bazel"
+
+
+def forwarding_defs(rules):
+    return "".join(f"def {r}(**attrs):\n    native.{r}(**attrs)\n\n" for r in rules)
+
+
+def write_bazel_workspace(out, version):
+    """The workspace files of a Bazel build of the C graph.
+
+    Bazel before 7 (Debian's bazel-bootstrap is 4.2.3): a `WORKSPACE` naming local stand-ins for
+    `rules_cc` and `rules_java` under `.bazel/` (hidden from wbuild's workspace walk and listed
+    in `.bazelignore`, so `//...` is only the graph). Bazel 7 and later: a `MODULE.bazel` (bzlmod
+    is their default); it fetches `rules_cc` from the Bazel Central Registry, so it needs network
+    access or a registry mirror.
+
+    `.bazelrc` holds the options that keep Bazel's graph the one the other tools build:
+    `--features=-supports_start_end_lib` makes Bazel archive each library (`ar rcsD`, as the
+    others do) instead of handing the linker its objects between --start-lib/--end-lib, so the
+    graph has the same compiles, archives and link. Differences that remain (Bazel's default C
+    toolchain in its default fastbuild mode, with the graph's `copts = ["-O2"]` appended):
+    compiles also get `-fPIC -U_FORTIFY_SOURCE -fstack-protector -Wall -Wunused-but-set-parameter
+    -Wno-free-nonheap-object -fno-omit-frame-pointer -fno-canonical-system-headers`, the
+    `__DATE__`/`__TIME__`/`__TIMESTAMP__` redactions and `-frandom-seed`, and `includes` become
+    `-isystem` (for the source tree and bazel-out) where the others use `-I`; the link uses gold
+    (`-fuse-ld=gold -Wl,-S`) and adds `-lstdc++ -lm`. Bazel also checks the headers each compile
+    read (its `.d` file) against the declared ones."""
+    major = int(version.split(".")[0]) if version and version[0].isdigit() else 0
+    ignore = [BAZEL_LOCAL, "wbuild-out", NINJA_OUT, MAKE_OUT]
+    write(os.path.join(out, ".bazelignore"), "\n".join(ignore) + "\n")
+    write(os.path.join(out, ".bazelrc"), "build --features=-supports_start_end_lib\n")
+    if major >= 7:
+        write(os.path.join(out, "MODULE.bazel"),
+              'module(name = "bench")\n\nbazel_dep(name = "rules_cc", version = "0.1.1")\n')
+        return
+    local = os.path.join(out, BAZEL_LOCAL)
+    write(os.path.join(local, "rules_cc", "WORKSPACE"), 'workspace(name = "rules_cc")\n')
+    write(os.path.join(local, "rules_cc", "cc", "defs.bzl"), forwarding_defs(RULES_CC_DEFS))
+    write(os.path.join(local, "rules_cc", "cc", "BUILD"),
+          'alias(\n    name = "toolchain_type",\n    actual = "@bazel_tools//tools/cpp:toolchain_type",\n'
+          '    visibility = ["//visibility:public"],\n)\n')
+    write(os.path.join(local, "rules_java", "WORKSPACE"), 'workspace(name = "rules_java")\n')
+    write(os.path.join(local, "rules_java", "java", "defs.bzl"), forwarding_defs(RULES_JAVA_DEFS))
+    write(os.path.join(local, "rules_java", "java", "BUILD"), "")
+    write(os.path.join(out, "WORKSPACE"),
+          'workspace(name = "bench")\n\n'
+          f'local_repository(name = "rules_cc", path = "{BAZEL_LOCAL}/rules_cc")\n\n'
+          f'local_repository(name = "rules_java", path = "{BAZEL_LOCAL}/rules_java")\n')
+
+
 C_FUNCTION = """
 int lib{i}_f{j}(int x)
 {{
@@ -202,7 +264,7 @@ def gen_c(a):
     if bazel:
         write(os.path.join(a.out, "app", "BUILD.bazel"),
               f'cc_binary(name = "app", srcs = ["main.c"], deps = {app_deps!r}, copts = {copts!r})\n')
-        write(os.path.join(a.out, "MODULE.bazel"), 'bazel_dep(name = "rules_cc", version = "0.1.1")\n')
+        write_bazel_workspace(a.out, a.bazel_version)
     # The program links every archive, dependents before dependencies.
     link = []
     for t in tops:
@@ -235,6 +297,9 @@ def main():
     ap.add_argument("--ninja-command", default="cat $in > $out",
                     help="command of build.ninja's rule for the tar kind (e.g. 'wb-tar -o $out $in')")
     ap.add_argument("--bazel", action="store_true", help="also write Bazel BUILD files (c kind)")
+    ap.add_argument("--bazel-version", default="4",
+                    help="the Bazel the files are for: before 7 a WORKSPACE, from 7 a MODULE.bazel "
+                         "(default 4, Debian's bazel-bootstrap)")
     a = ap.parse_args()
     if a.per_package is None:
         a.per_package = 11 if a.kind == "c" else 100

@@ -6,13 +6,22 @@
 #   bench/run.sh
 #
 # Environment (defaults in brackets):
-#   C_SIZES="1000"            sizes of the C graph (real gcc compiles): clean, no-op, edit, cached
+#   C_SIZES="1000"            sizes of the C graph (real gcc compiles): clean, no-op, edit, cached, load
 #   WASI_SIZES="1000 10000"   sizes of the WASI graph (wb-template runs): the same plus load
 #   LOAD_SIZES="100000"       WASI graph sizes measured for load and no-op only
 #   RUNS=3                    interleaved runs per scenario (no-op and load: at least 5)
 #   JOBS=$(nproc)             parallelism of every tool
 #   LUA=1                     also run bench/lua.sh (wbuild, make and ninja on Lua 5.4)
 #   KEEP=1                    keep the generated workspaces under the work directory
+#   BAZEL=bazel               the Bazel of the C graphs' Bazel columns (default: `bazel` on the
+#                             PATH, if any); BAZEL=0 leaves them out
+#   TIMEOUT=3600              seconds one measured run may take before it is killed
+#
+# Bazel columns: install Debian's Bazel (`apt-get install bazel-bootstrap`, Bazel 4.2.3; it
+# builds the generated workspaces without network access) or put any `bazel` on the PATH. The C
+# graphs then get `bazel-linux-sandbox` (each action in Bazel's namespace sandbox; labelled
+# `bazel-processwrapper-sandbox` where linux-sandbox cannot run here) and `bazel-local`
+# (--spawn_strategy=local). See bench/suite.py for how the scenarios map onto Bazel.
 #
 # Needs ninja, make, gcc, GNU time, hyperfine (for lua.sh) and python3 (Debian: ninja-build,
 # make, gcc, time, hyperfine) and the wasm32-wasip1 target; builds wbuild and wb-template in release mode. Run it
@@ -37,10 +46,17 @@ if [ "${LUA:-1}" = 1 ]; then
     lua_json="$here/lua-results.json"
 fi
 
+bazel_args=()
+case "${BAZEL:-}" in
+    0) bazel_args=(--no-bazel) ;;
+    "") ;;
+    *) bazel_args=(--bazel "$BAZEL") ;;
+esac
 # shellcheck disable=SC2086  # the size lists are meant to split
 python3 "$here/suite.py" --wbuild "$target/release/wbuild" \
     --wasm-dir "$target/wasm32-wasip1/release" --native-dir "$target/release" \
     --work "$work" --runs "${RUNS:-3}" --jobs "${JOBS:-$(nproc)}" \
     --c-sizes ${C_SIZES:-1000} --wasi-sizes ${WASI_SIZES:-1000 10000} \
     --load-sizes ${LOAD_SIZES:-100000} \
-    ${lua_json:+--lua-json "$lua_json"} ${KEEP:+--keep}
+    --timeout "${TIMEOUT:-3600}" \
+    ${lua_json:+--lua-json "$lua_json"} ${KEEP:+--keep} "${bazel_args[@]}"

@@ -3,8 +3,15 @@
 is installed) on the same generated graphs, scenario by scenario.
 
   suite.py --wbuild BIN --wasm-dir DIR --native-dir DIR --work DIR [--c-sizes N...]
-           [--wasi-sizes N...] [--load-sizes N...] [--runs N] [--jobs N]
-           [--json FILE] [--doc FILE] [--lua-json FILE]
+           [--wasi-sizes N...] [--load-sizes N...] [--runs N] [--jobs N] [--timeout S]
+           [--bazel BIN | --no-bazel] [--json FILE] [--doc FILE] [--lua-json FILE]
+
+Bazel: the C graphs get two Bazel columns when `bazel` is on the PATH (or --bazel names it;
+Debian: apt-get install bazel-bootstrap, Bazel 4.2.3, which builds here without network):
+`bazel-linux-sandbox` (every action in Bazel's namespace sandbox; `bazel-processwrapper-sandbox`
+where linux-sandbox cannot run, with the reason printed) and `bazel-local` (no sandbox,
+--spawn_strategy=local). Each column has its own server and output base under
+WORK/bazel-root and its own --disk_cache; the servers are shut down when the graph is done.
 
 Each measured run is one process started from here under GNU time: wall time (measured here)
 and peak resident set size (time's %M: the largest process of the tool's tree, so it includes
@@ -13,12 +20,21 @@ so background load hits them alike; each ratio against ninja is taken pair by pa
 tool over run i of ninja) and the median of those ratios is reported.
 
 Scenarios:
-  clean    nothing built: outputs removed, and for wbuild an empty cache directory
-  no-op    everything up to date
+  clean    nothing built: outputs removed, and for wbuild an empty cache directory; for Bazel
+           `clean --expunge` and an empty disk cache, so the run includes the server's start
+           and the C toolchain's detection
+  no-op    everything up to date (Bazel: its server warm)
   edit     one source file of the deepest library changed (new content every run)
-  cached   outputs deleted, cache warm (ninja and make have no cache: a full rebuild)
+  cached   outputs deleted, cache warm (ninja and make have no cache: a full rebuild; Bazel:
+           `bazel clean`, server and disk cache kept)
   load     read the build description and compute the graph, building nothing: wbuild
-           `outputs //...` with its analysis cache dropped, `ninja -t targets all`, `make -n`
+           `outputs //...` with its analysis cache dropped, `ninja -t targets all`, `make -n`,
+           `bazel query //...` with the server shut down before (a cold JVM, as wbuild's run is
+           a fresh process)
+
+Peak RSS of a Bazel run is the larger of the client's (GNU time) and the server's VmHWM (the
+server is no child of the client; its peak is since the server started, so across runs of
+no-op and edit). The compilers Bazel's server spawns are not counted.
 """
 import argparse
 import json
@@ -26,6 +42,7 @@ import os
 import platform
 import re
 import shutil
+import signal
 import statistics
 import subprocess
 import sys
@@ -36,19 +53,33 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 
 
-def measure(cmd, cwd, env=None):
-    """Run cmd; return (seconds, peak RSS in KiB). Fails loudly with the tool's output.
+def measure(cmd, cwd, env=None, timeout=None):
+    """Run cmd; return (seconds, peak RSS in KiB). Fails loudly with the tool's output, and
+    kills the command's process group when it outlives `timeout` seconds (default RUN_TIMEOUT).
 
     The peak RSS comes from GNU time (`/usr/bin/time -f %M`), not from wait4 here: a child
     forked from this Python process starts with Python's resident pages, and ru_maxrss keeps
     that across exec. time's own footprint (about 2 MiB) is the floor instead."""
+    timeout = timeout or RUN_TIMEOUT
     log = tempfile.TemporaryFile()
     with tempfile.NamedTemporaryFile("r") as rss:
         t0 = time.perf_counter()
-        p = subprocess.run([TIME, "-f", "%M", "-o", rss.name] + cmd, cwd=cwd, stdout=log,
-                           stderr=subprocess.STDOUT, env=env)
+        p = subprocess.Popen([TIME, "-f", "%M", "-o", rss.name] + cmd, cwd=cwd, stdout=log,
+                             stderr=subprocess.STDOUT, env=env, start_new_session=True)
+        try:
+            p.wait(timeout=timeout)
+        except BaseException as e:  # the deadline, or ^C / SIGTERM of the suite
+            os.killpg(p.pid, signal.SIGKILL)
+            p.wait()
+            if not isinstance(e, subprocess.TimeoutExpired):
+                raise
+            log.seek(0)
+            tail = log.read().decode(errors="replace")[-3000:]
+            sys.exit(f"bench: {' '.join(cmd)} in {cwd} still ran after {timeout:.0f} s and was "
+                     f"killed (raise --timeout if the machine is that slow):\n{tail}")
         elapsed = time.perf_counter() - t0
-        peak = int(rss.read().strip().splitlines()[-1] or 0)
+        lines = rss.read().strip().splitlines()
+        peak = int(lines[-1]) if lines and lines[-1].isdigit() else 0
     if p.returncode != 0:
         log.seek(0)
         tail = log.read().decode(errors="replace")[-3000:]
@@ -57,12 +88,15 @@ def measure(cmd, cwd, env=None):
 
 
 TIME = "/usr/bin/time"
+# Deadline of one measured run (--timeout), and of Bazel's clean, info, query and shutdown.
+RUN_TIMEOUT = 3600.0
+BAZEL_CONTROL_TIMEOUT = 600.0
 # GNU make is left out above this: on the 100,000-action graph `make -n` alone takes about 50 s.
 MAKE_MAX_ACTIONS = 20000
 
 
-def run_quiet(cmd, cwd):
-    measure(cmd, cwd)
+def run_quiet(cmd, cwd, timeout=None):
+    measure(cmd, cwd, timeout=timeout)
 
 
 def rm(*paths):
@@ -79,6 +113,10 @@ class Tool:
 
     def path(self, *p):
         return os.path.join(self.ws, *p)
+
+    def server_rss_kib(self):
+        """Peak RSS of a build server outside the measured process tree (Bazel's)."""
+        return 0
 
 
 class Wbuild(Tool):
@@ -142,25 +180,136 @@ class Make(Tool):
 
 
 class Bazel(Tool):
-    def __init__(self, ws, jobs, cache):
-        super().__init__("bazel", ws, jobs)
-        self.cache = cache
+    """One Bazel column: `strategy` is Bazel's --spawn_strategy (linux-sandbox,
+    processwrapper-sandbox or local). Every column has its own output base (and so its own
+    server) and disk cache, so the columns never share outputs, action cache or analysis."""
+
+    COLUMN = {"linux-sandbox": "bazel-linux-sandbox",
+              "processwrapper-sandbox": "bazel-processwrapper-sandbox", "local": "bazel-local"}
+
+    def __init__(self, ws, jobs, binary, root, graph, strategy):
+        super().__init__(self.COLUMN[strategy], ws, jobs)
+        self.binary, self.strategy = binary, strategy
+        self.root = root
+        self.output_base = os.path.join(root, f"{graph}-{strategy}")
+        self.cache = os.path.join(root, f"{graph}-{strategy}-disk-cache")
+
+    def startup(self):
+        # No ~/.bazelrc: the system's rc (Debian's /etc/bazel/bazelrc names the install base)
+        # and the workspace's .bazelrc (gen.py) only. --max_idle_secs: a server that a crashed
+        # run leaves behind still goes away by itself.
+        return [self.binary, f"--output_user_root={self.root}", f"--output_base={self.output_base}",
+                "--nohome_rc", "--max_idle_secs=1800"]
 
     def build_cmd(self):
-        return ["bazel", "build", f"--jobs={self.jobs}", f"--disk_cache={self.cache}", "//..."]
+        # --nosandbox_debug: Debian's /etc/bazel/bazelrc sets --sandbox_debug, which prints
+        # linux-sandbox's debug log (about 40 lines) for every action. --symlink_prefix=/: no
+        # bazel-* links in the workspace the tools share. //app:app is what ninja's and make's
+        # default builds (every library's archive, the program); `//...` would add a shared
+        # library per cc_library.
+        return self.startup() + [
+            "build", f"--jobs={self.jobs}", f"--disk_cache={self.cache}",
+            f"--spawn_strategy={self.strategy}", "--nosandbox_debug", "--symlink_prefix=/",
+            "--color=no", "--curses=no", "//app:app"]
 
     def load_cmd(self):
-        return ["bazel", "query", "//...", "--output=label"]
+        return self.startup() + ["query", "//...", "--output=label"]
+
+    def control(self, *args):
+        run_quiet(self.startup() + list(args), self.ws, timeout=BAZEL_CONTROL_TIMEOUT)
 
     def clean(self):
-        run_quiet(["bazel", "clean", "--expunge"], self.ws)
+        self.control("clean", "--expunge")
         rm(self.cache)
 
     def drop_outputs(self):
-        run_quiet(["bazel", "clean"], self.ws)
+        self.control("clean")
 
     def drop_analysis(self):
-        run_quiet(["bazel", "shutdown"], self.ws)
+        self.control("shutdown")
+
+    def server_pid(self):
+        try:
+            with open(os.path.join(self.output_base, "server", "server.pid.txt")) as f:
+                return int(f.read().strip())
+        except (OSError, ValueError):
+            return None
+
+    def server_rss_kib(self):
+        pid = self.server_pid()
+        try:
+            with open(f"/proc/{pid}/status") as f:
+                for line in f:
+                    if line.startswith("VmHWM:"):
+                        return int(line.split()[1])
+        except (OSError, TypeError):
+            pass
+        return 0
+
+    def install_base(self):
+        out = subprocess.run(self.startup() + ["info", "install_base"], cwd=self.ws,
+                             capture_output=True, text=True, timeout=BAZEL_CONTROL_TIMEOUT)
+        if out.returncode != 0:
+            sys.exit(f"bench: `bazel info install_base` in {self.ws} failed:\n{out.stderr[-3000:]}")
+        return out.stdout.strip()
+
+    def shutdown(self):
+        """Stop this column's server: `bazel shutdown` with a deadline, then SIGKILL by the pid
+        the server wrote (it is this suite's server: its output base is the suite's)."""
+        if self.server_pid() is None:
+            return
+        try:
+            subprocess.run(self.startup() + ["shutdown"], cwd=self.ws, capture_output=True,
+                           timeout=BAZEL_CONTROL_TIMEOUT)
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+        pid = self.server_pid()
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                ours = self.output_base.encode() in f.read()
+        except (OSError, TypeError):
+            ours = False
+        if ours:
+            print(f"bench: Bazel server {pid} ({self.output_base}) outlived `bazel shutdown`; "
+                  "killing it", file=sys.stderr)
+            os.kill(pid, signal.SIGKILL)
+
+
+def bazel_version(binary):
+    """Bazel's version: `bazel --version`, or for Debian's build (`bazel no_version`) the
+    bazel-bootstrap package's. None when neither says."""
+    try:
+        out = subprocess.run([binary, "--version"], capture_output=True, text=True,
+                             timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    m = re.search(r"(\d+\.\d+\.\d+)", out)
+    if m:
+        return m.group(1)
+    try:
+        out = subprocess.run(["dpkg-query", "-W", "-f=${Version}", "bazel-bootstrap"],
+                             capture_output=True, text=True, timeout=60).stdout
+    except (OSError, subprocess.TimeoutExpired):
+        out = ""
+    m = re.match(r"(\d+\.\d+\.\d+)", out)
+    return m.group(1) if m else None
+
+
+def bazel_sandbox(probe):
+    """The strategy of the sandboxed Bazel column: linux-sandbox when Bazel's own linux-sandbox
+    binary runs `/bin/true` here (it needs user, mount, PID and network namespaces), else
+    processwrapper-sandbox (a symlink tree per action, no namespaces), with the reason."""
+    helper = os.path.join(probe.install_base(), "linux-sandbox")
+    try:
+        p = subprocess.run([helper, "--", "/bin/true"], capture_output=True, text=True, timeout=60)
+        if p.returncode == 0:
+            return "linux-sandbox"
+        why = f"exit {p.returncode}: {p.stderr.strip()[-500:]}"
+    except (OSError, subprocess.TimeoutExpired) as e:
+        why = str(e)
+    print(f"bench: Bazel's linux-sandbox ({helper}) does not run here ({why}); the sandboxed "
+          "Bazel column uses processwrapper-sandbox", file=sys.stderr)
+    return "processwrapper-sandbox"
 
 
 class Editor:
@@ -206,6 +355,7 @@ def scenario(name, tools, runs, prepare, command):
         for t in tools:
             prepare(t)
             secs, rss = measure(command(t), t.ws)
+            rss = max(rss, t.server_rss_kib())
             out[t.name]["times"].append(secs)
             out[t.name]["rss_kib"].append(rss)
     for t in tools:
@@ -241,7 +391,7 @@ def bench_graph(a, kind, actions, scenarios, runs):
         gen += ["--tool", os.path.join(a.wasm_dir, "wb-template.wasm"),
                 "--native-tool", os.path.join(a.native_dir, "wb-template")]
     if a.bazel and kind == "c":
-        gen.append("--bazel")
+        gen += ["--bazel", "--bazel-version", a.bazel_version or "4"]
     facts = subprocess.run(gen, check=True, capture_output=True, text=True).stdout
     exact = int(re.search(r"actions=(\d+)", facts).group(1))
     print(f"== {kind} graph, {exact} actions ({ws})", flush=True)
@@ -249,12 +399,34 @@ def bench_graph(a, kind, actions, scenarios, runs):
     tools = [Wbuild(ws, a.jobs, a.wbuild, cache), Ninja(ws, a.jobs)]
     if actions <= MAKE_MAX_ACTIONS:
         tools.append(Make(ws, a.jobs))
+    bazels = []
     if a.bazel and kind == "c":
-        tools.append(Bazel(ws, a.jobs, os.path.join(a.work, f"bazel-cache{actions}")))
+        root = os.path.join(a.work, "bazel-root")
+        graph = f"{kind}{actions}"
+        if a.bazel_sandbox is None:
+            probe = Bazel(ws, a.jobs, a.bazel, root, graph, "local")
+            try:
+                a.bazel_sandbox = bazel_sandbox(probe)
+            finally:
+                probe.shutdown()
+        bazels = [Bazel(ws, a.jobs, a.bazel, root, graph, s) for s in (a.bazel_sandbox, "local")]
+    tools += bazels
+    try:
+        rows = run_scenarios(kind, ws, exact, tools, scenarios, runs)
+    finally:
+        for b in bazels:  # before the workspace goes: Bazel's commands run in it
+            b.shutdown()
+            if not a.keep:
+                rm(b.output_base, b.cache)
+    if not a.keep:
+        rm(ws, cache)
+    return rows
+
+
+def run_scenarios(kind, ws, exact, tools, scenarios, runs):
     editor = Editor(ws, kind)
     settle()
     rows = []
-    first = {}
 
     def clean(t):
         t.clean()
@@ -292,25 +464,28 @@ def bench_graph(a, kind, actions, scenarios, runs):
             raise ValueError(s)
         rows += summarize(kind, exact, "no-op" if s == "noop" else s, raw, len(next(iter(raw.values()))["times"]))
     editor.restore()
-    if not a.keep:
-        rm(ws, cache)
     return rows
 
 
-def machine():
+def machine(bazel_bin=None, sandbox=None):
     def sh(cmd):
         try:
             return subprocess.run(cmd, shell=True, capture_output=True, text=True).stdout.strip()
         except OSError:
             return ""
     cpu = sh("lscpu | sed -n 's/^Model name: *//p' | head -1")
+    bazel = None
+    if bazel_bin:
+        bazel = f"Bazel {bazel_version(bazel_bin) or '(version unknown)'}"
+        if sandbox:
+            bazel += f" ({sandbox} and local)"
     mem = sh("awk '/MemTotal/ {printf \"%.0f GiB\", $2/1048576}' /proc/meminfo")
     fs = sh(f"stat -f -c %T {tempfile.gettempdir()}")
     return {
         "cpu": cpu, "cores": os.cpu_count(), "memory": mem, "kernel": platform.release(),
         "filesystem": fs,
         "gcc": sh("gcc -dumpfullversion"), "ninja": sh("ninja --version"),
-        "make": sh("make --version | head -1"), "bazel": sh("bazel --version 2>/dev/null") or None,
+        "make": sh("make --version | head -1"), "bazel": bazel,
         "python": platform.python_version(),
         "date": time.strftime("%Y-%m-%d"),
     }
@@ -323,6 +498,12 @@ def fmt_s(x):
 
 
 SCENARIO_ORDER = ["clean", "first", "no-op", "edit", "cached", "load"]
+TOOL_ORDER = ["wbuild", "ninja", "make", "bazel-linux-sandbox", "bazel-processwrapper-sandbox",
+              "bazel-local", "bazel"]
+
+
+def tools_of(rows):
+    return [t for t in TOOL_ORDER if any(r["tool"] == t for r in rows)]
 
 
 def table(rows, tools):
@@ -346,7 +527,7 @@ def table(rows, tools):
 
 
 def write_doc(path, rows, info, lua, runs, note=None):
-    tools = [t for t in ["wbuild", "ninja", "make", "bazel"] if any(r["tool"] == t for r in rows)]
+    tools = tools_of(rows)
     m = info
     text = [
         "<!-- generated by bench/run.sh: edits between these markers are overwritten -->",
@@ -354,7 +535,13 @@ def write_doc(path, rows, info, lua, runs, note=None):
         f"{m['memory']}, Linux {m['kernel']}, {m['filesystem']} work directory; gcc {m['gcc']}, "
         f"ninja {m['ninja']}, {m['make']}"
         + (f", {m['bazel']}" if m.get("bazel") else ", Bazel not installed (no Bazel column)") + ". "
-        f"Medians of {runs} interleaved runs (no-op and load: at least 5); ratios are medians of "
+        + ("Bazel (C graph only) builds `//app:app` with its default C toolchain (fastbuild plus "
+           "the graph's -O2; see bench/gen.py for the flags that differ), its own server per "
+           "column and a --disk_cache; its clean runs include the server's start, its load is "
+           "`bazel query //...` on a cold server, and its peak RSS is its server's (the "
+           "compilers it spawns are not counted). "
+           if m.get("bazel") else "")
+        + f"Medians of {runs} interleaved runs (no-op and load: at least 5); ratios are medians of "
         "per-run ratios against ninja (below 1: faster than ninja). Peak RSS is the largest "
         "process of the tool's tree (compilers included). make is left out above "
         f"{MAKE_MAX_ACTIONS:,} actions (`make -n` alone takes about 50 s on 100,000). "
@@ -390,6 +577,7 @@ def write_doc(path, rows, info, lua, runs, note=None):
 
 
 def main():
+    global RUN_TIMEOUT
     ap = argparse.ArgumentParser()
     ap.add_argument("--wbuild", required=True)
     ap.add_argument("--wasm-dir", required=True, help="holds wb-template.wasm")
@@ -406,6 +594,12 @@ def main():
     ap.add_argument("--keep", action="store_true", help="keep the generated workspaces")
     ap.add_argument("--from-json", help="only regenerate --doc from this results file")
     ap.add_argument("--note", help="a sentence added to the document's description of the run")
+    ap.add_argument("--timeout", type=float, default=RUN_TIMEOUT,
+                    help=f"seconds one measured run may take (default {RUN_TIMEOUT:.0f})")
+    ap.add_argument("--bazel", default=shutil.which("bazel"),
+                    help="the Bazel binary of the C graphs' Bazel columns (default: `bazel` on "
+                         "the PATH; Debian: apt-get install bazel-bootstrap)")
+    ap.add_argument("--no-bazel", action="store_true", help="leave the Bazel columns out")
     a = ap.parse_args()
     if a.from_json:
         data = json.load(open(a.from_json))
@@ -413,7 +607,18 @@ def main():
         write_doc(a.doc, data["results"], data["machine"], lua, data["runs"], a.note)
         print(f"wrote {a.doc}")
         return
-    a.bazel = shutil.which("bazel") is not None
+    RUN_TIMEOUT = a.timeout
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit("bench: terminated"))
+    if a.no_bazel:
+        a.bazel = None
+    elif a.bazel:
+        found = shutil.which(a.bazel)
+        if not found:
+            sys.exit(f"bench: --bazel {a.bazel} is not an executable (install bazel-bootstrap or "
+                     "pass --no-bazel)")
+        a.bazel = os.path.abspath(found)
+    a.bazel_version = bazel_version(a.bazel) if a.bazel else None
+    a.bazel_sandbox = None
     a.wbuild, a.wasm_dir, a.native_dir, a.work = (
         os.path.abspath(x) for x in (a.wbuild, a.wasm_dir, a.native_dir, a.work))
     for tool in ("ninja", "make", "gcc", TIME):
@@ -423,12 +628,12 @@ def main():
     full = ["clean", "noop", "edit", "cached"]
     rows = []
     for n in a.c_sizes:
-        rows += bench_graph(a, "c", n, full, a.runs)
+        rows += bench_graph(a, "c", n, full + ["load"], a.runs)
     for n in a.wasi_sizes:
         rows += bench_graph(a, "template", n, full + ["load"], a.runs)
     for n in a.load_sizes:
         rows += bench_graph(a, "template", n, ["first", "load", "noop"], a.runs)
-    info = machine()
+    info = machine(a.bazel, a.bazel_sandbox)
     lua = json.load(open(a.lua_json)) if a.lua_json and os.path.exists(a.lua_json) else None
     with open(a.json, "w") as f:
         json.dump({"machine": info, "runs": a.runs, "jobs": a.jobs, "results": rows}, f, indent=1)
@@ -439,8 +644,7 @@ def main():
             f"The 1-minute load average reached {max(loads):.1f} on {os.cpu_count()} cores during "
             "the run: something else was running, so absolute times are inflated and ratios noisy.")
     write_doc(a.doc, rows, info, lua, a.runs, note)
-    tools = [t for t in ["wbuild", "ninja", "make", "bazel"] if any(r["tool"] == t for r in rows)]
-    print(table(rows, tools))
+    print(table(rows, tools_of(rows)))
     print(f"wrote {a.json} and {a.doc}")
 
 
