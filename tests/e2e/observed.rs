@@ -185,7 +185,7 @@ fn a_header_edit_reruns_only_the_compiles_whose_depfile_lists_it() {
 
 #[test]
 fn a_result_answered_through_its_path_set_is_the_one_a_run_gives() {
-    // The guest's random bytes are seeded from the weak key, so a guest that reads them gives
+    // The guest's random bytes are seeded from its command and settings, so a guest that reads them gives
     // the same output whether it ran or was answered from an earlier run that saw another
     // version of an input it never read.
     let w = ws();

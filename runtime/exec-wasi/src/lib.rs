@@ -5,7 +5,7 @@
 //! workspace paths, read-only by policy; declared outputs writable) and a private empty `/tmp`.
 //! There are no sockets, the environment is exactly the one given, the wall clock reads the
 //! configured `SOURCE_DATE_EPOCH`, the monotonic clock advances deterministically, random bytes
-//! are seeded by the caller (wbuild: from the action's weak key), directory listings are sorted and file metadata carries
+//! are seeded by the caller (wbuild: from the action's command and settings), directory listings are sorted and file metadata carries
 //! fixed times. Every file-system access is recorded in an [`AccessLog`].
 //!
 //! What it must never do: open a guest-named path with ambient `std::fs` (all guest access goes

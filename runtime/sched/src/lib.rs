@@ -356,8 +356,8 @@ impl Scheduler<'_> {
             return Ok(fin);
         }
         let weak = prep.weak_key(self.store.function(), action);
-        if let (Some(key), spec::Kind::Wasi { .. }) = (&weak.key, &prep.spec.kind) {
-            prep.spec.seed = key.hash;
+        if let spec::Kind::Wasi { .. } = &prep.spec.kind {
+            prep.spec.seed = observed::guest_seed(&prep.command, &prep.action);
         }
         if let Some(fin) = self.observed_lookup(action, opts, &prep, &weak)? {
             return Ok(fin);

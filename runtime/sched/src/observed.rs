@@ -85,9 +85,7 @@ fn joined<'a>(items: impl IntoIterator<Item = &'a str>) -> Vec<u8> {
 
 /// The weak key of an action whose reads are known as `mode` says (none: only the parts):
 /// `command`, `action` (salt, timeout, platform) and its staged `files`; `module` for a WASI
-/// action. A WASI guest's random bytes are seeded from it (a worker computes it from the
-/// leased messages alike), so a result answered through a path set is the one a run would
-/// give.
+/// action.
 pub(crate) fn weak_key(
     f: DigestFunction,
     mode: Option<Mode>,
@@ -164,6 +162,43 @@ pub(crate) fn weak_key(
         Digest::of(f, text.as_bytes())
     });
     Weak { key, mode, parts }
+}
+
+/// The seed of a WASI guest's random bytes: BLAKE3 of what its weak key holds that does not
+/// depend on the digest function (argv, environment, outputs, platform, settings, timeout),
+/// so a guest sees the same bytes whether it runs here or on a worker, under BLAKE3 or
+/// SHA-256 keys, and whatever the inputs it did not read (an answer through a path set is
+/// then the bytes a run gives).
+pub(crate) fn guest_seed(command: &reapi::Command, action: &reapi::Action) -> [u8; 32] {
+    use prost::Message;
+    let mut h = blake3::Hasher::new();
+    h.update(b"wbuild-seed/1\0");
+    let mut field = |bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    field(&joined(command.arguments.iter().map(String::as_str)));
+    for v in &command.environment_variables {
+        field(v.name.as_bytes());
+        field(v.value.as_bytes());
+    }
+    field(&joined(command.output_paths.iter().map(String::as_str)));
+    field(
+        &action
+            .platform
+            .as_ref()
+            .map(|p| p.encode_to_vec())
+            .unwrap_or_default(),
+    );
+    field(&action.salt);
+    field(
+        &action
+            .timeout
+            .as_ref()
+            .map_or(0, |t| t.seconds)
+            .to_le_bytes(),
+    );
+    *h.finalize().as_bytes()
 }
 
 /// What a path-set entry depends on.

@@ -172,8 +172,8 @@ pub struct Spec {
     pub outputs: Vec<String>,
     pub epoch_secs: u64,
     pub timeout: Duration,
-    /// Seed of a guest's random bytes: a WASI action's weak key (set after a miss of its
-    /// full key; see `observed`), else the action digest.
+    /// Seed of a guest's random bytes: for a WASI action `observed::guest_seed` (set after a
+    /// miss of its full key), else the action digest.
     pub seed: [u8; 32],
     pub kind: Kind,
 }
@@ -209,7 +209,7 @@ pub type ToolchainResolver<'a> =
 impl Spec {
     /// The spec of an `Action` (with its `Command` and input-tree files) an engine leased to
     /// a worker. `key` is the action's digest without `do_not_cache` (a native action's seed; a
-    /// WASI guest's is its weak key). Refuses what
+    /// WASI guest's is `observed::guest_seed`). Refuses what
     /// this worker cannot run exactly as keyed, saying why.
     pub fn from_reapi(
         key: &Digest,
@@ -323,19 +323,9 @@ impl Spec {
             }
             other => return Err(RefusedAction::OsFamily(other.map(str::to_owned))),
         };
-        // A WASI guest's random bytes come from the weak key, as in the scheduler.
+        // A WASI guest's random bytes are seeded as in the scheduler.
         let seed = match &kind {
-            Kind::Wasi { module, .. } => crate::observed::weak_key(
-                key.function,
-                Some(crate::observed::Mode::Observed),
-                command,
-                action,
-                &staged,
-                &executables,
-                Some(module),
-            )
-            .key
-            .map_or(key.hash, |k| k.hash),
+            Kind::Wasi { .. } => crate::observed::guest_seed(command, action),
             Kind::Native { .. } => key.hash,
         };
         Ok(Spec {
