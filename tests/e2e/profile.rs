@@ -35,7 +35,9 @@ fn a_build_writes_a_chrome_trace_with_every_action_and_its_critical_path() {
     }
     let on_slots: Vec<&serde_json::Value> = events
         .iter()
-        .filter(|e| e["ph"] == "X" && e["tid"].as_u64().unwrap() >= 10)
+        .filter(|e| {
+            e["ph"] == "X" && e["tid"].as_u64().unwrap() >= 10 && e["cat"] != "action_phase"
+        })
         .collect();
     let mut names: Vec<&str> = on_slots
         .iter()
@@ -82,6 +84,52 @@ fn a_build_writes_a_chrome_trace_with_every_action_and_its_critical_path() {
     assert_eq!(critical, ["//gen:ab", "//gen:abab", "//gen:slow"]);
     let c = on_slots.iter().find(|e| e["name"] == "//other:c").unwrap();
     assert_eq!(c["args"]["critical_path"], false);
+    // Each action's phases lie within its slice on its slot; the outermost ones follow one
+    // another without overlapping, so together they never exceed the action's duration; an
+    // action that ran shows its key, lookup, staging, execution and ingestion.
+    for n in ["//gen:ab", "//gen:abab", "//gen:slow", "//other:c"] {
+        let action = on_slots.iter().find(|e| e["name"] == n).unwrap();
+        let (a, b) = span(n);
+        let mut phases: Vec<(u64, u64, &str)> = events
+            .iter()
+            .filter(|e| e["cat"] == "action_phase" && e["args"]["action"] == n)
+            .map(|e| {
+                assert_eq!(e["tid"], action["tid"], "{e}");
+                let ts = e["ts"].as_u64().unwrap();
+                (
+                    ts,
+                    ts + e["dur"].as_u64().unwrap(),
+                    e["name"].as_str().unwrap(),
+                )
+            })
+            .collect();
+        phases.sort();
+        for (p0, p1, name) in &phases {
+            assert!(
+                a <= *p0 && *p1 <= b + 1,
+                "{n}: phase {name} outside {a}..{b}"
+            );
+        }
+        let mut outer: Vec<(u64, u64)> = Vec::new();
+        for (p0, p1, _) in &phases {
+            match outer.last() {
+                Some((_, end)) if p0 < end => assert!(*p1 <= *end + 1, "{phases:?}"),
+                _ => outer.push((*p0, *p1)),
+            }
+        }
+        let total: u64 = outer.iter().map(|(p0, p1)| p1 - p0).sum();
+        assert!(total <= b - a + outer.len() as u64, "{n}: {phases:?}");
+        let names: Vec<&str> = phases.iter().map(|p| p.2).collect();
+        for want in [
+            "key",
+            "cache lookup",
+            "staging",
+            "execution",
+            "output ingestion",
+        ] {
+            assert!(names.contains(&want), "{n}: no {want} phase in {names:?}");
+        }
+    }
     // The last build's timeline is in the cache directory too.
     let last = std::fs::read(w.cache.join("last-build.trace.json")).unwrap();
     assert_eq!(last, std::fs::read(&profile).unwrap());

@@ -29,6 +29,8 @@ struct Ran {
     start_us: u64,
     duration_us: u64,
     slot: usize,
+    /// Its phases (key, lookup, staging, execution, ...), nested in its slice.
+    phases: Vec<wbuild_sched::Phase>,
 }
 
 /// Forwards every event to the frontend's sink and keeps the actions' timings.
@@ -57,6 +59,7 @@ impl EventSink for Recorder<'_> {
             duration_us,
             slot,
             action_digest,
+            phases,
             ..
         } = e
         {
@@ -72,6 +75,7 @@ impl EventSink for Recorder<'_> {
                 start_us: *start_us,
                 duration_us: *duration_us,
                 slot: *slot,
+                phases: phases.clone(),
             });
         }
         self.inner.event(e);
@@ -158,6 +162,13 @@ impl Recorder<'_> {
                                "tid": FIRST_SLOT + r.slot as u64, "ts": r.start_us,
                                "dur": r.duration_us, "args": args}),
             );
+            for p in &r.phases {
+                events.push(
+                    json!({"name": p.name, "cat": "action_phase", "ph": "X", "pid": 1,
+                                   "tid": FIRST_SLOT + r.slot as u64, "ts": p.start_us,
+                                   "dur": p.duration_us, "args": {"action": r.name}}),
+                );
+            }
             if on_path {
                 events.push(json!({"name": r.name, "cat": "critical_path", "ph": "X",
                                    "pid": 1, "tid": CRITICAL, "ts": r.start_us,

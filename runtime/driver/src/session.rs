@@ -562,7 +562,14 @@ pub fn run_build(
     phases.mark("write trace");
     let summary = summary?;
     if summary.success() {
-        let sources: Vec<PathBuf> = summary.sources.iter().map(|p| ws.path(p)).collect();
+        let mut sources: Vec<PathBuf> = summary.sources.iter().map(|p| ws.path(p)).collect();
+        // Native actions keyed on this machine's toolchain: a package upgrade must end the
+        // no-op fast path as it changes their keys.
+        for (p, g) in &passes {
+            if has_native(g) && bundles.get(p.name()).is_some_and(|b| b.is_none()) {
+                sources.extend(wbuild_sched::toolchain_sentinels(*p));
+            }
+        }
         let outputs: Vec<PathBuf> = summary.outputs.keys().map(|p| ws.root.join(p)).collect();
         // Best effort: without a snapshot the next no-op build takes the full path.
         let _ = uptodate::save(
@@ -683,6 +690,7 @@ fn up_to_date(
             platform: None,
             worker: None,
             resubmitted: false,
+            phases: Vec::new(),
         });
     }
     let summary = Summary {

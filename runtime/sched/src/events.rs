@@ -32,6 +32,9 @@ impl Status {
 }
 
 /// Something that happened, for the progress display and the `--events` file.
+// One event exists at a time, passed by reference to the sink: the action variant's size
+// costs nothing worth a box.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Event {
@@ -69,6 +72,10 @@ pub enum Event {
         /// Whether a speculative second submission (a straggler's) delivered the result.
         #[serde(skip_serializing_if = "std::ops::Not::not")]
         resubmitted: bool,
+        /// Where its time went: key, cache lookup, staging, execution, output ingestion,
+        /// upload, ... (a remote worker's queue, fetch, execution and upload times too).
+        #[serde(skip_serializing_if = "Vec::is_empty")]
+        phases: Vec<crate::Phase>,
     },
     /// Something about the whole build (e.g. the remote cache became unreachable).
     Warning { message: String },

@@ -219,9 +219,13 @@ impl Scheduler<'_> {
         // Unsandboxed native results are never shared; a worker's are shared already.
         let unsandboxed = opts.unsandboxed && action.exec == Exec::Native;
         if opts.remote_upload && !unsandboxed && worker.is_none() {
+            let _upload = crate::phases::phase("upload");
             self.remote_upload(&prep.action_digest, &result);
         }
-        self.materialize(&outputs, &executables, &opts.platform.out_dir())?;
+        {
+            let _materialize = crate::phases::phase("materialize outputs");
+            self.materialize(&outputs, &executables, &opts.platform.out_dir())?;
+        }
         let show = opts.show_output || text.to_ascii_lowercase().contains("warning");
         let report = RunReport {
             output: (show && !text.is_empty()).then_some(text),

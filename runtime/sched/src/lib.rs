@@ -26,6 +26,7 @@ mod local;
 mod merkle;
 mod native;
 mod observed;
+mod phases;
 mod queue;
 mod remote;
 mod safe_fs;
@@ -52,8 +53,9 @@ pub use keys::{ActionError, command_env};
 pub use local::LocalRunner;
 use local::Semaphore;
 pub use merkle::{TreeFile, input_root, tree_files};
-pub use native::toolchain_identity;
+pub use native::{toolchain_identity, toolchain_sentinels};
 pub use observed::{KeyManifest, MAX_PATH_SET};
+pub use phases::Phase;
 use remote::Endpoint;
 pub use remote::{ACCESS_LOG_TYPE_URL, RemoteCacheApi, RemoteExecApi};
 pub use validate::{
@@ -346,28 +348,43 @@ impl Scheduler<'_> {
         opts: &Options,
         generated: &HashMap<String, Digest>,
     ) -> Result<Finished, SchedError> {
+        let key = phases::phase("key");
         let mut prep = match self.prepare(graph, action, opts, generated) {
             Ok(p) => p,
             Err(e) => return Ok(Finished::failed(e.to_string())),
         };
-        if let Some(result) = self.store.ac_get(&prep.action_digest)?
-            && let Some(fin) = self.serve_entry(action, opts, &prep.action_digest, result)?
+        drop(key);
         {
-            return Ok(fin);
+            let _lookup = phases::phase("cache lookup");
+            if let Some(result) = self.store.ac_get(&prep.action_digest)?
+                && let Some(fin) = self.serve_entry(action, opts, &prep.action_digest, result)?
+            {
+                return Ok(fin);
+            }
         }
-        let weak = prep.weak_key(self.store.function(), action);
-        if let spec::Kind::Wasi { .. } = &prep.spec.kind {
-            prep.spec.seed = observed::guest_seed(&prep.command, &prep.action);
-        }
-        if let Some(fin) = self.observed_lookup(action, opts, &prep, &weak)? {
-            return Ok(fin);
-        }
-        prep.why = Some(self.why_now(action, opts, &prep, &weak)?);
+        let weak = {
+            let _lookup = phases::phase("observed-input lookup");
+            let weak = prep.weak_key(self.store.function(), action);
+            if let spec::Kind::Wasi { .. } = &prep.spec.kind {
+                prep.spec.seed = observed::guest_seed(&prep.command, &prep.action);
+            }
+            if let Some(fin) = self.observed_lookup(action, opts, &prep, &weak)? {
+                return Ok(fin);
+            }
+            prep.why = Some(self.why_now(action, opts, &prep, &weak)?);
+            weak
+        };
         prep.weak = Some(weak);
-        if let Some(fin) = self.remote_lookup(graph, action, opts, &prep)? {
+        if let Some(fin) = {
+            let _remote = phases::phase("remote cache lookup");
+            self.remote_lookup(graph, action, opts, &prep)?
+        } {
             return Ok(fin);
         }
-        if let Some(fin) = self.remote_execute(graph, action, opts, &prep)? {
+        if let Some(fin) = {
+            let _remote = phases::phase("remote execution");
+            self.remote_execute(graph, action, opts, &prep)?
+        } {
             return Ok(fin);
         }
         self.execute(wid, graph, action, opts, prep)

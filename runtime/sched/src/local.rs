@@ -115,15 +115,21 @@ impl Scheduler<'_> {
         prep: Prepared,
     ) -> Result<Finished, SchedError> {
         // Sources enter the CAS so they can be staged from it (and shared later).
-        match self.stage_sources(&prep) {
+        let sources = crate::phases::phase("sources into the store");
+        let staged = self.stage_sources(&prep);
+        drop(sources);
+        match staged {
             Ok(()) => {}
             Err(StageError::Action(e)) => return Ok(Finished::failed(e.to_string())),
             Err(StageError::Sched(e)) => return Err(e),
         }
         let ran = {
+            let wait = crate::phases::phase("wait for a local slot");
             let _local = self.local_slot();
+            drop(wait);
             self.runner.run(&self.store, wid, &prep.spec)?
         };
+        let _finish = crate::phases::phase("finish (checks, cache entry, outputs)");
         if let Some(log) = &ran.accesses {
             self.store
                 .put_access_log(&prep.action_digest, &log.to_json())?;

@@ -169,10 +169,26 @@ fn output_dirs(outputs: &[String]) -> Vec<String> {
 /// identity too ([`host_system_lines`]), so installing, removing or upgrading any package (or
 /// dropping a program into `/usr/bin` by hand) invalidates host-toolchain native actions.
 pub fn toolchain_identity(platform: Platform) -> String {
-    static IDS: Mutex<Vec<(Platform, String)>> = Mutex::new(Vec::new());
+    host_toolchain(platform).0
+}
+
+/// The files and directories whose stats change when the host toolchain of `platform`
+/// changes through the package manager: the package database, `/usr/bin`, `/usr/sbin`, the
+/// compiler drivers and programs, and the header and library directories the identity
+/// walks (a package upgrade renames files into them, which changes their modification
+/// time). The up-to-date snapshot of a build with host-toolchain native actions records
+/// them, so an upgrade ends the no-op fast path; the identity itself covers every file.
+pub fn toolchain_sentinels(platform: Platform) -> Vec<PathBuf> {
+    host_toolchain(platform).1
+}
+
+/// The identity of `platform`'s host toolchain and its sentinels, computed once per process.
+fn host_toolchain(platform: Platform) -> (String, Vec<PathBuf>) {
+    type Known = Vec<(Platform, String, Vec<PathBuf>)>;
+    static IDS: Mutex<Known> = Mutex::new(Vec::new());
     let mut ids = IDS.lock().expect("toolchain identities");
-    if let Some((_, id)) = ids.iter().find(|(p, _)| *p == platform) {
-        return id.clone();
+    if let Some((_, id, sentinels)) = ids.iter().find(|(p, _, _)| *p == platform) {
+        return (id.clone(), sentinels.clone());
     }
     let bin = |name: &str| PathBuf::from("/usr/bin").join(name);
     let ask = |driver: &str, flag: &str| -> Option<PathBuf> {
@@ -251,32 +267,28 @@ pub fn toolchain_identity(platform: Platform) -> String {
         let f = std::fs::canonicalize(f).unwrap_or_else(|_| f.clone());
         lines.push(describe(&f).unwrap_or_else(|| format!("{} missing", f.display())));
     }
-    // Thousands of files under the header and library directories: one thread per
-    // directory tree.
-    let walk = |d: &PathBuf| -> Vec<String> {
-        let mut out = Vec::new();
-        let d = std::fs::canonicalize(d).unwrap_or_else(|_| d.clone());
-        let mut stack = vec![d];
-        while let Some(dir) = stack.pop() {
-            let Ok(rd) = std::fs::read_dir(&dir) else {
-                continue;
-            };
-            for e in rd.flatten() {
-                let p = e.path();
-                match e.file_type() {
-                    Ok(t) if t.is_dir() => stack.push(p),
-                    _ => out.extend(describe(&p)),
-                }
-            }
-        }
-        out
-    };
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = dirs.iter().map(|d| scope.spawn(|| walk(d))).collect();
-        for h in handles {
-            lines.extend(h.join().unwrap_or_default());
-        }
-    });
+    // Thousands of files under the header and library directories (about 13,000 on a
+    // Debian host, most in one flat library directory): the directories are a shared work
+    // list for one thread per core, and each file is stat'ed relative to its open directory
+    // (no path walk per file).
+    let roots: Vec<PathBuf> = dirs
+        .iter()
+        .map(|d| std::fs::canonicalize(d).unwrap_or_else(|_| d.clone()))
+        .collect();
+    let mut sentinels: Vec<PathBuf> = [DPKG_STATUS, "/usr/bin", "/usr/sbin"]
+        .iter()
+        .map(PathBuf::from)
+        .chain(roots.iter().cloned())
+        .chain(
+            files
+                .iter()
+                .map(|f| std::fs::canonicalize(f).unwrap_or_else(|_| f.clone())),
+        )
+        .filter(|p| p.exists())
+        .collect();
+    sentinels.sort();
+    sentinels.dedup();
+    lines.extend(walk_tree_lines(roots));
     lines.extend(host_system_lines(
         Path::new(DPKG_STATUS),
         &[Path::new("/usr/bin"), Path::new("/usr/sbin")],
@@ -286,8 +298,84 @@ pub fn toolchain_identity(platform: Platform) -> String {
     let id = blake3::hash(lines.join("\n").as_bytes())
         .to_hex()
         .to_string();
-    ids.push((platform, id.clone()));
-    id
+    ids.push((platform, id.clone(), sentinels.clone()));
+    (id, sentinels)
+}
+
+/// `path size mtime.nsec ino` of every file under `roots` (symlinks followed, as
+/// `std::fs::metadata` does; what cannot be stat'ed is left out), on one thread per core.
+fn walk_tree_lines(roots: Vec<PathBuf>) -> Vec<String> {
+    use std::os::fd::AsRawFd;
+    use std::os::unix::ffi::OsStrExt;
+    let work = Mutex::new(roots);
+    let busy = std::sync::atomic::AtomicUsize::new(0);
+    let threads = std::thread::available_parallelism()
+        .map_or(2, |n| n.get())
+        .clamp(1, 8);
+    let one_dir = |dir: &Path, out: &mut Vec<String>, subdirs: &mut Vec<PathBuf>| {
+        let (Ok(handle), Ok(rd)) = (std::fs::File::open(dir), std::fs::read_dir(dir)) else {
+            return;
+        };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                subdirs.push(e.path());
+                continue;
+            }
+            let name = e.file_name();
+            let Ok(c) = std::ffi::CString::new(name.as_bytes()) else {
+                continue;
+            };
+            // SAFETY: `libc::stat` is plain data, for which all zero bytes are a valid value.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: `handle` is an open directory, `c` a NUL-terminated name and `st` a
+            // writable `stat` that outlives the call.
+            if unsafe { libc::fstatat(handle.as_raw_fd(), c.as_ptr(), &mut st, 0) } != 0 {
+                continue;
+            }
+            out.push(format!(
+                "{} {} {}.{} {}",
+                dir.join(&name).display(),
+                st.st_size,
+                st.st_mtime,
+                st.st_mtime_nsec,
+                st.st_ino
+            ));
+        }
+    };
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..threads)
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut out = Vec::new();
+                    loop {
+                        let next = {
+                            let mut w = work.lock().expect("walk");
+                            let d = w.pop();
+                            if d.is_some() {
+                                busy.fetch_add(1, Ordering::SeqCst);
+                            }
+                            d
+                        };
+                        let Some(dir) = next else {
+                            if busy.load(Ordering::SeqCst) == 0 {
+                                return out;
+                            }
+                            std::thread::yield_now();
+                            continue;
+                        };
+                        let mut subdirs = Vec::new();
+                        one_dir(&dir, &mut out, &mut subdirs);
+                        work.lock().expect("walk").extend(subdirs);
+                        busy.fetch_sub(1, Ordering::SeqCst);
+                    }
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().unwrap_or_default())
+            .collect()
+    })
 }
 
 /// Debian's package database: rewritten whenever a package is installed, upgraded or removed.
@@ -342,6 +430,7 @@ pub(crate) fn run_native(
     runs_wasi_tools: bool,
     wasi_modules: &[Digest],
 ) -> Result<RunOutput, SchedError> {
+    let staging = crate::phases::phase("staging");
     let work = Path::new("/work");
     // Host directory the outputs are written to (at their workspace paths).
     let root: PathBuf;
@@ -454,12 +543,16 @@ pub(crate) fn run_native(
         source_date_epoch: spec.epoch_secs,
         timeout: spec.timeout,
     };
+    drop(staging);
+    let running = crate::phases::phase("execution");
     let outcome = if unsandboxed {
         let tmp = root.with_file_name("tmp");
         run_unsandboxed(&req, &root, &tmp)
     } else {
         wbuild_exec_native::run(&req)
     };
+    drop(running);
+    let _ingest = crate::phases::phase("output ingestion");
     let outcome = match outcome {
         Ok(o) => o,
         Err(e) => return Ok(RunOutput::failed_with(e.to_string())),

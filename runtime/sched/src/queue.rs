@@ -201,6 +201,7 @@ impl Scheduler<'_> {
             let start_us = std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64);
+            let _ = crate::phases::take();
             let fin = match self.process(wid, graph, action, opts, &generated) {
                 Ok(f) => f,
                 Err(e) => {
@@ -213,6 +214,7 @@ impl Scheduler<'_> {
                 }
             };
             let elapsed = t0.elapsed();
+            let phases = crate::phases::take();
             let duration_ms = elapsed.as_millis() as u64;
             let digest_text = fin.action_digest.map(|d| d.to_string());
             if let Some(build) = self.build_id {
@@ -269,6 +271,7 @@ impl Scheduler<'_> {
                 platform: (action.exec == Exec::Native).then(|| opts.platform.name().to_owned()),
                 worker: fin.worker.clone(),
                 resubmitted: fin.resubmitted,
+                phases,
             });
             if fin.status != Status::Failed {
                 all_generated

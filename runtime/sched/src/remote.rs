@@ -402,6 +402,9 @@ impl Scheduler<'_> {
         let Some(mut result) = response.result else {
             return refused("no result".to_owned());
         };
+        if let Some(m) = &result.execution_metadata {
+            remote_phases(m);
+        }
         // A successful result must hold exactly the declared outputs; a failed one's outputs
         // are never used (nor fetched).
         let (outputs, executables) = if result.exit_code == 0 {
@@ -553,6 +556,45 @@ impl Scheduler<'_> {
             .and_then(|()| remote.update_action_result(action_digest, result));
         if let Err(e) = outcome {
             self.remote_failed(e);
+        }
+    }
+}
+
+/// The worker's own timeline of a remote run (REAPI `ExecutedActionMetadata`), as phases:
+/// queued, input fetch, execution, output upload (those it reports).
+fn remote_phases(m: &reapi::ExecutedActionMetadata) {
+    let us = |t: &Option<bazel_remote_apis::google::protobuf::Timestamp>| {
+        t.as_ref()
+            .filter(|t| t.seconds > 0 && t.nanos >= 0)
+            .map(|t| t.seconds as u64 * 1_000_000 + t.nanos as u64 / 1000)
+    };
+    let spans = [
+        (
+            "remote queued",
+            &m.queued_timestamp,
+            &m.worker_start_timestamp,
+        ),
+        (
+            "remote input fetch",
+            &m.input_fetch_start_timestamp,
+            &m.input_fetch_completed_timestamp,
+        ),
+        (
+            "remote execution on the worker",
+            &m.execution_start_timestamp,
+            &m.execution_completed_timestamp,
+        ),
+        (
+            "remote output upload",
+            &m.output_upload_start_timestamp,
+            &m.output_upload_completed_timestamp,
+        ),
+    ];
+    for (name, start, end) in spans {
+        if let (Some(a), Some(b)) = (us(start), us(end))
+            && b >= a
+        {
+            crate::phases::record(name, a, b - a);
         }
     }
 }

@@ -399,6 +399,7 @@ fn run_wasi(
     module: &Digest,
     memory_limit: u64,
 ) -> Result<RunOutput, SchedError> {
+    let staging = crate::phases::phase("staging");
     // Each slot reuses one staging directory: creating and deleting directories is the
     // costliest part of staging on common file systems. Files are removed after every
     // action; directories left behind are invisible to later guests (the executor shows
@@ -451,10 +452,14 @@ fn run_wasi(
         memory_limit_bytes: memory_limit,
         timeout: spec.timeout,
     };
+    drop(staging);
+    let running = crate::phases::phase("execution");
     let outcome = match exec.run(&req) {
         Ok(o) => o,
         Err(e) => return Ok(RunOutput::failed_with(e.to_string())),
     };
+    drop(running);
+    let _ingest = crate::phases::phase("output ingestion");
     let mut errors = Vec::new();
     if let Some(f) = &outcome.failure {
         errors.push(f.to_string());

@@ -17,11 +17,12 @@ use wbuild_store::StatKey;
 
 const MAGIC: &[u8; 8] = b"wbutd\x00\x00\x02";
 
-/// A file's stat key, `None` for anything but a file. Files modified within
-/// [`wbuild_store::RACY_NS`] of the snapshot are not trusted (the stat cache's rule).
+/// A file's or directory's stat key (a directory's changes when entries are added, removed
+/// or renamed), `None` for anything else. What was modified within
+/// [`wbuild_store::RACY_NS`] of the snapshot is not trusted (the stat cache's rule).
 fn stat_key(p: &Path) -> Option<StatKey> {
     let m = std::fs::metadata(p).ok()?;
-    m.is_file().then(|| StatKey::of(&m))
+    (m.is_file() || m.is_dir()).then(|| StatKey::of(&m))
 }
 
 /// One action of the snapshotted build, for events and history of a no-op.
@@ -205,6 +206,26 @@ mod tests {
         save(&snap, &sig, &[src], std::slice::from_ref(&out), &acts).unwrap();
         std::fs::remove_file(&out).unwrap();
         assert_eq!(check(&snap, &sig), None, "output deleted");
+    }
+
+    #[test]
+    fn a_changed_directory_ends_the_no_op() {
+        let d = tempfile::tempdir().unwrap();
+        let sys = d.path().join("usr-bin");
+        std::fs::create_dir(&sys).unwrap();
+        old_file(&sys, "gcc", "1");
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(60);
+        std::fs::File::open(&sys)
+            .unwrap()
+            .set_modified(old)
+            .unwrap();
+        let snap = d.path().join("s.bin");
+        save(&snap, &[3; 32], std::slice::from_ref(&sys), &[], &[]).unwrap();
+        assert_eq!(check(&snap, &[3; 32]), Some(vec![]));
+        // A package upgrade renames a new file into place.
+        std::fs::write(sys.join("gcc.new"), "2").unwrap();
+        std::fs::rename(sys.join("gcc.new"), sys.join("gcc")).unwrap();
+        assert_eq!(check(&snap, &[3; 32]), None);
     }
 
     #[test]

@@ -115,9 +115,16 @@ impl Digest {
         self.size == 0 && *self == Digest::empty(self.function)
     }
 
-    /// Lower-case hex of the hash (64 characters).
+    /// Lower-case hex of the hash (64 characters). Every file node of every input tree is
+    /// written this way, so it is a table lookup per byte, not a formatter.
     pub fn hex(&self) -> String {
-        hex::encode(self.hash)
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        let mut out = [0u8; 64];
+        for (i, b) in self.hash.iter().enumerate() {
+            out[2 * i] = DIGITS[usize::from(b >> 4)];
+            out[2 * i + 1] = DIGITS[usize::from(b & 0xf)];
+        }
+        String::from_utf8(out.to_vec()).expect("hex digits are ASCII")
     }
 
     /// Parse a hex hash (64 characters, any case) and a size.
