@@ -8,6 +8,7 @@ mod hostile_cache;
 mod hostile_host;
 mod hostile_native;
 mod hostile_remote;
+mod incremental;
 mod observed;
 mod profile;
 mod query;

@@ -10,7 +10,7 @@
 //! The snapshot is written only after a fully successful build and deleted after any other.
 
 use std::borrow::Cow;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
@@ -426,6 +426,7 @@ pub fn build_options(ws: &Workspace, req: &BuildRequest, jobs: usize) -> Options
             .or(ws.config.remote.upload)
             .unwrap_or(true),
         native_toolchain: None,
+        known: None,
     }
 }
 
@@ -478,12 +479,18 @@ pub fn run_build(
     };
     let snapshot = uptodate::snapshot_path(store.dir(), &key.hex());
     let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
-    if !req.show_output
-        && req.provenance.is_none()
-        && let Some(done) = uptodate::check(&snapshot, signature.as_bytes())
+    // The snapshot of the last successful build: nothing changed, a no-op; some sources or
+    // outputs changed, the results of what they do not reach are known (`Options::known`).
+    let snap = if !req.show_output && req.provenance.is_none() {
+        uptodate::check(&snapshot, signature.as_bytes())
+    } else {
+        None
+    };
+    if let Some(snap) = &snap
+        && snap.changed.is_empty()
     {
         phases.mark("up-to-date check");
-        let summary = up_to_date(&store, command, &pattern_names, &done, ui)?;
+        let summary = up_to_date(&store, command, &pattern_names, &snap.actions, ui)?;
         return Ok(BuildOutcome {
             summary,
             up_to_date: true,
@@ -533,9 +540,22 @@ pub fn run_build(
     let sched = Scheduler::new(ws, store.clone(), exec, events, Some(build_id))
         .with_remote(remote)
         .with_executor(executor, local_jobs);
+    if let Some(snap) = &snap {
+        for t in &snap.toolchains {
+            if let Some(p) = Platform::ALL.into_iter().find(|p| p.name() == t.platform) {
+                wbuild_sched::assume_toolchain_identity(p, t.identity.clone(), t.sentinels.clone());
+            }
+        }
+    }
     let runs: Vec<(&ActionGraph, Options)> = passes
         .iter()
-        .map(|(p, g)| (g.as_ref(), pass_options(&opts, *p, &bundles)))
+        .map(|(p, g)| {
+            let mut o = pass_options(&opts, *p, &bundles);
+            o.known = snap
+                .as_ref()
+                .map(|s| Arc::new(known_results(ws, s, &p.out_dir(), g)));
+            (g.as_ref(), o)
+        })
         .collect();
     let summary = sched.run_passes(&runs);
     phases.mark("schedule");
@@ -562,14 +582,18 @@ pub fn run_build(
     phases.mark("write trace");
     let summary = summary?;
     if summary.success() {
-        let mut sources: Vec<PathBuf> = summary.sources.iter().map(|p| ws.path(p)).collect();
+        let sources: Vec<PathBuf> = summary.sources.iter().map(|p| ws.path(p)).collect();
         // Native actions keyed on this machine's toolchain: a package upgrade must end the
-        // no-op fast path as it changes their keys.
-        for (p, g) in &passes {
-            if has_native(g) && bundles.get(p.name()).is_some_and(|b| b.is_none()) {
-                sources.extend(wbuild_sched::toolchain_sentinels(*p));
-            }
-        }
+        // fast paths as it changes their keys.
+        let toolchains: Vec<uptodate::SnapshotToolchain> = passes
+            .iter()
+            .filter(|(p, g)| has_native(g) && bundles.get(p.name()).is_some_and(|b| b.is_none()))
+            .map(|(p, _)| uptodate::SnapshotToolchain {
+                platform: p.name().to_owned(),
+                identity: wbuild_sched::toolchain_identity(*p),
+                sentinels: wbuild_sched::toolchain_sentinels(*p),
+            })
+            .collect();
         let outputs: Vec<PathBuf> = summary.outputs.keys().map(|p| ws.root.join(p)).collect();
         // Best effort: without a snapshot the next no-op build takes the full path.
         let _ = uptodate::save(
@@ -578,6 +602,7 @@ pub fn run_build(
             &sources,
             &outputs,
             &summary.actions,
+            &toolchains,
         );
     } else {
         let _ = std::fs::remove_file(&snapshot);
@@ -617,6 +642,61 @@ pub fn run_build(
         summary,
         up_to_date: false,
     })
+}
+
+/// What the snapshot `snap` vouches for in the pass of `graph` (output directory `out_dir`):
+/// the recorded result of every action none of whose direct sources and outputs changed,
+/// and every recorded output of the pass (a consumer of an action that ran again is known
+/// too if the run gave the same bytes).
+fn known_results(
+    ws: &Workspace,
+    snap: &uptodate::Snapshot,
+    out_dir: &str,
+    graph: &ActionGraph,
+) -> wbuild_sched::Known {
+    let changed: HashSet<&Path> = snap.changed.iter().map(PathBuf::as_path).collect();
+    let mut recorded: HashMap<String, &uptodate::SnapshotAction> = HashMap::new();
+    let mut known = wbuild_sched::Known::default();
+    for a in snap.actions.iter().filter(|a| a.out_dir == out_dir) {
+        let id = a.identity();
+        known
+            .outputs
+            .extend(a.outputs.iter().map(|(p, d, _)| (p.clone(), *d)));
+        recorded.insert(id, a);
+    }
+    let out_root = ws.root.join(out_dir);
+    for action in &graph.actions {
+        let id = wbuild_sched::action_identity(action, out_dir);
+        let Some(a) = recorded.get(&id) else {
+            continue;
+        };
+        let touched = wbuild_sched::direct_sources(graph, action)
+            .into_iter()
+            .any(|p| changed.contains(ws.path(p).as_path()))
+            || action
+                .outputs
+                .iter()
+                .any(|o| changed.contains(out_root.join(o).as_path()));
+        let Ok(digest) = a.action_digest.parse() else {
+            continue;
+        };
+        if !touched {
+            known.actions.insert(
+                id,
+                wbuild_sched::KnownAction {
+                    digest,
+                    outputs: a.outputs.iter().map(|(p, d, _)| (p.clone(), *d)).collect(),
+                    executables: a
+                        .outputs
+                        .iter()
+                        .filter(|(_, _, x)| *x)
+                        .map(|(p, _, _)| p.clone())
+                        .collect(),
+                },
+            );
+        }
+    }
+    known
 }
 
 /// The native toolchain bundle of each pass's platform (none: the host's toolchain, or a

@@ -217,6 +217,7 @@ mod tests {
             unsandboxed: false,
             remote_upload: false,
             native_toolchain: None,
+            known: None,
         }
     }
 

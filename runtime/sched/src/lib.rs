@@ -53,8 +53,8 @@ pub use keys::{ActionError, command_env};
 pub use local::LocalRunner;
 use local::Semaphore;
 pub use merkle::{TreeFile, input_root, tree_files};
-pub use native::{toolchain_identity, toolchain_sentinels};
-pub use observed::{KeyManifest, MAX_PATH_SET};
+pub use native::{assume_toolchain_identity, toolchain_identity, toolchain_sentinels};
+pub use observed::{KeyManifest, MAX_PATH_SET, identity as action_identity};
 pub use phases::Phase;
 use remote::Endpoint;
 pub use remote::{ACCESS_LOG_TYPE_URL, RemoteCacheApi, RemoteExecApi};
@@ -100,6 +100,44 @@ pub struct Options {
     /// A pinned toolchain bundle for `platform`: native actions see it as their whole
     /// system (no host `/usr`), take `$CC` & co. from it, and key on its digest.
     pub native_toolchain: Option<Arc<NativeToolchain>>,
+    /// Results the up-to-date snapshot vouches for after an edit (see [`Known`]).
+    pub known: Option<Arc<Known>>,
+}
+
+/// Results of the last successful build that an edit did not touch: an action whose direct
+/// sources and outputs are unchanged (by stat) and whose generated inputs come out with the
+/// digests recorded is cached without computing its key or reading the action cache.
+#[derive(Clone, Debug, Default)]
+pub struct Known {
+    /// By [`action_identity`] (the pass's output directory included).
+    pub actions: HashMap<String, KnownAction>,
+    /// Every generated file of the pass as recorded (paths under the output directory).
+    pub outputs: HashMap<String, Digest>,
+}
+
+/// One action's recorded result.
+#[derive(Clone, Debug)]
+pub struct KnownAction {
+    pub digest: Digest,
+    pub outputs: Vec<(String, Digest)>,
+    pub executables: HashSet<String>,
+}
+
+/// The source files (workspace paths) `action` of `graph` reads directly: its inputs, tool
+/// module and tool data that no action of the graph produces.
+pub fn direct_sources<'g>(graph: &'g ActionGraph, action: &'g ActionNode) -> Vec<&'g str> {
+    let tools = action
+        .wasi_tool()
+        .into_iter()
+        .chain(action.wasi_tools.iter().map(|(_, t)| t))
+        .flat_map(|t| std::iter::once(&t.module).chain(t.data.iter().map(|(_, p)| p)));
+    action
+        .inputs
+        .iter()
+        .chain(tools)
+        .filter(|p| !graph.producers.contains_key(*p))
+        .map(String::as_str)
+        .collect()
 }
 
 /// A toolchain bundle native actions run with.
@@ -213,6 +251,8 @@ pub struct Scheduler<'a> {
     local_slots: Semaphore,
     /// Native platforms already warned about running here (no pinned bundle).
     warned_local: Mutex<HashSet<String>>,
+    /// Sources read by actions answered from [`Options::known`] (never hashed this build).
+    known_sources: Mutex<Vec<String>>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -239,6 +279,7 @@ impl<'a> Scheduler<'a> {
             remote_durations: Arc::new(Mutex::new(HashMap::new())),
             local_slots: Semaphore::new(usize::MAX),
             warned_local: Mutex::new(HashSet::new()),
+            known_sources: Mutex::new(Vec::new()),
         }
     }
 

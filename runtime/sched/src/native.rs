@@ -182,10 +182,22 @@ pub fn toolchain_sentinels(platform: Platform) -> Vec<PathBuf> {
     host_toolchain(platform).1
 }
 
+/// Host toolchain identities of this process: (platform, identity, sentinels).
+static IDS: Mutex<Vec<(Platform, String, Vec<PathBuf>)>> = Mutex::new(Vec::new());
+
+/// Use `identity` (with its `sentinels`) as `platform`'s host toolchain identity in this
+/// process instead of computing it: what the up-to-date snapshot recorded when none of the
+/// sentinels changed since (the fast paths trust the package manager's traces; a full
+/// build computes the identity from every file).
+pub fn assume_toolchain_identity(platform: Platform, identity: String, sentinels: Vec<PathBuf>) {
+    let mut ids = IDS.lock().expect("toolchain identities");
+    if !ids.iter().any(|(p, _, _)| *p == platform) {
+        ids.push((platform, identity, sentinels));
+    }
+}
+
 /// The identity of `platform`'s host toolchain and its sentinels, computed once per process.
 fn host_toolchain(platform: Platform) -> (String, Vec<PathBuf>) {
-    type Known = Vec<(Platform, String, Vec<PathBuf>)>;
-    static IDS: Mutex<Known> = Mutex::new(Vec::new());
     let mut ids = IDS.lock().expect("toolchain identities");
     if let Some((_, id, sentinels)) = ids.iter().find(|(p, _, _)| *p == platform) {
         return (id.clone(), sentinels.clone());

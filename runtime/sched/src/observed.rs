@@ -658,16 +658,21 @@ pub(crate) fn explain(
     text
 }
 
-/// The identity of an action across builds (its key manifest's name in the store): label,
-/// mnemonic, detail and the platform's output directory.
-pub(crate) fn identity(node: &ActionNode, out_dir: &str) -> String {
-    format!(
-        "{}\0{}\0{}\0{}",
-        node.label,
-        node.mnemonic,
+/// The identity of an action across builds (its key manifest's name in the store, its
+/// entry in the up-to-date snapshot): label, mnemonic, detail and the platform's output
+/// directory.
+pub fn identity(node: &ActionNode, out_dir: &str) -> String {
+    identity_of(
+        &node.label.to_string(),
+        &node.mnemonic,
         node.detail.as_deref().unwrap_or(""),
-        out_dir
+        out_dir,
     )
+}
+
+/// [`identity`] from its parts.
+pub(crate) fn identity_of(label: &str, mnemonic: &str, detail: &str, out_dir: &str) -> String {
+    format!("{label}\0{mnemonic}\0{detail}\0{out_dir}")
 }
 
 impl Scheduler<'_> {

@@ -8,10 +8,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Instant;
 
-use wbuild_graph::{ActionGraph, Exec};
+use wbuild_graph::{ActionGraph, ActionNode, Exec};
 use wbuild_store::{ActionRecord, Digest};
 
 use crate::events::{Event, Status};
+use crate::finish::Finished;
 use crate::{INTERRUPTED, Options, SchedError, Scheduler, Summary, uptodate};
 
 /// What every worker thread shares.
@@ -127,7 +128,45 @@ impl Scheduler<'_> {
             .keys()
             .cloned()
             .collect();
+        st.summary.sources.extend(std::mem::take(
+            &mut *self.known_sources.lock().expect("sources"),
+        ));
         Ok(st.summary)
+    }
+
+    /// The recorded result of `action` if the up-to-date snapshot vouches for it
+    /// ([`crate::Known`]) and every generated input (`generated`, all producers done) came
+    /// out with the digest recorded: cached, with no key computed.
+    fn known_result(
+        &self,
+        graph: &ActionGraph,
+        action: &ActionNode,
+        opts: &Options,
+        generated: &HashMap<String, Digest>,
+    ) -> Option<Finished> {
+        let known = opts.known.as_ref()?;
+        let _phase = crate::phases::phase("known from the up-to-date snapshot");
+        let k = known
+            .actions
+            .get(&crate::action_identity(action, &opts.platform.out_dir()))?;
+        if !generated
+            .iter()
+            .all(|(p, d)| known.outputs.get(p) == Some(d))
+        {
+            return None;
+        }
+        self.known_sources.lock().expect("sources").extend(
+            crate::direct_sources(graph, action)
+                .into_iter()
+                .map(str::to_owned),
+        );
+        Some(Finished::succeeded(
+            Status::Cached,
+            k.digest,
+            k.outputs.clone(),
+            k.executables.clone(),
+            crate::finish::RunReport::default(),
+        ))
     }
 
     /// Takes the ready action with the longest remaining path, processes it, records and
@@ -202,7 +241,10 @@ impl Scheduler<'_> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64);
             let _ = crate::phases::take();
-            let fin = match self.process(wid, graph, action, opts, &generated) {
+            let known = self.known_result(graph, action, opts, &generated);
+            let fin = match known
+                .map_or_else(|| self.process(wid, graph, action, opts, &generated), Ok)
+            {
                 Ok(f) => f,
                 Err(e) => {
                     let mut st = shared.lock().expect("scheduler state");
@@ -299,6 +341,12 @@ impl Scheduler<'_> {
                     detail: action.detail.clone().unwrap_or_default(),
                     mnemonic: action.mnemonic.clone(),
                     action_digest: d.to_string(),
+                    out_dir: opts.platform.out_dir(),
+                    outputs: fin
+                        .outputs
+                        .iter()
+                        .map(|(p, d)| (p.clone(), *d, fin.executables.contains(p)))
+                        .collect(),
                 });
             }
             match fin.status {

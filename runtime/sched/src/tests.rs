@@ -115,6 +115,7 @@ fn options(jobs: usize, keep_going: bool) -> Options {
         unsandboxed: false,
         remote_upload: false,
         native_toolchain: None,
+        known: None,
     }
 }
 

@@ -13,9 +13,9 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
-use wbuild_store::StatKey;
+use wbuild_store::{Digest, StatKey};
 
-const MAGIC: &[u8; 8] = b"wbutd\x00\x00\x02";
+const MAGIC: &[u8; 8] = b"wbutd\x00\x00\x03";
 
 /// A file's or directory's stat key (a directory's changes when entries are added, removed
 /// or renamed), `None` for anything else. What was modified within
@@ -25,7 +25,8 @@ fn stat_key(p: &Path) -> Option<StatKey> {
     (m.is_file() || m.is_dir()).then(|| StatKey::of(&m))
 }
 
-/// One action of the snapshotted build, for events and history of a no-op.
+/// One action of the snapshotted build: for events and history of a no-op, and, after an
+/// edit, to know its result without computing its key (see [`Snapshot::changed`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotAction {
     pub label: String,
@@ -33,6 +34,37 @@ pub struct SnapshotAction {
     pub detail: String,
     pub mnemonic: String,
     pub action_digest: String,
+    /// Its platform's output directory (`wbuild-out`, `wbuild-out/linux-arm64`).
+    pub out_dir: String,
+    /// Its outputs (paths under `out_dir`), digests and whether each is executable.
+    pub outputs: Vec<(String, Digest, bool)>,
+}
+
+impl SnapshotAction {
+    /// Its identity across builds (`wbuild_sched::action_identity` of its node).
+    pub fn identity(&self) -> String {
+        crate::observed::identity_of(&self.label, &self.mnemonic, &self.detail, &self.out_dir)
+    }
+}
+
+/// The host toolchain identity a build's native actions were keyed with, and the sentinels
+/// whose stats the snapshot records for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SnapshotToolchain {
+    pub platform: String,
+    pub identity: String,
+    pub sentinels: Vec<PathBuf>,
+}
+
+/// What a snapshot says about the workspace now.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Snapshot {
+    pub actions: Vec<SnapshotAction>,
+    /// Sources and outputs whose stat changed (or that were too fresh to trust when the
+    /// snapshot was written): empty, the build is a no-op; otherwise the actions that read
+    /// none of them, directly or through a changed output, still have the results recorded.
+    pub changed: Vec<PathBuf>,
+    pub toolchains: Vec<SnapshotToolchain>,
 }
 
 /// Where the snapshot of one (workspace, patterns, command) lives in the cache.
@@ -45,15 +77,23 @@ pub fn forget_all(cache_dir: &Path) {
     let _ = std::fs::remove_dir_all(cache_dir.join("uptodate"));
 }
 
-/// Write a snapshot. `sources` are files whose stat must be old enough to trust (anything
-/// modified within the racy window is left out, which makes the snapshot unusable — the next
-/// build then does the full check); `outputs` are files this build wrote itself.
+/// How a recorded file is checked.
+const TRUSTED: u8 = 0;
+/// Modified within the racy window when recorded: always counts as changed.
+const FRESH: u8 = 1;
+/// A toolchain sentinel: if it changed the snapshot is useless (keys may all change).
+const SENTINEL: u8 = 2;
+
+/// Write a snapshot. `sources` are files read (a source modified within the racy window is
+/// recorded as changed, so the next build re-keys what reads it); `outputs` are files this
+/// build wrote itself; `toolchains` the host toolchains its native actions were keyed with.
 pub fn save(
     path: &Path,
     signature: &[u8; 32],
     sources: &[PathBuf],
     outputs: &[PathBuf],
     actions: &[SnapshotAction],
+    toolchains: &[SnapshotToolchain],
 ) -> std::io::Result<()> {
     // Whatever happens below, an older snapshot must not survive this build.
     let _ = std::fs::remove_file(path);
@@ -64,30 +104,57 @@ pub fn save(
         buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
         buf.extend_from_slice(s);
     };
-    let files: Vec<(&PathBuf, bool)> = sources
+    let sentinels = toolchains.iter().flat_map(|t| t.sentinels.iter());
+    let files: Vec<(&PathBuf, u8)> = sources
         .iter()
-        .map(|p| (p, false))
-        .chain(outputs.iter().map(|p| (p, true)))
+        .map(|p| (p, TRUSTED))
+        .chain(outputs.iter().map(|p| (p, TRUSTED)))
+        .chain(sentinels.map(|p| (p, SENTINEL)))
         .collect();
+    let n_outputs_start = sources.len();
+    let n_outputs_end = sources.len() + outputs.len();
     buf.extend_from_slice(&(files.len() as u64).to_le_bytes());
-    for (p, written_by_us) in files {
+    let mut flags = Vec::with_capacity(files.len());
+    for (i, (p, kind)) in files.iter().enumerate() {
         let Some(k) = stat_key(p) else {
             return Ok(()); // a file vanished: no snapshot
         };
-        if !written_by_us && k.is_racy() {
-            return Ok(()); // too fresh to trust its stat later
-        }
+        let written_by_us = (n_outputs_start..n_outputs_end).contains(&i);
+        let flag = match *kind {
+            SENTINEL if k.is_racy() => return Ok(()), // the toolchain is changing
+            SENTINEL => SENTINEL,
+            _ if !written_by_us && k.is_racy() => FRESH,
+            _ => TRUSTED,
+        };
+        flags.push(flag);
         put_str(&mut buf, p.as_os_str().as_encoded_bytes());
         for v in [k.dev, k.ino, k.size, k.mtime_ns as u64, k.ctime_ns as u64] {
             buf.extend_from_slice(&v.to_le_bytes());
         }
     }
+    buf.extend_from_slice(&flags);
     buf.extend_from_slice(&(actions.len() as u64).to_le_bytes());
     for a in actions {
         put_str(&mut buf, a.label.as_bytes());
         put_str(&mut buf, a.detail.as_bytes());
         put_str(&mut buf, a.mnemonic.as_bytes());
         put_str(&mut buf, a.action_digest.as_bytes());
+        put_str(&mut buf, a.out_dir.as_bytes());
+        buf.extend_from_slice(&(a.outputs.len() as u64).to_le_bytes());
+        for (p, d, x) in &a.outputs {
+            put_str(&mut buf, p.as_bytes());
+            put_str(&mut buf, d.to_string().as_bytes());
+            buf.push(u8::from(*x));
+        }
+    }
+    buf.extend_from_slice(&(toolchains.len() as u64).to_le_bytes());
+    for t in toolchains {
+        put_str(&mut buf, t.platform.as_bytes());
+        put_str(&mut buf, t.identity.as_bytes());
+        buf.extend_from_slice(&(t.sentinels.len() as u64).to_le_bytes());
+        for p in &t.sentinels {
+            put_str(&mut buf, p.as_os_str().as_encoded_bytes());
+        }
     }
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
@@ -116,10 +183,17 @@ impl Reader<'_> {
     fn string(&mut self) -> Option<String> {
         String::from_utf8(self.bytes()?.to_vec()).ok()
     }
+    fn path(&mut self) -> Option<PathBuf> {
+        Some(PathBuf::from(std::ffi::OsStr::new(
+            std::str::from_utf8(self.bytes()?).ok()?,
+        )))
+    }
 }
 
-/// The actions of the snapshotted build if it is still exactly up to date, else `None`.
-pub fn check(path: &Path, signature: &[u8; 32]) -> Option<Vec<SnapshotAction>> {
+/// The snapshot at `path` if it was written for `signature` and no toolchain sentinel
+/// changed since, with what changed of its sources and outputs; `None` otherwise (the build
+/// then takes the full path).
+pub fn check(path: &Path, signature: &[u8; 32]) -> Option<Snapshot> {
     let mut data = Vec::new();
     std::fs::File::open(path)
         .ok()?
@@ -130,9 +204,9 @@ pub fn check(path: &Path, signature: &[u8; 32]) -> Option<Vec<SnapshotAction>> {
         return None;
     }
     let n = r.u64()? as usize;
-    let mut files = Vec::with_capacity(n);
+    let mut files = Vec::with_capacity(n.min(1 << 24));
     for _ in 0..n {
-        let p = PathBuf::from(std::ffi::OsStr::new(std::str::from_utf8(r.bytes()?).ok()?));
+        let p = r.path()?;
         let k = StatKey {
             dev: r.u64()?,
             ino: r.u64()?,
@@ -142,25 +216,76 @@ pub fn check(path: &Path, signature: &[u8; 32]) -> Option<Vec<SnapshotAction>> {
         };
         files.push((p, k));
     }
+    let flags = r.take(n)?.to_vec();
     let m = r.u64()? as usize;
-    let mut actions = Vec::with_capacity(m);
+    let mut actions = Vec::with_capacity(m.min(1 << 24));
     for _ in 0..m {
+        let label = r.string()?;
+        let detail = r.string()?;
+        let mnemonic = r.string()?;
+        let action_digest = r.string()?;
+        let out_dir = r.string()?;
+        let k = r.u64()? as usize;
+        let mut outputs = Vec::with_capacity(k.min(1 << 16));
+        for _ in 0..k {
+            let p = r.string()?;
+            let d: Digest = r.string()?.parse().ok()?;
+            let x = r.take(1)?[0] != 0;
+            outputs.push((p, d, x));
+        }
         actions.push(SnapshotAction {
-            label: r.string()?,
-            detail: r.string()?,
-            mnemonic: r.string()?,
-            action_digest: r.string()?,
+            label,
+            detail,
+            mnemonic,
+            action_digest,
+            out_dir,
+            outputs,
+        });
+    }
+    let t = r.u64()? as usize;
+    let mut toolchains = Vec::with_capacity(t.min(16));
+    for _ in 0..t {
+        let platform = r.string()?;
+        let identity = r.string()?;
+        let s = r.u64()? as usize;
+        let mut sentinels = Vec::with_capacity(s.min(1 << 16));
+        for _ in 0..s {
+            sentinels.push(r.path()?);
+        }
+        toolchains.push(SnapshotToolchain {
+            platform,
+            identity,
+            sentinels,
         });
     }
     // Stat everything, on two threads: this is the whole cost of a no-op build.
-    let (a, b) = files.split_at(files.len() / 2);
-    let same = |part: &[(PathBuf, StatKey)]| part.iter().all(|(p, k)| stat_key(p) == Some(*k));
-    let (ok_a, ok_b) = std::thread::scope(|s| {
-        let h = s.spawn(|| same(a));
-        let ok_b = same(b);
-        (h.join().unwrap_or(false), ok_b)
+    let entries: Vec<(&(PathBuf, StatKey), u8)> = files.iter().zip(flags).collect();
+    let (a, b) = entries.split_at(entries.len() / 2);
+    // Some(changed paths), or None if a sentinel changed.
+    let scan = |part: &[(&(PathBuf, StatKey), u8)]| -> Option<Vec<PathBuf>> {
+        let mut changed = Vec::new();
+        for ((p, k), flag) in part {
+            let same = *flag != FRESH && stat_key(p) == Some(*k);
+            match (*flag, same) {
+                (_, true) => {}
+                (SENTINEL, false) => return None,
+                (_, false) => changed.push(p.clone()),
+            }
+        }
+        Some(changed)
+    };
+    let (got_a, got_b) = std::thread::scope(|s| {
+        let h = s.spawn(|| scan(a));
+        let got_b = scan(b);
+        (h.join().unwrap_or(None), got_b)
     });
-    (ok_a && ok_b).then_some(actions)
+    let mut changed = got_a?;
+    changed.extend(got_b?);
+    Some(Snapshot {
+        actions,
+        changed,
+        toolchains,
+    })
 }
 
 #[cfg(test)]
@@ -176,40 +301,65 @@ mod tests {
         p
     }
 
-    #[test]
-    fn unchanged_files_are_up_to_date_and_any_change_is_not() {
-        let d = tempfile::tempdir().unwrap();
-        let src = old_file(d.path(), "a.txt", "a");
-        let out = d.path().join("out.txt");
-        std::fs::write(&out, "o").unwrap();
-        let snap = d.path().join("s.bin");
-        let sig = [7u8; 32];
-        let acts = vec![SnapshotAction {
+    fn action() -> SnapshotAction {
+        SnapshotAction {
             label: "//p:x".into(),
             detail: String::new(),
             mnemonic: "WasiRun".into(),
             action_digest: "ab/1".into(),
-        }];
-        save(
-            &snap,
-            &sig,
-            std::slice::from_ref(&src),
-            std::slice::from_ref(&out),
-            &acts,
-        )
-        .unwrap();
-        assert_eq!(check(&snap, &sig), Some(acts.clone()));
-        assert_eq!(check(&snap, &[8u8; 32]), None, "other signature");
-        std::fs::write(&src, "b").unwrap();
-        assert_eq!(check(&snap, &sig), None, "source changed");
-        let src = old_file(d.path(), "a.txt", "a");
-        save(&snap, &sig, &[src], std::slice::from_ref(&out), &acts).unwrap();
-        std::fs::remove_file(&out).unwrap();
-        assert_eq!(check(&snap, &sig), None, "output deleted");
+            out_dir: "wbuild-out".into(),
+            outputs: vec![(
+                "p/out.txt".into(),
+                Digest::of(wbuild_store::DigestFunction::Blake3, b"o"),
+                true,
+            )],
+        }
     }
 
     #[test]
-    fn a_changed_directory_ends_the_no_op() {
+    fn unchanged_files_are_up_to_date_and_changes_are_named() {
+        let d = tempfile::tempdir().unwrap();
+        let src = old_file(d.path(), "a.txt", "a");
+        let other = old_file(d.path(), "b.txt", "b");
+        let out = d.path().join("out.txt");
+        std::fs::write(&out, "o").unwrap();
+        let snap = d.path().join("s.bin");
+        let sig = [7u8; 32];
+        let acts = vec![action()];
+        let tc = SnapshotToolchain {
+            platform: "linux-x86_64".into(),
+            identity: "id".into(),
+            sentinels: vec![other.clone()],
+        };
+        let sources = [src.clone()];
+        let outs = [out.clone()];
+        save(
+            &snap,
+            &sig,
+            &sources,
+            &outs,
+            &acts,
+            std::slice::from_ref(&tc),
+        )
+        .unwrap();
+        let got = check(&snap, &sig).unwrap();
+        assert_eq!(got.actions, acts);
+        assert!(got.changed.is_empty());
+        assert_eq!(got.toolchains, std::slice::from_ref(&tc));
+        assert_eq!(check(&snap, &[8u8; 32]), None, "other signature");
+        std::fs::write(&src, "b").unwrap();
+        assert_eq!(check(&snap, &sig).unwrap().changed, std::slice::from_ref(&src));
+        std::fs::remove_file(&out).unwrap();
+        let mut changed = check(&snap, &sig).unwrap().changed;
+        changed.sort();
+        assert_eq!(changed, [src.clone(), out.clone()]);
+        // A changed sentinel: the toolchain's identity may have changed, nothing is known.
+        std::fs::write(&other, "changed").unwrap();
+        assert_eq!(check(&snap, &sig), None);
+    }
+
+    #[test]
+    fn a_changed_directory_sentinel_ends_the_fast_paths() {
         let d = tempfile::tempdir().unwrap();
         let sys = d.path().join("usr-bin");
         std::fs::create_dir(&sys).unwrap();
@@ -220,8 +370,13 @@ mod tests {
             .set_modified(old)
             .unwrap();
         let snap = d.path().join("s.bin");
-        save(&snap, &[3; 32], std::slice::from_ref(&sys), &[], &[]).unwrap();
-        assert_eq!(check(&snap, &[3; 32]), Some(vec![]));
+        let tc = SnapshotToolchain {
+            platform: "linux-x86_64".into(),
+            identity: "id".into(),
+            sentinels: vec![sys.clone()],
+        };
+        save(&snap, &[3; 32], &[], &[], &[], std::slice::from_ref(&tc)).unwrap();
+        assert!(check(&snap, &[3; 32]).unwrap().changed.is_empty());
         // A package upgrade renames a new file into place.
         std::fs::write(sys.join("gcc.new"), "2").unwrap();
         std::fs::rename(sys.join("gcc.new"), sys.join("gcc")).unwrap();
@@ -229,12 +384,25 @@ mod tests {
     }
 
     #[test]
-    fn fresh_sources_make_no_snapshot() {
+    fn fresh_sources_count_as_changed() {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("new.txt");
         std::fs::write(&src, "n").unwrap();
         let snap = d.path().join("s.bin");
-        save(&snap, &[1; 32], &[src], &[], &[]).unwrap();
-        assert_eq!(check(&snap, &[1; 32]), None);
+        save(&snap, &[1; 32], std::slice::from_ref(&src), &[], &[], &[]).unwrap();
+        assert_eq!(check(&snap, &[1; 32]).unwrap().changed, [src]);
+    }
+
+    #[test]
+    fn truncated_snapshots_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let src = old_file(d.path(), "a.txt", "a");
+        let snap = d.path().join("s.bin");
+        save(&snap, &[2; 32], &[src], &[], &[action()], &[]).unwrap();
+        let full = std::fs::read(&snap).unwrap();
+        for cut in [9, 41, 60, full.len() - 1] {
+            std::fs::write(&snap, &full[..cut]).unwrap();
+            assert_eq!(check(&snap, &[2; 32]), None, "cut at {cut}");
+        }
     }
 }
