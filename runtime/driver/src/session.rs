@@ -568,8 +568,7 @@ pub fn run_build(
     phases.mark("record + flush");
     {
         let graphs: Vec<&ActionGraph> = passes.iter().map(|(_, g)| g.as_ref()).collect();
-        let trace = recorder.trace(command, &phases.spans, &graphs);
-        let text = serde_json::to_vec(&trace).expect("trace serialises");
+        let text = recorder.trace(command, &phases.spans, &graphs);
         // Best effort for the cache's copy; the one asked for must be written.
         let _ = std::fs::write(req.cache_dir.join(LAST_TRACE), &text);
         if let Some(path) = &req.profile {

@@ -60,12 +60,10 @@ impl Scheduler<'_> {
         }
         // Critical path: own expected duration plus the longest path through dependents.
         let mut prio = vec![0u64; n];
+        let names: Vec<String> = graph.actions.iter().map(|a| a.name()).collect();
+        let durations = self.store.last_durations_ms(&names)?;
         for i in (0..n).rev() {
-            let own = self
-                .store
-                .last_duration_ms(&graph.actions[i].name())?
-                .unwrap_or(1)
-                .max(1);
+            let own = durations[i].unwrap_or(1).max(1);
             let tail = rdeps[i].iter().map(|&r| prio[r]).max().unwrap_or(0);
             prio[i] = own + tail;
         }

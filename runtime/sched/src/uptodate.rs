@@ -348,7 +348,10 @@ mod tests {
         assert_eq!(got.toolchains, std::slice::from_ref(&tc));
         assert_eq!(check(&snap, &[8u8; 32]), None, "other signature");
         std::fs::write(&src, "b").unwrap();
-        assert_eq!(check(&snap, &sig).unwrap().changed, std::slice::from_ref(&src));
+        assert_eq!(
+            check(&snap, &sig).unwrap().changed,
+            std::slice::from_ref(&src)
+        );
         std::fs::remove_file(&out).unwrap();
         let mut changed = check(&snap, &sig).unwrap().changed;
         changed.sort();

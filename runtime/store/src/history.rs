@@ -264,6 +264,24 @@ impl Store {
 
     /// The duration of the most recent execution (status "executed") of the action labelled
     /// `label`, in any build.
+    /// [`Store::last_duration_ms`] of each of `labels`, read in one transaction (the
+    /// critical-path priorities of a whole graph).
+    pub fn last_durations_ms(&self, labels: &[String]) -> Result<Vec<Option<u64>>, StoreError> {
+        let txn = self.read_txn()?;
+        let t = txn.open_table(DURATIONS).map_err(|e| self.db_err(e))?;
+        let live = lock(&self.history);
+        labels
+            .iter()
+            .map(|label| match live.durations.get(label.as_str()) {
+                Some(ms) => Ok(Some(*ms)),
+                None => Ok(t
+                    .get(label.as_str())
+                    .map_err(|e| self.db_err(e))?
+                    .map(|v| v.value())),
+            })
+            .collect()
+    }
+
     pub fn last_duration_ms(&self, label: &str) -> Result<Option<u64>, StoreError> {
         if let Some(ms) = lock(&self.history).durations.get(label) {
             return Ok(Some(*ms));

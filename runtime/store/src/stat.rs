@@ -107,6 +107,9 @@ pub(crate) fn path_key(p: &Path) -> &[u8] {
     p.as_os_str().as_bytes()
 }
 
+/// Stat-cache look-ups answered by reading their own rows before the table is loaded whole.
+const POINT_READS: usize = 256;
+
 impl Store {
     /// The in-memory stat cache, loaded with one table scan on first use.
     pub(crate) fn stat_cache(&self) -> Result<&RwLock<HashMap<PathBuf, StatEntry>>, StoreError> {
@@ -127,21 +130,47 @@ impl Store {
                 map.insert(path, entry);
             }
         }
-        Ok(self.stat_map.get_or_init(|| RwLock::new(map)))
+        // Rows recorded (or removed) by this process before the load, not yet flushed.
+        let dirty = lock(&self.stat_dirty);
+        for (path, entry) in dirty.iter() {
+            match entry {
+                Some(e) => map.insert(path.clone(), *e),
+                None => map.remove(path),
+            };
+        }
+        let loaded = self.stat_map.get_or_init(|| RwLock::new(map));
+        drop(dirty);
+        Ok(loaded)
     }
 
-    /// The cached digest of `abs` if its stat (`meta`) is unchanged.
+    /// The cached digest of `abs` if its stat (`meta`) is unchanged. The first
+    /// [`POINT_READS`] look-ups of a process read their own rows (a build after an edit
+    /// looks up a handful of files); after that the whole table is loaded once.
     pub(crate) fn stat_lookup(
         &self,
         abs: &Path,
         meta: &Metadata,
     ) -> Result<Option<Digest>, StoreError> {
         let key = StatKey::of(meta);
+        let usable = |e: &StatEntry| {
+            (e.key == key && e.digest.function == self.function).then_some(e.digest)
+        };
+        if self.stat_map.get().is_none() {
+            if let Some(e) = lock(&self.stat_dirty).get(abs) {
+                return Ok(e.as_ref().and_then(usable));
+            }
+            if self.stat_point_reads.fetch_add(1, Ordering::Relaxed) < POINT_READS {
+                let txn = self.read_txn()?;
+                let table = txn.open_table(STAT_CACHE).map_err(|e| self.db_err(e))?;
+                let row = table.get(path_key(abs)).map_err(|e| self.db_err(e))?;
+                return Ok(row
+                    .and_then(|v| StatEntry::decode(v.value()))
+                    .as_ref()
+                    .and_then(usable));
+            }
+        }
         let map = self.stat_cache()?.read().unwrap_or_else(|e| e.into_inner());
-        Ok(map
-            .get(abs)
-            .filter(|e| e.key == key && e.digest.function == self.function)
-            .map(|e| e.digest))
+        Ok(map.get(abs).and_then(usable))
     }
 
     /// Remember `d` as the digest of `abs`, if the file did not change while it was read
@@ -164,15 +193,17 @@ impl Store {
         if key.size != d.size {
             return;
         }
-        let Ok(cache) = self.stat_cache() else {
-            return;
-        };
         let entry = StatEntry { key, digest: d };
-        cache
-            .write()
-            .unwrap_or_else(|e| e.into_inner())
-            .insert(abs.to_path_buf(), entry);
-        lock(&self.stat_dirty).insert(abs.to_path_buf(), Some(entry));
+        // Held while the map is updated, so a concurrent first load (which merges the rows
+        // recorded so far) cannot miss this one.
+        let mut dirty = lock(&self.stat_dirty);
+        if let Some(cache) = self.stat_map.get() {
+            cache
+                .write()
+                .unwrap_or_else(|e| e.into_inner())
+                .insert(abs.to_path_buf(), entry);
+        }
+        dirty.insert(abs.to_path_buf(), Some(entry));
     }
 
     /// Digest of the regular file at `path` (symlinks followed), read and hashed only if its

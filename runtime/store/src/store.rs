@@ -50,6 +50,8 @@ pub struct Store {
     pub(crate) stat_map: OnceLock<RwLock<HashMap<PathBuf, StatEntry>>>,
     pub(crate) stat_init: Mutex<()>,
     pub(crate) stat_dirty: Mutex<HashMap<PathBuf, Option<StatEntry>>>,
+    /// Stat-cache rows read one by one before the whole table is loaded (see `stat.rs`).
+    pub(crate) stat_point_reads: std::sync::atomic::AtomicUsize,
     pub(crate) hashed: AtomicU64,
     pub(crate) history: Mutex<History>,
     /// Held shared by ordinary operations and exclusively by `gc`/`verify`, so maintenance
@@ -177,6 +179,7 @@ impl Store {
             stat_map: OnceLock::new(),
             stat_init: Mutex::new(()),
             stat_dirty: Mutex::new(HashMap::new()),
+            stat_point_reads: std::sync::atomic::AtomicUsize::new(0),
             hashed: AtomicU64::new(0),
             history: Mutex::new(History::default()),
             maintenance: RwLock::new(()),
