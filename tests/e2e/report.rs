@@ -89,12 +89,14 @@ fn the_report_page_renders_in_chromium_with_every_action_and_its_details() {
     chromium();
     let w = ws();
     chain(&w);
-    // A failing action and one that looks for a file in vain, beside the chain.
+    // A failing action and one that looks for a file in vain, beside the chain; a slow step
+    // after the chain's end makes ab -> abab -> slow the critical path whatever the load.
     w.write(
         "gen/WBUILD",
         &format!(
             "{}wasi_run(name = \"bad\", tool = \"//tools:probe\", outs = [\"bad.txt\"], args = [\"exit\", \"3\"])\n\
-             wasi_run(name = \"look\", tool = \"//tools:probe\", outs = [\"look.txt\"], args = [\"exists\", \"gen/nope.txt\", \"$@\"])\n",
+             wasi_run(name = \"look\", tool = \"//tools:probe\", outs = [\"look.txt\"], args = [\"exists\", \"gen/nope.txt\", \"$@\"])\n\
+             wasi_run(name = \"slow\", tool = \"//tools:probe\", srcs = [\":abab\"], outs = [\"slow.txt\"], args = [\"spin\", \"20000000\", \"$@\"])\n",
             w.read("gen/WBUILD")
         ),
     );
@@ -106,6 +108,7 @@ fn the_report_page_renders_in_chromium_with_every_action_and_its_details() {
         "//gen:abab",
         "//gen:bad",
         "//gen:look",
+        "//gen:slow",
         "//other:c",
     ];
 
@@ -157,7 +160,7 @@ fn the_report_page_renders_in_chromium_with_every_action_and_its_details() {
     assert!(details.contains("id=\"access-summary\""), "{details}");
     assert!(details.contains("1 missing"), "{details}");
     assert!(details.contains("gen/nope.txt"), "{details}");
-    // The critical path of the build (ab -> abab, the longest chain) is marked.
+    // The critical path of the build (ab -> abab -> slow, the longest chain) is marked.
     let abab = bar_index(&html, "//gen:abab");
     let bar_open = html[..html.find(&format!("id=\"action-{abab}\"")).unwrap()]
         .rfind("<div")
