@@ -309,6 +309,27 @@ fn run_a_wasi_tool_in_the_workspace_root() {
         "{}",
         stderr(&out)
     );
+    // A tool runs as in its actions: under its argv0, with its data at the guest paths.
+    w.write("tools/share/greeting.txt", "hi from data\n");
+    w.write(
+        "tools/WBUILD",
+        &format!(
+            "{}wasi_tool(name = \"named\", src = \"probe.wasm\", argv0 = \"renamed\", data = [\"share/greeting.txt\"], data_dir = \"/opt/tool\")\n",
+            w.read("tools/WBUILD")
+        ),
+    );
+    let out = w.run(&["run", "//tools:named", "--", "whoami"]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "renamed\n");
+    let out = w.run(&[
+        "run",
+        "//tools:named",
+        "--",
+        "read",
+        "/opt/tool/share/greeting.txt",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+    assert_eq!(stdout(&out), "hi from data\n");
     // It may write in the workspace, as a program run by hand may.
     let out = w.run(&[
         "run",

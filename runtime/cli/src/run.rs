@@ -110,8 +110,64 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
     }
     match how {
         Runnable::Native => run_native(&label.to_string(), &path, &ws.root, &args.args),
-        Runnable::Wasi => run_wasi(&label, &path, &ws.root, &args.args),
+        Runnable::Wasi => {
+            // A `wasi_tool` runs as in its actions: under its `argv0`, with its data files at
+            // their guest paths.
+            let tool = {
+                let store = super::open_store(&cli.cache_dir)?;
+                wbuild_driver::session::root_tool(&ws, &store, &label)?
+            };
+            let (argv0, data) = match tool {
+                Some((t, data)) => (t.argv0, data),
+                None => (label.name.clone(), Vec::new()),
+            };
+            run_wasi(&label, &path, &ws.root, &argv0, &data, &args.args)
+        }
     }
+}
+
+/// A private directory holding each data file at its guest path (absolute, as `/data/x`),
+/// and the top-level directories to preopen (`/data`) with their host paths.
+fn data_tree(
+    label: &wbuild_graph::Label,
+    data: &[(String, std::path::PathBuf)],
+) -> Result<(tempfile::TempDir, Vec<(String, std::path::PathBuf)>)> {
+    let dir = tempfile::Builder::new()
+        .prefix("wbuild-run-data-")
+        .tempdir()
+        .context("cannot make a directory for the tool's data files")?;
+    let mut tops = std::collections::BTreeSet::new();
+    for (guest, host) in data {
+        let rel = guest.trim_start_matches('/');
+        let Some(top) = rel
+            .split('/')
+            .next()
+            .filter(|t| !t.is_empty() && *t != "..")
+        else {
+            bail!("{label}: data file {guest} has no directory to be placed in");
+        };
+        if rel.split('/').any(|c| c == ".." || c == ".") {
+            bail!("{label}: data file {guest} is not a normalised path");
+        }
+        let to = dir.path().join(rel);
+        if let Some(parent) = to.parent() {
+            std::fs::create_dir_all(parent)
+                .with_context(|| format!("cannot create {}", parent.display()))?;
+        }
+        std::fs::copy(host, &to).with_context(|| {
+            format!(
+                "cannot copy {label}'s data file {} to {}: build it first",
+                host.display(),
+                to.display()
+            )
+        })?;
+        tops.insert(top.to_owned());
+    }
+    let preopens = tops
+        .into_iter()
+        .map(|t| (format!("/{t}"), dir.path().join(&t)))
+        .collect();
+    Ok((dir, preopens))
 }
 
 /// Replaces wbuild with the program (as `bazel run` does): signals, the terminal and the
@@ -134,8 +190,11 @@ fn run_wasi(
     label: &wbuild_graph::Label,
     module: &Path,
     root: &Path,
+    argv0: &str,
+    data: &[(String, std::path::PathBuf)],
     args: &[String],
 ) -> Result<i32> {
+    let (_data_dir, data_preopens) = data_tree(label, data)?;
     let fail = |what: &str, e: wasmtime::Error| {
         anyhow::anyhow!("cannot run {label} ({}): {what}: {e:#}", module.display())
     };
@@ -146,12 +205,16 @@ fn run_wasi(
     wasmtime_wasi::p1::add_to_linker_sync(&mut linker, |g: &mut Guest| &mut g.wasi)
         .map_err(|e| fail("WASI", e))?;
     let mut wasi = wasmtime_wasi::WasiCtxBuilder::new();
-    let argv0 = label.name.clone();
+    let argv0 = argv0.to_owned();
     wasi.inherit_stdio()
         .inherit_env()
         .args(&std::iter::once(&argv0).chain(args).collect::<Vec<_>>())
         .preopened_dir(root, ".", wasmtime_wasi::FsPerms::ReadWrite)
         .map_err(|e| fail("cannot open the workspace root", e))?;
+    for (guest, host) in &data_preopens {
+        wasi.preopened_dir(host, guest, wasmtime_wasi::FsPerms::ReadOnly)
+            .map_err(|e| fail("cannot open the tool's data directory", e))?;
+    }
     let mut store = wasmtime::Store::new(
         &engine,
         Guest {

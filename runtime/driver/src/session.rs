@@ -383,6 +383,38 @@ pub fn output_paths(
     Ok(out)
 }
 
+/// A `wasi_tool` as `wbuild run` runs it: its `ToolRef`, and each data file's guest path
+/// with the host file holding it (generated ones under `wbuild-out/`).
+pub type RunnableTool = (wbuild_graph::ToolRef, Vec<(String, PathBuf)>);
+
+/// How the `wasi_tool` `label` runs (`None`: it is not one). For `wbuild run`, after a
+/// build of `label`.
+pub fn root_tool(
+    ws: &Workspace,
+    store: &Store,
+    label: &wbuild_graph::Label,
+) -> Result<Option<RunnableTool>> {
+    let patterns = parse_patterns(&[label.to_string()], "")?;
+    let signature = wbuild_graph::workspace_signature(ws)?;
+    let (actions, _, _) = analyse(ws, store, &patterns, false, &signature)?;
+    let Some(tool) = actions.root_tools.get(label).cloned() else {
+        return Ok(None);
+    };
+    let data = tool
+        .data
+        .iter()
+        .map(|(guest, path)| {
+            let host = if actions.producers.contains_key(path) {
+                ws.root.join(wbuild_graph::OUT_DIR).join(path)
+            } else {
+                ws.path(path)
+            };
+            (guest.clone(), host)
+        })
+        .collect();
+    Ok(Some((tool, data)))
+}
+
 /// One platform pass: its platform and the part of the graph it builds.
 pub type Pass<'g> = (Platform, Cow<'g, ActionGraph>);
 

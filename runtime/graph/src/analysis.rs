@@ -29,6 +29,10 @@ pub struct ActionGraph {
     /// Root targets with a `platform` attribute, and that platform's name.
     #[serde(default)]
     pub root_platforms: BTreeMap<Label, String>,
+    /// Root targets that are `wasi_tool`s: how the tool runs (`argv0`, module, data), for
+    /// `wbuild run`.
+    #[serde(default)]
+    pub root_tools: BTreeMap<Label, ToolRef>,
 }
 
 impl ActionGraph {
@@ -83,6 +87,12 @@ impl ActionGraph {
                 .iter()
                 .filter(|(l, _)| wanted.contains(l))
                 .map(|(l, p)| (l.clone(), p.clone()))
+                .collect(),
+            root_tools: self
+                .root_tools
+                .iter()
+                .filter(|(l, _)| wanted.contains(l))
+                .map(|(l, t)| (l.clone(), t.clone()))
                 .collect(),
         }
     }
@@ -212,11 +222,16 @@ pub fn analyse(
         .iter()
         .filter_map(|r| Some((r.clone(), graph.targets.get(r)?.platform.clone()?)))
         .collect();
+    let root_tools = roots
+        .iter()
+        .filter_map(|r| Some((r.clone(), a.tools.get(r)?.clone())))
+        .collect();
     Ok(ActionGraph {
         actions: a.actions,
         target_files,
         producers,
         root_platforms,
+        root_tools,
     })
 }
 

@@ -202,6 +202,7 @@ mod tests {
             ]
             .into(),
             root_platforms: BTreeMap::new(),
+            root_tools: BTreeMap::new(),
         }
     }
 

@@ -100,6 +100,7 @@ fn graph(spec: &[(&str, &[usize], &[&str])]) -> ActionGraph {
         target_files: BTreeMap::new(),
         producers,
         root_platforms: BTreeMap::new(),
+        root_tools: BTreeMap::new(),
     }
 }
 

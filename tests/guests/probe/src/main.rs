@@ -578,6 +578,8 @@ fn main() {
             expand(&args[3], &args[4..], &mut out, 0);
             fs::write(&args[2], out).expect("write output");
         }
+        // probe whoami : print the program name it runs under (argv[0])
+        "whoami" => println!("{}", args[0]),
         // probe ls OUT DIR : the sorted names in DIR (contents are not read)
         "ls" => {
             let mut names = list(&args[3]).unwrap_or_else(|e| panic!("list {}: {e}", args[3]));
