@@ -406,3 +406,35 @@ wasi_run(name = "env", tool = "//tools:probe", outs = ["e.txt"], args = ["concat
     let all = aquery_json(&w, &["//n:env"]);
     assert_eq!(all[0]["env"]["X"], "a\n  cached: yes");
 }
+
+#[test]
+fn keys_use_the_digest_function_of_the_configured_remote() {
+    // BuildGrid speaks SHA-256 only: a build with it as [remote] keys with SHA-256, and
+    // aquery prints the digests that build computes.
+    let engine = wbuild_tests::buildgrid::BuildGridExec::start();
+    let w = ws();
+    chain(&w);
+    let local = aquery_json(&w, &["//gen:ab"]);
+    w.write(
+        "wbuild.toml",
+        &format!(
+            "[build]\nsource_date_epoch = 0\n[remote]\nurl = \"{}\"\n",
+            engine.url
+        ),
+    );
+    let remote = aquery_json(&w, &["//gen:ab"]);
+    let (l, r) = (
+        find(&local, "//gen:ab")["action_digest"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+        find(&remote, "//gen:ab")["action_digest"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    );
+    assert_ne!(l, r, "the same key under both functions");
+    let (out, events) = w.events(&["build", "//gen:ab"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(event_digests(&events)["//gen:ab"], r);
+}

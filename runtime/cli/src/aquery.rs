@@ -92,18 +92,26 @@ pub(crate) fn run(cli_cache: &std::path::Path, args: &AqueryArgs) -> Result<i32>
         eprintln!("warning: Empty results");
         return print(&[], args.output);
     }
-    if ws.config.remote.url.is_some() || ws.config.remote.executor.is_some() {
-        eprintln!(
-            "warning: keys are computed with BLAKE3, as for a local build; a build with the [remote] of wbuild.toml uses the remote's digest function"
-        );
-    }
+    // Keys use the digest function a build would: the [remote]'s of wbuild.toml when one is
+    // configured (asked of it, with the build's deadlines; unreachable, the build would go
+    // on locally with BLAKE3, and so do these keys).
+    let function = {
+        let (cache, executor) = wbuild_driver::session::connect_remote(
+            &ws,
+            &wbuild_driver::session::RemoteRequest::default(),
+            &crate::note,
+        )?;
+        executor
+            .or(cache)
+            .map_or(wbuild_store::DigestFunction::Blake3, |r| r.function())
+    };
 
     let sandbox = match args.sandbox {
         SandboxMode::Namespaces => wbuild_driver::SandboxMode::Namespaces,
         SandboxMode::None => wbuild_driver::SandboxMode::None,
     };
     let patterns: Vec<TargetPattern> = labels.iter().cloned().map(TargetPattern::Label).collect();
-    let store = wbuild_driver::session::open_store(cli_cache, &crate::note)?;
+    let store = wbuild_driver::session::open_store_with(cli_cache, function, &crate::note)?;
     let signature = wbuild_graph::workspace_signature(&ws)?;
     let (actions, roots, _) =
         wbuild_driver::session::analyse(&ws, &store, &patterns, args.tests, &signature)?;
