@@ -109,3 +109,23 @@ wasi_run(name = "post", tool = "//tools:probe", srcs = [":pre"], outs = ["post.t
     );
     assert_eq!(w.read("wbuild-out/p/post.txt"), "true\ntrue\n");
 }
+
+#[test]
+fn the_build_after_a_first_build_is_proven_a_no_op() {
+    // The first build creates wbuild-out/: that must not change the workspace signature
+    // the next build is checked against.
+    let w = ws();
+    chain(&w);
+    for f in ["gen/a.txt", "gen/b.txt", "other/c.txt", "tools/probe.wasm"] {
+        wbuild_tests::backdate(&w.path(f));
+    }
+    w.ok(&["build"]);
+    let (_, ev) = w.events(&["build"]);
+    let actions: Vec<&serde_json::Value> = ev.iter().filter(|e| e["type"] == "action").collect();
+    assert_eq!(actions.len(), 3, "{ev:?}");
+    for a in actions {
+        // Answered by the snapshot's no-op path: nothing was keyed or looked up.
+        assert_eq!(a["status"], "cached", "{a}");
+        assert!(a["phases"].is_null(), "{a}");
+    }
+}

@@ -63,6 +63,12 @@ pub fn workspace_signature(ws: &Workspace) -> Result<blake3::Hash, GraphError> {
                 Ok(_) => b'f',
                 Err(_) => b'?',
             };
+            // Directories the loader never looks into (`wbuild-out/`, `target/`, hidden
+            // ones) are not part of the structure: a build creating `wbuild-out/` must not
+            // change the signature the next build is checked against.
+            if kind == b'd' && skip_dir(&name) {
+                continue;
+            }
             entries.push((name, kind, e.path()));
         }
         entries.sort();
