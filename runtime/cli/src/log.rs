@@ -230,21 +230,24 @@ pub fn recorded_critical_path(actions: &[ActionRecord]) -> Option<(Vec<usize>, u
     Some((chain.into_iter().map(|n| pick[n]).collect(), total))
 }
 
+/// The first line of `log critical-path`: the build, the path's length and the wall time.
+fn print_path_header(b: &BuildRecord, total: u64, actions: usize) {
+    let wall = b.end_unix_ms.map(|e| e.saturating_sub(b.start_unix_ms));
+    println!(
+        "{}: critical path {total} ms over {actions} actions{}",
+        describe(b),
+        wall.map_or(String::new(), |w| format!(" (the build took {w} ms)"))
+    );
+}
+
 fn critical_path(
     cli: &Cli,
     store: &Store,
     b: &BuildRecord,
     actions: &[ActionRecord],
 ) -> Result<()> {
-    let wall = b.end_unix_ms.map(|e| e.saturating_sub(b.start_unix_ms));
     if let Some((chain, total)) = recorded_critical_path(actions) {
-        println!(
-            "{}: critical path {} ms over {} actions{}",
-            describe(b),
-            total,
-            chain.len(),
-            wall.map_or(String::new(), |w| format!(" (the build took {w} ms)"))
-        );
+        print_path_header(b, total, chain.len());
         for i in chain {
             let r = &actions[i];
             println!(
@@ -292,13 +295,7 @@ fn critical_path(
         })
         .collect();
     let (chain, total) = longest_chain(&nodes);
-    println!(
-        "{}: critical path {} ms over {} actions{}",
-        describe(b),
-        total,
-        chain.len(),
-        wall.map_or(String::new(), |w| format!(" (the build took {w} ms)"))
-    );
+    print_path_header(b, total, chain.len());
     for i in &chain {
         let a = &graph.actions[*i];
         match recorded.get(names[*i].as_str()) {

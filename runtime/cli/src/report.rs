@@ -268,27 +268,13 @@ pub fn script_json<T: Serialize>(value: &T) -> String {
     out
 }
 
-/// `ms` since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC`.
+/// `ms` since the Unix epoch as `YYYY-MM-DD HH:MM:SS UTC` (the provenance's RFC 3339 time,
+/// spelled for people).
 fn utc(ms: u64) -> String {
-    let secs = ms / 1000;
-    let days = (secs / 86_400) as i64;
-    let rem = secs % 86_400;
-    // Howard Hinnant's civil_from_days.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    let t = std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms);
+    wbuild_driver::provenance::rfc3339(t)
+        .replacen('T', " ", 1)
+        .replacen('Z', " UTC", 1)
 }
 
 fn ms_text(us: u64) -> String {

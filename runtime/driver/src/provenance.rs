@@ -80,7 +80,8 @@ pub struct BuildFacts<'a> {
     pub started: std::time::SystemTime,
 }
 
-fn rfc3339(t: std::time::SystemTime) -> String {
+/// `t` as an RFC 3339 UTC time to the second (`2026-11-23T08:30:45Z`).
+pub fn rfc3339(t: std::time::SystemTime) -> String {
     let secs = t
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| d.as_secs()) as i64;
