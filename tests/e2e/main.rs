@@ -13,6 +13,7 @@ mod observed;
 mod profile;
 mod query;
 mod reliability;
+mod remote_download;
 mod remote_exec;
 mod remote_tls;
 mod report;
@@ -1703,6 +1704,11 @@ fn wbuild_server() -> RemoteServer {
 }
 
 impl RemoteServer {
+    /// The server's own directory (for `wbuild serve`, its cache is `cache/` in it).
+    fn dir(&self) -> &std::path::Path {
+        self._dir.path()
+    }
+
     /// The server `child` once it accepts connections on `port`.
     fn listening(mut child: std::process::Child, port: u16, dir: tempfile::TempDir) -> Self {
         wait_for_port(port, &mut child);

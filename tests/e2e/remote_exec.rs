@@ -243,7 +243,24 @@ fn builds_run_entirely_on_workers_and_arm64_actions_go_to_the_arm64_worker() {
         w.read("wbuild-out/d/world.txt"),
         local.read("wbuild-out/d/world.txt")
     );
-    same_tree(&w.path("wbuild-out"), &local.path("wbuild-out"));
+    // By default (`--remote-download=toplevel` with an executor) the targets' outputs came
+    // back and the compiles' objects and depfiles stayed on the engine.
+    let (remote_tree, local_tree) = (tree(&w.path("wbuild-out")), tree(&local.path("wbuild-out")));
+    let left_remote: Vec<&String> = local_tree
+        .keys()
+        .filter(|k| !remote_tree.contains_key(*k))
+        .collect();
+    assert!(
+        !left_remote.is_empty() && left_remote.iter().all(|k| k.contains("/_objs/")),
+        "{left_remote:?}"
+    );
+    for (k, v) in &remote_tree {
+        assert_eq!(
+            local_tree.get(k),
+            Some(v),
+            "{k} differs from a local build's"
+        );
+    }
 
     // The WASI example runs on the workers too.
     let g = example("wasi-codegen");
@@ -253,10 +270,16 @@ fn builds_run_entirely_on_workers_and_arm64_actions_go_to_the_arm64_worker() {
     assert!(!st.is_empty());
     assert!(st.iter().all(|(_, s)| s == "remote_executed"), "{st:?}");
 
-    // A second client with an empty cache gets everything from the engine's cache.
+    // A second client with an empty cache gets everything from the engine's cache, every
+    // output downloaded.
     let second = c_hello();
     world(&second);
-    let (out, ev) = second.events(&args);
+    let all: Vec<&str> = args
+        .iter()
+        .copied()
+        .chain(["--remote-download=all"])
+        .collect();
+    let (out, ev) = second.events(&all);
     assert!(out.status.success(), "{}", second.report(&args, &out));
     // (//d:world's second platform pass finds the first pass's result locally.)
     let st = statuses(&ev);

@@ -88,6 +88,14 @@ struct BuildArgs {
     /// actions have their own keys and are never mixed with sandboxed ones.
     #[arg(long, value_enum, default_value_t = SandboxMode::Namespaces)]
     sandbox: SandboxMode,
+    #[command(flatten)]
+    remote: RemoteArgs,
+}
+
+/// Where the remote cache and executor are and how outputs come from them (each overrides
+/// `[remote]` in wbuild.toml).
+#[derive(clap::Args, Clone)]
+struct RemoteArgs {
     /// A REAPI cache shared with others, `grpc://host:port` or over TLS `grpcs://host:port`
     /// (or [remote] url in wbuild.toml):
     /// looked up after the local cache; results built here are uploaded. If it is down or
@@ -107,8 +115,45 @@ struct BuildArgs {
     /// cores. If it is unreachable, the build goes on locally.
     #[arg(long, value_name = "URL")]
     remote_executor: Option<String>,
+    /// Which outputs of remote results to download (or [remote] download): `all`;
+    /// `toplevel`, those of the requested targets (the default with a remote executor);
+    /// `minimal`, none. Outputs left on the remote are fetched when an action here needs
+    /// them, and rebuilt if the remote has lost them.
+    #[arg(long, value_enum, value_name = "WHICH")]
+    remote_download: Option<RemoteDownloadArg>,
     #[command(flatten)]
     remote_auth: RemoteAuthArgs,
+}
+
+impl RemoteArgs {
+    /// The flags as the driver takes them.
+    fn request(&self) -> wbuild_driver::RemoteRequest {
+        wbuild_driver::RemoteRequest {
+            cache: self.remote.clone(),
+            executor: self.remote_executor.clone(),
+            instance: self.remote_instance.clone(),
+            upload: self.remote_upload,
+            download: self.remote_download.map(RemoteDownloadArg::mode),
+            auth: self.remote_auth.auth(),
+        }
+    }
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum RemoteDownloadArg {
+    All,
+    Toplevel,
+    Minimal,
+}
+
+impl RemoteDownloadArg {
+    fn mode(self) -> wbuild_graph::RemoteDownload {
+        match self {
+            RemoteDownloadArg::All => wbuild_graph::RemoteDownload::All,
+            RemoteDownloadArg::Toplevel => wbuild_graph::RemoteDownload::Toplevel,
+            RemoteDownloadArg::Minimal => wbuild_graph::RemoteDownload::Minimal,
+        }
+    }
 }
 
 /// How to reach a remote (`--remote`, `--remote-executor`, a worker's `--engine`): TLS
@@ -170,6 +215,13 @@ enum Cmd {
         /// The platforms whose outputs to list (as for `build`).
         #[arg(long, value_delimiter = ',')]
         platform: Vec<String>,
+        /// Make sure the listed files are there first: if any is missing (left on the
+        /// remote by a build without the bytes, or never built), build the targets,
+        /// downloading only their own outputs (`--remote-download=toplevel` unless given).
+        #[arg(long)]
+        fetch: bool,
+        #[command(flatten)]
+        remote: RemoteArgs,
     },
     /// Show what the last run of a target's action read, wrote, listed and probed. A target
     /// with several actions (cc_*) names one by its detail: `explain //lib:greet lib/greet.c`.
@@ -352,7 +404,12 @@ fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
         Cmd::Build(args) => build(&cli, args, false),
         Cmd::Test(args) => build(&cli, args, true),
-        Cmd::Outputs { targets, platform } => outputs(&cli, targets, platform),
+        Cmd::Outputs {
+            targets,
+            platform,
+            fetch,
+            remote,
+        } => outputs(&cli, targets, platform, (*fetch).then_some(remote)),
         Cmd::Explain { target, detail } => explain(&cli, target, detail.as_deref()),
         Cmd::Why { target } => why::run(&cli, target),
         Cmd::Query(args) => query::run(&cache_dir(&cli), args),
@@ -414,13 +471,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
             SandboxMode::Namespaces => wbuild_driver::SandboxMode::Namespaces,
             SandboxMode::None => wbuild_driver::SandboxMode::None,
         },
-        remote: wbuild_driver::RemoteRequest {
-            cache: args.remote.clone(),
-            executor: args.remote_executor.clone(),
-            instance: args.remote_instance.clone(),
-            upload: args.remote_upload,
-            auth: args.remote_auth.auth(),
-        },
+        remote: args.remote.request(),
         provenance: args.provenance.clone(),
         sign_key: args.sign_key.clone(),
         cache_dir: cache_dir(cli),
@@ -444,13 +495,53 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
     })
 }
 
-fn outputs(cli: &Cli, targets: &[String], platform_flags: &[String]) -> Result<i32> {
+fn outputs(
+    cli: &Cli,
+    targets: &[String],
+    platform_flags: &[String],
+    fetch: Option<&RemoteArgs>,
+) -> Result<i32> {
     let (ws, pkg) = workspace_resolved(cli)?;
     // As `build` does: platforms, then patterns, then the store.
     wbuild_driver::platform::flag_platforms(platform_flags)?;
     let patterns = wbuild_driver::session::parse_patterns(targets, &pkg)?;
     let store = open_store(&cli.cache_dir)?;
-    for path in wbuild_driver::session::output_paths(&ws, &store, &patterns, platform_flags)? {
+    let paths = wbuild_driver::session::output_paths(&ws, &store, &patterns, platform_flags)?;
+    drop(store);
+    if let Some(remote) = fetch
+        && paths.iter().any(|p| !ws.root.join(p).exists())
+    {
+        let mut remote = remote.request();
+        remote.download = remote
+            .download
+            .or(Some(wbuild_graph::RemoteDownload::Toplevel));
+        let request = wbuild_driver::BuildRequest {
+            patterns: targets.to_vec(),
+            platforms: platform_flags.to_vec(),
+            jobs: None,
+            keep_going: false,
+            tests: false,
+            show_output: false,
+            sandbox: wbuild_driver::SandboxMode::Namespaces,
+            remote,
+            provenance: None,
+            sign_key: None,
+            cache_dir: cache_dir(cli),
+            profile: None,
+        };
+        let presenter = Presenter {
+            events_file: None,
+            ui: std::sync::OnceLock::new(),
+        };
+        let outcome = wbuild_driver::run_build(&ws, &pkg, &request, &presenter)?;
+        if let Some(ui) = presenter.ui.get() {
+            ui.finish(&outcome.summary, false);
+        }
+        if !outcome.summary.success() {
+            return Ok(if outcome.summary.interrupted { 130 } else { 1 });
+        }
+    }
+    for path in paths {
         println!("{path}");
     }
     Ok(0)

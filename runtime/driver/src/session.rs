@@ -128,7 +128,33 @@ pub struct RemoteRequest {
     pub instance: Option<String>,
     /// Upload results built here (default true).
     pub upload: Option<bool>,
+    /// Which outputs to download (`--remote-download`; default `[remote] download`, else
+    /// `toplevel` with an executor and `all` without).
+    pub download: Option<wbuild_graph::RemoteDownload>,
     pub auth: RemoteAuth,
+}
+
+impl RemoteRequest {
+    /// What `--remote-download` amounts to for `ws` (flags over `wbuild.toml`, then the
+    /// default): with no remote at all, everything is here, so `all`.
+    pub fn download_mode(
+        &self,
+        ws: &Workspace,
+        connected: bool,
+        executor: bool,
+    ) -> wbuild_graph::RemoteDownload {
+        use wbuild_graph::RemoteDownload;
+        if !connected {
+            return RemoteDownload::All;
+        }
+        self.download
+            .or(ws.config.remote.download)
+            .unwrap_or(if executor {
+                RemoteDownload::Toplevel
+            } else {
+                RemoteDownload::All
+            })
+    }
 }
 
 /// What to build and how.
@@ -459,6 +485,7 @@ pub fn build_options(ws: &Workspace, req: &BuildRequest, jobs: usize) -> Options
             .unwrap_or(true),
         native_toolchain: None,
         known: None,
+        download: wbuild_sched::Download::All,
     }
 }
 
@@ -495,6 +522,9 @@ pub fn run_build(
         .map_or(DigestFunction::Blake3, |r| r.function());
     let store = open_store_with(&req.cache_dir, function, &note)?;
     phases.mark("open store");
+    let download = req
+        .remote
+        .download_mode(ws, remote.is_some(), executor.is_some());
     let command = if req.tests { "test" } else { "build" };
     let signature = wbuild_graph::workspace_signature(ws)?;
     let binary = wbuild_graph::binary_identity();
@@ -508,6 +538,7 @@ pub fn run_build(
         tests: req.tests,
         function,
         patterns: &patterns,
+        download: download.name(),
     };
     let snapshot = uptodate::snapshot_path(store.dir(), &key.hex());
     let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
@@ -559,7 +590,16 @@ pub fn run_build(
         modules_dir: store.modules_dir(),
         max_concurrent: jobs as u32,
     })?);
-    let opts = build_options(ws, req, jobs);
+    let mut opts = build_options(ws, req, jobs);
+    opts.download = match download {
+        wbuild_graph::RemoteDownload::All => wbuild_sched::Download::All,
+        wbuild_graph::RemoteDownload::Minimal => {
+            wbuild_sched::Download::Only(Arc::new(HashSet::new()))
+        }
+        wbuild_graph::RemoteDownload::Toplevel => {
+            wbuild_sched::Download::Only(Arc::new(toplevel_outputs(&actions, &roots)))
+        }
+    };
     let build_id = store.begin_build(command, &pattern_names)?;
     phases.mark("engine + history");
     let total: usize = passes.iter().map(|(_, g)| g.actions.len()).sum();
@@ -625,7 +665,13 @@ pub fn run_build(
                 sentinels: wbuild_sched::toolchain_sentinels(*p),
             })
             .collect();
-        let outputs: Vec<PathBuf> = summary.outputs.keys().map(|p| ws.root.join(p)).collect();
+        // Outputs left on the remote are not files here.
+        let outputs: Vec<PathBuf> = summary
+            .outputs
+            .keys()
+            .filter(|p| !summary.remote_only.contains(*p))
+            .map(|p| ws.root.join(p))
+            .collect();
         // Best effort: without a snapshot the next no-op build takes the full path.
         let _ = uptodate::save(
             &snapshot,
@@ -673,6 +719,17 @@ pub fn run_build(
         summary,
         up_to_date: false,
     })
+}
+
+/// The generated outputs of the targets `roots` (paths under a pass's output directory):
+/// what `--remote-download=toplevel` downloads.
+fn toplevel_outputs(actions: &ActionGraph, roots: &[Label]) -> HashSet<String> {
+    roots
+        .iter()
+        .flat_map(|l| actions.target_files.get(l).into_iter().flatten())
+        .filter(|p| actions.producers.contains_key(*p))
+        .cloned()
+        .collect()
 }
 
 /// What the snapshot `snap` vouches for in the pass of `graph` (output directory `out_dir`):
@@ -723,6 +780,7 @@ fn known_results(
                         .filter(|(_, _, x)| *x)
                         .map(|(p, _, _)| p.clone())
                         .collect(),
+                    remote_only: a.remote_only.iter().cloned().collect(),
                 },
             );
         }
@@ -815,6 +873,7 @@ fn up_to_date(
         remote_cached: 0,
         remote_executed: 0,
         remote_rpcs: None,
+        remote_bytes_downloaded: None,
         failed: 0,
         skipped: 0,
         files_hashed: 0,

@@ -32,6 +32,8 @@ pub struct SnapshotKey<'a> {
     pub tests: bool,
     pub function: DigestFunction,
     pub patterns: &'a [TargetPattern],
+    /// `--remote-download` (which outputs the build left on the remote).
+    pub download: &'a str,
 }
 
 impl SnapshotKey<'_> {
@@ -39,7 +41,7 @@ impl SnapshotKey<'_> {
     pub fn hex(&self) -> String {
         let names: Vec<&str> = self.platforms.iter().map(|p| p.name()).collect();
         let mut text = format!(
-            "{}\0{}\0{}\0{}\0{}\0{:?}\0{}\0{}",
+            "{}\0{}\0{}\0{}\0{}\0{:?}\0{}\0{}\0{}",
             self.version,
             self.binary,
             self.executor_version,
@@ -47,7 +49,8 @@ impl SnapshotKey<'_> {
             names.join(","),
             self.sandbox,
             self.tests,
-            self.function.name()
+            self.function.name(),
+            self.download
         );
         for p in self.patterns {
             text.push('\0');
@@ -72,6 +75,7 @@ mod tests {
             tests: false,
             function: DigestFunction::Blake3,
             patterns,
+            download: "all",
         }
     }
 
@@ -149,6 +153,13 @@ mod tests {
                 "function",
                 SnapshotKey {
                     function: DigestFunction::Sha256,
+                    ..k.clone()
+                },
+            ),
+            (
+                "download",
+                SnapshotKey {
+                    download: "minimal",
                     ..k.clone()
                 },
             ),

@@ -50,7 +50,7 @@ pub use rules::{
 };
 pub use workspace::{
     BUILD_FILE, BuildConfig, Config, EXTERNAL_PREFIX, External, OUT_DIR, RemoteConfig,
-    ToolchainPin, TrustConfig, WORKSPACE_FILE, WasiConfig, Workspace,
+    RemoteDownload, ToolchainPin, TrustConfig, WORKSPACE_FILE, WasiConfig, Workspace,
 };
 
 /// Guest directory where a `wasi_tool`'s `data` files appear when `data_dir` is not given.

@@ -88,6 +88,9 @@ pub struct RemoteConfig {
     pub instance: Option<String>,
     /// Upload local results (default true).
     pub upload: Option<bool>,
+    /// Which outputs of remote results are downloaded (`--remote-download` overrides;
+    /// default `toplevel` with an executor, else `all`).
+    pub download: Option<RemoteDownload>,
     /// A REAPI remote executor, `grpc://host:port` (`--remote-executor` overrides): cache
     /// misses run on its workers; it is the remote cache too unless `url` names another.
     pub executor: Option<String>,
@@ -118,6 +121,7 @@ impl std::fmt::Debug for RemoteConfig {
             .field("url", &self.url)
             .field("instance", &self.instance)
             .field("upload", &self.upload)
+            .field("download", &self.download)
             .field("executor", &self.executor)
             .field("ca", &self.ca)
             .field("client_cert", &self.client_cert)
@@ -125,6 +129,30 @@ impl std::fmt::Debug for RemoteConfig {
             .field("headers", &headers)
             .field("token_file", &self.token_file)
             .finish()
+    }
+}
+
+/// Which outputs a build with a remote writes to `wbuild-out/` (`--remote-download`,
+/// `[remote] download`): builds without the bytes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Deserialize, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RemoteDownload {
+    /// Every output of every action.
+    All,
+    /// The outputs of the requested targets; intermediate ones stay remote until an action
+    /// here needs them.
+    Toplevel,
+    /// None: outputs stay remote unless an action here needs them (or they were made here).
+    Minimal,
+}
+
+impl RemoteDownload {
+    pub fn name(self) -> &'static str {
+        match self {
+            RemoteDownload::All => "all",
+            RemoteDownload::Toplevel => "toplevel",
+            RemoteDownload::Minimal => "minimal",
+        }
     }
 }
 
@@ -360,6 +388,13 @@ mod tests {
         .unwrap();
         assert_eq!(c.remote.url.as_deref(), Some("grpc://h:1"));
         assert_eq!(c.remote.upload, Some(false));
+        assert_eq!(c.remote.download, None);
+        let c = Config::parse("[remote]\ndownload = \"minimal\"\n", Path::new("w.toml")).unwrap();
+        assert_eq!(c.remote.download, Some(RemoteDownload::Minimal));
+        let err =
+            Config::parse("[remote]\ndownload = \"some\"\n", Path::new("w.toml")).unwrap_err();
+        let msg = err.to_string();
+        assert!(msg.contains("w.toml") && msg.contains("toplevel"), "{msg}");
         let err = Config::parse("[build]\njobs = 0\n", Path::new("w.toml")).unwrap_err();
         assert!(err.to_string().contains("jobs"), "{err}");
     }

@@ -101,6 +101,18 @@ pub enum ClientError {
     MissingBlob(Digest),
 }
 
+impl ClientError {
+    /// The remote said it does not have what was asked for (`NOT_FOUND`, or a blob missing
+    /// from a batch read).
+    pub fn is_not_found(&self) -> bool {
+        match self {
+            ClientError::MissingBlob(_) => true,
+            ClientError::Rpc { status, .. } => status.code() == Code::NotFound,
+            _ => false,
+        }
+    }
+}
+
 /// What to do about an RPC error, when wbuild knows: credentials for UNAUTHENTICATED and
 /// PERMISSION_DENIED, a client certificate for a TLS handshake the server ended for want of
 /// one.
@@ -207,6 +219,8 @@ pub struct RemoteCache {
     max_batch: u64,
     url: String,
     pub(crate) rpcs: AtomicU64,
+    /// Bytes received (see [`RemoteCache::bytes_downloaded`]).
+    pub(crate) bytes_down: AtomicU64,
     /// How long `execute` waits for an operation (see `exec::DEFAULT_EXECUTION_DEADLINE`).
     pub(crate) exec_deadline: std::sync::Mutex<std::time::Duration>,
 }
@@ -298,6 +312,7 @@ impl RemoteCache {
             max_batch: MAX_BATCH_BYTES,
             url: url.to_owned(),
             rpcs: AtomicU64::new(0),
+            bytes_down: AtomicU64::new(0),
             exec_deadline: std::sync::Mutex::new(crate::exec::DEFAULT_EXECUTION_DEADLINE),
         };
         let instance_name = client.instance.clone();
@@ -376,6 +391,12 @@ impl RemoteCache {
         self.rpcs.load(Ordering::Relaxed)
     }
 
+    /// Bytes received so far: downloaded blobs and the contents a server inlined in action
+    /// results (stdout, stderr, output files).
+    pub fn bytes_downloaded(&self) -> u64 {
+        self.bytes_down.load(Ordering::Relaxed)
+    }
+
     /// One RPC with retries and backoff on transient errors.
     fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, ClientError>
     where
@@ -420,7 +441,16 @@ impl RemoteCache {
                     .await
             }
         }) {
-            Ok(r) => Ok(Some(r)),
+            Ok(r) => {
+                let inlined = r.stdout_raw.len()
+                    + r.stderr_raw.len()
+                    + r.output_files
+                        .iter()
+                        .map(|f| f.contents.len())
+                        .sum::<usize>();
+                self.bytes_down.fetch_add(inlined as u64, Ordering::Relaxed);
+                Ok(Some(r))
+            }
             Err(ClientError::Rpc { status, .. }) if status.code() == Code::NotFound => Ok(None),
             Err(e) => Err(e),
         }
@@ -503,21 +533,26 @@ impl RemoteCache {
         out
     }
 
-    /// Uploads the blobs the remote lacks: small sets are sent at once (one round trip; the
-    /// server keeps one copy), larger ones after `FindMissingBlobs`.
+    /// Uploads the blobs the remote lacks: small sets that are all here are sent at once
+    /// (one round trip; the server keeps one copy), others after `FindMissingBlobs` (a
+    /// blob that only the remote holds, such as an output left there by a build without
+    /// the bytes, is not read). A blob the remote lacks that `read` cannot give is
+    /// [`ClientError::MissingBlob`].
     pub fn upload_missing(
         &self,
         blobs: &[Digest],
         read: impl Fn(&Digest) -> Option<Vec<u8>>,
     ) -> Result<(), ClientError> {
         let total: u64 = blobs.iter().map(|d| d.size).sum();
-        let send: Vec<Digest> = if total <= SEND_WITHOUT_ASKING {
-            blobs.to_vec()
-        } else {
-            self.find_missing(blobs)?
-        };
+        if total <= SEND_WITHOUT_ASKING {
+            let data: Option<Vec<(Digest, Vec<u8>)>> =
+                blobs.iter().map(|d| read(d).map(|b| (*d, b))).collect();
+            if let Some(data) = data {
+                return self.upload(&data);
+            }
+        }
         let mut data = Vec::new();
-        for d in send {
+        for d in self.find_missing(blobs)? {
             match read(&d) {
                 Some(b) => data.push((d, b)),
                 None => return Err(ClientError::MissingBlob(d)),
@@ -648,6 +683,9 @@ impl RemoteCache {
                 out.push((*want, resp.data.clone()));
             }
         }
+        let received: usize = out.iter().map(|(_, b)| b.len()).sum();
+        self.bytes_down
+            .fetch_add(received as u64, Ordering::Relaxed);
         for (want, bytes) in &out {
             let got = Digest::of(self.function, bytes);
             if got != *want {

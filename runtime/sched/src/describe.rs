@@ -219,6 +219,7 @@ mod tests {
             remote_upload: false,
             native_toolchain: None,
             known: None,
+            download: crate::Download::All,
         }
     }
 

@@ -89,6 +89,10 @@ pub enum Event {
         /// RPCs made to the remote cache (absent without one).
         #[serde(skip_serializing_if = "Option::is_none")]
         remote_rpcs: Option<u64>,
+        /// Bytes received from the remote: downloaded blobs and inlined contents (absent
+        /// without one).
+        #[serde(skip_serializing_if = "Option::is_none")]
+        remote_bytes_downloaded: Option<u64>,
         failed: u64,
         skipped: u64,
         /// Files read and hashed because the stat cache could not vouch for them.

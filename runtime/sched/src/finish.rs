@@ -213,8 +213,12 @@ impl Scheduler<'_> {
             .then(|| self.store.put_bytes(&stderr))
             .transpose()?;
         let result = action_result(&outputs, &executables, 0, stdout_digest, stderr_digest);
-        self.store
-            .ac_put(&prep.action_digest, &result, &action.label.to_string())?;
+        // A worker's outputs a build without the bytes left on the remote: no local entry
+        // (the local cache holds only entries whose bytes are here).
+        if self.all_here(&outputs) {
+            self.store
+                .ac_put(&prep.action_digest, &result, &action.label.to_string())?;
+        }
         self.record_key(action, opts, prep, log.as_ref(), &outputs, &mut warnings)?;
         // Unsandboxed native results are never shared; a worker's are shared already.
         let unsandboxed = opts.unsandboxed && action.exec == Exec::Native;
@@ -224,7 +228,13 @@ impl Scheduler<'_> {
         }
         {
             let _materialize = crate::phases::phase("materialize outputs");
-            self.materialize(&outputs, &executables, &opts.platform.out_dir())?;
+            match self.deliver(opts, &outputs, &executables) {
+                Ok(()) => {}
+                Err(crate::download::FetchError::Lost(blobs)) => {
+                    return Err(SchedError::LostInputs { blobs });
+                }
+                Err(crate::download::FetchError::Sched(e)) => return Err(e),
+            }
         }
         let show = opts.show_output || text.to_ascii_lowercase().contains("warning");
         let report = RunReport {

@@ -19,6 +19,7 @@
 
 mod access;
 mod describe;
+mod download;
 mod events;
 mod finish;
 mod keys;
@@ -36,7 +37,7 @@ mod tests;
 pub mod uptodate;
 mod validate;
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -46,6 +47,7 @@ use wbuild_graph::{ActionGraph, ActionNode, Workspace};
 use wbuild_store::{Digest, Store};
 
 pub use describe::{ActionKey, Described, describe_passes};
+pub use download::Download;
 pub use events::{Event, EventSink, Status};
 pub use finish::action_result;
 use finish::{Finished, split_outputs};
@@ -77,7 +79,14 @@ pub enum SchedError {
         path: PathBuf,
         error: std::io::Error,
     },
+    /// Blobs an action needs that only the remote held, and it no longer does (evicted):
+    /// the pass stops and [`Scheduler::run_passes`] runs the build again.
+    #[error("the remote no longer has {} blob(s) this build needs, such as {}", blobs.len(), blobs.first().map(|d| d.to_string()).unwrap_or_default())]
+    LostInputs { blobs: Vec<Digest> },
 }
+
+/// How many times a build runs again after the remote lost blobs it needed.
+pub const LOST_INPUT_RETRIES: usize = 3;
 
 /// Settings of one build.
 #[derive(Clone, Debug)]
@@ -102,6 +111,8 @@ pub struct Options {
     pub native_toolchain: Option<Arc<NativeToolchain>>,
     /// Results the up-to-date snapshot vouches for after an edit (see [`Known`]).
     pub known: Option<Arc<Known>>,
+    /// Which outputs are written to `wbuild-out/` (`--remote-download`).
+    pub download: Download,
 }
 
 /// Results of the last successful build that an edit did not touch: an action whose direct
@@ -121,6 +132,8 @@ pub struct KnownAction {
     pub digest: Digest,
     pub outputs: Vec<(String, Digest)>,
     pub executables: HashSet<String>,
+    /// Outputs the build left on the remote (not in `wbuild-out/`).
+    pub remote_only: HashSet<String>,
 }
 
 /// The source files (workspace paths) `action` of `graph` reads directly: its inputs, tool
@@ -183,6 +196,9 @@ pub struct Summary {
     pub interrupted: bool,
     /// Digests of every output produced or restored, by workspace path.
     pub outputs: BTreeMap<String, Digest>,
+    /// The outputs among them left on the remote (`--remote-download`), not written to
+    /// `wbuild-out/`, by workspace path.
+    pub remote_only: BTreeSet<String>,
     /// Workspace paths of every source file the actions read (tool modules and data included).
     pub sources: Vec<String>,
     /// Every action that succeeded (executed or cached).
@@ -209,6 +225,11 @@ impl Summary {
         self.duration += pass.duration;
         self.sources.extend(pass.sources);
         self.actions.extend(pass.actions);
+        self.remote_only.extend(
+            pass.remote_only
+                .into_iter()
+                .map(|k| format!("{out_dir}/{k}")),
+        );
         self.outputs.extend(
             pass.outputs
                 .into_iter()
@@ -253,6 +274,11 @@ pub struct Scheduler<'a> {
     warned_local: Mutex<HashSet<String>>,
     /// Sources read by actions answered from [`Options::known`] (never hashed this build).
     known_sources: Mutex<Vec<String>>,
+    /// Blobs the remote no longer has (see `download.rs`): results naming them are not used
+    /// unless the blob is here.
+    lost: Mutex<HashSet<Digest>>,
+    /// Outputs of the current pass left on the remote (paths under its output directory).
+    remote_only: Mutex<HashSet<String>>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -280,6 +306,8 @@ impl<'a> Scheduler<'a> {
             local_slots: Semaphore::new(usize::MAX),
             warned_local: Mutex::new(HashSet::new()),
             known_sources: Mutex::new(Vec::new()),
+            lost: Mutex::new(HashSet::new()),
+            remote_only: Mutex::new(HashSet::new()),
         }
     }
 
@@ -346,6 +374,38 @@ impl Scheduler<'_> {
         INTERRUPTED.store(false, Ordering::SeqCst);
         let start = Instant::now();
         let hashed_before = self.store.hashed_count();
+        let mut attempt = 0;
+        let mut total = loop {
+            match self.attempt(passes) {
+                Err(SchedError::LostInputs { blobs }) if attempt < LOST_INPUT_RETRIES => {
+                    self.warn_lost(&blobs, attempt, LOST_INPUT_RETRIES);
+                    attempt += 1;
+                }
+                other => break other?,
+            }
+        };
+        total.sources.sort();
+        total.sources.dedup();
+        self.events.event(&Event::BuildFinished {
+            executed: total.executed,
+            cached: total.cached,
+            remote_cached: total.remote_cached,
+            remote_executed: total.remote_executed,
+            remote_rpcs: self.remote.conn.as_ref().map(|r| r.rpc_count()),
+            remote_bytes_downloaded: self.remote.conn.as_ref().map(|r| r.bytes_downloaded()),
+            failed: total.failed,
+            skipped: total.skipped,
+            files_hashed: self.store.hashed_count() - hashed_before,
+            modules_compiled: self.runner.compiled_count(),
+            duration_ms: start.elapsed().as_millis() as u64,
+            interrupted: total.interrupted,
+        });
+        self.store.flush()?;
+        Ok(total)
+    }
+
+    /// The passes one after the other (see [`Scheduler::run_passes`]).
+    fn attempt(&self, passes: &[(&ActionGraph, Options)]) -> Result<Summary, SchedError> {
         let mut total = Summary::default();
         let mut ran = 0;
         for (graph, opts) in passes {
@@ -360,22 +420,6 @@ impl Scheduler<'_> {
         for (graph, _) in &passes[ran..] {
             total.skipped += graph.actions.len() as u64;
         }
-        total.sources.sort();
-        total.sources.dedup();
-        self.events.event(&Event::BuildFinished {
-            executed: total.executed,
-            cached: total.cached,
-            remote_cached: total.remote_cached,
-            remote_executed: total.remote_executed,
-            remote_rpcs: self.remote.conn.as_ref().map(|r| r.rpc_count()),
-            failed: total.failed,
-            skipped: total.skipped,
-            files_hashed: self.store.hashed_count() - hashed_before,
-            modules_compiled: self.runner.compiled_count(),
-            duration_ms: start.elapsed().as_millis() as u64,
-            interrupted: total.interrupted,
-        });
-        self.store.flush()?;
         Ok(total)
     }
 
@@ -457,7 +501,11 @@ impl Scheduler<'_> {
             return Ok(None);
         };
         let (outputs, executables) = split_outputs(files);
-        match self.materialize(&outputs, &executables, &opts.platform.out_dir()) {
+        if self.names_lost(&outputs) {
+            self.store.ac_remove(entry)?;
+            return Ok(None);
+        }
+        match self.deliver(opts, &outputs, &executables) {
             Ok(()) => {
                 let output = if opts.show_output {
                     self.cached_output(&result)
@@ -476,13 +524,16 @@ impl Scheduler<'_> {
                     report,
                 )))
             }
-            Err(wbuild_store::StoreError::Corrupt { .. })
-            | Err(wbuild_store::StoreError::NotFound { .. }) => {
-                // A blob went bad: forget the entry and run the action again.
+            Err(download::FetchError::Sched(SchedError::Store(
+                wbuild_store::StoreError::Corrupt { .. }
+                | wbuild_store::StoreError::NotFound { .. },
+            )))
+            | Err(download::FetchError::Lost(_)) => {
+                // A blob went bad or is nowhere: forget the entry and run the action again.
                 self.store.ac_remove(entry)?;
                 Ok(None)
             }
-            Err(e) => Err(e.into()),
+            Err(download::FetchError::Sched(e)) => Err(e),
         }
     }
 }

@@ -7,6 +7,7 @@ use wbuild_exec_wasi::WasiExecutor;
 use wbuild_graph::{ActionGraph, ActionNode};
 use wbuild_store::Store;
 
+use crate::download::FetchError;
 use crate::finish::Finished;
 use crate::keys::{ActionError, Prepared};
 use crate::spec::{self, RunOutput, Spec};
@@ -122,6 +123,17 @@ impl Scheduler<'_> {
             Ok(()) => {}
             Err(StageError::Action(e)) => return Ok(Finished::failed(e.to_string())),
             Err(StageError::Sched(e)) => return Err(e),
+        }
+        // Generated inputs a build without the bytes left on the remote come here first.
+        let mut needed: Vec<wbuild_store::Digest> = prep.spec.files.values().copied().collect();
+        match &prep.spec.kind {
+            spec::Kind::Wasi { module, .. } => needed.push(*module),
+            spec::Kind::Native { wasi_modules, .. } => needed.extend(wasi_modules.iter().copied()),
+        }
+        match self.fetch_missing(&needed) {
+            Ok(()) => {}
+            Err(FetchError::Lost(blobs)) => return Err(SchedError::LostInputs { blobs }),
+            Err(FetchError::Sched(e)) => return Err(e),
         }
         let ran = {
             let wait = crate::phases::phase("wait for a local slot");

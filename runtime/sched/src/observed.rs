@@ -763,14 +763,17 @@ impl Scheduler<'_> {
             None => None,
             Some(Mode::Observed) => log.map(PathSet::from_log),
             Some(Mode::Depfile { depfile, .. }) => {
-                outputs.iter().find(|(p, _)| p == depfile).map(|(_, d)| {
-                    match self.store.get_bytes(d) {
+                // A depfile a build without the bytes left on the remote: no path set (the
+                // result has no local entry for one to answer with).
+                outputs
+                    .iter()
+                    .find(|(p, d)| p == depfile && self.store.has(d))
+                    .map(|(_, d)| match self.store.get_bytes(d) {
                         Ok(b) => PathSet::from_depfile(&String::from_utf8_lossy(&b)),
                         Err(e) => Err(Refused::Unreadable(format!(
                             "its depfile {depfile} cannot be read: {e}"
                         ))),
-                    }
-                })
+                    })
             }
         };
         let set = match set {

@@ -46,6 +46,10 @@ impl Scheduler<'_> {
         opts: &Options,
     ) -> Result<Summary, SchedError> {
         let start = Instant::now();
+        self.remote_only
+            .lock()
+            .expect("remote-only outputs")
+            .clear();
         let n = graph.actions.len();
         let mut rdeps: Vec<Vec<usize>> = vec![Vec::new(); n];
         let mut waiting = vec![0usize; n];
@@ -114,6 +118,10 @@ impl Scheduler<'_> {
             .count() as u64;
         st.summary.interrupted = INTERRUPTED.load(Ordering::SeqCst);
         st.summary.duration = start.elapsed();
+        st.summary.remote_only =
+            std::mem::take(&mut *self.remote_only.lock().expect("remote-only outputs"))
+                .into_iter()
+                .collect();
         st.summary.outputs = generated
             .into_inner()
             .expect("outputs")
@@ -150,8 +158,16 @@ impl Scheduler<'_> {
         if !generated
             .iter()
             .all(|(p, d)| known.outputs.get(p) == Some(d))
+            || self.names_lost(&k.outputs)
+            || k.remote_only.iter().any(|p| opts.download.wants(p))
         {
             return None;
+        }
+        if !k.remote_only.is_empty() {
+            self.remote_only
+                .lock()
+                .expect("remote-only outputs")
+                .extend(k.remote_only.iter().cloned());
         }
         self.known_sources.lock().expect("sources").extend(
             crate::direct_sources(graph, action)
@@ -334,6 +350,14 @@ impl Scheduler<'_> {
                 Some(d),
             ) = (fin.status, fin.action_digest)
             {
+                let remote_only = {
+                    let r = self.remote_only.lock().expect("remote-only outputs");
+                    fin.outputs
+                        .iter()
+                        .filter(|(p, _)| r.contains(p))
+                        .map(|(p, _)| p.clone())
+                        .collect()
+                };
                 st.summary.actions.push(uptodate::SnapshotAction {
                     label: action.label.to_string(),
                     detail: action.detail.clone().unwrap_or_default(),
@@ -345,6 +369,7 @@ impl Scheduler<'_> {
                         .iter()
                         .map(|(p, d)| (p.clone(), *d, fin.executables.contains(p)))
                         .collect(),
+                    remote_only,
                 });
             }
             match fin.status {

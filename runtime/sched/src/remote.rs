@@ -14,6 +14,7 @@ use wbuild_graph::{ActionGraph, ActionNode};
 use wbuild_remote::{ClientError, Executed, RemoteCache, Resubmission};
 use wbuild_store::{Digest, DigestFunction, digest_message, reapi};
 
+use crate::download::FetchError;
 use crate::events::{Event, EventSink, Status};
 use crate::finish::{Finished, RunReport, split_outputs};
 use crate::keys::Prepared;
@@ -55,6 +56,10 @@ pub trait RemoteCacheApi: Send + Sync {
     fn upload(&self, blobs: &[(Digest, Vec<u8>)]) -> Result<(), ClientError>;
     /// The blobs, as the remote sent them (the caller verifies them).
     fn download(&self, blobs: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, ClientError>;
+    /// Bytes received so far (blobs and inlined contents).
+    fn bytes_downloaded(&self) -> u64 {
+        0
+    }
     /// Uploads the blobs the remote lacks, reading them with `read`.
     fn upload_missing(
         &self,
@@ -122,6 +127,10 @@ impl RemoteCacheApi for RemoteCache {
 
     fn download(&self, blobs: &[Digest]) -> Result<Vec<(Digest, Vec<u8>)>, ClientError> {
         RemoteCache::download(self, blobs)
+    }
+
+    fn bytes_downloaded(&self) -> u64 {
+        RemoteCache::bytes_downloaded(self)
     }
 
     /// Small sets are sent without asking which blobs the remote lacks (one round trip).
@@ -206,17 +215,17 @@ impl<T: RemoteCacheApi + ?Sized> Endpoint<T> {
 
 impl Scheduler<'_> {
     /// The remote cache while it works (`None` after its first failure).
-    fn remote(&self) -> Option<&dyn RemoteCacheApi> {
+    pub(crate) fn remote(&self) -> Option<&dyn RemoteCacheApi> {
         self.remote.get()
     }
 
     /// The remote failed: say so once and go on without it.
-    fn remote_failed(&self, e: ClientError) {
+    pub(crate) fn remote_failed(&self, e: ClientError) {
         self.remote.failed(e, self.events);
     }
 
-    /// Looks the action up in the remote cache; on a hit, fetches the outputs it lacks
-    /// (verified), records the entry locally and materialises the outputs.
+    /// Looks the action up in the remote cache; on a hit, fetches the wanted outputs it lacks
+    /// (verified; see [`crate::Download`]), records the entry locally and materialises them.
     pub(crate) fn remote_lookup(
         &self,
         graph: &ActionGraph,
@@ -227,7 +236,13 @@ impl Scheduler<'_> {
         let Some(remote) = self.remote() else {
             return Ok(None);
         };
-        let mut result = match remote.get_action_result(&prep.action_digest, &action.outputs) {
+        let inline: Vec<String> = action
+            .outputs
+            .iter()
+            .filter(|p| opts.download.wants(p))
+            .cloned()
+            .collect();
+        let mut result = match remote.get_action_result(&prep.action_digest, &inline) {
             Ok(Some(r)) => r,
             Ok(None) => return Ok(None),
             Err(e) => {
@@ -247,7 +262,11 @@ impl Scheduler<'_> {
             }
         };
         let (outputs, executables) = split_outputs(files);
-        let (_, _, accesses) = match self.fetch_result(remote, &mut result, &outputs) {
+        if self.names_lost(&outputs) {
+            return Ok(None);
+        }
+        let wanted = self.wanted_missing(opts, &outputs);
+        let (_, _, accesses) = match self.fetch_result(remote, &mut result, &wanted) {
             Ok(Some(x)) => x,
             Ok(None) => return Ok(None),
             Err(e) => {
@@ -264,9 +283,17 @@ impl Scheduler<'_> {
             self.store
                 .put_access_log(&prep.action_digest, &log.to_json())?;
         }
-        self.store
-            .ac_put(&prep.action_digest, &result, &action.label.to_string())?;
-        self.materialize(&outputs, &executables, &opts.platform.out_dir())?;
+        match self.deliver(opts, &outputs, &executables) {
+            Ok(()) => {}
+            Err(FetchError::Lost(_)) => return Ok(None),
+            Err(FetchError::Sched(e)) => return Err(e),
+        }
+        // The local cache holds only entries whose bytes are here (outputs left on the remote
+        // are looked up there again).
+        if self.all_here(&outputs) {
+            self.store
+                .ac_put(&prep.action_digest, &result, &action.label.to_string())?;
+        }
         Ok(Some(Finished::succeeded(
             Status::RemoteCached,
             prep.action_digest,
@@ -277,12 +304,12 @@ impl Scheduler<'_> {
     }
 
     /// The executor while it is reachable.
-    fn executor(&self) -> Option<&dyn RemoteExecApi> {
+    pub(crate) fn executor(&self) -> Option<&dyn RemoteExecApi> {
         self.executor.get()
     }
 
     /// The executor cannot be reached: say so once and run the rest here.
-    fn executor_failed(&self, e: ClientError) {
+    pub(crate) fn executor_failed(&self, e: ClientError) {
         self.executor.failed(e, self.events);
     }
 
@@ -367,9 +394,17 @@ impl Scheduler<'_> {
                 .cloned()
                 .or_else(|| self.store.get_bytes(d).ok())
         });
-        if let Err(e) = uploaded {
-            self.executor_failed(e);
-            return Ok(None);
+        match uploaded {
+            Ok(()) => {}
+            // An input only the remote held (a build without the bytes) and it lost it.
+            Err(ClientError::MissingBlob(d)) if !self.store.has(&d) => {
+                self.lost.lock().expect("lost blobs").insert(d);
+                return Err(SchedError::LostInputs { blobs: vec![d] });
+            }
+            Err(e) => {
+                self.executor_failed(e);
+                return Ok(None);
+            }
         }
         let t0 = Instant::now();
         let executed = match ex.execute(&prep.action_digest, resubmission) {
@@ -419,7 +454,22 @@ impl Scheduler<'_> {
             result.output_files.clear();
             (Vec::new(), HashSet::new())
         };
-        let fetched = match self.fetch_result(ex, &mut result, &outputs) {
+        // Outputs the remote lost before: a fresh run made them again (fetch them now, they
+        // are needed here); an answer from the engine's cache names bytes that are gone.
+        let lost_here: Vec<Digest> = {
+            let lost = self.lost.lock().expect("lost blobs");
+            outputs
+                .iter()
+                .map(|(_, d)| *d)
+                .filter(|d| lost.contains(d) && !self.store.has(d))
+                .collect()
+        };
+        if cached && !lost_here.is_empty() {
+            return refused("its cached result names outputs the remote no longer has".to_owned());
+        }
+        let mut wanted = self.wanted_missing(opts, &outputs);
+        wanted.extend(lost_here);
+        let fetched = match self.fetch_result(ex, &mut result, &wanted) {
             Ok(Some(x)) => x,
             Ok(None) => return refused(format!("{worker} sent a malformed result")),
             Err(e) => {
@@ -465,15 +515,15 @@ impl Scheduler<'_> {
         Ok(Some(fin))
     }
 
-    /// Downloads (verified) what a remote result references into the store: the (validated)
-    /// `outputs`, stdout, stderr and a WASI guest's access log. `None`: the result is
-    /// malformed.
+    /// Downloads (verified) what a remote result references into the store: the output
+    /// blobs `outputs` (of the validated outputs, those to be materialised), stdout, stderr
+    /// and a WASI guest's access log. `None`: the result is malformed.
     #[allow(clippy::type_complexity)]
     fn fetch_result<R: RemoteCacheApi + ?Sized>(
         &self,
         remote: &R,
         result: &mut reapi::ActionResult,
-        outputs: &[(String, Digest)],
+        outputs: &[Digest],
     ) -> Result<Option<(Vec<u8>, Vec<u8>, Option<AccessLog>)>, ClientError> {
         let f = self.store.function();
         let put = |d: Digest, bytes: &[u8]| self.store.put_bytes(bytes).ok() == Some(d);
@@ -495,7 +545,7 @@ impl Scheduler<'_> {
         let stderr = digest(result.stderr_digest.as_ref());
         let mut wanted: Vec<Digest> = outputs
             .iter()
-            .map(|(_, d)| *d)
+            .copied()
             .chain(stdout)
             .chain(stderr)
             .chain(access_log)

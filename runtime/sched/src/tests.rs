@@ -1,7 +1,7 @@
 //! The scheduler with fakes: a tiny in-memory action graph, a real store in a temporary
 //! directory, a fake local runner and fake remote endpoints.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -117,6 +117,7 @@ fn options(jobs: usize, keep_going: bool) -> Options {
         remote_upload: false,
         native_toolchain: None,
         known: None,
+        download: crate::Download::All,
     }
 }
 
@@ -272,6 +273,8 @@ struct FakeRemote {
     lies: Mutex<HashSet<Digest>>,
     calls: AtomicUsize,
     down: bool,
+    /// Outputs (paths) whose blobs are evicted as soon as a run makes them, once each.
+    evict_once: Mutex<HashSet<String>>,
 }
 
 impl FakeRemote {
@@ -283,6 +286,7 @@ impl FakeRemote {
             lies: Mutex::default(),
             calls: AtomicUsize::new(0),
             down: false,
+            evict_once: Mutex::default(),
         }
     }
 
@@ -401,10 +405,16 @@ impl RemoteExecApi for FakeRemote {
         let output_files = c
             .output_paths
             .iter()
-            .map(|p| reapi::OutputFile {
-                path: p.clone(),
-                digest: Some(self.put(format!("w1 made {p}").as_bytes()).to_proto()),
-                ..Default::default()
+            .map(|p| {
+                let d = self.put(format!("w1 made {p}").as_bytes());
+                if self.evict_once.lock().unwrap().remove(p) {
+                    self.cas.lock().unwrap().remove(&d);
+                }
+                reapi::OutputFile {
+                    path: p.clone(),
+                    digest: Some(d.to_proto()),
+                    ..Default::default()
+                }
             })
             .collect();
         let result = reapi::ActionResult {
@@ -674,6 +684,53 @@ fn a_remote_executor_runs_misses_and_the_result_is_kept_here() {
     let (s, _) = build(&fx, &g, &options(1, false), again.clone(), |s| s);
     assert_eq!(s.cached, 2);
     assert!(again.runs().is_empty());
+}
+
+#[test]
+fn minimal_downloads_leave_outputs_remote_and_a_lost_input_reruns_its_producer() {
+    let fx = fixture();
+    let exec = Arc::new(FakeRemote::new(fx.store.function()));
+    let g = graph(&[
+        ("a", &[], &["p/src.txt"]),
+        ("b", &[0], &[]),
+        ("c", &[1], &[]),
+    ]);
+    let mut opts = options(1, false);
+    opts.download = crate::Download::Only(Arc::new(HashSet::from([out("c")])));
+    let e = exec.clone();
+    let (s, events) = build(&fx, &g, &opts, Arc::new(FakeRunner::default()), |s| {
+        s.with_executor_api(Some(e), 1)
+    });
+    assert_eq!(s.remote_executed, 3);
+    assert!(events.warnings().is_empty(), "{:?}", events.warnings());
+    // Only the requested output came back; the others are remote-only, not files here.
+    assert_eq!(materialised(&fx, "p/c.out").unwrap(), "w1 made p/c.out");
+    assert_eq!(materialised(&fx, "p/a.out"), None);
+    assert_eq!(
+        s.remote_only,
+        BTreeSet::from([
+            format!("{}/{}", Platform::host().out_dir(), out("a")),
+            format!("{}/{}", Platform::host().out_dir(), out("b"))
+        ])
+    );
+    let a_out = Digest::of(fx.store.function(), b"w1 made p/a.out");
+    assert!(!fx.store.has(&a_out));
+
+    // The engine evicts `b`'s output as soon as it is made; `c` then needs it, nobody has
+    // it: the build runs again and `b` with it.
+    let fx = fixture();
+    let exec = Arc::new(FakeRemote::new(fx.store.function()));
+    exec.evict_once.lock().unwrap().insert(out("b"));
+    let e = exec.clone();
+    let (s, events) = build(&fx, &g, &opts, Arc::new(FakeRunner::default()), |s| {
+        s.with_executor_api(Some(e), 1)
+    });
+    assert!(s.success());
+    assert_eq!(s.remote_executed, 3);
+    let warnings = events.warnings();
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("no longer has 1 blob"), "{warnings:?}");
+    assert_eq!(materialised(&fx, "p/c.out").unwrap(), "w1 made p/c.out");
 }
 
 #[test]

@@ -38,6 +38,8 @@ pub struct SnapshotAction {
     pub out_dir: String,
     /// Its outputs (paths under `out_dir`), digests and whether each is executable.
     pub outputs: Vec<(String, Digest, bool)>,
+    /// The outputs among them the build left on the remote (`--remote-download`).
+    pub remote_only: Vec<String>,
 }
 
 impl SnapshotAction {
@@ -144,7 +146,7 @@ pub fn save(
         for (p, d, x) in &a.outputs {
             put_str(&mut buf, p.as_bytes());
             put_str(&mut buf, d.to_string().as_bytes());
-            buf.push(u8::from(*x));
+            buf.push(u8::from(*x) | (u8::from(a.remote_only.contains(p)) << 1));
         }
     }
     buf.extend_from_slice(&(toolchains.len() as u64).to_le_bytes());
@@ -227,11 +229,15 @@ pub fn check(path: &Path, signature: &[u8; 32]) -> Option<Snapshot> {
         let out_dir = r.string()?;
         let k = r.u64()? as usize;
         let mut outputs = Vec::with_capacity(k.min(1 << 16));
+        let mut remote_only = Vec::new();
         for _ in 0..k {
             let p = r.string()?;
             let d: Digest = r.string()?.parse().ok()?;
-            let x = r.take(1)?[0] != 0;
-            outputs.push((p, d, x));
+            let flags = r.take(1)?[0];
+            if flags & 2 != 0 {
+                remote_only.push(p.clone());
+            }
+            outputs.push((p, d, flags & 1 != 0));
         }
         actions.push(SnapshotAction {
             label,
@@ -240,6 +246,7 @@ pub fn check(path: &Path, signature: &[u8; 32]) -> Option<Snapshot> {
             action_digest,
             out_dir,
             outputs,
+            remote_only,
         });
     }
     let t = r.u64()? as usize;
@@ -308,11 +315,19 @@ mod tests {
             mnemonic: "WasiRun".into(),
             action_digest: "ab/1".into(),
             out_dir: "wbuild-out".into(),
-            outputs: vec![(
-                "p/out.txt".into(),
-                Digest::of(wbuild_store::DigestFunction::Blake3, b"o"),
-                true,
-            )],
+            outputs: vec![
+                (
+                    "p/out.txt".into(),
+                    Digest::of(wbuild_store::DigestFunction::Blake3, b"o"),
+                    true,
+                ),
+                (
+                    "p/remote.txt".into(),
+                    Digest::of(wbuild_store::DigestFunction::Blake3, b"r"),
+                    false,
+                ),
+            ],
+            remote_only: vec!["p/remote.txt".into()],
         }
     }
 
