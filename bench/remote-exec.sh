@@ -94,11 +94,19 @@ assert len(local) == n and len(remote) == n, (len(local), len(remote))
 rows = []
 for r in t:
     rows.append({"name": r["command"], "median_s": r["median"], "actions_per_s": n / r["median"]})
+# Where a remote action's time goes: the client's phases and the worker's own timeline
+# (REAPI ExecutedActionMetadata: queued, input fetch, execution, output upload), medians.
+phases = {}
+for e in (json.loads(l) for l in open(f"{work}/remote.jsonl")):
+    if e.get("type") == "action" and e["status"] == "remote_executed":
+        for p in e.get("phases") or []:
+            phases.setdefault(p["name"], []).append(p["duration_us"] / 1000)
 res = {
     "actions": n,
     "builds": rows,
     "median_action_ms_local": statistics.median(local),
     "median_action_ms_remote": statistics.median(remote),
+    "median_phase_ms_remote": {k: round(statistics.median(v), 2) for k, v in sorted(phases.items())},
 }
 json.dump(res, open(out, "w"), indent=2)
 print(f"{'build':45} {'median s':>9} {'actions/s':>10}")
@@ -106,4 +114,7 @@ for r in rows:
     print(f"{r['name']:45} {r['median_s']:9.2f} {r['actions_per_s']:10.1f}")
 print(f"median per-action duration seen by the client: local {res['median_action_ms_local']} ms, "
       f"remote {res['median_action_ms_remote']} ms")
+print("median per-phase time of a remote action (ms):")
+for k, v in res["median_phase_ms_remote"].items():
+    print(f"  {k:45} {v:9.2f}")
 EOF

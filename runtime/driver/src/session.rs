@@ -606,11 +606,22 @@ pub fn run_build(
     let events = ui.start(total, true).map_err(DriverError::Frontend)?;
     let recorder = crate::profile::Recorder::new(events);
     let events: &dyn EventSink = &recorder;
-    let local_jobs = std::thread::available_parallelism()
-        .map_or(2, |n| n.get())
-        .min(jobs);
+    // With a remote an action is mostly a round trip (a lookup, a remote run): up to
+    // REMOTE_IN_FLIGHT actions are processed at once, while runs here stay within -j (within
+    // the cores, with an executor).
+    let local_jobs = if executor.is_some() {
+        std::thread::available_parallelism()
+            .map_or(2, |n| n.get())
+            .min(jobs)
+    } else {
+        jobs
+    };
+    if remote.is_some() {
+        opts.jobs = jobs.max(REMOTE_IN_FLIGHT);
+    }
     let sched = Scheduler::new(ws, store.clone(), exec, events, Some(build_id))
         .with_remote(remote)
+        .with_local_jobs(local_jobs)
         .with_executor(executor, local_jobs);
     if let Some(snap) = &snap {
         for t in &snap.toolchains {
@@ -720,6 +731,9 @@ pub fn run_build(
         up_to_date: false,
     })
 }
+
+/// Actions processed at once when a remote is in use (see `run_build`).
+pub const REMOTE_IN_FLIGHT: usize = 32;
 
 /// The generated outputs of the targets `roots` (paths under a pass's output directory):
 /// what `--remote-download=toplevel` downloads.

@@ -357,6 +357,7 @@ impl LeaseRunner {
     /// upload the outputs; the result to complete the lease with.
     pub fn run_lease(&self, slot: usize, lease: &Lease) -> Result<reapi::ActionResult, LeaseError> {
         let ctx = self;
+        let worker_start = std::time::SystemTime::now();
         let f = ctx.remote.function();
         let payload = lease.payload.as_ref().ok_or_else(|| LeaseError {
             code: tonic::Code::InvalidArgument,
@@ -385,33 +386,17 @@ impl LeaseRunner {
         };
         let command_digest = proto(&action.command_digest, "command")?;
         let root = proto(&action.input_root_digest, "input root")?;
-        let command_bytes = fetch(ctx, &[command_digest])?
-            .remove(&command_digest)
-            .expect("fetched");
+        // The Command and the whole input tree at once (BatchReadBlobs beside GetTree); what
+        // the worker's store holds already is not asked for.
+        let (command_bytes, dirs) = std::thread::scope(|s| {
+            let tree = s.spawn(|| input_tree(ctx, &root));
+            let command = fetch(ctx, &[command_digest]);
+            (command, tree.join().expect("the input tree fetch panicked"))
+        });
+        let command_bytes = command_bytes?.remove(&command_digest).expect("fetched");
         let command =
             reapi::Command::decode(&command_bytes[..]).map_err(|_| bad("undecodable Command"))?;
-        // The input tree, one level at a time.
-        let mut dirs: HashMap<Digest, reapi::Directory> = HashMap::new();
-        let mut level = vec![root];
-        while !level.is_empty() {
-            let got = fetch(ctx, &level)?;
-            let mut next = Vec::new();
-            for (d, bytes) in got {
-                let dir = reapi::Directory::decode(&bytes[..])
-                    .map_err(|_| bad("undecodable Directory"))?;
-                for sub in &dir.directories {
-                    if let Some(Ok(sd)) = sub.digest.as_ref().map(|p| Digest::from_proto(f, p))
-                        && !dirs.contains_key(&sd)
-                    {
-                        next.push(sd);
-                    }
-                }
-                dirs.insert(d, dir);
-            }
-            next.sort_by_key(|d| d.hash);
-            next.dedup();
-            level = next;
-        }
+        let dirs = dirs?;
         let files = tree_files(f, &root, &dirs).map_err(|e| bad(&e))?;
         // What the command names decides where files are written: checked before anything is
         // downloaded or staged.
@@ -433,6 +418,7 @@ impl LeaseRunner {
                 return Err(unavailable(format!("blob {d} changed on its way")));
             }
         }
+        let fetched = std::time::SystemTime::now();
         let cache_dir = ctx.cache_dir.clone();
         let resolve = move |name: &str, digest: &str| {
             crate::toolchain::installed_native(&cache_dir, name, digest)
@@ -486,9 +472,11 @@ impl LeaseRunner {
         upload.extend(log_digest);
         upload.sort_by_key(|d| d.hash);
         upload.dedup();
+        let upload_start = std::time::SystemTime::now();
         ctx.remote
             .upload_missing(&upload, |d| ctx.store.get_bytes(d).ok())
             .map_err(unavailable)?;
+        let uploaded = std::time::SystemTime::now();
         let timestamp = |t: std::time::SystemTime| {
             let d = t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
             bazel_remote_apis::google::protobuf::Timestamp {
@@ -506,8 +494,14 @@ impl LeaseRunner {
         Ok(reapi::ActionResult {
             execution_metadata: Some(reapi::ExecutedActionMetadata {
                 worker: ctx.name.clone(),
+                worker_start_timestamp: Some(timestamp(worker_start)),
+                input_fetch_start_timestamp: Some(timestamp(worker_start)),
+                input_fetch_completed_timestamp: Some(timestamp(fetched)),
                 execution_start_timestamp: Some(timestamp(started)),
                 execution_completed_timestamp: Some(timestamp(completed)),
+                output_upload_start_timestamp: Some(timestamp(upload_start)),
+                output_upload_completed_timestamp: Some(timestamp(uploaded)),
+                worker_completed_timestamp: Some(timestamp(uploaded)),
                 auxiliary_metadata: log_digest
                     .map(|d| bazel_remote_apis::google::protobuf::Any {
                         type_url: ACCESS_LOG_TYPE_URL.to_owned(),
@@ -526,6 +520,97 @@ impl LeaseRunner {
             )
         })
     }
+}
+
+/// Most directories an input tree may have.
+const MAX_TREE_DIRECTORIES: usize = 1 << 20;
+
+/// The `Directory` messages of the input tree under `root`, by digest: from the worker's store
+/// if it holds them all, else in one `GetTree` (kept in the store), else (a server without
+/// `GetTree`, or one whose messages do not re-encode to their digests) one level at a time.
+fn input_tree(
+    ctx: &LeaseRunner,
+    root: &Digest,
+) -> Result<HashMap<Digest, reapi::Directory>, LeaseError> {
+    let f = ctx.remote.function();
+    let bad = |what: String| LeaseError {
+        code: tonic::Code::InvalidArgument,
+        message: what,
+    };
+    // Walks the tree from `root` through `get` (None: a directory it does not have).
+    let walk = |get: &dyn Fn(&Digest) -> Option<Result<reapi::Directory, LeaseError>>| {
+        let mut dirs: HashMap<Digest, reapi::Directory> = HashMap::new();
+        let mut stack = vec![*root];
+        while let Some(d) = stack.pop() {
+            if dirs.contains_key(&d) {
+                continue;
+            }
+            let Some(dir) = get(&d) else {
+                return Ok(None);
+            };
+            let dir = dir?;
+            for sub in &dir.directories {
+                if let Some(Ok(sd)) = sub.digest.as_ref().map(|p| Digest::from_proto(f, p)) {
+                    stack.push(sd);
+                }
+            }
+            dirs.insert(d, dir);
+            if dirs.len() > MAX_TREE_DIRECTORIES {
+                return Err(bad(format!(
+                    "the input tree has more than {MAX_TREE_DIRECTORIES} directories"
+                )));
+            }
+        }
+        Ok(Some(dirs))
+    };
+    let decode = |d: &Digest, bytes: &[u8]| {
+        reapi::Directory::decode(bytes).map_err(|_| bad(format!("undecodable Directory {d}")))
+    };
+    let local = |d: &Digest| ctx.store.get_bytes(d).ok().map(|b| decode(d, &b));
+    if let Some(dirs) = walk(&local)? {
+        return Ok(dirs);
+    }
+    if let Ok(tree) = ctx.remote.get_tree(root, MAX_TREE_DIRECTORIES) {
+        let got: HashMap<Digest, reapi::Directory> = tree.into_iter().collect();
+        let from_tree = |d: &Digest| got.get(d).cloned().map(Ok).or_else(|| local(d));
+        if let Some(dirs) = walk(&from_tree)? {
+            for (d, dir) in &dirs {
+                if !ctx.store.has(d) {
+                    ctx.store
+                        .put_bytes(&dir.encode_to_vec())
+                        .map_err(unavailable)?;
+                }
+            }
+            return Ok(dirs);
+        }
+    }
+    // One level at a time.
+    let mut dirs: HashMap<Digest, reapi::Directory> = HashMap::new();
+    let mut level = vec![*root];
+    while !level.is_empty() {
+        let got = fetch(ctx, &level)?;
+        let mut next = Vec::new();
+        for (d, bytes) in got {
+            let dir = decode(&d, &bytes)?;
+            for sub in &dir.directories {
+                if let Some(Ok(sd)) = sub.digest.as_ref().map(|p| Digest::from_proto(f, p))
+                    && !dirs.contains_key(&sd)
+                {
+                    next.push(sd);
+                }
+            }
+            dirs.insert(d, dir);
+        }
+        if dirs.len() > MAX_TREE_DIRECTORIES {
+            return Err(bad(format!(
+                "the input tree has more than {MAX_TREE_DIRECTORIES} directories"
+            )));
+        }
+        next.sort_by_key(|d| d.hash);
+        next.dedup();
+        level = next;
+    }
+    Ok(dirs)
 }
 
 /// Blobs by digest: from the worker's store, else from the engine's CAS (verified, then kept).

@@ -509,6 +509,62 @@ impl RemoteCache {
             .collect()
     }
 
+    /// The `Directory` messages of the tree under `root`, in one `GetTree` call (every page
+    /// read), each with the digest of its encoding. The caller walks them by digest from the
+    /// root, so a message the server made up is never reached; at most `limit` messages are
+    /// read (a larger tree is an error, not unbounded memory).
+    pub fn get_tree(
+        &self,
+        root: &Digest,
+        limit: usize,
+    ) -> Result<Vec<(Digest, reapi::Directory)>, ClientError> {
+        use prost::Message;
+        let mut out = Vec::new();
+        let mut page_token = String::new();
+        loop {
+            let req = reapi::GetTreeRequest {
+                instance_name: self.instance.clone(),
+                root_digest: Some(root.to_proto()),
+                page_size: 0,
+                page_token: page_token.clone(),
+                digest_function: self.function.to_reapi(),
+            };
+            let mut stream = self.call("GetTree", |ch| {
+                let req = req.clone();
+                async move {
+                    content_addressable_storage_client::ContentAddressableStorageClient::new(ch)
+                        .get_tree(req)
+                        .await
+                }
+            })?;
+            let mut next = String::new();
+            while let Some(msg) = self
+                .rt
+                .block_on(stream.message())
+                .map_err(rpc_err("GetTree"))?
+            {
+                let bytes: usize = msg.directories.iter().map(|d| d.encoded_len()).sum();
+                self.bytes_down.fetch_add(bytes as u64, Ordering::Relaxed);
+                for d in msg.directories {
+                    out.push((Digest::of(self.function, &d.encode_to_vec()), d));
+                }
+                if out.len() > limit {
+                    return Err(ClientError::Rpc {
+                        op: "GetTree",
+                        status: Status::resource_exhausted(format!(
+                            "the tree under {root} has more than {limit} directories"
+                        )),
+                    });
+                }
+                next = msg.next_page_token;
+            }
+            if next.is_empty() || next == page_token {
+                return Ok(out);
+            }
+            page_token = next;
+        }
+    }
+
     /// Groups small blobs into batches under the size limit; large ones go alone (ByteStream).
     fn batches<'a, T>(&self, items: &'a [T], size: impl Fn(&T) -> u64) -> Vec<Vec<&'a T>> {
         let mut out: Vec<Vec<&T>> = Vec::new();

@@ -340,6 +340,13 @@ impl<'a> Scheduler<'a> {
         self
     }
 
+    /// Run at most `n` actions here at once, whatever `Options::jobs` is (with a remote,
+    /// `jobs` may be far above what this machine runs: the rest wait on round trips).
+    pub fn with_local_jobs(mut self, n: usize) -> Self {
+        self.local_slots = Semaphore::new(n);
+        self
+    }
+
     /// Use `remote` as a second-level cache. The store must use its digest function.
     pub fn with_remote(self, remote: Option<Arc<wbuild_remote::RemoteCache>>) -> Self {
         self.with_remote_api(remote.map(|r| r as Arc<dyn RemoteCacheApi>))
