@@ -511,8 +511,8 @@ impl RemoteCache {
 
     /// The `Directory` messages of the tree under `root`, in one `GetTree` call (every page
     /// read), each with the digest of its encoding. The caller walks them by digest from the
-    /// root, so a message the server made up is never reached; at most `limit` messages are
-    /// read (a larger tree is an error, not unbounded memory).
+    /// root, so a message the server made up is never reached; at most `limit` messages (and
+    /// pages) are read (a larger tree is an error, not unbounded memory or calls).
     pub fn get_tree(
         &self,
         root: &Digest,
@@ -521,7 +521,13 @@ impl RemoteCache {
         use prost::Message;
         let mut out = Vec::new();
         let mut page_token = String::new();
-        loop {
+        let too_large = || ClientError::Rpc {
+            op: "GetTree",
+            status: Status::resource_exhausted(format!(
+                "the tree under {root} has more than {limit} directories"
+            )),
+        };
+        for _page in 0..=limit {
             let req = reapi::GetTreeRequest {
                 instance_name: self.instance.clone(),
                 root_digest: Some(root.to_proto()),
@@ -549,12 +555,7 @@ impl RemoteCache {
                     out.push((Digest::of(self.function, &d.encode_to_vec()), d));
                 }
                 if out.len() > limit {
-                    return Err(ClientError::Rpc {
-                        op: "GetTree",
-                        status: Status::resource_exhausted(format!(
-                            "the tree under {root} has more than {limit} directories"
-                        )),
-                    });
+                    return Err(too_large());
                 }
                 next = msg.next_page_token;
             }
@@ -563,6 +564,8 @@ impl RemoteCache {
             }
             page_token = next;
         }
+        // More pages than directories allowed: pages that never end (empty ones included).
+        Err(too_large())
     }
 
     /// Groups small blobs into batches under the size limit; large ones go alone (ByteStream).
