@@ -101,12 +101,21 @@ for e in (json.loads(l) for l in open(f"{work}/remote.jsonl")):
     if e.get("type") == "action" and e["status"] == "remote_executed":
         for p in e.get("phases") or []:
             phases.setdefault(p["name"], []).append(p["duration_us"] / 1000)
+# The worker's own view: how long each lease took from start to result (worker logs).
+import re
+leases = []
+for w in ("w1", "w2"):
+    for line in open(f"{work}/{w}.log", errors="replace"):
+        m = re.search(r"lease \S+ done in (\d+) ms", line)
+        if m:
+            leases.append(int(m.group(1)))
 res = {
     "actions": n,
     "builds": rows,
     "median_action_ms_local": statistics.median(local),
     "median_action_ms_remote": statistics.median(remote),
     "median_phase_ms_remote": {k: round(statistics.median(v), 2) for k, v in sorted(phases.items())},
+    "median_lease_ms_worker": statistics.median(leases) if leases else None,
 }
 json.dump(res, open(out, "w"), indent=2)
 print(f"{'build':45} {'median s':>9} {'actions/s':>10}")
@@ -114,6 +123,7 @@ for r in rows:
     print(f"{r['name']:45} {r['median_s']:9.2f} {r['actions_per_s']:10.1f}")
 print(f"median per-action duration seen by the client: local {res['median_action_ms_local']} ms, "
       f"remote {res['median_action_ms_remote']} ms")
+print(f"median lease time on a worker (its log, start to result): {res['median_lease_ms_worker']} ms")
 print("median per-phase time of a remote action (ms):")
 for k, v in res["median_phase_ms_remote"].items():
     print(f"  {k:45} {v:9.2f}")
