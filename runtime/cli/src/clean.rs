@@ -8,7 +8,6 @@
 //! unlinks symlinks inside it rather than descending through them.
 
 use std::collections::HashSet;
-use std::io::Read;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 
@@ -190,22 +189,9 @@ fn snapshot_of(path: &Path, root: &Path) -> bool {
     false
 }
 
-/// Whether the analysis-cache entry at `path` was stored under `signature` (its JSON starts
-/// with the `signature` field; only the start is read).
+/// Whether the analysis-cache entry at `path` was stored under `signature`.
 fn analysis_of(path: &Path, signature: &str) -> bool {
-    let mut head = [0u8; 128];
-    let Ok(mut f) = std::fs::File::open(path) else {
-        return false;
-    };
-    let mut n = 0;
-    while n < head.len() {
-        match f.read(&mut head[n..]) {
-            Ok(0) | Err(_) => break,
-            Ok(k) => n += k,
-        }
-    }
-    let want = format!("{{\"signature\":\"{signature}\"");
-    head[..n].starts_with(want.as_bytes())
+    wbuild_graph::analysis_entry_signed(path, signature)
 }
 
 /// Removes the files of `dir` that `ours` picks; returns how many and their size.

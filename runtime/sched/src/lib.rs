@@ -272,8 +272,6 @@ pub struct Scheduler<'a> {
     local_slots: Semaphore,
     /// Native platforms already warned about running here (no pinned bundle).
     warned_local: Mutex<HashSet<String>>,
-    /// Sources read by actions answered from [`Options::known`] (never hashed this build).
-    known_sources: Mutex<Vec<String>>,
     /// Blobs the remote no longer has (see `download.rs`): results naming them are not used
     /// unless the blob is here.
     lost: Mutex<HashSet<Digest>>,
@@ -305,7 +303,6 @@ impl<'a> Scheduler<'a> {
             remote_durations: Arc::new(Mutex::new(HashMap::new())),
             local_slots: Semaphore::new(usize::MAX),
             warned_local: Mutex::new(HashSet::new()),
-            known_sources: Mutex::new(Vec::new()),
             lost: Mutex::new(HashSet::new()),
             remote_only: Mutex::new(HashSet::new()),
         }

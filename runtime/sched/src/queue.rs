@@ -3,7 +3,7 @@
 //! builds). A failure skips everything downstream of it and, without `keep_going`, stops the
 //! build; an interruption stops it too.
 
-use std::collections::{BinaryHeap, HashMap};
+use std::collections::{BinaryHeap, HashMap, HashSet};
 use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Instant;
@@ -36,6 +36,8 @@ struct Shared {
     remaining: usize,
     stop: bool,
     summary: Summary,
+    /// Actions answered from [`crate::Options::known`] (their sources were not hashed).
+    known: Vec<usize>,
 }
 
 impl Scheduler<'_> {
@@ -85,6 +87,7 @@ impl Scheduler<'_> {
             remaining: n,
             stop: false,
             summary: Summary::default(),
+            known: Vec::new(),
         });
         let cv = Condvar::new();
         // Digest of every generated file known so far.
@@ -127,16 +130,23 @@ impl Scheduler<'_> {
             .expect("outputs")
             .into_iter()
             .collect();
-        st.summary.sources = self
-            .sources
-            .read()
-            .expect("source digests")
+        // The sources read: those hashed this build, and those of the actions answered from
+        // the snapshot (each once; a header is a direct source of hundreds of compiles).
+        let hashed = self.sources.read().expect("source digests");
+        let mut known_sources: HashSet<&str> = HashSet::new();
+        for &i in &st.known {
+            for p in crate::direct_sources(graph, &graph.actions[i]) {
+                if !hashed.contains_key(p) {
+                    known_sources.insert(p);
+                }
+            }
+        }
+        st.summary.sources = hashed
             .keys()
             .cloned()
+            .chain(known_sources.into_iter().map(str::to_owned))
             .collect();
-        st.summary.sources.extend(std::mem::take(
-            &mut *self.known_sources.lock().expect("sources"),
-        ));
+        drop(hashed);
         Ok(st.summary)
     }
 
@@ -145,7 +155,6 @@ impl Scheduler<'_> {
     /// out with the digest recorded: cached, with no key computed.
     fn known_result(
         &self,
-        graph: &ActionGraph,
         action: &ActionNode,
         opts: &Options,
         generated: &HashMap<String, Digest>,
@@ -169,11 +178,6 @@ impl Scheduler<'_> {
                 .expect("remote-only outputs")
                 .extend(k.remote_only.iter().cloned());
         }
-        self.known_sources.lock().expect("sources").extend(
-            crate::direct_sources(graph, action)
-                .into_iter()
-                .map(str::to_owned),
-        );
         Some(Finished::succeeded(
             Status::Cached,
             k.digest,
@@ -255,7 +259,8 @@ impl Scheduler<'_> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64);
             let _ = crate::phases::take();
-            let known = self.known_result(graph, action, opts, &generated);
+            let known = self.known_result(action, opts, &generated);
+            let was_known = known.is_some();
             let fin = match known
                 .map_or_else(|| self.process(wid, graph, action, opts, &generated), Ok)
             {
@@ -345,6 +350,9 @@ impl Scheduler<'_> {
             st.running -= 1;
             st.remaining -= 1;
             st.done[idx] = Some(fin.status);
+            if was_known {
+                st.known.push(idx);
+            }
             if let (
                 Status::Executed | Status::Cached | Status::RemoteCached | Status::RemoteExecuted,
                 Some(d),
