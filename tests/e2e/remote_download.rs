@@ -136,6 +136,34 @@ fn outputs_stay_remote_until_asked_for_or_needed_here() {
     assert_eq!(f["executed"], 0, "{f}");
     assert_eq!(std::fs::read(w.path(AB)).unwrap(), ab);
 
+    // `wbuild run` of a tool built remotely brings its module (and data) back, whatever
+    // the download mode.
+    for w in [&first, &w] {
+        w.write("g/extra.txt", "from a generated data file\n");
+        w.copy_guest("probe", "g/probe.wasm");
+        w.write(
+            "g/WBUILD",
+            r#"
+genrule(name = "mod", srcs = ["probe.wasm"], outs = ["gprobe.wasm"], cmd = "cp $< $@")
+genrule(name = "data", srcs = ["extra.txt"], outs = ["said.txt"], cmd = "cp $< $@")
+wasi_tool(name = "gprobe", src = ":mod", data = [":data"], data_dir = "/opt/g")
+"#,
+        );
+    }
+    build(&first, &["build", "--remote", &url, "//g:gprobe"]);
+    let run = w.run(&[
+        "run",
+        "--remote",
+        &url,
+        "--remote-download=minimal",
+        "//g:gprobe",
+        "--",
+        "read",
+        "/opt/g/said.txt",
+    ]);
+    assert_eq!(run.status.code(), Some(0), "{}", w.report(&["run"], &run));
+    assert_eq!(stdout(&run), "from a generated data file\n");
+
     // `wbuild outputs` lists without fetching; with --fetch the listed files are there.
     let w = big_chain();
     build(&w, &minimal);

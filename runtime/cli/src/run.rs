@@ -65,7 +65,12 @@ pub fn run(cli: &Cli, args: &RunArgs) -> Result<i32> {
     let label = wbuild_graph::Label::parse(target, &pkg).with_context(|| {
         format!("wbuild run needs one target label such as //pkg:name, not {target:?}")
     })?;
-    let code = super::build(cli, &args.build, false)?;
+    // What runs must be here: the target's own outputs come back whatever else stays remote.
+    let mut build = args.build.clone();
+    if build.remote.remote_download != Some(super::RemoteDownloadArg::All) {
+        build.remote.remote_download = Some(super::RemoteDownloadArg::Toplevel);
+    }
+    let code = super::build(cli, &build, false)?;
     if code != 0 {
         return Ok(code);
     }

@@ -735,12 +735,18 @@ pub fn run_build(
 /// Actions processed at once when a remote is in use (see `run_build`).
 pub const REMOTE_IN_FLIGHT: usize = 32;
 
-/// The generated outputs of the targets `roots` (paths under a pass's output directory):
+/// The generated outputs of the targets `roots` (paths under a pass's output directory),
+/// with the module and data files of those that are `wasi_tool`s (`wbuild run` reads them):
 /// what `--remote-download=toplevel` downloads.
 fn toplevel_outputs(actions: &ActionGraph, roots: &[Label]) -> HashSet<String> {
+    let tool_files = roots
+        .iter()
+        .filter_map(|l| actions.root_tools.get(l))
+        .flat_map(|t| std::iter::once(&t.module).chain(t.data.iter().map(|(_, p)| p)));
     roots
         .iter()
         .flat_map(|l| actions.target_files.get(l).into_iter().flatten())
+        .chain(tool_files)
         .filter(|p| actions.producers.contains_key(*p))
         .cloned()
         .collect()
