@@ -25,6 +25,10 @@ Scenarios:
            and the C toolchain's detection
   no-op    everything up to date (Bazel: its server warm)
   edit     one source file of the deepest library changed (new content every run)
+  header   (c) a header of the deepest library changed (a new declaration every run): the
+           compiles whose depfile lists it rerun; afterwards one more such edit is built with
+           wbuild's events and the compiles it reran are counted against those whose depfile
+           (ninja -t deps) lists the header
   cached   outputs deleted, cache warm (ninja and make have no cache: a full rebuild; Bazel:
            `bazel clean`, server and disk cache kept)
   load     read the build description and compute the graph, building nothing: wbuild
@@ -339,6 +343,49 @@ class Editor:
             f.write(self.original)
 
 
+class HeaderEditor(Editor):
+    """Adds a new declaration to a header of the deepest library for every call."""
+
+    rel = os.path.join("lib0", "include", "lib0", "f0.h")
+
+    def __init__(self, ws):
+        self.n = 0
+        self.path = os.path.join(ws, self.rel)
+        with open(self.path) as f:
+            self.original = f.read()
+
+    def edit(self):
+        self.n += 1
+        with open(self.path, "w") as f:
+            f.write(self.original + f"int lib0_header_edit_{self.n}(void);\n")
+
+
+def header_reruns(ws, tools):
+    """After one more header edit: (compiles wbuild reran, compiles whose depfile lists it)."""
+    editor = HeaderEditor(ws)
+    editor.n = 10_000
+    editor.edit()
+    wb = next(t for t in tools if t.name == "wbuild")
+    events = os.path.join(ws, "..", "header-events.jsonl")
+    run_quiet(wb.build_cmd() + ["--events", events], ws)
+    ev = [json.loads(l) for l in open(events)]
+    reran = sum(1 for e in ev if e.get("type") == "action" and e.get("mnemonic") == "CcCompile"
+                and e.get("status") == "executed")
+    for t in tools:
+        if t.name == "ninja":
+            run_quiet(t.build_cmd(), ws)
+    deps = subprocess.run(["ninja", "-t", "deps"], cwd=ws, capture_output=True, text=True).stdout
+    listing, current = 0, False
+    for line in deps.splitlines():
+        if line and not line.startswith(" "):
+            current = True
+        elif current and line.strip() == HeaderEditor.rel:
+            listing += 1
+            current = False
+    editor.restore()
+    return reran, listing
+
+
 def settle():
     """Let fresh files leave the racy window of wbuild's stat cache (mtime == now)."""
     time.sleep(1.5)
@@ -376,6 +423,9 @@ def summarize(kind, actions, name, raw, runs):
             "peak_rss_mib": round(median(d["rss_kib"]) / 1024, 1),
             "load_1m": [round(x, 2) for x in d["load"]],
         }
+        for k in ("reran", "depfiles_listing"):
+            if k in d:
+                row[k] = d[k]
         if ninja and tool != "ninja":
             ratios = [a / b for a, b in zip(d["times"], ninja["times"]) if b > 0]
             row["ratio_vs_ninja"] = round(median(ratios), 3)
@@ -437,6 +487,11 @@ def run_scenarios(kind, ws, exact, tools, scenarios, runs):
     def edit(t):
         editor.edit()
 
+    header = HeaderEditor(ws) if kind == "c" else None
+
+    def header_edit(t):
+        header.edit()
+
     for s in scenarios:
         if s == "clean":
             raw = scenario("clean", tools, runs, clean, lambda t: t.build_cmd())
@@ -452,6 +507,15 @@ def run_scenarios(kind, ws, exact, tools, scenarios, runs):
             raw = scenario("no-op", tools, max(runs, 5), nothing, lambda t: t.build_cmd())
         elif s == "edit":
             raw = scenario("edit", tools, runs, edit, lambda t: t.build_cmd())
+        elif s == "header":
+            raw = scenario("header", tools, runs, header_edit, lambda t: t.build_cmd())
+            header.restore()
+            reran, listing = header_reruns(ws, tools)
+            print(f"   header  wbuild reran {reran} compiles; {listing} depfiles list the header",
+                  flush=True)
+            for d in raw.values():
+                d["reran"] = reran
+                d["depfiles_listing"] = listing
         elif s == "cached":
             for t in tools:
                 run_quiet(t.build_cmd(), ws)
@@ -497,7 +561,7 @@ def fmt_s(x):
     return f"{x * 1000:.1f} ms" if x < 1 else f"{x:.2f} s"
 
 
-SCENARIO_ORDER = ["clean", "first", "no-op", "edit", "cached", "load"]
+SCENARIO_ORDER = ["clean", "first", "no-op", "edit", "header", "cached", "load"]
 TOOL_ORDER = ["wbuild", "ninja", "make", "bazel-linux-sandbox", "bazel-processwrapper-sandbox",
               "bazel-local", "bazel"]
 
@@ -628,7 +692,7 @@ def main():
     full = ["clean", "noop", "edit", "cached"]
     rows = []
     for n in a.c_sizes:
-        rows += bench_graph(a, "c", n, full + ["load"], a.runs)
+        rows += bench_graph(a, "c", n, full + ["header", "load"], a.runs)
     for n in a.wasi_sizes:
         rows += bench_graph(a, "template", n, full + ["load"], a.runs)
     for n in a.load_sizes:
