@@ -168,6 +168,88 @@ fn grpcs_with_a_private_ca_and_a_token_file_shares_results() {
     assert!(err.contains("x-bad") && !err.contains("secret"), "{err}");
 }
 
+#[test]
+fn a_credential_helper_gives_the_token_from_flags_and_from_wbuild_toml() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::write(d.join("token"), "helper-t0ken\n").unwrap();
+    self_signed(d);
+    let server = tls_server(d);
+    let ca = d.join("cert.pem");
+    // The helper answers Bazel's protocol: `get`, the URL on stdin, headers as JSON.
+    let helper = d.join("creds");
+    std::fs::write(
+        &helper,
+        format!(
+            "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r req\ncase \"$req\" in *'{}'*) ;; *) exit 3 ;; esac\necho '{{\"headers\": {{\"authorization\": [\"Bearer helper-t0ken\"]}}}}'\n",
+            server.url
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let args = [
+        "build",
+        "--remote",
+        &server.url,
+        "--remote-ca",
+        ca.to_str().unwrap(),
+        "--remote-credential-helper",
+        helper.to_str().unwrap(),
+    ];
+    // Uploads are accepted (they need the token): no warning, and another checkout gets
+    // everything from the server.
+    let a = ws();
+    chain(&a);
+    let (out, ev) = build(&a, &args);
+    assert_eq!(finished(&ev)["executed"], 3, "{ev:?}");
+    assert!(warnings(&ev).is_empty(), "{ev:?}");
+    assert!(!stderr(&out).contains("helper-t0ken"), "{}", stderr(&out));
+    let b = ws();
+    chain(&b);
+    let (_, ev) = build(&b, &args);
+    assert_eq!(finished(&ev)["remote_cached"], 3, "{ev:?}");
+
+    // From wbuild.toml, a path relative to the workspace root.
+    let c = ws();
+    chain(&c);
+    c.write("gen/a.txt", "hello from c\n");
+    std::fs::copy(&ca, c.path("ca.pem")).unwrap();
+    std::fs::create_dir_all(c.path("tools/bin")).unwrap();
+    std::fs::copy(&helper, c.path("tools/bin/creds")).unwrap();
+    c.write(
+        "wbuild.toml",
+        &format!(
+            "[build]\nsource_date_epoch = 0\n[remote]\nurl = \"{}\"\nca = \"ca.pem\"\n\
+             credential_helper = \"tools/bin/creds\"\n",
+            server.url
+        ),
+    );
+    let (_, ev) = build(&c, &["build"]);
+    let f = finished(&ev);
+    assert_eq!(
+        (f["executed"].as_u64(), f["remote_cached"].as_u64()),
+        (Some(2), Some(1)),
+        "{ev:?}"
+    );
+    assert!(warnings(&ev).is_empty(), "{ev:?}");
+
+    // A helper that fails stops the build, naming it and what it said.
+    let failing = d.join("failing");
+    std::fs::write(&failing, "#!/bin/sh\necho 'not logged in' >&2\nexit 1\n").unwrap();
+    std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = c.fail(&[
+        "build",
+        "--remote-credential-helper",
+        failing.to_str().unwrap(),
+    ]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("failing") && err.contains("not logged in"),
+        "{err}"
+    );
+}
+
 /// Runs `wbuild worker` with `args` until a line of its stderr contains `until` or it exits
 /// (60 s at most): that stderr, and whether it was still running.
 fn worker_stderr(args: &[&str], until: &str) -> (String, bool) {

@@ -181,6 +181,11 @@ pub(crate) struct RemoteAuthArgs {
     /// builds. Needed to write to a `wbuild serve --token-file` server.
     #[arg(long, value_name = "FILE")]
     remote_token_file: Option<PathBuf>,
+    /// A credential helper, as Bazel's --credential_helper: run as `PROGRAM get` at connect
+    /// with {"uri": URL} on stdin, it prints {"headers": {"name": ["value"]}}, sent with
+    /// every remote call (or [remote] credential_helper); it has 10 s to answer.
+    #[arg(long, value_name = "PROGRAM")]
+    remote_credential_helper: Option<PathBuf>,
 }
 
 impl RemoteAuthArgs {
@@ -192,6 +197,7 @@ impl RemoteAuthArgs {
             client_key: self.remote_client_key.clone(),
             headers: self.remote_header.clone(),
             token_file: self.remote_token_file.clone(),
+            credential_helper: self.remote_credential_helper.clone(),
         }
     }
 }

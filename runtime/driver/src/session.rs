@@ -60,6 +60,8 @@ pub struct RemoteAuth {
     /// `NAME=VALUE` headers, added to (and overriding) `[remote] headers`.
     pub headers: Vec<String>,
     pub token_file: Option<PathBuf>,
+    /// A credential helper program (Bazel's protocol; see `wbuild_remote::ConnectOptions`).
+    pub credential_helper: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RemoteAuth {
@@ -78,6 +80,7 @@ impl std::fmt::Debug for RemoteAuth {
             .field("client_key", &self.client_key)
             .field("headers", &headers)
             .field("token_file", &self.token_file)
+            .field("credential_helper", &self.credential_helper)
             .finish()
     }
 }
@@ -95,6 +98,14 @@ impl RemoteAuth {
             o.client_cert = cfg.client_cert.as_ref().map(|p| root.join(p));
             o.client_key = cfg.client_key.as_ref().map(|p| root.join(p));
             o.token_file = cfg.token_file.as_ref().map(|p| root.join(p));
+            // A path with a directory is the workspace's; a bare name is looked up on PATH.
+            o.credential_helper = cfg.credential_helper.as_ref().map(|p| {
+                if p.components().count() > 1 {
+                    root.join(p)
+                } else {
+                    p.clone()
+                }
+            });
             o.headers = cfg
                 .headers
                 .iter()
@@ -110,6 +121,9 @@ impl RemoteAuth {
         }
         if let Some(p) = &self.token_file {
             o.token_file = Some(p.clone());
+        }
+        if let Some(p) = &self.credential_helper {
+            o.credential_helper = Some(p.clone());
         }
         for h in &self.headers {
             o.headers.push(wbuild_remote::parse_header(h)?);

@@ -108,6 +108,9 @@ pub struct RemoteConfig {
     /// A file (relative to the root) holding a bearer token, sent as
     /// `authorization: Bearer <token>` (`--remote-token-file` overrides).
     pub token_file: Option<PathBuf>,
+    /// A credential helper (Bazel's protocol): a path relative to the root, or a program on
+    /// PATH (`--remote-credential-helper` overrides).
+    pub credential_helper: Option<PathBuf>,
 }
 
 impl std::fmt::Debug for RemoteConfig {
@@ -128,6 +131,7 @@ impl std::fmt::Debug for RemoteConfig {
             .field("client_key", &self.client_key)
             .field("headers", &headers)
             .field("token_file", &self.token_file)
+            .field("credential_helper", &self.credential_helper)
             .finish()
     }
 }

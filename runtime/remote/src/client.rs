@@ -268,7 +268,7 @@ impl RemoteCache {
         options: &ConnectOptions,
     ) -> Result<RemoteCache, ClientError> {
         let (scheme, http) = endpoint_uri(url)?;
-        let credentials = options.credentials()?;
+        let credentials = options.credentials_for(url)?;
         let tls = match scheme {
             Scheme::Tls => Some(options.tls_config(&http)?),
             Scheme::Plain => None,

@@ -28,7 +28,10 @@ pub use server::{
     MAX_WRITE_MESSAGE, READ_CHUNK, ServeConfig, SharedStore, StoreSource, TlsConfig, serve,
     services,
 };
-pub use transport::{AuthChannel, ConnectOptions, Credentials, parse_header};
+pub use transport::{
+    AuthChannel, CREDENTIAL_HELPER_DEADLINE, ConnectOptions, Credentials, parse_header,
+    run_credential_helper,
+};
 
 /// REAPI types (re-exported from the store, which keys actions with them).
 pub use wbuild_store::reapi;

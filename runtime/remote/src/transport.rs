@@ -37,6 +37,114 @@ pub struct ConnectOptions {
     pub headers: Vec<(String, String)>,
     /// A file holding a bearer token, sent as `authorization: Bearer <token>`.
     pub token_file: Option<PathBuf>,
+    /// A credential helper (the protocol Bazel's `--credential_helper` speaks): run as
+    /// `PROGRAM get` at connect with `{"uri": URL}` on stdin, it prints
+    /// `{"headers": {"name": ["value", ...]}}`; those headers go with every call.
+    pub credential_helper: Option<PathBuf>,
+}
+
+/// How long a credential helper may take.
+pub const CREDENTIAL_HELPER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+/// Most bytes a credential helper may print.
+const CREDENTIAL_HELPER_MAX_OUTPUT: usize = 1 << 20;
+
+/// Runs the credential helper `program` for `uri` (`program get`, `{"uri": ...}` on stdin),
+/// at most `deadline`; its headers as `(name, value)`, in order.
+pub fn run_credential_helper(
+    program: &Path,
+    uri: &str,
+    deadline: std::time::Duration,
+) -> Result<Vec<(String, String)>, ClientError> {
+    use std::io::{Read, Write};
+    let shown = program.display();
+    let fail = |why: String| {
+        ClientError::Options(format!(
+            "the credential helper {shown} (--remote-credential-helper) {why}"
+        ))
+    };
+    let mut child = std::process::Command::new(program)
+        .arg("get")
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .map_err(|e| fail(format!("cannot be started: {e}")))?;
+    let request = format!("{{\"uri\":{}}}", serde_json::Value::from(uri));
+    if let Some(mut stdin) = child.stdin.take() {
+        // A helper that does not read its input is its own business.
+        let _ = stdin.write_all(request.as_bytes());
+    }
+    let mut stdout = child.stdout.take().expect("piped stdout");
+    let mut stderr = child.stderr.take().expect("piped stderr");
+    let out = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = (&mut stdout)
+            .take(CREDENTIAL_HELPER_MAX_OUTPUT as u64 + 1)
+            .read_to_end(&mut buf);
+        buf
+    });
+    let err = std::thread::spawn(move || {
+        let mut buf = Vec::new();
+        let _ = (&mut stderr).take(4096).read_to_end(&mut buf);
+        buf
+    });
+    let t0 = std::time::Instant::now();
+    let status = loop {
+        match child.try_wait() {
+            Ok(Some(status)) => break status,
+            Ok(None) if t0.elapsed() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+            Ok(None) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(fail(format!(
+                    "did not answer within {} s",
+                    deadline.as_secs()
+                )));
+            }
+            Err(e) => return Err(fail(format!("cannot be waited for: {e}"))),
+        }
+    };
+    let out = out.join().unwrap_or_default();
+    let err = err.join().unwrap_or_default();
+    if !status.success() {
+        let text = String::from_utf8_lossy(&err);
+        return Err(fail(format!("failed ({status}): {}", text.trim())));
+    }
+    if out.len() > CREDENTIAL_HELPER_MAX_OUTPUT {
+        return Err(fail(format!(
+            "printed more than {CREDENTIAL_HELPER_MAX_OUTPUT} bytes"
+        )));
+    }
+    let answer: serde_json::Value = serde_json::from_slice(&out).map_err(|e| {
+        fail(format!(
+            "printed no JSON object ({e}; the output is not shown)"
+        ))
+    })?;
+    let Some(headers) = answer.get("headers") else {
+        return Ok(Vec::new());
+    };
+    let Some(headers) = headers.as_object() else {
+        return Err(fail("printed \"headers\" that is not an object".to_owned()));
+    };
+    let mut out = Vec::new();
+    for (name, values) in headers {
+        let values = values.as_array().ok_or_else(|| {
+            fail(format!(
+                "printed header {name:?} whose values are not a list of strings"
+            ))
+        })?;
+        for v in values {
+            let v = v.as_str().ok_or_else(|| {
+                fail(format!(
+                    "printed header {name:?} whose values are not a list of strings"
+                ))
+            })?;
+            out.push((name.clone(), v.to_owned()));
+        }
+    }
+    Ok(out)
 }
 
 impl fmt::Debug for ConnectOptions {
@@ -52,6 +160,7 @@ impl fmt::Debug for ConnectOptions {
             .field("client_key", &self.client_key)
             .field("headers", &names)
             .field("token_file", &self.token_file)
+            .field("credential_helper", &self.credential_helper)
             .finish()
     }
 }
@@ -121,6 +230,7 @@ impl ConnectOptions {
             "auth", "token", "key", "secret", "cookie", "pass", "session",
         ];
         self.token_file.is_some()
+            || self.credential_helper.is_some()
             || self.headers.iter().any(|(n, _)| {
                 let n = n.to_ascii_lowercase();
                 SECRET.iter().any(|s| n.contains(s))
@@ -140,9 +250,24 @@ impl ConnectOptions {
         })
     }
 
-    /// The metadata every RPC carries: the headers, then the token. Names and values are
-    /// checked here, so a bad one stops the command before anything is sent.
+    /// The metadata every RPC carries: the headers, then the token (no credential helper is
+    /// run: see [`ConnectOptions::credentials_for`]).
     pub fn credentials(&self) -> Result<Credentials, ClientError> {
+        self.credentials_with(&[])
+    }
+
+    /// The metadata every RPC to `url` carries: the headers, then those the credential
+    /// helper gives for `url` (each name replacing a header's), then the token. Names and
+    /// values are checked here, so a bad one stops the command before anything is sent.
+    pub fn credentials_for(&self, url: &str) -> Result<Credentials, ClientError> {
+        let helped = match &self.credential_helper {
+            Some(program) => run_credential_helper(program, url, CREDENTIAL_HELPER_DEADLINE)?,
+            None => Vec::new(),
+        };
+        self.credentials_with(&helped)
+    }
+
+    fn credentials_with(&self, helped: &[(String, String)]) -> Result<Credentials, ClientError> {
         let mut headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)> = Vec::new();
         let mut add = |key: AsciiMetadataKey, value: AsciiMetadataValue| {
             headers.retain(|(k, _)| *k != key);
@@ -176,6 +301,43 @@ impl ConnectOptions {
             value.set_sensitive(true);
             add(key, value);
         }
+        // The helper's headers replace the flags' of the same name; a name may repeat.
+        let mut replaced = std::collections::HashSet::new();
+        for (name, value) in helped {
+            let helper = || {
+                self.credential_helper
+                    .as_deref()
+                    .map_or_else(String::new, |p| p.display().to_string())
+            };
+            let lower = name.to_ascii_lowercase();
+            let key = AsciiMetadataKey::from_bytes(lower.as_bytes())
+                .ok()
+                .filter(|_| !lower.ends_with("-bin"))
+                .ok_or_else(|| {
+                    ClientError::Options(format!(
+                        "the credential helper {} printed header {name:?}, not a valid ASCII header name",
+                        helper()
+                    ))
+                })?;
+            let mut value = Some(value.as_str())
+                .filter(|v| v.bytes().all(|b| (0x20..=0x7e).contains(&b)))
+                .and_then(|v| AsciiMetadataValue::try_from(v).ok())
+                .ok_or_else(|| {
+                    ClientError::Options(format!(
+                        "the credential helper {} printed a value for {name} that is not a valid header value (printable ASCII only; the value is not shown)",
+                        helper()
+                    ))
+                })?;
+            value.set_sensitive(true);
+            if replaced.insert(key.clone()) {
+                headers.retain(|(k, _)| *k != key);
+            }
+            headers.push((key, value));
+        }
+        let mut add = |key: AsciiMetadataKey, value: AsciiMetadataValue| {
+            headers.retain(|(k, _)| *k != key);
+            headers.push((key, value));
+        };
         if let Some(path) = &self.token_file {
             let token = read_token(path)?;
             if !token.bytes().all(|b| b.is_ascii_graphic()) {
@@ -321,8 +483,15 @@ impl fmt::Debug for Credentials {
 impl Interceptor for Credentials {
     fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
         let md = request.metadata_mut();
+        let mut last: Option<&AsciiMetadataKey> = None;
         for (k, v) in self.headers.iter() {
-            md.insert(k.clone(), v.clone());
+            // A name given several values (by a credential helper) is sent with each.
+            if last == Some(k) {
+                md.append(k.clone(), v.clone());
+            } else {
+                md.insert(k.clone(), v.clone());
+            }
+            last = Some(k);
         }
         Ok(request)
     }
@@ -444,6 +613,96 @@ mod tests {
         assert_eq!(req.metadata().get("x-team").unwrap(), "infra");
         assert_eq!(req.metadata().get("authorization").unwrap(), "Bearer t0k");
         assert_eq!(req.metadata().get_all("authorization").iter().count(), 1);
+    }
+
+    /// A credential helper script in `dir` with `body` (a shell script).
+    fn helper(dir: &Path, name: &str, body: &str) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let p = dir.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        p
+    }
+
+    #[test]
+    fn a_credential_helper_gives_the_headers_of_every_call() {
+        let dir = tempfile::tempdir().unwrap();
+        // It is asked `get` with the URL on stdin, as Bazel asks its helpers.
+        let ok = helper(
+            dir.path(),
+            "ok",
+            r#"[ "$1" = get ] || exit 9
+read -r req
+case "$req" in *'"uri":"grpcs://cache.example:443"'*) ;; *) echo "asked $req" >&2; exit 8 ;; esac
+echo '{"headers": {"Authorization": ["Bearer from-helper"], "x-two": ["a", "b"]}, "expires": "2030-01-01T00:00:00Z"}'"#,
+        );
+        let opts = ConnectOptions {
+            headers: vec![
+                ("authorization".into(), "Bearer from-flag".into()),
+                ("x-team".into(), "infra".into()),
+            ],
+            credential_helper: Some(ok),
+            ..Default::default()
+        };
+        assert!(opts.has_credentials());
+        let mut creds = opts.credentials_for("grpcs://cache.example:443").unwrap();
+        let req = creds.call(Request::new(())).unwrap();
+        let md = req.metadata();
+        assert_eq!(md.get("authorization").unwrap(), "Bearer from-helper");
+        assert_eq!(md.get_all("authorization").iter().count(), 1);
+        assert_eq!(md.get("x-team").unwrap(), "infra");
+        let two: Vec<_> = md.get_all("x-two").iter().collect();
+        assert_eq!(two, ["a", "b"]);
+        assert!(!format!("{opts:?}").contains("from-flag"));
+    }
+
+    #[test]
+    fn a_credential_helper_that_fails_hangs_or_lies_is_named_and_stopped() {
+        let dir = tempfile::tempdir().unwrap();
+        let failing = helper(
+            dir.path(),
+            "failing",
+            "echo 'no credentials for you' >&2; exit 1",
+        );
+        let e = run_credential_helper(&failing, "grpc://h:1", CREDENTIAL_HELPER_DEADLINE)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("failing") && e.contains("no credentials for you"),
+            "{e}"
+        );
+        let hanging = helper(dir.path(), "hanging", "exec sleep 30");
+        let t0 = std::time::Instant::now();
+        let e = run_credential_helper(&hanging, "grpc://h:1", std::time::Duration::from_secs(1))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("did not answer within 1 s"), "{e}");
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+        let garbage = helper(dir.path(), "garbage", "echo 'Bearer s3cret'");
+        let e = run_credential_helper(&garbage, "grpc://h:1", CREDENTIAL_HELPER_DEADLINE)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("no JSON") && !e.contains("s3cret"), "{e}");
+        let bad_value = helper(
+            dir.path(),
+            "bad_value",
+            r#"printf '%s\n' '{"headers": {"authorization": ["line\nbreak s3cret"]}}'"#,
+        );
+        let opts = ConnectOptions {
+            credential_helper: Some(bad_value),
+            ..Default::default()
+        };
+        let e = opts.credentials_for("grpc://h:1").unwrap_err().to_string();
+        assert!(e.contains("authorization") && !e.contains("s3cret"), "{e}");
+        let missing = ConnectOptions {
+            credential_helper: Some(dir.path().join("nope")),
+            ..Default::default()
+        };
+        let e = missing
+            .credentials_for("grpc://h:1")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("nope") && e.contains("cannot be started"), "{e}");
     }
 
     #[test]
