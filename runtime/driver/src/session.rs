@@ -650,7 +650,7 @@ pub fn run_build(
             let mut o = pass_options(&opts, *p, &bundles);
             o.known = snap
                 .as_ref()
-                .map(|s| Arc::new(known_results(ws, s, &p.out_dir(), g)));
+                .map(|s| Arc::new(known_results(ws, s, &p.out_dir(), g, function)));
             (g.as_ref(), o)
         })
         .collect();
@@ -775,6 +775,7 @@ fn known_results(
     snap: &uptodate::Snapshot,
     out_dir: &str,
     graph: &ActionGraph,
+    function: DigestFunction,
 ) -> wbuild_sched::Known {
     let changed: HashSet<&Path> = snap.changed.iter().map(PathBuf::as_path).collect();
     let mut recorded: HashMap<String, &uptodate::SnapshotAction> = HashMap::new();
@@ -799,7 +800,12 @@ fn known_results(
                 .outputs
                 .iter()
                 .any(|o| changed.contains(out_root.join(o).as_path()));
-        let Ok(digest) = a.action_digest.parse() else {
+        // `hex/size` under the build's digest function (`FromStr` would say BLAKE3).
+        let Some(digest) = a
+            .action_digest
+            .split_once('/')
+            .and_then(|(h, n)| wbuild_store::Digest::from_hex(function, h, n.parse().ok()?).ok())
+        else {
             continue;
         };
         if !touched {
