@@ -43,6 +43,34 @@ pub struct ConnectOptions {
     pub credential_helper: Option<PathBuf>,
 }
 
+/// Why a header cannot be sent.
+enum BadMetadata {
+    /// A `-bin` name (binary metadata).
+    Binary,
+    Name,
+    Value,
+}
+
+/// A header as gRPC metadata: a lowercase ASCII name (not `-bin`) and a printable-ASCII value,
+/// marked sensitive (it may be a credential).
+fn metadata(
+    name: &str,
+    value: &str,
+) -> Result<(AsciiMetadataKey, AsciiMetadataValue), BadMetadata> {
+    let lower = name.to_ascii_lowercase();
+    if lower.ends_with("-bin") {
+        return Err(BadMetadata::Binary);
+    }
+    let key = AsciiMetadataKey::from_bytes(lower.as_bytes()).map_err(|_| BadMetadata::Name)?;
+    // gRPC metadata values are printable ASCII (http would let bytes >= 0x80 pass).
+    if !value.bytes().all(|b| (0x20..=0x7e).contains(&b)) {
+        return Err(BadMetadata::Value);
+    }
+    let mut value = AsciiMetadataValue::try_from(value).map_err(|_| BadMetadata::Value)?;
+    value.set_sensitive(true);
+    Ok((key, value))
+}
+
 /// How long a credential helper may take.
 pub const CREDENTIAL_HELPER_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
 /// Most bytes a credential helper may print.
@@ -269,75 +297,52 @@ impl ConnectOptions {
 
     fn credentials_with(&self, helped: &[(String, String)]) -> Result<Credentials, ClientError> {
         let mut headers: Vec<(AsciiMetadataKey, AsciiMetadataValue)> = Vec::new();
-        let mut add = |key: AsciiMetadataKey, value: AsciiMetadataValue| {
+        let add = |headers: &mut Vec<(AsciiMetadataKey, AsciiMetadataValue)>,
+                   key: AsciiMetadataKey,
+                   value: AsciiMetadataValue| {
             headers.retain(|(k, _)| *k != key);
             headers.push((key, value));
         };
         for (name, value) in &self.headers {
-            let lower = name.to_ascii_lowercase();
-            if lower.ends_with("-bin") {
-                return Err(ClientError::Options(format!(
-                    "--remote-header {name}: binary (-bin) metadata is not supported"
-                )));
-            }
-            let key = AsciiMetadataKey::from_bytes(lower.as_bytes()).map_err(|_| {
-                ClientError::Options(format!(
-                    "--remote-header {name:?}: not a valid header name (letters, digits, \
-                     '-', '_', '.')"
-                ))
+            let (key, value) = metadata(name, value).map_err(|bad| {
+                ClientError::Options(match bad {
+                    BadMetadata::Binary => {
+                        format!("--remote-header {name}: binary (-bin) metadata is not supported")
+                    }
+                    BadMetadata::Name => format!(
+                        "--remote-header {name:?}: not a valid header name (letters, digits, \
+                         '-', '_', '.')"
+                    ),
+                    BadMetadata::Value => format!(
+                        "--remote-header {name}: the value is not a valid header value (printable \
+                         ASCII only; the value is not shown)"
+                    ),
+                })
             })?;
-            // gRPC metadata values are printable ASCII (http would let bytes >= 0x80 pass).
-            let printable = value.bytes().all(|b| (0x20..=0x7e).contains(&b));
-            let bad = || {
-                ClientError::Options(format!(
-                    "--remote-header {name}: the value is not a valid header value (printable \
-                     ASCII only; the value is not shown)"
-                ))
-            };
-            if !printable {
-                return Err(bad());
-            }
-            let mut value = AsciiMetadataValue::try_from(value.as_str()).map_err(|_| bad())?;
-            value.set_sensitive(true);
-            add(key, value);
+            add(&mut headers, key, value);
         }
         // The helper's headers replace the flags' of the same name; a name may repeat.
         let mut replaced = std::collections::HashSet::new();
         for (name, value) in helped {
-            let helper = || {
-                self.credential_helper
+            let (key, value) = metadata(name, value).map_err(|bad| {
+                let helper = self
+                    .credential_helper
                     .as_deref()
-                    .map_or_else(String::new, |p| p.display().to_string())
-            };
-            let lower = name.to_ascii_lowercase();
-            let key = AsciiMetadataKey::from_bytes(lower.as_bytes())
-                .ok()
-                .filter(|_| !lower.ends_with("-bin"))
-                .ok_or_else(|| {
-                    ClientError::Options(format!(
-                        "the credential helper {} printed header {name:?}, not a valid ASCII header name",
-                        helper()
-                    ))
-                })?;
-            let mut value = Some(value.as_str())
-                .filter(|v| v.bytes().all(|b| (0x20..=0x7e).contains(&b)))
-                .and_then(|v| AsciiMetadataValue::try_from(v).ok())
-                .ok_or_else(|| {
-                    ClientError::Options(format!(
-                        "the credential helper {} printed a value for {name} that is not a valid header value (printable ASCII only; the value is not shown)",
-                        helper()
-                    ))
-                })?;
-            value.set_sensitive(true);
+                    .map_or_else(String::new, |p| p.display().to_string());
+                ClientError::Options(match bad {
+                    BadMetadata::Binary | BadMetadata::Name => format!(
+                        "the credential helper {helper} printed header {name:?}, not a valid ASCII header name"
+                    ),
+                    BadMetadata::Value => format!(
+                        "the credential helper {helper} printed a value for {name} that is not a valid header value (printable ASCII only; the value is not shown)"
+                    ),
+                })
+            })?;
             if replaced.insert(key.clone()) {
                 headers.retain(|(k, _)| *k != key);
             }
             headers.push((key, value));
         }
-        let mut add = |key: AsciiMetadataKey, value: AsciiMetadataValue| {
-            headers.retain(|(k, _)| *k != key);
-            headers.push((key, value));
-        };
         if let Some(path) = &self.token_file {
             let token = read_token(path)?;
             if !token.bytes().all(|b| b.is_ascii_graphic()) {
@@ -356,7 +361,11 @@ impl ConnectOptions {
                     ))
                 })?;
             value.set_sensitive(true);
-            add(AsciiMetadataKey::from_static("authorization"), value);
+            add(
+                &mut headers,
+                AsciiMetadataKey::from_static("authorization"),
+                value,
+            );
         }
         Ok(Credentials {
             headers: Arc::new(headers),
