@@ -880,11 +880,29 @@ genrule(
 genrule(
     name = "world",
     outs = ["world.txt"],
-    cmd = "{ ls /; id -u; pwd; env | sort; test -e n/secret.txt && echo secret visible || echo secret hidden; test -e /root && echo root visible || echo root hidden; } > $@",
+    cmd = "{ ls /; id -u; pwd; env | sort; test -e /root && echo root visible || echo root hidden; } > $@",
+)
+genrule(
+    name = "peek",
+    outs = ["peek.txt"],
+    cmd = "test -e n/secret.txt && echo secret visible > $@ || echo secret hidden > $@",
 )
 "#,
     );
-    let (out, ev) = w.events(&["build", "//n/..."]);
+    // An undeclared file is not in the sandbox; the observed probe of it is an error that
+    // names it and says how to declare it.
+    let out = w.run(&["build", "//n:peek"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("read undeclared input n/secret.txt: add it to srcs of //n:peek"),
+        "{err}"
+    );
+    assert_eq!(err.matches("n/secret.txt").count(), 1, "said once: {err}");
+    // Unobserved, the probe finds nothing.
+    w.ok(&["build", "--sandbox=unobserved", "//n:peek"]);
+    assert_eq!(w.read("wbuild-out/n/peek.txt"), "secret hidden\n");
+    let (out, ev) = w.events(&["build", "//n:upper", "//n:world"]);
     assert!(out.status.success(), "{}", w.report(&["build"], &out));
     assert_eq!(
         w.read("wbuild-out/n/upper.txt"),
@@ -907,11 +925,10 @@ genrule(
         ),
         "{world}"
     );
-    assert!(world.contains("secret hidden"), "{world}");
     assert!(world.contains("root hidden"), "{world}");
 
     // Cached; an edit upstream re-runs the WASI action and the genrule after it.
-    let (_, ev) = w.events(&["build", "//n/..."]);
+    let (_, ev) = w.events(&["build", "//n:upper", "//n:world"]);
     assert_eq!(finished(&ev)["executed"], 0);
     w.write("gen/a.txt", "bye\n");
     let (_, ev) = w.events(&["build", "//n:upper"]);

@@ -1,5 +1,6 @@
 //! Observed-input keys: an action reruns when a path it read, listed or probed changes, and
-//! only then (WASI tools: the executor's access log; native compiles: the depfile).
+//! only then (WASI tools: the executor's access log; native actions: the sandbox's observed
+//! accesses).
 
 use super::*;
 
@@ -132,31 +133,43 @@ wasi_run(name = "many", tool = "//tools:probe", outs = ["many.txt"],
 }
 
 #[test]
-fn a_header_edit_reruns_only_the_compiles_whose_depfile_lists_it() {
+fn a_header_edit_reruns_only_the_compiles_that_read_it() {
     let w = ws();
     w.write("lib/common/x.h", "#define X 1\n");
     w.write("lib/y.h", "#define Y 2\n");
+    w.write("lib/inc2/s.h", "#define S 3\n");
+    // (gcc drops an include directory that does not exist before looking in it.)
+    w.write("lib/inc1/other.h", "\n");
     w.write(
         "lib/d/a.c",
         "#include \"../common/x.h\"\nint a(void) { return X; }\n",
     );
     w.write("lib/b.c", "#include \"y.h\"\nint b(void) { return Y; }\n");
-    w.write(
-        "lib/WBUILD",
-        r#"cc_library(name = "lib", srcs = ["d/a.c", "b.c", "common/x.h", "y.h"])"#,
-    );
+    w.write("lib/c.c", "#include <s.h>\nint c(void) { return S; }\n");
+    let wbuild = |extra: &str| {
+        format!(
+            r#"cc_library(name = "lib", srcs = ["d/a.c", "b.c", "c.c", "common/x.h", "y.h"{extra}],
+               hdrs = glob(["inc1/*.h", "inc2/*.h"]), includes = ["inc1", "inc2"])"#
+        )
+    };
+    w.write("lib/WBUILD", &wbuild(""));
     let (out, ev) = w.events(&["build", "//lib:lib"]);
     assert!(out.status.success(), "{}", w.report(&["build"], &out));
     // The include through `..` counts as including lib/common/x.h.
     let err = stderr(&out);
     assert!(!err.contains("not included by any source"), "{err}");
     assert_eq!(status_of(&ev, "//lib:lib lib/d/a.c"), "executed");
+    // The compile's reads and probes are observed: `wbuild explain` lists them.
+    let explain = stdout(&w.ok(&["explain", "//lib:lib", "lib/c.c"]));
+    assert!(explain.contains("lib/inc2/s.h"), "{explain}");
+    assert!(explain.contains("lib/inc1/s.h"), "{explain}");
 
-    // y.h is declared for both compiles but only b.c includes it.
+    // y.h is declared for every compile but only b.c includes it.
     w.write("lib/y.h", "#define Y 3\n");
     let (out, ev) = w.events(&["build", "//lib:lib"]);
     assert!(out.status.success(), "{}", w.report(&["build"], &out));
     assert_eq!(status_of(&ev, "//lib:lib lib/d/a.c"), "cached", "{ev:?}");
+    assert_eq!(status_of(&ev, "//lib:lib lib/c.c"), "cached", "{ev:?}");
     assert_eq!(status_of(&ev, "//lib:lib lib/b.c"), "executed", "{ev:?}");
     let why = stdout(&w.ok(&["why", "//lib:lib"]));
     assert!(why.contains("lib/y.h changed"), "{why}");
@@ -167,20 +180,56 @@ fn a_header_edit_reruns_only_the_compiles_whose_depfile_lists_it() {
     assert_eq!(status_of(&ev, "//lib:lib lib/d/a.c"), "executed", "{ev:?}");
     assert_eq!(status_of(&ev, "//lib:lib lib/b.c"), "cached", "{ev:?}");
 
-    // A new declared header changes what every compile could see: both rerun (the
-    // compiler's probes are not in its depfile).
+    // A new declared header no compile looked for reruns no compile: each one's path set
+    // holds what the compiler read and every path it probed.
     w.write("lib/z.h", "\n");
-    w.write(
-        "lib/WBUILD",
-        r#"cc_library(name = "lib", srcs = ["d/a.c", "b.c", "common/x.h", "y.h", "z.h"])"#,
-    );
-    let (_, ev) = w.events(&["build", "//lib:lib"]);
-    assert_eq!(status_of(&ev, "//lib:lib lib/d/a.c"), "executed", "{ev:?}");
+    w.write("lib/WBUILD", &wbuild(", \"z.h\""));
+    let (out, ev) = w.events(&["build", "//lib:lib"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    for src in ["lib/d/a.c", "lib/b.c", "lib/c.c"] {
+        assert_eq!(
+            status_of(&ev, &format!("//lib:lib {src}")),
+            "cached",
+            "{ev:?}"
+        );
+    }
+
+    // A header that now shadows the one c.c found: c.c probed lib/inc1/s.h before finding
+    // lib/inc2/s.h, so creating it reruns c.c (and only c.c), which now sees it.
+    w.write("lib/inc1/s.h", "#define S 7\n");
+    let (out, ev) = w.events(&["build", "//lib:lib"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(status_of(&ev, "//lib:lib lib/c.c"), "executed", "{ev:?}");
+    assert_eq!(status_of(&ev, "//lib:lib lib/b.c"), "cached", "{ev:?}");
+    assert_eq!(status_of(&ev, "//lib:lib lib/d/a.c"), "cached", "{ev:?}");
     let why = stdout(&w.ok(&["why", "//lib:lib"]));
-    assert!(
-        why.contains("its declared inputs changed: added lib/z.h"),
-        "{why}"
+    assert!(why.contains("lib/inc1/s.h"), "{why}");
+}
+
+#[test]
+fn a_native_action_that_lists_a_directory_reruns_when_a_file_is_added() {
+    let w = ws();
+    w.write("g/files/a.txt", "a\n");
+    w.write("g/files/b.txt", "b\n");
+    w.write("g/other.txt", "o\n");
+    w.write(
+        "g/WBUILD",
+        r#"
+genrule(name = "names", srcs = glob(["files/*"]) + ["other.txt"], outs = ["names.txt"],
+        cmd = "ls g/files > $@")
+"#,
     );
+    w.ok(&["build", "//g:names"]);
+    assert_eq!(w.read("wbuild-out/g/names.txt"), "a.txt\nb.txt\n");
+    // A declared input the command never touched: answered through its path set.
+    w.write("g/other.txt", "changed\n");
+    let (_, ev) = w.events(&["build", "//g:names"]);
+    assert_eq!(status_of(&ev, "//g:names"), "cached", "{ev:?}");
+    // Listed: a new file reruns it.
+    w.write("g/files/c.txt", "c\n");
+    let (_, ev) = w.events(&["build", "//g:names"]);
+    assert_eq!(status_of(&ev, "//g:names"), "executed", "{ev:?}");
+    assert_eq!(w.read("wbuild-out/g/names.txt"), "a.txt\nb.txt\nc.txt\n");
 }
 
 #[test]
@@ -207,4 +256,30 @@ wasi_run(name = "world", tool = "//tools:probe", srcs = ["in.txt", "unread.txt"]
     let (_, ev) = w.events(&["build", "//d:world"]);
     assert_eq!(status_of(&ev, "//d:world"), "executed", "{ev:?}");
     assert_eq!(w.read("wbuild-out/d/world.txt"), answered);
+}
+
+#[test]
+fn a_compile_that_includes_an_undeclared_header_names_it() {
+    // The header exists in the workspace but not in the sandbox; the observed probe says
+    // which file to declare, once, beside the compiler's own error.
+    let w = ws();
+    w.write("u/hidden.h", "#define H 1\n");
+    w.write(
+        "u/m.c",
+        "#include \"hidden.h\"\nint m(void) { return H; }\n",
+    );
+    w.write("u/WBUILD", r#"cc_library(name = "u", srcs = ["m.c"])"#);
+    let out = w.run(&["build", "//u:u"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("read undeclared input u/hidden.h: add it to srcs of //u:u"),
+        "{err}"
+    );
+    // Declared, it builds.
+    w.write(
+        "u/WBUILD",
+        r#"cc_library(name = "u", srcs = ["m.c", "hidden.h"])"#,
+    );
+    w.ok(&["build", "//u:u"]);
 }

@@ -108,6 +108,7 @@ pub(crate) fn run(cli_cache: &std::path::Path, args: &AqueryArgs) -> Result<i32>
 
     let sandbox = match args.sandbox {
         SandboxMode::Namespaces => wbuild_driver::SandboxMode::Namespaces,
+        SandboxMode::Unobserved => wbuild_driver::SandboxMode::Unobserved,
         SandboxMode::None => wbuild_driver::SandboxMode::None,
     };
     let patterns: Vec<TargetPattern> = labels.iter().cloned().map(TargetPattern::Label).collect();

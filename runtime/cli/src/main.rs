@@ -83,7 +83,9 @@ struct BuildArgs {
     /// another platform than the host's go to wbuild-out/<platform>/.
     #[arg(long, value_delimiter = ',')]
     platform: Vec<String>,
-    /// How native actions (genrule, cc_*) run: in Linux namespaces (default), or `none`:
+    /// How native actions (genrule, cc_*) run: in Linux namespaces with every file access
+    /// observed (default: access logs, exact path sets, undeclared reads are errors),
+    /// `unobserved`: in the same namespaces without observing (same keys), or `none`:
     /// directly on the host, for machines without user namespaces. Results of unsandboxed
     /// actions have their own keys and are never mixed with sandboxed ones.
     #[arg(long, value_enum, default_value_t = SandboxMode::Namespaces)]
@@ -205,6 +207,7 @@ impl RemoteAuthArgs {
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
 enum SandboxMode {
     Namespaces,
+    Unobserved,
     None,
 }
 
@@ -475,6 +478,7 @@ fn build(cli: &Cli, args: &BuildArgs, tests: bool) -> Result<i32> {
         show_output: args.show_output,
         sandbox: match args.sandbox {
             SandboxMode::Namespaces => wbuild_driver::SandboxMode::Namespaces,
+            SandboxMode::Unobserved => wbuild_driver::SandboxMode::Unobserved,
             SandboxMode::None => wbuild_driver::SandboxMode::None,
         },
         remote: args.remote.request(),

@@ -30,8 +30,12 @@ use crate::{DriverError, Result, provenance, toolchain};
 /// How native actions (genrule, cc_*) run.
 #[derive(Copy, Clone, Debug, PartialEq, Eq)]
 pub enum SandboxMode {
-    /// In Linux namespaces (the default).
+    /// In Linux namespaces, every file access observed (the default).
     Namespaces,
+    /// In Linux namespaces without observing file accesses (`--sandbox=unobserved`): no
+    /// access log, no undeclared-read checks, path sets from compilers' depfiles only.
+    /// Same keys as `Namespaces` (observing never changes what an action sees).
+    Unobserved,
     /// Directly on the host (`--sandbox=none`), keyed apart.
     None,
 }
@@ -492,6 +496,7 @@ pub fn build_options(ws: &Workspace, req: &BuildRequest, jobs: usize) -> Options
         show_output: req.show_output,
         platform: Platform::host(),
         unsandboxed: req.sandbox == SandboxMode::None,
+        observe_native: req.sandbox == SandboxMode::Namespaces,
         remote_upload: req
             .remote
             .upload
@@ -580,7 +585,7 @@ pub fn run_build(
     let bundles = pass_bundles(ws, &passes, req.sandbox)?;
     if passes.iter().any(|(_, g)| has_native(g)) {
         match req.sandbox {
-            SandboxMode::Namespaces => wbuild_exec_native::probe().map_err(|e| {
+            SandboxMode::Namespaces | SandboxMode::Unobserved => wbuild_exec_native::probe().map_err(|e| {
                 DriverError::Config(format!(
                     "{e}\n(or run native actions unsandboxed with --sandbox=none; their results are marked as such)"
                 ))

@@ -66,6 +66,7 @@ fn main() {
         cwd: PathBuf::from("/"),
         source_date_epoch: 0,
         timeout: Duration::from_secs(10),
+        observe: false,
     };
     if let Err(e) = wbuild_exec_native::probe() {
         eprintln!("error: {e}");

@@ -9,6 +9,8 @@ pub(crate) struct ChildFds {
     pub(crate) out: c_int,
     pub(crate) err: c_int,
     pub(crate) report: c_int,
+    /// The socket the observing filter's listener is sent through (-1: not observed).
+    pub(crate) notify: c_int,
 }
 
 pub(crate) unsafe fn report(fd: c_int, kind: i32, index: i32, err: i32, status: i32) {
@@ -21,8 +23,8 @@ pub(crate) unsafe fn report(fd: c_int, kind: i32, index: i32, err: i32, status: 
     unsafe { libc::write(fd, rec.as_ptr().cast::<c_void>(), rec.len()) };
 }
 
-/// Closes every descriptor except those in `keep` (sorted ascending).
-pub(crate) unsafe fn close_all_except(keep: &[c_int; 3], fd_limit: c_int) {
+/// Closes every descriptor except those in `keep` (sorted ascending, non-negative).
+pub(crate) unsafe fn close_all_except(keep: &[c_int], fd_limit: c_int) {
     let mut lo: c_int = 0;
     for &k in keep.iter().chain(std::iter::once(&c_int::MAX)) {
         if k > lo {
@@ -174,9 +176,10 @@ pub(crate) unsafe fn run_op(op: &Op) -> Result<(), c_int> {
 pub(crate) unsafe fn init_main(plan: &Plan, fds: &ChildFds) -> ! {
     // SAFETY: (whole function) async-signal-safe syscalls only, on prepared memory.
     unsafe {
-        let mut keep = [fds.out, fds.err, fds.report];
+        let mut keep = [fds.out, fds.err, fds.report, fds.notify];
         keep.sort_unstable();
-        close_all_except(&keep, plan.fd_limit);
+        let first = keep.iter().position(|&k| k >= 0).unwrap_or(keep.len());
+        close_all_except(&keep[first..], plan.fd_limit);
         // Leave the caller's session: terminal signals (Ctrl-C) go through `interrupt`.
         libc::setsid();
         for (i, step) in plan.steps.iter().enumerate() {
@@ -214,6 +217,9 @@ pub(crate) unsafe fn init_main(plan: &Plan, fds: &ChildFds) -> ! {
         let child = child as libc::pid_t;
         libc::close(fds.out);
         libc::close(fds.err);
+        if fds.notify >= 0 {
+            libc::close(fds.notify);
+        }
         // Reap everything; when the action itself exits, report and exit, which makes the
         // kernel kill whatever it left running in the namespace.
         loop {
@@ -260,7 +266,13 @@ pub(crate) unsafe fn action_main(plan: &Plan, fds: &ChildFds) -> ! {
             libc::_exit(127);
         }
         if plan.harden
-            && let Err((stage, e)) = confine(plan)
+            && let Err((stage, e)) = confine(plan, fds)
+        {
+            report(fds.report, REPORT_CONFINE, stage, e, 0);
+            libc::_exit(127);
+        }
+        if !plan.harden
+            && let Err((stage, e)) = observe(plan, fds)
         {
             report(fds.report, REPORT_CONFINE, stage, e, 0);
             libc::_exit(127);
@@ -305,7 +317,7 @@ pub(crate) unsafe fn action_main(plan: &Plan, fds: &ChildFds) -> ! {
 }
 
 /// What [`confine`] was doing, by the stage number it reports.
-pub(crate) const CONFINE_STAGES: [&str; 7] = [
+pub(crate) const CONFINE_STAGES: [&str; 9] = [
     "set RLIMIT_NPROC",
     "lock the securebits (PR_SET_SECUREBITS)",
     "drop the bounding set (PR_CAPBSET_DROP)",
@@ -313,7 +325,61 @@ pub(crate) const CONFINE_STAGES: [&str; 7] = [
     "drop all capabilities (capset)",
     "set PR_SET_NO_NEW_PRIVS",
     "install the seccomp filter",
+    "install the observing seccomp filter (SECCOMP_FILTER_FLAG_NEW_LISTENER; Linux 5.5 or later)",
+    "send the observing filter's listener to wbuild",
 ];
+
+/// Installs the observing filter (if the run is observed) and sends its listener to the
+/// host, which must answer every stopped call from now on (`execve` is the first). Raw
+/// syscalls on prepared data only. On failure: (stage, errno).
+pub(crate) unsafe fn observe(plan: &Plan, fds: &ChildFds) -> Result<(), (i32, c_int)> {
+    let Some(filter) = plan.observer else {
+        return Ok(());
+    };
+    // SAFETY: (whole function) plain syscalls with pointers to stack data or to the filter,
+    // which lives for the whole process.
+    unsafe {
+        let prog = libc::sock_fprog {
+            len: filter.len() as libc::c_ushort,
+            filter: filter.as_ptr().cast_mut(),
+        };
+        let listener = libc::syscall(
+            libc::SYS_seccomp,
+            libc::SECCOMP_SET_MODE_FILTER as c_ulong,
+            libc::SECCOMP_FILTER_FLAG_NEW_LISTENER,
+            &prog as *const libc::sock_fprog,
+        );
+        if listener < 0 {
+            return Err((7, errno()));
+        }
+        let listener = listener as c_int;
+        // One SCM_RIGHTS message carrying the listener; the buffer is u64-aligned.
+        let mut control = [0u64; 4];
+        let mut byte = [0u8; 1];
+        let mut iov = libc::iovec {
+            iov_base: byte.as_mut_ptr().cast::<c_void>(),
+            iov_len: 1,
+        };
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast::<c_void>();
+        msg.msg_controllen = libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) as _;
+        let cmsg = libc::CMSG_FIRSTHDR(&msg);
+        (*cmsg).cmsg_level = libc::SOL_SOCKET;
+        (*cmsg).cmsg_type = libc::SCM_RIGHTS;
+        (*cmsg).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as _;
+        std::ptr::write_unaligned(libc::CMSG_DATA(cmsg).cast::<c_int>(), listener);
+        let sent = libc::sendmsg(fds.notify, &msg, libc::MSG_NOSIGNAL);
+        let e = errno();
+        libc::close(listener);
+        libc::close(fds.notify);
+        if sent != 1 {
+            return Err((8, e));
+        }
+    }
+    Ok(())
+}
 
 #[repr(C)]
 pub(crate) struct CapHeader {
@@ -334,7 +400,7 @@ pub(crate) const LINUX_CAPABILITY_VERSION_3: u32 = 0x2008_0522;
 /// no capabilities in any set (the bounding set too, so executing a file as uid 0 or a
 /// setuid/file-capability binary grants none), locked securebits, no_new_privs, and the
 /// seccomp filters. Raw syscalls on prepared data only. On failure: (stage, errno).
-pub(crate) unsafe fn confine(plan: &Plan) -> Result<(), (i32, c_int)> {
+pub(crate) unsafe fn confine(plan: &Plan, fds: &ChildFds) -> Result<(), (i32, c_int)> {
     let z = 0 as c_ulong;
     // SAFETY: (whole function) plain syscalls with valid pointers to stack data or to the
     // filters, which live for the whole process.
@@ -383,6 +449,8 @@ pub(crate) unsafe fn confine(plan: &Plan) -> Result<(), (i32, c_int)> {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1 as c_ulong, z, z, z) != 0 {
             return Err((5, errno()));
         }
+        // Before the main filter, which refuses any further listener.
+        observe(plan, fds)?;
         if !plan.filter.is_empty() {
             let prog = libc::sock_fprog {
                 len: plan.filter.len() as libc::c_ushort,

@@ -108,6 +108,9 @@ enum Rule {
     /// Fail with `EPERM` when argument `flags` has `O_CREAT` or `O_TMPFILE` and argument
     /// `mode` has any bit of `mask` set (open creating a file with these mode bits).
     CreateWith { flags: u32, mode: u32, mask: u32 },
+    /// Hand to the supervisor (the observing filter), unless the low half of argument `arg`
+    /// has any bit of `mask` set (`mask` 0: always).
+    Notify { arg: u32, mask: u32 },
 }
 
 /// Setuid and setgid bits. The action's uid is the caller's (the host's root when wbuild
@@ -162,6 +165,18 @@ fn set_id_rules() -> Vec<(i64, Rule)> {
     v
 }
 
+/// `seccomp(SECCOMP_SET_MODE_FILTER, SECCOMP_FILTER_FLAG_NEW_LISTENER, ...)` fails with
+/// `EPERM`: an action that installed a filter of its own with a listener could answer its
+/// own file-system calls (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`), and the kernel would then
+/// never ask wbuild's observing filter about them. Filters without a listener stay allowed
+/// (sandboxes inside actions use them).
+fn listener_rule() -> Rule {
+    Rule::ArgBits {
+        arg: 1,
+        mask: libc::SECCOMP_FILTER_FLAG_NEW_LISTENER as u32,
+    }
+}
+
 /// Every system call the filter does not allow, by number, sorted.
 fn rules() -> Vec<(u32, Rule)> {
     let mut rules: Vec<(u32, Rule)> = denied_syscalls()
@@ -175,6 +190,7 @@ fn rules() -> Vec<(u32, Rule)> {
             mask: NAMESPACE_FLAGS,
         },
     ));
+    rules.push((libc::SYS_seccomp as u32, listener_rule()));
     rules.extend(set_id_rules().into_iter().map(|(nr, r)| (nr as u32, r)));
     // clone3 passes its flags in memory, which a filter cannot read: ENOSYS makes glibc
     // fall back to clone, whose flags the rule above inspects.
@@ -197,6 +213,7 @@ const DATA_ARGS: u32 = 16;
 const RET_ALLOW: u32 = libc::SECCOMP_RET_ALLOW;
 const RET_KILL_PROCESS: u32 = libc::SECCOMP_RET_KILL_PROCESS;
 const RET_ERRNO: u32 = libc::SECCOMP_RET_ERRNO;
+const RET_USER_NOTIF: u32 = libc::SECCOMP_RET_USER_NOTIF;
 const X32_SYSCALL_BIT: u32 = 0x4000_0000;
 
 fn ins(code: u16, jt: u8, jf: u8, k: u32) -> libc::sock_filter {
@@ -230,6 +247,13 @@ fn decide(rules: &[(u32, Rule)]) -> Vec<libc::sock_filter> {
                     ins(LD_W_ABS, 0, 0, DATA_ARGS + 8 * mode),
                     ins(JSET_K, 0, 1, mask),
                     ins(RET_K, 0, 0, RET_ERRNO | libc::EPERM as u32),
+                    ins(RET_K, 0, 0, RET_ALLOW),
+                ],
+                Rule::Notify { mask: 0, .. } => vec![ins(RET_K, 0, 0, RET_USER_NOTIF)],
+                Rule::Notify { arg, mask } => vec![
+                    ins(LD_W_ABS, 0, 0, DATA_ARGS + 8 * arg),
+                    ins(JSET_K, 1, 0, mask),
+                    ins(RET_K, 0, 0, RET_USER_NOTIF),
                     ins(RET_K, 0, 0, RET_ALLOW),
                 ],
             };
@@ -277,6 +301,53 @@ fn compile(arch: u32) -> Vec<libc::sock_filter> {
     }
     code.extend(decide(&rules()));
     code
+}
+
+/// The observing filter: every system call that names a path or lists a directory
+/// ([`crate::observe::calls`]) waits for the supervisor, which records it and lets it
+/// continue. `fstat`-like calls on a descriptor (`newfstatat`/`statx` with `AT_EMPTY_PATH`)
+/// are let through: they name no path. Other architectures' calls are left to the main
+/// filter (which kills the action).
+fn compile_observer(arch: u32) -> Vec<libc::sock_filter> {
+    let mut code = vec![
+        ins(LD_W_ABS, 0, 0, DATA_ARCH),
+        ins(JEQ_K, 1, 0, arch),
+        ins(RET_K, 0, 0, RET_ALLOW),
+        ins(LD_W_ABS, 0, 0, DATA_NR),
+    ];
+    if arch == 0xc000_003e {
+        code.push(ins(JGE_K, 0, 1, X32_SYSCALL_BIT));
+        code.push(ins(RET_K, 0, 0, RET_ALLOW));
+    }
+    let mut rules: Vec<(u32, Rule)> = crate::observe::calls()
+        .map(|c| {
+            let rule = match c.unless_empty_path {
+                Some(arg) => Rule::Notify {
+                    arg,
+                    mask: libc::AT_EMPTY_PATH as u32,
+                },
+                None => Rule::Notify { arg: 0, mask: 0 },
+            };
+            (c.nr as u32, rule)
+        })
+        .collect();
+    rules.sort_by_key(|r| r.0);
+    rules.dedup_by_key(|r| r.0);
+    code.extend(decide(&rules));
+    code
+}
+
+/// The observing filter, compiled once per process.
+pub(crate) fn observer_filter() -> Result<&'static [libc::sock_filter], SandboxError> {
+    static FILTER: OnceLock<Result<Vec<libc::sock_filter>, String>> = OnceLock::new();
+    match FILTER.get_or_init(|| audit_arch().map(compile_observer)) {
+        Ok(p) => Ok(p),
+        Err(e) => Err(SandboxError::Setup {
+            step: "build the action's observing seccomp filter".into(),
+            error: io::Error::other(e.clone()),
+            hint: "wbuild's native sandbox runs on Linux x86_64 and aarch64",
+        }),
+    }
 }
 
 /// The action's seccomp filter, compiled once per process.
@@ -526,6 +597,7 @@ mod tests {
                 mask: NAMESPACE_FLAGS,
             },
         ));
+        conditional.push((libc::SYS_seccomp, listener_rule()));
         for (nr, rule) in conditional {
             match rule {
                 Rule::Errno(e) => {
@@ -547,6 +619,7 @@ mod tests {
                         .collect();
                     eperm.insert(nr, rules);
                 }
+                Rule::Notify { .. } => unreachable!("the main filter notifies nothing"),
             }
         }
         let filter = |rules, errno: i32| {
@@ -668,5 +741,39 @@ mod tests {
             .max()
             .unwrap();
         assert!(linear > 3 * longest, "{linear} vs {longest}");
+    }
+
+    #[test]
+    fn the_observing_filter_stops_exactly_the_path_calls() {
+        let arch = audit_arch().unwrap();
+        let prog: Vec<(u16, u8, u8, u32)> = compile_observer(arch)
+            .iter()
+            .map(|i| (i.code, i.jt, i.jf, i.k))
+            .collect();
+        let calls: Vec<&crate::observe::Call> = crate::observe::calls().collect();
+        for nr in 0..1024u32 {
+            let call = calls.iter().find(|c| c.nr as u32 == nr);
+            let got = eval(&prog, arch, nr, [0; 4]);
+            let want = if call.is_some() {
+                RET_USER_NOTIF
+            } else {
+                RET_ALLOW
+            };
+            assert_eq!(got, want, "nr {nr}");
+            // `fstat`-like calls on a descriptor are let through.
+            if let Some(arg) = call.and_then(|c| c.unless_empty_path) {
+                let mut args = [0; 4];
+                args[arg as usize] = libc::AT_EMPTY_PATH as u32;
+                assert_eq!(eval(&prog, arch, nr, args), RET_ALLOW, "nr {nr}");
+                args[arg as usize] = libc::AT_SYMLINK_NOFOLLOW as u32;
+                assert_eq!(eval(&prog, arch, nr, args), RET_USER_NOTIF, "nr {nr}");
+            }
+        }
+        assert_eq!(
+            eval(&prog, arch, libc::SYS_openat as u32, [0; 4]),
+            RET_USER_NOTIF
+        );
+        // Other architectures are the main filter's (which kills them).
+        assert_eq!(eval(&prog, 0x4000_0003, 5, [0; 4]), RET_ALLOW);
     }
 }

@@ -135,6 +135,7 @@ use std::time::Duration;
 
 mod child;
 mod harden;
+mod observe;
 mod parent;
 mod plan;
 
@@ -143,6 +144,7 @@ use parent::*;
 use plan::*;
 
 pub use harden::{HIDDEN_HOST_DIRS, PIDS_LIMIT};
+pub use observe::MAX_ACCESSES;
 
 /// Whether actions are confined after setup (capabilities, no_new_privs, seccomp, process
 /// limit, hidden host directories). Always on, except in the overhead benchmark.
@@ -157,7 +159,7 @@ pub fn set_hardening_for_benchmark(on: bool) {
 }
 
 /// Version of the sandbox semantics; part of every action key.
-pub const SANDBOX_VERSION: &str = "wbuild-native/2";
+pub const SANDBOX_VERSION: &str = "wbuild-native/3";
 
 /// `PATH` inside the sandbox when the request does not set one.
 pub const DEFAULT_PATH: &str = "/usr/bin:/bin";
@@ -215,6 +217,37 @@ pub struct NativeRequest {
     pub source_date_epoch: u64,
     /// Wall-clock limit; the whole process tree is killed when it passes.
     pub timeout: Duration,
+    /// Record every path the action's processes open, stat, probe, list, execute, rename,
+    /// create or remove ([`NativeOutcome::observed`]), through a seccomp filter with user
+    /// notification. The action sees exactly what it would see unobserved.
+    pub observe: bool,
+}
+
+/// What an observed action did with a path.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum AccessKind {
+    /// Opened an existing file for reading, executed it or read a symlink.
+    Read,
+    /// Opened for writing, created, truncated, removed, renamed (from or to), linked to.
+    Write,
+    /// Asked for metadata or existence of an existing path, or opened a directory.
+    Stat,
+    /// Listed a directory.
+    List,
+    /// Looked up (opened, stat'ed, executed) a path that did not exist.
+    Missing,
+}
+
+/// Every access of an observed run, in order, without repeats.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Observation {
+    /// Kind and absolute path inside the sandbox (`.`/`..` resolved lexically), in the order
+    /// of first occurrence.
+    pub accesses: Vec<(AccessKind, String)>,
+    /// System calls the host answered (repeats included).
+    pub notifications: u64,
+    /// More than [`MAX_ACCESSES`] distinct accesses: the rest were not kept.
+    pub truncated: bool,
 }
 
 /// What happened to an action.
@@ -232,6 +265,8 @@ pub struct NativeOutcome {
     pub stderr: Vec<u8>,
     /// Wall time of the whole run, sandbox setup and teardown included.
     pub duration: Duration,
+    /// What the action touched, if [`NativeRequest::observe`] was set.
+    pub observed: Option<Observation>,
 }
 
 impl NativeOutcome {
@@ -363,6 +398,7 @@ pub fn probe() -> Result<(), SandboxError> {
         cwd: PathBuf::from("/"),
         source_date_epoch: 0,
         timeout: Duration::from_secs(10),
+        observe: false,
     };
     let plan = Plan::build(&req, true)?;
     let out = execute(&plan, req.timeout)?;

@@ -97,15 +97,102 @@ impl Drop for InitGuard {
     }
 }
 
+/// A close-on-exec `SOCK_SEQPACKET` socket pair (both ends >= 3) for sending the observing
+/// filter's listener from the action to the host.
+fn socket_pair() -> Result<(Fd, Fd), SandboxError> {
+    let mut fds = [0 as c_int; 2];
+    // SAFETY: valid out-array of two ints.
+    if unsafe {
+        libc::socketpair(
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            fds.as_mut_ptr(),
+        )
+    } != 0
+    {
+        return Err(SandboxError::Io {
+            what: "socketpair",
+            error: io::Error::last_os_error(),
+        });
+    }
+    let mut out = [Fd(fds[0]), Fd(fds[1])];
+    for f in &mut out {
+        if f.0 < 3 {
+            // SAFETY: duplicating a descriptor we own.
+            let n = unsafe { libc::fcntl(f.0, libc::F_DUPFD_CLOEXEC, 3) };
+            if n < 0 {
+                return Err(SandboxError::Io {
+                    what: "fcntl(F_DUPFD_CLOEXEC)",
+                    error: io::Error::last_os_error(),
+                });
+            }
+            *f = Fd(n);
+        }
+    }
+    let [a, b] = out;
+    Ok((a, b))
+}
+
+/// Receives the observing filter's listener (one descriptor, `SCM_RIGHTS`) from `sock`.
+/// `None` at end of file or if the message carries no descriptor.
+fn receive_listener(sock: c_int) -> Option<c_int> {
+    let mut control = [0u64; 4];
+    let mut byte = [0u8; 1];
+    let mut iov = libc::iovec {
+        iov_base: byte.as_mut_ptr().cast::<c_void>(),
+        iov_len: 1,
+    };
+    // SAFETY: a zeroed msghdr pointing at our buffers; recvmsg fills them; the control
+    // messages are walked with the libc macros within `msg_controllen`.
+    unsafe {
+        let mut msg: libc::msghdr = std::mem::zeroed();
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.as_mut_ptr().cast::<c_void>();
+        msg.msg_controllen = std::mem::size_of_val(&control) as _;
+        if libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) <= 0 {
+            return None;
+        }
+        let mut found = None;
+        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
+        while !cmsg.is_null() {
+            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
+                let n = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                    / std::mem::size_of::<c_int>();
+                let data = libc::CMSG_DATA(cmsg).cast::<c_int>();
+                for i in 0..n {
+                    let fd = std::ptr::read_unaligned(data.add(i));
+                    if found.is_none() {
+                        found = Some(fd);
+                    } else {
+                        libc::close(fd);
+                    }
+                }
+            }
+            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
+        }
+        found
+    }
+}
+
 pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, SandboxError> {
     let start = Instant::now();
     let (out_r, out_w) = pipe()?;
     let (err_r, err_w) = pipe()?;
     let (rep_r, rep_w) = pipe()?;
+    let (sock_r, sock_w) = match plan.observer {
+        Some(_) => {
+            let (r, w) = socket_pair()?;
+            (Some(r), Some(w))
+        }
+        None => (None, None),
+    };
     let fds = ChildFds {
         out: out_w.0,
         err: err_w.0,
         report: rep_w.0,
+        notify: sock_w.as_ref().map_or(-1, |f| f.0),
     };
     let interrupted = Arc::new(AtomicBool::new(false));
 
@@ -161,6 +248,10 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
     drop(out_w);
     drop(err_w);
     drop(rep_w);
+    drop(sock_w);
+    let mut sock = sock_r;
+    let mut observer: Option<crate::observe::Observer> = None;
+    let mut listening = true;
 
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
@@ -181,8 +272,8 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
             deadline = now + Duration::from_secs(2);
             continue;
         }
-        let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(3);
-        let mut idx = Vec::with_capacity(3);
+        let mut pfds: Vec<libc::pollfd> = Vec::with_capacity(5);
+        let mut idx = Vec::with_capacity(5);
         for (i, f) in open.iter().enumerate() {
             if let Some(f) = f {
                 pfds.push(libc::pollfd {
@@ -192,6 +283,24 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
                 });
                 idx.push(i);
             }
+        }
+        // The observer's descriptors (3: the socket the listener arrives on, 4: the
+        // listener), polled while the pipes are open.
+        if let Some(s) = &sock {
+            pfds.push(libc::pollfd {
+                fd: s.0,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            idx.push(3);
+        }
+        if let Some(o) = observer.as_ref().filter(|_| listening) {
+            pfds.push(libc::pollfd {
+                fd: o.fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            });
+            idx.push(4);
         }
         let wait_ms = (deadline - now).as_millis().clamp(1, c_int::MAX as u128) as c_int;
         // SAFETY: valid array of pollfd.
@@ -207,6 +316,26 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
         }
         for (p, &i) in pfds.iter().zip(&idx) {
             if p.revents == 0 {
+                continue;
+            }
+            if i == 3 {
+                if let Some(fd) = sock.as_ref().and_then(|s| receive_listener(s.0)) {
+                    observer = Some(crate::observe::Observer::new(fd, plan.roots.clone()));
+                }
+                sock = None;
+                continue;
+            }
+            if i == 4 {
+                if p.revents & libc::POLLIN != 0 {
+                    if let Some(o) = observer.as_mut()
+                        && o.handle_one().is_err()
+                    {
+                        listening = false;
+                    }
+                } else {
+                    // POLLHUP: no process uses the filter any more.
+                    listening = false;
+                }
                 continue;
             }
             let fd = open[i].as_ref().map(|f| f.0).unwrap_or(-1);
@@ -324,5 +453,6 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
         stdout,
         stderr,
         duration,
+        observed: observer.map(crate::observe::Observer::finish),
     })
 }

@@ -103,6 +103,11 @@ pub(crate) struct Plan {
     pub(crate) nproc: libc::rlimit,
     /// The seccomp filter (classic BPF).
     pub(crate) filter: &'static [libc::sock_filter],
+    /// The observing filter, installed (before `filter`) when the run is observed.
+    pub(crate) observer: Option<&'static [libc::sock_filter]>,
+    /// Mount points and writable directories inside the sandbox, with whether each is
+    /// writable (for the observer).
+    pub(crate) roots: Vec<(String, bool)>,
     /// The sandbox's pids cgroup, back to the pool when the plan is dropped (after init was
     /// reaped).
     pub(crate) _cgroup: Option<harden::PidsCgroup>,
@@ -368,6 +373,11 @@ impl Plan {
 
         let (fd_limit, nproc) = Self::limits();
         let filter = if harden { harden::filter()? } else { &[] };
+        let observer = if req.observe && !probe {
+            Some(harden::observer_filter()?)
+        } else {
+            None
+        };
 
         Ok(Plan {
             steps,
@@ -386,6 +396,19 @@ impl Plan {
             harden,
             nproc,
             filter,
+            observer,
+            roots: req
+                .mounts
+                .iter()
+                .map(|m| (m.sandbox.to_string_lossy().into_owned(), m.writable))
+                .chain(
+                    req.scratch
+                        .iter()
+                        .map(|s| (s.to_string_lossy().into_owned(), true)),
+                )
+                .chain([("/tmp".to_owned(), true)])
+                .map(|(p, w)| (crate::observe::normalise(&p), w))
+                .collect(),
             _cgroup: cgroup,
             _root_dir: root_dir,
         })

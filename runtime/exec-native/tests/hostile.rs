@@ -16,6 +16,7 @@ fn req(argv: &[&str]) -> NativeRequest {
         cwd: PathBuf::from("/"),
         source_date_epoch: 1_700_000_000,
         timeout: Duration::from_secs(120),
+        observe: false,
     }
 }
 
@@ -150,7 +151,9 @@ const SYSCALLS_C: &str = r#"
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <linux/filter.h>
 #include <linux/sched.h>
+#include <linux/seccomp.h>
 #include <pthread.h>
 #include <sched.h>
 #include <signal.h>
@@ -263,6 +266,13 @@ int main(void) {
     struct stat st;
     stat("/tmp/plain", &st);
     printf("plain_mode=%o\n", st.st_mode & 07777);
+    /* A filter of its own with a listener could answer (and hide) file-system calls from
+       wbuild's observer; one without a listener is harmless. */
+    struct sock_filter allow[] = {BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW)};
+    struct sock_fprog prog = {1, allow};
+    res("seccomp_listener", syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER,
+                                    SECCOMP_FILTER_FLAG_NEW_LISTENER, &prog));
+    res("seccomp_plain", syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog));
 #ifdef __x86_64__
     res("x32_getpid", syscall(0x40000000 | SYS_getpid));
     res("iopl", syscall(SYS_iopl, 3));
@@ -323,6 +333,7 @@ fn dangerous_syscalls_fail_with_an_errno() {
         "name_to_handle_at",
         "open_by_handle_at",
         "io_uring_setup",
+        "seccomp_listener",
         "mknod_char",
         "mknod_block",
     ] {
@@ -338,6 +349,7 @@ fn dangerous_syscalls_fail_with_an_errno() {
         "open_create_plain",
         "chmod_plain",
         "open_existing",
+        "seccomp_plain",
     ] {
         want.insert(name, "0".into());
     }

@@ -17,6 +17,7 @@ fn interrupt_kills_running_sandboxes() {
         cwd: PathBuf::from("/"),
         source_date_epoch: 0,
         timeout: Duration::from_secs(60),
+        observe: false,
     };
     let start = Instant::now();
     let handles: Vec<_> = (0..3)

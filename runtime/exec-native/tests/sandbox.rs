@@ -21,6 +21,7 @@ fn req(argv: &[&str]) -> NativeRequest {
         cwd: PathBuf::from("/"),
         source_date_epoch: 1_700_000_000,
         timeout: Duration::from_secs(30),
+        observe: false,
     }
 }
 

@@ -216,6 +216,7 @@ mod tests {
             show_output: false,
             platform: Platform::host(),
             unsandboxed: false,
+            observe_native: true,
             remote_upload: false,
             native_toolchain: None,
             known: None,

@@ -62,13 +62,13 @@ impl Prepared {
         f: wbuild_store::DigestFunction,
         node: &ActionNode,
     ) -> observed::Weak {
-        let module = match &self.spec.kind {
-            Kind::Wasi { module, .. } => Some(module),
-            Kind::Native { .. } => None,
+        let (module, observed) = match &self.spec.kind {
+            Kind::Wasi { module, .. } => (Some(module), true),
+            Kind::Native { observe, .. } => (None, *observe),
         };
         observed::weak_key(
             f,
-            observed::mode(node),
+            observed::mode(node, observed),
             &self.command,
             &self.action,
             &self.spec.files,
@@ -232,6 +232,7 @@ impl Scheduler<'_> {
                     Kind::Native {
                         toolchain: opts.native_toolchain.clone(),
                         unsandboxed: opts.unsandboxed,
+                        observe: opts.observe_native && !opts.unsandboxed,
                         runs_wasi_tools: !action.wasi_tools.is_empty(),
                         wasi_modules,
                     },

@@ -104,6 +104,9 @@ pub struct Options {
     /// Run native actions without the namespace sandbox (`--sandbox=none`). Their keys say
     /// so, so their results never mix with sandboxed ones (and are never uploaded).
     pub unsandboxed: bool,
+    /// Observe every file access of sandboxed native actions (seccomp user notification):
+    /// their access logs, exact path sets and undeclared-read errors, as for WASI actions.
+    pub observe_native: bool,
     /// With a remote cache: upload the results of actions executed here.
     pub remote_upload: bool,
     /// A pinned toolchain bundle for `platform`: native actions see it as their whole

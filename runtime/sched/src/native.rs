@@ -78,6 +78,7 @@ pub(crate) fn run_unsandboxed(
         stdout: out.join().unwrap_or_default(),
         stderr: err.join().unwrap_or_default(),
         duration: start.elapsed(),
+        observed: None,
     })
 }
 
@@ -439,6 +440,7 @@ pub(crate) fn run_native(
     spec: &Spec,
     toolchain: Option<&NativeToolchain>,
     unsandboxed: bool,
+    observe: bool,
     runs_wasi_tools: bool,
     wasi_modules: &[Digest],
 ) -> Result<RunOutput, SchedError> {
@@ -554,6 +556,7 @@ pub(crate) fn run_native(
         cwd: work.to_path_buf(),
         source_date_epoch: spec.epoch_secs,
         timeout: spec.timeout,
+        observe: observe && !unsandboxed,
     };
     drop(staging);
     let running = crate::phases::phase("execution");
@@ -589,6 +592,22 @@ pub(crate) fn run_native(
     } else {
         Vec::new()
     };
+    let mut stderr = outcome.stderr;
+    let accesses = match &outcome.observed {
+        Some(obs) if obs.truncated => {
+            stderr.extend_from_slice(
+                format!(
+                    "wbuild: the command touched more than {} distinct paths; only its full key \
+                     is kept (no access log)\n",
+                    wbuild_exec_native::MAX_ACCESSES
+                )
+                .as_bytes(),
+            );
+            None
+        }
+        Some(obs) => Some(access_log(obs)),
+        None => None,
+    };
     Ok(RunOutput {
         outputs,
         executables,
@@ -599,9 +618,34 @@ pub(crate) fn run_native(
         },
         errors,
         stdout: outcome.stdout,
-        stderr: outcome.stderr,
-        accesses: None,
+        stderr,
+        accesses,
     })
+}
+
+/// An observed run's accesses as an access log, named as a WASI guest names them: paths
+/// under the working directory `/work` (the workspace root) relative to it, others
+/// absolute (the private `/tmp`, the system).
+pub(crate) fn access_log(obs: &wbuild_exec_native::Observation) -> wbuild_exec_wasi::AccessLog {
+    use wbuild_exec_native::AccessKind as N;
+    use wbuild_exec_wasi::AccessKind as W;
+    let mut log = wbuild_exec_wasi::AccessLog::default();
+    for (kind, path) in &obs.accesses {
+        let kind = match kind {
+            N::Read => W::Read,
+            N::Write => W::Write,
+            N::Stat => W::Stat,
+            N::List => W::List,
+            N::Missing => W::Missing,
+        };
+        let path = match path.strip_prefix("/work") {
+            Some("") => "",
+            Some(rest) if rest.starts_with('/') => &rest[1..],
+            _ => path.as_str(),
+        };
+        log.record(kind, path);
+    }
+    log
 }
 
 #[cfg(test)]

@@ -45,10 +45,12 @@ pub(crate) enum Mode {
     Depfile { depfile: String, source: String },
 }
 
-/// The mode of `action`, if its reads are known exactly.
-pub(crate) fn mode(action: &ActionNode) -> Option<Mode> {
+/// The mode of `action`, if its reads are known exactly (`observed`: a native action runs
+/// observed).
+pub(crate) fn mode(action: &ActionNode, observed: bool) -> Option<Mode> {
     match &action.exec {
         Exec::Wasi(_) => Some(Mode::Observed),
+        Exec::Native if observed => Some(Mode::Observed),
         Exec::Native if action.mnemonic == "CcCompile" && action.wasi_tools.is_empty() => {
             let source = action.detail.clone()?;
             let depfile = action.outputs.iter().find(|o| o.ends_with(".d"))?.clone();

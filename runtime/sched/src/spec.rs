@@ -150,6 +150,8 @@ pub enum Kind {
         /// Its pinned toolchain bundle, mounted as the whole system; `None`: the host's.
         toolchain: Option<Arc<NativeToolchain>>,
         unsandboxed: bool,
+        /// Observe its file accesses (sandboxed runs only): the run's access log.
+        observe: bool,
         /// The command runs WASI tools through launchers (they need the wbuild binary).
         runs_wasi_tools: bool,
         /// The modules of those tools, compiled before the run for the launchers to load
@@ -317,6 +319,7 @@ impl Spec {
                 Kind::Native {
                     toolchain,
                     unsandboxed: false,
+                    observe: true,
                     runs_wasi_tools: props.get("wbuild-wasi-executor").is_some(),
                     wasi_modules: Vec::new(),
                 }
@@ -371,6 +374,7 @@ pub fn run_spec(
         Kind::Native {
             toolchain,
             unsandboxed,
+            observe,
             runs_wasi_tools,
             wasi_modules,
         } => native::run_native(
@@ -380,6 +384,7 @@ pub fn run_spec(
             spec,
             toolchain.as_deref(),
             *unsandboxed,
+            *observe,
             *runs_wasi_tools,
             wasi_modules,
         ),

@@ -114,6 +114,7 @@ fn options(jobs: usize, keep_going: bool) -> Options {
         show_output: false,
         platform: Platform::host(),
         unsandboxed: false,
+        observe_native: true,
         remote_upload: false,
         native_toolchain: None,
         known: None,

@@ -1,0 +1,561 @@
+//! Exact observation of what a native action touches: seccomp user notification.
+//!
+//! With [`NativeRequest::observe`], the action installs a second seccomp filter (before the
+//! main one, which then forbids any further listener) under which every system call that
+//! names a path or lists a directory ([`CALLS`]) stops until the host answers. The action
+//! sends the filter's listener descriptor to the host over a socket made before the clone;
+//! the host's run loop (`parent.rs`) polls it beside the output pipes and, for each call:
+//! reads the path from the calling thread's memory (`process_vm_readv`), makes it absolute
+//! (the thread's working directory or the directory descriptor, from `/proc/<tid>/`), looks
+//! the path up in the sandbox's root *before* the call runs (`openat2` with
+//! `RESOLVE_IN_ROOT` under `/proc/<tid>/root`: does it exist, is it a directory), records
+//! the access and lets the call continue (`SECCOMP_USER_NOTIF_FLAG_CONTINUE`). The kernel
+//! then runs the call itself: the observer never changes what the action sees.
+//!
+//! Static binaries are observed like any other (this is the kernel's filter, not a
+//! preloaded library). What observation cannot see, and why it does not matter or is
+//! refused:
+//! - `openat2` and `clone3` fail with `ENOSYS` (the main filter), so libc uses `openat`;
+//!   `io_uring`, `open_by_handle_at` and `name_to_handle_at` fail with `EPERM`.
+//! - A filter of the action's own with a listener (which could answer calls before ours
+//!   sees them) cannot be installed (`EPERM`).
+//! - A multi-threaded action can change a path's bytes between the host's read and the
+//!   kernel's (the user-notification TOCTOU). The sandbox still shows only declared inputs,
+//!   so such an action can at worst hide which declared inputs it read.
+//! - `fstat`-like calls on descriptors (`newfstatat`/`statx` with `AT_EMPTY_PATH`) are not
+//!   stopped: the path they name is the descriptor's, opened (and recorded) before.
+
+use std::collections::HashSet;
+use std::ffi::{CString, c_int, c_void};
+use std::io;
+
+use crate::{AccessKind, Observation};
+
+/// How many distinct accesses one run may record; past it the observation is marked
+/// truncated (and the caller keeps the action's full key).
+pub const MAX_ACCESSES: usize = 100_000;
+/// Longest path read from an action's memory (`PATH_MAX`).
+const PATH_MAX: usize = 4096;
+
+/// What a path argument of a call means.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// Opened; the flags argument says whether for writing.
+    Open { flags: u8 },
+    /// Created or truncated (`creat`).
+    Create,
+    /// Metadata or existence (`stat`, `access`, `chdir`).
+    Probe,
+    /// Content (`execve`, `readlink`).
+    Read,
+    /// Changed: removed, created, renamed from or to.
+    Write,
+    /// The directory behind a descriptor is listed (`getdents`).
+    List,
+}
+
+/// One path (or descriptor) argument: the directory descriptor argument it is relative to
+/// (`None`: the working directory), the argument holding it, and its role.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Arg {
+    pub(crate) dirfd: Option<u8>,
+    pub(crate) path: u8,
+    pub(crate) role: Role,
+}
+
+/// One observed system call.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Call {
+    pub(crate) nr: i64,
+    /// The flags argument that, with `AT_EMPTY_PATH`, makes the call name a descriptor
+    /// instead of a path (not stopped by the filter).
+    pub(crate) unless_empty_path: Option<u32>,
+    pub(crate) args: &'static [Arg],
+}
+
+const fn at(dirfd: u8, path: u8, role: Role) -> Arg {
+    Arg {
+        dirfd: Some(dirfd),
+        path,
+        role,
+    }
+}
+
+const fn cwd(path: u8, role: Role) -> Arg {
+    Arg {
+        dirfd: None,
+        path,
+        role,
+    }
+}
+
+const fn call(nr: i64, args: &'static [Arg]) -> Call {
+    Call {
+        nr,
+        unless_empty_path: None,
+        args,
+    }
+}
+
+/// The calls of every architecture (the `*at` family).
+const COMMON: &[Call] = &[
+    call(libc::SYS_openat, &[at(0, 1, Role::Open { flags: 2 })]),
+    Call {
+        nr: libc::SYS_newfstatat,
+        unless_empty_path: Some(3),
+        args: &[at(0, 1, Role::Probe)],
+    },
+    Call {
+        nr: libc::SYS_statx,
+        unless_empty_path: Some(2),
+        args: &[at(0, 1, Role::Probe)],
+    },
+    call(libc::SYS_faccessat, &[at(0, 1, Role::Probe)]),
+    call(libc::SYS_faccessat2, &[at(0, 1, Role::Probe)]),
+    call(libc::SYS_readlinkat, &[at(0, 1, Role::Read)]),
+    call(libc::SYS_execve, &[cwd(0, Role::Read)]),
+    call(libc::SYS_execveat, &[at(0, 1, Role::Read)]),
+    call(libc::SYS_chdir, &[cwd(0, Role::Probe)]),
+    call(
+        libc::SYS_renameat,
+        &[at(0, 1, Role::Write), at(2, 3, Role::Write)],
+    ),
+    call(
+        libc::SYS_renameat2,
+        &[at(0, 1, Role::Write), at(2, 3, Role::Write)],
+    ),
+    call(libc::SYS_unlinkat, &[at(0, 1, Role::Write)]),
+    call(libc::SYS_mkdirat, &[at(0, 1, Role::Write)]),
+    call(libc::SYS_mknodat, &[at(0, 1, Role::Write)]),
+    call(
+        libc::SYS_linkat,
+        &[at(0, 1, Role::Read), at(2, 3, Role::Write)],
+    ),
+    call(libc::SYS_symlinkat, &[at(1, 2, Role::Write)]),
+    call(libc::SYS_truncate, &[cwd(0, Role::Write)]),
+    call(
+        libc::SYS_getdents64,
+        &[Arg {
+            dirfd: None,
+            path: 0,
+            role: Role::List,
+        }],
+    ),
+];
+
+/// The older calls that only some architectures have.
+#[cfg(target_arch = "x86_64")]
+const LEGACY: &[Call] = &[
+    call(libc::SYS_open, &[cwd(0, Role::Open { flags: 1 })]),
+    call(libc::SYS_creat, &[cwd(0, Role::Create)]),
+    call(libc::SYS_stat, &[cwd(0, Role::Probe)]),
+    call(libc::SYS_lstat, &[cwd(0, Role::Probe)]),
+    call(libc::SYS_access, &[cwd(0, Role::Probe)]),
+    call(libc::SYS_readlink, &[cwd(0, Role::Read)]),
+    call(
+        libc::SYS_rename,
+        &[cwd(0, Role::Write), cwd(1, Role::Write)],
+    ),
+    call(libc::SYS_unlink, &[cwd(0, Role::Write)]),
+    call(libc::SYS_rmdir, &[cwd(0, Role::Write)]),
+    call(libc::SYS_mkdir, &[cwd(0, Role::Write)]),
+    call(libc::SYS_mknod, &[cwd(0, Role::Write)]),
+    call(libc::SYS_link, &[cwd(0, Role::Read), cwd(1, Role::Write)]),
+    call(libc::SYS_symlink, &[cwd(1, Role::Write)]),
+    call(
+        libc::SYS_getdents,
+        &[Arg {
+            dirfd: None,
+            path: 0,
+            role: Role::List,
+        }],
+    ),
+];
+#[cfg(not(target_arch = "x86_64"))]
+const LEGACY: &[Call] = &[];
+
+/// Every call the observing filter stops.
+pub(crate) fn calls() -> impl Iterator<Item = &'static Call> {
+    COMMON.iter().chain(LEGACY)
+}
+
+fn find(nr: i64) -> Option<&'static Call> {
+    calls().find(|c| c.nr == nr)
+}
+
+/// The host side of one observed run: the listener and what it recorded.
+pub(crate) struct Observer {
+    listener: c_int,
+    /// `/proc/<tid>/root` of the first thread that asked (every thread of a sandbox shares
+    /// its root: `chroot` is forbidden).
+    root: Option<c_int>,
+    seen: HashSet<(AccessKind, String)>,
+    out: Observation,
+    path: Vec<u8>,
+    /// The sandbox's mount points and scratch directories (`/tmp` too), each with whether
+    /// the action may write there.
+    roots: Vec<(String, bool)>,
+    /// Lookups of paths only read-only mounts hold: they cannot change during the run.
+    stable: std::collections::HashMap<String, Lookup>,
+}
+
+impl Drop for Observer {
+    fn drop(&mut self) {
+        // SAFETY: closing descriptors this observer owns.
+        unsafe {
+            libc::close(self.listener);
+            if let Some(r) = self.root {
+                libc::close(r);
+            }
+        }
+    }
+}
+
+impl Observer {
+    /// Takes ownership of `listener` (a seccomp user-notification descriptor). `roots`:
+    /// the sandbox's mount points and writable directories, each with whether it is
+    /// writable.
+    pub(crate) fn new(listener: c_int, roots: Vec<(String, bool)>) -> Observer {
+        // Wake the supervisor on the caller's CPU and switch to it at once (Linux 6.6;
+        // ignored before): most calls are answered in a few microseconds.
+        // SAFETY: an ioctl on our descriptor with a plain flag value.
+        unsafe {
+            libc::ioctl(
+                listener,
+                libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS as _,
+                1u64, // SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
+            )
+        };
+        Observer {
+            listener,
+            root: None,
+            seen: HashSet::new(),
+            out: Observation::default(),
+            path: Vec::with_capacity(PATH_MAX + 1),
+            roots,
+            stable: std::collections::HashMap::new(),
+        }
+    }
+
+    pub(crate) fn fd(&self) -> c_int {
+        self.listener
+    }
+
+    pub(crate) fn finish(mut self) -> Observation {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Answers one stopped call (the listener polled readable). `Err` only if the listener
+    /// itself failed; a caller that died meanwhile is not an error.
+    pub(crate) fn handle_one(&mut self) -> io::Result<()> {
+        // SAFETY: zeroed plain-data structs (the kernel requires a zeroed request).
+        let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
+        // SAFETY: the RECV ioctl writes one `seccomp_notif` into `req`.
+        let r = unsafe {
+            libc::ioctl(
+                self.listener,
+                libc::SECCOMP_IOCTL_NOTIF_RECV as _,
+                &mut req as *mut libc::seccomp_notif,
+            )
+        };
+        if r != 0 {
+            let e = io::Error::last_os_error();
+            return match e.raw_os_error() {
+                // Interrupted, or the caller died before we took it.
+                Some(libc::EINTR | libc::ENOENT | libc::EAGAIN) => Ok(()),
+                _ => Err(e),
+            };
+        }
+        self.out.notifications += 1;
+        if let Some(call) = find(req.data.nr as i64) {
+            let pid = req.pid as libc::pid_t;
+            for arg in call.args {
+                self.record(pid, &req.data.args, arg);
+            }
+        }
+        let resp = libc::seccomp_notif_resp {
+            id: req.id,
+            val: 0,
+            error: 0,
+            flags: libc::SECCOMP_USER_NOTIF_FLAG_CONTINUE as u32,
+        };
+        // SAFETY: the SEND ioctl reads one `seccomp_notif_resp`. ENOENT: the caller died
+        // (or was interrupted by a signal) meanwhile; nothing to answer.
+        unsafe {
+            libc::ioctl(
+                self.listener,
+                libc::SECCOMP_IOCTL_NOTIF_SEND as _,
+                &resp as *const libc::seccomp_notif_resp,
+            )
+        };
+        Ok(())
+    }
+
+    fn push(&mut self, kind: AccessKind, path: String) {
+        if self.seen.len() >= MAX_ACCESSES {
+            self.out.truncated = true;
+            return;
+        }
+        if self.seen.insert((kind, path.clone())) {
+            self.out.accesses.push((kind, path));
+        }
+    }
+
+    fn record(&mut self, pid: libc::pid_t, args: &[u64; 6], arg: &Arg) {
+        let value = args[arg.path as usize];
+        if arg.role == Role::List {
+            if let Some(p) = fd_path(pid, value as i32) {
+                self.push(AccessKind::List, p);
+            }
+            return;
+        }
+        if read_cstr(pid, value, &mut self.path).is_none() {
+            return;
+        }
+        let raw = std::mem::take(&mut self.path);
+        let abs = if raw.first() == Some(&b'/') {
+            Some(String::from_utf8_lossy(&raw).into_owned())
+        } else {
+            let base = match arg.dirfd.map(|i| args[i as usize] as i32) {
+                None | Some(libc::AT_FDCWD) => cwd_path(pid),
+                Some(fd) => fd_path(pid, fd),
+            };
+            base.map(|b| format!("{b}/{}", String::from_utf8_lossy(&raw)))
+        };
+        self.path = raw;
+        let Some(abs) = abs else { return };
+        let kind = match arg.role {
+            Role::Create | Role::Write => AccessKind::Write,
+            Role::Open { flags } => {
+                let flags = args[flags as usize] as i32;
+                // O_TMPFILE includes O_DIRECTORY's bit.
+                let writes = flags & libc::O_ACCMODE != libc::O_RDONLY
+                    || flags & (libc::O_CREAT | libc::O_TRUNC) != 0
+                    || flags & libc::O_TMPFILE == libc::O_TMPFILE;
+                if writes {
+                    AccessKind::Write
+                } else {
+                    match self.lookup(pid, &abs) {
+                        Lookup::Missing => AccessKind::Missing,
+                        Lookup::Dir => AccessKind::Stat,
+                        Lookup::File if flags & libc::O_PATH != 0 => AccessKind::Stat,
+                        Lookup::File => AccessKind::Read,
+                    }
+                }
+            }
+            Role::Probe => match self.lookup(pid, &abs) {
+                Lookup::Missing => AccessKind::Missing,
+                _ => AccessKind::Stat,
+            },
+            Role::Read => match self.lookup(pid, &abs) {
+                Lookup::Missing => AccessKind::Missing,
+                Lookup::Dir => AccessKind::Stat,
+                Lookup::File => AccessKind::Read,
+            },
+            Role::List => unreachable!("handled above"),
+        };
+        self.push(kind, normalise(&abs));
+    }
+
+    /// Whether `abs` lies on a read-only mount (the deepest mount point or writable
+    /// directory above it is read-only, or there is none: the root is read-only).
+    fn is_stable(&self, abs: &str) -> bool {
+        let under = |root: &str| {
+            abs.strip_prefix(root)
+                .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+        };
+        self.roots
+            .iter()
+            .filter(|(r, _)| under(r))
+            .max_by_key(|(r, _)| r.len())
+            .is_none_or(|(_, writable)| !writable)
+    }
+
+    /// Whether `abs` exists in the sandbox (resolved inside its root, as the action would),
+    /// before the call runs. Paths on read-only mounts are looked up once per run.
+    fn lookup(&mut self, pid: libc::pid_t, abs: &str) -> Lookup {
+        // The sandbox's /proc names its processes from inside its pid namespace (`self` is
+        // the caller); the host cannot look there as the action would. Nothing keys it.
+        if abs == "/proc" || abs.starts_with("/proc/") {
+            return Lookup::File;
+        }
+        if let Some(l) = self.stable.get(abs) {
+            return *l;
+        }
+        let l = self.look(pid, abs);
+        if self.is_stable(abs) {
+            self.stable.insert(abs.to_owned(), l);
+        }
+        l
+    }
+
+    fn look(&mut self, pid: libc::pid_t, abs: &str) -> Lookup {
+        if self.root.is_none() {
+            let Ok(p) = CString::new(format!("/proc/{pid}/root")) else {
+                return Lookup::File;
+            };
+            // SAFETY: opening a path we own as a C string.
+            let fd = unsafe {
+                libc::open(
+                    p.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return Lookup::File;
+            }
+            self.root = Some(fd);
+        }
+        let root = self.root.expect("opened above");
+        let rel = abs.trim_start_matches('/');
+        let rel = if rel.is_empty() { "." } else { rel };
+        let Ok(c) = CString::new(rel) else {
+            return Lookup::Missing;
+        };
+        let how = OpenHow {
+            flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
+            mode: 0,
+            resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        };
+        // SAFETY: openat2 with a valid directory descriptor, C string and `open_how`.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root,
+                c.as_ptr(),
+                &how as *const OpenHow,
+                std::mem::size_of::<OpenHow>(),
+            )
+        } as c_int;
+        if fd < 0 {
+            return match io::Error::last_os_error().raw_os_error() {
+                Some(libc::ENOENT | libc::ENOTDIR) => Lookup::Missing,
+                _ => Lookup::File,
+            };
+        }
+        // SAFETY: fstat on the descriptor just opened, then closing it.
+        let dir = unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            let ok = libc::fstat(fd, &mut st) == 0;
+            libc::close(fd);
+            ok && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+        };
+        if dir { Lookup::Dir } else { Lookup::File }
+    }
+}
+
+/// `struct open_how` (libc's is non-exhaustive).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+#[derive(Clone, Copy)]
+enum Lookup {
+    Missing,
+    File,
+    Dir,
+}
+
+/// Reads the NUL-terminated string at `addr` in `pid`'s memory into `buf` (at most
+/// [`PATH_MAX`] bytes), page by page so an unmapped page after the string does not fail it.
+fn read_cstr(pid: libc::pid_t, mut addr: u64, buf: &mut Vec<u8>) -> Option<()> {
+    const PAGE: u64 = 4096;
+    buf.clear();
+    while buf.len() <= PATH_MAX {
+        let want = ((PAGE - addr % PAGE) as usize).min(PATH_MAX + 1 - buf.len());
+        let start = buf.len();
+        buf.resize(start + want, 0);
+        let local = libc::iovec {
+            iov_base: buf[start..].as_mut_ptr().cast::<c_void>(),
+            iov_len: want,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as *mut c_void,
+            iov_len: want,
+        };
+        // SAFETY: reads at most `want` bytes into our buffer; the remote address is only
+        // dereferenced by the kernel, in the other process.
+        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        if n <= 0 {
+            return None;
+        }
+        buf.truncate(start + n as usize);
+        if let Some(i) = buf[start..].iter().position(|&b| b == 0) {
+            buf.truncate(start + i);
+            return Some(());
+        }
+        addr += n as u64;
+    }
+    None
+}
+
+fn proc_link(path: String) -> Option<String> {
+    std::fs::read_link(path)
+        .ok()
+        .map(|p| p.to_string_lossy().into_owned())
+        .filter(|p| p.starts_with('/'))
+}
+
+/// The working directory of thread `pid`, as the sandbox names it.
+fn cwd_path(pid: libc::pid_t) -> Option<String> {
+    proc_link(format!("/proc/{pid}/cwd"))
+}
+
+/// The path descriptor `fd` of thread `pid` was opened at, as the sandbox names it.
+fn fd_path(pid: libc::pid_t, fd: i32) -> Option<String> {
+    if fd < 0 {
+        return None;
+    }
+    proc_link(format!("/proc/{pid}/fd/{fd}"))
+}
+
+/// `path` (absolute) without `.`, `..` and repeated slashes. `..` at the root stays there.
+pub(crate) fn normalise(path: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in path.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    let mut out = String::with_capacity(path.len());
+    for p in parts {
+        out.push('/');
+        out.push_str(p);
+    }
+    if out.is_empty() {
+        out.push('/');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_are_normalised_lexically() {
+        assert_eq!(normalise("/work/a/../b/./c"), "/work/b/c");
+        assert_eq!(normalise("/../../x"), "/x");
+        assert_eq!(normalise("//"), "/");
+        assert_eq!(normalise("/work//lib/"), "/work/lib");
+    }
+
+    #[test]
+    fn every_call_is_listed_once() {
+        let mut seen = HashSet::new();
+        for c in calls() {
+            assert!(seen.insert(c.nr), "syscall {} listed twice", c.nr);
+            assert!(!c.args.is_empty());
+            for a in c.args {
+                assert!(a.path < 6 && a.dirfd.is_none_or(|d| d < 6));
+            }
+        }
+    }
+}

@@ -1,0 +1,203 @@
+//! Observed runs: every path a native action's processes open, stat, probe, list, execute,
+//! rename, create or remove is recorded (seccomp user notification), for dynamic and static
+//! programs alike, and the action sees what it would see unobserved.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use wbuild_exec_native::{AccessKind, Mount, NativeOutcome, NativeRequest, Observation, run};
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// A workspace at /work (read-only) with `a.txt`, `dir/b.txt`, `dir/sub/`, and a writable
+/// `/work/out`; the script runs observed in /work.
+fn observed(ws: &Path, script: &str) -> (NativeOutcome, Observation) {
+    let out = ws.join("out");
+    std::fs::create_dir_all(&out).unwrap();
+    let mut mounts = wbuild_exec_native::host_toolchain_mounts();
+    for name in ["a.txt", "dir", "prog.c"] {
+        if ws.join(name).exists() {
+            mounts.push(Mount {
+                host: ws.join(name),
+                sandbox: PathBuf::from("/work").join(name),
+                writable: false,
+            });
+        }
+    }
+    mounts.push(Mount {
+        host: out,
+        sandbox: "/work/out".into(),
+        writable: true,
+    });
+    let req = NativeRequest {
+        argv: vec!["sh".into(), "-c".into(), script.into()],
+        env: Vec::new(),
+        mounts,
+        scratch: vec!["/work".into()],
+        cwd: "/work".into(),
+        source_date_epoch: 1_700_000_000,
+        timeout: Duration::from_secs(120),
+        observe: true,
+    };
+    let o = run(&req).unwrap();
+    assert_eq!(
+        o.exit_code,
+        Some(0),
+        "stdout: {}\nstderr: {}",
+        text(&o.stdout),
+        text(&o.stderr)
+    );
+    let obs = o
+        .observed
+        .clone()
+        .expect("an observed run reports its accesses");
+    (o, obs)
+}
+
+fn workspace() -> tempfile::TempDir {
+    let ws = tempfile::tempdir().unwrap();
+    std::fs::write(ws.path().join("a.txt"), "A\n").unwrap();
+    std::fs::create_dir_all(ws.path().join("dir/sub")).unwrap();
+    std::fs::write(ws.path().join("dir/b.txt"), "B\n").unwrap();
+    ws
+}
+
+fn has(obs: &Observation, kind: AccessKind, path: &str) -> bool {
+    obs.accesses.iter().any(|(k, p)| *k == kind && p == path)
+}
+
+fn show(obs: &Observation) -> String {
+    obs.accesses
+        .iter()
+        .map(|(k, p)| format!("{k:?} {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn a_shell_script_is_observed_exactly() {
+    let ws = workspace();
+    let (o, obs) = observed(
+        ws.path(),
+        "cat a.txt; ls dir; test -e missing.h || echo no; cat nothere 2>/dev/null; \
+         echo x > out/o.tmp && mv out/o.tmp out/o; cd dir && cat ../a.txt b.txt; \
+         mkdir ../out/d && rmdir ../out/d",
+    );
+    assert_eq!(text(&o.stdout), "A\nb.txt\nsub\nno\nA\nB\n");
+    let want = [
+        (AccessKind::Read, "/work/a.txt"),
+        (AccessKind::List, "/work/dir"),
+        (AccessKind::Missing, "/work/missing.h"),
+        (AccessKind::Missing, "/work/nothere"),
+        (AccessKind::Write, "/work/out/o.tmp"),
+        (AccessKind::Write, "/work/out/o"),
+        (AccessKind::Read, "/work/dir/b.txt"),
+        (AccessKind::Write, "/work/out/d"),
+        (AccessKind::Read, "/usr/bin/cat"),
+    ];
+    for (kind, path) in want {
+        assert!(
+            has(&obs, kind, path),
+            "no {kind:?} {path} in\n{}",
+            show(&obs)
+        );
+    }
+    // `cd dir` then `../a.txt`: one path, the same as `a.txt` from /work.
+    assert!(!obs.accesses.iter().any(|(_, p)| p.contains("..")));
+    assert!(obs.notifications > 0 && !obs.truncated);
+    // The files the action wrote are there.
+    assert_eq!(std::fs::read(ws.path().join("out/o")).unwrap(), b"x\n");
+}
+
+#[test]
+fn a_static_program_is_observed_too() {
+    // A static binary makes its system calls itself (no libc to preload into): the
+    // kernel's filter still stops them.
+    let ws = workspace();
+    std::fs::write(
+        ws.path().join("prog.c"),
+        r#"
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+int main(void) {
+    char buf[8];
+    long fd = syscall(SYS_openat, AT_FDCWD, "a.txt", O_RDONLY);
+    if (fd < 0 || read((int)fd, buf, sizeof buf) != 2) return 1;
+    long dir = syscall(SYS_openat, AT_FDCWD, "dir", O_RDONLY | O_DIRECTORY);
+    struct stat st;
+    if (fstatat((int)dir, "b.txt", &st, 0) != 0) return 2;
+    if (fstatat((int)dir, "sub/none", &st, 0) == 0) return 3;
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let (_, obs) = observed(
+        ws.path(),
+        "gcc -static -O -o /tmp/prog prog.c 2>/dev/null || gcc -O -o /tmp/prog prog.c; \
+         cd out && /tmp/prog_missing 2>/dev/null; cd /work && /tmp/prog",
+    );
+    for (kind, path) in [
+        (AccessKind::Read, "/work/a.txt"),
+        (AccessKind::Stat, "/work/dir"),
+        (AccessKind::Stat, "/work/dir/b.txt"),
+        (AccessKind::Missing, "/work/dir/sub/none"),
+        (AccessKind::Missing, "/tmp/prog_missing"),
+        (AccessKind::Read, "/tmp/prog"),
+        (AccessKind::Read, "/work/prog.c"),
+        (AccessKind::Write, "/tmp/prog"),
+    ] {
+        assert!(
+            has(&obs, kind, path),
+            "no {kind:?} {path} in\n{}",
+            show(&obs)
+        );
+    }
+}
+
+#[test]
+fn an_unobserved_run_reports_nothing() {
+    let mut req = NativeRequest {
+        argv: vec!["true".into()],
+        env: Vec::new(),
+        mounts: wbuild_exec_native::host_toolchain_mounts(),
+        scratch: Vec::new(),
+        cwd: "/".into(),
+        source_date_epoch: 0,
+        timeout: Duration::from_secs(30),
+        observe: false,
+    };
+    assert_eq!(run(&req).unwrap().observed, None);
+    req.observe = true;
+    let o = run(&req).unwrap();
+    assert!(o.success());
+    let obs = o.observed.unwrap();
+    assert!(
+        has(&obs, AccessKind::Read, "/usr/bin/true"),
+        "{}",
+        show(&obs)
+    );
+}
+
+#[test]
+fn many_threads_and_processes_are_observed_without_deadlock() {
+    // 40 processes at once, each touching its own file: every access arrives, and the run
+    // ends (the supervisor answers calls from any of them in any order).
+    let ws = workspace();
+    let (_, obs) = observed(
+        ws.path(),
+        "for i in $(seq 1 40); do (test -e /work/p$i; cat a.txt >/dev/null) & done; wait",
+    );
+    for i in 1..=40 {
+        let p = format!("/work/p{i}");
+        assert!(
+            has(&obs, AccessKind::Missing, &p),
+            "no {p} in\n{}",
+            show(&obs)
+        );
+    }
+}
