@@ -18,6 +18,7 @@
 #   JOBS=N                 parallelism for both tools (default 2)
 #   LUA_SRC_VERSION=V      the lua-src crate version (default 548.1.2: Lua 5.4.8), or
 #                          `latest-5.4` for the newest 54x release in the crates.io index
+#   LUA_ONLY_WORKSPACE=DIR write the generated workspace to DIR and stop (bench/observe.sh)
 #   LUA_SRC_DIR=DIR        use this Lua source tree instead (e.g. an unpacked lua-5.4.x tarball,
 #                          whose own lua.c, luac.c and src/Makefile object lists are then used)
 #
@@ -96,6 +97,11 @@ ws="$work/ws"
 facts=$(python3 "$here/lua_gen.py" "$src" "$ws" | tee /dev/stderr | tail -1)
 eval "$facts"   # tus= lib_tus= lua_version= standins=
 echo "== Lua $lua_version: $tus translation units ($lib_tus in the library)"
+# LUA_ONLY_WORKSPACE=DIR (for bench/observe.sh): copy the workspace to DIR and stop.
+if [ -n "${LUA_ONLY_WORKSPACE:-}" ]; then
+    cp -a "$ws" "$LUA_ONLY_WORKSPACE"
+    exit 0
+fi
 # make gets its own copy: its objects and binaries (lua/lua, lua/luac) must not land in wbuild's
 # source tree, where wbuild rejects a source file named like a declared output.
 mk="$work/mk"
