@@ -201,3 +201,42 @@ fn many_threads_and_processes_are_observed_without_deadlock() {
         );
     }
 }
+
+#[test]
+fn a_hostile_action_cannot_flood_or_confuse_the_observer() {
+    // More distinct paths than an observation keeps, a path at an unmapped address, and a
+    // path longer than PATH_MAX: the run ends normally, the observation says it is
+    // truncated (the caller then keeps only the full key), and the calls fail as they
+    // would unobserved.
+    let ws = workspace();
+    std::fs::write(
+        ws.path().join("prog.c"),
+        r#"
+#include <errno.h>
+#include <fcntl.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+static char big[9000];
+int main(void) {
+    struct stat st;
+    char p[64];
+    for (int i = 0; i < 100100; i++) {
+        snprintf(p, sizeof p, "/work/none%d", i);
+        if (stat(p, &st) == 0) return 1;
+    }
+    if (syscall(SYS_openat, AT_FDCWD, (char *)8, O_RDONLY) >= 0 || errno != EFAULT) return 2;
+    memset(big, 'a', sizeof big - 1);
+    if (open(big, O_RDONLY) >= 0 || errno != ENAMETOOLONG) return 3;
+    return 0;
+}
+"#,
+    )
+    .unwrap();
+    let (_, obs) = observed(ws.path(), "gcc -O -o /tmp/flood prog.c && /tmp/flood");
+    assert!(obs.truncated);
+    assert_eq!(obs.accesses.len(), wbuild_exec_native::MAX_ACCESSES);
+    assert!(obs.notifications > 100_000);
+}
