@@ -42,6 +42,11 @@ pub(crate) fn pipe() -> Result<(Fd, Fd), SandboxError> {
             error: io::Error::last_os_error(),
         });
     }
+    above_stdio(fds)
+}
+
+/// Owns both descriptors, moved to numbers >= 3 (close-on-exec) where they are below.
+fn above_stdio(fds: [c_int; 2]) -> Result<(Fd, Fd), SandboxError> {
     let mut out = [Fd(fds[0]), Fd(fds[1])];
     for f in &mut out {
         if f.0 < 3 {
@@ -56,8 +61,8 @@ pub(crate) fn pipe() -> Result<(Fd, Fd), SandboxError> {
             *f = Fd(n);
         }
     }
-    let [r, w] = out;
-    Ok((r, w))
+    let [a, b] = out;
+    Ok((a, b))
 }
 
 /// Kills and reaps init if `execute` leaves early (error or panic).
@@ -116,22 +121,7 @@ fn socket_pair() -> Result<(Fd, Fd), SandboxError> {
             error: io::Error::last_os_error(),
         });
     }
-    let mut out = [Fd(fds[0]), Fd(fds[1])];
-    for f in &mut out {
-        if f.0 < 3 {
-            // SAFETY: duplicating a descriptor we own.
-            let n = unsafe { libc::fcntl(f.0, libc::F_DUPFD_CLOEXEC, 3) };
-            if n < 0 {
-                return Err(SandboxError::Io {
-                    what: "fcntl(F_DUPFD_CLOEXEC)",
-                    error: io::Error::last_os_error(),
-                });
-            }
-            *f = Fd(n);
-        }
-    }
-    let [a, b] = out;
-    Ok((a, b))
+    above_stdio(fds)
 }
 
 /// Receives the observing filter's listener (one descriptor, `SCM_RIGHTS`) from `sock`.
