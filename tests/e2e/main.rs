@@ -9,6 +9,7 @@ mod hostile_host;
 mod hostile_native;
 mod hostile_remote;
 mod incremental;
+mod infer;
 mod observed;
 mod profile;
 mod query;

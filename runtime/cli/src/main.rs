@@ -241,6 +241,18 @@ enum Cmd {
     /// Why the actions of a target ran the last time they ran here: which path they read,
     /// listed or probed changed, or which part of their command or settings did.
     Why { target: String },
+    /// Infer a parallel build from a serial script: run its commands once, in order, each
+    /// in the sandbox with every file access observed, and write one genrule per step (steps
+    /// that rewrite each other's files share one) to WBUILD beside the script, ordered as the
+    /// script ordered every conflicting pair; the edges and why go to SCRIPT.deps.json.
+    /// `build.sh`: one command per line (`\` continues a line; `#` comments, `set`, `cd DIR`
+    /// and `NAME=value` lines allowed). Then `wbuild build //<dir>/...`.
+    Infer {
+        script: PathBuf,
+        /// Infer afresh even if the script did not change since the last inference.
+        #[arg(long)]
+        reset: bool,
+    },
     /// Query the target graph (before analysis), Bazel-style: `wbuild query 'deps(//app)'`.
     Query(query::QueryArgs),
     /// The actions of the targets a query yields, with their action keys and cache state:
@@ -409,6 +421,55 @@ fn workspace_resolved(cli: &Cli) -> Result<(Workspace, String)> {
     )?)
 }
 
+/// `wbuild infer SCRIPT [--reset]`.
+fn infer(script: &std::path::Path, reset: bool) -> Result<i32> {
+    let (ws, _) = workspace()?;
+    let out = wbuild_driver::infer::infer(
+        &ws,
+        &wbuild_driver::infer::InferRequest {
+            script: script.to_path_buf(),
+            reset,
+        },
+        &note,
+    )?;
+    let pattern = if out.package.is_empty() {
+        "//...".to_owned()
+    } else {
+        format!("//{}/...", out.package)
+    };
+    if out.up_to_date {
+        println!(
+            "{} is up to date with {} ({} steps, {} targets); --reset infers afresh",
+            out.build_file.display(),
+            script.display(),
+            out.steps,
+            out.targets
+        );
+        return Ok(0);
+    }
+    println!(
+        "inferred {} steps: {} targets ({} running several steps), {} edges, critical path {} targets",
+        out.steps, out.targets, out.merged, out.edges, out.critical_path
+    );
+    if !out.left_out.is_empty() {
+        println!(
+            "left out (they write nothing the build keeps): line{} {}",
+            if out.left_out.len() == 1 { "" } else { "s" },
+            out.left_out
+                .iter()
+                .map(|l| l.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    println!(
+        "wrote {} and {}; build with `wbuild build {pattern}`",
+        out.build_file.display(),
+        out.deps_file.display()
+    );
+    Ok(0)
+}
+
 fn run(cli: Cli) -> Result<i32> {
     match &cli.command {
         Cmd::Build(args) => build(&cli, args, false),
@@ -421,6 +482,7 @@ fn run(cli: Cli) -> Result<i32> {
         } => outputs(&cli, targets, platform, (*fetch).then_some(remote)),
         Cmd::Explain { target, detail } => explain(&cli, target, detail.as_deref()),
         Cmd::Why { target } => why::run(&cli, target),
+        Cmd::Infer { script, reset } => infer(script, *reset),
         Cmd::Query(args) => query::run(&cache_dir(&cli), args),
         Cmd::Aquery(args) => aquery::run(&cache_dir(&cli), args),
         Cmd::History { build, limit } => history(&cli, *build, *limit),

@@ -8,13 +8,15 @@
 //! - [`toolchain`]: a workspace's pinned toolchain bundles (`wbuild.lock`, the
 //!   `wbuild_graph::External`s build files name as `@name//...`);
 //! - [`provenance`]: the in-toto statement of a build;
-//! - [`worker`]: the Remote Workers API bot session and the lease runner of `wbuild worker`.
+//! - [`worker`]: the Remote Workers API bot session and the lease runner of `wbuild worker`;
+//! - [`infer`]: `wbuild infer`, a parallel build inferred from a serial script's observed run.
 //!
 //! The driver presents nothing itself: lines for the user and the build's events go
 //! through a [`Frontend`] (the CLI prints them); errors are [`DriverError`]s.
 
 #![forbid(unsafe_code)]
 
+pub mod infer;
 pub mod platform;
 pub mod profile;
 pub mod provenance;

@@ -29,8 +29,10 @@ impl Scheduler<'_> {
             {
                 continue;
             }
-            if let Some((_, label)) = graph.producers.get(path) {
-                if *label != action.label {
+            if let Some((producer, label)) = graph.producers.get(path) {
+                // A path of an action ordered after this one: it can never be here, in any
+                // order the build runs in (the pair is ordered, so the probe is valid).
+                if *label != action.label && !ordered_after(graph, action, *producer) {
                     errors.push(format!(
                         "read undeclared input {path}, which is produced by {label}: add {label} to srcs of {}",
                         action.label
@@ -81,6 +83,36 @@ impl Scheduler<'_> {
         ));
         errors
     }
+}
+
+/// Whether action `later` depends (through any chain of `deps`) on `action`.
+fn ordered_after(graph: &ActionGraph, action: &ActionNode, later: usize) -> bool {
+    let Some(me) = action
+        .outputs
+        .first()
+        .and_then(|o| graph.producers.get(o))
+        .map(|(i, _)| *i)
+    else {
+        return false;
+    };
+    if later >= graph.actions.len() || later <= me {
+        // Topological order: a dependent comes after its dependencies.
+        return false;
+    }
+    let mut seen = vec![false; later + 1];
+    let mut stack = vec![later];
+    while let Some(i) = stack.pop() {
+        if i == me {
+            return true;
+        }
+        for &d in &graph.actions[i].deps {
+            if d >= me && !seen[d] {
+                seen[d] = true;
+                stack.push(d);
+            }
+        }
+    }
+    false
 }
 
 /// One message for refused `paths`: `one` names a single path, `many` gets the count and the

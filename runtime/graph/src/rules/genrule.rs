@@ -1,5 +1,7 @@
-//! `genrule(name, srcs = [], outs, cmd, tools = [])`: runs `cmd` with `/bin/sh -c` in the
-//! native sandbox, as Bazel's genrule.
+//! `genrule(name, srcs = [], outs, cmd, tools = [], after = [])`: runs `cmd` with
+//! `/bin/sh -c` in the native sandbox, as Bazel's genrule. `after` orders it after other
+//! targets without making their files its inputs (ninja's order-only dependencies; what
+//! `wbuild infer` writes for a step that probed a path a later step creates).
 
 use std::collections::BTreeMap;
 
@@ -19,14 +21,17 @@ use crate::{Dep, GraphError, Target};
 /// (`.wbuild/tools/<package>/<name>`).
 const WASI_LAUNCHER_DIR: &str = ".wbuild/tools";
 
-/// `genrule(name, srcs = [], outs, cmd, tools = [])`: runs `cmd` with `/bin/sh -c` in the
-/// native sandbox, as Bazel's genrule. `tools` are inputs too (programs the command runs).
+/// `genrule(name, srcs = [], outs, cmd, tools = [], after = [])`: runs `cmd` with
+/// `/bin/sh -c` in the native sandbox, as Bazel's genrule. `tools` are inputs too (programs
+/// the command runs); `after` only orders (their files are not inputs).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct GenruleAttrs<D> {
     pub srcs: Vec<D>,
     pub outs: Vec<String>,
     pub cmd: String,
     pub tools: Vec<D>,
+    #[serde(default)]
+    pub after: Vec<D>,
 }
 
 impl<D, L> Attrs<D, L> for GenruleAttrs<D> {
@@ -50,6 +55,7 @@ impl<D, L> Attrs<D, L> for GenruleAttrs<D> {
             outs: self.outs.clone(),
             cmd: self.cmd.clone(),
             tools: m.files("tools", &self.tools)?,
+            after: m.files("after", &self.after)?,
         })
     }
 }
@@ -58,6 +64,7 @@ impl Check for GenruleAttrs<String> {
     fn check(&self, c: &Checker<'_>) -> starlark::Result<()> {
         c.labels("srcs", &self.srcs)?;
         c.labels("tools", &self.tools)?;
+        c.labels("after", &self.after)?;
         if self.outs.is_empty() {
             return Err(c.err("outs", "genrule needs at least one output".into()));
         }
@@ -116,7 +123,13 @@ impl Analyse for GenruleAttrs<Dep> {
         let cmd = expander.expand(&self.cmd, "cmd")?;
         let mut outputs = out_paths.clone();
         outputs.sort();
-        let deps = a.producing_actions(t, inputs.iter())?;
+        let mut deps = a.producing_actions(t, inputs.iter())?;
+        for d in &self.after {
+            let files = a.dep_files(d, t)?;
+            deps.extend(a.producing_actions(t, files.iter())?);
+        }
+        deps.sort_unstable();
+        deps.dedup();
         Ok(vec![ActionNode {
             label: t.label.clone(),
             mnemonic: "Genrule".to_owned(),
@@ -144,7 +157,7 @@ fn launcher_path(l: &Label) -> String {
 #[starlark_module]
 pub(super) fn builtins(builder: &mut GlobalsBuilder) {
     /// Runs a shell command in the native sandbox, as Bazel's genrule:
-    /// `genrule(name, srcs = [], outs, cmd, tools = [])`.
+    /// `genrule(name, srcs = [], outs, cmd, tools = [], after = [])`.
     #[allow(clippy::too_many_arguments)] // One parameter per attribute.
     fn genrule<'v>(
         #[starlark(require = named)] name: String,
@@ -152,6 +165,7 @@ pub(super) fn builtins(builder: &mut GlobalsBuilder) {
         #[starlark(require = named)] outs: Strings,
         #[starlark(require = named)] cmd: String,
         #[starlark(require = named, default = UnpackListOrTuple::default())] tools: Strings,
+        #[starlark(require = named, default = UnpackListOrTuple::default())] after: Strings,
         #[starlark(require = named, default = UnpackListOrTuple::default())] visibility: Strings,
         #[starlark(require = named, default = UnpackListOrTuple::default())] tags: Strings,
         #[starlark(require = named)] platform: Option<String>,
@@ -163,6 +177,7 @@ pub(super) fn builtins(builder: &mut GlobalsBuilder) {
             outs: outs.items,
             cmd,
             tools: tools.items,
+            after: after.items,
         };
         add_target(eval, "genrule", name, RawRule::Genrule(attrs), platform)
     }
