@@ -129,8 +129,10 @@ fn refusal(
     }
 }
 
-/// Declared inputs the tool never opened, stat'ed or listed.
+/// Declared inputs the tool never opened, stat'ed or listed, and whose name it never saw in
+/// a listing of their directory.
 pub(crate) fn unused_inputs(action: &ActionNode, log: &AccessLog) -> Vec<String> {
+    let listed: std::collections::HashSet<&str> = log.paths(AccessKind::List).collect();
     let touched: std::collections::HashSet<&str> = log
         .accesses
         .iter()
@@ -146,6 +148,7 @@ pub(crate) fn unused_inputs(action: &ActionNode, log: &AccessLog) -> Vec<String>
         .inputs
         .iter()
         .filter(|p| !touched.contains(p.as_str()))
+        .filter(|p| !listed.contains(p.rsplit_once('/').map_or("", |(dir, _)| dir)))
         .map(|p| format!("declared input {p} was never read by {}", action.label))
         .collect()
 }

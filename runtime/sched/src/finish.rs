@@ -177,10 +177,12 @@ impl Scheduler<'_> {
         let mut warnings = Vec::new();
         if let Some(log) = &accesses {
             errors.extend(self.check_accesses(graph, action, prep, log));
-            // Unused inputs are worth a warning only when the tool did its job. (A native
-            // action's inputs are a rule's whole header set: its own checks say what is
-            // unused.)
-            if errors.is_empty() && matches!(action.exec, Exec::Wasi(_)) {
+            // Unused inputs are worth a warning only when the tool did its job. (A cc_*
+            // action's inputs are its rule's whole header set: the rule's own checks say
+            // what is unused.)
+            if errors.is_empty()
+                && (matches!(action.exec, Exec::Wasi(_)) || action.mnemonic == "Genrule")
+            {
                 warnings = unused_inputs(action, log);
             }
         }
