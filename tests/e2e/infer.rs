@@ -252,3 +252,71 @@ fn what_infer_cannot_use_is_refused_with_the_line() {
     assert!(err.contains("was not written by wbuild infer"), "{err}");
     assert!(w.read("s/WBUILD").starts_with("filegroup"));
 }
+
+/// Lua 5.4.8's C sources, as `tests/setup.sh` unpacked them from crates.io.
+fn lua_sources() -> std::path::PathBuf {
+    use wbuild_tests::repo_root;
+    let p = repo_root().join("target/third-party/lua-5.4");
+    assert!(
+        p.join(".unpacked").exists(),
+        "{} is missing: run tests/setup.sh (it downloads Lua's sources)",
+        p.display()
+    );
+    p
+}
+
+#[test]
+fn a_real_c_librarys_serial_build_infers_to_the_same_bytes() {
+    // Lua's library compiled the way its Makefile does it (`make -n`: objects beside the
+    // sources, `ar` then `ranlib` on the same archive), a program using it, and a run.
+    let w = ws();
+    let src = lua_sources();
+    let mut objects = Vec::new();
+    let mut script = String::from("# Lua 5.4, serially, as its Makefile would.\n");
+    let cflags = "-std=gnu99 -O2 -Wall -DLUA_COMPAT_5_3 -DLUA_USE_LINUX";
+    let mut names: Vec<String> = std::fs::read_dir(&src)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|n| n.ends_with(".c") || n.ends_with(".h"))
+        .collect();
+    names.sort();
+    for n in &names {
+        w.write(
+            &format!("lua/{n}"),
+            &std::fs::read_to_string(src.join(n)).unwrap(),
+        );
+        if let Some(stem) = n.strip_suffix(".c") {
+            script.push_str(&format!("gcc {cflags} -c -o {stem}.o {n}\n"));
+            objects.push(format!("{stem}.o"));
+        }
+    }
+    w.write(
+        "lua/main.c",
+        "#include \"lua.h\"\n#include \"lauxlib.h\"\n#include \"lualib.h\"\n\
+         int main(void) {\n  lua_State *L = luaL_newstate();\n  luaL_openlibs(L);\n\
+         int r = luaL_dostring(L, \"local t = {} for i = 1, 10 do t[#t + 1] = i * i end \
+         print(_VERSION, table.concat(t, ','))\");\n  lua_close(L);\n  return r;\n}\n",
+    );
+    script.push_str(&format!("ar rc liblua.a {}\n", objects.join(" ")));
+    script.push_str("ranlib liblua.a\n");
+    script.push_str(&format!("gcc {cflags} -c -o main.o main.c\n"));
+    script.push_str("gcc -o luatest main.o liblua.a -lm -ldl\n");
+    script.push_str("./luatest > out.txt\n");
+    w.write("lua/build.sh", &script);
+
+    let text = stdout(&w.ok(&["infer", "lua/build.sh"]));
+    // `ranlib` rewrites the archive `ar` wrote: one target runs both.
+    assert!(text.contains("1 running several steps"), "{text}");
+    let (out, ev) = w.events(&["build", "-j", "2", "//lua/..."]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(finished(&ev)["failed"], 0);
+    let serial = serial_run(&w.root.join("lua"), "build.sh");
+    let mut files: Vec<String> = objects.clone();
+    files.extend(["liblua.a", "main.o", "luatest", "out.txt"].map(String::from));
+    let files: Vec<&str> = files.iter().map(String::as_str).collect();
+    same_as_serial(&w, "lua", serial.path(), &files);
+    assert_eq!(
+        w.read("wbuild-out/lua/out.txt"),
+        "Lua 5.4\t1,4,9,16,25,36,49,64,81,100\n"
+    );
+}
