@@ -137,19 +137,33 @@ fn a_serial_c_build_becomes_a_parallel_one_with_the_same_bytes() {
     let again = stdout(&w.ok(&["infer", "lib/build.sh"]));
     assert!(again.contains("is up to date"), "{again}");
 
-    // An edit that makes a compile read a header the inference did not see: the build says
-    // which file and which step; inferring afresh fixes it.
+    // An edit that makes a compile read a header the inference did not see: the build
+    // finds the conflict in the compile's observed run, adds the edge (ordered by the
+    // script), records it in the deps file and builds again.
     w.write("lib/include/k.h", "#define K 1\n");
     w.write(
         "lib/src/add.c",
         "#include \"m.h\"\n#include \"k.h\"\nint add(int a, int b) { return a + b + K - 1; }\n",
     );
-    let out = w.fail(&["build", "//lib/..."]);
+    let (out, ev) = w.events(&["build", "//lib/..."]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
     let err = stderr(&out);
     assert!(
-        err.contains("read undeclared input lib/include/k.h: add it to srcs of //lib:step6"),
+        err.contains("wbuild infer: found by a build: step6 looked for the source file include/k.h; added to the srcs of //lib:step6"),
         "{err}"
     );
+    assert!(
+        err.contains("building again with the inferred edges"),
+        "{err}"
+    );
+    assert_eq!(finished(&ev)["failed"], 0, "{ev:?}");
+    assert!(w.read("lib/WBUILD").contains("\"include/k.h\""));
+    let deps = w.read("lib/build.sh.deps.json");
+    assert!(deps.contains("found by a build"), "{deps}");
+    assert_eq!(w.read("wbuild-out/lib/build/out.txt"), "14\n");
+    let (_, ev) = w.events(&["build", "//lib/..."]);
+    assert_eq!(finished(&ev)["executed"], 0);
+    // Inferring afresh gives the same edge from a serial run.
     w.ok(&["infer", "--reset", "lib/build.sh"]);
     assert!(w.read("lib/WBUILD").contains("\"include/k.h\""));
     w.ok(&["build", "//lib/..."]);
@@ -319,4 +333,34 @@ fn a_real_c_librarys_serial_build_infers_to_the_same_bytes() {
         w.read("wbuild-out/lua/out.txt"),
         "Lua 5.4\t1,4,9,16,25,36,49,64,81,100\n"
     );
+}
+
+#[test]
+fn a_build_orders_a_probe_it_finds_after_an_edit_as_the_script_did() {
+    // The script's first step runs a source script; an edit makes it look for a file a
+    // later step writes. The build finds the unordered pair, orders it as the script does
+    // (the later step after the probe), and gives the serial run's answer.
+    let w = ws();
+    w.write("o/gen.sh", "echo plain\n");
+    w.write(
+        "o/build.sh",
+        "sh gen.sh > a.txt\necho 1 > flag\ncat flag > b.txt\n",
+    );
+    w.ok(&["infer", "o/build.sh"]);
+    w.ok(&["build", "//o/..."]);
+    assert_eq!(w.read("wbuild-out/o/a.txt"), "plain\n");
+    w.write(
+        "o/gen.sh",
+        "test -e flag && echo flag seen || echo no flag\n",
+    );
+    let out = w.ok(&["build", "//o/..."]);
+    let err = stderr(&out);
+    assert!(
+        err.contains("step1 looked for flag, which step2 writes later in o/build.sh; //o:step2 now runs after //o:step1"),
+        "{err}"
+    );
+    assert_eq!(w.read("wbuild-out/o/a.txt"), "no flag\n");
+    assert!(w.read("o/WBUILD").contains("after = [\":step1\"]"));
+    let serial = serial_run(&w.root.join("o"), "build.sh");
+    same_as_serial(&w, "o", serial.path(), &["a.txt", "flag", "b.txt"]);
 }

@@ -519,6 +519,12 @@ impl wbuild_driver::Frontend for Presenter<'_> {
         scheduling: bool,
     ) -> std::result::Result<&dyn wbuild_sched::EventSink, Box<dyn std::error::Error + Send + Sync>>
     {
+        // A build that runs again (after `wbuild infer`'s targets were repaired) goes on
+        // with the same display, events file and Ctrl-C handler.
+        if let Some(ui) = self.ui.get() {
+            ui.restart(total);
+            return Ok(ui);
+        }
         let ui = ui::Ui::new(total, self.events_file)?;
         let ui = self.ui.get_or_init(|| ui);
         if scheduling {

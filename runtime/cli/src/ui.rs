@@ -37,6 +37,14 @@ impl Ui {
         Ok(Ui { bar, events })
     }
 
+    /// The display for another round of the same build, of `total` actions.
+    pub fn restart(&self, total: usize) {
+        if let Some(b) = &self.bar {
+            b.set_length(total as u64);
+            b.set_position(0);
+        }
+    }
+
     fn say(&self, line: &str) {
         match &self.bar {
             Some(b) => b.println(line),

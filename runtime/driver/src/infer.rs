@@ -292,8 +292,59 @@ pub struct DepsFile {
     pub script_blake3: String,
     pub steps: Vec<(Step, Effects, Option<String>)>,
     pub edges: Vec<Edge>,
+    /// The inferred targets, as `WBUILD` declares them.
+    pub targets: Vec<TargetSpec>,
     /// Targets that run several steps, with the lines and why.
     pub merged: Vec<(String, Vec<usize>, String)>,
+}
+
+/// One inferred genrule.
+#[derive(Clone, Debug, serde::Serialize, serde::Deserialize)]
+pub struct TargetSpec {
+    pub name: String,
+    /// The script lines of its steps, in order.
+    pub lines: Vec<usize>,
+    pub srcs: BTreeSet<String>,
+    pub outs: BTreeSet<String>,
+    /// Targets it runs after (order only).
+    pub after: BTreeSet<String>,
+    /// The shell text (before `$` is escaped for the genrule).
+    pub cmd: String,
+}
+
+/// The build file of `deps` (`shown`: the script as messages name it).
+fn render(deps: &DepsFile, shown: &str) -> String {
+    let mut body = format!(
+        "{GENERATED_MARKER} {shown}` from its serial run: edit {} and run it again,\n\
+         # not this file. The edges and why each exists: {}.deps.json.\n",
+        deps.script, deps.script
+    );
+    for t in &deps.targets {
+        let lines: Vec<String> = t.lines.iter().map(usize::to_string).collect();
+        body.push_str(&format!(
+            "\ngenrule(\n    # {shown}:{}\n    name = {},\n    srcs = {},\n    outs = {},\n",
+            lines.join(", "),
+            star(&t.name),
+            star_list(&t.srcs),
+            star_list(&t.outs),
+        ));
+        if !t.after.is_empty() {
+            let after: Vec<String> = t.after.iter().map(|a| format!(":{a}")).collect();
+            body.push_str(&format!("    after = {},\n", star_list(&after)));
+        }
+        body.push_str(&format!(
+            "    cmd = {},\n)\n",
+            star(&t.cmd.replace('$', "$$"))
+        ));
+    }
+    body
+}
+
+/// Writes the deps file, then the build file rendered from it.
+fn write_both(deps: &DepsFile, shown: &str, deps_file: &Path, build_file: &Path) -> Result<()> {
+    let json = serde_json::to_string_pretty(deps).expect("the deps file serialises");
+    write_atomically(deps_file, json.as_bytes())?;
+    write_atomically(build_file, render(deps, shown).as_bytes())
 }
 
 /// What `wbuild infer` asked for.
@@ -690,10 +741,7 @@ pub fn infer(ws: &Workspace, req: &InferRequest, note: &dyn Fn(&str)) -> Result<
         }
     }
     let mut left_out = Vec::new();
-    let mut body = format!(
-        "{GENERATED_MARKER} {shown}` from its serial run: edit {file_name} and run it again,\n\
-         # not this file. The edges and why each exists: {deps_name}.\n"
-    );
+    let mut targets: Vec<TargetSpec> = Vec::new();
     let mut kept: BTreeSet<usize> = BTreeSet::new();
     for (&g, members) in &groups {
         let Some(outs) = outs_of.get(&g) else {
@@ -716,7 +764,7 @@ pub fn infer(ws: &Workspace, req: &InferRequest, note: &dyn Fn(&str)) -> Result<
         let after: BTreeSet<String> = edges
             .iter()
             .filter(|e| e.1 == g && e.3 == "order" && outs_of.contains_key(&e.0))
-            .map(|e| format!(":{}", name_of(e.0)))
+            .map(|e| name_of(e.0))
             .collect();
         let cmd = if members.len() == 1 {
             step_text(&pkg, &steps[members[0]])
@@ -727,21 +775,14 @@ pub fn infer(ws: &Workspace, req: &InferRequest, note: &dyn Fn(&str)) -> Result<
                 .collect::<Vec<_>>()
                 .join(" && ")
         };
-        let lines: Vec<String> = members.iter().map(|&i| steps[i].line.to_string()).collect();
-        body.push_str(&format!(
-            "\ngenrule(\n    # {shown}:{}\n    name = {},\n    srcs = {},\n    outs = {},\n",
-            lines.join(", "),
-            star(&name_of(g)),
-            star_list(&srcs),
-            star_list(outs),
-        ));
-        if !after.is_empty() {
-            body.push_str(&format!("    after = {},\n", star_list(&after)));
-        }
-        body.push_str(&format!(
-            "    cmd = {},\n)\n",
-            star(&cmd.replace('$', "$$"))
-        ));
+        targets.push(TargetSpec {
+            name: name_of(g),
+            lines: members.iter().map(|&i| steps[i].line).collect(),
+            srcs,
+            outs: outs.clone(),
+            after,
+            cmd,
+        });
     }
     if kept.is_empty() {
         return Err(DriverError::Config(format!(
@@ -801,6 +842,7 @@ pub fn infer(ws: &Workspace, req: &InferRequest, note: &dyn Fn(&str)) -> Result<
                 why: why.clone(),
             })
             .collect(),
+        targets,
         merged: groups
             .iter()
             .filter(|(_, m)| m.len() > 1)
@@ -813,9 +855,7 @@ pub fn infer(ws: &Workspace, req: &InferRequest, note: &dyn Fn(&str)) -> Result<
             })
             .collect(),
     };
-    let json = serde_json::to_string_pretty(&deps).expect("the deps file serialises");
-    write_atomically(&deps_file, json.as_bytes())?;
-    write_atomically(&build_file, body.as_bytes())?;
+    write_both(&deps, &shown, &deps_file, &build_file)?;
     Ok(InferOutcome {
         steps: n,
         targets: kept.len(),
@@ -828,6 +868,199 @@ pub fn infer(ws: &Workspace, req: &InferRequest, note: &dyn Fn(&str)) -> Result<
         up_to_date: false,
         package: pkg,
     })
+}
+
+/// After a build in which actions of inferred targets failed: the workspace paths their
+/// observed runs looked for and did not find, though the workspace has them (a source file,
+/// or a file another inferred target writes), are conflicts the inference did not see (an
+/// edit since, e.g. a new `#include`). Each becomes an edge ordered by the script: a source
+/// file, or a file an earlier step writes, joins the target's `srcs`; for a file a later step
+/// writes, that target runs `after` it. The deps file records each edge with why, and the
+/// build file is rewritten; if an edge would close a cycle, the script is inferred afresh.
+/// True if anything changed (the caller builds again).
+pub fn repair(
+    ws: &Workspace,
+    store: &wbuild_store::Store,
+    failed: &[(wbuild_graph::Label, Option<wbuild_store::Digest>)],
+    note: &dyn Fn(&str),
+) -> Result<bool> {
+    let mut by_package: BTreeMap<&str, Vec<(&str, wbuild_store::Digest)>> = BTreeMap::new();
+    for (label, digest) in failed {
+        if let Some(d) = digest {
+            by_package
+                .entry(label.package.as_str())
+                .or_default()
+                .push((label.name.as_str(), *d));
+        }
+    }
+    let mut changed_any = false;
+    for (pkg, failures) in by_package {
+        let dir = ws.root.join(pkg);
+        let build_file = dir.join("WBUILD");
+        if !std::fs::read_to_string(&build_file).is_ok_and(|b| b.starts_with(GENERATED_MARKER)) {
+            continue;
+        }
+        let Some((deps_file, mut deps)) = find_deps(&dir) else {
+            continue;
+        };
+        let shown = if pkg.is_empty() {
+            deps.script.clone()
+        } else {
+            format!("{pkg}/{}", deps.script)
+        };
+        let prefix = if pkg.is_empty() {
+            String::new()
+        } else {
+            format!("{pkg}/")
+        };
+        let mut changed = false;
+        for (name, digest) in failures {
+            let Some(t) = deps.targets.iter().position(|t| t.name == name) else {
+                continue;
+            };
+            let Some(log) = store
+                .access_log(&digest)?
+                .and_then(|j| wbuild_exec_wasi::AccessLog::from_json(&j).ok())
+            else {
+                continue;
+            };
+            for path in log.paths(wbuild_exec_wasi::AccessKind::Missing) {
+                let Some(rel) = path.strip_prefix(&prefix) else {
+                    continue;
+                };
+                if path.starts_with('/') || rel.is_empty() {
+                    continue;
+                }
+                let producer = deps
+                    .targets
+                    .iter()
+                    .position(|o| o.name != name && o.outs.contains(rel));
+                let (from, to, kind, why) = match producer {
+                    Some(o) if deps.targets[o].lines[0] < deps.targets[t].lines[0] => {
+                        if !deps.targets[t].srcs.insert(rel.to_owned()) {
+                            continue;
+                        }
+                        (
+                            deps.targets[o].name.clone(),
+                            name.to_owned(),
+                            "data",
+                            format!(
+                                "found by a build: {name} looked for {rel}, which {} writes earlier in {shown}",
+                                deps.targets[o].name
+                            ),
+                        )
+                    }
+                    Some(o) => {
+                        if !deps.targets[o].after.insert(name.to_owned()) {
+                            continue;
+                        }
+                        (
+                            name.to_owned(),
+                            deps.targets[o].name.clone(),
+                            "order",
+                            format!(
+                                "found by a build: {name} looked for {rel}, which {} writes later in {shown}",
+                                deps.targets[o].name
+                            ),
+                        )
+                    }
+                    None if ws.path(path).is_file() => {
+                        if !deps.targets[t].srcs.insert(rel.to_owned()) {
+                            continue;
+                        }
+                        (
+                            String::new(),
+                            name.to_owned(),
+                            "data",
+                            format!("found by a build: {name} looked for the source file {rel}"),
+                        )
+                    }
+                    None => continue,
+                };
+                note(&format!(
+                    "wbuild infer: {why}; {}",
+                    match kind {
+                        "data" => format!("added to the srcs of //{pkg}:{to}"),
+                        _ => format!("//{pkg}:{to} now runs after //{pkg}:{from}"),
+                    }
+                ));
+                deps.edges.push(Edge {
+                    from,
+                    to,
+                    kind: kind.to_owned(),
+                    path: rel.to_owned(),
+                    why,
+                });
+                changed = true;
+            }
+        }
+        if !changed {
+            continue;
+        }
+        if has_cycle(&deps.targets) {
+            note(&format!(
+                "wbuild infer: the edges found would close a cycle; inferring {shown} afresh"
+            ));
+            infer(
+                ws,
+                &InferRequest {
+                    script: dir.join(&deps.script),
+                    reset: true,
+                },
+                note,
+            )?;
+        } else {
+            write_both(&deps, &shown, &deps_file, &build_file)?;
+        }
+        changed_any = true;
+    }
+    Ok(changed_any)
+}
+
+/// The deps file in `dir` (the one `wbuild infer` wrote there), read.
+fn find_deps(dir: &Path) -> Option<(PathBuf, DepsFile)> {
+    let mut found: Vec<PathBuf> = std::fs::read_dir(dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| p.to_string_lossy().ends_with(".deps.json"))
+        .collect();
+    found.sort();
+    found.into_iter().find_map(|p| {
+        let d: DepsFile = serde_json::from_str(&std::fs::read_to_string(&p).ok()?).ok()?;
+        (d.format == DEPS_FORMAT).then_some((p, d))
+    })
+}
+
+/// Whether the targets' edges (srcs another target writes, `after`) form a cycle.
+fn has_cycle(targets: &[TargetSpec]) -> bool {
+    let index: HashMap<&str, usize> = targets
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.name.as_str(), i))
+        .collect();
+    let mut writer: HashMap<&str, usize> = HashMap::new();
+    for (i, t) in targets.iter().enumerate() {
+        for o in &t.outs {
+            writer.insert(o.as_str(), i);
+        }
+    }
+    let mut edges = Vec::new();
+    for (i, t) in targets.iter().enumerate() {
+        for s in &t.srcs {
+            if let Some(&w) = writer.get(s.as_str())
+                && w != i
+            {
+                edges.push((w, i, String::new(), "data", String::new()));
+            }
+        }
+        for a in &t.after {
+            if let Some(&b) = index.get(a.as_str()) {
+                edges.push((b, i, String::new(), "order", String::new()));
+            }
+        }
+    }
+    !cycles(targets.len(), &edges).is_empty()
 }
 
 /// Groups on cycles of `edges` (each cycle as a list of its groups), by depth-first search.

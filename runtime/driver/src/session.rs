@@ -524,6 +524,37 @@ pub fn run_build(
     req: &BuildRequest,
     ui: &dyn Frontend,
 ) -> Result<BuildOutcome> {
+    let mut round = 0;
+    loop {
+        // A round that repaired inferred targets returns first, so the cache (and its lock)
+        // is released before the next round opens it.
+        match run_build_round(ws, pkg, req, ui, round)? {
+            Round::Done(outcome) => return Ok(outcome),
+            Round::Repaired => {
+                ui.note("building again with the inferred edges");
+                round += 1;
+            }
+        }
+    }
+}
+
+/// How one round of a build ended.
+enum Round {
+    Done(BuildOutcome),
+    /// `wbuild infer`'s targets were repaired: build again.
+    Repaired,
+}
+
+/// Builds once more after `wbuild infer`'s targets were repaired, at most this many times.
+const INFER_REPAIR_ROUNDS: usize = 3;
+
+fn run_build_round(
+    ws: &Workspace,
+    pkg: &str,
+    req: &BuildRequest,
+    ui: &dyn Frontend,
+    round: usize,
+) -> Result<Round> {
     let note = |line: &str| ui.note(line);
     let mut phases = Phases {
         since: Instant::now(),
@@ -573,10 +604,10 @@ pub fn run_build(
     {
         phases.mark("up-to-date check");
         let summary = up_to_date(&store, command, &pattern_names, &snap.actions, ui)?;
-        return Ok(BuildOutcome {
+        return Ok(Round::Done(BuildOutcome {
             summary,
             up_to_date: true,
-        });
+        }));
     }
     phases.mark("up-to-date check");
     let started = SystemTime::now();
@@ -682,6 +713,16 @@ pub fn run_build(
     }
     phases.mark("write trace");
     let summary = summary?;
+    // Inferred targets whose observed runs found conflicts the inference did not see: the
+    // edges are added (ordered by the script) and the build runs again.
+    if !summary.success()
+        && !summary.interrupted
+        && round < INFER_REPAIR_ROUNDS
+        && crate::infer::repair(ws, &store, &summary.failed_actions, &note)?
+    {
+        let _ = std::fs::remove_file(&snapshot);
+        return Ok(Round::Repaired);
+    }
     if summary.success() {
         let sources: Vec<PathBuf> = summary.sources.iter().map(|p| ws.path(p)).collect();
         // Native actions keyed on this machine's toolchain: a package upgrade must end the
@@ -745,10 +786,10 @@ pub fn run_build(
         };
         provenance::write(out, &facts, req.sign_key.as_deref())?;
     }
-    Ok(BuildOutcome {
+    Ok(Round::Done(BuildOutcome {
         summary,
         up_to_date: false,
-    })
+    }))
 }
 
 /// Actions processed at once when a remote is in use (see `run_build`).

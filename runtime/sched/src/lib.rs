@@ -206,6 +206,8 @@ pub struct Summary {
     pub sources: Vec<String>,
     /// Every action that succeeded (executed or cached).
     pub actions: Vec<uptodate::SnapshotAction>,
+    /// Every action that failed, with its action digest if it got that far.
+    pub failed_actions: Vec<(wbuild_graph::Label, Option<Digest>)>,
     pub duration: Duration,
 }
 
@@ -228,6 +230,7 @@ impl Summary {
         self.duration += pass.duration;
         self.sources.extend(pass.sources);
         self.actions.extend(pass.actions);
+        self.failed_actions.extend(pass.failed_actions);
         self.remote_only.extend(
             pass.remote_only
                 .into_iter()

@@ -389,6 +389,9 @@ impl Scheduler<'_> {
                 Status::Skipped => {}
             }
             if fin.status == Status::Failed {
+                st.summary
+                    .failed_actions
+                    .push((action.label.clone(), fin.action_digest));
                 if !opts.keep_going {
                     st.stop = true;
                 }
