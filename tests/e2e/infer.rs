@@ -364,3 +364,45 @@ fn a_build_orders_a_probe_it_finds_after_an_edit_as_the_script_did() {
     let serial = serial_run(&w.root.join("o"), "build.sh");
     same_as_serial(&w, "o", serial.path(), &["a.txt", "flag", "b.txt"]);
 }
+
+#[test]
+fn wasi_tool_steps_are_inferred_beside_native_ones() {
+    // A script at the workspace root mixing WASI tool steps (`wasi:LABEL ARGS`) and native
+    // ones: the WASI steps' outputs are found by running them (writes the executor refused
+    // become outputs), their reads, probes and listings order them as the native ones.
+    let w = ws();
+    w.write("in.txt", "input\n");
+    w.write(
+        "build.sh",
+        "mkdir -p gen && echo hello > gen/a.txt\n\
+         wasi://tools:probe concat gen/ab.txt gen/a.txt in.txt\n\
+         wasi://tools:probe exists gen/later.txt gen/exists.txt\n\
+         cat gen/ab.txt gen/ab.txt > gen/later.txt\n\
+         wasi://tools:probe ls gen/names.txt gen\n",
+    );
+    let text = stdout(&w.ok(&["infer", "build.sh"]));
+    assert!(text.contains("inferred 5 steps: 5 targets"), "{text}");
+    let build = w.read("WBUILD");
+    assert!(build.contains("tools = [\"//tools:probe\"]"), "{build}");
+    assert!(build.contains("$(location //tools:probe)"), "{build}");
+    let (out, _) = w.events(&["build", "-j", "2", "//..."]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(w.read("wbuild-out/gen/ab.txt"), "hello\ninput\n");
+    // Serially the probe ran before gen/later.txt existed.
+    assert_eq!(w.read("wbuild-out/gen/exists.txt"), "false\n");
+    assert_eq!(
+        w.read("wbuild-out/gen/later.txt"),
+        "hello\ninput\nhello\ninput\n"
+    );
+    assert_eq!(
+        w.read("wbuild-out/gen/names.txt"),
+        "a.txt\nab.txt\nexists.txt\nlater.txt\n"
+    );
+    // Not from a subdirectory: a WASI tool names the workspace's paths from its root.
+    w.write("sub/build.sh", "wasi://tools:probe concat out.txt in.txt\n");
+    let err = stderr(&w.fail(&["infer", "sub/build.sh"]));
+    assert!(
+        err.contains("sub/build.sh:1: `wasi:` steps need the script at the workspace root"),
+        "{err}"
+    );
+}

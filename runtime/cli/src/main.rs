@@ -246,7 +246,9 @@ enum Cmd {
     /// that rewrite each other's files share one) to WBUILD beside the script, ordered as the
     /// script ordered every conflicting pair; the edges and why go to SCRIPT.deps.json.
     /// `build.sh`: one command per line (`\` continues a line; `#` comments, `set`, `cd DIR`
-    /// and `NAME=value` lines allowed). Then `wbuild build //<dir>/...`.
+    /// and `NAME=value` lines allowed); a command is a native one (run in the sandbox) or
+    /// `wasi:LABEL ARGS`, a wasi_tool (scripts at the workspace root). Then
+    /// `wbuild build //<dir>/...`.
     Infer {
         script: PathBuf,
         /// Infer afresh even if the script did not change since the last inference.

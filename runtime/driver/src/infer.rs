@@ -48,7 +48,22 @@ pub struct Step {
     /// Variables the script assigned before it, in order.
     pub env: Vec<(String, String)>,
     pub command: String,
+    /// A `wasi:LABEL ARGS` step: the `wasi_tool` and its arguments.
+    #[serde(default)]
+    pub wasi: Option<WasiCall>,
 }
+
+/// A WASI tool run by a step (`wasi:LABEL ARGS`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct WasiCall {
+    /// The `wasi_tool`'s label, as written.
+    pub tool: String,
+    pub args: Vec<String>,
+}
+
+/// Marks where a step's tool goes in its command text, until the build file says
+/// `$(location LABEL)`.
+const TOOL_MARK: char = '\u{1}';
 
 fn valid_name(n: &str) -> bool {
     let mut c = n.chars();
@@ -152,12 +167,40 @@ pub fn parse(name: &str, text: &str) -> std::result::Result<Vec<Step>, String> {
             }
             continue;
         }
-        if t.starts_with("wasi:") {
-            return Err(err(
-                "WASI commands (`wasi:NAME`) are not inferred yet: run the tool from a \
-                 wasi_run target, or as a native command"
-                    .into(),
-            ));
+        if let Some(rest) = t.strip_prefix("wasi:") {
+            let ws = words(rest);
+            let Some((tool, args)) = ws.split_first() else {
+                return Err(err(
+                    "`wasi:` needs a wasi_tool label: `wasi://tools:x ARGS`".into(),
+                ));
+            };
+            if !cwd.is_empty() {
+                return Err(err(format!(
+                    "`{t}`: a WASI tool sees the workspace's paths from its root; run it from \
+                     the script's directory (drop the `cd`)"
+                )));
+            }
+            let args = args
+                .iter()
+                .map(|a| {
+                    literal(a).ok_or_else(|| {
+                        err(format!(
+                            "`{a}`: write the argument literally (no expansions)"
+                        ))
+                    })
+                })
+                .collect::<std::result::Result<Vec<_>, _>>()?;
+            steps.push(Step {
+                line: start,
+                cwd: String::new(),
+                env: Vec::new(),
+                command: t.to_owned(),
+                wasi: Some(WasiCall {
+                    tool: tool.clone(),
+                    args,
+                }),
+            });
+            continue;
         }
         let words = words(t);
         let words: Vec<&str> = words.iter().map(String::as_str).collect();
@@ -187,13 +230,23 @@ pub fn parse(name: &str, text: &str) -> std::result::Result<Vec<Step>, String> {
             cwd: cwd.join("/"),
             env: env.clone(),
             command: t.to_owned(),
+            wasi: None,
         });
     }
     Ok(steps)
 }
 
-/// The shell text of `step` run from the workspace root, in package `pkg`.
+/// The shell text of `step` run from the workspace root, in package `pkg` (a WASI step: its
+/// tool marked by [`TOOL_MARK`], its arguments quoted).
 fn step_text(pkg: &str, step: &Step) -> String {
+    if let Some(w) = &step.wasi {
+        let mut s = format!("{TOOL_MARK}{}{TOOL_MARK}", w.tool);
+        for a in &w.args {
+            s.push(' ');
+            s.push_str(&sh_quote(a));
+        }
+        return s;
+    }
     let mut s = String::new();
     for (k, v) in &step.env {
         s.push_str(&format!("export {k}={}; ", sh_quote(v)));
@@ -308,6 +361,9 @@ pub struct TargetSpec {
     pub outs: BTreeSet<String>,
     /// Targets it runs after (order only).
     pub after: BTreeSet<String>,
+    /// The `wasi_tool`s its steps run.
+    #[serde(default)]
+    pub tools: BTreeSet<String>,
     /// The shell text (before `$` is escaped for the genrule).
     pub cmd: String,
 }
@@ -332,10 +388,17 @@ fn render(deps: &DepsFile, shown: &str) -> String {
             let after: Vec<String> = t.after.iter().map(|a| format!(":{a}")).collect();
             body.push_str(&format!("    after = {},\n", star_list(&after)));
         }
-        body.push_str(&format!(
-            "    cmd = {},\n)\n",
-            star(&t.cmd.replace('$', "$$"))
-        ));
+        if !t.tools.is_empty() {
+            body.push_str(&format!("    tools = {},\n", star_list(&t.tools)));
+        }
+        let mut cmd = t.cmd.replace('$', "$$");
+        for tool in &t.tools {
+            cmd = cmd.replace(
+                &format!("{TOOL_MARK}{tool}{TOOL_MARK}"),
+                &format!("$(location {tool})"),
+            );
+        }
+        body.push_str(&format!("    cmd = {},\n)\n", star(&cmd)));
     }
     body
 }
@@ -504,6 +567,8 @@ pub fn infer(ws: &Workspace, req: &InferRequest, note: &dyn Fn(&str)) -> Result<
     } else {
         format!("/work/{pkg}/")
     };
+    let tools = resolve_tools(ws, &pkg, &steps, &shown)?;
+    let mut executor: Option<wbuild_exec_wasi::WasiExecutor> = None;
     let mut effects: Vec<Effects> = Vec::with_capacity(steps.len());
     let mut snaps: Vec<Snapshot> = Vec::with_capacity(steps.len() + 1);
     snaps.push(snapshot(&copy).map_err(io(format!("cannot list {}", copy.display())))?);
@@ -515,58 +580,42 @@ pub fn infer(ws: &Workspace, req: &InferRequest, note: &dyn Fn(&str)) -> Result<
             step.line,
             step.command
         ));
-        let mut mounts = wbuild_exec_native::host_toolchain_mounts();
-        mounts.push(Mount {
-            host: work.clone(),
-            sandbox: "/work".into(),
-            writable: true,
-        });
-        let run = wbuild_exec_native::run(&NativeRequest {
-            argv: vec!["/bin/sh".into(), "-c".into(), step_text(&pkg, step)],
-            env: env.clone(),
-            mounts,
-            scratch: Vec::new(),
-            cwd: "/work".into(),
-            source_date_epoch: ws.config.build.source_date_epoch,
-            timeout: STEP_TIMEOUT,
-            observe: true,
-        })
-        .map_err(|e| DriverError::Config(format!("{shown}:{}: {e}", step.line)))?;
-        if !run.success() {
-            let err = String::from_utf8_lossy(&run.stderr);
-            let tail: Vec<&str> = err.lines().rev().take(20).collect();
-            return Err(DriverError::Config(format!(
-                "{shown}:{}: `{}` failed in the serial run ({}):\n{}",
-                step.line,
-                step.command,
-                match (run.exit_code, run.signal) {
-                    (Some(c), _) => format!("exit code {c}"),
-                    (_, Some(s)) => format!("killed by signal {s}"),
-                    _ => "no status".into(),
-                },
-                tail.into_iter().rev().collect::<Vec<_>>().join("\n")
-            )));
-        }
-        let obs = run.observed.unwrap_or_default();
-        if obs.truncated {
-            return Err(DriverError::Config(format!(
-                "{shown}:{}: `{}` touched more than {} paths; split it into smaller steps",
-                step.line,
-                step.command,
-                wbuild_exec_native::MAX_ACCESSES
-            )));
-        }
-        let after = snapshot(&copy).map_err(io(format!("cannot list {}", copy.display())))?;
         let before = snaps.last().expect("one per step");
+        // What the step touched, relative to the package.
+        let accesses: Vec<(AccessKind, String)> = match &step.wasi {
+            Some(call) => {
+                let tool = &tools[&call.tool];
+                let exec = match &executor {
+                    Some(e) => e,
+                    None => executor.insert(wbuild_exec_wasi::WasiExecutor::new(
+                        &wbuild_exec_wasi::ExecConfig {
+                            modules_dir: tmp.path().join("modules"),
+                            max_concurrent: 1,
+                        },
+                    )?),
+                };
+                run_wasi_step(ws, exec, tool, call, &work, before, tmp.path())
+                    .map_err(|e| DriverError::Config(format!("{shown}:{}: {e}", step.line)))?
+            }
+            None => {
+                let obs = run_native_step(&work, &env, ws, &pkg, step, &shown)?;
+                obs.accesses
+                    .into_iter()
+                    .filter_map(|(kind, path)| {
+                        let rel = if path == prefix.trim_end_matches('/') {
+                            ""
+                        } else {
+                            path.strip_prefix(&prefix)?
+                        };
+                        Some((kind, rel.to_owned()))
+                    })
+                    .collect()
+            }
+        };
+        let after = snapshot(&copy).map_err(io(format!("cannot list {}", copy.display())))?;
         let mut e = Effects::default();
-        for (kind, path) in &obs.accesses {
-            let rel = if path.as_str() == prefix.trim_end_matches('/') {
-                ""
-            } else if let Some(r) = path.strip_prefix(&prefix) {
-                r
-            } else {
-                continue;
-            };
+        for (kind, rel) in &accesses {
+            let rel = rel.as_str();
             match kind {
                 AccessKind::Read | AccessKind::Stat => {
                     if before.contains_key(rel) {
@@ -775,12 +824,17 @@ pub fn infer(ws: &Workspace, req: &InferRequest, note: &dyn Fn(&str)) -> Result<
                 .collect::<Vec<_>>()
                 .join(" && ")
         };
+        let tools: BTreeSet<String> = members
+            .iter()
+            .filter_map(|&i| steps[i].wasi.as_ref().map(|w| w.tool.clone()))
+            .collect();
         targets.push(TargetSpec {
             name: name_of(g),
             lines: members.iter().map(|&i| steps[i].line).collect(),
             srcs,
             outs: outs.clone(),
             after,
+            tools,
             cmd,
         });
     }
@@ -868,6 +922,261 @@ pub fn infer(ws: &Workspace, req: &InferRequest, note: &dyn Fn(&str)) -> Result<
         up_to_date: false,
         package: pkg,
     })
+}
+
+/// Runs a native step in the observed sandbox with `work` at `/work`.
+fn run_native_step(
+    work: &Path,
+    env: &[(String, String)],
+    ws: &Workspace,
+    pkg: &str,
+    step: &Step,
+    shown: &str,
+) -> Result<wbuild_exec_native::Observation> {
+    let mut mounts = wbuild_exec_native::host_toolchain_mounts();
+    mounts.push(Mount {
+        host: work.to_path_buf(),
+        sandbox: "/work".into(),
+        writable: true,
+    });
+    let run = wbuild_exec_native::run(&NativeRequest {
+        argv: vec!["/bin/sh".into(), "-c".into(), step_text(pkg, step)],
+        env: env.to_vec(),
+        mounts,
+        scratch: Vec::new(),
+        cwd: "/work".into(),
+        source_date_epoch: ws.config.build.source_date_epoch,
+        timeout: STEP_TIMEOUT,
+        observe: true,
+    })
+    .map_err(|e| DriverError::Config(format!("{shown}:{}: {e}", step.line)))?;
+    if !run.success() {
+        let err = String::from_utf8_lossy(&run.stderr);
+        let tail: Vec<&str> = err.lines().rev().take(20).collect();
+        return Err(DriverError::Config(format!(
+            "{shown}:{}: `{}` failed in the serial run ({}):\n{}",
+            step.line,
+            step.command,
+            match (run.exit_code, run.signal) {
+                (Some(c), _) => format!("exit code {c}"),
+                (_, Some(s)) => format!("killed by signal {s}"),
+                _ => "no status".into(),
+            },
+            tail.into_iter().rev().collect::<Vec<_>>().join("\n")
+        )));
+    }
+    let obs = run.observed.unwrap_or_default();
+    if obs.truncated {
+        return Err(DriverError::Config(format!(
+            "{shown}:{}: `{}` touched more than {} paths; split it into smaller steps",
+            step.line,
+            step.command,
+            wbuild_exec_native::MAX_ACCESSES
+        )));
+    }
+    Ok(obs)
+}
+
+/// The `wasi_tool`s the script's `wasi:` steps name, resolved (their modules and data must
+/// be source files: the serial run does not build).
+fn resolve_tools(
+    ws: &Workspace,
+    pkg: &str,
+    steps: &[Step],
+    shown: &str,
+) -> Result<HashMap<String, wbuild_graph::ToolRef>> {
+    let mut names: Vec<(&str, usize)> = Vec::new();
+    for s in steps {
+        if let Some(w) = &s.wasi
+            && !names.iter().any(|(n, _)| *n == w.tool)
+        {
+            names.push((&w.tool, s.line));
+        }
+    }
+    let mut out = HashMap::new();
+    if names.is_empty() {
+        return Ok(out);
+    }
+    if !pkg.is_empty() {
+        return Err(DriverError::Config(format!(
+            "{shown}:{}: `wasi:` steps need the script at the workspace root (a WASI tool \
+             names the workspace's paths from its root)",
+            names[0].1
+        )));
+    }
+    let patterns = names
+        .iter()
+        .map(|(n, _)| wbuild_graph::TargetPattern::parse(n, pkg))
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let (graph, roots) = wbuild_graph::load(ws, &patterns)?;
+    let actions = wbuild_graph::analyse(ws, &graph, &roots, false)?;
+    for (name, line) in names {
+        let label = wbuild_graph::Label::parse(name, pkg)?;
+        let Some(tool) = actions.root_tools.get(&label) else {
+            return Err(DriverError::Config(format!(
+                "{shown}:{line}: {name} is not a wasi_tool"
+            )));
+        };
+        if let Some(generated) = std::iter::once(&tool.module)
+            .chain(tool.data.iter().map(|(_, p)| p))
+            .find(|p| actions.producers.contains_key(*p))
+        {
+            return Err(DriverError::Config(format!(
+                "{shown}:{line}: {name} needs {generated}, which a build makes; infer runs \
+                 tools whose module and data are source files"
+            )));
+        }
+        out.insert(name.to_owned(), tool.clone());
+    }
+    Ok(out)
+}
+
+/// Most times a WASI step runs while the paths it writes are found (each run adds the
+/// writes the last one was refused).
+const WASI_OUTPUT_ROUNDS: usize = 32;
+
+/// Runs a WASI step in wbuild's executor as a genrule's launcher would (the copy's tree at
+/// `/`, its data at their guest paths, the same seed and limits), its outputs found by
+/// running it again with the writes it was refused allowed. The accesses, root-relative.
+fn run_wasi_step(
+    ws: &Workspace,
+    exec: &wbuild_exec_wasi::WasiExecutor,
+    tool: &wbuild_graph::ToolRef,
+    call: &WasiCall,
+    work: &Path,
+    before: &Snapshot,
+    scratch: &Path,
+) -> std::result::Result<Vec<(AccessKind, String)>, String> {
+    let module_path = work.join(&tool.module);
+    let module = std::fs::read(&module_path)
+        .map_err(|e| format!("cannot read the module {}: {e}", tool.module))?;
+    let module_key = blake3::hash(&module).to_hex().to_string();
+    let mut seed = blake3::Hasher::new();
+    seed.update(module_key.as_bytes());
+    for a in &call.args {
+        seed.update(a.as_bytes());
+        seed.update(b"\0");
+    }
+    // Data files at their guest paths, for this run only.
+    let mut staged: Vec<PathBuf> = Vec::new();
+    let mut made_dirs: Vec<PathBuf> = Vec::new();
+    let mut inputs: Vec<String> = before.keys().cloned().collect();
+    for (guest, path) in &tool.data {
+        let rel = guest.trim_start_matches('/');
+        let dest = work.join(rel);
+        if dest.exists() {
+            return Err(format!(
+                "data file {guest} of {} collides with a file of the workspace",
+                tool.label
+            ));
+        }
+        let mut missing = Vec::new();
+        let mut d = dest.parent();
+        while let Some(p) = d.filter(|p| !p.exists()) {
+            missing.push(p.to_path_buf());
+            d = p.parent();
+        }
+        std::fs::create_dir_all(dest.parent().unwrap_or(work))
+            .and_then(|_| std::fs::copy(work.join(path), &dest))
+            .map_err(|e| format!("cannot stage data file {path} at {guest}: {e}"))?;
+        made_dirs.extend(missing);
+        staged.push(dest);
+        inputs.push(rel.to_owned());
+    }
+    let unstage = || {
+        for f in &staged {
+            let _ = std::fs::remove_file(f);
+        }
+        for d in &made_dirs {
+            let _ = std::fs::remove_dir(d);
+        }
+    };
+    let argv: Vec<String> = std::iter::once(tool.argv0.clone())
+        .chain(call.args.iter().cloned())
+        .collect();
+    let mut outputs: Vec<String> = Vec::new();
+    let mut result = Err(String::new());
+    for _ in 0..WASI_OUTPUT_ROUNDS {
+        for o in &outputs {
+            if let Some(parent) = work.join(o).parent() {
+                let _ = std::fs::create_dir_all(parent);
+            }
+        }
+        let tmp = scratch.join("wasi-tmp");
+        let _ = std::fs::remove_dir_all(&tmp);
+        std::fs::create_dir_all(&tmp).map_err(|e| format!("cannot make a /tmp: {e}"))?;
+        let req = wbuild_exec_wasi::Request {
+            module_key: module_key.clone(),
+            module_path: module_path.clone(),
+            module_name: tool.label.to_string(),
+            argv: argv.clone(),
+            env: Vec::new(),
+            root: work.to_path_buf(),
+            tmp,
+            inputs: inputs
+                .iter()
+                .filter(|p| !outputs.contains(p))
+                .cloned()
+                .collect(),
+            outputs: outputs.clone(),
+            epoch_secs: ws.config.build.source_date_epoch,
+            random_seed: *seed.finalize().as_bytes(),
+            memory_limit_bytes: ws.config.wasi.memory_limit_mb << 20,
+            timeout: Duration::from_secs(ws.config.wasi.timeout_secs),
+        };
+        let out = match exec.run(&req) {
+            Ok(o) => o,
+            Err(e) => {
+                result = Err(e.to_string());
+                break;
+            }
+        };
+        let refused: Vec<String> = out
+            .accesses
+            .paths(wbuild_exec_wasi::AccessKind::Denied)
+            .filter(|p| !p.starts_with('/') && !p.starts_with("..") && !p.contains("/.."))
+            .filter(|p| !outputs.iter().any(|o| o == p))
+            .map(str::to_owned)
+            .collect();
+        if refused.is_empty() {
+            result = if out.success() {
+                Ok(out.accesses)
+            } else {
+                let err = String::from_utf8_lossy(&out.stderr).into_owned();
+                Err(format!(
+                    "`wasi:{}` failed in the serial run ({}):\n{}",
+                    call.tool,
+                    out.failure
+                        .map_or_else(|| format!("exit code {}", out.exit_code), |f| f.to_string()),
+                    err.trim_end()
+                ))
+            };
+            break;
+        }
+        outputs.extend(refused);
+        result = Err(format!(
+            "`wasi:{}` kept writing new paths after {WASI_OUTPUT_ROUNDS} runs",
+            call.tool
+        ));
+    }
+    unstage();
+    let log = result?;
+    Ok(log
+        .accesses
+        .iter()
+        .filter_map(|a| {
+            use wbuild_exec_wasi::AccessKind as W;
+            let kind = match a.kind {
+                W::Read => AccessKind::Read,
+                W::Stat => AccessKind::Stat,
+                W::List => AccessKind::List,
+                W::Missing => AccessKind::Missing,
+                W::Write => AccessKind::Write,
+                W::Denied => return None,
+            };
+            (!a.path.starts_with('/')).then(|| (kind, a.path.clone()))
+        })
+        .collect())
 }
 
 /// After a build in which actions of inferred targets failed: the workspace paths their
@@ -1167,8 +1476,23 @@ mod tests {
         assert!(e.contains("leaves the script's directory"), "{e}");
         let e = parse("b.sh", "X=$HOME\n").unwrap_err();
         assert!(e.starts_with("b.sh:1:") && e.contains("literally"), "{e}");
-        let e = parse("b.sh", "\nwasi:tool x\n").unwrap_err();
-        assert!(e.starts_with("b.sh:2:"), "{e}");
+        let e = parse("b.sh", "cd sub\nwasi://t:x a\n").unwrap_err();
+        assert!(
+            e.starts_with("b.sh:2:") && e.contains("drop the `cd`"),
+            "{e}"
+        );
+        let steps = parse("b.sh", "wasi://tools:probe concat 'o u t' in\n").unwrap();
+        assert_eq!(
+            steps[0].wasi,
+            Some(WasiCall {
+                tool: "//tools:probe".into(),
+                args: vec!["concat".into(), "o u t".into(), "in".into()],
+            })
+        );
+        assert_eq!(
+            step_text("", &steps[0]),
+            "\u{1}//tools:probe\u{1} 'concat' 'o u t' 'in'"
+        );
     }
 
     #[test]
