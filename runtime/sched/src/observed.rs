@@ -4,9 +4,11 @@
 //!   execution settings, timeout, the tool module (WASI) or, for a native compile, the names
 //!   of its declared inputs and the digest of the source it cannot avoid reading;
 //! - a **path set** recorded by each run: every path it read, stat'ed, listed or probed and
-//!   found missing (WASI: the executor's access log, exact), or the compiler's depfile (a
-//!   native `CcCompile`: complete for the headers the sandbox shows, and the header names are
-//!   in the weak key, so a new header that could shadow another changes the weak key);
+//!   found missing (WASI: the executor's access log; a sandboxed native action: the
+//!   sandbox's observed accesses; both exact), or, under `--sandbox=unobserved`, the
+//!   compiler's depfile (a native `CcCompile`: complete for the headers the sandbox shows,
+//!   and the header names are in the weak key, so a new header that could shadow another
+//!   changes the weak key);
 //! - a **strong key**: the weak key plus the state (digest, absence, listing) of every path of
 //!   a path set in the input root the action would see now.
 //!
@@ -39,7 +41,7 @@ const SHOWN_CHANGES: usize = 5;
 /// How an action's reads are known.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) enum Mode {
-    /// A WASI action: the executor's access log.
+    /// A WASI action, or a sandboxed native one: its observed access log.
     Observed,
     /// A native compile: its depfile (an output) and the source it compiles.
     Depfile { depfile: String, source: String },
