@@ -570,8 +570,6 @@ fn run_build_round(
     let function = remote
         .as_ref()
         .map_or(DigestFunction::Blake3, |r| r.function());
-    let store = open_store_with(&req.cache_dir, function, &note)?;
-    phases.mark("open store");
     let download = req
         .remote
         .download_mode(ws, remote.is_some(), executor.is_some());
@@ -590,7 +588,9 @@ fn run_build_round(
         patterns: &patterns,
         download: download.name(),
     };
-    let snapshot = uptodate::snapshot_path(store.dir(), &key.hex());
+    // The store's directory as the store names it; the no-op path below never opens it.
+    let cache_dir = std::path::absolute(&req.cache_dir).unwrap_or_else(|_| req.cache_dir.clone());
+    let snapshot = uptodate::snapshot_path(&cache_dir, &key.hex());
     let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     // The snapshot of the last successful build: nothing changed, a no-op; some sources or
     // outputs changed, the results of what they do not reach are known (`Options::known`).
@@ -603,13 +603,15 @@ fn run_build_round(
         && snap.changed.is_empty()
     {
         phases.mark("up-to-date check");
-        let summary = up_to_date(&store, command, &pattern_names, &snap.actions, ui)?;
+        let summary = up_to_date(&cache_dir, command, &pattern_names, &snap.actions, ui)?;
         return Ok(Round::Done(BuildOutcome {
             summary,
             up_to_date: true,
         }));
     }
     phases.mark("up-to-date check");
+    let store = open_store_with(&req.cache_dir, function, &note)?;
+    phases.mark("open store");
     let started = SystemTime::now();
     let (actions, roots, analysis_cached) = analyse(ws, &store, &patterns, req.tests, &signature)?;
     let passes = split_passes(ws, &flags, &actions, &roots)?;
@@ -918,14 +920,14 @@ pub const LAST_TRACE: &str = "last-build.trace.json";
 
 /// A no-op build proven by the up-to-date snapshot: every action reported as cached.
 fn up_to_date(
-    store: &Store,
+    cache_dir: &Path,
     command: &str,
     patterns: &[String],
     done: &[uptodate::SnapshotAction],
     ui: &dyn Frontend,
 ) -> Result<Summary> {
     let start = Instant::now();
-    let build_id = store.begin_build(command, patterns)?;
+    let start_unix_ms = unix_us() / 1000;
     let events = ui.start(done.len(), false).map_err(DriverError::Frontend)?;
     for a in done {
         events.event(&Event::Action {
@@ -967,7 +969,20 @@ fn up_to_date(
         duration_ms: summary.duration.as_millis() as u64,
         interrupted: false,
     });
-    store.record_up_to_date(build_id, summary.cached)?;
-    store.finish_build(build_id, "success")?;
+    // Recorded without opening the index (the next store open folds it into the history).
+    wbuild_store::record_pending_build(
+        cache_dir,
+        &wbuild_store::BuildRecord {
+            id: 0,
+            command: command.to_owned(),
+            targets: patterns.to_vec(),
+            start_unix_ms,
+            end_unix_ms: Some(unix_us() / 1000),
+            outcome: Some("success".to_owned()),
+            executed: 0,
+            cached: summary.cached,
+            failed: 0,
+        },
+    )?;
     Ok(summary)
 }

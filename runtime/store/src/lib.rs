@@ -51,6 +51,7 @@ pub(crate) mod test_util;
 pub use bazel_remote_apis::build::bazel::remote::execution::v2 as reapi;
 pub use digest::{Digest, DigestFunction, Hasher, digest_message};
 pub use error::StoreError;
+pub use history::{PENDING_BUILDS, record_pending_build};
 pub use incoming::{BlobFile, IncomingBlob, IncomingError};
 pub use observed::PATH_SETS_PER_KEY;
 pub use stat::{RACY_NS, StatKey};

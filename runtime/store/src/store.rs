@@ -187,7 +187,10 @@ impl Store {
             undurable: std::sync::atomic::AtomicBool::new(false),
             index_check,
         };
-        match store.init_tables() {
+        match store
+            .init_tables()
+            .and_then(|()| store.fold_pending_builds())
+        {
             Ok(()) => Ok(store),
             // A table definition is unreadable (a flipped byte in the table tree): redb's
             // integrity check does not cover it, so the index is replaced.
@@ -297,6 +300,7 @@ impl Store {
                 read.open_table(PATH_SETS).map(drop),
                 read.open_table(OBSERVED).map(drop),
                 read.open_table(KEY_MANIFESTS).map(drop),
+                read.open_table(FOLDED_BUILDS).map(drop),
             ];
             let mut missing = false;
             for r in opened {
@@ -324,6 +328,7 @@ impl Store {
             txn.open_table(PATH_SETS).map_err(|e| self.db_err(e))?;
             txn.open_table(OBSERVED).map_err(|e| self.db_err(e))?;
             txn.open_table(KEY_MANIFESTS).map_err(|e| self.db_err(e))?;
+            txn.open_table(FOLDED_BUILDS).map_err(|e| self.db_err(e))?;
         }
         txn.commit().map_err(|e| self.db_err(e))
     }

@@ -744,3 +744,92 @@ fn the_index_backend_can_be_supplied() {
     let s = Store::open(dir.path()).unwrap();
     assert_eq!(s.ac_get(&action).unwrap(), Some(result_with(&[("o", d)])));
 }
+
+fn pending(command: &str, cached: u64) -> crate::BuildRecord {
+    crate::BuildRecord {
+        id: 0,
+        command: command.into(),
+        targets: vec!["//...".into()],
+        start_unix_ms: 1,
+        end_unix_ms: Some(2),
+        outcome: Some("success".into()),
+        executed: 0,
+        cached,
+        failed: 0,
+    }
+}
+
+#[test]
+fn builds_recorded_without_the_index_are_folded_once_at_the_next_open() {
+    let dir = tempfile::tempdir().unwrap();
+    {
+        let store = Store::open(dir.path()).unwrap();
+        let b = store.begin_build("build", &["//a".into()]).unwrap();
+        store.finish_build(b, "success").unwrap();
+    }
+    // Three no-ops, recorded while no process has the index open, one a torn line.
+    crate::record_pending_build(dir.path(), &pending("build", 5)).unwrap();
+    crate::record_pending_build(dir.path(), &pending("test", 6)).unwrap();
+    fs::OpenOptions::new()
+        .append(true)
+        .open(dir.path().join(crate::PENDING_BUILDS))
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"{\"id\":0,\"comm"))
+        .unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let builds = store.builds(10).unwrap();
+    let summary: Vec<(u64, &str, u64)> = builds
+        .iter()
+        .map(|b| (b.id, b.command.as_str(), b.cached))
+        .collect();
+    assert_eq!(
+        summary,
+        vec![(3, "test", 6), (2, "build", 5), (1, "build", 0)]
+    );
+    assert!(!dir.path().join(crate::PENDING_BUILDS).exists());
+    drop(store);
+    // Reopening folds nothing twice.
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.builds(10).unwrap().len(), 3);
+    drop(store);
+
+    // A fold that never committed left its file: folded now.
+    let leftover = dir.path().join("history-pending-1-1.folding");
+    let line = format!("{}\n", serde_json::to_string(&pending("build", 7)).unwrap());
+    fs::write(&leftover, &line).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.builds(10).unwrap().len(), 4);
+    assert!(!leftover.exists());
+    drop(store);
+    // One that committed (its marker is there) but died before removing the file: not
+    // folded again, and removed.
+    fs::write(&leftover, &line).unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    assert_eq!(store.builds(10).unwrap().len(), 4);
+    assert!(!leftover.exists());
+}
+
+#[test]
+fn no_pending_build_is_lost_to_a_fold_running_at_the_same_time() {
+    let dir = tempfile::tempdir().unwrap();
+    drop(Store::open(dir.path()).unwrap());
+    let path = dir.path().to_path_buf();
+    let writer = std::thread::spawn(move || {
+        for i in 0..300 {
+            crate::record_pending_build(&path, &pending("build", i)).unwrap();
+        }
+    });
+    // Folds while the lines arrive.
+    while !writer.is_finished() {
+        drop(Store::open(dir.path()).unwrap());
+    }
+    writer.join().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let mut cached: Vec<u64> = store
+        .builds(1000)
+        .unwrap()
+        .iter()
+        .map(|b| b.cached)
+        .collect();
+    cached.sort_unstable();
+    assert_eq!(cached, (0..300).collect::<Vec<u64>>());
+}

@@ -22,6 +22,11 @@ pub(crate) const BUILDS: TableDefinition<u64, &str> = TableDefinition::new("buil
 /// (build id, sequence) -> `ActionRecord` JSON.
 pub(crate) const BUILD_ACTIONS: TableDefinition<(u64, u64), &str> =
     TableDefinition::new("build_actions_v1");
+/// Name of a file of no-op builds already folded into `BUILDS` (see `history.rs`) -> when.
+/// Kept until the file is gone, so a fold interrupted before it removed the file does not
+/// fold it twice.
+pub(crate) const FOLDED_BUILDS: TableDefinition<&str, u64> =
+    TableDefinition::new("folded_builds_v1");
 /// Action label -> most recent executed duration in ms.
 pub(crate) const DURATIONS: TableDefinition<&str, u64> = TableDefinition::new("durations_v1");
 /// Weak key (33 bytes) ++ path-set hash (32 bytes) -> encoded path set (see `observed.rs`:
