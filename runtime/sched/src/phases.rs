@@ -6,6 +6,9 @@
 use std::cell::RefCell;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
+/// The one phase of an action the up-to-date snapshot answered (`Options::known`).
+pub const KNOWN_PHASE: &str = "known from the up-to-date snapshot";
+
 /// One timed phase of an action (microseconds since the Unix epoch, and long).
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
 pub struct Phase {

@@ -160,7 +160,7 @@ impl Scheduler<'_> {
         generated: &HashMap<String, Digest>,
     ) -> Option<Finished> {
         let known = opts.known.as_ref()?;
-        let _phase = crate::phases::phase("known from the up-to-date snapshot");
+        let _phase = crate::phases::phase(crate::phases::KNOWN_PHASE);
         let k = known
             .actions
             .get(&crate::action_identity(action, &opts.platform.out_dir()))?;
