@@ -79,30 +79,8 @@ struct Run {
 }
 
 fn copy_tree(src: &Path, dst: &Path, reverse: bool) -> Result<()> {
-    let mut entries: Vec<_> = std::fs::read_dir(src)
-        .with_context(|| format!("cannot list {}", src.display()))?
-        .collect::<std::io::Result<_>>()?;
-    entries.sort_by_key(|e| e.file_name());
-    if reverse {
-        entries.reverse();
-    }
-    std::fs::create_dir_all(dst)?;
-    for e in entries {
-        let name = e.file_name();
-        if name == "wbuild-out" || name == ".git" {
-            continue;
-        }
-        let (from, to) = (e.path(), dst.join(&name));
-        let t = e.file_type()?;
-        if t.is_dir() {
-            copy_tree(&from, &to, reverse)?;
-        } else if t.is_symlink() {
-            std::os::unix::fs::symlink(std::fs::read_link(&from)?, &to)?;
-        } else {
-            std::fs::copy(&from, &to).with_context(|| format!("cannot copy {}", from.display()))?;
-        }
-    }
-    Ok(())
+    wbuild_driver::infer::copy_tree(src, dst, &[], reverse)
+        .with_context(|| format!("cannot copy {} to {}", src.display(), dst.display()))
 }
 
 fn walk(dir: &Path, base: &Path, out: &mut BTreeMap<String, (String, PathBuf)>) -> Result<()> {

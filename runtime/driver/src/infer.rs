@@ -290,12 +290,17 @@ fn snapshot(dir: &Path) -> std::io::Result<Snapshot> {
     Ok(out)
 }
 
-/// Copies the tree at `from` to `to` (files, symlinks, modes), leaving out `skip` names at its
-/// top and `wbuild-out`, `.git` anywhere.
-fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> std::io::Result<()> {
+/// Copies a workspace tree at `from` to `to` (files, symlinks, modes), leaving out `skip`
+/// names at its top and `wbuild-out`, `.git` anywhere; with `reverse`, entries are created in
+/// reverse name order (`wbuild verify` varies directory order that way).
+pub fn copy_tree(from: &Path, to: &Path, skip: &[&str], reverse: bool) -> std::io::Result<()> {
+    let mut entries = std::fs::read_dir(from)?.collect::<std::io::Result<Vec<_>>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    if reverse {
+        entries.reverse();
+    }
     std::fs::create_dir_all(to)?;
-    for e in std::fs::read_dir(from)? {
-        let e = e?;
+    for e in entries {
         let name = e.file_name();
         let n = name.to_string_lossy();
         if n == "wbuild-out" || n == ".git" || skip.contains(&n.as_ref()) {
@@ -304,7 +309,7 @@ fn copy_tree(from: &Path, to: &Path, skip: &[&str]) -> std::io::Result<()> {
         let m = e.path().symlink_metadata()?;
         let dst = to.join(&name);
         if m.is_dir() {
-            copy_tree(&e.path(), &dst, &[])?;
+            copy_tree(&e.path(), &dst, &[], reverse)?;
         } else if m.file_type().is_symlink() {
             std::os::unix::fs::symlink(std::fs::read_link(e.path())?, &dst)?;
         } else {
@@ -552,7 +557,7 @@ pub fn infer(ws: &Workspace, req: &InferRequest, note: &dyn Fn(&str)) -> Result<
     } else {
         work.join(&pkg)
     };
-    copy_tree(&pkg_dir, &copy, &["WBUILD", &deps_name]).map_err(io(format!(
+    copy_tree(&pkg_dir, &copy, &["WBUILD", &deps_name], false).map_err(io(format!(
         "cannot copy {} for the serial run",
         pkg_dir.display()
     )))?;

@@ -289,17 +289,24 @@ fn audit_arch() -> Result<u32, String> {
 /// entry points, whose numbers mean other calls) kills the action; on x86_64 every x32-ABI
 /// number (bit 30 set: the same calls under a second number) fails with `ENOSYS`.
 fn compile(arch: u32) -> Vec<libc::sock_filter> {
+    let mut code = prologue(arch, RET_KILL_PROCESS, RET_ERRNO | libc::ENOSYS as u32);
+    code.extend(decide(&rules()));
+    code
+}
+
+/// The start of a filter: a call of another architecture returns `other_arch`, on x86_64 an
+/// x32-ABI number returns `x32`; otherwise the syscall number is loaded into A.
+fn prologue(arch: u32, other_arch: u32, x32: u32) -> Vec<libc::sock_filter> {
     let mut code = vec![
         ins(LD_W_ABS, 0, 0, DATA_ARCH),
         ins(JEQ_K, 1, 0, arch),
-        ins(RET_K, 0, 0, RET_KILL_PROCESS),
+        ins(RET_K, 0, 0, other_arch),
         ins(LD_W_ABS, 0, 0, DATA_NR),
     ];
     if arch == 0xc000_003e {
         code.push(ins(JGE_K, 0, 1, X32_SYSCALL_BIT));
-        code.push(ins(RET_K, 0, 0, RET_ERRNO | libc::ENOSYS as u32));
+        code.push(ins(RET_K, 0, 0, x32));
     }
-    code.extend(decide(&rules()));
     code
 }
 
@@ -309,16 +316,7 @@ fn compile(arch: u32) -> Vec<libc::sock_filter> {
 /// are let through: they name no path. Other architectures' calls are left to the main
 /// filter (which kills the action).
 fn compile_observer(arch: u32) -> Vec<libc::sock_filter> {
-    let mut code = vec![
-        ins(LD_W_ABS, 0, 0, DATA_ARCH),
-        ins(JEQ_K, 1, 0, arch),
-        ins(RET_K, 0, 0, RET_ALLOW),
-        ins(LD_W_ABS, 0, 0, DATA_NR),
-    ];
-    if arch == 0xc000_003e {
-        code.push(ins(JGE_K, 0, 1, X32_SYSCALL_BIT));
-        code.push(ins(RET_K, 0, 0, RET_ALLOW));
-    }
+    let mut code = prologue(arch, RET_ALLOW, RET_ALLOW);
     let mut rules: Vec<(u32, Rule)> = crate::observe::calls()
         .map(|c| {
             let rule = match c.unless_empty_path {
@@ -337,30 +335,34 @@ fn compile_observer(arch: u32) -> Vec<libc::sock_filter> {
     code
 }
 
-/// The observing filter, compiled once per process.
-pub(crate) fn observer_filter() -> Result<&'static [libc::sock_filter], SandboxError> {
-    static FILTER: OnceLock<Result<Vec<libc::sock_filter>, String>> = OnceLock::new();
-    match FILTER.get_or_init(|| audit_arch().map(compile_observer)) {
+type Compiled = OnceLock<Result<Vec<libc::sock_filter>, String>>;
+
+/// The filter `build` makes for this architecture, compiled once per process into `cell`.
+fn compiled(
+    cell: &'static Compiled,
+    build: fn(u32) -> Vec<libc::sock_filter>,
+    what: &str,
+) -> Result<&'static [libc::sock_filter], SandboxError> {
+    match cell.get_or_init(|| audit_arch().map(build)) {
         Ok(p) => Ok(p),
         Err(e) => Err(SandboxError::Setup {
-            step: "build the action's observing seccomp filter".into(),
+            step: format!("build the action's {what}"),
             error: io::Error::other(e.clone()),
             hint: "wbuild's native sandbox runs on Linux x86_64 and aarch64",
         }),
     }
 }
 
+/// The observing filter, compiled once per process.
+pub(crate) fn observer_filter() -> Result<&'static [libc::sock_filter], SandboxError> {
+    static FILTER: Compiled = OnceLock::new();
+    compiled(&FILTER, compile_observer, "observing seccomp filter")
+}
+
 /// The action's seccomp filter, compiled once per process.
 pub(crate) fn filter() -> Result<&'static [libc::sock_filter], SandboxError> {
-    static FILTER: OnceLock<Result<Vec<libc::sock_filter>, String>> = OnceLock::new();
-    match FILTER.get_or_init(|| audit_arch().map(compile)) {
-        Ok(p) => Ok(p),
-        Err(e) => Err(SandboxError::Setup {
-            step: "build the action's seccomp filter".into(),
-            error: io::Error::other(e.clone()),
-            hint: "wbuild's native sandbox runs on Linux x86_64 and aarch64",
-        }),
-    }
+    static FILTER: Compiled = OnceLock::new();
+    compiled(&FILTER, compile, "seccomp filter")
 }
 
 // ---------------------------------------------------------------------------------------

@@ -332,17 +332,6 @@ impl Store {
         Ok(())
     }
 
-    /// Count `cached` actions for `build` without a record each: a no-op build proven up to
-    /// date from its snapshot (the actions are those of the build that made the snapshot).
-    pub fn record_up_to_date(&self, build: u64, cached: u64) -> Result<(), StoreError> {
-        let mut guard = lock(&self.history);
-        let hist = &mut *guard;
-        let live = self.live(hist, build)?;
-        live.record.cached += cached;
-        hist.dirty.push(build);
-        Ok(())
-    }
-
     /// Mark `build` finished with `outcome` ("success" | "failed" | "interrupted") and flush
     /// durably.
     pub fn finish_build(&self, build: u64, outcome: &str) -> Result<(), StoreError> {
