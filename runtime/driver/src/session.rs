@@ -970,7 +970,8 @@ fn up_to_date(
         interrupted: false,
     });
     // Recorded without opening the index (the next store open folds it into the history).
-    wbuild_store::record_pending_build(
+    // A record that cannot be written costs the history a line, not the build.
+    if let Err(e) = wbuild_store::record_pending_build(
         cache_dir,
         &wbuild_store::BuildRecord {
             id: 0,
@@ -983,6 +984,8 @@ fn up_to_date(
             cached: summary.cached,
             failed: 0,
         },
-    )?;
+    ) {
+        ui.note(&format!("warning: this build is not in the history: {e}"));
+    }
     Ok(summary)
 }

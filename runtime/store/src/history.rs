@@ -25,16 +25,31 @@ pub const PENDING_BUILDS: &str = "history-pending.jsonl";
 const FOLDING_PREFIX: &str = "history-pending-";
 const FOLDING_SUFFIX: &str = ".folding";
 
-/// `flock(fd, op)`, retried on EINTR.
-fn flock(f: &std::fs::File, op: libc::c_int) -> std::io::Result<()> {
+/// How long an append or a fold waits for the other's `flock` on a pending file (each holds
+/// it for one write or one read; a process that holds it longer is not waited for).
+const PENDING_LOCK_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// `flock(fd, op)` within `deadline`; `TimedOut` after it.
+fn flock(f: &std::fs::File, op: libc::c_int, deadline: std::time::Duration) -> std::io::Result<()> {
+    let start = std::time::Instant::now();
     loop {
         // SAFETY: flock on a descriptor this file owns.
-        if unsafe { libc::flock(f.as_raw_fd(), op) } == 0 {
+        if unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) } == 0 {
             return Ok(());
         }
         let e = std::io::Error::last_os_error();
-        if e.kind() != std::io::ErrorKind::Interrupted {
-            return Err(e);
+        match e.raw_os_error() {
+            Some(libc::EINTR) => {}
+            Some(libc::EWOULDBLOCK) if start.elapsed() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            Some(libc::EWOULDBLOCK) => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::TimedOut,
+                    "another process holds its lock",
+                ));
+            }
+            _ => return Err(e),
         }
     }
 }
@@ -52,7 +67,7 @@ pub fn record_pending_build(dir: &Path, rec: &BuildRecord) -> Result<(), StoreEr
             .mode(0o644)
             .open(&path)
             .map_err(StoreError::io("open", &path))?;
-        flock(&f, libc::LOCK_SH).map_err(StoreError::io("lock", &path))?;
+        flock(&f, libc::LOCK_SH, PENDING_LOCK_DEADLINE).map_err(StoreError::io("lock", &path))?;
         // A fold may have renamed the file between the open and the lock: write to the one
         // at the path now.
         let here = f.metadata().map(|m| m.ino()).ok();
@@ -146,6 +161,14 @@ impl Store {
     /// Called when the store opens (this process holds the index exclusively). One durable
     /// commit, only when there is something to fold.
     pub(crate) fn fold_pending_builds(&self) -> Result<(), StoreError> {
+        self.fold_pending(PENDING_LOCK_DEADLINE)
+    }
+
+    /// [`Store::fold_pending_builds`], waiting at most `lock_deadline` for a file's lock.
+    pub(crate) fn fold_pending(
+        &self,
+        lock_deadline: std::time::Duration,
+    ) -> Result<(), StoreError> {
         let pending = self.dir.join(PENDING_BUILDS);
         if pending.exists() {
             let aside = self.dir.join(format!(
@@ -179,6 +202,7 @@ impl Store {
                 return Ok(());
             }
         }
+        let mut folded_now: Vec<PathBuf> = Vec::new();
         let txn = self.durable_txn()?;
         {
             let mut folded = txn.open_table(FOLDED_BUILDS).map_err(|e| self.db_err(e))?;
@@ -208,11 +232,16 @@ impl Store {
             for f in &files {
                 let name = f.file_name().and_then(|n| n.to_str()).unwrap_or_default();
                 if folded.get(name).map_err(|e| self.db_err(e))?.is_some() {
-                    continue; // Folded before a crash kept the file.
+                    // Folded before a crash kept the file.
+                    folded_now.push(f.clone());
+                    continue;
                 }
                 let file = std::fs::File::open(f).map_err(StoreError::io("open", f))?;
-                // Appends that opened the file before it was renamed finish first.
-                flock(&file, libc::LOCK_EX).map_err(StoreError::io("lock", f))?;
+                // Appends that opened the file before it was renamed finish first; a file
+                // whose lock stays held is left for a later open.
+                if flock(&file, libc::LOCK_EX, lock_deadline).is_err() {
+                    continue;
+                }
                 let text = std::io::read_to_string(&file).map_err(StoreError::io("read", f))?;
                 // A torn or foreign line is skipped: history is a record, not a key.
                 for line in text.lines() {
@@ -225,10 +254,11 @@ impl Store {
                     }
                 }
                 folded.insert(name, now_ms()).map_err(|e| self.db_err(e))?;
+                folded_now.push(f.clone());
             }
         }
         txn.commit().map_err(|e| self.db_err(e))?;
-        for f in &files {
+        for f in &folded_now {
             let _ = std::fs::remove_file(f);
         }
         Ok(())

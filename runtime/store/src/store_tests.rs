@@ -833,3 +833,29 @@ fn no_pending_build_is_lost_to_a_fold_running_at_the_same_time() {
     cached.sort_unstable();
     assert_eq!(cached, (0..300).collect::<Vec<u64>>());
 }
+
+#[test]
+fn a_pending_file_whose_lock_stays_held_is_left_for_a_later_open() {
+    // A process that holds the lock of a pending file (a stuck or hostile one) does not
+    // make opening the store wait without end: the file is left, and folded once free.
+    let dir = tempfile::tempdir().unwrap();
+    let store = Store::open(dir.path()).unwrap();
+    let aside = dir.path().join("history-pending-9-9.folding");
+    fs::write(
+        &aside,
+        format!("{}\n", serde_json::to_string(&pending("build", 3)).unwrap()),
+    )
+    .unwrap();
+    let holder = fs::File::open(&aside).unwrap();
+    let fd = std::os::unix::io::AsRawFd::as_raw_fd(&holder);
+    // SAFETY: flock on a descriptor this test owns.
+    let locked = unsafe { libc::flock(fd, libc::LOCK_SH) };
+    assert_eq!(locked, 0);
+    store.fold_pending(Duration::from_millis(50)).unwrap();
+    assert!(aside.exists());
+    assert!(store.builds(10).unwrap().is_empty());
+    drop(holder);
+    store.fold_pending(Duration::from_millis(50)).unwrap();
+    assert_eq!(store.builds(10).unwrap().len(), 1);
+    assert!(!aside.exists());
+}
