@@ -129,3 +129,45 @@ fn the_build_after_a_first_build_is_proven_a_no_op() {
         assert!(a["phases"].is_null(), "{a}");
     }
 }
+
+#[test]
+fn the_build_after_an_edit_is_a_no_op_and_the_history_counts_what_was_known() {
+    // The snapshot written after an edit records again, without a second stat, what the
+    // check found unchanged; the outputs the edit's actions wrote are stat'ed anew (recording
+    // their old stats would make the next build rerun them).
+    let w = ws();
+    chain(&w);
+    for f in ["gen/a.txt", "gen/b.txt", "other/c.txt", "tools/probe.wasm"] {
+        wbuild_tests::backdate(&w.path(f));
+    }
+    w.ok(&["build"]);
+    w.write("gen/b.txt", "there\n");
+    wbuild_tests::backdate(&w.path("gen/b.txt"));
+    let (out, ev) = w.events(&["build"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(
+        answers(&ev),
+        [
+            s("//gen:ab", "executed"),
+            s("//gen:abab", "executed"),
+            s("//other:c", "known")
+        ]
+    );
+    // The history lists what ran and counts the action the snapshot answered.
+    let log = stdout(&w.ok(&["log", "what-ran"]));
+    assert!(
+        log.contains("2 of 3 actions ran (1 known up to date from the snapshot, not listed)"),
+        "{log}"
+    );
+    let (_, ev) = w.events(&["build"]);
+    let actions: Vec<&serde_json::Value> = ev.iter().filter(|e| e["type"] == "action").collect();
+    assert_eq!(actions.len(), 3, "{ev:?}");
+    for a in actions {
+        assert_eq!(a["status"], "cached", "{a}");
+        assert!(a["phases"].is_null(), "not a no-op: {a}");
+    }
+    assert_eq!(
+        w.read("wbuild-out/gen/abab.txt"),
+        "hello\nthere\nhello\nthere\n"
+    );
+}

@@ -104,11 +104,19 @@ pub fn run(cli: &Cli, cmd: &LogCmd) -> Result<i32> {
                 return Ok(0);
             }
             let ran: Vec<&ActionRecord> = actions.iter().filter(|a| ran(&a.status)).collect();
+            // Actions the up-to-date snapshot answered are counted, not recorded one by one.
+            let counted = (b.executed + b.cached + b.failed) as usize;
+            let unrecorded = counted.saturating_sub(actions.len());
             println!(
-                "{}: {} of {} actions ran",
+                "{}: {} of {} actions ran{}",
                 describe(&b),
                 ran.len(),
-                actions.len()
+                actions.len() + unrecorded,
+                if unrecorded > 0 {
+                    format!(" ({unrecorded} known up to date from the snapshot, not listed)")
+                } else {
+                    String::new()
+                }
             );
             for a in ran {
                 println!(

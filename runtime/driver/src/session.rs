@@ -529,7 +529,7 @@ pub fn run_build(
         // A round that repaired inferred targets returns first, so the cache (and its lock)
         // is released before the next round opens it.
         match run_build_round(ws, pkg, req, ui, round)? {
-            Round::Done(outcome) => return Ok(outcome),
+            Round::Done(outcome) => return Ok(*outcome),
             Round::Repaired => {
                 ui.note("building again with the inferred edges");
                 round += 1;
@@ -540,7 +540,7 @@ pub fn run_build(
 
 /// How one round of a build ended.
 enum Round {
-    Done(BuildOutcome),
+    Done(Box<BuildOutcome>),
     /// `wbuild infer`'s targets were repaired: build again.
     Repaired,
 }
@@ -594,7 +594,7 @@ fn run_build_round(
     let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     // The snapshot of the last successful build: nothing changed, a no-op; some sources or
     // outputs changed, the results of what they do not reach are known (`Options::known`).
-    let snap = if !req.show_output && req.provenance.is_none() {
+    let mut snap = if !req.show_output && req.provenance.is_none() {
         uptodate::check(&snapshot, signature.as_bytes())
     } else {
         None
@@ -604,10 +604,10 @@ fn run_build_round(
     {
         phases.mark("up-to-date check");
         let summary = up_to_date(&cache_dir, command, &pattern_names, &snap.actions, ui)?;
-        return Ok(Round::Done(BuildOutcome {
+        return Ok(Round::Done(Box::new(BuildOutcome {
             summary,
             up_to_date: true,
-        }));
+        })));
     }
     phases.mark("up-to-date check");
     let store = open_store_with(&req.cache_dir, function, &note)?;
@@ -682,13 +682,25 @@ fn run_build_round(
             }
         }
     }
+    let mut known = match snap.as_mut() {
+        Some(s) => {
+            let graphs: Vec<(String, &ActionGraph)> = passes
+                .iter()
+                .map(|(p, g)| (p.out_dir(), g.as_ref()))
+                .collect();
+            known_results(ws, s, &graphs, function)
+                .into_iter()
+                .map(|k| Some(Arc::new(k)))
+                .collect()
+        }
+        None => vec![None; passes.len()],
+    };
     let runs: Vec<(&ActionGraph, Options)> = passes
         .iter()
-        .map(|(p, g)| {
+        .zip(known.iter_mut())
+        .map(|((p, g), k)| {
             let mut o = pass_options(&opts, *p, &bundles);
-            o.known = snap
-                .as_ref()
-                .map(|s| Arc::new(known_results(ws, s, &p.out_dir(), g, function)));
+            o.known = k.take();
             (g.as_ref(), o)
         })
         .collect();
@@ -745,6 +757,12 @@ fn run_build_round(
             .filter(|p| !summary.remote_only.contains(*p))
             .map(|p| ws.root.join(p))
             .collect();
+        // What the check of the snapshot before found unchanged is recorded again without a
+        // second stat, except outputs this build may have written.
+        let unchanged = snap.as_ref().map(|s| s.unchanged()).unwrap_or_default();
+        let rewritten: HashSet<PathBuf> =
+            summary.rewritten.iter().map(|p| ws.root.join(p)).collect();
+        let known = |p: &Path| unchanged.get(p).copied().filter(|_| !rewritten.contains(p));
         // Best effort: without a snapshot the next no-op build takes the full path.
         let _ = uptodate::save(
             &snapshot,
@@ -753,6 +771,7 @@ fn run_build_round(
             &outputs,
             &summary.actions,
             &toolchains,
+            &known,
         );
     } else {
         let _ = std::fs::remove_file(&snapshot);
@@ -788,10 +807,10 @@ fn run_build_round(
         };
         provenance::write(out, &facts, req.sign_key.as_deref())?;
     }
-    Ok(Round::Done(BuildOutcome {
+    Ok(Round::Done(Box::new(BuildOutcome {
         summary,
         up_to_date: false,
-    }))
+    })))
 }
 
 /// Actions processed at once when a remote is in use (see `run_build`).
@@ -814,66 +833,121 @@ fn toplevel_outputs(actions: &ActionGraph, roots: &[Label]) -> HashSet<String> {
         .collect()
 }
 
-/// What the snapshot `snap` vouches for in the pass of `graph` (output directory `out_dir`):
-/// the recorded result of every action none of whose direct sources and outputs changed,
-/// and every recorded output of the pass (a consumer of an action that ran again is known
-/// too if the run gave the same bytes).
+/// What the snapshot `snap` vouches for in each pass (its output directory and graph): the
+/// recorded result of every action, marked touched when one of its direct sources or outputs
+/// changed (a consumer of an action that ran again is known too if the run gave the same
+/// bytes). The recorded actions are moved out of `snap`.
 fn known_results(
     ws: &Workspace,
-    snap: &uptodate::Snapshot,
-    out_dir: &str,
-    graph: &ActionGraph,
+    snap: &mut uptodate::Snapshot,
+    passes: &[(String, &ActionGraph)],
     function: DigestFunction,
-) -> wbuild_sched::Known {
-    let changed: HashSet<&Path> = snap.changed.iter().map(PathBuf::as_path).collect();
-    let mut recorded: HashMap<String, &uptodate::SnapshotAction> = HashMap::new();
-    let mut known = wbuild_sched::Known::default();
-    for a in snap.actions.iter().filter(|a| a.out_dir == out_dir) {
-        let id = a.identity();
-        known
-            .outputs
-            .extend(a.outputs.iter().map(|(p, d, _)| (p.clone(), *d)));
-        recorded.insert(id, a);
+) -> Vec<wbuild_sched::Known> {
+    // Which recorded action each action of each pass is. The snapshot lists them pass by
+    // pass in graph order, so each is first looked for at its own position; only when that
+    // fails are they looked up by (output directory, label, mnemonic, detail).
+    let same = |a: &uptodate::SnapshotAction, out_dir: &str, action: &wbuild_graph::ActionNode| {
+        a.out_dir == out_dir
+            && a.mnemonic == action.mnemonic
+            && a.detail == action.detail.as_deref().unwrap_or("")
+            && a.label.strip_prefix("//").and_then(|l| l.rsplit_once(':'))
+                == Some((action.label.package.as_str(), action.label.name.as_str()))
+    };
+    let mut offset = 0;
+    let mut by_position = true;
+    for (out_dir, graph) in passes {
+        by_position &= graph.actions.iter().enumerate().all(|(i, action)| {
+            snap.actions
+                .get(offset + i)
+                .is_some_and(|a| same(a, out_dir, action))
+        });
+        offset += graph.actions.len();
     }
-    let out_root = ws.root.join(out_dir);
-    for action in &graph.actions {
-        let id = wbuild_sched::action_identity(action, out_dir);
-        let Some(a) = recorded.get(&id) else {
-            continue;
-        };
-        let touched = wbuild_sched::direct_sources(graph, action)
-            .into_iter()
-            .any(|p| changed.contains(ws.path(p).as_path()))
-            || action
-                .outputs
-                .iter()
-                .any(|o| changed.contains(out_root.join(o).as_path()));
-        // `hex/size` under the build's digest function (`FromStr` would say BLAKE3).
-        let Some(digest) = a
-            .action_digest
-            .split_once('/')
-            .and_then(|(h, n)| wbuild_store::Digest::from_hex(function, h, n.parse().ok()?).ok())
-        else {
-            continue;
-        };
-        if !touched {
-            known.actions.insert(
-                id,
-                wbuild_sched::KnownAction {
-                    digest,
-                    outputs: a.outputs.iter().map(|(p, d, _)| (p.clone(), *d)).collect(),
-                    executables: a
-                        .outputs
-                        .iter()
-                        .filter(|(_, _, x)| *x)
-                        .map(|(p, _, _)| p.clone())
-                        .collect(),
-                    remote_only: a.remote_only.iter().cloned().collect(),
-                },
-            );
+    let matches: Vec<Vec<Option<usize>>> = if by_position {
+        let mut offset = 0;
+        passes
+            .iter()
+            .map(|(_, graph)| {
+                let m = (offset..offset + graph.actions.len()).map(Some).collect();
+                offset += graph.actions.len();
+                m
+            })
+            .collect()
+    } else {
+        let mut recorded: HashMap<(&str, &str, &str, &str, &str), usize> = HashMap::new();
+        for (i, a) in snap.actions.iter().enumerate() {
+            if let Some((package, name)) =
+                a.label.strip_prefix("//").and_then(|l| l.rsplit_once(':'))
+            {
+                recorded.insert((&a.out_dir, package, name, &a.mnemonic, &a.detail), i);
+            }
         }
-    }
-    known
+        passes
+            .iter()
+            .map(|(out_dir, graph)| {
+                graph
+                    .actions
+                    .iter()
+                    .map(|action| {
+                        let id = (
+                            out_dir.as_str(),
+                            action.label.package.as_str(),
+                            action.label.name.as_str(),
+                            action.mnemonic.as_str(),
+                            action.detail.as_deref().unwrap_or(""),
+                        );
+                        recorded.get(&id).copied()
+                    })
+                    .collect()
+            })
+            .collect()
+    };
+    let mut slots: Vec<Option<uptodate::SnapshotAction>> = std::mem::take(&mut snap.actions)
+        .into_iter()
+        .map(Some)
+        .collect();
+    passes
+        .iter()
+        .zip(matches)
+        .map(|((out_dir, graph), matched)| {
+            // What changed, as workspace paths and as paths under the output directory.
+            let out_root = ws.root.join(out_dir);
+            let mut changed_sources: HashSet<&str> = HashSet::new();
+            let mut changed_outputs: HashSet<&str> = HashSet::new();
+            for p in &snap.changed {
+                if let Some(o) = p.strip_prefix(&out_root).ok().and_then(Path::to_str) {
+                    changed_outputs.insert(o);
+                } else if let Some(s) = p.strip_prefix(&ws.root).ok().and_then(Path::to_str) {
+                    changed_sources.insert(s);
+                }
+            }
+            let produced = wbuild_sched::Produced::of(graph);
+            let actions = graph
+                .actions
+                .iter()
+                .zip(matched)
+                .map(|(action, m)| {
+                    let recorded = slots.get_mut(m?)?.take()?;
+                    // `hex/size` under the build's digest function (`FromStr` would say BLAKE3).
+                    let digest = recorded.action_digest.split_once('/').and_then(|(h, n)| {
+                        wbuild_store::Digest::from_hex(function, h, n.parse().ok()?).ok()
+                    })?;
+                    let touched = wbuild_sched::direct_sources(&produced, action)
+                        .any(|p| changed_sources.contains(p))
+                        || action
+                            .outputs
+                            .iter()
+                            .any(|o| changed_outputs.contains(o.as_str()));
+                    Some(wbuild_sched::KnownAction {
+                        digest,
+                        recorded,
+                        touched,
+                    })
+                })
+                .collect();
+            wbuild_sched::Known { actions }
+        })
+        .collect()
 }
 
 /// The native toolchain bundle of each pass's platform (none: the host's toolchain, or a

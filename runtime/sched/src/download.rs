@@ -60,11 +60,16 @@ impl Scheduler<'_> {
     /// Whether a result with `outputs` names a blob the remote lost that is not here: it
     /// cannot be used (its bytes are nowhere), so the action runs again.
     pub(crate) fn names_lost(&self, outputs: &[(String, Digest)]) -> bool {
+        self.any_lost(outputs.iter().map(|(_, d)| d))
+    }
+
+    /// [`Scheduler::names_lost`] of digests.
+    pub(crate) fn any_lost<'d>(&self, digests: impl IntoIterator<Item = &'d Digest>) -> bool {
         let lost = self.lost.lock().expect("lost blobs");
         !lost.is_empty()
-            && outputs
-                .iter()
-                .any(|(_, d)| lost.contains(d) && !self.store.has(d))
+            && digests
+                .into_iter()
+                .any(|d| lost.contains(d) && !self.store.has(d))
     }
 
     /// Whether every output's bytes are in the store.

@@ -123,25 +123,38 @@ pub struct Options {
 /// digests recorded is cached without computing its key or reading the action cache.
 #[derive(Clone, Debug, Default)]
 pub struct Known {
-    /// By [`action_identity`] (the pass's output directory included).
-    pub actions: HashMap<String, KnownAction>,
-    /// Every generated file of the pass as recorded (paths under the output directory).
-    pub outputs: HashMap<String, Digest>,
+    /// By index of the action in the pass's graph: its recorded result, if the snapshot has
+    /// one.
+    pub actions: Vec<Option<KnownAction>>,
 }
 
-/// One action's recorded result.
+/// One action's recorded result: as the snapshot holds it (what the next snapshot records
+/// again) and its action digest.
 #[derive(Clone, Debug)]
 pub struct KnownAction {
     pub digest: Digest,
-    pub outputs: Vec<(String, Digest)>,
-    pub executables: HashSet<String>,
-    /// Outputs the build left on the remote (not in `wbuild-out/`).
-    pub remote_only: HashSet<String>,
+    pub recorded: uptodate::SnapshotAction,
+    /// A direct source or an output of it changed: it must run (or be looked up) again, and
+    /// its recorded outputs only tell its consumers whether they came out the same.
+    pub touched: bool,
 }
 
-/// The source files (workspace paths) `action` of `graph` reads directly: its inputs, tool
-/// module and tool data that no action of the graph produces.
-pub fn direct_sources<'g>(graph: &'g ActionGraph, action: &'g ActionNode) -> Vec<&'g str> {
+/// The generated paths of a graph, hashed (its `producers` is a B-tree of strings: looking
+/// up every input of 10,000 actions there cost milliseconds).
+pub struct Produced<'g>(rustc_hash::FxHashSet<&'g str>);
+
+impl<'g> Produced<'g> {
+    pub fn of(graph: &'g ActionGraph) -> Produced<'g> {
+        Produced(graph.producers.keys().map(String::as_str).collect())
+    }
+}
+
+/// The source files (workspace paths) `action` reads directly: its inputs, tool module and
+/// tool data that no action of the graph (`produced`) produces.
+pub fn direct_sources<'g>(
+    produced: &Produced<'_>,
+    action: &'g ActionNode,
+) -> impl Iterator<Item = &'g str> {
     let tools = action
         .wasi_tool()
         .into_iter()
@@ -151,9 +164,8 @@ pub fn direct_sources<'g>(graph: &'g ActionGraph, action: &'g ActionNode) -> Vec
         .inputs
         .iter()
         .chain(tools)
-        .filter(|p| !graph.producers.contains_key(*p))
         .map(String::as_str)
-        .collect()
+        .filter(|p| !produced.0.contains(p))
 }
 
 /// A toolchain bundle native actions run with.
@@ -206,6 +218,9 @@ pub struct Summary {
     pub sources: Vec<String>,
     /// Every action that succeeded (executed or cached).
     pub actions: Vec<uptodate::SnapshotAction>,
+    /// The outputs (workspace paths) of the actions that succeeded without the up-to-date
+    /// snapshot answering for them: those this build may have written.
+    pub rewritten: Vec<String>,
     /// Every action that failed, with its action digest if it got that far.
     pub failed_actions: Vec<(wbuild_graph::Label, Option<Digest>)>,
     pub duration: Duration,
@@ -230,6 +245,8 @@ impl Summary {
         self.duration += pass.duration;
         self.sources.extend(pass.sources);
         self.actions.extend(pass.actions);
+        self.rewritten
+            .extend(pass.rewritten.into_iter().map(|k| format!("{out_dir}/{k}")));
         self.failed_actions.extend(pass.failed_actions);
         self.remote_only.extend(
             pass.remote_only

@@ -8,7 +8,7 @@ use std::sync::atomic::Ordering;
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::Instant;
 
-use wbuild_graph::{ActionGraph, ActionNode, Exec};
+use wbuild_graph::{ActionGraph, Exec};
 use wbuild_store::{ActionRecord, Digest};
 
 use crate::events::{Event, Status};
@@ -38,6 +38,9 @@ struct Shared {
     summary: Summary,
     /// Actions answered from [`crate::Options::known`] (their sources were not hashed).
     known: Vec<usize>,
+    /// The index of each of `summary.actions`: they are put in graph order at the end, so the
+    /// next build's snapshot pairs them with its actions without looking them up.
+    order: Vec<usize>,
 }
 
 impl Scheduler<'_> {
@@ -64,23 +67,8 @@ impl Scheduler<'_> {
                 rdeps[d].push(i);
             }
         }
-        // Critical path: own expected duration plus the longest path through dependents.
-        let mut prio = vec![0u64; n];
-        let names: Vec<String> = graph.actions.iter().map(|a| a.name()).collect();
-        let durations = self.store.last_durations_ms(&names)?;
-        for i in (0..n).rev() {
-            let own = durations[i].unwrap_or(1).max(1);
-            let tail = rdeps[i].iter().map(|&r| prio[r]).max().unwrap_or(0);
-            prio[i] = own + tail;
-        }
-        let mut ready = BinaryHeap::new();
-        for (i, w) in waiting.iter().enumerate() {
-            if *w == 0 {
-                ready.push((prio[i], std::cmp::Reverse(i)));
-            }
-        }
-        let shared = Mutex::new(Shared {
-            ready,
+        let mut st = Shared {
+            ready: BinaryHeap::new(),
             waiting,
             done: vec![None; n],
             running: 0,
@@ -88,10 +76,30 @@ impl Scheduler<'_> {
             stop: false,
             summary: Summary::default(),
             known: Vec::new(),
-        });
-        let cv = Condvar::new();
+            order: Vec::new(),
+        };
         // Digest of every generated file known so far.
-        let generated: RwLock<HashMap<String, Digest>> = RwLock::new(HashMap::new());
+        let mut generated: HashMap<String, Digest> = HashMap::new();
+        self.settle_known(graph, opts, &rdeps, &mut st, &mut generated)?;
+        // Critical path: own expected duration plus the longest path through dependents
+        // (of the actions left to process: what `settle_known` settled never waits).
+        let mut prio = vec![0u64; n];
+        let open: Vec<usize> = (0..n).filter(|&i| st.done[i].is_none()).collect();
+        let names: Vec<String> = open.iter().map(|&i| graph.actions[i].name()).collect();
+        let durations = self.store.last_durations_ms(&names)?;
+        for (&i, d) in open.iter().zip(durations).rev() {
+            let own = d.unwrap_or(1).max(1);
+            let tail = rdeps[i].iter().map(|&r| prio[r]).max().unwrap_or(0);
+            prio[i] = own + tail;
+        }
+        for &i in &open {
+            if st.waiting[i] == 0 {
+                st.ready.push((prio[i], std::cmp::Reverse(i)));
+            }
+        }
+        let shared = Mutex::new(st);
+        let cv = Condvar::new();
+        let generated = RwLock::new(generated);
         let first_error: Mutex<Option<SchedError>> = Mutex::new(None);
 
         std::thread::scope(|s| {
@@ -125,6 +133,19 @@ impl Scheduler<'_> {
             std::mem::take(&mut *self.remote_only.lock().expect("remote-only outputs"))
                 .into_iter()
                 .collect();
+        let known: HashSet<usize> = st.known.iter().copied().collect();
+        st.summary.rewritten = st
+            .order
+            .iter()
+            .filter(|i| !known.contains(i))
+            .flat_map(|&i| graph.actions[i].outputs.iter().cloned())
+            .collect();
+        let mut ordered: Vec<(usize, uptodate::SnapshotAction)> = std::mem::take(&mut st.order)
+            .into_iter()
+            .zip(std::mem::take(&mut st.summary.actions))
+            .collect();
+        ordered.sort_unstable_by_key(|(i, _)| *i);
+        st.summary.actions = ordered.into_iter().map(|(_, a)| a).collect();
         st.summary.outputs = generated
             .into_inner()
             .expect("outputs")
@@ -134,8 +155,9 @@ impl Scheduler<'_> {
         // the snapshot (each once; a header is a direct source of hundreds of compiles).
         let hashed = self.sources.read().expect("source digests");
         let mut known_sources: HashSet<&str> = HashSet::new();
+        let produced = crate::Produced::of(graph);
         for &i in &st.known {
-            for p in crate::direct_sources(graph, &graph.actions[i]) {
+            for p in crate::direct_sources(&produced, &graph.actions[i]) {
                 if !hashed.contains_key(p) {
                     known_sources.insert(p);
                 }
@@ -150,41 +172,142 @@ impl Scheduler<'_> {
         Ok(st.summary)
     }
 
+    /// Settles, before any worker starts, every action whose result the up-to-date snapshot
+    /// vouches for ([`Scheduler::known_result`]) and all of whose dependencies it settled
+    /// too: their generated inputs are then the recorded outputs, so nothing about them waits
+    /// for this build. After an edit of a large graph they are nearly every action; handing
+    /// each to a worker cost several microseconds (a key lookup, a history row, a slot). Their
+    /// events are sent; the history counts them without a row each, as it does a no-op's.
+    fn settle_known(
+        &self,
+        graph: &ActionGraph,
+        opts: &Options,
+        rdeps: &[Vec<usize>],
+        st: &mut Shared,
+        generated: &mut HashMap<String, Digest>,
+    ) -> Result<(), SchedError> {
+        if opts.known.is_none() {
+            return Ok(());
+        }
+        let no_inputs = HashMap::new();
+        let mut settled = 0u64;
+        let now_us = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        for (idx, action) in graph.actions.iter().enumerate() {
+            if !action
+                .deps
+                .iter()
+                .all(|&d| st.done[d] == Some(Status::Cached))
+            {
+                continue;
+            }
+            // Every generated input comes from a settled action: it has the recorded digest.
+            let Some((fin, recorded)) = self.known_result(idx, graph, opts, &no_inputs) else {
+                continue;
+            };
+            let _ = crate::phases::take();
+            self.events.event(&Event::Action {
+                label: action.label.to_string(),
+                mnemonic: action.mnemonic.clone(),
+                detail: action.detail.clone(),
+                status: Status::Cached,
+                duration_ms: 0,
+                start_us: now_us,
+                duration_us: 0,
+                slot: 0,
+                action_digest: Some(recorded.action_digest.clone()),
+                error: None,
+                output: None,
+                warnings: Vec::new(),
+                accesses: None,
+                platform: (action.exec == Exec::Native).then(|| opts.platform.name().to_owned()),
+                worker: None,
+                resubmitted: false,
+                phases: vec![crate::Phase {
+                    name: crate::phases::KNOWN_PHASE,
+                    start_us: now_us,
+                    duration_us: 0,
+                }],
+            });
+            if !fin.executables.is_empty() {
+                self.executables
+                    .write()
+                    .expect("executables")
+                    .extend(fin.executables.iter().cloned());
+            }
+            // What the snapshot recorded, recorded again (its outputs left on the remote are
+            // exactly those `known_result` just noted).
+            st.summary.actions.push(recorded.clone());
+            st.order.push(idx);
+            generated.extend(fin.outputs);
+            st.summary.cached += 1;
+            st.remaining -= 1;
+            st.done[idx] = Some(Status::Cached);
+            st.known.push(idx);
+            for &r in &rdeps[idx] {
+                st.waiting[r] -= 1;
+            }
+            settled += 1;
+        }
+        if let Some(build) = self.build_id
+            && settled > 0
+        {
+            self.store.count_known_actions(build, settled)?;
+        }
+        Ok(())
+    }
+
     /// The recorded result of `action` if the up-to-date snapshot vouches for it
     /// ([`crate::Known`]) and every generated input (`generated`, all producers done) came
     /// out with the digest recorded: cached, with no key computed.
-    fn known_result(
+    fn known_result<'o>(
         &self,
-        action: &ActionNode,
-        opts: &Options,
+        idx: usize,
+        graph: &ActionGraph,
+        opts: &'o Options,
         generated: &HashMap<String, Digest>,
-    ) -> Option<Finished> {
+    ) -> Option<(Finished, &'o uptodate::SnapshotAction)> {
         let known = opts.known.as_ref()?;
         let _phase = crate::phases::phase(crate::phases::KNOWN_PHASE);
-        let k = known
-            .actions
-            .get(&crate::action_identity(action, &opts.platform.out_dir()))?;
-        if !generated
-            .iter()
-            .all(|(p, d)| known.outputs.get(p) == Some(d))
-            || self.names_lost(&k.outputs)
-            || k.remote_only.iter().any(|p| opts.download.wants(p))
+        let k = known.actions.get(idx)?.as_ref()?;
+        let rec = &k.recorded;
+        // Each generated input as its producer's run recorded it.
+        let as_recorded = |(p, d): (&String, &Digest)| {
+            graph
+                .producers
+                .get(p)
+                .and_then(|(i, _)| known.actions.get(*i)?.as_ref())
+                .is_some_and(|r| r.recorded.outputs.iter().any(|(q, e, _)| q == p && e == d))
+        };
+        if k.touched
+            || !generated.iter().all(as_recorded)
+            || self.any_lost(rec.outputs.iter().map(|(_, d, _)| d))
+            || rec.remote_only.iter().any(|p| opts.download.wants(p))
         {
             return None;
         }
-        if !k.remote_only.is_empty() {
+        if !rec.remote_only.is_empty() {
             self.remote_only
                 .lock()
                 .expect("remote-only outputs")
-                .extend(k.remote_only.iter().cloned());
+                .extend(rec.remote_only.iter().cloned());
         }
-        Some(Finished::succeeded(
+        let fin = Finished::succeeded(
             Status::Cached,
             k.digest,
-            k.outputs.clone(),
-            k.executables.clone(),
+            rec.outputs
+                .iter()
+                .map(|(p, d, _)| (p.clone(), *d))
+                .collect(),
+            rec.outputs
+                .iter()
+                .filter(|(_, _, x)| *x)
+                .map(|(p, _, _)| p.clone())
+                .collect(),
             crate::finish::RunReport::default(),
-        ))
+        );
+        Some((fin, rec))
     }
 
     /// Takes the ready action with the longest remaining path, processes it, records and
@@ -259,7 +382,9 @@ impl Scheduler<'_> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| d.as_micros() as u64);
             let _ = crate::phases::take();
-            let known = self.known_result(action, opts, &generated);
+            let known = self
+                .known_result(idx, graph, opts, &generated)
+                .map(|(f, _)| f);
             let was_known = known.is_some();
             let fin = match known
                 .map_or_else(|| self.process(wid, graph, action, opts, &generated), Ok)
@@ -366,6 +491,7 @@ impl Scheduler<'_> {
                         .map(|(p, _)| p.clone())
                         .collect()
                 };
+                st.order.push(idx);
                 st.summary.actions.push(uptodate::SnapshotAction {
                     label: action.label.to_string(),
                     detail: action.detail.clone().unwrap_or_default(),

@@ -25,6 +25,69 @@ fn stat_key(p: &Path) -> Option<StatKey> {
     (m.is_file() || m.is_dir()).then(|| StatKey::of(&m))
 }
 
+/// Stats absolute paths through an open descriptor of the last parent directory: recorded
+/// files are sorted, so most sit beside the one before, and looking up one name under an open
+/// directory skips walking the whole path again (the walk was most of a stat's cost). The
+/// same key as [`stat_key`].
+#[derive(Default)]
+struct DirStat {
+    dir: Option<(PathBuf, std::os::fd::OwnedFd)>,
+}
+
+impl DirStat {
+    fn stat_key(&mut self, p: &Path) -> Option<StatKey> {
+        use std::os::fd::{AsRawFd, FromRawFd};
+        use std::os::unix::ffi::OsStrExt;
+        let (Some(parent), Some(name)) = (p.parent(), p.file_name()) else {
+            return stat_key(p);
+        };
+        if !p.is_absolute() || name == ".." {
+            return stat_key(p);
+        }
+        if self.dir.as_ref().map(|(d, _)| d.as_path()) != Some(parent) {
+            self.dir = None;
+            let c = std::ffi::CString::new(parent.as_os_str().as_bytes()).ok()?;
+            // SAFETY: a valid C string; the descriptor is owned below.
+            let fd = unsafe {
+                libc::open(
+                    c.as_ptr(),
+                    libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                )
+            };
+            if fd < 0 {
+                return None; // no such directory: no such file
+            }
+            // SAFETY: `fd` was just opened and nothing else owns it.
+            self.dir = Some((parent.to_path_buf(), unsafe {
+                std::os::fd::OwnedFd::from_raw_fd(fd)
+            }));
+        }
+        let dirfd = self.dir.as_ref()?.1.as_raw_fd();
+        let name = std::ffi::CString::new(name.as_bytes()).ok()?;
+        // SAFETY: an all-zero statx is a valid value for the kernel to fill.
+        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
+        // SAFETY: valid descriptor, C string and output buffer.
+        let r = unsafe { libc::statx(dirfd, name.as_ptr(), 0, libc::STATX_BASIC_STATS, &mut stx) };
+        if r != 0 {
+            return None;
+        }
+        let kind = u32::from(stx.stx_mode) & libc::S_IFMT;
+        if kind != libc::S_IFREG && kind != libc::S_IFDIR {
+            return None;
+        }
+        let ns = |t: libc::statx_timestamp| {
+            t.tv_sec.saturating_mul(1_000_000_000) + i64::from(t.tv_nsec)
+        };
+        Some(StatKey {
+            dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+            ino: stx.stx_ino,
+            size: stx.stx_size,
+            mtime_ns: ns(stx.stx_mtime),
+            ctime_ns: ns(stx.stx_ctime),
+        })
+    }
+}
+
 /// One action of the snapshotted build: for events and history of a no-op, and, after an
 /// edit, to know its result without computing its key (see [`Snapshot::changed`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -67,6 +130,23 @@ pub struct Snapshot {
     /// none of them, directly or through a changed output, still have the results recorded.
     pub changed: Vec<PathBuf>,
     pub toolchains: Vec<SnapshotToolchain>,
+    /// Every recorded source and output with its stat, and whether the check found it
+    /// unchanged and trusted (see [`Snapshot::unchanged`]).
+    files: Vec<(PathBuf, StatKey, bool)>,
+}
+
+impl Snapshot {
+    /// The recorded sources and outputs the check found with the stat recorded (and not too
+    /// fresh to trust): the next snapshot may record them again without a second stat. A file
+    /// changed since the check is then recorded with its old stat, so the build after sees it
+    /// as changed: the safe side.
+    pub fn unchanged(&self) -> rustc_hash::FxHashMap<&Path, StatKey> {
+        self.files
+            .iter()
+            .filter(|(_, _, same)| *same)
+            .map(|(p, k, _)| (p.as_path(), *k))
+            .collect()
+    }
 }
 
 /// Where the snapshot of one (workspace, patterns, command) lives in the cache.
@@ -89,6 +169,8 @@ const SENTINEL: u8 = 2;
 /// Write a snapshot. `sources` are files read (a source modified within the racy window is
 /// recorded as changed, so the next build re-keys what reads it); `outputs` are files this
 /// build wrote itself; `toolchains` the host toolchains its native actions were keyed with.
+/// `known` gives the stat of a source or output known not to have changed since the check
+/// of the snapshot before ([`Snapshot::unchanged`]); the others are stat'ed.
 pub fn save(
     path: &Path,
     signature: &[u8; 32],
@@ -96,6 +178,7 @@ pub fn save(
     outputs: &[PathBuf],
     actions: &[SnapshotAction],
     toolchains: &[SnapshotToolchain],
+    known: &dyn Fn(&Path) -> Option<StatKey>,
 ) -> std::io::Result<()> {
     // Whatever happens below, an older snapshot must not survive this build.
     let _ = std::fs::remove_file(path);
@@ -117,14 +200,21 @@ pub fn save(
     let n_outputs_end = sources.len() + outputs.len();
     buf.extend_from_slice(&(files.len() as u64).to_le_bytes());
     let mut flags = Vec::with_capacity(files.len());
+    let mut dirs = DirStat::default();
     for (i, (p, kind)) in files.iter().enumerate() {
-        let Some(k) = stat_key(p) else {
+        // Trusted when checked (not racy then), unchanged since.
+        let reused = match *kind {
+            SENTINEL => None,
+            _ => known(p),
+        };
+        let Some(k) = reused.or_else(|| dirs.stat_key(p)) else {
             return Ok(()); // a file vanished: no snapshot
         };
         let written_by_us = (n_outputs_start..n_outputs_end).contains(&i);
         let flag = match *kind {
             SENTINEL if k.is_racy() => return Ok(()), // the toolchain is changing
             SENTINEL => SENTINEL,
+            _ if reused.is_some() => TRUSTED,
             _ if !written_by_us && k.is_racy() => FRESH,
             _ => TRUSTED,
         };
@@ -293,32 +383,46 @@ pub fn check(path: &Path, signature: &[u8; 32]) -> Option<Snapshot> {
         });
     }
     // Stat everything, on two threads: this is the whole cost of a no-op build.
-    let entries: Vec<(&(PathBuf, StatKey), u8)> = files.iter().zip(flags).collect();
+    let entries: Vec<(&(PathBuf, StatKey), u8)> = files.iter().zip(flags.iter().copied()).collect();
     let (a, b) = entries.split_at(entries.len() / 2);
-    // Some(changed paths), or None if a sentinel changed.
-    let scan = |part: &[(&(PathBuf, StatKey), u8)]| -> Option<Vec<PathBuf>> {
-        let mut changed = Vec::new();
+    // Some(whether each is unchanged), or None if a sentinel changed.
+    let scan = |part: &[(&(PathBuf, StatKey), u8)]| -> Option<Vec<bool>> {
+        let mut same = Vec::with_capacity(part.len());
+        let mut dirs = DirStat::default();
         for ((p, k), flag) in part {
-            let same = *flag != FRESH && stat_key(p) == Some(*k);
-            match (*flag, same) {
-                (_, true) => {}
-                (SENTINEL, false) => return None,
-                (_, false) => changed.push(p.clone()),
+            let unchanged = *flag != FRESH && dirs.stat_key(p) == Some(*k);
+            if *flag == SENTINEL && !unchanged {
+                return None;
             }
+            same.push(unchanged);
         }
-        Some(changed)
+        Some(same)
     };
     let (got_a, got_b) = std::thread::scope(|s| {
         let h = s.spawn(|| scan(a));
         let got_b = scan(b);
         (h.join().unwrap_or(None), got_b)
     });
-    let mut changed = got_a?;
-    changed.extend(got_b?);
+    let mut same = got_a?;
+    same.extend(got_b?);
+    let mut changed = Vec::new();
+    let files = files
+        .into_iter()
+        .zip(flags)
+        .zip(same)
+        .filter_map(|(((p, k), flag), same)| {
+            if !same {
+                changed.push(p.clone());
+            }
+            // Sentinels are checked apart, always.
+            (flag != SENTINEL).then_some((p, k, same))
+        })
+        .collect();
     Some(Snapshot {
         actions,
         changed,
         toolchains,
+        files,
     })
 }
 
@@ -382,6 +486,7 @@ mod tests {
             &outs,
             &acts,
             std::slice::from_ref(&tc),
+            &|_| None,
         )
         .unwrap();
         let got = check(&snap, &sig).unwrap();
@@ -420,7 +525,16 @@ mod tests {
             identity: "id".into(),
             sentinels: vec![sys.clone()],
         };
-        save(&snap, &[3; 32], &[], &[], &[], std::slice::from_ref(&tc)).unwrap();
+        save(
+            &snap,
+            &[3; 32],
+            &[],
+            &[],
+            &[],
+            std::slice::from_ref(&tc),
+            &|_| None,
+        )
+        .unwrap();
         assert!(check(&snap, &[3; 32]).unwrap().changed.is_empty());
         // A package upgrade renames a new file into place.
         std::fs::write(sys.join("gcc.new"), "2").unwrap();
@@ -429,12 +543,82 @@ mod tests {
     }
 
     #[test]
+    fn stats_through_open_directories_match_plain_stats() {
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join("sub");
+        std::fs::create_dir(&sub).unwrap();
+        let a = old_file(&sub, "a.txt", "a");
+        let b = old_file(&sub, "b.txt", "bb");
+        std::os::unix::fs::symlink(&a, sub.join("link")).unwrap();
+        std::os::unix::fs::symlink(d.path().join("nowhere"), sub.join("dangling")).unwrap();
+        let fifo = sub.join("fifo");
+        let c = std::ffi::CString::new(fifo.to_str().unwrap()).unwrap();
+        // SAFETY: a valid C string.
+        assert_eq!(unsafe { libc::mkfifo(c.as_ptr(), 0o644) }, 0);
+        let mut dirs = DirStat::default();
+        for p in [
+            a.clone(),
+            b.clone(),
+            sub.join("link"),
+            sub.join("dangling"),
+            fifo,
+            sub.join("missing"),
+            sub.clone(),
+            d.path().join("nodir").join("x"),
+            sub.join("..").join("sub").join("a.txt"),
+            a.clone(),
+        ] {
+            assert_eq!(dirs.stat_key(&p), stat_key(&p), "{}", p.display());
+        }
+        assert!(dirs.stat_key(&a).is_some());
+        assert_eq!(dirs.stat_key(&sub.join("dangling")), None);
+    }
+
+    #[test]
+    fn stats_vouched_for_are_recorded_without_a_stat() {
+        let d = tempfile::tempdir().unwrap();
+        let a = old_file(d.path(), "a.txt", "a");
+        let b = old_file(d.path(), "b.txt", "b");
+        let snap = d.path().join("s.bin");
+        let files = [a.clone(), b.clone()];
+        save(&snap, &[4; 32], &files, &[], &[], &[], &|_| None).unwrap();
+        let first = check(&snap, &[4; 32]).unwrap();
+        assert!(first.changed.is_empty());
+        let unchanged = first.unchanged();
+        assert_eq!(unchanged.len(), 2);
+        // `b` changes after the check; the next snapshot records the stat the check saw, so
+        // the build after still sees the change.
+        std::fs::write(&b, "changed").unwrap();
+        save(&snap, &[4; 32], &files, &[], &[], &[], &|p| {
+            unchanged.get(p).copied()
+        })
+        .unwrap();
+        assert_eq!(
+            check(&snap, &[4; 32]).unwrap().changed,
+            std::slice::from_ref(&b)
+        );
+        // A file that changed before the check is not vouched for: stat'ed, and too fresh.
+        let second = check(&snap, &[4; 32]).unwrap();
+        assert!(!second.unchanged().contains_key(b.as_path()));
+        assert!(second.unchanged().contains_key(a.as_path()));
+    }
+
+    #[test]
     fn fresh_sources_count_as_changed() {
         let d = tempfile::tempdir().unwrap();
         let src = d.path().join("new.txt");
         std::fs::write(&src, "n").unwrap();
         let snap = d.path().join("s.bin");
-        save(&snap, &[1; 32], std::slice::from_ref(&src), &[], &[], &[]).unwrap();
+        save(
+            &snap,
+            &[1; 32],
+            std::slice::from_ref(&src),
+            &[],
+            &[],
+            &[],
+            &|_| None,
+        )
+        .unwrap();
         assert_eq!(check(&snap, &[1; 32]).unwrap().changed, [src]);
     }
 
@@ -443,7 +627,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let src = old_file(d.path(), "a.txt", "a");
         let snap = d.path().join("s.bin");
-        save(&snap, &[2; 32], &[src], &[], &[action()], &[]).unwrap();
+        save(&snap, &[2; 32], &[src], &[], &[action()], &[], &|_| None).unwrap();
         let full = std::fs::read(&snap).unwrap();
         for cut in [9, 41, 60, full.len() - 1] {
             std::fs::write(&snap, &full[..cut]).unwrap();

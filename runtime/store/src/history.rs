@@ -362,6 +362,16 @@ impl Store {
         Ok(())
     }
 
+    /// Count `n` actions of `build` that the up-to-date snapshot answered as cached, without a
+    /// row each (as a no-op build records none): `wbuild log` shows what ran.
+    pub fn count_known_actions(&self, build: u64, n: u64) -> Result<(), StoreError> {
+        let mut guard = lock(&self.history);
+        let hist = &mut *guard;
+        self.live(hist, build)?.record.cached += n;
+        hist.dirty.push(build);
+        Ok(())
+    }
+
     /// Mark `build` finished with `outcome` ("success" | "failed" | "interrupted") and flush
     /// durably.
     pub fn finish_build(&self, build: u64, outcome: &str) -> Result<(), StoreError> {
