@@ -37,6 +37,7 @@ pub(crate) fn load_keeping_cycles(
         ws,
         interp: Interpreter::new(ws.root.clone()),
         packages: BTreeMap::new(),
+        listings: Listings::default(),
     };
     let matched = loader.match_patterns(patterns)?;
 
@@ -76,6 +77,87 @@ pub(crate) fn load_keeping_cycles(
     Ok((graph, matched.into_iter().collect(), cycle))
 }
 
+/// Directory listings read once: the loader asks about hundreds of thousands of paths
+/// (whether a reference names a file, whether an output would overwrite one), nearly all in a
+/// few directories, and a stat each (walking the whole path) was a third of a cold load. A
+/// symbolic link, or a path this cannot split, is stat'ed as before.
+#[derive(Default)]
+struct Listings {
+    dirs: std::collections::HashMap<String, Option<std::collections::HashMap<String, Kind>>>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    File,
+    Dir,
+    /// A symbolic link or something else: ask the file system.
+    Other,
+}
+
+/// What a path is, following symbolic links as `std::fs::metadata` does.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Found {
+    File,
+    Dir,
+    /// A FIFO, a socket, a device.
+    Special,
+    Missing,
+}
+
+impl Listings {
+    /// The entry `path` (a workspace path) of its directory's listing; `None`: look it up.
+    fn entry(&mut self, root: &Path, path: &str) -> Option<Option<Kind>> {
+        let (dir, name) = path.rsplit_once('/').unwrap_or(("", path));
+        if name.is_empty()
+            || name == "."
+            || name == ".."
+            || dir.split('/').any(|c| c == "." || c == "..")
+            || (!dir.is_empty() && dir.split('/').any(str::is_empty))
+        {
+            return None;
+        }
+        let listing = self.dirs.entry(dir.to_owned()).or_insert_with(|| {
+            let entries = std::fs::read_dir(root.join(dir)).ok()?;
+            let mut m = std::collections::HashMap::new();
+            for e in entries {
+                let e = e.ok()?;
+                let kind = match e.file_type() {
+                    Ok(t) if t.is_file() => Kind::File,
+                    Ok(t) if t.is_dir() => Kind::Dir,
+                    _ => Kind::Other,
+                };
+                m.insert(e.file_name().into_string().ok()?, kind);
+            }
+            Some(m)
+        });
+        // An unreadable directory: every path in it is looked up.
+        Some(listing.as_ref()?.get(name).copied())
+    }
+
+    /// [`Found`] for `path`, following symbolic links.
+    fn find(&mut self, root: &Path, path: &str) -> Found {
+        match self.entry(root, path) {
+            Some(None) => Found::Missing,
+            Some(Some(Kind::File)) => Found::File,
+            Some(Some(Kind::Dir)) => Found::Dir,
+            Some(Some(Kind::Other)) | None => match std::fs::metadata(root.join(path)) {
+                Ok(m) if m.is_dir() => Found::Dir,
+                Ok(m) if m.is_file() => Found::File,
+                Ok(_) => Found::Special,
+                Err(_) => Found::Missing,
+            },
+        }
+    }
+
+    /// Whether anything is at `path`, a symbolic link included (not followed).
+    fn exists_no_follow(&mut self, root: &Path, path: &str) -> bool {
+        match self.entry(root, path) {
+            Some(found) => found.is_some(),
+            None => std::fs::symlink_metadata(root.join(path)).is_ok(),
+        }
+    }
+}
+
 /// One evaluated package.
 struct Package {
     targets: BTreeMap<String, RawTarget>,
@@ -87,6 +169,7 @@ struct Loader<'w> {
     ws: &'w Workspace,
     interp: Interpreter,
     packages: BTreeMap<String, Package>,
+    listings: Listings,
 }
 
 impl Loader<'_> {
@@ -104,71 +187,125 @@ impl Loader<'_> {
                 });
             }
             let raws = self.interp.eval_package(name)?;
-            let pkg = self.check_package(name, raws)?;
+            let pkg = check_package(self.ws, &mut self.listings, name, raws)?;
             self.packages.insert(name.to_owned(), pkg);
         }
         Ok(&self.packages[name])
     }
 
-    /// Indexes a package's targets and checks its declared outputs.
-    fn check_package(&self, package: &str, raws: Vec<RawTarget>) -> Result<Package, GraphError> {
-        let mut targets = BTreeMap::new();
-        for raw in raws {
-            targets.insert(raw.name.clone(), raw);
+    /// Evaluates and checks `names` on every core, an interpreter per thread, keeping the
+    /// packages that come out clean; any other is left for [`Loader::package`] to evaluate
+    /// again, in order, and report. (Evaluating the packages of `//...` one after the other was
+    /// most of a cold load.)
+    fn prefetch(&mut self, names: &[String]) {
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(names.len());
+        if threads < 2 {
+            return;
         }
-        let mut outputs: BTreeMap<String, String> = BTreeMap::new();
-        for raw in targets.values() {
-            let outs = raw.rule.outputs(&raw.name);
-            let label = Label {
-                package: package.to_owned(),
-                name: raw.name.clone(),
-            };
-            for out in &outs {
-                let collision = |other: String| GraphError::OutputCollision {
-                    location: raw.location.clone(),
-                    label: label.clone(),
-                    output: join(package, out),
-                    other: other.into(),
-                };
-                // (A cc_binary's program is named like the target itself, as in Bazel.)
-                if let Some(t) = targets.get(out)
-                    && t.name != raw.name
-                {
-                    return Err(collision(format!(
-                        "the target //{package}:{out} defined at {}",
-                        t.location
-                    )));
-                }
-                if let Some(other) = outputs.get(out) {
-                    return Err(collision(format!(
-                        "an output of //{package}:{other} (defined at {})",
-                        targets[other].location
-                    )));
-                }
-                let out_label = Label {
-                    package: package.to_owned(),
-                    name: out.clone(),
-                };
-                if let Some(sub) = crossed_subpackage(&self.ws.root, &out_label) {
-                    return Err(GraphError::Attribute {
-                        location: raw.location.clone(),
-                        target: label.to_string(),
-                        message: format!(
-                            "attribute 'outs': output '{out}' would be inside package '{sub}'; \
-                             an output must belong to the package of its target"
-                        ),
-                    });
-                }
-                let path = join(package, out);
-                if std::fs::symlink_metadata(self.ws.path(&path)).is_ok() {
-                    return Err(collision(format!("the source file '{path}'")));
-                }
-                outputs.insert(out.clone(), raw.name.clone());
-            }
-        }
-        Ok(Package { targets, outputs })
+        let ws = self.ws;
+        let loaded = &self.packages;
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let found: Vec<(String, Package)> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let interp = Interpreter::new(ws.root.clone());
+                        let mut listings = Listings::default();
+                        let mut out = Vec::new();
+                        loop {
+                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                            let Some(name) = names.get(i) else {
+                                break;
+                            };
+                            if loaded.contains_key(name) || !ws.is_package(name) {
+                                continue;
+                            }
+                            if let Ok(raws) = interp.eval_package(name)
+                                && let Ok(pkg) = check_package(ws, &mut listings, name, raws)
+                            {
+                                out.push((name.clone(), pkg));
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            workers
+                .into_iter()
+                .flat_map(|w| w.join().unwrap_or_default())
+                .collect()
+        });
+        self.packages.extend(found);
     }
+}
 
+/// Indexes a package's targets and checks its declared outputs.
+fn check_package(
+    ws: &Workspace,
+    listings: &mut Listings,
+    package: &str,
+    raws: Vec<RawTarget>,
+) -> Result<Package, GraphError> {
+    let mut targets = BTreeMap::new();
+    for raw in raws {
+        targets.insert(raw.name.clone(), raw);
+    }
+    let mut outputs: BTreeMap<String, String> = BTreeMap::new();
+    for raw in targets.values() {
+        let outs = raw.rule.outputs(&raw.name);
+        let label = Label {
+            package: package.to_owned(),
+            name: raw.name.clone(),
+        };
+        for out in &outs {
+            let collision = |other: String| GraphError::OutputCollision {
+                location: raw.location.clone(),
+                label: label.clone(),
+                output: join(package, out),
+                other: other.into(),
+            };
+            // (A cc_binary's program is named like the target itself, as in Bazel.)
+            if let Some(t) = targets.get(out)
+                && t.name != raw.name
+            {
+                return Err(collision(format!(
+                    "the target //{package}:{out} defined at {}",
+                    t.location
+                )));
+            }
+            if let Some(other) = outputs.get(out) {
+                return Err(collision(format!(
+                    "an output of //{package}:{other} (defined at {})",
+                    targets[other].location
+                )));
+            }
+            let out_label = Label {
+                package: package.to_owned(),
+                name: out.clone(),
+            };
+            if let Some(sub) = crossed_subpackage(&ws.root, &out_label) {
+                return Err(GraphError::Attribute {
+                    location: raw.location.clone(),
+                    target: label.to_string(),
+                    message: format!(
+                        "attribute 'outs': output '{out}' would be inside package '{sub}'; \
+                             an output must belong to the package of its target"
+                    ),
+                });
+            }
+            let path = join(package, out);
+            if listings.exists_no_follow(&ws.root, &path) {
+                return Err(collision(format!("the source file '{path}'")));
+            }
+            outputs.insert(out.clone(), raw.name.clone());
+        }
+    }
+    Ok(Package { targets, outputs })
+}
+
+impl Loader<'_> {
     /// The sorted labels matched by `patterns`.
     fn match_patterns(
         &mut self,
@@ -211,6 +348,7 @@ impl Loader<'_> {
                 }
                 TargetPattern::Recursive(prefix) => {
                     let packages = find_packages(&self.ws.root, prefix);
+                    self.prefetch(&packages);
                     if packages.is_empty() {
                         return Err(GraphError::NoMatch {
                             pattern: pattern.to_string(),
@@ -266,7 +404,7 @@ impl Loader<'_> {
         let pkg = self.package(&label.package, &context)?;
         let path = label.path();
         if pkg.targets.contains_key(&label.name) {
-            if root.join(&path).is_file() {
+            if self.listings.find(&root, &path) == Found::File {
                 return Err(attr_err(format!(
                     "'{reference}' is ambiguous: it names both the target {label} and the source \
                      file '{path}'; rename the target"
@@ -287,17 +425,17 @@ impl Loader<'_> {
                 &path[sub.len() + 1..]
             )));
         }
-        match std::fs::metadata(root.join(&path)) {
-            Ok(m) if m.is_dir() => Err(attr_err(format!(
+        match self.listings.find(&root, &path) {
+            Found::Dir => Err(attr_err(format!(
                 "'{path}' is a directory; list its files, or use glob([\"{}/**\"])",
                 label.name
             ))),
-            Ok(_) => Ok((Dep::File(path), None)),
-            Err(_) if explicit => Err(GraphError::NoSuchTarget {
+            Found::File | Found::Special => Ok((Dep::File(path), None)),
+            Found::Missing if explicit => Err(GraphError::NoSuchTarget {
                 label,
                 context: context(),
             }),
-            Err(_) => Err(GraphError::NoSuchFile {
+            Found::Missing => Err(GraphError::NoSuchFile {
                 file: label.name,
                 package: label.package,
                 location: location.clone(),
@@ -901,6 +1039,97 @@ mod tests {
         assert_eq!(pkg, vec![label("//a:a1"), label("//a:a2")]);
         let err = load_err(&[("WBUILD", "")], &["//nothing/..."]);
         assert!(matches!(err, GraphError::NoMatch { .. }), "{err:?}");
+    }
+
+    #[test]
+    fn packages_evaluated_on_several_threads_report_the_first_error_in_order() {
+        // Many packages, two broken: whichever thread meets them first, the error is the one
+        // of the first package in order, as when they were evaluated one after the other.
+        let mut files: Vec<(String, String)> = (0..40)
+            .map(|i| {
+                (
+                    format!("p{i:02}/WBUILD"),
+                    format!("filegroup(name = 'f{i}', srcs = ['x.txt'])\n"),
+                )
+            })
+            .chain((0..40).map(|i| (format!("p{i:02}/x.txt"), String::new())))
+            .collect();
+        files[29].1 = "filegroup(name = \n".into();
+        files[13].1 = "filegroup(name = 'f13', srcs = ['missing.txt'])\nundefined_rule()\n".into();
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        for _ in 0..5 {
+            let err = load_err(&refs, &["//..."]);
+            let text = err.to_string();
+            assert!(
+                text.contains("p13/WBUILD:2:1") && !text.contains("p29"),
+                "{err}"
+            );
+        }
+        files[13].1 = "filegroup(name = 'f13', srcs = ['x.txt'])\n".into();
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let err = load_err(&refs, &["//..."]);
+        assert!(err.to_string().contains("p29/WBUILD"), "{err}");
+        files[29].1 = "filegroup(name = 'f29', srcs = ['x.txt'])\n".into();
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let t = workspace(&refs);
+        let (g, all) = load(&t.ws, &patterns(&["//..."])).unwrap();
+        assert_eq!(all.len(), 40);
+        assert_eq!(g.targets.len(), 40);
+    }
+
+    #[test]
+    fn listings_answer_as_the_file_system_does() {
+        let t = workspace(&[("p/a.txt", "a"), ("p/sub/b.txt", "b"), ("p/WBUILD", "")]);
+        let root = &t.ws.root;
+        std::os::unix::fs::symlink(root.join("p/a.txt"), root.join("p/to_file")).unwrap();
+        std::os::unix::fs::symlink(root.join("p/sub"), root.join("p/to_dir")).unwrap();
+        std::os::unix::fs::symlink(root.join("p/nowhere"), root.join("p/dangling")).unwrap();
+        let made = std::process::Command::new("mkfifo")
+            .arg(root.join("p/fifo"))
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let mut l = Listings::default();
+        for path in [
+            "p/a.txt",
+            "p/sub",
+            "p/sub/b.txt",
+            "p/to_file",
+            "p/to_dir",
+            "p/to_dir/b.txt",
+            "p/dangling",
+            "p/fifo",
+            "p/missing",
+            "p/missing/x",
+            "p/../p/a.txt",
+            "p/./a.txt",
+            "p/sub/",
+            "nodir/x",
+            "p",
+        ] {
+            let full = root.join(path);
+            let want = match std::fs::metadata(&full) {
+                Ok(m) if m.is_dir() => Found::Dir,
+                Ok(m) if m.is_file() => Found::File,
+                Ok(_) => Found::Special,
+                Err(_) => Found::Missing,
+            };
+            assert!(l.find(root, path) == want, "{path}");
+            assert_eq!(
+                l.exists_no_follow(root, path),
+                std::fs::symlink_metadata(&full).is_ok(),
+                "{path}"
+            );
+        }
     }
 
     #[test]
