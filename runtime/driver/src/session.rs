@@ -759,10 +759,15 @@ fn run_build_round(
             .collect();
         // What the check of the snapshot before found unchanged is recorded again without a
         // second stat, except outputs this build may have written.
-        let unchanged = snap.as_ref().map(|s| s.unchanged()).unwrap_or_default();
+        let unchanged = snap.as_ref().map(|s| s.unchanged());
         let rewritten: HashSet<PathBuf> =
             summary.rewritten.iter().map(|p| ws.root.join(p)).collect();
-        let known = |p: &Path| unchanged.get(p).copied().filter(|_| !rewritten.contains(p));
+        let known = |p: &Path| {
+            unchanged
+                .as_ref()?
+                .get(p)
+                .filter(|_| !rewritten.contains(p))
+        };
         // Best effort: without a snapshot the next no-op build takes the full path.
         let _ = uptodate::save(
             &snapshot,

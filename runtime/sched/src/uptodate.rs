@@ -140,12 +140,43 @@ impl Snapshot {
     /// fresh to trust): the next snapshot may record them again without a second stat. A file
     /// changed since the check is then recorded with its old stat, so the build after sees it
     /// as changed: the safe side.
-    pub fn unchanged(&self) -> rustc_hash::FxHashMap<&Path, StatKey> {
-        self.files
-            .iter()
-            .filter(|(_, _, same)| *same)
-            .map(|(p, k, _)| (p.as_path(), *k))
-            .collect()
+    pub fn unchanged(&self) -> Unchanged<'_> {
+        Unchanged {
+            files: &self.files,
+            next: std::cell::Cell::new(0),
+            index: std::cell::OnceCell::new(),
+        }
+    }
+}
+
+/// [`Snapshot::unchanged`]: looked up in the order the snapshot recorded them (the next
+/// snapshot of the same graph records the same files in the same order), by a map built on
+/// the first miss otherwise.
+pub struct Unchanged<'s> {
+    files: &'s [(PathBuf, StatKey, bool)],
+    next: std::cell::Cell<usize>,
+    index: std::cell::OnceCell<rustc_hash::FxHashMap<&'s Path, usize>>,
+}
+
+impl Unchanged<'_> {
+    pub fn get(&self, p: &Path) -> Option<StatKey> {
+        let at = self.next.get();
+        let i = match self.files.get(at) {
+            Some((q, _, _)) if q == p => at,
+            _ => *self
+                .index
+                .get_or_init(|| {
+                    self.files
+                        .iter()
+                        .enumerate()
+                        .map(|(i, (q, _, _))| (q.as_path(), i))
+                        .collect()
+                })
+                .get(p)?,
+        };
+        self.next.set(i + 1);
+        let (_, k, same) = &self.files[i];
+        same.then_some(*k)
     }
 }
 
@@ -585,12 +616,12 @@ mod tests {
         let first = check(&snap, &[4; 32]).unwrap();
         assert!(first.changed.is_empty());
         let unchanged = first.unchanged();
-        assert_eq!(unchanged.len(), 2);
+        assert!(unchanged.get(&a).is_some() && unchanged.get(&b).is_some());
         // `b` changes after the check; the next snapshot records the stat the check saw, so
         // the build after still sees the change.
         std::fs::write(&b, "changed").unwrap();
         save(&snap, &[4; 32], &files, &[], &[], &[], &|p| {
-            unchanged.get(p).copied()
+            unchanged.get(p)
         })
         .unwrap();
         assert_eq!(
@@ -599,8 +630,12 @@ mod tests {
         );
         // A file that changed before the check is not vouched for: stat'ed, and too fresh.
         let second = check(&snap, &[4; 32]).unwrap();
-        assert!(!second.unchanged().contains_key(b.as_path()));
-        assert!(second.unchanged().contains_key(a.as_path()));
+        // Out of order, and asked twice: the same answers.
+        let u = second.unchanged();
+        assert_eq!(u.get(&b), None);
+        assert!(u.get(&a).is_some());
+        assert!(u.get(&a).is_some());
+        assert_eq!(u.get(&d.path().join("other")), None);
     }
 
     #[test]
