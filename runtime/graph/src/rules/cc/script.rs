@@ -195,6 +195,10 @@ impl Finish<'_> {
                 ))
             ));
         }
+        // Nothing to check (no private headers, no dependency with headers): no `sed` either.
+        if lines.len() == 1 {
+            return Vec::new();
+        }
         lines
     }
 
@@ -301,6 +305,16 @@ mod tests {
             ),
             "{}",
             link.script()
+        );
+        // Nothing to check: no `sed` over the depfiles.
+        let plain = Finish {
+            private_headers: &[],
+            dep_headers: &[("//x:z".to_owned(), Vec::new())],
+            ..f
+        };
+        assert_eq!(
+            plain.script(),
+            "set -e\nexec \"$AR\" rcsD lib/libm.a lib/_objs/m/a.o lib/_objs/m/b.o"
         );
         assert_eq!(test_script("app/t"), "exec $TEST_RUNNER ./app/t");
     }
