@@ -217,12 +217,16 @@ pub fn analyse(
             });
         }
     }
-    find_cycle(&roots, |l| {
-        graph
-            .targets
-            .get(l)
-            .map(|t| (t.location.clone(), a.edges(t)))
-    })?;
+    find_cycle(
+        &roots,
+        |l| {
+            graph
+                .targets
+                .get(l)
+                .map(|t| std::borrow::Cow::Owned(a.edges(t)))
+        },
+        |l| graph.targets.get(l).map(|t| t.location.clone()),
+    )?;
     for r in &roots {
         a.visit(r, true, None)?;
     }

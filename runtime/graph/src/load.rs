@@ -1,5 +1,6 @@
 //! Loading: target patterns -> packages evaluated -> references resolved -> [`TargetGraph`].
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 
@@ -52,11 +53,11 @@ pub(crate) fn load_keeping_cycles(
         queue.extend(edges.iter().cloned());
         resolved.insert(label, (target, edges));
     }
-    let cycle = find_cycle(&matched, |l| {
-        resolved
-            .get(l)
-            .map(|(t, e)| (t.location.clone(), e.clone()))
-    })
+    let cycle = find_cycle(
+        &matched,
+        |l| resolved.get(l).map(|(_, e)| Cow::Borrowed(e.as_slice())),
+        |l| resolved.get(l).map(|(t, _)| t.location.clone()),
+    )
     .err();
 
     // Other targets of the loaded packages: resolved without loading more packages.
@@ -716,24 +717,26 @@ pub(crate) fn find_packages(root: &Path, prefix: &str) -> Vec<String> {
 
 /// Depth-first search for a cycle reachable from `roots`; `edges(l)` gives a target's location
 /// and the targets it depends on. Reports the whole cycle, from its first target back to it.
-pub(crate) fn find_cycle<'a, I, F>(roots: I, edges: F) -> Result<(), GraphError>
+pub(crate) fn find_cycle<'a, 'e, I, F, L>(roots: I, edges: F, location: L) -> Result<(), GraphError>
 where
     I: IntoIterator<Item = &'a Label>,
-    F: Fn(&Label) -> Option<(Location, Vec<Label>)>,
+    F: Fn(&Label) -> Option<Cow<'e, [Label]>>,
+    L: Fn(&Label) -> Option<Location>,
 {
     #[derive(PartialEq)]
     enum State {
         Active,
         Done,
     }
-    let mut state: BTreeMap<Label, State> = BTreeMap::new();
+    // Hashed: a B-tree of labels compared strings at every level (100,000 targets).
+    let mut state: std::collections::HashMap<Label, State> = std::collections::HashMap::new();
     for root in roots {
         if state.contains_key(root) {
             continue;
         }
         // Iterative DFS: (label, its edges, next edge index).
-        let mut path: Vec<(Label, Vec<Label>, usize)> = Vec::new();
-        let first = edges(root).map(|e| e.1).unwrap_or_default();
+        let mut path: Vec<(Label, Cow<'e, [Label]>, usize)> = Vec::new();
+        let first = edges(root).unwrap_or_default();
         state.insert(root.clone(), State::Active);
         path.push((root.clone(), first, 0));
         while let Some((_, succ, i)) = path.last_mut() {
@@ -742,11 +745,12 @@ where
                 state.insert(l, State::Done);
                 continue;
             }
-            let next = succ[*i].clone();
+            let next = &succ[*i];
             *i += 1;
-            match state.get(&next) {
+            match state.get(next) {
                 Some(State::Done) => {}
                 Some(State::Active) => {
+                    let next = next.clone();
                     let start = path
                         .iter()
                         .position(|(l, _, _)| *l == next)
@@ -754,7 +758,7 @@ where
                     let mut cycle: Vec<Label> =
                         path[start..].iter().map(|(l, _, _)| l.clone()).collect();
                     cycle.push(next.clone());
-                    let location = edges(&next).map(|e| e.0).unwrap_or_else(|| Location {
+                    let location = location(&next).unwrap_or_else(|| Location {
                         file: join(&next.package, BUILD_FILE),
                         line: 1,
                         column: 1,
@@ -762,7 +766,8 @@ where
                     return Err(GraphError::Cycle { location, cycle });
                 }
                 None => {
-                    let succ = edges(&next).map(|e| e.1).unwrap_or_default();
+                    let next = next.clone();
+                    let succ = edges(&next).unwrap_or_default();
                     state.insert(next.clone(), State::Active);
                     path.push((next, succ, 0));
                 }
