@@ -670,6 +670,11 @@ fn run_build_round(
     };
     if remote.is_some() {
         opts.jobs = jobs.max(REMOTE_IN_FLIGHT);
+    } else {
+        // While -j actions run here, as many more workers key and look up the actions that
+        // come next (after a header edit, most of the compiles that can see it are found in
+        // the cache by their path sets): a free slot goes to the one with the longest path.
+        opts.jobs = jobs.saturating_mul(2);
     }
     let sched = Scheduler::new(ws, store.clone(), exec, events, Some(build_id))
         .with_remote(remote)

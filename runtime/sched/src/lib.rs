@@ -454,7 +454,7 @@ impl Scheduler<'_> {
     /// a local run, the first that delivers.
     fn process(
         &self,
-        wid: usize,
+        priority: u64,
         graph: &ActionGraph,
         action: &ActionNode,
         opts: &Options,
@@ -499,7 +499,7 @@ impl Scheduler<'_> {
         } {
             return Ok(fin);
         }
-        self.execute(wid, graph, action, opts, prep)
+        self.execute(priority, graph, action, opts, prep)
     }
 
     /// The outcome of the cached `result` of the action-cache entry `entry`: outputs checked

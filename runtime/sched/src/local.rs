@@ -51,42 +51,88 @@ impl From<wbuild_store::StoreError> for StageError {
 }
 
 /// A counting semaphore (blocking).
+/// The local slots: at most `n` actions run here at once. A free slot goes to the waiting
+/// action with the longest remaining critical path (the workers outnumber the slots, so
+/// the others key and look up what comes next meanwhile), and each holder gets the index of
+/// its slot, under which its staging directories are reused.
 pub(crate) struct Semaphore {
-    free: Mutex<usize>,
+    state: Mutex<SlotState>,
     cv: Condvar,
 }
 
-pub(crate) struct SemaphoreGuard<'a>(&'a Semaphore);
+struct SlotState {
+    free: usize,
+    /// Indices given back, and the next one never given.
+    returned: Vec<usize>,
+    next_index: usize,
+    /// (priority, earlier ticket first).
+    waiting: std::collections::BinaryHeap<(u64, std::cmp::Reverse<u64>)>,
+    next_ticket: u64,
+}
+
+pub(crate) struct SemaphoreGuard<'a> {
+    sem: &'a Semaphore,
+    index: usize,
+}
+
+impl SemaphoreGuard<'_> {
+    /// Which slot this is (0 up to the number of slots).
+    pub(crate) fn index(&self) -> usize {
+        self.index
+    }
+}
 
 impl Semaphore {
     pub(crate) fn new(n: usize) -> Semaphore {
         Semaphore {
-            free: Mutex::new(n.max(1)),
+            state: Mutex::new(SlotState {
+                free: n.max(1),
+                returned: Vec::new(),
+                next_index: 0,
+                waiting: std::collections::BinaryHeap::new(),
+                next_ticket: 0,
+            }),
             cv: Condvar::new(),
         }
     }
 
-    fn acquire(&self) -> SemaphoreGuard<'_> {
-        let mut free = self.free.lock().expect("semaphore");
-        while *free == 0 {
-            free = self.cv.wait(free).expect("semaphore");
+    pub(crate) fn acquire(&self, priority: u64) -> SemaphoreGuard<'_> {
+        let mut st = self.state.lock().expect("semaphore");
+        let me = (priority, std::cmp::Reverse(st.next_ticket));
+        st.next_ticket += 1;
+        st.waiting.push(me);
+        loop {
+            if st.free > 0 && st.waiting.peek() == Some(&me) {
+                st.waiting.pop();
+                st.free -= 1;
+                let index = st.returned.pop().unwrap_or_else(|| {
+                    st.next_index += 1;
+                    st.next_index - 1
+                });
+                // The next in line may find a slot free too.
+                self.cv.notify_all();
+                return SemaphoreGuard { sem: self, index };
+            }
+            st = self.cv.wait(st).expect("semaphore");
         }
-        *free -= 1;
-        SemaphoreGuard(self)
     }
 }
 
 impl Drop for SemaphoreGuard<'_> {
     fn drop(&mut self) {
-        *self.0.free.lock().expect("semaphore") += 1;
-        self.0.cv.notify_one();
+        let mut st = self.sem.state.lock().expect("semaphore");
+        st.free += 1;
+        st.returned.push(self.index);
+        drop(st);
+        self.sem.cv.notify_all();
     }
 }
 
 impl Scheduler<'_> {
-    /// A slot for running an action here.
-    fn local_slot(&self) -> SemaphoreGuard<'_> {
-        self.local_slots.acquire()
+    /// A slot for running an action here, for an action of remaining critical path
+    /// `priority`.
+    fn local_slot(&self, priority: u64) -> SemaphoreGuard<'_> {
+        self.local_slots.acquire(priority)
     }
 
     /// Puts what staging the action needs into the CAS: its source files (checking they did
@@ -109,7 +155,7 @@ impl Scheduler<'_> {
     /// Runs the action here (the cache and the remote executor had nothing for it).
     pub(crate) fn execute(
         &self,
-        wid: usize,
+        priority: u64,
         graph: &ActionGraph,
         action: &ActionNode,
         opts: &Options,
@@ -137,9 +183,9 @@ impl Scheduler<'_> {
         }
         let ran = {
             let wait = crate::phases::phase("wait for a local slot");
-            let _local = self.local_slot();
+            let local = self.local_slot(priority);
             drop(wait);
-            self.runner.run(&self.store, wid, &prep.spec)?
+            self.runner.run(&self.store, local.index(), &prep.spec)?
         };
         let _finish = crate::phases::phase("finish (checks, cache entry, outputs)");
         if let Some(log) = &ran.accesses {
@@ -147,5 +193,40 @@ impl Scheduler<'_> {
                 .put_access_log(&prep.action_digest, &log.to_json())?;
         }
         self.finish_run(graph, action, opts, &prep, ran, None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_free_slot_goes_to_the_longest_path_and_slots_are_numbered() {
+        let sem = Semaphore::new(2);
+        let a = sem.acquire(0);
+        let b = sem.acquire(0);
+        assert_eq!([a.index(), b.index()], [0, 1]);
+        drop(a);
+        assert_eq!(sem.acquire(0).index(), 0, "a slot given back is given again");
+
+        let one = Semaphore::new(1);
+        let held = one.acquire(0);
+        let order = Mutex::new(Vec::new());
+        std::thread::scope(|s| {
+            for prio in [1u64, 5, 3] {
+                let (one, order) = (&one, &order);
+                s.spawn(move || {
+                    let g = one.acquire(prio);
+                    order.lock().unwrap().push((prio, g.index()));
+                    std::thread::sleep(std::time::Duration::from_millis(5));
+                });
+            }
+            // Every waiter in line before the slot comes free.
+            while one.state.lock().unwrap().waiting.len() < 3 {
+                std::thread::sleep(std::time::Duration::from_millis(1));
+            }
+            drop(held);
+        });
+        assert_eq!(*order.lock().unwrap(), [(5, 0), (3, 0), (1, 0)]);
     }
 }

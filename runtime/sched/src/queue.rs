@@ -386,9 +386,10 @@ impl Scheduler<'_> {
                 .known_result(idx, graph, opts, &generated)
                 .map(|(f, _)| f);
             let was_known = known.is_some();
-            let fin = match known
-                .map_or_else(|| self.process(wid, graph, action, opts, &generated), Ok)
-            {
+            let fin = match known.map_or_else(
+                || self.process(prio[idx], graph, action, opts, &generated),
+                Ok,
+            ) {
                 Ok(f) => f,
                 Err(e) => {
                     let mut st = shared.lock().expect("scheduler state");
