@@ -207,7 +207,11 @@ mod tests {
         let b = sem.acquire(0);
         assert_eq!([a.index(), b.index()], [0, 1]);
         drop(a);
-        assert_eq!(sem.acquire(0).index(), 0, "a slot given back is given again");
+        assert_eq!(
+            sem.acquire(0).index(),
+            0,
+            "a slot given back is given again"
+        );
 
         let one = Semaphore::new(1);
         let held = one.acquire(0);
