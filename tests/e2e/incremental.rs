@@ -26,6 +26,29 @@ fn answers(ev: &[serde_json::Value]) -> Vec<(String, String)> {
     v
 }
 
+/// The chain workspace, its sources old enough for the snapshot to trust, built once.
+fn built_chain() -> TestWorkspace {
+    let w = ws();
+    chain(&w);
+    for f in ["gen/a.txt", "gen/b.txt", "other/c.txt", "tools/probe.wasm"] {
+        wbuild_tests::backdate(&w.path(f));
+    }
+    w.ok(&["build"]);
+    w
+}
+
+/// The next build of the chain is answered by the snapshot's no-op path: its three actions
+/// cached, nothing keyed or looked up.
+fn assert_no_op(w: &TestWorkspace) {
+    let (_, ev) = w.events(&["build"]);
+    let actions: Vec<&serde_json::Value> = ev.iter().filter(|e| e["type"] == "action").collect();
+    assert_eq!(actions.len(), 3, "{ev:?}");
+    for a in actions {
+        assert_eq!(a["status"], "cached", "{a}");
+        assert!(a["phases"].is_null(), "not a no-op: {a}");
+    }
+}
+
 #[test]
 fn an_edit_computes_keys_only_for_what_it_reaches() {
     let w = ws();
@@ -114,20 +137,8 @@ wasi_run(name = "post", tool = "//tools:probe", srcs = [":pre"], outs = ["post.t
 fn the_build_after_a_first_build_is_proven_a_no_op() {
     // The first build creates wbuild-out/: that must not change the workspace signature
     // the next build is checked against.
-    let w = ws();
-    chain(&w);
-    for f in ["gen/a.txt", "gen/b.txt", "other/c.txt", "tools/probe.wasm"] {
-        wbuild_tests::backdate(&w.path(f));
-    }
-    w.ok(&["build"]);
-    let (_, ev) = w.events(&["build"]);
-    let actions: Vec<&serde_json::Value> = ev.iter().filter(|e| e["type"] == "action").collect();
-    assert_eq!(actions.len(), 3, "{ev:?}");
-    for a in actions {
-        // Answered by the snapshot's no-op path: nothing was keyed or looked up.
-        assert_eq!(a["status"], "cached", "{a}");
-        assert!(a["phases"].is_null(), "{a}");
-    }
+    let w = built_chain();
+    assert_no_op(&w);
 }
 
 #[test]
@@ -135,12 +146,7 @@ fn the_build_after_an_edit_is_a_no_op_and_the_history_counts_what_was_known() {
     // The snapshot written after an edit records again, without a second stat, what the
     // check found unchanged; the outputs the edit's actions wrote are stat'ed anew (recording
     // their old stats would make the next build rerun them).
-    let w = ws();
-    chain(&w);
-    for f in ["gen/a.txt", "gen/b.txt", "other/c.txt", "tools/probe.wasm"] {
-        wbuild_tests::backdate(&w.path(f));
-    }
-    w.ok(&["build"]);
+    let w = built_chain();
     w.write("gen/b.txt", "there\n");
     wbuild_tests::backdate(&w.path("gen/b.txt"));
     let (out, ev) = w.events(&["build"]);
@@ -159,13 +165,7 @@ fn the_build_after_an_edit_is_a_no_op_and_the_history_counts_what_was_known() {
         log.contains("2 of 3 actions ran (1 known up to date from the snapshot, not listed)"),
         "{log}"
     );
-    let (_, ev) = w.events(&["build"]);
-    let actions: Vec<&serde_json::Value> = ev.iter().filter(|e| e["type"] == "action").collect();
-    assert_eq!(actions.len(), 3, "{ev:?}");
-    for a in actions {
-        assert_eq!(a["status"], "cached", "{a}");
-        assert!(a["phases"].is_null(), "not a no-op: {a}");
-    }
+    assert_no_op(&w);
     assert_eq!(
         w.read("wbuild-out/gen/abab.txt"),
         "hello\nthere\nhello\nthere\n"

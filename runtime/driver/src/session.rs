@@ -687,25 +687,23 @@ fn run_build_round(
             }
         }
     }
-    let mut known = match snap.as_mut() {
-        Some(s) => {
+    // What the snapshot vouches for, pass by pass.
+    let mut known = snap
+        .as_mut()
+        .map(|s| {
             let graphs: Vec<(String, &ActionGraph)> = passes
                 .iter()
                 .map(|(p, g)| (p.out_dir(), g.as_ref()))
                 .collect();
             known_results(ws, s, &graphs, function)
-                .into_iter()
-                .map(|k| Some(Arc::new(k)))
-                .collect()
-        }
-        None => vec![None; passes.len()],
-    };
+        })
+        .unwrap_or_default()
+        .into_iter();
     let runs: Vec<(&ActionGraph, Options)> = passes
         .iter()
-        .zip(known.iter_mut())
-        .map(|((p, g), k)| {
+        .map(|(p, g)| {
             let mut o = pass_options(&opts, *p, &bundles);
-            o.known = k.take();
+            o.known = known.next().map(Arc::new);
             (g.as_ref(), o)
         })
         .collect();

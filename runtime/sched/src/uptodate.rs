@@ -75,16 +75,7 @@ impl DirStat {
         if kind != libc::S_IFREG && kind != libc::S_IFDIR {
             return None;
         }
-        let ns = |t: libc::statx_timestamp| {
-            t.tv_sec.saturating_mul(1_000_000_000) + i64::from(t.tv_nsec)
-        };
-        Some(StatKey {
-            dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
-            ino: stx.stx_ino,
-            size: stx.stx_size,
-            mtime_ns: ns(stx.stx_mtime),
-            ctime_ns: ns(stx.stx_ctime),
-        })
+        Some(StatKey::of_statx(&stx))
     }
 }
 

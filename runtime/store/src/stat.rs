@@ -43,6 +43,21 @@ impl StatKey {
         }
     }
 
+    /// The key of what `statx` (with `STATX_BASIC_STATS`) filled in: the same as [`StatKey::of`]
+    /// of the same file's metadata.
+    pub fn of_statx(stx: &libc::statx) -> StatKey {
+        let ns = |t: libc::statx_timestamp| {
+            t.tv_sec.saturating_mul(1_000_000_000) + i64::from(t.tv_nsec)
+        };
+        StatKey {
+            dev: libc::makedev(stx.stx_dev_major, stx.stx_dev_minor),
+            ino: stx.stx_ino,
+            size: stx.stx_size,
+            mtime_ns: ns(stx.stx_mtime),
+            ctime_ns: ns(stx.stx_ctime),
+        }
+    }
+
     /// Modified within [`RACY_NS`] of now.
     pub fn is_racy(&self) -> bool {
         let now = SystemTime::now()
