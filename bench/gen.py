@@ -25,7 +25,8 @@ Kinds:
             depends on up to F (default 3) earlier libraries of its component and each file
             includes a header of each dependency and calls into it. One program `//app:app`
             links the last library of every component. Compiles use the same command as
-            wbuild's cc_library (`gcc -MD -MF D -c -O2 -iquote . -I ... -o O S`) and `ar rcsD`.
+            wbuild's cc_library (`gcc -MD -MF D -c -O2 -iquote . -I ... -o O S`, with
+            -fno-canonical-system-headers, which ninja and make get too) and `ar rcsD`.
 """
 import argparse
 import os
@@ -211,7 +212,7 @@ def gen_c(a):
                     seen.append(t)
         closure[i] = seen
     ninja = [
-        "rule cc\n  command = gcc -MD -MF $out.d -c -O2 -iquote . $incs -o $out $in\n"
+        "rule cc\n  command = gcc -MD -MF $out.d -c -fno-canonical-system-headers -O2 -iquote . $incs -o $out $in\n"
         "  depfile = $out.d\n  deps = gcc\n\n",
         "rule ar\n  command = rm -f $out && ar rcsD $out $in\n\n",
         "rule link\n  command = gcc -o $out $in\n\n",
@@ -239,7 +240,7 @@ def gen_c(a):
             objs.append(obj)
             ninja.append(f"build {obj}: cc {pkg}/f{j}.c\n  incs = {incs}\n")
             make.append(f"{obj}: {pkg}/f{j}.c\n\t@mkdir -p out/{pkg}\n"
-                        f"\t@gcc -MD -MF $@.d -c -O2 -iquote . {incs} -o $@ $<\n")
+                        f"\t@gcc -MD -MF $@.d -c -fno-canonical-system-headers -O2 -iquote . {incs} -o $@ $<\n")
         archive = f"out/{pkg}/lib{pkg}.a"
         ninja.append(f"build {archive}: ar {' '.join(objs)}\n")
         make.append(f"{archive}: {' '.join(objs)}\n\t@rm -f $@ && ar rcsD $@ $^\n")
@@ -276,7 +277,7 @@ def gen_c(a):
     ninja.append(f"build out/app/main.o: cc app/main.c\n  incs = {top_incs}\n")
     ninja.append(f"build out/app/app: link out/app/main.o {archives}\n")
     make.append(f"out/app/main.o: app/main.c\n\t@mkdir -p out/app\n"
-                f"\t@gcc -MD -MF $@.d -c -O2 -iquote . {top_incs} -o $@ $<\n")
+                f"\t@gcc -MD -MF $@.d -c -fno-canonical-system-headers -O2 -iquote . {top_incs} -o $@ $<\n")
     make.append(f"out/app/app: out/app/main.o {archives}\n\t@gcc -o $@ $^\n")
     make.append("all: out/app/app\n.PHONY: all\n-include $(shell find out -name '*.d' 2>/dev/null)\n")
     write_ninja_make(a.out, ninja, make)

@@ -18,6 +18,7 @@ mod remote_download;
 mod remote_exec;
 mod remote_tls;
 mod report;
+mod spawner;
 mod third_party;
 mod toolchains;
 
@@ -918,7 +919,7 @@ genrule(
     );
     let world = w.read("wbuild-out/n/world.txt");
     assert!(
-        world.starts_with("bin\ndev\nlib\nlib64\nproc\nsbin\ntmp\nusr\nwork\n0\n/work\n"),
+        world.starts_with("bin\ndev\netc\nlib\nlib64\nproc\nsbin\ntmp\nusr\nwork\n0\n/work\n"),
         "{world}"
     );
     // Exactly the fixed variables and the platform's tools ($CC etc., as Bazel's genrule

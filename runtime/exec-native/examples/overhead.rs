@@ -36,6 +36,18 @@ fn main() {
         .nth(2)
         .and_then(|a| a.parse().ok())
         .unwrap_or(0);
+    // WBUILD_SPAWNER=1: sandboxes are started by the spawner, forked here first (as the CLI
+    // does), not cloned from this process.
+    if std::env::var_os("WBUILD_SPAWNER").is_some() {
+        wbuild_exec_native::start_spawner().expect("start the spawner");
+    }
+    // BALLAST (MiB): heap this process holds and touches first, as wbuild holds its graph,
+    // caches and store while it builds; a sandbox's clone copies the page tables of it.
+    let ballast_mib: usize = std::env::args()
+        .nth(3)
+        .and_then(|a| a.parse().ok())
+        .unwrap_or(0);
+    let mut ballast: Vec<Vec<u8>> = (0..ballast_mib).map(|_| vec![1u8; 1 << 20]).collect();
     let staged = tempfile::tempdir().expect("temp dir");
     let mut mounts = wbuild_exec_native::host_toolchain_mounts();
     let mut scratch = Vec::new();
@@ -72,11 +84,26 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
-    let one = |hardened: bool| -> Duration {
+    let mut one = |hardened: bool| -> Duration {
         set_hardening_for_benchmark(hardened);
+        let t = std::time::Instant::now();
         let out = run(&req).expect("sandboxed run");
         assert_eq!(out.exit_code, Some(0), "{out:?}");
-        out.duration
+        // Write to every page of the ballast once, as wbuild goes on writing its heap: each
+        // page the clone shared copy-on-write faults.
+        for b in ballast
+            .iter_mut()
+            .take(if std::env::var_os("NO_TOUCH").is_some() {
+                0
+            } else {
+                usize::MAX
+            })
+        {
+            for p in b.iter_mut().step_by(4096) {
+                *p = p.wrapping_add(1);
+            }
+        }
+        t.elapsed()
     };
     // Warm up both (the seccomp filters are compiled once per process).
     one(true);

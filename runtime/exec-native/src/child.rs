@@ -197,24 +197,43 @@ pub(crate) unsafe fn init_main(plan: &Plan, fds: &ChildFds) -> ! {
             0 as c_ulong,
             0 as c_ulong,
         );
-        // Fork the action (raw clone: glibc's fork would run atfork handlers and take
-        // locks that another thread of the original process may have held).
-        let child = libc::syscall(
-            libc::SYS_clone,
-            libc::SIGCHLD as c_ulong,
-            0usize,
-            0usize,
-            0usize,
-            0usize,
+        // Start the action as `posix_spawn` does: sharing init's memory (`CLONE_VM`, on a
+        // stack of its own) until its `execve`, while init waits (`CLONE_VFORK`). Init's
+        // memory is a copy of the host process's, tens of MiB while wbuild builds: a fork
+        // would copy its page tables again and tear them down at the action's `execve`.
+        // (Not glibc's fork: it would run atfork handlers and take locks that another
+        // thread of the original process may have held; glibc's `clone` is a bare wrapper.)
+        let stack = libc::mmap(
+            std::ptr::null_mut(),
+            ACTION_STACK,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        );
+        if stack == libc::MAP_FAILED {
+            report(fds.report, REPORT_CLONE, 0, errno(), 0);
+            libc::_exit(1);
+        }
+        // The lowest page stays unmapped-in-effect: an overflow faults instead of writing
+        // below the stack.
+        libc::mprotect(stack, 4096, libc::PROT_NONE);
+        let top = (stack as *mut u8).add(ACTION_STACK).cast::<libc::c_void>();
+        let start = ActionStart { plan, fds };
+        let child = libc::clone(
+            action_entry,
+            top,
+            libc::CLONE_VM | libc::CLONE_VFORK | libc::SIGCHLD,
+            (&start as *const ActionStart)
+                .cast_mut()
+                .cast::<libc::c_void>(),
         );
         if child < 0 {
             report(fds.report, REPORT_CLONE, 0, errno(), 0);
             libc::_exit(1);
         }
-        if child == 0 {
-            action_main(plan, fds);
-        }
-        let child = child as libc::pid_t;
+        // The action has called `execve` (or exited): its stack is no longer used.
+        libc::munmap(stack, ACTION_STACK);
         libc::close(fds.out);
         libc::close(fds.err);
         if fds.notify >= 0 {
@@ -236,7 +255,28 @@ pub(crate) unsafe fn init_main(plan: &Plan, fds: &ChildFds) -> ! {
     }
 }
 
-/// Body of the action process (child of init), up to `execve`.
+/// Size of the stack the action runs on until its `execve` (the lowest page a guard).
+const ACTION_STACK: usize = 256 * 1024;
+
+/// What [`action_entry`] is handed through `clone`.
+struct ActionStart<'a> {
+    plan: &'a Plan,
+    fds: &'a ChildFds,
+}
+
+/// Entry point of the action process under `clone` (its argument is an [`ActionStart`] on
+/// init's stack, valid while init waits for the `execve`).
+extern "C" fn action_entry(arg: *mut libc::c_void) -> c_int {
+    // SAFETY: `arg` points at the `ActionStart` init made, alive while init is suspended
+    // (`CLONE_VFORK`); `action_main` never returns.
+    unsafe {
+        let start = &*(arg.cast::<ActionStart>());
+        action_main(start.plan, start.fds)
+    }
+}
+
+/// Body of the action process (child of init), up to `execve`. It shares init's memory
+/// until then (init waits): it writes only to its own stack.
 pub(crate) unsafe fn action_main(plan: &Plan, fds: &ChildFds) -> ! {
     // SAFETY: (whole function) async-signal-safe syscalls only, on prepared memory.
     unsafe {

@@ -138,6 +138,7 @@ mod harden;
 mod observe;
 mod parent;
 mod plan;
+mod spawner;
 
 use child::*;
 use parent::*;
@@ -145,6 +146,7 @@ use plan::*;
 
 pub use harden::{HIDDEN_HOST_DIRS, PIDS_LIMIT};
 pub use observe::MAX_ACCESSES;
+pub use spawner::start as start_spawner;
 
 /// Whether actions are confined after setup (capabilities, no_new_privs, seccomp, process
 /// limit, hidden host directories). Always on, except in the overhead benchmark.
@@ -369,13 +371,23 @@ pub fn run(req: &NativeRequest) -> Result<NativeOutcome, SandboxError> {
     execute(&plan, req.timeout)
 }
 
+/// The dynamic linker's cache of where the host's libraries are (`ldconfig` rewrites it).
+pub const LD_SO_CACHE: &str = "/etc/ld.so.cache";
+
 /// The host's system directories (`/usr`, `/bin`, `/lib`, `/lib64`, `/sbin`, those that exist)
 /// as read-only mounts at the same paths: a toolchain made of the host's installed packages.
 /// Symlinks such as Debian's `/bin -> usr/bin` are recreated as symlinks in the sandbox.
 /// Inside them, [`HIDDEN_HOST_DIRS`] (`/usr/local`, `/usr/share`, ...) are empty: nothing
 /// keys their contents.
+///
+/// The dynamic linker's cache, [`LD_SO_CACHE`], is mounted too (read-only, when it exists).
+/// Without it every dynamically linked program of an action (`sh`, `gcc`, `cc1`, `as`, `ld`,
+/// ...) searches the library directories for each library it needs: about 30 failed
+/// lookups per library, each stopped and answered when the action is observed (a small
+/// compile made 330 such calls with the cache hidden, 186 with it). It only says where the
+/// libraries under the mounted directories are; the host toolchain's identity records it.
 pub fn host_toolchain_mounts() -> Vec<Mount> {
-    ["/usr", "/bin", "/lib", "/lib64", "/sbin"]
+    ["/usr", "/bin", "/lib", "/lib64", "/sbin", LD_SO_CACHE]
         .iter()
         .filter(|p| Path::new(p).symlink_metadata().is_ok())
         .map(|p| Mount {
@@ -421,8 +433,22 @@ pub fn interrupt() {
     let running = lock_running();
     for r in running.iter() {
         r.interrupted.store(true, Ordering::SeqCst);
-        // SAFETY: `r.pid` is our unreaped child (entries are removed before reaping).
-        unsafe { libc::kill(r.pid, libc::SIGKILL) };
+        match r.pidfd {
+            // SAFETY: a pidfd its run holds while the entry is registered.
+            Some(fd) => unsafe {
+                libc::syscall(
+                    libc::SYS_pidfd_send_signal,
+                    fd,
+                    libc::SIGKILL,
+                    std::ptr::null::<libc::siginfo_t>(),
+                    0u32,
+                );
+            },
+            // SAFETY: `r.pid` is our unreaped child (entries are removed before reaping).
+            None => unsafe {
+                libc::kill(r.pid, libc::SIGKILL);
+            },
+        }
     }
 }
 
@@ -431,6 +457,8 @@ pub fn interrupt() {
 
 struct Running {
     pid: libc::pid_t,
+    /// Init's pidfd when the spawner started it (init is then not our child).
+    pidfd: Option<std::ffi::c_int>,
     interrupted: Arc<AtomicBool>,
 }
 

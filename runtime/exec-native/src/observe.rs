@@ -28,6 +28,7 @@
 use std::collections::HashSet;
 use std::ffi::{CString, c_int, c_void};
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use crate::{AccessKind, Observation};
 
@@ -237,8 +238,42 @@ impl Observer {
         }
     }
 
-    pub(crate) fn fd(&self) -> c_int {
-        self.listener
+    /// Answers stopped calls on the calling thread until no process uses the filter any
+    /// more (the listener hangs up), the listener fails, or `stop` is set (checked at least
+    /// every 50 ms: the host sets it once it has reaped the sandbox). Polling the listener
+    /// alone, on a thread of its own, keeps each answer to a `poll` and two `ioctl`s: the
+    /// stopped caller wakes this thread on its own CPU.
+    pub(crate) fn watch(mut self, stop: &AtomicBool) -> Observation {
+        loop {
+            let mut p = libc::pollfd {
+                fd: self.listener,
+                events: libc::POLLIN,
+                revents: 0,
+            };
+            // SAFETY: one valid pollfd.
+            let n = unsafe { libc::poll(&mut p, 1, 50) };
+            if n < 0 {
+                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                    continue;
+                }
+                break;
+            }
+            if n == 0 {
+                if stop.load(Ordering::Acquire) {
+                    break;
+                }
+                continue;
+            }
+            if p.revents & libc::POLLIN != 0 {
+                if self.handle_one().is_err() {
+                    break;
+                }
+            } else {
+                // POLLHUP: no process uses the filter any more.
+                break;
+            }
+        }
+        self.finish()
     }
 
     pub(crate) fn finish(mut self) -> Observation {

@@ -22,7 +22,7 @@ pub(crate) fn errno() -> c_int {
     unsafe { *libc::__errno_location() }
 }
 
-pub(crate) struct Fd(c_int);
+pub(crate) struct Fd(pub(crate) c_int);
 
 impl Drop for Fd {
     fn drop(&mut self) {
@@ -65,9 +65,12 @@ fn above_stdio(fds: [c_int; 2]) -> Result<(Fd, Fd), SandboxError> {
     Ok((a, b))
 }
 
-/// Kills and reaps init if `execute` leaves early (error or panic).
+/// Kills and reaps init if `execute` leaves early (error or panic). Init is this process's
+/// child, or the spawner's ([`crate::spawner`]: then it is signalled through its pidfd and
+/// its wait status comes from the spawner).
 pub(crate) struct InitGuard {
     pub(crate) pid: libc::pid_t,
+    pub(crate) spawned: Option<crate::spawner::Spawned>,
     pub(crate) reaped: bool,
 }
 
@@ -76,8 +79,29 @@ impl InitGuard {
         lock_running().retain(|r| r.pid != self.pid);
     }
 
+    pub(crate) fn kill(&self) {
+        match &self.spawned {
+            Some(s) => s.kill(),
+            // SAFETY: our unreaped child.
+            None => unsafe {
+                libc::kill(self.pid, libc::SIGKILL);
+            },
+        }
+    }
+
     pub(crate) fn reap(&mut self) -> i32 {
         self.unregister();
+        self.reaped = true;
+        if let Some(s) = &self.spawned {
+            // Init exits once the action has (its pipes are closed by then, or it was
+            // killed): the spawner reaps it and says so at once.
+            let deadline = Instant::now() + crate::spawner::ANSWER_DEADLINE;
+            if let Some(status) = s.status(deadline) {
+                return status;
+            }
+            s.kill();
+            return 0;
+        }
         let mut status = 0;
         loop {
             // SAFETY: `pid` is our child; valid out-parameter.
@@ -86,7 +110,6 @@ impl InitGuard {
                 break;
             }
         }
-        self.reaped = true;
         status
     }
 }
@@ -95,11 +118,42 @@ impl Drop for InitGuard {
     fn drop(&mut self) {
         if !self.reaped {
             self.unregister();
-            // SAFETY: our unreaped child.
-            unsafe { libc::kill(self.pid, libc::SIGKILL) };
+            self.kill();
             self.reap();
         }
     }
+}
+
+/// Clones the sandbox's init (new user, mount, pid, network, IPC and UTS namespaces) running
+/// [`init_main`] on `plan` with `fds`. Returns its pid.
+pub(crate) fn clone_init(plan: &Plan, fds: &ChildFds) -> io::Result<libc::pid_t> {
+    let flags = libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWUTS;
+    // SAFETY: raw clone with fork semantics (no CLONE_VM, no new stack): the child gets a
+    // copy of this address space and runs only `init_main`, which performs async-signal-safe
+    // syscalls on memory prepared above and never returns.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_clone,
+            (flags | libc::SIGCHLD) as c_ulong,
+            0usize,
+            0usize,
+            0usize,
+            0usize,
+        )
+    };
+    if r == 0 {
+        // SAFETY: we are the freshly cloned child.
+        unsafe { init_main(plan, fds) }
+    }
+    if r < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as libc::pid_t)
 }
 
 /// A close-on-exec `SOCK_SEQPACKET` socket pair (both ends >= 3) for sending the observing
@@ -166,6 +220,50 @@ fn receive_listener(sock: c_int) -> Option<c_int> {
     }
 }
 
+/// The thread that answers the observing filter's stopped calls ([`Observer::watch`]).
+/// Dropped without [`Watcher::finish`] (an early return), it is told to stop and left to
+/// end on its own: the sandbox's processes are killed, so the listener hangs up.
+///
+/// [`Observer::watch`]: crate::observe::Observer::watch
+struct Watcher {
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<crate::Observation>>,
+}
+
+impl Watcher {
+    fn start(observer: crate::observe::Observer) -> Result<Watcher, SandboxError> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let flag = stop.clone();
+        let thread = std::thread::Builder::new()
+            .name("wbuild-observe".into())
+            .spawn(move || observer.watch(&flag))
+            .map_err(|error| SandboxError::Io {
+                what: "spawn of the thread observing the action",
+                error,
+            })?;
+        Ok(Watcher {
+            stop,
+            thread: Some(thread),
+        })
+    }
+
+    /// What was observed; called once the sandbox is reaped.
+    fn finish(mut self) -> crate::Observation {
+        self.stop.store(true, Ordering::Release);
+        let thread = self.thread.take().expect("joined once");
+        thread.join().unwrap_or_else(|_| crate::Observation {
+            truncated: true,
+            ..Default::default()
+        })
+    }
+}
+
+impl Drop for Watcher {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
+}
+
 pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, SandboxError> {
     let start = Instant::now();
     let (out_r, out_w) = pipe()?;
@@ -186,37 +284,15 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
     };
     let interrupted = Arc::new(AtomicBool::new(false));
 
-    let flags = libc::CLONE_NEWUSER
-        | libc::CLONE_NEWNS
-        | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNET
-        | libc::CLONE_NEWIPC
-        | libc::CLONE_NEWUTS;
     let pid;
+    let spawned;
     {
-        // Held across the clone so `interrupt` cannot miss a sandbox that has started.
+        // Held across the start so `interrupt` cannot miss a sandbox that has started.
         let mut running = lock_running();
-        // SAFETY: raw clone with fork semantics (no CLONE_VM, no new stack): the child
-        // gets a copy of this address space and runs only `init_main`, which performs
-        // async-signal-safe syscalls on memory prepared above and never returns.
-        let r = unsafe {
-            libc::syscall(
-                libc::SYS_clone,
-                (flags | libc::SIGCHLD) as c_ulong,
-                0usize,
-                0usize,
-                0usize,
-                0usize,
-            )
-        };
-        if r == 0 {
-            // SAFETY: we are the freshly cloned child.
-            unsafe { init_main(plan, &fds) }
-        }
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            drop(running);
-            return Err(match e.raw_os_error() {
+        spawned = crate::spawner::spawn(plan, &fds);
+        pid = match &spawned {
+            Some(s) => s.pid,
+            None => clone_init(plan, &fds).map_err(|e| match e.raw_os_error() {
                 Some(libc::EPERM | libc::ENOSPC | libc::EUSERS | libc::EINVAL) => {
                     SandboxError::UserNamespacesUnavailable {
                         detail: format!("clone(CLONE_NEWUSER|CLONE_NEWPID|...) failed: {e}"),
@@ -226,22 +302,26 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
                     what: "clone of the sandbox init process",
                     error: e,
                 },
-            });
-        }
-        pid = r as libc::pid_t;
+            })?,
+        };
         running.push(Running {
             pid,
+            pidfd: spawned.as_ref().map(|s| s.pidfd.0),
             interrupted: interrupted.clone(),
         });
     }
-    let mut guard = InitGuard { pid, reaped: false };
+    let mut guard = InitGuard {
+        pid,
+        spawned,
+        reaped: false,
+    };
     drop(out_w);
     drop(err_w);
     drop(rep_w);
     drop(sock_w);
     let mut sock = sock_r;
-    let mut observer: Option<crate::observe::Observer> = None;
-    let mut listening = true;
+    // The thread answering the observing filter's stopped calls, once its listener arrived.
+    let mut watcher: Option<Watcher> = None;
 
     let mut stdout = Vec::new();
     let mut stderr = Vec::new();
@@ -257,8 +337,7 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
                 break; // Teardown grace period over; stop waiting for stragglers.
             }
             timed_out = true;
-            // SAFETY: our unreaped child (still registered).
-            unsafe { libc::kill(pid, libc::SIGKILL) };
+            guard.kill();
             deadline = now + Duration::from_secs(2);
             continue;
         }
@@ -274,8 +353,7 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
                 idx.push(i);
             }
         }
-        // The observer's descriptors (3: the socket the listener arrives on, 4: the
-        // listener), polled while the pipes are open.
+        // The socket the observing filter's listener arrives on (index 3).
         if let Some(s) = &sock {
             pfds.push(libc::pollfd {
                 fd: s.0,
@@ -283,14 +361,6 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
                 revents: 0,
             });
             idx.push(3);
-        }
-        if let Some(o) = observer.as_ref().filter(|_| listening) {
-            pfds.push(libc::pollfd {
-                fd: o.fd(),
-                events: libc::POLLIN,
-                revents: 0,
-            });
-            idx.push(4);
         }
         let wait_ms = (deadline - now).as_millis().clamp(1, c_int::MAX as u128) as c_int;
         // SAFETY: valid array of pollfd.
@@ -310,22 +380,12 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
             }
             if i == 3 {
                 if let Some(fd) = sock.as_ref().and_then(|s| receive_listener(s.0)) {
-                    observer = Some(crate::observe::Observer::new(fd, plan.roots.clone()));
+                    watcher = Some(Watcher::start(crate::observe::Observer::new(
+                        fd,
+                        plan.roots.clone(),
+                    ))?);
                 }
                 sock = None;
-                continue;
-            }
-            if i == 4 {
-                if p.revents & libc::POLLIN != 0 {
-                    if let Some(o) = observer.as_mut()
-                        && o.handle_one().is_err()
-                    {
-                        listening = false;
-                    }
-                } else {
-                    // POLLHUP: no process uses the filter any more.
-                    listening = false;
-                }
                 continue;
             }
             let fd = open[i].as_ref().map(|f| f.0).unwrap_or(-1);
@@ -354,10 +414,11 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
         }
     }
     if timed_out {
-        // SAFETY: our unreaped child.
-        unsafe { libc::kill(pid, libc::SIGKILL) };
+        guard.kill();
     }
     let init_status = guard.reap();
+    // Every process of the sandbox is gone: the watcher sees the listener hang up.
+    let observed = watcher.map(Watcher::finish);
     let duration = start.elapsed();
     if interrupted.load(Ordering::SeqCst) {
         return Err(SandboxError::Interrupted);
@@ -443,6 +504,6 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
         stdout,
         stderr,
         duration,
-        observed: observer.map(crate::observe::Observer::finish),
+        observed,
     })
 }

@@ -135,6 +135,11 @@ impl PooledRoot {
         Ok(PooledRoot(Some(dir)))
     }
 
+    /// No directory: the spawner's copy of a plan (wbuild holds the directory).
+    pub(crate) fn none() -> PooledRoot {
+        PooledRoot(None)
+    }
+
     pub(crate) fn path(&self) -> &Path {
         self.0.as_ref().expect("root directory").path()
     }

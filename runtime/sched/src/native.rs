@@ -162,8 +162,8 @@ fn output_dirs(outputs: &[String]) -> Vec<String> {
 
 /// Identity of the toolchain native actions of `platform` run with (part of their keys),
 /// computed once per process: the files the compiler driver uses — `$CC`, `$CXX`, `$AR`, the
-/// test runner, and what the drivers name as `cc1`, `cc1plus`, `as`, `ld` and `collect2` — and
-/// every file under its header and library directories, each by path, size, modification time
+/// test runner, what the drivers name as `cc1`, `cc1plus`, `as`, `ld` and `collect2`, and the
+/// dynamic linker's cache (`/etc/ld.so.cache`, mounted into the sandbox) — and every file under its header and library directories, each by path, size, modification time
 /// and inode (package upgrades replace files), so upgrading gcc or libc invalidates exactly
 /// the native actions that use them. A command can also run any other program of the host's
 /// `/usr`: the package database and the programs in `/usr/bin` and `/usr/sbin` are part of the
@@ -221,7 +221,8 @@ fn host_toolchain(platform: Platform) -> (String, Vec<PathBuf>) {
         })
     };
     let env = platform.tool_env();
-    let mut files: Vec<PathBuf> = Vec::new();
+    // The dynamic linker's cache is mounted into every host-toolchain sandbox.
+    let mut files: Vec<PathBuf> = vec![PathBuf::from(wbuild_exec_native::LD_SO_CACHE)];
     let mut dirs: Vec<PathBuf> = Vec::new();
     // Each question is a compiler-driver run (a few ms each, fourteen of them): asked all at
     // once, on threads, they cost about one.

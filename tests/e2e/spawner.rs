@@ -1,0 +1,156 @@
+//! The sandbox spawner (a small process `wbuild build` forks at startup, which clones each
+//! native sandbox's init): when it dies, builds go on without it; when wbuild dies, the
+//! sandboxes it started die with it.
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use super::ws;
+
+/// Pids whose parent is `pid` (from `/proc/*/stat`).
+fn children_of(pid: u32) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(format!("/proc/{p}/stat")) else {
+            continue;
+        };
+        // `pid (comm) state ppid ...`: comm may hold spaces; the rest follows the last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let ppid = rest.split_whitespace().nth(1).and_then(|s| s.parse().ok());
+        if ppid == Some(pid) {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// Pids of processes whose command line contains `needle`.
+fn processes_running(needle: &str) -> Vec<u32> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Ok(p) = e.file_name().to_string_lossy().parse::<u32>() else {
+            continue;
+        };
+        if let Ok(cmd) = std::fs::read(format!("/proc/{p}/cmdline"))
+            && String::from_utf8_lossy(&cmd)
+                .replace('\0', " ")
+                .contains(needle)
+        {
+            out.push(p);
+        }
+    }
+    out
+}
+
+fn wait_for(what: &str, deadline: Duration, mut f: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !f() {
+        assert!(Instant::now() < end, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The spawner killed with SIGKILL while a sandbox it started is running: that action still
+/// finishes with its status, and every later action is started without the spawner.
+#[test]
+fn a_killed_spawner_leaves_the_build_to_finish_without_it() {
+    let w = ws();
+    let mut build = String::from(
+        "genrule(name = \"first\", outs = [\"first.txt\"], \
+         cmd = \"sleep 1.5 && echo first > $@\")\n",
+    );
+    for i in 0..4 {
+        let dep = if i == 0 {
+            ":first".to_owned()
+        } else {
+            format!(":n{}", i - 1)
+        };
+        build.push_str(&format!(
+            "genrule(name = \"n{i}\", srcs = [\"{dep}\"], outs = [\"n{i}.txt\"], \
+             cmd = \"cat $(location {dep}) > $@ && echo {i} >> $@\")\n"
+        ));
+    }
+    w.write("s/WBUILD", &build);
+    let mut child = w
+        .cmd(&["build", "-j", "1", "//s:n3"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The spawner is the child of wbuild whose children are the sandboxes (wbuild's other
+    // children, such as the compiler questions of the host toolchain's identity, come and
+    // go). Wait until the first action's sandbox runs.
+    let mut spawner = 0;
+    wait_for(
+        "the first sandbox",
+        Duration::from_secs(30),
+        || match children_of(child.id())
+            .into_iter()
+            .find(|&c| !children_of(c).is_empty())
+        {
+            Some(c) => {
+                spawner = c;
+                true
+            }
+            None => false,
+        },
+    );
+    let status = std::process::Command::new("kill")
+        .args(["-KILL", &spawner.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let out = loop {
+        if child.try_wait().unwrap().is_some() {
+            break child.wait_with_output().unwrap();
+        }
+        assert!(Instant::now() < deadline, "the build did not finish");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(w.read("wbuild-out/s/n3.txt"), "first\n0\n1\n2\n3\n");
+    // And the next build is a no-op on the same results.
+    let (_, ev) = w.events(&["build", "-j", "1", "//s:n3"]);
+    assert_eq!(super::finished(&ev)["executed"], 0);
+}
+
+/// wbuild killed with SIGKILL while an action runs: the spawner sees wbuild's socket close
+/// and kills the sandbox; nothing of the build is left running.
+#[test]
+fn killing_wbuild_stops_the_sandboxes_it_started() {
+    let w = ws();
+    let marker = format!("123.{}", std::process::id());
+    w.write(
+        "s/WBUILD",
+        &format!(
+            "genrule(name = \"long\", outs = [\"long.txt\"], cmd = \"sleep {marker} && echo done > $@\")\n"
+        ),
+    );
+    let mut child = w
+        .cmd(&["build", "//s:long"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let needle = format!("sleep {marker}");
+    wait_for("the action to start", Duration::from_secs(30), || {
+        !processes_running(&needle).is_empty()
+    });
+    child.kill().unwrap();
+    child.wait().unwrap();
+    wait_for(
+        "the action to be killed with wbuild",
+        Duration::from_secs(10),
+        || processes_running(&needle).is_empty(),
+    );
+}
