@@ -161,7 +161,7 @@ pub fn set_hardening_for_benchmark(on: bool) {
 }
 
 /// Version of the sandbox semantics; part of every action key.
-pub const SANDBOX_VERSION: &str = "wbuild-native/3";
+pub const SANDBOX_VERSION: &str = "wbuild-native/4";
 
 /// `PATH` inside the sandbox when the request does not set one.
 pub const DEFAULT_PATH: &str = "/usr/bin:/bin";
