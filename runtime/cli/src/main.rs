@@ -385,18 +385,11 @@ fn install_panic_hook() {
 fn main() {
     install_panic_hook();
     let cli = Cli::parse();
-    // Commands that may run native actions start their sandboxes from a small process forked
-    // now, while wbuild is single-threaded and small (see wbuild_exec_native's spawner); if
-    // it cannot be forked, sandboxes are cloned from wbuild itself.
-    if matches!(
-        cli.command,
-        Cmd::Build(_)
-            | Cmd::Test(_)
-            | Cmd::Worker(_)
-            | Cmd::Verify(_)
-            | Cmd::Run(_)
-            | Cmd::Infer { .. }
-    ) {
+    // A worker starts its sandboxes from a small process forked now, while it is
+    // single-threaded and small (see wbuild_exec_native's spawner; builds fork it once their
+    // up-to-date check found work to do); if it cannot be forked, sandboxes are cloned from
+    // wbuild itself.
+    if matches!(cli.command, Cmd::Worker(_)) {
         let _ = wbuild_exec_native::start_spawner();
     }
     let _ = CACHE_DIR.set(cli.cache_dir.clone().unwrap_or_else(Store::default_dir));

@@ -610,6 +610,10 @@ fn run_build_round(
         })));
     }
     phases.mark("up-to-date check");
+    // There is work to do: native sandboxes will be started by a spawner forked now, while
+    // this process is still single-threaded and small (a no-op never pays for the fork; if
+    // it cannot be forked, sandboxes are cloned from wbuild itself).
+    let _ = wbuild_exec_native::start_spawner();
     let store = open_store_with(&req.cache_dir, function, &note)?;
     phases.mark("open store");
     let started = SystemTime::now();

@@ -9,8 +9,8 @@
 //! own CPU time, about 3.6 s. The spawner's memory is what wbuild's was at startup, a few
 //! MiB, and wbuild's heap is never shared with a sandbox.
 //!
-//! How: [`start`] forks the spawner while the process is still single-threaded (the CLI calls
-//! it first thing). For each run, [`parent::execute`] makes the plan as before, encodes the
+//! How: [`start`] forks the spawner while the process is still single-threaded and small
+//! (`wbuild build` once its up-to-date check found work to do, `wbuild worker` at startup). For each run, [`parent::execute`] makes the plan as before, encodes the
 //! part init needs ([`encode`]: the setup steps, argv, environment, limits; the seccomp
 //! filters are rebuilt by the spawner, which is the same program) and sends it with the
 //! run's descriptors (output pipes, report pipe, observation socket) and a socket for the
@@ -490,10 +490,21 @@ fn read_exact(fd: c_int, buf: &mut [u8], deadline: Instant) -> io::Result<()> {
 /// wbuild's end of the spawner's request socket; `None` once it failed (or never started).
 static CLIENT: Mutex<Option<Fd>> = Mutex::new(None);
 
-/// Forks the spawner. Call it while the process is single-threaded, before it has grown
-/// (first thing in `main`); later runs in this process then have their sandboxes started by
-/// it. Without it, or if it fails, runs clone their sandboxes directly.
+/// Forks the spawner, once per process; later runs in this process then have their
+/// sandboxes started by it. Without it, or if it fails, runs clone their sandboxes directly.
+/// Call it before the process grows; it refuses (an error, nothing started) once the process
+/// has a second thread, since the forked spawner allocates.
 pub fn start() -> io::Result<()> {
+    let mut client = CLIENT.lock().unwrap_or_else(|e| e.into_inner());
+    if client.is_some() {
+        return Ok(());
+    }
+    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    if threads != 1 {
+        return Err(io::Error::other(format!(
+            "the process has {threads} threads; the spawner is forked from a single-threaded one"
+        )));
+    }
     let (ours, theirs) = socket_pair(libc::SOCK_SEQPACKET)?;
     // SAFETY: fork in a single-threaded process (the caller's promise); the child only runs
     // `serve`, which allocates freely (no lock can be held by another thread), and exits.
@@ -530,7 +541,7 @@ pub fn start() -> io::Result<()> {
         unsafe { libc::_exit(code) };
     }
     drop(theirs);
-    *CLIENT.lock().unwrap_or_else(|e| e.into_inner()) = Some(ours);
+    *client = Some(ours);
     Ok(())
 }
 
