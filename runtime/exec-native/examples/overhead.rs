@@ -6,7 +6,13 @@
 //! With FILES > 0, as a compile action is staged: a scratch tmpfs at `/work` holding FILES
 //! input files (read-only bind mounts) and one writable output directory.
 //!
-//! `cargo run --release -p wbuild-exec-native --features bench --example overhead [N] [FILES]`
+//! With BALLAST > 0, this process first holds and touches that many MiB of heap, as wbuild
+//! holds its graph and caches mid-build, and each measured run includes writing to every page
+//! of it afterwards (`NO_TOUCH=1`: not), which costs a fault per page the sandbox's clone left
+//! copy-on-write. `WBUILD_SPAWNER=1` starts sandboxes through the spawner, forked before the
+//! ballast is allocated, as a build does.
+//!
+//! `cargo run --release -p wbuild-exec-native --features bench --example overhead [N] [FILES] [BALLAST]`
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -84,23 +90,19 @@ fn main() {
         eprintln!("error: {e}");
         std::process::exit(1);
     }
+    let touch = std::env::var_os("NO_TOUCH").is_none();
     let mut one = |hardened: bool| -> Duration {
         set_hardening_for_benchmark(hardened);
-        let t = std::time::Instant::now();
+        let t = Instant::now();
         let out = run(&req).expect("sandboxed run");
         assert_eq!(out.exit_code, Some(0), "{out:?}");
         // Write to every page of the ballast once, as wbuild goes on writing its heap: each
         // page the clone shared copy-on-write faults.
-        for b in ballast
-            .iter_mut()
-            .take(if std::env::var_os("NO_TOUCH").is_some() {
-                0
-            } else {
-                usize::MAX
-            })
-        {
-            for p in b.iter_mut().step_by(4096) {
-                *p = p.wrapping_add(1);
+        if touch {
+            for b in ballast.iter_mut() {
+                for p in b.iter_mut().step_by(4096) {
+                    *p = p.wrapping_add(1);
+                }
             }
         }
         t.elapsed()
