@@ -434,16 +434,8 @@ pub fn interrupt() {
     for r in running.iter() {
         r.interrupted.store(true, Ordering::SeqCst);
         match r.pidfd {
-            // SAFETY: a pidfd its run holds while the entry is registered.
-            Some(fd) => unsafe {
-                libc::syscall(
-                    libc::SYS_pidfd_send_signal,
-                    fd,
-                    libc::SIGKILL,
-                    std::ptr::null::<libc::siginfo_t>(),
-                    0u32,
-                );
-            },
+            // A pidfd its run holds while the entry is registered.
+            Some(fd) => spawner::kill_pidfd(fd),
             // SAFETY: `r.pid` is our unreaped child (entries are removed before reaping).
             None => unsafe {
                 libc::kill(r.pid, libc::SIGKILL);

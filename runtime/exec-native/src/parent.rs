@@ -24,6 +24,15 @@ pub(crate) fn errno() -> c_int {
 
 pub(crate) struct Fd(pub(crate) c_int);
 
+impl Fd {
+    /// The descriptor, no longer closed by this `Fd`.
+    pub(crate) fn into_raw(self) -> c_int {
+        let fd = self.0;
+        std::mem::forget(self);
+        fd
+    }
+}
+
 impl Drop for Fd {
     fn drop(&mut self) {
         // SAFETY: we own this descriptor.
@@ -102,15 +111,19 @@ impl InitGuard {
             s.kill();
             return 0;
         }
-        let mut status = 0;
-        loop {
-            // SAFETY: `pid` is our child; valid out-parameter.
-            let r = unsafe { libc::waitpid(self.pid, &mut status, libc::__WALL) };
-            if r == self.pid || (r < 0 && errno() != libc::EINTR) {
-                break;
-            }
+        wait_for(self.pid)
+    }
+}
+
+/// Waits for this process's child `pid` to exit and reaps it; its wait status.
+pub(crate) fn wait_for(pid: libc::pid_t) -> c_int {
+    let mut status = 0;
+    loop {
+        // SAFETY: `pid` is our child; valid out-parameter.
+        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
+        if r == pid || (r < 0 && errno() != libc::EINTR) {
+            return status;
         }
-        status
     }
 }
 
@@ -156,15 +169,15 @@ pub(crate) fn clone_init(plan: &Plan, fds: &ChildFds) -> io::Result<libc::pid_t>
     Ok(r as libc::pid_t)
 }
 
-/// A close-on-exec `SOCK_SEQPACKET` socket pair (both ends >= 3) for sending the observing
-/// filter's listener from the action to the host.
-fn socket_pair() -> Result<(Fd, Fd), SandboxError> {
+/// A close-on-exec Unix socket pair of `kind` (both ends >= 3): for sending the observing
+/// filter's listener from the action to the host, and between wbuild and the spawner.
+pub(crate) fn socket_pair(kind: c_int) -> Result<(Fd, Fd), SandboxError> {
     let mut fds = [0 as c_int; 2];
     // SAFETY: valid out-array of two ints.
     if unsafe {
         libc::socketpair(
             libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            kind | libc::SOCK_CLOEXEC,
             0,
             fds.as_mut_ptr(),
         )
@@ -176,48 +189,6 @@ fn socket_pair() -> Result<(Fd, Fd), SandboxError> {
         });
     }
     above_stdio(fds)
-}
-
-/// Receives the observing filter's listener (one descriptor, `SCM_RIGHTS`) from `sock`.
-/// `None` at end of file or if the message carries no descriptor.
-fn receive_listener(sock: c_int) -> Option<c_int> {
-    let mut control = [0u64; 4];
-    let mut byte = [0u8; 1];
-    let mut iov = libc::iovec {
-        iov_base: byte.as_mut_ptr().cast::<c_void>(),
-        iov_len: 1,
-    };
-    // SAFETY: a zeroed msghdr pointing at our buffers; recvmsg fills them; the control
-    // messages are walked with the libc macros within `msg_controllen`.
-    unsafe {
-        let mut msg: libc::msghdr = std::mem::zeroed();
-        msg.msg_iov = &mut iov;
-        msg.msg_iovlen = 1;
-        msg.msg_control = control.as_mut_ptr().cast::<c_void>();
-        msg.msg_controllen = std::mem::size_of_val(&control) as _;
-        if libc::recvmsg(sock, &mut msg, libc::MSG_CMSG_CLOEXEC) <= 0 {
-            return None;
-        }
-        let mut found = None;
-        let mut cmsg = libc::CMSG_FIRSTHDR(&msg);
-        while !cmsg.is_null() {
-            if (*cmsg).cmsg_level == libc::SOL_SOCKET && (*cmsg).cmsg_type == libc::SCM_RIGHTS {
-                let n = ((*cmsg).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
-                    / std::mem::size_of::<c_int>();
-                let data = libc::CMSG_DATA(cmsg).cast::<c_int>();
-                for i in 0..n {
-                    let fd = std::ptr::read_unaligned(data.add(i));
-                    if found.is_none() {
-                        found = Some(fd);
-                    } else {
-                        libc::close(fd);
-                    }
-                }
-            }
-            cmsg = libc::CMSG_NXTHDR(&msg, cmsg);
-        }
-        found
-    }
 }
 
 /// The thread that answers the observing filter's stopped calls ([`Observer::watch`]).
@@ -271,7 +242,7 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
     let (rep_r, rep_w) = pipe()?;
     let (sock_r, sock_w) = match plan.observer {
         Some(_) => {
-            let (r, w) = socket_pair()?;
+            let (r, w) = socket_pair(libc::SOCK_SEQPACKET)?;
             (Some(r), Some(w))
         }
         None => (None, None),
@@ -379,9 +350,14 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
                 continue;
             }
             if i == 3 {
-                if let Some(fd) = sock.as_ref().and_then(|s| receive_listener(s.0)) {
+                // The observing filter's listener: one descriptor (`SCM_RIGHTS`).
+                let listener = sock
+                    .as_ref()
+                    .and_then(|s| crate::spawner::recv_fds(s.0, &mut [0u8; 1], 1).ok())
+                    .and_then(|(_, mut fds)| fds.pop());
+                if let Some(fd) = listener {
                     watcher = Some(Watcher::start(crate::observe::Observer::new(
-                        fd,
+                        fd.into_raw(),
                         plan.roots.clone(),
                     ))?);
                 }

@@ -170,6 +170,16 @@ pub(crate) const HINT_CGROUP: &str = "the sandbox's pids cgroup (its process lim
 pub(crate) const HINT_PIVOT: &str = "pivot_root is not possible when the host root is an initramfs \
     (rootfs); run wbuild on a system booted from a real root file system";
 
+/// A NULL-terminated array of pointers to `strings` (argv/envp for `execve`), valid while
+/// they are.
+pub(crate) fn c_ptrs(strings: &[CString]) -> Vec<*const c_char> {
+    strings
+        .iter()
+        .map(|s| s.as_ptr())
+        .chain(std::iter::once(std::ptr::null()))
+        .collect()
+}
+
 pub(crate) fn cstr(s: impl AsRef<[u8]>, what: &str) -> Result<CString, SandboxError> {
     CString::new(s.as_ref().to_vec())
         .map_err(|_| SandboxError::InvalidRequest(format!("{what} contains a NUL byte")))
@@ -371,10 +381,8 @@ impl Plan {
         Self::dev_steps(&root, &mut push)?;
         Self::final_steps(&root, root_c, &mut push)?;
 
-        let mut argv_ptrs: Vec<*const c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-        argv_ptrs.push(std::ptr::null());
-        let mut envp_ptrs: Vec<*const c_char> = envp.iter().map(|a| a.as_ptr()).collect();
-        envp_ptrs.push(std::ptr::null());
+        let argv_ptrs = c_ptrs(&argv);
+        let envp_ptrs = c_ptrs(&envp);
 
         let (fd_limit, nproc) = Self::limits();
         let filter = if harden { harden::filter()? } else { &[] };

@@ -264,10 +264,8 @@ pub(crate) fn decode(bytes: &[u8]) -> io::Result<Plan> {
     } else {
         None
     };
-    let mut argv_ptrs: Vec<*const libc::c_char> = argv.iter().map(|a| a.as_ptr()).collect();
-    argv_ptrs.push(std::ptr::null());
-    let mut envp_ptrs: Vec<*const libc::c_char> = envp.iter().map(|a| a.as_ptr()).collect();
-    envp_ptrs.push(std::ptr::null());
+    let argv_ptrs = c_ptrs(&argv);
+    let envp_ptrs = c_ptrs(&envp);
     Ok(Plan {
         steps,
         cwd,
@@ -338,7 +336,11 @@ fn send_fds(sock: c_int, data: &[u8], fds: &[c_int]) -> io::Result<()> {
 
 /// Receives one message into `buf` and up to `max_fds` descriptors (close-on-exec). Returns
 /// the byte count (0: end of file) and the descriptors, owned by the caller.
-fn recv_fds(sock: c_int, buf: &mut [u8], max_fds: usize) -> io::Result<(usize, Vec<Fd>)> {
+pub(crate) fn recv_fds(
+    sock: c_int,
+    buf: &mut [u8],
+    max_fds: usize,
+) -> io::Result<(usize, Vec<Fd>)> {
     // SAFETY: CMSG_SPACE is arithmetic on its argument.
     let space = unsafe { libc::CMSG_SPACE((max_fds * 4) as u32) } as usize;
     let mut control = vec![0u8; space];
@@ -414,20 +416,7 @@ fn wait_readable(fd: c_int, deadline: Instant) -> io::Result<()> {
 }
 
 fn socket_pair(kind: c_int) -> io::Result<(Fd, Fd)> {
-    let mut fds = [0 as c_int; 2];
-    // SAFETY: valid out-array of two ints.
-    if unsafe {
-        libc::socketpair(
-            libc::AF_UNIX,
-            kind | libc::SOCK_CLOEXEC,
-            0,
-            fds.as_mut_ptr(),
-        )
-    } != 0
-    {
-        return Err(io::Error::last_os_error());
-    }
-    Ok((Fd(fds[0]), Fd(fds[1])))
+    parent::socket_pair(kind).map_err(|e| io::Error::other(e.to_string()))
 }
 
 fn write_all(fd: c_int, mut data: &[u8]) -> io::Result<()> {
@@ -561,16 +550,7 @@ pub(crate) struct Spawned {
 impl Spawned {
     /// SIGKILL to init (through its pidfd: never another process that reused the pid).
     pub(crate) fn kill(&self) {
-        // SAFETY: pidfd_send_signal on a pidfd we own; no siginfo.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                self.pidfd.0,
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0u32,
-            )
-        };
+        kill_pidfd(self.pidfd.0);
     }
 
     /// Init's wait status, once the spawner has reaped it; `None` if the spawner did not say
@@ -613,11 +593,9 @@ pub(crate) fn spawn(plan: &Plan, fds: &ChildFds) -> Option<Spawned> {
             return Err(bad("short answer"));
         }
         let pid = i32::from_ne_bytes(answer[0..4].try_into().expect("4 bytes"));
-        let errno = i32::from_ne_bytes(answer[4..8].try_into().expect("4 bytes"));
         if pid <= 0 {
-            // The spawner could not start this one (e.g. clone failed): this run clones
-            // init itself, which says why if it fails the same way.
-            let _ = errno;
+            // The spawner could not start this one (e.g. clone failed; its errno follows):
+            // this run clones init itself, which says why if it fails the same way.
             return Ok(None);
         }
         let pidfd = got.pop().ok_or_else(|| bad("no pidfd"))?;
@@ -679,7 +657,7 @@ fn serve(sock: c_int) -> io::Result<()> {
             i -= 1;
             if pfds[i + 1].revents != 0 {
                 let c = children.swap_remove(i);
-                let status = reap(c.pid);
+                let status = parent::wait_for(c.pid);
                 let _ = write_all(c.answers.0, &status.to_ne_bytes());
             }
         }
@@ -698,32 +676,26 @@ fn serve(sock: c_int) -> io::Result<()> {
         }
     }
     for c in &children {
-        // SAFETY: pidfd_send_signal on a pidfd we own.
-        unsafe {
-            libc::syscall(
-                libc::SYS_pidfd_send_signal,
-                c.pidfd.0,
-                libc::SIGKILL,
-                std::ptr::null::<libc::siginfo_t>(),
-                0u32,
-            )
-        };
+        kill_pidfd(c.pidfd.0);
     }
     for c in children {
-        reap(c.pid);
+        parent::wait_for(c.pid);
     }
     Ok(())
 }
 
-fn reap(pid: libc::pid_t) -> c_int {
-    let mut status = 0;
-    loop {
-        // SAFETY: `pid` is our child; valid out-parameter.
-        let r = unsafe { libc::waitpid(pid, &mut status, libc::__WALL) };
-        if r == pid || (r < 0 && parent::errno() != libc::EINTR) {
-            return status;
-        }
-    }
+/// SIGKILL to the process behind `pidfd` (the caller holds the pidfd open).
+pub(crate) fn kill_pidfd(pidfd: c_int) {
+    // SAFETY: pidfd_send_signal on a descriptor the caller holds; no siginfo.
+    unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            pidfd,
+            libc::SIGKILL,
+            std::ptr::null::<libc::siginfo_t>(),
+            0u32,
+        )
+    };
 }
 
 /// One request: its descriptors (answer socket, stdout, stderr, report pipe, and the
@@ -781,7 +753,7 @@ fn start_one(mut fds: Vec<Fd>) -> Option<Child> {
         let e = parent::errno();
         // SAFETY: our unreaped child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        reap(pid);
+        parent::wait_for(pid);
         fail(e);
         return None;
     }
@@ -791,7 +763,7 @@ fn start_one(mut fds: Vec<Fd>) -> Option<Child> {
     if send_fds(answers.0, &a, &[pidfd.0]).is_err() {
         // SAFETY: our unreaped child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
-        reap(pid);
+        parent::wait_for(pid);
         return None;
     }
     // The run's descriptors are init's now; ours close here.
