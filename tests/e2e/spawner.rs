@@ -154,3 +154,29 @@ fn killing_wbuild_stops_the_sandboxes_it_started() {
         || processes_running(&needle).is_empty(),
     );
 }
+
+/// What a sandbox started by the spawner holds open is its own stdio only: not the
+/// spawner's request socket, nor the answer sockets, pidfds or pipes of the other sandboxes
+/// running at the same time (each init is cloned from the spawner while those are open).
+#[test]
+fn sandboxes_started_together_hold_no_descriptor_of_the_spawner_or_each_other() {
+    let w = ws();
+    let mut build = String::new();
+    for i in 0..6 {
+        // `ls` lists its own descriptors: stdio and the directory it reads (3).
+        build.push_str(&format!(
+            "genrule(name = \"fd{i}\", outs = [\"fd{i}.txt\"], \
+             cmd = \"sleep 0.{i} && ls /proc/self/fd | tr '\\\\n' ' ' > $@\")\n"
+        ));
+    }
+    w.write("f/WBUILD", &build);
+    let out = w.run(&["build", "-j", "3", "//f:all"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    for i in 0..6 {
+        assert_eq!(
+            w.read(&format!("wbuild-out/f/fd{i}.txt")),
+            "0 1 2 3 ",
+            "fd{i}"
+        );
+    }
+}
