@@ -170,7 +170,6 @@ fn grpcs_with_a_private_ca_and_a_token_file_shares_results() {
 
 #[test]
 fn a_credential_helper_gives_the_token_from_flags_and_from_wbuild_toml() {
-    use std::os::unix::fs::PermissionsExt;
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     std::fs::write(d.join("token"), "helper-t0ken\n").unwrap();
@@ -179,15 +178,13 @@ fn a_credential_helper_gives_the_token_from_flags_and_from_wbuild_toml() {
     let ca = d.join("cert.pem");
     // The helper answers Bazel's protocol: `get`, the URL on stdin, headers as JSON.
     let helper = d.join("creds");
-    std::fs::write(
+    wbuild_tests::write_executable(
         &helper,
-        format!(
+        &format!(
             "#!/bin/sh\n[ \"$1\" = get ] || exit 2\nread -r req\ncase \"$req\" in *'{}'*) ;; *) exit 3 ;; esac\necho '{{\"headers\": {{\"authorization\": [\"Bearer helper-t0ken\"]}}}}'\n",
             server.url
         ),
-    )
-    .unwrap();
-    std::fs::set_permissions(&helper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    );
     let args = [
         "build",
         "--remote",
@@ -236,8 +233,7 @@ fn a_credential_helper_gives_the_token_from_flags_and_from_wbuild_toml() {
 
     // A helper that fails stops the build, naming it and what it said.
     let failing = d.join("failing");
-    std::fs::write(&failing, "#!/bin/sh\necho 'not logged in' >&2\nexit 1\n").unwrap();
-    std::fs::set_permissions(&failing, std::fs::Permissions::from_mode(0o755)).unwrap();
+    wbuild_tests::write_executable(&failing, "#!/bin/sh\necho 'not logged in' >&2\nexit 1\n");
     let out = c.fail(&[
         "build",
         "--remote-credential-helper",

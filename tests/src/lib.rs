@@ -197,6 +197,29 @@ pub fn files_under(dir: &Path) -> Vec<String> {
 }
 
 /// Set a file's mtime ten seconds before now.
+/// Writes an executable script at `path`, from a child process: had this multi-threaded test
+/// process held it open for writing, a fork by another test meanwhile could keep that
+/// descriptor alive in its child and make running the script fail with "Text file busy".
+pub fn write_executable(path: &Path, content: &str) {
+    use std::io::Write;
+    let mut child = std::process::Command::new("sh")
+        .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+        .arg(path)
+        .stdin(std::process::Stdio::piped())
+        .spawn()
+        .expect("run sh");
+    let mut stdin = child.stdin.take().expect("piped stdin");
+    stdin
+        .write_all(content.as_bytes())
+        .expect("write the script");
+    drop(stdin);
+    assert!(
+        child.wait().expect("wait for sh").success(),
+        "cannot write {}",
+        path.display()
+    );
+}
+
 pub fn backdate(p: &Path) {
     let t = std::time::SystemTime::now() - std::time::Duration::from_secs(10);
     let f = std::fs::File::options().write(true).open(p).unwrap();

@@ -624,12 +624,25 @@ mod tests {
         assert_eq!(req.metadata().get_all("authorization").iter().count(), 1);
     }
 
-    /// A credential helper script in `dir` with `body` (a shell script).
+    /// A credential helper script in `dir` with `body` (a shell script). Written by a child
+    /// process: had this (multi-threaded) test process held it open for writing, a fork by
+    /// another test meanwhile could keep that descriptor alive in its child and make running
+    /// the script fail with "Text file busy".
     fn helper(dir: &Path, name: &str, body: &str) -> PathBuf {
-        use std::os::unix::fs::PermissionsExt;
+        use std::io::Write;
         let p = dir.join(name);
-        std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
-        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .args(["-c", "cat > \"$1\" && chmod 755 \"$1\"", "sh"])
+            .arg(&p)
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut stdin = child.stdin.take().unwrap();
+        stdin
+            .write_all(format!("#!/bin/sh\n{body}\n").as_bytes())
+            .unwrap();
+        drop(stdin);
+        assert!(child.wait().unwrap().success());
         p
     }
 
