@@ -1,6 +1,9 @@
 //! Analysis: targets -> actions (argv, env, tool, exact inputs and outputs, dependencies).
 
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+
+use rustc_hash::FxHashMap;
 
 use crate::label::{Label, join};
 use crate::load::find_cycle;
@@ -210,49 +213,63 @@ pub fn analyse(
     roots.dedup();
     let mut a = Analyser::new(ws, graph, include_tests)?;
     for r in &roots {
-        if !graph.targets.contains_key(r) {
+        if !a.index.contains_key(r) {
             return Err(GraphError::NoSuchTarget {
                 label: r.clone(),
                 context: " (named on the command line)".into(),
             });
         }
     }
-    find_cycle(
-        &roots,
-        |l| {
-            graph
-                .targets
-                .get(l)
-                .map(|t| std::borrow::Cow::Owned(a.edges(t)))
-        },
-        |l| graph.targets.get(l).map(|t| t.location.clone()),
-    )?;
+    // A cycle is found by the visit (a target reached again while its dependencies are being
+    // visited); the loader has already refused cycles among the targets it resolved.
     for r in &roots {
-        a.visit(r, true, None)?;
+        match a.visit(r, true, None) {
+            Err(GraphError::Cycle { cycle, .. }) if cycle.is_empty() => {
+                // Named as the loader names one: the first found from the roots.
+                let edges: FxHashMap<&Label, Vec<Label>> =
+                    graph.targets.iter().map(|(l, t)| (l, a.edges(t))).collect();
+                find_cycle(
+                    &roots,
+                    |l| edges.get(l).map(|e| Cow::Borrowed(e.as_slice())),
+                    |l| graph.targets.get(l).map(|t| t.location.clone()),
+                )?;
+                return Err(GraphError::Cycle {
+                    location: graph.targets[r].location.clone(),
+                    cycle: vec![r.clone(), r.clone()],
+                });
+            }
+            result => result?,
+        }
     }
-    let mut target_files = BTreeMap::new();
+    let mut target_files = Vec::with_capacity(roots.len());
     for r in &roots {
         let mut files = a.files_of(r)?;
         files.sort();
-        target_files.insert(r.clone(), files);
+        target_files.push((r.clone(), files));
     }
-    let mut producers: BTreeMap<String, (usize, Label)> = a
-        .outputs
-        .iter()
-        .map(|(path, label)| {
-            let index = a.out_action.get(path).copied().unwrap_or(NOT_SCHEDULED);
-            (path.clone(), (index, label.clone()))
-        })
-        .collect();
+    // Sorted already: the map is built at once.
+    let target_files: BTreeMap<Label, Vec<String>> = target_files.into_iter().collect();
     // Intermediate files (objects) are produced by actions of targets that were analysed.
-    for (path, &i) in &a.out_action {
-        producers
-            .entry(path.clone())
-            .or_insert_with(|| (i, a.actions[i].label.clone()));
-    }
+    let mut producers: Vec<(String, (usize, Label))> = a
+        .out_action
+        .iter()
+        .filter(|(path, _)| !a.outputs.contains_key(*path))
+        .map(|(path, &i)| (path.clone(), (i, a.actions[i].label.clone())))
+        .collect();
+    let out_action = std::mem::take(&mut a.out_action);
+    producers.extend(
+        std::mem::take(&mut a.outputs)
+            .into_iter()
+            .map(|(path, label)| {
+                let index = out_action.get(&path).copied().unwrap_or(NOT_SCHEDULED);
+                (path, (index, label))
+            }),
+    );
+    producers.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+    let producers: BTreeMap<String, (usize, Label)> = producers.into_iter().collect();
     let root_platforms = roots
         .iter()
-        .filter_map(|r| Some((r.clone(), graph.targets.get(r)?.platform.clone()?)))
+        .filter_map(|r| Some((r.clone(), a.index.get(r)?.platform.clone()?)))
         .collect();
     let root_tools = roots
         .iter()
@@ -270,17 +287,20 @@ pub fn analyse(
 /// The state of one analysis; the rules (`crate::rules`) make their actions with it.
 pub(crate) struct Analyser<'a> {
     pub ws: &'a Workspace,
-    graph: &'a TargetGraph,
+    /// The targets of `graph`, hashed: looking up a label in the B-tree compared strings at
+    /// every level, several times per target.
+    index: FxHashMap<&'a Label, &'a Target>,
     include_tests: bool,
     /// Generated workspace path -> producing target (every target of the graph).
-    outputs: BTreeMap<String, Label>,
-    visited: HashSet<Label>,
-    files: HashMap<Label, Vec<String>>,
+    outputs: FxHashMap<String, Label>,
+    /// The targets visited: `false` while their dependencies are being visited.
+    visited: FxHashMap<Label, bool>,
+    files: FxHashMap<Label, Vec<String>>,
     /// The `wasi_tool`s analysed so far (see [`crate::rules::tool_ref`]).
     pub tools: HashMap<Label, ToolRef>,
     actions: Vec<ActionNode>,
     /// Generated workspace path -> index of the action that writes it.
-    out_action: HashMap<String, usize>,
+    out_action: FxHashMap<String, usize>,
 }
 
 impl<'a> Analyser<'a> {
@@ -289,7 +309,8 @@ impl<'a> Analyser<'a> {
         graph: &'a TargetGraph,
         include_tests: bool,
     ) -> Result<Analyser<'a>, GraphError> {
-        let mut outputs: BTreeMap<String, Label> = BTreeMap::new();
+        let mut outputs: FxHashMap<String, Label> = FxHashMap::default();
+        outputs.reserve(graph.targets.len());
         for (label, t) in &graph.targets {
             for o in &t.rule.outputs(&label.name) {
                 let path = join(&label.package, o);
@@ -306,14 +327,14 @@ impl<'a> Analyser<'a> {
         }
         Ok(Analyser {
             ws,
-            graph,
+            index: graph.targets.iter().collect(),
             include_tests,
             outputs,
-            visited: HashSet::new(),
-            files: HashMap::new(),
+            visited: FxHashMap::default(),
+            files: FxHashMap::default(),
             tools: HashMap::new(),
             actions: Vec::new(),
-            out_action: HashMap::new(),
+            out_action: FxHashMap::default(),
         })
     }
 
@@ -323,9 +344,9 @@ impl<'a> Analyser<'a> {
         label: &Label,
         from: Option<&Target>,
     ) -> Result<&'a Target, GraphError> {
-        self.graph
-            .targets
+        self.index
             .get(label)
+            .copied()
             .ok_or_else(|| GraphError::NoSuchTarget {
                 label: label.clone(),
                 context: match from {
@@ -355,8 +376,17 @@ impl<'a> Analyser<'a> {
         is_root: bool,
         from: Option<&Target>,
     ) -> Result<(), GraphError> {
-        if self.visited.contains(label) {
-            return Ok(());
+        match self.visited.get(label) {
+            Some(true) => return Ok(()),
+            Some(false) => {
+                // A cycle: [`analyse`] names it from the roots.
+                let t = self.target(label, from)?;
+                return Err(GraphError::Cycle {
+                    location: t.location.clone(),
+                    cycle: Vec::new(),
+                });
+            }
+            None => {}
         }
         let t = self.target(label, from)?;
         // Tests only run when asked for.
@@ -364,10 +394,11 @@ impl<'a> Analyser<'a> {
         if !t.rule.needed(run_test) {
             return Ok(());
         }
-        self.visited.insert(label.clone());
+        self.visited.insert(label.clone(), false);
         for dep in self.edges(t) {
             self.visit(&dep, false, Some(t))?;
         }
+        self.visited.insert(label.clone(), true);
         for action in t.rule.actions(self, t, run_test)? {
             self.push(t, action)?;
         }

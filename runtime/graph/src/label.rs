@@ -9,7 +9,7 @@ use crate::GraphError;
 ///
 /// `package` is the workspace path of the package directory (`""` for the root package) and
 /// `name` is relative to it (it may contain `/` for files in sub-directories that are not packages).
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
 pub struct Label {
     pub package: String,
     pub name: String,

@@ -3,6 +3,9 @@
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
+use std::sync::Arc;
+
+use rustc_hash::FxHashMap;
 
 use crate::eval::{Interpreter, RawTarget};
 use crate::glob::skip_dir;
@@ -36,23 +39,33 @@ pub(crate) fn load_keeping_cycles(
 ) -> Result<(TargetGraph, Vec<Label>, Option<GraphError>), GraphError> {
     let mut loader = Loader {
         ws,
-        interp: Interpreter::new(ws.root.clone()),
+        interp: Some(Interpreter::new(ws.root.clone())),
         packages: BTreeMap::new(),
         listings: Listings::default(),
     };
     let matched = loader.match_patterns(patterns)?;
 
     // Resolve the closure of the matched targets, checking every reference.
-    let mut resolved: BTreeMap<Label, (Target, Vec<Label>)> = BTreeMap::new();
-    let mut queue: VecDeque<Label> = matched.iter().cloned().collect();
-    while let Some(label) = queue.pop_front() {
-        if resolved.contains_key(&label) {
-            continue;
+    // Hashed: a B-tree of labels compared strings at every level (100,000 targets).
+    let mut ahead = loader.resolve_ahead(&matched);
+    let mut resolved = if closed(&matched, &ahead) {
+        ahead
+    } else {
+        let mut resolved: FxHashMap<Label, (Target, Vec<Label>)> = FxHashMap::default();
+        let mut queue: VecDeque<Label> = matched.iter().cloned().collect();
+        while let Some(label) = queue.pop_front() {
+            if resolved.contains_key(&label) {
+                continue;
+            }
+            let (target, edges) = match ahead.remove(&label) {
+                Some(done) => done,
+                None => loader.resolve_target(&label)?,
+            };
+            queue.extend(edges.iter().cloned());
+            resolved.insert(label, (target, edges));
         }
-        let (target, edges) = loader.resolve_target(&label)?;
-        queue.extend(edges.iter().cloned());
-        resolved.insert(label, (target, edges));
-    }
+        resolved
+    };
     let cycle = find_cycle(
         &matched,
         |l| resolved.get(l).map(|(_, e)| Cow::Borrowed(e.as_slice())),
@@ -60,8 +73,9 @@ pub(crate) fn load_keeping_cycles(
     )
     .err();
 
-    // Other targets of the loaded packages: resolved without loading more packages.
-    let mut graph = TargetGraph::default();
+    // Other targets of the loaded packages: resolved without loading more packages. (In
+    // label order: the map is built from sorted entries at once.)
+    let mut targets = Vec::with_capacity(loader.packages.values().map(|p| p.targets.len()).sum());
     for (pkg_name, pkg) in &loader.packages {
         for raw in pkg.targets.values() {
             let label = Label {
@@ -72,10 +86,30 @@ pub(crate) fn load_keeping_cycles(
                 Some((t, _)) => t,
                 None => loader.resolve_lenient(&label, raw),
             };
-            graph.targets.insert(label, target);
+            targets.push((label, target));
         }
     }
+    let graph = TargetGraph {
+        targets: targets.into_iter().collect(),
+    };
     Ok((graph, matched.into_iter().collect(), cycle))
+}
+
+/// Whether `resolved` holds every target `roots` need, its dependencies included.
+fn closed(roots: &BTreeSet<Label>, resolved: &FxHashMap<Label, (Target, Vec<Label>)>) -> bool {
+    let mut seen: rustc_hash::FxHashSet<&Label> = rustc_hash::FxHashSet::default();
+    seen.reserve(resolved.len());
+    let mut stack: Vec<&Label> = roots.iter().collect();
+    while let Some(label) = stack.pop() {
+        if !seen.insert(label) {
+            continue;
+        }
+        let Some((_, edges)) = resolved.get(label) else {
+            return false;
+        };
+        stack.extend(edges);
+    }
+    true
 }
 
 /// Directory listings read once: the loader asks about hundreds of thousands of paths
@@ -84,7 +118,7 @@ pub(crate) fn load_keeping_cycles(
 /// symbolic link, or a path this cannot split, is stat'ed as before.
 #[derive(Default)]
 struct Listings {
-    dirs: std::collections::HashMap<String, Option<std::collections::HashMap<String, Kind>>>,
+    dirs: FxHashMap<String, Option<FxHashMap<String, Kind>>>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -117,9 +151,19 @@ impl Listings {
         {
             return None;
         }
-        let listing = self.dirs.entry(dir.to_owned()).or_insert_with(|| {
+        if !self.dirs.contains_key(dir) {
+            let listing = Self::read(root, dir);
+            self.dirs.insert(dir.to_owned(), listing);
+        }
+        // An unreadable directory: every path in it is looked up.
+        Some(self.dirs[dir].as_ref()?.get(name).copied())
+    }
+
+    /// The entries of the directory `dir` (`None`: it cannot be listed).
+    fn read(root: &Path, dir: &str) -> Option<FxHashMap<String, Kind>> {
+        {
             let entries = std::fs::read_dir(root.join(dir)).ok()?;
-            let mut m = std::collections::HashMap::new();
+            let mut m = FxHashMap::default();
             for e in entries {
                 let e = e.ok()?;
                 let kind = match e.file_type() {
@@ -130,9 +174,7 @@ impl Listings {
                 m.insert(e.file_name().into_string().ok()?, kind);
             }
             Some(m)
-        });
-        // An unreadable directory: every path in it is looked up.
-        Some(listing.as_ref()?.get(name).copied())
+        }
     }
 
     /// [`Found`] for `path`, following symbolic links.
@@ -161,15 +203,18 @@ impl Listings {
 
 /// One evaluated package.
 struct Package {
-    targets: BTreeMap<String, RawTarget>,
+    /// Shared: resolving a target reads its attributes while other packages may be loaded.
+    targets: BTreeMap<String, Arc<RawTarget>>,
     /// Output name (package-relative) -> name of the target producing it.
     outputs: BTreeMap<String, String>,
 }
 
 struct Loader<'w> {
     ws: &'w Workspace,
-    interp: Interpreter,
-    packages: BTreeMap<String, Package>,
+    /// `None` for a loader resolving ahead on another thread: it loads no package.
+    interp: Option<Interpreter>,
+    /// Shared with the loaders resolving ahead.
+    packages: BTreeMap<String, Arc<Package>>,
     listings: Listings,
 }
 
@@ -187,9 +232,15 @@ impl Loader<'_> {
                     context: context(),
                 });
             }
-            let raws = self.interp.eval_package(name)?;
+            let Some(interp) = &self.interp else {
+                return Err(GraphError::NoSuchPackage {
+                    package: name.to_owned(),
+                    context: " (not loaded while resolving ahead)".to_owned(),
+                });
+            };
+            let raws = interp.eval_package(name)?;
             let pkg = check_package(self.ws, &mut self.listings, name, raws)?;
-            self.packages.insert(name.to_owned(), pkg);
+            self.packages.insert(name.to_owned(), Arc::new(pkg));
         }
         Ok(&self.packages[name])
     }
@@ -238,7 +289,59 @@ impl Loader<'_> {
                 .flat_map(|w| w.join().unwrap_or_default())
                 .collect()
         });
-        self.packages.extend(found);
+        self.packages
+            .extend(found.into_iter().map(|(n, p)| (n, Arc::new(p))));
+    }
+
+    /// Resolves `labels` on every core with the packages loaded so far, as
+    /// [`Loader::resolve_target`] would. A target whose resolution fails or needs another
+    /// package is left out, for the resolution in order to do again (and report).
+    fn resolve_ahead(&self, labels: &BTreeSet<Label>) -> FxHashMap<Label, (Target, Vec<Label>)> {
+        // Consecutive labels share a package and its directory listing.
+        const CHUNK: usize = 512;
+        let threads = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(labels.len() / CHUNK);
+        if threads < 2 {
+            return FxHashMap::default();
+        }
+        let labels: Vec<&Label> = labels.iter().collect();
+        let (ws, packages) = (self.ws, &self.packages);
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let mut loader = Loader {
+                            ws,
+                            interp: None,
+                            packages: packages.clone(),
+                            listings: Listings::default(),
+                        };
+                        let mut out = Vec::new();
+                        loop {
+                            let start = next.fetch_add(CHUNK, std::sync::atomic::Ordering::Relaxed);
+                            let Some(chunk) = labels.get(start..labels.len().min(start + CHUNK))
+                            else {
+                                break;
+                            };
+                            for &label in chunk {
+                                if let Ok(done) = loader.resolve_target(label) {
+                                    out.push((label.clone(), done));
+                                }
+                            }
+                        }
+                        out
+                    })
+                })
+                .collect();
+            let mut done = FxHashMap::default();
+            done.reserve(labels.len());
+            for w in workers {
+                done.extend(w.join().unwrap_or_default());
+            }
+            done
+        })
     }
 }
 
@@ -251,7 +354,7 @@ fn check_package(
 ) -> Result<Package, GraphError> {
     let mut targets = BTreeMap::new();
     for raw in raws {
-        targets.insert(raw.name.clone(), raw);
+        targets.insert(raw.name.clone(), Arc::new(raw));
     }
     let mut outputs: BTreeMap<String, String> = BTreeMap::new();
     for raw in targets.values() {
@@ -312,7 +415,8 @@ impl Loader<'_> {
         &mut self,
         patterns: &[TargetPattern],
     ) -> Result<BTreeSet<Label>, GraphError> {
-        let mut matched = BTreeSet::new();
+        // Collected, then sorted at once (inserting 100,000 labels one by one compared strings).
+        let mut matched = Vec::new();
         let cmdline = || " (named on the command line)".to_owned();
         for pattern in patterns {
             match pattern {
@@ -320,9 +424,9 @@ impl Loader<'_> {
                     let root = self.ws.root.clone();
                     let pkg = self.package(&l.package, &cmdline)?;
                     if pkg.targets.contains_key(&l.name) {
-                        matched.insert(l.clone());
+                        matched.push(l.clone());
                     } else if let Some(producer) = pkg.outputs.get(&l.name) {
-                        matched.insert(Label {
+                        matched.push(Label {
                             package: l.package.clone(),
                             name: producer.clone(),
                         });
@@ -330,7 +434,7 @@ impl Loader<'_> {
                         // Bazel: `//pkg:all` is every target of the package, unless a
                         // target has that name.
                         for name in pkg.targets.keys() {
-                            matched.insert(Label {
+                            matched.push(Label {
                                 package: l.package.clone(),
                                 name: name.clone(),
                             });
@@ -363,7 +467,7 @@ impl Loader<'_> {
                     for p in packages {
                         let pkg = self.package(&p, &cmdline)?;
                         for name in pkg.targets.keys() {
-                            matched.insert(Label {
+                            matched.push(Label {
                                 package: p.clone(),
                                 name: name.clone(),
                             });
@@ -372,7 +476,7 @@ impl Loader<'_> {
                 }
             }
         }
-        Ok(matched)
+        Ok(matched.into_iter().collect())
     }
 
     /// Resolves one reference written in `from`'s rule call. Returns the dependency and the
@@ -401,11 +505,12 @@ impl Loader<'_> {
         let label = Label::parse(reference, &from.package).map_err(|e| attr_err(e.to_string()))?;
         let explicit = reference.starts_with(':') || reference.starts_with("//");
         let context = || format!(" (referenced by {from} at {location})");
-        let root = self.ws.root.clone();
+        let ws = self.ws;
+        let root = &ws.root;
         let pkg = self.package(&label.package, &context)?;
         let path = label.path();
         if pkg.targets.contains_key(&label.name) {
-            if self.listings.find(&root, &path) == Found::File {
+            if self.listings.find(root, &path) == Found::File {
                 return Err(attr_err(format!(
                     "'{reference}' is ambiguous: it names both the target {label} and the source \
                      file '{path}'; rename the target"
@@ -420,13 +525,13 @@ impl Loader<'_> {
             };
             return Ok((Dep::File(path), Some(producer)));
         }
-        if let Some(sub) = crossed_subpackage(&root, &label) {
+        if let Some(sub) = crossed_subpackage(root, &label) {
             return Err(attr_err(format!(
                 "'{reference}' is inside package '{sub}'; write '//{sub}:{}'",
                 &path[sub.len() + 1..]
             )));
         }
-        match self.listings.find(&root, &path) {
+        match self.listings.find(root, &path) {
             Found::Dir => Err(attr_err(format!(
                 "'{path}' is a directory; list its files, or use glob([\"{}/**\"])",
                 label.name
@@ -729,7 +834,7 @@ where
         Done,
     }
     // Hashed: a B-tree of labels compared strings at every level (100,000 targets).
-    let mut state: std::collections::HashMap<Label, State> = std::collections::HashMap::new();
+    let mut state: FxHashMap<Label, State> = FxHashMap::default();
     for root in roots {
         if state.contains_key(root) {
             continue;
@@ -1089,6 +1194,76 @@ mod tests {
         let (g, all) = load(&t.ws, &patterns(&["//..."])).unwrap();
         assert_eq!(all.len(), 40);
         assert_eq!(g.targets.len(), 40);
+    }
+
+    #[test]
+    fn targets_resolved_on_several_threads_are_those_resolved_in_order() {
+        // Enough targets to be resolved ahead on several threads; one refers to a package the
+        // pattern does not load (so it is resolved again in order, loading it), one to a
+        // target of its own package.
+        let mut files: Vec<(String, String)> = Vec::new();
+        for p in 0..3 {
+            let mut text = String::new();
+            for i in 0..500 {
+                text.push_str(&format!("filegroup(name = 'f{i}', srcs = ['x.txt'])\n"));
+            }
+            files.push((format!("big/p{p}/WBUILD"), text));
+            files.push((format!("big/p{p}/x.txt"), String::new()));
+        }
+        files[2].1 = files[2].1.replace(
+            "filegroup(name = 'f7', srcs = ['x.txt'])",
+            "filegroup(name = 'f7', srcs = ['//other:o', ':f3'])",
+        );
+        files.push((
+            "other/WBUILD".into(),
+            "filegroup(name = 'o', srcs = ['y.txt'])\n".into(),
+        ));
+        files.push(("other/y.txt".into(), String::new()));
+        let load_files = |files: &[(String, String)]| {
+            let refs: Vec<(&str, &str)> = files
+                .iter()
+                .map(|(p, c)| (p.as_str(), c.as_str()))
+                .collect();
+            let t = workspace(&refs);
+            load(&t.ws, &patterns(&["//big/..."]))
+        };
+        let (g, matched) = load_files(&files).unwrap();
+        assert_eq!(matched.len(), 1500);
+        assert_eq!(g.targets.len(), 1501);
+        let Rule::Filegroup(FilegroupAttrs { srcs }) = &g.targets[&label("//big/p1:f7")].rule
+        else {
+            panic!("not a filegroup");
+        };
+        assert_eq!(
+            srcs,
+            &[
+                Dep::Target(label("//other:o")),
+                Dep::Target(label("//big/p1:f3"))
+            ]
+        );
+        assert_eq!(
+            g.targets[&label("//big/p2:f499")].rule,
+            Rule::Filegroup(FilegroupAttrs {
+                srcs: vec![Dep::File("big/p2/x.txt".into())]
+            })
+        );
+        // Two broken targets: the error is the one met first in order, whichever thread
+        // resolved them.
+        files[4].1 = files[4].1.replace(
+            "name = 'f100', srcs = ['x.txt']",
+            "name = 'f100', srcs = ['gone2.txt']",
+        );
+        files[0].1 = files[0].1.replace(
+            "name = 'f400', srcs = ['x.txt']",
+            "name = 'f400', srcs = ['gone0.txt']",
+        );
+        for _ in 0..3 {
+            let err = load_files(&files).unwrap_err().to_string();
+            assert!(
+                err.contains("gone0.txt") && err.contains("big/p0/WBUILD:401"),
+                "{err}"
+            );
+        }
     }
 
     #[test]

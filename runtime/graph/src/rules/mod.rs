@@ -18,8 +18,6 @@ mod genrule;
 mod wasi;
 mod wasi_cc;
 
-use std::collections::BTreeMap;
-
 use starlark::environment::GlobalsBuilder;
 
 use crate::analysis::{ActionNode, Analyser};
@@ -227,7 +225,7 @@ rules! {
 /// depend on (analysis: a file is a dependency on its producer, if generated).
 pub(crate) struct Edges<'o> {
     /// Generated workspace path -> producing target.
-    pub outputs: &'o BTreeMap<String, Label>,
+    pub outputs: &'o rustc_hash::FxHashMap<String, Label>,
     pub found: Vec<Label>,
 }
 
@@ -243,12 +241,18 @@ impl MapRefs<Dep, Label> for Edges<'_> {
                 Dep::File(p) => self.found.extend(self.outputs.get(p).cloned()),
             }
         }
-        Ok(refs.to_vec())
+        // Only the edges are wanted: the mapped rule is dropped.
+        Ok(Vec::new())
+    }
+
+    fn file(&mut self, attribute: &str, r: &Dep) -> Result<Dep, Self::Error> {
+        self.files(attribute, std::slice::from_ref(r))?;
+        Ok(Dep::File(String::new()))
     }
 
     fn target(&mut self, _attribute: &str, l: &Label, _want: &Want) -> Result<Label, Self::Error> {
         self.found.push(l.clone());
-        Ok(l.clone())
+        Ok(Label::default())
     }
 }
 
@@ -333,7 +337,7 @@ cc_test(name = 'test', srcs = ['t.c'], deps = [':lib'])
                 tool: label("//p:t"),
                 srcs: vec![Dep::Target(label("//p:fg")), Dep::File("p/made.txt".into())],
                 args: vec![],
-                env: BTreeMap::new(),
+                env: std::collections::BTreeMap::new(),
             })
         );
     }
