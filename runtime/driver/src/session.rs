@@ -424,6 +424,7 @@ pub fn output_paths(
             }
         }
     }
+    wbuild_graph::drop_elsewhere(actions);
     Ok(out)
 }
 
@@ -819,6 +820,11 @@ fn run_build_round(
         };
         provenance::write(out, &facts, req.sign_key.as_deref())?;
     }
+    // The graph and the snapshot are freed on a thread of their own: entry by entry, that
+    // was about 4 ms per 10,000 actions between the last action and the exit.
+    drop(runs);
+    drop(passes);
+    wbuild_graph::drop_elsewhere((actions, snap));
     Ok(Round::Done(Box::new(BuildOutcome {
         summary,
         up_to_date: false,

@@ -147,7 +147,7 @@ pub fn load_and_analyse_cached(
     }
     let (targets, roots) = crate::load(ws, patterns)?;
     let graph = crate::analyse(ws, &targets, &roots, include_tests)?;
-    drop(targets);
+    crate::drop_elsewhere(targets);
     let entry = Entry {
         signature,
         roots,

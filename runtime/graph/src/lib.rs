@@ -220,8 +220,19 @@ fn render_cycle(cycle: &[Label]) -> String {
         .join(" -> ")
 }
 
+/// Frees `value` on a new thread (here, if none can be started): large graphs whose freeing,
+/// entry by entry, would only delay what comes next. A process about to exit does not wait
+/// for it.
+pub fn drop_elsewhere<T: Send + 'static>(value: T) {
+    // A thread that cannot be started drops its closure, `value` with it, here.
+    let _ = std::thread::Builder::new()
+        .name("drop".into())
+        .spawn(move || drop(value));
+}
+
 #[cfg(test)]
 mod testutil;
+
 #[cfg(test)]
 mod tests {
     /// Callers wrap `GraphError` in their own errors; keep it under clippy's
