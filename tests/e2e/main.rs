@@ -134,6 +134,41 @@ fn clean_build_noop_and_incremental() {
 }
 
 #[test]
+fn outputs_stops_quietly_when_its_reader_closes_the_pipe() {
+    // More lines than a pipe holds: the reader stops after the first, as `| head -1` does.
+    let w = ws();
+    let names: Vec<String> = (0..3000)
+        .map(|i| format!("a-source-file-with-a-long-name-{i:05}.txt"))
+        .collect();
+    for n in &names {
+        std::fs::create_dir_all(w.path("many")).unwrap();
+        std::fs::write(w.path(&format!("many/{n}")), "").unwrap();
+    }
+    w.write(
+        "many/WBUILD",
+        "filegroup(name = \"all\", srcs = glob([\"*.txt\"]))\n",
+    );
+    let mut child = w
+        .cmd(&["outputs", "//many:all"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(child.stdout.take().unwrap());
+    std::io::BufRead::read_line(&mut reader, &mut first).unwrap();
+    assert_eq!(first, format!("many/{}\n", names[0]));
+    drop(reader);
+    let deadline = std::time::Instant::now() + wbuild_tests::process::default_deadline();
+    let status = wbuild_tests::process::wait_until(&mut child, deadline)
+        .expect("wbuild outputs still running after its reader closed the pipe");
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(status.success(), "{status}: {err}");
+    assert!(err.is_empty(), "{err}");
+}
+
+#[test]
 fn outputs_history_explain_and_cache_commands() {
     let w = ws();
     chain(&w);
