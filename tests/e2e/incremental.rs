@@ -107,6 +107,46 @@ fn an_edit_computes_keys_only_for_what_it_reaches() {
 }
 
 #[test]
+fn files_no_target_names_leave_the_snapshot_vouching_for_every_action() {
+    let w = built_chain();
+    assert_no_op(&w);
+    // An editor's swap file beside the sources and a new directory of notes: the workspace
+    // signature changes (a glob could have named them), so the build files are evaluated
+    // again, but the graph comes out the same and nothing is keyed.
+    w.write("gen/.a.txt.swp", "swap");
+    w.write("docs/notes.md", "notes");
+    let (out, ev) = w.events(&["build"]);
+    assert!(out.status.success(), "{}", w.report(&["build"], &out));
+    assert_eq!(
+        answers(&ev),
+        [
+            s("//gen:ab", "known"),
+            s("//gen:abab", "known"),
+            s("//other:c", "known")
+        ]
+    );
+    assert_no_op(&w);
+    // A file a glob picks up changes the graph: what it reaches is keyed and run again.
+    w.write(
+        "other/WBUILD",
+        &w.read("other/WBUILD")
+            .replace("srcs = [\"c.txt\"]", "srcs = glob([\"*.txt\"])"),
+    );
+    w.ok(&["build"]);
+    w.write("other/d.txt", "d\n");
+    let (_, ev) = w.events(&["build"]);
+    let a = answers(&ev);
+    assert_eq!(a[2].0, "//other:c");
+    assert_ne!(a[2].1, "known", "{a:?}");
+    // wbuild.toml changes how actions run (here their clock) without changing the graph:
+    // nothing is vouched for.
+    w.write("wbuild.toml", "[build]\nsource_date_epoch = 86400\n");
+    let (_, ev) = w.events(&["build"]);
+    let a = answers(&ev);
+    assert!(a.iter().all(|(_, how)| how != "known"), "{a:?}");
+}
+
+#[test]
 fn a_rerun_that_gives_the_same_bytes_leaves_its_consumers_known() {
     let w = ws();
     // `pre` keeps only the first line of its input; `post` consumes it.

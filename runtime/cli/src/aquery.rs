@@ -114,8 +114,11 @@ pub(crate) fn run(cli_cache: &std::path::Path, args: &AqueryArgs) -> Result<i32>
     let patterns: Vec<TargetPattern> = labels.iter().cloned().map(TargetPattern::Label).collect();
     let store = wbuild_driver::session::open_store_with(cli_cache, function, &crate::note)?;
     let signature = wbuild_graph::workspace_signature(&ws)?;
-    let (actions, roots, _) =
-        wbuild_driver::session::analyse(&ws, &store, &patterns, args.tests, &signature)?;
+    let wbuild_graph::Analysed {
+        graph: actions,
+        roots,
+        ..
+    } = wbuild_driver::session::analyse(&ws, &store, &patterns, args.tests, &signature)?;
     let passes = wbuild_driver::session::split_passes(&ws, &flags, &actions, &roots)?;
     let bundles = wbuild_driver::session::pass_bundles(&ws, &passes, sandbox)?;
     let request = wbuild_driver::BuildRequest {

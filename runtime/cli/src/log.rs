@@ -274,7 +274,7 @@ fn critical_path(
     // History records the patterns as absolute patterns (`//pkg:name`).
     let patterns = wbuild_driver::session::parse_patterns(&b.targets, "")?;
     let signature = wbuild_graph::workspace_signature(&ws)?;
-    let (graph, _roots, _) =
+    let wbuild_graph::Analysed { graph, .. } =
         wbuild_driver::session::analyse(&ws, store, &patterns, b.command == "test", &signature)
             .with_context(|| {
                 format!(

@@ -331,7 +331,7 @@ pub fn run(user_cache: &Path, cache_dir_flag: bool, args: &VerifyArgs) -> Result
     let signature = wbuild_graph::workspace_signature(&ws)?;
     let (graph, _) =
         wbuild_graph::load_and_analyse_cached(&ws, &parsed, false, &analysis_dir, &signature)
-            .map(|(g, r, _)| (g, r))?;
+            .map(|a| (a.graph, a.roots))?;
     let producer = |path: &str| -> (String, String) {
         // Outputs for another platform live under wbuild-out/<platform>/.
         let ws_path = path

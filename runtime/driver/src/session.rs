@@ -390,7 +390,7 @@ pub fn analyse(
     patterns: &[TargetPattern],
     tests: bool,
     signature: &wbuild_graph::Signature,
-) -> Result<(ActionGraph, Vec<Label>, bool)> {
+) -> Result<wbuild_graph::Analysed> {
     Ok(wbuild_graph::load_and_analyse_cached(
         ws,
         patterns,
@@ -410,7 +410,11 @@ pub fn output_paths(
 ) -> Result<Vec<String>> {
     let flags = flag_platforms(platform_flags)?;
     let signature = wbuild_graph::workspace_signature(ws)?;
-    let (actions, roots, _) = analyse(ws, store, patterns, false, &signature)?;
+    let wbuild_graph::Analysed {
+        graph: actions,
+        roots,
+        ..
+    } = analyse(ws, store, patterns, false, &signature)?;
     let mut out = Vec::new();
     for (platform, group) in platform_passes(ws, &flags, &actions, &roots)? {
         let out_dir = platform.out_dir();
@@ -441,7 +445,7 @@ pub fn root_tool(
 ) -> Result<Option<RunnableTool>> {
     let patterns = parse_patterns(&[label.to_string()], "")?;
     let signature = wbuild_graph::workspace_signature(ws)?;
-    let (actions, _, _) = analyse(ws, store, &patterns, false, &signature)?;
+    let actions = analyse(ws, store, &patterns, false, &signature)?.graph;
     let Some(tool) = actions.root_tools.get(label).cloned() else {
         return Ok(None);
     };
@@ -595,8 +599,9 @@ fn run_build_round(
     let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     // The snapshot of the last successful build: nothing changed, a no-op; some sources or
     // outputs changed, the results of what they do not reach are known (`Options::known`).
-    let mut snap = if !req.show_output && req.provenance.is_none() {
-        uptodate::check(&snapshot, signature.as_bytes())
+    let snapshot_allowed = !req.show_output && req.provenance.is_none();
+    let mut snap = if snapshot_allowed {
+        uptodate::check(&snapshot, signature.as_bytes(), None)
     } else {
         None
     };
@@ -618,7 +623,19 @@ fn run_build_round(
     let store = open_store_with(&req.cache_dir, function, &note)?;
     phases.mark("open store");
     let started = SystemTime::now();
-    let (actions, roots, analysis_cached) = analyse(ws, &store, &patterns, req.tests, &signature)?;
+    let wbuild_graph::Analysed {
+        graph: actions,
+        roots,
+        cached: analysis_cached,
+        digest: analysis_digest,
+    } = analyse(ws, &store, &patterns, req.tests, &signature)?;
+    // The signature changed, but what changed may not reach the graph (a file no glob or
+    // reference names, an editor's swap file): the same analysis as the snapshot's build
+    // means the same actions built the same way, so the snapshot still vouches for them.
+    if snap.is_none() && snapshot_allowed {
+        snap = analysis_digest
+            .and_then(|d| uptodate::check(&snapshot, signature.as_bytes(), Some(d.as_bytes())));
+    }
     let passes = split_passes(ws, &flags, &actions, &roots)?;
     let bundles = pass_bundles(ws, &passes, req.sandbox)?;
     if passes.iter().any(|(_, g)| has_native(g)) {
@@ -779,7 +796,10 @@ fn run_build_round(
         // Best effort: without a snapshot the next no-op build takes the full path.
         let _ = uptodate::save(
             &snapshot,
-            signature.as_bytes(),
+            uptodate::Basis {
+                signature: signature.as_bytes(),
+                analysis: analysis_digest.as_ref().map(|d| d.as_bytes()),
+            },
             &sources,
             &outputs,
             &summary.actions,

@@ -41,7 +41,8 @@ use std::path::PathBuf;
 
 pub use analysis::{ActionGraph, ActionNode, Exec, NOT_SCHEDULED, ToolRef, analyse};
 pub use cache::{
-    Signature, analysis_entry_signed, binary_identity, load_and_analyse_cached, workspace_signature,
+    Analysed, Signature, analysis_entry_signed, binary_identity, load_and_analyse_cached,
+    workspace_signature,
 };
 pub use label::{Label, TargetPattern};
 pub use load::load;

@@ -8,14 +8,16 @@
 //! every output is already in place: the build is a no-op, known without evaluating build
 //! files, computing keys or reading the action cache. Anything else (a changed stat, a file
 //! modified too recently to trust its stat, a different signature, a cache command that
-//! invalidated entries) falls back to the full build.
+//! invalidated entries) falls back to the full build. A snapshot written for another
+//! signature still serves a build whose analysis has the digest it recorded (see [`check`]):
+//! the workspace changed only where the graph does not look.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 
 use wbuild_store::{Digest, StatKey};
 
-const MAGIC: &[u8; 8] = b"wbutd\x00\x00\x04";
+const MAGIC: &[u8; 8] = b"wbutd\x00\x00\x05";
 
 /// A file's or directory's stat key (a directory's changes when entries are added, removed
 /// or renamed), `None` for anything else. What was modified within
@@ -195,7 +197,7 @@ const SENTINEL: u8 = 2;
 /// of the snapshot before ([`Snapshot::unchanged`]); the others are stat'ed.
 pub fn save(
     path: &Path,
-    signature: &[u8; 32],
+    basis: Basis<'_>,
     sources: &[PathBuf],
     outputs: &[PathBuf],
     actions: &[SnapshotAction],
@@ -206,7 +208,7 @@ pub fn save(
     let _ = std::fs::remove_file(path);
     let mut buf = Vec::with_capacity(64 * (sources.len() + outputs.len()));
     buf.extend_from_slice(MAGIC);
-    buf.extend_from_slice(signature);
+    buf.extend_from_slice(basis.signature);
     let put_str = |buf: &mut Vec<u8>, s: &[u8]| {
         buf.extend_from_slice(&(s.len() as u32).to_le_bytes());
         buf.extend_from_slice(s);
@@ -274,11 +276,27 @@ pub fn save(
             put_str(&mut buf, p.as_os_str().as_encoded_bytes());
         }
     }
+    // Last, so that `check` finds it without parsing the rest.
+    match basis.analysis {
+        Some(d) => {
+            buf.push(1);
+            buf.extend_from_slice(d);
+        }
+        None => buf.extend_from_slice(&[0; 33]),
+    }
     let dir = path.parent().unwrap_or(Path::new("."));
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(&buf)?;
     tmp.persist(path).map(drop).map_err(|e| e.error)
+}
+
+/// What a snapshot is written for: the workspace signature and, when known, the digest of
+/// the build's analysis (`wbuild_graph::Analysed::digest`).
+#[derive(Clone, Copy, Debug)]
+pub struct Basis<'a> {
+    pub signature: &'a [u8; 32],
+    pub analysis: Option<&'a [u8; 32]>,
 }
 
 /// A digest function as one byte of the snapshot.
@@ -324,17 +342,21 @@ impl Reader<'_> {
     }
 }
 
-/// The snapshot at `path` if it was written for `signature` and no toolchain sentinel
-/// changed since, with what changed of its sources and outputs; `None` otherwise (the build
-/// then takes the full path).
-pub fn check(path: &Path, signature: &[u8; 32]) -> Option<Snapshot> {
+/// The snapshot at `path` if it was written for `signature`, or for a build whose analysis
+/// had the digest `analysis` (`wbuild_graph::Analysed::digest`: the same actions, built the
+/// same way, though the workspace signature changed), and no toolchain sentinel changed
+/// since, with what changed of its sources and outputs; `None` otherwise (the build then
+/// takes the full path).
+pub fn check(path: &Path, signature: &[u8; 32], analysis: Option<&[u8; 32]>) -> Option<Snapshot> {
     let mut data = Vec::new();
     std::fs::File::open(path)
         .ok()?
         .read_to_end(&mut data)
         .ok()?;
-    let mut r = Reader(&data);
-    if r.take(8)? != MAGIC || r.take(32)? != signature {
+    let (body, tail) = data.split_at_checked(data.len().checked_sub(33)?)?;
+    let same_analysis = analysis.is_some_and(|a| tail[0] == 1 && tail[1..] == a[..]);
+    let mut r = Reader(body);
+    if r.take(8)? != MAGIC || (r.take(32)? != signature && !same_analysis) {
         return None;
     }
     let n = r.u64()? as usize;
@@ -503,7 +525,10 @@ mod tests {
         let outs = [out.clone()];
         save(
             &snap,
-            &sig,
+            Basis {
+                signature: &sig,
+                analysis: None,
+            },
             &sources,
             &outs,
             &acts,
@@ -511,23 +536,23 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        let got = check(&snap, &sig).unwrap();
+        let got = check(&snap, &sig, None).unwrap();
         assert_eq!(got.actions, acts);
         assert!(got.changed.is_empty());
         assert_eq!(got.toolchains, std::slice::from_ref(&tc));
-        assert_eq!(check(&snap, &[8u8; 32]), None, "other signature");
+        assert_eq!(check(&snap, &[8u8; 32], None), None, "other signature");
         std::fs::write(&src, "b").unwrap();
         assert_eq!(
-            check(&snap, &sig).unwrap().changed,
+            check(&snap, &sig, None).unwrap().changed,
             std::slice::from_ref(&src)
         );
         std::fs::remove_file(&out).unwrap();
-        let mut changed = check(&snap, &sig).unwrap().changed;
+        let mut changed = check(&snap, &sig, None).unwrap().changed;
         changed.sort();
         assert_eq!(changed, [src.clone(), out.clone()]);
         // A changed sentinel: the toolchain's identity may have changed, nothing is known.
         std::fs::write(&other, "changed").unwrap();
-        assert_eq!(check(&snap, &sig), None);
+        assert_eq!(check(&snap, &sig, None), None);
     }
 
     #[test]
@@ -549,7 +574,10 @@ mod tests {
         };
         save(
             &snap,
-            &[3; 32],
+            Basis {
+                signature: &[3; 32],
+                analysis: None,
+            },
             &[],
             &[],
             &[],
@@ -557,11 +585,11 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        assert!(check(&snap, &[3; 32]).unwrap().changed.is_empty());
+        assert!(check(&snap, &[3; 32], None).unwrap().changed.is_empty());
         // A package upgrade renames a new file into place.
         std::fs::write(sys.join("gcc.new"), "2").unwrap();
         std::fs::rename(sys.join("gcc.new"), sys.join("gcc")).unwrap();
-        assert_eq!(check(&snap, &[3; 32]), None);
+        assert_eq!(check(&snap, &[3; 32], None), None);
     }
 
     #[test]
@@ -603,24 +631,45 @@ mod tests {
         let b = old_file(d.path(), "b.txt", "b");
         let snap = d.path().join("s.bin");
         let files = [a.clone(), b.clone()];
-        save(&snap, &[4; 32], &files, &[], &[], &[], &|_| None).unwrap();
-        let first = check(&snap, &[4; 32]).unwrap();
+        save(
+            &snap,
+            Basis {
+                signature: &[4; 32],
+                analysis: None,
+            },
+            &files,
+            &[],
+            &[],
+            &[],
+            &|_| None,
+        )
+        .unwrap();
+        let first = check(&snap, &[4; 32], None).unwrap();
         assert!(first.changed.is_empty());
         let unchanged = first.unchanged();
         assert!(unchanged.get(&a).is_some() && unchanged.get(&b).is_some());
         // `b` changes after the check; the next snapshot records the stat the check saw, so
         // the build after still sees the change.
         std::fs::write(&b, "changed").unwrap();
-        save(&snap, &[4; 32], &files, &[], &[], &[], &|p| {
-            unchanged.get(p)
-        })
+        save(
+            &snap,
+            Basis {
+                signature: &[4; 32],
+                analysis: None,
+            },
+            &files,
+            &[],
+            &[],
+            &[],
+            &|p| unchanged.get(p),
+        )
         .unwrap();
         assert_eq!(
-            check(&snap, &[4; 32]).unwrap().changed,
+            check(&snap, &[4; 32], None).unwrap().changed,
             std::slice::from_ref(&b)
         );
         // A file that changed before the check is not vouched for: stat'ed, and too fresh.
-        let second = check(&snap, &[4; 32]).unwrap();
+        let second = check(&snap, &[4; 32], None).unwrap();
         // Out of order, and asked twice: the same answers.
         let u = second.unchanged();
         assert_eq!(u.get(&b), None);
@@ -637,7 +686,10 @@ mod tests {
         let snap = d.path().join("s.bin");
         save(
             &snap,
-            &[1; 32],
+            Basis {
+                signature: &[1; 32],
+                analysis: None,
+            },
             std::slice::from_ref(&src),
             &[],
             &[],
@@ -645,7 +697,47 @@ mod tests {
             &|_| None,
         )
         .unwrap();
-        assert_eq!(check(&snap, &[1; 32]).unwrap().changed, [src]);
+        assert_eq!(check(&snap, &[1; 32], None).unwrap().changed, [src]);
+    }
+
+    #[test]
+    fn a_snapshot_serves_another_signature_only_for_the_same_analysis() {
+        let d = tempfile::tempdir().unwrap();
+        let src = old_file(d.path(), "a.txt", "a");
+        let snap = d.path().join("s.bin");
+        save(
+            &snap,
+            Basis {
+                signature: &[2; 32],
+                analysis: Some(&[6; 32]),
+            },
+            &[src],
+            &[],
+            &[action()],
+            &[],
+            &|_| None,
+        )
+        .unwrap();
+        assert!(check(&snap, &[2; 32], None).is_some());
+        assert!(check(&snap, &[9; 32], Some(&[6; 32])).is_some());
+        assert_eq!(check(&snap, &[9; 32], Some(&[7; 32])), None);
+        assert_eq!(check(&snap, &[9; 32], None), None);
+        // Saved without an analysis digest: only its signature matches.
+        save(
+            &snap,
+            Basis {
+                signature: &[2; 32],
+                analysis: None,
+            },
+            &[],
+            &[],
+            &[action()],
+            &[],
+            &|_| None,
+        )
+        .unwrap();
+        assert!(check(&snap, &[2; 32], Some(&[0; 32])).is_some());
+        assert_eq!(check(&snap, &[9; 32], Some(&[0; 32])), None);
     }
 
     #[test]
@@ -653,11 +745,23 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let src = old_file(d.path(), "a.txt", "a");
         let snap = d.path().join("s.bin");
-        save(&snap, &[2; 32], &[src], &[], &[action()], &[], &|_| None).unwrap();
+        save(
+            &snap,
+            Basis {
+                signature: &[2; 32],
+                analysis: Some(&[6; 32]),
+            },
+            &[src],
+            &[],
+            &[action()],
+            &[],
+            &|_| None,
+        )
+        .unwrap();
         let full = std::fs::read(&snap).unwrap();
         for cut in [9, 41, 60, full.len() - 1] {
             std::fs::write(&snap, &full[..cut]).unwrap();
-            assert_eq!(check(&snap, &[2; 32]), None, "cut at {cut}");
+            assert_eq!(check(&snap, &[2; 32], None), None, "cut at {cut}");
         }
     }
 }
