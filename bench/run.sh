@@ -16,6 +16,13 @@
 #   BAZEL=bazel               the Bazel of the C graphs' Bazel columns (default: `bazel` on the
 #                             PATH, if any); BAZEL=0 leaves them out
 #   TIMEOUT=3600              seconds one measured run may take before it is killed
+#   DROP_DENTRIES=1           as root, free the kernel's unused dentries first (see below)
+#
+# Dentries: every path lookup walks a chain of the kernel's dentry hash table. Builds leave
+# dentries behind (negative ones for every probe of a missing path), and on a machine with a
+# small table, a day of builds made every stat several times slower, for every tool and by
+# more for the ones making more lookups. So, where it may (as root), the suite starts from an
+# empty dentry cache, and every row records the dentries held before and after.
 #
 # Bazel columns: install Debian's Bazel (`apt-get install bazel-bootstrap`, Bazel 4.2.3; it
 # builds the generated workspaces without network access) or put any `bazel` on the PATH. The C
@@ -37,6 +44,10 @@ cd "$root"
 cargo build --release -p wbuild-cli -p wb-template
 cargo build --release --target wasm32-wasip1 -p wb-template
 target=${CARGO_TARGET_DIR:-$root/target}
+if [ "${DROP_DENTRIES:-1}" = 1 ] && [ -w /proc/sys/vm/drop_caches ]; then
+    sync
+    echo 2 > /proc/sys/vm/drop_caches
+fi
 work=$(mktemp -d /tmp/wbuild-bench.XXXXXX)
 trap 'rm -rf "$work"' EXIT
 

@@ -408,13 +408,24 @@ def settle():
     time.sleep(1.5)
 
 
+def dentries():
+    """[dentries, negative dentries] the kernel holds (see bench/run.sh), or None."""
+    try:
+        with open("/proc/sys/fs/dentry-state") as f:
+            fields = f.read().split()
+        return [int(fields[0]), int(fields[4])]
+    except (OSError, IndexError, ValueError):
+        return None
+
+
 def median(xs):
     return statistics.median(xs) if xs else None
 
 
 def scenario(name, tools, runs, prepare, command):
     """Interleaved runs of every tool; returns {tool: {"times": [...], "rss_kib": [...]}}."""
-    out = {t.name: {"times": [], "rss_kib": [], "load": [os.getloadavg()[0]]} for t in tools}
+    out = {t.name: {"times": [], "rss_kib": [], "load": [os.getloadavg()[0]],
+                    "dentries": [dentries()]} for t in tools}
     for r in range(runs):
         for t in tools:
             prepare(t)
@@ -424,6 +435,7 @@ def scenario(name, tools, runs, prepare, command):
             out[t.name]["rss_kib"].append(rss)
     for t in tools:
         out[t.name]["load"].append(os.getloadavg()[0])
+        out[t.name]["dentries"].append(dentries())
     print(f"   {name:7s} " + "  ".join(
         f"{t.name} {median(out[t.name]['times']):.3f}s" for t in tools), flush=True)
     return out
@@ -439,6 +451,7 @@ def summarize(kind, actions, name, raw, runs):
             "median_s": round(median(d["times"]), 4),
             "peak_rss_mib": round(median(d["rss_kib"]) / 1024, 1),
             "load_1m": [round(x, 2) for x in d["load"]],
+            "dentries": d.get("dentries"),
         }
         for k in ("reran", "depfiles_listing"):
             if k in d:
@@ -724,6 +737,11 @@ def main():
         note = (note + " " if note else "") + (
             f"The 1-minute load average reached {max(loads):.1f} on {os.cpu_count()} cores during "
             "the run: something else was running, so absolute times are inflated and ratios noisy.")
+    held = [x for r in rows for x in (r.get("dentries") or []) if x]
+    if held:
+        note = (note + " " if note else "") + (
+            f"The kernel held {held[0][0]:,} dentries when the first scenario started and "
+            f"{held[-1][0]:,} ({held[-1][1]:,} negative) when the last ended (see bench/run.sh).")
     write_doc(a.doc, rows, info, lua, a.runs, note)
     print(table(rows, tools_of(rows)))
     print(f"wrote {a.json} and {a.doc}")
