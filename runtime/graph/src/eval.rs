@@ -42,6 +42,9 @@ struct EvalContext {
     /// `Some` while evaluating a `WBUILD` file; `None` for the top level of a `.bzl` file.
     package: Option<String>,
     targets: RefCell<Vec<RawTarget>>,
+    /// Name -> index in `targets` (a search of `targets` per call was quadratic in the size
+    /// of the package).
+    names: RefCell<HashMap<String, usize>>,
     /// A typed error raised by a built-in; returned instead of the Starlark rendering.
     error: RefCell<Option<GraphError>>,
 }
@@ -158,18 +161,20 @@ pub(crate) fn add_target(
     };
     rule.check(&c)?;
     let mut targets = ctx.targets.borrow_mut();
-    if let Some(prev) = targets.iter().find(|t| t.name == name) {
+    let mut names = ctx.names.borrow_mut();
+    if let Some(&prev) = names.get(&name) {
         let err = GraphError::DuplicateTarget {
             label: Label {
                 package,
                 name: name.clone(),
             },
             location: location.clone(),
-            previous: prev.location.clone(),
+            previous: targets[prev].location.clone(),
         };
-        drop(targets);
+        drop((targets, names));
         return Err(ctx.fail(err));
     }
+    names.insert(name.clone(), targets.len());
     targets.push(RawTarget {
         name,
         location,
@@ -352,6 +357,7 @@ impl Interpreter {
             file: file.clone(),
             package: Some(package.to_owned()),
             targets: RefCell::new(Vec::new()),
+            names: RefCell::new(HashMap::new()),
             error: RefCell::new(None),
         };
         let mut stack = Vec::new();
@@ -458,6 +464,7 @@ impl Interpreter {
             file: path.clone(),
             package: None,
             targets: RefCell::new(Vec::new()),
+            names: RefCell::new(HashMap::new()),
             error: RefCell::new(None),
         };
         stack.push(path.clone());
