@@ -245,15 +245,22 @@ fn clean_workspace(ws: &Workspace, cache: &Path) -> Result<()> {
     remove_out_dir(ws)?;
     signatures.push(wbuild_graph::workspace_signature(ws)?.to_hex().to_string());
     let snapshots = remove_entries(&cache.join("uptodate"), |p| snapshot_of(p, &ws.root))?;
-    let analysis = remove_entries(&cache.join("analysis"), |p| {
-        signatures.iter().any(|s| analysis_of(p, s))
+    // An entry is its graph (`.bin`) and what its loading read (`.reads`, which starts with
+    // the same signature).
+    let is_reads = |p: &Path| p.extension().is_some_and(|x| x == "reads");
+    let mut analysis = remove_entries(&cache.join("analysis"), |p| {
+        !is_reads(p) && signatures.iter().any(|s| analysis_of(p, s))
     })?;
+    let entries = analysis.files;
+    analysis.add(remove_entries(&cache.join("analysis"), |p| {
+        is_reads(p) && signatures.iter().any(|s| analysis_of(p, s))
+    })?);
     println!(
         "removed {} up-to-date snapshot{} and {} analysis cache entr{} of this workspace from {} ({})",
         snapshots.files,
         if snapshots.files == 1 { "" } else { "s" },
-        analysis.files,
-        if analysis.files == 1 { "y" } else { "ies" },
+        entries,
+        if entries == 1 { "y" } else { "ies" },
         cache.display(),
         super::ui::bytes(snapshots.bytes + analysis.bytes)
     );

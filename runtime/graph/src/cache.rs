@@ -83,13 +83,32 @@ pub fn analysis_entry_signed(path: &Path, signature: &str) -> bool {
     std::fs::File::open(path).is_ok_and(|mut f| f.read_exact(&mut head).is_ok()) && head == want
 }
 
-/// The hash [`workspace_signature`] returns.
-pub type Signature = blake3::Hash;
+/// What [`workspace_signature`] returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Signature {
+    /// BLAKE3 over every directory's sorted listing (names and kinds) and the contents of
+    /// the build files: any change to either changes it.
+    pub all: blake3::Hash,
+    /// BLAKE3 over the build files alone (paths and contents of `wbuild.toml`, `WBUILD` and
+    /// `*.bzl` files) and the pinned toolchains: with it unchanged, a workspace loads the same
+    /// if it answers the loader's questions the same (`load::Reads`).
+    pub structure: blake3::Hash,
+}
+
+impl Signature {
+    pub fn as_bytes(&self) -> &[u8; 32] {
+        self.all.as_bytes()
+    }
+
+    pub fn to_hex(&self) -> String {
+        self.all.to_hex().to_string()
+    }
+}
 
 /// BLAKE3 over every directory's sorted listing (names and kinds) in the workspace, skipping
 /// `wbuild-out/`, `target/` and hidden directories, and over the contents of `wbuild.toml`,
-/// `WBUILD` and `*.bzl` files.
-pub fn workspace_signature(ws: &Workspace) -> Result<blake3::Hash, GraphError> {
+/// `WBUILD` and `*.bzl` files; and over those files alone (see [`Signature`]).
+pub fn workspace_signature(ws: &Workspace) -> Result<Signature, GraphError> {
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| GraphError::Io {
@@ -99,6 +118,7 @@ pub fn workspace_signature(ws: &Workspace) -> Result<blake3::Hash, GraphError> {
     };
     let mut h = blake3::Hasher::new();
     h.update(FORMAT.as_bytes());
+    let mut build_files: Vec<(String, blake3::Hash)> = Vec::new();
     let mut stack = vec![(ws.root.clone(), String::new())];
     while let Some((dir, rel)) = stack.pop() {
         let mut entries: Vec<(String, u8, PathBuf)> = Vec::new();
@@ -138,19 +158,52 @@ pub fn workspace_signature(ws: &Workspace) -> Result<blake3::Hash, GraphError> {
                 }
             } else if name == BUILD_FILE || name == WORKSPACE_FILE || name.ends_with(".bzl") {
                 let bytes = std::fs::read(&path).map_err(io(&path))?;
-                h.update(blake3::hash(&bytes).as_bytes());
+                let digest = blake3::hash(&bytes);
+                h.update(digest.as_bytes());
+                let file = if rel.is_empty() {
+                    name
+                } else {
+                    format!("{rel}/{name}")
+                };
+                build_files.push((file, digest));
             }
         }
     }
+    let mut structure = blake3::Hasher::new();
+    structure.update(FORMAT.as_bytes());
+    structure.update(b"\0structure\0");
+    build_files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    for (file, digest) in &build_files {
+        structure.update(file.as_bytes());
+        structure.update(b"\0");
+        structure.update(digest.as_bytes());
+    }
     // Pinned toolchains, as resolved (wbuild.lock may pin what wbuild.toml does not).
     for (name, ext) in &ws.externals {
-        h.update(b"T\0");
-        h.update(name.as_bytes());
-        h.update(b"\0");
-        h.update(ext.digest.as_bytes());
-        h.update(ext.root.as_os_str().as_encoded_bytes());
+        for h in [&mut h, &mut structure] {
+            h.update(b"T\0");
+            h.update(name.as_bytes());
+            h.update(b"\0");
+            h.update(ext.digest.as_bytes());
+            h.update(ext.root.as_os_str().as_encoded_bytes());
+        }
     }
-    Ok(h.finalize())
+    Ok(Signature {
+        all: h.finalize(),
+        structure: structure.finalize(),
+    })
+}
+
+/// Beside each analysis-cache entry (`<key>.reads`): what its loading read of the file system
+/// besides build files, to tell, when the workspace signature changed, whether loading again
+/// would come out the same.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct ReadsEntry {
+    /// The signature of the entry these reads belong to (a pair written apart: an entry
+    /// rewritten without its reads, or the reverse, do not match).
+    signature: String,
+    structure: [u8; 32],
+    reads: crate::load::Reads,
 }
 
 /// [`crate::load`] + [`crate::analyse`], reusing the result stored in `cache_dir` when the
@@ -160,9 +213,10 @@ pub fn load_and_analyse_cached(
     patterns: &[TargetPattern],
     include_tests: bool,
     cache_dir: &Path,
-    signature: &blake3::Hash,
+    signature: &Signature,
 ) -> Result<Analysed, GraphError> {
-    let signature = signature.to_hex().to_string();
+    let structure = signature.structure;
+    let signature = signature.to_hex();
     let mut key = blake3::Hasher::new();
     key.update(FORMAT.as_bytes());
     key.update(binary_identity().as_bytes());
@@ -174,19 +228,32 @@ pub fn load_and_analyse_cached(
     key.update(&[include_tests as u8]);
     // postcard: a compact binary form, read several times faster than JSON (the cached graph
     // is read on every build after an edit).
-    let file = cache_dir.join(format!("{}.bin", key.finalize().to_hex()));
+    let key = key.finalize().to_hex();
+    let file = cache_dir.join(format!("{key}.bin"));
+    let reads_file = cache_dir.join(format!("{key}.reads"));
     if let Ok(bytes) = std::fs::read(&file)
         && let Ok(entry) = postcard::from_bytes::<Entry>(&bytes)
-        && entry.signature == signature
     {
-        return Ok(Analysed {
-            graph: entry.graph,
-            roots: entry.roots,
-            cached: true,
-            digest: Some(blake3::Hash::from_bytes(entry.digest)),
-        });
+        let hit = entry.signature == signature
+            || still_loads_the_same(ws, &reads_file, &entry.signature, &structure)
+                && resign(
+                    cache_dir,
+                    &file,
+                    &reads_file,
+                    &bytes,
+                    &entry.signature,
+                    &signature,
+                );
+        if hit {
+            return Ok(Analysed {
+                graph: entry.graph,
+                roots: entry.roots,
+                cached: true,
+                digest: Some(blake3::Hash::from_bytes(entry.digest)),
+            });
+        }
     }
-    let (targets, roots) = crate::load(ws, patterns)?;
+    let (targets, roots, reads) = crate::load::load_reading(ws, patterns)?;
     let graph = crate::analyse(ws, &targets, &roots, include_tests)?;
     crate::drop_elsewhere(targets);
     let body = postcard::to_stdvec(&(&roots, &graph)).ok();
@@ -195,12 +262,16 @@ pub fn load_and_analyse_cached(
     if let (Some(body), Some(digest)) = (&body, &digest)
         && std::fs::create_dir_all(cache_dir).is_ok()
         && let Ok(head) = postcard::to_stdvec(&signature)
-        && let Ok(mut tmp) = tempfile::NamedTempFile::new_in(cache_dir)
-        && std::io::Write::write_all(&mut tmp, &head).is_ok()
-        && std::io::Write::write_all(&mut tmp, digest.as_bytes()).is_ok()
-        && std::io::Write::write_all(&mut tmp, body).is_ok()
+        && write_atomically(cache_dir, &file, &[&head, digest.as_bytes(), body])
     {
-        let _ = tmp.persist(&file);
+        let reads = ReadsEntry {
+            signature: signature.clone(),
+            structure: *structure.as_bytes(),
+            reads,
+        };
+        if let Ok(bytes) = postcard::to_stdvec(&reads) {
+            write_atomically(cache_dir, &reads_file, &[&bytes]);
+        }
     }
     Ok(Analysed {
         graph,
@@ -208,6 +279,65 @@ pub fn load_and_analyse_cached(
         cached: false,
         digest,
     })
+}
+
+/// Whether the reads recorded beside the entry signed `entry_signature` say that loading the
+/// workspace again would come out the same: the build files are those it was loaded from,
+/// and every answer the loader took from the file system is still the same.
+fn still_loads_the_same(
+    ws: &Workspace,
+    reads_file: &Path,
+    entry_signature: &str,
+    structure: &blake3::Hash,
+) -> bool {
+    let Ok(bytes) = std::fs::read(reads_file) else {
+        return false;
+    };
+    let Ok(recorded) = postcard::from_bytes::<ReadsEntry>(&bytes) else {
+        return false;
+    };
+    recorded.signature == entry_signature
+        && recorded.structure == *structure.as_bytes()
+        && recorded.reads.hold(&ws.root)
+}
+
+/// Stores the entry `bytes` (signed `old`) and its reads again under the signature `new`, so
+/// the next build with this workspace matches at once. Always true: a failed write only costs
+/// the next build the check again.
+fn resign(
+    cache_dir: &Path,
+    file: &Path,
+    reads_file: &Path,
+    bytes: &[u8],
+    old: &str,
+    new: &str,
+) -> bool {
+    if let (Ok(old_head), Ok(new_head)) = (postcard::to_stdvec(old), postcard::to_stdvec(new))
+        && let Some(rest) = bytes.get(old_head.len()..)
+        && let Ok(reads) = std::fs::read(reads_file)
+        && let Ok(mut recorded) = postcard::from_bytes::<ReadsEntry>(&reads)
+    {
+        recorded.signature = new.to_owned();
+        // The reads first: until the entry is renamed too, they belong to no entry.
+        if let Ok(reads) = postcard::to_stdvec(&recorded)
+            && write_atomically(cache_dir, reads_file, &[&reads])
+        {
+            write_atomically(cache_dir, file, &[&new_head, rest]);
+        }
+    }
+    true
+}
+
+/// Writes `parts` one after the other to `path`, through a temporary file in `dir` renamed
+/// over it.
+fn write_atomically(dir: &Path, path: &Path, parts: &[&[u8]]) -> bool {
+    let Ok(mut tmp) = tempfile::NamedTempFile::new_in(dir) else {
+        return false;
+    };
+    parts
+        .iter()
+        .all(|p| std::io::Write::write_all(&mut tmp, p).is_ok())
+        && tmp.persist(path).is_ok()
 }
 
 #[cfg(test)]
@@ -239,11 +369,12 @@ mod tests {
         assert!(again.cached);
         assert_eq!(again.digest, Some(digest));
         assert_eq!(again.graph, first.graph);
-        // A file no glob or reference names changes the signature, not the digest.
+        // A file no glob or reference names changes the signature, but the loader's reads
+        // still hold: the entry is used, with its digest.
         write(t.dir.path(), "p/.a.txt.swp", "");
         write(t.dir.path(), "q/notes.md", "");
         let other = analysed(&t, cache.path());
-        assert!(!other.cached);
+        assert!(other.cached);
         assert_eq!(other.digest, Some(digest));
         // A file the glob picks up changes the graph, and the digest.
         write(t.dir.path(), "p/b.txt", "");
@@ -259,5 +390,76 @@ mod tests {
         let configured = analysed(&t, cache.path());
         assert_eq!(configured.graph, first.graph);
         assert_ne!(configured.digest, Some(digest));
+    }
+
+    fn load_err(t: &TestWs, cache: &Path) -> String {
+        let ws = Workspace::open(t.dir.path()).unwrap();
+        let sig = workspace_signature(&ws).unwrap();
+        match load_and_analyse_cached(&ws, &patterns(&["//..."]), false, cache, &sig) {
+            Ok(a) => panic!("expected an error; cached: {}", a.cached),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn a_changed_answer_to_any_question_the_loader_asked_loads_again() {
+        let files = [
+            (
+                "p/WBUILD",
+                "filegroup(name = 'g', srcs = ['a.txt', 'link.txt'])\n\
+                 genrule(name = 'gen', srcs = [], outs = ['out.txt'], cmd = 'touch $@')\n",
+            ),
+            ("p/a.txt", ""),
+            ("p/b.txt", ""),
+        ];
+        let fresh = || {
+            let t = workspace(&files);
+            std::os::unix::fs::symlink("b.txt", t.dir.path().join("p/link.txt")).unwrap();
+            let cache = tempfile::tempdir().unwrap();
+            assert!(!analysed(&t, cache.path()).cached);
+            // Unrelated: used as it is.
+            write(t.dir.path(), "p/unrelated.md", "");
+            assert!(analysed(&t, cache.path()).cached);
+            (t, cache)
+        };
+        // A referenced source deleted: loaded again, and the error names it.
+        let (t, cache) = fresh();
+        std::fs::remove_file(t.dir.path().join("p/a.txt")).unwrap();
+        assert!(load_err(&t, cache.path()).contains("a.txt"));
+        // A source file where an output goes.
+        let (t, cache) = fresh();
+        write(t.dir.path(), "p/out.txt", "");
+        assert!(load_err(&t, cache.path()).contains("out.txt"));
+        // A referenced file turned into a directory.
+        let (t, cache) = fresh();
+        std::fs::remove_file(t.dir.path().join("p/a.txt")).unwrap();
+        std::fs::create_dir(t.dir.path().join("p/a.txt")).unwrap();
+        assert!(load_err(&t, cache.path()).contains("directory"));
+        // A symbolic link pointed elsewhere: its target is asked again.
+        let (t, cache) = fresh();
+        std::fs::remove_file(t.dir.path().join("p/link.txt")).unwrap();
+        std::fs::create_dir(t.dir.path().join("p/dir")).unwrap();
+        std::os::unix::fs::symlink("dir", t.dir.path().join("p/link.txt")).unwrap();
+        assert!(load_err(&t, cache.path()).contains("directory"));
+        // A new package: the build files changed.
+        let (t, cache) = fresh();
+        write(t.dir.path(), "q/WBUILD", "filegroup(name = 'q')\n");
+        let a = analysed(&t, cache.path());
+        assert!(!a.cached);
+        assert!(a.graph.target_files.keys().any(|l| l.package == "q"));
+        // Reads that belong to another entry are not trusted.
+        let (t, cache) = fresh();
+        let reads: Vec<PathBuf> = std::fs::read_dir(cache.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "reads"))
+            .collect();
+        assert_eq!(reads.len(), 1);
+        let mut recorded: ReadsEntry =
+            postcard::from_bytes(&std::fs::read(&reads[0]).unwrap()).unwrap();
+        recorded.signature = "0".repeat(64);
+        std::fs::write(&reads[0], postcard::to_stdvec(&recorded).unwrap()).unwrap();
+        write(t.dir.path(), "p/another.md", "");
+        assert!(!analysed(&t, cache.path()).cached);
     }
 }

@@ -32,6 +32,16 @@ pub(crate) struct RawTarget {
     pub platform: Option<String>,
 }
 
+/// One `glob()` call of a package and the package-relative files it found: replayed to tell
+/// whether the package would evaluate the same (see `load::Reads`).
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct GlobRead {
+    pub package: String,
+    pub include: Vec<String>,
+    pub exclude: Vec<String>,
+    pub files: Vec<String>,
+}
+
 /// State of one file's evaluation, reachable from built-ins through `Evaluator::extra`.
 #[derive(ProvidesStaticType)]
 struct EvalContext {
@@ -45,6 +55,8 @@ struct EvalContext {
     /// Name -> index in `targets` (a search of `targets` per call was quadratic in the size
     /// of the package).
     names: RefCell<HashMap<String, usize>>,
+    /// Every `glob()` call and what it found (see [`GlobRead`]).
+    globs: RefCell<Vec<GlobRead>>,
     /// A typed error raised by a built-in; returned instead of the Starlark rendering.
     error: RefCell<Option<GraphError>>,
 }
@@ -283,6 +295,12 @@ fn wbuild_builtins(builder: &mut GlobalsBuilder) {
             })
         };
         let files = crate::glob::glob(&dir, &include.items, &exclude.items).map_err(fail)?;
+        ctx.globs.borrow_mut().push(GlobRead {
+            package: package.clone(),
+            include: include.items.clone(),
+            exclude: exclude.items.clone(),
+            files: files.clone(),
+        });
         if files.is_empty() && !allow_empty {
             return Err(fail(format!(
                 "no files in package '{package}' match {:?} (pass allow_empty = True to allow this)",
@@ -349,8 +367,12 @@ impl Interpreter {
         }
     }
 
-    /// Evaluates `<package>/WBUILD` and returns its targets in definition order.
-    pub fn eval_package(&self, package: &str) -> Result<Vec<RawTarget>, GraphError> {
+    /// Evaluates `<package>/WBUILD` and returns its targets in definition order, and the
+    /// globs it called.
+    pub fn eval_package(
+        &self,
+        package: &str,
+    ) -> Result<(Vec<RawTarget>, Vec<GlobRead>), GraphError> {
         let file = join(package, BUILD_FILE);
         let ctx = EvalContext {
             root: self.root.clone(),
@@ -358,11 +380,12 @@ impl Interpreter {
             package: Some(package.to_owned()),
             targets: RefCell::new(Vec::new()),
             names: RefCell::new(HashMap::new()),
+            globs: RefCell::new(Vec::new()),
             error: RefCell::new(None),
         };
         let mut stack = Vec::new();
         self.eval_file(&file, package, &ctx, &mut stack, false)?;
-        Ok(ctx.targets.into_inner())
+        Ok((ctx.targets.into_inner(), ctx.globs.into_inner()))
     }
 
     /// Parses and evaluates `file` (a workspace path) after loading what it `load()`s.
@@ -465,6 +488,7 @@ impl Interpreter {
             package: None,
             targets: RefCell::new(Vec::new()),
             names: RefCell::new(HashMap::new()),
+            globs: RefCell::new(Vec::new()),
             error: RefCell::new(None),
         };
         stack.push(path.clone());

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use rustc_hash::FxHashMap;
 
-use crate::eval::{Interpreter, RawTarget};
+use crate::eval::{GlobRead, Interpreter, RawTarget};
 use crate::glob::skip_dir;
 use crate::label::{Label, TargetPattern, join};
 use crate::rules::{MapRefs, Want};
@@ -24,9 +24,18 @@ pub fn load(
     ws: &Workspace,
     patterns: &[TargetPattern],
 ) -> Result<(TargetGraph, Vec<Label>), GraphError> {
-    match load_keeping_cycles(ws, patterns)? {
-        (_, _, Some(cycle)) => Err(cycle),
-        (graph, matched, None) => Ok((graph, matched)),
+    let (graph, matched, _) = load_reading(ws, patterns)?;
+    Ok((graph, matched))
+}
+
+/// As [`load`], with what loading read of the file system besides build files.
+pub(crate) fn load_reading(
+    ws: &Workspace,
+    patterns: &[TargetPattern],
+) -> Result<(TargetGraph, Vec<Label>, Reads), GraphError> {
+    match load_keeping_cycles_reading(ws, patterns)? {
+        (_, _, Some(cycle), _) => Err(cycle),
+        (graph, matched, None, reads) => Ok((graph, matched, reads)),
     }
 }
 
@@ -37,17 +46,28 @@ pub(crate) fn load_keeping_cycles(
     ws: &Workspace,
     patterns: &[TargetPattern],
 ) -> Result<(TargetGraph, Vec<Label>, Option<GraphError>), GraphError> {
+    let (graph, matched, cycle, _) = load_keeping_cycles_reading(ws, patterns)?;
+    Ok((graph, matched, cycle))
+}
+
+#[allow(clippy::type_complexity)]
+fn load_keeping_cycles_reading(
+    ws: &Workspace,
+    patterns: &[TargetPattern],
+) -> Result<(TargetGraph, Vec<Label>, Option<GraphError>, Reads), GraphError> {
     let mut loader = Loader {
         ws,
         interp: Some(Interpreter::new(ws.root.clone())),
         packages: BTreeMap::new(),
         listings: Listings::default(),
+        logs: Vec::new(),
     };
     let matched = loader.match_patterns(patterns)?;
 
     // Resolve the closure of the matched targets, checking every reference.
     // Hashed: a B-tree of labels compared strings at every level (100,000 targets).
-    let mut ahead = loader.resolve_ahead(&matched);
+    let (mut ahead, asked) = loader.resolve_ahead(&matched);
+    loader.logs.extend(asked);
     let mut resolved = if closed(&matched, &ahead) {
         ahead
     } else {
@@ -76,7 +96,9 @@ pub(crate) fn load_keeping_cycles(
     // Other targets of the loaded packages: resolved without loading more packages. (In
     // label order: the map is built from sorted entries at once.)
     let mut targets = Vec::with_capacity(loader.packages.values().map(|p| p.targets.len()).sum());
+    let mut globs = Vec::new();
     for (pkg_name, pkg) in &loader.packages {
+        globs.extend(pkg.globs.iter().cloned());
         for raw in pkg.targets.values() {
             let label = Label {
                 package: pkg_name.clone(),
@@ -92,7 +114,14 @@ pub(crate) fn load_keeping_cycles(
     let graph = TargetGraph {
         targets: targets.into_iter().collect(),
     };
-    Ok((graph, matched.into_iter().collect(), cycle))
+    let main_log = std::mem::take(&mut loader.listings.log);
+    let probes = Listings::probes(
+        std::mem::take(&mut loader.logs)
+            .into_iter()
+            .chain([main_log]),
+    );
+    let reads = Reads { probes, globs };
+    Ok((graph, matched.into_iter().collect(), cycle, reads))
 }
 
 /// Whether `resolved` holds every target `roots` need, its dependencies included.
@@ -119,6 +148,10 @@ fn closed(roots: &BTreeSet<Label>, resolved: &FxHashMap<Label, (Target, Vec<Labe
 #[derive(Default)]
 struct Listings {
     dirs: FxHashMap<String, Option<FxHashMap<String, Kind>>>,
+    /// Every question answered, for [`Reads`]: path -> the answer of `find` ([`Found`]) and
+    /// of `exists_no_follow` (0 or 1), each once asked. (A map: the same few paths, a tool's,
+    /// are asked about once per target.)
+    log: FxHashMap<String, [Option<u8>; 2]>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -179,6 +212,12 @@ impl Listings {
 
     /// [`Found`] for `path`, following symbolic links.
     fn find(&mut self, root: &Path, path: &str) -> Found {
+        let found = self.look(root, path);
+        self.note(path, 0, found as u8);
+        found
+    }
+
+    fn look(&mut self, root: &Path, path: &str) -> Found {
         match self.entry(root, path) {
             Some(None) => Found::Missing,
             Some(Some(Kind::File)) => Found::File,
@@ -194,10 +233,85 @@ impl Listings {
 
     /// Whether anything is at `path`, a symbolic link included (not followed).
     fn exists_no_follow(&mut self, root: &Path, path: &str) -> bool {
-        match self.entry(root, path) {
+        let exists = match self.entry(root, path) {
             Some(found) => found.is_some(),
             None => std::fs::symlink_metadata(root.join(path)).is_ok(),
+        };
+        self.note(path, 1, exists as u8);
+        exists
+    }
+
+    fn note(&mut self, path: &str, question: usize, answer: u8) {
+        match self.log.get_mut(path) {
+            Some(answers) => answers[question] = Some(answer),
+            None => {
+                let mut answers = [None; 2];
+                answers[question] = Some(answer);
+                self.log.insert(path.to_owned(), answers);
+            }
         }
+    }
+
+    /// The questions of `logs` and their answers (in no particular order: each is asked
+    /// again on its own).
+    fn probes(
+        logs: impl IntoIterator<Item = FxHashMap<String, [Option<u8>; 2]>>,
+    ) -> Vec<(u8, String, u8)> {
+        let mut probes = Vec::new();
+        for log in logs {
+            probes.reserve(log.len());
+            for (path, answers) in log {
+                match answers {
+                    [Some(found), Some(exists)] => {
+                        probes.push((0, path.clone(), found));
+                        probes.push((1, path, exists));
+                    }
+                    [Some(found), None] => probes.push((0, path, found)),
+                    [None, Some(exists)] => probes.push((1, path, exists)),
+                    [None, None] => {}
+                }
+            }
+        }
+        probes
+    }
+
+    /// The answer to a question of `log` asked again.
+    fn ask(&mut self, root: &Path, question: u8, path: &str) -> Option<u8> {
+        match question {
+            0 => Some(self.find(root, path) as u8),
+            1 => Some(self.exists_no_follow(root, path) as u8),
+            _ => None,
+        }
+    }
+}
+
+/// What loading learnt from the file system besides the build files: every answer taken from
+/// a directory listing (whether a referenced path is a file, whether an output would overwrite
+/// one) and every `glob()` with the files it found. With the build files, `wbuild.toml` and
+/// the pinned toolchains unchanged (`cache::workspace_structure`), a workspace that gives the
+/// same answers again loads to the same targets (see [`Reads::hold`]).
+#[derive(Clone, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub(crate) struct Reads {
+    /// (question, workspace path, answer) (see `Listings::log`).
+    pub probes: Vec<(u8, String, u8)>,
+    pub globs: Vec<GlobRead>,
+}
+
+impl Reads {
+    /// Whether every answer is still the same in the workspace at `root`.
+    pub(crate) fn hold(&self, root: &Path) -> bool {
+        let mut listings = Listings::default();
+        self.probes
+            .iter()
+            .all(|(q, path, answer)| listings.ask(root, *q, path) == Some(*answer))
+            && self.globs.iter().all(|g| {
+                let dir = if g.package.is_empty() {
+                    root.to_path_buf()
+                } else {
+                    root.join(&g.package)
+                };
+                crate::glob::glob(&dir, &g.include, &g.exclude).as_ref() == Ok(&g.files)
+            })
     }
 }
 
@@ -207,6 +321,8 @@ struct Package {
     targets: BTreeMap<String, Arc<RawTarget>>,
     /// Output name (package-relative) -> name of the target producing it.
     outputs: BTreeMap<String, String>,
+    /// Its `glob()` calls, for [`Reads`].
+    globs: Vec<GlobRead>,
 }
 
 struct Loader<'w> {
@@ -216,6 +332,8 @@ struct Loader<'w> {
     /// Shared with the loaders resolving ahead.
     packages: BTreeMap<String, Arc<Package>>,
     listings: Listings,
+    /// The questions other threads' listings answered (see `Listings::log`).
+    logs: Vec<FxHashMap<String, [Option<u8>; 2]>>,
 }
 
 impl Loader<'_> {
@@ -238,8 +356,8 @@ impl Loader<'_> {
                     context: " (not loaded while resolving ahead)".to_owned(),
                 });
             };
-            let raws = interp.eval_package(name)?;
-            let pkg = check_package(self.ws, &mut self.listings, name, raws)?;
+            let (raws, globs) = interp.eval_package(name)?;
+            let pkg = check_package(self.ws, &mut self.listings, name, raws, globs)?;
             self.packages.insert(name.to_owned(), Arc::new(pkg));
         }
         Ok(&self.packages[name])
@@ -259,51 +377,64 @@ impl Loader<'_> {
         let ws = self.ws;
         let loaded = &self.packages;
         let next = std::sync::atomic::AtomicUsize::new(0);
-        let found: Vec<(String, Package)> = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..threads)
-                .map(|_| {
-                    s.spawn(|| {
-                        let interp = Interpreter::new(ws.root.clone());
-                        let mut listings = Listings::default();
-                        let mut out = Vec::new();
-                        loop {
-                            let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-                            let Some(name) = names.get(i) else {
-                                break;
-                            };
-                            if loaded.contains_key(name) || !ws.is_package(name) {
-                                continue;
+        #[allow(clippy::type_complexity)]
+        let found: Vec<(Vec<(String, Package)>, FxHashMap<String, [Option<u8>; 2]>)> =
+            std::thread::scope(|s| {
+                let workers: Vec<_> = (0..threads)
+                    .map(|_| {
+                        s.spawn(|| {
+                            let interp = Interpreter::new(ws.root.clone());
+                            let mut listings = Listings::default();
+                            let mut out = Vec::new();
+                            loop {
+                                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                                let Some(name) = names.get(i) else {
+                                    break;
+                                };
+                                if loaded.contains_key(name) || !ws.is_package(name) {
+                                    continue;
+                                }
+                                if let Ok((raws, globs)) = interp.eval_package(name)
+                                    && let Ok(pkg) =
+                                        check_package(ws, &mut listings, name, raws, globs)
+                                {
+                                    out.push((name.clone(), pkg));
+                                }
                             }
-                            if let Ok(raws) = interp.eval_package(name)
-                                && let Ok(pkg) = check_package(ws, &mut listings, name, raws)
-                            {
-                                out.push((name.clone(), pkg));
-                            }
-                        }
-                        out
+                            (out, listings.log)
+                        })
                     })
-                })
-                .collect();
-            workers
-                .into_iter()
-                .flat_map(|w| w.join().unwrap_or_default())
-                .collect()
-        });
-        self.packages
-            .extend(found.into_iter().map(|(n, p)| (n, Arc::new(p))));
+                    .collect();
+                workers
+                    .into_iter()
+                    .map(|w| w.join().unwrap_or_default())
+                    .collect()
+            });
+        for (packages, log) in found {
+            self.packages
+                .extend(packages.into_iter().map(|(n, p)| (n, Arc::new(p))));
+            self.logs.push(log);
+        }
     }
 
     /// Resolves `labels` on every core with the packages loaded so far, as
     /// [`Loader::resolve_target`] would. A target whose resolution fails or needs another
     /// package is left out, for the resolution in order to do again (and report).
-    fn resolve_ahead(&self, labels: &BTreeSet<Label>) -> FxHashMap<Label, (Target, Vec<Label>)> {
+    #[allow(clippy::type_complexity)]
+    fn resolve_ahead(
+        &self,
+        labels: &BTreeSet<Label>,
+    ) -> (
+        FxHashMap<Label, (Target, Vec<Label>)>,
+        Vec<FxHashMap<String, [Option<u8>; 2]>>,
+    ) {
         // Consecutive labels share a package and its directory listing.
         const CHUNK: usize = 512;
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(labels.len() / CHUNK);
         if threads < 2 {
-            return FxHashMap::default();
+            return (FxHashMap::default(), Vec::new());
         }
         let labels: Vec<&Label> = labels.iter().collect();
         let (ws, packages) = (self.ws, &self.packages);
@@ -317,6 +448,7 @@ impl Loader<'_> {
                             interp: None,
                             packages: packages.clone(),
                             listings: Listings::default(),
+                            logs: Vec::new(),
                         };
                         let mut out = Vec::new();
                         loop {
@@ -331,16 +463,19 @@ impl Loader<'_> {
                                 }
                             }
                         }
-                        out
+                        (out, loader.listings.log)
                     })
                 })
                 .collect();
             let mut done = FxHashMap::default();
             done.reserve(labels.len());
+            let mut logs = Vec::new();
             for w in workers {
-                done.extend(w.join().unwrap_or_default());
+                let (resolved, asked) = w.join().unwrap_or_default();
+                done.extend(resolved);
+                logs.push(asked);
             }
-            done
+            (done, logs)
         })
     }
 }
@@ -351,6 +486,7 @@ fn check_package(
     listings: &mut Listings,
     package: &str,
     raws: Vec<RawTarget>,
+    globs: Vec<GlobRead>,
 ) -> Result<Package, GraphError> {
     let mut targets = BTreeMap::new();
     for raw in raws {
@@ -406,7 +542,11 @@ fn check_package(
             outputs.insert(out.clone(), raw.name.clone());
         }
     }
-    Ok(Package { targets, outputs })
+    Ok(Package {
+        targets,
+        outputs,
+        globs,
+    })
 }
 
 impl Loader<'_> {
