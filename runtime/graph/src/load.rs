@@ -64,8 +64,9 @@ fn load_keeping_cycles_reading(
     };
     let matched = loader.match_patterns(patterns)?;
 
-    // Resolve the closure of the matched targets, checking every reference.
-    // Hashed: a B-tree of labels compared strings at every level (100,000 targets).
+    // Resolve the closure of the matched targets, checking every reference: ahead on every
+    // core, then in order for what is left. (Hashed: a B-tree of labels compared strings at
+    // every level, 100,000 targets.)
     let (mut ahead, asked) = loader.resolve_ahead(&matched);
     loader.logs.extend(asked);
     let mut resolved = if closed(&matched, &ahead) {
@@ -194,20 +195,18 @@ impl Listings {
 
     /// The entries of the directory `dir` (`None`: it cannot be listed).
     fn read(root: &Path, dir: &str) -> Option<FxHashMap<String, Kind>> {
-        {
-            let entries = std::fs::read_dir(root.join(dir)).ok()?;
-            let mut m = FxHashMap::default();
-            for e in entries {
-                let e = e.ok()?;
-                let kind = match e.file_type() {
-                    Ok(t) if t.is_file() => Kind::File,
-                    Ok(t) if t.is_dir() => Kind::Dir,
-                    _ => Kind::Other,
-                };
-                m.insert(e.file_name().into_string().ok()?, kind);
-            }
-            Some(m)
+        let entries = std::fs::read_dir(root.join(dir)).ok()?;
+        let mut m = FxHashMap::default();
+        for e in entries {
+            let e = e.ok()?;
+            let kind = match e.file_type() {
+                Ok(t) if t.is_file() => Kind::File,
+                Ok(t) if t.is_dir() => Kind::Dir,
+                _ => Kind::Other,
+            };
+            m.insert(e.file_name().into_string().ok()?, kind);
         }
+        Some(m)
     }
 
     /// [`Found`] for `path`, following symbolic links.
