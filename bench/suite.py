@@ -15,9 +15,12 @@ WORK/bazel-root and its own --disk_cache; the servers are shut down when the gra
 
 Each measured run is one process started from here under GNU time: wall time (measured here)
 and peak resident set size (time's %M: the largest process of the tool's tree, so it includes
-the compilers a build spawns). Runs of the tools are interleaved (wbuild, ninja, make, wbuild, ...)
-so background load hits them alike; each ratio against ninja is taken pair by pair (run i of a
-tool over run i of ninja) and the median of those ratios is reported.
+the compilers a build spawns). Runs of the tools are interleaved, in alternating order (wbuild,
+ninja, make, then make, ninja, wbuild, ...), so background load hits them alike and no tool is
+always measured right after the same other one (a Bazel client returning leaves its server
+busy: wbuild's no-op measured right after it was 9-11 ms, 7 ms otherwise); each ratio against
+ninja is taken pair by pair (run i of a tool over run i of ninja) and the median of those
+ratios is reported.
 
 Scenarios:
   clean    nothing built: outputs removed, and for wbuild an empty cache directory; for Bazel
@@ -427,7 +430,7 @@ def scenario(name, tools, runs, prepare, command):
     out = {t.name: {"times": [], "rss_kib": [], "load": [os.getloadavg()[0]],
                     "dentries": [dentries()]} for t in tools}
     for r in range(runs):
-        for t in tools:
+        for t in (tools if r % 2 == 0 else tools[::-1]):
             prepare(t)
             secs, rss = measure(command(t), t.ws)
             rss = max(rss, t.server_rss_kib())
