@@ -241,9 +241,9 @@ fn remove_out_dir(ws: &Workspace) -> Result<()> {
 fn clean_workspace(ws: &Workspace, cache: &Path) -> Result<()> {
     // The signature sees the root's listing, `wbuild-out` included: entries may have been
     // stored with it or without it.
-    let mut signatures = vec![wbuild_graph::workspace_signature(ws)?.to_hex().to_string()];
+    let mut signatures = vec![wbuild_graph::workspace_signature(ws)?.to_hex()];
     remove_out_dir(ws)?;
-    signatures.push(wbuild_graph::workspace_signature(ws)?.to_hex().to_string());
+    signatures.push(wbuild_graph::workspace_signature(ws)?.to_hex());
     let snapshots = remove_entries(&cache.join("uptodate"), |p| snapshot_of(p, &ws.root))?;
     // An entry is its graph (`.bin`) and what its loading read (`.reads`, which starts with
     // the same signature).

@@ -59,17 +59,22 @@ fn analysis_digest(ws: &Workspace, body: &[u8]) -> blake3::Hash {
     h.update(FORMAT.as_bytes());
     h.update(b"\0config\0");
     h.update(&std::fs::read(ws.root.join(WORKSPACE_FILE)).unwrap_or_default());
+    hash_toolchains(&mut h, ws);
+    h.update(b"\0body\0");
+    h.update(body);
+    h.finalize()
+}
+
+/// The pinned toolchains, as resolved (wbuild.lock may pin what wbuild.toml does not).
+fn hash_toolchains(h: &mut blake3::Hasher, ws: &Workspace) {
     for (name, ext) in &ws.externals {
-        h.update(b"\0toolchain\0");
+        h.update(b"T\0");
         h.update(name.as_bytes());
         h.update(b"\0");
         h.update(ext.digest.as_bytes());
         h.update(b"\0");
         h.update(ext.root.as_os_str().as_encoded_bytes());
     }
-    h.update(b"\0body\0");
-    h.update(body);
-    h.finalize()
 }
 
 /// Whether the analysis-cache entry at `path` was stored under the workspace `signature`
@@ -178,16 +183,8 @@ pub fn workspace_signature(ws: &Workspace) -> Result<Signature, GraphError> {
         structure.update(b"\0");
         structure.update(digest.as_bytes());
     }
-    // Pinned toolchains, as resolved (wbuild.lock may pin what wbuild.toml does not).
-    for (name, ext) in &ws.externals {
-        for h in [&mut h, &mut structure] {
-            h.update(b"T\0");
-            h.update(name.as_bytes());
-            h.update(b"\0");
-            h.update(ext.digest.as_bytes());
-            h.update(ext.root.as_os_str().as_encoded_bytes());
-        }
-    }
+    hash_toolchains(&mut h, ws);
+    hash_toolchains(&mut structure, ws);
     Ok(Signature {
         all: h.finalize(),
         structure: structure.finalize(),
@@ -235,15 +232,13 @@ pub fn load_and_analyse_cached(
         && let Ok(entry) = postcard::from_bytes::<Entry>(&bytes)
     {
         let hit = entry.signature == signature
-            || still_loads_the_same(ws, &reads_file, &entry.signature, &structure)
-                && resign(
-                    cache_dir,
-                    &file,
-                    &reads_file,
-                    &bytes,
-                    &entry.signature,
-                    &signature,
-                );
+            || match still_loads_the_same(ws, &reads_file, &entry.signature, &structure) {
+                Some(recorded) => {
+                    resign(cache_dir, &file, &reads_file, &bytes, recorded, &signature);
+                    true
+                }
+                None => false,
+            };
         if hit {
             return Ok(Analysed {
                 graph: entry.graph,
@@ -281,7 +276,7 @@ pub fn load_and_analyse_cached(
     })
 }
 
-/// Whether the reads recorded beside the entry signed `entry_signature` say that loading the
+/// The reads recorded beside the entry signed `entry_signature`, if they say that loading the
 /// workspace again would come out the same: the build files are those it was loaded from,
 /// and every answer the loader took from the file system is still the same.
 fn still_loads_the_same(
@@ -289,33 +284,29 @@ fn still_loads_the_same(
     reads_file: &Path,
     entry_signature: &str,
     structure: &blake3::Hash,
-) -> bool {
-    let Ok(bytes) = std::fs::read(reads_file) else {
-        return false;
-    };
-    let Ok(recorded) = postcard::from_bytes::<ReadsEntry>(&bytes) else {
-        return false;
-    };
-    recorded.signature == entry_signature
+) -> Option<ReadsEntry> {
+    let recorded = postcard::from_bytes::<ReadsEntry>(&std::fs::read(reads_file).ok()?).ok()?;
+    (recorded.signature == entry_signature
         && recorded.structure == *structure.as_bytes()
-        && recorded.reads.hold(&ws.root)
+        && recorded.reads.hold(&ws.root))
+    .then_some(recorded)
 }
 
-/// Stores the entry `bytes` (signed `old`) and its reads again under the signature `new`, so
-/// the next build with this workspace matches at once. Always true: a failed write only costs
-/// the next build the check again.
+/// Stores the entry `bytes` and its `recorded` reads again under the signature `new`, so the
+/// next build with this workspace matches at once (best effort: a failed write only costs the
+/// next build the check again).
 fn resign(
     cache_dir: &Path,
     file: &Path,
     reads_file: &Path,
     bytes: &[u8],
-    old: &str,
+    mut recorded: ReadsEntry,
     new: &str,
-) -> bool {
-    if let (Ok(old_head), Ok(new_head)) = (postcard::to_stdvec(old), postcard::to_stdvec(new))
-        && let Some(rest) = bytes.get(old_head.len()..)
-        && let Ok(reads) = std::fs::read(reads_file)
-        && let Ok(mut recorded) = postcard::from_bytes::<ReadsEntry>(&reads)
+) {
+    if let (Ok(old_head), Ok(new_head)) = (
+        postcard::to_stdvec(&recorded.signature),
+        postcard::to_stdvec(new),
+    ) && let Some(rest) = bytes.get(old_head.len()..)
     {
         recorded.signature = new.to_owned();
         // The reads first: until the entry is renamed too, they belong to no entry.
@@ -325,7 +316,6 @@ fn resign(
             write_atomically(cache_dir, file, &[&new_head, rest]);
         }
     }
-    true
 }
 
 /// Writes `parts` one after the other to `path`, through a temporary file in `dir` renamed

@@ -700,42 +700,32 @@ mod tests {
         assert_eq!(check(&snap, &[1; 32], None).unwrap().changed, [src]);
     }
 
+    /// Saves a snapshot of `sources` and one action, with no outputs or toolchains.
+    fn save_one(
+        snap: &Path,
+        signature: &[u8; 32],
+        analysis: Option<&[u8; 32]>,
+        sources: &[PathBuf],
+    ) {
+        let basis = Basis {
+            signature,
+            analysis,
+        };
+        save(snap, basis, sources, &[], &[action()], &[], &|_| None).unwrap();
+    }
+
     #[test]
     fn a_snapshot_serves_another_signature_only_for_the_same_analysis() {
         let d = tempfile::tempdir().unwrap();
         let src = old_file(d.path(), "a.txt", "a");
         let snap = d.path().join("s.bin");
-        save(
-            &snap,
-            Basis {
-                signature: &[2; 32],
-                analysis: Some(&[6; 32]),
-            },
-            &[src],
-            &[],
-            &[action()],
-            &[],
-            &|_| None,
-        )
-        .unwrap();
+        save_one(&snap, &[2; 32], Some(&[6; 32]), &[src]);
         assert!(check(&snap, &[2; 32], None).is_some());
         assert!(check(&snap, &[9; 32], Some(&[6; 32])).is_some());
         assert_eq!(check(&snap, &[9; 32], Some(&[7; 32])), None);
         assert_eq!(check(&snap, &[9; 32], None), None);
         // Saved without an analysis digest: only its signature matches.
-        save(
-            &snap,
-            Basis {
-                signature: &[2; 32],
-                analysis: None,
-            },
-            &[],
-            &[],
-            &[action()],
-            &[],
-            &|_| None,
-        )
-        .unwrap();
+        save_one(&snap, &[2; 32], None, &[]);
         assert!(check(&snap, &[2; 32], Some(&[0; 32])).is_some());
         assert_eq!(check(&snap, &[9; 32], Some(&[0; 32])), None);
     }
@@ -745,19 +735,7 @@ mod tests {
         let d = tempfile::tempdir().unwrap();
         let src = old_file(d.path(), "a.txt", "a");
         let snap = d.path().join("s.bin");
-        save(
-            &snap,
-            Basis {
-                signature: &[2; 32],
-                analysis: Some(&[6; 32]),
-            },
-            &[src],
-            &[],
-            &[action()],
-            &[],
-            &|_| None,
-        )
-        .unwrap();
+        save_one(&snap, &[2; 32], Some(&[6; 32]), &[src]);
         let full = std::fs::read(&snap).unwrap();
         for cut in [9, 41, 60, full.len() - 1] {
             std::fs::write(&snap, &full[..cut]).unwrap();
