@@ -23,6 +23,9 @@ pub struct Span {
 struct Ran {
     /// `ActionNode::name()`: the label, then the detail.
     name: String,
+    /// The label (`//package:name`) and the detail apart.
+    label: String,
+    detail: Option<String>,
     mnemonic: String,
     status: &'static str,
     digest: Option<String>,
@@ -73,6 +76,8 @@ impl EventSink for Recorder<'_> {
             };
             self.ran.lock().expect("profile").push(Ran {
                 name,
+                label: label.clone(),
+                detail: detail.clone(),
                 mnemonic: mnemonic.clone(),
                 status: status.as_str(),
                 digest: action_digest.clone(),
@@ -172,36 +177,55 @@ impl Recorder<'_> {
     /// The names of the critical path's actions, first to last: from the action that
     /// finished last, back through the dependency (in `graphs`) that finished last.
     fn critical_path(ran: &[Ran], graphs: &[&ActionGraph]) -> Vec<String> {
-        let end: HashMap<&str, u64> = ran
+        // Each action that ran, by its label's parts and detail (borrowed: naming every
+        // action of a 10,000-action graph to find the few that ran cost milliseconds).
+        fn key(r: &Ran) -> Option<((&str, &str), Option<&str>)> {
+            let (package, name) = r.label.strip_prefix("//")?.split_once(':')?;
+            Some(((package, name), r.detail.as_deref()))
+        }
+        let by_key: HashMap<((&str, &str), Option<&str>), usize> = ran
             .iter()
-            .map(|r| (r.name.as_str(), r.start_us + r.duration_us))
+            .enumerate()
+            .filter_map(|(i, r)| Some((key(r)?, i)))
             .collect();
-        let mut deps: HashMap<String, Vec<String>> = HashMap::new();
-        for g in graphs {
-            for a in &g.actions {
-                let names = a.deps.iter().map(|&d| g.actions[d].name()).collect();
-                deps.insert(a.name(), names);
+        // Where each of them sits in the graphs (graph, action), and the reverse.
+        let mut place: HashMap<(usize, usize), usize> = HashMap::new();
+        let mut first_place: HashMap<usize, (usize, usize)> = HashMap::new();
+        if !by_key.is_empty() {
+            for (gi, g) in graphs.iter().enumerate() {
+                for (ai, a) in g.actions.iter().enumerate() {
+                    let k = (
+                        (a.label.package.as_str(), a.label.name.as_str()),
+                        a.detail.as_deref(),
+                    );
+                    if let Some(&r) = by_key.get(&k) {
+                        place.insert((gi, ai), r);
+                        first_place.entry(r).or_insert((gi, ai));
+                    }
+                }
             }
         }
-        let Some(mut at) = ran
-            .iter()
-            .max_by_key(|r| r.start_us + r.duration_us)
-            .map(|r| r.name.clone())
-        else {
+        let end = |r: usize| ran[r].start_us + ran[r].duration_us;
+        let Some(last) = (0..ran.len()).max_by_key(|&r| end(r)) else {
             return Vec::new();
         };
-        let mut path = vec![at.clone()];
-        let mut seen: std::collections::HashSet<String> = path.iter().cloned().collect();
-        while let Some(prev) = deps.get(&at).and_then(|ds| {
-            ds.iter()
-                .filter(|d| end.contains_key(d.as_str()))
-                .max_by_key(|d| end[d.as_str()])
-        }) {
-            if !seen.insert(prev.clone()) {
+        let mut path = vec![ran[last].name.clone()];
+        let mut seen: std::collections::HashSet<usize> = [last].into_iter().collect();
+        let mut at = first_place.get(&last).copied();
+        while let Some((gi, ai)) = at {
+            let Some((prev, prev_at)) = graphs[gi].actions[ai]
+                .deps
+                .iter()
+                .filter_map(|&d| place.get(&(gi, d)).map(|&r| (r, (gi, d))))
+                .max_by_key(|&(r, _)| end(r))
+            else {
+                break;
+            };
+            if !seen.insert(prev) {
                 break;
             }
-            at = prev.clone();
-            path.push(at.clone());
+            path.push(ran[prev].name.clone());
+            at = Some(prev_at);
         }
         path.reverse();
         path

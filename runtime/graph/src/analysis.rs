@@ -823,7 +823,7 @@ wasi_tool(
         // Dependents before their dependencies on the link line.
         assert!(
             app.argv[2].ends_with(
-                "exec \"$CC\" -o app/app app/_objs/app/main.o mid/libmid.a base/libbase.a -lm"
+                "exec \"$CC\" -o app/app app/_objs/app/main.o -Wl,mid/libmid.a -Wl,base/libbase.a -lm"
             ),
             "{}",
             app.argv[2]

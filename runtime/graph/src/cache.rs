@@ -11,7 +11,7 @@ use crate::glob::skip_dir;
 use crate::{ActionGraph, BUILD_FILE, GraphError, Label, TargetPattern, WORKSPACE_FILE, Workspace};
 
 /// Bumped whenever loading or analysis changes meaning, so stale cache files are ignored.
-const FORMAT: &str = "wbuild-analysis/11";
+const FORMAT: &str = "wbuild-analysis/12";
 
 /// The running wbuild binary (path, size, modification time): a rebuilt or upgraded binary
 /// never trusts results cached by another one.

@@ -303,7 +303,9 @@ pub struct Scheduler<'a> {
 }
 
 impl<'a> Scheduler<'a> {
-    /// `build_id` (from `Store::begin_build`) receives one history record per action.
+    /// `build_id` (from `Store::begin_build`) receives one history record per action; its
+    /// `Store::finish_build` is then the caller's, and commits the run durably (without a
+    /// build, `run_passes` does).
     /// `runner` runs cache misses here (an `Arc<WasiExecutor>`: WASI actions in it, native
     /// ones in the namespace sandbox).
     pub fn new(
@@ -427,7 +429,12 @@ impl Scheduler<'_> {
             duration_ms: start.elapsed().as_millis() as u64,
             interrupted: total.interrupted,
         });
-        self.store.flush()?;
+        // A build recorded in the history is flushed durably by its `Store::finish_build`,
+        // which the driver calls next: one durable commit (about 2 to 4 ms here) instead
+        // of two.
+        if self.build_id.is_none() {
+            self.store.flush()?;
+        }
         Ok(total)
     }
 

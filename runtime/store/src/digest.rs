@@ -136,9 +136,32 @@ impl Digest {
         if hash_hex.len() != 64 {
             return Err(bad("the hash must be 64 hexadecimal characters"));
         }
+        // By pairs of digits through a table (an up-to-date snapshot of 10,000 actions holds
+        // as many digests, all decoded after every edit).
+        const fn nibbles() -> [u8; 256] {
+            let mut t = [0xffu8; 256];
+            let mut i = 0;
+            while i < 10 {
+                t[b'0' as usize + i] = i as u8;
+                i += 1;
+            }
+            let mut i = 0;
+            while i < 6 {
+                t[b'a' as usize + i] = 10 + i as u8;
+                t[b'A' as usize + i] = 10 + i as u8;
+                i += 1;
+            }
+            t
+        }
+        const NIBBLE: [u8; 256] = nibbles();
         let mut hash = [0u8; 32];
-        hex::decode_to_slice(hash_hex, &mut hash)
-            .map_err(|_| bad("the hash must be 64 hexadecimal characters"))?;
+        for (b, pair) in hash.iter_mut().zip(hash_hex.as_bytes().chunks_exact(2)) {
+            let (hi, lo) = (NIBBLE[usize::from(pair[0])], NIBBLE[usize::from(pair[1])]);
+            if (hi | lo) & 0xf0 != 0 {
+                return Err(bad("the hash must be 64 hexadecimal characters"));
+            }
+            *b = hi << 4 | lo;
+        }
         Ok(Digest {
             function: f,
             hash,
@@ -360,6 +383,23 @@ mod tests {
         };
         assert!(Digest::from_proto(DigestFunction::Blake3, &neg).is_err());
         assert_eq!(Digest::decode_full(&d.encode_full()), Some(d));
+    }
+
+    #[test]
+    fn hex_digits_of_either_case_decode_and_nothing_else_does() {
+        let d = Digest::of(DigestFunction::Blake3, b"hello");
+        let f = DigestFunction::Blake3;
+        assert_eq!(Digest::from_hex(f, &d.hex(), 5).unwrap(), d);
+        assert_eq!(Digest::from_hex(f, &d.hex().to_uppercase(), 5).unwrap(), d);
+        let all: String = (0..32u8).map(|i| format!("{:02x}", i * 8)).collect();
+        let want: Vec<u8> = (0..32u8).map(|i| i * 8).collect();
+        assert_eq!(Digest::from_hex(f, &all, 0).unwrap().hash.to_vec(), want);
+        for bad in ['g', 'G', ' ', '/', ':', '@', '`', 'é'] {
+            let mut h = d.hex();
+            h.replace_range(10..10 + bad.len_utf8(), &bad.to_string());
+            assert!(Digest::from_hex(f, &h, 5).is_err(), "{bad:?} decoded");
+        }
+        assert!(Digest::from_hex(f, &d.hex()[..62], 5).is_err());
     }
 
     #[test]
