@@ -8,10 +8,13 @@
 use std::path::{Path, PathBuf};
 
 use crate::glob::skip_dir;
-use crate::{ActionGraph, BUILD_FILE, GraphError, Label, TargetPattern, WORKSPACE_FILE, Workspace};
+use crate::{
+    ActionGraph, ActionNode, BUILD_FILE, GraphError, Label, TargetPattern, WORKSPACE_FILE,
+    Workspace,
+};
 
 /// Bumped whenever loading or analysis changes meaning, so stale cache files are ignored.
-const FORMAT: &str = "wbuild-analysis/12";
+const FORMAT: &str = "wbuild-analysis/13";
 
 /// The running wbuild binary (path, size, modification time): a rebuilt or upgraded binary
 /// never trusts results cached by another one.
@@ -29,14 +32,81 @@ pub fn binary_identity() -> String {
 }
 
 /// What the cache file holds. It is written as the signature, then the digest, then the
-/// body (`roots` and `graph`, serialized once: the digest is taken over those bytes).
-#[derive(serde::Serialize, serde::Deserialize)]
-struct Entry {
+/// body (serialized once: the digest is taken over those bytes): `roots` and `graph` without
+/// its actions, serialized apart, then the actions in [`ACTION_CHUNKS`] chunks, each
+/// serialized apart, so that a large graph is read on several threads.
+#[derive(serde::Deserialize)]
+struct Entry<'a> {
     signature: String,
     /// See [`Analysed::digest`].
     digest: [u8; 32],
-    roots: Vec<Label>,
-    graph: ActionGraph,
+    /// `(roots, graph)`, the graph without its actions.
+    #[serde(borrow)]
+    rest: &'a [u8],
+    chunks: Vec<&'a [u8]>,
+}
+
+/// The actions of a cached graph are serialized in this many chunks (a fixed number, so the
+/// same graph gives the same bytes on every machine).
+const ACTION_CHUNKS: usize = 4;
+
+/// Below this many bytes an entry is read on one thread. On the 2-core machine the benchmarks
+/// run on, threads made the 1,000-action C graph's 1.9 MB slower to read (actions 2.6 ->
+/// 2.8-3.5 ms), the 10,000-action WASI graph's 2.9 MB faster (12 -> 10.5 ms in all) and the
+/// 100,000-action graph's 22 MB faster (actions 55 -> 33-40 ms).
+const PARALLEL_READ_BYTES: usize = 2 << 20;
+
+/// The body of an [`Entry`] for `roots` and `graph`.
+fn body(roots: &[Label], graph: &mut ActionGraph) -> Option<Vec<u8>> {
+    let actions = std::mem::take(&mut graph.actions);
+    let rest = postcard::to_stdvec(&(roots, &*graph)).ok();
+    graph.actions = actions;
+    let per = graph.actions.len().div_ceil(ACTION_CHUNKS).max(1);
+    let chunks: Vec<Vec<u8>> = graph
+        .actions
+        .chunks(per)
+        .map(|c| postcard::to_stdvec(c).ok())
+        .collect::<Option<_>>()?;
+    let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
+    postcard::to_stdvec(&(rest?.as_slice(), chunks)).ok()
+}
+
+/// The entry in `bytes` (signature, digest, roots, graph); a large one is read on as many
+/// threads as it has parts.
+fn read_entry(bytes: &[u8]) -> Option<(String, [u8; 32], Vec<Label>, ActionGraph)> {
+    let Entry {
+        signature,
+        digest,
+        rest,
+        chunks,
+    } = postcard::from_bytes::<Entry>(bytes).ok()?;
+    let read_rest = || postcard::from_bytes::<(Vec<Label>, ActionGraph)>(rest).ok();
+    let read_chunk = |c: &[u8]| postcard::from_bytes::<Vec<ActionNode>>(c).ok();
+    let parallel = bytes.len() >= PARALLEL_READ_BYTES
+        && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+    let (head, parts) = if parallel {
+        std::thread::scope(|s| {
+            let head = s.spawn(read_rest);
+            let others: Vec<_> = chunks
+                .iter()
+                .skip(1)
+                .map(|c| s.spawn(move || read_chunk(c)))
+                .collect();
+            let mut parts: Vec<_> = chunks.first().map(|c| read_chunk(c)).into_iter().collect();
+            parts.extend(others.into_iter().map(|h| h.join().ok().flatten()));
+            (head.join().ok().flatten(), parts)
+        })
+    } else {
+        (read_rest(), chunks.iter().map(|c| read_chunk(c)).collect())
+    };
+    let (roots, mut graph) = head?;
+    graph
+        .actions
+        .reserve(parts.iter().flatten().map(Vec::len).sum());
+    for part in parts {
+        graph.actions.extend(part?);
+    }
+    Some((signature, digest, roots, graph))
 }
 
 /// The result of [`load_and_analyse_cached`].
@@ -229,10 +299,10 @@ pub fn load_and_analyse_cached(
     let file = cache_dir.join(format!("{key}.bin"));
     let reads_file = cache_dir.join(format!("{key}.reads"));
     if let Ok(bytes) = std::fs::read(&file)
-        && let Ok(entry) = postcard::from_bytes::<Entry>(&bytes)
+        && let Some((entry_signature, entry_digest, entry_roots, entry_graph)) = read_entry(&bytes)
     {
-        let hit = entry.signature == signature
-            || match still_loads_the_same(ws, &reads_file, &entry.signature, &structure) {
+        let hit = entry_signature == signature
+            || match still_loads_the_same(ws, &reads_file, &entry_signature, &structure) {
                 Some(recorded) => {
                     resign(cache_dir, &file, &reads_file, &bytes, recorded, &signature);
                     true
@@ -241,17 +311,17 @@ pub fn load_and_analyse_cached(
             };
         if hit {
             return Ok(Analysed {
-                graph: entry.graph,
-                roots: entry.roots,
+                graph: entry_graph,
+                roots: entry_roots,
                 cached: true,
-                digest: Some(blake3::Hash::from_bytes(entry.digest)),
+                digest: Some(blake3::Hash::from_bytes(entry_digest)),
             });
         }
     }
     let (targets, roots, reads) = crate::load::load_reading(ws, patterns)?;
-    let graph = crate::analyse(ws, &targets, &roots, include_tests)?;
+    let mut graph = crate::analyse(ws, &targets, &roots, include_tests)?;
     crate::drop_elsewhere(targets);
-    let body = postcard::to_stdvec(&(&roots, &graph)).ok();
+    let body = body(&roots, &mut graph);
     let digest = body.as_deref().map(|b| analysis_digest(ws, b));
     // Best effort: a cache that cannot be written only costs the next build time.
     if let (Some(body), Some(digest)) = (&body, &digest)
@@ -334,6 +404,51 @@ fn write_atomically(dir: &Path, path: &Path, parts: &[&[u8]]) -> bool {
 mod tests {
     use super::*;
     use crate::testutil::*;
+
+    /// An entry's bytes as the cache file holds them.
+    fn entry_bytes(roots: &[Label], graph: &mut ActionGraph) -> Vec<u8> {
+        let mut bytes = postcard::to_stdvec("sig").unwrap();
+        bytes.extend_from_slice(&[7u8; 32]);
+        bytes.extend(body(roots, graph).unwrap());
+        bytes
+    }
+
+    #[test]
+    fn entries_read_back_whole_on_one_thread_or_several() {
+        let roots = vec![Label::parse("//p:t", "").unwrap()];
+        for n in [0usize, 1, 5, 30_000] {
+            let mut graph = ActionGraph::default();
+            for i in 0..n {
+                graph.actions.push(ActionNode {
+                    label: Label::parse(&format!("//p{}:t{i}", i % 7), "").unwrap(),
+                    mnemonic: "WasiRun".to_owned(),
+                    detail: (i % 2 == 0).then(|| format!("d{i}")),
+                    exec: crate::Exec::Native,
+                    wasi_tools: Vec::new(),
+                    argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), "x".repeat(40)],
+                    env: Default::default(),
+                    inputs: vec![format!("p/in{i}.txt")],
+                    outputs: vec![format!("p/out{i}.txt")],
+                    deps: (0..i.min(3)).collect(),
+                    is_test: false,
+                });
+                graph
+                    .producers
+                    .insert(format!("p/out{i}.txt"), (i, roots[0].clone()));
+            }
+            let bytes = entry_bytes(&roots, &mut graph);
+            // The largest is above the size read on several threads.
+            assert_eq!(n == 30_000, bytes.len() >= PARALLEL_READ_BYTES, "{}", bytes.len());
+            let (signature, digest, got_roots, got) = read_entry(&bytes).unwrap();
+            assert_eq!((signature.as_str(), digest), ("sig", [7u8; 32]));
+            assert_eq!(got_roots, roots);
+            assert_eq!(got, graph, "{n} actions");
+            // Cut short anywhere: no entry (and no panic).
+            for cut in [bytes.len() - 1, bytes.len() / 2, 40] {
+                assert!(read_entry(&bytes[..cut]).is_none(), "{n} actions cut at {cut}");
+            }
+        }
+    }
 
     fn analysed(t: &TestWs, cache: &Path) -> Analysed {
         let ws = Workspace::open(t.dir.path()).unwrap();
