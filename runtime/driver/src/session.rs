@@ -978,7 +978,7 @@ fn known_results(
                             .any(|o| changed_outputs.contains(o.as_str()));
                     Some(wbuild_sched::KnownAction {
                         digest,
-                        recorded,
+                        recorded: Arc::new(recorded),
                         touched,
                     })
                 })

@@ -438,14 +438,22 @@ mod tests {
             }
             let bytes = entry_bytes(&roots, &mut graph);
             // The largest is above the size read on several threads.
-            assert_eq!(n == 30_000, bytes.len() >= PARALLEL_READ_BYTES, "{}", bytes.len());
+            assert_eq!(
+                n == 30_000,
+                bytes.len() >= PARALLEL_READ_BYTES,
+                "{}",
+                bytes.len()
+            );
             let (signature, digest, got_roots, got) = read_entry(&bytes).unwrap();
             assert_eq!((signature.as_str(), digest), ("sig", [7u8; 32]));
             assert_eq!(got_roots, roots);
             assert_eq!(got, graph, "{n} actions");
             // Cut short anywhere: no entry (and no panic).
             for cut in [bytes.len() - 1, bytes.len() / 2, 40] {
-                assert!(read_entry(&bytes[..cut]).is_none(), "{n} actions cut at {cut}");
+                assert!(
+                    read_entry(&bytes[..cut]).is_none(),
+                    "{n} actions cut at {cut}"
+                );
             }
         }
     }

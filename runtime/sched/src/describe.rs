@@ -7,7 +7,6 @@
 //! files from the cached results of their producers. An action with an input whose producer
 //! has no cached result has no key yet ([`ActionError::InputUnavailable`] names that input).
 
-use std::collections::HashMap;
 use std::sync::Arc;
 
 use wbuild_graph::{ActionGraph, ActionNode, Workspace};
@@ -71,7 +70,7 @@ impl Scheduler<'_> {
         graph: &ActionGraph,
         action: &ActionNode,
         opts: &Options,
-        generated: &HashMap<String, Digest>,
+        generated: &crate::Generated,
     ) -> Result<ActionKey, ActionError> {
         let prep = self.prepare(graph, action, opts, generated)?;
         Ok(ActionKey {
@@ -105,7 +104,7 @@ impl Scheduler<'_> {
     /// One pass: each action's key and cache state, in topological order, generated digests
     /// taken from the cached results of their producers (as a build whose actions all hit).
     fn describe(&self, graph: &ActionGraph, opts: &Options) -> Result<Vec<Described>, SchedError> {
-        let mut generated: HashMap<String, Digest> = HashMap::new();
+        let mut generated = crate::Generated::default();
         let mut out = Vec::with_capacity(graph.actions.len());
         for (index, action) in graph.actions.iter().enumerate() {
             let key = self.action_key(graph, action, opts, &generated);

@@ -2,7 +2,7 @@
 //! (hashed with the store's digest function), and the [`Spec`] that runs it. Nothing that is
 //! not content enters a key: no absolute host path, no user, no time.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, HashSet};
 
 use wbuild_exec_wasi::EXECUTOR_VERSION;
 use wbuild_graph::{ActionGraph, ActionNode, Exec, Label};
@@ -103,7 +103,7 @@ impl Scheduler<'_> {
         &self,
         graph: &ActionGraph,
         path: &str,
-        generated: &HashMap<String, Digest>,
+        generated: &crate::Generated,
     ) -> Result<(Digest, bool), ActionError> {
         if let Some(d) = generated.get(path) {
             return Ok((*d, false));
@@ -138,7 +138,7 @@ impl Scheduler<'_> {
         graph: &ActionGraph,
         action: &ActionNode,
         opts: &Options,
-        generated: &HashMap<String, Digest>,
+        generated: &crate::Generated,
     ) -> Result<Prepared, ActionError> {
         let f = self.store.function();
         let mut files = BTreeMap::new();

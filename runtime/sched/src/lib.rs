@@ -133,11 +133,16 @@ pub struct Known {
 #[derive(Clone, Debug)]
 pub struct KnownAction {
     pub digest: Digest,
-    pub recorded: uptodate::SnapshotAction,
+    pub recorded: Arc<uptodate::SnapshotAction>,
     /// A direct source or an output of it changed: it must run (or be looked up) again, and
     /// its recorded outputs only tell its consumers whether they came out the same.
     pub touched: bool,
 }
+
+/// The digest of every generated file known so far in a pass, by workspace path (hashed with
+/// FxHash: after an edit of a large graph the up-to-date snapshot's results fill it first,
+/// one entry per output).
+pub(crate) type Generated = rustc_hash::FxHashMap<String, Digest>;
 
 /// The generated paths of a graph, hashed (its `producers` is a B-tree of strings: looking
 /// up every input of 10,000 actions there cost milliseconds).
@@ -216,8 +221,9 @@ pub struct Summary {
     pub remote_only: BTreeSet<String>,
     /// Workspace paths of every source file the actions read (tool modules and data included).
     pub sources: Vec<String>,
-    /// Every action that succeeded (executed or cached).
-    pub actions: Vec<uptodate::SnapshotAction>,
+    /// Every action that succeeded (executed or cached). Shared: an action the up-to-date
+    /// snapshot answered for is the snapshot's record, not a copy of it.
+    pub actions: Vec<Arc<uptodate::SnapshotAction>>,
     /// The outputs (workspace paths) of the actions that succeeded without the up-to-date
     /// snapshot answering for them: those this build may have written.
     pub rewritten: Vec<String>,
@@ -465,7 +471,7 @@ impl Scheduler<'_> {
         graph: &ActionGraph,
         action: &ActionNode,
         opts: &Options,
-        generated: &HashMap<String, Digest>,
+        generated: &crate::Generated,
     ) -> Result<Finished, SchedError> {
         let key = phases::phase("key");
         let mut prep = match self.prepare(graph, action, opts, generated) {

@@ -3,9 +3,9 @@
 //! builds). A failure skips everything downstream of it and, without `keep_going`, stops the
 //! build; an interruption stops it too.
 
-use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::collections::{BinaryHeap, HashSet};
 use std::sync::atomic::Ordering;
-use std::sync::{Condvar, Mutex, RwLock};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::time::Instant;
 
 use wbuild_graph::{ActionGraph, Exec};
@@ -24,7 +24,7 @@ struct WorkerCtx<'a> {
     prio: &'a [u64],
     shared: &'a Mutex<Shared>,
     cv: &'a Condvar,
-    generated: &'a RwLock<HashMap<String, Digest>>,
+    generated: &'a RwLock<crate::Generated>,
     first_error: &'a Mutex<Option<SchedError>>,
 }
 
@@ -79,7 +79,7 @@ impl Scheduler<'_> {
             order: Vec::new(),
         };
         // Digest of every generated file known so far.
-        let mut generated: HashMap<String, Digest> = HashMap::new();
+        let mut generated = crate::Generated::default();
         self.settle_known(graph, opts, &rdeps, &mut st, &mut generated)?;
         // Critical path: own expected duration plus the longest path through dependents
         // (of the actions left to process: what `settle_known` settled never waits).
@@ -140,10 +140,11 @@ impl Scheduler<'_> {
             .filter(|i| !known.contains(i))
             .flat_map(|&i| graph.actions[i].outputs.iter().cloned())
             .collect();
-        let mut ordered: Vec<(usize, uptodate::SnapshotAction)> = std::mem::take(&mut st.order)
-            .into_iter()
-            .zip(std::mem::take(&mut st.summary.actions))
-            .collect();
+        let mut ordered: Vec<(usize, Arc<uptodate::SnapshotAction>)> =
+            std::mem::take(&mut st.order)
+                .into_iter()
+                .zip(std::mem::take(&mut st.summary.actions))
+                .collect();
         ordered.sort_unstable_by_key(|(i, _)| *i);
         st.summary.actions = ordered.into_iter().map(|(_, a)| a).collect();
         st.summary.outputs = generated
@@ -154,19 +155,20 @@ impl Scheduler<'_> {
         // The sources read: those hashed this build, and those of the actions answered from
         // the snapshot (each once; a header is a direct source of hundreds of compiles).
         let hashed = self.sources.read().expect("source digests");
-        let mut known_sources: HashSet<&str> = HashSet::new();
+        let mut known_sources: rustc_hash::FxHashSet<&str> = Default::default();
         let produced = crate::Produced::of(graph);
         for &i in &st.known {
-            for p in crate::direct_sources(&produced, &graph.actions[i]) {
-                if !hashed.contains_key(p) {
-                    known_sources.insert(p);
-                }
-            }
+            known_sources.extend(crate::direct_sources(&produced, &graph.actions[i]));
         }
         st.summary.sources = hashed
             .keys()
             .cloned()
-            .chain(known_sources.into_iter().map(str::to_owned))
+            .chain(
+                known_sources
+                    .into_iter()
+                    .filter(|p| !hashed.contains_key(*p))
+                    .map(str::to_owned),
+            )
             .collect();
         drop(hashed);
         Ok(st.summary)
@@ -184,12 +186,12 @@ impl Scheduler<'_> {
         opts: &Options,
         rdeps: &[Vec<usize>],
         st: &mut Shared,
-        generated: &mut HashMap<String, Digest>,
+        generated: &mut crate::Generated,
     ) -> Result<(), SchedError> {
         if opts.known.is_none() {
             return Ok(());
         }
-        let no_inputs = HashMap::new();
+        let no_inputs = crate::Generated::default();
         let mut settled = 0u64;
         let now_us = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
@@ -238,7 +240,7 @@ impl Scheduler<'_> {
             }
             // What the snapshot recorded, recorded again (its outputs left on the remote are
             // exactly those `known_result` just noted).
-            st.summary.actions.push(recorded.clone());
+            st.summary.actions.push(Arc::clone(recorded));
             st.order.push(idx);
             generated.extend(fin.outputs);
             st.summary.cached += 1;
@@ -266,8 +268,8 @@ impl Scheduler<'_> {
         idx: usize,
         graph: &ActionGraph,
         opts: &'o Options,
-        generated: &HashMap<String, Digest>,
-    ) -> Option<(Finished, &'o uptodate::SnapshotAction)> {
+        generated: &crate::Generated,
+    ) -> Option<(Finished, &'o Arc<uptodate::SnapshotAction>)> {
         let known = opts.known.as_ref()?;
         let _phase = crate::phases::phase(crate::phases::KNOWN_PHASE);
         let k = known.actions.get(idx)?.as_ref()?;
@@ -363,7 +365,7 @@ impl Scheduler<'_> {
             let action = &graph.actions[idx];
             let name = action.name();
             // The digests of this action's generated inputs (all producers are done).
-            let generated: HashMap<String, Digest> = {
+            let generated: crate::Generated = {
                 let all = all_generated.read().expect("outputs");
                 action
                     .inputs
@@ -493,7 +495,7 @@ impl Scheduler<'_> {
                         .collect()
                 };
                 st.order.push(idx);
-                st.summary.actions.push(uptodate::SnapshotAction {
+                st.summary.actions.push(Arc::new(uptodate::SnapshotAction {
                     label: action.label.to_string(),
                     detail: action.detail.clone().unwrap_or_default(),
                     mnemonic: action.mnemonic.clone(),
@@ -505,7 +507,7 @@ impl Scheduler<'_> {
                         .map(|(p, d)| (p.clone(), *d, fin.executables.contains(p)))
                         .collect(),
                     remote_only,
-                });
+                }));
             }
             match fin.status {
                 Status::Executed => st.summary.executed += 1,

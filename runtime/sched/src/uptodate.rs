@@ -200,7 +200,7 @@ pub fn save(
     basis: Basis<'_>,
     sources: &[PathBuf],
     outputs: &[PathBuf],
-    actions: &[SnapshotAction],
+    actions: &[impl std::borrow::Borrow<SnapshotAction>],
     toolchains: &[SnapshotToolchain],
     known: &dyn Fn(&Path) -> Option<StatKey>,
 ) -> std::io::Result<()> {
@@ -250,7 +250,7 @@ pub fn save(
     }
     buf.extend_from_slice(&flags);
     buf.extend_from_slice(&(actions.len() as u64).to_le_bytes());
-    for a in actions {
+    for a in actions.iter().map(std::borrow::Borrow::borrow) {
         put_str(&mut buf, a.label.as_bytes());
         put_str(&mut buf, a.detail.as_bytes());
         put_str(&mut buf, a.mnemonic.as_bytes());
@@ -580,7 +580,7 @@ mod tests {
             },
             &[],
             &[],
-            &[],
+            &[] as &[SnapshotAction],
             std::slice::from_ref(&tc),
             &|_| None,
         )
@@ -639,7 +639,7 @@ mod tests {
             },
             &files,
             &[],
-            &[],
+            &[] as &[SnapshotAction],
             &[],
             &|_| None,
         )
@@ -659,7 +659,7 @@ mod tests {
             },
             &files,
             &[],
-            &[],
+            &[] as &[SnapshotAction],
             &[],
             &|p| unchanged.get(p),
         )
@@ -692,7 +692,7 @@ mod tests {
             },
             std::slice::from_ref(&src),
             &[],
-            &[],
+            &[] as &[SnapshotAction],
             &[],
             &|_| None,
         )
