@@ -950,8 +950,9 @@ fn known_results(
         .map(|((out_dir, graph), matched)| {
             // What changed, as workspace paths and as paths under the output directory.
             let out_root = ws.root.join(out_dir);
-            let mut changed_sources: HashSet<&str> = HashSet::new();
-            let mut changed_outputs: HashSet<&str> = HashSet::new();
+            // Every direct source of every action is looked up here: FxHash, not SipHash.
+            let mut changed_sources: rustc_hash::FxHashSet<&str> = Default::default();
+            let mut changed_outputs: rustc_hash::FxHashSet<&str> = Default::default();
             for p in &snap.changed {
                 if let Some(o) = p.strip_prefix(&out_root).ok().and_then(Path::to_str) {
                     changed_outputs.insert(o);
