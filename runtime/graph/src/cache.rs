@@ -56,19 +56,74 @@ const ACTION_CHUNKS: usize = 4;
 /// 100,000-action graph's 22 MB faster (actions 55 -> 33-40 ms).
 const PARALLEL_READ_BYTES: usize = 2 << 20;
 
-/// The body of an [`Entry`] for `roots` and `graph`.
-fn body(roots: &[Label], graph: &mut ActionGraph) -> Option<Vec<u8>> {
+/// The body of an [`Entry`] for `roots` and `graph`, handed to `emit` piece by piece (as
+/// postcard writes `(&[u8], Vec<&[u8]>)`: a length, then the bytes) so that no more than one
+/// chunk of it is in memory at a time: the 100,000-action graph's body is 22 MB. `None` if
+/// the graph cannot be serialized.
+fn body(roots: &[Label], graph: &mut ActionGraph, emit: &mut dyn FnMut(&[u8])) -> Option<()> {
+    // A length, as postcard writes every length: a varint.
+    let len = |n: usize| postcard::to_stdvec(&n).ok();
     let actions = std::mem::take(&mut graph.actions);
-    let rest = postcard::to_stdvec(&(roots, &*graph)).ok();
+    let rest = postcard::to_stdvec(&(roots, &*graph));
     graph.actions = actions;
+    let rest = rest.ok()?;
+    emit(&len(rest.len())?);
+    emit(&rest);
+    drop(rest);
     let per = graph.actions.len().div_ceil(ACTION_CHUNKS).max(1);
-    let chunks: Vec<Vec<u8>> = graph
-        .actions
-        .chunks(per)
-        .map(|c| postcard::to_stdvec(c).ok())
-        .collect::<Option<_>>()?;
-    let chunks: Vec<&[u8]> = chunks.iter().map(Vec::as_slice).collect();
-    postcard::to_stdvec(&(rest?.as_slice(), chunks)).ok()
+    let chunks = graph.actions.chunks(per);
+    emit(&len(chunks.len())?);
+    for chunk in chunks {
+        let bytes = postcard::to_stdvec(chunk).ok()?;
+        emit(&len(bytes.len())?);
+        emit(&bytes);
+    }
+    Some(())
+}
+
+/// Writes the entry for `roots` and `graph` under `signature` to `file` (through a temporary
+/// file in `dir`, best effort: `false` if it could not) and returns its digest (see
+/// [`Analysed::digest`]), which is `None` only if the graph cannot be serialized.
+fn write_entry(
+    ws: &Workspace,
+    dir: &Path,
+    file: &Path,
+    signature: &str,
+    roots: &[Label],
+    graph: &mut ActionGraph,
+) -> (Option<blake3::Hash>, bool) {
+    use std::io::{Seek, SeekFrom, Write};
+    let head = postcard::to_stdvec(signature).ok();
+    let tmp = std::fs::create_dir_all(dir)
+        .ok()
+        .and_then(|()| tempfile::NamedTempFile::new_in(dir).ok());
+    let mut out = head.as_ref().and(tmp).map(std::io::BufWriter::new);
+    let mut ok = match (&mut out, &head) {
+        (Some(w), Some(head)) => w.write_all(head).and(w.write_all(&[0; 32])).is_ok(),
+        _ => false,
+    };
+    let mut hasher = digest_hasher(ws);
+    let serialized = body(roots, graph, &mut |piece: &[u8]| {
+        hasher.update(piece);
+        if let Some(w) = out.as_mut().filter(|_| ok) {
+            ok = w.write_all(piece).is_ok();
+        }
+    });
+    let Some(()) = serialized else {
+        return (None, false);
+    };
+    let digest = hasher.finalize();
+    // The digest goes before the body: in its place, once the body is written.
+    let written = ok
+        && out
+            .and_then(|w| w.into_inner().ok())
+            .is_some_and(|mut tmp| {
+                let at = head.as_ref().map_or(0, Vec::len) as u64;
+                tmp.seek(SeekFrom::Start(at)).is_ok()
+                    && tmp.write_all(digest.as_bytes()).is_ok()
+                    && tmp.persist(file).is_ok()
+            });
+    (Some(digest), written)
 }
 
 /// The entry in `bytes` (signature, digest, roots, graph); a large one is read on as many
@@ -123,16 +178,16 @@ pub struct Analysed {
     pub digest: Option<blake3::Hash>,
 }
 
-/// See [`Analysed::digest`]; `body` is the graph and roots serialized as [`Entry`] holds them.
-fn analysis_digest(ws: &Workspace, body: &[u8]) -> blake3::Hash {
+/// See [`Analysed::digest`]: a hasher given everything but the body, which [`write_entry`]
+/// adds as it writes it.
+fn digest_hasher(ws: &Workspace) -> blake3::Hasher {
     let mut h = blake3::Hasher::new();
     h.update(FORMAT.as_bytes());
     h.update(b"\0config\0");
     h.update(&std::fs::read(ws.root.join(WORKSPACE_FILE)).unwrap_or_default());
     hash_toolchains(&mut h, ws);
     h.update(b"\0body\0");
-    h.update(body);
-    h.finalize()
+    h
 }
 
 /// The pinned toolchains, as resolved (wbuild.lock may pin what wbuild.toml does not).
@@ -321,14 +376,9 @@ pub fn load_and_analyse_cached(
     let (targets, roots, reads) = crate::load::load_reading(ws, patterns)?;
     let mut graph = crate::analyse(ws, &targets, &roots, include_tests)?;
     crate::drop_elsewhere(targets);
-    let body = body(&roots, &mut graph);
-    let digest = body.as_deref().map(|b| analysis_digest(ws, b));
     // Best effort: a cache that cannot be written only costs the next build time.
-    if let (Some(body), Some(digest)) = (&body, &digest)
-        && std::fs::create_dir_all(cache_dir).is_ok()
-        && let Ok(head) = postcard::to_stdvec(&signature)
-        && write_atomically(cache_dir, &file, &[&head, digest.as_bytes(), body])
-    {
+    let (digest, written) = write_entry(ws, cache_dir, &file, &signature, &roots, &mut graph);
+    if written {
         let reads = ReadsEntry {
             signature: signature.clone(),
             structure: *structure.as_bytes(),
@@ -409,8 +459,51 @@ mod tests {
     fn entry_bytes(roots: &[Label], graph: &mut ActionGraph) -> Vec<u8> {
         let mut bytes = postcard::to_stdvec("sig").unwrap();
         bytes.extend_from_slice(&[7u8; 32]);
-        bytes.extend(body(roots, graph).unwrap());
+        body(roots, graph, &mut |piece| bytes.extend_from_slice(piece)).unwrap();
         bytes
+    }
+
+    #[test]
+    fn an_entry_is_written_piece_by_piece_with_its_digest_in_front() {
+        let t = workspace(&[
+            ("p/WBUILD", "filegroup(name = 'g', srcs = ['a.txt'])\n"),
+            ("p/a.txt", ""),
+        ]);
+        let ws = Workspace::open(t.dir.path()).unwrap();
+        let roots = vec![Label::parse("//p:g", "").unwrap()];
+        let mut graph = ActionGraph::default();
+        graph
+            .target_files
+            .insert(roots[0].clone(), vec!["p/a.txt".to_owned()]);
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("e.bin");
+        let (digest, written) = write_entry(&ws, dir.path(), &file, "sig", &roots, &mut graph);
+        assert!(written);
+        let bytes = std::fs::read(&file).unwrap();
+        let (signature, d, got_roots, got) = read_entry(&bytes).unwrap();
+        assert_eq!(
+            (signature.as_str(), got_roots, &got),
+            ("sig", roots.clone(), &graph)
+        );
+        assert_eq!(Some(blake3::Hash::from_bytes(d)), digest);
+        // The digest is over the body as written.
+        let head = postcard::to_stdvec("sig").unwrap().len() + 32;
+        let mut h = digest_hasher(&ws);
+        h.update(&bytes[head..]);
+        assert_eq!(Some(h.finalize()), digest);
+        // Where nothing can be written, the digest is the same.
+        let nowhere = dir.path().join("file-not-dir");
+        std::fs::write(&nowhere, "").unwrap();
+        let (again, written) = write_entry(
+            &ws,
+            &nowhere,
+            &nowhere.join("e.bin"),
+            "sig",
+            &roots,
+            &mut graph,
+        );
+        assert!(!written);
+        assert_eq!(again, digest);
     }
 
     #[test]
