@@ -88,7 +88,9 @@ impl Scheduler<'_> {
         let names: Vec<String> = open.iter().map(|&i| graph.actions[i].name()).collect();
         let durations = self.store.last_durations_ms(&names)?;
         for (&i, d) in open.iter().zip(durations).rev() {
-            let own = d.unwrap_or(1).max(1);
+            let own = d
+                .unwrap_or_else(|| self.expected_ms(&graph.actions[i]))
+                .max(1);
             let tail = rdeps[i].iter().map(|&r| prio[r]).max().unwrap_or(0);
             prio[i] = own + tail;
         }
@@ -172,6 +174,19 @@ impl Scheduler<'_> {
             .collect();
         drop(hashed);
         Ok(st.summary)
+    }
+
+    /// The expected duration of an action no run of which is recorded (a fresh cache): a
+    /// compile's grows with its source (about 10 ms per KiB with gcc -O2 here), so the
+    /// largest start first and the build does not end waiting for one started last (Lua 5.4
+    /// built from clean: `lvm.c`, 50 KiB, took 780 ms); anything else counts 1.
+    fn expected_ms(&self, action: &wbuild_graph::ActionNode) -> u64 {
+        match (action.mnemonic.as_str(), &action.detail) {
+            ("CcCompile", Some(source)) => {
+                std::fs::metadata(self.ws.path(source)).map_or(1, |m| m.len() / 100)
+            }
+            _ => 1,
+        }
     }
 
     /// Settles, before any worker starts, every action whose result the up-to-date snapshot

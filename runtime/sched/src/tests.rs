@@ -484,6 +484,27 @@ fn remembered_durations_decide_the_critical_path() {
 }
 
 #[test]
+fn without_remembered_durations_the_largest_compile_starts_first() {
+    let fx = fixture();
+    for (name, size) in [("a.c", 300), ("b.c", 30_000), ("c.c", 3_000)] {
+        std::fs::write(fx.ws.root.join("p").join(name), vec![b'x'; size]).unwrap();
+    }
+    let mut g = graph(&[
+        ("a", &[], &["p/a.c"]),
+        ("b", &[], &["p/b.c"]),
+        ("c", &[], &["p/c.c"]),
+        ("d", &[], &[]),
+    ]);
+    for a in &mut g.actions[..3] {
+        a.mnemonic = "CcCompile".to_owned();
+        a.detail = a.inputs.first().cloned();
+    }
+    let runner = Arc::new(FakeRunner::default());
+    build(&fx, &g, &options(1, false), runner.clone(), |s| s);
+    assert_eq!(runner.runs(), ["b", "c", "a", "d"]);
+}
+
+#[test]
 fn a_failure_stops_the_build_without_keep_going() {
     let fx = fixture();
     // f (fails) has the longest path, so it runs first; g is independent; h needs f.
