@@ -135,6 +135,10 @@ fn read_entry(bytes: &[u8]) -> Option<(String, [u8; 32], Vec<Label>, ActionGraph
         rest,
         chunks,
     } = postcard::from_bytes::<Entry>(bytes).ok()?;
+    // A thread per chunk: never more than wbuild writes (a damaged file could say anything).
+    if chunks.len() > ACTION_CHUNKS {
+        return None;
+    }
     let read_rest = || postcard::from_bytes::<(Vec<Label>, ActionGraph)>(rest).ok();
     let read_chunk = |c: &[u8]| postcard::from_bytes::<Vec<ActionNode>>(c).ok();
     let parallel = bytes.len() >= PARALLEL_READ_BYTES
@@ -549,6 +553,20 @@ mod tests {
                 );
             }
         }
+        // An entry claiming more chunks than wbuild writes (a thread is started for each) is
+        // refused, whatever they hold.
+        let rest = postcard::to_stdvec(&(&roots, &ActionGraph::default())).unwrap();
+        let empty = postcard::to_stdvec(&Vec::<ActionNode>::new()).unwrap();
+        let with_chunks = |n: usize| {
+            let chunks: Vec<&[u8]> = vec![empty.as_slice(); n];
+            let mut bytes = postcard::to_stdvec("sig").unwrap();
+            bytes.extend_from_slice(&[7u8; 32]);
+            bytes.extend(postcard::to_stdvec(&(rest.as_slice(), chunks)).unwrap());
+            bytes
+        };
+        assert!(read_entry(&with_chunks(10_000)).is_none());
+        assert!(read_entry(&with_chunks(ACTION_CHUNKS + 1)).is_none());
+        assert_eq!(read_entry(&with_chunks(ACTION_CHUNKS)).unwrap().2, roots);
     }
 
     fn analysed(t: &TestWs, cache: &Path) -> Analysed {
