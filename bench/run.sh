@@ -9,7 +9,7 @@
 #   C_SIZES="1000"            sizes of the C graph (real gcc compiles): clean, no-op, edit, cached, load
 #   WASI_SIZES="1000 10000"   sizes of the WASI graph (wb-template runs): the same plus load
 #   LOAD_SIZES="100000"       WASI graph sizes measured for load and no-op only
-#   RUNS=3                    interleaved runs per scenario (no-op and load: at least 5)
+#   RUNS=3                    interleaved runs per scenario (no-op, load: at least 5; edits: 7)
 #   JOBS=$(nproc)             parallelism of every tool
 #   LUA=1                     also run bench/lua.sh (wbuild, make and ninja on Lua 5.4)
 #   KEEP=1                    keep the generated workspaces under the work directory
