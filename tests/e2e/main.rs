@@ -212,10 +212,20 @@ fn outputs_history_explain_and_cache_commands() {
     );
 
     w.ok(&["cache", "verify"]);
-    // GC to zero empties the cache; the next build runs everything again.
-    w.ok(&["cache", "gc", "--max-size", "0"]);
+    // GC to zero empties the cache, analysis entries included (the workspace is loaded
+    // again); the next build runs everything again.
+    let analysis = w.cache.join("analysis");
+    assert!(std::fs::read_dir(&analysis).unwrap().count() > 0);
+    let out = w.ok(&["cache", "gc", "--max-size", "0"]);
+    assert!(
+        stdout(&out).contains("analysis cache files"),
+        "{}",
+        stdout(&out)
+    );
+    assert_eq!(std::fs::read_dir(&analysis).unwrap().count(), 0);
     let (_, ev) = w.events(&["build"]);
     assert_eq!(finished(&ev)["executed"], 3, "{ev:?}");
+    assert!(std::fs::read_dir(&analysis).unwrap().count() > 0);
 }
 
 #[test]

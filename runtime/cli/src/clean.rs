@@ -195,6 +195,15 @@ fn analysis_of(path: &Path, signature: &str) -> bool {
 }
 
 /// Removes the files of `dir` that `ours` picks; returns how many and their size.
+/// For `wbuild cache gc`: removes every analysis-cache entry (and its reads) of every
+/// workspace. They are derived (the next build of each workspace loads it again) and, unlike
+/// the store, nothing else bounds them: every wbuild version, pattern set and workspace leaves
+/// its own, up to tens of MB each. Returns (files, bytes).
+pub(crate) fn drop_analysis_entries(cache: &Path) -> Result<(u64, u64)> {
+    let freed = remove_entries(&cache.join("analysis"), |_| true)?;
+    Ok((freed.files, freed.bytes))
+}
+
 fn remove_entries(dir: &Path, ours: impl Fn(&Path) -> bool) -> Result<Freed> {
     let mut freed = Freed::default();
     let entries = match std::fs::read_dir(dir) {

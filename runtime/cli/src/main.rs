@@ -330,7 +330,9 @@ enum Cmd {
 enum CacheCmd {
     /// Sizes and counts.
     Stats,
-    /// Evict least-recently-used blobs until the store is under a size cap.
+    /// Evict least-recently-used blobs until the store is under a size cap, and drop the
+    /// up-to-date snapshots and analysis-cache entries of every workspace (each is loaded
+    /// again on its next build)
     Gc {
         /// Size cap, e.g. 500M, 1G, 1048576.
         #[arg(long)]
@@ -965,6 +967,11 @@ fn cache(cli: &Cli, cmd: &CacheCmd) -> Result<i32> {
                 ui::bytes(r.bytes_deleted),
                 r.ac_entries_dropped,
                 r.tmp_entries_removed
+            );
+            let (files, bytes) = clean::drop_analysis_entries(store.dir())?;
+            println!(
+                "gc: dropped {files} analysis cache files ({}); each workspace is loaded again on its next build",
+                ui::bytes(bytes)
             );
         }
         CacheCmd::Verify => {
