@@ -631,19 +631,7 @@ mod tests {
         let b = old_file(d.path(), "b.txt", "b");
         let snap = d.path().join("s.bin");
         let files = [a.clone(), b.clone()];
-        save(
-            &snap,
-            Basis {
-                signature: &[4; 32],
-                analysis: None,
-            },
-            &files,
-            &[],
-            &[] as &[SnapshotAction],
-            &[],
-            &|_| None,
-        )
-        .unwrap();
+        save_sources(&snap, &[4; 32], &files, &|_| None);
         let first = check(&snap, &[4; 32], None).unwrap();
         assert!(first.changed.is_empty());
         let unchanged = first.unchanged();
@@ -651,19 +639,7 @@ mod tests {
         // `b` changes after the check; the next snapshot records the stat the check saw, so
         // the build after still sees the change.
         std::fs::write(&b, "changed").unwrap();
-        save(
-            &snap,
-            Basis {
-                signature: &[4; 32],
-                analysis: None,
-            },
-            &files,
-            &[],
-            &[] as &[SnapshotAction],
-            &[],
-            &|p| unchanged.get(p),
-        )
-        .unwrap();
+        save_sources(&snap, &[4; 32], &files, &|p| unchanged.get(p));
         assert_eq!(
             check(&snap, &[4; 32], None).unwrap().changed,
             std::slice::from_ref(&b)
@@ -684,23 +660,34 @@ mod tests {
         let src = d.path().join("new.txt");
         std::fs::write(&src, "n").unwrap();
         let snap = d.path().join("s.bin");
-        save(
-            &snap,
-            Basis {
-                signature: &[1; 32],
-                analysis: None,
-            },
-            std::slice::from_ref(&src),
-            &[],
-            &[] as &[SnapshotAction],
-            &[],
-            &|_| None,
-        )
-        .unwrap();
+        save_sources(&snap, &[1; 32], std::slice::from_ref(&src), &|_| None);
         assert_eq!(check(&snap, &[1; 32], None).unwrap().changed, [src]);
     }
 
     /// Saves a snapshot of `sources` and one action, with no outputs or toolchains.
+    /// A snapshot of `sources` alone (no outputs, actions or toolchains).
+    fn save_sources(
+        snap: &Path,
+        signature: &[u8; 32],
+        sources: &[PathBuf],
+        known: &dyn Fn(&Path) -> Option<StatKey>,
+    ) {
+        let basis = Basis {
+            signature,
+            analysis: None,
+        };
+        save(
+            snap,
+            basis,
+            sources,
+            &[],
+            &[] as &[SnapshotAction],
+            &[],
+            known,
+        )
+        .unwrap();
+    }
+
     fn save_one(
         snap: &Path,
         signature: &[u8; 32],
