@@ -126,46 +126,47 @@ fn write_entry(
     (Some(digest), written)
 }
 
-/// The entry in `bytes` (signature, digest, roots, graph); a large one is read on as many
-/// threads as it has parts.
-fn read_entry(bytes: &[u8]) -> Option<(String, [u8; 32], Vec<Label>, ActionGraph)> {
-    let Entry {
-        signature,
-        digest,
-        rest,
-        chunks,
-    } = postcard::from_bytes::<Entry>(bytes).ok()?;
-    // A thread per chunk: never more than wbuild writes (a damaged file could say anything).
-    if chunks.len() > ACTION_CHUNKS {
-        return None;
+impl<'a> Entry<'a> {
+    /// The entry in `bytes`: its signature and digest read, its roots and graph left as
+    /// bytes until [`Entry::graph`] (a stale entry is not decoded).
+    fn parse(bytes: &'a [u8]) -> Option<Entry<'a>> {
+        let entry = postcard::from_bytes::<Entry>(bytes).ok()?;
+        // A thread per chunk: never more than wbuild writes (a damaged file could say anything).
+        (entry.chunks.len() <= ACTION_CHUNKS).then_some(entry)
     }
-    let read_rest = || postcard::from_bytes::<(Vec<Label>, ActionGraph)>(rest).ok();
-    let read_chunk = |c: &[u8]| postcard::from_bytes::<Vec<ActionNode>>(c).ok();
-    let parallel = bytes.len() >= PARALLEL_READ_BYTES
-        && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
-    let (head, parts) = if parallel {
-        std::thread::scope(|s| {
-            let head = s.spawn(read_rest);
-            let others: Vec<_> = chunks
-                .iter()
-                .skip(1)
-                .map(|c| s.spawn(move || read_chunk(c)))
-                .collect();
-            let mut parts: Vec<_> = chunks.first().map(|c| read_chunk(c)).into_iter().collect();
-            parts.extend(others.into_iter().map(|h| h.join().ok().flatten()));
-            (head.join().ok().flatten(), parts)
-        })
-    } else {
-        (read_rest(), chunks.iter().map(|c| read_chunk(c)).collect())
-    };
-    let (roots, mut graph) = head?;
-    graph
-        .actions
-        .reserve(parts.iter().flatten().map(Vec::len).sum());
-    for part in parts {
-        graph.actions.extend(part?);
+
+    /// The roots and graph; a large entry is read on as many threads as it has parts.
+    fn graph(&self) -> Option<(Vec<Label>, ActionGraph)> {
+        let (rest, chunks) = (self.rest, &self.chunks);
+        let read_rest = || postcard::from_bytes::<(Vec<Label>, ActionGraph)>(rest).ok();
+        let read_chunk = |c: &[u8]| postcard::from_bytes::<Vec<ActionNode>>(c).ok();
+        let size = rest.len() + chunks.iter().map(|c| c.len()).sum::<usize>();
+        let parallel = size >= PARALLEL_READ_BYTES
+            && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
+        let (head, parts) = if parallel {
+            std::thread::scope(|s| {
+                let head = s.spawn(read_rest);
+                let others: Vec<_> = chunks
+                    .iter()
+                    .skip(1)
+                    .map(|c| s.spawn(move || read_chunk(c)))
+                    .collect();
+                let mut parts: Vec<_> = chunks.first().map(|c| read_chunk(c)).into_iter().collect();
+                parts.extend(others.into_iter().map(|h| h.join().ok().flatten()));
+                (head.join().ok().flatten(), parts)
+            })
+        } else {
+            (read_rest(), chunks.iter().map(|c| read_chunk(c)).collect())
+        };
+        let (roots, mut graph) = head?;
+        graph
+            .actions
+            .reserve(parts.iter().flatten().map(Vec::len).sum());
+        for part in parts {
+            graph.actions.extend(part?);
+        }
+        Some((roots, graph))
     }
-    Some((signature, digest, roots, graph))
 }
 
 /// The result of [`load_and_analyse_cached`].
@@ -358,22 +359,22 @@ pub fn load_and_analyse_cached(
     let file = cache_dir.join(format!("{key}.bin"));
     let reads_file = cache_dir.join(format!("{key}.reads"));
     if let Ok(bytes) = std::fs::read(&file)
-        && let Some((entry_signature, entry_digest, entry_roots, entry_graph)) = read_entry(&bytes)
+        && let Some(entry) = Entry::parse(&bytes)
     {
-        let hit = entry_signature == signature
-            || match still_loads_the_same(ws, &reads_file, &entry_signature, &structure) {
-                Some(recorded) => {
-                    resign(cache_dir, &file, &reads_file, &bytes, recorded, &signature);
-                    true
-                }
-                None => false,
-            };
-        if hit {
+        // Signed with this signature, or with another that loads the same (then signed again).
+        let resigned = (entry.signature != signature)
+            .then(|| still_loads_the_same(ws, &reads_file, &entry.signature, &structure));
+        if !matches!(resigned, Some(None))
+            && let Some((roots, graph)) = entry.graph()
+        {
+            if let Some(Some(recorded)) = resigned {
+                resign(cache_dir, &file, &reads_file, &bytes, recorded, &signature);
+            }
             return Ok(Analysed {
-                graph: entry_graph,
-                roots: entry_roots,
+                graph,
+                roots,
                 cached: true,
-                digest: Some(blake3::Hash::from_bytes(entry_digest)),
+                digest: Some(blake3::Hash::from_bytes(entry.digest)),
             });
         }
     }
@@ -484,12 +485,13 @@ mod tests {
         let (digest, written) = write_entry(&ws, dir.path(), &file, "sig", &roots, &mut graph);
         assert!(written);
         let bytes = std::fs::read(&file).unwrap();
-        let (signature, d, got_roots, got) = read_entry(&bytes).unwrap();
+        let entry = Entry::parse(&bytes).unwrap();
+        let (got_roots, got) = entry.graph().unwrap();
         assert_eq!(
-            (signature.as_str(), got_roots, &got),
+            (entry.signature.as_str(), got_roots, &got),
             ("sig", roots.clone(), &graph)
         );
-        assert_eq!(Some(blake3::Hash::from_bytes(d)), digest);
+        assert_eq!(Some(blake3::Hash::from_bytes(entry.digest)), digest);
         // The digest is over the body as written.
         let head = postcard::to_stdvec("sig").unwrap().len() + 32;
         let mut h = digest_hasher(&ws);
@@ -541,14 +543,17 @@ mod tests {
                 "{}",
                 bytes.len()
             );
-            let (signature, digest, got_roots, got) = read_entry(&bytes).unwrap();
-            assert_eq!((signature.as_str(), digest), ("sig", [7u8; 32]));
+            let entry = Entry::parse(&bytes).unwrap();
+            assert_eq!((entry.signature.as_str(), entry.digest), ("sig", [7u8; 32]));
+            let (got_roots, got) = entry.graph().unwrap();
             assert_eq!(got_roots, roots);
             assert_eq!(got, graph, "{n} actions");
             // Cut short anywhere: no entry (and no panic).
             for cut in [bytes.len() - 1, bytes.len() / 2, 40] {
                 assert!(
-                    read_entry(&bytes[..cut]).is_none(),
+                    Entry::parse(&bytes[..cut])
+                        .and_then(|e| e.graph())
+                        .is_none(),
                     "{n} actions cut at {cut}"
                 );
             }
@@ -564,9 +569,10 @@ mod tests {
             bytes.extend(postcard::to_stdvec(&(rest.as_slice(), chunks)).unwrap());
             bytes
         };
-        assert!(read_entry(&with_chunks(10_000)).is_none());
-        assert!(read_entry(&with_chunks(ACTION_CHUNKS + 1)).is_none());
-        assert_eq!(read_entry(&with_chunks(ACTION_CHUNKS)).unwrap().2, roots);
+        assert!(Entry::parse(&with_chunks(10_000)).is_none());
+        assert!(Entry::parse(&with_chunks(ACTION_CHUNKS + 1)).is_none());
+        let four = with_chunks(ACTION_CHUNKS);
+        assert_eq!(Entry::parse(&four).unwrap().graph().unwrap().0, roots);
     }
 
     fn analysed(t: &TestWs, cache: &Path) -> Analysed {
