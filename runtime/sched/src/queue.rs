@@ -176,17 +176,18 @@ impl Scheduler<'_> {
         Ok(st.summary)
     }
 
-    /// The expected duration of an action no run of which is recorded (a fresh cache): a
-    /// compile's grows with its source (about 10 ms per KiB with gcc -O2 here), so the
-    /// largest start first and the build does not end waiting for one started last (Lua 5.4
-    /// built from clean: `lvm.c`, 50 KiB, took 780 ms); anything else counts 1.
+    /// The expected duration of an action no run of which is recorded (a fresh cache). One
+    /// whose detail names one of its inputs (a compile and its source) grows with that file
+    /// (about 10 ms per KiB with gcc -O2 here), so the largest compiles start first and the
+    /// build does not end waiting for one started last (Lua 5.4 built from clean: `lvm.c`,
+    /// 50 KiB, took 780 ms); anything else counts 1.
     fn expected_ms(&self, action: &wbuild_graph::ActionNode) -> u64 {
-        match (action.mnemonic.as_str(), &action.detail) {
-            ("CcCompile", Some(source)) => {
-                std::fs::metadata(self.ws.path(source)).map_or(1, |m| m.len() / 100)
-            }
-            _ => 1,
-        }
+        action
+            .detail
+            .as_ref()
+            .filter(|d| action.inputs.contains(d))
+            .and_then(|d| std::fs::metadata(self.ws.path(d)).ok())
+            .map_or(1, |m| m.len() / 100)
     }
 
     /// Settles, before any worker starts, every action whose result the up-to-date snapshot

@@ -485,6 +485,7 @@ fn remembered_durations_decide_the_critical_path() {
 
 #[test]
 fn without_remembered_durations_the_largest_compile_starts_first() {
+    // A compile's detail is its source, one of its inputs.
     let fx = fixture();
     for (name, size) in [("a.c", 300), ("b.c", 30_000), ("c.c", 3_000)] {
         std::fs::write(fx.ws.root.join("p").join(name), vec![b'x'; size]).unwrap();
