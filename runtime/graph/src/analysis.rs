@@ -202,34 +202,89 @@ pub struct ToolRef {
 
 /// Turns the targets `roots` (and everything they need) into actions. With `include_tests`,
 /// `wasi_test` roots get a test action; without, they are skipped.
+///
+/// A large graph is analysed level by level on every core ([`analyse_in_levels`]); the
+/// result is the same graph, action for action, as the analysis in one pass gives.
 pub fn analyse(
     ws: &Workspace,
     graph: &TargetGraph,
     roots: &[Label],
     include_tests: bool,
 ) -> Result<ActionGraph, GraphError> {
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let levels = (threads > 1 && graph.targets.len() >= LEVELS_MIN_TARGETS).then_some(Levels {
+        threads,
+        min_split: LEVEL_MIN_SPLIT,
+    });
+    analyse_with(ws, graph, roots, include_tests, levels)
+}
+
+/// Graphs with fewer targets are analysed in one pass, on one thread.
+const LEVELS_MIN_TARGETS: usize = 2_000;
+/// A level with fewer targets (per thread) is analysed on the calling thread.
+const LEVEL_MIN_SPLIT: usize = 256;
+
+/// How [`analyse_in_levels`] spreads a level over threads.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Levels {
+    pub threads: usize,
+    /// The least number of targets each thread of a level gets.
+    pub min_split: usize,
+}
+
+pub(crate) fn analyse_with(
+    ws: &Workspace,
+    graph: &TargetGraph,
+    roots: &[Label],
+    include_tests: bool,
+    levels: Option<Levels>,
+) -> Result<ActionGraph, GraphError> {
     let mut roots = roots.to_vec();
     roots.sort();
     roots.dedup();
-    let mut a = Analyser::new(ws, graph, include_tests)?;
+    let shared = Shared::new(graph)?;
     for r in &roots {
-        if !a.index.contains_key(r) {
+        if !shared.index.contains_key(r) {
             return Err(GraphError::NoSuchTarget {
                 label: r.clone(),
                 context: " (named on the command line)".into(),
             });
         }
     }
+    // Any error found in levels is looked for again in one pass, which names the first one
+    // as it always has.
+    let settled =
+        match levels.and_then(|l| analyse_in_levels(ws, &shared, &roots, include_tests, l)) {
+            Some(settled) => settled,
+            None => analyse_in_one_pass(ws, &shared, graph, &roots, include_tests)?,
+        };
+    finish(ws, shared, settled, &roots)
+}
+
+/// The one-pass analysis: a post-order visit of the roots, each target's actions made once
+/// its dependencies' are.
+fn analyse_in_one_pass(
+    ws: &Workspace,
+    shared: &Shared<'_>,
+    graph: &TargetGraph,
+    roots: &[Label],
+    include_tests: bool,
+) -> Result<Settled, GraphError> {
+    let empty = Settled::default();
+    let mut a = Analyser::over(ws, shared, &empty, include_tests, 0);
     // A cycle is found by the visit (a target reached again while its dependencies are being
     // visited); the loader has already refused cycles among the targets it resolved.
-    for r in &roots {
+    for r in roots {
         match a.visit(r, true, None) {
             Err(GraphError::Cycle { cycle, .. }) if cycle.is_empty() => {
                 // Named as the loader names one: the first found from the roots.
-                let edges: FxHashMap<&Label, Vec<Label>> =
-                    graph.targets.iter().map(|(l, t)| (l, a.edges(t))).collect();
+                let edges: FxHashMap<&Label, Vec<Label>> = graph
+                    .targets
+                    .iter()
+                    .map(|(l, t)| (l, edges(&shared.outputs, t)))
+                    .collect();
                 find_cycle(
-                    &roots,
+                    roots,
                     |l| edges.get(l).map(|e| Cow::Borrowed(e.as_slice())),
                     |l| graph.targets.get(l).map(|t| t.location.clone()),
                 )?;
@@ -241,42 +296,226 @@ pub fn analyse(
             result => result?,
         }
     }
-    let mut target_files = Vec::with_capacity(roots.len());
-    for r in &roots {
-        let mut files = a.files_of(r)?;
-        files.sort();
-        target_files.push((r.clone(), files));
+    Ok(a.into_settled())
+}
+
+/// Analysis level by level: the targets the roots need, in the order the one-pass visit
+/// takes them, are grouped by level (a target's level is one more than its dependencies'
+/// highest), and the targets of a level, which need nothing of each other, are analysed on
+/// several threads, each over what the levels before settled. The actions are then put in
+/// the one-pass order, their dependencies renumbered. `None`: something failed (the
+/// one-pass analysis finds and names it).
+fn analyse_in_levels(
+    ws: &Workspace,
+    shared: &Shared<'_>,
+    roots: &[Label],
+    include_tests: bool,
+    levels: Levels,
+) -> Option<Settled> {
+    let plan = plan(shared, roots, include_tests)?;
+    let top = plan.iter().map(|p| p.level).max()?;
+    let mut by_level: Vec<Vec<usize>> = vec![Vec::new(); top as usize + 1];
+    for (pos, p) in plan.iter().enumerate() {
+        by_level[p.level as usize].push(pos);
     }
+    let mut settled = Settled::default();
+    // Actions in the order levels made them; each planned target's first one and count.
+    let mut made: Vec<ActionNode> = Vec::new();
+    let mut first = vec![0usize; plan.len()];
+    let mut count = vec![0usize; plan.len()];
+    for level in &by_level {
+        let parts = (level.len() / levels.min_split.max(1)).clamp(1, levels.threads.max(1));
+        let size = level.len().div_ceil(parts);
+        let run = |chunk: &[usize]| -> Option<Local> {
+            let mut a = Analyser::over(ws, shared, &settled, include_tests, LOCAL);
+            let mut spans = Vec::with_capacity(chunk.len());
+            for &pos in chunk {
+                let p = &plan[pos];
+                let start = a.actions.len();
+                for action in p.target.rule.actions(&mut a, p.target, p.run_test).ok()? {
+                    a.push(p.target, action).ok()?;
+                }
+                spans.push((pos, start, a.actions.len() - start));
+            }
+            let mut local = a.into_local();
+            local.spans = spans;
+            Some(local)
+        };
+        let results: Vec<Option<Local>> = if parts == 1 {
+            vec![run(level)]
+        } else {
+            std::thread::scope(|scope| {
+                let handles: Vec<_> = level
+                    .chunks(size)
+                    .map(|chunk| scope.spawn(move || run(chunk)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().ok().flatten())
+                    .collect()
+            })
+        };
+        for result in results {
+            let local = result?;
+            let base = made.len();
+            let global = |i: usize| if i >= LOCAL { base + (i - LOCAL) } else { i };
+            for (pos, start, n) in local.spans {
+                first[pos] = base + start;
+                count[pos] = n;
+            }
+            for mut action in local.actions {
+                for d in &mut action.deps {
+                    *d = global(*d);
+                }
+                made.push(action);
+            }
+            for (path, i) in local.out_action {
+                if settled.out_action.insert(path, global(i)).is_some() {
+                    return None;
+                }
+            }
+            for (label, files) in local.files {
+                settled.files.entry(label).or_insert(files);
+            }
+            for (label, tool) in local.tools {
+                settled.tools.entry(label).or_insert(tool);
+            }
+        }
+    }
+    // The one-pass order: targets in post-order, each one's actions together (often the
+    // order they were made in: then nothing moves).
+    let mut renumber = vec![0usize; made.len()];
+    let mut next = 0;
+    for pos in 0..plan.len() {
+        for k in 0..count[pos] {
+            renumber[first[pos] + k] = next;
+            next += 1;
+        }
+    }
+    if renumber.iter().enumerate().all(|(i, &r)| i == r) {
+        settled.actions = made;
+        return Some(settled);
+    }
+    let mut made: Vec<Option<ActionNode>> = made.into_iter().map(Some).collect();
+    let mut actions = Vec::with_capacity(made.len());
+    for pos in 0..plan.len() {
+        for k in 0..count[pos] {
+            let mut action = made[first[pos] + k].take()?;
+            for d in &mut action.deps {
+                *d = renumber[*d];
+            }
+            action.deps.sort_unstable();
+            actions.push(action);
+        }
+    }
+    drop(made);
+    for i in settled.out_action.values_mut() {
+        *i = renumber[*i];
+    }
+    settled.actions = actions;
+    Some(settled)
+}
+
+/// A target the roots need, as the one-pass visit reaches it.
+struct Planned<'g> {
+    target: &'g Target,
+    run_test: bool,
+    /// 0 for a target needing no other target's actions, else one more than the highest
+    /// level of the targets it depends on.
+    level: u32,
+}
+
+/// The targets the roots need in the order [`Analyser::visit`] makes their actions, with
+/// their levels; `None` on a missing target or a cycle.
+fn plan<'g>(shared: &Shared<'g>, roots: &[Label], include_tests: bool) -> Option<Vec<Planned<'g>>> {
+    // Per label: `None` while its dependencies are being visited, then its level (`None`
+    // again for a target that is not needed).
+    let mut state: FxHashMap<&'g Label, Option<Option<u32>>> = FxHashMap::default();
+    let mut out = Vec::new();
+    fn visit<'g>(
+        shared: &Shared<'g>,
+        label: &Label,
+        is_root: bool,
+        include_tests: bool,
+        state: &mut FxHashMap<&'g Label, Option<Option<u32>>>,
+        out: &mut Vec<Planned<'g>>,
+    ) -> Option<Option<u32>> {
+        let (&key, &t) = shared.index.get_key_value(label)?;
+        match state.get(key) {
+            Some(Some(level)) => return Some(*level),
+            Some(None) => return None, // a cycle
+            None => {}
+        }
+        let run_test = is_root && include_tests;
+        if !t.rule.needed(run_test) {
+            return Some(None);
+        }
+        state.insert(key, None);
+        let mut level: Option<u32> = None;
+        for dep in edges(&shared.outputs, t) {
+            if let Some(l) = visit(shared, &dep, false, include_tests, state, out)? {
+                level = Some(level.map_or(l + 1, |m| m.max(l + 1)));
+            }
+        }
+        let level = level.unwrap_or(0);
+        state.insert(key, Some(Some(level)));
+        out.push(Planned {
+            target: t,
+            run_test,
+            level,
+        });
+        Some(Some(level))
+    }
+    for r in roots {
+        visit(shared, r, true, include_tests, &mut state, &mut out)?;
+    }
+    Some(out)
+}
+
+/// The graph from what analysis settled.
+fn finish(
+    ws: &Workspace,
+    shared: Shared<'_>,
+    mut settled: Settled,
+    roots: &[Label],
+) -> Result<ActionGraph, GraphError> {
+    let actions = std::mem::take(&mut settled.actions);
+    let out_action = std::mem::take(&mut settled.out_action);
+    let (target_files, root_tools) = {
+        let mut a = Analyser::over(ws, &shared, &settled, false, 0);
+        let mut target_files = Vec::with_capacity(roots.len());
+        for r in roots {
+            let mut files = a.files_of(r)?;
+            files.sort();
+            target_files.push((r.clone(), files));
+        }
+        let root_tools: BTreeMap<Label, ToolRef> = roots
+            .iter()
+            .filter_map(|r| Some((r.clone(), a.tool(r)?.clone())))
+            .collect();
+        (target_files, root_tools)
+    };
     // Sorted already: the map is built at once.
     let target_files: BTreeMap<Label, Vec<String>> = target_files.into_iter().collect();
-    // Intermediate files (objects) are produced by actions of targets that were analysed.
-    let mut producers: Vec<(String, (usize, Label))> = a
-        .out_action
-        .iter()
-        .filter(|(path, _)| !a.outputs.contains_key(*path))
-        .map(|(path, &i)| (path.clone(), (i, a.actions[i].label.clone())))
-        .collect();
-    let out_action = std::mem::take(&mut a.out_action);
-    producers.extend(
-        std::mem::take(&mut a.outputs)
-            .into_iter()
-            .map(|(path, label)| {
-                let index = out_action.get(&path).copied().unwrap_or(NOT_SCHEDULED);
-                (path, (index, label))
-            }),
-    );
-    producers.sort_unstable_by(|x, y| x.0.cmp(&y.0));
-    let producers: BTreeMap<String, (usize, Label)> = producers.into_iter().collect();
     let root_platforms = roots
         .iter()
-        .filter_map(|r| Some((r.clone(), a.index.get(r)?.platform.clone()?)))
+        .filter_map(|r| Some((r.clone(), shared.index.get(r)?.platform.clone()?)))
         .collect();
-    let root_tools = roots
+    // Intermediate files (objects) are produced by actions of targets that were analysed.
+    let mut producers: Vec<(String, (usize, Label))> = out_action
         .iter()
-        .filter_map(|r| Some((r.clone(), a.tools.get(r)?.clone())))
+        .filter(|(path, _)| !shared.outputs.contains_key(*path))
+        .map(|(path, &i)| (path.clone(), (i, actions[i].label.clone())))
         .collect();
+    producers.extend(shared.outputs.into_iter().map(|(path, label)| {
+        let index = out_action.get(&path).copied().unwrap_or(NOT_SCHEDULED);
+        (path, (index, label))
+    }));
+    producers.sort_unstable_by(|x, y| x.0.cmp(&y.0));
+    let producers: BTreeMap<String, (usize, Label)> = producers.into_iter().collect();
+    crate::drop_elsewhere((settled, out_action));
     Ok(ActionGraph {
-        actions: a.actions,
+        actions,
         target_files,
         producers,
         root_platforms,
@@ -284,31 +523,20 @@ pub fn analyse(
     })
 }
 
-/// The state of one analysis; the rules (`crate::rules`) make their actions with it.
-pub(crate) struct Analyser<'a> {
-    pub ws: &'a Workspace,
-    /// The targets of `graph`, hashed: looking up a label in the B-tree compared strings at
-    /// every level, several times per target.
-    index: FxHashMap<&'a Label, &'a Target>,
-    include_tests: bool,
-    /// Generated workspace path -> producing target (every target of the graph).
+/// Where a worker of [`analyse_in_levels`] numbers its own actions from (renumbered when
+/// its level is merged).
+const LOCAL: usize = 1 << (usize::BITS - 2);
+
+/// What every analyser of one analysis reads: the targets, hashed (looking up a label in the
+/// B-tree compared strings at every level, several times per target), and each generated
+/// workspace path's producing target (every target of the graph).
+struct Shared<'g> {
+    index: FxHashMap<&'g Label, &'g Target>,
     outputs: FxHashMap<String, Label>,
-    /// The targets visited: `false` while their dependencies are being visited.
-    visited: FxHashMap<Label, bool>,
-    files: FxHashMap<Label, Vec<String>>,
-    /// The `wasi_tool`s analysed so far (see [`crate::rules::tool_ref`]).
-    pub tools: HashMap<Label, ToolRef>,
-    actions: Vec<ActionNode>,
-    /// Generated workspace path -> index of the action that writes it.
-    out_action: FxHashMap<String, usize>,
 }
 
-impl<'a> Analyser<'a> {
-    fn new(
-        ws: &'a Workspace,
-        graph: &'a TargetGraph,
-        include_tests: bool,
-    ) -> Result<Analyser<'a>, GraphError> {
+impl<'g> Shared<'g> {
+    fn new(graph: &'g TargetGraph) -> Result<Shared<'g>, GraphError> {
         let mut outputs: FxHashMap<String, Label> = FxHashMap::default();
         outputs.reserve(graph.targets.len());
         for (label, t) in &graph.targets {
@@ -325,17 +553,107 @@ impl<'a> Analyser<'a> {
                 outputs.insert(path, label.clone());
             }
         }
-        Ok(Analyser {
-            ws,
+        Ok(Shared {
             index: graph.targets.iter().collect(),
-            include_tests,
             outputs,
+        })
+    }
+}
+
+/// What analysis has settled: the files targets provide, the `wasi_tool`s (see
+/// [`crate::rules::tool_ref`]), the actions and the action writing each generated path.
+#[derive(Default)]
+struct Settled {
+    files: FxHashMap<Label, Vec<String>>,
+    tools: HashMap<Label, ToolRef>,
+    actions: Vec<ActionNode>,
+    out_action: FxHashMap<String, usize>,
+}
+
+/// What one analyser made itself (on top of what it was given as settled).
+struct Local {
+    /// Per planned target analysed: (its position in the plan, its first action, how many).
+    spans: Vec<(usize, usize, usize)>,
+    files: FxHashMap<Label, Vec<String>>,
+    tools: HashMap<Label, ToolRef>,
+    actions: Vec<ActionNode>,
+    out_action: FxHashMap<String, usize>,
+}
+
+/// Targets `t` depends on, sorted.
+fn edges(outputs: &FxHashMap<String, Label>, t: &Target) -> Vec<Label> {
+    let mut edges = Edges {
+        outputs,
+        found: Vec::new(),
+    };
+    let Ok(_) = t.rule.map(&mut edges);
+    let mut out = edges.found;
+    out.sort();
+    out.dedup();
+    out
+}
+
+/// The state of one analysis, or of one thread of a level; the rules (`crate::rules`) make
+/// their actions with it.
+pub(crate) struct Analyser<'a> {
+    pub ws: &'a Workspace,
+    index: &'a FxHashMap<&'a Label, &'a Target>,
+    outputs: &'a FxHashMap<String, Label>,
+    /// What earlier levels settled (empty in one pass); looked up after this analyser's own.
+    settled: &'a Settled,
+    include_tests: bool,
+    /// The targets visited: `false` while their dependencies are being visited.
+    visited: FxHashMap<Label, bool>,
+    files: FxHashMap<Label, Vec<String>>,
+    tools: HashMap<Label, ToolRef>,
+    actions: Vec<ActionNode>,
+    /// Generated workspace path -> index of the action that writes it.
+    out_action: FxHashMap<String, usize>,
+    /// The index of this analyser's first action.
+    base: usize,
+}
+
+impl<'a> Analyser<'a> {
+    fn over(
+        ws: &'a Workspace,
+        shared: &'a Shared<'_>,
+        settled: &'a Settled,
+        include_tests: bool,
+        base: usize,
+    ) -> Analyser<'a> {
+        Analyser {
+            ws,
+            index: &shared.index,
+            outputs: &shared.outputs,
+            settled,
+            include_tests,
             visited: FxHashMap::default(),
             files: FxHashMap::default(),
             tools: HashMap::new(),
             actions: Vec::new(),
             out_action: FxHashMap::default(),
-        })
+            base,
+        }
+    }
+
+    fn into_local(self) -> Local {
+        Local {
+            spans: Vec::new(),
+            files: self.files,
+            tools: self.tools,
+            actions: self.actions,
+            out_action: self.out_action,
+        }
+    }
+
+    /// In one pass, what it settled is all of it.
+    fn into_settled(self) -> Settled {
+        Settled {
+            files: self.files,
+            tools: self.tools,
+            actions: self.actions,
+            out_action: self.out_action,
+        }
     }
 
     /// The target `label`; `from` is the target referring to it (for the error).
@@ -354,19 +672,6 @@ impl<'a> Analyser<'a> {
                     None => String::new(),
                 },
             })
-    }
-
-    /// Targets `t` depends on, sorted.
-    fn edges(&self, t: &Target) -> Vec<Label> {
-        let mut edges = Edges {
-            outputs: &self.outputs,
-            found: Vec::new(),
-        };
-        let Ok(_) = t.rule.map(&mut edges);
-        let mut out = edges.found;
-        out.sort();
-        out.dedup();
-        out
     }
 
     /// Post-order visit: creates the actions of `label` after those of its dependencies.
@@ -395,7 +700,7 @@ impl<'a> Analyser<'a> {
             return Ok(());
         }
         self.visited.insert(label.clone(), false);
-        for dep in self.edges(t) {
+        for dep in edges(self.outputs, t) {
             self.visit(&dep, false, Some(t))?;
         }
         self.visited.insert(label.clone(), true);
@@ -405,16 +710,28 @@ impl<'a> Analyser<'a> {
         Ok(())
     }
 
+    /// The index of the action writing `path`, if one was made.
+    fn writer(&self, path: &str) -> Option<usize> {
+        self.out_action
+            .get(path)
+            .or_else(|| self.settled.out_action.get(path))
+            .copied()
+    }
+
     /// Adds an action (after those it depends on), recording what it writes.
     fn push(&mut self, t: &Target, action: ActionNode) -> Result<(), GraphError> {
-        let index = self.actions.len();
+        let index = self.action_count();
         for out in &action.outputs {
-            if let Some(&other) = self.out_action.get(out) {
+            if let Some(other) = self.writer(out) {
+                let other = match other.checked_sub(self.base) {
+                    Some(i) if i < self.actions.len() => self.actions[i].name(),
+                    _ => "another action".to_owned(),
+                };
                 return Err(GraphError::OutputCollision {
                     location: t.location.clone(),
                     label: t.label.clone(),
                     output: out.clone(),
-                    other: format!("an output of {}", self.actions[other].name()).into(),
+                    other: format!("an output of {other}").into(),
                 });
             }
             self.out_action.insert(out.clone(), index);
@@ -425,7 +742,19 @@ impl<'a> Analyser<'a> {
 
     /// How many actions there are so far (the index the next one will get).
     pub(crate) fn action_count(&self) -> usize {
-        self.actions.len()
+        self.base + self.actions.len()
+    }
+
+    /// The `wasi_tool` `label` as analysed so far (see [`crate::rules::tool_ref`]).
+    pub(crate) fn tool(&self, label: &Label) -> Option<&ToolRef> {
+        self.tools
+            .get(label)
+            .or_else(|| self.settled.tools.get(label))
+    }
+
+    /// Records how the `wasi_tool` `label` runs.
+    pub(crate) fn remember_tool(&mut self, label: &Label, tool: &ToolRef) {
+        self.tools.insert(label.clone(), tool.clone());
     }
 
     /// The files of one reference of `from`.
@@ -445,7 +774,11 @@ impl<'a> Analyser<'a> {
 
     /// The files a target provides, in the order of its attributes, without duplicates.
     fn files_of(&mut self, label: &Label) -> Result<Vec<String>, GraphError> {
-        if let Some(f) = self.files.get(label) {
+        if let Some(f) = self
+            .files
+            .get(label)
+            .or_else(|| self.settled.files.get(label))
+        {
             return Ok(f.clone());
         }
         let t = self.target(label, None)?;
@@ -507,7 +840,7 @@ impl<'a> Analyser<'a> {
     ) -> Result<Vec<usize>, GraphError> {
         let mut deps = BTreeSet::new();
         for p in paths {
-            if let Some(&i) = self.out_action.get(p) {
+            if let Some(i) = self.writer(p) {
                 deps.insert(i);
             } else if let Some(producer) = self.outputs.get(p) {
                 return Err(GraphError::Attribute {
@@ -736,9 +1069,100 @@ wasi_tool(
         workspace(&files)
     }
 
+    /// The analysis in one pass, checked against the analysis in levels spread over three
+    /// threads down to one target each: the same graph, or the same error.
     fn analyse_patterns(t: &TestWs, pats: &[&str], tests: bool) -> Result<ActionGraph, GraphError> {
         let (g, roots) = load(&t.ws, &patterns(pats))?;
-        analyse(&t.ws, &g, &roots, tests)
+        let one_pass = analyse_with(&t.ws, &g, &roots, tests, None);
+        let levels = Levels {
+            threads: 3,
+            min_split: 1,
+        };
+        let in_levels = analyse_with(&t.ws, &g, &roots, tests, Some(levels));
+        match (&one_pass, &in_levels) {
+            (Ok(a), Ok(b)) => assert_eq!(a, b, "analysed in levels"),
+            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "analysed in levels"),
+            _ => panic!("in one pass: {one_pass:?}\nin levels: {in_levels:?}"),
+        }
+        one_pass
+    }
+
+    /// Levels of several targets each, spread over threads, with generated files crossing
+    /// levels: the actions come out in the one-pass order with the same dependencies.
+    #[test]
+    fn levels_on_threads_give_the_one_pass_graph() {
+        let mut files: Vec<(String, String)> = Vec::new();
+        let mut libs = String::new();
+        for i in 0..12 {
+            // Each library needs the one before (a chain) and the first (a fan-in).
+            let mut deps = Vec::new();
+            if i > 0 {
+                deps.push(format!("'//libs:l{}'", i - 1));
+            }
+            if i > 1 {
+                deps.push("'//libs:l0'".to_owned());
+            }
+            libs.push_str(&format!(
+                "cc_library(name = 'l{i}', srcs = ['l{i}.c', 'm{i}.c'], hdrs = ['l{i}.h'], deps = [{}])\n",
+                deps.join(", ")
+            ));
+            files.push((format!("libs/l{i}.c"), String::new()));
+            files.push((format!("libs/m{i}.c"), String::new()));
+            files.push((format!("libs/l{i}.h"), String::new()));
+        }
+        files.push(("libs/WBUILD".to_owned(), libs));
+        let mut runs = String::new();
+        for i in 0..20 {
+            // Generated inputs from the level before, and the tool with its generated data.
+            let srcs = if i % 3 == 0 {
+                "['//data:made']".to_owned()
+            } else {
+                format!("['r{}.out', '//data:fg']", i - 1)
+            };
+            runs.push_str(&format!(
+                "wasi_run(name = 'r{i}', tool = '//tools:tmpl', srcs = {srcs}, outs = ['r{i}.out'], args = ['$(SRCS)', '-o', '$@'])\n"
+            ));
+        }
+        for i in 0..20 {
+            runs.push_str(&format!(
+                "wasi_run(name = 'w{i}', tool = '//tools:gen', srcs = ['r{i}.out'], outs = ['w{i}.out'])\n\
+                 wasi_test(name = 't{i}', tool = '//tools:gen', srcs = ['w{i}.out'])\n"
+            ));
+        }
+        files.push(("runs/WBUILD".to_owned(), runs));
+        files.push((
+            "app/WBUILD".to_owned(),
+            "cc_binary(name = 'app', srcs = ['main.c'], deps = ['//libs:l11', '//libs:l5'])\n\
+             genrule(name = 'g', srcs = ['//runs:w19', '//app'], outs = ['g.txt'], cmd = 'cat $(SRCS) > $@')\n"
+                .to_owned(),
+        ));
+        files.push(("app/main.c".to_owned(), String::new()));
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let t = ws_with(&refs);
+        for tests in [false, true] {
+            let g = analyse_patterns(&t, &["//..."], tests).unwrap();
+            assert!(g.actions.len() > 60, "{} actions", g.actions.len());
+            for (i, a) in g.actions.iter().enumerate() {
+                assert!(
+                    a.deps.iter().all(|&d| d < i),
+                    "{} depends on a later action",
+                    a.name()
+                );
+            }
+        }
+        // An error in a level is the one the one-pass analysis names.
+        let broken = [(
+            "bad/WBUILD",
+            "wasi_run(name = 'x', tool = '//tools:gen', srcs = ['//runs:r3'], outs = ['x'], args = ['$(location nowhere)'])\n",
+        )];
+        let mut refs = refs.clone();
+        refs.extend_from_slice(&broken);
+        let t = ws_with(&refs);
+        let e = analyse_patterns(&t, &["//..."], false).unwrap_err();
+        assert!(e.to_string().contains("nowhere"), "{e}");
     }
 
     #[test]

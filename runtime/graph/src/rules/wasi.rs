@@ -248,7 +248,7 @@ pub(crate) fn tool_ref(
     label: &Label,
     from: Option<&Target>,
 ) -> Result<ToolRef, GraphError> {
-    if let Some(t) = a.tools.get(label) {
+    if let Some(t) = a.tool(label) {
         return Ok(t.clone());
     }
     let t = a.target(label, from)?;
@@ -331,7 +331,7 @@ pub(crate) fn tool_ref(
         module,
         data: by_guest.into_iter().collect(),
     };
-    a.tools.insert(label.clone(), tool.clone());
+    a.remember_tool(label, &tool);
     Ok(tool)
 }
 
