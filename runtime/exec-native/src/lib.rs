@@ -211,7 +211,9 @@ pub struct NativeRequest {
     pub mounts: Vec<Mount>,
     /// Empty, writable directories on a private tmpfs (e.g. `/work`, with the inputs and the
     /// output directories mounted inside it): the action may create files there, which vanish
-    /// with the sandbox. Mounted before [`NativeRequest::mounts`]; none may lie inside a mount.
+    /// with the sandbox. Mounted with [`NativeRequest::mounts`], parents first; one may lie
+    /// inside a writable directory mount (then the mount points of what is mounted inside it
+    /// are made on its tmpfs, not in the host directory), never inside a read-only one.
     pub scratch: Vec<PathBuf>,
     /// Working directory inside the sandbox, e.g. `/work`.
     pub cwd: PathBuf,

@@ -376,7 +376,6 @@ impl Plan {
         };
         let cgroup = Self::namespace_steps(harden, &root, &root_c, &mut push)?;
         let mut made: HashSet<PathBuf> = std::iter::once(PathBuf::from("/")).collect();
-        Self::scratch_steps(req, &root, &mut made, &mut push)?;
         Self::mount_steps(req, &root, harden, &mut made, &mut push)?;
         Self::dev_steps(&root, &mut push)?;
         Self::final_steps(&root, root_c, &mut push)?;
@@ -553,58 +552,62 @@ impl Plan {
         Ok(cgroup)
     }
 
-    /// Scratch tmpfs directories, parents first, so mount points inside one are made on its
-    /// tmpfs.
-    fn scratch_steps(
+    /// One scratch tmpfs directory. It may lie inside a writable mount (a directory of an
+    /// action's outputs holding no output, with inputs inside it: their mount points are then
+    /// made on the tmpfs, not in the host directory), never inside a read-only one.
+    fn scratch_step(
         req: &NativeRequest,
+        dir: &Path,
         root: &Path,
         made: &mut HashSet<PathBuf>,
         push: &mut impl FnMut(Op, String, &'static str, bool),
     ) -> Result<(), SandboxError> {
-        let mut scratch: Vec<&PathBuf> = req.scratch.iter().collect();
-        scratch.sort_by_key(|p| p.components().count());
-        for dir in scratch {
-            check_sandbox_path(dir, "scratch directory")?;
-            let first = dir.components().nth(1);
-            let reserved = ["proc", "dev", "tmp"]
-                .iter()
-                .any(|r| first == Some(Component::Normal(r.as_ref())));
-            if dir == Path::new("/") || reserved {
-                return Err(SandboxError::InvalidRequest(format!(
-                    "scratch directory {} is reserved: the sandbox provides /, /proc, /dev \
-                 and /tmp itself",
-                    dir.display()
-                )));
-            }
-            if let Some(m) = req
-                .mounts
-                .iter()
-                .find(|m| dir.starts_with(&m.sandbox) || m.sandbox == *dir)
-            {
-                return Err(SandboxError::InvalidRequest(format!(
-                    "scratch directory {} lies inside the mount {}",
-                    dir.display(),
-                    m.sandbox.display()
-                )));
-            }
-            make_dirs(made, push, root, dir.ancestors())?;
-            push(
-                Op::MountTmpfs {
-                    dst: cstr(join_root(root, dir).as_os_str().as_bytes(), "scratch")?,
-                    data: c"mode=0755".into(),
-                    flags: libc::MS_NOSUID | libc::MS_NODEV,
-                },
-                format!("mount a scratch tmpfs at {}", dir.display()),
-                HINT_MOUNT,
-                false,
-            );
+        check_sandbox_path(dir, "scratch directory")?;
+        let first = dir.components().nth(1);
+        let reserved = ["proc", "dev", "tmp"]
+            .iter()
+            .any(|r| first == Some(Component::Normal(r.as_ref())));
+        if dir == Path::new("/") || reserved {
+            return Err(SandboxError::InvalidRequest(format!(
+                "scratch directory {} is reserved: the sandbox provides /, /proc, /dev \
+             and /tmp itself",
+                dir.display()
+            )));
         }
-
+        if let Some(m) = req.mounts.iter().find(|m| {
+            m.sandbox == *dir
+                || (dir.starts_with(&m.sandbox)
+                    && !(m.writable && std::fs::metadata(&m.host).is_ok_and(|md| md.is_dir())))
+        }) {
+            return Err(SandboxError::InvalidRequest(format!(
+                "scratch directory {} lies inside the mount {}{}",
+                dir.display(),
+                m.sandbox.display(),
+                if m.sandbox == *dir {
+                    ""
+                } else {
+                    " (only a writable directory may hold one)"
+                }
+            )));
+        }
+        make_dirs(made, push, root, dir.ancestors())?;
+        push(
+            Op::MountTmpfs {
+                dst: cstr(join_root(root, dir).as_os_str().as_bytes(), "scratch")?,
+                data: c"mode=0755".into(),
+                flags: libc::MS_NOSUID | libc::MS_NODEV,
+            },
+            format!("mount a scratch tmpfs at {}", dir.display()),
+            HINT_MOUNT,
+            false,
+        );
         Ok(())
     }
 
-    /// The request's mounts, parents before children: bind, attributes, and (when hardening) the
-    /// unkeyed host directories hidden under read-only ones.
+    /// The scratch directories and the request's mounts, parents before children (a scratch
+    /// directory before a mount as deep), so mount points inside a tmpfs are made on it: for a
+    /// mount, bind, attributes, and (when hardening) the unkeyed host directories hidden under
+    /// read-only ones.
     fn mount_steps(
         req: &NativeRequest,
         root: &Path,
@@ -614,10 +617,26 @@ impl Plan {
     ) -> Result<(), SandboxError> {
         // A set, not a list: an action may have thousands of input mounts.
         let mut points: HashSet<&Path> = HashSet::new();
-        let mut mounts: Vec<&Mount> = req.mounts.iter().collect();
-        mounts.sort_by_key(|m| m.sandbox.components().count());
+        let mut entries: Vec<(usize, bool, Result<&Mount, &PathBuf>)> = req
+            .scratch
+            .iter()
+            .map(|d| (d.components().count(), false, Err(d)))
+            .chain(
+                req.mounts
+                    .iter()
+                    .map(|m| (m.sandbox.components().count(), true, Ok(m))),
+            )
+            .collect();
+        entries.sort_by_key(|(depth, is_mount, _)| (*depth, *is_mount));
         let mut symlinks: Vec<&Path> = Vec::new();
-        for m in &mounts {
+        for (_, _, entry) in entries {
+            let m = match entry {
+                Ok(m) => m,
+                Err(dir) => {
+                    Self::scratch_step(req, dir, root, made, push)?;
+                    continue;
+                }
+            };
             check_sandbox_path(&m.sandbox, "mount point")?;
             let first = m.sandbox.components().nth(1);
             let reserved = ["proc", "dev", "tmp"]

@@ -284,19 +284,84 @@ fn scratch_tmpfs_holds_file_mounts_and_vanishes() {
     );
     assert_eq!(std::fs::read_dir(outputs.path()).unwrap().count(), 1);
     assert_eq!(std::fs::read_dir(blobs.path()).unwrap().count(), 1);
-    // A scratch directory inside a mount is refused.
-    let mut bad = req(&["true"]);
-    bad.mounts.push(Mount {
+    // A scratch directory inside a read-only mount, or on a mount point, is refused.
+    for (writable, at) in [(false, "/work/s"), (true, "/work")] {
+        let mut bad = req(&["true"]);
+        bad.mounts.push(Mount {
+            host: outputs.path().into(),
+            sandbox: "/work".into(),
+            writable,
+        });
+        bad.scratch.push(at.into());
+        let e = run(&bad).unwrap_err().to_string();
+        assert!(
+            e.contains(&format!(
+                "scratch directory {at} lies inside the mount /work"
+            )),
+            "{e}"
+        );
+    }
+}
+
+/// An archive's view: its output directory is a writable host directory, the objects it reads
+/// lie in a subdirectory of it holding no output. That subdirectory is a scratch tmpfs inside
+/// the writable mount: the inputs' mount points are made on it, and of it the host directory
+/// gets only the directory it is mounted on.
+#[test]
+fn scratch_inside_a_writable_mount_keeps_input_mount_points_off_the_host() {
+    let blobs = tempfile::tempdir().unwrap();
+    let outputs = tempfile::tempdir().unwrap();
+    let mut r = sh("cat lib/_objs/lib/a.o lib/_objs/lib/b.o > lib/liblib.a; \
+         echo junk > lib/_objs/junk; \
+         if echo x > lib/_objs/lib/a.o 2>/dev/null; then echo WROTE-INPUT; fi; \
+         ls lib/_objs/lib");
+    r.cwd = "/work".into();
+    r.scratch.push("/work".into());
+    r.scratch.push("/work/lib/_objs".into());
+    for name in ["a.o", "b.o"] {
+        let blob = blobs.path().join(name);
+        std::fs::write(&blob, format!("{name}\n")).unwrap();
+        r.mounts.push(Mount {
+            host: blob,
+            sandbox: format!("/work/lib/_objs/lib/{name}").into(),
+            writable: false,
+        });
+    }
+    r.mounts.push(Mount {
         host: outputs.path().into(),
-        sandbox: "/work".into(),
+        sandbox: "/work/lib".into(),
         writable: true,
     });
-    bad.scratch.push("/work/s".into());
-    let e = run(&bad).unwrap_err().to_string();
-    assert!(
-        e.contains("scratch directory /work/s lies inside the mount /work"),
-        "{e}"
+    let out = run(&r).unwrap();
+    ok(&out);
+    assert_eq!(text(&out.stdout), "a.o\nb.o\n");
+    assert_eq!(
+        std::fs::read_to_string(outputs.path().join("liblib.a")).unwrap(),
+        "a.o\nb.o\n"
     );
+    let mut host: Vec<String> = walk(outputs.path());
+    host.sort();
+    assert_eq!(host, ["_objs/", "liblib.a"], "the host directory holds");
+    assert_eq!(
+        std::fs::read_to_string(blobs.path().join("a.o")).unwrap(),
+        "a.o\n"
+    );
+}
+
+/// Every path under `dir`, relative, directories with a trailing `/`.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(dir).unwrap() {
+        let e = e.unwrap();
+        let name = e.file_name().to_string_lossy().into_owned();
+        if e.file_type().unwrap().is_dir() {
+            out.push(format!("{name}/"));
+            out.extend(walk(&e.path()).into_iter().map(|p| format!("{name}/{p}")));
+        } else {
+            out.push(name);
+        }
+    }
+    out
 }
 
 #[test]

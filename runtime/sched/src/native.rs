@@ -493,8 +493,18 @@ pub(crate) fn run_native(
                 sandbox: work.to_path_buf(),
                 writable: true,
             });
+            scratch.extend(
+                inputs_apart(&dirs, &spec.outputs, spec.files.keys())
+                    .into_iter()
+                    .map(|d| work.join(d)),
+            );
         } else {
             scratch.push(work.to_path_buf());
+            scratch.extend(
+                inputs_apart(&dirs, &spec.outputs, spec.files.keys())
+                    .into_iter()
+                    .map(|d| work.join(d)),
+            );
             for d in &dirs {
                 let host = root.join(d);
                 safe_fs::ensure_empty_dir(&root_dir, d).map_err(io_err(&host))?;
@@ -649,9 +659,80 @@ pub(crate) fn access_log(obs: &wbuild_exec_native::Observation) -> wbuild_exec_w
     log
 }
 
+/// The subdirectories of output directories that hold inputs and no output (an archive's
+/// `_objs/` beside the archive), each the topmost such directory on the way to an input: the
+/// sandbox makes each one a scratch tmpfs inside the writable host directory, so the mount
+/// points of the inputs in it are made there, not as files and directories of the host's file
+/// system (created and removed again for every action).
+fn inputs_apart<'i>(
+    dirs: &[String],
+    outputs: &[String],
+    inputs: impl Iterator<Item = &'i String>,
+) -> Vec<String> {
+    let mut apart = std::collections::BTreeSet::new();
+    for input in inputs {
+        for d in dirs {
+            let rest = if d.is_empty() {
+                Some(input.as_str())
+            } else {
+                input
+                    .strip_prefix(d.as_str())
+                    .and_then(|r| r.strip_prefix('/'))
+            };
+            let Some((first, _)) = rest.and_then(|r| r.split_once('/')) else {
+                continue;
+            };
+            let dir = if d.is_empty() {
+                first.to_owned()
+            } else {
+                format!("{d}/{first}")
+            };
+            let holds_output = outputs.iter().any(|o| {
+                o.strip_prefix(dir.as_str())
+                    .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+            });
+            if !holds_output {
+                apart.insert(dir);
+            }
+        }
+    }
+    apart.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{host_system_lines, output_dirs};
+    use super::{host_system_lines, inputs_apart, output_dirs};
+
+    #[test]
+    fn inputs_in_an_output_directory_are_kept_apart_where_no_output_is() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        // An archive: objects under the directory of the archive.
+        let outputs = v(&["lib/liblib.a"]);
+        let inputs = v(&[
+            "lib/_objs/lib/a.o",
+            "lib/_objs/lib/a.d",
+            "lib/x.h",
+            "other/y.a",
+        ]);
+        assert_eq!(
+            inputs_apart(&output_dirs(&outputs), &outputs, inputs.iter()),
+            v(&["lib/_objs"])
+        );
+        // A directory holding an output too is not.
+        let outputs = v(&["gen/a.h", "gen/sub/b.h"]);
+        let inputs = v(&["gen/sub/in.txt", "gen/other/in.txt"]);
+        assert_eq!(
+            inputs_apart(&output_dirs(&outputs), &outputs, inputs.iter()),
+            v(&["gen/other"])
+        );
+        // Outputs at the root: every top directory without an output.
+        let outputs = v(&["top.txt", "gen/a.h"]);
+        let inputs = v(&["src/a.c", "gen/in.h", "README"]);
+        assert_eq!(
+            inputs_apart(&output_dirs(&outputs), &outputs, inputs.iter()),
+            v(&["src"])
+        );
+    }
 
     #[test]
     fn output_dirs_are_the_minimal_parents() {
