@@ -65,13 +65,43 @@ fn load_keeping_cycles_reading(
     let matched = loader.match_patterns(patterns)?;
 
     // Resolve the closure of the matched targets, checking every reference: ahead on every
-    // core, then in order for what is left. (Hashed: a B-tree of labels compared strings at
-    // every level, 100,000 targets.)
-    let (mut ahead, asked) = loader.resolve_ahead(&matched);
+    // core, then in order for what is left.
+    let (ahead, asked) = loader.resolve_ahead(&matched);
     loader.logs.extend(asked);
-    let mut resolved = if closed(&matched, &ahead) {
-        ahead
+    // The targets resolved ahead, in label order (as the loaded packages list them), looked
+    // up by a hashed index of borrowed labels (a B-tree of labels compared strings at every
+    // level; a map holding the targets themselves was a third copy of them, 100,000 targets).
+    let index: FxHashMap<&Label, &(Target, Vec<Label>)> =
+        ahead.iter().flatten().map(|(l, r)| (l, r)).collect();
+    let mut globs = Vec::new();
+    let mut targets = Vec::with_capacity(loader.packages.values().map(|p| p.targets.len()).sum());
+    let cycle = if closed(&matched, |l| index.get(l).map(|(_, e)| e.as_slice())) {
+        let cycle = find_cycle(
+            &matched,
+            |l| index.get(l).map(|(_, e)| Cow::Borrowed(e.as_slice())),
+            |l| index.get(l).map(|(t, _)| t.location.clone()),
+        )
+        .err();
+        drop(index);
+        // Both in label order: each loaded target takes its resolution from ahead when it
+        // is the next one there.
+        let mut ahead = ahead.into_iter().flatten().peekable();
+        loader.other_targets(&mut targets, &mut globs, |package, name| {
+            while ahead
+                .peek()
+                .is_some_and(|(l, _)| (l.package.as_str(), l.name.as_str()) < (package, name))
+            {
+                ahead.next();
+            }
+            ahead
+                .next_if(|(l, _)| l.package == package && l.name == name)
+                .map(|(l, (t, _))| (l, t))
+        });
+        cycle
     } else {
+        drop(index);
+        let mut ahead: FxHashMap<Label, (Target, Vec<Label>)> =
+            ahead.into_iter().flatten().collect();
         let mut resolved: FxHashMap<Label, (Target, Vec<Label>)> = FxHashMap::default();
         let mut queue: VecDeque<Label> = matched.iter().cloned().collect();
         while let Some(label) = queue.pop_front() {
@@ -85,33 +115,21 @@ fn load_keeping_cycles_reading(
             queue.extend(edges.iter().cloned());
             resolved.insert(label, (target, edges));
         }
-        resolved
-    };
-    let cycle = find_cycle(
-        &matched,
-        |l| resolved.get(l).map(|(_, e)| Cow::Borrowed(e.as_slice())),
-        |l| resolved.get(l).map(|(t, _)| t.location.clone()),
-    )
-    .err();
-
-    // Other targets of the loaded packages: resolved without loading more packages. (In
-    // label order: the map is built from sorted entries at once.)
-    let mut targets = Vec::with_capacity(loader.packages.values().map(|p| p.targets.len()).sum());
-    let mut globs = Vec::new();
-    for (pkg_name, pkg) in &loader.packages {
-        globs.extend(pkg.globs.iter().cloned());
-        for raw in pkg.targets.values() {
+        let cycle = find_cycle(
+            &matched,
+            |l| resolved.get(l).map(|(_, e)| Cow::Borrowed(e.as_slice())),
+            |l| resolved.get(l).map(|(t, _)| t.location.clone()),
+        )
+        .err();
+        loader.other_targets(&mut targets, &mut globs, |package, name| {
             let label = Label {
-                package: pkg_name.clone(),
-                name: raw.name.clone(),
+                package: package.to_owned(),
+                name: name.to_owned(),
             };
-            let target = match resolved.remove(&label) {
-                Some((t, _)) => t,
-                None => loader.resolve_lenient(&label, raw),
-            };
-            targets.push((label, target));
-        }
-    }
+            resolved.remove(&label).map(|(t, _)| (label, t))
+        });
+        cycle
+    };
     let graph = TargetGraph {
         targets: targets.into_iter().collect(),
     };
@@ -125,22 +143,26 @@ fn load_keeping_cycles_reading(
     Ok((graph, matched.into_iter().collect(), cycle, reads))
 }
 
-/// Whether `resolved` holds every target `roots` need, its dependencies included.
-fn closed(roots: &BTreeSet<Label>, resolved: &FxHashMap<Label, (Target, Vec<Label>)>) -> bool {
+/// Whether every target `roots` need, their dependencies included, is resolved: `edges`
+/// gives a resolved target's dependencies.
+fn closed<'e>(roots: &'e BTreeSet<Label>, edges: impl Fn(&Label) -> Option<&'e [Label]>) -> bool {
     let mut seen: rustc_hash::FxHashSet<&Label> = rustc_hash::FxHashSet::default();
-    seen.reserve(resolved.len());
+    seen.reserve(roots.len());
     let mut stack: Vec<&Label> = roots.iter().collect();
     while let Some(label) = stack.pop() {
         if !seen.insert(label) {
             continue;
         }
-        let Some((_, edges)) = resolved.get(label) else {
+        let Some(edges) = edges(label) else {
             return false;
         };
         stack.extend(edges);
     }
     true
 }
+
+/// A target resolved ahead: its label, the target and the targets it depends on.
+type Resolved = (Label, (Target, Vec<Label>));
 
 /// Directory listings read once: the loader asks about hundreds of thousands of paths
 /// (whether a reference names a file, whether an output would overwrite one), nearly all in a
@@ -419,21 +441,19 @@ impl Loader<'_> {
     /// Resolves `labels` on every core with the packages loaded so far, as
     /// [`Loader::resolve_target`] would. A target whose resolution fails or needs another
     /// package is left out, for the resolution in order to do again (and report).
+    /// The targets come out in label order, in runs (one per chunk of labels).
     #[allow(clippy::type_complexity)]
     fn resolve_ahead(
         &self,
         labels: &BTreeSet<Label>,
-    ) -> (
-        FxHashMap<Label, (Target, Vec<Label>)>,
-        Vec<FxHashMap<String, [Option<u8>; 2]>>,
-    ) {
+    ) -> (Vec<Vec<Resolved>>, Vec<FxHashMap<String, [Option<u8>; 2]>>) {
         // Consecutive labels share a package and its directory listing.
         const CHUNK: usize = 512;
         let threads = std::thread::available_parallelism()
             .map_or(1, |n| n.get())
             .min(labels.len() / CHUNK);
         if threads < 2 {
-            return (FxHashMap::default(), Vec::new());
+            return (Vec::new(), Vec::new());
         }
         let labels: Vec<&Label> = labels.iter().collect();
         let (ws, packages) = (self.ws, &self.packages);
@@ -449,32 +469,34 @@ impl Loader<'_> {
                             listings: Listings::default(),
                             logs: Vec::new(),
                         };
-                        let mut out = Vec::new();
+                        let mut out: Vec<(usize, Vec<Resolved>)> = Vec::new();
                         loop {
                             let start = next.fetch_add(CHUNK, std::sync::atomic::Ordering::Relaxed);
                             let Some(chunk) = labels.get(start..labels.len().min(start + CHUNK))
                             else {
                                 break;
                             };
+                            let mut run = Vec::with_capacity(chunk.len());
                             for &label in chunk {
                                 if let Ok(done) = loader.resolve_target(label) {
-                                    out.push((label.clone(), done));
+                                    run.push((label.clone(), done));
                                 }
                             }
+                            out.push((start, run));
                         }
                         (out, loader.listings.log)
                     })
                 })
                 .collect();
-            let mut done = FxHashMap::default();
-            done.reserve(labels.len());
+            let mut runs = Vec::new();
             let mut logs = Vec::new();
             for w in workers {
                 let (resolved, asked) = w.join().unwrap_or_default();
-                done.extend(resolved);
+                runs.extend(resolved);
                 logs.push(asked);
             }
-            (done, logs)
+            runs.sort_unstable_by_key(|(start, _)| *start);
+            (runs.into_iter().map(|(_, run)| run).collect(), logs)
         })
     }
 }
@@ -549,6 +571,33 @@ fn check_package(
 }
 
 impl Loader<'_> {
+    /// Every target of the loaded packages, in label order, into `targets` (and their
+    /// `glob()` calls into `globs`): `take(package, name)` gives one already resolved (it is
+    /// asked in label order), any other is resolved without loading more packages.
+    fn other_targets(
+        &self,
+        targets: &mut Vec<(Label, Target)>,
+        globs: &mut Vec<GlobRead>,
+        mut take: impl FnMut(&str, &str) -> Option<(Label, Target)>,
+    ) {
+        for (pkg_name, pkg) in &self.packages {
+            globs.extend(pkg.globs.iter().cloned());
+            for raw in pkg.targets.values() {
+                targets.push(match take(pkg_name, &raw.name) {
+                    Some(done) => done,
+                    None => {
+                        let label = Label {
+                            package: pkg_name.clone(),
+                            name: raw.name.clone(),
+                        };
+                        let target = self.resolve_lenient(&label, raw);
+                        (label, target)
+                    }
+                });
+            }
+        }
+    }
+
     /// The sorted labels matched by `patterns`.
     fn match_patterns(
         &mut self,
@@ -1333,6 +1382,56 @@ mod tests {
         let (g, all) = load(&t.ws, &patterns(&["//..."])).unwrap();
         assert_eq!(all.len(), 40);
         assert_eq!(g.targets.len(), 40);
+    }
+
+    #[test]
+    fn targets_resolved_ahead_and_the_other_targets_of_their_packages_merge_in_order() {
+        // Four packages of 500 targets: three matched whole, and one target of the fourth,
+        // so its other targets are resolved afterwards, between those resolved ahead.
+        let mut files: Vec<(String, String)> = Vec::new();
+        for p in 0..4 {
+            let mut text = String::new();
+            for i in 0..500 {
+                let dep = if i % 7 == 3 {
+                    format!(", ':f{}'", i / 2)
+                } else {
+                    String::new()
+                };
+                text.push_str(&format!(
+                    "filegroup(name = 'f{i}', srcs = ['x.txt'{dep}])\n"
+                ));
+            }
+            files.push((format!("big/p{p}/WBUILD"), text));
+            files.push((format!("big/p{p}/x.txt"), String::new()));
+        }
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let t = workspace(&refs);
+        let some = [
+            "//big/p0:all",
+            "//big/p1:all",
+            "//big/p2:all",
+            "//big/p3:f1",
+        ];
+        let (g, matched) = load(&t.ws, &patterns(&some)).unwrap();
+        assert_eq!(matched.len(), 1501);
+        let (all, _) = load(&t.ws, &patterns(&["//big/..."])).unwrap();
+        assert_eq!(g.targets.len(), 2000);
+        assert!(
+            g.targets == all.targets,
+            "the same targets, resolved the same"
+        );
+        assert_eq!(
+            g.targets[&label("//big/p3:f3")].rule,
+            Rule::Filegroup(FilegroupAttrs {
+                srcs: vec![
+                    Dep::File("big/p3/x.txt".into()),
+                    Dep::Target(label("//big/p3:f1"))
+                ]
+            })
+        );
     }
 
     #[test]
