@@ -319,8 +319,9 @@ fn analyse_in_levels(
         by_level[p.level as usize].push(pos);
     }
     let mut settled = Settled::default();
+    settled.out_action.reserve(shared.outputs.len());
     // Actions in the order levels made them; each planned target's first one and count.
-    let mut made: Vec<ActionNode> = Vec::new();
+    let mut made: Vec<ActionNode> = Vec::with_capacity(plan.len());
     let mut first = vec![0usize; plan.len()];
     let mut count = vec![0usize; plan.len()];
     for level in &by_level {

@@ -140,6 +140,8 @@ fn load_keeping_cycles_reading(
             .chain([main_log]),
     );
     let reads = Reads { probes, globs };
+    // The evaluated packages are freed while analysis goes on.
+    crate::drop_elsewhere(std::mem::take(&mut loader.packages));
     Ok((graph, matched.into_iter().collect(), cycle, reads))
 }
 
