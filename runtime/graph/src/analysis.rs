@@ -1,6 +1,5 @@
 //! Analysis: targets -> actions (argv, env, tool, exact inputs and outputs, dependencies).
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use rustc_hash::FxHashMap;
@@ -285,7 +284,7 @@ fn analyse_in_one_pass(
                     .collect();
                 find_cycle(
                     roots,
-                    |l| edges.get(l).map(|e| Cow::Borrowed(e.as_slice())),
+                    |l| edges.get(l).map(|e| e.as_slice()),
                     |l| graph.targets.get(l).map(|t| t.location.clone()),
                 )?;
                 return Err(GraphError::Cycle {

@@ -1,6 +1,5 @@
 //! Loading: target patterns -> packages evaluated -> references resolved -> [`TargetGraph`].
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
@@ -78,7 +77,7 @@ fn load_keeping_cycles_reading(
     let cycle = if closed(&matched, |l| index.get(l).map(|(_, e)| e.as_slice())) {
         let cycle = find_cycle(
             &matched,
-            |l| index.get(l).map(|(_, e)| Cow::Borrowed(e.as_slice())),
+            |l| index.get(l).map(|(_, e)| e.as_slice()),
             |l| index.get(l).map(|(t, _)| t.location.clone()),
         )
         .err();
@@ -117,7 +116,7 @@ fn load_keeping_cycles_reading(
         }
         let cycle = find_cycle(
             &matched,
-            |l| resolved.get(l).map(|(_, e)| Cow::Borrowed(e.as_slice())),
+            |l| resolved.get(l).map(|(_, e)| e.as_slice()),
             |l| resolved.get(l).map(|(t, _)| t.location.clone()),
         )
         .err();
@@ -1010,12 +1009,13 @@ pub(crate) fn find_packages(root: &Path, prefix: &str) -> Vec<String> {
     found
 }
 
-/// Depth-first search for a cycle reachable from `roots`; `edges(l)` gives a target's location
-/// and the targets it depends on. Reports the whole cycle, from its first target back to it.
-pub(crate) fn find_cycle<'a, 'e, I, F, L>(roots: I, edges: F, location: L) -> Result<(), GraphError>
+/// Depth-first search for a cycle reachable from `roots`; `edges(l)` gives the targets a
+/// target depends on, `location(l)` where it is declared. Reports the whole cycle, from its
+/// first target back to it.
+pub(crate) fn find_cycle<'e, I, F, L>(roots: I, edges: F, location: L) -> Result<(), GraphError>
 where
-    I: IntoIterator<Item = &'a Label>,
-    F: Fn(&Label) -> Option<Cow<'e, [Label]>>,
+    I: IntoIterator<Item = &'e Label>,
+    F: Fn(&Label) -> Option<&'e [Label]>,
     L: Fn(&Label) -> Option<Location>,
 {
     #[derive(PartialEq)]
@@ -1023,37 +1023,36 @@ where
         Active,
         Done,
     }
-    // Hashed: a B-tree of labels compared strings at every level (100,000 targets).
-    let mut state: FxHashMap<Label, State> = FxHashMap::default();
+    // Hashed, by borrowed labels: a B-tree of labels compared strings at every level, and a
+    // copy of every label was most of the search (100,000 targets).
+    let mut state: FxHashMap<&'e Label, State> = FxHashMap::default();
     for root in roots {
         if state.contains_key(root) {
             continue;
         }
         // Iterative DFS: (label, its edges, next edge index).
-        let mut path: Vec<(Label, Cow<'e, [Label]>, usize)> = Vec::new();
-        let first = edges(root).unwrap_or_default();
-        state.insert(root.clone(), State::Active);
-        path.push((root.clone(), first, 0));
+        let mut path: Vec<(&'e Label, &'e [Label], usize)> = Vec::new();
+        state.insert(root, State::Active);
+        path.push((root, edges(root).unwrap_or_default(), 0));
         while let Some((_, succ, i)) = path.last_mut() {
             if *i == succ.len() {
                 let (l, _, _) = path.pop().expect("non-empty");
                 state.insert(l, State::Done);
                 continue;
             }
-            let next = &succ[*i];
+            let next: &'e Label = &succ[*i];
             *i += 1;
             match state.get(next) {
                 Some(State::Done) => {}
                 Some(State::Active) => {
-                    let next = next.clone();
                     let start = path
                         .iter()
                         .position(|(l, _, _)| *l == next)
                         .expect("active node is on the path");
                     let mut cycle: Vec<Label> =
-                        path[start..].iter().map(|(l, _, _)| l.clone()).collect();
+                        path[start..].iter().map(|(l, _, _)| (*l).clone()).collect();
                     cycle.push(next.clone());
-                    let location = location(&next).unwrap_or_else(|| Location {
+                    let location = location(next).unwrap_or_else(|| Location {
                         file: join(&next.package, BUILD_FILE),
                         line: 1,
                         column: 1,
@@ -1061,10 +1060,8 @@ where
                     return Err(GraphError::Cycle { location, cycle });
                 }
                 None => {
-                    let next = next.clone();
-                    let succ = edges(&next).unwrap_or_default();
-                    state.insert(next.clone(), State::Active);
-                    path.push((next, succ, 0));
+                    state.insert(next, State::Active);
+                    path.push((next, edges(next).unwrap_or_default(), 0));
                 }
             }
         }
