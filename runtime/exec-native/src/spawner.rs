@@ -488,7 +488,16 @@ pub fn start() -> io::Result<()> {
     if client.is_some() {
         return Ok(());
     }
-    let threads = std::fs::read_dir("/proc/self/task")?.count();
+    // A thread just joined can still be listed for a moment (its tid is cleared, and its
+    // joiner woken, before the kernel lets it go): asked a few times, 0.5 ms at most.
+    let mut threads = std::fs::read_dir("/proc/self/task")?.count();
+    for _ in 0..5 {
+        if threads == 1 {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_micros(100));
+        threads = std::fs::read_dir("/proc/self/task")?.count();
+    }
     if threads != 1 {
         return Err(io::Error::other(format!(
             "the process has {threads} threads; the spawner is forked from a single-threaded one"

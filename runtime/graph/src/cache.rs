@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use crate::glob::skip_dir;
+use crate::label::join;
 use crate::{
     ActionGraph, ActionNode, BUILD_FILE, GraphError, Label, TargetPattern, WORKSPACE_FILE,
     Workspace,
@@ -244,63 +245,23 @@ impl Signature {
 /// `wbuild-out/`, `target/` and hidden directories, and over the contents of `wbuild.toml`,
 /// `WBUILD` and `*.bzl` files; and over those files alone (see [`Signature`]).
 pub fn workspace_signature(ws: &Workspace) -> Result<Signature, GraphError> {
-    let io = |path: &Path| {
-        let path = path.to_owned();
-        move |source| GraphError::Io {
-            path,
-            error: source,
-        }
-    };
+    // The directories are read on every core (a shared work list, as the loader's packages
+    // are evaluated), then hashed in the order of their paths.
+    let dirs = read_workspace_dirs(&ws.root)?;
     let mut h = blake3::Hasher::new();
     h.update(FORMAT.as_bytes());
     let mut build_files: Vec<(String, blake3::Hash)> = Vec::new();
-    let mut stack = vec![(ws.root.clone(), String::new())];
-    while let Some((dir, rel)) = stack.pop() {
-        let mut entries: Vec<(String, u8, PathBuf)> = Vec::new();
-        for e in std::fs::read_dir(&dir).map_err(io(&dir))? {
-            let e = e.map_err(io(&dir))?;
-            let name = e.file_name().to_string_lossy().into_owned();
-            let kind = match e.file_type() {
-                Ok(t) if t.is_dir() => b'd',
-                Ok(t) if t.is_symlink() => b'l',
-                Ok(_) => b'f',
-                Err(_) => b'?',
-            };
-            // Directories the loader never looks into (`wbuild-out/`, `target/`, hidden
-            // ones) are not part of the structure: a build creating `wbuild-out/` must not
-            // change the signature the next build is checked against.
-            if kind == b'd' && skip_dir(&name) {
-                continue;
-            }
-            entries.push((name, kind, e.path()));
-        }
-        entries.sort();
+    for dir in dirs {
         h.update(b"D\0");
-        h.update(rel.as_bytes());
+        h.update(dir.rel.as_bytes());
         h.update(b"\0");
-        for (name, kind, path) in entries {
-            h.update(&[kind]);
+        for (name, kind, digest) in &dir.entries {
+            h.update(&[*kind]);
             h.update(name.as_bytes());
             h.update(b"\0");
-            if kind == b'd' {
-                if !skip_dir(&name) {
-                    let child = if rel.is_empty() {
-                        name
-                    } else {
-                        format!("{rel}/{name}")
-                    };
-                    stack.push((path, child));
-                }
-            } else if name == BUILD_FILE || name == WORKSPACE_FILE || name.ends_with(".bzl") {
-                let bytes = std::fs::read(&path).map_err(io(&path))?;
-                let digest = blake3::hash(&bytes);
+            if let Some(digest) = digest {
                 h.update(digest.as_bytes());
-                let file = if rel.is_empty() {
-                    name
-                } else {
-                    format!("{rel}/{name}")
-                };
-                build_files.push((file, digest));
+                build_files.push((join(&dir.rel, name), *digest));
             }
         }
     }
@@ -319,6 +280,164 @@ pub fn workspace_signature(ws: &Workspace) -> Result<Signature, GraphError> {
         all: h.finalize(),
         structure: structure.finalize(),
     })
+}
+
+/// One directory of the workspace as [`workspace_signature`] hashes it.
+struct DirListing {
+    /// Workspace path (`""` for the root).
+    rel: String,
+    /// Sorted: name, kind (`d`, `l`, `f`, `?`) and, for a build file, the digest of its
+    /// contents.
+    entries: Vec<(String, u8, Option<blake3::Hash>)>,
+}
+
+/// Every directory of the workspace under `root` the loader can look into (not
+/// `wbuild-out/`, `target/` or hidden ones), sorted by path, read on one thread per core.
+/// An error names the first directory or build file (by path) that could not be read.
+fn read_workspace_dirs(root: &Path) -> Result<Vec<DirListing>, GraphError> {
+    use std::sync::Mutex;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let read_one =
+        |dir: &Path, rel: &str| -> Result<(DirListing, Vec<(PathBuf, String)>), GraphError> {
+            let io = |path: &Path| {
+                let path = path.to_owned();
+                move |source| GraphError::Io {
+                    path,
+                    error: source,
+                }
+            };
+            let mut entries = Vec::new();
+            let mut subdirs = Vec::new();
+            for e in std::fs::read_dir(dir).map_err(io(dir))? {
+                let e = e.map_err(io(dir))?;
+                let name = e.file_name().to_string_lossy().into_owned();
+                let kind = match e.file_type() {
+                    Ok(t) if t.is_dir() => b'd',
+                    Ok(t) if t.is_symlink() => b'l',
+                    Ok(_) => b'f',
+                    Err(_) => b'?',
+                };
+                // Directories the loader never looks into (`wbuild-out/`, `target/`, hidden
+                // ones) are not part of the structure: a build creating `wbuild-out/` must not
+                // change the signature the next build is checked against.
+                if kind == b'd' {
+                    if skip_dir(&name) {
+                        continue;
+                    }
+                    subdirs.push((e.path(), join(rel, &name)));
+                    entries.push((name, kind, None));
+                } else if name == BUILD_FILE || name == WORKSPACE_FILE || name.ends_with(".bzl") {
+                    let path = e.path();
+                    let bytes = std::fs::read(&path).map_err(io(&path))?;
+                    entries.push((name, kind, Some(blake3::hash(&bytes))));
+                } else {
+                    entries.push((name, kind, None));
+                }
+            }
+            entries.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
+            Ok((
+                DirListing {
+                    rel: rel.to_owned(),
+                    entries,
+                },
+                subdirs,
+            ))
+        };
+    // A small workspace (a few hundred directories) is read here: threads would cost more
+    // than they save. Past that, threads take over if much is left.
+    const ALONE: usize = 256;
+    const LEFT: usize = 64;
+    let mut first: Vec<DirListing> = Vec::new();
+    let mut failed: Option<(String, GraphError)> = None;
+    let mut pending = vec![(root.to_path_buf(), String::new())];
+    while !(first.len() >= ALONE && pending.len() >= LEFT)
+        && let Some((dir, rel)) = pending.pop()
+    {
+        match read_one(&dir, &rel) {
+            Ok((listing, subdirs)) => {
+                first.push(listing);
+                pending.extend(subdirs);
+            }
+            Err(e) => {
+                if failed.as_ref().is_none_or(|(r, _)| rel < *r) {
+                    failed = Some((rel, e));
+                }
+            }
+        }
+    }
+    let work = Mutex::new(pending);
+    let busy = AtomicUsize::new(0);
+    let threads = if work.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
+        0
+    } else {
+        std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .clamp(1, 8)
+    };
+    let worker = || {
+        let mut done = Vec::new();
+        let mut failed: Option<(String, GraphError)> = None;
+        loop {
+            let next = {
+                let mut w = work.lock().unwrap_or_else(|e| e.into_inner());
+                let d = w.pop();
+                if d.is_some() {
+                    busy.fetch_add(1, Ordering::SeqCst);
+                }
+                d
+            };
+            let Some((dir, rel)) = next else {
+                if busy.load(Ordering::SeqCst) == 0 {
+                    return (done, failed);
+                }
+                std::thread::yield_now();
+                continue;
+            };
+            match read_one(&dir, &rel) {
+                Ok((listing, subdirs)) => {
+                    done.push(listing);
+                    work.lock()
+                        .unwrap_or_else(|e| e.into_inner())
+                        .extend(subdirs);
+                }
+                Err(e) => {
+                    if failed.as_ref().is_none_or(|(r, _)| rel < *r) {
+                        failed = Some((rel, e));
+                    }
+                }
+            }
+            busy.fetch_sub(1, Ordering::SeqCst);
+        }
+    };
+    // Per thread: the directories read, and the first failure by path.
+    type Read = (Vec<DirListing>, Option<(String, GraphError)>);
+    let results: Vec<Read> = if threads == 0 {
+        Vec::new()
+    } else if threads == 1 {
+        vec![worker()]
+    } else {
+        std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..threads).map(|_| scope.spawn(worker)).collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().expect("a workspace directory reader panicked"))
+                .collect()
+        })
+    };
+    let mut dirs = first;
+    for (done, f) in results {
+        dirs.extend(done);
+        if let Some((rel, e)) = f
+            && failed.as_ref().is_none_or(|(r, _)| rel < *r)
+        {
+            failed = Some((rel, e));
+        }
+    }
+    if let Some((_, e)) = failed {
+        return Err(e);
+    }
+    dirs.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
+    Ok(dirs)
 }
 
 /// Beside each analysis-cache entry (`<key>.reads`): what its loading read of the file system
@@ -620,6 +739,43 @@ mod tests {
         let configured = analysed(&t, cache.path());
         assert_eq!(configured.graph, first.graph);
         assert_ne!(configured.digest, Some(digest));
+    }
+
+    /// The signature is read on several threads: it is the same on every read of the same
+    /// workspace, and follows listings and build files, not `wbuild-out/` or hidden
+    /// directories.
+    #[test]
+    fn the_signature_follows_listings_and_build_files_wherever_they_are() {
+        let mut files: Vec<(String, String)> = Vec::new();
+        // More directories than are read on one thread.
+        for p in 0..600 {
+            files.push((format!("d{}/p{p}/WBUILD", p % 5), format!("# {p}\n")));
+            files.push((format!("d{}/p{p}/src/a.txt", p % 5), String::new()));
+        }
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let t = workspace(&refs);
+        let sig = || workspace_signature(&Workspace::open(t.dir.path()).unwrap()).unwrap();
+        let first = sig();
+        for _ in 0..5 {
+            assert_eq!(sig(), first);
+        }
+        // Outputs and hidden directories are not part of it.
+        write(t.dir.path(), "wbuild-out/d1/x.o", "");
+        write(t.dir.path(), "d2/.git/objects/x", "");
+        assert_eq!(sig(), first);
+        // A file deep down changes the listing, not the build files.
+        write(t.dir.path(), "d3/p598/src/b.txt", "");
+        let added = sig();
+        assert_ne!(added.all, first.all);
+        assert_eq!(added.structure, first.structure);
+        // A build file's contents change both.
+        write(t.dir.path(), "d4/p599/WBUILD", "# changed\n");
+        let edited = sig();
+        assert_ne!(edited.all, added.all);
+        assert_ne!(edited.structure, added.structure);
     }
 
     fn load_err(t: &TestWs, cache: &Path) -> String {
