@@ -620,6 +620,16 @@ fn run_build_round(
     // this process is still single-threaded and small (a no-op never pays for the fork; if
     // it cannot be forked, sandboxes are cloned from wbuild itself).
     let _ = wbuild_exec_native::start_spawner();
+    // With no snapshot at all (a fresh cache, or after a failed build) nothing vouches for
+    // the host toolchain: its identity (thousands of files stat'ed, the compiler driver
+    // asked where its programs are) is needed before the first native action's key, so it
+    // is computed on a thread of its own from here, while the store opens and the workspace
+    // loads. A build without native actions never waits for it.
+    if snapshot_allowed && !snapshot.exists() {
+        let _ = std::thread::Builder::new()
+            .name("toolchain".into())
+            .spawn(|| wbuild_sched::toolchain_identity(Platform::host()));
+    }
     let store = open_store_with(&req.cache_dir, function, &note)?;
     phases.mark("open store");
     let started = SystemTime::now();
