@@ -295,8 +295,6 @@ struct DirListing {
 /// `wbuild-out/`, `target/` or hidden ones), sorted by path, read on one thread per core.
 /// An error names the first directory or build file (by path) that could not be read.
 fn read_workspace_dirs(root: &Path) -> Result<Vec<DirListing>, GraphError> {
-    use std::sync::Mutex;
-    use std::sync::atomic::{AtomicUsize, Ordering};
     let read_one =
         |dir: &Path, rel: &str| -> Result<(DirListing, Vec<(PathBuf, String)>), GraphError> {
             let io = |path: &Path| {
@@ -365,72 +363,25 @@ fn read_workspace_dirs(root: &Path) -> Result<Vec<DirListing>, GraphError> {
             }
         }
     }
-    let work = Mutex::new(pending);
-    let busy = AtomicUsize::new(0);
-    let threads = if work.lock().unwrap_or_else(|e| e.into_inner()).is_empty() {
-        0
-    } else {
-        std::thread::available_parallelism()
-            .map_or(1, |n| n.get())
-            .clamp(1, 8)
-    };
-    let worker = || {
-        let mut done = Vec::new();
-        let mut failed: Option<(String, GraphError)> = None;
-        loop {
-            let next = {
-                let mut w = work.lock().unwrap_or_else(|e| e.into_inner());
-                let d = w.pop();
-                if d.is_some() {
-                    busy.fetch_add(1, Ordering::SeqCst);
-                }
-                d
-            };
-            let Some((dir, rel)) = next else {
-                if busy.load(Ordering::SeqCst) == 0 {
-                    return (done, failed);
-                }
-                std::thread::yield_now();
-                continue;
-            };
-            match read_one(&dir, &rel) {
-                Ok((listing, subdirs)) => {
-                    done.push(listing);
-                    work.lock()
-                        .unwrap_or_else(|e| e.into_inner())
-                        .extend(subdirs);
-                }
-                Err(e) => {
-                    if failed.as_ref().is_none_or(|(r, _)| rel < *r) {
-                        failed = Some((rel, e));
-                    }
+    // Then, if much is left, on every core.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let results = crate::work_list(pending, threads, |(dir, rel), more| {
+        read_one(&dir, &rel)
+            .map(|(listing, subdirs)| {
+                more.extend(subdirs);
+                listing
+            })
+            .map_err(|e| Box::new((rel, e)))
+    });
+    let mut dirs = first;
+    for result in results {
+        match result {
+            Ok(listing) => dirs.push(listing),
+            Err(f) => {
+                if failed.as_ref().is_none_or(|(r, _)| f.0 < *r) {
+                    failed = Some(*f);
                 }
             }
-            busy.fetch_sub(1, Ordering::SeqCst);
-        }
-    };
-    // Per thread: the directories read, and the first failure by path.
-    type Read = (Vec<DirListing>, Option<(String, GraphError)>);
-    let results: Vec<Read> = if threads == 0 {
-        Vec::new()
-    } else if threads == 1 {
-        vec![worker()]
-    } else {
-        std::thread::scope(|scope| {
-            let handles: Vec<_> = (0..threads).map(|_| scope.spawn(worker)).collect();
-            handles
-                .into_iter()
-                .map(|h| h.join().expect("a workspace directory reader panicked"))
-                .collect()
-        })
-    };
-    let mut dirs = first;
-    for (done, f) in results {
-        dirs.extend(done);
-        if let Some((rel, e)) = f
-            && failed.as_ref().is_none_or(|(r, _)| rel < *r)
-        {
-            failed = Some((rel, e));
         }
     }
     if let Some((_, e)) = failed {

@@ -33,6 +33,7 @@ mod load;
 mod platform;
 pub mod query;
 mod rules;
+mod work_list;
 mod workspace;
 
 use std::collections::BTreeMap;
@@ -51,6 +52,7 @@ pub use rules::{
     CcAttrs, CcKind, FilegroupAttrs, GenruleAttrs, Rule, RuleOf, WasiCcToolchainAttrs,
     WasiRunAttrs, WasiTestAttrs, WasiToolAttrs, sh_quote,
 };
+pub use work_list::work_list;
 pub use workspace::{
     BUILD_FILE, BuildConfig, Config, EXTERNAL_PREFIX, External, OUT_DIR, RemoteConfig,
     RemoteDownload, ToolchainPin, TrustConfig, WORKSPACE_FILE, WasiConfig, Workspace,

@@ -321,8 +321,6 @@ fn host_toolchain(platform: Platform) -> (String, Vec<PathBuf>) {
 fn walk_tree_lines(roots: Vec<PathBuf>) -> Vec<String> {
     use std::os::fd::AsRawFd;
     use std::os::unix::ffi::OsStrExt;
-    let work = Mutex::new(roots);
-    let busy = std::sync::atomic::AtomicUsize::new(0);
     let threads = std::thread::available_parallelism()
         .map_or(2, |n| n.get())
         .clamp(1, 8);
@@ -356,40 +354,14 @@ fn walk_tree_lines(roots: Vec<PathBuf>) -> Vec<String> {
             ));
         }
     };
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..threads)
-            .map(|_| {
-                scope.spawn(|| {
-                    let mut out = Vec::new();
-                    loop {
-                        let next = {
-                            let mut w = work.lock().expect("walk");
-                            let d = w.pop();
-                            if d.is_some() {
-                                busy.fetch_add(1, Ordering::SeqCst);
-                            }
-                            d
-                        };
-                        let Some(dir) = next else {
-                            if busy.load(Ordering::SeqCst) == 0 {
-                                return out;
-                            }
-                            std::thread::yield_now();
-                            continue;
-                        };
-                        let mut subdirs = Vec::new();
-                        one_dir(&dir, &mut out, &mut subdirs);
-                        work.lock().expect("walk").extend(subdirs);
-                        busy.fetch_sub(1, Ordering::SeqCst);
-                    }
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().unwrap_or_default())
-            .collect()
+    wbuild_graph::work_list(roots, threads, |dir, subdirs| {
+        let mut out = Vec::new();
+        one_dir(&dir, &mut out, subdirs);
+        out
     })
+    .into_iter()
+    .flatten()
+    .collect()
 }
 
 /// Debian's package database: rewritten whenever a package is installed, upgraded or removed.

@@ -279,6 +279,27 @@ mod tests {
         assert_eq!(object_stem("lib", "m", "gen/x.c"), "lib/_objs/m/gen/x");
     }
 
+    /// The archive step of `//lib:m`, a C library.
+    fn archive<'a>(
+        objects: &'a [String],
+        depfiles: &'a [String],
+        private_headers: &'a [String],
+        dep_headers: &'a [(String, Vec<String>)],
+    ) -> Finish<'a> {
+        Finish {
+            kind: CcKind::Library,
+            output: "lib/libm.a",
+            objects,
+            depfiles,
+            archives: &[],
+            linkopts: &[],
+            cxx: false,
+            label: "//lib:m",
+            private_headers,
+            dep_headers,
+        }
+    }
+
     #[test]
     fn compile_archive_link_and_test_scripts() {
         let c = Compile {
@@ -296,17 +317,10 @@ mod tests {
         let objects = ["lib/_objs/m/a.o".to_owned(), "lib/_objs/m/b.o".to_owned()];
         let depfiles = ["lib/_objs/m/a.d".to_owned(), "lib/_objs/m/b.d".to_owned()];
         let dep_headers = [("//x:y".to_owned(), vec!["x/y.h".to_owned()])];
+        let private_headers = ["lib/p.h".to_owned()];
         let f = Finish {
-            kind: CcKind::Library,
-            output: "lib/libm.a",
-            objects: &objects,
-            depfiles: &depfiles,
-            archives: &[],
-            linkopts: &[],
             cxx: true,
-            label: "//lib:m",
-            private_headers: &["lib/p.h".into()],
-            dep_headers: &dep_headers,
+            ..archive(&objects, &depfiles, &private_headers, &dep_headers)
         };
         let s = f.script();
         assert!(
@@ -367,18 +381,8 @@ mod tests {
         let objects = ["lib/_objs/m/a.o".to_owned()];
         let depfiles = ["lib/_objs/m/a.d".to_owned()];
         let dep_headers = [("//x:y".to_owned(), vec!["x/y.h".to_owned()])];
-        let f = Finish {
-            kind: CcKind::Library,
-            output: "lib/libm.a",
-            objects: &objects,
-            depfiles: &depfiles,
-            archives: &[],
-            linkopts: &[],
-            cxx: false,
-            label: "//lib:m",
-            private_headers: &["lib/p.h".into(), "lib/q.h".into()],
-            dep_headers: &dep_headers,
-        };
+        let private_headers = ["lib/p.h".to_owned(), "lib/q.h".to_owned()];
+        let f = archive(&objects, &depfiles, &private_headers, &dep_headers);
         let run = |ar: &str| {
             std::process::Command::new("/bin/sh")
                 .arg("-c")
