@@ -579,7 +579,11 @@ fn run_build_round(
         .remote
         .download_mode(ws, remote.is_some(), executor.is_some());
     let command = if req.tests { "test" } else { "build" };
-    let signature = wbuild_graph::workspace_signature(ws)?;
+    // The store's directory as the store names it; the no-op path below never opens it.
+    let cache_dir = std::path::absolute(&req.cache_dir).unwrap_or_else(|_| req.cache_dir.clone());
+    // Directories and build files unchanged since the last build are not read again.
+    let signature =
+        wbuild_graph::workspace_signature_memo(ws, &uptodate::listings_path(&cache_dir, &ws.root))?;
     let binary = wbuild_graph::binary_identity();
     let key = SnapshotKey {
         version: env!("CARGO_PKG_VERSION"),
@@ -593,8 +597,6 @@ fn run_build_round(
         patterns: &patterns,
         download: download.name(),
     };
-    // The store's directory as the store names it; the no-op path below never opens it.
-    let cache_dir = std::path::absolute(&req.cache_dir).unwrap_or_else(|_| req.cache_dir.clone());
     let snapshot = uptodate::snapshot_path(&cache_dir, &key.hex());
     let pattern_names: Vec<String> = patterns.iter().map(|p| p.to_string()).collect();
     // The snapshot of the last successful build: nothing changed, a no-op; some sources or

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Bumped whenever loading or analysis changes meaning, so stale cache files are ignored.
-const FORMAT: &str = "wbuild-analysis/13";
+const FORMAT: &str = "wbuild-analysis/14";
 
 /// The running wbuild binary (path, size, modification time): a rebuilt or upgraded binary
 /// never trusts results cached by another one.
@@ -245,9 +245,77 @@ impl Signature {
 /// `wbuild-out/`, `target/` and hidden directories, and over the contents of `wbuild.toml`,
 /// `WBUILD` and `*.bzl` files; and over those files alone (see [`Signature`]).
 pub fn workspace_signature(ws: &Workspace) -> Result<Signature, GraphError> {
-    // The directories are read on every core (a shared work list, as the loader's packages
-    // are evaluated), then hashed in the order of their paths.
-    let dirs = read_workspace_dirs(&ws.root)?;
+    Ok(signature_of(
+        ws,
+        read_workspace_dirs(&ws.root, &Memo::default())?.0,
+    ))
+}
+
+/// [`workspace_signature`], reading again only what changed since the last call with the same
+/// `memo` file: a directory whose stamp (device, inode, modification and change times) is
+/// the one recorded there has the listing recorded with it, and a build file whose stamp
+/// (the same, and its size) is unchanged has the recorded digest. The signature is the same
+/// as [`workspace_signature`]'s. Stamps younger than [`RACY`] when recorded are not trusted
+/// (a change within the file system's timestamp granularity could leave one as it was), and
+/// an unreadable or foreign memo is ignored. The memo is rewritten (atomically, best effort)
+/// when what it holds changed.
+pub fn workspace_signature_memo(ws: &Workspace, memo: &Path) -> Result<Signature, GraphError> {
+    signature_memo_with(ws, memo, RACY).map(|(s, _)| s)
+}
+
+/// How recent a stamp may be and still be trusted by the next reading (see
+/// [`workspace_signature_memo`]). File systems stamp changes with a coarse clock (a scheduler
+/// tick; a second on some network file systems): a change made in the same tick as a stamp
+/// taken before it can leave the stamp unchanged.
+pub const RACY: std::time::Duration = std::time::Duration::from_secs(2);
+
+fn signature_memo_with(
+    ws: &Workspace,
+    memo_path: &Path,
+    racy: std::time::Duration,
+) -> Result<(Signature, usize), GraphError> {
+    let root = ws.root.as_os_str().as_encoded_bytes();
+    // A stamp changed at or after this moment is not trusted by the next reading.
+    let horizon = std::time::SystemTime::now()
+        .checked_sub(racy)
+        .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+        .map_or((0, 0), |d| (d.as_secs() as i64, d.subsec_nanos()));
+    let old = std::fs::read(memo_path)
+        .ok()
+        .and_then(|b| postcard::from_bytes::<Memo>(&b).ok())
+        .filter(|m| m.format == FORMAT && m.root == root)
+        .unwrap_or_default();
+    let (dirs, read) = read_workspace_dirs(&ws.root, &old)?;
+    let memo = Memo {
+        format: FORMAT.to_owned(),
+        root: root.to_vec(),
+        dirs: dirs
+            .iter()
+            .filter(|d| d.trusted(horizon))
+            .map(|d| MemoDir {
+                rel: d.rel.clone(),
+                stamp: d.stamp,
+                listing: *d.listing.as_bytes(),
+                subdirs: d.subdirs.clone(),
+                build_files: d
+                    .build_files
+                    .iter()
+                    .map(|(name, stamp, digest)| (name.clone(), *stamp, *digest.as_bytes()))
+                    .collect(),
+            })
+            .collect(),
+    };
+    if memo.dirs != old.dirs
+        && let Some(dir) = memo_path.parent()
+        && std::fs::create_dir_all(dir).is_ok()
+        && let Ok(bytes) = postcard::to_stdvec(&memo)
+    {
+        write_atomically(dir, memo_path, &[&bytes]);
+    }
+    Ok((signature_of(ws, dirs), read))
+}
+
+fn signature_of(ws: &Workspace, dirs: Vec<DirListing>) -> Signature {
     let mut h = blake3::Hasher::new();
     h.update(FORMAT.as_bytes());
     let mut build_files: Vec<(String, blake3::Hash)> = Vec::new();
@@ -255,14 +323,12 @@ pub fn workspace_signature(ws: &Workspace) -> Result<Signature, GraphError> {
         h.update(b"D\0");
         h.update(dir.rel.as_bytes());
         h.update(b"\0");
-        for (name, kind, digest) in &dir.entries {
-            h.update(&[*kind]);
+        h.update(dir.listing.as_bytes());
+        for (name, _, digest) in dir.build_files {
             h.update(name.as_bytes());
             h.update(b"\0");
-            if let Some(digest) = digest {
-                h.update(digest.as_bytes());
-                build_files.push((join(&dir.rel, name), *digest));
-            }
+            h.update(digest.as_bytes());
+            build_files.push((join(&dir.rel, &name), digest));
         }
     }
     let mut structure = blake3::Hasher::new();
@@ -276,71 +342,182 @@ pub fn workspace_signature(ws: &Workspace) -> Result<Signature, GraphError> {
     }
     hash_toolchains(&mut h, ws);
     hash_toolchains(&mut structure, ws);
-    Ok(Signature {
+    Signature {
         all: h.finalize(),
         structure: structure.finalize(),
-    })
+    }
+}
+
+/// What identifies one state of a directory or file without reading it: any entry created,
+/// removed or renamed in a directory, and any write to a file, changes its change time.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct Stamp {
+    dev: u64,
+    ino: u64,
+    size: u64,
+    mtime: (i64, u32),
+    ctime: (i64, u32),
+}
+
+impl Stamp {
+    /// The stamp of `path` (symlinks followed, as reading it does).
+    fn of(path: &Path) -> std::io::Result<Stamp> {
+        use std::os::unix::fs::MetadataExt;
+        let m = std::fs::metadata(path)?;
+        Ok(Stamp {
+            dev: m.dev(),
+            ino: m.ino(),
+            size: m.size(),
+            mtime: (m.mtime(), m.mtime_nsec() as u32),
+            ctime: (m.ctime(), m.ctime_nsec() as u32),
+        })
+    }
+
+    fn before(&self, horizon: (i64, u32)) -> bool {
+        self.ctime < horizon && self.mtime < horizon
+    }
+}
+
+/// The file [`workspace_signature_memo`] keeps between builds.
+#[derive(Default, serde::Serialize, serde::Deserialize)]
+struct Memo {
+    format: String,
+    root: Vec<u8>,
+    dirs: Vec<MemoDir>,
+}
+
+#[derive(Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+struct MemoDir {
+    rel: String,
+    stamp: Stamp,
+    listing: [u8; 32],
+    subdirs: Vec<String>,
+    build_files: Vec<(String, Stamp, [u8; 32])>,
 }
 
 /// One directory of the workspace as [`workspace_signature`] hashes it.
 struct DirListing {
     /// Workspace path (`""` for the root).
     rel: String,
-    /// Sorted: name, kind (`d`, `l`, `f`, `?`) and, for a build file, the digest of its
-    /// contents.
-    entries: Vec<(String, u8, Option<blake3::Hash>)>,
+    /// Taken before the listing was read.
+    stamp: Stamp,
+    /// BLAKE3 over the sorted listing: names and kinds (`d`, `l`, `f`, `?`).
+    listing: blake3::Hash,
+    /// The directories the loader can look into (names, sorted).
+    subdirs: Vec<String>,
+    /// The build files (sorted by name), each with its stamp (taken before it was read) and
+    /// the digest of its contents.
+    build_files: Vec<(String, Stamp, blake3::Hash)>,
+}
+
+impl DirListing {
+    /// Whether the next reading may trust this directory's stamps.
+    fn trusted(&self, horizon: (i64, u32)) -> bool {
+        self.stamp.before(horizon) && self.build_files.iter().all(|(_, s, _)| s.before(horizon))
+    }
 }
 
 /// Every directory of the workspace under `root` the loader can look into (not
-/// `wbuild-out/`, `target/` or hidden ones), sorted by path, read on one thread per core.
-/// An error names the first directory or build file (by path) that could not be read.
-fn read_workspace_dirs(root: &Path) -> Result<Vec<DirListing>, GraphError> {
-    let read_one =
-        |dir: &Path, rel: &str| -> Result<(DirListing, Vec<(PathBuf, String)>), GraphError> {
-            let io = |path: &Path| {
-                let path = path.to_owned();
-                move |source| GraphError::Io {
-                    path,
-                    error: source,
-                }
-            };
-            let mut entries = Vec::new();
-            let mut subdirs = Vec::new();
-            for e in std::fs::read_dir(dir).map_err(io(dir))? {
-                let e = e.map_err(io(dir))?;
-                let name = e.file_name().to_string_lossy().into_owned();
-                let kind = match e.file_type() {
-                    Ok(t) if t.is_dir() => b'd',
-                    Ok(t) if t.is_symlink() => b'l',
-                    Ok(_) => b'f',
-                    Err(_) => b'?',
-                };
-                // Directories the loader never looks into (`wbuild-out/`, `target/`, hidden
-                // ones) are not part of the structure: a build creating `wbuild-out/` must not
-                // change the signature the next build is checked against.
-                if kind == b'd' {
-                    if skip_dir(&name) {
-                        continue;
-                    }
-                    subdirs.push((e.path(), join(rel, &name)));
-                    entries.push((name, kind, None));
-                } else if name == BUILD_FILE || name == WORKSPACE_FILE || name.ends_with(".bzl") {
-                    let path = e.path();
-                    let bytes = std::fs::read(&path).map_err(io(&path))?;
-                    entries.push((name, kind, Some(blake3::hash(&bytes))));
-                } else {
-                    entries.push((name, kind, None));
-                }
+/// `wbuild-out/`, `target/` or hidden ones), sorted by path, read on one thread per core,
+/// and how many were read (the others were unchanged since `memo`). An error names the first
+/// directory or build file (by path) that could not be read.
+fn read_workspace_dirs(root: &Path, memo: &Memo) -> Result<(Vec<DirListing>, usize), GraphError> {
+    let known: std::collections::HashMap<&str, &MemoDir> =
+        memo.dirs.iter().map(|d| (d.rel.as_str(), d)).collect();
+    let read = std::sync::atomic::AtomicUsize::new(0);
+    let io = |path: &Path| {
+        let path = path.to_owned();
+        move |source| GraphError::Io {
+            path,
+            error: source,
+        }
+    };
+    // A build file: the recorded digest if its stamp is the recorded one, else read.
+    let build_file = |path: &Path, recorded: Option<(&Stamp, &[u8; 32])>| {
+        let stamp = Stamp::of(path).map_err(io(path))?;
+        if let Some((s, d)) = recorded
+            && *s == stamp
+        {
+            return Ok((stamp, blake3::Hash::from_bytes(*d)));
+        }
+        let bytes = std::fs::read(path).map_err(io(path))?;
+        Ok((stamp, blake3::hash(&bytes)))
+    };
+    let read_one = |dir: &Path, rel: &str| -> Result<DirListing, GraphError> {
+        let stamp = Stamp::of(dir).map_err(io(dir))?;
+        if let Some(m) = known.get(rel)
+            && m.stamp == stamp
+        {
+            let mut build_files = Vec::with_capacity(m.build_files.len());
+            for (name, s, d) in &m.build_files {
+                let (s, d) = build_file(&dir.join(name), Some((s, d)))?;
+                build_files.push((name.clone(), s, d));
             }
-            entries.sort_unstable_by(|a, b| (&a.0, a.1).cmp(&(&b.0, b.1)));
-            Ok((
-                DirListing {
-                    rel: rel.to_owned(),
-                    entries,
-                },
-                subdirs,
-            ))
-        };
+            return Ok(DirListing {
+                rel: rel.to_owned(),
+                stamp,
+                listing: blake3::Hash::from_bytes(m.listing),
+                subdirs: m.subdirs.clone(),
+                build_files,
+            });
+        }
+        read.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let mut entries = Vec::new();
+        let mut subdirs = Vec::new();
+        let mut build_files = Vec::new();
+        for e in std::fs::read_dir(dir).map_err(io(dir))? {
+            let e = e.map_err(io(dir))?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            let kind = match e.file_type() {
+                Ok(t) if t.is_dir() => b'd',
+                Ok(t) if t.is_symlink() => b'l',
+                Ok(_) => b'f',
+                Err(_) => b'?',
+            };
+            // Directories the loader never looks into (`wbuild-out/`, `target/`, hidden
+            // ones) are not part of the structure: a build creating `wbuild-out/` must not
+            // change the signature the next build is checked against.
+            if kind == b'd' {
+                if skip_dir(&name) {
+                    continue;
+                }
+                subdirs.push(name.clone());
+            } else if name == BUILD_FILE || name == WORKSPACE_FILE || name.ends_with(".bzl") {
+                let recorded = known.get(rel).and_then(|m| {
+                    m.build_files
+                        .iter()
+                        .find(|(n, _, _)| *n == name)
+                        .map(|(_, s, d)| (s, d))
+                });
+                let (s, d) = build_file(&e.path(), recorded)?;
+                build_files.push((name.clone(), s, d));
+            }
+            entries.push((name, kind));
+        }
+        entries.sort_unstable();
+        subdirs.sort_unstable();
+        build_files.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+        let mut h = blake3::Hasher::new();
+        for (name, kind) in &entries {
+            h.update(&[*kind]);
+            h.update(name.as_bytes());
+            h.update(b"\0");
+        }
+        Ok(DirListing {
+            rel: rel.to_owned(),
+            stamp,
+            listing: h.finalize(),
+            subdirs,
+            build_files,
+        })
+    };
+    let children = |dir: &Path, listing: &DirListing| -> Vec<(PathBuf, String)> {
+        listing
+            .subdirs
+            .iter()
+            .map(|name| (dir.join(name), join(&listing.rel, name)))
+            .collect()
+    };
     // A small workspace (a few hundred directories) is read here: threads would cost more
     // than they save. Past that, threads take over if much is left.
     const ALONE: usize = 256;
@@ -352,9 +529,9 @@ fn read_workspace_dirs(root: &Path) -> Result<Vec<DirListing>, GraphError> {
         && let Some((dir, rel)) = pending.pop()
     {
         match read_one(&dir, &rel) {
-            Ok((listing, subdirs)) => {
+            Ok(listing) => {
+                pending.extend(children(&dir, &listing));
                 first.push(listing);
-                pending.extend(subdirs);
             }
             Err(e) => {
                 if failed.as_ref().is_none_or(|(r, _)| rel < *r) {
@@ -367,10 +544,7 @@ fn read_workspace_dirs(root: &Path) -> Result<Vec<DirListing>, GraphError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
     let results = crate::work_list(pending, threads, |(dir, rel), more| {
         read_one(&dir, &rel)
-            .map(|(listing, subdirs)| {
-                more.extend(subdirs);
-                listing
-            })
+            .inspect(|listing| more.extend(children(&dir, listing)))
             .map_err(|e| Box::new((rel, e)))
     });
     let mut dirs = first;
@@ -388,7 +562,7 @@ fn read_workspace_dirs(root: &Path) -> Result<Vec<DirListing>, GraphError> {
         return Err(e);
     }
     dirs.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
-    Ok(dirs)
+    Ok((dirs, read.into_inner()))
 }
 
 /// Beside each analysis-cache entry (`<key>.reads`): what its loading read of the file system
@@ -727,6 +901,92 @@ mod tests {
         let edited = sig();
         assert_ne!(edited.all, added.all);
         assert_ne!(edited.structure, added.structure);
+    }
+
+    /// With a memo, only directories and build files whose stamps changed are read again,
+    /// and the signature is the one a full reading gives, whatever changed.
+    #[test]
+    fn the_memo_reads_again_only_what_changed_and_signs_the_same() {
+        let mut files: Vec<(String, String)> = Vec::new();
+        for p in 0..300 {
+            files.push((format!("d{}/p{p}/WBUILD", p % 3), format!("# {p:03}\n")));
+            files.push((format!("d{}/p{p}/src/a.txt", p % 3), String::new()));
+        }
+        let refs: Vec<(&str, &str)> = files
+            .iter()
+            .map(|(p, c)| (p.as_str(), c.as_str()))
+            .collect();
+        let t = workspace(&refs);
+        let cache = tempfile::tempdir().unwrap();
+        let memo = cache.path().join("uptodate/listings.bin");
+        let ws = || Workspace::open(t.dir.path()).unwrap();
+        let dirs = 1 + 3 + 300 * 2;
+        // Stamps are trusted as soon as they are older than the reading (no margin); each
+        // change below comes after the file system's clock has moved on.
+        let with_memo = || signature_memo_with(&ws(), &memo, std::time::Duration::ZERO).unwrap();
+        let full = || workspace_signature(&ws()).unwrap();
+        let later = || std::thread::sleep(std::time::Duration::from_millis(30));
+        let first = with_memo();
+        assert_eq!(first, (full(), dirs));
+        later();
+        assert_eq!(with_memo(), (first.0, 0));
+        // A file added deep down: its directory is read again.
+        later();
+        write(t.dir.path(), "d1/p100/src/b.txt", "");
+        let added = with_memo();
+        assert_eq!(added, (full(), 1));
+        assert_ne!(added.0, first.0);
+        // A build file rewritten in place, to contents of the same size: no directory is read,
+        // and both hashes follow it.
+        later();
+        write(t.dir.path(), "d2/p5/WBUILD", "# 999\n");
+        let edited = with_memo();
+        assert_eq!(edited, (full(), 0));
+        assert_ne!(edited.0.all, added.0.all);
+        assert_ne!(edited.0.structure, added.0.structure);
+        // A directory removed, and one replaced by a file of the same name.
+        later();
+        std::fs::remove_dir_all(t.dir.path().join("d0/p3")).unwrap();
+        std::fs::remove_dir_all(t.dir.path().join("d0/p6/src")).unwrap();
+        write(t.dir.path(), "d0/p6/src", "");
+        let removed = with_memo();
+        assert_eq!(removed, (full(), 2));
+        assert_ne!(removed.0, edited.0);
+        // Hidden directories and outputs stay out of it, memo or not.
+        later();
+        write(t.dir.path(), "wbuild-out/d1/x.o", "");
+        write(t.dir.path(), "d2/.git/x", "");
+        assert_eq!(with_memo().0, removed.0);
+        // A damaged memo is ignored: everything is read again (three directories fewer).
+        let dirs = dirs - 3;
+        std::fs::write(&memo, b"\xff\x00garbage").unwrap();
+        let again = with_memo();
+        assert_eq!(again, (full(), dirs));
+        // Another workspace's memo is not used.
+        let other = workspace(&[("q/WBUILD", "")]);
+        let theirs = signature_memo_with(
+            &Workspace::open(other.dir.path()).unwrap(),
+            &memo,
+            std::time::Duration::ZERO,
+        )
+        .unwrap();
+        assert_eq!(theirs.1, 2);
+        assert_eq!(with_memo().1, dirs);
+    }
+
+    /// Stamps taken within [`RACY`] of a change are not trusted: a second reading right after
+    /// the workspace was written reads it all again.
+    #[test]
+    fn fresh_stamps_are_not_trusted() {
+        let t = workspace(&[("p/WBUILD", ""), ("p/q/WBUILD", ""), ("r/a.txt", "")]);
+        let cache = tempfile::tempdir().unwrap();
+        let memo = cache.path().join("listings.bin");
+        let ws = Workspace::open(t.dir.path()).unwrap();
+        let first = signature_memo_with(&ws, &memo, RACY).unwrap();
+        let second = signature_memo_with(&ws, &memo, RACY).unwrap();
+        assert_eq!(first, (workspace_signature(&ws).unwrap(), 4));
+        assert_eq!(second, first);
+        assert_eq!(workspace_signature_memo(&ws, &memo).unwrap(), first.0);
     }
 
     fn load_err(t: &TestWs, cache: &Path) -> String {

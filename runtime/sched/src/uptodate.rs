@@ -178,6 +178,15 @@ pub fn snapshot_path(cache_dir: &Path, key: &str) -> PathBuf {
     cache_dir.join("uptodate").join(format!("{key}.bin"))
 }
 
+/// Where the workspace at `root` keeps the stamps of its directories and build files
+/// between builds (`wbuild_graph::workspace_signature_memo`).
+pub fn listings_path(cache_dir: &Path, root: &Path) -> PathBuf {
+    let id = blake3::hash(root.as_os_str().as_encoded_bytes()).to_hex();
+    cache_dir
+        .join("uptodate")
+        .join(format!("listings-{}.bin", &id[..32]))
+}
+
 /// Forget every snapshot (after `cache invalidate`, `gc`, `verify`).
 pub fn forget_all(cache_dir: &Path) {
     let _ = std::fs::remove_dir_all(cache_dir.join("uptodate"));
