@@ -288,7 +288,26 @@ pub fn open_store(dir: &Path, note: &dyn Fn(&str)) -> Result<Arc<Store>> {
 /// remote's). Waits for another process holding it (saying so), and reports an index that
 /// was repaired or rebuilt.
 pub fn open_store_with(dir: &Path, f: DigestFunction, note: &dyn Fn(&str)) -> Result<Arc<Store>> {
-    let store = match Store::open_with_timeout(dir, f, Duration::from_millis(200)) {
+    opened_store(
+        Store::open_with_timeout(dir, f, STORE_LOCK_FIRST_WAIT),
+        dir,
+        f,
+        note,
+    )
+}
+
+/// How long the first attempt to open the store waits for another process's lock before
+/// saying so and waiting on.
+const STORE_LOCK_FIRST_WAIT: Duration = Duration::from_millis(200);
+
+/// [`open_store_with`] after its first attempt, `first`.
+fn opened_store(
+    first: std::result::Result<Store, wbuild_store::StoreError>,
+    dir: &Path,
+    f: DigestFunction,
+    note: &dyn Fn(&str),
+) -> Result<Arc<Store>> {
+    let store = match first {
         Err(wbuild_store::StoreError::Locked { .. }) => {
             note(&format!(
                 "waiting for another wbuild process that is using the cache {}",
@@ -391,11 +410,23 @@ pub fn analyse(
     tests: bool,
     signature: &wbuild_graph::Signature,
 ) -> Result<wbuild_graph::Analysed> {
+    analyse_at(ws, store.dir(), patterns, tests, signature)
+}
+
+/// [`analyse`] with the analysis cache of the store at `store_dir`, before (or while) the
+/// store itself is opened.
+fn analyse_at(
+    ws: &Workspace,
+    store_dir: &Path,
+    patterns: &[TargetPattern],
+    tests: bool,
+    signature: &wbuild_graph::Signature,
+) -> Result<wbuild_graph::Analysed> {
     Ok(wbuild_graph::load_and_analyse_cached(
         ws,
         patterns,
         tests,
-        &store.dir().join("analysis"),
+        &store_dir.join("analysis"),
         signature,
     )?)
 }
@@ -632,15 +663,42 @@ fn run_build_round(
             .name("toolchain".into())
             .spawn(|| wbuild_sched::toolchain_identity(Platform::host()));
     }
-    let store = open_store_with(&req.cache_dir, function, &note)?;
-    phases.mark("open store");
+    // The workspace is loaded (or its cached analysis read) here while the store opens on a
+    // thread. When the snapshot says the last build ran native actions on this machine's
+    // toolchain, the sandbox is probed on another meanwhile, instead of after the analysis
+    // (a sandbox started and reaped: about 2 ms of an edit build's start).
+    let speculative_probe = matches!(
+        req.sandbox,
+        SandboxMode::Namespaces | SandboxMode::Unobserved
+    ) && snap.as_ref().is_some_and(|s| !s.toolchains.is_empty());
     let started = SystemTime::now();
+    let (store, analysed, mut probed) = std::thread::scope(|s| {
+        let probe = speculative_probe.then(|| {
+            std::thread::Builder::new()
+                .name("probe".into())
+                .spawn_scoped(s, wbuild_exec_native::probe)
+        });
+        // The first attempt at the store's lock, off this thread (the heap this thread
+        // warmed up in the up-to-date check serves the analysis best).
+        let store = std::thread::Builder::new()
+            .name("store".into())
+            .spawn_scoped(s, || {
+                Store::open_with_timeout(&req.cache_dir, function, STORE_LOCK_FIRST_WAIT)
+            });
+        let analysed = analyse_at(ws, &cache_dir, &patterns, req.tests, &signature);
+        let store = match store {
+            Ok(h) => join_scoped(h),
+            Err(_) => Store::open_with_timeout(&req.cache_dir, function, STORE_LOCK_FIRST_WAIT),
+        };
+        (store, analysed, probe.and_then(Result::ok).map(join_scoped))
+    });
+    let store = opened_store(store, &req.cache_dir, function, &note)?;
     let wbuild_graph::Analysed {
         graph: actions,
         roots,
         cached: analysis_cached,
         digest: analysis_digest,
-    } = analyse(ws, &store, &patterns, req.tests, &signature)?;
+    } = analysed?;
     // The signature changed, but what changed may not reach the graph (a file no glob or
     // reference names, an editor's swap file): the same analysis as the snapshot's build
     // means the same actions built the same way, so the snapshot still vouches for them.
@@ -652,7 +710,7 @@ fn run_build_round(
     let bundles = pass_bundles(ws, &passes, req.sandbox)?;
     if passes.iter().any(|(_, g)| has_native(g)) {
         match req.sandbox {
-            SandboxMode::Namespaces | SandboxMode::Unobserved => wbuild_exec_native::probe().map_err(|e| {
+            SandboxMode::Namespaces | SandboxMode::Unobserved => probed.take().unwrap_or_else(wbuild_exec_native::probe).map_err(|e| {
                 DriverError::Config(format!(
                     "{e}\n(or run native actions unsandboxed with --sandbox=none; their results are marked as such)"
                 ))
@@ -663,9 +721,9 @@ fn run_build_round(
         }
     }
     phases.mark(if analysis_cached {
-        "load + analyse (cached)"
+        "open store + load + analyse (cached)"
     } else {
-        "load + analyse"
+        "open store + load + analyse"
     });
     let jobs = req
         .jobs
@@ -861,6 +919,11 @@ fn run_build_round(
         summary,
         up_to_date: false,
     })))
+}
+
+/// What a scoped thread returned (its panic goes on here).
+fn join_scoped<T>(h: std::thread::ScopedJoinHandle<'_, T>) -> T {
+    h.join().unwrap_or_else(|p| std::panic::resume_unwind(p))
 }
 
 /// Actions processed at once when a remote is in use (see `run_build`).
