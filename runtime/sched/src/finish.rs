@@ -189,7 +189,7 @@ impl Scheduler<'_> {
         let log = accesses;
         let accesses = log
             .as_ref()
-            .and_then(|log| serde_json::from_str(&log.to_json()).ok());
+            .and_then(|log| serde_json::to_value(&log.accesses).ok());
         let status = if worker.is_some() {
             Status::RemoteExecuted
         } else {
