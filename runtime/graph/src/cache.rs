@@ -285,32 +285,38 @@ fn signature_memo_with(
         .and_then(|b| postcard::from_bytes::<Memo>(&b).ok())
         .filter(|m| m.format == FORMAT && m.root == root)
         .unwrap_or_default();
-    let (dirs, read) = read_workspace_dirs(&ws.root, &old)?;
-    let memo = Memo {
-        format: FORMAT.to_owned(),
-        root: root.to_vec(),
-        dirs: dirs
-            .iter()
-            .filter(|d| d.trusted(horizon))
-            .map(|d| MemoDir {
-                rel: d.rel.clone(),
-                stamp: d.stamp,
-                listing: *d.listing.as_bytes(),
-                subdirs: d.subdirs.clone(),
-                build_files: d
-                    .build_files
-                    .iter()
-                    .map(|(name, stamp, digest)| (name.clone(), *stamp, *digest.as_bytes()))
-                    .collect(),
-            })
-            .collect(),
-    };
-    if memo.dirs != old.dirs
+    let (dirs, read, hashed) = read_workspace_dirs(&ws.root, &old)?;
+    // Every directory and build file came from the memo, and every entry of the memo was
+    // used: it holds what it would be rewritten with.
+    let unchanged = read == 0 && hashed == 0 && dirs.len() == old.dirs.len();
+    if !unchanged
         && let Some(dir) = memo_path.parent()
         && std::fs::create_dir_all(dir).is_ok()
-        && let Ok(bytes) = postcard::to_stdvec(&memo)
     {
-        write_atomically(dir, memo_path, &[&bytes]);
+        let memo = Memo {
+            format: FORMAT.to_owned(),
+            root: root.to_vec(),
+            dirs: dirs
+                .iter()
+                .filter(|d| d.trusted(horizon))
+                .map(|d| MemoDir {
+                    rel: d.rel.clone(),
+                    stamp: d.stamp,
+                    listing: *d.listing.as_bytes(),
+                    subdirs: d.subdirs.clone(),
+                    build_files: d
+                        .build_files
+                        .iter()
+                        .map(|(name, stamp, digest)| (name.clone(), *stamp, *digest.as_bytes()))
+                        .collect(),
+                })
+                .collect(),
+        };
+        if memo.dirs != old.dirs
+            && let Ok(bytes) = postcard::to_stdvec(&memo)
+        {
+            write_atomically(dir, memo_path, &[&bytes]);
+        }
     }
     Ok((signature_of(ws, dirs), read))
 }
@@ -418,13 +424,18 @@ impl DirListing {
 }
 
 /// Every directory of the workspace under `root` the loader can look into (not
-/// `wbuild-out/`, `target/` or hidden ones), sorted by path, read on one thread per core,
-/// and how many were read (the others were unchanged since `memo`). An error names the first
-/// directory or build file (by path) that could not be read.
-fn read_workspace_dirs(root: &Path, memo: &Memo) -> Result<(Vec<DirListing>, usize), GraphError> {
+/// `wbuild-out/`, `target/` or hidden ones), sorted by path, read on one thread per core;
+/// how many directories were listed and how many build files hashed (the others were
+/// unchanged since `memo`). An error names the first directory or build file (by path) that
+/// could not be read.
+fn read_workspace_dirs(
+    root: &Path,
+    memo: &Memo,
+) -> Result<(Vec<DirListing>, usize, usize), GraphError> {
     let known: std::collections::HashMap<&str, &MemoDir> =
         memo.dirs.iter().map(|d| (d.rel.as_str(), d)).collect();
     let read = std::sync::atomic::AtomicUsize::new(0);
+    let hashed = std::sync::atomic::AtomicUsize::new(0);
     let io = |path: &Path| {
         let path = path.to_owned();
         move |source| GraphError::Io {
@@ -440,6 +451,7 @@ fn read_workspace_dirs(root: &Path, memo: &Memo) -> Result<(Vec<DirListing>, usi
         {
             return Ok((stamp, blake3::Hash::from_bytes(*d)));
         }
+        hashed.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let bytes = std::fs::read(path).map_err(io(path))?;
         Ok((stamp, blake3::hash(&bytes)))
     };
@@ -562,7 +574,7 @@ fn read_workspace_dirs(root: &Path, memo: &Memo) -> Result<(Vec<DirListing>, usi
         return Err(e);
     }
     dirs.sort_unstable_by(|a, b| a.rel.cmp(&b.rel));
-    Ok((dirs, read.into_inner()))
+    Ok((dirs, read.into_inner(), hashed.into_inner()))
 }
 
 /// Beside each analysis-cache entry (`<key>.reads`): what its loading read of the file system
@@ -866,22 +878,31 @@ mod tests {
         assert_ne!(configured.digest, Some(digest));
     }
 
-    /// The signature is read on several threads: it is the same on every read of the same
-    /// workspace, and follows listings and build files, not `wbuild-out/` or hidden
-    /// directories.
-    #[test]
-    fn the_signature_follows_listings_and_build_files_wherever_they_are() {
+    /// `n` packages `d<p % groups>/p<p>`, each with a build file (`# <p>`, three digits at
+    /// least) and `src/a.txt`.
+    fn packages(n: usize, groups: usize) -> TestWs {
         let mut files: Vec<(String, String)> = Vec::new();
-        // More directories than are read on one thread.
-        for p in 0..600 {
-            files.push((format!("d{}/p{p}/WBUILD", p % 5), format!("# {p}\n")));
-            files.push((format!("d{}/p{p}/src/a.txt", p % 5), String::new()));
+        for p in 0..n {
+            files.push((
+                format!("d{}/p{p}/WBUILD", p % groups),
+                format!("# {p:03}\n"),
+            ));
+            files.push((format!("d{}/p{p}/src/a.txt", p % groups), String::new()));
         }
         let refs: Vec<(&str, &str)> = files
             .iter()
             .map(|(p, c)| (p.as_str(), c.as_str()))
             .collect();
-        let t = workspace(&refs);
+        workspace(&refs)
+    }
+
+    /// The signature is read on several threads: it is the same on every read of the same
+    /// workspace, and follows listings and build files, not `wbuild-out/` or hidden
+    /// directories.
+    #[test]
+    fn the_signature_follows_listings_and_build_files_wherever_they_are() {
+        // More directories than are read on one thread.
+        let t = packages(600, 5);
         let sig = || workspace_signature(&Workspace::open(t.dir.path()).unwrap()).unwrap();
         let first = sig();
         for _ in 0..5 {
@@ -907,16 +928,7 @@ mod tests {
     /// and the signature is the one a full reading gives, whatever changed.
     #[test]
     fn the_memo_reads_again_only_what_changed_and_signs_the_same() {
-        let mut files: Vec<(String, String)> = Vec::new();
-        for p in 0..300 {
-            files.push((format!("d{}/p{p}/WBUILD", p % 3), format!("# {p:03}\n")));
-            files.push((format!("d{}/p{p}/src/a.txt", p % 3), String::new()));
-        }
-        let refs: Vec<(&str, &str)> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_str()))
-            .collect();
-        let t = workspace(&refs);
+        let t = packages(300, 3);
         let cache = tempfile::tempdir().unwrap();
         let memo = cache.path().join("uptodate/listings.bin");
         let ws = || Workspace::open(t.dir.path()).unwrap();
