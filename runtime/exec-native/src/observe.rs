@@ -4,8 +4,8 @@
 //! main one, which then forbids any further listener) under which every system call that
 //! names a path or lists a directory ([`CALLS`]) stops until the host answers. The action
 //! sends the filter's listener descriptor to the host over a socket made before the clone;
-//! the host's run loop (`parent.rs`) polls it beside the output pipes and, for each call:
-//! reads the path from the calling thread's memory (`process_vm_readv`), makes it absolute
+//! the host's run loop (`parent.rs`) hands it to a thread of its own which, for each call:
+//! reads the path from the calling thread's memory (`/proc/<tid>/mem`), makes it absolute
 //! (the thread's working directory or the directory descriptor, from `/proc/<tid>/`), looks
 //! the path up in the sandbox's root *before* the call runs (`openat2` with
 //! `RESOLVE_IN_ROOT` under `/proc/<tid>/root`: does it exist, is it a directory), records
@@ -21,7 +21,10 @@
 //!   sees them) cannot be installed (`EPERM`).
 //! - A multi-threaded action can change a path's bytes between the host's read and the
 //!   kernel's (the user-notification TOCTOU). The sandbox still shows only declared inputs,
-//!   so such an action can at worst hide which declared inputs it read.
+//!   so such an action can at worst hide which declared inputs it read. The same holds for
+//!   the working directory and memory descriptor kept for the thread that called last: an
+//!   action that makes tens of thousands of processes without one stopped call, so that a
+//!   new one gets that thread's id, could have its next path read against the old ones.
 //! - `fstat`-like calls on descriptors (`newfstatat`/`statx` with `AT_EMPTY_PATH`) are not
 //!   stopped: the path they name is the descriptor's, opened (and recorded) before.
 
@@ -117,6 +120,8 @@ const COMMON: &[Call] = &[
     call(libc::SYS_execve, &[cwd(0, Role::Read)]),
     call(libc::SYS_execveat, &[at(0, 1, Role::Read)]),
     call(libc::SYS_chdir, &[cwd(0, Role::Probe)]),
+    // No path: stopped only so the observer forgets the working directories it knows.
+    call(libc::SYS_fchdir, &[]),
     call(
         libc::SYS_renameat,
         &[at(0, 1, Role::Write), at(2, 3, Role::Write)],
@@ -198,6 +203,16 @@ pub(crate) struct Observer {
     roots: Vec<(String, bool)>,
     /// Lookups of paths only read-only mounts hold: they cannot change during the run.
     stable: std::collections::HashMap<String, Lookup>,
+    /// Whether the listener wakes this thread synchronously (Linux 6.6): then the `RECV`
+    /// ioctl blocks until a call stops or the last process using the filter is gone, and no
+    /// `poll` comes first.
+    blocking: bool,
+    /// The working directory of the thread whose call came last, while no `chdir` or
+    /// `fchdir` was stopped since it was read (most calls come in runs from one thread).
+    last_cwd: Option<(libc::pid_t, String)>,
+    /// `/proc/<tid>/mem` of the thread whose call came last, until that thread calls
+    /// `execve` (the descriptor holds the address space it was opened on).
+    mem: Option<(libc::pid_t, c_int)>,
 }
 
 impl Drop for Observer {
@@ -208,6 +223,9 @@ impl Drop for Observer {
             if let Some(r) = self.root {
                 libc::close(r);
             }
+            if let Some((_, m)) = self.mem {
+                libc::close(m);
+            }
         }
     }
 }
@@ -215,18 +233,19 @@ impl Drop for Observer {
 impl Observer {
     /// Takes ownership of `listener` (a seccomp user-notification descriptor). `roots`:
     /// the sandbox's mount points and writable directories, each with whether it is
-    /// writable.
-    pub(crate) fn new(listener: c_int, roots: Vec<(String, bool)>) -> Observer {
+    /// writable. `files`: the read-only mounts of single files (they exist as files for the
+    /// whole run: no lookup needed).
+    pub(crate) fn new(listener: c_int, roots: Vec<(String, bool)>, files: &[String]) -> Observer {
         // Wake the supervisor on the caller's CPU and switch to it at once (Linux 6.6;
-        // ignored before): most calls are answered in a few microseconds.
+        // refused before): most calls are answered in a few microseconds.
         // SAFETY: an ioctl on our descriptor with a plain flag value.
-        unsafe {
+        let sync = unsafe {
             libc::ioctl(
                 listener,
                 libc::SECCOMP_IOCTL_NOTIF_SET_FLAGS as _,
                 1u64, // SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP
             )
-        };
+        } == 0;
         Observer {
             listener,
             root: None,
@@ -234,7 +253,12 @@ impl Observer {
             out: Observation::default(),
             path: Vec::with_capacity(PATH_MAX + 1),
             roots,
-            stable: std::collections::HashMap::new(),
+            stable: files.iter().map(|f| (f.clone(), Lookup::File)).collect(),
+            // The kernels with synchronous wake-up also end a blocked `RECV` once no process
+            // uses the filter (`recv_wait_event`).
+            blocking: sync,
+            last_cwd: None,
+            mem: None,
         }
     }
 
@@ -244,6 +268,9 @@ impl Observer {
     /// alone, on a thread of its own, keeps each answer to a `poll` and two `ioctl`s: the
     /// stopped caller wakes this thread on its own CPU.
     pub(crate) fn watch(mut self, stop: &AtomicBool) -> Observation {
+        if self.blocking {
+            return self.watch_blocking(stop);
+        }
         loop {
             let mut p = libc::pollfd {
                 fd: self.listener,
@@ -276,6 +303,34 @@ impl Observer {
         self.finish()
     }
 
+    /// [`Observer::watch`] where `RECV` itself waits: one `ioctl` fewer per call. `RECV`
+    /// fails with `ENOENT` once no process uses the filter (the listener then polls as hung
+    /// up) or when a stopped caller was interrupted (it polls as not hung up).
+    fn watch_blocking(mut self, stop: &AtomicBool) -> Observation {
+        loop {
+            match self.receive() {
+                Ok(Some(req)) => self.answer(req),
+                Ok(None) => {
+                    let mut p = libc::pollfd {
+                        fd: self.listener,
+                        events: libc::POLLIN,
+                        revents: 0,
+                    };
+                    // SAFETY: one valid pollfd, no waiting.
+                    let n = unsafe { libc::poll(&mut p, 1, 0) };
+                    if n < 0 || p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                        break;
+                    }
+                    if stop.load(Ordering::Acquire) && p.revents & libc::POLLIN == 0 {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        self.finish()
+    }
+
     pub(crate) fn finish(mut self) -> Observation {
         std::mem::take(&mut self.out)
     }
@@ -283,6 +338,15 @@ impl Observer {
     /// Answers one stopped call (the listener polled readable). `Err` only if the listener
     /// itself failed; a caller that died meanwhile is not an error.
     pub(crate) fn handle_one(&mut self) -> io::Result<()> {
+        if let Some(req) = self.receive()? {
+            self.answer(req);
+        }
+        Ok(())
+    }
+
+    /// The next stopped call; `None` if there was none after all (interrupted, the caller
+    /// died before it was taken, or no process uses the filter any more).
+    fn receive(&mut self) -> io::Result<Option<libc::seccomp_notif>> {
         // SAFETY: zeroed plain-data structs (the kernel requires a zeroed request).
         let mut req: libc::seccomp_notif = unsafe { std::mem::zeroed() };
         // SAFETY: the RECV ioctl writes one `seccomp_notif` into `req`.
@@ -296,16 +360,30 @@ impl Observer {
         if r != 0 {
             let e = io::Error::last_os_error();
             return match e.raw_os_error() {
-                // Interrupted, or the caller died before we took it.
-                Some(libc::EINTR | libc::ENOENT | libc::EAGAIN) => Ok(()),
+                Some(libc::EINTR | libc::ENOENT | libc::EAGAIN) => Ok(None),
                 _ => Err(e),
             };
         }
+        Ok(Some(req))
+    }
+
+    /// Records what the stopped call names and lets it continue.
+    fn answer(&mut self, req: libc::seccomp_notif) {
         self.out.notifications += 1;
-        if let Some(call) = find(req.data.nr as i64) {
+        let nr = req.data.nr as i64;
+        if let Some(call) = find(nr) {
             let pid = req.pid as libc::pid_t;
             for arg in call.args {
                 self.record(pid, &req.data.args, arg);
+            }
+            if nr == libc::SYS_chdir || nr == libc::SYS_fchdir {
+                // Once it runs, this thread's working directory (and that of any thread
+                // sharing it) is another.
+                self.last_cwd = None;
+            }
+            if nr == libc::SYS_execve || nr == libc::SYS_execveat {
+                // Once it runs, the thread has another address space.
+                self.forget_mem();
             }
         }
         let resp = libc::seccomp_notif_resp {
@@ -323,7 +401,56 @@ impl Observer {
                 &resp as *const libc::seccomp_notif_resp,
             )
         };
-        Ok(())
+    }
+
+    fn forget_mem(&mut self) {
+        if let Some((_, fd)) = self.mem.take() {
+            // SAFETY: closing a descriptor this observer owns.
+            unsafe { libc::close(fd) };
+        }
+    }
+
+    /// Reads the NUL-terminated string at `addr` in thread `pid`'s memory into `self.path`:
+    /// through the `/proc/<pid>/mem` descriptor kept for the thread that called last, else
+    /// with `process_vm_readv`.
+    fn read_path(&mut self, pid: libc::pid_t, addr: u64) -> Option<()> {
+        if self.mem.is_some_and(|(p, _)| p != pid) {
+            self.forget_mem();
+        }
+        if self.mem.is_none()
+            && let Ok(c) = CString::new(format!("/proc/{pid}/mem"))
+        {
+            // SAFETY: opening a path we own as a C string.
+            let fd = unsafe { libc::open(c.as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC) };
+            if fd >= 0 {
+                self.mem = Some((pid, fd));
+            }
+        }
+        if let Some((_, fd)) = self.mem {
+            if read_cstr_with(&mut self.path, addr, |buf, at| {
+                // SAFETY: reads at most `buf.len()` bytes into our buffer.
+                unsafe { libc::pread(fd, buf.as_mut_ptr().cast::<c_void>(), buf.len(), at as i64) }
+            })
+            .is_some()
+            {
+                return Some(());
+            }
+            // The address space it was opened on is gone (or the address is unmapped).
+            self.forget_mem();
+        }
+        read_cstr(pid, addr, &mut self.path)
+    }
+
+    /// The working directory of thread `pid`, as the sandbox names it.
+    fn cwd_of(&mut self, pid: libc::pid_t) -> Option<String> {
+        if let Some((p, cwd)) = &self.last_cwd
+            && *p == pid
+        {
+            return Some(cwd.clone());
+        }
+        let cwd = cwd_path(pid)?;
+        self.last_cwd = Some((pid, cwd.clone()));
+        Some(cwd)
     }
 
     fn push(&mut self, kind: AccessKind, path: String) {
@@ -344,7 +471,7 @@ impl Observer {
             }
             return;
         }
-        if read_cstr(pid, value, &mut self.path).is_none() {
+        if self.read_path(pid, value).is_none() {
             return;
         }
         let raw = std::mem::take(&mut self.path);
@@ -352,7 +479,7 @@ impl Observer {
             Some(String::from_utf8_lossy(&raw).into_owned())
         } else {
             let base = match arg.dirfd.map(|i| args[i as usize] as i32) {
-                None | Some(libc::AT_FDCWD) => cwd_path(pid),
+                None | Some(libc::AT_FDCWD) => self.cwd_of(pid),
                 Some(fd) => fd_path(pid, fd),
             };
             base.map(|b| format!("{b}/{}", String::from_utf8_lossy(&raw)))
@@ -496,24 +623,36 @@ enum Lookup {
 
 /// Reads the NUL-terminated string at `addr` in `pid`'s memory into `buf` (at most
 /// [`PATH_MAX`] bytes), page by page so an unmapped page after the string does not fail it.
-fn read_cstr(pid: libc::pid_t, mut addr: u64, buf: &mut Vec<u8>) -> Option<()> {
+fn read_cstr(pid: libc::pid_t, addr: u64, buf: &mut Vec<u8>) -> Option<()> {
+    read_cstr_with(buf, addr, |chunk, at| {
+        let local = libc::iovec {
+            iov_base: chunk.as_mut_ptr().cast::<c_void>(),
+            iov_len: chunk.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: at as *mut c_void,
+            iov_len: chunk.len(),
+        };
+        // SAFETY: reads at most `chunk.len()` bytes into our buffer; the remote address is
+        // only dereferenced by the kernel, in the other process.
+        unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) }
+    })
+}
+
+/// The string reader behind [`read_cstr`]: `read(chunk, address)` fills `chunk` from the
+/// other address space and returns the bytes read (at most one page at a time).
+fn read_cstr_with(
+    buf: &mut Vec<u8>,
+    mut addr: u64,
+    mut read: impl FnMut(&mut [u8], u64) -> isize,
+) -> Option<()> {
     const PAGE: u64 = 4096;
     buf.clear();
     while buf.len() <= PATH_MAX {
         let want = ((PAGE - addr % PAGE) as usize).min(PATH_MAX + 1 - buf.len());
         let start = buf.len();
         buf.resize(start + want, 0);
-        let local = libc::iovec {
-            iov_base: buf[start..].as_mut_ptr().cast::<c_void>(),
-            iov_len: want,
-        };
-        let remote = libc::iovec {
-            iov_base: addr as *mut c_void,
-            iov_len: want,
-        };
-        // SAFETY: reads at most `want` bytes into our buffer; the remote address is only
-        // dereferenced by the kernel, in the other process.
-        let n = unsafe { libc::process_vm_readv(pid, &local, 1, &remote, 1, 0) };
+        let n = read(&mut buf[start..], addr);
         if n <= 0 {
             return None;
         }
@@ -587,7 +726,7 @@ mod tests {
         let mut seen = HashSet::new();
         for c in calls() {
             assert!(seen.insert(c.nr), "syscall {} listed twice", c.nr);
-            assert!(!c.args.is_empty());
+            assert!(!c.args.is_empty() || c.nr == libc::SYS_fchdir);
             for a in c.args {
                 assert!(a.path < 6 && a.dirfd.is_none_or(|d| d < 6));
             }

@@ -198,34 +198,44 @@ pub(crate) fn socket_pair(kind: c_int) -> Result<(Fd, Fd), SandboxError> {
 /// [`Observer::watch`]: crate::observe::Observer::watch
 struct Watcher {
     stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<crate::Observation>>,
+    done: Option<std::sync::mpsc::Receiver<crate::Observation>>,
 }
+
+/// How long [`Watcher::finish`] waits for the observing thread once the sandbox is reaped
+/// (it ends as soon as the listener reports that no process uses the filter).
+const WATCHER_DEADLINE: Duration = Duration::from_secs(5);
 
 impl Watcher {
     fn start(observer: crate::observe::Observer) -> Result<Watcher, SandboxError> {
         let stop = Arc::new(AtomicBool::new(false));
         let flag = stop.clone();
-        let thread = std::thread::Builder::new()
+        let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        std::thread::Builder::new()
             .name("wbuild-observe".into())
-            .spawn(move || observer.watch(&flag))
+            .spawn(move || {
+                let _ = tx.send(observer.watch(&flag));
+            })
             .map_err(|error| SandboxError::Io {
                 what: "spawn of the thread observing the action",
                 error,
             })?;
         Ok(Watcher {
             stop,
-            thread: Some(thread),
+            done: Some(rx),
         })
     }
 
-    /// What was observed; called once the sandbox is reaped.
+    /// What was observed; called once the sandbox is reaped. A thread that does not end
+    /// within [`WATCHER_DEADLINE`] (or panicked) leaves the observation marked truncated:
+    /// the action then keeps its full key.
     fn finish(mut self) -> crate::Observation {
         self.stop.store(true, Ordering::Release);
-        let thread = self.thread.take().expect("joined once");
-        thread.join().unwrap_or_else(|_| crate::Observation {
-            truncated: true,
-            ..Default::default()
-        })
+        let done = self.done.take().expect("finished once");
+        done.recv_timeout(WATCHER_DEADLINE)
+            .unwrap_or_else(|_| crate::Observation {
+                truncated: true,
+                ..Default::default()
+            })
     }
 }
 
@@ -359,6 +369,7 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
                     watcher = Some(Watcher::start(crate::observe::Observer::new(
                         fd.into_raw(),
                         plan.roots.clone(),
+                        &plan.files,
                     ))?);
                 }
                 sock = None;

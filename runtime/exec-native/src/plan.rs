@@ -108,6 +108,8 @@ pub(crate) struct Plan {
     /// Mount points and writable directories inside the sandbox, with whether each is
     /// writable (for the observer).
     pub(crate) roots: Vec<(String, bool)>,
+    /// The read-only mounts of single files (normalised sandbox paths, for the observer).
+    pub(crate) files: Vec<String>,
     /// The sandbox's pids cgroup, back to the pool when the plan is dropped (after init was
     /// reaped).
     pub(crate) _cgroup: Option<harden::PidsCgroup>,
@@ -376,7 +378,8 @@ impl Plan {
         };
         let cgroup = Self::namespace_steps(harden, &root, &root_c, &mut push)?;
         let mut made: HashSet<PathBuf> = std::iter::once(PathBuf::from("/")).collect();
-        Self::mount_steps(req, &root, harden, &mut made, &mut push)?;
+        let mut files = Vec::new();
+        Self::mount_steps(req, &root, harden, &mut made, &mut files, &mut push)?;
         Self::dev_steps(&root, &mut push)?;
         Self::final_steps(&root, root_c, &mut push)?;
 
@@ -421,6 +424,7 @@ impl Plan {
                 .chain([("/tmp".to_owned(), true)])
                 .map(|(p, w)| (crate::observe::normalise(&p), w))
                 .collect(),
+            files,
             _cgroup: cgroup,
             _root_dir: root_dir,
         })
@@ -613,6 +617,7 @@ impl Plan {
         root: &Path,
         harden: bool,
         made: &mut HashSet<PathBuf>,
+        files: &mut Vec<String>,
         push: &mut impl FnMut(Op, String, &'static str, bool),
     ) -> Result<(), SandboxError> {
         // A set, not a list: an action may have thousands of input mounts.
@@ -709,6 +714,9 @@ impl Plan {
             let (mk, kind) = if meta.is_dir() {
                 (Op::Mkdir { path: dst.clone() }, "directory")
             } else {
+                if !m.writable && meta.is_file() {
+                    files.push(crate::observe::normalise(&m.sandbox.to_string_lossy()));
+                }
                 (Op::Touch { path: dst.clone() }, "file")
             };
             push(

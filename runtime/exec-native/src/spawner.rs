@@ -285,6 +285,7 @@ pub(crate) fn decode(bytes: &[u8]) -> io::Result<Plan> {
         filter,
         observer,
         roots: Vec::new(),
+        files: Vec::new(),
         _cgroup: None,
         _root_dir: PooledRoot::none(),
     })

@@ -240,3 +240,71 @@ int main(void) {
     assert_eq!(obs.accesses.len(), wbuild_exec_native::MAX_ACCESSES);
     assert!(obs.notifications > 100_000);
 }
+
+#[test]
+fn relative_paths_follow_chdir_fchdir_and_exec() {
+    // The observer keeps the working directory and the memory of the thread that called
+    // last: `fchdir` and `chdir` make it read the directory again, and a process that
+    // `posix_spawn`s (sharing its parent's memory until `execve`) and then runs another
+    // image is read from its own memory.
+    let ws = workspace();
+    std::fs::write(
+        ws.path().join("prog.c"),
+        r#"
+#include <fcntl.h>
+#include <spawn.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+extern char **environ;
+int main(int argc, char **argv) {
+    struct stat st;
+    if (argc > 1) return stat("from_the_child", &st) == 0 ? 9 : 0;
+    int d = open("dir", O_RDONLY | O_DIRECTORY);
+    if (d < 0 || stat("a.txt", &st) != 0) return 1;
+    if (fchdir(d) != 0) return 2;
+    if (stat("b.txt", &st) != 0) return 3;
+    if (stat("none_after_fchdir", &st) == 0) return 4;
+    if (chdir("sub") != 0) return 5;
+    if (stat("none_after_chdir", &st) == 0) return 6;
+    char *child[] = {"/tmp/rel", "child", 0};
+    pid_t pid;
+    if (posix_spawn(&pid, "/tmp/rel", 0, 0, child, environ) != 0) return 7;
+    int status;
+    if (waitpid(pid, &status, 0) != pid || status != 0) return 8;
+    return stat("after_the_child", &st) == 0 ? 10 : 0;
+}
+"#,
+    )
+    .unwrap();
+    let (_, obs) = observed(
+        ws.path(),
+        "gcc -O -o /tmp/rel prog.c && cd /work && /tmp/rel",
+    );
+    for (kind, path) in [
+        (AccessKind::Stat, "/work/a.txt"),
+        (AccessKind::Stat, "/work/dir/b.txt"),
+        (AccessKind::Missing, "/work/dir/none_after_fchdir"),
+        (AccessKind::Missing, "/work/dir/sub/none_after_chdir"),
+        (AccessKind::Missing, "/work/dir/sub/from_the_child"),
+        (AccessKind::Missing, "/work/dir/sub/after_the_child"),
+    ] {
+        assert!(
+            has(&obs, kind, path),
+            "no {kind:?} {path} in\n{}",
+            show(&obs)
+        );
+    }
+    for wrong in [
+        "/work/b.txt",
+        "/work/none_after_fchdir",
+        "/work/from_the_child",
+    ] {
+        assert!(
+            !obs.accesses.iter().any(|(_, p)| p == wrong),
+            "{wrong} recorded in\n{}",
+            show(&obs)
+        );
+    }
+}

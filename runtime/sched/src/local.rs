@@ -139,7 +139,8 @@ impl Scheduler<'_> {
     /// not change since they were hashed) and its launcher scripts.
     pub(crate) fn stage_sources(&self, prep: &Prepared) -> Result<(), StageError> {
         for (path, d) in &prep.sources {
-            if !self.store.has(d) {
+            // Staging reads (or mounts) every one of them next and fails on a lost blob.
+            if !self.store.has_known(d) {
                 let got = self.store.put_file(&self.ws.path(path))?;
                 if got != *d {
                     return Err(ActionError::InputChanged { path: path.clone() }.into());

@@ -645,6 +645,17 @@ impl Store {
         present
     }
 
+    /// [`Store::has`], but true without a look at the disk for a blob this process verified
+    /// or stored itself (eviction and collection forget those). For callers about to read
+    /// the blob anyway, which report a blob lost meanwhile then.
+    pub fn has_known(&self, d: &Digest) -> bool {
+        if self.is_verified(d) {
+            self.touch(d);
+            return true;
+        }
+        self.has(d)
+    }
+
     /// The blob's bytes, verified against its name. A corrupt blob is evicted and
     /// `Err(Corrupt)` returned; a missing one is `Err(NotFound)`.
     pub fn get_bytes(&self, d: &Digest) -> Result<Vec<u8>, StoreError> {
