@@ -318,7 +318,13 @@ impl Observer {
                     };
                     // SAFETY: one valid pollfd, no waiting.
                     let n = unsafe { libc::poll(&mut p, 1, 0) };
-                    if n < 0 || p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
+                    if n < 0 {
+                        if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                            continue;
+                        }
+                        break;
+                    }
+                    if p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
                         break;
                     }
                     if stop.load(Ordering::Acquire) && p.revents & libc::POLLIN == 0 {
