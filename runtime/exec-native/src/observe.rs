@@ -272,35 +272,40 @@ impl Observer {
             return self.watch_blocking(stop);
         }
         loop {
-            let mut p = libc::pollfd {
-                fd: self.listener,
-                events: libc::POLLIN,
-                revents: 0,
-            };
-            // SAFETY: one valid pollfd.
-            let n = unsafe { libc::poll(&mut p, 1, 50) };
-            if n < 0 {
-                if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                    continue;
+            match self.poll_listener(50) {
+                None => break,
+                Some(0) => {
+                    if stop.load(Ordering::Acquire) {
+                        break;
+                    }
                 }
-                break;
-            }
-            if n == 0 {
-                if stop.load(Ordering::Acquire) {
-                    break;
+                Some(r) if r & libc::POLLIN != 0 => {
+                    if self.handle_one().is_err() {
+                        break;
+                    }
                 }
-                continue;
-            }
-            if p.revents & libc::POLLIN != 0 {
-                if self.handle_one().is_err() {
-                    break;
-                }
-            } else {
                 // POLLHUP: no process uses the filter any more.
-                break;
+                Some(_) => break,
             }
         }
         self.finish()
+    }
+
+    /// The listener's `revents` after a `poll` of at most `timeout_ms` (0: timed out or
+    /// interrupted); `None` if `poll` failed.
+    fn poll_listener(&self, timeout_ms: c_int) -> Option<i16> {
+        let mut p = libc::pollfd {
+            fd: self.listener,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd.
+        let n = unsafe { libc::poll(&mut p, 1, timeout_ms) };
+        if n < 0 {
+            let interrupted = io::Error::last_os_error().raw_os_error() == Some(libc::EINTR);
+            return interrupted.then_some(0);
+        }
+        Some(if n == 0 { 0 } else { p.revents })
     }
 
     /// [`Observer::watch`] where `RECV` itself waits: one `ioctl` fewer per call. `RECV`
@@ -310,27 +315,12 @@ impl Observer {
         loop {
             match self.receive() {
                 Ok(Some(req)) => self.answer(req),
-                Ok(None) => {
-                    let mut p = libc::pollfd {
-                        fd: self.listener,
-                        events: libc::POLLIN,
-                        revents: 0,
-                    };
-                    // SAFETY: one valid pollfd, no waiting.
-                    let n = unsafe { libc::poll(&mut p, 1, 0) };
-                    if n < 0 {
-                        if io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                            continue;
-                        }
-                        break;
-                    }
-                    if p.revents & (libc::POLLHUP | libc::POLLERR) != 0 {
-                        break;
-                    }
-                    if stop.load(Ordering::Acquire) && p.revents & libc::POLLIN == 0 {
-                        break;
-                    }
-                }
+                Ok(None) => match self.poll_listener(0) {
+                    None => break,
+                    Some(r) if r & (libc::POLLHUP | libc::POLLERR) != 0 => break,
+                    Some(r) if stop.load(Ordering::Acquire) && r & libc::POLLIN == 0 => break,
+                    Some(_) => {}
+                },
                 Err(_) => break,
             }
         }

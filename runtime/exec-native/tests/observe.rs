@@ -68,6 +68,17 @@ fn has(obs: &Observation, kind: AccessKind, path: &str) -> bool {
     obs.accesses.iter().any(|(k, p)| *k == kind && p == path)
 }
 
+/// Asserts that every one of `want` was recorded.
+fn assert_has_all(obs: &Observation, want: &[(AccessKind, &str)]) {
+    for (kind, path) in want {
+        assert!(
+            has(obs, *kind, path),
+            "no {kind:?} {path} in\n{}",
+            show(obs)
+        );
+    }
+}
+
 fn show(obs: &Observation) -> String {
     obs.accesses
         .iter()
@@ -141,22 +152,19 @@ int main(void) {
         "gcc -static -O -o /tmp/prog prog.c 2>/dev/null || gcc -O -o /tmp/prog prog.c; \
          cd out && /tmp/prog_missing 2>/dev/null; cd /work && /tmp/prog",
     );
-    for (kind, path) in [
-        (AccessKind::Read, "/work/a.txt"),
-        (AccessKind::Stat, "/work/dir"),
-        (AccessKind::Stat, "/work/dir/b.txt"),
-        (AccessKind::Missing, "/work/dir/sub/none"),
-        (AccessKind::Missing, "/tmp/prog_missing"),
-        (AccessKind::Read, "/tmp/prog"),
-        (AccessKind::Read, "/work/prog.c"),
-        (AccessKind::Write, "/tmp/prog"),
-    ] {
-        assert!(
-            has(&obs, kind, path),
-            "no {kind:?} {path} in\n{}",
-            show(&obs)
-        );
-    }
+    assert_has_all(
+        &obs,
+        &[
+            (AccessKind::Read, "/work/a.txt"),
+            (AccessKind::Stat, "/work/dir"),
+            (AccessKind::Stat, "/work/dir/b.txt"),
+            (AccessKind::Missing, "/work/dir/sub/none"),
+            (AccessKind::Missing, "/tmp/prog_missing"),
+            (AccessKind::Read, "/tmp/prog"),
+            (AccessKind::Read, "/work/prog.c"),
+            (AccessKind::Write, "/tmp/prog"),
+        ],
+    );
 }
 
 #[test]
@@ -282,20 +290,17 @@ int main(int argc, char **argv) {
         ws.path(),
         "gcc -O -o /tmp/rel prog.c && cd /work && /tmp/rel",
     );
-    for (kind, path) in [
-        (AccessKind::Stat, "/work/a.txt"),
-        (AccessKind::Stat, "/work/dir/b.txt"),
-        (AccessKind::Missing, "/work/dir/none_after_fchdir"),
-        (AccessKind::Missing, "/work/dir/sub/none_after_chdir"),
-        (AccessKind::Missing, "/work/dir/sub/from_the_child"),
-        (AccessKind::Missing, "/work/dir/sub/after_the_child"),
-    ] {
-        assert!(
-            has(&obs, kind, path),
-            "no {kind:?} {path} in\n{}",
-            show(&obs)
-        );
-    }
+    assert_has_all(
+        &obs,
+        &[
+            (AccessKind::Stat, "/work/a.txt"),
+            (AccessKind::Stat, "/work/dir/b.txt"),
+            (AccessKind::Missing, "/work/dir/none_after_fchdir"),
+            (AccessKind::Missing, "/work/dir/sub/none_after_chdir"),
+            (AccessKind::Missing, "/work/dir/sub/from_the_child"),
+            (AccessKind::Missing, "/work/dir/sub/after_the_child"),
+        ],
+    );
     for wrong in [
         "/work/b.txt",
         "/work/none_after_fchdir",
