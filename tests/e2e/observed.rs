@@ -290,3 +290,101 @@ fn a_compile_that_includes_an_undeclared_header_names_it() {
     );
     w.ok(&["build", "//u:u"]);
 }
+
+#[test]
+fn an_archive_or_link_that_read_every_input_runs_unobserved_and_stays_exact() {
+    // The link also looks for c/ext/libm.so and c/ext/libm.a (missing) before the system's.
+    let w = ws();
+    let a = |v: u32| format!("int a(void) {{ return {v}; }}\n");
+    w.write("c/a.c", &a(1));
+    w.write("c/b.c", "int b(void) { return 2; }\n");
+    w.write(
+        "c/main.c",
+        "int a(void); int b(void);\nint main(void) { return a() + b(); }\n",
+    );
+    w.write(
+        "c/WBUILD",
+        r#"
+cc_library(name = "l", srcs = ["a.c", "b.c"])
+cc_binary(name = "app", srcs = ["main.c"], deps = [":l"], linkopts = ["-Lc/ext", "-lm"])
+"#,
+    );
+    let why = |w: &TestWorkspace, label: &str| stdout(&w.ok(&["why", label]));
+    let unobserved = |text: &str, mnemonic: &str| {
+        text.lines()
+            .skip_while(|l| !l.contains(mnemonic))
+            .take(3)
+            .any(|l| l.contains("it ran unobserved"))
+    };
+    w.ok(&["build", "//c:app"]);
+    assert!(!unobserved(&why(&w, "//c:l"), "[CcArchive]"));
+
+    // The archive and the link read every input they declare: observing them again could
+    // not narrow their keys. They run unobserved, their results kept by full key only.
+    w.write("c/a.c", &a(10));
+    let (_, ev) = w.events(&["build", "//c:app"]);
+    assert_eq!(status_of(&ev, "//c:l"), "executed", "{ev:?}");
+    assert_eq!(status_of(&ev, "//c:app"), "executed", "{ev:?}");
+    let text = why(&w, "//c:l");
+    assert!(unobserved(&text, "[CcArchive]"), "{text}");
+    assert!(text.contains("c/_objs/l/a.o changed"), "{text}");
+    let text = why(&w, "//c:app");
+    assert!(unobserved(&text, "[CcLink]"), "{text}");
+    // ... and compiles stay observed (their reads follow their source).
+    assert!(!unobserved(&text, "[CcCompile]"), "{text}");
+    // No path set was recorded: a change of the other object reruns the archive (the
+    // observed run's path set answers only the state it saw).
+    w.write("c/b.c", "int b(void) { return 20; }\n");
+    let (_, ev) = w.events(&["build", "//c:app"]);
+    assert_eq!(status_of(&ev, "//c:l"), "executed", "{ev:?}");
+    // Back to the first sources: the observed runs' results answer.
+    w.write("c/a.c", &a(1));
+    w.write("c/b.c", "int b(void) { return 2; }\n");
+    let (_, ev) = w.events(&["build", "//c:app"]);
+    assert_eq!(status_of(&ev, "//c:l"), "cached", "{ev:?}");
+    assert_eq!(status_of(&ev, "//c:app"), "cached", "{ev:?}");
+
+    // A path the link probed and found missing is now a workspace file: the link is
+    // observed, and fails naming it, though it would link without looking.
+    w.write("c/ext/libm.a", "not an archive\n");
+    w.write("c/a.c", &a(3));
+    let out = w.run(&["build", "//c:app"]);
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("read undeclared input c/ext/libm.a: add it to srcs of //c:app"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(w.path("c/ext")).unwrap();
+
+    // An unobserved link that fails runs again observed (its access log is there to explain
+    // it, and its errors could name an undeclared input).
+    w.write(
+        "c/main.c",
+        "int a(void); int b(void); int gone(void);\nint main(void) { return a() + gone(); }\n",
+    );
+    let out = w.run(&["build", "//c:app"]);
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("gone"), "{}", stderr(&out));
+    let explain = stdout(&w.ok(&["explain", "//c:app"]));
+    assert!(explain.contains("accesses ("), "{explain}");
+    w.write(
+        "c/main.c",
+        "int a(void); int b(void);\nint main(void) { return a() + b(); }\n",
+    );
+
+    // At most UNOBSERVED_RUNS (7) runs in a row go unobserved: the next is observed again.
+    let mut seen = Vec::new();
+    for i in 0..9 {
+        w.write("c/a.c", &a(100 + i));
+        w.ok(&["build", "//c:app"]);
+        seen.push(!unobserved(&why(&w, "//c:l"), "[CcArchive]"));
+    }
+    let observed: Vec<usize> = seen
+        .iter()
+        .enumerate()
+        .filter(|(_, o)| **o)
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(observed.len(), 1, "one observed run in 9: {seen:?}");
+}

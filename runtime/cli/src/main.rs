@@ -700,7 +700,7 @@ fn explain(cli: &Cli, target: &str, detail: Option<&str>) -> Result<i32> {
                 }
             }
             None => println!(
-                "  no access log recorded (the action was satisfied from the cache without running here)"
+                "  no access log recorded: the action was satisfied from the cache without running here, or it ran unobserved because its last observed run read every declared input (`wbuild why {wanted}` says which)"
             ),
         }
         return Ok(0);

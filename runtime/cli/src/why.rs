@@ -44,6 +44,12 @@ pub fn run(cli: &Cli, target: &str) -> Result<i32> {
                 count("listed"),
                 count("probed")
             );
+        } else if m.unobserved_runs > 0 {
+            println!(
+                "  its key follows all {} declared inputs: it ran unobserved, since its last observed run with the same command read every one of them (observed again within {} runs)",
+                m.paths.len(),
+                wbuild_sched::UNOBSERVED_RUNS + 1 - m.unobserved_runs
+            );
         } else {
             println!(
                 "  its key follows all {} declared inputs (its reads are not observed)",

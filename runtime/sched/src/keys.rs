@@ -53,6 +53,10 @@ pub(crate) struct Prepared {
     pub(crate) weak: Option<observed::Weak>,
     /// After a miss: why the action runs (compared with its last run here).
     pub(crate) why: Option<String>,
+    /// A native action that runs unobserved (observing could not narrow its key): the
+    /// number of its runs in a row without observation, this one included (see
+    /// `Scheduler::elide`).
+    pub(crate) unobserved: Option<u32>,
 }
 
 impl Prepared {
@@ -326,6 +330,7 @@ impl Scheduler<'_> {
             launchers,
             weak: None,
             why: None,
+            unobserved: None,
         })
     }
 }

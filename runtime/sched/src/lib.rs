@@ -56,7 +56,7 @@ pub use local::LocalRunner;
 use local::Semaphore;
 pub use merkle::{TreeFile, input_root, tree_files};
 pub use native::{assume_toolchain_identity, toolchain_identity, toolchain_sentinels};
-pub use observed::{KeyManifest, MAX_PATH_SET, identity as action_identity};
+pub use observed::{KeyManifest, MAX_PATH_SET, UNOBSERVED_RUNS, identity as action_identity};
 pub use phases::{KNOWN_PHASE, Phase};
 use remote::Endpoint;
 pub use remote::{ACCESS_LOG_TYPE_URL, RemoteCacheApi, RemoteExecApi};
@@ -493,10 +493,19 @@ impl Scheduler<'_> {
             if let spec::Kind::Wasi { .. } = &prep.spec.kind {
                 prep.spec.seed = observed::guest_seed(&prep.command, &prep.action);
             }
-            if let Some(fin) = self.observed_lookup(action, opts, &prep, &weak)? {
-                return Ok(fin);
+            let latest = match self.observed_lookup(action, opts, &prep, &weak)? {
+                observed::Lookup::Served(fin) => return Ok(*fin),
+                observed::Lookup::Missed(latest) => latest,
+            };
+            let last = self.last_manifest(action, opts)?;
+            prep.why = Some(self.why_now(last.as_ref(), &prep, &weak));
+            prep.unobserved =
+                self.elide(graph, action, &prep, &weak, latest.as_ref(), last.as_ref());
+            if prep.unobserved.is_some()
+                && let spec::Kind::Native { observe, .. } = &mut prep.spec.kind
+            {
+                *observe = false;
             }
-            prep.why = Some(self.why_now(action, opts, &prep, &weak)?);
             weak
         };
         prep.weak = Some(weak);

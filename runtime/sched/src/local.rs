@@ -160,7 +160,7 @@ impl Scheduler<'_> {
         graph: &ActionGraph,
         action: &ActionNode,
         opts: &Options,
-        prep: Prepared,
+        mut prep: Prepared,
     ) -> Result<Finished, SchedError> {
         // Sources enter the CAS so they can be staged from it (and shared later).
         let sources = crate::phases::phase("sources into the store");
@@ -186,7 +186,18 @@ impl Scheduler<'_> {
             let wait = crate::phases::phase("wait for a local slot");
             let local = self.local_slot(priority);
             drop(wait);
-            self.runner.run(&self.store, local.index(), &prep.spec)?
+            let ran = self.runner.run(&self.store, local.index(), &prep.spec)?;
+            if prep.unobserved.is_some() && !ran.errors.is_empty() && !ran.timed_out {
+                // A failure of an unobserved run: once more observed, so its errors can
+                // name an undeclared input it looked for.
+                prep.unobserved = None;
+                if let spec::Kind::Native { observe, .. } = &mut prep.spec.kind {
+                    *observe = true;
+                }
+                self.runner.run(&self.store, local.index(), &prep.spec)?
+            } else {
+                ran
+            }
         };
         let _finish = crate::phases::phase("finish (checks, cache entry, outputs)");
         if let Some(log) = &ran.accesses {

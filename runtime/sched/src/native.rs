@@ -603,6 +603,7 @@ pub(crate) fn run_native(
         stdout: outcome.stdout,
         stderr,
         accesses,
+        timed_out: outcome.timed_out,
     })
 }
 

@@ -37,6 +37,10 @@ const MAX_PATH_LEN: usize = 4096;
 const NATIVE_WORKDIR: &str = "/work/";
 /// Changes listed in an explanation before the rest are counted.
 const SHOWN_CHANGES: usize = 5;
+/// Most runs in a row a native action may run unobserved (see [`Scheduler::elide`]); the
+/// next one is observed again, so a path set that no longer fits is replaced within this
+/// many runs.
+pub const UNOBSERVED_RUNS: u32 = 7;
 
 /// How an action's reads are known.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -517,6 +521,10 @@ pub struct KeyManifest {
     pub paths: Vec<(String, String, String)>,
     /// Whether `paths` is an exact path set (otherwise, declared inputs).
     pub observed: bool,
+    /// How many runs in a row, this one included, ran unobserved because observing could
+    /// not narrow their key (see [`UNOBSERVED_RUNS`]); 0 for an observed run.
+    #[serde(default)]
+    pub unobserved_runs: u32,
 }
 
 /// The key manifest of a run (`set`: its path set, if one was recorded).
@@ -563,6 +571,7 @@ pub(crate) fn manifest(
         inputs: files.keys().cloned().collect(),
         paths,
         observed: set.is_some(),
+        unobserved_runs: 0,
     }
 }
 
@@ -679,6 +688,27 @@ pub(crate) fn identity_of(label: &str, mnemonic: &str, detail: &str, out_dir: &s
     format!("{label}\0{mnemonic}\0{detail}\0{out_dir}")
 }
 
+/// What the path-set lookup after a miss of the full key found.
+pub(crate) enum Lookup {
+    /// An earlier run's result answers the action.
+    Served(Box<Finished>),
+    /// Nothing did; the most recently used path set recorded under the weak key, if any.
+    Missed(Option<PathSet>),
+}
+
+impl PathSet {
+    /// Whether the run that recorded this set read (or stat'ed) every one of `files`.
+    fn read_all(&self, files: &BTreeMap<String, Digest>) -> bool {
+        files.keys().all(|path| {
+            self.0
+                .binary_search_by(|(probe, p)| {
+                    (*probe, p.as_str()).cmp(&(Probe::Content, path.as_str()))
+                })
+                .is_ok()
+        })
+    }
+}
+
 impl Scheduler<'_> {
     /// After a miss of the full key: the result of an earlier run whose path set has the same
     /// state now (weak key -> path sets -> strong keys), materialised, and recorded under the
@@ -689,16 +719,21 @@ impl Scheduler<'_> {
         opts: &Options,
         prep: &Prepared,
         weak: &Weak,
-    ) -> Result<Option<Finished>, SchedError> {
+    ) -> Result<Lookup, SchedError> {
         let Some(key) = &weak.key else {
-            return Ok(None);
+            return Ok(Lookup::Missed(None));
         };
+        let mut latest = None;
         for bytes in self.store.path_sets(key)? {
             let Some(set) = PathSet::decode(&bytes) else {
                 continue;
             };
             let strong = strong_key(key, &set, &prep.spec.files, &prep.spec.executables);
-            let Some(entry) = self.store.observed_get(&strong)? else {
+            let entry = self.store.observed_get(&strong)?;
+            if latest.is_none() {
+                latest = Some(set);
+            }
+            let Some(entry) = entry else {
                 continue;
             };
             let served = match self.store.ac_get(&entry)? {
@@ -719,31 +754,99 @@ impl Scheduler<'_> {
                 }
             }
             fin.action_digest = Some(prep.action_digest);
-            return Ok(Some(fin));
+            return Ok(Lookup::Served(Box::new(fin)));
         }
-        Ok(None)
+        Ok(Lookup::Missed(latest))
     }
 
-    /// Why the action runs now: compared with the key manifest of its last run here.
-    pub(crate) fn why_now(
+    /// The key manifest of the action's last run here, if one is recorded (and readable).
+    pub(crate) fn last_manifest(
         &self,
         action: &ActionNode,
         opts: &Options,
-        prep: &Prepared,
-        weak: &Weak,
-    ) -> Result<String, SchedError> {
+    ) -> Result<Option<KeyManifest>, SchedError> {
         let id = identity(action, &opts.platform.out_dir());
-        let last = self
+        Ok(self
             .store
             .key_manifest(&id)?
-            .and_then(|j| serde_json::from_str::<KeyManifest>(&j).ok());
-        Ok(explain(
+            .and_then(|j| serde_json::from_str::<KeyManifest>(&j).ok()))
+    }
+
+    /// Why the action runs now: compared with `last`, the key manifest of its last run here.
+    pub(crate) fn why_now(
+        &self,
+        last: Option<&KeyManifest>,
+        prep: &Prepared,
+        weak: &Weak,
+    ) -> String {
+        explain(
             self.store.function(),
-            last.as_ref(),
+            last,
             weak,
             &prep.spec.files,
             &prep.spec.executables,
-        ))
+        )
+    }
+
+    /// Whether a sandboxed native action about to run may run unobserved: `Some(n)` (the
+    /// `n`th run in a row without observation) when observing it could not narrow its key.
+    /// That holds for an archive or link step of the `cc_*` rules (their reads are fixed by
+    /// their command: the objects and archives it names, whatever their bytes) when the run
+    /// that recorded `latest`, the most recent path set under the same weak key (same
+    /// command, environment, outputs, settings), read every input the action declares now:
+    /// its path set then pins every declared input, as the full key does, and the sandbox
+    /// shows the action nothing else. It is not a question of trust: the result of an
+    /// unobserved run is kept by its full key only (no path set is recorded), which is always
+    /// sound. (A script's reads can change with the bytes it reads, and what it newly looks
+    /// for is what observation reports: undeclared inputs, `wbuild infer`'s ordering; so
+    /// other actions are always observed.) The run is observed anyway when
+    /// - a path that run probed and found missing now names a file in the workspace, or an
+    ///   output of another target: a run would probe it again, and observing it names the
+    ///   undeclared input (see `check_accesses`);
+    /// - the last [`UNOBSERVED_RUNS`] runs were not observed: a path set that no longer fits
+    ///   is replaced within that many runs.
+    ///
+    /// An unobserved run that fails runs again observed (`execute`), for the diagnostics.
+    pub(crate) fn elide(
+        &self,
+        graph: &wbuild_graph::ActionGraph,
+        action: &ActionNode,
+        prep: &Prepared,
+        weak: &Weak,
+        latest: Option<&PathSet>,
+        last: Option<&KeyManifest>,
+    ) -> Option<u32> {
+        if !matches!(
+            prep.spec.kind,
+            crate::spec::Kind::Native {
+                observe: true,
+                unsandboxed: false,
+                ..
+            }
+        ) || weak.mode != Some(Mode::Observed)
+            || !matches!(action.mnemonic.as_str(), "CcArchive" | "CcLink")
+            || !action.wasi_tools.is_empty()
+        {
+            return None;
+        }
+        let set = latest?;
+        if !set.read_all(&prep.spec.files) {
+            return None;
+        }
+        let runs = last.map_or(0, |m| m.unobserved_runs);
+        if runs >= UNOBSERVED_RUNS {
+            return None;
+        }
+        let reappeared = set.0.iter().any(|(probe, path)| {
+            *probe == Probe::Existence
+                && !path.is_empty()
+                && match graph.producers.get(path) {
+                    // Its own output, looked for before it was written.
+                    Some((_, label)) => *label != action.label,
+                    None => std::fs::symlink_metadata(self.ws.path(path)).is_ok(),
+                }
+        });
+        (!reappeared).then_some(runs + 1)
     }
 
     /// After a successful run: its path set under the weak key with the strong key it
@@ -797,6 +900,7 @@ impl Scheduler<'_> {
                 .observed_put(key, &set.encode(), &strong, &prep.action_digest)?;
         }
         let mut m = manifest(f, action, weak, set.as_ref(), files, executables);
+        m.unobserved_runs = prep.unobserved.unwrap_or(0);
         m.build = self.build_id;
         m.why = prep.why.clone().unwrap_or_default();
         let json = serde_json::to_string(&m).expect("a key manifest serialises");

@@ -506,6 +506,7 @@ impl Scheduler<'_> {
             stdout,
             stderr,
             accesses,
+            timed_out: false,
         };
         let mut fin = self.finish_run(graph, action, opts, prep, ran, Some(worker))?;
         fin.resubmitted = resubmitted;

@@ -192,6 +192,8 @@ pub struct RunOutput {
     pub stderr: Vec<u8>,
     /// WASI actions: what the guest touched.
     pub accesses: Option<AccessLog>,
+    /// It ran past its time limit and was stopped.
+    pub timed_out: bool,
 }
 
 impl RunOutput {
@@ -497,6 +499,7 @@ fn run_wasi(
         stdout: outcome.stdout,
         stderr: outcome.stderr,
         accesses: Some(outcome.accesses),
+        timed_out: false,
     })
 }
 

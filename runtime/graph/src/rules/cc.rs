@@ -323,7 +323,7 @@ impl Analyse for CcAttrs<Dep, Label> {
         }
 
         let output = join(pkg, &script::outputs(*kind, &t.label.name, false)[0]);
-        let script = script::Finish {
+        let finish = script::Finish {
             kind: *kind,
             output: &output,
             objects: &objects,
@@ -338,9 +338,13 @@ impl Analyse for CcAttrs<Dep, Label> {
             label: &label,
             private_headers: &private_headers,
             dep_headers: &dep_headers,
+        };
+        let script = finish.script();
+        // The depfiles are inputs only where the script reads them (for its header checks).
+        let mut inputs: Vec<String> = objects.clone();
+        if finish.reads_depfiles() {
+            inputs.extend(depfiles.iter().cloned());
         }
-        .script();
-        let mut inputs: Vec<String> = objects.iter().chain(&depfiles).cloned().collect();
         if *kind != CcKind::Library {
             inputs.extend(archives.iter().cloned());
         }

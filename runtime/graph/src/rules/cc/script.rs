@@ -212,6 +212,11 @@ impl Finish<'_> {
         lines
     }
 
+    /// Whether the script reads the depfiles (it has header checks to make).
+    pub(crate) fn reads_depfiles(&self) -> bool {
+        !self.unused_header_checks().is_empty()
+    }
+
     /// The `/bin/sh -c` script: `ar` (D: zero timestamps, uids and modes) or the link, with
     /// the header checks made while it runs (the tool is started first, in the background,
     /// and waited for: its status is the script's; the checks' `sed` and shell take no time
@@ -364,6 +369,10 @@ mod tests {
             plain.script(),
             "set -e\nexec \"$AR\" rcsD lib/libm.a lib/_objs/m/a.o lib/_objs/m/b.o"
         );
+        // ... so the depfiles are not its inputs (an input never read would keep its runs
+        // observed: see the scheduler's `elide`).
+        assert!(!plain.reads_depfiles());
+        assert!(f.reads_depfiles() && link.reads_depfiles());
         assert_eq!(test_script("app/t"), "exec $TEST_RUNNER ./app/t");
     }
 
