@@ -900,7 +900,12 @@ impl Scheduler<'_> {
                 .observed_put(key, &set.encode(), &strong, &prep.action_digest)?;
         }
         let mut m = manifest(f, action, weak, set.as_ref(), files, executables);
-        m.unobserved_runs = prep.unobserved.unwrap_or(0);
+        // (A run elsewhere, on a remote executor, was observed there: its path set is here.)
+        m.unobserved_runs = if set.is_none() {
+            prep.unobserved.unwrap_or(0)
+        } else {
+            0
+        };
         m.build = self.build_id;
         m.why = prep.why.clone().unwrap_or_default();
         let json = serde_json::to_string(&m).expect("a key manifest serialises");
