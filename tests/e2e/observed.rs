@@ -348,9 +348,7 @@ cc_binary(name = "app", srcs = ["main.c"], deps = [":l"], linkopts = ["-Lc/ext",
     // observed, and fails naming it, though it would link without looking.
     w.write("c/ext/libm.a", "not an archive\n");
     w.write("c/a.c", &a(3));
-    let out = w.run(&["build", "//c:app"]);
-    assert!(!out.status.success());
-    let err = stderr(&out);
+    let err = stderr(&w.fail(&["build", "//c:app"]));
     assert!(
         err.contains("read undeclared input c/ext/libm.a: add it to srcs of //c:app"),
         "{err}"
@@ -363,9 +361,8 @@ cc_binary(name = "app", srcs = ["main.c"], deps = [":l"], linkopts = ["-Lc/ext",
         "c/main.c",
         "int a(void); int b(void); int gone(void);\nint main(void) { return a() + gone(); }\n",
     );
-    let out = w.run(&["build", "//c:app"]);
-    assert!(!out.status.success());
-    assert!(stderr(&out).contains("gone"), "{}", stderr(&out));
+    let err = stderr(&w.fail(&["build", "//c:app"]));
+    assert!(err.contains("gone"), "{err}");
     let explain = stdout(&w.ok(&["explain", "//c:app"]));
     assert!(explain.contains("accesses ("), "{explain}");
     w.write(

@@ -60,6 +60,18 @@ pub(crate) struct Prepared {
 }
 
 impl Prepared {
+    /// Run a native action unobserved (`Some(n)`: the `n`th such run in a row, as
+    /// `Scheduler::elide` decided) or, if it was to run unobserved, observed again (`None`).
+    /// An action that is not observed anyway (`--sandbox=unobserved`) stays so.
+    pub(crate) fn set_unobserved(&mut self, unobserved: Option<u32>) {
+        if (unobserved.is_some() || self.unobserved.is_some())
+            && let Kind::Native { observe, .. } = &mut self.spec.kind
+        {
+            *observe = unobserved.is_none();
+        }
+        self.unobserved = unobserved;
+    }
+
     /// The weak key of the action (see `observed`), with its parts.
     pub(crate) fn weak_key(
         &self,

@@ -499,13 +499,9 @@ impl Scheduler<'_> {
             };
             let last = self.last_manifest(action, opts)?;
             prep.why = Some(self.why_now(last.as_ref(), &prep, &weak));
-            prep.unobserved =
+            let unobserved =
                 self.elide(graph, action, &prep, &weak, latest.as_ref(), last.as_ref());
-            if prep.unobserved.is_some()
-                && let spec::Kind::Native { observe, .. } = &mut prep.spec.kind
-            {
-                *observe = false;
-            }
+            prep.set_unobserved(unobserved);
             weak
         };
         prep.weak = Some(weak);

@@ -190,10 +190,7 @@ impl Scheduler<'_> {
             if prep.unobserved.is_some() && !ran.errors.is_empty() && !ran.timed_out {
                 // A failure of an unobserved run: once more observed, so its errors can
                 // name an undeclared input it looked for.
-                prep.unobserved = None;
-                if let spec::Kind::Native { observe, .. } = &mut prep.spec.kind {
-                    *observe = true;
-                }
+                prep.set_unobserved(None);
                 self.runner.run(&self.store, local.index(), &prep.spec)?
             } else {
                 ran
