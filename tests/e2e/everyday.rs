@@ -1,4 +1,5 @@
-//! The everyday commands: `wbuild clean`, `run`, `completions`, `version` and `log`.
+//! The everyday commands: `wbuild clean`, `run`, `completions`, `version` and `log`; and what
+//! every C build does: archiving a library.
 
 use std::path::Path;
 
@@ -555,4 +556,78 @@ fn log_critical_path_follows_a_chain_of_dependencies() {
     let out = output_with_deadline(&mut cmd, default_deadline()).unwrap_or_else(|e| panic!("{e}"));
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(action_lines(&stdout(&out)), lines, "{}", stdout(&out));
+}
+
+/// The `executor:` line of the first action of `mnemonic` in `wbuild aquery` text.
+fn executor_of<'a>(aquery: &'a str, mnemonic: &str) -> &'a str {
+    aquery
+        .lines()
+        .skip_while(|l| l.trim() != format!("mnemonic: {mnemonic}"))
+        .find_map(|l| l.trim().strip_prefix("executor: "))
+        .unwrap_or_else(|| panic!("no {mnemonic} action in:\n{aquery}"))
+}
+
+#[test]
+fn a_cc_library_is_archived_in_process_as_ar_would_and_an_lto_library_by_ar() {
+    let w = ws();
+    w.write("l/a.c", "int a(void) { return 1; }\n");
+    w.write(
+        "l/a_file_name_longer_than_an_ar_header_holds.c",
+        "int b(void) { return 2; }\nint common_c;\n",
+    );
+    w.write("l/c.c", "int c(void) { return 3; }\n");
+    w.write(
+        "l/main.c",
+        "int a(void); int b(void); int c(void);\n\
+         int main(void) { return a() + b() + c() == 6 ? 0 : 1; }\n",
+    );
+    w.write(
+        "l/WBUILD",
+        r#"
+cc_library(name = "l", srcs = ["a.c", "a_file_name_longer_than_an_ar_header_holds.c"], copts = ["-fcommon"])
+cc_library(name = "lto", srcs = ["c.c"], copts = ["-flto"])
+cc_binary(name = "app", srcs = ["main.c"], deps = [":l", ":lto"], linkopts = ["-flto"])
+"#,
+    );
+    w.ok(&["build", "//l:app"]);
+    let app = std::process::Command::new(w.path("wbuild-out/l/app"))
+        .status()
+        .unwrap();
+    assert!(app.success(), "{app:?}");
+
+    // The library is archived by wbuild itself, and the bytes are those `ar rcsD` writes
+    // for the same objects.
+    let text = stdout(&w.ok(&["aquery", "//l:l"]));
+    assert_eq!(
+        executor_of(&text, "CcArchive"),
+        "builtin archiver",
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "argv: wbuild-archive rcsD l/libl.a l/_objs/l/a.o l/_objs/l/a_file_name_longer_than_an_ar_header_holds.o"
+        ),
+        "{text}"
+    );
+    let out = std::process::Command::new("ar")
+        .args([
+            "rcsD",
+            "ref.a",
+            "l/_objs/l/a.o",
+            "l/_objs/l/a_file_name_longer_than_an_ar_header_holds.o",
+        ])
+        .current_dir(w.path("wbuild-out"))
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        std::fs::read(w.path("wbuild-out/l/libl.a")).unwrap()
+            == std::fs::read(w.path("wbuild-out/ref.a")).unwrap(),
+        "the archive differs from ar rcsD's"
+    );
+
+    // Objects compiled for link-time optimisation keep their symbols where only ar's plugin
+    // reads them: that library runs `ar` in the sandbox.
+    let text = stdout(&w.ok(&["aquery", "//l:lto"]));
+    assert_eq!(executor_of(&text, "CcArchive"), "native", "{text}");
 }

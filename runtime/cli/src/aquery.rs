@@ -157,7 +157,7 @@ pub(crate) fn run(cli_cache: &std::path::Path, args: &AqueryArgs) -> Result<i32>
             if !labels.contains(&action.label) {
                 continue;
             }
-            if action.exec != Exec::Native && !seen_wasi.insert(action.name()) {
+            if matches!(action.exec, Exec::Wasi(_)) && !seen_wasi.insert(action.name()) {
                 continue;
             }
             rows.push(row(action, opts, d));
@@ -176,6 +176,10 @@ fn row(action: &ActionNode, opts: &Options, d: &Described) -> Row {
     let (platform, executor) = match &action.exec {
         Exec::Wasi(tool) => ("wasi".to_owned(), tool.module.clone()),
         Exec::Native => (opts.platform.name().to_owned(), "native".to_owned()),
+        Exec::Archive => (
+            opts.platform.name().to_owned(),
+            "builtin archiver".to_owned(),
+        ),
     };
     let mut r = Row {
         label: action.label.to_string(),

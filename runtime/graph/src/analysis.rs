@@ -160,6 +160,9 @@ pub struct ActionNode {
     pub wasi_tools: Vec<(String, ToolRef)>,
 }
 
+/// `argv[0]` of an [`Exec::Archive`] action.
+pub const ARCHIVER: &str = "wbuild-archive";
+
 /// How an action runs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Exec {
@@ -167,6 +170,10 @@ pub enum Exec {
     Wasi(ToolRef),
     /// `argv` in the native namespace sandbox, with the host toolchain (`genrule`).
     Native,
+    /// `argv` = `wbuild-archive rcsD OUTPUT OBJECT...`: the objects written as a GNU `ar`
+    /// archive with a symbol index (as `ar rcsD` writes it) by wbuild itself, in-process (a
+    /// `cc_library`'s archive step).
+    Archive,
 }
 
 impl ActionNode {
@@ -182,7 +189,7 @@ impl ActionNode {
     pub fn wasi_tool(&self) -> Option<&ToolRef> {
         match &self.exec {
             Exec::Wasi(t) => Some(t),
-            Exec::Native => None,
+            Exec::Native | Exec::Archive => None,
         }
     }
 }

@@ -40,7 +40,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use analysis::{ActionGraph, ActionNode, Exec, NOT_SCHEDULED, ToolRef, analyse};
+pub use analysis::{ARCHIVER, ActionGraph, ActionNode, Exec, NOT_SCHEDULED, ToolRef, analyse};
 pub use cache::{
     Analysed, Signature, analysis_entry_signed, binary_identity, load_and_analyse_cached,
     workspace_signature, workspace_signature_memo,

@@ -81,6 +81,7 @@ impl Prepared {
         let (module, observed) = match &self.spec.kind {
             Kind::Wasi { module, .. } => (Some(module), true),
             Kind::Native { observe, .. } => (None, *observe),
+            Kind::Archive => (None, false),
         };
         observed::weak_key(
             f,
@@ -253,6 +254,11 @@ impl Scheduler<'_> {
                         wasi_modules,
                     },
                 )
+            }
+            Exec::Archive => {
+                props.set("wbuild-executor", crate::archive::ARCHIVE_VERSION);
+                props.set("wbuild-source-date-epoch", opts.epoch_secs.to_string());
+                (vec![("OSFamily", "wbuild".to_owned())], Kind::Archive)
             }
         };
         // Pinned toolchain bundles the action uses: their digests are its toolchain identity.

@@ -18,6 +18,7 @@
 //! action-cache entry, materialised outputs) and `access` (checks of a guest's access log).
 
 mod access;
+pub mod archive;
 mod describe;
 mod download;
 mod events;

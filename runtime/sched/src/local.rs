@@ -176,6 +176,7 @@ impl Scheduler<'_> {
         match &prep.spec.kind {
             spec::Kind::Wasi { module, .. } => needed.push(*module),
             spec::Kind::Native { wasi_modules, .. } => needed.extend(wasi_modules.iter().copied()),
+            spec::Kind::Archive => {}
         }
         match self.fetch_missing(&needed) {
             Ok(()) => {}

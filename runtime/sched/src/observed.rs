@@ -65,7 +65,7 @@ pub(crate) fn mode(action: &ActionNode, observed: bool) -> Option<Mode> {
                 .contains(&source)
                 .then_some(Mode::Depfile { depfile, source })
         }
-        Exec::Native => None,
+        Exec::Native | Exec::Archive => None,
     }
 }
 

@@ -239,7 +239,8 @@ impl Scheduler<'_> {
                 output: None,
                 warnings: Vec::new(),
                 accesses: None,
-                platform: (action.exec == Exec::Native).then(|| opts.platform.name().to_owned()),
+                platform: (!matches!(action.exec, Exec::Wasi(_)))
+                    .then(|| opts.platform.name().to_owned()),
                 worker: None,
                 resubmitted: false,
                 phases: vec![crate::Phase {
@@ -473,7 +474,8 @@ impl Scheduler<'_> {
                 output: fin.output.clone(),
                 warnings: fin.warnings.clone(),
                 accesses: fin.accesses.clone(),
-                platform: (action.exec == Exec::Native).then(|| opts.platform.name().to_owned()),
+                platform: (!matches!(action.exec, Exec::Wasi(_)))
+                    .then(|| opts.platform.name().to_owned()),
                 worker: fin.worker.clone(),
                 resubmitted: fin.resubmitted,
                 phases,

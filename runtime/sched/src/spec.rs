@@ -158,6 +158,8 @@ pub enum Kind {
         /// (none known: each launcher compiles its module).
         wasi_modules: Vec<Digest>,
     },
+    /// The builtin archiver (`crate::archive`), in-process.
+    Archive,
 }
 
 /// One action, ready to run: everything is content (digests) or settings from its key.
@@ -326,12 +328,23 @@ impl Spec {
                     wasi_modules: Vec::new(),
                 }
             }
+            Some("wbuild") => {
+                let want = props.require("wbuild-executor")?;
+                if want != crate::archive::ARCHIVE_VERSION {
+                    return Err(RefusedAction::VersionMismatch {
+                        what: "builtin archiver",
+                        want: want.to_owned(),
+                        have: crate::archive::ARCHIVE_VERSION,
+                    });
+                }
+                Kind::Archive
+            }
             other => return Err(RefusedAction::OsFamily(other.map(str::to_owned))),
         };
         // A WASI guest's random bytes are seeded as in the scheduler.
         let seed = match &kind {
             Kind::Wasi { .. } => crate::observed::guest_seed(command, action),
-            Kind::Native { .. } => key.hash,
+            Kind::Native { .. } | Kind::Archive => key.hash,
         };
         Ok(Spec {
             name: command.arguments.first().cloned().unwrap_or_default(),
@@ -390,6 +403,7 @@ pub fn run_spec(
             *runs_wasi_tools,
             wasi_modules,
         ),
+        Kind::Archive => crate::archive::run(store, spec),
     }
 }
 

@@ -339,7 +339,23 @@ impl Analyse for CcAttrs<Dep, Label> {
             private_headers: &private_headers,
             dep_headers: &dep_headers,
         };
-        let script = finish.script();
+        // A library with no header checks to make is archived by wbuild itself (in-process,
+        // as `ar rcsD` would write it), unless its objects are compiled for link-time
+        // optimisation: then their symbols are in LTO sections only `ar`'s plugin can index.
+        let builtin = *kind == CcKind::Library
+            && !finish.reads_depfiles()
+            && !copts.iter().any(|o| o.starts_with("-flto"));
+        let argv = if builtin {
+            let mut argv = vec![
+                crate::ARCHIVER.to_owned(),
+                "rcsD".to_owned(),
+                output.clone(),
+            ];
+            argv.extend(objects.iter().cloned());
+            argv
+        } else {
+            vec!["/bin/sh".to_owned(), "-c".to_owned(), finish.script()]
+        };
         // The depfiles are inputs only where the script reads them (for its header checks).
         let mut inputs: Vec<String> = objects.clone();
         if finish.reads_depfiles() {
@@ -366,9 +382,9 @@ impl Analyse for CcAttrs<Dep, Label> {
             .to_owned(),
             // A test's main action is the one running it.
             detail: (*kind == CcKind::Test).then(|| "link".to_owned()),
-            exec: Exec::Native,
+            exec: if builtin { Exec::Archive } else { Exec::Native },
             wasi_tools: Vec::new(),
-            argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), script],
+            argv,
             env: BTreeMap::new(),
             inputs,
             outputs: vec![output.clone()],

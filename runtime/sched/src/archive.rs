@@ -1,0 +1,409 @@
+//! The builtin archiver: a `cc_library`'s objects written as a GNU `ar` archive with a symbol
+//! index, as `ar rcsD` writes it (members named by their file names, in the given order, with
+//! zero dates, owners and groups and mode 644; the index lists every defined global, weak or
+//! common symbol of each member), by wbuild itself: no process, no sandbox, no dynamic loading
+//! of the archiver and its plugins. It reads exactly its declared inputs, so its key is exact.
+//!
+//! Objects it cannot index the way `ar` would, GCC's slim LTO objects (their symbols are in
+//! the LTO sections, which `ar` reads through the compiler's plugin) and anything that is not
+//! an ELF relocatable object (LLVM bitcode), are refused with an error naming the object; the
+//! cc rules keep `ar` for targets compiled with `-flto`.
+
+use std::collections::HashMap;
+
+use object::{Object, ObjectKind, ObjectSection, ObjectSymbol};
+
+/// Part of every builtin archive action's key (`wbuild-executor`): bump it whenever the
+/// bytes written for the same objects change.
+pub const ARCHIVE_VERSION: &str = "wbuild-archive/1";
+
+/// Why an archive could not be written.
+#[derive(Debug, thiserror::Error)]
+pub enum ArchiveError {
+    #[error(
+        "{path}: not an ELF relocatable object ({why}); the builtin archiver indexes ELF objects \
+         only (an object compiled with clang's -flto is LLVM bitcode: add -flto to the target's \
+         copts so that the rule runs `ar`)"
+    )]
+    NotAnObject { path: String, why: String },
+    #[error(
+        "{path}: a GCC LTO object (section {section}); its symbols are in the LTO sections, which \
+         only `ar` with the compiler's plugin can index: add -flto to the target's copts so that \
+         the rule runs `ar`"
+    )]
+    Lto { path: String, section: String },
+    #[error("the archive would be {size} bytes; its 32-bit symbol index cannot address past 4 GiB")]
+    TooLarge { size: u64 },
+}
+
+/// One member: its workspace path (for messages and its name) and bytes.
+pub struct Member<'a> {
+    pub path: &'a str,
+    pub data: &'a [u8],
+}
+
+/// The defined global, weak and common symbols of an object, in symbol-table order.
+fn symbols(m: &Member<'_>) -> Result<Vec<Vec<u8>>, ArchiveError> {
+    let not = |why: String| ArchiveError::NotAnObject {
+        path: m.path.to_owned(),
+        why,
+    };
+    let file = object::File::parse(m.data).map_err(|e| not(e.to_string()))?;
+    if file.format() != object::BinaryFormat::Elf {
+        return Err(not(format!("{:?}", file.format())));
+    }
+    if file.kind() != ObjectKind::Relocatable {
+        return Err(not(format!("an ELF file of kind {:?}", file.kind())));
+    }
+    if let Some(s) = file
+        .sections()
+        .find(|s| s.name_bytes().is_ok_and(|n| n.starts_with(b".gnu.lto_")))
+    {
+        return Err(ArchiveError::Lto {
+            path: m.path.to_owned(),
+            section: String::from_utf8_lossy(s.name_bytes().unwrap_or_default()).into_owned(),
+        });
+    }
+    let mut out = Vec::new();
+    for s in file.symbols() {
+        if s.is_undefined() || !(s.is_global() || s.is_common()) {
+            continue;
+        }
+        if matches!(
+            s.kind(),
+            object::SymbolKind::File | object::SymbolKind::Section
+        ) {
+            continue;
+        }
+        match s.name_bytes() {
+            Ok(n) if !n.is_empty() && !n.contains(&0) => out.push(n.to_vec()),
+            _ => {}
+        }
+    }
+    Ok(out)
+}
+
+/// A member header: 60 bytes, fields padded with spaces.
+fn header(out: &mut Vec<u8>, name: &[u8], mode: &str, size: usize) {
+    let start = out.len();
+    let field = |out: &mut Vec<u8>, v: &[u8], width: usize| {
+        out.extend_from_slice(v);
+        out.extend(std::iter::repeat_n(b' ', width - v.len()));
+    };
+    field(out, name, 16);
+    field(out, b"0", 12);
+    field(out, b"0", 6);
+    field(out, b"0", 6);
+    field(out, mode.as_bytes(), 8);
+    field(out, size.to_string().as_bytes(), 10);
+    out.extend_from_slice(b"`\n");
+    debug_assert_eq!(out.len() - start, 60);
+}
+
+/// The archive of `members`, as `ar rcsD` writes it.
+pub fn write(members: &[Member<'_>]) -> Result<Vec<u8>, ArchiveError> {
+    if members.is_empty() {
+        // A library of headers only: `ar` writes the magic alone.
+        return Ok(b"!<arch>\n".to_vec());
+    }
+    let mut syms: Vec<Vec<Vec<u8>>> = Vec::with_capacity(members.len());
+    for m in members {
+        syms.push(symbols(m)?);
+    }
+    // Names longer than 15 bytes go to the `//` table as "name/\n", members pointing at them
+    // as "/offset".
+    let mut long = Vec::new();
+    let mut long_at: HashMap<usize, usize> = HashMap::new();
+    for (i, m) in members.iter().enumerate() {
+        let name = m.path.rsplit('/').next().unwrap_or(m.path).as_bytes();
+        if name.len() > 15 {
+            long_at.insert(i, long.len());
+            long.extend_from_slice(name);
+            long.extend_from_slice(b"/\n");
+        }
+    }
+    if long.len() % 2 == 1 {
+        long.push(b'\n');
+    }
+    let count: usize = syms.iter().map(Vec::len).sum();
+    let mut names_len: usize = syms.iter().flatten().map(|n| n.len() + 1).sum();
+    if names_len % 2 == 1 {
+        names_len += 1;
+    }
+    // `s`: an index even when no member defines a symbol (then it counts none).
+    let index_size = 4 + 4 * count + names_len;
+    // Offsets of each member's header.
+    let mut offset = 8 + 60 + index_size;
+    if !long.is_empty() {
+        offset += 60 + long.len();
+    }
+    let mut offsets = Vec::with_capacity(members.len());
+    for m in members {
+        offsets.push(offset);
+        offset += 60 + m.data.len() + m.data.len() % 2;
+    }
+    if offset as u64 > u64::from(u32::MAX) {
+        return Err(ArchiveError::TooLarge {
+            size: offset as u64,
+        });
+    }
+    let mut out = Vec::with_capacity(offset);
+    out.extend_from_slice(b"!<arch>\n");
+    {
+        header(&mut out, b"/", "0", index_size);
+        out.extend_from_slice(&(count as u32).to_be_bytes());
+        for (i, s) in syms.iter().enumerate() {
+            for _ in s {
+                out.extend_from_slice(&(offsets[i] as u32).to_be_bytes());
+            }
+        }
+        let names_start = out.len();
+        for n in syms.iter().flatten() {
+            out.extend_from_slice(n);
+            out.push(0);
+        }
+        if (out.len() - names_start) % 2 == 1 {
+            out.push(0);
+        }
+    }
+    if !long.is_empty() {
+        // The extended-names member's header has blank date, owner, group and mode.
+        let mut h = Vec::with_capacity(60);
+        h.extend_from_slice(b"//");
+        h.extend(std::iter::repeat_n(b' ', 46));
+        let size = long.len().to_string();
+        h.extend_from_slice(size.as_bytes());
+        h.extend(std::iter::repeat_n(b' ', 10 - size.len()));
+        h.extend_from_slice(b"`\n");
+        out.extend_from_slice(&h);
+        out.extend_from_slice(&long);
+    }
+    for (i, m) in members.iter().enumerate() {
+        debug_assert_eq!(out.len(), offsets[i]);
+        let name = match long_at.get(&i) {
+            Some(at) => format!("/{at}").into_bytes(),
+            None => {
+                let mut n = m
+                    .path
+                    .rsplit('/')
+                    .next()
+                    .unwrap_or(m.path)
+                    .as_bytes()
+                    .to_vec();
+                n.push(b'/');
+                n
+            }
+        };
+        header(&mut out, &name, "644", m.data.len());
+        out.extend_from_slice(m.data);
+        if m.data.len() % 2 == 1 {
+            out.push(b'\n');
+        }
+    }
+    Ok(out)
+}
+
+/// The command a builtin archive action carries (its key's `Command`, and what `aquery`
+/// shows): `wbuild-archive rcsD OUTPUT OBJECT...`.
+pub const ARGV0: &str = wbuild_graph::ARCHIVER;
+
+/// Runs a builtin archive action: its members are `argv[3..]` in that order (their blobs,
+/// verified as they are read), its one output `argv[2]`; the archive goes into the store.
+pub(crate) fn run(
+    store: &wbuild_store::Store,
+    spec: &crate::spec::Spec,
+) -> Result<crate::spec::RunOutput, crate::SchedError> {
+    let _running = crate::phases::phase("execution");
+    let (output, objects) = match spec.argv.as_slice() {
+        [argv0, mode, output, objects @ ..]
+            if argv0 == ARGV0 && mode == "rcsD" && spec.outputs == [output.clone()] =>
+        {
+            (output, objects)
+        }
+        _ => {
+            return Ok(crate::spec::RunOutput::failed_with(format!(
+                "a builtin archive action runs `{ARGV0} rcsD OUTPUT OBJECT...` with OUTPUT its one \
+                 output; got {:?}",
+                spec.argv
+            )));
+        }
+    };
+    let mut data = Vec::with_capacity(objects.len());
+    for o in objects {
+        let Some(d) = spec.files.get(o) else {
+            return Ok(crate::spec::RunOutput::failed_with(format!(
+                "{o} is given to the archiver but is not among the action's inputs"
+            )));
+        };
+        data.push(store.get_bytes(d)?);
+    }
+    let members: Vec<Member<'_>> = objects
+        .iter()
+        .zip(&data)
+        .map(|(path, data)| Member { path, data })
+        .collect();
+    match write(&members) {
+        Ok(bytes) => {
+            let d = store.put_bytes(&bytes)?;
+            Ok(crate::spec::RunOutput {
+                outputs: vec![(output.clone(), d)],
+                ..Default::default()
+            })
+        }
+        Err(e) => {
+            let mut out = crate::spec::RunOutput::failed_with(e.to_string());
+            out.stderr = format!("wbuild-archive: {e}\n").into_bytes();
+            Ok(out)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+    use std::process::Command;
+
+    fn run(dir: &Path, program: &str, args: &[&str]) {
+        let out = Command::new(program)
+            .args(args)
+            .current_dir(dir)
+            .output()
+            .unwrap_or_else(|e| panic!("{program}: {e}"));
+        assert!(
+            out.status.success(),
+            "{program} {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// Objects as the cc rules make them, with what an index must handle: two members of one
+    /// name, a name too long for the header, common, weak and hidden symbols, an object
+    /// without any global symbol, and an odd-sized member.
+    fn objects(dir: &Path) -> Vec<&'static str> {
+        let sources = [
+            ("a/f.c", "int fa(void) { return 1; }\n"),
+            ("b/f.c", "int fb(void) { return 2; }\n"),
+            (
+                "averyveryverylongname.c",
+                "int common_one;\n__attribute__((weak)) int weak_one(void) { return 3; }\n\
+                 __attribute__((visibility(\"hidden\"))) int hidden_one = 4;\n",
+            ),
+            (
+                "static_only.c",
+                "static int s(void) { return 5; }\nint (*keep)(void) = 0;\n",
+            ),
+            ("locals.c", "static int t(void) { return 6; }\n"),
+        ];
+        let mut objs = Vec::new();
+        for (src, text) in sources {
+            let path = dir.join(src);
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, text).unwrap();
+            let obj: &'static str = Box::leak(src.replace(".c", ".o").into_boxed_str());
+            run(dir, "gcc", &["-fcommon", "-O2", "-c", src, "-o", obj]);
+            objs.push(obj);
+        }
+        objs
+    }
+
+    fn members<'a>(dir: &Path, objs: &[&'a str]) -> Vec<(&'a str, Vec<u8>)> {
+        objs.iter()
+            .map(|o| (*o, std::fs::read(dir.join(o)).unwrap()))
+            .collect()
+    }
+
+    fn write_all(m: &[(&str, Vec<u8>)]) -> Result<Vec<u8>, ArchiveError> {
+        let members: Vec<Member<'_>> = m.iter().map(|(path, data)| Member { path, data }).collect();
+        write(&members)
+    }
+
+    #[test]
+    fn the_archive_is_byte_for_byte_what_ar_rcsd_writes() {
+        let dir = tempfile::tempdir().unwrap();
+        let objs = objects(dir.path());
+        for set in [&objs[..], &objs[3..], &objs[4..], &objs[..1], &[]] {
+            let mut args = vec!["rcsD", "ref.a"];
+            args.extend(set.iter().copied());
+            let _ = std::fs::remove_file(dir.path().join("ref.a"));
+            run(dir.path(), "ar", &args);
+            let want = std::fs::read(dir.path().join("ref.a")).unwrap();
+            let got = write_all(&members(dir.path(), set)).unwrap();
+            assert!(got == want, "differs from ar rcsD for {set:?}");
+        }
+    }
+
+    #[test]
+    fn a_program_links_against_the_archive() {
+        let dir = tempfile::tempdir().unwrap();
+        let objs = objects(dir.path());
+        std::fs::write(
+            dir.path().join("lib.a"),
+            write_all(&members(dir.path(), &objs)).unwrap(),
+        )
+        .unwrap();
+        std::fs::write(
+            dir.path().join("main.c"),
+            "int fa(void); int fb(void); int weak_one(void);\n\
+             int main(void) { return fa() + fb() + weak_one() == 6 ? 0 : 1; }\n",
+        )
+        .unwrap();
+        run(dir.path(), "gcc", &["main.c", "lib.a", "-o", "main"]);
+        run(dir.path(), "./main", &[]);
+    }
+
+    #[test]
+    fn what_is_not_an_elf_object_is_refused_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let objs = objects(dir.path());
+        let mut m = members(dir.path(), &objs[..1]);
+        m.push(("lib/_objs/l/text.o", b"int not_an_object;\n".to_vec()));
+        let e = write_all(&m).unwrap_err().to_string();
+        assert!(
+            e.starts_with("lib/_objs/l/text.o: not an ELF relocatable object"),
+            "{e}"
+        );
+
+        // GCC's slim LTO objects hold their symbols where only ar's plugin reads them.
+        std::fs::write(dir.path().join("lto.c"), "int lto_fn(void) { return 7; }\n").unwrap();
+        run(dir.path(), "gcc", &["-flto", "-c", "lto.c", "-o", "lto.o"]);
+        let e = write_all(&members(dir.path(), &["lto.o"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("lto.o: a GCC LTO object (section .gnu.lto_"),
+            "{e}"
+        );
+
+        // A linked program is ELF but not relocatable.
+        std::fs::write(dir.path().join("main.c"), "int main(void) { return 0; }\n").unwrap();
+        run(dir.path(), "gcc", &["main.c", "-o", "main"]);
+        let e = write_all(&members(dir.path(), &["main"]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("main: not an ELF relocatable object (an ELF file of kind"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn damaged_objects_give_an_error_or_an_archive_never_a_panic() {
+        // What a hostile compiler could leave as its object: every truncation and a byte
+        // flipped at every position of a real one.
+        let dir = tempfile::tempdir().unwrap();
+        let objs = objects(dir.path());
+        let good = std::fs::read(dir.path().join(objs[2])).unwrap();
+        for cut in 0..good.len() {
+            let _ = write_all(&[("x.o", good[..cut].to_vec())]);
+        }
+        for i in 0..good.len() {
+            let mut bad = good.clone();
+            bad[i] ^= 0xff;
+            if let Ok(a) = write_all(&[("x.o", bad.clone())]) {
+                // Whatever it indexed, the member is there, whole.
+                assert!(a.windows(bad.len()).any(|w| w == bad.as_slice()));
+            }
+        }
+    }
+}
