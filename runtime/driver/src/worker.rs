@@ -147,7 +147,11 @@ pub fn run(cfg: &WorkerConfig, log: Log) -> Result<i32> {
         jobs,
         log.clone(),
     ));
-    let mut properties = vec![KeyValue::new("OSFamily", "wasi")];
+    // Every worker runs WASI actions and the builtin archiver (`OSFamily=wbuild`).
+    let mut properties = vec![
+        KeyValue::new("OSFamily", "wasi"),
+        KeyValue::new("OSFamily", "wbuild"),
+    ];
     if !cfg.platforms.is_empty() {
         properties.push(KeyValue::new("OSFamily", "linux"));
     }

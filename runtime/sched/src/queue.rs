@@ -239,8 +239,7 @@ impl Scheduler<'_> {
                 output: None,
                 warnings: Vec::new(),
                 accesses: None,
-                platform: (!matches!(action.exec, Exec::Wasi(_)))
-                    .then(|| opts.platform.name().to_owned()),
+                platform: (action.exec == Exec::Native).then(|| opts.platform.name().to_owned()),
                 worker: None,
                 resubmitted: false,
                 phases: vec![crate::Phase {
@@ -474,8 +473,7 @@ impl Scheduler<'_> {
                 output: fin.output.clone(),
                 warnings: fin.warnings.clone(),
                 accesses: fin.accesses.clone(),
-                platform: (!matches!(action.exec, Exec::Wasi(_)))
-                    .then(|| opts.platform.name().to_owned()),
+                platform: (action.exec == Exec::Native).then(|| opts.platform.name().to_owned()),
                 worker: fin.worker.clone(),
                 resubmitted: fin.resubmitted,
                 phases,

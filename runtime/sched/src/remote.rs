@@ -327,12 +327,6 @@ impl Scheduler<'_> {
         let Some(ex) = self.executor() else {
             return Ok(None);
         };
-        if matches!(prep.spec.kind, Kind::Archive) {
-            // Written in-process here, from the objects (fetched first if they are remote
-            // only): no worker round trip is worth it, and no REAPI worker but wbuild's
-            // runs it.
-            return Ok(None);
-        }
         if let Kind::Native {
             toolchain,
             unsandboxed,
