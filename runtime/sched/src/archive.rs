@@ -9,8 +9,6 @@
 //! an ELF relocatable object (LLVM bitcode), are refused with an error naming the object; the
 //! cc rules keep `ar` for targets compiled with `-flto`.
 
-use std::collections::HashMap;
-
 use object::{Object, ObjectKind, ObjectSection, ObjectSymbol};
 
 /// Part of every builtin archive action's key (`wbuild-executor`): bump it whenever the
@@ -100,33 +98,53 @@ fn header(out: &mut Vec<u8>, name: &[u8], mode: &str, size: usize) {
     debug_assert_eq!(out.len() - start, 60);
 }
 
-/// The archive of `members`, as `ar rcsD` writes it.
-pub fn write(members: &[Member<'_>]) -> Result<Vec<u8>, ArchiveError> {
+/// What the archive needs of a member besides its bytes.
+struct Indexed<'a> {
+    path: &'a str,
+    size: usize,
+    symbols: Vec<Vec<u8>>,
+}
+
+/// The archive as pieces: the head (magic, index, long names), then each member's header
+/// (its bytes follow it, padded to an even length with `\n`).
+fn layout(members: &[Indexed<'_>]) -> Result<(Vec<u8>, Vec<Vec<u8>>), ArchiveError> {
     if members.is_empty() {
         // A library of headers only: `ar` writes the magic alone.
-        return Ok(b"!<arch>\n".to_vec());
+        return Ok((b"!<arch>\n".to_vec(), Vec::new()));
     }
-    let mut syms: Vec<Vec<Vec<u8>>> = Vec::with_capacity(members.len());
-    for m in members {
-        syms.push(symbols(m)?);
-    }
+    let base = |m: &Indexed<'_>| {
+        m.path
+            .rsplit('/')
+            .next()
+            .unwrap_or(m.path)
+            .as_bytes()
+            .to_vec()
+    };
     // Names longer than 15 bytes go to the `//` table as "name/\n", members pointing at them
     // as "/offset".
     let mut long = Vec::new();
-    let mut long_at: HashMap<usize, usize> = HashMap::new();
-    for (i, m) in members.iter().enumerate() {
-        let name = m.path.rsplit('/').next().unwrap_or(m.path).as_bytes();
+    let mut names = Vec::with_capacity(members.len());
+    for m in members {
+        let mut name = base(m);
         if name.len() > 15 {
-            long_at.insert(i, long.len());
-            long.extend_from_slice(name);
+            let at = long.len();
+            long.extend_from_slice(&name);
             long.extend_from_slice(b"/\n");
+            name = format!("/{at}").into_bytes();
+        } else {
+            name.push(b'/');
         }
+        names.push(name);
     }
     if long.len() % 2 == 1 {
         long.push(b'\n');
     }
-    let count: usize = syms.iter().map(Vec::len).sum();
-    let mut names_len: usize = syms.iter().flatten().map(|n| n.len() + 1).sum();
+    let count: usize = members.iter().map(|m| m.symbols.len()).sum();
+    let mut names_len: usize = members
+        .iter()
+        .flat_map(|m| &m.symbols)
+        .map(|n| n.len() + 1)
+        .sum();
     if names_len % 2 == 1 {
         names_len += 1;
     }
@@ -140,61 +158,66 @@ pub fn write(members: &[Member<'_>]) -> Result<Vec<u8>, ArchiveError> {
     let mut offsets = Vec::with_capacity(members.len());
     for m in members {
         offsets.push(offset);
-        offset += 60 + m.data.len() + m.data.len() % 2;
+        offset += 60 + m.size + m.size % 2;
     }
     if offset as u64 > u64::from(u32::MAX) {
         return Err(ArchiveError::TooLarge {
             size: offset as u64,
         });
     }
-    let mut out = Vec::with_capacity(offset);
-    out.extend_from_slice(b"!<arch>\n");
-    {
-        header(&mut out, b"/", "0", index_size);
-        out.extend_from_slice(&(count as u32).to_be_bytes());
-        for (i, s) in syms.iter().enumerate() {
-            for _ in s {
-                out.extend_from_slice(&(offsets[i] as u32).to_be_bytes());
-            }
+    let mut head = Vec::with_capacity(offsets[0]);
+    head.extend_from_slice(b"!<arch>\n");
+    header(&mut head, b"/", "0", index_size);
+    head.extend_from_slice(&(count as u32).to_be_bytes());
+    for (m, at) in members.iter().zip(&offsets) {
+        for _ in &m.symbols {
+            head.extend_from_slice(&(*at as u32).to_be_bytes());
         }
-        let names_start = out.len();
-        for n in syms.iter().flatten() {
-            out.extend_from_slice(n);
-            out.push(0);
-        }
-        if (out.len() - names_start) % 2 == 1 {
-            out.push(0);
-        }
+    }
+    let names_start = head.len();
+    for n in members.iter().flat_map(|m| &m.symbols) {
+        head.extend_from_slice(n);
+        head.push(0);
+    }
+    if (head.len() - names_start) % 2 == 1 {
+        head.push(0);
     }
     if !long.is_empty() {
         // The extended-names member's header has blank date, owner, group and mode.
-        let mut h = Vec::with_capacity(60);
-        h.extend_from_slice(b"//");
-        h.extend(std::iter::repeat_n(b' ', 46));
+        head.extend_from_slice(b"//");
+        head.extend(std::iter::repeat_n(b' ', 46));
         let size = long.len().to_string();
-        h.extend_from_slice(size.as_bytes());
-        h.extend(std::iter::repeat_n(b' ', 10 - size.len()));
-        h.extend_from_slice(b"`\n");
-        out.extend_from_slice(&h);
-        out.extend_from_slice(&long);
+        head.extend_from_slice(size.as_bytes());
+        head.extend(std::iter::repeat_n(b' ', 10 - size.len()));
+        head.extend_from_slice(b"`\n");
+        head.extend_from_slice(&long);
     }
-    for (i, m) in members.iter().enumerate() {
-        debug_assert_eq!(out.len(), offsets[i]);
-        let name = match long_at.get(&i) {
-            Some(at) => format!("/{at}").into_bytes(),
-            None => {
-                let mut n = m
-                    .path
-                    .rsplit('/')
-                    .next()
-                    .unwrap_or(m.path)
-                    .as_bytes()
-                    .to_vec();
-                n.push(b'/');
-                n
-            }
-        };
-        header(&mut out, &name, "644", m.data.len());
+    debug_assert_eq!(head.len(), offsets[0]);
+    let headers = members
+        .iter()
+        .zip(&names)
+        .map(|(m, name)| {
+            let mut h = Vec::with_capacity(60);
+            header(&mut h, name, "644", m.size);
+            h
+        })
+        .collect();
+    Ok((head, headers))
+}
+
+/// The archive of `members`, as `ar rcsD` writes it.
+pub fn write(members: &[Member<'_>]) -> Result<Vec<u8>, ArchiveError> {
+    let mut indexed = Vec::with_capacity(members.len());
+    for m in members {
+        indexed.push(Indexed {
+            path: m.path,
+            size: m.data.len(),
+            symbols: symbols(m)?,
+        });
+    }
+    let (mut out, headers) = layout(&indexed)?;
+    for (m, h) in members.iter().zip(headers) {
+        out.extend_from_slice(&h);
         out.extend_from_slice(m.data);
         if m.data.len() % 2 == 1 {
             out.push(b'\n');
@@ -228,34 +251,76 @@ pub(crate) fn run(
             )));
         }
     };
-    let mut data = Vec::with_capacity(objects.len());
+    // Memory holds one object at a time: each is read (verified) for its symbols, then again
+    // as it is copied into the archive, which is written to a file and moved into the store.
+    let mut indexed = Vec::with_capacity(objects.len());
+    let mut digests = Vec::with_capacity(objects.len());
     for o in objects {
         let Some(d) = spec.files.get(o) else {
             return Ok(crate::spec::RunOutput::failed_with(format!(
                 "{o} is given to the archiver but is not among the action's inputs"
             )));
         };
-        data.push(store.get_bytes(d)?);
-    }
-    let members: Vec<Member<'_>> = objects
-        .iter()
-        .zip(&data)
-        .map(|(path, data)| Member { path, data })
-        .collect();
-    match write(&members) {
-        Ok(bytes) => {
-            let d = store.put_bytes(&bytes)?;
-            Ok(crate::spec::RunOutput {
-                outputs: vec![(output.clone(), d)],
-                ..Default::default()
-            })
+        let data = store.get_bytes(d)?;
+        match symbols(&Member {
+            path: o,
+            data: &data,
+        }) {
+            Ok(symbols) => indexed.push(Indexed {
+                path: o,
+                size: data.len(),
+                symbols,
+            }),
+            Err(e) => return Ok(failed(&e)),
         }
-        Err(e) => {
-            let mut out = crate::spec::RunOutput::failed_with(e.to_string());
-            out.stderr = format!("wbuild-archive: {e}\n").into_bytes();
-            Ok(out)
-        }
+        digests.push(*d);
     }
+    let (head, headers) = match layout(&indexed) {
+        Ok(l) => l,
+        Err(e) => return Ok(failed(&e)),
+    };
+    let tmp_dir = store.tmp_dir();
+    let io = |e: std::io::Error| crate::SchedError::Io {
+        path: tmp_dir.clone(),
+        error: e,
+    };
+    std::fs::create_dir_all(&tmp_dir).map_err(io)?;
+    let mut file = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io)?;
+    {
+        use std::io::Write;
+        let mut w = std::io::BufWriter::new(file.as_file_mut());
+        w.write_all(&head).map_err(io)?;
+        for ((h, d), m) in headers.iter().zip(&digests).zip(&indexed) {
+            w.write_all(h).map_err(io)?;
+            let data = store.get_bytes(d)?;
+            if data.len() != m.size {
+                // The store verifies every read: a blob of another size is another blob.
+                return Err(crate::SchedError::Io {
+                    path: tmp_dir.clone(),
+                    error: std::io::Error::other(format!("{} changed size while archived", m.path)),
+                });
+            }
+            w.write_all(&data).map_err(io)?;
+            if data.len() % 2 == 1 {
+                w.write_all(b"\n").map_err(io)?;
+            }
+        }
+        w.flush().map_err(io)?;
+    }
+    let (_, path) = file.keep().map_err(|e| io(e.error))?;
+    let d = store.put_file_move(&path);
+    let _ = std::fs::remove_file(&path);
+    Ok(crate::spec::RunOutput {
+        outputs: vec![(output.clone(), d?)],
+        ..Default::default()
+    })
+}
+
+/// A failed run whose error is `e` (also its stderr, as a tool's would be).
+fn failed(e: &ArchiveError) -> crate::spec::RunOutput {
+    let mut out = crate::spec::RunOutput::failed_with(e.to_string());
+    out.stderr = format!("wbuild-archive: {e}\n").into_bytes();
+    out
 }
 
 #[cfg(test)]
