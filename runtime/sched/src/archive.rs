@@ -34,19 +34,14 @@ pub enum ArchiveError {
     TooLarge { size: u64 },
 }
 
-/// One member: its workspace path (for messages and its name) and bytes.
-pub struct Member<'a> {
-    pub path: &'a str,
-    pub data: &'a [u8],
-}
-
-/// The defined global, weak and common symbols of an object, in symbol-table order.
-fn symbols(m: &Member<'_>) -> Result<Vec<Vec<u8>>, ArchiveError> {
+/// The defined global, weak and common symbols of the object `data` (the workspace path
+/// `path`, for messages), in symbol-table order.
+fn symbols(path: &str, data: &[u8]) -> Result<Vec<Vec<u8>>, ArchiveError> {
     let not = |why: String| ArchiveError::NotAnObject {
-        path: m.path.to_owned(),
+        path: path.to_owned(),
         why,
     };
-    let file = object::File::parse(m.data).map_err(|e| not(e.to_string()))?;
+    let file = object::File::parse(data).map_err(|e| not(e.to_string()))?;
     if file.format() != object::BinaryFormat::Elf {
         return Err(not(format!("{:?}", file.format())));
     }
@@ -58,7 +53,7 @@ fn symbols(m: &Member<'_>) -> Result<Vec<Vec<u8>>, ArchiveError> {
         .find(|s| s.name_bytes().is_ok_and(|n| n.starts_with(b".gnu.lto_")))
     {
         return Err(ArchiveError::Lto {
-            path: m.path.to_owned(),
+            path: path.to_owned(),
             section: String::from_utf8_lossy(s.name_bytes().unwrap_or_default()).into_owned(),
         });
     }
@@ -205,30 +200,25 @@ fn layout(members: &[Indexed<'_>]) -> Result<(Vec<u8>, Vec<Vec<u8>>), ArchiveErr
     Ok((head, headers))
 }
 
-/// The archive of `members`, as `ar rcsD` writes it.
-pub fn write(members: &[Member<'_>]) -> Result<Vec<u8>, ArchiveError> {
-    let mut indexed = Vec::with_capacity(members.len());
-    for m in members {
-        indexed.push(Indexed {
-            path: m.path,
-            size: m.data.len(),
-            symbols: symbols(m)?,
-        });
-    }
-    let (mut out, headers) = layout(&indexed)?;
-    for (m, h) in members.iter().zip(headers) {
-        out.extend_from_slice(&h);
-        out.extend_from_slice(m.data);
-        if m.data.len() % 2 == 1 {
-            out.push(b'\n');
+/// Writes the archive laid out as `head` and `headers` (from [`layout`]): the head, then each
+/// member's header and bytes (`bytes(i)`), padded to an even length.
+fn assemble(
+    w: &mut impl std::io::Write,
+    head: &[u8],
+    headers: &[Vec<u8>],
+    mut bytes: impl FnMut(usize) -> std::io::Result<Vec<u8>>,
+) -> std::io::Result<()> {
+    w.write_all(head)?;
+    for (i, h) in headers.iter().enumerate() {
+        w.write_all(h)?;
+        let data = bytes(i)?;
+        w.write_all(&data)?;
+        if data.len() % 2 == 1 {
+            w.write_all(b"\n")?;
         }
     }
-    Ok(out)
+    w.flush()
 }
-
-/// The command a builtin archive action carries (its key's `Command`, and what `aquery`
-/// shows): `wbuild-archive rcsD OUTPUT OBJECT...`.
-pub const ARGV0: &str = wbuild_graph::ARCHIVER;
 
 /// Runs a builtin archive action: its members are `argv[3..]` in that order (their blobs,
 /// verified as they are read), its one output `argv[2]`; the archive goes into the store.
@@ -239,14 +229,17 @@ pub(crate) fn run(
     let _running = crate::phases::phase("execution");
     let (output, objects) = match spec.argv.as_slice() {
         [argv0, mode, output, objects @ ..]
-            if argv0 == ARGV0 && mode == "rcsD" && spec.outputs == [output.clone()] =>
+            if argv0 == wbuild_graph::ARCHIVER
+                && mode == "rcsD"
+                && spec.outputs == [output.clone()] =>
         {
             (output, objects)
         }
         _ => {
             return Ok(crate::spec::RunOutput::failed_with(format!(
-                "a builtin archive action runs `{ARGV0} rcsD OUTPUT OBJECT...` with OUTPUT its one \
+                "a builtin archive action runs `{} rcsD OUTPUT OBJECT...` with OUTPUT its one \
                  output; got {:?}",
+                wbuild_graph::ARCHIVER,
                 spec.argv
             )));
         }
@@ -262,10 +255,7 @@ pub(crate) fn run(
             )));
         };
         let data = store.get_bytes(d)?;
-        match symbols(&Member {
-            path: o,
-            data: &data,
-        }) {
+        match symbols(o, &data) {
             Ok(symbols) => indexed.push(Indexed {
                 path: o,
                 size: data.len(),
@@ -286,27 +276,23 @@ pub(crate) fn run(
     };
     std::fs::create_dir_all(&tmp_dir).map_err(io)?;
     let mut file = tempfile::NamedTempFile::new_in(&tmp_dir).map_err(io)?;
-    {
-        use std::io::Write;
-        let mut w = std::io::BufWriter::new(file.as_file_mut());
-        w.write_all(&head).map_err(io)?;
-        for ((h, d), m) in headers.iter().zip(&digests).zip(&indexed) {
-            w.write_all(h).map_err(io)?;
-            let data = store.get_bytes(d)?;
-            if data.len() != m.size {
-                // The store verifies every read: a blob of another size is another blob.
-                return Err(crate::SchedError::Io {
-                    path: tmp_dir.clone(),
-                    error: std::io::Error::other(format!("{} changed size while archived", m.path)),
-                });
-            }
-            w.write_all(&data).map_err(io)?;
-            if data.len() % 2 == 1 {
-                w.write_all(b"\n").map_err(io)?;
-            }
-        }
-        w.flush().map_err(io)?;
+    // A store error (a corrupt or lost object) keeps its type: the scheduler acts on it.
+    let mut lost = None;
+    let written = assemble(
+        &mut std::io::BufWriter::new(file.as_file_mut()),
+        &head,
+        &headers,
+        |i| {
+            store.get_bytes(&digests[i]).map_err(|e| {
+                lost = Some(e);
+                std::io::Error::other("the store could not give an object")
+            })
+        },
+    );
+    if let Some(e) = lost {
+        return Err(e.into());
     }
+    written.map_err(io)?;
     let (_, path) = file.keep().map_err(|e| io(e.error))?;
     let d = store.put_file_move(&path);
     let _ = std::fs::remove_file(&path);
@@ -378,9 +364,20 @@ mod tests {
             .collect()
     }
 
+    /// The archive of `m` (path, bytes), as `run` writes it.
     fn write_all(m: &[(&str, Vec<u8>)]) -> Result<Vec<u8>, ArchiveError> {
-        let members: Vec<Member<'_>> = m.iter().map(|(path, data)| Member { path, data }).collect();
-        write(&members)
+        let mut indexed = Vec::with_capacity(m.len());
+        for (path, data) in m {
+            indexed.push(Indexed {
+                path,
+                size: data.len(),
+                symbols: symbols(path, data)?,
+            });
+        }
+        let (head, headers) = layout(&indexed)?;
+        let mut out = Vec::new();
+        assemble(&mut out, &head, &headers, |i| Ok(m[i].1.clone())).unwrap();
+        Ok(out)
     }
 
     #[test]
