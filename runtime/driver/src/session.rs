@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use wbuild_exec_wasi::{ExecConfig, WasiExecutor};
+use wbuild_exec_wasi::{ExecConfig, LazyExecutor};
 use wbuild_graph::{ActionGraph, Label, TargetPattern, Workspace};
 use wbuild_remote::{ConnectOptions, RemoteCache};
 use wbuild_sched::{
@@ -730,10 +730,10 @@ fn run_build_round(
         .or(ws.config.build.jobs)
         .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get()))
         .max(1);
-    let exec = Arc::new(WasiExecutor::new(&ExecConfig {
+    let exec = Arc::new(LazyExecutor::new(ExecConfig {
         modules_dir: store.modules_dir(),
         max_concurrent: jobs as u32,
-    })?);
+    }));
     let mut opts = build_options(ws, req, jobs);
     opts.download = match download {
         wbuild_graph::RemoteDownload::All => wbuild_sched::Download::All,
@@ -801,14 +801,13 @@ fn run_build_round(
         .collect();
     let summary = sched.run_passes(&runs);
     phases.mark("schedule");
+    drop(sched);
     let outcome = match &summary {
         Ok(s) if s.interrupted => "interrupted",
         Ok(s) if s.success() => "success",
         _ => "failed",
     };
-    store.finish_build(build_id, outcome)?; // flushes durably
-    phases.mark("record + flush");
-    {
+    let write_trace = |phases: &Phases| -> Result<()> {
         let graphs: Vec<&ActionGraph> = passes.iter().map(|(_, g)| g.as_ref()).collect();
         let text = recorder.trace(command, &phases.spans, &graphs);
         // Best effort for the cache's copy; the one asked for must be written.
@@ -819,66 +818,58 @@ fn run_build_round(
                 source,
             })?;
         }
-    }
-    phases.mark("write trace");
-    let summary = summary?;
-    // Inferred targets whose observed runs found conflicts the inference did not see: the
-    // edges are added (ordered by the script) and the build runs again.
-    if !summary.success()
-        && !summary.interrupted
-        && round < INFER_REPAIR_ROUNDS
-        && crate::infer::repair(ws, &store, &summary.failed_actions, &note)?
-    {
-        let _ = std::fs::remove_file(&snapshot);
-        return Ok(Round::Repaired);
-    }
-    if summary.success() {
-        let sources: Vec<PathBuf> = summary.sources.iter().map(|p| ws.path(p)).collect();
-        // Native actions keyed on this machine's toolchain: a package upgrade must end the
-        // fast paths as it changes their keys.
-        let toolchains: Vec<uptodate::SnapshotToolchain> = passes
-            .iter()
-            .filter(|(p, g)| has_native(g) && bundles.get(p.name()).is_some_and(|b| b.is_none()))
-            .map(|(p, _)| uptodate::SnapshotToolchain {
-                platform: p.name().to_owned(),
-                identity: wbuild_sched::toolchain_identity(*p),
-                sentinels: wbuild_sched::toolchain_sentinels(*p),
-            })
-            .collect();
-        // Outputs left on the remote are not files here.
-        let outputs: Vec<PathBuf> = summary
-            .outputs
-            .keys()
-            .filter(|p| !summary.remote_only.contains(*p))
-            .map(|p| ws.root.join(p))
-            .collect();
-        // What the check of the snapshot before found unchanged is recorded again without a
-        // second stat, except outputs this build may have written.
-        let unchanged = snap.as_ref().map(|s| s.unchanged());
-        let rewritten: HashSet<PathBuf> =
-            summary.rewritten.iter().map(|p| ws.root.join(p)).collect();
-        let known = |p: &Path| {
-            unchanged
-                .as_ref()?
-                .get(p)
-                .filter(|_| !rewritten.contains(p))
-        };
-        // Best effort: without a snapshot the next no-op build takes the full path.
-        let _ = uptodate::save(
-            &snapshot,
-            uptodate::Basis {
-                signature: signature.as_bytes(),
-                analysis: analysis_digest.as_ref().map(|d| d.as_bytes()),
-            },
-            &sources,
-            &outputs,
-            &summary.actions,
-            &toolchains,
-            &known,
-        );
-    } else {
-        let _ = std::fs::remove_file(&snapshot);
-    }
+        Ok(())
+    };
+    let summary = match summary {
+        Ok(summary) if summary.success() => {
+            // The store's durable commit and its close (four fsyncs between them) run on a
+            // thread while the snapshot is written beside its place; it is put in place once
+            // the results it vouches for are durable.
+            let written = std::thread::scope(|s| {
+                let flushed = s.spawn(move || {
+                    let flushed = store.finish_build(build_id, outcome);
+                    drop(store); // the last reference: the index is closed
+                    flushed
+                });
+                let written = write_snapshot(
+                    ws,
+                    &snapshot,
+                    &signature,
+                    analysis_digest.as_ref(),
+                    snap.as_ref(),
+                    &summary,
+                    &passes,
+                    &bundles,
+                );
+                join_scoped(flushed).map(|()| written)
+            })?;
+            if let Some(written) = written {
+                // Best effort: without a snapshot the next no-op build takes the full path.
+                let _ = written.persist();
+            }
+            phases.mark("record + flush + snapshot");
+            write_trace(&phases)?;
+            phases.mark("write trace");
+            summary
+        }
+        summary => {
+            let _ = std::fs::remove_file(&snapshot);
+            store.finish_build(build_id, outcome)?; // flushes durably
+            phases.mark("record + flush");
+            write_trace(&phases)?;
+            phases.mark("write trace");
+            let summary = summary?;
+            // Inferred targets whose observed runs found conflicts the inference did not
+            // see: the edges are added (ordered by the script) and the build runs again.
+            if !summary.interrupted
+                && round < INFER_REPAIR_ROUNDS
+                && crate::infer::repair(ws, &store, &summary.failed_actions, &note)?
+            {
+                return Ok(Round::Repaired);
+            }
+            summary
+        }
+    };
     if summary.success()
         && let Some(out) = &req.provenance
     {
@@ -944,6 +935,65 @@ fn toplevel_outputs(actions: &ActionGraph, roots: &[Label]) -> HashSet<String> {
         .filter(|p| actions.producers.contains_key(*p))
         .cloned()
         .collect()
+}
+
+/// The up-to-date snapshot of a successful build, written beside `path` (see
+/// [`uptodate::write`]); `None` if none can be written (best effort: without one the next
+/// no-op build takes the full path). `snap` is the snapshot checked at the start, if any.
+#[allow(clippy::too_many_arguments)]
+fn write_snapshot(
+    ws: &Workspace,
+    path: &Path,
+    signature: &wbuild_graph::Signature,
+    analysis: Option<&blake3::Hash>,
+    snap: Option<&uptodate::Snapshot>,
+    summary: &wbuild_sched::Summary,
+    passes: &[Pass<'_>],
+    bundles: &Bundles,
+) -> Option<uptodate::Written> {
+    let sources: Vec<PathBuf> = summary.sources.iter().map(|p| ws.path(p)).collect();
+    // Native actions keyed on this machine's toolchain: a package upgrade must end the
+    // fast paths as it changes their keys.
+    let toolchains: Vec<uptodate::SnapshotToolchain> = passes
+        .iter()
+        .filter(|(p, g)| has_native(g) && bundles.get(p.name()).is_some_and(|b| b.is_none()))
+        .map(|(p, _)| uptodate::SnapshotToolchain {
+            platform: p.name().to_owned(),
+            identity: wbuild_sched::toolchain_identity(*p),
+            sentinels: wbuild_sched::toolchain_sentinels(*p),
+        })
+        .collect();
+    // Outputs left on the remote are not files here.
+    let outputs: Vec<PathBuf> = summary
+        .outputs
+        .keys()
+        .filter(|p| !summary.remote_only.contains(*p))
+        .map(|p| ws.root.join(p))
+        .collect();
+    // What the check of the snapshot before found unchanged is recorded again without a
+    // second stat, except outputs this build may have written.
+    let unchanged = snap.map(|s| s.unchanged());
+    let rewritten: HashSet<PathBuf> = summary.rewritten.iter().map(|p| ws.root.join(p)).collect();
+    let known = |p: &Path| {
+        unchanged
+            .as_ref()?
+            .get(p)
+            .filter(|_| !rewritten.contains(p))
+    };
+    uptodate::write(
+        path,
+        uptodate::Basis {
+            signature: signature.as_bytes(),
+            analysis: analysis.map(|d| d.as_bytes()),
+        },
+        &sources,
+        &outputs,
+        &summary.actions,
+        &toolchains,
+        &known,
+    )
+    .ok()
+    .flatten()
 }
 
 /// What the snapshot `snap` vouches for in each pass (its output directory and graph): the

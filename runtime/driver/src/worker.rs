@@ -11,7 +11,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use prost::Message;
-use wbuild_exec_wasi::{AccessKind, ExecConfig, WasiExecutor};
+use wbuild_exec_wasi::{AccessKind, ExecConfig, LazyExecutor};
 use wbuild_remote::RemoteCache;
 use wbuild_remote::bots::{
     self, BotSession, BotStatus, BotsClient, CreateBotSessionRequest, Device, KeyValue, Lease,
@@ -56,7 +56,7 @@ const POLL: Duration = Duration::from_secs(5);
 pub struct LeaseRunner {
     remote: Arc<RemoteCache>,
     store: Arc<Store>,
-    exec: Arc<WasiExecutor>,
+    exec: Arc<LazyExecutor>,
     cache_dir: PathBuf,
     name: String,
     /// Free staging slots.
@@ -73,7 +73,7 @@ impl LeaseRunner {
     pub fn new(
         remote: Arc<RemoteCache>,
         store: Arc<Store>,
-        exec: Arc<WasiExecutor>,
+        exec: Arc<LazyExecutor>,
         cache_dir: PathBuf,
         name: String,
         capacity: usize,
@@ -133,10 +133,12 @@ pub fn run(cfg: &WorkerConfig, log: Log) -> Result<i32> {
         },
     )?);
     let jobs = cfg.jobs.max(1);
-    let exec = Arc::new(WasiExecutor::new(&ExecConfig {
+    let exec = Arc::new(LazyExecutor::new(ExecConfig {
         modules_dir: store.modules_dir(),
         max_concurrent: jobs as u32,
-    })?);
+    }));
+    // Made now: a worker that cannot run WASI actions says so at its start.
+    exec.get()?;
     let name = cfg.name.clone();
     let ctx = Arc::new(LeaseRunner::new(
         remote.clone(),

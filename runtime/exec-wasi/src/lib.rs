@@ -376,6 +376,45 @@ fn module_error(module: &str, message: String) -> ExecError {
     }
 }
 
+/// A [`WasiExecutor`] made when an action first needs it: a build whose actions are all
+/// native never pays for the engine (its start, its epoch thread, and unmapping the pooling
+/// allocator's reservations at exit). If it cannot be made, every action that needs it
+/// fails with the reason.
+pub struct LazyExecutor {
+    cfg: ExecConfig,
+    made: std::sync::OnceLock<Result<WasiExecutor, String>>,
+}
+
+impl LazyExecutor {
+    pub fn new(cfg: ExecConfig) -> LazyExecutor {
+        LazyExecutor {
+            cfg,
+            made: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The executor, made now if it was not yet.
+    pub fn get(&self) -> Result<&WasiExecutor, ExecError> {
+        self.made
+            .get_or_init(|| {
+                WasiExecutor::new(&self.cfg).map_err(|e| match e {
+                    ExecError::Engine(why) => why,
+                    other => other.to_string(),
+                })
+            })
+            .as_ref()
+            .map_err(|why| ExecError::Engine(why.clone()))
+    }
+
+    /// Modules compiled by the executor, if it was made (see [`WasiExecutor::compiled_count`]).
+    pub fn compiled_count(&self) -> u64 {
+        match self.made.get() {
+            Some(Ok(e)) => e.compiled_count(),
+            _ => 0,
+        }
+    }
+}
+
 impl WasiExecutor {
     pub fn new(cfg: &ExecConfig) -> Result<WasiExecutor, ExecError> {
         let engine_err = |e: wasmtime::Error| ExecError::Engine(format!("{e:#}"));
@@ -635,5 +674,28 @@ impl WasiExecutor {
             accesses: state.obs.log,
             duration: start.elapsed(),
         })
+    }
+}
+
+#[cfg(test)]
+mod lazy_tests {
+    use super::*;
+
+    #[test]
+    fn the_lazy_executor_makes_its_engine_once_and_only_when_asked() {
+        let dir = tempfile::tempdir().unwrap();
+        let lazy = LazyExecutor::new(ExecConfig {
+            modules_dir: dir.path().join("modules"),
+            max_concurrent: 1,
+        });
+        assert!(
+            lazy.made.get().is_none(),
+            "made before anything asked for it"
+        );
+        assert_eq!(lazy.compiled_count(), 0);
+        let first: *const WasiExecutor = lazy.get().unwrap();
+        let second: *const WasiExecutor = lazy.get().unwrap();
+        assert_eq!(first, second, "a second engine was made");
+        assert_eq!(lazy.compiled_count(), 0);
     }
 }

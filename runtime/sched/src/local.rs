@@ -3,7 +3,7 @@
 
 use std::sync::{Condvar, Mutex};
 
-use wbuild_exec_wasi::WasiExecutor;
+use wbuild_exec_wasi::LazyExecutor;
 use wbuild_graph::{ActionGraph, ActionNode};
 use wbuild_store::Store;
 
@@ -22,14 +22,15 @@ pub trait LocalRunner: Send + Sync {
     fn compiled_count(&self) -> u64;
 }
 
-/// WASI actions in wbuild's executor, native ones in the namespace sandbox ([`spec::run_spec`]).
-impl LocalRunner for WasiExecutor {
+/// WASI actions in wbuild's executor (made when the first needs it), native ones in the
+/// namespace sandbox ([`spec::run_spec`]).
+impl LocalRunner for LazyExecutor {
     fn run(&self, store: &Store, slot: usize, spec: &Spec) -> Result<RunOutput, SchedError> {
         spec::run_spec(store, self, slot, spec)
     }
 
     fn compiled_count(&self) -> u64 {
-        WasiExecutor::compiled_count(self)
+        LazyExecutor::compiled_count(self)
     }
 }
 

@@ -408,7 +408,7 @@ fn host_system_lines(packages: &Path, program_dirs: &[&Path]) -> Vec<String> {
 #[allow(clippy::too_many_arguments)] // The spec's native settings, spelled out.
 pub(crate) fn run_native(
     store: &Store,
-    exec: &wbuild_exec_wasi::WasiExecutor,
+    exec: &wbuild_exec_wasi::LazyExecutor,
     slot: usize,
     spec: &Spec,
     toolchain: Option<&NativeToolchain>,
@@ -509,10 +509,12 @@ pub(crate) fn run_native(
                 writable: false,
             });
             // The tools' modules compiled once, here, for every launcher run to load (a
-            // module that does not compile is left for the launcher to report).
+            // module that does not compile, or an engine that cannot be made, is left for
+            // the launcher to report).
             for d in wasi_modules {
                 let blob = store.verified_blob_path(d)?;
-                if let Ok(compiled) = exec.precompile(&d.to_string(), &blob, &d.to_string())
+                if let Ok(exec) = exec.get()
+                    && let Ok(compiled) = exec.precompile(&d.to_string(), &blob, &d.to_string())
                     && let Some(name) = compiled.file_name()
                 {
                     mounts.push(wbuild_exec_native::Mount {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use wbuild_exec_wasi::{AccessLog, EXECUTOR_VERSION, Request, WasiExecutor};
+use wbuild_exec_wasi::{AccessLog, EXECUTOR_VERSION, LazyExecutor, Request, WasiExecutor};
 use wbuild_store::{Digest, DigestFunction, Store, digest_message, reapi};
 
 use crate::native;
@@ -377,7 +377,7 @@ pub fn key_of(f: DigestFunction, action: &reapi::Action) -> Digest {
 /// between actions) and moves the outputs into the store.
 pub fn run_spec(
     store: &Store,
-    exec: &WasiExecutor,
+    exec: &LazyExecutor,
     slot: usize,
     spec: &Spec,
 ) -> Result<RunOutput, SchedError> {
@@ -385,7 +385,10 @@ pub fn run_spec(
         Kind::Wasi {
             module,
             memory_limit,
-        } => run_wasi(store, exec, slot, spec, module, *memory_limit),
+        } => match exec.get() {
+            Ok(exec) => run_wasi(store, exec, slot, spec, module, *memory_limit),
+            Err(e) => Ok(RunOutput::failed_with(e.to_string())),
+        },
         Kind::Native {
             toolchain,
             unsandboxed,

@@ -213,6 +213,38 @@ pub fn save(
     toolchains: &[SnapshotToolchain],
     known: &dyn Fn(&Path) -> Option<StatKey>,
 ) -> std::io::Result<()> {
+    match write(path, basis, sources, outputs, actions, toolchains, known)? {
+        Some(written) => written.persist(),
+        None => Ok(()),
+    }
+}
+
+/// A snapshot written beside its place and not yet in it ([`write`]).
+pub struct Written {
+    tmp: tempfile::NamedTempFile,
+    path: PathBuf,
+}
+
+impl Written {
+    /// Puts the snapshot in its place (a rename): from then on builds read it.
+    pub fn persist(self) -> std::io::Result<()> {
+        self.tmp.persist(&self.path).map(drop).map_err(|e| e.error)
+    }
+}
+
+/// What [`save`] does, except the last step: the snapshot is written to a temporary file
+/// beside `path`, which [`Written::persist`] renames into place (a build puts it there once
+/// its results are durably in the store). `None`: no snapshot can be written (a file
+/// vanished, or the toolchain is changing). Any snapshot at `path` is removed first.
+pub fn write(
+    path: &Path,
+    basis: Basis<'_>,
+    sources: &[PathBuf],
+    outputs: &[PathBuf],
+    actions: &[impl std::borrow::Borrow<SnapshotAction>],
+    toolchains: &[SnapshotToolchain],
+    known: &dyn Fn(&Path) -> Option<StatKey>,
+) -> std::io::Result<Option<Written>> {
     // Whatever happens below, an older snapshot must not survive this build.
     let _ = std::fs::remove_file(path);
     let mut buf = Vec::with_capacity(64 * (sources.len() + outputs.len()));
@@ -241,11 +273,11 @@ pub fn save(
             _ => known(p),
         };
         let Some(k) = reused.or_else(|| dirs.stat_key(p)) else {
-            return Ok(()); // a file vanished: no snapshot
+            return Ok(None); // a file vanished: no snapshot
         };
         let written_by_us = (n_outputs_start..n_outputs_end).contains(&i);
         let flag = match *kind {
-            SENTINEL if k.is_racy() => return Ok(()), // the toolchain is changing
+            SENTINEL if k.is_racy() => return Ok(None), // the toolchain is changing
             SENTINEL => SENTINEL,
             _ if reused.is_some() => TRUSTED,
             _ if !written_by_us && k.is_racy() => FRESH,
@@ -297,7 +329,10 @@ pub fn save(
     std::fs::create_dir_all(dir)?;
     let mut tmp = tempfile::NamedTempFile::new_in(dir)?;
     tmp.write_all(&buf)?;
-    tmp.persist(path).map(drop).map_err(|e| e.error)
+    Ok(Some(Written {
+        tmp,
+        path: path.to_owned(),
+    }))
 }
 
 /// What a snapshot is written for: the workspace signature and, when known, the digest of
