@@ -658,19 +658,24 @@ fn run_build_round(
     // asked where its programs are) is needed before the first native action's key, so it
     // is computed on a thread of its own from here, while the store opens and the workspace
     // loads. A build without native actions never waits for it.
-    if snapshot_allowed && !snapshot.exists() {
+    let no_snapshot = snapshot_allowed && !snapshot.exists();
+    if no_snapshot {
         let _ = std::thread::Builder::new()
             .name("toolchain".into())
             .spawn(|| wbuild_sched::toolchain_identity(Platform::host()));
     }
     // The workspace is loaded (or its cached analysis read) here while the store opens on a
     // thread. When the snapshot says the last build ran native actions on this machine's
-    // toolchain, the sandbox is probed on another meanwhile, instead of after the analysis
-    // (a sandbox started and reaped: about 2 ms of an edit build's start).
+    // toolchain, or there is no snapshot to say anything (a first build: the sandbox is
+    // started once for nothing if all its actions are WASI), the sandbox is probed on
+    // another meanwhile, instead of after the analysis (a sandbox started and reaped: about
+    // 2 ms of an edit build's start, 5 to 12 ms of a first build's, while the spawner is
+    // still starting).
     let speculative_probe = matches!(
         req.sandbox,
         SandboxMode::Namespaces | SandboxMode::Unobserved
-    ) && snap.as_ref().is_some_and(|s| !s.toolchains.is_empty());
+    ) && (no_snapshot
+        || snap.as_ref().is_some_and(|s| !s.toolchains.is_empty()));
     let started = SystemTime::now();
     let (store, analysed, mut probed) = std::thread::scope(|s| {
         let probe = speculative_probe.then(|| {
