@@ -99,12 +99,24 @@ impl Scheduler<'_> {
                 st.ready.push((prio[i], std::cmp::Reverse(i)));
             }
         }
+        // The direct sources of the actions settled from the snapshot (after an edit, nearly
+        // every action; the next snapshot lists them) are gathered on a thread while the
+        // others run, not after the last one ended: about a millisecond per 1,000 actions.
+        let settled = st.known.clone();
         let shared = Mutex::new(st);
         let cv = Condvar::new();
         let generated = RwLock::new(generated);
         let first_error: Mutex<Option<SchedError>> = Mutex::new(None);
 
-        std::thread::scope(|s| {
+        let (produced, mut known_sources) = std::thread::scope(|s| {
+            let gathered = s.spawn(|| {
+                let produced = crate::Produced::of(graph);
+                let mut sources: rustc_hash::FxHashSet<&str> = Default::default();
+                for &i in &settled {
+                    sources.extend(crate::direct_sources(&produced, &graph.actions[i]));
+                }
+                (produced, sources)
+            });
             for wid in 0..opts.jobs.max(1).min(n.max(1)) {
                 let ctx = WorkerCtx {
                     graph,
@@ -118,6 +130,9 @@ impl Scheduler<'_> {
                 };
                 s.spawn(move || self.worker(wid, ctx));
             }
+            gathered
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p))
         });
 
         if let Some(e) = first_error.into_inner().expect("error slot") {
@@ -157,9 +172,8 @@ impl Scheduler<'_> {
         // The sources read: those hashed this build, and those of the actions answered from
         // the snapshot (each once; a header is a direct source of hundreds of compiles).
         let hashed = self.sources.read().expect("source digests");
-        let mut known_sources: rustc_hash::FxHashSet<&str> = Default::default();
-        let produced = crate::Produced::of(graph);
-        for &i in &st.known {
+        // Those the workers found known (settled ones were gathered above).
+        for &i in &st.known[settled.len()..] {
             known_sources.extend(crate::direct_sources(&produced, &graph.actions[i]));
         }
         st.summary.sources = hashed

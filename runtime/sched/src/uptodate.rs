@@ -551,6 +551,48 @@ mod tests {
     }
 
     #[test]
+    fn a_written_snapshot_counts_only_once_persisted_and_the_old_one_is_gone_at_once() {
+        let d = tempfile::tempdir().unwrap();
+        let src = old_file(d.path(), "a.txt", "a");
+        let snap = d.path().join("s.bin");
+        let sig = [7u8; 32];
+        let acts = vec![action()];
+        let basis = Basis {
+            signature: &sig,
+            analysis: None,
+        };
+        let sources = [src.clone()];
+        save(&snap, basis, &sources, &[], &acts, &[], &|_| None).unwrap();
+        assert!(check(&snap, &sig, None).is_some());
+        // Written beside its place: until persisted (the build's results durable), no
+        // snapshot vouches for anything, not even the previous one.
+        let written = write(&snap, basis, &sources, &[], &acts, &[], &|_| None)
+            .unwrap()
+            .expect("a snapshot");
+        assert_eq!(check(&snap, &sig, None), None, "the old snapshot survived");
+        written.persist().unwrap();
+        assert_eq!(check(&snap, &sig, None).unwrap().actions, acts);
+        // Dropped unpersisted (the durable commit failed): nothing is left behind.
+        let written = write(&snap, basis, &sources, &[], &acts, &[], &|_| None)
+            .unwrap()
+            .expect("a snapshot");
+        drop(written);
+        assert_eq!(check(&snap, &sig, None), None);
+        let left: Vec<_> = std::fs::read_dir(d.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(left, ["a.txt"], "a temporary snapshot was left behind");
+        // A source that vanished: no snapshot at all.
+        std::fs::remove_file(&src).unwrap();
+        assert!(
+            write(&snap, basis, &sources, &[], &acts, &[], &|_| None)
+                .unwrap()
+                .is_none()
+        );
+    }
+
+    #[test]
     fn unchanged_files_are_up_to_date_and_changes_are_named() {
         let d = tempfile::tempdir().unwrap();
         let src = old_file(d.path(), "a.txt", "a");
