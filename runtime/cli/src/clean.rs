@@ -151,7 +151,7 @@ fn remove(path: &Path) -> Result<Removed> {
 
 /// Whether the up-to-date snapshot at `path` belongs to the workspace at `root`: one of the
 /// files it records (absolute paths of sources and outputs) lies in the workspace. Reads the
-/// layout `wbuild_sched::uptodate::save` writes (magic, signature, file count, then each
+/// layout `wbuild_sched::uptodate::write` writes (magic, signature, file count, then each
 /// file as a length-prefixed path and five stat words); anything else is not ours.
 fn snapshot_of(path: &Path, root: &Path) -> bool {
     let Ok(data) = std::fs::read(path) else {

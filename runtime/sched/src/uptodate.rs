@@ -199,26 +199,6 @@ const FRESH: u8 = 1;
 /// A toolchain sentinel: if it changed the snapshot is useless (keys may all change).
 const SENTINEL: u8 = 2;
 
-/// Write a snapshot. `sources` are files read (a source modified within the racy window is
-/// recorded as changed, so the next build re-keys what reads it); `outputs` are files this
-/// build wrote itself; `toolchains` the host toolchains its native actions were keyed with.
-/// `known` gives the stat of a source or output known not to have changed since the check
-/// of the snapshot before ([`Snapshot::unchanged`]); the others are stat'ed.
-pub fn save(
-    path: &Path,
-    basis: Basis<'_>,
-    sources: &[PathBuf],
-    outputs: &[PathBuf],
-    actions: &[impl std::borrow::Borrow<SnapshotAction>],
-    toolchains: &[SnapshotToolchain],
-    known: &dyn Fn(&Path) -> Option<StatKey>,
-) -> std::io::Result<()> {
-    match write(path, basis, sources, outputs, actions, toolchains, known)? {
-        Some(written) => written.persist(),
-        None => Ok(()),
-    }
-}
-
 /// A snapshot written beside its place and not yet in it ([`write`]).
 pub struct Written {
     tmp: tempfile::NamedTempFile,
@@ -232,10 +212,15 @@ impl Written {
     }
 }
 
-/// What [`save`] does, except the last step: the snapshot is written to a temporary file
-/// beside `path`, which [`Written::persist`] renames into place (a build puts it there once
-/// its results are durably in the store). `None`: no snapshot can be written (a file
-/// vanished, or the toolchain is changing). Any snapshot at `path` is removed first.
+/// Write a snapshot for `path`. `sources` are files read (a source modified within the
+/// racy window is recorded as changed, so the next build re-keys what reads it); `outputs`
+/// are files this build wrote itself; `toolchains` the host toolchains its native actions
+/// were keyed with. `known` gives the stat of a source or output known not to have changed
+/// since the check of the snapshot before ([`Snapshot::unchanged`]); the others are stat'ed.
+/// Any snapshot at `path` is removed first; the new one is written to a temporary file
+/// beside it, which [`Written::persist`] renames into place (a build puts it there once its
+/// results are durably in the store). `None`: no snapshot can be written (a file vanished,
+/// or the toolchain is changing).
 pub fn write(
     path: &Path,
     basis: Basis<'_>,
@@ -525,6 +510,22 @@ mod tests {
         f.set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
             .unwrap();
         p
+    }
+
+    /// [`write`] and [`Written::persist`] at once, as a successful build ends.
+    fn save(
+        path: &Path,
+        basis: Basis<'_>,
+        sources: &[PathBuf],
+        outputs: &[PathBuf],
+        actions: &[SnapshotAction],
+        toolchains: &[SnapshotToolchain],
+        known: &dyn Fn(&Path) -> Option<StatKey>,
+    ) -> std::io::Result<()> {
+        match write(path, basis, sources, outputs, actions, toolchains, known)? {
+            Some(written) => written.persist(),
+            None => Ok(()),
+        }
     }
 
     fn action() -> SnapshotAction {
