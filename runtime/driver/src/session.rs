@@ -433,6 +433,7 @@ fn analyse_at(
 
 /// The output files of the targets matching `patterns` for each platform pass, as paths
 /// relative to the workspace root (generated files under their pass's output directory).
+/// After a fresh analysis they are listed while its cache entry is written.
 pub fn output_paths(
     ws: &Workspace,
     store: &Store,
@@ -441,26 +442,39 @@ pub fn output_paths(
 ) -> Result<Vec<String>> {
     let flags = flag_platforms(platform_flags)?;
     let signature = wbuild_graph::workspace_signature(ws)?;
-    let wbuild_graph::Analysed {
-        graph: actions,
-        roots,
-        ..
-    } = analyse(ws, store, patterns, false, &signature)?;
-    let mut out = Vec::new();
-    for (platform, group) in platform_passes(ws, &flags, &actions, &roots)? {
-        let out_dir = platform.out_dir();
-        for label in group.as_deref().unwrap_or(&roots) {
-            for path in actions.target_files.get(label).into_iter().flatten() {
-                if actions.producers.contains_key(path) {
-                    out.push(format!("{out_dir}/{path}"));
-                } else {
-                    out.push(path.clone());
+    let (analysed, out) = wbuild_graph::load_and_analyse_cached_then(
+        ws,
+        patterns,
+        false,
+        &store.dir().join("analysis"),
+        &signature,
+        |actions, roots| -> Result<Vec<String>> {
+            let mut out = Vec::new();
+            for (platform, group) in platform_passes(ws, &flags, actions, roots)? {
+                let out_dir = platform.out_dir();
+                let mut push = |path: &String| {
+                    if actions.producers.contains_key(path) {
+                        out.push(format!("{out_dir}/{path}"));
+                    } else {
+                        out.push(path.clone());
+                    }
+                };
+                match &group {
+                    // Every root: `target_files` holds exactly the roots' files, in the
+                    // roots' (label) order.
+                    None => actions.target_files.values().flatten().for_each(&mut push),
+                    Some(group) => group
+                        .iter()
+                        .flat_map(|l| actions.target_files.get(l))
+                        .flatten()
+                        .for_each(&mut push),
                 }
             }
-        }
-    }
-    wbuild_graph::drop_elsewhere(actions);
-    Ok(out)
+            Ok(out)
+        },
+    )?;
+    wbuild_graph::drop_elsewhere(analysed);
+    out
 }
 
 /// A `wasi_tool` as `wbuild run` runs it: its `ToolRef`, and each data file's guest path

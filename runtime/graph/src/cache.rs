@@ -61,13 +61,10 @@ const PARALLEL_READ_BYTES: usize = 2 << 20;
 /// postcard writes `(&[u8], Vec<&[u8]>)`: a length, then the bytes) so that no more than one
 /// chunk of it is in memory at a time: the 100,000-action graph's body is 22 MB. `None` if
 /// the graph cannot be serialized.
-fn body(roots: &[Label], graph: &mut ActionGraph, emit: &mut dyn FnMut(&[u8])) -> Option<()> {
+fn body(roots: &[Label], graph: &ActionGraph, emit: &mut dyn FnMut(&[u8])) -> Option<()> {
     // A length, as postcard writes every length: a varint.
     let len = |n: usize| postcard::to_stdvec(&n).ok();
-    let actions = std::mem::take(&mut graph.actions);
-    let rest = postcard::to_stdvec(&(roots, &*graph));
-    graph.actions = actions;
-    let rest = rest.ok()?;
+    let rest = postcard::to_stdvec(&(roots, WithoutActions(graph))).ok()?;
     emit(&len(rest.len())?);
     emit(&rest);
     drop(rest);
@@ -82,6 +79,38 @@ fn body(roots: &[Label], graph: &mut ActionGraph, emit: &mut dyn FnMut(&[u8])) -
     Some(())
 }
 
+/// An [`ActionGraph`] serialized as the same graph with no actions would be (its fields in
+/// order; the maps [`ActionGraph`] serializes as sequences of entries, as such), without a
+/// copy of it being made.
+struct WithoutActions<'a>(&'a ActionGraph);
+
+impl serde::Serialize for WithoutActions<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        /// A map as a sequence of its entries.
+        struct Entries<'a, K, V>(&'a std::collections::BTreeMap<K, V>);
+        impl<K: serde::Serialize, V: serde::Serialize> serde::Serialize for Entries<'_, K, V> {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                s.collect_seq(self.0.iter())
+            }
+        }
+        let ActionGraph {
+            actions: _,
+            target_files,
+            producers,
+            root_platforms,
+            root_tools,
+        } = self.0;
+        let mut st = s.serialize_struct("ActionGraph", 5)?;
+        st.serialize_field("actions", &[] as &[ActionNode])?;
+        st.serialize_field("target_files", &Entries(target_files))?;
+        st.serialize_field("producers", &Entries(producers))?;
+        st.serialize_field("root_platforms", root_platforms)?;
+        st.serialize_field("root_tools", root_tools)?;
+        st.end()
+    }
+}
+
 /// Writes the entry for `roots` and `graph` under `signature` to `file` (through a temporary
 /// file in `dir`, best effort: `false` if it could not) and returns its digest (see
 /// [`Analysed::digest`]), which is `None` only if the graph cannot be serialized.
@@ -91,7 +120,7 @@ fn write_entry(
     file: &Path,
     signature: &str,
     roots: &[Label],
-    graph: &mut ActionGraph,
+    graph: &ActionGraph,
 ) -> (Option<blake3::Hash>, bool) {
     use std::io::{Seek, SeekFrom, Write};
     let head = postcard::to_stdvec(signature).ok();
@@ -598,6 +627,23 @@ pub fn load_and_analyse_cached(
     cache_dir: &Path,
     signature: &Signature,
 ) -> Result<Analysed, GraphError> {
+    load_and_analyse_cached_then(ws, patterns, include_tests, cache_dir, signature, |_, _| ())
+        .map(|(analysed, ())| analysed)
+}
+
+/// [`load_and_analyse_cached`], handing the graph and its roots to `then` before they are
+/// returned. When the graph was not in the cache, `then` runs while its entry is written on
+/// another thread (serializing, hashing and writing the 100,000-action graph takes about
+/// 100 ms): a caller that needs the graph but not its [`Analysed::digest`] at once, as
+/// `wbuild outputs` does, does its work meanwhile.
+pub fn load_and_analyse_cached_then<R: Send>(
+    ws: &Workspace,
+    patterns: &[TargetPattern],
+    include_tests: bool,
+    cache_dir: &Path,
+    signature: &Signature,
+    then: impl FnOnce(&ActionGraph, &[Label]) -> R + Send,
+) -> Result<(Analysed, R), GraphError> {
     let structure = signature.structure;
     let signature = signature.to_hex();
     let mut key = blake3::Hasher::new();
@@ -626,19 +672,27 @@ pub fn load_and_analyse_cached(
             if let Some(Some(recorded)) = resigned {
                 resign(cache_dir, &file, &reads_file, &bytes, recorded, &signature);
             }
-            return Ok(Analysed {
-                graph,
-                roots,
-                cached: true,
-                digest: Some(blake3::Hash::from_bytes(entry.digest)),
-            });
+            let out = then(&graph, &roots);
+            return Ok((
+                Analysed {
+                    graph,
+                    roots,
+                    cached: true,
+                    digest: Some(blake3::Hash::from_bytes(entry.digest)),
+                },
+                out,
+            ));
         }
     }
     let (targets, roots, reads) = crate::load::load_reading(ws, patterns)?;
-    let mut graph = crate::analyse(ws, &targets, &roots, include_tests)?;
+    let graph = crate::analyse(ws, &targets, &roots, include_tests)?;
     crate::drop_elsewhere(targets);
     // Best effort: a cache that cannot be written only costs the next build time.
-    let (digest, written) = write_entry(ws, cache_dir, &file, &signature, &roots, &mut graph);
+    let ((digest, written), out) = std::thread::scope(|s| {
+        let writer = s.spawn(|| write_entry(ws, cache_dir, &file, &signature, &roots, &graph));
+        let out = then(&graph, &roots);
+        (writer.join().unwrap_or((None, false)), out)
+    });
     if written {
         let reads = ReadsEntry {
             signature: signature.clone(),
@@ -649,12 +703,15 @@ pub fn load_and_analyse_cached(
             write_atomically(cache_dir, &reads_file, &[&bytes]);
         }
     }
-    Ok(Analysed {
-        graph,
-        roots,
-        cached: false,
-        digest,
-    })
+    Ok((
+        Analysed {
+            graph,
+            roots,
+            cached: false,
+            digest,
+        },
+        out,
+    ))
 }
 
 /// The reads recorded beside the entry signed `entry_signature`, if they say that loading the
@@ -717,7 +774,7 @@ mod tests {
     use crate::testutil::*;
 
     /// An entry's bytes as the cache file holds them.
-    fn entry_bytes(roots: &[Label], graph: &mut ActionGraph) -> Vec<u8> {
+    fn entry_bytes(roots: &[Label], graph: &ActionGraph) -> Vec<u8> {
         let mut bytes = postcard::to_stdvec("sig").unwrap();
         bytes.extend_from_slice(&[7u8; 32]);
         body(roots, graph, &mut |piece| bytes.extend_from_slice(piece)).unwrap();
@@ -738,7 +795,7 @@ mod tests {
             .insert(roots[0].clone(), vec!["p/a.txt".to_owned()]);
         let dir = tempfile::tempdir().unwrap();
         let file = dir.path().join("e.bin");
-        let (digest, written) = write_entry(&ws, dir.path(), &file, "sig", &roots, &mut graph);
+        let (digest, written) = write_entry(&ws, dir.path(), &file, "sig", &roots, &graph);
         assert!(written);
         let bytes = std::fs::read(&file).unwrap();
         let entry = Entry::parse(&bytes).unwrap();
@@ -756,16 +813,56 @@ mod tests {
         // Where nothing can be written, the digest is the same.
         let nowhere = dir.path().join("file-not-dir");
         std::fs::write(&nowhere, "").unwrap();
-        let (again, written) = write_entry(
-            &ws,
-            &nowhere,
-            &nowhere.join("e.bin"),
-            "sig",
-            &roots,
-            &mut graph,
-        );
+        let (again, written) =
+            write_entry(&ws, &nowhere, &nowhere.join("e.bin"), "sig", &roots, &graph);
         assert!(!written);
         assert_eq!(again, digest);
+    }
+
+    #[test]
+    fn a_graph_without_its_actions_is_serialized_as_the_graph_with_none() {
+        let label = |s: &str| Label::parse(s, "").unwrap();
+        let mut graph = ActionGraph::default();
+        graph.actions.push(ActionNode {
+            label: label("//p:t"),
+            mnemonic: "Genrule".to_owned(),
+            detail: None,
+            exec: crate::Exec::Native,
+            wasi_tools: Vec::new(),
+            argv: vec!["/bin/sh".to_owned()],
+            env: Default::default(),
+            inputs: Vec::new(),
+            outputs: vec!["p/o".to_owned()],
+            deps: Vec::new(),
+            is_test: false,
+        });
+        for (i, name) in ["//p:t", "//q:u"].into_iter().enumerate() {
+            graph
+                .target_files
+                .insert(label(name), vec![format!("p/o{i}"), format!("p/x{i}")]);
+            graph.producers.insert(format!("p/o{i}"), (i, label(name)));
+            graph
+                .root_platforms
+                .insert(label(name), format!("linux-{i}"));
+            graph.root_tools.insert(
+                label(name),
+                crate::ToolRef {
+                    label: label("//tools:t"),
+                    argv0: "t".to_owned(),
+                    module: "tools/t.wasm".to_owned(),
+                    data: vec![("/d".to_owned(), format!("tools/d{i}"))],
+                },
+            );
+        }
+        let roots = vec![label("//p:t"), label("//q:u")];
+        let none = ActionGraph {
+            actions: Vec::new(),
+            ..graph.clone()
+        };
+        assert_eq!(
+            postcard::to_stdvec(&(&roots, WithoutActions(&graph))).unwrap(),
+            postcard::to_stdvec(&(&roots, &none)).unwrap()
+        );
     }
 
     #[test]
@@ -791,7 +888,7 @@ mod tests {
                     .producers
                     .insert(format!("p/out{i}.txt"), (i, roots[0].clone()));
             }
-            let bytes = entry_bytes(&roots, &mut graph);
+            let bytes = entry_bytes(&roots, &graph);
             // The largest is above the size read on several threads.
             assert_eq!(
                 n == 30_000,

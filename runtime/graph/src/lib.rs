@@ -43,7 +43,7 @@ use std::path::PathBuf;
 pub use analysis::{ARCHIVER, ActionGraph, ActionNode, Exec, NOT_SCHEDULED, ToolRef, analyse};
 pub use cache::{
     Analysed, Signature, analysis_entry_signed, binary_identity, load_and_analyse_cached,
-    workspace_signature, workspace_signature_memo,
+    load_and_analyse_cached_then, workspace_signature, workspace_signature_memo,
 };
 pub use label::{Label, TargetPattern};
 pub use load::load;
