@@ -2,7 +2,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::label::{Label, join};
 use crate::load::find_cycle;
@@ -790,8 +790,7 @@ impl<'a> Analyser<'a> {
         }
         let t = self.target(label, None)?;
         let mut files = t.rule.provides(self, t)?;
-        let mut seen = HashSet::new();
-        files.retain(|f| seen.insert(f.clone()));
+        dedup_in_order(&mut files);
         self.files.insert(label.clone(), files.clone());
         Ok(files)
     }
@@ -829,13 +828,8 @@ impl<'a> Analyser<'a> {
             let files = self.dep_files(d, t)?;
             src_files.push((d.clone(), files));
         }
-        let mut ordered: Vec<String> = Vec::new();
-        let mut seen = HashSet::new();
-        for f in src_files.iter().flat_map(|(_, f)| f) {
-            if seen.insert(f.clone()) {
-                ordered.push(f.clone());
-            }
-        }
+        let mut ordered: Vec<String> = src_files.iter().flat_map(|(_, f)| f).cloned().collect();
+        dedup_in_order(&mut ordered);
         Ok((src_files, ordered))
     }
 
@@ -863,6 +857,20 @@ impl<'a> Analyser<'a> {
     }
 }
 
+/// Drops the repeats of `files`, keeping each first one in place (no copy of any file's name
+/// is made: the 100,000-target graph asks this of every target).
+fn dedup_in_order(files: &mut Vec<String>) {
+    if files.len() < 2 {
+        return;
+    }
+    let keep: Vec<bool> = {
+        let mut seen: FxHashSet<&str> = FxHashSet::default();
+        files.iter().map(|f| seen.insert(f.as_str())).collect()
+    };
+    let mut keep = keep.into_iter();
+    files.retain(|_| keep.next().unwrap_or(true));
+}
+
 /// Expands `$(location X)`, `$(locations X)`, `$(SRCS)`, `$(OUTS)`, `$@`, `$<`, `$(RULEDIR)`
 /// and `$$` in one `args` or `env` value.
 pub(crate) struct Expander<'x> {
@@ -875,7 +883,7 @@ pub(crate) struct Expander<'x> {
     pub outs: &'x [String],
 }
 
-impl Expander<'_> {
+impl<'x> Expander<'x> {
     fn err(&self, attribute: &str, message: String) -> GraphError {
         GraphError::Expansion {
             location: self.target.location.clone(),
@@ -951,7 +959,7 @@ impl Expander<'_> {
             ("SRCS", true) => Some(self.src_files.to_vec()),
             ("OUTS", true) => Some(self.outs.to_vec()),
             ("locations" | "execpaths" | "rootpaths", false) => {
-                Some(self.locate(arg, func, attribute)?)
+                Some(self.locate(arg, func, attribute)?.into_owned())
             }
             _ => None,
         })
@@ -992,7 +1000,7 @@ impl Expander<'_> {
             }),
             ("location" | "execpath" | "rootpath", false) => {
                 let files = self.locate(arg, func, attribute)?;
-                match files.as_slice() {
+                match &*files {
                     [one] => Ok(one.clone()),
                     _ => Err(self.err(
                         attribute,
@@ -1017,19 +1025,24 @@ impl Expander<'_> {
     }
 
     /// The files of `arg`, which must be in `srcs` or `outs`.
-    fn locate(&self, arg: &str, func: &str, attribute: &str) -> Result<Vec<String>, GraphError> {
+    fn locate(
+        &self,
+        arg: &str,
+        func: &str,
+        attribute: &str,
+    ) -> Result<std::borrow::Cow<'x, [String]>, GraphError> {
         let label = Label::parse(arg, &self.target.label.package)
             .map_err(|e| self.err(attribute, format!("$({func} {arg}): {e}")))?;
         let path = label.path();
         for (dep, files) in self.srcs {
             match dep {
-                Dep::Target(l) if *l == label => return Ok(files.clone()),
-                Dep::File(p) if *p == path => return Ok(files.clone()),
+                Dep::Target(l) if *l == label => return Ok(files.as_slice().into()),
+                Dep::File(p) if *p == path => return Ok(files.as_slice().into()),
                 _ => {}
             }
         }
         if self.outs.contains(&path) {
-            return Ok(vec![path]);
+            return Ok(vec![path].into());
         }
         Err(self.err(
             attribute,
