@@ -131,6 +131,9 @@ fn load_keeping_cycles_reading(
         });
         cycle
     };
+    // The evaluated packages are freed (on another thread) while the targets are indexed and
+    // analysed.
+    crate::drop_elsewhere(std::mem::take(&mut loader.packages));
     let graph = TargetGraph {
         targets: targets.into_iter().collect(),
     };
@@ -141,8 +144,6 @@ fn load_keeping_cycles_reading(
             .chain([main_log]),
     );
     let reads = Reads { probes, globs };
-    // The evaluated packages are freed while analysis goes on.
-    crate::drop_elsewhere(std::mem::take(&mut loader.packages));
     Ok((graph, matched.into_iter().collect(), cycle, reads))
 }
 
