@@ -166,8 +166,9 @@ pub const ARCHIVER: &str = "wbuild-archive";
 /// How an action runs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Exec {
-    /// A `wasi_tool` in the WASI executor.
-    Wasi(ToolRef),
+    /// A `wasi_tool` in the WASI executor (one `ToolRef` shared by every action of an
+    /// analysis that runs it: 100,000 actions of one tool held one copy each).
+    Wasi(std::sync::Arc<ToolRef>),
     /// `argv` in the native namespace sandbox, with the host toolchain (`genrule`).
     Native,
     /// `argv` = `wbuild-archive rcsD OUTPUT OBJECT...`: the objects written as a GNU `ar`
@@ -498,7 +499,7 @@ fn finish(
         }
         let root_tools: BTreeMap<Label, ToolRef> = roots
             .iter()
-            .filter_map(|r| Some((r.clone(), a.tool(r)?.clone())))
+            .filter_map(|r| Some((r.clone(), ToolRef::clone(a.tool(r)?))))
             .collect();
         (target_files, root_tools)
     };
@@ -572,7 +573,7 @@ impl<'g> Shared<'g> {
 #[derive(Default)]
 struct Settled {
     files: FxHashMap<Label, Vec<String>>,
-    tools: HashMap<Label, ToolRef>,
+    tools: HashMap<Label, std::sync::Arc<ToolRef>>,
     actions: Vec<ActionNode>,
     out_action: FxHashMap<String, usize>,
 }
@@ -582,7 +583,7 @@ struct Local {
     /// Per planned target analysed: (its position in the plan, its first action, how many).
     spans: Vec<(usize, usize, usize)>,
     files: FxHashMap<Label, Vec<String>>,
-    tools: HashMap<Label, ToolRef>,
+    tools: HashMap<Label, std::sync::Arc<ToolRef>>,
     actions: Vec<ActionNode>,
     out_action: FxHashMap<String, usize>,
 }
@@ -612,7 +613,7 @@ pub(crate) struct Analyser<'a> {
     /// The targets visited: `false` while their dependencies are being visited.
     visited: FxHashMap<Label, bool>,
     files: FxHashMap<Label, Vec<String>>,
-    tools: HashMap<Label, ToolRef>,
+    tools: HashMap<Label, std::sync::Arc<ToolRef>>,
     actions: Vec<ActionNode>,
     /// Generated workspace path -> index of the action that writes it.
     out_action: FxHashMap<String, usize>,
@@ -753,14 +754,14 @@ impl<'a> Analyser<'a> {
     }
 
     /// The `wasi_tool` `label` as analysed so far (see [`crate::rules::tool_ref`]).
-    pub(crate) fn tool(&self, label: &Label) -> Option<&ToolRef> {
+    pub(crate) fn tool(&self, label: &Label) -> Option<&std::sync::Arc<ToolRef>> {
         self.tools
             .get(label)
             .or_else(|| self.settled.tools.get(label))
     }
 
     /// Records how the `wasi_tool` `label` runs.
-    pub(crate) fn remember_tool(&mut self, label: &Label, tool: &ToolRef) {
+    pub(crate) fn remember_tool(&mut self, label: &Label, tool: &std::sync::Arc<ToolRef>) {
         self.tools.insert(label.clone(), tool.clone());
     }
 

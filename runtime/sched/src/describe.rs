@@ -180,7 +180,7 @@ mod tests {
             label: label(name),
             mnemonic: "WasiRun".to_owned(),
             detail: None,
-            exec: Exec::Wasi(tool.clone()),
+            exec: Exec::Wasi(std::sync::Arc::new(tool.clone())),
             argv: vec!["t".to_owned(), name.to_owned()],
             env: BTreeMap::new(),
             inputs: vec![input.to_owned()],

@@ -85,7 +85,7 @@ fn graph(spec: &[(&str, &[usize], &[&str])]) -> ActionGraph {
             label: label(name),
             mnemonic: "WasiRun".to_owned(),
             detail: None,
-            exec: Exec::Wasi(tool.clone()),
+            exec: Exec::Wasi(std::sync::Arc::new(tool.clone())),
             argv: vec!["t".to_owned(), name.to_string()],
             env: BTreeMap::new(),
             inputs,

@@ -573,7 +573,7 @@ impl WasiCc<'_> {
                 mnemonic: "CcTest".to_owned(),
                 detail: None,
                 argv: vec![program.argv0.clone()],
-                exec: Exec::Wasi(program),
+                exec: Exec::Wasi(std::sync::Arc::new(program)),
                 wasi_tools: Vec::new(),
                 env: BTreeMap::new(),
                 inputs: Vec::new(),

@@ -100,7 +100,7 @@ impl Analyse for GenruleAttrs<Dep> {
                 inputs.push(tool.module.clone());
                 inputs.extend(tool.data.iter().map(|(_, p)| p.clone()));
                 located.push((d.clone(), vec![launcher.clone()]));
-                wasi_tools.push((launcher, tool));
+                wasi_tools.push((launcher, crate::ToolRef::clone(&tool)));
                 continue;
             }
             let files = a.dep_files(d, t)?;

@@ -194,7 +194,7 @@ fn check_data_dir(d: &str) -> Result<(), String> {
 impl Analyse for WasiToolAttrs<Dep> {
     /// A tool provides its module.
     fn provides(&self, a: &mut Analyser<'_>, t: &Target) -> Result<Vec<String>, GraphError> {
-        Ok(vec![tool_ref(a, &t.label, None)?.module])
+        Ok(vec![tool_ref(a, &t.label, None)?.module.clone()])
     }
 }
 
@@ -247,7 +247,7 @@ pub(crate) fn tool_ref(
     a: &mut Analyser<'_>,
     label: &Label,
     from: Option<&Target>,
-) -> Result<ToolRef, GraphError> {
+) -> Result<std::sync::Arc<ToolRef>, GraphError> {
     if let Some(t) = a.tool(label) {
         return Ok(t.clone());
     }
@@ -325,12 +325,12 @@ pub(crate) fn tool_ref(
             by_guest.insert(guest, f);
         }
     }
-    let tool = ToolRef {
+    let tool = std::sync::Arc::new(ToolRef {
         label: label.clone(),
         argv0: argv0.clone().unwrap_or_else(|| label.name.clone()),
         module,
         data: by_guest.into_iter().collect(),
-    };
+    });
     a.remember_tool(label, &tool);
     Ok(tool)
 }
