@@ -34,8 +34,8 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// cold load of 100,000 targets peaked at about 416 MiB. After 100 ms it peaks at about
 /// 327 MiB. Shorter delays return a little more (10 ms, mimalloc 2's delay: 310 MiB) but
 /// cost a clean build of the C graph about 5 % more of wbuild's own CPU (pages a worker
-/// frees between actions returned and faulted again); with none, every free page was (1 s
-/// more system time on that load). `MIMALLOC_PURGE_DELAY` overrides it.
+/// frees between actions returned and faulted again); with none, every free page was
+/// (0.7 s more system time on that load). `MIMALLOC_PURGE_DELAY` overrides it.
 const PURGE_DELAY_MS: std::ffi::c_long = 100;
 
 /// Sets mimalloc's options (before any thread but the main one runs).
