@@ -1158,10 +1158,7 @@ wasi_tool(
                 .to_owned(),
         ));
         files.push(("app/main.c".to_owned(), String::new()));
-        let refs: Vec<(&str, &str)> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_str()))
-            .collect();
+        let refs = as_strs(&files);
         let t = ws_with(&refs);
         for tests in [false, true] {
             let g = analyse_patterns(&t, &["//..."], tests).unwrap();

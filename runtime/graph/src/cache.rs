@@ -636,13 +636,13 @@ pub fn load_and_analyse_cached(
 /// another thread (serializing, hashing and writing the 100,000-action graph takes about
 /// 100 ms): a caller that needs the graph but not its [`Analysed::digest`] at once, as
 /// `wbuild outputs` does, does its work meanwhile.
-pub fn load_and_analyse_cached_then<R: Send>(
+pub fn load_and_analyse_cached_then<R>(
     ws: &Workspace,
     patterns: &[TargetPattern],
     include_tests: bool,
     cache_dir: &Path,
     signature: &Signature,
-    then: impl FnOnce(&ActionGraph, &[Label]) -> R + Send,
+    then: impl FnOnce(&ActionGraph, &[Label]) -> R,
 ) -> Result<(Analysed, R), GraphError> {
     let structure = signature.structure;
     let signature = signature.to_hex();
@@ -986,10 +986,7 @@ mod tests {
             ));
             files.push((format!("d{}/p{p}/src/a.txt", p % groups), String::new()));
         }
-        let refs: Vec<(&str, &str)> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_str()))
-            .collect();
+        let refs = as_strs(&files);
         workspace(&refs)
     }
 

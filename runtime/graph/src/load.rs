@@ -1406,10 +1406,7 @@ mod tests {
             .collect();
         files[29].1 = "filegroup(name = \n".into();
         files[13].1 = "filegroup(name = 'f13', srcs = ['missing.txt'])\nundefined_rule()\n".into();
-        let refs: Vec<(&str, &str)> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_str()))
-            .collect();
+        let refs = as_strs(&files);
         for _ in 0..5 {
             let err = load_err(&refs, &["//..."]);
             let text = err.to_string();
@@ -1419,17 +1416,11 @@ mod tests {
             );
         }
         files[13].1 = "filegroup(name = 'f13', srcs = ['x.txt'])\n".into();
-        let refs: Vec<(&str, &str)> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_str()))
-            .collect();
+        let refs = as_strs(&files);
         let err = load_err(&refs, &["//..."]);
         assert!(err.to_string().contains("p29/WBUILD"), "{err}");
         files[29].1 = "filegroup(name = 'f29', srcs = ['x.txt'])\n".into();
-        let refs: Vec<(&str, &str)> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_str()))
-            .collect();
+        let refs = as_strs(&files);
         let t = workspace(&refs);
         let (g, all) = load(&t.ws, &patterns(&["//..."])).unwrap();
         assert_eq!(all.len(), 40);
@@ -1456,10 +1447,7 @@ mod tests {
             files.push((format!("big/p{p}/WBUILD"), text));
             files.push((format!("big/p{p}/x.txt"), String::new()));
         }
-        let refs: Vec<(&str, &str)> = files
-            .iter()
-            .map(|(p, c)| (p.as_str(), c.as_str()))
-            .collect();
+        let refs = as_strs(&files);
         let t = workspace(&refs);
         let some = [
             "//big/p0:all",
@@ -1511,10 +1499,7 @@ mod tests {
                 "filegroup(name = 'o', srcs = ['y.txt'])\n".into(),
             ));
             files.push(("other/y.txt".into(), String::new()));
-            let refs: Vec<(&str, &str)> = files
-                .iter()
-                .map(|(p, c)| (p.as_str(), c.as_str()))
-                .collect();
+            let refs = as_strs(&files);
             let t = workspace(&refs);
             load(&t.ws, &patterns(&["//big:all"])).unwrap_err()
         };
@@ -1553,10 +1538,7 @@ mod tests {
         ));
         files.push(("other/y.txt".into(), String::new()));
         let load_files = |files: &[(String, String)]| {
-            let refs: Vec<(&str, &str)> = files
-                .iter()
-                .map(|(p, c)| (p.as_str(), c.as_str()))
-                .collect();
+            let refs = as_strs(files);
             let t = workspace(&refs);
             load(&t.ws, &patterns(&["//big/..."]))
         };

@@ -37,3 +37,11 @@ pub(crate) fn patterns(ps: &[&str]) -> Vec<TargetPattern> {
         .map(|p| TargetPattern::parse(p, "").unwrap())
         .collect()
 }
+
+/// Files built as owned strings, as [`workspace`] takes them.
+pub(crate) fn as_strs(files: &[(String, String)]) -> Vec<(&str, &str)> {
+    files
+        .iter()
+        .map(|(p, c)| (p.as_str(), c.as_str()))
+        .collect()
+}
