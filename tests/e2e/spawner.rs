@@ -180,3 +180,42 @@ fn sandboxes_started_together_hold_no_descriptor_of_the_spawner_or_each_other() 
         );
     }
 }
+
+/// The empty directories sandbox roots are mounted on are reused while a build runs and
+/// removed when it ends: builds leave nothing in the temporary directory (before, every
+/// `wbuild build` that ran a native action left one or more there, thousands a day).
+#[test]
+fn builds_leave_no_sandbox_roots_in_the_temporary_directory() {
+    let w = ws();
+    let mut build = String::new();
+    for i in 0..4 {
+        build.push_str(&format!(
+            "genrule(name = \"g{i}\", outs = [\"g{i}.txt\"], cmd = \"echo {i} > $@\")\n"
+        ));
+    }
+    w.write("s/WBUILD", &build);
+    let tmp = tempfile::tempdir().unwrap();
+    let run = |cmd: &mut std::process::Command| {
+        wbuild_tests::process::output_with_deadline(cmd, wbuild_tests::process::default_deadline())
+            .unwrap_or_else(|e| panic!("{e}"))
+    };
+    let leftovers = || -> Vec<String> {
+        std::fs::read_dir(tmp.path())
+            .unwrap()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .collect()
+    };
+    for args in [
+        &["build", "-j", "2", "//s:all"][..],
+        &["build", "-j", "2", "//s:all"][..], // a no-op
+    ] {
+        let out = run(w.cmd(args).env("TMPDIR", tmp.path()));
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert_eq!(leftovers(), Vec::<String>::new(), "after wbuild {args:?}");
+    }
+    w.write("s/WBUILD", &build.replace("echo 3", "echo three"));
+    let out = run(w.cmd(&["build", "//s:all"]).env("TMPDIR", tmp.path()));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(leftovers(), Vec::<String>::new(), "after an edit");
+}

@@ -432,9 +432,12 @@ fn main() {
 /// Ends the process once its output is flushed, skipping the C library's exit handlers: the
 /// allocator's would hand every page of the heap back to the kernel one region at a time
 /// (some 240 `madvise` calls, about 1 ms after an edit of a 1,000-action graph) just before
-/// the kernel frees the whole address space anyway. Nothing of wbuild's runs at exit.
+/// the kernel frees the whole address space anyway. Of wbuild's own, only the directories
+/// pooled for sandbox roots are removed.
 fn exit_now(code: i32) -> ! {
     use std::io::Write;
+    // The one thing that must run at exit: the empty directories kept for sandbox roots.
+    wbuild_exec_native::release_sandbox_roots();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     // SAFETY: `_exit` ends the process; every file wbuild writes was written and closed

@@ -179,6 +179,8 @@ fn data_tree(
 /// exit status are the program's own.
 fn run_native(label: &str, path: &Path, root: &Path, args: &[String]) -> Result<i32> {
     use std::os::unix::process::CommandExt;
+    // The build before it may have pooled sandbox roots; `exec` runs no destructor.
+    wbuild_exec_native::release_sandbox_roots();
     let err = std::process::Command::new(path)
         .args(args)
         .current_dir(root)
@@ -199,7 +201,13 @@ fn run_wasi(
     data: &[(String, std::path::PathBuf)],
     args: &[String],
 ) -> Result<i32> {
-    let (_data_dir, data_preopens) = data_tree(label, data)?;
+    // A tool without data files needs no directory for them.
+    let (_data_dir, data_preopens) = if data.is_empty() {
+        (None, Vec::new())
+    } else {
+        let (dir, preopens) = data_tree(label, data)?;
+        (Some(dir), preopens)
+    };
     let fail = |what: &str, e: wasmtime::Error| {
         anyhow::anyhow!("cannot run {label} ({}): {what}: {e:#}", module.display())
     };

@@ -400,6 +400,15 @@ pub fn host_toolchain_mounts() -> Vec<Mount> {
         .collect()
 }
 
+/// Removes the empty directories kept for later sandboxes' roots (see `plan::ROOT_POOL`).
+/// A process that ends without running destructors (wbuild's CLI ends with `_exit`) calls
+/// this first, or every run would leave its pooled directories in the temporary directory.
+/// Sandboxes started afterwards make new ones.
+pub fn release_sandbox_roots() {
+    let pooled = std::mem::take(&mut *plan::ROOT_POOL.lock().unwrap_or_else(|e| e.into_inner()));
+    drop(pooled); // each `TempDir` removes its directory
+}
+
 /// Checks that sandboxes can be created here (user, mount, pid, network namespaces,
 /// mounting tmpfs and `/proc`, `pivot_root`), by building an empty sandbox whose action
 /// exits immediately. The error explains how to enable what is missing.
