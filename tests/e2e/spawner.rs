@@ -211,11 +211,19 @@ fn builds_leave_no_sandbox_roots_in_the_temporary_directory() {
         &["build", "-j", "2", "//s:all"][..], // a no-op
     ] {
         let out = run(w.cmd(args).env("TMPDIR", tmp.path()));
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         assert_eq!(leftovers(), Vec::<String>::new(), "after wbuild {args:?}");
     }
     w.write("s/WBUILD", &build.replace("echo 3", "echo three"));
     let out = run(w.cmd(&["build", "//s:all"]).env("TMPDIR", tmp.path()));
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert_eq!(leftovers(), Vec::<String>::new(), "after an edit");
 }

@@ -26,6 +26,8 @@ use crate::{GraphError, Location};
 #[derive(Clone, Debug)]
 pub(crate) struct RawTarget {
     pub name: String,
+    /// `//package:name`, shared by every reference to the target (see [`Label`]).
+    pub label: Label,
     pub location: Location,
     pub rule: RawRule,
     /// See [`crate::Target::platform`].
@@ -176,10 +178,7 @@ pub(crate) fn add_target(
     let mut names = ctx.names.borrow_mut();
     if let Some(&prev) = names.get(&name) {
         let err = GraphError::DuplicateTarget {
-            label: Label {
-                package,
-                name: name.clone(),
-            },
+            label: Label::new(package, name.clone()),
             location: location.clone(),
             previous: targets[prev].location.clone(),
         };
@@ -188,6 +187,7 @@ pub(crate) fn add_target(
     }
     names.insert(name.clone(), targets.len());
     targets.push(RawTarget {
+        label: Label::new(package, name.clone()),
         name,
         location,
         rule,

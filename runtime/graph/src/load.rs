@@ -87,16 +87,11 @@ fn load_keeping_cycles_reading(
         // Both in label order: each loaded target takes its resolution from ahead when it
         // is the next one there.
         let mut ahead = ahead.into_iter().flatten().peekable();
-        loader.other_targets(&mut targets, &mut globs, |package, name| {
-            while ahead
-                .peek()
-                .is_some_and(|(l, _)| (l.package.as_str(), l.name.as_str()) < (package, name))
-            {
+        loader.other_targets(&mut targets, &mut globs, |label| {
+            while ahead.peek().is_some_and(|(l, _)| l < label) {
                 ahead.next();
             }
-            ahead
-                .next_if(|(l, _)| l.package == package && l.name == name)
-                .map(|(l, (t, _))| (l, t))
+            ahead.next_if(|(l, _)| l == label).map(|(l, (t, _))| (l, t))
         });
         cycle
     } else {
@@ -122,12 +117,8 @@ fn load_keeping_cycles_reading(
             |l| resolved.get(l).map(|(t, _)| t.location.clone()),
         )
         .err();
-        loader.other_targets(&mut targets, &mut globs, |package, name| {
-            let label = Label {
-                package: package.to_owned(),
-                name: name.to_owned(),
-            };
-            resolved.remove(&label).map(|(t, _)| (label, t))
+        loader.other_targets(&mut targets, &mut globs, |label| {
+            resolved.remove(label).map(|(t, _)| (label.clone(), t))
         });
         cycle
     };
@@ -520,10 +511,7 @@ fn check_package(
     let mut outputs: BTreeMap<String, String> = BTreeMap::new();
     for raw in targets.values() {
         let outs = raw.rule.outputs(&raw.name);
-        let label = Label {
-            package: package.to_owned(),
-            name: raw.name.clone(),
-        };
+        let label = raw.label.clone();
         for out in &outs {
             let collision = |other: String| GraphError::OutputCollision {
                 location: raw.location.clone(),
@@ -546,10 +534,7 @@ fn check_package(
                     targets[other].location
                 )));
             }
-            let out_label = Label {
-                package: package.to_owned(),
-                name: out.clone(),
-            };
+            let out_label = Label::new(package.to_owned(), out.clone());
             if let Some(sub) = crossed_subpackage(&ws.root, &out_label) {
                 return Err(GraphError::Attribute {
                     location: raw.location.clone(),
@@ -582,18 +567,15 @@ impl Loader<'_> {
         &self,
         targets: &mut Vec<(Label, Target)>,
         globs: &mut Vec<GlobRead>,
-        mut take: impl FnMut(&str, &str) -> Option<(Label, Target)>,
+        mut take: impl FnMut(&Label) -> Option<(Label, Target)>,
     ) {
-        for (pkg_name, pkg) in &self.packages {
+        for pkg in self.packages.values() {
             globs.extend(pkg.globs.iter().cloned());
             for raw in pkg.targets.values() {
-                targets.push(match take(pkg_name, &raw.name) {
+                targets.push(match take(&raw.label) {
                     Some(done) => done,
                     None => {
-                        let label = Label {
-                            package: pkg_name.clone(),
-                            name: raw.name.clone(),
-                        };
+                        let label = raw.label.clone();
                         let target = self.resolve_lenient(&label, raw);
                         (label, target)
                     }
@@ -615,22 +597,14 @@ impl Loader<'_> {
                 TargetPattern::Label(l) => {
                     let root = self.ws.root.clone();
                     let pkg = self.package(&l.package, &cmdline)?;
-                    if pkg.targets.contains_key(&l.name) {
-                        matched.push(l.clone());
+                    if let Some(raw) = pkg.targets.get(&l.name) {
+                        matched.push(raw.label.clone());
                     } else if let Some(producer) = pkg.outputs.get(&l.name) {
-                        matched.push(Label {
-                            package: l.package.clone(),
-                            name: producer.clone(),
-                        });
+                        matched.push(pkg.targets[producer].label.clone());
                     } else if matches!(l.name.as_str(), "all" | "*" | "all-targets") {
                         // Bazel: `//pkg:all` is every target of the package, unless a
                         // target has that name.
-                        for name in pkg.targets.keys() {
-                            matched.push(Label {
-                                package: l.package.clone(),
-                                name: name.clone(),
-                            });
-                        }
+                        matched.extend(pkg.targets.values().map(|raw| raw.label.clone()));
                     } else if root.join(l.path()).exists() {
                         return Err(GraphError::NotATarget {
                             label: l.clone(),
@@ -658,12 +632,7 @@ impl Loader<'_> {
                     }
                     for p in packages {
                         let pkg = self.package(&p, &cmdline)?;
-                        for name in pkg.targets.keys() {
-                            matched.push(Label {
-                                package: p.clone(),
-                                name: name.clone(),
-                            });
-                        }
+                        matched.extend(pkg.targets.values().map(|raw| raw.label.clone()));
                     }
                 }
             }
@@ -701,20 +670,18 @@ impl Loader<'_> {
         let root = &ws.root;
         let pkg = self.package(&label.package, &context)?;
         let path = label.path();
-        if pkg.targets.contains_key(&label.name) {
+        if let Some(shared) = pkg.targets.get(&label.name).map(|raw| raw.label.clone()) {
             if self.listings.find(root, &path) == Found::File {
                 return Err(attr_err(format!(
                     "'{reference}' is ambiguous: it names both the target {label} and the source \
                      file '{path}'; rename the target"
                 )));
             }
-            return Ok((Dep::Target(label.clone()), Some(label)));
+            // The target's own label: shared, not another copy.
+            return Ok((Dep::Target(shared.clone()), Some(shared)));
         }
         if let Some(producer) = pkg.outputs.get(&label.name) {
-            let producer = Label {
-                package: label.package.clone(),
-                name: producer.clone(),
-            };
+            let producer = pkg.targets[producer].label.clone();
             return Ok((Dep::File(path), Some(producer)));
         }
         if let Some(sub) = crossed_subpackage(root, &label) {
@@ -734,8 +701,8 @@ impl Loader<'_> {
                 context: context(),
             }),
             Found::Missing => Err(GraphError::NoSuchFile {
-                file: label.name,
-                package: label.package,
+                file: label.name.clone(),
+                package: label.package.clone(),
                 location: location.clone(),
             }),
         }
@@ -936,12 +903,8 @@ impl MapRefs<String, String> for Lenient<'_, '_> {
     }
 
     fn target(&mut self, _attribute: &str, r: &String, _want: &Want) -> Result<Label, Self::Error> {
-        Ok(
-            Label::parse(r, &self.from.package).unwrap_or_else(|_| Label {
-                package: self.from.package.clone(),
-                name: r.clone(),
-            }),
-        )
+        Ok(Label::parse(r, &self.from.package)
+            .unwrap_or_else(|_| Label::new(self.from.package.clone(), r.clone())))
     }
 }
 
@@ -958,7 +921,7 @@ impl Lenient<'_, '_> {
             return Dep::File(join(package, r));
         };
         match self.loader.packages.get(&l.package) {
-            Some(p) if p.targets.contains_key(&l.name) => Dep::Target(l),
+            Some(p) if let Some(raw) = p.targets.get(&l.name) => Dep::Target(raw.label.clone()),
             Some(_) => Dep::File(l.path()),
             None if r.starts_with("//") || r.starts_with(':') => Dep::Target(l),
             None => Dep::File(l.path()),
@@ -1170,6 +1133,53 @@ mod tests {
                 .contains("unknown platform \"mips\": use one of linux-x86_64, linux-arm64"),
             "{e}"
         );
+    }
+
+    /// A target's label is one allocation shared by the target, the graph's index and every
+    /// reference to it, on the path that resolves in order (a few targets) and on the one that
+    /// resolves ahead on other threads (1,600 targets).
+    #[test]
+    fn a_label_is_shared_by_its_target_the_index_and_every_reference() {
+        for n in [3, 800] {
+            let mut files = vec![TOOL, TOOL_WASM];
+            let builds: Vec<String> = (0..2)
+                .map(|p| {
+                    (0..n)
+                        .map(|i| {
+                            let srcs = if i == 0 { String::new() } else { format!("'//p{p}:r0'") };
+                            format!(
+                                "wasi_run(name = 'r{i}', tool = '//tools:gen', srcs = [{srcs}], outs = ['r{i}.txt'])\n"
+                            )
+                        })
+                        .collect()
+                })
+                .collect();
+            let paths = ["p0/WBUILD", "p1/WBUILD"];
+            for (path, text) in paths.iter().zip(&builds) {
+                files.push((path, text.as_str()));
+            }
+            let t = workspace(&files);
+            let (g, _) = load(&t.ws, &patterns(&["//..."])).unwrap();
+            assert_eq!(g.targets.len(), 2 * n + 1);
+            let (tool, _) = g.targets.get_key_value(&label("//tools:gen")).unwrap();
+            for (key, target) in &g.targets {
+                assert!(key.shares(&target.label), "{key}: the index holds a copy");
+                let Rule::WasiRun(run) = &target.rule else {
+                    continue;
+                };
+                assert!(run.tool.shares(tool), "{key}: its tool label is a copy");
+                let (first, _) = g
+                    .targets
+                    .get_key_value(&label(&format!("//{}:r0", key.package)))
+                    .unwrap();
+                for dep in &run.srcs {
+                    let Dep::Target(l) = dep else {
+                        panic!("{key}: {dep:?} is not a target")
+                    };
+                    assert!(l.shares(first), "{key}: its reference to {l} is a copy");
+                }
+            }
+        }
     }
 
     #[test]

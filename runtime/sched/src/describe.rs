@@ -159,19 +159,13 @@ mod tests {
     use crate::{Platform, Status};
 
     fn label(name: &str) -> Label {
-        Label {
-            package: "p".to_owned(),
-            name: name.to_owned(),
-        }
+        Label::new("p".to_owned(), name.to_owned())
     }
 
     /// `a` reads `p/src.txt` and writes `p/a.out`; `b` reads `p/a.out` and writes `p/b.out`.
     fn chain() -> ActionGraph {
         let tool = ToolRef {
-            label: Label {
-                package: "tools".to_owned(),
-                name: "t".to_owned(),
-            },
+            label: Label::new("tools".to_owned(), "t".to_owned()),
             argv0: "t".to_owned(),
             module: "tools/t.wasm".to_owned(),
             data: Vec::new(),

@@ -21,10 +21,7 @@ use crate::{
 const MODULE: &str = "tools/t.wasm";
 
 fn label(name: &str) -> Label {
-    Label {
-        package: "p".to_owned(),
-        name: name.to_owned(),
-    }
+    Label::new("p".to_owned(), name.to_owned())
 }
 
 fn out(name: &str) -> String {
@@ -66,10 +63,7 @@ fn fixture() -> Fixture {
 /// with `["t", name]`, reads its dependencies' outputs and writes `p/<name>.out`.
 fn graph(spec: &[(&str, &[usize], &[&str])]) -> ActionGraph {
     let tool = ToolRef {
-        label: Label {
-            package: "tools".to_owned(),
-            name: "t".to_owned(),
-        },
+        label: Label::new("tools".to_owned(), "t".to_owned()),
         argv0: "t".to_owned(),
         module: MODULE.to_owned(),
         data: Vec::new(),
