@@ -25,8 +25,8 @@ use crate::{GraphError, Location};
 /// A rule call as recorded during evaluation.
 #[derive(Clone, Debug)]
 pub(crate) struct RawTarget {
-    pub name: String,
-    /// `//package:name`, shared by every reference to the target (see [`Label`]).
+    /// `//package:name`, shared by every reference to the target (see [`Label`]); the
+    /// target's name is `label.name`.
     pub label: Label,
     pub location: Location,
     pub rule: RawRule,
@@ -50,7 +50,7 @@ struct EvalContext {
     root: PathBuf,
     /// Workspace path of the `WBUILD` file being evaluated (macros in `.bzl` files called from
     /// it still record targets here).
-    file: String,
+    file: std::sync::Arc<str>,
     /// `Some` while evaluating a `WBUILD` file; `None` for the top level of a `.bzl` file.
     package: Option<String>,
     targets: RefCell<Vec<RawTarget>>,
@@ -108,9 +108,17 @@ fn context<'a>(
 }
 
 fn location_of(span: &FileSpan) -> Location {
+    location_sharing(span, None)
+}
+
+/// The location of `span`, whose file name is `file`'s text when it is in that file.
+fn location_sharing(span: &FileSpan, file: Option<&std::sync::Arc<str>>) -> Location {
     let pos = span.resolve_span().begin;
     Location {
-        file: span.filename().to_owned(),
+        file: match file {
+            Some(f) if **f == *span.filename() => f.clone(),
+            _ => span.filename().into(),
+        },
         line: pos.line as u32 + 1,
         column: pos.column as u32 + 1,
     }
@@ -124,8 +132,8 @@ fn call_location(eval: &Evaluator<'_, '_, '_>, ctx: &EvalContext) -> Location {
         .frames
         .iter()
         .filter_map(|f| f.location.as_ref())
-        .find(|l| l.filename() == ctx.file)
-        .map(location_of)
+        .find(|l| l.filename() == &*ctx.file)
+        .map(|l| location_sharing(l, Some(&ctx.file)))
         .or_else(|| eval.call_stack_top_location().map(|l| location_of(&l)))
         .unwrap_or(Location {
             file: ctx.file.clone(),
@@ -187,8 +195,7 @@ pub(crate) fn add_target(
     }
     names.insert(name.clone(), targets.len());
     targets.push(RawTarget {
-        label: Label::new(package, name.clone()),
-        name,
+        label: Label::new(package, name),
         location,
         rule,
         platform,
@@ -376,7 +383,7 @@ impl Interpreter {
         let file = join(package, BUILD_FILE);
         let ctx = EvalContext {
             root: self.root.clone(),
-            file: file.clone(),
+            file: file.as_str().into(),
             package: Some(package.to_owned()),
             targets: RefCell::new(Vec::new()),
             names: RefCell::new(HashMap::new()),
@@ -484,7 +491,7 @@ impl Interpreter {
         }
         let ctx = EvalContext {
             root: self.root.clone(),
-            file: path.clone(),
+            file: path.as_str().into(),
             package: None,
             targets: RefCell::new(Vec::new()),
             names: RefCell::new(HashMap::new()),

@@ -64,8 +64,8 @@ pub const DEFAULT_DATA_DIR: &str = "/share";
 /// Where a target was defined: the rule call in a `WBUILD` file.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
 pub struct Location {
-    /// Workspace path of the `WBUILD` file.
-    pub file: String,
+    /// Workspace path of the `WBUILD` file (shared by every target the file defines).
+    pub file: std::sync::Arc<str>,
     /// 1-based.
     pub line: u32,
     /// 1-based, in characters.

@@ -506,11 +506,11 @@ fn check_package(
 ) -> Result<Package, GraphError> {
     let mut targets = BTreeMap::new();
     for raw in raws {
-        targets.insert(raw.name.clone(), Arc::new(raw));
+        targets.insert(raw.label.name.clone(), Arc::new(raw));
     }
     let mut outputs: BTreeMap<String, String> = BTreeMap::new();
     for raw in targets.values() {
-        let outs = raw.rule.outputs(&raw.name);
+        let outs = raw.rule.outputs(&raw.label.name);
         let label = raw.label.clone();
         for out in &outs {
             let collision = |other: String| GraphError::OutputCollision {
@@ -521,7 +521,7 @@ fn check_package(
             };
             // (A cc_binary's program is named like the target itself, as in Bazel.)
             if let Some(t) = targets.get(out)
-                && t.name != raw.name
+                && t.label.name != raw.label.name
             {
                 return Err(collision(format!(
                     "the target //{package}:{out} defined at {}",
@@ -549,7 +549,7 @@ fn check_package(
             if listings.exists_no_follow(&ws.root, &path) {
                 return Err(collision(format!("the source file '{path}'")));
             }
-            outputs.insert(out.clone(), raw.name.clone());
+            outputs.insert(out.clone(), raw.label.name.clone());
         }
     }
     Ok(Package {
@@ -1066,7 +1066,7 @@ where
                         path[start..].iter().map(|(l, _, _)| (*l).clone()).collect();
                     cycle.push(next.clone());
                     let location = location(next).unwrap_or_else(|| Location {
-                        file: join(&next.package, BUILD_FILE),
+                        file: join(&next.package, BUILD_FILE).into(),
                         line: 1,
                         column: 1,
                     });
