@@ -189,7 +189,7 @@ fn row(action: &ActionNode, opts: &Options, d: &Described) -> Row {
         executor,
         argv: action.argv.clone(),
         env: command_env(action, opts).into_iter().collect(),
-        inputs: action.inputs.clone(),
+        inputs: action.inputs.to_vec(),
         outputs: action.outputs.clone(),
         action_digest: None,
         command_digest: None,

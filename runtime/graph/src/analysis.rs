@@ -146,8 +146,9 @@ pub struct ActionNode {
     /// Exactly the variables given in `env` (values expanded); nothing is inherited.
     pub env: BTreeMap<String, String>,
     /// Sorted, deduplicated workspace paths of the `srcs` (source files and generated files);
-    /// the tool's module and data are in `tool`, not here.
-    pub inputs: Vec<String>,
+    /// the tool's module and data are in `tool`, not here. The headers every compile of a
+    /// `cc_*` target declares are one set, shared by those compiles (see [`crate::Inputs`]).
+    pub inputs: crate::Inputs,
     /// Sorted workspace paths of the outputs (empty for tests).
     pub outputs: Vec<String>,
     /// Sorted indices of the actions producing an input, the tool module or a tool data file.

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Bumped whenever loading or analysis changes meaning, so stale cache files are ignored.
-const FORMAT: &str = "wbuild-analysis/14";
+const FORMAT: &str = "wbuild-analysis/15";
 
 /// The running wbuild binary (path, size, modification time): a rebuilt or upgraded binary
 /// never trusts results cached by another one.
@@ -72,7 +72,9 @@ fn body(roots: &[Label], graph: &ActionGraph, emit: &mut dyn FnMut(&[u8])) -> Op
     let chunks = graph.actions.chunks(per);
     emit(&len(chunks.len())?);
     for chunk in chunks {
-        let bytes = postcard::to_stdvec(chunk).ok()?;
+        // Each chunk on its own: a set of inputs shared by several of its actions is written
+        // once (chunks are read on several threads, each its own scope).
+        let bytes = crate::inputs::sharing(|| postcard::to_stdvec(chunk)).ok()?;
         emit(&len(bytes.len())?);
         emit(&bytes);
     }
@@ -169,7 +171,8 @@ impl<'a> Entry<'a> {
     fn graph(&self) -> Option<(Vec<Label>, ActionGraph)> {
         let (rest, chunks) = (self.rest, &self.chunks);
         let read_rest = || postcard::from_bytes::<(Vec<Label>, ActionGraph)>(rest).ok();
-        let read_chunk = |c: &[u8]| postcard::from_bytes::<Vec<ActionNode>>(c).ok();
+        let read_chunk =
+            |c: &[u8]| crate::inputs::sharing(|| postcard::from_bytes::<Vec<ActionNode>>(c)).ok();
         let size = rest.len() + chunks.iter().map(|c| c.len()).sum::<usize>();
         let parallel = size >= PARALLEL_READ_BYTES
             && std::thread::available_parallelism().is_ok_and(|n| n.get() >= 2);
@@ -831,7 +834,7 @@ mod tests {
             wasi_tools: Vec::new(),
             argv: vec!["/bin/sh".to_owned()],
             env: Default::default(),
-            inputs: Vec::new(),
+            inputs: Vec::new().into(),
             outputs: vec!["p/o".to_owned()],
             deps: Vec::new(),
             is_test: false,
@@ -879,7 +882,7 @@ mod tests {
                     wasi_tools: Vec::new(),
                     argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), "x".repeat(40)],
                     env: Default::default(),
-                    inputs: vec![format!("p/in{i}.txt")],
+                    inputs: vec![format!("p/in{i}.txt")].into(),
                     outputs: vec![format!("p/out{i}.txt")],
                     deps: (0..i.min(3)).collect(),
                     is_test: false,

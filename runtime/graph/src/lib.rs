@@ -28,6 +28,7 @@ mod analysis;
 mod cache;
 mod eval;
 mod glob;
+mod inputs;
 mod label;
 mod load;
 mod platform;
@@ -45,6 +46,7 @@ pub use cache::{
     Analysed, Signature, analysis_entry_signed, binary_identity, load_and_analyse_cached,
     load_and_analyse_cached_then, workspace_signature, workspace_signature_memo,
 };
+pub use inputs::Inputs;
 pub use label::{Label, TargetPattern};
 pub use load::load;
 pub use platform::{Platform, UnknownPlatform};

@@ -177,7 +177,7 @@ mod tests {
             exec: Exec::Wasi(std::sync::Arc::new(tool.clone())),
             argv: vec!["t".to_owned(), name.to_owned()],
             env: BTreeMap::new(),
-            inputs: vec![input.to_owned()],
+            inputs: vec![input.to_owned()].into(),
             outputs: vec![format!("p/{name}.out")],
             deps,
             is_test: false,

@@ -1053,7 +1053,7 @@ mod tests {
             exec: Exec::Native,
             argv: vec![],
             env: BTreeMap::new(),
-            inputs: vec![],
+            inputs: vec![].into(),
             outputs: vec![],
             deps: vec![],
             is_test: false,

@@ -82,7 +82,7 @@ fn graph(spec: &[(&str, &[usize], &[&str])]) -> ActionGraph {
             exec: Exec::Wasi(std::sync::Arc::new(tool.clone())),
             argv: vec!["t".to_owned(), name.to_string()],
             env: BTreeMap::new(),
-            inputs,
+            inputs: inputs.into(),
             outputs: vec![out(name)],
             deps: deps.to_vec(),
             is_test: false,

@@ -276,6 +276,8 @@ impl Analyse for CcAttrs<Dep, Label> {
         let mut depfiles = Vec::new();
         let mut stems: HashMap<String, &String> = HashMap::new();
         let compile_deps = a.producing_actions(t, headers.iter())?;
+        // Every compile of the target declares the same headers: one set, shared.
+        let shared_headers = crate::Inputs::shared_set(headers.clone());
         for src in &sources {
             let stem = script::object_stem(pkg, &t.label.name, src);
             if let Some(other) = stems.insert(stem.clone(), src) {
@@ -297,10 +299,7 @@ impl Analyse for CcAttrs<Dep, Label> {
                 include_dirs: &include_dirs,
             }
             .script();
-            let mut inputs = headers.clone();
-            inputs.push(src.clone());
-            inputs.sort();
-            inputs.dedup();
+            let inputs = crate::Inputs::new(shared_headers.clone(), vec![src.clone()]);
             let mut deps: BTreeSet<usize> = compile_deps.iter().copied().collect();
             deps.extend(a.producing_actions(t, std::iter::once(src))?);
             let mut outputs = vec![object.clone(), depfile.clone()];
@@ -386,7 +385,7 @@ impl Analyse for CcAttrs<Dep, Label> {
             wasi_tools: Vec::new(),
             argv,
             env: BTreeMap::new(),
-            inputs,
+            inputs: inputs.into(),
             outputs: vec![output.clone()],
             deps: deps.into_iter().collect(),
             is_test: false,
@@ -404,7 +403,7 @@ impl Analyse for CcAttrs<Dep, Label> {
                     script::test_script(&output),
                 ],
                 env: BTreeMap::new(),
-                inputs: vec![output],
+                inputs: vec![output].into(),
                 outputs: Vec::new(),
                 deps: vec![finish_index],
                 is_test: true,
@@ -468,6 +467,7 @@ impl WasiCc<'_> {
         let mut stems: HashMap<String, &String> = HashMap::new();
         let compile_deps =
             a.producing_actions(t, self.headers.iter().chain(&tool_files(&clang)))?;
+        let shared_headers = crate::Inputs::shared_set(self.headers.to_vec());
         for src in self.sources {
             let stem = script::object_stem(pkg, &t.label.name, src);
             if let Some(other) = stems.insert(stem.clone(), src) {
@@ -499,10 +499,7 @@ impl WasiCc<'_> {
                 "-o".to_owned(),
                 object.clone(),
             ]);
-            let mut inputs = self.headers.to_vec();
-            inputs.push(src.clone());
-            inputs.sort();
-            inputs.dedup();
+            let inputs = crate::Inputs::new(shared_headers.clone(), vec![src.clone()]);
             let mut deps: BTreeSet<usize> = compile_deps.iter().copied().collect();
             deps.extend(a.producing_actions(t, std::iter::once(src))?);
             actions.push(ActionNode {
@@ -556,7 +553,7 @@ impl WasiCc<'_> {
             wasi_tools: Vec::new(),
             argv,
             env: BTreeMap::new(),
-            inputs,
+            inputs: inputs.into(),
             outputs: vec![output.clone()],
             deps: deps.into_iter().collect(),
             is_test: false,
@@ -576,7 +573,7 @@ impl WasiCc<'_> {
                 exec: Exec::Wasi(std::sync::Arc::new(program)),
                 wasi_tools: Vec::new(),
                 env: BTreeMap::new(),
-                inputs: Vec::new(),
+                inputs: Vec::new().into(),
                 outputs: Vec::new(),
                 deps: vec![finish_index],
                 is_test: true,

@@ -138,7 +138,7 @@ impl Analyse for GenruleAttrs<Dep> {
             wasi_tools,
             argv: vec!["/bin/sh".to_owned(), "-c".to_owned(), cmd],
             env: BTreeMap::new(),
-            inputs,
+            inputs: inputs.into(),
             outputs,
             deps,
             is_test: false,

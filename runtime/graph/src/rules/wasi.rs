@@ -394,7 +394,7 @@ impl Run<'_> {
             wasi_tools: Vec::new(),
             argv,
             env: expanded_env,
-            inputs,
+            inputs: inputs.into(),
             outputs,
             deps,
             is_test: self.is_test,

@@ -1,0 +1,343 @@
+//! An action's declared inputs: a sorted set of workspace paths, part of which may be shared
+//! with other actions.
+//!
+//! Every compile of a `cc_*` target declares the same headers (its own and those of its
+//! dependencies) besides its source: in the suite's C graph, some 60 paths per compile, the
+//! same for the ten compiles of a library. Held once per target (an `Arc`), and written once
+//! per target in the analysis cache, they are neither copied by the analysis nor allocated
+//! again, path by path, each time a build reads the cached graph.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::sync::Arc;
+
+/// Sorted, deduplicated workspace paths: those of `shared` and those of `own` (which holds
+/// none of `shared`'s). Compared, iterated and listed as the one sorted set they make.
+#[derive(Clone, Default)]
+pub struct Inputs {
+    shared: Arc<[String]>,
+    own: Vec<String>,
+}
+
+impl Inputs {
+    /// The set `shared` (sorted and deduplicated, as [`Inputs::shared_set`] makes it) plus
+    /// `own`.
+    pub fn new(shared: Arc<[String]>, own: Vec<String>) -> Inputs {
+        debug_assert!(
+            shared.windows(2).all(|w| w[0] < w[1]),
+            "shared: not a sorted set"
+        );
+        let mut own = own;
+        own.sort();
+        own.dedup();
+        own.retain(|p| shared.binary_search(p).is_err());
+        Inputs { shared, own }
+    }
+
+    /// `paths` as a sorted, deduplicated set to share between actions.
+    pub fn shared_set(mut paths: Vec<String>) -> Arc<[String]> {
+        paths.sort();
+        paths.dedup();
+        paths.into()
+    }
+
+    /// The paths, in order.
+    pub fn iter(&self) -> Iter<'_> {
+        Iter {
+            a: &self.shared,
+            b: &self.own,
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.shared.len() + self.own.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    pub fn contains(&self, path: &str) -> bool {
+        let find = |set: &[String]| set.binary_search_by(|p| p.as_str().cmp(path)).is_ok();
+        find(&self.own) || find(&self.shared)
+    }
+
+    /// The first path, in order.
+    pub fn first(&self) -> Option<&String> {
+        self.iter().next()
+    }
+
+    pub fn to_vec(&self) -> Vec<String> {
+        self.iter().cloned().collect()
+    }
+}
+
+impl From<Vec<String>> for Inputs {
+    fn from(paths: Vec<String>) -> Inputs {
+        Inputs::new(Arc::from([]), paths)
+    }
+}
+
+/// The paths of two sorted, disjoint sets, merged in order.
+pub struct Iter<'a> {
+    a: &'a [String],
+    b: &'a [String],
+}
+
+impl<'a> Iterator for Iter<'a> {
+    type Item = &'a String;
+
+    fn next(&mut self) -> Option<&'a String> {
+        let take_a = match (self.a.first(), self.b.first()) {
+            (Some(x), Some(y)) => x <= y,
+            (Some(_), None) => true,
+            (None, Some(_)) => false,
+            (None, None) => return None,
+        };
+        let side = if take_a { &mut self.a } else { &mut self.b };
+        let (first, rest) = side.split_first()?;
+        *side = rest;
+        Some(first)
+    }
+
+    fn size_hint(&self) -> (usize, Option<usize>) {
+        let n = self.a.len() + self.b.len();
+        (n, Some(n))
+    }
+}
+
+impl ExactSizeIterator for Iter<'_> {}
+
+impl<'a> IntoIterator for &'a Inputs {
+    type Item = &'a String;
+    type IntoIter = Iter<'a>;
+    fn into_iter(self) -> Iter<'a> {
+        self.iter()
+    }
+}
+
+impl PartialEq for Inputs {
+    fn eq(&self, other: &Inputs) -> bool {
+        self.len() == other.len() && self.iter().eq(other.iter())
+    }
+}
+
+impl Eq for Inputs {}
+
+impl<T: AsRef<str>> PartialEq<[T]> for Inputs {
+    fn eq(&self, other: &[T]) -> bool {
+        self.len() == other.len() && self.iter().zip(other).all(|(a, b)| a == b.as_ref())
+    }
+}
+
+impl<T: AsRef<str>, const N: usize> PartialEq<[T; N]> for Inputs {
+    fn eq(&self, other: &[T; N]) -> bool {
+        *self == other[..]
+    }
+}
+
+impl<T: AsRef<str>> PartialEq<Vec<T>> for Inputs {
+    fn eq(&self, other: &Vec<T>) -> bool {
+        *self == other[..]
+    }
+}
+
+impl std::fmt::Debug for Inputs {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.iter()).finish()
+    }
+}
+
+/// The shared sets already written (by address) or read (in order) in the current scope.
+#[derive(Default)]
+struct Table {
+    written: HashMap<usize, u32>,
+    read: Vec<Arc<[String]>>,
+}
+
+thread_local! {
+    static SHARING: RefCell<Option<Table>> = const { RefCell::new(None) };
+}
+
+/// Runs `f` (serializing or deserializing actions on this thread) with a shared set written
+/// once: the first time in full, then by its number. What is written inside one scope must be
+/// read inside one scope, in the same order.
+pub(crate) fn sharing<R>(f: impl FnOnce() -> R) -> R {
+    struct Reset(Option<Table>);
+    impl Drop for Reset {
+        fn drop(&mut self) {
+            SHARING.with(|s| *s.borrow_mut() = self.0.take());
+        }
+    }
+    let _reset = Reset(SHARING.with(|s| s.borrow_mut().replace(Table::default())));
+    f()
+}
+
+/// How the shared set is written: none, the number of one written before, or in full.
+const EMPTY: u8 = 0;
+const AGAIN: u8 = 1;
+const FULL: u8 = 2;
+
+/// In text formats, the sorted list of paths. In binary formats (the analysis cache), the
+/// shared set, then `own`: the shared set in full, or, within a [`sharing`] scope that
+/// already wrote it, as its number.
+impl serde::Serialize for Inputs {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        if s.is_human_readable() {
+            return s.collect_seq(self.iter());
+        }
+        let again = if self.shared.is_empty() {
+            None
+        } else {
+            SHARING.with(|t| {
+                let mut t = t.borrow_mut();
+                let t = t.as_mut()?;
+                let key = self.shared.as_ptr() as usize;
+                let next = t.written.len() as u32;
+                match t.written.get(&key) {
+                    Some(&n) => Some(Some(n)),
+                    None => {
+                        t.written.insert(key, next);
+                        // Kept alive while the scope may meet it again: an address is not
+                        // reused for another set (the actions being written hold it).
+                        Some(None)
+                    }
+                }
+            })
+        };
+        let mut tup = s.serialize_tuple(3)?;
+        match (self.shared.is_empty(), again) {
+            (true, _) => {
+                tup.serialize_element(&EMPTY)?;
+                tup.serialize_element(&())?;
+            }
+            (false, Some(Some(n))) => {
+                tup.serialize_element(&AGAIN)?;
+                tup.serialize_element(&n)?;
+            }
+            (false, _) => {
+                tup.serialize_element(&FULL)?;
+                tup.serialize_element(&*self.shared)?;
+            }
+        }
+        tup.serialize_element(&self.own)?;
+        tup.end()
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for Inputs {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Inputs, D::Error> {
+        use serde::de::{Error, SeqAccess, Visitor};
+        if d.is_human_readable() {
+            let paths = <Vec<String> as serde::Deserialize>::deserialize(d)?;
+            return Ok(Inputs::from(paths));
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Inputs;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an action's inputs")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Inputs, A::Error> {
+                let missing = || A::Error::custom("truncated inputs");
+                let tag: u8 = seq.next_element()?.ok_or_else(missing)?;
+                let shared: Arc<[String]> = match tag {
+                    EMPTY => {
+                        seq.next_element::<()>()?.ok_or_else(missing)?;
+                        Arc::from([])
+                    }
+                    AGAIN => {
+                        let n: u32 = seq.next_element()?.ok_or_else(missing)?;
+                        SHARING
+                            .with(|t| {
+                                t.borrow()
+                                    .as_ref()
+                                    .and_then(|t| t.read.get(n as usize).cloned())
+                            })
+                            .ok_or_else(|| A::Error::custom("inputs name an unknown shared set"))?
+                    }
+                    FULL => {
+                        let paths: Vec<String> = seq.next_element()?.ok_or_else(missing)?;
+                        if !paths.windows(2).all(|w| w[0] < w[1]) {
+                            return Err(A::Error::custom("a shared set of inputs is not sorted"));
+                        }
+                        let set: Arc<[String]> = paths.into();
+                        SHARING.with(|t| {
+                            if let Some(t) = t.borrow_mut().as_mut() {
+                                t.read.push(set.clone());
+                            }
+                        });
+                        set
+                    }
+                    _ => return Err(A::Error::custom("unknown kind of shared inputs")),
+                };
+                let own: Vec<String> = seq.next_element()?.ok_or_else(missing)?;
+                if !own.windows(2).all(|w| w[0] < w[1])
+                    || own.iter().any(|p| shared.binary_search(p).is_ok())
+                {
+                    return Err(A::Error::custom("an action's inputs are not a sorted set"));
+                }
+                Ok(Inputs { shared, own })
+            }
+        }
+        d.deserialize_tuple(3, V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn two_parts_are_one_sorted_set() {
+        let shared = Inputs::shared_set(strings(&["b.h", "d.h", "b.h"]));
+        let i = Inputs::new(shared, strings(&["e.c", "a.c", "d.h"]));
+        assert_eq!(i, ["a.c", "b.h", "d.h", "e.c"]);
+        assert_eq!(i.len(), 4);
+        assert!(i.contains("d.h") && i.contains("a.c") && !i.contains("c.h"));
+        assert_eq!(i.first().map(String::as_str), Some("a.c"));
+        assert_eq!(i, Inputs::from(strings(&["a.c", "b.h", "d.h", "e.c"])));
+        assert_eq!(format!("{i:?}"), r#"["a.c", "b.h", "d.h", "e.c"]"#);
+    }
+
+    #[test]
+    fn a_shared_set_is_written_once_per_scope_and_read_back_shared() {
+        let shared = Inputs::shared_set(strings(&["x/a.h", "x/b.h", "x/c.h"]));
+        let actions: Vec<Inputs> = (0..3)
+            .map(|i| Inputs::new(shared.clone(), vec![format!("x/{i}.c")]))
+            .collect();
+        let alone = postcard::to_stdvec(&actions).unwrap();
+        let bytes = sharing(|| postcard::to_stdvec(&actions)).unwrap();
+        assert!(bytes.len() < alone.len() - 2 * "x/a.hx/b.hx/c.h".len());
+        let back: Vec<Inputs> = sharing(|| postcard::from_bytes(&bytes)).unwrap();
+        assert_eq!(back, actions);
+        assert!(Arc::ptr_eq(&back[0].shared, &back[2].shared));
+        // Outside a scope every set is written in full, and read so.
+        let back: Vec<Inputs> = postcard::from_bytes(&alone).unwrap();
+        assert_eq!(back, actions);
+        // A reference read outside the scope that wrote the set is refused, not guessed.
+        assert!(postcard::from_bytes::<Vec<Inputs>>(&bytes).is_err());
+        // Text formats list the paths.
+        assert_eq!(
+            serde_json::to_string(&actions[1]).unwrap(),
+            r#"["x/1.c","x/a.h","x/b.h","x/c.h"]"#
+        );
+    }
+
+    #[test]
+    fn damaged_inputs_are_refused() {
+        let unsorted = sharing(|| postcard::to_stdvec(&(FULL, strings(&["b", "a"]), strings(&[]))));
+        let unsorted = unsorted.unwrap();
+        assert!(sharing(|| postcard::from_bytes::<Inputs>(&unsorted)).is_err());
+        let overlapping =
+            postcard::to_stdvec(&(FULL, strings(&["a", "b"]), strings(&["b"]))).unwrap();
+        assert!(sharing(|| postcard::from_bytes::<Inputs>(&overlapping)).is_err());
+        let unknown = postcard::to_stdvec(&(7u8, (), strings(&[]))).unwrap();
+        assert!(sharing(|| postcard::from_bytes::<Inputs>(&unknown)).is_err());
+    }
+}
