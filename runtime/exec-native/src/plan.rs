@@ -125,14 +125,35 @@ pub(crate) static ROOT_POOL: Mutex<Vec<tempfile::TempDir>> = Mutex::new(Vec::new
 
 pub(crate) struct PooledRoot(Option<tempfile::TempDir>);
 
+/// Has the pooled directories removed when the process exits through `exit` (a program that
+/// returns from `main`, a test binary), which runs no destructor of a static. The CLI ends
+/// with `_exit` and calls [`crate::release_sandbox_roots`] itself.
+fn remove_pooled_at_exit() {
+    extern "C" fn at_exit() {
+        // Never waits: a thread stopped while holding the pool's lock keeps its directories.
+        if let Ok(mut pool) = ROOT_POOL.try_lock() {
+            drop(std::mem::take(&mut *pool));
+        }
+    }
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        // SAFETY: registering a handler that only takes a lock without waiting and removes
+        // directories.
+        unsafe { libc::atexit(at_exit) };
+    });
+}
+
 impl PooledRoot {
     pub(crate) fn take() -> io::Result<PooledRoot> {
         let reused = ROOT_POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let dir = match reused {
             Some(d) => d,
-            None => tempfile::Builder::new()
-                .prefix("wbuild-sandbox-root-")
-                .tempdir()?,
+            None => {
+                remove_pooled_at_exit();
+                tempfile::Builder::new()
+                    .prefix("wbuild-sandbox-root-")
+                    .tempdir()?
+            }
         };
         Ok(PooledRoot(Some(dir)))
     }
