@@ -15,7 +15,9 @@ use std::sync::Arc;
 /// none of `shared`'s). Compared, iterated and listed as the one sorted set they make.
 #[derive(Clone, Default)]
 pub struct Inputs {
-    shared: Arc<[String]>,
+    /// `None` for none (an empty `Arc<[String]>` would still be an allocation, one per action
+    /// of most graphs).
+    shared: Option<Arc<[String]>>,
     own: Vec<String>,
 }
 
@@ -31,7 +33,14 @@ impl Inputs {
         own.sort();
         own.dedup();
         own.retain(|p| shared.binary_search(p).is_err());
-        Inputs { shared, own }
+        Inputs {
+            shared: (!shared.is_empty()).then_some(shared),
+            own,
+        }
+    }
+
+    fn shared(&self) -> &[String] {
+        self.shared.as_deref().unwrap_or_default()
     }
 
     /// `paths` as a sorted, deduplicated set to share between actions.
@@ -44,13 +53,13 @@ impl Inputs {
     /// The paths, in order.
     pub fn iter(&self) -> Iter<'_> {
         Iter {
-            a: &self.shared,
+            a: self.shared(),
             b: &self.own,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.shared.len() + self.own.len()
+        self.shared().len() + self.own.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -59,7 +68,7 @@ impl Inputs {
 
     pub fn contains(&self, path: &str) -> bool {
         let find = |set: &[String]| set.binary_search_by(|p| p.as_str().cmp(path)).is_ok();
-        find(&self.own) || find(&self.shared)
+        find(&self.own) || find(self.shared())
     }
 
     /// The first path, in order.
@@ -73,8 +82,13 @@ impl Inputs {
 }
 
 impl From<Vec<String>> for Inputs {
-    fn from(paths: Vec<String>) -> Inputs {
-        Inputs::new(Arc::from([]), paths)
+    fn from(mut paths: Vec<String>) -> Inputs {
+        paths.sort();
+        paths.dedup();
+        Inputs {
+            shared: None,
+            own: paths,
+        }
     }
 }
 
@@ -187,13 +201,12 @@ impl serde::Serialize for Inputs {
         if s.is_human_readable() {
             return s.collect_seq(self.iter());
         }
-        let again = if self.shared.is_empty() {
-            None
-        } else {
-            SHARING.with(|t| {
+        let again = match &self.shared {
+            None => None,
+            Some(shared) => SHARING.with(|t| {
                 let mut t = t.borrow_mut();
                 let t = t.as_mut()?;
-                let key = self.shared.as_ptr() as usize;
+                let key = shared.as_ptr() as usize;
                 let next = t.written.len() as u32;
                 match t.written.get(&key) {
                     Some(&n) => Some(Some(n)),
@@ -204,21 +217,21 @@ impl serde::Serialize for Inputs {
                         Some(None)
                     }
                 }
-            })
+            }),
         };
         let mut tup = s.serialize_tuple(3)?;
-        match (self.shared.is_empty(), again) {
-            (true, _) => {
+        match (&self.shared, again) {
+            (None, _) => {
                 tup.serialize_element(&EMPTY)?;
                 tup.serialize_element(&())?;
             }
-            (false, Some(Some(n))) => {
+            (Some(_), Some(Some(n))) => {
                 tup.serialize_element(&AGAIN)?;
                 tup.serialize_element(&n)?;
             }
-            (false, _) => {
+            (Some(shared), _) => {
                 tup.serialize_element(&FULL)?;
-                tup.serialize_element(&*self.shared)?;
+                tup.serialize_element(&**shared)?;
             }
         }
         tup.serialize_element(&self.own)?;
@@ -242,40 +255,47 @@ impl<'de> serde::Deserialize<'de> for Inputs {
             fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Inputs, A::Error> {
                 let missing = || A::Error::custom("truncated inputs");
                 let tag: u8 = seq.next_element()?.ok_or_else(missing)?;
-                let shared: Arc<[String]> = match tag {
-                    EMPTY => {
-                        seq.next_element::<()>()?.ok_or_else(missing)?;
-                        Arc::from([])
-                    }
-                    AGAIN => {
-                        let n: u32 = seq.next_element()?.ok_or_else(missing)?;
-                        SHARING
-                            .with(|t| {
+                let shared: Option<Arc<[String]>> =
+                    match tag {
+                        EMPTY => {
+                            seq.next_element::<()>()?.ok_or_else(missing)?;
+                            None
+                        }
+                        AGAIN => {
+                            let n: u32 = seq.next_element()?.ok_or_else(missing)?;
+                            let set = SHARING.with(|t| {
                                 t.borrow()
                                     .as_ref()
                                     .and_then(|t| t.read.get(n as usize).cloned())
-                            })
-                            .ok_or_else(|| A::Error::custom("inputs name an unknown shared set"))?
-                    }
-                    FULL => {
-                        let paths: Vec<String> = seq.next_element()?.ok_or_else(missing)?;
-                        if !paths.windows(2).all(|w| w[0] < w[1]) {
-                            return Err(A::Error::custom("a shared set of inputs is not sorted"));
+                            });
+                            Some(set.ok_or_else(|| {
+                                A::Error::custom("inputs name an unknown shared set")
+                            })?)
                         }
-                        let set: Arc<[String]> = paths.into();
-                        SHARING.with(|t| {
-                            if let Some(t) = t.borrow_mut().as_mut() {
-                                t.read.push(set.clone());
+                        FULL => {
+                            let paths: Vec<String> = seq.next_element()?.ok_or_else(missing)?;
+                            if paths.is_empty() || !paths.windows(2).all(|w| w[0] < w[1]) {
+                                return Err(A::Error::custom(
+                                    "a shared set of inputs is empty or not sorted",
+                                ));
                             }
-                        });
-                        set
-                    }
-                    _ => return Err(A::Error::custom("unknown kind of shared inputs")),
-                };
+                            let set: Arc<[String]> = paths.into();
+                            SHARING.with(|t| {
+                                if let Some(t) = t.borrow_mut().as_mut() {
+                                    t.read.push(set.clone());
+                                }
+                            });
+                            Some(set)
+                        }
+                        _ => return Err(A::Error::custom("unknown kind of shared inputs")),
+                    };
                 let own: Vec<String> = seq.next_element()?.ok_or_else(missing)?;
-                if !own.windows(2).all(|w| w[0] < w[1])
-                    || own.iter().any(|p| shared.binary_search(p).is_ok())
-                {
+                let in_shared = |p: &String| {
+                    shared
+                        .as_deref()
+                        .is_some_and(|s| s.binary_search(p).is_ok())
+                };
+                if !own.windows(2).all(|w| w[0] < w[1]) || own.iter().any(in_shared) {
                     return Err(A::Error::custom("an action's inputs are not a sorted set"));
                 }
                 Ok(Inputs { shared, own })
@@ -303,6 +323,13 @@ mod tests {
         assert_eq!(i.first().map(String::as_str), Some("a.c"));
         assert_eq!(i, Inputs::from(strings(&["a.c", "b.h", "d.h", "e.c"])));
         assert_eq!(format!("{i:?}"), r#"["a.c", "b.h", "d.h", "e.c"]"#);
+        // No shared set is no allocation.
+        assert!(Inputs::from(strings(&["a"])).shared.is_none());
+        assert!(
+            Inputs::new(Inputs::shared_set(vec![]), strings(&["a"]))
+                .shared
+                .is_none()
+        );
     }
 
     #[test]
@@ -316,7 +343,8 @@ mod tests {
         assert!(bytes.len() < alone.len() - 2 * "x/a.hx/b.hx/c.h".len());
         let back: Vec<Inputs> = sharing(|| postcard::from_bytes(&bytes)).unwrap();
         assert_eq!(back, actions);
-        assert!(Arc::ptr_eq(&back[0].shared, &back[2].shared));
+        let (a, b) = (back[0].shared.as_ref(), back[2].shared.as_ref());
+        assert!(Arc::ptr_eq(a.unwrap(), b.unwrap()));
         // Outside a scope every set is written in full, and read so.
         let back: Vec<Inputs> = postcard::from_bytes(&alone).unwrap();
         assert_eq!(back, actions);
@@ -337,6 +365,8 @@ mod tests {
         let overlapping =
             postcard::to_stdvec(&(FULL, strings(&["a", "b"]), strings(&["b"]))).unwrap();
         assert!(sharing(|| postcard::from_bytes::<Inputs>(&overlapping)).is_err());
+        let empty = postcard::to_stdvec(&(FULL, strings(&[]), strings(&["a"]))).unwrap();
+        assert!(sharing(|| postcard::from_bytes::<Inputs>(&empty)).is_err());
         let unknown = postcard::to_stdvec(&(7u8, (), strings(&[]))).unwrap();
         assert!(sharing(|| postcard::from_bytes::<Inputs>(&unknown)).is_err());
     }
