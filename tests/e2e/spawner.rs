@@ -227,3 +227,48 @@ fn builds_leave_no_sandbox_roots_in_the_temporary_directory() {
     );
     assert_eq!(leftovers(), Vec::<String>::new(), "after an edit");
 }
+
+/// Directories pooled by a build that was killed (nothing of its ran at exit) are removed by
+/// the next build that starts a sandbox, if they are empty and their owner is gone; those of
+/// live processes, those not empty and those wbuild did not name are left.
+#[test]
+fn a_build_removes_the_empty_sandbox_roots_of_killed_builds() {
+    let w = ws();
+    w.write(
+        "s/WBUILD",
+        "genrule(name = \"g\", outs = [\"g.txt\"], cmd = \"echo g > $@\")\n",
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    // A pid that is gone: a child that has exited and been reaped.
+    let mut child = std::process::Command::new("true").spawn().unwrap();
+    let dead = child.id();
+    child.wait().unwrap();
+    let live = std::process::id();
+    let make = |name: &str| {
+        let p = tmp.path().join(name);
+        std::fs::create_dir(&p).unwrap();
+        p
+    };
+    let stale = make(&format!("wbuild-sandbox-root-{dead}-aaaaaa"));
+    let kept_full = make(&format!("wbuild-sandbox-root-{dead}-bbbbbb"));
+    std::fs::write(kept_full.join("x"), "not empty").unwrap();
+    let kept_live = make(&format!("wbuild-sandbox-root-{live}-cccccc"));
+    let kept_unnamed = make("wbuild-sandbox-root-dddddd");
+    let out = wbuild_tests::process::output_with_deadline(
+        w.cmd(&["build", "//s:g"]).env("TMPDIR", tmp.path()),
+        wbuild_tests::process::default_deadline(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        !stale.exists(),
+        "the empty directory of a dead build is left"
+    );
+    for p in [&kept_full, &kept_live, &kept_unnamed] {
+        assert!(p.exists(), "{} was removed", p.display());
+    }
+}

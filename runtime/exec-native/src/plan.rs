@@ -143,15 +143,80 @@ fn remove_pooled_at_exit() {
     });
 }
 
+/// Wakes when the sweep of dead owners' directories has ended.
+static SWEEP_FINISHED: Mutex<Option<std::sync::mpsc::Receiver<()>>> = Mutex::new(None);
+
+/// Lets a sweep still running finish, for at most `limit` (a process about to end would
+/// otherwise cut it short).
+pub(crate) fn await_sweep(limit: std::time::Duration) {
+    let finished = SWEEP_FINISHED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .take();
+    if let Some(finished) = finished {
+        let _ = finished.recv_timeout(limit);
+    }
+}
+
+/// The name of every pooled directory starts with this, then the owner's pid and a `-`.
+const ROOT_PREFIX: &str = "wbuild-sandbox-root-";
+
+/// Removes, on a thread of its own, the empty pooled directories of processes that are gone
+/// (killed: nothing of theirs ran at exit). A directory whose pid is alive, or not visible
+/// from here (another pid namespace sharing the temporary directory), is left; so is
+/// anything not empty. Should a live owner's directory be removed all the same, it makes a
+/// new one ([`PooledRoot::take`]).
+fn sweep_dead_owners() {
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(|| {
+        let own = std::process::id();
+        let (done, finished) = std::sync::mpsc::channel::<()>();
+        *SWEEP_FINISHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(finished);
+        let _ = std::thread::Builder::new()
+            .name("sweep".into())
+            .spawn(move || {
+                let _done = done; // dropped (the receiver wakes) however this ends
+                let dir = std::env::temp_dir();
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    return;
+                };
+                for e in entries.flatten() {
+                    let name = e.file_name();
+                    let Some(pid) = name
+                        .to_str()
+                        .and_then(|n| n.strip_prefix(ROOT_PREFIX))
+                        .and_then(|rest| rest.split_once('-'))
+                        .and_then(|(pid, _)| pid.parse::<u32>().ok())
+                    else {
+                        continue;
+                    };
+                    if pid != own && !Path::new(&format!("/proc/{pid}")).exists() {
+                        // Only an empty directory is removed.
+                        let _ = std::fs::remove_dir(e.path());
+                    }
+                }
+            });
+    });
+}
+
 impl PooledRoot {
     pub(crate) fn take() -> io::Result<PooledRoot> {
-        let reused = ROOT_POOL.lock().unwrap_or_else(|e| e.into_inner()).pop();
+        let reused = loop {
+            let Some(d) = ROOT_POOL.lock().unwrap_or_else(|e| e.into_inner()).pop() else {
+                break None;
+            };
+            // Removed meanwhile (by hand, or by another process's sweep): dropped.
+            if d.path().is_dir() {
+                break Some(d);
+            }
+        };
         let dir = match reused {
             Some(d) => d,
             None => {
                 remove_pooled_at_exit();
+                sweep_dead_owners();
                 tempfile::Builder::new()
-                    .prefix("wbuild-sandbox-root-")
+                    .prefix(&format!("{ROOT_PREFIX}{}-", std::process::id()))
                     .tempdir()?
             }
         };
