@@ -401,16 +401,17 @@ pub fn host_toolchain_mounts() -> Vec<Mount> {
 }
 
 /// Removes the empty directories kept for later sandboxes' roots (see `plan::ROOT_POOL`),
-/// and lets the sweep of those left by killed processes finish (200 ms at most).
+/// and lets the sweep of those left by killed processes finish (20 ms at most).
 /// A process that ends without running destructors (wbuild's CLI ends with `_exit`) calls
 /// this first, or every run would leave its pooled directories in the temporary directory.
 /// Sandboxes started afterwards make new ones.
 pub fn release_sandbox_roots() {
     let pooled = std::mem::take(&mut *plan::ROOT_POOL.lock().unwrap_or_else(|e| e.into_inner()));
     drop(pooled); // each `TempDir` removes its directory
-    // The sweep of directories left by killed processes (started with the first sandbox) is
-    // given a moment to end: it lists the temporary directory once.
-    plan::await_sweep(std::time::Duration::from_millis(200));
+    // The sweep of directories left by killed processes (started with the first sandbox,
+    // usually over in well under a millisecond) is given a moment to end; a temporary
+    // directory too large to list in that time is swept on, in part, by later runs.
+    plan::await_sweep(std::time::Duration::from_millis(20));
 }
 
 /// Checks that sandboxes can be created here (user, mount, pid, network namespaces,
