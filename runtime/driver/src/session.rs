@@ -214,35 +214,32 @@ pub struct BuildOutcome {
 
 /// How long each phase of a build took: for the trace, and with `WBUILD_PROFILE=1` as notes.
 struct Phases<'a> {
-    since: Instant,
     since_unix_us: u64,
     notes: bool,
     ui: &'a dyn Frontend,
     spans: Vec<crate::profile::Span>,
 }
 
+/// The trace's clock (see [`wbuild_sched::clock_us`]): the build's phases and its actions'
+/// spans are timed alike.
 fn unix_us() -> u64 {
-    SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+    wbuild_sched::clock_us()
 }
 
 impl Phases<'_> {
     fn mark(&mut self, what: &str) {
-        let took = self.since.elapsed();
+        let now = unix_us();
+        let took_us = now.saturating_sub(self.since_unix_us);
         if self.notes {
-            self.ui.note(&format!(
-                "[profile] {what}: {:.1} ms",
-                took.as_secs_f64() * 1e3
-            ));
+            self.ui
+                .note(&format!("[profile] {what}: {:.1} ms", took_us as f64 / 1e3));
         }
         self.spans.push(crate::profile::Span {
             name: what.to_owned(),
             start_us: self.since_unix_us,
-            duration_us: took.as_micros() as u64,
+            duration_us: took_us,
         });
-        self.since = Instant::now();
-        self.since_unix_us = unix_us();
+        self.since_unix_us = now;
     }
 }
 
@@ -607,7 +604,6 @@ fn run_build_round(
 ) -> Result<Round> {
     let note = |line: &str| ui.note(line);
     let mut phases = Phases {
-        since: Instant::now(),
         since_unix_us: unix_us(),
         notes: std::env::var_os("WBUILD_PROFILE").is_some(),
         ui,

@@ -58,7 +58,7 @@ use local::Semaphore;
 pub use merkle::{TreeFile, input_root, tree_files};
 pub use native::{assume_toolchain_identity, toolchain_identity, toolchain_sentinels};
 pub use observed::{KeyManifest, MAX_PATH_SET, UNOBSERVED_RUNS, identity as action_identity};
-pub use phases::{KNOWN_PHASE, Phase};
+pub use phases::{KNOWN_PHASE, Phase, clock_us};
 use remote::Endpoint;
 pub use remote::{ACCESS_LOG_TYPE_URL, RemoteCacheApi, RemoteExecApi};
 pub use validate::{

@@ -21,10 +21,24 @@ thread_local! {
     static PHASES: RefCell<Vec<Phase>> = const { RefCell::new(Vec::new()) };
 }
 
+/// Microseconds since the Unix epoch, by the monotonic clock: the wall clock is read once,
+/// and every later reading adds the monotonic time since. Every span of a build's trace (its
+/// phases, its actions, their phases) is timed by it, so a span that lies within another
+/// is drawn within it even if the wall clock is stepped or slewed meanwhile (a virtual
+/// machine's clock was seen to), and the two were timed by different clocks.
+pub fn clock_us() -> u64 {
+    static BASE: std::sync::OnceLock<(Instant, u64)> = std::sync::OnceLock::new();
+    let (at, unix_us) = BASE.get_or_init(|| {
+        let unix_us = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_micros() as u64);
+        (Instant::now(), unix_us)
+    });
+    unix_us + at.elapsed().as_micros() as u64
+}
+
 fn now_us() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_micros() as u64)
+    clock_us()
 }
 
 /// Times a phase until dropped.

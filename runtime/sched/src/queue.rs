@@ -223,9 +223,7 @@ impl Scheduler<'_> {
         }
         let no_inputs = crate::Generated::default();
         let mut settled = 0u64;
-        let now_us = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_micros() as u64);
+        let now_us = crate::phases::clock_us();
         for (idx, action) in graph.actions.iter().enumerate() {
             if !action
                 .deps
@@ -410,9 +408,7 @@ impl Scheduler<'_> {
                     .collect()
             };
             let t0 = Instant::now();
-            let start_us = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .map_or(0, |d| d.as_micros() as u64);
+            let start_us = crate::phases::clock_us();
             let _ = crate::phases::take();
             let known = self
                 .known_result(idx, graph, opts, &generated)
