@@ -244,9 +244,14 @@ fn a_build_removes_the_empty_sandbox_roots_of_killed_builds() {
     let dead = child.id();
     child.wait().unwrap();
     let live = std::process::id();
+    // Made a minute ago: a sweep leaves the directories of the last few seconds alone.
     let make = |name: &str| {
         let p = tmp.path().join(name);
         std::fs::create_dir(&p).unwrap();
+        std::fs::File::open(&p)
+            .unwrap()
+            .set_modified(std::time::SystemTime::now() - std::time::Duration::from_secs(60))
+            .unwrap();
         p
     };
     let stale = make(&format!("wbuild-sandbox-root-{dead}-aaaaaa"));
@@ -254,6 +259,17 @@ fn a_build_removes_the_empty_sandbox_roots_of_killed_builds() {
     std::fs::write(kept_full.join("x"), "not empty").unwrap();
     let kept_live = make(&format!("wbuild-sandbox-root-{live}-cccccc"));
     let kept_unnamed = make("wbuild-sandbox-root-dddddd");
+    // Locked: in use by a process whose pid is not visible here (another pid namespace).
+    let kept_locked = make(&format!("wbuild-sandbox-root-{dead}-eeeeee"));
+    let lock = std::fs::File::open(&kept_locked).unwrap();
+    // SAFETY: flock on a descriptor held until the end of the test.
+    let locked = unsafe { libc::flock(std::os::fd::AsRawFd::as_raw_fd(&lock), libc::LOCK_SH) };
+    assert_eq!(locked, 0);
+    let recent = make(&format!("wbuild-sandbox-root-{dead}-ffffff"));
+    std::fs::File::open(&recent)
+        .unwrap()
+        .set_modified(std::time::SystemTime::now())
+        .unwrap();
     let out = wbuild_tests::process::output_with_deadline(
         w.cmd(&["build", "//s:g"]).env("TMPDIR", tmp.path()),
         wbuild_tests::process::default_deadline(),
@@ -268,7 +284,7 @@ fn a_build_removes_the_empty_sandbox_roots_of_killed_builds() {
         !stale.exists(),
         "the empty directory of a dead build is left"
     );
-    for p in [&kept_full, &kept_live, &kept_unnamed] {
+    for p in [&kept_full, &kept_live, &kept_unnamed, &kept_locked, &recent] {
         assert!(p.exists(), "{} was removed", p.display());
     }
 }

@@ -121,9 +121,31 @@ pub(crate) struct Plan {
 /// Empty directories sandbox roots are mounted on, kept for the next sandbox: the tmpfs is
 /// mounted only in the sandbox's own mount namespace, so the host directory stays empty, and
 /// creating (and deleting) a directory per action is a measurable cost on ext4.
-pub(crate) static ROOT_POOL: Mutex<Vec<tempfile::TempDir>> = Mutex::new(Vec::new());
+pub(crate) static ROOT_POOL: Mutex<Vec<Pooled>> = Mutex::new(Vec::new());
 
-pub(crate) struct PooledRoot(Option<tempfile::TempDir>);
+/// A pooled directory, with the lock that tells other processes' sweeps it is in use (see
+/// [`sweep_dead_owners`]): a `flock` on the directory itself, held while the directory is.
+pub(crate) struct Pooled {
+    dir: tempfile::TempDir,
+    _lock: std::fs::File,
+}
+
+impl Pooled {
+    fn new() -> io::Result<Pooled> {
+        use std::os::fd::AsRawFd;
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("{ROOT_PREFIX}{}-", std::process::id()))
+            .tempdir()?;
+        let lock = std::fs::File::open(dir.path())?;
+        // SAFETY: flock on a descriptor we hold.
+        if unsafe { libc::flock(lock.as_raw_fd(), libc::LOCK_SH | libc::LOCK_NB) } != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(Pooled { dir, _lock: lock })
+    }
+}
+
+pub(crate) struct PooledRoot(Option<Pooled>);
 
 /// Has the pooled directories removed when the process exits through `exit` (a program that
 /// returns from `main`, a test binary), which runs no destructor of a static. The CLI ends
@@ -162,10 +184,11 @@ pub(crate) fn await_sweep(limit: std::time::Duration) {
 const ROOT_PREFIX: &str = "wbuild-sandbox-root-";
 
 /// Removes, on a thread of its own, the empty pooled directories of processes that are gone
-/// (killed: nothing of theirs ran at exit). A directory whose pid is alive, or not visible
-/// from here (another pid namespace sharing the temporary directory), is left; so is
-/// anything not empty. Should a live owner's directory be removed all the same, it makes a
-/// new one ([`PooledRoot::take`]).
+/// (killed: nothing of theirs ran at exit). Left: a directory whose pid is alive, one locked
+/// by its owner (whose pid may not be visible from here: another pid namespace sharing the
+/// temporary directory), one made in the last [`SWEEP_MIN_AGE`] (its owner may not have
+/// locked it yet), and anything not empty. Should a live owner's directory be removed all
+/// the same, it makes a new one ([`PooledRoot::take`]).
 fn sweep_dead_owners() {
     static SWEPT: std::sync::Once = std::sync::Once::new();
     SWEPT.call_once(|| {
@@ -191,12 +214,31 @@ fn sweep_dead_owners() {
                         continue;
                     };
                     if pid != own && !Path::new(&format!("/proc/{pid}")).exists() {
-                        // Only an empty directory is removed.
-                        let _ = std::fs::remove_dir(e.path());
+                        remove_if_abandoned(&e.path());
                     }
                 }
             });
     });
+}
+
+/// How old a pooled directory of a process that is gone must be to be swept.
+const SWEEP_MIN_AGE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Removes `dir` if it is empty, old enough and locked by no one.
+fn remove_if_abandoned(dir: &Path) {
+    use std::os::fd::AsRawFd;
+    let Ok(d) = std::fs::File::open(dir) else {
+        return;
+    };
+    let old = d
+        .metadata()
+        .and_then(|m| m.modified())
+        .is_ok_and(|t| t.elapsed().is_ok_and(|age| age >= SWEEP_MIN_AGE));
+    // SAFETY: flock on a descriptor we hold; released when it closes.
+    if old && unsafe { libc::flock(d.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        // Only an empty directory is removed.
+        let _ = std::fs::remove_dir(dir);
+    }
 }
 
 impl PooledRoot {
@@ -206,7 +248,7 @@ impl PooledRoot {
                 break None;
             };
             // Removed meanwhile (by hand, or by another process's sweep): dropped.
-            if d.path().is_dir() {
+            if d.dir.path().is_dir() {
                 break Some(d);
             }
         };
@@ -215,9 +257,7 @@ impl PooledRoot {
             None => {
                 remove_pooled_at_exit();
                 sweep_dead_owners();
-                tempfile::Builder::new()
-                    .prefix(&format!("{ROOT_PREFIX}{}-", std::process::id()))
-                    .tempdir()?
+                Pooled::new()?
             }
         };
         Ok(PooledRoot(Some(dir)))
@@ -229,7 +269,7 @@ impl PooledRoot {
     }
 
     pub(crate) fn path(&self) -> &Path {
-        self.0.as_ref().expect("root directory").path()
+        self.0.as_ref().expect("root directory").dir.path()
     }
 }
 
@@ -237,7 +277,7 @@ impl Drop for PooledRoot {
     fn drop(&mut self) {
         if let Some(d) = self.0.take()
             // Still empty, as it must be; anything else is dropped (and removed).
-            && std::fs::read_dir(d.path()).is_ok_and(|mut r| r.next().is_none())
+            && std::fs::read_dir(d.dir.path()).is_ok_and(|mut r| r.next().is_none())
         {
             ROOT_POOL.lock().unwrap_or_else(|e| e.into_inner()).push(d);
         }
