@@ -181,6 +181,16 @@ fn sandboxes_started_together_hold_no_descriptor_of_the_spawner_or_each_other() 
     }
 }
 
+/// Runs `wbuild ARGS` in `w` with `tmp` as its temporary directory; it must succeed.
+fn build_with_tmpdir(w: &wbuild_tests::TestWorkspace, args: &[&str], tmp: &std::path::Path) {
+    let out = wbuild_tests::process::output_with_deadline(
+        w.cmd(args).env("TMPDIR", tmp),
+        wbuild_tests::process::default_deadline(),
+    )
+    .unwrap_or_else(|e| panic!("{e}"));
+    assert!(out.status.success(), "{}", w.report(args, &out));
+}
+
 /// The empty directories sandbox roots are mounted on are reused while a build runs and
 /// removed when it ends: builds leave nothing in the temporary directory (before, every
 /// `wbuild build` that ran a native action left one or more there, thousands a day).
@@ -195,10 +205,6 @@ fn builds_leave_no_sandbox_roots_in_the_temporary_directory() {
     }
     w.write("s/WBUILD", &build);
     let tmp = tempfile::tempdir().unwrap();
-    let run = |cmd: &mut std::process::Command| {
-        wbuild_tests::process::output_with_deadline(cmd, wbuild_tests::process::default_deadline())
-            .unwrap_or_else(|e| panic!("{e}"))
-    };
     let leftovers = || -> Vec<String> {
         std::fs::read_dir(tmp.path())
             .unwrap()
@@ -210,21 +216,11 @@ fn builds_leave_no_sandbox_roots_in_the_temporary_directory() {
         &["build", "-j", "2", "//s:all"][..],
         &["build", "-j", "2", "//s:all"][..], // a no-op
     ] {
-        let out = run(w.cmd(args).env("TMPDIR", tmp.path()));
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        build_with_tmpdir(&w, args, tmp.path());
         assert_eq!(leftovers(), Vec::<String>::new(), "after wbuild {args:?}");
     }
     w.write("s/WBUILD", &build.replace("echo 3", "echo three"));
-    let out = run(w.cmd(&["build", "//s:all"]).env("TMPDIR", tmp.path()));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    build_with_tmpdir(&w, &["build", "//s:all"], tmp.path());
     assert_eq!(leftovers(), Vec::<String>::new(), "after an edit");
 }
 
@@ -270,16 +266,7 @@ fn a_build_removes_the_empty_sandbox_roots_of_killed_builds() {
         .unwrap()
         .set_modified(std::time::SystemTime::now())
         .unwrap();
-    let out = wbuild_tests::process::output_with_deadline(
-        w.cmd(&["build", "//s:g"]).env("TMPDIR", tmp.path()),
-        wbuild_tests::process::default_deadline(),
-    )
-    .unwrap_or_else(|e| panic!("{e}"));
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    build_with_tmpdir(&w, &["build", "//s:g"], tmp.path());
     assert!(
         !stale.exists(),
         "the empty directory of a dead build is left"

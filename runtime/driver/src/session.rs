@@ -220,15 +220,9 @@ struct Phases<'a> {
     spans: Vec<crate::profile::Span>,
 }
 
-/// The trace's clock (see [`wbuild_sched::clock_us`]): the build's phases and its actions'
-/// spans are timed alike.
-fn unix_us() -> u64 {
-    wbuild_sched::clock_us()
-}
-
 impl Phases<'_> {
     fn mark(&mut self, what: &str) {
-        let now = unix_us();
+        let now = wbuild_sched::clock_us();
         let took_us = now.saturating_sub(self.since_unix_us);
         if self.notes {
             self.ui
@@ -604,7 +598,7 @@ fn run_build_round(
 ) -> Result<Round> {
     let note = |line: &str| ui.note(line);
     let mut phases = Phases {
-        since_unix_us: unix_us(),
+        since_unix_us: wbuild_sched::clock_us(),
         notes: std::env::var_os("WBUILD_PROFILE").is_some(),
         ui,
         spans: Vec::new(),
@@ -1180,7 +1174,7 @@ fn up_to_date(
     ui: &dyn Frontend,
 ) -> Result<Summary> {
     let start = Instant::now();
-    let start_unix_ms = unix_us() / 1000;
+    let start_unix_ms = wbuild_sched::clock_us() / 1000;
     let events = ui.start(done.len(), false).map_err(DriverError::Frontend)?;
     for a in done {
         events.event(&Event::Action {
@@ -1189,7 +1183,7 @@ fn up_to_date(
             detail: (!a.detail.is_empty()).then(|| a.detail.clone()),
             status: Status::Cached,
             duration_ms: 0,
-            start_us: unix_us(),
+            start_us: wbuild_sched::clock_us(),
             duration_us: 0,
             slot: 0,
             action_digest: Some(a.action_digest.clone()),
@@ -1231,7 +1225,7 @@ fn up_to_date(
             command: command.to_owned(),
             targets: patterns.to_vec(),
             start_unix_ms,
-            end_unix_ms: Some(unix_us() / 1000),
+            end_unix_ms: Some(wbuild_sched::clock_us() / 1000),
             outcome: Some("success".to_owned()),
             executed: 0,
             cached: summary.cached,

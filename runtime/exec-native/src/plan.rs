@@ -147,21 +147,23 @@ impl Pooled {
 
 pub(crate) struct PooledRoot(Option<Pooled>);
 
-/// Has the pooled directories removed when the process exits through `exit` (a program that
-/// returns from `main`, a test binary), which runs no destructor of a static. The CLI ends
-/// with `_exit` and calls [`crate::release_sandbox_roots`] itself.
-fn remove_pooled_at_exit() {
+/// What the first pooled directory of a process sets going: the removal of the pool when
+/// the process exits through `exit` (a program that returns from `main`, a test binary),
+/// which runs no destructor of a static (the CLI ends with `_exit` and calls
+/// [`crate::release_sandbox_roots`] itself), and the sweep of killed processes' directories.
+fn first_pooled_dir() {
     extern "C" fn at_exit() {
         // Never waits: a thread stopped while holding the pool's lock keeps its directories.
         if let Ok(mut pool) = ROOT_POOL.try_lock() {
             drop(std::mem::take(&mut *pool));
         }
     }
-    static REGISTERED: std::sync::Once = std::sync::Once::new();
-    REGISTERED.call_once(|| {
+    static FIRST: std::sync::Once = std::sync::Once::new();
+    FIRST.call_once(|| {
         // SAFETY: registering a handler that only takes a lock without waiting and removes
         // directories.
         unsafe { libc::atexit(at_exit) };
+        sweep_dead_owners();
     });
 }
 
@@ -190,35 +192,31 @@ const ROOT_PREFIX: &str = "wbuild-sandbox-root-";
 /// locked it yet), and anything not empty. Should a live owner's directory be removed all
 /// the same, it makes a new one ([`PooledRoot::take`]).
 fn sweep_dead_owners() {
-    static SWEPT: std::sync::Once = std::sync::Once::new();
-    SWEPT.call_once(|| {
-        let own = std::process::id();
-        let (done, finished) = std::sync::mpsc::channel::<()>();
-        *SWEEP_FINISHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(finished);
-        let _ = std::thread::Builder::new()
-            .name("sweep".into())
-            .spawn(move || {
-                let _done = done; // dropped (the receiver wakes) however this ends
-                let dir = std::env::temp_dir();
-                let Ok(entries) = std::fs::read_dir(&dir) else {
-                    return;
+    let own = std::process::id();
+    let (done, finished) = std::sync::mpsc::channel::<()>();
+    *SWEEP_FINISHED.lock().unwrap_or_else(|e| e.into_inner()) = Some(finished);
+    let _ = std::thread::Builder::new()
+        .name("sweep".into())
+        .spawn(move || {
+            let _done = done; // dropped (the receiver wakes) however this ends
+            let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else {
+                return;
+            };
+            for e in entries.flatten() {
+                let name = e.file_name();
+                let Some(pid) = name
+                    .to_str()
+                    .and_then(|n| n.strip_prefix(ROOT_PREFIX))
+                    .and_then(|rest| rest.split_once('-'))
+                    .and_then(|(pid, _)| pid.parse::<u32>().ok())
+                else {
+                    continue;
                 };
-                for e in entries.flatten() {
-                    let name = e.file_name();
-                    let Some(pid) = name
-                        .to_str()
-                        .and_then(|n| n.strip_prefix(ROOT_PREFIX))
-                        .and_then(|rest| rest.split_once('-'))
-                        .and_then(|(pid, _)| pid.parse::<u32>().ok())
-                    else {
-                        continue;
-                    };
-                    if pid != own && !Path::new(&format!("/proc/{pid}")).exists() {
-                        remove_if_abandoned(&e.path());
-                    }
+                if pid != own && !Path::new(&format!("/proc/{pid}")).exists() {
+                    remove_if_abandoned(&e.path());
                 }
-            });
-    });
+            }
+        });
 }
 
 /// How old a pooled directory of a process that is gone must be to be swept.
@@ -255,8 +253,7 @@ impl PooledRoot {
         let dir = match reused {
             Some(d) => d,
             None => {
-                remove_pooled_at_exit();
-                sweep_dead_owners();
+                first_pooled_dir();
                 Pooled::new()?
             }
         };

@@ -201,35 +201,33 @@ impl serde::Serialize for Inputs {
         if s.is_human_readable() {
             return s.collect_seq(self.iter());
         }
-        let again = match &self.shared {
-            None => None,
-            Some(shared) => SHARING.with(|t| {
+        // The number of this shared set if the scope wrote it before. Addresses are not
+        // reused within a scope: the actions being written hold their sets.
+        let again = self.shared.as_ref().and_then(|shared| {
+            SHARING.with(|t| {
                 let mut t = t.borrow_mut();
                 let t = t.as_mut()?;
-                let key = shared.as_ptr() as usize;
                 let next = t.written.len() as u32;
-                match t.written.get(&key) {
-                    Some(&n) => Some(Some(n)),
-                    None => {
-                        t.written.insert(key, next);
-                        // Kept alive while the scope may meet it again: an address is not
-                        // reused for another set (the actions being written hold it).
-                        Some(None)
+                match t.written.entry(shared.as_ptr() as usize) {
+                    std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                    std::collections::hash_map::Entry::Vacant(v) => {
+                        v.insert(next);
+                        None
                     }
                 }
-            }),
-        };
+            })
+        });
         let mut tup = s.serialize_tuple(3)?;
         match (&self.shared, again) {
             (None, _) => {
                 tup.serialize_element(&EMPTY)?;
                 tup.serialize_element(&())?;
             }
-            (Some(_), Some(Some(n))) => {
+            (Some(_), Some(n)) => {
                 tup.serialize_element(&AGAIN)?;
                 tup.serialize_element(&n)?;
             }
-            (Some(shared), _) => {
+            (Some(shared), None) => {
                 tup.serialize_element(&FULL)?;
                 tup.serialize_element(&**shared)?;
             }

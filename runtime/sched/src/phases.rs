@@ -37,10 +37,6 @@ pub fn clock_us() -> u64 {
     unix_us + at.elapsed().as_micros() as u64
 }
 
-fn now_us() -> u64 {
-    clock_us()
-}
-
 /// Times a phase until dropped.
 pub(crate) struct Timer {
     name: &'static str,
@@ -64,7 +60,7 @@ impl Drop for Timer {
 pub(crate) fn phase(name: &'static str) -> Timer {
     Timer {
         name,
-        start_us: now_us(),
+        start_us: clock_us(),
         start: Instant::now(),
     }
 }
