@@ -14,14 +14,68 @@ use crate::GraphError;
 /// index, each of its actions, the producers of its outputs and the targets naming it, and
 /// a clone is a reference count (100,000 targets held some 500,000 copies of two strings).
 /// Its parts are read as fields (`label.package`, `label.name`) through [`LabelParts`].
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+///
+/// Each label carries a hash of its parts, computed once when it is made: hash maps keyed by
+/// labels (the loader's and the analysis's, 100,000 entries) hash one number instead of two
+/// strings, and two labels with different hashes are unequal without comparing them.
+#[derive(Clone)]
 pub struct Label(std::sync::Arc<LabelParts>);
 
 /// The parts of a [`Label`]; compared (and ordered) package first, then name.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Default)]
+#[derive(Clone, Debug)]
 pub struct LabelParts {
     pub package: String,
     pub name: String,
+    /// [`parts_hash`] of the two.
+    hash: u64,
+}
+
+/// A hash of a label's parts, the same in every process (labels are hashed into maps only,
+/// never into anything stored).
+fn parts_hash(package: &str, name: &str) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = rustc_hash::FxHasher::default();
+    package.hash(&mut h);
+    name.hash(&mut h);
+    h.finish()
+}
+
+impl PartialEq for Label {
+    fn eq(&self, other: &Label) -> bool {
+        std::sync::Arc::ptr_eq(&self.0, &other.0)
+            || (self.0.hash == other.0.hash
+                && self.0.name == other.0.name
+                && self.0.package == other.0.package)
+    }
+}
+
+impl Eq for Label {}
+
+impl std::hash::Hash for Label {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0.hash);
+    }
+}
+
+impl Ord for Label {
+    fn cmp(&self, other: &Label) -> std::cmp::Ordering {
+        if std::sync::Arc::ptr_eq(&self.0, &other.0) {
+            return std::cmp::Ordering::Equal;
+        }
+        (&self.0.package, &self.0.name).cmp(&(&other.0.package, &other.0.name))
+    }
+}
+
+impl PartialOrd for Label {
+    fn partial_cmp(&self, other: &Label) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Default for Label {
+    fn default() -> Label {
+        Label::new(String::new(), String::new())
+    }
 }
 
 impl std::ops::Deref for Label {
@@ -40,9 +94,12 @@ impl fmt::Debug for Label {
 impl Label {
     /// The label `//package:name` (both already checked).
     pub fn new(package: impl Into<String>, name: impl Into<String>) -> Label {
+        let (package, name) = (package.into(), name.into());
+        let hash = parts_hash(&package, &name);
         Label(std::sync::Arc::new(LabelParts {
-            package: package.into(),
-            name: name.into(),
+            package,
+            name,
+            hash,
         }))
     }
 
@@ -273,6 +330,47 @@ pub(crate) fn strip_package<'a>(path: &'a str, package: &str) -> Option<&'a str>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn labels_compare_and_hash_by_their_parts_not_by_their_allocation() {
+        use std::hash::BuildHasher;
+        let fx = |l: &Label| rustc_hash::FxBuildHasher.hash_one(l);
+        // Equal parts made apart: equal, the same hash in any map, ordered equal.
+        let (a, b) = (l("a/b", "c"), Label::parse("//a/b:c", "").unwrap());
+        assert!(!a.shares(&b));
+        assert_eq!(a, b);
+        assert_eq!(fx(&a), fx(&b));
+        assert_eq!(a.cmp(&b), std::cmp::Ordering::Equal);
+        let state = std::collections::hash_map::RandomState::new();
+        assert_eq!(state.hash_one(&a), state.hash_one(&b));
+        // The same path split differently is another label; so is a name moved to the package.
+        for (p, n) in [("a", "b/c"), ("a/b/c", "c"), ("a/b", "d"), ("", "a/b:c")] {
+            let other = l(p, n);
+            assert_ne!(a, other, "//{p}:{n}");
+            assert_ne!(a.cmp(&other), std::cmp::Ordering::Equal, "//{p}:{n}");
+        }
+        // Ordered by package, then name, as the parts are.
+        let mut labels = vec![
+            l("b", "a"),
+            l("a/b", "c"),
+            l("a", "z"),
+            l("", "x"),
+            l("a", "b"),
+        ];
+        labels.sort();
+        let parts: Vec<(&str, &str)> = labels
+            .iter()
+            .map(|l| (l.package.as_str(), l.name.as_str()))
+            .collect();
+        assert_eq!(
+            parts,
+            [("", "x"), ("a", "b"), ("a", "z"), ("a/b", "c"), ("b", "a")]
+        );
+        // A map finds a label by an equal one made apart.
+        let map: std::collections::HashMap<Label, u32> = [(a.clone(), 1)].into_iter().collect();
+        assert_eq!(map.get(&b), Some(&1));
+        assert_eq!(map.get(&l("a", "b/c")), None);
+    }
 
     #[test]
     fn labels_are_text_in_json_checked_when_read_and_parts_in_the_analysis_cache() {
