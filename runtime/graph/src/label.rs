@@ -288,7 +288,11 @@ pub(crate) fn join(package: &str, rel: &str) -> String {
     } else if rel.is_empty() {
         package.to_owned()
     } else {
-        format!("{package}/{rel}")
+        let mut path = String::with_capacity(package.len() + 1 + rel.len());
+        path.push_str(package);
+        path.push('/');
+        path.push_str(rel);
+        path
     }
 }
 
@@ -350,7 +354,7 @@ mod tests {
             assert_ne!(a.cmp(&other), std::cmp::Ordering::Equal, "//{p}:{n}");
         }
         // Ordered by package, then name, as the parts are.
-        let mut labels = vec![
+        let mut labels = [
             l("b", "a"),
             l("a/b", "c"),
             l("a", "z"),

@@ -975,6 +975,10 @@ impl MapRefs<Dep, Label> for Collect {
             .push((attribute.to_owned(), Dep::Target(l.clone())));
         Ok(l.clone())
     }
+
+    fn keep<T: Clone + Default>(&mut self, _value: &T) -> T {
+        T::default()
+    }
 }
 
 fn references(rule: &Rule) -> Vec<(String, Dep)> {

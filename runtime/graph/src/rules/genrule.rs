@@ -52,8 +52,8 @@ impl<D, L> Attrs<D, L> for GenruleAttrs<D> {
     fn map<M: MapRefs<D, L>>(&self, m: &mut M) -> Result<Self::With<M::Dep, M::Label>, M::Error> {
         Ok(GenruleAttrs {
             srcs: m.files("srcs", &self.srcs)?,
-            outs: self.outs.clone(),
-            cmd: self.cmd.clone(),
+            outs: m.keep(&self.outs),
+            cmd: m.keep(&self.cmd),
             tools: m.files("tools", &self.tools)?,
             after: m.files("after", &self.after)?,
         })

@@ -80,6 +80,12 @@ pub(crate) trait MapRefs<D, L> {
 
     /// A reference in `attribute` that must name a target of the kind `want` accepts.
     fn target(&mut self, attribute: &str, r: &L, want: &Want) -> Result<Self::Label, Self::Error>;
+
+    /// An attribute holding no reference, as the mapped rule holds it: a copy, unless the
+    /// mapped rule is dropped unread (then an empty value, not a copy).
+    fn keep<T: Clone + Default>(&mut self, value: &T) -> T {
+        value.clone()
+    }
 }
 
 /// What an attribute that names a target accepts.
@@ -252,9 +258,17 @@ impl MapRefs<Dep, Label> for Edges<'_> {
 
     fn target(&mut self, _attribute: &str, l: &Label, _want: &Want) -> Result<Label, Self::Error> {
         self.found.push(l.clone());
-        Ok(Label::default())
+        Ok(EMPTY_LABEL.clone())
+    }
+
+    fn keep<T: Clone + Default>(&mut self, _value: &T) -> T {
+        T::default()
     }
 }
+
+/// What a mapped rule that is dropped unread holds in place of a label (one allocation,
+/// shared).
+static EMPTY_LABEL: std::sync::LazyLock<Label> = std::sync::LazyLock::new(Label::default);
 
 #[cfg(test)]
 mod tests {

@@ -79,8 +79,8 @@ impl<D, L> Attrs<D, L> for WasiToolAttrs<D> {
         Ok(WasiToolAttrs {
             src: m.file("src", &self.src)?,
             data: m.files("data", &self.data)?,
-            data_dir: self.data_dir.clone(),
-            argv0: self.argv0.clone(),
+            data_dir: m.keep(&self.data_dir),
+            argv0: m.keep(&self.argv0),
         })
     }
 }
@@ -104,9 +104,9 @@ impl<D, L> Attrs<D, L> for WasiRunAttrs<D, L> {
         Ok(WasiRunAttrs {
             tool: m.target("tool", &self.tool, &TOOL)?,
             srcs: m.files("srcs", &self.srcs)?,
-            outs: self.outs.clone(),
-            args: self.args.clone(),
-            env: self.env.clone(),
+            outs: m.keep(&self.outs),
+            args: m.keep(&self.args),
+            env: m.keep(&self.env),
         })
     }
 }
@@ -126,8 +126,8 @@ impl<D, L> Attrs<D, L> for WasiTestAttrs<D, L> {
         Ok(WasiTestAttrs {
             tool: m.target("tool", &self.tool, &TOOL)?,
             srcs: m.files("srcs", &self.srcs)?,
-            args: self.args.clone(),
-            env: self.env.clone(),
+            args: m.keep(&self.args),
+            env: m.keep(&self.env),
         })
     }
 }

@@ -64,9 +64,9 @@ impl<D, L> Attrs<D, L> for WasiCcToolchainAttrs<L> {
             clang: m.target("clang", &self.clang, &TOOL)?,
             ld: m.target("ld", &self.ld, &TOOL)?,
             ar: m.target("ar", &self.ar, &TOOL)?,
-            copts: self.copts.clone(),
-            link_head: self.link_head.clone(),
-            link_tail: self.link_tail.clone(),
+            copts: m.keep(&self.copts),
+            link_head: m.keep(&self.link_head),
+            link_tail: m.keep(&self.link_tail),
         })
     }
 }
