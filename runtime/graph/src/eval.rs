@@ -14,8 +14,11 @@ use starlark::environment::{FrozenModule, Globals, GlobalsBuilder, LibraryExtens
 use starlark::eval::{Evaluator, FileLoader};
 use starlark::starlark_module;
 use starlark::syntax::{AstModule, Dialect, DialectTypes};
+use starlark::values::dict::AllocDict;
+use starlark::values::list::AllocList;
 use starlark::values::list_or_tuple::UnpackListOrTuple;
 use starlark::values::none::NoneType;
+use starlark::values::{FrozenValue, Heap, Value};
 
 use crate::label::{Label, check_rel_path, join};
 use crate::rules::RawRule;
@@ -23,7 +26,7 @@ use crate::workspace::BUILD_FILE;
 use crate::{GraphError, Location};
 
 /// A rule call as recorded during evaluation.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, PartialEq)]
 pub(crate) struct RawTarget {
     /// `//package:name`, shared by every reference to the target (see [`Label`]); the
     /// target's name is `label.name`.
@@ -61,6 +64,9 @@ struct EvalContext {
     globs: RefCell<Vec<GlobRead>>,
     /// A typed error raised by a built-in; returned instead of the Starlark rendering.
     error: RefCell<Option<GraphError>>,
+    /// Where the call being made from Rust stands in the file (see [`crate::literal`]): there
+    /// is no Starlark frame to say so.
+    call_at: RefCell<Option<Location>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,6 +133,9 @@ fn location_sharing(span: &FileSpan, file: Option<&std::sync::Arc<str>>) -> Loca
 /// The location of the outermost call in the `WBUILD` file being evaluated (so a rule called
 /// by a macro is attributed to the macro call, as in Bazel).
 fn call_location(eval: &Evaluator<'_, '_, '_>, ctx: &EvalContext) -> Location {
+    if let Some(at) = &*ctx.call_at.borrow() {
+        return at.clone();
+    }
     let stack = eval.call_stack();
     stack
         .frames
@@ -349,6 +358,8 @@ impl FileLoader for MapLoader {
 pub(crate) struct Interpreter {
     root: PathBuf,
     globals: Globals,
+    /// The globals by name, for the calls of a file read as literals.
+    named: HashMap<String, FrozenValue>,
     modules: RefCell<HashMap<String, FrozenModule>>,
 }
 
@@ -367,9 +378,11 @@ impl Interpreter {
         .with(builtins)
         .with_namespace("native", builtins)
         .build();
+        let named = globals.iter().map(|(n, v)| (n.to_owned(), v)).collect();
         Interpreter {
             root,
             globals,
+            named,
             modules: RefCell::new(HashMap::new()),
         }
     }
@@ -380,8 +393,18 @@ impl Interpreter {
         &self,
         package: &str,
     ) -> Result<(Vec<RawTarget>, Vec<GlobRead>), GraphError> {
+        self.eval_package_as(package, true)
+    }
+
+    /// As [`Interpreter::eval_package`]; `literals`: whether a file of literal rule calls is
+    /// read as such (tests compare both ways).
+    fn eval_package_as(
+        &self,
+        package: &str,
+        literals: bool,
+    ) -> Result<(Vec<RawTarget>, Vec<GlobRead>), GraphError> {
         let file = join(package, BUILD_FILE);
-        let ctx = EvalContext {
+        let new_context = || EvalContext {
             root: self.root.clone(),
             file: file.as_str().into(),
             package: Some(package.to_owned()),
@@ -389,10 +412,70 @@ impl Interpreter {
             names: RefCell::new(HashMap::new()),
             globs: RefCell::new(Vec::new()),
             error: RefCell::new(None),
+            call_at: RefCell::new(None),
         };
+        // A file of rule calls with literal arguments is called without Starlark's parser;
+        // any other, or one whose calls fail, is evaluated by Starlark (which names the error).
+        if literals
+            && let Ok(text) = std::fs::read_to_string(self.root.join(&file))
+            && let Some(calls) = crate::literal::calls(&text)
+        {
+            let ctx = new_context();
+            if self.call_literals(&calls, &ctx) {
+                return Ok((ctx.targets.into_inner(), ctx.globs.into_inner()));
+            }
+        }
+        let ctx = new_context();
         let mut stack = Vec::new();
         self.eval_file(&file, package, &ctx, &mut stack, false)?;
         Ok((ctx.targets.into_inner(), ctx.globs.into_inner()))
+    }
+
+    /// Makes `calls` as Starlark would make them at the top level of the file `ctx` evaluates:
+    /// the same built-ins with the same values. `false` if one is not a global or fails.
+    fn call_literals(&self, calls: &[crate::literal::Call<'_>], ctx: &EvalContext) -> bool {
+        fn value<'v>(heap: Heap<'v>, lit: &crate::literal::Lit<'_>) -> Value<'v> {
+            use crate::literal::Lit;
+            match lit {
+                Lit::Str(s) => heap.alloc(*s),
+                Lit::Int(i) => heap.alloc(*i),
+                Lit::Bool(b) => Value::new_bool(*b),
+                Lit::None => Value::new_none(),
+                Lit::List(items) => heap.alloc(AllocList(items.iter().map(|i| value(heap, i)))),
+                Lit::Dict(entries) => heap.alloc(AllocDict(
+                    entries
+                        .iter()
+                        .map(|(k, v)| (heap.alloc(*k), value(heap, v))),
+                )),
+            }
+        }
+        Module::with_temp_heap(|module| {
+            let mut eval = Evaluator::new(&module);
+            eval.extra = Some(ctx);
+            let heap = module.heap();
+            for call in calls {
+                let Some(function) = self.named.get(call.function) else {
+                    return false;
+                };
+                let named: Vec<(&str, Value)> = call
+                    .kwargs
+                    .iter()
+                    .map(|(k, v)| (*k, value(heap, v)))
+                    .collect();
+                *ctx.call_at.borrow_mut() = Some(Location {
+                    file: ctx.file.clone(),
+                    line: call.line,
+                    column: 1,
+                });
+                if eval
+                    .eval_function(function.to_value(), &[], &named)
+                    .is_err()
+                {
+                    return false;
+                }
+            }
+            true
+        })
     }
 
     /// Parses and evaluates `file` (a workspace path) after loading what it `load()`s.
@@ -497,6 +580,7 @@ impl Interpreter {
             names: RefCell::new(HashMap::new()),
             globs: RefCell::new(Vec::new()),
             error: RefCell::new(None),
+            call_at: RefCell::new(None),
         };
         stack.push(path.clone());
         let result = self.eval_file(&path, &label.package, &ctx, stack, true);
@@ -504,5 +588,61 @@ impl Interpreter {
         let module = result?.expect("frozen module");
         self.modules.borrow_mut().insert(path, module.clone());
         Ok(module)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::testutil::workspace;
+
+    /// Each file, evaluated as literal calls where it can be and by Starlark, gives the same
+    /// targets (locations included) or the same error.
+    #[test]
+    fn literal_calls_evaluate_as_starlark_does() {
+        let cases = [
+            // The benchmarks' shapes.
+            "wasi_tool(name = \"t\", src = \"t.wasm\")\nwasi_run(name = \"a0\", tool = \":t\", srcs = ['s0.txt'], outs = [\"a0.vars\"], args = ['$(location s0.txt)', '-o', '$@'])\n",
+            "cc_library(\n    name = \"lib0\",\n    srcs = ['f0.c', 'f1.c'],\n    hdrs = ['include/lib0/f0.h'],\n    includes = [\"include\"],\n    deps = [],\n    copts = ['-O2'],\n)\ncc_binary(name = \"app\", srcs = [\"main.c\"], deps = ['//lib9:lib9', ':lib0'], copts = ['-O2'], platform = \"linux-arm64\")\n",
+            // Comments, blank lines, trailing commas, both quotes, a dict, a test.
+            "# head\n\ngenrule(\n  name = 'g',  # the name\n  srcs = [],\n  outs = [\"o.txt\",],\n  cmd = \"echo 'hi' > $@\",\n)\n\n   # indented comment\nwasi_test(name = \"t2\", tool = \"//tools:t\", args = [], env = {\"A\": \"1\", 'B': ''})\nfilegroup(name = \"fg\", srcs = [\"x\", \"y\"])  # trailing\n",
+            // Errors the built-ins raise: the literal calls fail, Starlark names them.
+            "filegroup(name = \"a\")\nfilegroup(name = \"a\")\n",
+            "filegroup(name = \"a/../b\")\n",
+            "filegroup(name = \"a\", srcs = \"x\")\n",
+            "filegroup(name = \"a\", bogus = [])\n",
+            "filegroup(srcs = [])\n",
+            "cc_binary(name = \"a\", platform = \"vax\")\n",
+            "filegroup(name = \"a\", srcs = [1])\n",
+            "filegroup(name = \"a\", srcs = None)\n",
+            "filegroup(name = True)\n",
+            "no_such_rule(name = \"a\")\n",
+            "print(name = \"a\")\n",
+            "glob(include = [\"*.c\"])\n",
+            "package_name(x = 1)\n",
+            // Not literal calls: Starlark both ways.
+            "X = [\"a\"]\nfilegroup(name = \"a\", srcs = X)\n",
+            "filegroup(name = \"a\", srcs = glob([\"*.txt\"]))\n",
+            "",
+        ];
+        for (i, text) in cases.iter().enumerate() {
+            let t = workspace(&[("p/WBUILD", text), ("p/x.txt", "")]);
+            let interp = Interpreter::new(t.ws.root.clone());
+            let literal = interp.eval_package_as("p", true);
+            let starlark = interp.eval_package_as("p", false);
+            match (&literal, &starlark) {
+                (Ok(a), Ok(b)) => assert_eq!(a, b, "case {i}: {text}"),
+                (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "case {i}: {text}"),
+                _ => panic!("case {i}: {text}\nliteral: {literal:?}\nstarlark: {starlark:?}"),
+            }
+            if i < 3 {
+                let targets = &literal.as_ref().unwrap().0;
+                assert!(!targets.is_empty(), "case {i}");
+                assert!(
+                    crate::literal::calls(text).is_some(),
+                    "case {i} is read as literals"
+                );
+            }
+        }
     }
 }

@@ -30,6 +30,7 @@ mod eval;
 mod glob;
 mod inputs;
 mod label;
+mod literal;
 mod load;
 mod platform;
 pub mod query;
