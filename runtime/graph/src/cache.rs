@@ -688,6 +688,17 @@ pub fn load_and_analyse_cached_then<R>(
         }
     }
     let (targets, roots, reads) = crate::load::load_reading(ws, patterns)?;
+    // Serialized on a thread of its own while the targets are analysed: the compact bytes are
+    // kept until the entry is written, not the reads (some 200,000 paths for 100,000 targets,
+    // about 10 MB more at the analysis's peak).
+    let reads = {
+        let entry = ReadsEntry {
+            signature: signature.clone(),
+            structure: *structure.as_bytes(),
+            reads,
+        };
+        std::thread::spawn(move || postcard::to_stdvec(&entry).ok())
+    };
     let graph = crate::analyse(ws, &targets, &roots, include_tests)?;
     crate::drop_elsewhere(targets);
     // Best effort: a cache that cannot be written only costs the next build time.
@@ -696,15 +707,8 @@ pub fn load_and_analyse_cached_then<R>(
         let out = then(&graph, &roots);
         (writer.join().unwrap_or((None, false)), out)
     });
-    if written {
-        let reads = ReadsEntry {
-            signature: signature.clone(),
-            structure: *structure.as_bytes(),
-            reads,
-        };
-        if let Ok(bytes) = postcard::to_stdvec(&reads) {
-            write_atomically(cache_dir, &reads_file, &[&bytes]);
-        }
+    if written && let Ok(Some(bytes)) = reads.join() {
+        write_atomically(cache_dir, &reads_file, &[&bytes]);
     }
     Ok((
         Analysed {

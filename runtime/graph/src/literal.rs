@@ -98,12 +98,46 @@ fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
 }
 
-/// Starlark's keywords and the Python keywords it reserves: never a name here.
-const KEYWORDS: &[&str] = &[
-    "and", "as", "assert", "async", "await", "break", "class", "continue", "def", "del", "elif",
-    "else", "except", "finally", "for", "from", "global", "if", "import", "in", "is", "lambda",
-    "load", "nonlocal", "not", "or", "pass", "raise", "return", "try", "while", "with", "yield",
-];
+/// Whether `name` is one of Starlark's keywords or the Python keywords it reserves: never a
+/// name here. (A `match`: comparing each name with a list of them was most of reading.)
+fn is_keyword(name: &str) -> bool {
+    matches!(
+        name,
+        "and"
+            | "as"
+            | "assert"
+            | "async"
+            | "await"
+            | "break"
+            | "class"
+            | "continue"
+            | "def"
+            | "del"
+            | "elif"
+            | "else"
+            | "except"
+            | "finally"
+            | "for"
+            | "from"
+            | "global"
+            | "if"
+            | "import"
+            | "in"
+            | "is"
+            | "lambda"
+            | "load"
+            | "nonlocal"
+            | "not"
+            | "or"
+            | "pass"
+            | "raise"
+            | "return"
+            | "try"
+            | "while"
+            | "with"
+            | "yield"
+    )
+}
 
 impl<'a> Reader<'a> {
     fn peek(&self) -> Option<u8> {
@@ -155,7 +189,7 @@ impl<'a> Reader<'a> {
             self.pos += 1;
         }
         let name = &self.text[start..self.pos];
-        (!KEYWORDS.contains(&name)).then_some(name)
+        (!is_keyword(name)).then_some(name)
     }
 
     fn call(&mut self) -> Option<Call<'a>> {

@@ -57,7 +57,7 @@ fn load_keeping_cycles_reading(
     let mut loader = Loader {
         ws,
         interp: Some(Interpreter::new(ws.root.clone())),
-        packages: BTreeMap::new(),
+        packages: FxHashMap::default(),
         listings: Listings::default(),
         logs: Vec::new(),
     };
@@ -84,15 +84,29 @@ fn load_keeping_cycles_reading(
     let cycle = if let Some(searched) = searched {
         let cycle = searched.err();
         drop(index);
-        // Both in label order: each loaded target takes its resolution from ahead when it
-        // is the next one there.
-        let mut ahead = ahead.into_iter().flatten().peekable();
-        loader.other_targets(&mut targets, &mut globs, |label| {
-            while ahead.peek().is_some_and(|(l, _)| l < label) {
-                ahead.next();
+        let loaded: usize = loader.packages.values().map(|p| p.targets.len()).sum();
+        if ahead.iter().map(Vec::len).sum::<usize>() == loaded {
+            // Every loaded target was resolved ahead (those are some of them, each once): the
+            // evaluated packages go before the targets are gathered, not after (the load's
+            // peak of memory held both, 20-30 MB more for 100,000 targets).
+            let mut names: Vec<&String> = loader.packages.keys().collect();
+            names.sort_unstable();
+            for name in names {
+                globs.extend(loader.packages[name].globs.iter().cloned());
             }
-            ahead.next_if(|(l, _)| l == label).map(|(l, (t, _))| (l, t))
-        });
+            crate::drop_elsewhere(std::mem::take(&mut loader.packages));
+            targets.extend(ahead.into_iter().flatten().map(|(l, (t, _))| (l, t)));
+        } else {
+            // Both in label order: each loaded target takes its resolution from ahead when it
+            // is the next one there.
+            let mut ahead = ahead.into_iter().flatten().peekable();
+            loader.other_targets(&mut targets, &mut globs, |label| {
+                while ahead.peek().is_some_and(|(l, _)| l < label) {
+                    ahead.next();
+                }
+                ahead.next_if(|(l, _)| l == label).map(|(l, (t, _))| (l, t))
+            });
+        }
         cycle
     } else {
         drop(index);
@@ -345,8 +359,9 @@ struct Loader<'w> {
     ws: &'w Workspace,
     /// `None` for a loader resolving ahead on another thread: it loads no package.
     interp: Option<Interpreter>,
-    /// Shared with the loaders resolving ahead.
-    packages: BTreeMap<String, Arc<Package>>,
+    /// Shared with the loaders resolving ahead. Hashed: every reference resolved looks its
+    /// package up, and a B-tree of 1,000 names like `lib412` compared strings at every level.
+    packages: FxHashMap<String, Arc<Package>>,
     listings: Listings,
     /// The questions other threads' listings answered (see `Listings::log`).
     logs: Vec<FxHashMap<String, [Option<u8>; 2]>>,
@@ -569,7 +584,9 @@ impl Loader<'_> {
         globs: &mut Vec<GlobRead>,
         mut take: impl FnMut(&Label) -> Option<(Label, Target)>,
     ) {
-        for pkg in self.packages.values() {
+        let mut names: Vec<&String> = self.packages.keys().collect();
+        names.sort_unstable();
+        for pkg in names.into_iter().map(|n| &self.packages[n]) {
             globs.extend(pkg.globs.iter().cloned());
             for raw in pkg.targets.values() {
                 targets.push(match take(&raw.label) {
@@ -1454,6 +1471,10 @@ mod tests {
                     "filegroup(name = 'f{i}', srcs = ['x.txt'{dep}])\n"
                 ));
             }
+            if p % 2 == 1 {
+                // Globs, as the packages list them, whichever way their targets were resolved.
+                text.push_str("filegroup(name = 'g', srcs = glob(['*.txt']))\n");
+            }
             files.push((format!("big/p{p}/WBUILD"), text));
             files.push((format!("big/p{p}/x.txt"), String::new()));
         }
@@ -1465,14 +1486,18 @@ mod tests {
             "//big/p2:all",
             "//big/p3:f1",
         ];
-        let (g, matched) = load(&t.ws, &patterns(&some)).unwrap();
-        assert_eq!(matched.len(), 1501);
-        let (all, _) = load(&t.ws, &patterns(&["//big/..."])).unwrap();
-        assert_eq!(g.targets.len(), 2000);
+        let (g, matched, reads) = load_reading(&t.ws, &patterns(&some)).unwrap();
+        assert_eq!(matched.len(), 1502);
+        // Every target resolved ahead: the packages go first, the targets are gathered apart.
+        let (all, _, all_reads) = load_reading(&t.ws, &patterns(&["//big/..."])).unwrap();
+        assert_eq!(g.targets.len(), 2002);
         assert!(
             g.targets == all.targets,
             "the same targets, resolved the same"
         );
+        assert_eq!(reads.globs, all_reads.globs);
+        let globbed: Vec<&str> = reads.globs.iter().map(|g| g.package.as_str()).collect();
+        assert_eq!(globbed, ["big/p1", "big/p3"]);
         assert_eq!(
             g.targets[&label("//big/p3:f3")].rule,
             Rule::Filegroup(FilegroupAttrs {
