@@ -31,12 +31,14 @@ const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 /// How long freed memory stays resident before mimalloc returns it to the system. mimalloc 3
 /// waits a second, longer than most of wbuild's runs: memory freed while a large graph is
 /// loaded and analysed (the evaluated packages, once resolved) was never returned, and a
-/// cold load of 100,000 targets peaked at about 416 MiB. After 100 ms it peaks at about
-/// 327 MiB. Shorter delays return a little more (10 ms, mimalloc 2's delay: 310 MiB) but
-/// cost a clean build of the C graph about 5 % more of wbuild's own CPU (pages a worker
-/// frees between actions returned and faulted again); with none, every free page was
-/// (0.7 s more system time on that load). `MIMALLOC_PURGE_DELAY` overrides it.
-const PURGE_DELAY_MS: std::ffi::c_long = 100;
+/// cold load of 100,000 targets peaked at about 416 MiB. After 100 ms it peaked at about
+/// 327 MiB. Once that load took 1.2 s, the packages freed after resolution were still
+/// resident 100 ms later, at the analysis's start: its peak was 262-270 MiB, and 243-247
+/// MiB at 30 ms (10 ms: 236-245). Shorter delays cost wbuild's own CPU in a clean build of
+/// the C graph (pages a worker frees between actions returned and faulted again: about 5 %
+/// at 10 ms; at 30 ms within the noise of 4 runs); with none, every free page was (0.7 s
+/// more system time on that load). `MIMALLOC_PURGE_DELAY` overrides it.
+const PURGE_DELAY_MS: std::ffi::c_long = 30;
 
 /// Sets mimalloc's options (before any thread but the main one runs).
 fn tune_allocator() {
