@@ -169,7 +169,7 @@ pub const ARCHIVER: &str = "wbuild-archive";
 pub enum Exec {
     /// A `wasi_tool` in the WASI executor (one `ToolRef` shared by every action of an
     /// analysis that runs it: 100,000 actions of one tool held one copy each).
-    Wasi(std::sync::Arc<ToolRef>),
+    Wasi(#[serde(with = "crate::inputs::tool")] std::sync::Arc<ToolRef>),
     /// `argv` in the native namespace sandbox, with the host toolchain (`genrule`).
     Native,
     /// `argv` = `wbuild-archive rcsD OUTPUT OBJECT...`: the objects written as a GNU `ar`

@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Bumped whenever loading or analysis changes meaning, so stale cache files are ignored.
-const FORMAT: &str = "wbuild-analysis/15";
+const FORMAT: &str = "wbuild-analysis/16";
 
 /// The running wbuild binary (path, size, modification time): a rebuilt or upgraded binary
 /// never trusts results cached by another one.

@@ -162,20 +162,23 @@ impl std::fmt::Debug for Inputs {
     }
 }
 
-/// The shared sets already written (by address) or read (in order) in the current scope.
+/// The shared sets already written (by address) or read (in order) in the current scope, and
+/// the same of the tools actions run (`Exec::Wasi`'s [`crate::ToolRef`], see [`tool`]).
 #[derive(Default)]
 struct Table {
     written: HashMap<usize, u32>,
     read: Vec<Arc<[String]>>,
+    tools_written: HashMap<usize, u32>,
+    tools_read: Vec<Arc<crate::ToolRef>>,
 }
 
 thread_local! {
     static SHARING: RefCell<Option<Table>> = const { RefCell::new(None) };
 }
 
-/// Runs `f` (serializing or deserializing actions on this thread) with a shared set written
-/// once: the first time in full, then by its number. What is written inside one scope must be
-/// read inside one scope, in the same order.
+/// Runs `f` (serializing or deserializing actions on this thread) with a shared set, or a
+/// shared tool, written once: the first time in full, then by its number. What is written
+/// inside one scope must be read inside one scope, in the same order.
 pub(crate) fn sharing<R>(f: impl FnOnce() -> R) -> R {
     struct Reset(Option<Table>);
     impl Drop for Reset {
@@ -303,9 +306,151 @@ impl<'de> serde::Deserialize<'de> for Inputs {
     }
 }
 
+/// `Exec::Wasi`'s tool in binary formats: in full the first time a [`sharing`] scope writes
+/// it, then by its number (the 100,000 actions of one tool wrote it 100,000 times: a fifth of
+/// the analysis cache's entry, and read back as one copy per action). Text formats write it
+/// in full.
+pub(crate) mod tool {
+    use super::*;
+    use crate::ToolRef;
+
+    pub(crate) fn serialize<S: serde::Serializer>(
+        tool: &Arc<ToolRef>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeTuple;
+        if s.is_human_readable() {
+            return serde::Serialize::serialize(&**tool, s);
+        }
+        // As for sets of inputs: the actions being written hold their tools, so an address is
+        // not reused within a scope.
+        let again = SHARING.with(|t| {
+            let mut t = t.borrow_mut();
+            let t = t.as_mut()?;
+            let next = t.tools_written.len() as u32;
+            match t.tools_written.entry(Arc::as_ptr(tool) as usize) {
+                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    v.insert(next);
+                    None
+                }
+            }
+        });
+        let mut tup = s.serialize_tuple(2)?;
+        match again {
+            Some(n) => {
+                tup.serialize_element(&AGAIN)?;
+                tup.serialize_element(&n)?;
+            }
+            None => {
+                tup.serialize_element(&FULL)?;
+                tup.serialize_element(&**tool)?;
+            }
+        }
+        tup.end()
+    }
+
+    pub(crate) fn deserialize<'de, D: serde::Deserializer<'de>>(
+        d: D,
+    ) -> Result<Arc<ToolRef>, D::Error> {
+        use serde::de::{Error, SeqAccess, Visitor};
+        if d.is_human_readable() {
+            return <ToolRef as serde::Deserialize>::deserialize(d).map(Arc::new);
+        }
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Arc<ToolRef>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("an action's tool")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Arc<ToolRef>, A::Error> {
+                let missing = || A::Error::custom("truncated tool");
+                let tag: u8 = seq.next_element()?.ok_or_else(missing)?;
+                match tag {
+                    AGAIN => {
+                        let n: u32 = seq.next_element()?.ok_or_else(missing)?;
+                        SHARING
+                            .with(|t| {
+                                t.borrow()
+                                    .as_ref()
+                                    .and_then(|t| t.tools_read.get(n as usize).cloned())
+                            })
+                            .ok_or_else(|| A::Error::custom("an action names an unknown tool"))
+                    }
+                    FULL => {
+                        let tool: ToolRef = seq.next_element()?.ok_or_else(missing)?;
+                        let tool = Arc::new(tool);
+                        SHARING.with(|t| {
+                            if let Some(t) = t.borrow_mut().as_mut() {
+                                t.tools_read.push(tool.clone());
+                            }
+                        });
+                        Ok(tool)
+                    }
+                    _ => Err(A::Error::custom("unknown kind of tool")),
+                }
+            }
+        }
+        d.deserialize_tuple(2, V)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_tool_is_written_once_per_scope_and_read_back_shared() {
+        use crate::{Exec, ToolRef};
+        let tool = Arc::new(ToolRef {
+            label: crate::Label::new("tools", "t"),
+            argv0: "t".to_owned(),
+            module: "tools/t.wasm".to_owned(),
+            data: vec![("/share/d".to_owned(), "tools/d".to_owned())],
+        });
+        let other = Arc::new(ToolRef {
+            argv0: "u".to_owned(),
+            ..(*tool).clone()
+        });
+        let execs = vec![
+            Exec::Wasi(tool.clone()),
+            Exec::Native,
+            Exec::Wasi(other.clone()),
+            Exec::Wasi(tool.clone()),
+            Exec::Wasi(other.clone()),
+        ];
+        let shared = sharing(|| postcard::to_stdvec(&execs)).unwrap();
+        let apart = postcard::to_stdvec(&execs).unwrap();
+        let count = |bytes: &[u8]| bytes.windows(12).filter(|w| w == b"tools/t.wasm").count();
+        assert_eq!((count(&shared), count(&apart)), (2, 4));
+        let back: Vec<Exec> = sharing(|| postcard::from_bytes(&shared)).unwrap();
+        assert_eq!(back, execs);
+        let (Exec::Wasi(a), Exec::Wasi(b)) = (&back[0], &back[3]) else {
+            panic!("{back:?}")
+        };
+        assert!(Arc::ptr_eq(a, b));
+        // Written outside a scope, every tool is in full and reads anywhere.
+        let back: Vec<Exec> = postcard::from_bytes(&apart).unwrap();
+        assert_eq!(back, execs);
+        let back: Vec<Exec> = sharing(|| postcard::from_bytes(&apart)).unwrap();
+        assert_eq!(back, execs);
+        // JSON holds the tool itself.
+        let json = serde_json::to_string(&execs[0]).unwrap();
+        assert!(json.contains("tools/t.wasm"), "{json}");
+        assert_eq!(serde_json::from_str::<Exec>(&json).unwrap(), execs[0]);
+        // A reference to a tool the reader never saw, or an unknown kind: refused.
+        let again = sharing(|| {
+            postcard::to_stdvec(&execs[0]).unwrap();
+            postcard::to_stdvec(&execs[0]).unwrap()
+        });
+        assert!(sharing(|| postcard::from_bytes::<Exec>(&again)).is_err());
+        assert!(postcard::from_bytes::<Exec>(&again).is_err());
+        let mut bad = postcard::to_stdvec(&execs[0]).unwrap();
+        // The variant, then the tool's tag.
+        assert_eq!(bad[..2], [0, FULL]);
+        bad[1] = 7;
+        assert!(sharing(|| postcard::from_bytes::<Exec>(&bad)).is_err());
+    }
 
     fn strings(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
