@@ -625,6 +625,30 @@ mod tests {
             "filegroup(name = \"a\", srcs = glob([\"*.txt\"]))\n",
             "",
         ];
+        // And every build file of the repository's examples and fixtures.
+        let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let mut found = Vec::new();
+        let mut dirs = vec![repo.join("examples"), repo.join("tests/e2e/fixtures")];
+        while let Some(dir) = dirs.pop() {
+            for e in std::fs::read_dir(&dir).unwrap().flatten() {
+                let path = e.path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.file_name().is_some_and(|n| n == BUILD_FILE) {
+                    found.push(std::fs::read_to_string(&path).unwrap());
+                }
+            }
+        }
+        assert!(found.len() >= 10, "{} build files", found.len());
+        let literal_files = found
+            .iter()
+            .filter(|t| crate::literal::calls(t).is_some())
+            .count();
+        assert!(literal_files >= 5, "{literal_files} read as literal calls");
+        let cases: Vec<&str> = cases
+            .into_iter()
+            .chain(found.iter().map(String::as_str))
+            .collect();
         for (i, text) in cases.iter().enumerate() {
             let t = workspace(&[("p/WBUILD", text), ("p/x.txt", "")]);
             let interp = Interpreter::new(t.ws.root.clone());
