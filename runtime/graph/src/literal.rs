@@ -270,9 +270,6 @@ impl<'a> Reader<'a> {
                     self.eat(b':')?;
                     self.trivia();
                     let value = self.literal()?;
-                    if entries.iter().any(|(k, _)| *k == key) {
-                        return None;
-                    }
                     entries.push((key, value));
                     self.trivia();
                     if self.eat(b',').is_none() {
@@ -280,6 +277,13 @@ impl<'a> Reader<'a> {
                         self.eat(b'}')?;
                         break;
                     }
+                }
+                // A repeated key: left to Starlark (sorted, not compared pairwise: a dict of
+                // thousands of entries stays cheap).
+                let mut keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
+                keys.sort_unstable();
+                if keys.windows(2).any(|w| w[0] == w[1]) {
+                    return None;
                 }
                 Lit::Dict(entries)
             }
@@ -370,6 +374,15 @@ mod tests {
         );
         assert_eq!((calls[1].function, calls[1].line), ("filegroup", 10));
         assert_eq!((calls[2].function, calls[2].line), ("f", 11));
+        // A large dict is read; the same with one key repeated is left to Starlark.
+        let entries: Vec<String> = (0..5000).map(|i| format!("\"k{i}\": \"v\"")).collect();
+        let big = format!("f(env = {{{}}})\n", entries.join(", "));
+        let Lit::Dict(read) = &super::calls(&big).unwrap()[0].kwargs[0].1 else {
+            panic!("not a dict")
+        };
+        assert_eq!(read.len(), 5000);
+        let repeated = format!("f(env = {{{}, \"k17\": \"w\"}})\n", entries.join(", "));
+        assert!(super::calls(&repeated).is_none());
         assert_eq!(super::calls("").unwrap(), vec![]);
         assert_eq!(super::calls("\n  \n# c").unwrap(), vec![]);
     }
@@ -392,6 +405,7 @@ mod tests {
             "f(name = \"a\") g()\n",
             "f(name = \"a\", name = \"b\")\n",
             "f(env = {\"a\": \"1\", \"a\": \"2\"})\n",
+            "f(env = {\"a\": \"1\", \"b\": \"2\", \"c\": \"3\", \"a\": \"4\"})\n",
             "f(env = {1: \"1\"})\n",
             "f(n = 012)\n",
             "f(n = 1.5)\n",
