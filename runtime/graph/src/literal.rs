@@ -98,6 +98,21 @@ fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
 }
 
+/// The call, unless a keyword is repeated (left to Starlark; found by sorting, not by comparing
+/// every pair, so a call of thousands of arguments stays cheap).
+fn distinct<'a>(function: &'a str, line: u32, kwargs: Vec<(&'a str, Lit<'a>)>) -> Option<Call<'a>> {
+    let mut names: Vec<&str> = kwargs.iter().map(|(k, _)| *k).collect();
+    names.sort_unstable();
+    if names.windows(2).any(|w| w[0] == w[1]) {
+        return None;
+    }
+    Some(Call {
+        function,
+        line,
+        kwargs,
+    })
+}
+
 /// Whether `name` is one of Starlark's keywords or the Python keywords it reserves: never a
 /// name here. (A `match`: comparing each name with a list of them was most of reading.)
 fn is_keyword(name: &str) -> bool {
@@ -201,11 +216,7 @@ impl<'a> Reader<'a> {
         loop {
             self.trivia();
             if self.eat(b')').is_some() {
-                return Some(Call {
-                    function,
-                    line,
-                    kwargs,
-                });
+                return distinct(function, line, kwargs);
             }
             let name = self.ident()?;
             self.trivia();
@@ -216,19 +227,12 @@ impl<'a> Reader<'a> {
             }
             self.trivia();
             let value = self.literal()?;
-            if kwargs.iter().any(|(k, _)| *k == name) {
-                return None;
-            }
             kwargs.push((name, value));
             self.trivia();
             if self.eat(b',').is_none() {
                 self.trivia();
                 self.eat(b')')?;
-                return Some(Call {
-                    function,
-                    line,
-                    kwargs,
-                });
+                return distinct(function, line, kwargs);
             }
         }
     }
@@ -383,6 +387,11 @@ mod tests {
         assert_eq!(read.len(), 5000);
         let repeated = format!("f(env = {{{}, \"k17\": \"w\"}})\n", entries.join(", "));
         assert!(super::calls(&repeated).is_none());
+        // So is a call of many keyword arguments, and the same with one repeated.
+        let args: Vec<String> = (0..5000).map(|i| format!("a{i} = 1")).collect();
+        let many = format!("f({})\n", args.join(", "));
+        assert_eq!(super::calls(&many).unwrap()[0].kwargs.len(), 5000);
+        assert!(super::calls(&format!("f({}, a4999 = 2)\n", args.join(", "))).is_none());
         assert_eq!(super::calls("").unwrap(), vec![]);
         assert_eq!(super::calls("\n  \n# c").unwrap(), vec![]);
     }
