@@ -74,6 +74,20 @@ struct EvalContext {
 struct BuiltinError(String);
 
 impl EvalContext {
+    /// The state of evaluating `file`, a `WBUILD` file of `package` or (`None`) a `.bzl` file.
+    fn new(root: &std::path::Path, file: &str, package: Option<&str>) -> EvalContext {
+        EvalContext {
+            root: root.to_path_buf(),
+            file: file.into(),
+            package: package.map(str::to_owned),
+            targets: RefCell::new(Vec::new()),
+            names: RefCell::new(HashMap::new()),
+            globs: RefCell::new(Vec::new()),
+            error: RefCell::new(None),
+            call_at: RefCell::new(None),
+        }
+    }
+
     /// Records `err` and returns a Starlark error that aborts evaluation.
     fn fail(&self, err: GraphError) -> starlark::Error {
         let msg = err.to_string();
@@ -404,22 +418,11 @@ impl Interpreter {
         literals: bool,
     ) -> Result<(Vec<RawTarget>, Vec<GlobRead>), GraphError> {
         let file = join(package, BUILD_FILE);
-        let new_context = || EvalContext {
-            root: self.root.clone(),
-            file: file.as_str().into(),
-            package: Some(package.to_owned()),
-            targets: RefCell::new(Vec::new()),
-            names: RefCell::new(HashMap::new()),
-            globs: RefCell::new(Vec::new()),
-            error: RefCell::new(None),
-            call_at: RefCell::new(None),
-        };
+        let new_context = || EvalContext::new(&self.root, &file, Some(package));
+        let text = self.read(&file)?;
         // A file of rule calls with literal arguments is called without Starlark's parser;
         // any other, or one whose calls fail, is evaluated by Starlark (which names the error).
-        if literals
-            && let Ok(text) = std::fs::read_to_string(self.root.join(&file))
-            && let Some(calls) = crate::literal::calls(&text)
-        {
+        if literals && let Some(calls) = crate::literal::calls(&text) {
             let ctx = new_context();
             if self.call_literals(&calls, &ctx) {
                 return Ok((ctx.targets.into_inner(), ctx.globs.into_inner()));
@@ -427,7 +430,7 @@ impl Interpreter {
         }
         let ctx = new_context();
         let mut stack = Vec::new();
-        self.eval_file(&file, package, &ctx, &mut stack, false)?;
+        self.eval_file(&file, text, package, &ctx, &mut stack, false)?;
         Ok((ctx.targets.into_inner(), ctx.globs.into_inner()))
     }
 
@@ -478,20 +481,26 @@ impl Interpreter {
         })
     }
 
-    /// Parses and evaluates `file` (a workspace path) after loading what it `load()`s.
+    /// The text of `file` (a workspace path).
+    fn read(&self, file: &str) -> Result<String, GraphError> {
+        let host = self.root.join(file);
+        std::fs::read_to_string(&host).map_err(|source| GraphError::Io {
+            path: host,
+            error: source,
+        })
+    }
+
+    /// Parses and evaluates `file` (a workspace path) holding `text`, after loading what it
+    /// `load()`s.
     fn eval_file(
         &self,
         file: &str,
+        text: String,
         package: &str,
         ctx: &EvalContext,
         stack: &mut Vec<String>,
         freeze: bool,
     ) -> Result<Option<FrozenModule>, GraphError> {
-        let host = self.root.join(file);
-        let text = std::fs::read_to_string(&host).map_err(|source| GraphError::Io {
-            path: host.clone(),
-            error: source,
-        })?;
         let starlark_err = |e: starlark::Error| GraphError::Starlark {
             file: file.to_owned(),
             location: e.span().map(location_of),
@@ -572,18 +581,11 @@ impl Interpreter {
                 label.name, label.package
             )));
         }
-        let ctx = EvalContext {
-            root: self.root.clone(),
-            file: path.as_str().into(),
-            package: None,
-            targets: RefCell::new(Vec::new()),
-            names: RefCell::new(HashMap::new()),
-            globs: RefCell::new(Vec::new()),
-            error: RefCell::new(None),
-            call_at: RefCell::new(None),
-        };
+        let ctx = EvalContext::new(&self.root, &path, None);
         stack.push(path.clone());
-        let result = self.eval_file(&path, &label.package, &ctx, stack, true);
+        let result = self
+            .read(&path)
+            .and_then(|text| self.eval_file(&path, text, &label.package, &ctx, stack, true));
         stack.pop();
         let module = result?.expect("frozen module");
         self.modules.borrow_mut().insert(path, module.clone());

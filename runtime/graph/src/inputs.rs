@@ -190,6 +190,19 @@ pub(crate) fn sharing<R>(f: impl FnOnce() -> R) -> R {
     f()
 }
 
+/// The number `written` gave the value at `addr` if it was written before in this scope;
+/// otherwise `None`, and it gets the next number.
+fn seen<T: ?Sized>(written: &mut HashMap<usize, u32>, addr: *const T) -> Option<u32> {
+    let next = written.len() as u32;
+    match written.entry(addr as *const () as usize) {
+        std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
+        std::collections::hash_map::Entry::Vacant(v) => {
+            v.insert(next);
+            None
+        }
+    }
+}
+
 /// How the shared set is written: none, the number of one written before, or in full.
 const EMPTY: u8 = 0;
 const AGAIN: u8 = 1;
@@ -207,18 +220,7 @@ impl serde::Serialize for Inputs {
         // The number of this shared set if the scope wrote it before. Addresses are not
         // reused within a scope: the actions being written hold their sets.
         let again = self.shared.as_ref().and_then(|shared| {
-            SHARING.with(|t| {
-                let mut t = t.borrow_mut();
-                let t = t.as_mut()?;
-                let next = t.written.len() as u32;
-                match t.written.entry(shared.as_ptr() as usize) {
-                    std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
-                    std::collections::hash_map::Entry::Vacant(v) => {
-                        v.insert(next);
-                        None
-                    }
-                }
-            })
+            SHARING.with(|t| Some(seen(&mut t.borrow_mut().as_mut()?.written, shared.as_ptr())))?
         });
         let mut tup = s.serialize_tuple(3)?;
         match (&self.shared, again) {
@@ -325,16 +327,10 @@ pub(crate) mod tool {
         // As for sets of inputs: the actions being written hold their tools, so an address is
         // not reused within a scope.
         let again = SHARING.with(|t| {
-            let mut t = t.borrow_mut();
-            let t = t.as_mut()?;
-            let next = t.tools_written.len() as u32;
-            match t.tools_written.entry(Arc::as_ptr(tool) as usize) {
-                std::collections::hash_map::Entry::Occupied(e) => Some(*e.get()),
-                std::collections::hash_map::Entry::Vacant(v) => {
-                    v.insert(next);
-                    None
-                }
-            }
+            Some(seen(
+                &mut t.borrow_mut().as_mut()?.tools_written,
+                Arc::as_ptr(tool),
+            ))?
         });
         let mut tup = s.serialize_tuple(2)?;
         match again {

@@ -98,15 +98,17 @@ fn is_ident(c: u8) -> bool {
     c.is_ascii_alphanumeric() || c == b'_'
 }
 
-/// The call, unless a keyword is repeated (left to Starlark; found by sorting, not by comparing
-/// every pair, so a call of thousands of arguments stays cheap).
-fn distinct<'a>(function: &'a str, line: u32, kwargs: Vec<(&'a str, Lit<'a>)>) -> Option<Call<'a>> {
-    let mut names: Vec<&str> = kwargs.iter().map(|(k, _)| *k).collect();
+/// Whether a name occurs twice (found by sorting, not by comparing every pair, so a call or
+/// dict of thousands of entries stays cheap).
+fn repeats<'a>(names: impl Iterator<Item = &'a str>) -> bool {
+    let mut names: Vec<&str> = names.collect();
     names.sort_unstable();
-    if names.windows(2).any(|w| w[0] == w[1]) {
-        return None;
-    }
-    Some(Call {
+    names.windows(2).any(|w| w[0] == w[1])
+}
+
+/// The call, unless a keyword argument is repeated (left to Starlark).
+fn distinct<'a>(function: &'a str, line: u32, kwargs: Vec<(&'a str, Lit<'a>)>) -> Option<Call<'a>> {
+    (!repeats(kwargs.iter().map(|(k, _)| *k))).then_some(Call {
         function,
         line,
         kwargs,
@@ -196,15 +198,7 @@ impl<'a> Reader<'a> {
 
     /// A name that is not a keyword.
     fn ident(&mut self) -> Option<&'a str> {
-        let start = self.pos;
-        if !self.peek().is_some_and(is_ident_start) {
-            return None;
-        }
-        while self.peek().is_some_and(is_ident) {
-            self.pos += 1;
-        }
-        let name = &self.text[start..self.pos];
-        (!is_keyword(name)).then_some(name)
+        self.ident_any().filter(|name| !is_keyword(name))
     }
 
     fn call(&mut self) -> Option<Call<'a>> {
@@ -282,11 +276,8 @@ impl<'a> Reader<'a> {
                         break;
                     }
                 }
-                // A repeated key: left to Starlark (sorted, not compared pairwise: a dict of
-                // thousands of entries stays cheap).
-                let mut keys: Vec<&str> = entries.iter().map(|(k, _)| *k).collect();
-                keys.sort_unstable();
-                if keys.windows(2).any(|w| w[0] == w[1]) {
+                // A repeated key: left to Starlark.
+                if repeats(entries.iter().map(|(k, _)| *k)) {
                     return None;
                 }
                 Lit::Dict(entries)

@@ -89,10 +89,8 @@ fn load_keeping_cycles_reading(
             // Every loaded target was resolved ahead (those are some of them, each once): the
             // evaluated packages go before the targets are gathered, not after (the load's
             // peak of memory held both, 20-30 MB more for 100,000 targets).
-            let mut names: Vec<&String> = loader.packages.keys().collect();
-            names.sort_unstable();
-            for name in names {
-                globs.extend(loader.packages[name].globs.iter().cloned());
+            for pkg in loader.packages_in_order() {
+                globs.extend(pkg.globs.iter().cloned());
             }
             crate::drop_elsewhere(std::mem::take(&mut loader.packages));
             targets.extend(ahead.into_iter().flatten().map(|(l, (t, _))| (l, t)));
@@ -575,6 +573,13 @@ fn check_package(
 }
 
 impl Loader<'_> {
+    /// The loaded packages, by name.
+    fn packages_in_order(&self) -> impl Iterator<Item = &Package> {
+        let mut names: Vec<&String> = self.packages.keys().collect();
+        names.sort_unstable();
+        names.into_iter().map(|n| &*self.packages[n])
+    }
+
     /// Every target of the loaded packages, in label order, into `targets` (and their
     /// `glob()` calls into `globs`): `take(package, name)` gives one already resolved (it is
     /// asked in label order), any other is resolved without loading more packages.
@@ -584,9 +589,7 @@ impl Loader<'_> {
         globs: &mut Vec<GlobRead>,
         mut take: impl FnMut(&Label) -> Option<(Label, Target)>,
     ) {
-        let mut names: Vec<&String> = self.packages.keys().collect();
-        names.sort_unstable();
-        for pkg in names.into_iter().map(|n| &self.packages[n]) {
+        for pkg in self.packages_in_order() {
             globs.extend(pkg.globs.iter().cloned());
             for raw in pkg.targets.values() {
                 targets.push(match take(&raw.label) {
