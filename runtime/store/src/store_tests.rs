@@ -259,6 +259,101 @@ fn link_into_and_materialize() {
 }
 
 #[test]
+fn present_links_read_only_outputs_with_a_fresh_time_and_copies_the_rest() {
+    let (dir, store) = store_in();
+    let d = store.put_bytes(b"object bytes").unwrap();
+    let blob = store.blob_path(&d);
+    let blob_ino = fs::metadata(&blob).unwrap().ino();
+    // The blob was made a while ago: the output presented now must still look new.
+    let old = fs::FileTimes::new().set_modified(std::time::UNIX_EPOCH + Duration::from_secs(1));
+    fs::File::open(&blob).unwrap().set_times(old).unwrap();
+    let before = std::time::SystemTime::now() - Duration::from_secs(1);
+
+    let out = dir.path().join("ws/wbuild-out/lib/a.o");
+    store.present(&d, &out, false).unwrap();
+    let m = fs::metadata(&out).unwrap();
+    assert_eq!(
+        m.ino(),
+        blob_ino,
+        "a read-only output is a link to its blob"
+    );
+    assert_eq!(m.mode() & 0o7777, 0o444);
+    assert!(m.modified().unwrap() >= before, "{:?}", m.modified());
+    assert_eq!(fs::read(&out).unwrap(), b"object bytes");
+    // Presented again (already that link) and over another file: nothing is left beside it.
+    store.present(&d, &out, false).unwrap();
+    let other = store.put_bytes(b"other").unwrap();
+    store.present(&other, &out, false).unwrap();
+    assert_eq!(fs::read(&out).unwrap(), b"other");
+    store.present(&d, &out, false).unwrap();
+    let names: Vec<_> = fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["a.o"], "temp names left");
+    assert_eq!(fs::metadata(&out).unwrap().ino(), blob_ino);
+    // The output's stat is recorded: the next lookup does not read it.
+    assert_eq!(store.file_digest(&out).unwrap(), d);
+
+    // An executable is a copy of its own (0555), never the blob's inode.
+    let exe = dir.path().join("ws/wbuild-out/bin/app");
+    store.present(&d, &exe, true).unwrap();
+    let m = fs::metadata(&exe).unwrap();
+    assert_ne!(m.ino(), blob_ino);
+    assert_eq!(m.mode() & 0o7777, 0o555);
+    // So is the blob of a file whose mode is not exactly 0444 (never share a writable inode).
+    fs::set_permissions(&blob, fs::Permissions::from_mode(0o644)).unwrap();
+    let copy = dir.path().join("ws/wbuild-out/lib/b.o");
+    store.present(&d, &copy, false).unwrap();
+    let m = fs::metadata(&copy).unwrap();
+    assert_ne!(m.ino(), blob_ino);
+    assert_eq!(m.mode() & 0o7777, 0o444);
+    assert_eq!(fs::read(&copy).unwrap(), b"object bytes");
+
+    // The empty blob, never stored, is presented too; an absent one is an error.
+    let empty = Digest::empty(DigestFunction::Blake3);
+    store
+        .present(&empty, &dir.path().join("ws/wbuild-out/e"), false)
+        .unwrap();
+    assert_eq!(fs::read(dir.path().join("ws/wbuild-out/e")).unwrap(), b"");
+    let absent = Digest::of(DigestFunction::Blake3, b"nope");
+    assert!(
+        store
+            .present(&absent, &dir.path().join("ws/wbuild-out/n"), false)
+            .unwrap_err()
+            .is_not_found()
+    );
+}
+
+#[test]
+fn an_output_written_in_place_is_a_corrupt_blob_at_its_next_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let cache = dir.path().join("cache");
+    let out = dir.path().join("ws/wbuild-out/a.o");
+    let d = {
+        let store = Store::open(&cache).unwrap();
+        let d = store.put_bytes(b"object bytes").unwrap();
+        store.present(&d, &out, false).unwrap();
+        d
+    };
+    // Someone makes the output writable and writes into it in place (the blob's inode).
+    corrupt_file(&out, b"OBJECT bytes");
+    // The next process verifies the blob before it uses it: found corrupt, evicted, and
+    // nothing is presented from it.
+    let store = Store::open(&cache).unwrap();
+    let again = dir.path().join("ws/wbuild-out/copy.o");
+    assert!(store.present(&d, &again, false).unwrap_err().is_corrupt());
+    assert!(!again.exists());
+    assert!(!store.has(&d));
+    assert!(
+        store
+            .link_into(&d, &dir.path().join("stage/a.o"))
+            .unwrap_err()
+            .is_not_found()
+    );
+}
+
+#[test]
 fn reopen_after_drop() {
     let dir = tempfile::tempdir().unwrap();
     let cache = dir.path().join("cache");
