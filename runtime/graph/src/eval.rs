@@ -671,4 +671,149 @@ mod tests {
             }
         }
     }
+
+    /// Hostile and odd build files: thousands of mutants of literal-call files (a token
+    /// inserted, a span deleted, two characters swapped; tokens a literal reader could
+    /// misread: other string and number forms, escapes, line continuations, `\r`, form
+    /// feeds, a byte order mark, non-breaking spaces, non-ASCII names, operators, keywords)
+    /// evaluate to the same targets or the same error both ways. Deterministic (a fixed
+    /// generator), so a failure names a mutant that fails again.
+    #[test]
+    fn mutated_literal_calls_evaluate_as_starlark_does() {
+        let seeds = [
+            "wasi_tool(name = \"t\", src = \"t.wasm\")\nwasi_run(name = \"a0\", tool = \":t\", srcs = ['x.txt'], outs = [\"a0.vars\"], args = ['$(location x.txt)', '-o', '$@'], env = {\"K\": \"v\"})\n",
+            "cc_library(\n    name = \"lib0\",\n    srcs = ['f0.c', 'f1.c'],\n    hdrs = ['include/f0.h'],\n    includes = [\"include\"],\n    deps = [],\n    copts = ['-O2'],\n)\n",
+            "# c\n\ngenrule(\n  name = 'g',  # n\n  srcs = [],\n  outs = [\"o.txt\",],\n  cmd = \"echo 'hi' > $@\",\n)\nfilegroup(name = \"fg\", srcs = [\"x.txt\"])  # t\n",
+        ];
+        const TOKENS: &[&str] = &[
+            "\"",
+            "'",
+            "\\",
+            "\n",
+            "\t",
+            " ",
+            "#",
+            ",",
+            "(",
+            ")",
+            "[",
+            "]",
+            "{",
+            "}",
+            ":",
+            "=",
+            "==",
+            "+",
+            "-",
+            "*",
+            "**",
+            ".",
+            ";",
+            "%",
+            "0x1F",
+            "1_0",
+            "007",
+            "0o7",
+            "-1",
+            "1.5",
+            "1e3",
+            "r\"x\"",
+            "b\"x\"",
+            "\"\"\"x\"\"\"",
+            "'''",
+            "\"\\u00e9\"",
+            "\"\\n\"",
+            "\"é\"",
+            "é",
+            "ñame",
+            "True",
+            "False",
+            "None",
+            "lambda",
+            "if",
+            "def",
+            "in",
+            "not",
+            "and",
+            "name",
+            "name = \"z\"",
+            "srcs",
+            "\r\n",
+            "\r",
+            "\x0c",
+            "\\\n",
+            "\u{feff}",
+            "\u{a0}",
+            "glob([\"*\"])",
+            "[*]",
+            "x",
+            "\"x\" \"y\"",
+            "\"\\x41\"",
+            "\"$(SRCS)\"",
+            "\"a\\\nb\"",
+            "\t\t",
+            "    ",
+            "//",
+            "@",
+            "!",
+            "`",
+        ];
+        // xorshift64*: deterministic, no dependency.
+        let mut state = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = |n: usize| {
+            state ^= state >> 12;
+            state ^= state << 25;
+            state ^= state >> 27;
+            (state.wrapping_mul(0x2545_f491_4f6c_dd1d) >> 33) as usize % n.max(1)
+        };
+        let t = workspace(&[("p/WBUILD", ""), ("p/x.txt", "")]);
+        let interp = Interpreter::new(t.ws.root.clone());
+        let (mut literal_files, mut both_ok) = (0, 0);
+        for round in 0..3000 {
+            let mut text: Vec<char> = seeds[round % seeds.len()].chars().collect();
+            for _ in 0..1 + next(3) {
+                let at = next(text.len() + 1);
+                match next(4) {
+                    0 | 1 => {
+                        let token = TOKENS[next(TOKENS.len())];
+                        text.splice(at..at, token.chars());
+                    }
+                    2 => {
+                        let end = (at + 1 + next(6)).min(text.len());
+                        text.drain(at.min(end)..end);
+                    }
+                    _ => {
+                        if at + 1 < text.len() {
+                            text.swap(at, at + 1);
+                        }
+                    }
+                }
+            }
+            let text: String = text.into_iter().collect();
+            std::fs::write(t.ws.root.join("p/WBUILD"), &text).unwrap();
+            if crate::literal::calls(&text).is_some() {
+                literal_files += 1;
+            }
+            let literal = interp.eval_package_as("p", true);
+            let starlark = interp.eval_package_as("p", false);
+            match (&literal, &starlark) {
+                (Ok(a), Ok(b)) => {
+                    both_ok += 1;
+                    assert_eq!(a, b, "mutant {round}: {text:?}")
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.to_string(), b.to_string(), "mutant {round}: {text:?}")
+                }
+                _ => {
+                    panic!("mutant {round}: {text:?}\nliteral: {literal:?}\nstarlark: {starlark:?}")
+                }
+            }
+        }
+        // The mutants exercised both readers, and both outcomes.
+        assert!(
+            literal_files > 200,
+            "{literal_files} mutants read as literal calls"
+        );
+        assert!(both_ok > 100, "{both_ok} mutants evaluated");
+    }
 }

@@ -16,7 +16,8 @@
 //! and the evaluator calls the same built-in functions with the same values Starlark would
 //! have (see `eval::Interpreter::eval_package`). Anything else — a `load()`, an assignment, an
 //! expression, a positional argument, a string with a backslash or in triple quotes, a
-//! statement not at the start of its line, a `;` — makes [`calls`] return `None`, and the file
+//! statement not at the start of its line, a `;`, a tab outside a string or comment, a carriage
+//! return anywhere — makes [`calls`] return `None`, and the file
 //! is evaluated by Starlark, which also reports every error (a call that fails here is
 //! evaluated again there).
 
@@ -58,7 +59,7 @@ pub(crate) fn calls(text: &str) -> Option<Vec<Call<'_>>> {
             Some(b'\n') => r.newline(),
             Some(b'#') => r.comment(),
             // Only a blank or comment line may start with white space.
-            Some(b' ' | b'\t') => {
+            Some(b' ') => {
                 r.spaces();
                 match r.peek() {
                     None => return Some(out),
@@ -166,16 +167,18 @@ impl<'a> Reader<'a> {
         self.line += 1;
     }
 
-    /// Spaces and tabs (a carriage return or form feed is left for the caller to refuse).
+    /// Spaces. A tab, carriage return or form feed is left for the caller to refuse (Starlark
+    /// refuses a tab anywhere but in a string or comment).
     fn spaces(&mut self) {
-        while matches!(self.peek(), Some(b' ' | b'\t')) {
+        while self.peek() == Some(b' ') {
             self.pos += 1;
         }
     }
 
-    /// From `#` to the end of the line (not past it).
+    /// From `#` to the end of the line (not past it), or to a carriage return, which
+    /// Starlark refuses even in a comment (left for the caller to refuse).
     fn comment(&mut self) {
-        while !matches!(self.peek(), None | Some(b'\n')) {
+        while !matches!(self.peek(), None | Some(b'\n' | b'\r')) {
             self.pos += 1;
         }
     }
@@ -184,7 +187,7 @@ impl<'a> Reader<'a> {
     fn trivia(&mut self) {
         loop {
             match self.peek() {
-                Some(b' ' | b'\t') => self.pos += 1,
+                Some(b' ') => self.pos += 1,
                 Some(b'\n') => self.newline(),
                 Some(b'#') => self.comment(),
                 _ => return,
@@ -401,6 +404,14 @@ mod tests {
             "f(name = \"a\nb\")\n",
             " f(name = \"a\")\n",
             "\tf(name = \"a\")\n",
+            // Starlark refuses a tab anywhere but in a string or comment, and a carriage
+            // return even in a comment (both found by the mutation test in `eval`).
+            "f(\n\tname = \"a\")\n",
+            "f(name =\t\"a\")\n",
+            "f(name = \"a\")\t\n",
+            "\t\nf(name = \"a\")\n",
+            "f(name = \"a\")  # c\r\n",
+            "f(name = \"a\",  # c\r srcs = [])\n",
             "f(name = \"a\"); g(name = \"b\")\n",
             "f(name = \"a\") g()\n",
             "f(name = \"a\", name = \"b\")\n",
