@@ -547,36 +547,6 @@ fn corrupted_cas_blob_is_detected_and_healed() {
 }
 
 #[test]
-fn an_output_written_in_place_never_reaches_a_later_build() {
-    use std::os::unix::fs::{MetadataExt, PermissionsExt};
-    let w = ws();
-    chain(&w);
-    w.ok(&["build"]);
-    let want = w.read("wbuild-out/gen/ab.txt");
-    let out = w.path("wbuild-out/gen/ab.txt");
-    // Outputs are read-only links to their blobs (no copy of each output).
-    let m = std::fs::metadata(&out).unwrap();
-    assert!(m.nlink() >= 2, "nlink {}", m.nlink());
-    assert_eq!(m.mode() & 0o7777, 0o444);
-    // Someone makes the output writable and writes into it in place: the blob's inode.
-    std::fs::set_permissions(&out, std::fs::Permissions::from_mode(0o644)).unwrap();
-    std::fs::write(&out, "tampered\n").unwrap();
-    // The next build finds the output changed and the blob corrupt: it runs the action
-    // again, restores the output and feeds the dependent action the right bytes.
-    let (o, ev) = w.events(&["build"]);
-    assert!(o.status.success(), "{}", w.report(&["build"], &o));
-    assert_eq!(w.read("wbuild-out/gen/ab.txt"), want);
-    assert_eq!(w.read("wbuild-out/gen/abab.txt"), format!("{want}{want}"));
-    assert!(statuses(&ev).contains(&s("//gen:ab", "executed")), "{ev:?}");
-    let out = w.ok(&["cache", "verify"]);
-    assert!(
-        stdout(&out).contains("cache is consistent"),
-        "{}",
-        stdout(&out)
-    );
-}
-
-#[test]
 fn verify_finds_and_evicts_corruption() {
     let w = ws();
     chain(&w);

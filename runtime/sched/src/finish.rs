@@ -272,8 +272,7 @@ impl Scheduler<'_> {
         (!text.is_empty()).then_some(text)
     }
 
-    /// Present outputs in `wbuild-out/` ([`wbuild_store::Store::present`]: read-only links to
-    /// their blobs), skipping files that already hold the right bytes.
+    /// Copy outputs into `wbuild-out/`, skipping files that already hold the right bytes.
     pub(crate) fn materialize(
         &self,
         outputs: &[(String, Digest)],
@@ -299,7 +298,8 @@ impl Scheduler<'_> {
             {
                 continue;
             }
-            self.store.present(d, &dest, executables.contains(path))?;
+            self.store
+                .materialize(d, &dest, executables.contains(path))?;
         }
         Ok(())
     }

@@ -832,103 +832,9 @@ impl Store {
         Ok(())
     }
 
-    /// Present the blob at `dest` as a build's output: a read-only (0444) hard link to the
-    /// verified blob whose modification time is set to now, as a copy's would be, renamed
-    /// over `dest`; or, for an executable (0555), a blob whose file is not exactly 0444, or
-    /// where linking is impossible (another file system, the link limit, a store another
-    /// user owns), a copy as [`Store::materialize`] makes. Creates parent directories.
-    ///
-    /// Sharing the inode saves a copy of every output; the cost is that someone who makes
-    /// the output writable and writes into it in place writes into the blob too. Every
-    /// process verifies a blob before it first uses it (stages, links or uploads it), so
-    /// such a blob is found corrupt and evicted at its next use in another build, and the
-    /// action that made it runs again. Only for `wbuild-out/`: an input staged for an
-    /// action that may write where it likes (`--sandbox=none`) is always a copy.
-    pub fn present(&self, d: &Digest, dest: &Path, executable: bool) -> Result<(), StoreError> {
-        let _g = self.shared();
-        if let Some(parent) = dest.parent() {
-            fs::create_dir_all(parent).map_err(StoreError::io("create directory", parent))?;
-        }
-        if executable || !self.link_out(d, dest)? {
-            self.copy_out(d, dest, if executable { 0o555 } else { 0o444 })?;
-        }
-        self.touch(d);
-        if let Ok(abs) = std::path::absolute(dest)
-            && let Ok(meta) = fs::metadata(&abs)
-        {
-            self.stat_record_written(&abs, &meta, *d);
-        }
-        Ok(())
-    }
-
-    /// [`Store::present`]'s link: `Ok(false)` where a copy must be made instead.
-    fn link_out(&self, d: &Digest, dest: &Path) -> Result<bool, StoreError> {
-        self.ensure_verified(d)?;
-        self.ensure_empty_file(d)?;
-        let blob = self.blob_path(d);
-        let linked = match fs::symlink_metadata(&blob) {
-            Ok(m) if m.is_file() && m.mode() & 0o7777 == 0o444 => {
-                // `dest` may be a link to the blob already: a rename of one name of a file
-                // over another of the same file does nothing, and would leave the temp name.
-                fs::symlink_metadata(dest).is_ok_and(|t| t.dev() == m.dev() && t.ino() == m.ino())
-            }
-            Ok(_) => return Ok(false),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound {
-                    digest: *d,
-                    path: blob,
-                });
-            }
-            Err(e) => return Err(StoreError::from_io("stat", blob, e)),
-        };
-        let tmp = if linked {
-            dest.to_path_buf()
-        } else {
-            let tmp = self.tmp_beside(dest)?;
-            if let Err(e) = fs::hard_link(&blob, &tmp) {
-                return match e.raw_os_error() {
-                    Some(
-                        libc::EXDEV | libc::EMLINK | libc::EPERM | libc::ENOTSUP | libc::EACCES,
-                    ) => Ok(false),
-                    _ => Err(StoreError::from_io("hard-link a blob to", tmp, e)),
-                };
-            }
-            tmp
-        };
-        // A fresh modification time, as a copy would have: a tool comparing times (make)
-        // must see an output made now as new, even when its bytes were made before.
-        let now = [
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_OMIT,
-            },
-            libc::timespec {
-                tv_sec: 0,
-                tv_nsec: libc::UTIME_NOW,
-            },
-        ];
-        let ctmp = std::ffi::CString::new(std::os::unix::ffi::OsStrExt::as_bytes(tmp.as_os_str()))
-            .map_err(|_| StoreError::Io {
-                op: "materialize to",
-                path: dest.to_path_buf(),
-                error: io::Error::new(io::ErrorKind::InvalidInput, "a NUL in the path"),
-            })?;
-        // SAFETY: a NUL-terminated path and two valid timespecs.
-        if unsafe { libc::utimensat(libc::AT_FDCWD, ctmp.as_ptr(), now.as_ptr(), 0) } != 0 {
-            if !linked {
-                let _ = fs::remove_file(&tmp);
-            }
-            return Ok(false);
-        }
-        if !linked && let Err(e) = fs::rename(&tmp, dest) {
-            let _ = fs::remove_file(&tmp);
-            return Err(StoreError::from_io("rename over", dest.to_path_buf(), e));
-        }
-        Ok(true)
-    }
-
-    /// A temp name beside `dest`, unique in this process.
-    fn tmp_beside(&self, dest: &Path) -> Result<PathBuf, StoreError> {
+    /// Copy the blob to a temp file beside `dest` while hashing it, set `mode`, rename over
+    /// `dest`. A corrupt blob is evicted and nothing is left at `dest`'s temp name.
+    fn copy_out(&self, d: &Digest, dest: &Path, mode: u32) -> Result<(), StoreError> {
         let name = dest
             .file_name()
             .ok_or_else(|| StoreError::Io {
@@ -938,13 +844,7 @@ impl Store {
             })?
             .to_string_lossy();
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
-        Ok(dest.with_file_name(format!(".{name}.wbuild-tmp-{}-{n}", std::process::id())))
-    }
-
-    /// Copy the blob to a temp file beside `dest` while hashing it, set `mode`, rename over
-    /// `dest`. A corrupt blob is evicted and nothing is left at `dest`'s temp name.
-    fn copy_out(&self, d: &Digest, dest: &Path, mode: u32) -> Result<(), StoreError> {
-        let tmp = self.tmp_beside(dest)?;
+        let tmp = dest.with_file_name(format!(".{name}.wbuild-tmp-{}-{n}", std::process::id()));
         let result = (|| {
             let blob = self.blob_path(d);
             let mut out = create_new(&tmp, 0o644)?;
