@@ -757,6 +757,11 @@ mod tests {
             "@",
             "!",
             "`",
+            "\u{0}",
+            "\u{2028}",
+            "\u{7f}",
+            "class",
+            "yield",
         ];
         // xorshift64*: deterministic, no dependency.
         let mut state = 0x9e37_79b9_7f4a_7c15u64;
