@@ -124,3 +124,102 @@ cc_library(name = "probe", srcs = ["probe.c"])
     assert!(err.contains(&missing), "{err}");
     w.ok(&["build", "//p:probe"]);
 }
+
+/// Hostile actions against the network namespaces the spawner keeps for its sandboxes (one
+/// per running sandbox, reused once that sandbox is gone): two actions running at once
+/// cannot reach each other through an abstract Unix socket; a listener an action leaves
+/// behind in a daemon it forked is gone for the next action; an action cannot bring the
+/// loopback up for the next one. (Python from the host's /usr, as a build tool would be.)
+#[test]
+fn native_actions_never_share_a_network() {
+    let w = ws();
+    w.write(
+        "n/WBUILD",
+        r#"
+# Each records when it ran (the test checks that the two overlapped) and what it reached.
+genrule(name = "listen", srcs = [], outs = ["listen.txt"], cmd = """python3 -c '
+import socket, sys, time
+t0 = time.time()
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("\\0wbuild-hostile-net")
+s.listen(1)
+s.settimeout(3)
+try:
+    s.accept(); r = "accepted"
+except OSError:
+    r = "alone"
+open(sys.argv[1], "w").write("%s %f %f\\n" % (r, t0, time.time()))
+' $@""")
+genrule(name = "connect", srcs = [], outs = ["connect.txt"], cmd = """python3 -c '
+import socket, sys, time
+t0 = time.time()
+r = "isolated"
+while time.time() < t0 + 3:
+    c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    try:
+        c.connect("\\0wbuild-hostile-net"); r = "connected"; break
+    except OSError:
+        time.sleep(0.05)
+open(sys.argv[1], "w").write("%s %f %f\\n" % (r, t0, time.time()))
+' $@""")
+genrule(name = "leave", srcs = [], outs = ["leave.txt"], cmd = """python3 -c '
+import fcntl, os, socket, struct, sys, time
+s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+s.bind("\\0wbuild-hostile-left")
+s.listen(5)
+u = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+try:
+    fcntl.ioctl(u, 0x8914, struct.pack("16sH14x", b"lo", 1)); r = "brought loopback up"
+except OSError:
+    r = "denied"
+if os.fork() == 0:
+    os.setsid(); time.sleep(30); os._exit(0)
+open(sys.argv[1], "w").write(r + "\\n")
+' $@; readlink /proc/self/ns/net >> $@""")
+genrule(name = "after", srcs = [":leave"], outs = ["after.txt"], cmd = """python3 -c '
+import socket, sys
+c = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+try:
+    c.connect("\\0wbuild-hostile-left"); r = "reached a listener of an earlier action"
+except OSError:
+    r = "gone"
+t = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+t.settimeout(2)
+try:
+    t.connect(("127.0.0.1", 9)); r += " loopback-connected"
+except OSError as e:
+    r += " " + ("unreachable" if e.errno == 101 else "errno-%d" % e.errno)
+open(sys.argv[1], "w").write(r + "\\n")
+' $@; readlink /proc/self/ns/net >> $@""")
+"#,
+    );
+    w.ok(&["build", "-j", "2", "//n:listen", "//n:connect"]);
+    let field = |f: &str| -> (String, f64, f64) {
+        let text = w.read(f);
+        let v: Vec<&str> = text.split_whitespace().collect();
+        (
+            v[0].to_owned(),
+            v[1].parse().unwrap(),
+            v[2].parse().unwrap(),
+        )
+    };
+    let (listen, l0, l1) = field("wbuild-out/n/listen.txt");
+    let (connect, c0, c1) = field("wbuild-out/n/connect.txt");
+    // The two ran at the same time, or the test proved nothing.
+    assert!(l0 < c1 && c0 < l1, "no overlap: {l0}..{l1} and {c0}..{c1}");
+    assert_eq!((listen.as_str(), connect.as_str()), ("alone", "isolated"));
+
+    // One after the other (one job): the second may get the first's namespace.
+    w.ok(&["build", "-j", "1", "//n:after"]);
+    let leave = w.read("wbuild-out/n/leave.txt");
+    let after = w.read("wbuild-out/n/after.txt");
+    assert!(leave.starts_with("denied\n"), "{leave}");
+    assert!(after.starts_with("gone unreachable\n"), "{after}");
+    // As root the spawner keeps namespaces: the second action ran in the first one's, so
+    // the checks above were made where the first action left its listener.
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } == 0 {
+        let ns = |t: &str| t.lines().nth(1).unwrap_or_default().to_owned();
+        assert_eq!(ns(&leave), ns(&after), "{leave}{after}");
+    }
+}

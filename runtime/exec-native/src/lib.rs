@@ -20,8 +20,10 @@
 //! * A private, empty `/tmp`; a read-only `/proc` for its own pid namespace; a `/dev` holding only
 //!   `null`, `zero` and `urandom` (read-only binds of the host nodes; `mknod` is not allowed
 //!   in a user namespace) plus the `fd`/`stdin`/`stdout`/`stderr` symlinks.
-//! * No network: a fresh network namespace whose loopback is left down, so even a connect
-//!   to `127.0.0.1` fails.
+//! * No network: a network namespace of its own whose loopback is down, so even a connect
+//!   to `127.0.0.1` fails. It is new, or (started by the spawner, as root) one the spawner
+//!   keeps and no running sandbox has: reused only after the sandbox that had it is gone,
+//!   and not one the action has any capability in (see `spawner::Nets`).
 //! * Hostname `wbuild`, umask `022`, uid/gid 0 inside (mapped to the caller's euid/egid,
 //!   so files it writes belong to the caller) but without any capability,
 //!   stdin `/dev/null`, and exactly the declared environment plus `PATH` (default
@@ -88,7 +90,8 @@
 //! path as a `CString`, the argv/envp pointer arrays, the candidate executable paths for
 //! the `PATH` lookup, the uid/gid map contents and the ordered list of setup steps — and
 //! then calls the raw `clone` syscall (fork semantics, no `CLONE_VM`) with
-//! `CLONE_NEWUSER|NEWNS|NEWPID|NEWNET|NEWIPC|NEWUTS`. The child is pid 1 ("init") of the
+//! `CLONE_NEWUSER|NEWNS|NEWPID|NEWNET|NEWIPC|NEWUTS` (without `NEWNET` from the spawner when
+//! it has entered a network namespace it keeps). The child is pid 1 ("init") of the
 //! new pid namespace. It only walks the prepared plan with thin syscall wrappers (no
 //! allocation, no locks, no glibc `fork` with its atfork handlers): it closes every
 //! inherited descriptor it does not need (another worker thread may have had pipes open at

@@ -140,12 +140,20 @@ impl Drop for InitGuard {
 /// Clones the sandbox's init (new user, mount, pid, network, IPC and UTS namespaces) running
 /// [`init_main`] on `plan` with `fds`. Returns its pid.
 pub(crate) fn clone_init(plan: &Plan, fds: &ChildFds) -> io::Result<libc::pid_t> {
-    let flags = libc::CLONE_NEWUSER
+    clone_init_in(plan, fds, true)
+}
+
+/// [`clone_init`]; with `new_net` false, init stays in this process's network namespace (one
+/// the spawner keeps for one sandbox at a time, see `spawner::Nets`).
+pub(crate) fn clone_init_in(plan: &Plan, fds: &ChildFds, new_net: bool) -> io::Result<libc::pid_t> {
+    let mut flags = libc::CLONE_NEWUSER
         | libc::CLONE_NEWNS
         | libc::CLONE_NEWPID
-        | libc::CLONE_NEWNET
         | libc::CLONE_NEWIPC
         | libc::CLONE_NEWUTS;
+    if new_net {
+        flags |= libc::CLONE_NEWNET;
+    }
     // SAFETY: raw clone with fork semantics (no CLONE_VM, no new stack): the child gets a
     // copy of this address space and runs only `init_main`, which performs async-signal-safe
     // syscalls on memory prepared above and never returns.

@@ -7,7 +7,8 @@
 //! fault (a copy while init lives). Measured on a clean build of the suite's C graph (992
 //! sandboxed actions, wbuild holding 58 MiB of heap): page faults in wbuild were 58 % of its
 //! own CPU time, about 3.6 s. The spawner's memory is what wbuild's was at startup, a few
-//! MiB, and wbuild's heap is never shared with a sandbox.
+//! MiB, and wbuild's heap is never shared with a sandbox. Where it may, it also keeps the
+//! sandboxes' network namespaces, one per running sandbox ([`Nets`]).
 //!
 //! How: [`start`] forks the spawner while the process is still single-threaded and small
 //! (`wbuild build` once its up-to-date check found work to do, `wbuild worker` at startup). For each run, [`parent::execute`] makes the plan as before, encodes the
@@ -633,12 +634,80 @@ struct Child {
     pid: libc::pid_t,
     pidfd: Fd,
     answers: Fd,
+    /// The network namespace it was started in, if one of [`Nets`]'.
+    net: Option<Fd>,
+}
+
+/// The network namespaces the spawner keeps, so that a sandbox does not make one of its own.
+///
+/// Making a network namespace is most of what cloning a sandbox's init costs (the kernel
+/// registers a loopback device and its sysctl tables, about 0.3 ms here), and tearing one
+/// down is work for the kernel's own threads afterwards. Where the spawner may make them (it
+/// holds `CAP_SYS_ADMIN` in its user namespace: wbuild runs as root), it makes one when no
+/// idle one is left, enters it before cloning an init (which then shares it instead of
+/// making its own) and takes it back once that init has been reaped. So no two running
+/// sandboxes ever share one (two actions could otherwise reach each other through abstract
+/// Unix sockets), and a namespace is reused only after every process that had it is gone
+/// (their sockets with them): the pid namespace dies with its init. The action can change
+/// nothing in it: the namespace belongs to the spawner's user namespace, in which the action
+/// (in a user namespace of its own, without capabilities) has none; its loopback stays down.
+/// Elsewhere (an unprivileged wbuild), each init makes its own, as without the spawner.
+struct Nets {
+    /// Not in use by a live sandbox.
+    idle: Vec<Fd>,
+    /// Whether this process may make and enter network namespaces (until it once could not).
+    enabled: bool,
+}
+
+impl Nets {
+    /// Enters a network namespace no live sandbox has (a new one if none is idle); `None`
+    /// (pooling is off, or just failed): the next init makes its own.
+    fn enter(&mut self) -> Option<Fd> {
+        if !self.enabled {
+            return None;
+        }
+        if let Some(fd) = self.idle.pop() {
+            // SAFETY: setns on a namespace descriptor this process holds.
+            if unsafe { libc::setns(fd.0, libc::CLONE_NEWNET) } == 0 {
+                return Some(fd);
+            }
+            self.enabled = false;
+            return None;
+        }
+        // SAFETY: plain syscalls in the spawner's single thread; the descriptor is ours.
+        unsafe {
+            if libc::unshare(libc::CLONE_NEWNET) != 0 {
+                self.enabled = false;
+                return None;
+            }
+            let fd = libc::open(
+                c"/proc/thread-self/ns/net".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            );
+            if fd < 0 {
+                self.enabled = false;
+                return None;
+            }
+            Some(Fd(fd))
+        }
+    }
+
+    /// Takes back the namespace of a reaped init.
+    fn release(&mut self, net: Option<Fd>) {
+        if let Some(fd) = net {
+            self.idle.push(fd);
+        }
+    }
 }
 
 /// The spawner's loop: requests on `sock`, inits' exits on their pidfds. Returns when `sock`
 /// reaches end of file (wbuild is gone), after killing and reaping what is still running.
 fn serve(sock: c_int) -> io::Result<()> {
     let mut children: Vec<Child> = Vec::new();
+    let mut nets = Nets {
+        idle: Vec::new(),
+        enabled: true,
+    };
     loop {
         let mut pfds = Vec::with_capacity(children.len() + 1);
         pfds.push(libc::pollfd {
@@ -669,6 +738,7 @@ fn serve(sock: c_int) -> io::Result<()> {
                 let c = children.swap_remove(i);
                 let status = parent::wait_for(c.pid);
                 let _ = write_all(c.answers.0, &status.to_ne_bytes());
+                nets.release(c.net);
             }
         }
         if pfds[0].revents != 0 {
@@ -680,7 +750,7 @@ fn serve(sock: c_int) -> io::Result<()> {
             if n == 0 {
                 break; // wbuild is gone.
             }
-            if let Some(c) = start_one(got) {
+            if let Some(c) = start_one(got, &mut nets) {
                 children.push(c);
             }
         }
@@ -711,7 +781,7 @@ pub(crate) fn kill_pidfd(pidfd: c_int) {
 /// One request: its descriptors (answer socket, stdout, stderr, report pipe, and the
 /// observation socket if observed), then the plan on the answer socket. Answers with init's
 /// pid and a pidfd, or with pid 0 and an errno.
-fn start_one(mut fds: Vec<Fd>) -> Option<Child> {
+fn start_one(mut fds: Vec<Fd>, nets: &mut Nets) -> Option<Child> {
     if fds.len() < 4 {
         return None;
     }
@@ -750,9 +820,11 @@ fn start_one(mut fds: Vec<Fd>) -> Option<Child> {
         report: report.0,
         notify: notify.as_ref().map_or(-1, |f| f.0),
     };
-    let pid = match parent::clone_init(&plan, &child_fds) {
+    let net = nets.enter();
+    let pid = match parent::clone_init_in(&plan, &child_fds, net.is_none()) {
         Ok(pid) => pid,
         Err(e) => {
+            nets.release(net);
             fail(e.raw_os_error().unwrap_or(libc::EINVAL));
             return None;
         }
@@ -764,6 +836,7 @@ fn start_one(mut fds: Vec<Fd>) -> Option<Child> {
         // SAFETY: our unreaped child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         parent::wait_for(pid);
+        nets.release(net);
         fail(e);
         return None;
     }
@@ -774,6 +847,7 @@ fn start_one(mut fds: Vec<Fd>) -> Option<Child> {
         // SAFETY: our unreaped child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
         parent::wait_for(pid);
+        nets.release(net);
         return None;
     }
     // The run's descriptors are init's now; ours close here.
@@ -782,5 +856,6 @@ fn start_one(mut fds: Vec<Fd>) -> Option<Child> {
         pid,
         pidfd,
         answers,
+        net,
     })
 }
