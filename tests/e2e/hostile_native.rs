@@ -133,6 +133,59 @@ cc_library(name = "probe", srcs = ["probe.c"])
 #[test]
 fn native_actions_never_share_a_network() {
     let w = ws();
+    network_checks(&w, &|args| {
+        w.ok(args);
+    });
+}
+
+/// The same, built by a user without privileges (uid 65534 through `setpriv`, when the tests
+/// run as root; otherwise the test above already is that): the spawner then makes a user
+/// namespace of its own to keep network namespaces in, and the sandboxes' user namespaces
+/// are made inside it.
+#[test]
+fn native_actions_of_an_unprivileged_build_never_share_a_network() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return;
+    }
+    let w = ws();
+    let dir = w.root.parent().unwrap().to_path_buf();
+    // The binary, where uid 65534 may run it; the workspace and cache, where it may write.
+    let bin = dir.join("wbuild");
+    std::fs::copy(super::BIN, &bin).unwrap();
+    let status = std::process::Command::new("chown")
+        .args(["-R", "65534:65534"])
+        .arg(&dir)
+        .status()
+        .expect("chown");
+    assert!(status.success());
+    network_checks(&w, &|args| {
+        let mut cmd = std::process::Command::new("setpriv");
+        cmd.args(["--reuid=65534", "--regid=65534", "--clear-groups", "env"])
+            .arg(format!("HOME={}", dir.display()))
+            .arg(&bin)
+            .arg("--cache-dir")
+            .arg(&w.cache)
+            .args(args)
+            .current_dir(&w.root)
+            .env_remove("WBUILD_CACHE");
+        let out = wbuild_tests::process::output_with_deadline(
+            &mut cmd,
+            wbuild_tests::process::default_deadline(),
+        )
+        .expect("within the deadline");
+        assert!(
+            out.status.success(),
+            "{args:?} as uid 65534: {}{}",
+            stdout(&out),
+            stderr(&out)
+        );
+    });
+}
+
+/// Builds (through `build`) actions that try to reach each other over the network, and
+/// checks that they could not.
+fn network_checks(w: &wbuild_tests::TestWorkspace, build: &dyn Fn(&[&str])) {
     w.write(
         "n/WBUILD",
         r#"
@@ -193,7 +246,7 @@ open(sys.argv[1], "w").write(r + "\\n")
 ' $@; readlink /proc/self/ns/net >> $@""")
 "#,
     );
-    w.ok(&["build", "-j", "2", "//n:listen", "//n:connect"]);
+    build(&["build", "-j", "2", "//n:listen", "//n:connect"]);
     let field = |f: &str| -> (String, f64, f64) {
         let text = w.read(f);
         let v: Vec<&str> = text.split_whitespace().collect();
@@ -210,16 +263,13 @@ open(sys.argv[1], "w").write(r + "\\n")
     assert_eq!((listen.as_str(), connect.as_str()), ("alone", "isolated"));
 
     // One after the other (one job): the second may get the first's namespace.
-    w.ok(&["build", "-j", "1", "//n:after"]);
+    build(&["build", "-j", "1", "//n:after"]);
     let leave = w.read("wbuild-out/n/leave.txt");
     let after = w.read("wbuild-out/n/after.txt");
     assert!(leave.starts_with("denied\n"), "{leave}");
     assert!(after.starts_with("gone unreachable\n"), "{after}");
-    // As root the spawner keeps namespaces: the second action ran in the first one's, so
-    // the checks above were made where the first action left its listener.
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } == 0 {
-        let ns = |t: &str| t.lines().nth(1).unwrap_or_default().to_owned();
-        assert_eq!(ns(&leave), ns(&after), "{leave}{after}");
-    }
+    // The spawner keeps namespaces: the second action ran in the first one's, so the checks
+    // above were made where the first action left its listener.
+    let ns = |t: &str| t.lines().nth(1).unwrap_or_default().to_owned();
+    assert_eq!(ns(&leave), ns(&after), "{leave}{after}");
 }

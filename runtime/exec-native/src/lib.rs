@@ -21,7 +21,7 @@
 //!   `null`, `zero` and `urandom` (read-only binds of the host nodes; `mknod` is not allowed
 //!   in a user namespace) plus the `fd`/`stdin`/`stdout`/`stderr` symlinks.
 //! * No network: a network namespace of its own whose loopback is down, so even a connect
-//!   to `127.0.0.1` fails. It is new, or (started by the spawner, as root) one the spawner
+//!   to `127.0.0.1` fails. It is new, or (started by the spawner) one the spawner
 //!   keeps and no running sandbox has: reused only after the sandbox that had it is gone,
 //!   and not one the action has any capability in (see `spawner::Nets`).
 //! * Hostname `wbuild`, umask `022`, uid/gid 0 inside (mapped to the caller's euid/egid,
@@ -74,9 +74,10 @@
 //!   period per action unless `clone3(CLONE_INTO_CGROUP)` is used, which wbuild does not do
 //!   yet), no task limit applies, only the timeout.
 //!
-//! Nested user namespaces (whose mounts the kernel locks) are not used: with no
-//! capabilities, no `unshare`/`setns`/namespace `clone` and no mount system calls, the action
-//! has no way to reach a mount at all.
+//! The action makes no user namespace of its own (whose mounts the kernel would lock): with
+//! no capabilities, no `unshare`/`setns`/namespace `clone` and no mount system calls, it has
+//! no way to reach a mount at all. (An unprivileged spawner's sandboxes are made inside the
+//! spawner's own user namespace, which maps nothing but wbuild's ids; see `spawner::Nets`.)
 //!
 //! # Design
 //!

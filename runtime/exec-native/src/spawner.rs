@@ -642,8 +642,7 @@ struct Child {
 ///
 /// Making a network namespace is most of what cloning a sandbox's init costs (the kernel
 /// registers a loopback device and its sysctl tables, about 0.3 ms here), and tearing one
-/// down is work for the kernel's own threads afterwards. Where the spawner may make them (it
-/// holds `CAP_SYS_ADMIN` in its user namespace: wbuild runs as root), it makes one when no
+/// down is work for the kernel's own threads afterwards. The spawner makes one when no
 /// idle one is left, enters it before cloning an init (which then shares it instead of
 /// making its own) and takes it back once that init has been reaped. So no two running
 /// sandboxes ever share one (two actions could otherwise reach each other through abstract
@@ -651,7 +650,8 @@ struct Child {
 /// (their sockets with them): the pid namespace dies with its init. The action can change
 /// nothing in it: the namespace belongs to the spawner's user namespace, in which the action
 /// (in a user namespace of its own, without capabilities) has none; its loopback stays down.
-/// Elsewhere (an unprivileged wbuild), each init makes its own, as without the spawner.
+/// As root the spawner makes them as it is; unprivileged, in a user namespace of its own
+/// ([`Nets::new`]). Where neither works, each init makes its own, as without the spawner.
 struct Nets {
     /// Not in use by a live sandbox.
     idle: Vec<Fd>,
@@ -660,6 +660,34 @@ struct Nets {
 }
 
 impl Nets {
+    /// The spawner's namespaces, made at its start. As root it may make network namespaces
+    /// as it is. Otherwise it first makes a user namespace of its own, mapping wbuild's uid
+    /// and gid to themselves: its maker holds every capability in it, so it may make network
+    /// namespaces there, and the inits it clones write the same maps as before (wbuild's ids,
+    /// which that namespace maps). A spawner that made the user namespace but could not map
+    /// it exits: it cannot go back, and wbuild then clones its sandboxes itself.
+    fn new() -> Nets {
+        let mut nets = Nets {
+            idle: Vec::new(),
+            enabled: true,
+        };
+        let unshare_net = || {
+            // SAFETY: a plain syscall in the spawner's single thread, before it serves anything.
+            unsafe { libc::unshare(libc::CLONE_NEWNET) == 0 }
+        };
+        let own = unshare_net()
+            || (parent::errno() == libc::EPERM && own_user_namespace() && unshare_net());
+        if !own {
+            nets.enabled = false;
+            return nets;
+        }
+        match current_net() {
+            Some(fd) => nets.idle.push(fd),
+            None => nets.enabled = false,
+        }
+        nets
+    }
+
     /// Enters a network namespace no live sandbox has (a new one if none is idle); `None`
     /// (pooling is off, or just failed): the next init makes its own.
     fn enter(&mut self) -> Option<Fd> {
@@ -674,22 +702,16 @@ impl Nets {
             self.enabled = false;
             return None;
         }
-        // SAFETY: plain syscalls in the spawner's single thread; the descriptor is ours.
-        unsafe {
-            if libc::unshare(libc::CLONE_NEWNET) != 0 {
-                self.enabled = false;
-                return None;
-            }
-            let fd = libc::open(
-                c"/proc/thread-self/ns/net".as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            );
-            if fd < 0 {
-                self.enabled = false;
-                return None;
-            }
-            Some(Fd(fd))
+        // SAFETY: a plain syscall in the spawner's single thread.
+        let fd = if unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0 {
+            current_net()
+        } else {
+            None
+        };
+        if fd.is_none() {
+            self.enabled = false;
         }
+        fd
     }
 
     /// Takes back the namespace of a reaped init.
@@ -700,14 +722,55 @@ impl Nets {
     }
 }
 
+/// The network namespace this thread is in.
+fn current_net() -> Option<Fd> {
+    // SAFETY: opening a NUL-terminated path; the descriptor is ours.
+    let fd = unsafe {
+        libc::open(
+            c"/proc/thread-self/ns/net".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    };
+    (fd >= 0).then_some(Fd(fd))
+}
+
+/// Moves the spawner into a new user namespace mapping its uid and gid to themselves (see
+/// [`Nets::new`]); `false` if none could be made (nothing changed). Exits the spawner if the
+/// namespace was made but could not be mapped.
+fn own_user_namespace() -> bool {
+    // SAFETY: trivial getters.
+    let (uid, gid) = unsafe { (libc::geteuid(), libc::getegid()) };
+    // SAFETY: a plain syscall in the spawner's single thread.
+    if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
+        return false;
+    }
+    let write = |path: &std::ffi::CStr, data: &[u8]| {
+        // SAFETY: open, write and close on a path and buffer of ours.
+        unsafe {
+            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+            if fd < 0 {
+                return false;
+            }
+            let n = libc::write(fd, data.as_ptr().cast::<c_void>(), data.len());
+            libc::close(fd);
+            n == data.len() as isize
+        }
+    };
+    let mapped = write(c"/proc/self/setgroups", b"deny")
+        && write(c"/proc/self/uid_map", format!("{uid} {uid} 1\n").as_bytes())
+        && write(c"/proc/self/gid_map", format!("{gid} {gid} 1\n").as_bytes());
+    if !mapped {
+        // SAFETY: leaving the forked spawner without running wbuild's exit handlers.
+        unsafe { libc::_exit(1) };
+    }
+    true
+}
+
 /// The spawner's loop: requests on `sock`, inits' exits on their pidfds. Returns when `sock`
 /// reaches end of file (wbuild is gone), after killing and reaping what is still running.
 fn serve(sock: c_int) -> io::Result<()> {
     let mut children: Vec<Child> = Vec::new();
-    let mut nets = Nets {
-        idle: Vec::new(),
-        enabled: true,
-    };
+    let mut nets = Nets::new();
     loop {
         let mut pfds = Vec::with_capacity(children.len() + 1);
         pfds.push(libc::pollfd {
