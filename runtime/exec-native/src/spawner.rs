@@ -671,20 +671,12 @@ impl Nets {
             idle: Vec::new(),
             enabled: true,
         };
-        let unshare_net = || {
-            // SAFETY: a plain syscall in the spawner's single thread, before it serves anything.
-            unsafe { libc::unshare(libc::CLONE_NEWNET) == 0 }
-        };
-        let own = unshare_net()
-            || (parent::errno() == libc::EPERM && own_user_namespace() && unshare_net());
-        if !own {
-            nets.enabled = false;
-            return nets;
-        }
-        match current_net() {
-            Some(fd) => nets.idle.push(fd),
-            None => nets.enabled = false,
-        }
+        let made = nets.make().or_else(|| {
+            let refused = parent::errno() == libc::EPERM;
+            nets.enabled = refused && own_user_namespace();
+            nets.make()
+        });
+        nets.release(made);
         nets
     }
 
@@ -694,23 +686,36 @@ impl Nets {
         if !self.enabled {
             return None;
         }
-        if let Some(fd) = self.idle.pop() {
-            // SAFETY: setns on a namespace descriptor this process holds.
-            if unsafe { libc::setns(fd.0, libc::CLONE_NEWNET) } == 0 {
-                return Some(fd);
-            }
-            self.enabled = false;
+        let Some(fd) = self.idle.pop() else {
+            return self.make();
+        };
+        // SAFETY: setns on a namespace descriptor this process holds.
+        if unsafe { libc::setns(fd.0, libc::CLONE_NEWNET) } == 0 {
+            return Some(fd);
+        }
+        self.enabled = false;
+        None
+    }
+
+    /// Makes a network namespace and enters it; `None` (and no more tries) if it cannot.
+    fn make(&mut self) -> Option<Fd> {
+        if !self.enabled {
             return None;
         }
         // SAFETY: a plain syscall in the spawner's single thread.
         let fd = if unsafe { libc::unshare(libc::CLONE_NEWNET) } == 0 {
-            current_net()
+            // SAFETY: opening a NUL-terminated path; the descriptor is ours.
+            let fd = unsafe {
+                libc::open(
+                    c"/proc/thread-self/ns/net".as_ptr(),
+                    libc::O_RDONLY | libc::O_CLOEXEC,
+                )
+            };
+            (fd >= 0).then_some(Fd(fd))
         } else {
             None
         };
-        if fd.is_none() {
-            self.enabled = false;
-        }
+        self.enabled = fd.is_some();
         fd
     }
 
@@ -720,18 +725,6 @@ impl Nets {
             self.idle.push(fd);
         }
     }
-}
-
-/// The network namespace this thread is in.
-fn current_net() -> Option<Fd> {
-    // SAFETY: opening a NUL-terminated path; the descriptor is ours.
-    let fd = unsafe {
-        libc::open(
-            c"/proc/thread-self/ns/net".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    };
-    (fd >= 0).then_some(Fd(fd))
 }
 
 /// Moves the spawner into a new user namespace mapping its uid and gid to themselves (see
@@ -744,21 +737,10 @@ fn own_user_namespace() -> bool {
     if unsafe { libc::unshare(libc::CLONE_NEWUSER) } != 0 {
         return false;
     }
-    let write = |path: &std::ffi::CStr, data: &[u8]| {
-        // SAFETY: open, write and close on a path and buffer of ours.
-        unsafe {
-            let fd = libc::open(path.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
-            if fd < 0 {
-                return false;
-            }
-            let n = libc::write(fd, data.as_ptr().cast::<c_void>(), data.len());
-            libc::close(fd);
-            n == data.len() as isize
-        }
-    };
-    let mapped = write(c"/proc/self/setgroups", b"deny")
-        && write(c"/proc/self/uid_map", format!("{uid} {uid} 1\n").as_bytes())
-        && write(c"/proc/self/gid_map", format!("{gid} {gid} 1\n").as_bytes());
+    // The spawner allocates freely (see `start`).
+    let mapped = std::fs::write("/proc/self/setgroups", "deny").is_ok()
+        && std::fs::write("/proc/self/uid_map", format!("{uid} {uid} 1\n")).is_ok()
+        && std::fs::write("/proc/self/gid_map", format!("{gid} {gid} 1\n")).is_ok();
     if !mapped {
         // SAFETY: leaving the forked spawner without running wbuild's exit handlers.
         unsafe { libc::_exit(1) };
