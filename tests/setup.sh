@@ -25,11 +25,13 @@ need=()
 for pair in gcc:gcc g++:g++ aarch64-linux-gnu-gcc:gcc-aarch64-linux-gnu \
     aarch64-linux-gnu-g++:g++-aarch64-linux-gnu qemu-aarch64-static:qemu-user-static \
     minisign:minisign docker-registry:docker-registry openssl:openssl htpasswd:apache2-utils \
-    strace:strace curl:curl chromium:chromium; do
+    strace:strace curl:curl chromium:chromium python3:python3 setpriv:util-linux; do
     command -v "${pair%%:*}" >/dev/null || need+=("${pair#*:}")
 done
 compgen -G '/usr/lib/postgresql/*/bin/postgres' >/dev/null && command -v pg_ctlcluster >/dev/null ||
     need+=(postgresql)
+# BuildGrid's venv below, and the hostile network test's actions (Python from the host's /usr).
+python3 -c 'import ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
