@@ -211,42 +211,69 @@ pub struct ToolRef {
 /// Turns the targets `roots` (and everything they need) into actions. With `include_tests`,
 /// `wasi_test` roots get a test action; without, they are skipped.
 ///
-/// A large graph is analysed level by level on every core ([`analyse_in_levels`]); the
-/// result is the same graph, action for action, as the analysis in one pass gives.
+/// A large graph is analysed in parts on every core ([`analyse_in_parts`]); the result is the
+/// same graph, action for action, as the analysis in one pass gives.
 pub fn analyse(
     ws: &Workspace,
     graph: &TargetGraph,
     roots: &[Label],
     include_tests: bool,
 ) -> Result<ActionGraph, GraphError> {
+    analyse_during(ws, graph, roots, include_tests, |_| ()).map(|(graph, ())| graph)
+}
+
+/// As [`analyse`], with `during` given the graph's actions, once they are made, on a thread of
+/// its own while the rest of the graph (the roots' files, the producers of every output) is
+/// made from them: the analysis cache writes the actions meanwhile (for 100,000 targets, the
+/// rest took some 80 ms, which the writer then waited for).
+pub(crate) fn analyse_during<R: Send>(
+    ws: &Workspace,
+    graph: &TargetGraph,
+    roots: &[Label],
+    include_tests: bool,
+    during: impl FnOnce(&[ActionNode]) -> R + Send,
+) -> Result<(ActionGraph, R), GraphError> {
     let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    let levels = (threads > 1 && graph.targets.len() >= LEVELS_MIN_TARGETS).then_some(Levels {
+    let parts = (threads > 1 && graph.targets.len() >= PARTS_MIN_TARGETS).then_some(Parts {
         threads,
-        min_split: LEVEL_MIN_SPLIT,
+        min_targets: PART_MIN_TARGETS,
     });
-    analyse_with(ws, graph, roots, include_tests, levels)
+    analyse_with_during(ws, graph, roots, include_tests, parts, during)
 }
 
 /// Graphs with fewer targets are analysed in one pass, on one thread.
-const LEVELS_MIN_TARGETS: usize = 2_000;
-/// A level with fewer targets (per thread) is analysed on the calling thread.
-const LEVEL_MIN_SPLIT: usize = 256;
+const PARTS_MIN_TARGETS: usize = 2_000;
+/// The least number of targets in a part.
+const PART_MIN_TARGETS: usize = 256;
 
-/// How [`analyse_in_levels`] spreads a level over threads.
+/// How [`analyse_in_parts`] cuts the analysis.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct Levels {
+pub(crate) struct Parts {
+    /// At most this many parts, each on a thread.
     pub threads: usize,
-    /// The least number of targets each thread of a level gets.
-    pub min_split: usize,
+    /// The least number of targets in a part.
+    pub min_targets: usize,
 }
 
+#[cfg(test)]
 pub(crate) fn analyse_with(
     ws: &Workspace,
     graph: &TargetGraph,
     roots: &[Label],
     include_tests: bool,
-    levels: Option<Levels>,
+    parts: Option<Parts>,
 ) -> Result<ActionGraph, GraphError> {
+    analyse_with_during(ws, graph, roots, include_tests, parts, |_| ()).map(|(graph, ())| graph)
+}
+
+fn analyse_with_during<R: Send>(
+    ws: &Workspace,
+    graph: &TargetGraph,
+    roots: &[Label],
+    include_tests: bool,
+    parts: Option<Parts>,
+    during: impl FnOnce(&[ActionNode]) -> R + Send,
+) -> Result<(ActionGraph, R), GraphError> {
     let mut roots = roots.to_vec();
     roots.sort();
     roots.dedup();
@@ -259,14 +286,25 @@ pub(crate) fn analyse_with(
             });
         }
     }
-    // Any error found in levels is looked for again in one pass, which names the first one
-    // as it always has.
-    let settled =
-        match levels.and_then(|l| analyse_in_levels(ws, &shared, &roots, include_tests, l)) {
+    // Any error found in parts is looked for again in one pass, which names the first one as
+    // it always has.
+    let mut settled =
+        match parts.and_then(|p| analyse_in_parts(ws, &shared, &roots, include_tests, p)) {
             Some(settled) => settled,
             None => analyse_in_one_pass(ws, &shared, graph, &roots, include_tests)?,
         };
-    finish(ws, shared, settled, &roots)
+    let actions = std::mem::take(&mut settled.actions);
+    let (rest, during) = std::thread::scope(|s| {
+        let during = s.spawn(|| during(&actions));
+        let rest = finish(ws, shared, settled, &roots, &actions);
+        (rest, during.join())
+    });
+    let mut graph = rest?;
+    graph.actions = actions;
+    match during {
+        Ok(during) => Ok((graph, during)),
+        Err(panic) => std::panic::resume_unwind(panic),
+    }
 }
 
 /// The one-pass analysis: a post-order visit of the roots, each target's actions made once
@@ -307,121 +345,95 @@ fn analyse_in_one_pass(
     Ok(a.into_settled())
 }
 
-/// Analysis level by level: the targets the roots need, in the order the one-pass visit
-/// takes them, are grouped by level (a target's level is one more than its dependencies'
-/// highest), and the targets of a level, which need nothing of each other, are analysed on
-/// several threads, each over what the levels before settled. The actions are then put in
-/// the one-pass order, their dependencies renumbered. `None`: something failed (the
-/// one-pass analysis finds and names it).
-fn analyse_in_levels(
+/// Analysis in parts: the targets the roots need, in the order the one-pass visit makes their
+/// actions ([`plan`]), are cut into contiguous parts, one per thread, each analysed on its own
+/// thread from nothing settled. A target needs of the targets it depends on their files and
+/// tools, which its part works out again from those targets, and the numbers of the actions
+/// writing the files it reads: one written in an earlier part is recorded as pending
+/// ([`PENDING`]) and numbered when the parts are joined, in order. The actions come out in the
+/// one-pass order. (Analysis level by level, the targets of a level on several threads, ran on
+/// one thread for a graph whose levels are narrow: the 100,000-target graph has 1,000 levels
+/// of 100.) `None`: something failed (the one-pass analysis finds and names it).
+fn analyse_in_parts(
     ws: &Workspace,
     shared: &Shared<'_>,
     roots: &[Label],
     include_tests: bool,
-    levels: Levels,
+    parts: Parts,
 ) -> Option<Settled> {
     let plan = plan(shared, roots, include_tests)?;
-    let top = plan.iter().map(|p| p.level).max()?;
-    let mut by_level: Vec<Vec<usize>> = vec![Vec::new(); top as usize + 1];
-    for (pos, p) in plan.iter().enumerate() {
-        by_level[p.level as usize].push(pos);
-    }
+    let n = (plan.len() / parts.min_targets.max(1)).clamp(1, parts.threads.max(1));
+    let size = plan.len().div_ceil(n).max(1);
+    let nothing = Settled::default();
+    let run = |part: &[Planned<'_>]| -> Option<Local> {
+        let mut a = Analyser::over(ws, shared, &nothing, include_tests, LOCAL);
+        a.deferred = true;
+        for p in part {
+            for action in p.target.rule.actions(&mut a, p.target, p.run_test).ok()? {
+                a.push(p.target, action).ok()?;
+            }
+        }
+        Some(a.into_local())
+    };
+    // The first part on this thread, the others on threads of their own.
+    let locals: Vec<Option<Local>> = std::thread::scope(|scope| {
+        let mut chunks = plan.chunks(size);
+        let first = chunks.next().unwrap_or_default();
+        let others: Vec<_> = chunks.map(|part| scope.spawn(move || run(part))).collect();
+        let mut locals = vec![run(first)];
+        locals.extend(others.into_iter().map(|h| h.join().ok().flatten()));
+        locals
+    });
     let mut settled = Settled::default();
     settled.out_action.reserve(shared.outputs.len());
-    // Actions in the order levels made them; each planned target's first one and count.
-    let mut made: Vec<ActionNode> = Vec::with_capacity(plan.len());
-    let mut first = vec![0usize; plan.len()];
-    let mut count = vec![0usize; plan.len()];
-    for level in &by_level {
-        let parts = (level.len() / levels.min_split.max(1)).clamp(1, levels.threads.max(1));
-        let size = level.len().div_ceil(parts);
-        let run = |chunk: &[usize]| -> Option<Local> {
-            let mut a = Analyser::over(ws, shared, &settled, include_tests, LOCAL);
-            let mut spans = Vec::with_capacity(chunk.len());
-            for &pos in chunk {
-                let p = &plan[pos];
-                let start = a.actions.len();
-                for action in p.target.rule.actions(&mut a, p.target, p.run_test).ok()? {
-                    a.push(p.target, action).ok()?;
-                }
-                spans.push((pos, start, a.actions.len() - start));
-            }
-            let mut local = a.into_local();
-            local.spans = spans;
-            Some(local)
-        };
-        let results: Vec<Option<Local>> = if parts == 1 {
-            vec![run(level)]
-        } else {
-            std::thread::scope(|scope| {
-                let handles: Vec<_> = level
-                    .chunks(size)
-                    .map(|chunk| scope.spawn(move || run(chunk)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().ok().flatten())
-                    .collect()
-            })
-        };
-        for result in results {
-            let local = result?;
-            let base = made.len();
-            let global = |i: usize| if i >= LOCAL { base + (i - LOCAL) } else { i };
-            for (pos, start, n) in local.spans {
-                first[pos] = base + start;
-                count[pos] = n;
-            }
-            for mut action in local.actions {
-                for d in &mut action.deps {
-                    *d = global(*d);
-                }
-                made.push(action);
-            }
-            for (path, i) in local.out_action {
-                if settled.out_action.insert(path, global(i)).is_some() {
-                    return None;
-                }
-            }
-            for (label, files) in local.files {
-                settled.files.entry(label).or_insert(files);
-            }
-            for (label, tool) in local.tools {
-                settled.tools.entry(label).or_insert(tool);
-            }
+    settled.actions.reserve(plan.len());
+    for local in locals {
+        let local = local?;
+        let base = settled.actions.len();
+        for (label, files) in local.files {
+            settled.files.entry(label).or_insert(files);
         }
-    }
-    // The one-pass order: targets in post-order, each one's actions together (often the
-    // order they were made in: then nothing moves).
-    let mut renumber = vec![0usize; made.len()];
-    let mut next = 0;
-    for pos in 0..plan.len() {
-        for k in 0..count[pos] {
-            renumber[first[pos] + k] = next;
-            next += 1;
+        for (label, tool) in local.tools {
+            settled.tools.entry(label).or_insert(tool);
         }
-    }
-    if renumber.iter().enumerate().all(|(i, &r)| i == r) {
-        settled.actions = made;
-        return Some(settled);
-    }
-    let mut made: Vec<Option<ActionNode>> = made.into_iter().map(Some).collect();
-    let mut actions = Vec::with_capacity(made.len());
-    for pos in 0..plan.len() {
-        for k in 0..count[pos] {
-            let mut action = made[first[pos] + k].take()?;
+        for mut action in local.actions {
+            // One tool shared by every action running it, as in one pass (the analysis cache
+            // writes a shared tool once: the same graph must give the same bytes whatever the
+            // number of parts).
+            if let Exec::Wasi(tool) = &mut action.exec
+                && let Some(first) = settled.tools.get(&tool.label)
+                && !std::sync::Arc::ptr_eq(first, tool)
+            {
+                *tool = first.clone();
+            }
+            let mut pending = false;
             for d in &mut action.deps {
-                *d = renumber[*d];
+                *d = if *d >= LOCAL {
+                    base + (*d - LOCAL)
+                } else {
+                    // Written in an earlier part (a later one cannot write what this part
+                    // reads: the plan puts every target after those it depends on).
+                    pending = true;
+                    let path = local.pending.get(d.checked_sub(PENDING)?)?;
+                    *settled.out_action.get(path)?
+                };
             }
-            action.deps.sort_unstable();
-            actions.push(action);
+            if pending {
+                action.deps.sort_unstable();
+                action.deps.dedup();
+            }
+            settled.actions.push(action);
+        }
+        for (path, i) in local.out_action {
+            if settled
+                .out_action
+                .insert(path, base + (i - LOCAL))
+                .is_some()
+            {
+                return None;
+            }
         }
     }
-    drop(made);
-    for i in settled.out_action.values_mut() {
-        *i = renumber[*i];
-    }
-    settled.actions = actions;
     Some(settled)
 }
 
@@ -429,51 +441,42 @@ fn analyse_in_levels(
 struct Planned<'g> {
     target: &'g Target,
     run_test: bool,
-    /// 0 for a target needing no other target's actions, else one more than the highest
-    /// level of the targets it depends on.
-    level: u32,
 }
 
-/// The targets the roots need in the order [`Analyser::visit`] makes their actions, with
-/// their levels; `None` on a missing target or a cycle.
+/// The targets the roots need in the order [`Analyser::visit`] makes their actions; `None` on
+/// a missing target or a cycle.
 fn plan<'g>(shared: &Shared<'g>, roots: &[Label], include_tests: bool) -> Option<Vec<Planned<'g>>> {
-    // Per label: `None` while its dependencies are being visited, then its level (`None`
-    // again for a target that is not needed).
-    let mut state: FxHashMap<&'g Label, Option<Option<u32>>> = FxHashMap::default();
+    // Per label: `false` while its dependencies are being visited, then `true`.
+    let mut state: FxHashMap<&'g Label, bool> = FxHashMap::default();
     let mut out = Vec::new();
     fn visit<'g>(
         shared: &Shared<'g>,
         label: &Label,
         is_root: bool,
         include_tests: bool,
-        state: &mut FxHashMap<&'g Label, Option<Option<u32>>>,
+        state: &mut FxHashMap<&'g Label, bool>,
         out: &mut Vec<Planned<'g>>,
-    ) -> Option<Option<u32>> {
+    ) -> Option<()> {
         let (&key, &t) = shared.index.get_key_value(label)?;
         match state.get(key) {
-            Some(Some(level)) => return Some(*level),
-            Some(None) => return None, // a cycle
+            Some(true) => return Some(()),
+            Some(false) => return None, // a cycle
             None => {}
         }
         let run_test = is_root && include_tests;
         if !t.rule.needed(run_test) {
-            return Some(None);
+            return Some(());
         }
-        state.insert(key, None);
-        let mut level: Option<u32> = None;
+        state.insert(key, false);
         for dep in edges(&shared.outputs, t) {
-            if let Some(l) = visit(shared, &dep, false, include_tests, state, out)? {
-                level = Some(level.map_or(l + 1, |m| m.max(l + 1)));
-            }
+            visit(shared, &dep, false, include_tests, state, out)?;
         }
-        let level = level.unwrap_or(0);
-        state.insert(key, Some(Some(level)));
+        state.insert(key, true);
         out.push(Planned {
             target: t,
             run_test,
-            level,
         });
-        Some(Some(level))
+        Some(())
     }
     for r in roots {
         visit(shared, r, true, include_tests, &mut state, &mut out)?;
@@ -481,14 +484,14 @@ fn plan<'g>(shared: &Shared<'g>, roots: &[Label], include_tests: bool) -> Option
     Some(out)
 }
 
-/// The graph from what analysis settled.
+/// The graph from what analysis settled, but for its `actions` (left empty).
 fn finish(
     ws: &Workspace,
     shared: Shared<'_>,
     mut settled: Settled,
     roots: &[Label],
+    actions: &[ActionNode],
 ) -> Result<ActionGraph, GraphError> {
-    let actions = std::mem::take(&mut settled.actions);
     let out_action = std::mem::take(&mut settled.out_action);
     let (target_files, root_tools) = {
         let mut a = Analyser::over(ws, &shared, &settled, false, 0);
@@ -524,7 +527,7 @@ fn finish(
     let producers: BTreeMap<String, (usize, Label)> = producers.into_iter().collect();
     crate::drop_elsewhere((settled, out_action));
     Ok(ActionGraph {
-        actions,
+        actions: Vec::new(),
         target_files,
         producers,
         root_platforms,
@@ -532,9 +535,14 @@ fn finish(
     })
 }
 
-/// Where a worker of [`analyse_in_levels`] numbers its own actions from (renumbered when
-/// its level is merged).
+/// Where a part of [`analyse_in_parts`] numbers its own actions from (renumbered when the
+/// parts are joined).
 const LOCAL: usize = 1 << (usize::BITS - 2);
+
+/// A dependency of an action of a part of [`analyse_in_parts`] on the action of an earlier part
+/// that writes a file: `PENDING + i` for the part's `pending[i]`, numbered when the parts are
+/// joined.
+const PENDING: usize = 1 << (usize::BITS - 3);
 
 /// What every analyser of one analysis reads: the targets, hashed (looking up a label in the
 /// B-tree compared strings at every level, several times per target), and each generated
@@ -581,8 +589,9 @@ struct Settled {
 
 /// What one analyser made itself (on top of what it was given as settled).
 struct Local {
-    /// Per planned target analysed: (its position in the plan, its first action, how many).
-    spans: Vec<(usize, usize, usize)>,
+    /// The files written by another part's actions that this part's actions read (see
+    /// [`PENDING`]).
+    pending: Vec<String>,
     files: FxHashMap<Label, Vec<String>>,
     tools: HashMap<Label, std::sync::Arc<ToolRef>>,
     actions: Vec<ActionNode>,
@@ -602,13 +611,13 @@ fn edges(outputs: &FxHashMap<String, Label>, t: &Target) -> Vec<Label> {
     out
 }
 
-/// The state of one analysis, or of one thread of a level; the rules (`crate::rules`) make
+/// The state of one analysis, or of one part on a thread; the rules (`crate::rules`) make
 /// their actions with it.
 pub(crate) struct Analyser<'a> {
     pub ws: &'a Workspace,
     index: &'a FxHashMap<&'a Label, &'a Target>,
     outputs: &'a FxHashMap<String, Label>,
-    /// What earlier levels settled (empty in one pass); looked up after this analyser's own.
+    /// What was settled before (empty in one pass and in parts); looked up after this analyser's own.
     settled: &'a Settled,
     include_tests: bool,
     /// The targets visited: `false` while their dependencies are being visited.
@@ -620,6 +629,10 @@ pub(crate) struct Analyser<'a> {
     out_action: FxHashMap<String, usize>,
     /// The index of this analyser's first action.
     base: usize,
+    /// A part of [`analyse_in_parts`]: a file that an action of another part writes is
+    /// pending ([`PENDING`]), not an error.
+    deferred: bool,
+    pending: Vec<String>,
 }
 
 impl<'a> Analyser<'a> {
@@ -642,12 +655,14 @@ impl<'a> Analyser<'a> {
             actions: Vec::new(),
             out_action: FxHashMap::default(),
             base,
+            deferred: false,
+            pending: Vec::new(),
         }
     }
 
     fn into_local(self) -> Local {
         Local {
-            spans: Vec::new(),
+            pending: self.pending,
             files: self.files,
             tools: self.tools,
             actions: self.actions,
@@ -837,7 +852,7 @@ impl<'a> Analyser<'a> {
 
     /// Sorted indices of the actions that produce any of `paths`.
     pub(crate) fn producing_actions<'p>(
-        &self,
+        &mut self,
         t: &Target,
         paths: impl Iterator<Item = &'p String>,
     ) -> Result<Vec<usize>, GraphError> {
@@ -845,6 +860,9 @@ impl<'a> Analyser<'a> {
         for p in paths {
             if let Some(i) = self.writer(p) {
                 deps.insert(i);
+            } else if self.deferred && self.outputs.contains_key(p) {
+                deps.insert(PENDING + self.pending.len());
+                self.pending.push(p.clone());
             } else if let Some(producer) = self.outputs.get(p) {
                 return Err(GraphError::Attribute {
                     location: t.location.clone(),
@@ -1091,28 +1109,51 @@ wasi_tool(
         workspace(&files)
     }
 
-    /// The analysis in one pass, checked against the analysis in levels spread over three
-    /// threads down to one target each: the same graph, or the same error.
+    /// The analysis in one pass, checked against the analysis in two, three and seven parts
+    /// (down to one target each): the same graph, or the same error.
     fn analyse_patterns(t: &TestWs, pats: &[&str], tests: bool) -> Result<ActionGraph, GraphError> {
         let (g, roots) = load(&t.ws, &patterns(pats))?;
         let one_pass = analyse_with(&t.ws, &g, &roots, tests, None);
-        let levels = Levels {
-            threads: 3,
-            min_split: 1,
-        };
-        let in_levels = analyse_with(&t.ws, &g, &roots, tests, Some(levels));
-        match (&one_pass, &in_levels) {
-            (Ok(a), Ok(b)) => assert_eq!(a, b, "analysed in levels"),
-            (Err(a), Err(b)) => assert_eq!(a.to_string(), b.to_string(), "analysed in levels"),
-            _ => panic!("in one pass: {one_pass:?}\nin levels: {in_levels:?}"),
+        for threads in [2, 3, 7] {
+            let parts = Parts {
+                threads,
+                min_targets: 1,
+            };
+            let in_parts = analyse_with(&t.ws, &g, &roots, tests, Some(parts));
+            match (&one_pass, &in_parts) {
+                (Ok(a), Ok(b)) => {
+                    assert_eq!(a, b, "analysed in {threads} parts");
+                    // And written the same (a tool shared by its actions is written once).
+                    let bytes = |g: &ActionGraph| {
+                        crate::inputs::sharing(|| postcard::to_stdvec(&g.actions)).unwrap()
+                    };
+                    assert!(bytes(a) == bytes(b), "analysed in {threads} parts: bytes");
+                }
+                (Err(a), Err(b)) => {
+                    assert_eq!(a.to_string(), b.to_string(), "analysed in {threads} parts")
+                }
+                _ => panic!("in one pass: {one_pass:?}\nin {threads} parts: {in_parts:?}"),
+            }
+            // Made in parts, not by the one-pass analysis it falls back to.
+            if one_pass.is_ok() {
+                let shared = Shared::new(&g).unwrap();
+                let mut roots = roots.clone();
+                roots.sort();
+                roots.dedup();
+                assert!(
+                    analyse_in_parts(&t.ws, &shared, &roots, tests, parts).is_some(),
+                    "the analysis in {threads} parts failed"
+                );
+            }
         }
         one_pass
     }
 
-    /// Levels of several targets each, spread over threads, with generated files crossing
-    /// levels: the actions come out in the one-pass order with the same dependencies.
+    /// Parts on threads, with generated files and tools crossing parts (a chain of libraries,
+    /// a fan-in, generated inputs and tool data): the actions come out in the one-pass order
+    /// with the same dependencies.
     #[test]
-    fn levels_on_threads_give_the_one_pass_graph() {
+    fn parts_on_threads_give_the_one_pass_graph() {
         let mut files: Vec<(String, String)> = Vec::new();
         let mut libs = String::new();
         for i in 0..12 {
@@ -1135,7 +1176,7 @@ wasi_tool(
         files.push(("libs/WBUILD".to_owned(), libs));
         let mut runs = String::new();
         for i in 0..20 {
-            // Generated inputs from the level before, and the tool with its generated data.
+            // Generated inputs from the target before, and the tool with its generated data.
             let srcs = if i % 3 == 0 {
                 "['//data:made']".to_owned()
             } else {
@@ -1172,7 +1213,7 @@ wasi_tool(
                 );
             }
         }
-        // An error in a level is the one the one-pass analysis names.
+        // An error in a part is the one the one-pass analysis names.
         let broken = [(
             "bad/WBUILD",
             "wasi_run(name = 'x', tool = '//tools:gen', srcs = ['//runs:r3'], outs = ['x'], args = ['$(location nowhere)'])\n",

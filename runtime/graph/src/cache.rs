@@ -15,7 +15,7 @@ use crate::{
 };
 
 /// Bumped whenever loading or analysis changes meaning, so stale cache files are ignored.
-const FORMAT: &str = "wbuild-analysis/16";
+const FORMAT: &str = "wbuild-analysis/17";
 
 /// The running wbuild binary (path, size, modification time): a rebuilt or upgraded binary
 /// never trusts results cached by another one.
@@ -33,18 +33,20 @@ pub fn binary_identity() -> String {
 }
 
 /// What the cache file holds. It is written as the signature, then the digest, then the
-/// body (serialized once: the digest is taken over those bytes): `roots` and `graph` without
-/// its actions, serialized apart, then the actions in [`ACTION_CHUNKS`] chunks, each
-/// serialized apart, so that a large graph is read on several threads.
+/// body (serialized once: the digest is taken over those bytes): the actions in
+/// [`ACTION_CHUNKS`] chunks, each serialized apart, so that a large graph is read on several
+/// threads, then `roots` and `graph` without its actions, serialized apart. The actions go
+/// first: they are written while analysis still makes the rest of the graph (see
+/// [`Writer`]).
 #[derive(serde::Deserialize)]
 struct Entry<'a> {
     signature: String,
     /// See [`Analysed::digest`].
     digest: [u8; 32],
-    /// `(roots, graph)`, the graph without its actions.
     #[serde(borrow)]
-    rest: &'a [u8],
     chunks: Vec<&'a [u8]>,
+    /// `(roots, graph)`, the graph without its actions.
+    rest: &'a [u8],
 }
 
 /// The actions of a cached graph are serialized in this many chunks (a fixed number, so the
@@ -57,28 +59,36 @@ const ACTION_CHUNKS: usize = 4;
 /// 100,000-action graph's 22 MB faster (actions 55 -> 33-40 ms).
 const PARALLEL_READ_BYTES: usize = 2 << 20;
 
-/// The body of an [`Entry`] for `roots` and `graph`, handed to `emit` piece by piece (as
-/// postcard writes `(&[u8], Vec<&[u8]>)`: a length, then the bytes) so that no more than one
-/// chunk of it is in memory at a time: the 100,000-action graph's body is 22 MB. `None` if
-/// the graph cannot be serialized.
-fn body(roots: &[Label], graph: &ActionGraph, emit: &mut dyn FnMut(&[u8])) -> Option<()> {
-    // A length, as postcard writes every length: a varint.
-    let len = |n: usize| postcard::to_stdvec(&n).ok();
-    let rest = postcard::to_stdvec(&(roots, WithoutActions(graph))).ok()?;
-    emit(&len(rest.len())?);
-    emit(&rest);
-    drop(rest);
-    let per = graph.actions.len().div_ceil(ACTION_CHUNKS).max(1);
-    let chunks = graph.actions.chunks(per);
-    emit(&len(chunks.len())?);
+/// The first part of the body of an [`Entry`]: the chunks of `actions`, handed to `emit`
+/// piece by piece (as postcard writes a `Vec<&[u8]>`: a length, then each chunk's length and
+/// bytes) so that no more than one chunk of it is in memory at a time: the 100,000-action
+/// graph's body is 22 MB. `None` if an action cannot be serialized.
+fn body_actions(actions: &[ActionNode], emit: &mut dyn FnMut(&[u8])) -> Option<()> {
+    let per = actions.len().div_ceil(ACTION_CHUNKS).max(1);
+    let chunks = actions.chunks(per);
+    emit(&varint(chunks.len())?);
     for chunk in chunks {
         // Each chunk on its own: a set of inputs shared by several of its actions is written
         // once (chunks are read on several threads, each its own scope).
         let bytes = crate::inputs::sharing(|| postcard::to_stdvec(chunk)).ok()?;
-        emit(&len(bytes.len())?);
+        emit(&varint(bytes.len())?);
         emit(&bytes);
     }
     Some(())
+}
+
+/// The rest of the body of an [`Entry`]: `roots` and `graph` without its actions, as a
+/// length and the bytes.
+fn body_rest(roots: &[Label], graph: &ActionGraph, emit: &mut dyn FnMut(&[u8])) -> Option<()> {
+    let rest = postcard::to_stdvec(&(roots, WithoutActions(graph))).ok()?;
+    emit(&varint(rest.len())?);
+    emit(&rest);
+    Some(())
+}
+
+/// A length, as postcard writes every length.
+fn varint(n: usize) -> Option<Vec<u8>> {
+    postcard::to_stdvec(&n).ok()
 }
 
 /// An [`ActionGraph`] serialized as the same graph with no actions would be (its fields in
@@ -116,6 +126,7 @@ impl serde::Serialize for WithoutActions<'_> {
 /// Writes the entry for `roots` and `graph` under `signature` to `file` (through a temporary
 /// file in `dir`, best effort: `false` if it could not) and returns its digest (see
 /// [`Analysed::digest`]), which is `None` only if the graph cannot be serialized.
+#[cfg(test)]
 fn write_entry(
     ws: &Workspace,
     dir: &Path,
@@ -124,38 +135,82 @@ fn write_entry(
     roots: &[Label],
     graph: &ActionGraph,
 ) -> (Option<blake3::Hash>, bool) {
-    use std::io::{Seek, SeekFrom, Write};
-    let head = postcard::to_stdvec(signature).ok();
-    let tmp = std::fs::create_dir_all(dir)
-        .ok()
-        .and_then(|()| tempfile::NamedTempFile::new_in(dir).ok());
-    let mut out = head.as_ref().and(tmp).map(std::io::BufWriter::new);
-    let mut ok = match (&mut out, &head) {
-        (Some(w), Some(head)) => w.write_all(head).and(w.write_all(&[0; 32])).is_ok(),
-        _ => false,
-    };
-    let mut hasher = digest_hasher(ws);
-    let serialized = body(roots, graph, &mut |piece: &[u8]| {
-        hasher.update(piece);
-        if let Some(w) = out.as_mut().filter(|_| ok) {
-            ok = w.write_all(piece).is_ok();
+    Writer::begin(ws, dir, signature, &graph.actions)
+        .map_or((None, false), |w| w.end(file, roots, graph))
+}
+
+/// An entry being written: begun with the actions, ended with the rest of the graph.
+struct Writer {
+    /// The temporary file, `None` if it could not be made (the digest is still taken).
+    out: Option<std::io::BufWriter<tempfile::NamedTempFile>>,
+    /// Where the digest goes: after the signature.
+    digest_at: u64,
+    /// Whether everything so far was written.
+    ok: bool,
+    hasher: blake3::Hasher,
+}
+
+impl Writer {
+    /// The entry under `signature` in a temporary file in `dir`, its actions written;
+    /// `None` if an action cannot be serialized.
+    fn begin(
+        ws: &Workspace,
+        dir: &Path,
+        signature: &str,
+        actions: &[ActionNode],
+    ) -> Option<Writer> {
+        use std::io::Write;
+        let head = postcard::to_stdvec(signature).ok()?;
+        let tmp = std::fs::create_dir_all(dir)
+            .ok()
+            .and_then(|()| tempfile::NamedTempFile::new_in(dir).ok());
+        let mut out = tmp.map(std::io::BufWriter::new);
+        let ok = out
+            .as_mut()
+            .is_some_and(|w| w.write_all(&head).and(w.write_all(&[0; 32])).is_ok());
+        let mut writer = Writer {
+            out,
+            digest_at: head.len() as u64,
+            ok,
+            hasher: digest_hasher(ws),
+        };
+        body_actions(actions, &mut |piece| writer.emit(piece))?;
+        Some(writer)
+    }
+
+    fn emit(&mut self, piece: &[u8]) {
+        use std::io::Write;
+        self.hasher.update(piece);
+        if let Some(w) = self.out.as_mut().filter(|_| self.ok) {
+            self.ok = w.write_all(piece).is_ok();
         }
-    });
-    let Some(()) = serialized else {
-        return (None, false);
-    };
-    let digest = hasher.finalize();
-    // The digest goes before the body: in its place, once the body is written.
-    let written = ok
-        && out
-            .and_then(|w| w.into_inner().ok())
-            .is_some_and(|mut tmp| {
-                let at = head.as_ref().map_or(0, Vec::len) as u64;
-                tmp.seek(SeekFrom::Start(at)).is_ok()
-                    && tmp.write_all(digest.as_bytes()).is_ok()
-                    && tmp.persist(file).is_ok()
-            });
-    (Some(digest), written)
+    }
+
+    /// Writes `roots` and the rest of `graph` (whose actions began the entry), puts the
+    /// entry at `file` and returns its digest and whether it was written.
+    fn end(
+        mut self,
+        file: &Path,
+        roots: &[Label],
+        graph: &ActionGraph,
+    ) -> (Option<blake3::Hash>, bool) {
+        use std::io::{Seek, SeekFrom, Write};
+        let Some(()) = body_rest(roots, graph, &mut |piece| self.emit(piece)) else {
+            return (None, false);
+        };
+        let digest = self.hasher.finalize();
+        // The digest goes before the body: in its place, once the body is written.
+        let written = self.ok
+            && self
+                .out
+                .and_then(|w| w.into_inner().ok())
+                .is_some_and(|mut tmp| {
+                    tmp.seek(SeekFrom::Start(self.digest_at)).is_ok()
+                        && tmp.write_all(digest.as_bytes()).is_ok()
+                        && tmp.persist(file).is_ok()
+                });
+        (Some(digest), written)
+    }
 }
 
 impl<'a> Entry<'a> {
@@ -216,7 +271,7 @@ pub struct Analysed {
     pub digest: Option<blake3::Hash>,
 }
 
-/// See [`Analysed::digest`]: a hasher given everything but the body, which [`write_entry`]
+/// See [`Analysed::digest`]: a hasher given everything but the body, which [`Writer`]
 /// adds as it writes it.
 fn digest_hasher(ws: &Workspace) -> blake3::Hasher {
     let mut h = blake3::Hasher::new();
@@ -699,11 +754,15 @@ pub fn load_and_analyse_cached_then<R>(
         };
         std::thread::spawn(move || postcard::to_stdvec(&entry).ok())
     };
-    let graph = crate::analyse(ws, &targets, &roots, include_tests)?;
+    // Best effort: a cache that cannot be written only costs the next build time. The actions
+    // are written while the rest of the graph is made, the rest while `then` runs.
+    let (graph, writer) =
+        crate::analysis::analyse_during(ws, &targets, &roots, include_tests, |actions| {
+            Writer::begin(ws, cache_dir, &signature, actions)
+        })?;
     crate::drop_elsewhere(targets);
-    // Best effort: a cache that cannot be written only costs the next build time.
     let ((digest, written), out) = std::thread::scope(|s| {
-        let writer = s.spawn(|| write_entry(ws, cache_dir, &file, &signature, &roots, &graph));
+        let writer = s.spawn(|| writer.map_or((None, false), |w| w.end(&file, &roots, &graph)));
         let out = then(&graph, &roots);
         (writer.join().unwrap_or((None, false)), out)
     });
@@ -784,7 +843,8 @@ mod tests {
     fn entry_bytes(roots: &[Label], graph: &ActionGraph) -> Vec<u8> {
         let mut bytes = postcard::to_stdvec("sig").unwrap();
         bytes.extend_from_slice(&[7u8; 32]);
-        body(roots, graph, &mut |piece| bytes.extend_from_slice(piece)).unwrap();
+        body_actions(&graph.actions, &mut |piece| bytes.extend_from_slice(piece)).unwrap();
+        body_rest(roots, graph, &mut |piece| bytes.extend_from_slice(piece)).unwrap();
         bytes
     }
 
@@ -926,7 +986,7 @@ mod tests {
             let chunks: Vec<&[u8]> = vec![empty.as_slice(); n];
             let mut bytes = postcard::to_stdvec("sig").unwrap();
             bytes.extend_from_slice(&[7u8; 32]);
-            bytes.extend(postcard::to_stdvec(&(rest.as_slice(), chunks)).unwrap());
+            bytes.extend(postcard::to_stdvec(&(chunks, rest.as_slice())).unwrap());
             bytes
         };
         assert!(Entry::parse(&with_chunks(10_000)).is_none());

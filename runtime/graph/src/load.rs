@@ -134,9 +134,12 @@ fn load_keeping_cycles_reading(
         });
         cycle
     };
-    // The evaluated packages are freed (on another thread) while the targets are indexed and
-    // analysed.
-    crate::drop_elsewhere(std::mem::take(&mut loader.packages));
+    // The evaluated packages and the directories' listings are freed (on another thread)
+    // while the targets are indexed and analysed.
+    crate::drop_elsewhere((
+        std::mem::take(&mut loader.packages),
+        std::mem::take(&mut loader.listings.known),
+    ));
     let graph = TargetGraph {
         targets: targets.into_iter().collect(),
     };
@@ -171,13 +174,19 @@ fn closed<'e>(roots: &'e BTreeSet<Label>, edges: impl Fn(&Label) -> Option<&'e [
 /// A target resolved ahead: its label, the target and the targets it depends on.
 type Resolved = (Label, (Target, Vec<Label>));
 
+/// Directories' listings by workspace path (`None`: the directory cannot be listed).
+type Listed = FxHashMap<String, Option<FxHashMap<String, Kind>>>;
+
 /// Directory listings read once: the loader asks about hundreds of thousands of paths
 /// (whether a reference names a file, whether an output would overwrite one), nearly all in a
 /// few directories, and a stat each (walking the whole path) was a third of a cold load. A
 /// symbolic link, or a path this cannot split, is stat'ed as before.
 #[derive(Default)]
 struct Listings {
-    dirs: FxHashMap<String, Option<FxHashMap<String, Kind>>>,
+    /// Read before, shared by the loaders of every thread (the walk of `//...` lists every
+    /// directory: listing each again on every thread was some 5 % of a cold load's CPU).
+    known: Arc<Listed>,
+    dirs: Listed,
     /// Every question answered, for [`Reads`]: path -> the answer of `find` ([`Found`]) and
     /// of `exists_no_follow` (0 or 1), each once asked. (A map: the same few paths, a tool's,
     /// are asked about once per target.)
@@ -213,6 +222,9 @@ impl Listings {
             || (!dir.is_empty() && dir.split('/').any(str::is_empty))
         {
             return None;
+        }
+        if let Some(listing) = self.known.get(dir) {
+            return Some(listing.as_ref()?.get(name).copied());
         }
         if !self.dirs.contains_key(dir) {
             let listing = Self::read(root, dir);
@@ -405,6 +417,7 @@ impl Loader<'_> {
         }
         let ws = self.ws;
         let loaded = &self.packages;
+        let known = &self.listings.known;
         let next = std::sync::atomic::AtomicUsize::new(0);
         #[allow(clippy::type_complexity)]
         let found: Vec<(Vec<(String, Package)>, FxHashMap<String, [Option<u8>; 2]>)> =
@@ -413,7 +426,10 @@ impl Loader<'_> {
                     .map(|_| {
                         s.spawn(|| {
                             let interp = Interpreter::new(ws.root.clone());
-                            let mut listings = Listings::default();
+                            let mut listings = Listings {
+                                known: known.clone(),
+                                ..Listings::default()
+                            };
                             let mut out = Vec::new();
                             loop {
                                 let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
@@ -464,7 +480,7 @@ impl Loader<'_> {
             return (Vec::new(), Vec::new());
         }
         let labels: Vec<&Label> = labels.iter().collect();
-        let (ws, packages) = (self.ws, &self.packages);
+        let (ws, packages, known) = (self.ws, &self.packages, &self.listings.known);
         let next = std::sync::atomic::AtomicUsize::new(0);
         std::thread::scope(|s| {
             let workers: Vec<_> = (0..threads)
@@ -474,7 +490,10 @@ impl Loader<'_> {
                             ws,
                             interp: None,
                             packages: packages.clone(),
-                            listings: Listings::default(),
+                            listings: Listings {
+                                known: known.clone(),
+                                ..Listings::default()
+                            },
                             logs: Vec::new(),
                         };
                         let mut out: Vec<(usize, Vec<Resolved>)> = Vec::new();
@@ -638,7 +657,9 @@ impl Loader<'_> {
                     }
                 }
                 TargetPattern::Recursive(prefix) => {
-                    let packages = find_packages(&self.ws.root, prefix);
+                    let (packages, listed) = find_packages(&self.ws.root, prefix);
+                    // No loader on another thread holds them between two patterns.
+                    Arc::make_mut(&mut self.listings.known).extend(listed);
                     self.prefetch(&packages);
                     if packages.is_empty() {
                         return Err(GraphError::NoMatch {
@@ -965,9 +986,12 @@ pub(crate) fn crossed_subpackage(root: &Path, label: &Label) -> Option<String> {
 }
 
 /// Packages (workspace paths, sorted) at or below `prefix`, skipping hidden directories,
-/// `target/` and `wbuild-out/`, not following symlinks.
-pub(crate) fn find_packages(root: &Path, prefix: &str) -> Vec<String> {
+/// `target/` and `wbuild-out/`, not following symlinks; with the listing of every directory
+/// walked, as [`Listings::read`] makes it (the loader's questions about paths in those
+/// directories are answered from them instead of listing each again on every thread).
+fn find_packages(root: &Path, prefix: &str) -> (Vec<String>, Listed) {
     let mut found = Vec::new();
+    let mut listed = Listed::default();
     let mut stack = vec![prefix.to_owned()];
     while let Some(dir) = stack.pop() {
         let host = if dir.is_empty() {
@@ -975,24 +999,49 @@ pub(crate) fn find_packages(root: &Path, prefix: &str) -> Vec<String> {
         } else {
             root.join(&dir)
         };
-        if host.join(BUILD_FILE).is_file() {
-            found.push(dir.clone());
-        }
         let Ok(entries) = std::fs::read_dir(&host) else {
+            if host.join(BUILD_FILE).is_file() {
+                found.push(dir.clone());
+            }
+            listed.insert(dir, None);
             continue;
         };
-        for entry in entries.flatten() {
-            let Ok(name) = entry.file_name().into_string() else {
+        // `None` once an entry cannot be read or named, as `Listings::read` gives up.
+        let mut listing = Some(FxHashMap::default());
+        for entry in entries {
+            let Ok(entry) = entry else {
+                listing = None;
                 continue;
             };
-            if skip_dir(&name) || !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            let kind = match entry.file_type() {
+                Ok(t) if t.is_file() => Kind::File,
+                Ok(t) if t.is_dir() => Kind::Dir,
+                _ => Kind::Other,
+            };
+            let Ok(name) = entry.file_name().into_string() else {
+                listing = None;
                 continue;
+            };
+            if kind == Kind::Dir && !skip_dir(&name) {
+                stack.push(join(&dir, &name));
             }
-            stack.push(join(&dir, &name));
+            if let Some(l) = listing.as_mut() {
+                l.insert(name, kind);
+            }
         }
+        // A regular file is one; a symbolic link (or anything else) is asked about.
+        let package = match listing.as_ref().map(|l| l.get(BUILD_FILE)) {
+            Some(Some(Kind::File)) => true,
+            Some(Some(Kind::Dir) | None) => false,
+            Some(Some(Kind::Other)) | None => host.join(BUILD_FILE).is_file(),
+        };
+        if package {
+            found.push(dir.clone());
+        }
+        listed.insert(dir, listing);
     }
     found.sort();
-    found
+    (found, listed)
 }
 
 /// Depth-first search for a cycle reachable from `roots`; `edges(l)` gives the targets a
@@ -1631,8 +1680,39 @@ mod tests {
             .status()
             .unwrap();
         assert!(made.success());
-        let mut l = Listings::default();
+        // A package whose build file is a link to one, a directory named as a build file, and
+        // a package with a name that is no UTF-8 (its listing is not used: each path is
+        // looked up).
+        std::fs::create_dir_all(root.join("q")).unwrap();
+        std::os::unix::fs::symlink(root.join("p/WBUILD"), root.join("q/WBUILD")).unwrap();
+        std::fs::create_dir_all(root.join("r/WBUILD")).unwrap();
+        std::fs::create_dir_all(root.join("u")).unwrap();
+        std::fs::write(root.join("u/WBUILD"), "").unwrap();
+        std::fs::write(root.join("u/ok.txt"), "").unwrap();
+        let odd = <std::ffi::OsStr as std::os::unix::ffi::OsStrExt>::from_bytes(b"odd\xff");
+        std::fs::write(root.join("u").join(odd), "").unwrap();
+        let (packages, listed) = find_packages(root, "");
+        assert_eq!(packages, ["p", "q", "u"]);
+        assert!(listed["p"].is_some() && listed["u"].is_none());
+        // Answered from the walk's listings as when each directory is listed on its own.
+        let known = Arc::new(listed);
+        for mut l in [
+            Listings::default(),
+            Listings {
+                known,
+                ..Listings::default()
+            },
+        ] {
+            listings_agree(root, &mut l);
+        }
+    }
+
+    fn listings_agree(root: &Path, l: &mut Listings) {
         for path in [
+            "u/ok.txt",
+            "u/none",
+            "r/WBUILD",
+            "q/WBUILD",
             "p/a.txt",
             "p/sub",
             "p/sub/b.txt",
