@@ -367,7 +367,6 @@ fn analyse_in_parts(
     let nothing = Settled::default();
     let run = |part: &[Planned<'_>]| -> Option<Local> {
         let mut a = Analyser::over(ws, shared, &nothing, include_tests, LOCAL);
-        a.deferred = true;
         for p in part {
             for action in p.target.rule.actions(&mut a, p.target, p.run_test).ok()? {
                 a.push(p.target, action).ok()?;
@@ -617,7 +616,8 @@ pub(crate) struct Analyser<'a> {
     pub ws: &'a Workspace,
     index: &'a FxHashMap<&'a Label, &'a Target>,
     outputs: &'a FxHashMap<String, Label>,
-    /// What was settled before (empty in one pass and in parts); looked up after this analyser's own.
+    /// What was settled before: nothing while actions are made (in one pass and in parts), all
+    /// of it when `finish` gathers the roots' files. Looked up after this analyser's own.
     settled: &'a Settled,
     include_tests: bool,
     /// The targets visited: `false` while their dependencies are being visited.
@@ -627,11 +627,9 @@ pub(crate) struct Analyser<'a> {
     actions: Vec<ActionNode>,
     /// Generated workspace path -> index of the action that writes it.
     out_action: FxHashMap<String, usize>,
-    /// The index of this analyser's first action.
+    /// The index of this analyser's first action ([`LOCAL`] in a part of [`analyse_in_parts`]).
     base: usize,
-    /// A part of [`analyse_in_parts`]: a file that an action of another part writes is
-    /// pending ([`PENDING`]), not an error.
-    deferred: bool,
+    /// In a part: the files read that an action of another part writes (see [`PENDING`]).
     pending: Vec<String>,
 }
 
@@ -655,7 +653,6 @@ impl<'a> Analyser<'a> {
             actions: Vec::new(),
             out_action: FxHashMap::default(),
             base,
-            deferred: false,
             pending: Vec::new(),
         }
     }
@@ -860,7 +857,8 @@ impl<'a> Analyser<'a> {
         for p in paths {
             if let Some(i) = self.writer(p) {
                 deps.insert(i);
-            } else if self.deferred && self.outputs.contains_key(p) {
+            } else if self.base == LOCAL && self.outputs.contains_key(p) {
+                // In a part: written by an earlier part's action, numbered when they are joined.
                 deps.insert(PENDING + self.pending.len());
                 self.pending.push(p.clone());
             } else if let Some(producer) = self.outputs.get(p) {

@@ -201,6 +201,17 @@ enum Kind {
     Other,
 }
 
+impl Kind {
+    /// What the directory entry `e` is, not following a symbolic link.
+    fn of(e: &std::fs::DirEntry) -> Kind {
+        match e.file_type() {
+            Ok(t) if t.is_file() => Kind::File,
+            Ok(t) if t.is_dir() => Kind::Dir,
+            _ => Kind::Other,
+        }
+    }
+}
+
 /// What a path is, following symbolic links as `std::fs::metadata` does.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Found {
@@ -240,12 +251,7 @@ impl Listings {
         let mut m = FxHashMap::default();
         for e in entries {
             let e = e.ok()?;
-            let kind = match e.file_type() {
-                Ok(t) if t.is_file() => Kind::File,
-                Ok(t) if t.is_dir() => Kind::Dir,
-                _ => Kind::Other,
-            };
-            m.insert(e.file_name().into_string().ok()?, kind);
+            m.insert(e.file_name().into_string().ok()?, Kind::of(&e));
         }
         Some(m)
     }
@@ -999,35 +1005,27 @@ fn find_packages(root: &Path, prefix: &str) -> (Vec<String>, Listed) {
         } else {
             root.join(&dir)
         };
-        let Ok(entries) = std::fs::read_dir(&host) else {
-            if host.join(BUILD_FILE).is_file() {
-                found.push(dir.clone());
+        // `None` if the directory cannot be listed, or once an entry cannot be read or named
+        // (as `Listings::read` gives up); the walk goes on into the subdirectories it can name.
+        let mut listing = None;
+        if let Ok(entries) = std::fs::read_dir(&host) {
+            let mut l = Some(FxHashMap::default());
+            for entry in entries {
+                let named = entry
+                    .ok()
+                    .and_then(|e| Some((e.file_name().into_string().ok()?, Kind::of(&e))));
+                let Some((name, kind)) = named else {
+                    l = None;
+                    continue;
+                };
+                if kind == Kind::Dir && !skip_dir(&name) {
+                    stack.push(join(&dir, &name));
+                }
+                if let Some(l) = l.as_mut() {
+                    l.insert(name, kind);
+                }
             }
-            listed.insert(dir, None);
-            continue;
-        };
-        // `None` once an entry cannot be read or named, as `Listings::read` gives up.
-        let mut listing = Some(FxHashMap::default());
-        for entry in entries {
-            let Ok(entry) = entry else {
-                listing = None;
-                continue;
-            };
-            let kind = match entry.file_type() {
-                Ok(t) if t.is_file() => Kind::File,
-                Ok(t) if t.is_dir() => Kind::Dir,
-                _ => Kind::Other,
-            };
-            let Ok(name) = entry.file_name().into_string() else {
-                listing = None;
-                continue;
-            };
-            if kind == Kind::Dir && !skip_dir(&name) {
-                stack.push(join(&dir, &name));
-            }
-            if let Some(l) = listing.as_mut() {
-                l.insert(name, kind);
-            }
+            listing = l;
         }
         // A regular file is one; a symbolic link (or anything else) is asked about.
         let package = match listing.as_ref().map(|l| l.get(BUILD_FILE)) {
