@@ -4,7 +4,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use rustc_hash::{FxHashMap, FxHashSet};
 
-use crate::label::{Label, join};
+use crate::label::{Label, is_join, join};
 use crate::load::find_cycle;
 use crate::rules::Edges;
 use crate::workspace::Workspace;
@@ -274,11 +274,34 @@ fn analyse_with_during<R: Send>(
     parts: Option<Parts>,
     during: impl FnOnce(&[ActionNode]) -> R + Send,
 ) -> Result<(ActionGraph, R), GraphError> {
-    let mut roots = roots.to_vec();
-    roots.sort();
-    roots.dedup();
-    let shared = Shared::new(graph)?;
-    for r in &roots {
+    // The loader gives them sorted, each once.
+    let roots: std::borrow::Cow<'_, [Label]> = if roots.is_sorted_by(|a, b| a < b) {
+        roots.into()
+    } else {
+        let mut roots = roots.to_vec();
+        roots.sort();
+        roots.dedup();
+        roots.into()
+    };
+    let roots: &[Label] = &roots;
+    // A graph analysed in parts is indexed and planned by the dependencies the loader found
+    // while the producer of every output is mapped on another thread.
+    let (shared, planned) = if parts.is_some() {
+        std::thread::scope(|s| {
+            let mapping = s.spawn(|| outputs_of(graph));
+            let index: FxHashMap<&Label, &Target> = graph.targets.iter().collect();
+            let planned = plan(&index, None, roots, include_tests);
+            let outputs = mapping
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            outputs.map(|outputs| (Shared { index, outputs }, planned))
+        })?
+    } else {
+        let outputs = outputs_of(graph)?;
+        let index = graph.targets.iter().collect();
+        (Shared { index, outputs }, None)
+    };
+    for r in roots {
         if !shared.index.contains_key(r) {
             return Err(GraphError::NoSuchTarget {
                 label: r.clone(),
@@ -288,15 +311,19 @@ fn analyse_with_during<R: Send>(
     }
     // Any error found in parts is looked for again in one pass, which names the first one as
     // it always has.
-    let mut settled =
-        match parts.and_then(|p| analyse_in_parts(ws, &shared, &roots, include_tests, p)) {
-            Some(settled) => settled,
-            None => analyse_in_one_pass(ws, &shared, graph, &roots, include_tests)?,
-        };
+    let in_parts = parts.and_then(|p| {
+        let planned = planned
+            .or_else(|| plan(&shared.index, Some(&shared.outputs), roots, include_tests))?;
+        analyse_in_parts(ws, &shared, &planned, include_tests, p)
+    });
+    let mut settled = match in_parts {
+        Some(settled) => settled,
+        None => analyse_in_one_pass(ws, &shared, graph, roots, include_tests)?,
+    };
     let actions = std::mem::take(&mut settled.actions);
     let (rest, during) = std::thread::scope(|s| {
         let during = s.spawn(|| during(&actions));
-        let rest = finish(ws, shared, settled, &roots, &actions);
+        let rest = finish(ws, shared, settled, roots, &actions);
         (rest, during.join())
     });
     let mut graph = rest?;
@@ -357,11 +384,10 @@ fn analyse_in_one_pass(
 fn analyse_in_parts(
     ws: &Workspace,
     shared: &Shared<'_>,
-    roots: &[Label],
+    plan: &[Planned<'_>],
     include_tests: bool,
     parts: Parts,
 ) -> Option<Settled> {
-    let plan = plan(shared, roots, include_tests)?;
     let n = (plan.len() / parts.min_targets.max(1)).clamp(1, parts.threads.max(1));
     let size = plan.len().div_ceil(n).max(1);
     let nothing = Settled::default();
@@ -384,11 +410,25 @@ fn analyse_in_parts(
         locals
     });
     let mut settled = Settled::default();
-    settled.out_action.reserve(shared.outputs.len());
-    settled.actions.reserve(plan.len());
-    for local in locals {
-        let local = local?;
+    for (n, local) in locals.into_iter().enumerate() {
+        let mut local = local?;
         let base = settled.actions.len();
+        if n == 0 {
+            // The first part's maps are taken whole, numbered in place, and the others merged
+            // into them (inserting every entry again was half of the join).
+            settled.files = std::mem::take(&mut local.files);
+            settled.tools = std::mem::take(&mut local.tools);
+            settled.out_action = std::mem::take(&mut local.out_action);
+            for i in settled.out_action.values_mut() {
+                *i -= LOCAL;
+            }
+            let more = shared
+                .outputs
+                .len()
+                .saturating_sub(settled.out_action.len());
+            settled.out_action.reserve(more);
+            settled.actions.reserve(plan.len());
+        }
         for (label, files) in local.files {
             settled.files.entry(label).or_insert(files);
         }
@@ -412,6 +452,9 @@ fn analyse_in_parts(
                 } else {
                     // Written in an earlier part (a later one cannot write what this part
                     // reads: the plan puts every target after those it depends on).
+                    if n == 0 {
+                        return None;
+                    }
                     pending = true;
                     let path = local.pending.get(d.checked_sub(PENDING)?)?;
                     *settled.out_action.get(path)?
@@ -442,45 +485,71 @@ struct Planned<'g> {
     run_test: bool,
 }
 
-/// The targets the roots need in the order [`Analyser::visit`] makes their actions; `None` on
-/// a missing target or a cycle.
-fn plan<'g>(shared: &Shared<'g>, roots: &[Label], include_tests: bool) -> Option<Vec<Planned<'g>>> {
-    // Per label: `false` while its dependencies are being visited, then `true`.
-    let mut state: FxHashMap<&'g Label, bool> = FxHashMap::default();
-    let mut out = Vec::new();
-    fn visit<'g>(
-        shared: &Shared<'g>,
-        label: &Label,
-        is_root: bool,
+/// The targets the roots need in the order [`Analyser::visit`] makes their actions, visiting
+/// each target's dependencies as the loader found them ([`Target::deps`]; with `outputs`, those
+/// of a target without them are found from its attributes, as the visit finds them). `None`
+/// on a missing target, a cycle, or a target without dependencies found and no `outputs`.
+fn plan<'g>(
+    index: &FxHashMap<&'g Label, &'g Target>,
+    outputs: Option<&FxHashMap<String, Label>>,
+    roots: &[Label],
+    include_tests: bool,
+) -> Option<Vec<Planned<'g>>> {
+    struct Plan<'p, 'g> {
+        index: &'p FxHashMap<&'g Label, &'g Target>,
+        outputs: Option<&'p FxHashMap<String, Label>>,
         include_tests: bool,
-        state: &mut FxHashMap<&'g Label, bool>,
-        out: &mut Vec<Planned<'g>>,
-    ) -> Option<()> {
-        let (&key, &t) = shared.index.get_key_value(label)?;
-        match state.get(key) {
-            Some(true) => return Some(()),
-            Some(false) => return None, // a cycle
-            None => {}
-        }
-        let run_test = is_root && include_tests;
-        if !t.rule.needed(run_test) {
-            return Some(());
-        }
-        state.insert(key, false);
-        for dep in edges(&shared.outputs, t) {
-            visit(shared, &dep, false, include_tests, state, out)?;
-        }
-        state.insert(key, true);
-        out.push(Planned {
-            target: t,
-            run_test,
-        });
-        Some(())
+        /// Per label: `false` while its dependencies are being visited, then `true`.
+        state: FxHashMap<&'g Label, bool>,
+        out: Vec<Planned<'g>>,
     }
+    impl<'g> Plan<'_, 'g> {
+        fn visit(&mut self, label: &Label, is_root: bool) -> Option<()> {
+            let (&key, &t) = self.index.get_key_value(label)?;
+            match self.state.get(key) {
+                Some(true) => return Some(()),
+                Some(false) => return None, // a cycle
+                None => {}
+            }
+            let run_test = is_root && self.include_tests;
+            if !t.rule.needed(run_test) {
+                return Some(());
+            }
+            self.state.insert(key, false);
+            match (&t.deps, self.outputs) {
+                (Some(deps), _) => {
+                    for dep in deps {
+                        self.visit(dep, false)?;
+                    }
+                }
+                (None, Some(outputs)) => {
+                    for dep in edges(outputs, t) {
+                        self.visit(&dep, false)?;
+                    }
+                }
+                (None, None) => return None,
+            }
+            self.state.insert(key, true);
+            self.out.push(Planned {
+                target: t,
+                run_test,
+            });
+            Some(())
+        }
+    }
+    let mut p = Plan {
+        index,
+        outputs,
+        include_tests,
+        state: FxHashMap::default(),
+        out: Vec::new(),
+    };
+    p.state.reserve(index.len());
+    p.out.reserve(index.len());
     for r in roots {
-        visit(shared, r, true, include_tests, &mut state, &mut out)?;
+        p.visit(r, true)?;
     }
-    Some(out)
+    Some(p.out)
 }
 
 /// The graph from what analysis settled, but for its `actions` (left empty).
@@ -551,29 +620,26 @@ struct Shared<'g> {
     outputs: FxHashMap<String, Label>,
 }
 
-impl<'g> Shared<'g> {
-    fn new(graph: &'g TargetGraph) -> Result<Shared<'g>, GraphError> {
-        let mut outputs: FxHashMap<String, Label> = FxHashMap::default();
-        outputs.reserve(graph.targets.len());
-        for (label, t) in &graph.targets {
-            for o in &t.rule.outputs(&label.name) {
-                let path = join(&label.package, o);
-                if let Some(other) = outputs.get(&path) {
-                    return Err(GraphError::OutputCollision {
-                        location: t.location.clone(),
-                        label: label.clone(),
-                        output: path,
-                        other: format!("an output of {other}").into(),
-                    });
-                }
-                outputs.insert(path, label.clone());
+/// Each generated workspace path's producing target (every target of `graph`); an error
+/// names the first path two targets declare.
+fn outputs_of(graph: &TargetGraph) -> Result<FxHashMap<String, Label>, GraphError> {
+    let mut outputs: FxHashMap<String, Label> = FxHashMap::default();
+    outputs.reserve(graph.targets.len());
+    for (label, t) in &graph.targets {
+        for o in &t.rule.outputs(&label.name) {
+            let path = join(&label.package, o);
+            if let Some(other) = outputs.get(&path) {
+                return Err(GraphError::OutputCollision {
+                    location: t.location.clone(),
+                    label: label.clone(),
+                    output: path,
+                    other: format!("an output of {other}").into(),
+                });
             }
+            outputs.insert(path, label.clone());
         }
-        Ok(Shared {
-            index: graph.targets.iter().collect(),
-            outputs,
-        })
     }
+    Ok(outputs)
 }
 
 /// What analysis has settled: the files targets provide, the `wasi_tool`s (see
@@ -1049,18 +1115,20 @@ impl<'x> Expander<'x> {
         func: &str,
         attribute: &str,
     ) -> Result<std::borrow::Cow<'x, [String]>, GraphError> {
-        let label = Label::parse(arg, &self.target.label.package)
+        // Compared as parts: no label or path is made for each argument.
+        let (package, name) = Label::parse_parts(arg, &self.target.label.package)
             .map_err(|e| self.err(attribute, format!("$({func} {arg}): {e}")))?;
-        let path = label.path();
         for (dep, files) in self.srcs {
             match dep {
-                Dep::Target(l) if *l == label => return Ok(files.as_slice().into()),
-                Dep::File(p) if *p == path => return Ok(files.as_slice().into()),
+                Dep::Target(l) if l.package == package && l.name == name => {
+                    return Ok(files.as_slice().into());
+                }
+                Dep::File(p) if is_join(p, package, name) => return Ok(files.as_slice().into()),
                 _ => {}
             }
         }
-        if self.outs.contains(&path) {
-            return Ok(vec![path].into());
+        if let Some(path) = self.outs.iter().find(|o| is_join(o, package, name)) {
+            return Ok(vec![path.clone()].into());
         }
         Err(self.err(
             attribute,
@@ -1134,14 +1202,28 @@ wasi_tool(
             }
             // Made in parts, not by the one-pass analysis it falls back to.
             if one_pass.is_ok() {
-                let shared = Shared::new(&g).unwrap();
+                let shared = Shared {
+                    index: g.targets.iter().collect(),
+                    outputs: outputs_of(&g).unwrap(),
+                };
                 let mut roots = roots.clone();
                 roots.sort();
                 roots.dedup();
+                // Planned by the dependencies the loader found alone.
+                let planned = plan(&shared.index, None, &roots, tests).expect("planned");
                 assert!(
-                    analyse_in_parts(&t.ws, &shared, &roots, tests, parts).is_some(),
+                    analyse_in_parts(&t.ws, &shared, &planned, tests, parts).is_some(),
                     "the analysis in {threads} parts failed"
                 );
+            }
+        }
+        // The loader found each target's dependencies as analysis finds them from its
+        // attributes (the plan of a graph analysed in parts follows the loader's).
+        if let Ok(outputs) = outputs_of(&g) {
+            for t in g.targets.values() {
+                if let Some(deps) = &t.deps {
+                    assert_eq!(**deps, *edges(&outputs, t), "{}", t.label);
+                }
             }
         }
         one_pass
@@ -1658,6 +1740,7 @@ wasi_run(name = 'unused', tool = '//tools:gen', outs = ['unused.txt'])
                         srcs: vec![Dep::Target(label(dep))],
                     }),
                     platform: None,
+                    deps: None,
                 },
             )
         };

@@ -742,17 +742,25 @@ pub fn load_and_analyse_cached_then<R>(
             ));
         }
     }
-    let (targets, roots, reads) = crate::load::load_reading(ws, patterns)?;
-    // Serialized on a thread of its own while the targets are analysed: the compact bytes are
-    // kept until the entry is written, not the reads (some 200,000 paths for 100,000 targets,
-    // about 10 MB more at the analysis's peak).
+    let crate::load::Loaded {
+        graph: targets,
+        matched: roots,
+        learnt,
+        ..
+    } = crate::load::load_reading(ws, patterns)?;
+    // Gathered and serialized on a thread of its own while the targets are analysed: the
+    // compact bytes are kept until the entry is written, not the reads (some 200,000 paths for
+    // 100,000 targets, about 10 MB more at the analysis's peak).
     let reads = {
-        let entry = ReadsEntry {
-            signature: signature.clone(),
-            structure: *structure.as_bytes(),
-            reads,
-        };
-        std::thread::spawn(move || postcard::to_stdvec(&entry).ok())
+        let (signature, structure) = (signature.clone(), *structure.as_bytes());
+        std::thread::spawn(move || {
+            let entry = ReadsEntry {
+                signature,
+                structure,
+                reads: learnt.reads(),
+            };
+            postcard::to_stdvec(&entry).ok()
+        })
     };
     // Best effort: a cache that cannot be written only costs the next build time. The actions
     // are written while the rest of the graph is made, the rest while `then` runs.

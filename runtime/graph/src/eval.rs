@@ -253,7 +253,7 @@ impl Checker<'_> {
             if v.starts_with('@') && v.contains("//") {
                 continue;
             }
-            if let Err(e) = Label::parse(v, self.package) {
+            if let Err(e) = Label::parse_parts(v, self.package) {
                 return Err(self.err(attribute, e.to_string()));
             }
         }

@@ -105,6 +105,16 @@ impl Label {
 
     /// Parses `//a/b:c`, `//a/b` (= `//a/b:b`), `:c` or `c` (both relative to `current_package`).
     pub fn parse(s: &str, current_package: &str) -> Result<Label, GraphError> {
+        let (package, name) = Label::parse_parts(s, current_package)?;
+        Ok(Label::new(package, name))
+    }
+
+    /// The package and name [`Label::parse`] finds in `s`, checked the same, borrowed (no label
+    /// is made: analysis compares every `$(location)` argument with the target's sources).
+    pub(crate) fn parse_parts<'s>(
+        s: &'s str,
+        current_package: &'s str,
+    ) -> Result<(&'s str, &'s str), GraphError> {
         let bad = |reason: &str| GraphError::InvalidLabel {
             label: s.to_owned(),
             reason: reason.to_owned(),
@@ -119,7 +129,7 @@ impl Label {
         }
         let (package, name) = if let Some(rest) = s.strip_prefix("//") {
             match rest.split_once(':') {
-                Some((pkg, name)) => (pkg.to_owned(), name.to_owned()),
+                Some((pkg, name)) => (pkg, name),
                 None => {
                     if rest.is_empty() {
                         return Err(bad(
@@ -127,20 +137,20 @@ impl Label {
                         ));
                     }
                     let last = rest.rsplit('/').next().unwrap_or(rest);
-                    (rest.to_owned(), last.to_owned())
+                    (rest, last)
                 }
             }
         } else if let Some(name) = s.strip_prefix(':') {
-            (current_package.to_owned(), name.to_owned())
+            (current_package, name)
         } else if s.contains(':') {
             return Err(bad(
                 "a relative label is ':name' or 'name'; to name another package write '//pkg:name'",
             ));
         } else {
-            (current_package.to_owned(), s.to_owned())
+            (current_package, s)
         };
         if !package.is_empty() {
-            check_rel_path(&package).map_err(|e| bad(&format!("package '{package}': {e}")))?;
+            check_rel_path(package).map_err(|e| bad(&format!("package '{package}': {e}")))?;
         }
         if name.is_empty() {
             return Err(bad("the target name after ':' must not be empty"));
@@ -148,8 +158,8 @@ impl Label {
         if name.contains(':') {
             return Err(bad("a label contains at most one ':'"));
         }
-        check_rel_path(&name).map_err(|e| bad(&format!("name '{name}': {e}")))?;
-        Ok(Label::new(package, name))
+        check_rel_path(name).map_err(|e| bad(&format!("name '{name}': {e}")))?;
+        Ok((package, name))
     }
 
     /// Whether `other` is this very label (one allocation), not an equal copy.
@@ -296,6 +306,20 @@ pub(crate) fn join(package: &str, rel: &str) -> String {
     }
 }
 
+/// Whether `path` is [`join`]`(package, rel)`, without making it.
+pub(crate) fn is_join(path: &str, package: &str, rel: &str) -> bool {
+    if package.is_empty() {
+        path == rel
+    } else if rel.is_empty() {
+        path == package
+    } else {
+        path.len() == package.len() + 1 + rel.len()
+            && path.starts_with(package)
+            && path.as_bytes()[package.len()] == b'/'
+            && path.ends_with(rel)
+    }
+}
+
 /// Checks that `p` is a normalised relative `/`-separated path: not empty, no leading or
 /// trailing `/`, no empty, `.` or `..` components, no NUL or newline.
 pub(crate) fn check_rel_path(p: &str) -> Result<(), String> {
@@ -412,6 +436,26 @@ mod tests {
         assert_eq!(l("a", "d/e").path(), "a/d/e");
         assert_eq!(l("", "e").path(), "e");
         assert_eq!("//a:b".parse::<Label>().unwrap(), l("a", "b"));
+    }
+
+    /// `is_join` says what comparing with `join` says, for every way a path can fail to be one.
+    #[test]
+    fn a_path_is_a_join_exactly_when_join_makes_it() {
+        let parts = ["", "a", "ab", "a/b", "b", "a/"];
+        let paths = [
+            "", "a", "b", "ab", "a/b", "a/a", "a/ab", "ab/b", "a/b/b", "a//b", "a/",
+        ];
+        for package in parts {
+            for rel in parts {
+                for path in paths {
+                    assert_eq!(
+                        is_join(path, package, rel),
+                        join(package, rel) == path,
+                        "{path:?} as {package:?} joined with {rel:?}"
+                    );
+                }
+            }
+        }
     }
 
     #[test]

@@ -82,7 +82,7 @@ impl fmt::Display for Location {
 }
 
 /// A target defined by a rule call in a `WBUILD` file.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+#[derive(Clone, Debug, serde::Serialize)]
 pub struct Target {
     pub label: Label,
     pub location: Location,
@@ -91,7 +91,25 @@ pub struct Target {
     /// it is requested without `--platform` (as Buck2's `default_target_platform`; its
     /// dependencies follow it).
     pub platform: Option<String>,
+    /// The targets it depends on (sorted), as the loader found them resolving its references;
+    /// `None` for a target no requested target needs (resolved leniently, nothing checked).
+    /// Analysis plans its visit by them instead of mapping every attribute again.
+    #[serde(skip)]
+    pub deps: Option<Box<[Label]>>,
 }
+
+/// Two targets are the same target whether or not the loader kept their dependencies (a
+/// target resolved leniently is the one resolved strictly).
+impl PartialEq for Target {
+    fn eq(&self, other: &Target) -> bool {
+        self.label == other.label
+            && self.location == other.location
+            && self.rule == other.rule
+            && self.platform == other.platform
+    }
+}
+
+impl Eq for Target {}
 
 /// A resolved reference from one target to a file or another target.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]

@@ -23,18 +23,30 @@ pub fn load(
     ws: &Workspace,
     patterns: &[TargetPattern],
 ) -> Result<(TargetGraph, Vec<Label>), GraphError> {
-    let (graph, matched, _) = load_reading(ws, patterns)?;
-    Ok((graph, matched))
+    let loaded = load_reading(ws, patterns)?;
+    Ok((loaded.graph, loaded.matched))
+}
+
+/// What [`load_reading`] gives.
+pub(crate) struct Loaded {
+    pub graph: TargetGraph,
+    /// The targets the patterns matched.
+    pub matched: Vec<Label>,
+    /// A dependency cycle among the needed targets ([`load_reading`] refuses the graph).
+    cycle: Option<GraphError>,
+    /// What loading read of the file system besides build files.
+    pub learnt: Learnt,
 }
 
 /// As [`load`], with what loading read of the file system besides build files.
 pub(crate) fn load_reading(
     ws: &Workspace,
     patterns: &[TargetPattern],
-) -> Result<(TargetGraph, Vec<Label>, Reads), GraphError> {
-    match load_keeping_cycles_reading(ws, patterns)? {
-        (_, _, Some(cycle), _) => Err(cycle),
-        (graph, matched, None, reads) => Ok((graph, matched, reads)),
+) -> Result<Loaded, GraphError> {
+    let mut loaded = load_keeping_cycles_reading(ws, patterns)?;
+    match loaded.cycle.take() {
+        Some(cycle) => Err(cycle),
+        None => Ok(loaded),
     }
 }
 
@@ -45,15 +57,14 @@ pub(crate) fn load_keeping_cycles(
     ws: &Workspace,
     patterns: &[TargetPattern],
 ) -> Result<(TargetGraph, Vec<Label>, Option<GraphError>), GraphError> {
-    let (graph, matched, cycle, _) = load_keeping_cycles_reading(ws, patterns)?;
-    Ok((graph, matched, cycle))
+    let loaded = load_keeping_cycles_reading(ws, patterns)?;
+    Ok((loaded.graph, loaded.matched, loaded.cycle))
 }
 
-#[allow(clippy::type_complexity)]
 fn load_keeping_cycles_reading(
     ws: &Workspace,
     patterns: &[TargetPattern],
-) -> Result<(TargetGraph, Vec<Label>, Option<GraphError>, Reads), GraphError> {
+) -> Result<Loaded, GraphError> {
     let mut loader = Loader {
         ws,
         interp: Some(Interpreter::new(ws.root.clone())),
@@ -70,16 +81,15 @@ fn load_keeping_cycles_reading(
     // The targets resolved ahead, in label order (as the loaded packages list them), looked
     // up by a hashed index of borrowed labels (a B-tree of labels compared strings at every
     // level; a map holding the targets themselves was a third copy of them, 100,000 targets).
-    let index: FxHashMap<&Label, &(Target, Vec<Label>)> =
-        ahead.iter().flatten().map(|(l, r)| (l, r)).collect();
+    let index: FxHashMap<&Label, &Target> = ahead.iter().flatten().map(|(l, r)| (l, r)).collect();
     let mut globs = Vec::new();
     let mut targets = Vec::with_capacity(loader.packages.values().map(|p| p.targets.len()).sum());
     // One search both checks that everything the roots need was resolved ahead and looks
     // for a cycle among it.
     let searched = search_closure(
         &matched,
-        |l| index.get(l).map(|(_, e)| e.as_slice()),
-        |l| index.get(l).map(|(t, _)| t.location.clone()),
+        |l| index.get(l).map(|t| deps(t)),
+        |l| index.get(l).map(|t| t.location.clone()),
     );
     let cycle = if let Some(searched) = searched {
         let cycle = searched.err();
@@ -93,7 +103,7 @@ fn load_keeping_cycles_reading(
                 globs.extend(pkg.globs.iter().cloned());
             }
             crate::drop_elsewhere(std::mem::take(&mut loader.packages));
-            targets.extend(ahead.into_iter().flatten().map(|(l, (t, _))| (l, t)));
+            targets.extend(ahead.into_iter().flatten());
         } else {
             // Both in label order: each loaded target takes its resolution from ahead when it
             // is the next one there.
@@ -102,35 +112,34 @@ fn load_keeping_cycles_reading(
                 while ahead.peek().is_some_and(|(l, _)| l < label) {
                     ahead.next();
                 }
-                ahead.next_if(|(l, _)| l == label).map(|(l, (t, _))| (l, t))
+                ahead.next_if(|(l, _)| l == label)
             });
         }
         cycle
     } else {
         drop(index);
-        let mut ahead: FxHashMap<Label, (Target, Vec<Label>)> =
-            ahead.into_iter().flatten().collect();
-        let mut resolved: FxHashMap<Label, (Target, Vec<Label>)> = FxHashMap::default();
+        let mut ahead: FxHashMap<Label, Target> = ahead.into_iter().flatten().collect();
+        let mut resolved: FxHashMap<Label, Target> = FxHashMap::default();
         let mut queue: VecDeque<Label> = matched.iter().cloned().collect();
         while let Some(label) = queue.pop_front() {
             if resolved.contains_key(&label) {
                 continue;
             }
-            let (target, edges) = match ahead.remove(&label) {
+            let target = match ahead.remove(&label) {
                 Some(done) => done,
                 None => loader.resolve_target(&label)?,
             };
-            queue.extend(edges.iter().cloned());
-            resolved.insert(label, (target, edges));
+            queue.extend(deps(&target).iter().cloned());
+            resolved.insert(label, target);
         }
         let cycle = find_cycle(
             &matched,
-            |l| resolved.get(l).map(|(_, e)| e.as_slice()),
-            |l| resolved.get(l).map(|(t, _)| t.location.clone()),
+            |l| resolved.get(l).map(deps),
+            |l| resolved.get(l).map(|t| t.location.clone()),
         )
         .err();
         loader.other_targets(&mut targets, &mut globs, |label| {
-            resolved.remove(label).map(|(t, _)| (label.clone(), t))
+            resolved.remove(label).map(|t| (label.clone(), t))
         });
         cycle
     };
@@ -143,14 +152,19 @@ fn load_keeping_cycles_reading(
     let graph = TargetGraph {
         targets: targets.into_iter().collect(),
     };
-    let main_log = std::mem::take(&mut loader.listings.log);
-    let probes = Listings::probes(
-        std::mem::take(&mut loader.logs)
-            .into_iter()
-            .chain([main_log]),
-    );
-    let reads = Reads { probes, globs };
-    Ok((graph, matched.into_iter().collect(), cycle, reads))
+    let mut logs = std::mem::take(&mut loader.logs);
+    logs.push(std::mem::take(&mut loader.listings.log));
+    Ok(Loaded {
+        graph,
+        matched: matched.into_iter().collect(),
+        cycle,
+        learnt: Learnt { logs, globs },
+    })
+}
+
+/// The targets a resolved target depends on (none for one resolved leniently).
+fn deps(t: &Target) -> &[Label] {
+    t.deps.as_deref().unwrap_or_default()
 }
 
 /// Whether every target `roots` need, their dependencies included, is resolved: `edges`
@@ -172,7 +186,7 @@ fn closed<'e>(roots: &'e BTreeSet<Label>, edges: impl Fn(&Label) -> Option<&'e [
 }
 
 /// A target resolved ahead: its label, the target and the targets it depends on.
-type Resolved = (Label, (Target, Vec<Label>));
+type Resolved = (Label, Target);
 
 /// Directories' listings by workspace path (`None`: the directory cannot be listed).
 type Listed = FxHashMap<String, Option<FxHashMap<String, Kind>>>;
@@ -358,6 +372,22 @@ impl Reads {
                 };
                 crate::glob::glob(&dir, &g.include, &g.exclude).as_ref() == Ok(&g.files)
             })
+    }
+}
+
+/// What loading learnt, as the loaders logged it: made into [`Reads`] on demand (the analysis
+/// cache does it on a thread of its own while the targets are analysed).
+pub(crate) struct Learnt {
+    logs: Vec<FxHashMap<String, [Option<u8>; 2]>>,
+    globs: Vec<GlobRead>,
+}
+
+impl Learnt {
+    pub(crate) fn reads(self) -> Reads {
+        Reads {
+            probes: Listings::probes(self.logs),
+            globs: self.globs,
+        }
     }
 }
 
@@ -710,27 +740,30 @@ impl Loader<'_> {
                 ))),
             };
         }
-        let label = Label::parse(reference, &from.package).map_err(|e| attr_err(e.to_string()))?;
+        // As parts: a target or an output found is named by its own label, shared, and no
+        // other is made for the reference.
+        let (package, name) =
+            Label::parse_parts(reference, &from.package).map_err(|e| attr_err(e.to_string()))?;
         let explicit = reference.starts_with(':') || reference.starts_with("//");
         let context = || format!(" (referenced by {from} at {location})");
         let ws = self.ws;
         let root = &ws.root;
-        let pkg = self.package(&label.package, &context)?;
-        let path = label.path();
-        if let Some(shared) = pkg.targets.get(&label.name).map(|raw| raw.label.clone()) {
+        let pkg = self.package(package, &context)?;
+        let path = join(package, name);
+        if let Some(shared) = pkg.targets.get(name).map(|raw| raw.label.clone()) {
             if self.listings.find(root, &path) == Found::File {
                 return Err(attr_err(format!(
-                    "'{reference}' is ambiguous: it names both the target {label} and the source \
+                    "'{reference}' is ambiguous: it names both the target {shared} and the source \
                      file '{path}'; rename the target"
                 )));
             }
-            // The target's own label: shared, not another copy.
             return Ok((Dep::Target(shared.clone()), Some(shared)));
         }
-        if let Some(producer) = pkg.outputs.get(&label.name) {
+        if let Some(producer) = pkg.outputs.get(name) {
             let producer = pkg.targets[producer].label.clone();
             return Ok((Dep::File(path), Some(producer)));
         }
+        let label = Label::new(package, name);
         if let Some(sub) = crossed_subpackage(root, &label) {
             return Err(attr_err(format!(
                 "'{reference}' is inside package '{sub}'; write '//{sub}:{}'",
@@ -847,7 +880,7 @@ impl Loader<'_> {
     }
 
     /// Resolves every reference of a needed target; returns it and the targets it depends on.
-    fn resolve_target(&mut self, label: &Label) -> Result<(Target, Vec<Label>), GraphError> {
+    fn resolve_target(&mut self, label: &Label) -> Result<Target, GraphError> {
         let raw = self.packages[&label.package]
             .targets
             .get(&label.name)
@@ -871,8 +904,9 @@ impl Loader<'_> {
             location: raw.location.clone(),
             rule,
             platform: raw.platform.clone(),
+            deps: Some(edges.into_boxed_slice()),
         };
-        Ok((target, edges))
+        Ok(target)
     }
 
     /// Best-effort resolution for a target no requested target needs: no packages are loaded
@@ -887,6 +921,7 @@ impl Loader<'_> {
             location: raw.location.clone(),
             rule,
             platform: raw.platform.clone(),
+            deps: None,
         }
     }
 }
@@ -1536,10 +1571,12 @@ mod tests {
             "//big/p2:all",
             "//big/p3:f1",
         ];
-        let (g, matched, reads) = load_reading(&t.ws, &patterns(&some)).unwrap();
-        assert_eq!(matched.len(), 1502);
+        let some = load_reading(&t.ws, &patterns(&some)).unwrap();
+        assert_eq!(some.matched.len(), 1502);
+        let (g, reads) = (some.graph, some.learnt);
         // Every target resolved ahead: the packages go first, the targets are gathered apart.
-        let (all, _, all_reads) = load_reading(&t.ws, &patterns(&["//big/..."])).unwrap();
+        let all = load_reading(&t.ws, &patterns(&["//big/..."])).unwrap();
+        let (all, all_reads) = (all.graph, all.learnt);
         assert_eq!(g.targets.len(), 2002);
         assert!(
             g.targets == all.targets,
