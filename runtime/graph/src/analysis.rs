@@ -312,8 +312,8 @@ fn analyse_with_during<R: Send>(
     // Any error found in parts is looked for again in one pass, which names the first one as
     // it always has.
     let in_parts = parts.and_then(|p| {
-        let planned = planned
-            .or_else(|| plan(&shared.index, Some(&shared.outputs), roots, include_tests))?;
+        let planned =
+            planned.or_else(|| plan(&shared.index, Some(&shared.outputs), roots, include_tests))?;
         analyse_in_parts(ws, &shared, &planned, include_tests, p)
     });
     let mut settled = match in_parts {

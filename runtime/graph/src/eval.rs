@@ -568,7 +568,8 @@ impl Interpreter {
                 cycle: cycle.join(" -> "),
             });
         }
-        if let Some(sub) = crate::load::crossed_subpackage(&self.root, &label) {
+        if let Some(sub) = crate::load::crossed_subpackage(&self.root, &label.package, &label.name)
+        {
             return Err(err(format!(
                 "'{}' is inside package '{sub}'; write '//{sub}:{}'",
                 label.name,

@@ -602,8 +602,7 @@ fn check_package(
                     targets[other].location
                 )));
             }
-            let out_label = Label::new(package.to_owned(), out.clone());
-            if let Some(sub) = crossed_subpackage(&ws.root, &out_label) {
+            if let Some(sub) = crossed_subpackage(&ws.root, package, out) {
                 return Err(GraphError::Attribute {
                     location: raw.location.clone(),
                     target: label.to_string(),
@@ -764,7 +763,7 @@ impl Loader<'_> {
             return Ok((Dep::File(path), Some(producer)));
         }
         let label = Label::new(package, name);
-        if let Some(sub) = crossed_subpackage(root, &label) {
+        if let Some(sub) = crossed_subpackage(root, &label.package, &label.name) {
             return Err(attr_err(format!(
                 "'{reference}' is inside package '{sub}'; write '//{sub}:{}'",
                 &path[sub.len() + 1..]
@@ -1011,12 +1010,15 @@ impl Lenient<'_, '_> {
     }
 }
 
-/// If `label` names a file below a sub-package of its package (`//a:sub/x` with `a/sub/WBUILD`),
-/// returns the deepest such sub-package.
-pub(crate) fn crossed_subpackage(root: &Path, label: &Label) -> Option<String> {
-    let parts: Vec<&str> = label.name.split('/').collect();
+/// If the target `name` of `package` names a file below a sub-package of its package
+/// (`//a:sub/x` with `a/sub/WBUILD`), returns the deepest such sub-package.
+pub(crate) fn crossed_subpackage(root: &Path, package: &str, name: &str) -> Option<String> {
+    if !name.contains('/') {
+        return None;
+    }
+    let parts: Vec<&str> = name.split('/').collect();
     let mut found = None;
-    let mut dir = label.package.clone();
+    let mut dir = package.to_owned();
     for part in &parts[..parts.len() - 1] {
         dir = join(&dir, part);
         if root.join(&dir).join(BUILD_FILE).is_file() {
@@ -1473,6 +1475,53 @@ mod tests {
         );
         assert!(err.to_string().contains("p/a.bzl:1:1"), "{err}");
         assert!(err.to_string().contains("top level of a .bzl"), "{err}");
+    }
+
+    /// A reference, an output or a loaded file below a sub-package of its package is refused,
+    /// naming the deepest sub-package crossed; one beside a sub-package is not.
+    #[test]
+    fn paths_into_a_sub_package_are_refused_with_the_package_to_name() {
+        let sub = [
+            ("p/q/WBUILD", "filegroup(name = 'g')\n"),
+            ("p/q/r/WBUILD", "filegroup(name = 'h')\n"),
+            ("p/q/r/x.txt", ""),
+            ("p/q/r/defs.bzl", "x = 1\n"),
+            ("p/other/x.txt", ""),
+        ];
+        let with = |build: &'static str| {
+            let mut files = sub.to_vec();
+            files.push(("p/WBUILD", build));
+            files
+        };
+        let err = load_err(
+            &with("filegroup(name = 'f', srcs = ['q/r/x.txt'])\n"),
+            &["//p:f"],
+        );
+        assert!(
+            err.to_string()
+                .contains("'q/r/x.txt' is inside package 'p/q/r'; write '//p/q/r:x.txt'"),
+            "{err}"
+        );
+        let err = load_err(
+            &with("genrule(name = 'f', outs = ['q/o.txt'], cmd = 'true')\n"),
+            &["//p:f"],
+        );
+        assert!(
+            err.to_string()
+                .contains("output 'q/o.txt' would be inside package 'p/q'"),
+            "{err}"
+        );
+        let err = load_err(&with("load(':q/r/defs.bzl', 'x')\n"), &["//p:all"]);
+        assert!(
+            err.to_string()
+                .contains("'q/r/defs.bzl' is inside package 'p/q/r'; write '//p/q/r:defs.bzl'"),
+            "{err}"
+        );
+        let t = workspace(&with(
+            "filegroup(name = 'f', srcs = ['other/x.txt'])\n\
+             genrule(name = 'o', outs = ['other/o.txt'], cmd = 'true')\n",
+        ));
+        load(&t.ws, &patterns(&["//p:all"])).unwrap();
     }
 
     #[test]
