@@ -349,8 +349,6 @@ impl Run<'_> {
     fn analyse(&self, a: &mut Analyser<'_>, t: &Target) -> Result<ActionNode, GraphError> {
         let tool = tool_ref(a, self.tool, Some(t))?;
         let (src_files, ordered) = a.src_files(t, self.srcs)?;
-        let mut inputs = ordered.clone();
-        inputs.sort();
         let out_paths: Vec<String> = self
             .outs
             .iter()
@@ -376,7 +374,10 @@ impl Run<'_> {
         for (k, v) in self.env {
             expanded_env.insert(k.clone(), expander.expand(v, &format!("env[{k:?}]"))?);
         }
-        let mut outputs = out_paths.clone();
+        // The expansions done, the files are the action's own (sorted).
+        let mut inputs = ordered;
+        inputs.sort();
+        let mut outputs = out_paths;
         outputs.sort();
         check_data_paths(t, &tool, &inputs, &outputs)?;
         let deps = a.producing_actions(
@@ -410,6 +411,9 @@ fn check_data_paths(
     inputs: &[String],
     outputs: &[String],
 ) -> Result<(), GraphError> {
+    if tool.data.is_empty() {
+        return Ok(());
+    }
     let tree: BTreeSet<&str> = inputs.iter().chain(outputs).map(|s| s.as_str()).collect();
     for (guest, _) in &tool.data {
         let g = guest.trim_start_matches('/');
