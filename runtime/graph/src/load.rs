@@ -1033,10 +1033,21 @@ pub(crate) fn crossed_subpackage(root: &Path, package: &str, name: &str) -> Opti
 /// walked, as [`Listings::read`] makes it (the loader's questions about paths in those
 /// directories are answered from them instead of listing each again on every thread).
 fn find_packages(root: &Path, prefix: &str) -> (Vec<String>, Listed) {
-    let mut found = Vec::new();
-    let mut listed = Listed::default();
-    let mut stack = vec![prefix.to_owned()];
-    while let Some(dir) = stack.pop() {
+    find_packages_sharing(root, prefix, 64)
+}
+
+/// [`find_packages`], walked on one thread until `waiting` directories are waiting, then on a
+/// thread per core.
+fn find_packages_sharing(root: &Path, prefix: &str, waiting: usize) -> (Vec<String>, Listed) {
+    /// Walks `dir`: its listing into `listed`, itself into `found` if it is a package, its
+    /// subdirectories onto `stack`.
+    fn walk(
+        root: &Path,
+        dir: String,
+        stack: &mut Vec<String>,
+        found: &mut Vec<String>,
+        listed: &mut Listed,
+    ) {
         let host = if dir.is_empty() {
             root.to_path_buf()
         } else {
@@ -1074,6 +1085,51 @@ fn find_packages(root: &Path, prefix: &str) -> (Vec<String>, Listed) {
             found.push(dir.clone());
         }
         listed.insert(dir, listing);
+    }
+    // Walked here until many directories are waiting (a small tree is walked here alone),
+    // then those are shared by a thread per core, each walking the trees below the ones it
+    // takes.
+    let mut found = Vec::new();
+    let mut listed = Listed::default();
+    let mut stack = vec![prefix.to_owned()];
+    while stack.len() < waiting
+        && let Some(dir) = stack.pop()
+    {
+        walk(root, dir, &mut stack, &mut found, &mut listed);
+    }
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    if threads < 2 {
+        while let Some(dir) = stack.pop() {
+            walk(root, dir, &mut stack, &mut found, &mut listed);
+        }
+    } else if !stack.is_empty() {
+        let next = std::sync::atomic::AtomicUsize::new(0);
+        let waiting = &stack;
+        let walked: Vec<_> = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..threads)
+                .map(|_| {
+                    s.spawn(|| {
+                        let (mut found, mut listed) = (Vec::new(), Listed::default());
+                        let mut below = Vec::new();
+                        while let Some(dir) =
+                            waiting.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                        {
+                            below.push(dir.clone());
+                            while let Some(dir) = below.pop() {
+                                walk(root, dir, &mut below, &mut found, &mut listed);
+                            }
+                        }
+                        (found, listed)
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join()).collect()
+        });
+        for w in walked {
+            let (f, l) = w.unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+            found.extend(f);
+            listed.extend(l);
+        }
     }
     found.sort();
     (found, listed)
@@ -1475,6 +1531,50 @@ mod tests {
         );
         assert!(err.to_string().contains("p/a.bzl:1:1"), "{err}");
         assert!(err.to_string().contains("top level of a .bzl"), "{err}");
+    }
+
+    /// The package walk shared by threads finds what the walk on one thread finds, with the
+    /// same listings: nested packages, directories without a build file, skipped directories,
+    /// a build file that is a symbolic link and a directory named like a build file.
+    #[test]
+    fn package_walks_on_threads_find_what_one_walk_finds() {
+        let mut files: Vec<(String, String)> = Vec::new();
+        for i in 0..40 {
+            files.push((format!("d{i}/WBUILD"), String::new()));
+            files.push((format!("d{i}/src/x{i}.txt"), String::new()));
+            if i % 3 == 0 {
+                files.push((format!("d{i}/sub/deeper/WBUILD"), String::new()));
+            }
+            if i % 5 == 0 {
+                files.push((format!("d{i}/.hidden/WBUILD"), String::new()));
+                files.push((format!("d{i}/wbuild-out/WBUILD"), String::new()));
+            }
+            if i % 7 == 0 {
+                files.push((format!("e{i}/WBUILD/file"), String::new()));
+            }
+        }
+        let refs = as_strs(&files);
+        let t = workspace(&refs);
+        std::fs::create_dir_all(t.ws.root.join("linked")).unwrap();
+        std::os::unix::fs::symlink("../d0/WBUILD", t.ws.root.join("linked/WBUILD")).unwrap();
+        for prefix in ["", "d3"] {
+            let alone = find_packages_sharing(&t.ws.root, prefix, usize::MAX);
+            assert!(alone.0.len() > 1, "{:?}", alone.0);
+            for waiting in [1, 2, 5] {
+                let shared = find_packages_sharing(&t.ws.root, prefix, waiting);
+                assert_eq!(shared.0, alone.0, "{prefix:?}, {waiting}");
+                assert!(shared.1 == alone.1, "listings of {prefix:?}, {waiting}");
+            }
+        }
+        let (found, _) = find_packages(&t.ws.root, "");
+        assert!(
+            found.contains(&"linked".to_owned()) && found.contains(&"d3/sub/deeper".to_owned())
+        );
+        assert!(
+            !found
+                .iter()
+                .any(|p| p.contains("hidden") || p.contains("wbuild-out") || p.starts_with('e'))
+        );
     }
 
     /// A reference, an output or a loaded file below a sub-package of its package is refused,
