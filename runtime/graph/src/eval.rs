@@ -177,12 +177,25 @@ pub(crate) fn add_target(
 ) -> starlark::Result<NoneType> {
     let (ctx, package) = context(eval, function)?;
     let location = call_location(eval, ctx);
+    add_target_at(ctx, &package, location, function, name, rule, platform)
+}
+
+/// [`add_target`] for a call at `location` in `package`'s build file.
+fn add_target_at(
+    ctx: &EvalContext,
+    package: &str,
+    location: Location,
+    function: &str,
+    name: String,
+    rule: RawRule,
+    platform: Option<String>,
+) -> starlark::Result<NoneType> {
     let c = Checker {
         ctx,
         location: &location,
         function,
         name: &name,
-        package: &package,
+        package,
     };
     if let Err(e) = check_rel_path(&name) {
         return Err(c.err("name", format!("invalid target name: {e}")));
@@ -209,7 +222,7 @@ pub(crate) fn add_target(
     let mut names = ctx.names.borrow_mut();
     if let Some(&prev) = names.get(&name) {
         let err = GraphError::DuplicateTarget {
-            label: Label::new(package, name.clone()),
+            label: Label::new(package.to_owned(), name.clone()),
             location: location.clone(),
             previous: targets[prev].location.clone(),
         };
@@ -218,7 +231,7 @@ pub(crate) fn add_target(
     }
     names.insert(name.clone(), targets.len());
     targets.push(RawTarget {
-        label: Label::new(package, name),
+        label: Label::new(package.to_owned(), name),
         location,
         rule,
         platform,
@@ -377,6 +390,104 @@ pub(crate) struct Interpreter {
     modules: RefCell<HashMap<String, FrozenModule>>,
 }
 
+/// The rule the literal call `call` makes and its name, made as its built-in makes them from
+/// the same values, for the rules most build files are made of (`wasi_run`, `filegroup`);
+/// `None` for any other call, or any argument the built-in would take otherwise or refuse (a
+/// value of another type, an unknown or repeated argument, a missing one): the built-in is
+/// called then. `eval::tests` compares both ways on every literal file they evaluate.
+fn literal_rule(call: &crate::literal::Call<'_>) -> Option<(String, RawRule)> {
+    use crate::literal::Lit;
+    /// The call's arguments, each taken once.
+    struct Args<'c, 'a> {
+        kwargs: &'c [(&'a str, Lit<'a>)],
+        taken: Vec<bool>,
+    }
+    impl<'c> Args<'c, '_> {
+        fn get(&mut self, key: &str) -> Option<&'c Lit<'c>> {
+            let i = self.kwargs.iter().position(|(k, _)| *k == key)?;
+            self.taken[i] = true;
+            Some(&self.kwargs[i].1)
+        }
+        fn string(&mut self, key: &str) -> Option<String> {
+            match self.get(key)? {
+                Lit::Str(s) => Some((*s).to_owned()),
+                _ => None,
+            }
+        }
+        /// A list of strings; absent, empty.
+        fn strings(&mut self, key: &str, required: bool) -> Option<Vec<String>> {
+            match self.get(key) {
+                None if required => None,
+                None => Some(Vec::new()),
+                Some(Lit::List(items)) => {
+                    // Exactly as long as the built-in's (collecting through `Option` grows
+                    // the vector by doubling: 12 MB more for 100,000 targets).
+                    let mut out = Vec::with_capacity(items.len());
+                    for i in items {
+                        let Lit::Str(s) = i else { return None };
+                        out.push((*s).to_owned());
+                    }
+                    Some(out)
+                }
+                Some(_) => None,
+            }
+        }
+        /// A dictionary of strings; absent, empty.
+        fn env(&mut self, key: &str) -> Option<BTreeMap<String, String>> {
+            match self.get(key) {
+                None => Some(BTreeMap::new()),
+                Some(Lit::Dict(entries)) => entries
+                    .iter()
+                    .map(|(k, v)| match v {
+                        Lit::Str(v) => Some(((*k).to_owned(), (*v).to_owned())),
+                        _ => None,
+                    })
+                    .collect(),
+                Some(_) => None,
+            }
+        }
+        /// Every argument was taken (none unknown).
+        fn done(&self) -> Option<()> {
+            self.taken.iter().all(|t| *t).then_some(())
+        }
+    }
+    let kwargs = &call.kwargs;
+    // A repeated argument is the built-in's to refuse.
+    for (i, (k, _)) in kwargs.iter().enumerate() {
+        if kwargs[..i].iter().any(|(other, _)| other == k) {
+            return None;
+        }
+    }
+    let mut a = Args {
+        kwargs,
+        taken: vec![false; kwargs.len()],
+    };
+    let made = match call.function {
+        "wasi_run" => {
+            let name = a.string("name")?;
+            let attrs = crate::WasiRunAttrs {
+                tool: a.string("tool")?,
+                srcs: a.strings("srcs", false)?,
+                outs: a.strings("outs", true)?,
+                args: a.strings("args", false)?,
+                env: a.env("env")?,
+            };
+            (name, RawRule::WasiRun(attrs))
+        }
+        "filegroup" => {
+            let name = a.string("name")?;
+            let srcs = a.strings("srcs", false)?;
+            (name, RawRule::Filegroup(crate::FilegroupAttrs { srcs }))
+        }
+        _ => return None,
+    };
+    // Taken by every rule and ignored.
+    a.strings("visibility", false)?;
+    a.strings("tags", false)?;
+    a.done()?;
+    Some(made)
+}
+
 impl Interpreter {
     pub fn new(root: PathBuf) -> Interpreter {
         let globals = GlobalsBuilder::extended_by(&[
@@ -460,16 +571,28 @@ impl Interpreter {
                 let Some(function) = self.named.get(call.function) else {
                     return false;
                 };
+                let location = Location {
+                    file: ctx.file.clone(),
+                    line: call.line,
+                    column: 1,
+                };
+                // The rule made at once where it can be (the built-in would make the same).
+                if let Some(package) = &ctx.package
+                    && let Some((name, rule)) = literal_rule(call)
+                {
+                    let made =
+                        add_target_at(ctx, package, location, call.function, name, rule, None);
+                    if made.is_err() {
+                        return false;
+                    }
+                    continue;
+                }
                 let named: Vec<(&str, Value)> = call
                     .kwargs
                     .iter()
                     .map(|(k, v)| (*k, value(heap, v)))
                     .collect();
-                *ctx.call_at.borrow_mut() = Some(Location {
-                    file: ctx.file.clone(),
-                    line: call.line,
-                    column: 1,
-                });
+                *ctx.call_at.borrow_mut() = Some(location);
                 if eval
                     .eval_function(function.to_value(), &[], &named)
                     .is_err()
