@@ -762,8 +762,7 @@ impl Loader<'_> {
             let producer = pkg.targets[producer].label.clone();
             return Ok((Dep::File(path), Some(producer)));
         }
-        let label = Label::new(package, name);
-        if let Some(sub) = crossed_subpackage(root, &label.package, &label.name) {
+        if let Some(sub) = crossed_subpackage(root, package, name) {
             return Err(attr_err(format!(
                 "'{reference}' is inside package '{sub}'; write '//{sub}:{}'",
                 &path[sub.len() + 1..]
@@ -772,16 +771,16 @@ impl Loader<'_> {
         match self.listings.find(root, &path) {
             Found::Dir => Err(attr_err(format!(
                 "'{path}' is a directory; list its files, or use glob([\"{}/**\"])",
-                label.name
+                name
             ))),
             Found::File | Found::Special => Ok((Dep::File(path), None)),
             Found::Missing if explicit => Err(GraphError::NoSuchTarget {
-                label,
+                label: Label::new(package, name),
                 context: context(),
             }),
             Found::Missing => Err(GraphError::NoSuchFile {
-                file: label.name.clone(),
-                package: label.package.clone(),
+                file: name.to_owned(),
+                package: package.to_owned(),
                 location: location.clone(),
             }),
         }
