@@ -409,14 +409,43 @@ fn analyse_in_parts(
         locals.extend(others.into_iter().map(|h| h.join().ok().flatten()));
         locals
     });
+    let mut locals: Vec<Local> = locals.into_iter().collect::<Option<_>>()?;
+    // The files each target provides are merged on another thread meanwhile: nothing below
+    // reads them.
+    let files: Vec<_> = locals
+        .iter_mut()
+        .map(|l| std::mem::take(&mut l.files))
+        .collect();
+    std::thread::scope(|s| {
+        let files = s.spawn(move || {
+            let mut files = files.into_iter();
+            let mut merged = files.next().unwrap_or_default();
+            for more in files {
+                for (label, files) in more {
+                    merged.entry(label).or_insert(files);
+                }
+            }
+            merged
+        });
+        let mut settled = join_actions(locals, shared, plan.len());
+        if let Some(settled) = settled.as_mut() {
+            settled.files = files
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic));
+        }
+        settled
+    })
+}
+
+/// The actions of the parts' `locals`, in order, numbered (see [`analyse_in_parts`]), with the
+/// tools they run and the action writing each path; `None` if they do not join.
+fn join_actions(locals: Vec<Local>, shared: &Shared<'_>, actions: usize) -> Option<Settled> {
     let mut settled = Settled::default();
-    for (n, local) in locals.into_iter().enumerate() {
-        let mut local = local?;
+    for (n, mut local) in locals.into_iter().enumerate() {
         let base = settled.actions.len();
         if n == 0 {
             // The first part's maps are taken whole, numbered in place, and the others merged
             // into them (inserting every entry again was half of the join).
-            settled.files = std::mem::take(&mut local.files);
             settled.tools = std::mem::take(&mut local.tools);
             settled.out_action = std::mem::take(&mut local.out_action);
             for i in settled.out_action.values_mut() {
@@ -427,10 +456,7 @@ fn analyse_in_parts(
                 .len()
                 .saturating_sub(settled.out_action.len());
             settled.out_action.reserve(more);
-            settled.actions.reserve(plan.len());
-        }
-        for (label, files) in local.files {
-            settled.files.entry(label).or_insert(files);
+            settled.actions.reserve(actions);
         }
         for (label, tool) in local.tools {
             settled.tools.entry(label).or_insert(tool);
