@@ -587,19 +587,29 @@ fn finish(
     actions: &[ActionNode],
 ) -> Result<ActionGraph, GraphError> {
     let out_action = std::mem::take(&mut settled.out_action);
-    let (target_files, root_tools) = {
+    // A root's files are taken from what analysis settled (not copied; analysis is done with
+    // them); those of a root analysis did not reach are worked out (from the targets alone, as
+    // `provides` does, so a root taken meanwhile is worked out again the same).
+    let mut target_files = Vec::with_capacity(roots.len());
+    let mut reached = true;
+    for r in roots {
+        let files = settled.files.remove(r);
+        reached &= files.is_some();
+        target_files.push((r.clone(), files.unwrap_or_default()));
+    }
+    let root_tools = {
         let mut a = Analyser::over(ws, &shared, &settled, false, 0);
-        let mut target_files = Vec::with_capacity(roots.len());
-        for r in roots {
-            let mut files = a.files_of(r)?;
+        for (r, files) in &mut target_files {
+            if !reached && files.is_empty() {
+                *files = a.files_of(r)?;
+            }
             files.sort();
-            target_files.push((r.clone(), files));
         }
         let root_tools: BTreeMap<Label, ToolRef> = roots
             .iter()
             .filter_map(|r| Some((r.clone(), ToolRef::clone(a.tool(r)?))))
             .collect();
-        (target_files, root_tools)
+        root_tools
     };
     // Sorted already: the map is built at once.
     let target_files: BTreeMap<Label, Vec<String>> = target_files.into_iter().collect();

@@ -395,8 +395,8 @@ impl Learnt {
 struct Package {
     /// Shared: resolving a target reads its attributes while other packages may be loaded.
     targets: BTreeMap<String, Arc<RawTarget>>,
-    /// Output name (package-relative) -> name of the target producing it.
-    outputs: BTreeMap<String, String>,
+    /// Output name (package-relative) -> the target producing it.
+    outputs: FxHashMap<String, Arc<RawTarget>>,
     /// Its `glob()` calls, for [`Reads`].
     globs: Vec<GlobRead>,
 }
@@ -572,11 +572,15 @@ fn check_package(
     raws: Vec<RawTarget>,
     globs: Vec<GlobRead>,
 ) -> Result<Package, GraphError> {
-    let mut targets = BTreeMap::new();
-    for raw in raws {
-        targets.insert(raw.label.name.clone(), Arc::new(raw));
-    }
-    let mut outputs: BTreeMap<String, String> = BTreeMap::new();
+    // Sorted, then built at once (inserting them one by one searched the tree for each).
+    // Names are distinct: evaluation refuses a repeated one.
+    let mut named: Vec<(String, Arc<RawTarget>)> = raws
+        .into_iter()
+        .map(|raw| (raw.label.name.clone(), Arc::new(raw)))
+        .collect();
+    named.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+    let targets: BTreeMap<String, Arc<RawTarget>> = named.into_iter().collect();
+    let mut outputs: FxHashMap<String, Arc<RawTarget>> = FxHashMap::default();
     for raw in targets.values() {
         let outs = raw.rule.outputs(&raw.label.name);
         let label = raw.label.clone();
@@ -598,8 +602,8 @@ fn check_package(
             }
             if let Some(other) = outputs.get(out) {
                 return Err(collision(format!(
-                    "an output of //{package}:{other} (defined at {})",
-                    targets[other].location
+                    "an output of //{package}:{} (defined at {})",
+                    other.label.name, other.location
                 )));
             }
             if let Some(sub) = crossed_subpackage(&ws.root, package, out) {
@@ -616,7 +620,7 @@ fn check_package(
             if listings.exists_no_follow(&ws.root, &path) {
                 return Err(collision(format!("the source file '{path}'")));
             }
-            outputs.insert(out.clone(), raw.label.name.clone());
+            outputs.insert(out.clone(), raw.clone());
         }
     }
     Ok(Package {
@@ -674,7 +678,7 @@ impl Loader<'_> {
                     if let Some(raw) = pkg.targets.get(&l.name) {
                         matched.push(raw.label.clone());
                     } else if let Some(producer) = pkg.outputs.get(&l.name) {
-                        matched.push(pkg.targets[producer].label.clone());
+                        matched.push(producer.label.clone());
                     } else if matches!(l.name.as_str(), "all" | "*" | "all-targets") {
                         // Bazel: `//pkg:all` is every target of the package, unless a
                         // target has that name.
@@ -759,7 +763,7 @@ impl Loader<'_> {
             return Ok((Dep::Target(shared.clone()), Some(shared)));
         }
         if let Some(producer) = pkg.outputs.get(name) {
-            let producer = pkg.targets[producer].label.clone();
+            let producer = producer.label.clone();
             return Ok((Dep::File(path), Some(producer)));
         }
         if let Some(sub) = crossed_subpackage(root, package, name) {
@@ -2106,8 +2110,11 @@ mod tests {
             &["//p:x"],
         );
         assert!(matches!(err, GraphError::OutputCollision { .. }), "{err:?}");
-        assert!(err.to_string().contains("//p:x"), "{err}");
-        assert!(err.to_string().contains("//p:y"), "{err}");
+        assert_eq!(
+            err.to_string(),
+            "p/WBUILD:3:1: output 'p/o.txt' of //p:y collides with an output of //p:x \
+             (defined at p/WBUILD:2:1); rename the output"
+        );
     }
 
     #[test]
