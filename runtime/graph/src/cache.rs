@@ -67,10 +67,15 @@ fn body_actions(actions: &[ActionNode], emit: &mut dyn FnMut(&[u8])) -> Option<(
     let per = actions.len().div_ceil(ACTION_CHUNKS).max(1);
     let chunks = actions.chunks(per);
     emit(&varint(chunks.len())?);
+    // One buffer for every chunk, sized for the first (growing it by doubling copied the
+    // chunk several times; a new one per chunk was touched page by page again).
+    let mut bytes: Vec<u8> = Vec::with_capacity(per.saturating_mul(256));
     for chunk in chunks {
         // Each chunk on its own: a set of inputs shared by several of its actions is written
         // once (chunks are read on several threads, each its own scope).
-        let bytes = crate::inputs::sharing(|| postcard::to_stdvec(chunk)).ok()?;
+        bytes.clear();
+        let buffer = std::mem::take(&mut bytes);
+        bytes = crate::inputs::sharing(|| postcard::to_extend(chunk, buffer)).ok()?;
         emit(&varint(bytes.len())?);
         emit(&bytes);
     }
