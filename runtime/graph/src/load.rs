@@ -185,7 +185,8 @@ fn closed<'e>(roots: &'e BTreeSet<Label>, edges: impl Fn(&Label) -> Option<&'e [
     true
 }
 
-/// A target resolved ahead: its label, the target and the targets it depends on.
+/// A target resolved ahead: its label and the target (with the targets it depends on,
+/// [`Target::deps`]).
 type Resolved = (Label, Target);
 
 /// Directories' listings by workspace path (`None`: the directory cannot be listed).
