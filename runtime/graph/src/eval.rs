@@ -393,7 +393,7 @@ pub(crate) struct Interpreter {
 /// The rule the literal call `call` makes and its name, made as its built-in makes them from
 /// the same values, for the rules most build files are made of (`wasi_run`, `filegroup`);
 /// `None` for any other call, or any argument the built-in would take otherwise or refuse (a
-/// value of another type, an unknown or repeated argument, a missing one): the built-in is
+/// value of another type, an unknown or a missing argument): the built-in is
 /// called then. `eval::tests` compares both ways on every literal file they evaluate.
 fn literal_rule(call: &crate::literal::Call<'_>) -> Option<(String, RawRule)> {
     use crate::literal::Lit;
@@ -451,13 +451,8 @@ fn literal_rule(call: &crate::literal::Call<'_>) -> Option<(String, RawRule)> {
             self.taken.iter().all(|t| *t).then_some(())
         }
     }
+    // No argument repeats: `literal::calls` leaves such a call to Starlark.
     let kwargs = &call.kwargs;
-    // A repeated argument is the built-in's to refuse.
-    for (i, (k, _)) in kwargs.iter().enumerate() {
-        if kwargs[..i].iter().any(|(other, _)| other == k) {
-            return None;
-        }
-    }
     let mut a = Args {
         kwargs,
         taken: vec![false; kwargs.len()],

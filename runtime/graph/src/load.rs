@@ -1090,9 +1090,11 @@ fn find_packages_sharing(root: &Path, prefix: &str, waiting: usize) -> (Vec<Stri
         }
         listed.insert(dir, listing);
     }
-    // Walked here until many directories are waiting (a small tree is walked here alone),
-    // then those are shared by a thread per core, each walking the trees below the ones it
-    // takes.
+    // Walked here until many directories are waiting (a small tree, or any on one core, is
+    // walked here alone), then those are shared by a thread per core, each walking the trees
+    // below the ones it takes.
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
+    let waiting = if threads < 2 { usize::MAX } else { waiting };
     let mut found = Vec::new();
     let mut listed = Listed::default();
     let mut stack = vec![prefix.to_owned()];
@@ -1101,12 +1103,7 @@ fn find_packages_sharing(root: &Path, prefix: &str, waiting: usize) -> (Vec<Stri
     {
         walk(root, dir, &mut stack, &mut found, &mut listed);
     }
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get().min(8));
-    if threads < 2 {
-        while let Some(dir) = stack.pop() {
-            walk(root, dir, &mut stack, &mut found, &mut listed);
-        }
-    } else if !stack.is_empty() {
+    if !stack.is_empty() {
         let next = std::sync::atomic::AtomicUsize::new(0);
         let waiting = &stack;
         let walked: Vec<_> = std::thread::scope(|s| {
@@ -1597,30 +1594,26 @@ mod tests {
             files.push(("p/WBUILD", build));
             files
         };
-        let err = load_err(
-            &with("filegroup(name = 'f', srcs = ['q/r/x.txt'])\n"),
-            &["//p:f"],
-        );
-        assert!(
-            err.to_string()
-                .contains("'q/r/x.txt' is inside package 'p/q/r'; write '//p/q/r:x.txt'"),
-            "{err}"
-        );
-        let err = load_err(
-            &with("genrule(name = 'f', outs = ['q/o.txt'], cmd = 'true')\n"),
-            &["//p:f"],
-        );
-        assert!(
-            err.to_string()
-                .contains("output 'q/o.txt' would be inside package 'p/q'"),
-            "{err}"
-        );
-        let err = load_err(&with("load(':q/r/defs.bzl', 'x')\n"), &["//p:all"]);
-        assert!(
-            err.to_string()
-                .contains("'q/r/defs.bzl' is inside package 'p/q/r'; write '//p/q/r:defs.bzl'"),
-            "{err}"
-        );
+        for (build, pattern, message) in [
+            (
+                "filegroup(name = 'f', srcs = ['q/r/x.txt'])\n",
+                "//p:f",
+                "'q/r/x.txt' is inside package 'p/q/r'; write '//p/q/r:x.txt'",
+            ),
+            (
+                "genrule(name = 'f', outs = ['q/o.txt'], cmd = 'true')\n",
+                "//p:f",
+                "output 'q/o.txt' would be inside package 'p/q'",
+            ),
+            (
+                "load(':q/r/defs.bzl', 'x')\n",
+                "//p:all",
+                "'q/r/defs.bzl' is inside package 'p/q/r'; write '//p/q/r:defs.bzl'",
+            ),
+        ] {
+            let err = load_err(&with(build), &[pattern]);
+            assert!(err.to_string().contains(message), "{err}");
+        }
         let t = workspace(&with(
             "filegroup(name = 'f', srcs = ['other/x.txt'])\n\
              genrule(name = 'o', outs = ['other/o.txt'], cmd = 'true')\n",
