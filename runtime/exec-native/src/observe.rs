@@ -512,7 +512,7 @@ impl Observer {
             },
             Role::List => unreachable!("handled above"),
         };
-        self.push(kind, normalise(&abs));
+        self.push(kind, normalised(abs));
     }
 
     /// Whether `abs` lies on a read-only mount (the deepest mount point or writable
@@ -635,8 +635,13 @@ fn read_cstr(pid: libc::pid_t, addr: u64, buf: &mut Vec<u8>) -> Option<()> {
     })
 }
 
+/// The first read of a path: most are far shorter, and every byte asked for is zeroed here
+/// and copied from the other address space by the kernel.
+const FIRST_READ: usize = 256;
+
 /// The string reader behind [`read_cstr`]: `read(chunk, address)` fills `chunk` from the
-/// other address space and returns the bytes read (at most one page at a time).
+/// other address space and returns the bytes read (at most one page at a time; the first
+/// read at most [`FIRST_READ`] bytes).
 fn read_cstr_with(
     buf: &mut Vec<u8>,
     mut addr: u64,
@@ -645,7 +650,12 @@ fn read_cstr_with(
     const PAGE: u64 = 4096;
     buf.clear();
     while buf.len() <= PATH_MAX {
-        let want = ((PAGE - addr % PAGE) as usize).min(PATH_MAX + 1 - buf.len());
+        let most = if buf.is_empty() {
+            FIRST_READ
+        } else {
+            PATH_MAX + 1 - buf.len()
+        };
+        let want = ((PAGE - addr % PAGE) as usize).min(most);
         let start = buf.len();
         buf.resize(start + want, 0);
         let n = read(&mut buf[start..], addr);
@@ -682,6 +692,26 @@ fn fd_path(pid: libc::pid_t, fd: i32) -> Option<String> {
     proc_link(format!("/proc/{pid}/fd/{fd}"))
 }
 
+/// Whether `path` (absolute) is already as [`normalise`] makes it: no empty, `.` or `..`
+/// component and no trailing slash (`/` alone is normal).
+fn is_normal(path: &str) -> bool {
+    path == "/"
+        || (path.starts_with('/')
+            && !path.ends_with('/')
+            && path[1..]
+                .split('/')
+                .all(|c| !c.is_empty() && c != "." && c != ".."))
+}
+
+/// `path` (absolute) without `.`, `..` and repeated slashes, without a copy if it has none.
+fn normalised(path: String) -> String {
+    if is_normal(&path) {
+        path
+    } else {
+        normalise(&path)
+    }
+}
+
 /// `path` (absolute) without `.`, `..` and repeated slashes. `..` at the root stays there.
 pub(crate) fn normalise(path: &str) -> String {
     let mut parts: Vec<&str> = Vec::new();
@@ -715,6 +745,77 @@ mod tests {
         assert_eq!(normalise("/../../x"), "/x");
         assert_eq!(normalise("//"), "/");
         assert_eq!(normalise("/work//lib/"), "/work/lib");
+    }
+
+    #[test]
+    fn a_path_is_kept_exactly_when_it_is_normal() {
+        for p in [
+            "/",
+            "//",
+            "/a",
+            "/a/",
+            "/a//b",
+            "/a/./b",
+            "/a/../b",
+            "/.",
+            "/..",
+            "/a/.",
+            "/a/..",
+            "/.a/b..",
+            "/a/...",
+            "/work/lib/x.h",
+            "/ a/b ",
+        ] {
+            assert_eq!(is_normal(p), normalise(p) == p, "{p}");
+            assert_eq!(normalised(p.to_owned()), normalise(p), "{p}");
+        }
+    }
+
+    #[test]
+    fn paths_are_read_whole_whatever_their_length_and_place() {
+        // A fake address space: a string at `at` of `len` bytes, NUL after it, an unmapped
+        // page after the one holding the NUL.
+        for (at, len) in [
+            (0u64, 0usize),
+            (10, 5),
+            (4090, 5),
+            (4000, 300),
+            (100, 255),
+            (100, 256),
+            (100, 257),
+            (8000, 4096),
+            (8000, 5000),
+        ] {
+            let end = at + len as u64;
+            let mapped = (end / 4096 + 1) * 4096;
+            let byte = |a: u64| if a < end { b'a' + (a % 26) as u8 } else { 0 };
+            let mut calls = 0;
+            let mut buf = Vec::new();
+            let got = read_cstr_with(&mut buf, at, |chunk, addr| {
+                calls += 1;
+                assert!(
+                    addr / 4096 == (addr + chunk.len() as u64 - 1) / 4096,
+                    "one page per read"
+                );
+                if addr >= mapped {
+                    return -1;
+                }
+                for (i, b) in chunk.iter_mut().enumerate() {
+                    *b = byte(addr + i as u64);
+                }
+                chunk.len() as isize
+            });
+            if len > PATH_MAX {
+                assert!(got.is_none(), "{at} {len}");
+                continue;
+            }
+            assert!(got.is_some(), "{at} {len}");
+            let want: Vec<u8> = (at..end).map(byte).collect();
+            assert_eq!(buf, want, "{at} {len}");
+            if len < FIRST_READ && at % 4096 + (FIRST_READ as u64) <= 4096 {
+                assert_eq!(calls, 1, "a short path is one read");
+            }
+        }
     }
 
     #[test]

@@ -123,6 +123,36 @@ fn a_shell_script_is_observed_exactly() {
 }
 
 #[test]
+fn long_paths_are_observed_whole() {
+    // Paths longer than the observer's first read of an action's memory (256 bytes), made
+    // and probed by the action; one of 4,004 bytes nearly fills PATH_MAX.
+    let ws = workspace();
+    let seg = "d".repeat(60);
+    let deep: Vec<String> = (0..6).map(|i| format!("{seg}{i}")).collect();
+    let dir = format!("out/{}", deep.join("/"));
+    let long_name = "n".repeat(250);
+    let very_long = format!("/tmp/{}", vec!["m".repeat(199); 20].join("/"));
+    assert_eq!(very_long.len(), 4004);
+    let script = format!(
+        "mkdir -p {dir} && echo x > {dir}/f && cat {dir}/f >/dev/null && \
+         test -e {dir}/{long_name} || test -e {very_long} || echo done"
+    );
+    let (o, obs) = observed(ws.path(), &script);
+    assert_eq!(text(&o.stdout), "done\n");
+    let abs = format!("/work/{dir}");
+    assert!(abs.len() > 256);
+    assert_has_all(
+        &obs,
+        &[
+            (AccessKind::Write, format!("{abs}/f").as_str()),
+            (AccessKind::Read, format!("{abs}/f").as_str()),
+            (AccessKind::Missing, format!("{abs}/{long_name}").as_str()),
+            (AccessKind::Missing, very_long.as_str()),
+        ],
+    );
+}
+
+#[test]
 fn a_static_program_is_observed_too() {
     // A static binary makes its system calls itself (no libc to preload into): the
     // kernel's filter still stops them.
