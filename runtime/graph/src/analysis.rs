@@ -931,22 +931,46 @@ impl<'a> Analyser<'a> {
         String::new()
     }
 
-    /// The files of each `srcs` entry (for `$(location)`), and all of them in `srcs` order
-    /// without repeats (for `$(SRCS)`).
-    #[allow(clippy::type_complexity)]
-    pub(crate) fn src_files(
+    /// The files of every `srcs` entry, one after the other in `srcs` order (repeats kept),
+    /// and each entry with the range of them it provides (for `$(location)`). See
+    /// [`without_repeats`] for `$(SRCS)`.
+    pub(crate) fn src_files<'d>(
         &mut self,
         t: &Target,
-        srcs: &[Dep],
-    ) -> Result<(Vec<(Dep, Vec<String>)>, Vec<String>), GraphError> {
-        let mut src_files: Vec<(Dep, Vec<String>)> = Vec::new();
+        srcs: &'d [Dep],
+    ) -> Result<SrcFiles<'d>, GraphError> {
+        let mut all: Vec<String> = Vec::new();
+        let mut entries = Vec::with_capacity(srcs.len());
         for d in srcs {
-            let files = self.dep_files(d, t)?;
-            src_files.push((d.clone(), files));
+            let start = all.len();
+            match d {
+                Dep::File(p) => all.push(p.clone()),
+                Dep::Target(l) => {
+                    self.target(l, Some(t))?;
+                    self.extend_with_files_of(l, &mut all)?;
+                }
+            }
+            entries.push((d, start..all.len()));
         }
-        let mut ordered: Vec<String> = src_files.iter().flat_map(|(_, f)| f).cloned().collect();
-        dedup_in_order(&mut ordered);
-        Ok((src_files, ordered))
+        Ok(SrcFiles { all, entries })
+    }
+
+    /// Appends the files `label` provides to `out` (see [`Analyser::files_of`]).
+    fn extend_with_files_of(
+        &mut self,
+        label: &Label,
+        out: &mut Vec<String>,
+    ) -> Result<(), GraphError> {
+        if let Some(f) = self
+            .files
+            .get(label)
+            .or_else(|| self.settled.files.get(label))
+        {
+            out.extend_from_slice(f);
+            return Ok(());
+        }
+        out.extend(self.files_of(label)?);
+        Ok(())
     }
 
     /// Sorted indices of the actions that produce any of `paths`.
@@ -977,6 +1001,38 @@ impl<'a> Analyser<'a> {
     }
 }
 
+/// The files of a rule's `srcs`: every entry's files one after the other, repeats kept, and
+/// each entry with the range of `all` it provides.
+pub(crate) struct SrcFiles<'d> {
+    pub all: Vec<String>,
+    pub entries: Vec<(&'d Dep, std::ops::Range<usize>)>,
+}
+
+impl<'d> SrcFiles<'d> {
+    /// Each entry with its files, as [`Expander::srcs`] takes them.
+    pub(crate) fn located(&self) -> Vec<(&'d Dep, &[String])> {
+        self.entries
+            .iter()
+            .map(|(d, r)| (*d, &self.all[r.clone()]))
+            .collect()
+    }
+}
+
+/// `files` without repeats, each first one kept in place, if it has any repeat (`None`: it
+/// has none, and is its own answer; most `srcs` have none, and no file name is copied then).
+pub(crate) fn without_repeats(files: &[String]) -> Option<Vec<String>> {
+    if files.len() < 2 {
+        return None;
+    }
+    let mut seen: FxHashSet<&str> = FxHashSet::default();
+    if files.iter().all(|f| seen.insert(f.as_str())) {
+        return None;
+    }
+    let mut once = files.to_vec();
+    dedup_in_order(&mut once);
+    Some(once)
+}
+
 /// Drops the repeats of `files`, keeping each first one in place (no copy of any file's name
 /// is made: the 100,000-target graph asks this of every target).
 fn dedup_in_order(files: &mut Vec<String>) {
@@ -996,7 +1052,7 @@ fn dedup_in_order(files: &mut Vec<String>) {
 pub(crate) struct Expander<'x> {
     pub target: &'x Target,
     /// Each `srcs` entry (and genrule `tools` entry) with its files, for `$(location X)`.
-    pub srcs: &'x [(Dep, Vec<String>)],
+    pub srcs: &'x [(&'x Dep, &'x [String])],
     /// The files of `srcs` in order, without repeats (`$(SRCS)`, `$<`).
     pub src_files: &'x [String],
     /// Output workspace paths (`$(OUTS)`, `$@`).
@@ -1157,9 +1213,9 @@ impl<'x> Expander<'x> {
         for (dep, files) in self.srcs {
             match dep {
                 Dep::Target(l) if l.package == package && l.name == name => {
-                    return Ok(files.as_slice().into());
+                    return Ok((*files).into());
                 }
-                Dep::File(p) if is_join(p, package, name) => return Ok(files.as_slice().into()),
+                Dep::File(p) if is_join(p, package, name) => return Ok((*files).into()),
                 _ => {}
             }
         }
@@ -1268,6 +1324,20 @@ wasi_tool(
     /// Parts on threads, with generated files and tools crossing parts (a chain of libraries,
     /// a fan-in, generated inputs and tool data): the actions come out in the one-pass order
     /// with the same dependencies.
+    #[test]
+    fn files_without_repeats_keep_each_first_in_place() {
+        let v = |s: &[&str]| s.iter().map(|x| x.to_string()).collect::<Vec<_>>();
+        for (files, want) in [
+            (v(&[]), None),
+            (v(&["a"]), None),
+            (v(&["a", "b", "c"]), None),
+            (v(&["a", "a"]), Some(v(&["a"]))),
+            (v(&["b", "a", "b", "c", "a"]), Some(v(&["b", "a", "c"]))),
+        ] {
+            assert_eq!(without_repeats(&files), want, "{files:?}");
+        }
+    }
+
     #[test]
     fn parts_on_threads_give_the_one_pass_graph() {
         let mut files: Vec<(String, String)> = Vec::new();

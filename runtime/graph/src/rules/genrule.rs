@@ -85,10 +85,12 @@ impl Analyse for GenruleAttrs<Dep> {
         t: &'a Target,
         _run_test: bool,
     ) -> Result<Vec<ActionNode>, GraphError> {
-        let (src_files, ordered) = a.src_files(t, &self.srcs)?;
-        let mut located = src_files.clone();
-        let mut inputs = ordered.clone();
+        let srcs = a.src_files(t, &self.srcs)?;
+        let once = crate::analysis::without_repeats(&srcs.all);
+        let mut inputs = srcs.all.clone();
         let mut wasi_tools = Vec::new();
+        // Each `tools` entry with its files (a WASI tool's: its launcher).
+        let mut tool_files: Vec<(&Dep, Vec<String>)> = Vec::new();
         for d in &self.tools {
             if let Dep::Target(l) = d
                 && let Rule::WasiTool(_) = a.target(l, Some(t))?.rule
@@ -99,13 +101,13 @@ impl Analyse for GenruleAttrs<Dep> {
                 let launcher = launcher_path(l);
                 inputs.push(tool.module.clone());
                 inputs.extend(tool.data.iter().map(|(_, p)| p.clone()));
-                located.push((d.clone(), vec![launcher.clone()]));
+                tool_files.push((d, vec![launcher.clone()]));
                 wasi_tools.push((launcher, crate::ToolRef::clone(&tool)));
                 continue;
             }
             let files = a.dep_files(d, t)?;
             inputs.extend(files.iter().cloned());
-            located.push((d.clone(), files));
+            tool_files.push((d, files));
         }
         inputs.sort();
         inputs.dedup();
@@ -114,10 +116,12 @@ impl Analyse for GenruleAttrs<Dep> {
             .iter()
             .map(|o| join(&t.label.package, o))
             .collect();
+        let mut located = srcs.located();
+        located.extend(tool_files.iter().map(|(d, f)| (*d, f.as_slice())));
         let expander = Expander {
             target: t,
             srcs: &located,
-            src_files: &ordered,
+            src_files: once.as_deref().unwrap_or(&srcs.all),
             outs: &out_paths,
         };
         let cmd = expander.expand(&self.cmd, "cmd")?;

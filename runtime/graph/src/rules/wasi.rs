@@ -348,34 +348,39 @@ struct Run<'r> {
 impl Run<'_> {
     fn analyse(&self, a: &mut Analyser<'_>, t: &Target) -> Result<ActionNode, GraphError> {
         let tool = tool_ref(a, self.tool, Some(t))?;
-        let (src_files, ordered) = a.src_files(t, self.srcs)?;
+        let srcs = a.src_files(t, self.srcs)?;
+        let once = crate::analysis::without_repeats(&srcs.all);
         let out_paths: Vec<String> = self
             .outs
             .iter()
             .map(|o| join(&t.label.package, o))
             .collect();
-        let expander = Expander {
-            target: t,
-            srcs: &src_files,
-            src_files: &ordered,
-            outs: &out_paths,
-        };
-        let mut argv = vec![tool.argv0.clone()];
-        for arg in self.args {
-            // An argument that is exactly one multi-file expansion ($(SRCS), $(OUTS),
-            // $(locations X)) becomes one argument per file; anywhere else the files are
-            // joined with spaces.
-            match expander.expand_list(arg, "args")? {
-                Some(files) => argv.extend(files),
-                None => argv.push(expander.expand(arg, "args")?),
+        let mut argv = Vec::with_capacity(self.args.len() + 1);
+        argv.push(tool.argv0.clone());
+        let mut expanded_env = BTreeMap::new();
+        {
+            let located = srcs.located();
+            let expander = Expander {
+                target: t,
+                srcs: &located,
+                src_files: once.as_deref().unwrap_or(&srcs.all),
+                outs: &out_paths,
+            };
+            for arg in self.args {
+                // An argument that is exactly one multi-file expansion ($(SRCS), $(OUTS),
+                // $(locations X)) becomes one argument per file; anywhere else the files are
+                // joined with spaces.
+                match expander.expand_list(arg, "args")? {
+                    Some(files) => argv.extend(files),
+                    None => argv.push(expander.expand(arg, "args")?),
+                }
+            }
+            for (k, v) in self.env {
+                expanded_env.insert(k.clone(), expander.expand(v, &format!("env[{k:?}]"))?);
             }
         }
-        let mut expanded_env = BTreeMap::new();
-        for (k, v) in self.env {
-            expanded_env.insert(k.clone(), expander.expand(v, &format!("env[{k:?}]"))?);
-        }
         // The expansions done, the files are the action's own (sorted).
-        let mut inputs = ordered;
+        let mut inputs = once.unwrap_or(srcs.all);
         inputs.sort();
         let mut outputs = out_paths;
         outputs.sort();
