@@ -56,6 +56,9 @@ pub(crate) fn run_unsandboxed(
     let out = drain(child.stdout.take().map(|p| Box::new(p) as _));
     let err = drain(child.stderr.take().map(|p| Box::new(p) as _));
     let mut timed_out = false;
+    // Woken when the command exits (a pidfd; where the kernel has none, every 5 ms), and at
+    // least every 50 ms to check for Ctrl-C and the time limit.
+    let exited = ChildExit::open(child.id());
     let status = loop {
         if let Some(s) = child.try_wait().map_err(io)? {
             break s;
@@ -69,7 +72,8 @@ pub(crate) fn run_unsandboxed(
             }
             break child.wait().map_err(io)?;
         }
-        std::thread::sleep(Duration::from_millis(5));
+        let left = req.timeout.saturating_sub(start.elapsed());
+        exited.wait(left.min(Duration::from_millis(50)));
     };
     Ok(wbuild_exec_native::NativeOutcome {
         exit_code: status.code(),
@@ -80,6 +84,38 @@ pub(crate) fn run_unsandboxed(
         duration: start.elapsed(),
         observed: None,
     })
+}
+
+/// A process's exit as something to wait for: its pidfd, readable once it has exited (the
+/// process is not reaped by the wait).
+struct ChildExit(Option<std::os::fd::OwnedFd>);
+
+impl ChildExit {
+    fn open(pid: u32) -> ChildExit {
+        use std::os::fd::FromRawFd;
+        // SAFETY: pidfd_open on our own unreaped child; the descriptor is owned below.
+        let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) } as i32;
+        // SAFETY: a descriptor just returned to us, owned once.
+        ChildExit((fd >= 0).then(|| unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) }))
+    }
+
+    /// Returns once the process has exited or after about `most`, whichever comes first
+    /// (without a pidfd: after at most 5 ms).
+    fn wait(&self, most: Duration) {
+        use std::os::fd::AsRawFd;
+        let Some(fd) = &self.0 else {
+            std::thread::sleep(most.min(Duration::from_millis(5)));
+            return;
+        };
+        let mut p = libc::pollfd {
+            fd: fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let ms = most.as_millis().clamp(1, 50) as libc::c_int;
+        // SAFETY: poll on one valid pollfd (EINTR only returns early).
+        unsafe { libc::poll(&mut p, 1, ms) };
+    }
 }
 
 /// Where the wbuild binary appears inside the sandbox (for the launchers of WASI tools).
@@ -677,6 +713,42 @@ fn inputs_apart<'i>(
 #[cfg(test)]
 mod tests {
     use super::{host_system_lines, inputs_apart, output_dirs};
+    use std::time::Duration;
+
+    fn unsandboxed(script: &str, timeout: Duration) -> wbuild_exec_native::NativeOutcome {
+        let dir = tempfile::tempdir().unwrap();
+        let req = wbuild_exec_native::NativeRequest {
+            argv: vec!["/bin/sh".into(), "-c".into(), script.into()],
+            env: Vec::new(),
+            mounts: Vec::new(),
+            scratch: Vec::new(),
+            cwd: dir.path().to_path_buf(),
+            source_date_epoch: 0,
+            timeout,
+            observe: false,
+        };
+        super::run_unsandboxed(&req, dir.path(), &dir.path().join("tmp")).unwrap()
+    }
+
+    #[test]
+    fn an_unsandboxed_command_is_waited_for_and_stopped_at_its_time_limit() {
+        // Its exit, status and output, whether it ends at once or after a while.
+        for script in [
+            "echo out; echo err >&2; exit 3",
+            "sleep 0.3; echo out; echo err >&2; exit 3",
+        ] {
+            let o = unsandboxed(script, Duration::from_secs(60));
+            assert_eq!(o.exit_code, Some(3), "{script}");
+            assert!(!o.timed_out);
+            assert_eq!(o.stdout, b"out\n");
+            assert_eq!(o.stderr, b"err\n");
+        }
+        // Past its limit the whole process group is killed (the shell's child too, which
+        // would otherwise hold the output pipe open for 600 s).
+        let o = unsandboxed("sleep 600 & sleep 600", Duration::from_millis(300));
+        assert!(o.timed_out);
+        assert_eq!(o.signal, Some(libc::SIGKILL));
+    }
 
     #[test]
     fn inputs_in_an_output_directory_are_kept_apart_where_no_output_is() {
