@@ -193,3 +193,44 @@ genrule(
     clean_build_gives(&w, "//p/q2:after", "wbuild-out/p/q2/x.txt", "t\nagain\n");
     v.assert_intact();
 }
+
+#[test]
+fn hostile_host_unsandboxed_leftovers_in_a_kept_slot_are_swept_not_followed() {
+    // Unsandboxed, a slot's tree of inputs is kept from one action to the next. What an
+    // action leaves there (links to host directories and files where inputs and directories
+    // were, a read-only directory) is removed before the next one runs, never followed; the
+    // next action sees exactly its inputs.
+    let w = ws();
+    let v = Victims::new(
+        &w,
+        &[
+            ("victim.txt", "the host's own bytes\n"),
+            ("d/inner.txt", "inner\n"),
+        ],
+    );
+    w.write("n/in.txt", "in\n");
+    w.write(
+        "n/WBUILD",
+        &format!(
+            r#"
+genrule(
+    name = "plant",
+    srcs = ["in.txt"],
+    outs = ["a.txt"],
+    cmd = "echo a > n/a.txt && ln -s {host} n/planted && rm -f n/in.txt && ln -s {host}/victim.txt n/in.txt && mkdir -p n/deep/er && ln -s {host}/d n/deep/er/link && chmod 555 n/deep n",
+)
+genrule(
+    name = "after",
+    srcs = ["in.txt", ":plant"],
+    outs = ["b.txt"],
+    cmd = "test ! -e n/planted && test ! -e n/deep && test ! -L n/in.txt && cat n/in.txt n/a.txt > n/b.txt",
+)
+"#,
+            host = v.dir.display()
+        ),
+    );
+    w.ok(&["build", "-j", "1", "--sandbox=none", "//n:after"]);
+    assert_eq!(w.read("wbuild-out/n/b.txt"), "in\na\n");
+    v.assert_intact();
+    verify_clean(&w);
+}

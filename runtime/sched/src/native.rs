@@ -86,6 +86,82 @@ pub(crate) fn run_unsandboxed(
     })
 }
 
+/// Stages `files` for an unsandboxed run in `root` (`n<slot>/work` in the store's temporary
+/// directory), a tree kept for the slot from one run to the next: a run's inputs are mostly
+/// the last one's (the compiles of one library see the same headers). A regular file at an
+/// input's path is kept when its mode is the one staging gives and its bytes are that input's
+/// (hashed again: the last run could have written it in place); everything else (outputs and
+/// scratch files the last run left, symlinks, directories no input is in) is removed, never
+/// following a symlink (`safe_fs::sweep`). The inputs missing then are copied out of the
+/// store. `Err`: the tree could not be swept (the caller stages a fresh one).
+fn stage_kept(
+    store: &Store,
+    slot: usize,
+    files: &std::collections::BTreeMap<String, Digest>,
+    executables: &HashSet<String>,
+) -> std::io::Result<PathBuf> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let tmp = store.tmp_dir();
+    let rel = format!("n{slot}/work");
+    let tmp_dir = safe_fs::open_dir(&tmp)?;
+    let root_dir = safe_fs::ensure_dir(&tmp_dir, &rel)?;
+    let mut dirs: HashSet<&str> = HashSet::new();
+    for path in files.keys() {
+        let mut d = path.as_str();
+        while let Some((parent, _)) = d.rsplit_once('/') {
+            if !dirs.insert(parent) {
+                break;
+            }
+            d = parent;
+        }
+    }
+    let mut present: HashSet<String> = HashSet::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    safe_fs::sweep(
+        &root_dir,
+        &|path| dirs.contains(path),
+        &mut |path, mut file| {
+            let Some(d) = files.get(path) else {
+                return false;
+            };
+            let mode = if executables.contains(path) {
+                0o555
+            } else {
+                0o444
+            };
+            let same = file
+                .metadata()
+                .is_ok_and(|m| m.len() == d.size && m.mode() & 0o7777 == mode)
+                && {
+                    let mut h = wbuild_store::Hasher::new(d.function);
+                    loop {
+                        match file.read(&mut buf) {
+                            Ok(0) => break Some(h.finish()),
+                            Ok(n) => h.update(&buf[..n]),
+                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                            Err(_) => break None,
+                        }
+                    }
+                    .is_some_and(|got| got == *d)
+                };
+            if same {
+                present.insert(path.to_owned());
+            }
+            same
+        },
+    )?;
+    let root = tmp.join(&rel);
+    for (path, d) in files {
+        if !present.contains(path) {
+            store
+                .materialize(d, &root.join(path), executables.contains(path))
+                .map_err(std::io::Error::other)?;
+        }
+    }
+    Ok(root)
+}
+
 /// A process's exit as something to wait for: its pidfd, readable once it has exited (the
 /// process is not reaped by the wait).
 struct ChildExit(Option<std::os::fd::OwnedFd>);
@@ -465,14 +541,25 @@ pub(crate) fn run_native(
     let mut scratch = Vec::new();
     let mut env = spec.env.clone();
     if unsandboxed {
-        let stage = store
-            .tmp_dir()
-            .join(format!("n{slot}-{}", crate::spec::next_staging()));
-        root = stage.join("work");
-        std::fs::create_dir_all(&root).map_err(io_err(&root))?;
-        _cleanup = Some(RemoveTreeOnDrop(stage));
-        for (path, d) in &spec.files {
-            store.materialize(d, &root.join(path), spec.executables.contains(path))?;
+        // The slot's tree, kept from one run to the next: inputs the last run left as they
+        // were staged stay, everything else goes (see `stage_kept`). If it cannot be swept,
+        // a fresh tree, removed after the run.
+        match stage_kept(store, slot, &spec.files, &spec.executables) {
+            Ok(kept) => {
+                root = kept;
+                _cleanup = None;
+            }
+            Err(_) => {
+                let stage = store
+                    .tmp_dir()
+                    .join(format!("n{slot}-{}", crate::spec::next_staging()));
+                root = stage.join("work");
+                std::fs::create_dir_all(&root).map_err(io_err(&root))?;
+                _cleanup = Some(RemoveTreeOnDrop(stage));
+                for (path, d) in &spec.files {
+                    store.materialize(d, &root.join(path), spec.executables.contains(path))?;
+                }
+            }
         }
         if runs_wasi_tools {
             let exe = std::env::current_exe().map_err(io_err(Path::new("/proc/self/exe")))?;
@@ -582,7 +669,11 @@ pub(crate) fn run_native(
     drop(staging);
     let running = crate::phases::phase("execution");
     let outcome = if unsandboxed {
+        // The run's own TMPDIR (the last run's, if any, goes first).
         let tmp = root.with_file_name("tmp");
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(io_err(&tmp))?;
+        }
         run_unsandboxed(&req, &root, &tmp)
     } else {
         wbuild_exec_native::run(&req)
@@ -728,6 +819,87 @@ mod tests {
             observe: false,
         };
         super::run_unsandboxed(&req, dir.path(), &dir.path().join("tmp")).unwrap()
+    }
+
+    #[test]
+    fn a_slot_keeps_the_inputs_left_as_staged_and_nothing_else() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let store = wbuild_store::Store::open(&t.path().join("cache")).unwrap();
+        let host = t.path().join("host");
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("victim"), "v").unwrap();
+        let a = store.put_bytes(b"header a\n").unwrap();
+        let b = store.put_bytes(b"header b\n").unwrap();
+        let tool = store.put_bytes(b"#!/bin/sh\n").unwrap();
+        let files: std::collections::BTreeMap<String, wbuild_store::Digest> = [
+            ("lib/a.h".to_owned(), a),
+            ("lib/b.h".to_owned(), b),
+            ("bin/tool".to_owned(), tool),
+        ]
+        .into();
+        let exec: std::collections::HashSet<String> = ["bin/tool".to_owned()].into();
+        let root = super::stage_kept(&store, 3, &files, &exec).unwrap();
+        let ino = |p: &str| std::fs::metadata(root.join(p)).unwrap().ino();
+        // Second names outside the tree hold the first staging's files (their inodes are
+        // not reused): a file kept is still one of them, a file staged again is not.
+        std::fs::hard_link(root.join("lib/a.h"), host.join("a")).unwrap();
+        std::fs::hard_link(root.join("bin/tool"), host.join("tool")).unwrap();
+        let (a_ino, tool_ino) = (ino("lib/a.h"), ino("bin/tool"));
+        // What a run could leave: an input rewritten in place, one made writable, outputs and
+        // scratch files, links out of the tree, a read-only directory.
+        let set_mode = |p: &str, m: u32| {
+            std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(m)).unwrap()
+        };
+        set_mode("lib/b.h", 0o644);
+        std::fs::write(root.join("lib/b.h"), "header B\n").unwrap();
+        set_mode("lib/b.h", 0o444);
+        set_mode("bin/tool", 0o755);
+        std::fs::write(root.join("lib/a.o"), "object").unwrap();
+        std::fs::create_dir_all(root.join("out/x")).unwrap();
+        std::fs::write(root.join("out/x/y"), "y").unwrap();
+        set_mode("out", 0o555);
+        std::os::unix::fs::symlink(&host, root.join("lib/host")).unwrap();
+        std::os::unix::fs::symlink(&host, root.join("elsewhere")).unwrap();
+        // The next run's inputs: `a` and the tool again, `b` at another path.
+        let next: std::collections::BTreeMap<String, wbuild_store::Digest> = [
+            ("lib/a.h".to_owned(), a),
+            ("lib/b.h".to_owned(), b),
+            ("inc/b.h".to_owned(), b),
+            ("bin/tool".to_owned(), tool),
+        ]
+        .into();
+        let again = super::stage_kept(&store, 3, &next, &exec).unwrap();
+        assert_eq!(again, root);
+        let mut left = Vec::new();
+        fn walk(dir: &std::path::Path, rel: &str, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let e = e.unwrap();
+                let p = format!("{rel}{}", e.file_name().to_str().unwrap());
+                if e.file_type().unwrap().is_dir() {
+                    walk(&e.path(), &format!("{p}/"), out);
+                } else {
+                    out.push(p);
+                }
+            }
+        }
+        walk(&root, "", &mut left);
+        left.sort();
+        assert_eq!(left, ["bin/tool", "inc/b.h", "lib/a.h", "lib/b.h"]);
+        assert_eq!(std::fs::read(root.join("lib/b.h")).unwrap(), b"header b\n");
+        assert_eq!(std::fs::read(root.join("inc/b.h")).unwrap(), b"header b\n");
+        // Left as staged: the same file. Rewritten, or its mode changed: staged again.
+        assert_eq!(ino("lib/a.h"), a_ino);
+        assert_ne!(ino("bin/tool"), tool_ino);
+        assert_eq!(
+            std::fs::metadata(root.join("bin/tool"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o555
+        );
+        assert_eq!(std::fs::read_to_string(host.join("victim")).unwrap(), "v");
     }
 
     #[test]

@@ -191,6 +191,78 @@ pub(crate) fn empty(dir: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Removes everything under `dir` but what the caller keeps, never following a symlink:
+/// `keep_dir(path)` says whether to keep (and look into) the real directory at `path` (relative
+/// to `dir`; it gets mode 0755 back), `keep_file(path, file)` whether to keep the regular file
+/// there, given it opened (read-only, reached without a symlink). Everything else (symlinks,
+/// special files, other directories and files) is removed.
+pub(crate) fn sweep(
+    dir: &File,
+    keep_dir: &dyn Fn(&str) -> bool,
+    keep_file: &mut dyn FnMut(&str, &File) -> bool,
+) -> io::Result<()> {
+    sweep_at(dir, "", keep_dir, keep_file)
+}
+
+fn sweep_at(
+    dir: &File,
+    rel: &str,
+    keep_dir: &dyn Fn(&str) -> bool,
+    keep_file: &mut dyn FnMut(&str, &File) -> bool,
+) -> io::Result<()> {
+    for name in entries(dir)? {
+        let Ok(text) = name.to_str() else {
+            remove_entry(dir, &name)?;
+            continue;
+        };
+        let path = if rel.is_empty() {
+            text.to_owned()
+        } else {
+            format!("{rel}/{text}")
+        };
+        // SAFETY: `stat` is plain data; all-zero is a valid value.
+        let mut st: libc::stat = unsafe { std::mem::zeroed() };
+        // SAFETY: fstatat on a valid directory descriptor and a NUL-terminated name, the
+        // entry itself (AT_SYMLINK_NOFOLLOW), into the stat above.
+        let kind = match check(unsafe {
+            libc::fstatat(
+                dir.as_raw_fd(),
+                name.as_ptr(),
+                &mut st,
+                libc::AT_SYMLINK_NOFOLLOW,
+            )
+        }) {
+            Ok(_) => st.st_mode & libc::S_IFMT,
+            Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
+            Err(e) => return Err(e),
+        };
+        let kept = match kind {
+            libc::S_IFDIR if keep_dir(&path) => {
+                match open_beneath_bytes(dir, name.to_bytes(), libc::O_RDONLY | libc::O_DIRECTORY) {
+                    Ok(sub) => {
+                        // SAFETY: fchmod on a descriptor this function owns.
+                        unsafe { libc::fchmod(sub.as_raw_fd(), 0o755) };
+                        sweep_at(&sub, &path, keep_dir, keep_file)?;
+                        true
+                    }
+                    // Replaced meanwhile: removed below.
+                    Err(e) if is_symlink_refusal(&e) => false,
+                    Err(e) => return Err(e),
+                }
+            }
+            libc::S_IFREG => match open_beneath_bytes(dir, name.to_bytes(), libc::O_RDONLY) {
+                Ok(f) => keep_file(&path, &f),
+                Err(_) => false,
+            },
+            _ => false,
+        };
+        if !kept {
+            remove_entry(dir, &name)?;
+        }
+    }
+    Ok(())
+}
+
 /// Makes `rel` beneath `root` an existing, empty directory (see [`ensure_dir`], [`empty`]).
 pub(crate) fn ensure_empty_dir(root: &File, rel: &str) -> io::Result<File> {
     let dir = ensure_dir(root, rel)?;
@@ -221,6 +293,72 @@ pub(crate) fn split(rel: &str) -> (&str, &str) {
 mod tests {
     use super::*;
     use std::os::unix::fs::symlink;
+
+    #[test]
+    fn a_sweep_keeps_what_it_is_told_and_follows_no_symlink() {
+        use std::os::unix::fs::PermissionsExt;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let host = t.path().join("host");
+        std::fs::create_dir_all(root.join("keep/sub")).unwrap();
+        std::fs::create_dir_all(root.join("gone/deep")).unwrap();
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("victim"), "v").unwrap();
+        std::fs::write(root.join("keep/a"), "a").unwrap();
+        std::fs::write(root.join("keep/b"), "b").unwrap();
+        std::fs::write(root.join("keep/sub/c"), "c").unwrap();
+        std::fs::write(root.join("gone/deep/d"), "d").unwrap();
+        std::fs::set_permissions(root.join("gone"), std::fs::Permissions::from_mode(0o555))
+            .unwrap();
+        std::fs::set_permissions(root.join("keep"), std::fs::Permissions::from_mode(0o500))
+            .unwrap();
+        // Links where a kept directory and a kept file are expected, and one to a host file.
+        symlink(&host, root.join("keep/linked")).unwrap();
+        symlink(host.join("victim"), root.join("keep/sub/victim")).unwrap();
+        symlink(&host, root.join("top")).unwrap();
+        let dir = open_dir(&root).unwrap();
+        let mut asked = Vec::new();
+        sweep(
+            &dir,
+            &|p| ["keep", "keep/sub", "keep/linked", "gone/deep"].contains(&p),
+            &mut |p, f| {
+                asked.push(p.to_owned());
+                let mut s = String::new();
+                std::io::Read::read_to_string(&mut &*f, &mut s).unwrap();
+                s == "a" || s == "c" || p == "keep/sub/victim"
+            },
+        )
+        .unwrap();
+        asked.sort();
+        // Only regular files reached without a link are offered; `gone/` is not looked into.
+        assert_eq!(asked, ["keep/a", "keep/b", "keep/sub/c"]);
+        let mut left: Vec<String> = walk(&root);
+        left.sort();
+        assert_eq!(left, ["keep", "keep/a", "keep/sub", "keep/sub/c"]);
+        assert_eq!(
+            std::fs::metadata(root.join("keep"))
+                .unwrap()
+                .permissions()
+                .mode()
+                & 0o777,
+            0o755
+        );
+        assert_eq!(std::fs::read_to_string(host.join("victim")).unwrap(), "v");
+    }
+
+    /// Every path under `root`, relative to it (links not followed).
+    fn walk(root: &Path) -> Vec<String> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(root).unwrap() {
+            let e = e.unwrap();
+            let name = e.file_name().into_string().unwrap();
+            out.push(name.clone());
+            if e.file_type().unwrap().is_dir() {
+                out.extend(walk(&e.path()).into_iter().map(|p| format!("{name}/{p}")));
+            }
+        }
+        out
+    }
 
     #[test]
     fn open_beneath_refuses_symlinks_anywhere_and_escapes() {
