@@ -93,7 +93,8 @@ pub(crate) fn run_unsandboxed(
 /// (hashed again: the last run could have written it in place); everything else (outputs and
 /// scratch files the last run left, symlinks, directories no input is in) is removed, never
 /// following a symlink (`safe_fs::sweep`). The inputs missing then are copied out of the
-/// store. `Err`: the tree could not be swept (the caller stages a fresh one).
+/// store, each beneath a handle on its directory. `Err`: the tree could not be swept or
+/// staged (the caller stages a fresh one).
 fn stage_kept(
     store: &Store,
     slot: usize,
@@ -151,15 +152,25 @@ fn stage_kept(
             same
         },
     )?;
-    let root = tmp.join(&rel);
+    // The missing inputs, each made beneath a handle on its directory (the last run could
+    // have left something in the way; nothing is followed).
     for (path, d) in files {
-        if !present.contains(path) {
-            store
-                .materialize(d, &root.join(path), executables.contains(path))
-                .map_err(std::io::Error::other)?;
+        if present.contains(path) {
+            continue;
         }
+        let (parent, name) = safe_fs::split(path);
+        let dir = safe_fs::ensure_dir(&root_dir, parent)?;
+        let mode = if executables.contains(path) {
+            0o555
+        } else {
+            0o444
+        };
+        let blob = store.verified_blob_path(d).map_err(std::io::Error::other)?;
+        let mut out = safe_fs::create_file(&dir, name, 0o600)?;
+        std::io::copy(&mut std::fs::File::open(&blob)?, &mut out)?;
+        out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
     }
-    Ok(root)
+    Ok(tmp.join(&rel))
 }
 
 /// A process's exit as something to wait for: its pidfd, readable once it has exited (the

@@ -191,6 +191,35 @@ pub(crate) fn empty(dir: &File) -> io::Result<()> {
     Ok(())
 }
 
+/// Creates the file `name` in `dir` with `mode` (exclusively, never through a symlink):
+/// whatever is at `name` is removed first (never followed).
+pub(crate) fn create_file(dir: &File, name: &str, mode: u32) -> io::Result<File> {
+    let c = c_name(name.as_bytes())?;
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        // SAFETY: openat with a valid directory descriptor and a NUL-terminated name; the
+        // returned descriptor is owned by the `File`.
+        let fd = unsafe {
+            libc::openat(
+                dir.as_raw_fd(),
+                c.as_ptr(),
+                libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+                mode as libc::c_uint,
+            )
+        };
+        if fd >= 0 {
+            // SAFETY: a fresh descriptor nothing else owns.
+            return Ok(unsafe { File::from_raw_fd(fd) });
+        }
+        let e = io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EEXIST) || attempts > 3 {
+            return Err(e);
+        }
+        remove_entry(dir, &c)?;
+    }
+}
+
 /// Removes everything under `dir` but what the caller keeps, never following a symlink:
 /// `keep_dir(path)` says whether to keep (and look into) the real directory at `path` (relative
 /// to `dir`; it gets mode 0755 back), `keep_file(path, file)` whether to keep the regular file
@@ -344,6 +373,33 @@ mod tests {
             0o755
         );
         assert_eq!(std::fs::read_to_string(host.join("victim")).unwrap(), "v");
+    }
+
+    #[test]
+    fn a_file_is_created_in_place_of_whatever_is_there() {
+        use std::io::Write;
+        let t = tempfile::tempdir().unwrap();
+        let root = t.path().join("root");
+        let host = t.path().join("host");
+        std::fs::create_dir_all(root.join("d/x")).unwrap();
+        std::fs::create_dir_all(&host).unwrap();
+        std::fs::write(host.join("victim"), "v").unwrap();
+        std::fs::write(host.join("inner"), "i").unwrap();
+        symlink(host.join("victim"), root.join("link")).unwrap();
+        std::fs::write(root.join("d/x/inner"), "old").unwrap();
+        let dir = open_dir(&root).unwrap();
+        for name in ["link", "d", "new"] {
+            let mut f = create_file(&dir, name, 0o600).unwrap();
+            f.write_all(name.as_bytes()).unwrap();
+            assert_eq!(std::fs::read_to_string(root.join(name)).unwrap(), name);
+        }
+        assert_eq!(std::fs::read_to_string(host.join("victim")).unwrap(), "v");
+        assert_eq!(std::fs::read_to_string(host.join("inner")).unwrap(), "i");
+        assert!(
+            std::fs::symlink_metadata(root.join("link"))
+                .unwrap()
+                .is_file()
+        );
     }
 
     /// Every path under `root`, relative to it (links not followed).
