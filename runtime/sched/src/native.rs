@@ -101,7 +101,6 @@ fn stage_kept(
     files: &std::collections::BTreeMap<String, Digest>,
     executables: &HashSet<String>,
 ) -> std::io::Result<PathBuf> {
-    use std::io::Read;
     use std::os::unix::fs::MetadataExt;
     let tmp = store.tmp_dir();
     let rel = format!("n{slot}/work");
@@ -117,41 +116,29 @@ fn stage_kept(
             d = parent;
         }
     }
+    // The mode staging gives an input (as `Store::materialize` does).
+    let mode_of = |path: &str| {
+        if executables.contains(path) {
+            0o555
+        } else {
+            0o444
+        }
+    };
     let mut present: HashSet<String> = HashSet::new();
-    let mut buf = vec![0u8; 64 * 1024];
-    safe_fs::sweep(
-        &root_dir,
-        &|path| dirs.contains(path),
-        &mut |path, mut file| {
-            let Some(d) = files.get(path) else {
-                return false;
-            };
-            let mode = if executables.contains(path) {
-                0o555
-            } else {
-                0o444
-            };
-            let same = file
-                .metadata()
-                .is_ok_and(|m| m.len() == d.size && m.mode() & 0o7777 == mode)
-                && {
-                    let mut h = wbuild_store::Hasher::new(d.function);
-                    loop {
-                        match file.read(&mut buf) {
-                            Ok(0) => break Some(h.finish()),
-                            Ok(n) => h.update(&buf[..n]),
-                            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-                            Err(_) => break None,
-                        }
-                    }
-                    .is_some_and(|got| got == *d)
-                };
-            if same {
-                present.insert(path.to_owned());
-            }
-            same
-        },
-    )?;
+    safe_fs::sweep(&root_dir, &|path| dirs.contains(path), &mut |path, file| {
+        let Some(d) = files.get(path) else {
+            return false;
+        };
+        let same = file
+            .metadata()
+            .is_ok_and(|m| m.len() == d.size && m.mode() & 0o7777 == mode_of(path))
+            && wbuild_store::digest_of_open(d.function, file, Path::new(path))
+                .is_ok_and(|got| got == *d);
+        if same {
+            present.insert(path.to_owned());
+        }
+        same
+    })?;
     // The missing inputs, each made beneath a handle on its directory (the last run could
     // have left something in the way; nothing is followed).
     for (path, d) in files {
@@ -160,15 +147,11 @@ fn stage_kept(
         }
         let (parent, name) = safe_fs::split(path);
         let dir = safe_fs::ensure_dir(&root_dir, parent)?;
-        let mode = if executables.contains(path) {
-            0o555
-        } else {
-            0o444
-        };
-        let blob = store.verified_blob_path(d).map_err(std::io::Error::other)?;
         let mut out = safe_fs::create_file(&dir, name, 0o600)?;
-        std::io::copy(&mut std::fs::File::open(&blob)?, &mut out)?;
-        out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode))?;
+        store
+            .copy_into(d, &mut out, Path::new(path))
+            .map_err(std::io::Error::other)?;
+        out.set_permissions(std::os::unix::fs::PermissionsExt::from_mode(mode_of(path)))?;
     }
     Ok(tmp.join(&rel))
 }

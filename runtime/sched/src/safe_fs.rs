@@ -228,7 +228,7 @@ pub(crate) fn create_file(dir: &File, name: &str, mode: u32) -> io::Result<File>
 pub(crate) fn sweep(
     dir: &File,
     keep_dir: &dyn Fn(&str) -> bool,
-    keep_file: &mut dyn FnMut(&str, &File) -> bool,
+    keep_file: &mut dyn FnMut(&str, &mut File) -> bool,
 ) -> io::Result<()> {
     sweep_at(dir, "", keep_dir, keep_file)
 }
@@ -237,7 +237,7 @@ fn sweep_at(
     dir: &File,
     rel: &str,
     keep_dir: &dyn Fn(&str) -> bool,
-    keep_file: &mut dyn FnMut(&str, &File) -> bool,
+    keep_file: &mut dyn FnMut(&str, &mut File) -> bool,
 ) -> io::Result<()> {
     for name in entries(dir)? {
         let Ok(text) = name.to_str() else {
@@ -280,7 +280,7 @@ fn sweep_at(
                 }
             }
             libc::S_IFREG => match open_beneath_bytes(dir, name.to_bytes(), libc::O_RDONLY) {
-                Ok(f) => keep_file(&path, &f),
+                Ok(mut f) => keep_file(&path, &mut f),
                 Err(_) => false,
             },
             _ => false,
@@ -353,7 +353,7 @@ mod tests {
             &mut |p, f| {
                 asked.push(p.to_owned());
                 let mut s = String::new();
-                std::io::Read::read_to_string(&mut &*f, &mut s).unwrap();
+                std::io::Read::read_to_string(f, &mut s).unwrap();
                 s == "a" || s == "c" || p == "keep/sub/victim"
             },
         )

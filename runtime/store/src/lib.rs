@@ -56,6 +56,7 @@ pub use incoming::{BlobFile, IncomingBlob, IncomingError};
 pub use observed::PATH_SETS_PER_KEY;
 pub use stat::{RACY_NS, StatKey};
 pub use store::{
-    DEFAULT_LOCK_TIMEOUT, INDEX_CHECK_MARKER, IndexCheck, IndexOpener, Store, redb_panic_is_handled,
+    DEFAULT_LOCK_TIMEOUT, INDEX_CHECK_MARKER, IndexCheck, IndexOpener, Store, digest_of_open,
+    redb_panic_is_handled,
 };
 pub use types::{ActionRecord, BuildRecord, CorruptBlob, GcReport, Stats, VerifyReport};

@@ -832,6 +832,50 @@ impl Store {
         Ok(())
     }
 
+    /// Write a verified copy of the blob `d` into `out`, a file the caller made (at `path`, for
+    /// messages): the bytes are hashed as they are copied, and a corrupt blob is evicted.
+    pub fn copy_into(&self, d: &Digest, out: &mut File, path: &Path) -> Result<(), StoreError> {
+        let _g = self.shared();
+        self.write_verified(d, out, path)?;
+        self.touch(d);
+        Ok(())
+    }
+
+    fn write_verified(
+        &self,
+        d: &Digest,
+        out: &mut File,
+        out_path: &Path,
+    ) -> Result<(), StoreError> {
+        if d.is_empty_blob() {
+            return Ok(());
+        }
+        let blob = self.blob_path(d);
+        let mut src = match File::open(&blob) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                return Err(StoreError::NotFound {
+                    digest: *d,
+                    path: blob,
+                });
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    op: "open",
+                    path: blob,
+                    error: e,
+                });
+            }
+        };
+        // Always hashed: a copy is read in full anyway, and hashing is cheaper than IO.
+        let actual = copy_hashing(d.function, &mut src, &blob, Some((out, out_path)))?;
+        if actual.hash != d.hash {
+            return Err(self.evict_corrupt(d, blob));
+        }
+        self.mark_verified(d);
+        Ok(())
+    }
+
     /// Copy the blob to a temp file beside `dest` while hashing it, set `mode`, rename over
     /// `dest`. A corrupt blob is evicted and nothing is left at `dest`'s temp name.
     fn copy_out(&self, d: &Digest, dest: &Path, mode: u32) -> Result<(), StoreError> {
@@ -846,32 +890,8 @@ impl Store {
         let n = self.tmp_counter.fetch_add(1, Ordering::Relaxed);
         let tmp = dest.with_file_name(format!(".{name}.wbuild-tmp-{}-{n}", std::process::id()));
         let result = (|| {
-            let blob = self.blob_path(d);
             let mut out = create_new(&tmp, 0o644)?;
-            if !d.is_empty_blob() {
-                let mut src = match File::open(&blob) {
-                    Ok(f) => f,
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {
-                        return Err(StoreError::NotFound {
-                            digest: *d,
-                            path: blob,
-                        });
-                    }
-                    Err(e) => {
-                        return Err(StoreError::Io {
-                            op: "open",
-                            path: blob,
-                            error: e,
-                        });
-                    }
-                };
-                // Always hashed: a copy is read in full anyway, and hashing is cheaper than IO.
-                let actual = copy_hashing(d.function, &mut src, &blob, Some((&mut out, &tmp)))?;
-                if actual.hash != d.hash {
-                    return Err(self.evict_corrupt(d, blob));
-                }
-                self.mark_verified(d);
-            }
+            self.write_verified(d, &mut out, &tmp)?;
             out.set_permissions(fs::Permissions::from_mode(mode))
                 .map_err(StoreError::io("set permissions of", &tmp))?;
             drop(out);
@@ -1131,6 +1151,16 @@ fn remove_existing(path: &Path) -> Result<(), StoreError> {
 
 thread_local! {
     static BUF: std::cell::RefCell<Vec<u8>> = std::cell::RefCell::new(vec![0u8; COPY_BUF]);
+}
+
+/// The digest of the open file `file` (at `path`, for messages), read from where it is to
+/// the end.
+pub fn digest_of_open(
+    f: DigestFunction,
+    file: &mut File,
+    path: &Path,
+) -> Result<Digest, StoreError> {
+    copy_hashing(f, file, path, None)
 }
 
 /// Read `src` to the end, hashing it (and writing it to `sink` if given).
