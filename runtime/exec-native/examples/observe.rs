@@ -78,7 +78,7 @@ fn main() {
     };
     one(true);
     one(false);
-    let (mut on, mut off, mut calls, mut paths) = (Vec::new(), Vec::new(), 0, 0);
+    let (mut on, mut off, mut calls, mut paths, mut shared) = (Vec::new(), Vec::new(), 0, 0, 0);
     for i in 0..n.max(1) {
         let order = if i % 2 == 0 {
             [true, false]
@@ -90,6 +90,7 @@ fn main() {
             if let Some(obs) = obs {
                 calls = obs.notifications;
                 paths = obs.accesses.len();
+                shared = obs.shared_lookups;
                 on.push(d);
             } else {
                 off.push(d);
@@ -99,7 +100,10 @@ fn main() {
     let (a, b) = (median(on), median(off));
     println!("`{cmd}` in the sandbox, {n} runs each:");
     println!("  unobserved  median {b:>9.2?}");
-    println!("  observed    median {a:>9.2?}  ({calls} calls answered, {paths} distinct accesses)");
+    println!(
+        "  observed    median {a:>9.2?}  ({calls} calls answered, {paths} distinct accesses, \
+         {shared} lookups from the shared table)"
+    );
     println!(
         "  cost {:+.2} ms ({:+.1}%), {:.1} µs per answered call",
         (a.as_secs_f64() - b.as_secs_f64()) * 1e3,

@@ -149,7 +149,7 @@ use parent::*;
 use plan::*;
 
 pub use harden::{HIDDEN_HOST_DIRS, PIDS_LIMIT};
-pub use observe::MAX_ACCESSES;
+pub use observe::{MAX_ACCESSES, register_system_tree};
 pub use spawner::start as start_spawner;
 
 /// Whether actions are confined after setup (capabilities, no_new_privs, seccomp, process
@@ -254,6 +254,9 @@ pub struct Observation {
     pub accesses: Vec<(AccessKind, String)>,
     /// System calls the host answered (repeats included).
     pub notifications: u64,
+    /// Lookups of paths in system trees answered from the table earlier runs of the process
+    /// filled (see [`register_system_tree`]) instead of in the sandbox.
+    pub shared_lookups: u64,
     /// More than [`MAX_ACCESSES`] distinct accesses: the rest were not kept.
     pub truncated: bool,
 }
@@ -396,10 +399,13 @@ pub fn host_toolchain_mounts() -> Vec<Mount> {
     ["/usr", "/bin", "/lib", "/lib64", "/sbin", LD_SO_CACHE]
         .iter()
         .filter(|p| Path::new(p).symlink_metadata().is_ok())
-        .map(|p| Mount {
-            host: PathBuf::from(p),
-            sandbox: PathBuf::from(p),
-            writable: false,
+        .map(|p| {
+            register_system_tree(Path::new(p));
+            Mount {
+                host: PathBuf::from(p),
+                sandbox: PathBuf::from(p),
+                writable: false,
+            }
         })
         .collect()
 }

@@ -28,10 +28,13 @@
 //! - `fstat`-like calls on descriptors (`newfstatat`/`statx` with `AT_EMPTY_PATH`) are not
 //!   stopped: the path they name is the descriptor's, opened (and recorded) before.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::ffi::{CString, c_int, c_void};
 use std::io;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{LazyLock, Mutex, RwLock};
+use std::time::{Duration, Instant};
 
 use crate::{AccessKind, Observation};
 
@@ -40,6 +43,59 @@ use crate::{AccessKind, Observation};
 pub const MAX_ACCESSES: usize = 100_000;
 /// Longest path read from an action's memory (`PATH_MAX`).
 const PATH_MAX: usize = 4096;
+
+/// Host directories whose content is the same for every sandbox of this process that mounts
+/// them read-only: the host's system directories ([`crate::host_toolchain_mounts`]) and a
+/// pinned toolchain bundle's tree ([`register_system_tree`]).
+static SYSTEM_TREES: LazyLock<Mutex<HashSet<PathBuf>>> =
+    LazyLock::new(|| Mutex::new(HashSet::new()));
+
+/// Marks `host` as a system tree: its lookups, made beneath its mount in one sandbox, are
+/// answered from a table shared by every later run of the process (for
+/// [`SYSTEM_LOOKUP_LIFETIME`]).
+pub fn register_system_tree(host: &Path) {
+    SYSTEM_TREES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .insert(host.to_path_buf());
+}
+
+pub(crate) fn is_system_tree(host: &Path) -> bool {
+    SYSTEM_TREES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .contains(host)
+}
+
+/// How long a shared lookup stays: a system tree changed meanwhile (a package upgraded during
+/// a long-lived worker's life) is seen again after at most this long. Nothing keyed depends on
+/// these lookups (paths outside the workspace never enter a path set); they classify what an
+/// action did there (read, probed, missed) for `wbuild explain`.
+pub(crate) const SYSTEM_LOOKUP_LIFETIME: Duration = Duration::from_secs(10);
+
+/// Most lookups [`SYSTEM_LOOKUPS`] holds; past it the table starts again empty.
+const SYSTEM_LOOKUPS_MAX: usize = 100_000;
+
+/// Lookups of paths beneath system trees, by host tree and relative path (`host\0rel`), each
+/// with when it was made, shared by every run of the process: a compile's hundred-odd lookups
+/// of the compiler's own files and the system headers are made once, not once per compile.
+static SYSTEM_LOOKUPS: LazyLock<RwLock<HashMap<String, (Lookup, Instant)>>> =
+    LazyLock::new(|| RwLock::new(HashMap::new()));
+
+fn shared_lookup(key: &str) -> Option<Lookup> {
+    let t = SYSTEM_LOOKUPS.read().unwrap_or_else(|e| e.into_inner());
+    t.get(key)
+        .filter(|(_, at)| at.elapsed() <= SYSTEM_LOOKUP_LIFETIME)
+        .map(|(l, _)| *l)
+}
+
+fn share_lookup(key: String, l: Lookup) {
+    let mut t = SYSTEM_LOOKUPS.write().unwrap_or_else(|e| e.into_inner());
+    if t.len() >= SYSTEM_LOOKUPS_MAX {
+        t.clear();
+    }
+    t.insert(key, (l, Instant::now()));
+}
 
 /// What a path argument of a call means.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -202,7 +258,10 @@ pub(crate) struct Observer {
     /// the action may write there.
     roots: Vec<(String, bool)>,
     /// Lookups of paths only read-only mounts hold: they cannot change during the run.
-    stable: std::collections::HashMap<String, Lookup>,
+    stable: HashMap<String, Lookup>,
+    /// The system trees' mounts (sandbox path, host path), each with a handle on its root
+    /// inside the sandbox once one was needed.
+    system: Vec<(String, String, Option<c_int>)>,
     /// Whether the listener wakes this thread synchronously (Linux 6.6): then the `RECV`
     /// ioctl blocks until a call stops or the last process using the filter is gone, and no
     /// `poll` comes first.
@@ -226,6 +285,9 @@ impl Drop for Observer {
             if let Some((_, m)) = self.mem {
                 libc::close(m);
             }
+            for fd in self.system.iter().filter_map(|s| s.2) {
+                libc::close(fd);
+            }
         }
     }
 }
@@ -234,8 +296,14 @@ impl Observer {
     /// Takes ownership of `listener` (a seccomp user-notification descriptor). `roots`:
     /// the sandbox's mount points and writable directories, each with whether it is
     /// writable. `files`: the read-only mounts of single files (they exist as files for the
-    /// whole run: no lookup needed).
-    pub(crate) fn new(listener: c_int, roots: Vec<(String, bool)>, files: &[String]) -> Observer {
+    /// whole run: no lookup needed). `system`: the mounts of system trees (sandbox path, host
+    /// path), read-only directories, among `roots`.
+    pub(crate) fn new(
+        listener: c_int,
+        roots: Vec<(String, bool)>,
+        files: &[String],
+        system: &[(String, String)],
+    ) -> Observer {
         // Wake the supervisor on the caller's CPU and switch to it at once (Linux 6.6;
         // refused before): most calls are answered in a few microseconds.
         // SAFETY: an ioctl on our descriptor with a plain flag value.
@@ -254,6 +322,10 @@ impl Observer {
             path: Vec::with_capacity(PATH_MAX + 1),
             roots,
             stable: files.iter().map(|f| (f.clone(), Lookup::File)).collect(),
+            system: system
+                .iter()
+                .map(|(s, h)| (s.clone(), h.clone(), None))
+                .collect(),
             // The kernels with synchronous wake-up also end a blocked `RECV` once no process
             // uses the filter (`recv_wait_event`).
             blocking: sync,
@@ -515,9 +587,8 @@ impl Observer {
         self.push(kind, normalised(abs));
     }
 
-    /// Whether `abs` lies on a read-only mount (the deepest mount point or writable
-    /// directory above it is read-only, or there is none: the root is read-only).
-    fn is_stable(&self, abs: &str) -> bool {
+    /// The deepest mount point or writable directory `abs` lies under, if any.
+    fn deepest_root(&self, abs: &str) -> Option<&(String, bool)> {
         let under = |root: &str| {
             abs.strip_prefix(root)
                 .is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
@@ -526,11 +597,17 @@ impl Observer {
             .iter()
             .filter(|(r, _)| under(r))
             .max_by_key(|(r, _)| r.len())
-            .is_none_or(|(_, writable)| !writable)
+    }
+
+    /// Whether `abs` lies on a read-only mount (the deepest mount point or writable
+    /// directory above it is read-only, or there is none: the root is read-only).
+    fn is_stable(&self, abs: &str) -> bool {
+        self.deepest_root(abs).is_none_or(|(_, writable)| !writable)
     }
 
     /// Whether `abs` exists in the sandbox (resolved inside its root, as the action would),
-    /// before the call runs. Paths on read-only mounts are looked up once per run.
+    /// before the call runs. Paths on read-only mounts are looked up once per run, paths in
+    /// system trees once per process (see [`Observer::system_lookup`]).
     fn lookup(&mut self, pid: libc::pid_t, abs: &str) -> Lookup {
         // The sandbox's /proc names its processes from inside its pid namespace (`self` is
         // the caller); the host cannot look there as the action would. Nothing keys it.
@@ -540,6 +617,10 @@ impl Observer {
         if let Some(l) = self.stable.get(abs) {
             return *l;
         }
+        if let Some(l) = self.system_lookup(pid, abs) {
+            self.stable.insert(abs.to_owned(), l);
+            return l;
+        }
         let l = self.look(pid, abs);
         if self.is_stable(abs) {
             self.stable.insert(abs.to_owned(), l);
@@ -547,10 +628,70 @@ impl Observer {
         l
     }
 
-    fn look(&mut self, pid: libc::pid_t, abs: &str) -> Lookup {
+    /// The lookup of `abs` if it lies in a system tree and resolves there alone: `abs` is
+    /// normal, the deepest mount above it is a system tree's, and the path resolves beneath
+    /// that mount without crossing into another (`RESOLVE_BENEATH | RESOLVE_NO_XDEV`: no
+    /// absolute symlink, no `..` out of it, no mount inside it). Such a lookup depends on the
+    /// host tree alone, so it is shared with every run of the process that mounts the same
+    /// tree. `None`: not such a path (the caller looks it up in the sandbox's root).
+    fn system_lookup(&mut self, pid: libc::pid_t, abs: &str) -> Option<Lookup> {
+        if self.system.is_empty() || !is_normal(abs) {
+            return None;
+        }
+        let (root, _) = self.deepest_root(abs)?;
+        let i = self.system.iter().position(|(s, _, _)| s == root)?;
+        let rel = abs[root.len()..].trim_start_matches('/');
+        let key = format!("{}\0{rel}", self.system[i].1);
+        if let Some(l) = shared_lookup(&key) {
+            self.out.shared_lookups += 1;
+            return Some(l);
+        }
+        let dir = match self.system[i].2 {
+            Some(fd) => fd,
+            None => {
+                let sandbox = self.system[i].0.clone();
+                let fd = self
+                    .open_in_root(
+                        pid,
+                        &sandbox,
+                        libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
+                        libc::RESOLVE_IN_ROOT
+                            | libc::RESOLVE_NO_SYMLINKS
+                            | libc::RESOLVE_NO_MAGICLINKS,
+                    )
+                    .ok()?;
+                self.system[i].2 = Some(fd);
+                fd
+            }
+        };
+        let l = open_how(
+            dir,
+            if rel.is_empty() { "." } else { rel },
+            libc::O_PATH | libc::O_CLOEXEC,
+            libc::RESOLVE_BENEATH | libc::RESOLVE_NO_XDEV | libc::RESOLVE_NO_MAGICLINKS,
+        )
+        .map(kind_of)
+        .or_else(|e| match e {
+            libc::ENOENT | libc::ENOTDIR => Ok(Lookup::Missing),
+            e => Err(e),
+        })
+        .ok()?;
+        share_lookup(key, l);
+        Some(l)
+    }
+
+    /// Opens `abs` inside the sandbox's root (`/proc/<pid>/root`, opened once): a descriptor,
+    /// or the error number.
+    fn open_in_root(
+        &mut self,
+        pid: libc::pid_t,
+        abs: &str,
+        flags: c_int,
+        resolve: u64,
+    ) -> Result<c_int, c_int> {
         if self.root.is_none() {
             let Ok(p) = CString::new(format!("/proc/{pid}/root")) else {
-                return Lookup::File;
+                return Err(libc::EINVAL);
             };
             // SAFETY: opening a path we own as a C string.
             let fd = unsafe {
@@ -560,46 +701,69 @@ impl Observer {
                 )
             };
             if fd < 0 {
-                return Lookup::File;
+                return Err(errno());
             }
             self.root = Some(fd);
         }
         let root = self.root.expect("opened above");
         let rel = abs.trim_start_matches('/');
-        let rel = if rel.is_empty() { "." } else { rel };
-        let Ok(c) = CString::new(rel) else {
-            return Lookup::Missing;
-        };
-        let how = OpenHow {
-            flags: (libc::O_PATH | libc::O_CLOEXEC) as u64,
-            mode: 0,
-            resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
-        };
-        // SAFETY: openat2 with a valid directory descriptor, C string and `open_how`.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat2,
-                root,
-                c.as_ptr(),
-                &how as *const OpenHow,
-                std::mem::size_of::<OpenHow>(),
-            )
-        } as c_int;
-        if fd < 0 {
-            return match io::Error::last_os_error().raw_os_error() {
-                Some(libc::ENOENT | libc::ENOTDIR) => Lookup::Missing,
-                _ => Lookup::File,
-            };
-        }
-        // SAFETY: fstat on the descriptor just opened, then closing it.
-        let dir = unsafe {
-            let mut st: libc::stat = std::mem::zeroed();
-            let ok = libc::fstat(fd, &mut st) == 0;
-            libc::close(fd);
-            ok && st.st_mode & libc::S_IFMT == libc::S_IFDIR
-        };
-        if dir { Lookup::Dir } else { Lookup::File }
+        open_how(root, if rel.is_empty() { "." } else { rel }, flags, resolve)
     }
+
+    fn look(&mut self, pid: libc::pid_t, abs: &str) -> Lookup {
+        match self.open_in_root(
+            pid,
+            abs,
+            libc::O_PATH | libc::O_CLOEXEC,
+            libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+        ) {
+            Ok(fd) => kind_of(fd),
+            Err(libc::ENOENT | libc::ENOTDIR) => Lookup::Missing,
+            Err(_) => Lookup::File,
+        }
+    }
+}
+
+fn errno() -> c_int {
+    io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// `openat2(dir, rel, {flags, resolve})`: the descriptor, or the error number (`EINVAL` for a
+/// path holding NUL).
+fn open_how(dir: c_int, rel: &str, flags: c_int, resolve: u64) -> Result<c_int, c_int> {
+    let Ok(c) = CString::new(rel) else {
+        return Err(libc::EINVAL);
+    };
+    let how = OpenHow {
+        flags: flags as u64,
+        mode: 0,
+        resolve,
+    };
+    // SAFETY: openat2 with a valid directory descriptor, C string and `open_how`.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat2,
+            dir,
+            c.as_ptr(),
+            &how as *const OpenHow,
+            std::mem::size_of::<OpenHow>(),
+        )
+    } as c_int;
+    if fd < 0 { Err(errno()) } else { Ok(fd) }
+}
+
+/// File or directory, from a descriptor just opened (which this closes).
+fn kind_of(fd: c_int) -> Lookup {
+    // SAFETY: fstat on a descriptor we own, then closing it.
+    let dir = unsafe {
+        let mut st: libc::stat = std::mem::zeroed();
+        let ok = libc::fstat(fd, &mut st) == 0;
+        libc::close(fd);
+        ok && st.st_mode & libc::S_IFMT == libc::S_IFDIR
+    };
+    if dir { Lookup::Dir } else { Lookup::File }
 }
 
 /// `struct open_how` (libc's is non-exhaustive).
@@ -610,7 +774,7 @@ struct OpenHow {
     resolve: u64,
 }
 
-#[derive(Clone, Copy)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Lookup {
     Missing,
     File,
@@ -816,6 +980,130 @@ mod tests {
                 assert_eq!(calls, 1, "a short path is one read");
             }
         }
+    }
+
+    /// A system tree's lookups are shared with later runs only where the tree alone decides
+    /// them: a symlink out of it (absolute, or climbing out) or into a mount inside it is
+    /// looked up in each run's own sandbox, so a later run that has something there sees it.
+    #[test]
+    fn system_tree_lookups_are_shared_only_where_the_tree_alone_decides_them() {
+        use std::os::unix::fs::symlink;
+        let sys = tempfile::tempdir().unwrap();
+        let t = sys.path();
+        std::fs::write(t.join("f"), "f").unwrap();
+        std::fs::create_dir(t.join("d")).unwrap();
+        std::fs::create_dir(t.join("out")).unwrap();
+        symlink("f", t.join("inner")).unwrap();
+        symlink("/work/x", t.join("abs")).unwrap();
+        symlink("../../work/x", t.join("esc")).unwrap();
+        symlink("out/made", t.join("into")).unwrap();
+        register_system_tree(t);
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::write(ws.path().join("x"), "x").unwrap();
+        let out = ws.path().join("out");
+        std::fs::create_dir(&out).unwrap();
+        let run = |second: bool| -> Observation {
+            let mut mounts = crate::host_toolchain_mounts();
+            mounts.push(crate::Mount {
+                host: t.to_path_buf(),
+                sandbox: "/opt/sys".into(),
+                writable: false,
+            });
+            mounts.push(crate::Mount {
+                host: out.clone(),
+                sandbox: "/opt/sys/out".into(),
+                writable: true,
+            });
+            if second {
+                mounts.push(crate::Mount {
+                    host: ws.path().join("x"),
+                    sandbox: "/work/x".into(),
+                    writable: false,
+                });
+            }
+            let req = crate::NativeRequest {
+                argv: vec![
+                    "sh".into(),
+                    "-c".into(),
+                    "cat /opt/sys/f /opt/sys/inner >/dev/null && test -d /opt/sys/d && \
+                     for p in none abs esc into; do test -e /opt/sys/$p; done; true"
+                        .into(),
+                ],
+                env: Vec::new(),
+                mounts,
+                scratch: vec!["/work".into()],
+                cwd: "/work".into(),
+                source_date_epoch: 0,
+                timeout: std::time::Duration::from_secs(60),
+                observe: true,
+            };
+            let o = crate::run(&req).unwrap();
+            assert_eq!(
+                o.exit_code,
+                Some(0),
+                "{}",
+                String::from_utf8_lossy(&o.stderr)
+            );
+            o.observed.expect("observed")
+        };
+        let kinds = |obs: &Observation| -> Vec<(String, AccessKind)> {
+            ["f", "inner", "d", "none", "abs", "esc", "into"]
+                .iter()
+                .map(|n| {
+                    let p = format!("/opt/sys/{n}");
+                    let k = obs
+                        .accesses
+                        .iter()
+                        .find(|(_, a)| *a == p)
+                        .map(|(k, _)| *k)
+                        .unwrap_or_else(|| panic!("{p} not observed: {:?}", obs.accesses));
+                    (n.to_string(), k)
+                })
+                .collect()
+        };
+        use AccessKind::*;
+        let first = run(false);
+        let want = |abs_etc: AccessKind| {
+            [
+                ("f", Read),
+                ("inner", Read),
+                ("d", Stat),
+                ("none", Missing),
+                ("abs", abs_etc),
+                ("esc", abs_etc),
+                ("into", abs_etc),
+            ]
+            .map(|(n, k)| (n.to_string(), k))
+            .to_vec()
+        };
+        assert_eq!(kinds(&first), want(Missing));
+        let key = |n: &str| format!("{}\0{n}", t.display());
+        {
+            let table = SYSTEM_LOOKUPS.read().unwrap();
+            for (n, l) in [
+                ("f", Lookup::File),
+                ("inner", Lookup::File),
+                ("d", Lookup::Dir),
+                ("none", Lookup::Missing),
+            ] {
+                assert_eq!(table.get(&key(n)).map(|e| e.0), Some(l), "{n}");
+            }
+            for n in ["abs", "esc", "into"] {
+                assert!(
+                    table.get(&key(n)).is_none(),
+                    "{n} resolves outside the tree"
+                );
+            }
+        }
+        // Now there is something where the links outside the tree lead.
+        std::fs::write(out.join("made"), "made").unwrap();
+        let second = run(true);
+        assert_eq!(kinds(&second), want(Stat));
+        assert!(
+            second.shared_lookups >= 4,
+            "the tree's own paths come from the table: {}",
+            second.shared_lookups
+        );
     }
 
     #[test]

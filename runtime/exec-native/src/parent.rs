@@ -378,6 +378,7 @@ pub(crate) fn execute(plan: &Plan, timeout: Duration) -> Result<NativeOutcome, S
                         fd.into_raw(),
                         plan.roots.clone(),
                         &plan.files,
+                        &plan.system,
                     ))?);
                 }
                 sock = None;

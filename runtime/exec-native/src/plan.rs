@@ -110,6 +110,9 @@ pub(crate) struct Plan {
     pub(crate) roots: Vec<(String, bool)>,
     /// The read-only mounts of single files (normalised sandbox paths, for the observer).
     pub(crate) files: Vec<String>,
+    /// The read-only mounts of system trees (normalised sandbox path, host path), whose
+    /// lookups the observer shares between runs.
+    pub(crate) system: Vec<(String, String)>,
     /// The sandbox's pids cgroup, back to the pool when the plan is dropped (after init was
     /// reaped).
     pub(crate) _cgroup: Option<harden::PidsCgroup>,
@@ -502,7 +505,15 @@ impl Plan {
         let cgroup = Self::namespace_steps(harden, &root, &root_c, &mut push)?;
         let mut made: HashSet<PathBuf> = std::iter::once(PathBuf::from("/")).collect();
         let mut files = Vec::new();
-        Self::mount_steps(req, &root, harden, &mut made, &mut files, &mut push)?;
+        let mut system = Vec::new();
+        Self::mount_steps(
+            req,
+            &root,
+            harden,
+            &mut made,
+            (&mut files, &mut system),
+            &mut push,
+        )?;
         Self::dev_steps(&root, &mut push)?;
         Self::final_steps(&root, root_c, &mut push)?;
 
@@ -548,6 +559,7 @@ impl Plan {
                 .map(|(p, w)| (crate::observe::normalise(&p), w))
                 .collect(),
             files,
+            system,
             _cgroup: cgroup,
             _root_dir: root_dir,
         })
@@ -740,7 +752,7 @@ impl Plan {
         root: &Path,
         harden: bool,
         made: &mut HashSet<PathBuf>,
-        files: &mut Vec<String>,
+        (files, system): (&mut Vec<String>, &mut Vec<(String, String)>),
         push: &mut impl FnMut(Op, String, &'static str, bool),
     ) -> Result<(), SandboxError> {
         // A set, not a list: an action may have thousands of input mounts.
@@ -835,6 +847,12 @@ impl Plan {
             }
             let src = cstr(m.host.as_os_str().as_bytes(), "mount source")?;
             let (mk, kind) = if meta.is_dir() {
+                if !m.writable && crate::observe::is_system_tree(&m.host) {
+                    system.push((
+                        crate::observe::normalise(&m.sandbox.to_string_lossy()),
+                        m.host.to_string_lossy().into_owned(),
+                    ));
+                }
                 (Op::Mkdir { path: dst.clone() }, "directory")
             } else {
                 if !m.writable && meta.is_file() {

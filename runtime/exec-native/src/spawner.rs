@@ -287,6 +287,7 @@ pub(crate) fn decode(bytes: &[u8]) -> io::Result<Plan> {
         observer,
         roots: Vec::new(),
         files: Vec::new(),
+        system: Vec::new(),
         _cgroup: None,
         _root_dir: PooledRoot::none(),
     })

@@ -194,6 +194,8 @@ impl NativeToolchain {
         let mut out = Vec::new();
         for e in std::fs::read_dir(&self.root)? {
             let e = e?;
+            // A pinned bundle's tree never changes (it is installed by digest).
+            wbuild_exec_native::register_system_tree(&e.path());
             out.push(wbuild_exec_native::Mount {
                 host: e.path(),
                 sandbox: Path::new("/").join(e.file_name()),
