@@ -1307,6 +1307,60 @@ cc_binary(name = "plain", srcs = ["plain.c", "unused.h"], deps = ["//lib:greet"]
 }
 
 #[test]
+fn a_library_with_header_checks_is_archived_by_wbuild_and_warns_as_ar_did() {
+    // The archive is written in-process (no `ar`, no sandbox); the checks read the compiles'
+    // depfiles: a private header included through `..` counts, an unused one and a
+    // dependency none of whose headers is included are warned about.
+    let w = ws();
+    c_project(&w);
+    w.write("mid/common/x.h", "#define X 1\n");
+    w.write("mid/unused.h", "#define U 1\n");
+    w.write(
+        "mid/d/a.c",
+        "#include \"../common/x.h\"\nint a(void) { return X; }\n",
+    );
+    w.write(
+        "mid/WBUILD",
+        r#"cc_library(name = "mid", srcs = ["d/a.c", "common/x.h", "unused.h"], deps = ["//lib:greet"])
+"#,
+    );
+    let out = w.ok(&["build", "//mid:mid"]);
+    let err = stderr(&out);
+    assert!(
+        err.contains(
+            "warning: //mid:mid: private header mid/unused.h is not included by any source"
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("mid/common/x.h is not included"), "{err}");
+    assert!(
+        err.contains(
+            "warning: //mid:mid: no source includes a header of its dependency //lib:greet"
+        ),
+        "{err}"
+    );
+    let aquery = stdout(&w.ok(&["aquery", "//mid:mid"]));
+    let archive: String = aquery
+        .split("\n//")
+        .find(|block| block.contains("mnemonic: CcArchive"))
+        .unwrap_or_else(|| panic!("{aquery}"))
+        .to_owned();
+    assert!(
+        archive.contains("executor: builtin archiver")
+            && archive.contains("argv: wbuild-archive '--header-checks="),
+        "{archive}"
+    );
+    // Including a header of the dependency quiets its warning.
+    w.write(
+        "mid/d/a.c",
+        "#include \"../common/x.h\"\n#include \"greet/greet.h\"\nint a(void) { return X; }\n",
+    );
+    let err = stderr(&w.ok(&["build", "//mid:mid"]));
+    assert!(!err.contains("dependency //lib:greet"), "{err}");
+    assert!(err.contains("mid/unused.h is not included"), "{err}");
+}
+
+#[test]
 fn one_build_for_both_platforms_and_per_target_platforms() {
     let a = ws();
     c_project(&a);

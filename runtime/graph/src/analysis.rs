@@ -164,6 +164,11 @@ pub struct ActionNode {
 /// `argv[0]` of an [`Exec::Archive`] action.
 pub const ARCHIVER: &str = "wbuild-archive";
 
+/// The prefix of the builtin archiver's optional first argument: a library's header checks
+/// as JSON (`label`, `depfiles`, `private` headers, `deps` as `[label, [hdrs]]`), made once
+/// the archive is written (see `rules::cc::script::Finish::header_checks_arg`).
+pub const HEADER_CHECKS_ARG: &str = "--header-checks=";
+
 /// How an action runs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Exec {

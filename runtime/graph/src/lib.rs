@@ -42,7 +42,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::path::PathBuf;
 
-pub use analysis::{ARCHIVER, ActionGraph, ActionNode, Exec, NOT_SCHEDULED, ToolRef, analyse};
+pub use analysis::{
+    ARCHIVER, ActionGraph, ActionNode, Exec, HEADER_CHECKS_ARG, NOT_SCHEDULED, ToolRef, analyse,
+};
 pub use cache::{
     Analysed, Signature, analysis_entry_signed, binary_identity, load_and_analyse_cached,
     load_and_analyse_cached_then, workspace_signature, workspace_signature_memo,

@@ -8,6 +8,11 @@
 //! the LTO sections, which `ar` reads through the compiler's plugin) and anything that is not
 //! an ELF relocatable object (LLVM bitcode), are refused with an error naming the object; the
 //! cc rules keep `ar` for targets compiled with `-flto`.
+//!
+//! A library's header checks come with it (`--header-checks=` JSON before `rcsD`): once the
+//! archive is written, the compiles' depfiles (inputs of the action) are read and a private
+//! header no source includes, or a direct dependency none of whose headers is included, is
+//! warned about on the action's stderr, as the `ar` step's script did.
 
 use object::{Object, ObjectKind, ObjectSection, ObjectSymbol};
 
@@ -220,30 +225,101 @@ fn assemble(
     w.flush()
 }
 
-/// Runs a builtin archive action: its members are `argv[3..]` in that order (their blobs,
-/// verified as they are read), its one output `argv[2]`; the archive goes into the store.
+/// A library's header checks (see [`wbuild_graph::HEADER_CHECKS_ARG`]).
+#[derive(Debug, serde::Deserialize)]
+struct HeaderChecks {
+    label: String,
+    depfiles: Vec<String>,
+    private: Vec<String>,
+    deps: Vec<(String, Vec<String>)>,
+}
+
+impl HeaderChecks {
+    /// The warnings, given the depfiles' texts: each header counts as included when a
+    /// depfile names it, its `.` and `dir/..` components removed (a source may include
+    /// `../common/x.h`).
+    fn warnings(&self, depfiles: &[String]) -> Vec<String> {
+        let included: std::collections::HashSet<String> = depfiles
+            .iter()
+            .flat_map(|text| crate::observed::depfile_prerequisites(text))
+            .filter_map(|p| {
+                // The sandbox's working directory is the workspace root.
+                let p = p.strip_prefix("/work/").unwrap_or(&p);
+                crate::observed::normalise(p)
+            })
+            .collect();
+        let mut out = Vec::new();
+        for h in &self.private {
+            if !included.contains(h) {
+                out.push(format!(
+                    "warning: {}: private header {h} is not included by any source; remove it from srcs",
+                    self.label
+                ));
+            }
+        }
+        for (dep, hdrs) in &self.deps {
+            if !hdrs.is_empty() && !hdrs.iter().any(|h| included.contains(h)) {
+                out.push(format!(
+                    "warning: {}: no source includes a header of its dependency {dep}; remove it from deps if it is not needed",
+                    self.label
+                ));
+            }
+        }
+        out
+    }
+}
+
+/// Runs a builtin archive action, `wbuild-archive [--header-checks=JSON] rcsD OUTPUT
+/// OBJECT...`: its members are the objects in that order (their blobs, verified as they are
+/// read), its one output OUTPUT; the archive goes into the store, the header checks'
+/// warnings to its stderr.
 pub(crate) fn run(
     store: &wbuild_store::Store,
     spec: &crate::spec::Spec,
 ) -> Result<crate::spec::RunOutput, crate::SchedError> {
     let _running = crate::phases::phase("execution");
-    let (output, objects) = match spec.argv.as_slice() {
-        [argv0, mode, output, objects @ ..]
-            if argv0 == wbuild_graph::ARCHIVER
-                && mode == "rcsD"
-                && spec.outputs == [output.clone()] =>
-        {
+    let (checks, rest) = match spec.argv.split_first() {
+        Some((argv0, rest)) if argv0 == wbuild_graph::ARCHIVER => match rest.split_first() {
+            Some((first, rest)) if first.starts_with(wbuild_graph::HEADER_CHECKS_ARG) => {
+                match serde_json::from_str::<HeaderChecks>(
+                    &first[wbuild_graph::HEADER_CHECKS_ARG.len()..],
+                ) {
+                    Ok(c) => (Some(c), rest),
+                    Err(e) => {
+                        return Ok(crate::spec::RunOutput::failed_with(format!(
+                            "the builtin archiver's header checks cannot be read: {e}"
+                        )));
+                    }
+                }
+            }
+            _ => (None, rest),
+        },
+        _ => (None, &[][..]),
+    };
+    let (output, objects) = match rest {
+        [mode, output, objects @ ..] if mode == "rcsD" && spec.outputs == [output.clone()] => {
             (output, objects)
         }
         _ => {
             return Ok(crate::spec::RunOutput::failed_with(format!(
-                "a builtin archive action runs `{} rcsD OUTPUT OBJECT...` with OUTPUT its one \
-                 output; got {:?}",
+                "a builtin archive action runs `{} [{}JSON] rcsD OUTPUT OBJECT...` with OUTPUT \
+                 its one output; got {:?}",
                 wbuild_graph::ARCHIVER,
+                wbuild_graph::HEADER_CHECKS_ARG,
                 spec.argv
             )));
         }
     };
+    // The depfiles the checks read: inputs like the objects.
+    let mut depfiles = Vec::new();
+    for p in checks.iter().flat_map(|c| &c.depfiles) {
+        let Some(d) = spec.files.get(p) else {
+            return Ok(crate::spec::RunOutput::failed_with(format!(
+                "{p} is given to the archiver's header checks but is not among the action's inputs"
+            )));
+        };
+        depfiles.push(String::from_utf8_lossy(&store.get_bytes(d)?).into_owned());
+    }
     // Memory holds one object at a time: each is read (verified) for its symbols, then again
     // as it is copied into the archive, which is written to a file and moved into the store.
     let mut indexed = Vec::with_capacity(objects.len());
@@ -296,8 +372,14 @@ pub(crate) fn run(
     let (_, path) = file.keep().map_err(|e| io(e.error))?;
     let d = store.put_file_move(&path);
     let _ = std::fs::remove_file(&path);
+    let mut stderr = String::new();
+    for w in checks.map(|c| c.warnings(&depfiles)).unwrap_or_default() {
+        stderr.push_str(&w);
+        stderr.push('\n');
+    }
     Ok(crate::spec::RunOutput {
         outputs: vec![(output.clone(), d?)],
+        stderr: stderr.into_bytes(),
         ..Default::default()
     })
 }
@@ -314,6 +396,32 @@ mod tests {
     use super::*;
     use std::path::Path;
     use std::process::Command;
+
+    #[test]
+    fn header_checks_read_the_depfiles_as_the_script_did() {
+        let checks = HeaderChecks {
+            label: "//lib:m".into(),
+            depfiles: vec!["lib/_objs/m/a.d".into(), "lib/_objs/m/b.d".into()],
+            private: vec!["lib/p.h".into(), "lib/q.h".into(), "lib/r.h".into()],
+            deps: vec![
+                ("//x:y".into(), vec!["x/y.h".into()]),
+                ("//x:z".into(), vec!["x/z.h".into(), "x/z2.h".into()]),
+                ("//x:none".into(), Vec::new()),
+            ],
+        };
+        let a = "lib/_objs/m/a.o: lib/a.c lib/sub/../p.h \\\n /usr/include/stdio.h ./x/z2.h\n"
+            .to_owned();
+        let b = "lib/_objs/m/b.o: lib/b.c /work/lib/r.h\nlib/q.h.other:\n".to_owned();
+        assert_eq!(
+            checks.warnings(&[a, b]),
+            [
+                "warning: //lib:m: private header lib/q.h is not included by any source; remove it from srcs",
+                "warning: //lib:m: no source includes a header of its dependency //x:y; remove it from deps if it is not needed",
+            ]
+        );
+        // No depfile text at all: every check warns (as `sed` failing did).
+        assert_eq!(checks.warnings(&[]).len(), 5);
+    }
 
     fn run(dir: &Path, program: &str, args: &[&str]) {
         let out = Command::new(program)

@@ -338,18 +338,15 @@ impl Analyse for CcAttrs<Dep, Label> {
             private_headers: &private_headers,
             dep_headers: &dep_headers,
         };
-        // A library with no header checks to make is archived by wbuild itself (in-process,
-        // as `ar rcsD` would write it), unless its objects are compiled for link-time
-        // optimisation: then their symbols are in LTO sections only `ar`'s plugin can index.
-        let builtin = *kind == CcKind::Library
-            && !finish.reads_depfiles()
-            && !copts.iter().any(|o| o.starts_with("-flto"));
+        // A library is archived by wbuild itself (in-process, as `ar rcsD` would write it;
+        // its header checks made from the depfiles once the archive is written), unless its
+        // objects are compiled for link-time optimisation: then their symbols are in LTO
+        // sections only `ar`'s plugin can index.
+        let builtin = *kind == CcKind::Library && !copts.iter().any(|o| o.starts_with("-flto"));
         let argv = if builtin {
-            let mut argv = vec![
-                crate::ARCHIVER.to_owned(),
-                "rcsD".to_owned(),
-                output.clone(),
-            ];
+            let mut argv = vec![crate::ARCHIVER.to_owned()];
+            argv.extend(finish.header_checks_arg());
+            argv.extend(["rcsD".to_owned(), output.clone()]);
             argv.extend(objects.iter().cloned());
             argv
         } else {

@@ -212,9 +212,33 @@ impl Finish<'_> {
         lines
     }
 
-    /// Whether the script reads the depfiles (it has header checks to make).
+    /// Whether the step reads the depfiles (it has header checks to make).
     pub(crate) fn reads_depfiles(&self) -> bool {
-        !self.unused_header_checks().is_empty()
+        !self.depfiles.is_empty()
+            && (!self.private_headers.is_empty()
+                || self.dep_headers.iter().any(|(_, hdrs)| !hdrs.is_empty()))
+    }
+
+    /// A library's header checks as wbuild's builtin archiver makes them (it writes the
+    /// archive, then reads the depfiles and warns as [`Finish::script`]'s checks would): one
+    /// `--header-checks=` argument holding them as JSON, or `None` with nothing to check.
+    pub(crate) fn header_checks_arg(&self) -> Option<String> {
+        if !self.reads_depfiles() {
+            return None;
+        }
+        let deps: Vec<(&str, &[String])> = self
+            .dep_headers
+            .iter()
+            .filter(|(_, hdrs)| !hdrs.is_empty())
+            .map(|(dep, hdrs)| (dep.as_str(), hdrs.as_slice()))
+            .collect();
+        let checks = serde_json::json!({
+            "label": self.label,
+            "depfiles": self.depfiles,
+            "private": self.private_headers,
+            "deps": deps,
+        });
+        Some(format!("{}{checks}", crate::HEADER_CHECKS_ARG))
     }
 
     /// The `/bin/sh -c` script: `ar` (D: zero timestamps, uids and modes) or the link, with
