@@ -169,6 +169,20 @@ pub const ARCHIVER: &str = "wbuild-archive";
 /// the archive is written (see `rules::cc::script::Finish::header_checks_arg`).
 pub const HEADER_CHECKS_ARG: &str = "--header-checks=";
 
+/// The warning for a private header (in `srcs` of `label`) that no source includes.
+pub fn unused_private_header(label: &str, header: &str) -> String {
+    format!(
+        "warning: {label}: private header {header} is not included by any source; remove it from srcs"
+    )
+}
+
+/// The warning for a direct dependency `dep` of `label` none of whose headers is included.
+pub fn unused_dependency(label: &str, dep: &str) -> String {
+    format!(
+        "warning: {label}: no source includes a header of its dependency {dep}; remove it from deps if it is not needed"
+    )
+}
+
 /// How an action runs.
 #[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub enum Exec {

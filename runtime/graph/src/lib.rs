@@ -44,6 +44,7 @@ use std::path::PathBuf;
 
 pub use analysis::{
     ARCHIVER, ActionGraph, ActionNode, Exec, HEADER_CHECKS_ARG, NOT_SCHEDULED, ToolRef, analyse,
+    unused_dependency, unused_private_header,
 };
 pub use cache::{
     Analysed, Signature, analysis_entry_signed, binary_identity, load_and_analyse_cached,

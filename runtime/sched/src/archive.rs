@@ -251,18 +251,12 @@ impl HeaderChecks {
         let mut out = Vec::new();
         for h in &self.private {
             if !included.contains(h) {
-                out.push(format!(
-                    "warning: {}: private header {h} is not included by any source; remove it from srcs",
-                    self.label
-                ));
+                out.push(wbuild_graph::unused_private_header(&self.label, h));
             }
         }
         for (dep, hdrs) in &self.deps {
             if !hdrs.is_empty() && !hdrs.iter().any(|h| included.contains(h)) {
-                out.push(format!(
-                    "warning: {}: no source includes a header of its dependency {dep}; remove it from deps if it is not needed",
-                    self.label
-                ));
+                out.push(wbuild_graph::unused_dependency(&self.label, dep));
             }
         }
         out

@@ -185,10 +185,7 @@ impl Finish<'_> {
             lines.push(format!(
                 "case \"$deps\" in {}) ;; *) echo {} >&2 ;; esac",
                 contains(h),
-                sh_quote(&format!(
-                    "warning: {}: private header {h} is not included by any source; remove it from srcs",
-                    self.label
-                )),
+                sh_quote(&crate::unused_private_header(self.label, h)),
             ));
         }
         for (dep, hdrs) in self.dep_headers {
@@ -199,10 +196,7 @@ impl Finish<'_> {
             lines.push(format!(
                 "case \"$deps\" in {}) ;; *) echo {} >&2 ;; esac",
                 patterns.join("|"),
-                sh_quote(&format!(
-                    "warning: {}: no source includes a header of its dependency {dep}; remove it from deps if it is not needed",
-                    self.label
-                ))
+                sh_quote(&crate::unused_dependency(self.label, dep))
             ));
         }
         // Nothing to check (no private headers, no dependency with headers): no `sed` either.
