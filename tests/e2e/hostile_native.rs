@@ -4,7 +4,7 @@
 
 use std::path::{Path, PathBuf};
 
-use wbuild_tests::{stderr, stdout};
+use wbuild_tests::{statuses, stderr, stdout};
 
 use super::ws;
 
@@ -272,4 +272,71 @@ open(sys.argv[1], "w").write(r + "\\n")
     // above were made where the first action left its listener.
     let ns = |t: &str| t.lines().nth(1).unwrap_or_default().to_owned();
     assert_eq!(ns(&leave), ns(&after), "{leave}{after}");
+}
+
+/// A compile's inputs are one read-only tree, kept for the slot's next compile: a compile
+/// told to write its depfile over one of its inputs cannot (and the input stays whole), and
+/// the next compile in the slot sees none of the last one's inputs.
+#[test]
+fn a_compile_cannot_write_its_inputs_and_the_next_one_sees_none_of_them() {
+    let w = ws();
+    w.write("a/include/a/secret.h", "#define SECRET 42\n");
+    w.write(
+        "a/a.c",
+        "#include \"a/secret.h\"\nint a(void) { return SECRET; }\n",
+    );
+    w.write(
+        "a/WBUILD",
+        r#"cc_library(name = "a", srcs = ["a.c"], hdrs = ["include/a/secret.h"], includes = ["include"])
+cc_library(name = "over", srcs = ["a.c"], deps = [":a"], copts = ["-MF", "a/include/a/secret.h"])
+"#,
+    );
+    // (-MF given twice: GCC writes the depfile to the last one, a declared input.)
+    let out = w.run(&["build", "-j", "1", "//a:over"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("a/include/a/secret.h"), "{err}");
+    assert_eq!(w.read("a/include/a/secret.h"), "#define SECRET 42\n");
+    let verify = stdout(&w.ok(&["cache", "verify"]));
+    assert!(!verify.contains("corrupt"), "{verify}");
+
+    // //b:b includes a's header without declaring it; on one slot its compile runs after
+    // //a:a's (it waits for a header generated from //a:a), whose tree held that header.
+    w.write(
+        "b/b.c",
+        "#include \"a/secret.h\"\nint b(void) { return SECRET; }\n",
+    );
+    w.write(
+        "b/WBUILD",
+        r#"genrule(name = "gen", srcs = ["//a:a"], outs = ["gen.h"], cmd = "echo '#define G 1' > $@")
+cc_library(name = "b", srcs = ["b.c", ":gen"], copts = ["-Ia/include"])
+"#,
+    );
+    w.ok(&["clean", "--expunge"]);
+    let (out, ev) = w.events(&["build", "-j", "1", "--keep-going", "//a:a", "//b:b"]);
+    assert!(!out.status.success(), "{}", stderr(&out));
+    assert!(
+        statuses(&ev).contains(&("//a:a a/a.c".to_owned(), "executed".to_owned())),
+        "{ev:?}"
+    );
+    // Not even the directory is there: GCC drops -Ia/include before looking in it.
+    let err = stderr(&out);
+    assert!(
+        err.contains("a/secret.h: No such file or directory"),
+        "{err}"
+    );
+}
+
+/// A compile option that writes into the working directory (`-save-temps`) works: a compile
+/// that fails with the read-only tree runs again with a scratch `/work`.
+#[test]
+fn a_compile_writing_into_its_working_directory_still_builds() {
+    let w = ws();
+    w.write("s/s.c", "int s(void) { return 1; }\n");
+    w.write(
+        "s/WBUILD",
+        r#"cc_library(name = "s", srcs = ["s.c"], copts = ["-save-temps"])"#,
+    );
+    w.ok(&["build", "//s:s"]);
+    assert!(w.path("wbuild-out/s/libs.a").exists());
 }

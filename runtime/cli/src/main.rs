@@ -440,6 +440,7 @@ fn exit_now(code: i32) -> ! {
     use std::io::Write;
     // The one thing that must run at exit: the empty directories kept for sandbox roots.
     wbuild_exec_native::release_sandbox_roots();
+    wbuild_sched::release_input_trees();
     let _ = std::io::stdout().flush();
     let _ = std::io::stderr().flush();
     // SAFETY: `_exit` ends the process; every file wbuild writes was written and closed

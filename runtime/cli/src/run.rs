@@ -181,6 +181,7 @@ fn run_native(label: &str, path: &Path, root: &Path, args: &[String]) -> Result<
     use std::os::unix::process::CommandExt;
     // The build before it may have pooled sandbox roots; `exec` runs no destructor.
     wbuild_exec_native::release_sandbox_roots();
+    wbuild_sched::release_input_trees();
     let err = std::process::Command::new(path)
         .args(args)
         .current_dir(root)

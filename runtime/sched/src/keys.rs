@@ -252,6 +252,7 @@ impl Scheduler<'_> {
                         observe: opts.observe_native && !opts.unsandboxed,
                         runs_wasi_tools: !action.wasi_tools.is_empty(),
                         wasi_modules,
+                        compile: action.mnemonic == "CcCompile" && action.wasi_tools.is_empty(),
                     },
                 )
             }

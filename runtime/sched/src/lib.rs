@@ -56,7 +56,9 @@ pub use keys::{ActionError, command_env};
 pub use local::LocalRunner;
 use local::Semaphore;
 pub use merkle::{TreeFile, input_root, tree_files};
-pub use native::{assume_toolchain_identity, toolchain_identity, toolchain_sentinels};
+pub use native::{
+    assume_toolchain_identity, release_input_trees, toolchain_identity, toolchain_sentinels,
+};
 pub use observed::{KeyManifest, MAX_PATH_SET, UNOBSERVED_RUNS, identity as action_identity};
 pub use phases::{KNOWN_PHASE, Phase, clock_us};
 use remote::Endpoint;

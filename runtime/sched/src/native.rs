@@ -1,10 +1,10 @@
 //! Native actions (`genrule`, `cc_*`): target platforms, the toolchain identity in their
 //! keys, and running them in the namespace sandbox (or, with `--sandbox=none`, directly).
 
-use std::collections::HashSet;
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 use std::sync::atomic::Ordering;
+use std::sync::{LazyLock, Mutex};
 use std::time::{Duration, Instant};
 
 use wbuild_store::{Digest, Store};
@@ -511,6 +511,11 @@ fn host_system_lines(packages: &Path, program_dirs: &[&Path]) -> Vec<String> {
 /// (`wasi_modules`) bound read-only under `/.wbuild/modules`; the system directories (the
 /// toolchain bundle's, or the host's) are read-only. Without the sandbox, `/work` is a fresh host directory holding
 /// copies of the inputs.
+/// A compile's inputs (`compile`: it writes nothing in its working directory but its
+/// outputs) are instead one read-only tree at `/work`, the slot's (see [`stage_tree`]), with
+/// the outputs' directories bound writable on top: one mount where there were as many as it
+/// has inputs (a compile of the C graph has 60 to 100); a compile that fails so runs again
+/// as any other action.
 #[allow(clippy::too_many_arguments)] // The spec's native settings, spelled out.
 pub(crate) fn run_native(
     store: &Store,
@@ -518,8 +523,7 @@ pub(crate) fn run_native(
     slot: usize,
     spec: &Spec,
     toolchain: Option<&NativeToolchain>,
-    unsandboxed: bool,
-    observe: bool,
+    (unsandboxed, observe, compile): (bool, bool, bool),
     runs_wasi_tools: bool,
     wasi_modules: &[Digest],
 ) -> Result<RunOutput, SchedError> {
@@ -534,6 +538,7 @@ pub(crate) fn run_native(
     };
     let mut scratch = Vec::new();
     let mut env = spec.env.clone();
+    let mut tree_staged = false;
     if unsandboxed {
         // The slot's tree, kept from one run to the next: inputs the last run left as they
         // were staged stay, everything else goes (see `stage_kept`). If it cannot be swept,
@@ -588,12 +593,25 @@ pub(crate) fn run_native(
                     .map(|d| work.join(d)),
             );
         } else {
-            scratch.push(work.to_path_buf());
-            scratch.extend(
-                inputs_apart(&dirs, &spec.outputs, spec.files.keys())
-                    .into_iter()
-                    .map(|d| work.join(d)),
-            );
+            let apart = inputs_apart(&dirs, &spec.outputs, spec.files.keys());
+            let tree =
+                if compile && !runs_wasi_tools && spec.executables.is_empty() && apart.is_empty() {
+                    stage_tree(store, slot, &spec.files, &dirs)?
+                } else {
+                    None
+                };
+            match &tree {
+                Some(tree) => mounts.push(wbuild_exec_native::Mount {
+                    host: tree.clone(),
+                    sandbox: work.to_path_buf(),
+                    writable: false,
+                }),
+                None => {
+                    scratch.push(work.to_path_buf());
+                    scratch.extend(apart.into_iter().map(|d| work.join(d)));
+                }
+            }
+            tree_staged = tree.is_some();
             for d in &dirs {
                 let host = root.join(d);
                 safe_fs::ensure_empty_dir(&root_dir, d).map_err(io_err(&host))?;
@@ -604,7 +622,7 @@ pub(crate) fn run_native(
                 });
             }
         }
-        for (path, d) in &spec.files {
+        for (path, d) in spec.files.iter().filter(|_| !tree_staged) {
             let host = if spec.executables.contains(path) {
                 let copy = files.join(path);
                 store.materialize(d, &copy, true)?;
@@ -673,6 +691,26 @@ pub(crate) fn run_native(
         wbuild_exec_native::run(&req)
     };
     drop(running);
+    if tree_staged
+        && !INTERRUPTED.load(Ordering::Relaxed)
+        && outcome
+            .as_ref()
+            .is_ok_and(|o| !o.timed_out && o.exit_code != Some(0))
+    {
+        // A compile that failed with its inputs as the read-only tree runs again with
+        // `/work` a scratch directory, as any other action (an option such as -save-temps
+        // writes there): what it reports then is what it reports anyway.
+        return run_native(
+            store,
+            exec,
+            slot,
+            spec,
+            toolchain,
+            (unsandboxed, observe, false),
+            runs_wasi_tools,
+            wasi_modules,
+        );
+    }
     let _ingest = crate::phases::phase("output ingestion");
     let outcome = match outcome {
         Ok(o) => o,
@@ -728,6 +766,206 @@ pub(crate) fn run_native(
         accesses,
         timed_out: outcome.timed_out,
     })
+}
+
+/// A slot's input tree (see [`stage_tree`]): the files it holds, by workspace path, each a
+/// copy of the blob of its digest, and the directories made for them and for the outputs'
+/// mount points. Only wbuild changes it (the sandbox shows it read-only; nothing else may
+/// open the process's private directory), so what is recorded here is what is on disk.
+#[derive(Default)]
+struct Tree {
+    files: HashMap<String, Digest>,
+    dirs: BTreeSet<String>,
+}
+
+/// The input trees of this process's slots, by directory (taken out while one is changed: a
+/// slot runs one action at a time).
+static TREES: LazyLock<Mutex<HashMap<PathBuf, Tree>>> =
+    LazyLock::new(|| Mutex::new(HashMap::new()));
+
+/// The process's private directory for input trees on a memory file system
+/// (`/dev/shm/wbuild-inputs-<pid>-XXXXXX`, mode 0700), made on first use; `None` where
+/// `/dev/shm` is not a tmpfs or cannot be written. Those of processes that are gone (killed
+/// builds) are removed when it is made; [`release_input_trees`] removes this process's.
+static TREES_DIR: LazyLock<Option<PathBuf>> = LazyLock::new(|| {
+    const SHM: &str = "/dev/shm";
+    // SAFETY: statfs into a zeroed struct with a NUL-terminated path.
+    let tmpfs = unsafe {
+        let mut st: libc::statfs = std::mem::zeroed();
+        libc::statfs(c"/dev/shm".as_ptr(), &mut st) == 0 && st.f_type == libc::TMPFS_MAGIC
+    };
+    if !tmpfs {
+        return None;
+    }
+    if let Ok(entries) = std::fs::read_dir(SHM) {
+        for e in entries.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(pid) = name
+                .strip_prefix("wbuild-inputs-")
+                .and_then(|r| r.split('-').next())
+                .and_then(|p| p.parse::<libc::pid_t>().ok())
+            else {
+                continue;
+            };
+            // SAFETY: signal 0 only checks whether the process exists.
+            let gone = unsafe { libc::kill(pid, 0) } != 0
+                && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
+            if gone {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let dir = tempfile::Builder::new()
+        .prefix(&format!("wbuild-inputs-{}-", std::process::id()))
+        .permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700))
+        .tempdir_in(SHM)
+        .ok()?;
+    // A process that ends through `exit` (a test binary) removes it then (never waiting
+    // for the lazy value: the path is set first).
+    static MADE: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    extern "C" fn at_exit() {
+        if let Some(dir) = MADE.get() {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    let dir = dir.keep();
+    let _ = MADE.set(dir.clone());
+    // SAFETY: registering a plain `extern "C"` function.
+    unsafe { libc::atexit(at_exit) };
+    Some(dir)
+});
+
+/// Removes this process's input trees and their directory (a process that ends with
+/// `_exit`, as wbuild's CLI does, calls this first; later compiles then bind each input).
+pub fn release_input_trees() {
+    TREES.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    if let Some(dir) = TREES_DIR.as_ref() {
+        let _ = std::fs::remove_dir_all(dir);
+    }
+}
+
+/// The slot's input tree for a compile: a directory of the process's private memory file
+/// system holding exactly `files` at their workspace paths (verified copies of their blobs,
+/// read-only), their directories and those of the outputs (the mount points of their
+/// writable binds), and nothing else. The tree is kept from one action to the next and only
+/// what differs is changed: the compiles of one library share every header. `None` when it
+/// cannot be made here (no tmpfs, a file system error): the caller then binds each input as
+/// before.
+fn stage_tree(
+    store: &Store,
+    slot: usize,
+    files: &BTreeMap<String, Digest>,
+    out_dirs: &[String],
+) -> Result<Option<PathBuf>, SchedError> {
+    let Some(base) = TREES_DIR.as_ref() else {
+        return Ok(None);
+    };
+    // One tree per store and slot (tests open several stores in one process).
+    let store_id = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        store.tmp_dir().hash(&mut h);
+        h.finish()
+    };
+    let root = base.join(format!("{store_id:016x}-{slot}"));
+    let taken = TREES
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .remove(&root);
+    let mut tree = match taken {
+        Some(t) => t,
+        None => {
+            let fresh = match std::fs::remove_dir_all(&root) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
+                _ => std::fs::create_dir(&root),
+            };
+            if fresh.is_err() {
+                return Ok(None);
+            }
+            Tree::default()
+        }
+    };
+    if update_tree(store, &root, &mut tree, files, out_dirs)? {
+        TREES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(root.clone(), tree);
+        Ok(Some(root))
+    } else {
+        // Dropped: the next use starts from an empty directory.
+        Ok(None)
+    }
+}
+
+/// Makes the tree at `root` hold `files` and the directories of them and of `out_dirs`:
+/// `Ok(false)` if a file system operation failed (the tree is then in an unknown state).
+fn update_tree(
+    store: &Store,
+    root: &Path,
+    tree: &mut Tree,
+    files: &BTreeMap<String, Digest>,
+    out_dirs: &[String],
+) -> Result<bool, SchedError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut dirs = BTreeSet::new();
+    let mut add = |path: &str| {
+        let mut at = path;
+        while let Some((parent, _)) = at.rsplit_once('/') {
+            dirs.insert(parent.to_owned());
+            at = parent;
+        }
+    };
+    for p in files.keys() {
+        add(p);
+    }
+    for d in out_dirs.iter().filter(|d| !d.is_empty()) {
+        add(&format!("{d}/x"));
+    }
+    // Files that go or change, then directories that go (children first), then new
+    // directories (parents first), then the files that are new or changed.
+    let stale: Vec<String> = tree
+        .files
+        .iter()
+        .filter(|(p, d)| files.get(*p) != Some(*d))
+        .map(|(p, _)| p.clone())
+        .collect();
+    for p in stale {
+        match std::fs::remove_file(root.join(&p)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Ok(false),
+            _ => {}
+        }
+        tree.files.remove(&p);
+    }
+    let gone: Vec<String> = tree.dirs.difference(&dirs).cloned().collect();
+    for d in gone.iter().rev() {
+        if std::fs::remove_dir(root.join(d)).is_err() {
+            return Ok(false);
+        }
+    }
+    for d in dirs.difference(&tree.dirs) {
+        match std::fs::create_dir(root.join(d)) {
+            Err(e) if e.kind() != std::io::ErrorKind::AlreadyExists => return Ok(false),
+            _ => {}
+        }
+    }
+    tree.dirs = dirs;
+    for (p, d) in files {
+        if tree.files.get(p) == Some(d) {
+            continue;
+        }
+        let path = root.join(p);
+        let Ok(mut file) = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o444)
+            .open(&path)
+        else {
+            return Ok(false);
+        };
+        store.copy_into(d, &mut file, &path)?;
+        tree.files.insert(p.clone(), *d);
+    }
+    Ok(true)
 }
 
 /// An observed run's accesses as an access log, named as a WASI guest names them: paths
@@ -813,6 +1051,109 @@ mod tests {
             observe: false,
         };
         super::run_unsandboxed(&req, dir.path(), &dir.path().join("tmp")).unwrap()
+    }
+
+    /// Everything under `dir`, as "path" for files and "path/" for directories, sorted.
+    fn tree_of(dir: &std::path::Path) -> Vec<String> {
+        fn walk(dir: &std::path::Path, rel: &str, out: &mut Vec<String>) {
+            for e in std::fs::read_dir(dir).unwrap() {
+                let e = e.unwrap();
+                let name = format!("{rel}{}", e.file_name().to_string_lossy());
+                if e.file_type().unwrap().is_dir() {
+                    out.push(format!("{name}/"));
+                    walk(&e.path(), &format!("{name}/"), out);
+                } else {
+                    out.push(name);
+                }
+            }
+        }
+        let mut out = Vec::new();
+        walk(dir, "", &mut out);
+        out.sort();
+        out
+    }
+
+    #[test]
+    fn a_compile_tree_holds_exactly_its_inputs_and_follows_the_next_compile() {
+        use std::os::unix::fs::{MetadataExt, PermissionsExt};
+        let t = tempfile::tempdir().unwrap();
+        let store = wbuild_store::Store::open(&t.path().join("cache")).unwrap();
+        let a = store.put_bytes(b"header a\n").unwrap();
+        let b = store.put_bytes(b"header b\n").unwrap();
+        let b2 = store.put_bytes(b"header b, edited\n").unwrap();
+        let src = store.put_bytes(b"int f;\n").unwrap();
+        let map = |v: &[(&str, wbuild_store::Digest)]| -> std::collections::BTreeMap<String, wbuild_store::Digest> {
+            v.iter().map(|(p, d)| (p.to_string(), *d)).collect()
+        };
+        let out = ["lib/_objs/m".to_owned()];
+        let first = map(&[("lib/a.h", a), ("dep/inc/b.h", b), ("lib/f0.c", src)]);
+        let Some(root) = super::stage_tree(&store, 7, &first, &out).unwrap() else {
+            // No tmpfs at /dev/shm here: compiles bind each input.
+            return;
+        };
+        assert_eq!(
+            tree_of(&root),
+            [
+                "dep/",
+                "dep/inc/",
+                "dep/inc/b.h",
+                "lib/",
+                "lib/_objs/",
+                "lib/_objs/m/",
+                "lib/a.h",
+                "lib/f0.c"
+            ]
+        );
+        let meta = std::fs::metadata(root.join("dep/inc/b.h")).unwrap();
+        assert_eq!(meta.permissions().mode() & 0o777, 0o444);
+        let private = std::fs::metadata(root.parent().unwrap()).unwrap();
+        assert_eq!(private.permissions().mode() & 0o777, 0o700);
+        // The next compile: one header edited, another source, a dependency's directory
+        // gone, another come.
+        let second = map(&[
+            ("lib/a.h", a),
+            ("lib/b.h", b2),
+            ("lib/f1.c", src),
+            ("x/y/z.h", a),
+        ]);
+        let a_ino = meta_ino(&root.join("lib/a.h"));
+        let again = super::stage_tree(&store, 7, &second, &out)
+            .unwrap()
+            .unwrap();
+        assert_eq!(again, root);
+        assert_eq!(
+            tree_of(&root),
+            [
+                "lib/",
+                "lib/_objs/",
+                "lib/_objs/m/",
+                "lib/a.h",
+                "lib/b.h",
+                "lib/f1.c",
+                "x/",
+                "x/y/",
+                "x/y/z.h"
+            ]
+        );
+        assert_eq!(
+            std::fs::read(root.join("lib/b.h")).unwrap(),
+            b"header b, edited\n"
+        );
+        assert_eq!(
+            meta_ino(&root.join("lib/a.h")),
+            a_ino,
+            "an input left in place stays"
+        );
+        // A path that was a file becomes a directory, and back.
+        let third = map(&[("lib/a.h/inner.h", a)]);
+        super::stage_tree(&store, 7, &third, &[]).unwrap().unwrap();
+        assert_eq!(tree_of(&root), ["lib/", "lib/a.h/", "lib/a.h/inner.h"]);
+        super::stage_tree(&store, 7, &first, &out).unwrap().unwrap();
+        assert_eq!(tree_of(&root).len(), 8);
+        assert_eq!(std::fs::read(root.join("lib/a.h")).unwrap(), b"header a\n");
+        fn meta_ino(p: &std::path::Path) -> u64 {
+            std::fs::metadata(p).unwrap().ino()
+        }
     }
 
     #[test]

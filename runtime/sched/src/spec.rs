@@ -157,6 +157,9 @@ pub enum Kind {
         /// The modules of those tools, compiled before the run for the launchers to load
         /// (none known: each launcher compiles its module).
         wasi_modules: Vec<Digest>,
+        /// A compile: it writes nothing in its working directory but its outputs, so the
+        /// sandbox may show its inputs as one read-only tree (see `native::stage_tree`).
+        compile: bool,
     },
     /// The builtin archiver (`crate::archive`), in-process.
     Archive,
@@ -326,6 +329,7 @@ impl Spec {
                     observe: true,
                     runs_wasi_tools: props.get("wbuild-wasi-executor").is_some(),
                     wasi_modules: Vec::new(),
+                    compile: false,
                 }
             }
             Some("wbuild") => {
@@ -395,14 +399,14 @@ pub fn run_spec(
             observe,
             runs_wasi_tools,
             wasi_modules,
+            compile,
         } => native::run_native(
             store,
             exec,
             slot,
             spec,
             toolchain.as_deref(),
-            *unsandboxed,
-            *observe,
+            (*unsandboxed, *observe, *compile),
             *runs_wasi_tools,
             wasi_modules,
         ),
