@@ -695,11 +695,15 @@ pub(crate) fn run_native(
         && !INTERRUPTED.load(Ordering::Relaxed)
         && outcome
             .as_ref()
-            .is_ok_and(|o| !o.timed_out && o.exit_code != Some(0))
+            .map_or(true, |o| !o.timed_out && o.exit_code != Some(0))
     {
         // A compile that failed with its inputs as the read-only tree runs again with
         // `/work` a scratch directory, as any other action (an option such as -save-temps
-        // writes there): what it reports then is what it reports anyway.
+        // writes there): what it reports then is what it reports anyway. A sandbox that
+        // could not be made (the tree gone) starts the slot's next tree afresh.
+        if outcome.is_err() {
+            forget_tree(store, slot);
+        }
         return run_native(
             store,
             exec,
@@ -788,6 +792,7 @@ static TREES: LazyLock<Mutex<HashMap<PathBuf, Tree>>> =
 /// `/dev/shm` is not a tmpfs or cannot be written. Those of processes that are gone (killed
 /// builds) are removed when it is made; [`release_input_trees`] removes this process's.
 static TREES_DIR: LazyLock<Option<PathBuf>> = LazyLock::new(|| {
+    use std::os::fd::AsRawFd;
     const SHM: &str = "/dev/shm";
     // SAFETY: statfs into a zeroed struct with a NUL-terminated path.
     let tmpfs = unsafe {
@@ -810,7 +815,12 @@ static TREES_DIR: LazyLock<Option<PathBuf>> = LazyLock::new(|| {
             // SAFETY: signal 0 only checks whether the process exists.
             let gone = unsafe { libc::kill(pid, 0) } != 0
                 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ESRCH);
-            if gone {
+            // A live owner in another pid namespace sharing /dev/shm holds its lock.
+            if gone
+                && let Ok(d) = std::fs::File::open(e.path())
+                // SAFETY: flock on a descriptor we own.
+                && unsafe { libc::flock(d.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0
+            {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
@@ -829,6 +839,12 @@ static TREES_DIR: LazyLock<Option<PathBuf>> = LazyLock::new(|| {
         }
     }
     let dir = dir.keep();
+    // Held (shared) for the process's life: the sweep above never takes a live one.
+    if let Ok(d) = std::fs::File::open(&dir) {
+        // SAFETY: flock on a descriptor we own, then left open on purpose.
+        unsafe { libc::flock(d.as_raw_fd(), libc::LOCK_SH) };
+        std::mem::forget(d);
+    }
     let _ = MADE.set(dir.clone());
     // SAFETY: registering a plain `extern "C"` function.
     unsafe { libc::atexit(at_exit) };
@@ -860,14 +876,7 @@ fn stage_tree(
     let Some(base) = TREES_DIR.as_ref() else {
         return Ok(None);
     };
-    // One tree per store and slot (tests open several stores in one process).
-    let store_id = {
-        use std::hash::{Hash, Hasher};
-        let mut h = std::collections::hash_map::DefaultHasher::new();
-        store.tmp_dir().hash(&mut h);
-        h.finish()
-    };
-    let root = base.join(format!("{store_id:016x}-{slot}"));
+    let root = tree_root(base, store, slot);
     let taken = TREES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -894,6 +903,25 @@ fn stage_tree(
     } else {
         // Dropped: the next use starts from an empty directory.
         Ok(None)
+    }
+}
+
+/// The directory of the slot's tree: one per store and slot (tests open several stores in one
+/// process).
+fn tree_root(base: &Path, store: &Store, slot: usize) -> PathBuf {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    store.tmp_dir().hash(&mut h);
+    base.join(format!("{:016x}-{slot}", h.finish()))
+}
+
+/// Forgets the slot's tree: its next use makes it afresh.
+fn forget_tree(store: &Store, slot: usize) {
+    if let Some(base) = TREES_DIR.as_ref() {
+        TREES
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .remove(&tree_root(base, store, slot));
     }
 }
 
