@@ -860,13 +860,17 @@ pub fn release_input_trees() {
     }
 }
 
+/// Most bytes of inputs a compile's tree holds: it lives in memory (a tmpfs), once per slot,
+/// so a compile with more (a large C++ header set) binds each input instead.
+const TREE_MAX_BYTES: u64 = 64 << 20;
+
 /// The slot's input tree for a compile: a directory of the process's private memory file
 /// system holding exactly `files` at their workspace paths (verified copies of their blobs,
 /// read-only), their directories and those of the outputs (the mount points of their
 /// writable binds), and nothing else. The tree is kept from one action to the next and only
 /// what differs is changed: the compiles of one library share every header. `None` when it
-/// cannot be made here (no tmpfs, a file system error): the caller then binds each input as
-/// before.
+/// cannot be made here (no tmpfs, more than [`TREE_MAX_BYTES`] of inputs, a file system
+/// error): the caller then binds each input as before.
 fn stage_tree(
     store: &Store,
     slot: usize,
@@ -877,6 +881,12 @@ fn stage_tree(
         return Ok(None);
     };
     let root = tree_root(base, store, slot);
+    if files.values().map(|d| d.size).sum::<u64>() > TREE_MAX_BYTES {
+        // The slot's tree, if any, goes with its memory.
+        forget_tree(store, slot);
+        let _ = std::fs::remove_dir_all(&root);
+        return Ok(None);
+    }
     let taken = TREES
         .lock()
         .unwrap_or_else(|e| e.into_inner())
@@ -1179,6 +1189,18 @@ mod tests {
         super::stage_tree(&store, 7, &first, &out).unwrap().unwrap();
         assert_eq!(tree_of(&root).len(), 8);
         assert_eq!(std::fs::read(root.join("lib/a.h")).unwrap(), b"header a\n");
+        // Inputs past the memory bound: no tree (each input is bound), and the slot's goes.
+        let big = wbuild_store::Digest {
+            size: super::TREE_MAX_BYTES,
+            ..a
+        };
+        let large = map(&[("lib/a.h", a), ("lib/big.h", big)]);
+        assert!(
+            super::stage_tree(&store, 7, &large, &out)
+                .unwrap()
+                .is_none()
+        );
+        assert!(!root.exists());
         fn meta_ino(p: &std::path::Path) -> u64 {
             std::fs::metadata(p).unwrap().ino()
         }
