@@ -396,16 +396,19 @@ pub const LD_SO_CACHE: &str = "/etc/ld.so.cache";
 /// compile made 330 such calls with the cache hidden, 186 with it). It only says where the
 /// libraries under the mounted directories are; the host toolchain's identity records it.
 pub fn host_toolchain_mounts() -> Vec<Mount> {
-    ["/usr", "/bin", "/lib", "/lib64", "/sbin", LD_SO_CACHE]
-        .iter()
-        .filter(|p| Path::new(p).symlink_metadata().is_ok())
-        .map(|p| {
+    const HOST: [&str; 6] = ["/usr", "/bin", "/lib", "/lib64", "/sbin", LD_SO_CACHE];
+    static REGISTERED: std::sync::Once = std::sync::Once::new();
+    REGISTERED.call_once(|| {
+        for p in HOST {
             register_system_tree(Path::new(p));
-            Mount {
-                host: PathBuf::from(p),
-                sandbox: PathBuf::from(p),
-                writable: false,
-            }
+        }
+    });
+    HOST.iter()
+        .filter(|p| Path::new(p).symlink_metadata().is_ok())
+        .map(|p| Mount {
+            host: PathBuf::from(p),
+            sandbox: PathBuf::from(p),
+            writable: false,
         })
         .collect()
 }

@@ -1256,20 +1256,10 @@ mod tests {
         .into();
         let again = super::stage_kept(&store, 3, &next, &exec).unwrap();
         assert_eq!(again, root);
-        let mut left = Vec::new();
-        fn walk(dir: &std::path::Path, rel: &str, out: &mut Vec<String>) {
-            for e in std::fs::read_dir(dir).unwrap() {
-                let e = e.unwrap();
-                let p = format!("{rel}{}", e.file_name().to_str().unwrap());
-                if e.file_type().unwrap().is_dir() {
-                    walk(&e.path(), &format!("{p}/"), out);
-                } else {
-                    out.push(p);
-                }
-            }
-        }
-        walk(&root, "", &mut left);
-        left.sort();
+        let left: Vec<String> = tree_of(&root)
+            .into_iter()
+            .filter(|p| !p.ends_with('/'))
+            .collect();
         assert_eq!(left, ["bin/tool", "inc/b.h", "lib/a.h", "lib/b.h"]);
         assert_eq!(std::fs::read(root.join("lib/b.h")).unwrap(), b"header b\n");
         assert_eq!(std::fs::read(root.join("inc/b.h")).unwrap(), b"header b\n");
